@@ -1,0 +1,1 @@
+//! The per-node loop that turns assigned tasks into local containers and reports their state.

@@ -1,0 +1,1 @@
+//! The replicated, durable, authenticated cluster store (openraft + redb + axum).

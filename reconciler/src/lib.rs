@@ -1,0 +1,1 @@
+//! Pure decisions: (desired, observed) → actions. No I/O, no clock reads.

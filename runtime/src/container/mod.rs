@@ -1,0 +1,1 @@
+//! Containers: OCI bundles, namespaces, overlay rootfs, cgroups, security, supervision, logs.

@@ -1,0 +1,1 @@
+//! OCI images: content-addressed store, registry client, import/load, layer unpacking.

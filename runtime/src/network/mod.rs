@@ -1,0 +1,1 @@
+//! Container networking: bridges, IPAM, DNS, published ports.

@@ -1,0 +1,60 @@
+//! `dcpp`: the thin binary — CLI parsing and daemon wiring. All logic lives in the workspace crates.
+
+mod cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Declarative container orchestrator: compose files as replicated desired state.
+#[derive(Debug, Parser)]
+#[command(name = "dcpp", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands; each daemon instance takes its own values so several can
+/// run side by side on one machine.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// Directory holding images, containers, volumes and the raft store.
+    #[arg(long, global = true, env = "DCPP_DATA_DIR", default_value = "/var/lib/dcpp")]
+    pub data_dir: PathBuf,
+    /// Daemon address, e.g. unix:///run/dcpp/dcpp.sock.
+    #[arg(short = 'H', long = "host", global = true, env = "DCPP_HOST")]
+    pub host: Option<String>,
+    /// Log filter (tracing env-filter syntax); also read from RUST_LOG.
+    #[arg(long, global = true, env = "DCPP_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate compose files and print the canonical model.
+    Config(cmd::config::ConfigArgs),
+    /// Print the JSON Schema of the canonical model.
+    Schema(cmd::config::SchemaArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.global.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cmd::run(cli) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
