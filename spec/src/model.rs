@@ -1,0 +1,750 @@
+//! The canonical desired-state model.
+//!
+//! Every short form of the compose format is expanded here (ports, volumes, depends_on,
+//! environment, ulimits, …), durations are kept as [`Duration`] (printed the way compose prints
+//! them, e.g. `1m30s`), sizes as bytes, relative paths made absolute, and every map is a
+//! `BTreeMap`, so the same input always serialises to byte-identical output.
+//!
+//! Field names and nesting follow what `docker compose config` prints, so the serialised model
+//! can be fed back through the loader and yields the identical model.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A whole project: what `docker compose config` prints, fully normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Project name: `-p`, else top-level `name:`, else `COMPOSE_PROJECT_NAME`, else the
+    /// normalised project directory name. Only `[a-z0-9_-]`, starting with a letter or digit.
+    pub name: String,
+    /// Services by name. Services disabled by profiles are not present.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Networks by their key in the file. `default` is added when a service uses it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, Network>,
+    /// Named volumes by their key in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, Volume>,
+    /// Configs by their key in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileObject>,
+    /// Secrets by their key in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, FileObject>,
+}
+
+/// One service in canonical (long) form. Also the shape of a service given without a compose
+/// file (`dcpp service create`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// How to build the image; parsed and kept, dcpp itself does not build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Capabilities added to the default set, in file order, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from the default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Overrides the image's CMD. `None`: use the image's; `Some([])`: explicitly empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Configs mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileReference>,
+    /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Services that must be started (or healthy, or completed) before this one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, DependsOn>,
+    /// Swarm-style deployment settings: replicas, resources, update/rollback policies, placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+    /// NIS domain name of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<String>,
+    /// Overrides the image's ENTRYPOINT. `None`: use the image's; `Some([])`: explicitly empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment variables, with `env_file` contents folded in (explicit `environment` wins).
+    /// `None` means the variable was named but had no value anywhere (compose prints `null`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, Option<String>>,
+    /// Ports exposed to linked services only, e.g. `"3000"` or `"8000-8010/udp"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    /// Health check run inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// Container hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Image reference to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Run an init process (PID 1) that forwards signals and reaps zombies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Container labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Log driver and its options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    /// Memory limit in bytes (`mem_limit:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_limit: Option<u64>,
+    /// `none`, `host`, `bridge`, `service:NAME` or `container:NAME`; excludes `networks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// Networks the service joins, with per-network settings (`None` = defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, Option<ServiceNetwork>>,
+    /// Maximum number of processes in the container (`pids_limit:`); -1 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// Published and unpublished ports, long syntax, one entry per container port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// Run with all capabilities and devices.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// Profiles that enable this service; empty means always enabled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Mount the root filesystem read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// Restart policy outside swarm mode: `no`, `always`, `on-failure[:N]`, `unless-stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// Secrets mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileReference>,
+    /// Size of /dev/shm in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// Time to wait after `stop_signal` before killing the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Duration>,
+    /// Signal sent to stop the container (e.g. `SIGTERM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Kernel parameters set in the container's namespaces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// tmpfs mounts as `PATH[:OPTIONS]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// Resource limits (`nofile`, `nproc`, …), each with soft and hard values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// User (name or uid, optionally `:group`) the process runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mounts, long syntax, in file order, one per target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<ServiceVolume>,
+    /// Working directory of the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+impl Service {
+    /// Desired number of tasks for a replicated service: `deploy.replicas` (which also carries
+    /// a top-level `scale:`), 1 when unset. Global services return `None`.
+    pub fn replicas(&self) -> Option<u64> {
+        match &self.deploy {
+            Some(d) if d.mode == Some(DeployMode::Global) => None,
+            Some(d) => Some(d.replicas.unwrap_or(1)),
+            None => Some(1),
+        }
+    }
+}
+
+/// `build:` section. Kept so tools can see it; dcpp does not build images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Absolute path (or URL) of the build context.
+    pub context: String,
+    /// Dockerfile path relative to the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// Build arguments; `None` when named without value and unset in the environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, Option<String>>,
+    /// Multi-stage build target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOn {
+    /// What "ready" means for the dependency.
+    pub condition: DependsOnCondition,
+    /// Restart this service when the dependency is updated/restarted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart: bool,
+    /// When false, a missing or disabled dependency is ignored instead of being an error.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+/// Condition a dependency must reach before the dependent service starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsOnCondition {
+    /// The dependency's container has been started.
+    ServiceStarted,
+    /// The dependency reports healthy through its healthcheck.
+    ServiceHealthy,
+    /// The dependency ran to completion with exit code 0.
+    ServiceCompletedSuccessfully,
+}
+
+impl DependsOnCondition {
+    /// The compose spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceStarted => "service_started",
+            Self::ServiceHealthy => "service_healthy",
+            Self::ServiceCompletedSuccessfully => "service_completed_successfully",
+        }
+    }
+}
+
+/// Health check. `test` is always the list form: `["NONE"]`, `["CMD", …]` or `["CMD-SHELL", cmd]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// Command in list form; a string in the file becomes `["CMD-SHELL", string]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    /// Time between two checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Time after which one check counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive failures before the container is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u64>,
+    /// Grace period after start during which failures don't count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+    /// Time between checks during the start period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval: Option<Duration>,
+    /// Disables any healthcheck (also set when `test` is `["NONE"]`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disable: bool,
+}
+
+/// `deploy:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// `replicated` (default) or `global` (one task per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeployMode>,
+    /// Number of tasks of a replicated service (also set from a service's `scale:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Labels on the service object (not on containers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// How the service is updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    /// How a failed update is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
+    /// Resource limits and reservations per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// When and how often failed tasks are restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Where tasks may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// `vip` (virtual IP) or `dnsrr` (DNS round robin) service discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_mode: Option<EndpointMode>,
+}
+
+/// Deploy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployMode {
+    /// A fixed number of tasks (`replicas`).
+    Replicated,
+    /// One task on every eligible node.
+    Global,
+}
+
+/// Service discovery endpoint mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// A virtual IP load-balances to the tasks.
+    Vip,
+    /// DNS returns every task's address.
+    Dnsrr,
+}
+
+/// `update_config` / `rollback_config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Tasks updated at once (0 = all at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u64>,
+    /// Wait between updating two groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// `continue`, `rollback` or `pause` when an update fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<String>,
+    /// How long after each task update to watch for failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Duration>,
+    /// Failure rate (0..=1) tolerated during an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_ratio: Option<f64>,
+    /// `stop-first` (default) or `start-first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+/// `deploy.resources`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Hard limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceSpec>,
+    /// Guaranteed amounts the scheduler reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ResourceSpec>,
+}
+
+/// Amounts of CPU, memory and pids.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// Number of CPUs (fractional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Maximum number of processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// `deploy.restart_policy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// `none`, `on-failure` or `any` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Wait between restart attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Attempts before giving up (unset = never give up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u64>,
+    /// Time window used to decide whether a restart succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+}
+
+/// `deploy.placement`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Constraints such as `node.role==manager` or `node.labels.zone==a`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread preferences, in priority order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    /// At most this many tasks of the service on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+/// One placement preference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementPreference {
+    /// Spread tasks evenly over the values of this node attribute, e.g. `node.labels.zone`.
+    pub spread: String,
+}
+
+/// One port, long syntax. A short-syntax range becomes several entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Optional human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `ingress` (routing mesh, the default) or `host`.
+    #[serde(default = "default_port_mode")]
+    pub mode: String,
+    /// Host address the port is bound to; all addresses when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// Container port.
+    pub target: u16,
+    /// Host port or host port range (`"8080"`, `"8000-8010"`); unset means an ephemeral port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    /// `tcp` or `udp` (or `sctp`).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Application protocol hint (`http`, `grpc`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+fn default_port_mode() -> String {
+    "ingress".to_owned()
+}
+
+fn default_protocol() -> String {
+    "tcp".to_owned()
+}
+
+/// One mount, long syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceVolume {
+    /// Mount type.
+    #[serde(rename = "type")]
+    pub kind: VolumeType,
+    /// Named volume, absolute host path (bind) or unset (anonymous volume, tmpfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// Bind options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<BindOptions>,
+    /// Volume options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeOptions>,
+    /// tmpfs options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsOptions>,
+}
+
+/// Kind of mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    /// Named or anonymous volume.
+    Volume,
+    /// Host path.
+    Bind,
+    /// In-memory filesystem.
+    Tmpfs,
+    /// Windows named pipe (accepted for compatibility).
+    Npipe,
+    /// Image contents mounted read-only.
+    Image,
+}
+
+/// Options of a bind mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindOptions {
+    /// Mount propagation (`rprivate`, `shared`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// Create the host path if it is missing (true for the short syntax, as compose does).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub create_host_path: bool,
+    /// SELinux relabel: `z` (shared) or `Z` (private).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
+}
+
+/// Options of a volume mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeOptions {
+    /// Don't copy the image's data into a new volume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub nocopy: bool,
+    /// Mount only this sub-path of the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+}
+
+/// Options of a tmpfs mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsOptions {
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// File mode (e.g. 0o1777 = 1023).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// Per-network settings of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    /// Extra DNS names of the service on this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Static IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    /// Static IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    /// Order in which networks are connected (higher first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+}
+
+/// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ulimit {
+    /// Soft limit.
+    pub soft: i64,
+    /// Hard limit.
+    pub hard: i64,
+}
+
+/// Logging driver configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// Driver name (`json-file`, `local`, `none`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// A service's reference to a config or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileReference {
+    /// Key of the config/secret in the top-level section.
+    pub source: String,
+    /// Path in the container (absolute for configs; secrets default to /run/secrets/<source>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Owner uid, as a string (compose spelling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Owner gid, as a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    /// File mode (decimal of the octal permission bits, e.g. 0o440 = 288).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// A top-level network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Actual network name: `<project>_<key>` unless set explicitly or external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Driver (`bridge` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Address management.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+    /// Created outside the project; never created or removed by dcpp.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub external: bool,
+    /// No route to the outside world.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub internal: bool,
+    /// Standalone containers may attach.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attachable: bool,
+    /// IPv6 enabled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_ipv6: bool,
+    /// Labels on the network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// IP address management of a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ipam {
+    /// IPAM driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Address pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<IpamPool>,
+}
+
+/// One IPAM address pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpamPool {
+    /// CIDR subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Range to allocate container IPs from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// Gateway address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Reserved addresses by hostname.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+/// A top-level named volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Actual volume name: `<project>_<key>` unless set explicitly or external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Volume driver (`local` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Created outside the project.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub external: bool,
+    /// Labels on the volume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A top-level config or secret: exactly one source (file, environment, content) or external.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileObject {
+    /// Actual object name: `<project>_<key>` unless set explicitly or external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Absolute path of the file holding the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Name of an environment variable holding the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Inline data (configs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Created outside the project.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub external: bool,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A non-negative time span with nanosecond precision, printed like Go's `time.Duration`
+/// (what compose prints): `1m30s`, `500ms`, `1h0m0s`, `0s`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    /// From nanoseconds.
+    pub const fn from_nanos(n: u64) -> Self {
+        Duration(n)
+    }
+
+    /// Whole nanoseconds.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// As a std duration.
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0)
+    }
+
+    /// Parses compose/Go duration syntax: a sequence of `<decimal><unit>` with units
+    /// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`; `0` alone is allowed.
+    pub fn parse(s: &str) -> Option<Duration> {
+        crate::units::parse_duration(s).map(Duration)
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::units::format_duration(self.0))
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Duration::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}")))
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Go-style duration, e.g. \"1m30s\", \"500ms\"",
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|^0$"
+        })
+    }
+}
