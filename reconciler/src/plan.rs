@@ -1,0 +1,942 @@
+//! `plan(desired, observed, now)`: the orchestrator (slots per service, restarts, rolling
+//! updates, rollbacks) and the scheduler (node per task) as one pure function.
+//!
+//! Planning works on a private copy of the observed state and applies each action to that copy
+//! as it is emitted (with the same code as [`crate::apply`]), round after round, until a round
+//! emits nothing. So the returned plan is a fixpoint: applying it and planning again with no new
+//! events yields an empty plan, which is what makes the leader loop level-triggered and safe to
+//! re-run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::apply_action;
+use crate::model::{
+    Dependency, DependencyCondition, Desired, DesiredState, FailureAction, Health, Millis, Mode,
+    NodeId, Observed, RestartCondition, ServiceId, ServiceSpec, ServiceStatus, Slot, Task, TaskId,
+    TaskState, Time, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+};
+use crate::scheduler::{self, Load, Rejection};
+
+/// Terminal tasks kept per slot as history (swarm's task history limit).
+pub const TASK_HISTORY: usize = 5;
+/// A task that ran shorter than this before dying counts toward the crash-loop backoff.
+pub const MIN_UPTIME: Millis = 10_000;
+/// First crash-loop backoff step; it doubles per consecutive short run up to [`BACKOFF_MAX`].
+pub const BACKOFF_START: Millis = 100;
+pub const BACKOFF_MAX: Millis = 10_000;
+/// Rounds are bounded so a bug can never hang the leader; convergence takes 2–4 in practice.
+const MAX_ROUNDS: usize = 32;
+
+/// One effect for the leader to write to the store. Closed: the executor matches exhaustively.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Store the reconciler's rollout status of a service.
+    SetServiceStatus {
+        service: ServiceId,
+        status: Box<ServiceStatus>,
+    },
+    /// The service is gone from desired state and all its tasks are deleted.
+    DeleteServiceStatus { service: ServiceId },
+    /// Automatic rollback: converge to the previous spec with the failed spec's rollback config.
+    Rollback { service: ServiceId, reason: String },
+    /// A new task for a slot (state `New`).
+    CreateTask { task: Task },
+    /// Replace the dead task `old` by `task` in the same slot; `task.not_before` carries the
+    /// restart delay/backoff. `old` becomes history (desired `Shutdown`).
+    RestartTask { old: TaskId, task: Task },
+    /// Bind a pending task to a node; the node's agent starts it.
+    AssignTask { task: TaskId, node: NodeId },
+    /// The task cannot be assigned yet; the reason is stored on the task for `ps`.
+    SetPendingReason { task: TaskId, reason: String },
+    /// Stop the task, keep it as history.
+    ShutdownTask { task: TaskId, reason: String },
+    /// Stop the task and delete its container (scale down, service removed).
+    RemoveTask { task: TaskId, reason: String },
+    /// The task's node is down or gone: the task is lost and its slot is rescheduled.
+    OrphanTask { task: TaskId, reason: String },
+    /// Forget a terminal task record.
+    DeleteTask { task: TaskId },
+}
+
+/// Why a task is still waiting for a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingReason {
+    RestartDelay {
+        until: Time,
+    },
+    Dependency {
+        service: String,
+        condition: DependencyCondition,
+        missing: bool,
+    },
+    NoSuitableNode {
+        rejections: Vec<(NodeId, Rejection)>,
+    },
+}
+
+impl fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PendingReason::RestartDelay { until } => write!(f, "restart delayed until {until}"),
+            PendingReason::Dependency {
+                service,
+                missing: true,
+                ..
+            } => write!(
+                f,
+                "waiting for dependency {service}: service does not exist"
+            ),
+            PendingReason::Dependency {
+                service, condition, ..
+            } => {
+                let c = match condition {
+                    DependencyCondition::ServiceStarted => "service_started",
+                    DependencyCondition::ServiceHealthy => "service_healthy",
+                    DependencyCondition::ServiceCompletedSuccessfully => {
+                        "service_completed_successfully"
+                    }
+                };
+                write!(f, "waiting for dependency {service} ({c})")
+            }
+            PendingReason::NoSuitableNode { rejections } => {
+                let relevant: Vec<_> = rejections
+                    .iter()
+                    .filter(|(_, r)| *r != Rejection::OtherNode)
+                    .collect();
+                if relevant.is_empty() {
+                    return f.write_str("no suitable node (no nodes)");
+                }
+                f.write_str("no suitable node (")?;
+                for (i, (node, r)) in relevant.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{node}: {r}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub task: TaskId,
+    pub name: String,
+    pub reason: PendingReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The `now` the plan was made for; [`crate::apply`] stamps state changes with it.
+    pub now: Time,
+    pub actions: Vec<Action>,
+    /// Tasks that stay pending, and why.
+    pub pending: Vec<Pending>,
+    /// Plan again after this long even without events (restart delays, update delays,
+    /// monitor windows). The periodic resync still applies on top.
+    pub requeue_after: Option<Millis>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+struct Ctx {
+    now: Time,
+    actions: Vec<Action>,
+    wake_at: Option<Time>,
+    pending: Vec<Pending>,
+    /// Tasks with ids from here on were created in the current round (not in the round's index).
+    first_new: u64,
+}
+
+impl Ctx {
+    fn emit(&mut self, work: &mut Observed, action: Action) {
+        // The planner only emits actions that are valid for its own working copy; if one is
+        // not, that is a planner bug: keep it out of the plan rather than hand it to the leader.
+        match apply_action(work, &action, self.now) {
+            Ok(()) => self.actions.push(action),
+            Err(e) => debug_assert!(false, "planner emitted an invalid action {action:?}: {e}"),
+        }
+    }
+
+    fn wake(&mut self, at: Time) {
+        if at > self.now {
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        }
+    }
+}
+
+/// Plans the actions that move `observed` toward `desired` at time `now`.
+pub fn plan(desired: &Desired, observed: &Observed, now: Time) -> Plan {
+    let mut work = observed.clone();
+    let mut ctx = Ctx {
+        now,
+        actions: Vec::new(),
+        wake_at: None,
+        pending: Vec::new(),
+        first_new: 0,
+    };
+    for _ in 0..MAX_ROUNDS {
+        let before = ctx.actions.len();
+        ctx.wake_at = None;
+        ctx.pending.clear();
+        ctx.first_new = work.next_task_id;
+        round(desired, &mut work, &mut ctx);
+        if ctx.actions.len() == before {
+            break;
+        }
+    }
+    Plan {
+        now,
+        actions: ctx.actions,
+        pending: ctx.pending,
+        requeue_after: ctx.wake_at.map(|t| t - now),
+    }
+}
+
+type Index = BTreeMap<ServiceId, BTreeMap<Slot, Vec<TaskId>>>;
+
+fn index(work: &Observed) -> Index {
+    let mut idx: Index = BTreeMap::new();
+    for t in work.tasks.values() {
+        idx.entry(t.service.clone())
+            .or_default()
+            .entry(t.slot.clone())
+            .or_default()
+            .push(t.id);
+    }
+    idx
+}
+
+fn round(desired: &Desired, work: &mut Observed, ctx: &mut Ctx) {
+    orphan_lost(work, ctx);
+    let idx = index(work);
+    remove_undesired(desired, work, &idx, ctx);
+    for (sid, spec) in &desired.services {
+        status_step(sid, spec, work, ctx);
+        let empty = BTreeMap::new();
+        service_step(sid, work, idx.get(sid).unwrap_or(&empty), ctx);
+    }
+    let idx = index(work);
+    schedule(work, &idx, ctx);
+}
+
+/// Tasks on a node that is down or unknown are lost; their slots get replacements.
+fn orphan_lost(work: &mut Observed, ctx: &mut Ctx) {
+    let lost: Vec<(TaskId, String)> = work
+        .tasks
+        .values()
+        .filter(|t| t.is_live())
+        .filter_map(|t| {
+            let node = t.node.as_ref()?;
+            match work.nodes.get(node) {
+                None => Some((t.id, format!("node {node} was removed"))),
+                Some(n) if n.status == crate::model::NodeStatus::Down => {
+                    Some((t.id, format!("node {node} is down")))
+                }
+                Some(_) => None,
+            }
+        })
+        .collect();
+    for (task, reason) in lost {
+        ctx.emit(work, Action::OrphanTask { task, reason });
+    }
+}
+
+fn remove_undesired(desired: &Desired, work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
+    let gone: BTreeSet<ServiceId> = idx
+        .keys()
+        .chain(work.services.keys())
+        .filter(|s| !desired.services.contains_key(*s))
+        .cloned()
+        .collect();
+    for sid in gone {
+        let ids: Vec<TaskId> = idx
+            .get(&sid)
+            .map(|slots| slots.values().flatten().copied().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            remove_or_delete(work, *id, "service removed", ctx);
+        }
+        if ids.is_empty() && work.services.contains_key(&sid) {
+            ctx.emit(work, Action::DeleteServiceStatus { service: sid });
+        }
+    }
+}
+
+fn remove_or_delete(work: &mut Observed, id: TaskId, reason: &str, ctx: &mut Ctx) {
+    let Some(t) = work.tasks.get(&id) else { return };
+    if !t.is_live() {
+        ctx.emit(work, Action::DeleteTask { task: id });
+    } else if t.desired != DesiredState::Remove {
+        let reason = reason.to_string();
+        ctx.emit(work, Action::RemoveTask { task: id, reason });
+    }
+}
+
+/// Tracks spec changes: a new spec version starts a rolling update; other field changes
+/// (replicas, placement, policies) take effect at once.
+fn status_step(sid: &ServiceId, d: &ServiceSpec, work: &mut Observed, ctx: &mut Ctx) {
+    let now = ctx.now;
+    let Some(st) = work.services.get(sid) else {
+        let status = ServiceStatus {
+            spec: d.clone(),
+            previous: None,
+            update: None,
+        };
+        ctx.emit(
+            work,
+            Action::SetServiceStatus {
+                service: sid.clone(),
+                status: Box::new(status),
+            },
+        );
+        return;
+    };
+    let upd = st.update.as_ref();
+    let rolled_back_from = upd
+        .filter(|u| u.state.is_rollback())
+        .and_then(|u| u.rolled_back_from);
+    let new_status = if rolled_back_from == Some(d.version) {
+        // The failed spec stays rejected until the user applies a new version, but scaling
+        // still takes effect.
+        (st.spec.mode != d.mode).then(|| {
+            let mut s = st.clone();
+            s.spec.mode = d.mode.clone();
+            s
+        })
+    } else if d.version != st.spec.version {
+        // Rollback target = the last spec known to have converged.
+        let previous = match upd.map(|u| u.state) {
+            Some(UpdateState::Updating | UpdateState::Paused) if st.previous.is_some() => {
+                st.previous.clone()
+            }
+            _ => Some(st.spec.clone()),
+        };
+        Some(ServiceStatus {
+            spec: d.clone(),
+            previous,
+            update: Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: now,
+                completed_at: None,
+                message: format!("updating to version {}", d.version),
+                rolled_back_from: None,
+                rollback_config: None,
+            }),
+        })
+    } else if *d != st.spec {
+        let mut s = st.clone();
+        s.spec = d.clone();
+        Some(s)
+    } else {
+        None
+    };
+    if let Some(status) = new_status {
+        ctx.emit(
+            work,
+            Action::SetServiceStatus {
+                service: sid.clone(),
+                status: Box::new(status),
+            },
+        );
+    }
+}
+
+fn desired_slots(sid: &ServiceId, spec: &ServiceSpec, work: &Observed) -> BTreeSet<Slot> {
+    match spec.mode {
+        Mode::Replicated { replicas } => (1..=replicas).map(Slot::Replica).collect(),
+        Mode::Global => work
+            .nodes
+            .values()
+            .filter(|n| match scheduler::may_take(n, spec) {
+                Ok(()) => true,
+                // A paused node keeps the global task it already runs.
+                Err(Rejection::Paused) => work.tasks.values().any(|t| {
+                    t.service == *sid
+                        && t.is_live()
+                        && t.desired == DesiredState::Running
+                        && t.slot == Slot::Node(n.id.clone())
+                }),
+                Err(_) => false,
+            })
+            .map(|n| Slot::Node(n.id.clone()))
+            .collect(),
+    }
+}
+
+fn tasks_of(work: &Observed, ids: &[TaskId]) -> Vec<Task> {
+    let mut v: Vec<Task> = ids
+        .iter()
+        .filter_map(|id| work.tasks.get(id).cloned())
+        .collect();
+    v.sort_by_key(|t| t.id);
+    v
+}
+
+/// The slot's tasks: those in the round's index plus those created since.
+fn slot_tasks(
+    work: &Observed,
+    sid: &ServiceId,
+    slot: &Slot,
+    ids: &[TaskId],
+    first_new: u64,
+) -> Vec<Task> {
+    let mut v = tasks_of(work, ids);
+    v.extend(
+        work.tasks
+            .range(TaskId(first_new)..)
+            .map(|(_, t)| t)
+            .filter(|t| t.service == *sid && t.slot == *slot)
+            .cloned(),
+    );
+    v
+}
+
+fn new_task(work: &Observed, sid: &ServiceId, spec: &ServiceSpec, slot: Slot, now: Time) -> Task {
+    Task {
+        id: TaskId(work.next_task_id),
+        service: sid.clone(),
+        slot,
+        spec_version: spec.version,
+        image: spec.image.clone(),
+        reservations: spec.reservations,
+        node: None,
+        desired: DesiredState::Running,
+        state: TaskState::New,
+        container_id: None,
+        health: Health::Unknown,
+        exit_code: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        not_before: None,
+        message: String::new(),
+        error: None,
+        restart_count: 0,
+        restarts: Vec::new(),
+        fast_failures: 0,
+    }
+}
+
+/// The update config in force: the failed spec's rollback config while rolling back.
+fn active_config(st: &ServiceStatus) -> UpdateConfig {
+    match &st.update {
+        Some(u) if u.state.is_rollback() => u
+            .rollback_config
+            .clone()
+            .unwrap_or_else(|| st.spec.rollback_config.clone()),
+        _ => st.spec.update_config.clone(),
+    }
+}
+
+fn service_step(
+    sid: &ServiceId,
+    work: &mut Observed,
+    slots: &BTreeMap<Slot, Vec<TaskId>>,
+    ctx: &mut Ctx,
+) {
+    let Some(st) = work.services.get(sid).cloned() else {
+        return;
+    };
+    let target = &st.spec;
+    let cfg = active_config(&st);
+    let update_state = st.update.as_ref().map(|u| u.state);
+    let now = ctx.now;
+
+    // Move running tasks off nodes that may no longer run them (drained, constraint changed).
+    // Global tasks need no move: their slot disappears with the node's eligibility.
+    let replicated = matches!(target.mode, Mode::Replicated { .. });
+    for ids in slots.values().filter(|_| replicated) {
+        for t in tasks_of(work, ids) {
+            if !t.is_live() || t.desired != DesiredState::Running {
+                continue;
+            }
+            let Some(node) = t.node.as_ref().and_then(|n| work.nodes.get(n)) else {
+                continue;
+            };
+            if let Err(r) = scheduler::may_keep(node, target) {
+                let reason = format!("{r} on {}", node.id);
+                ctx.emit(work, Action::ShutdownTask { task: t.id, reason });
+            }
+        }
+    }
+
+    let wanted = desired_slots(sid, target, work);
+    for (slot, ids) in slots {
+        if !wanted.contains(slot) {
+            let reason = match slot {
+                Slot::Replica(_) => "scaled down",
+                Slot::Node(_) => "node no longer eligible for global service",
+            };
+            for id in ids {
+                remove_or_delete(work, *id, reason, ctx);
+            }
+        }
+    }
+
+    // Pass 1: per-slot upkeep, and which slots run an outdated spec.
+    let mut outdated: Vec<(Slot, TaskId, bool)> = Vec::new();
+    let mut unsettled = 0usize;
+    let no_ids = Vec::new();
+    for slot in &wanted {
+        let ids = slots.get(slot).unwrap_or(&no_ids);
+        slot_upkeep(sid, slot, ids, target, &st, work, ctx);
+        let tasks = slot_tasks(work, sid, slot, ids, ctx.first_new);
+        let settled = is_settled(&tasks, target, &cfg, update_state, ctx);
+        if !settled {
+            unsettled += 1;
+        }
+        if let Some(head) = head_of(&tasks)
+            && head.is_live()
+            && head.spec_version != target.version
+        {
+            outdated.push((slot.clone(), head.id, settled));
+        }
+    }
+
+    // Pass 2: advance the rolling update within its parallelism.
+    if !update_state.is_some_and(UpdateState::is_paused) {
+        let mut budget = if cfg.parallelism == 0 {
+            usize::MAX
+        } else {
+            (cfg.parallelism as usize).saturating_sub(unsettled)
+        };
+        for (slot, head, settled) in outdated {
+            if settled {
+                // An already unsettled slot is counted in the budget; a settled one takes a place.
+                if budget == 0 {
+                    continue;
+                }
+                budget -= 1;
+            }
+            let reason = format!("updating to version {}", target.version);
+            match cfg.order {
+                UpdateOrder::StopFirst => {
+                    ctx.emit(work, Action::ShutdownTask { task: head, reason });
+                }
+                UpdateOrder::StartFirst => {
+                    let task = new_task(work, sid, target, slot, now);
+                    ctx.emit(work, Action::CreateTask { task });
+                }
+            }
+        }
+    }
+
+    update_progress(sid, &st, &cfg, &wanted, slots, work, ctx);
+}
+
+/// The newest task that should be running: the slot's current attempt.
+fn head_of(tasks: &[Task]) -> Option<&Task> {
+    tasks
+        .iter()
+        .rev()
+        .find(|t| t.desired == DesiredState::Running)
+}
+
+fn is_settled(
+    tasks: &[Task],
+    target: &ServiceSpec,
+    cfg: &UpdateConfig,
+    update_state: Option<UpdateState>,
+    ctx: &mut Ctx,
+) -> bool {
+    let Some(head) = head_of(tasks) else {
+        return false;
+    };
+    if tasks.iter().any(|t| t.id != head.id && t.is_live()) {
+        return false;
+    }
+    if !head.is_live() {
+        return true;
+    }
+    if head.state != TaskState::Running {
+        return false;
+    }
+    if head.spec_version == target.version
+        && update_state.is_some_and(UpdateState::is_active)
+        && let Some(started) = head.started_at
+    {
+        let done = started + cfg.delay;
+        if done > ctx.now {
+            ctx.wake(done);
+            return false;
+        }
+    }
+    true
+}
+
+fn slot_upkeep(
+    sid: &ServiceId,
+    slot: &Slot,
+    ids: &[TaskId],
+    target: &ServiceSpec,
+    st: &ServiceStatus,
+    work: &mut Observed,
+    ctx: &mut Ctx,
+) {
+    let now = ctx.now;
+    let tasks = slot_tasks(work, sid, slot, ids, ctx.first_new);
+
+    // History: keep the newest TASK_HISTORY finished tasks.
+    let history: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| !t.is_live() && t.desired != DesiredState::Running)
+        .collect();
+    let excess = history.len().saturating_sub(TASK_HISTORY);
+    for (i, t) in history.iter().enumerate() {
+        if i < excess || t.desired == DesiredState::Remove {
+            ctx.emit(work, Action::DeleteTask { task: t.id });
+        }
+    }
+
+    let running: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.desired == DesiredState::Running)
+        .collect();
+    let Some((head, preds)) = running.split_last() else {
+        // Nothing should run here. Wait for stopping tasks first, so an update (stop-first),
+        // a drain or a constraint change never runs two tasks for one slot.
+        if !tasks.iter().any(|t| t.is_live()) {
+            let task = new_task(work, sid, target, slot.clone(), now);
+            ctx.emit(work, Action::CreateTask { task });
+        }
+        return;
+    };
+
+    // Predecessors: once the head runs, they all go; before that, the newest running one stays
+    // (start-first overlap) and the rest go.
+    let keep = if head.is_live() && head.state == TaskState::Running {
+        None
+    } else {
+        preds
+            .iter()
+            .rev()
+            .find(|t| t.state == TaskState::Running)
+            .map(|t| t.id)
+    };
+    for p in preds {
+        if Some(p.id) != keep {
+            let reason = format!("superseded by {}", head.id);
+            ctx.emit(work, Action::ShutdownTask { task: p.id, reason });
+        }
+    }
+
+    if head.is_live() {
+        return;
+    }
+    let replacement = if head.state == TaskState::Orphaned {
+        // Lost with its node: not the task's fault, so no delay and no attempt counted.
+        let mut t = new_task(work, sid, target, slot.clone(), now);
+        t.restart_count = head.restart_count;
+        t.restarts = head.restarts.clone();
+        t.fast_failures = head.fast_failures;
+        Some(t)
+    } else if head.spec_version != target.version {
+        // Dead and outdated: replace with the target spec straight away (update or rollback).
+        Some(new_task(work, sid, target, slot.clone(), now))
+    } else {
+        restart_per_policy(work, sid, slot, head, target, st, ctx)
+    };
+    if let Some(task) = replacement {
+        if let Some(nb) = task.not_before {
+            ctx.wake(nb);
+        }
+        ctx.emit(work, Action::RestartTask { old: head.id, task });
+    }
+}
+
+fn restart_per_policy(
+    work: &Observed,
+    sid: &ServiceId,
+    slot: &Slot,
+    head: &Task,
+    target: &ServiceSpec,
+    _st: &ServiceStatus,
+    ctx: &mut Ctx,
+) -> Option<Task> {
+    let now = ctx.now;
+    let policy = &target.restart;
+    let restart = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => {
+            matches!(head.state, TaskState::Failed | TaskState::Rejected)
+        }
+        RestartCondition::Any => true,
+    };
+    if !restart {
+        return None;
+    }
+    let since = policy.window.map(|w| now.saturating_sub(w));
+    let mut recent: Vec<Time> = head
+        .restarts
+        .iter()
+        .copied()
+        .filter(|t| since.is_none_or(|s| *t >= s))
+        .collect();
+    if let Some(max) = policy.max_attempts {
+        if recent.len() >= max as usize {
+            return None;
+        }
+        recent.push(now);
+    } else {
+        recent.clear();
+    }
+    let died = head.finished_at.unwrap_or(now);
+    let fast = head
+        .started_at
+        .is_none_or(|s| died.saturating_sub(s) < MIN_UPTIME);
+    let backoff = if fast && head.fast_failures > 0 {
+        BACKOFF_START
+            .saturating_mul(1 << (head.fast_failures - 1).min(20))
+            .min(BACKOFF_MAX)
+    } else {
+        0
+    };
+    let not_before = died + policy.delay + backoff;
+    let mut t = new_task(work, sid, target, slot.clone(), now);
+    t.restart_count = head.restart_count + 1;
+    t.restarts = recent;
+    t.fast_failures = if fast { head.fast_failures + 1 } else { 0 };
+    t.not_before = (not_before > now).then_some(not_before);
+    Some(t)
+}
+
+/// Failure detection (monitor window, failure ratio → failure action) and completion of an
+/// update or rollback.
+fn update_progress(
+    sid: &ServiceId,
+    st: &ServiceStatus,
+    cfg: &UpdateConfig,
+    wanted: &BTreeSet<Slot>,
+    slots: &BTreeMap<Slot, Vec<TaskId>>,
+    work: &mut Observed,
+    ctx: &mut Ctx,
+) {
+    let Some(upd) = &st.update else { return };
+    if !upd.state.is_active() {
+        return;
+    }
+    let target = &st.spec;
+    let now = ctx.now;
+    let failures = slots
+        .values()
+        .flatten()
+        .filter_map(|id| work.tasks.get(id))
+        .chain(work.tasks.range(TaskId(ctx.first_new)..).map(|(_, t)| t))
+        .filter(|t| t.service == *sid && t.spec_version == target.version)
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected))
+        .filter(|t| {
+            let end = t.finished_at.unwrap_or(now);
+            end >= upd.started_at
+                && t.started_at
+                    .is_none_or(|s| end.saturating_sub(s) <= cfg.monitor)
+        })
+        .count();
+    let n = wanted.len().max(1);
+    if failures > 0 && failures as f64 / n as f64 > cfg.max_failure_ratio {
+        let why = format!("{failures} task(s) of version {} failed", target.version);
+        let mut status = st.clone();
+        let u = status.update.as_mut().expect("checked above");
+        match (upd.state, cfg.failure_action) {
+            (_, FailureAction::Continue) => {}
+            (UpdateState::Updating, FailureAction::Rollback) if st.previous.is_some() => {
+                let reason = format!("update failed, rolling back: {why}");
+                ctx.emit(
+                    work,
+                    Action::Rollback {
+                        service: sid.clone(),
+                        reason,
+                    },
+                );
+                return;
+            }
+            (UpdateState::Updating, _) => {
+                u.state = UpdateState::Paused;
+                u.message = format!("update paused: {why}");
+                ctx.emit(
+                    work,
+                    Action::SetServiceStatus {
+                        service: sid.clone(),
+                        status: Box::new(status),
+                    },
+                );
+                return;
+            }
+            (_, _) => {
+                u.state = UpdateState::RollbackPaused;
+                u.message = format!("rollback paused: {why}");
+                ctx.emit(
+                    work,
+                    Action::SetServiceStatus {
+                        service: sid.clone(),
+                        status: Box::new(status),
+                    },
+                );
+                return;
+            }
+        }
+    }
+
+    // Complete once every slot runs the target spec and has outlived the monitor window.
+    let mut done = true;
+    for slot in wanted {
+        let ids = slots.get(slot).map(Vec::as_slice).unwrap_or(&[]);
+        let tasks = slot_tasks(work, sid, slot, ids, ctx.first_new);
+        let Some(head) = head_of(&tasks) else {
+            done = false;
+            continue;
+        };
+        if head.spec_version != target.version
+            || tasks.iter().any(|t| t.id != head.id && t.is_live())
+        {
+            done = false;
+            continue;
+        }
+        if head.is_live() {
+            match head.started_at {
+                Some(s) if head.state == TaskState::Running => {
+                    if s + cfg.monitor > now {
+                        ctx.wake(s + cfg.monitor);
+                        done = false;
+                    }
+                }
+                _ => done = false,
+            }
+        }
+    }
+    if done {
+        let mut status = st.clone();
+        let u = status.update.as_mut().expect("checked above");
+        u.state = if u.state == UpdateState::RollingBack {
+            UpdateState::RolledBack
+        } else {
+            UpdateState::Completed
+        };
+        u.completed_at = Some(now);
+        u.message = match u.state {
+            UpdateState::RolledBack => format!("rolled back to version {}", target.version),
+            _ => format!("update to version {} completed", target.version),
+        };
+        ctx.emit(
+            work,
+            Action::SetServiceStatus {
+                service: sid.clone(),
+                status: Box::new(status),
+            },
+        );
+    }
+}
+
+fn dependency_unmet(
+    work: &Observed,
+    idx: &Index,
+    stack: &str,
+    dep: &Dependency,
+) -> Option<PendingReason> {
+    let id = ServiceId::new(stack, &dep.service);
+    let unmet = |missing| {
+        Some(PendingReason::Dependency {
+            service: dep.service.clone(),
+            condition: dep.condition,
+            missing,
+        })
+    };
+    let Some(st) = work.services.get(&id) else {
+        return unmet(true);
+    };
+    let need = match st.spec.mode {
+        Mode::Replicated { replicas } => replicas as usize,
+        Mode::Global => 1,
+    };
+    let tasks = idx
+        .get(&id)
+        .into_iter()
+        .flat_map(|slots| slots.values().flatten())
+        .filter_map(|tid| work.tasks.get(tid));
+    let count = match dep.condition {
+        DependencyCondition::ServiceStarted => tasks
+            .filter(|t| t.state == TaskState::Running && t.desired == DesiredState::Running)
+            .count(),
+        DependencyCondition::ServiceHealthy => tasks
+            .filter(|t| t.state == TaskState::Running && t.desired == DesiredState::Running)
+            .filter(|t| !st.spec.healthcheck || t.health == Health::Healthy)
+            .count(),
+        DependencyCondition::ServiceCompletedSuccessfully => tasks
+            .filter(|t| t.state == TaskState::Complete && t.exit_code.unwrap_or(0) == 0)
+            .filter(|t| t.spec_version == st.spec.version)
+            .count(),
+    };
+    if count >= need { None } else { unmet(false) }
+}
+
+/// Assigns every pending task it can, in (service, slot, id) order, and records why the rest
+/// wait.
+fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
+    let mut load = Load::of(work);
+    let now = ctx.now;
+    for (sid, slots) in idx {
+        let Some(spec) = work.services.get(sid).map(|s| s.spec.clone()) else {
+            continue;
+        };
+        for ids in slots.values() {
+            for id in ids {
+                let Some(task) = work.tasks.get(id) else {
+                    continue;
+                };
+                if task.desired != DesiredState::Running || task.state > TaskState::Pending {
+                    continue;
+                }
+                let reason = if let Some(nb) = task.not_before.filter(|nb| *nb > now) {
+                    ctx.wake(nb);
+                    Some(PendingReason::RestartDelay { until: nb })
+                } else if let Some(r) = spec
+                    .depends_on
+                    .iter()
+                    .find_map(|d| dependency_unmet(work, idx, &spec.stack, d))
+                {
+                    Some(r)
+                } else {
+                    match scheduler::select(&work.nodes, &spec, task, &load) {
+                        Ok(node) => {
+                            let mut assigned = task.clone();
+                            assigned.node = Some(node.clone());
+                            load.add(&node, &assigned);
+                            ctx.emit(work, Action::AssignTask { task: *id, node });
+                            None
+                        }
+                        Err(rejections) => Some(PendingReason::NoSuitableNode { rejections }),
+                    }
+                };
+                if let Some(reason) = reason {
+                    let task = &work.tasks[id];
+                    let msg = reason.to_string();
+                    ctx.pending.push(Pending {
+                        task: *id,
+                        name: task.name(),
+                        reason,
+                    });
+                    if task.state == TaskState::New || task.message != msg {
+                        ctx.emit(
+                            work,
+                            Action::SetPendingReason {
+                                task: *id,
+                                reason: msg,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

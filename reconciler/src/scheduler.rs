@@ -1,0 +1,209 @@
+//! Node selection as a filter pipeline (swarmkit `scheduler/filter.go` style): every node either
+//! passes all filters or is rejected with the first filter's reason, so a pending task can say
+//! exactly why no node fits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Availability, Constraint, Node, NodeId, NodeStatus, Observed, Resources, ServiceId,
+    ServiceSpec, Task,
+};
+
+/// Why one node cannot take a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    Down,
+    Drained,
+    Paused,
+    Constraint(Constraint),
+    /// Global task: this node is not the task's slot.
+    OtherNode,
+    Cpu {
+        need: u64,
+        free: u64,
+    },
+    Memory {
+        need: u64,
+        free: u64,
+    },
+    MaxReplicasPerNode(u32),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Down => f.write_str("node is down"),
+            Rejection::Drained => f.write_str("node is drained"),
+            Rejection::Paused => f.write_str("node is paused"),
+            Rejection::Constraint(c) => write!(f, "constraint {c} not met"),
+            Rejection::OtherNode => f.write_str("global task belongs to another node"),
+            Rejection::Cpu { need, free } => {
+                write!(f, "insufficient cpu (need {need}m, free {free}m)")
+            }
+            Rejection::Memory { need, free } => {
+                write!(f, "insufficient memory (need {need} B, free {free} B)")
+            }
+            Rejection::MaxReplicasPerNode(n) => write!(f, "max_replicas_per_node {n} reached"),
+        }
+    }
+}
+
+/// Whether a node may keep running tasks of `spec` (as opposed to taking new ones, which also
+/// needs availability `Active` and free resources).
+pub(crate) fn may_keep(node: &Node, spec: &ServiceSpec) -> Result<(), Rejection> {
+    if node.status == NodeStatus::Down {
+        return Err(Rejection::Down);
+    }
+    if node.availability == Availability::Drain {
+        return Err(Rejection::Drained);
+    }
+    constraints(node, spec)
+}
+
+fn constraints(node: &Node, spec: &ServiceSpec) -> Result<(), Rejection> {
+    match spec.placement.constraints.iter().find(|c| !c.matches(node)) {
+        Some(c) => Err(Rejection::Constraint(c.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Whether a node may take a new task of `spec`, ignoring resources (global slot selection).
+pub(crate) fn may_take(node: &Node, spec: &ServiceSpec) -> Result<(), Rejection> {
+    may_keep(node, spec)?;
+    if node.availability == Availability::Pause {
+        return Err(Rejection::Paused);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeLoad {
+    used: Resources,
+    total: u32,
+    by_service: BTreeMap<ServiceId, u32>,
+}
+
+/// Reservations and task counts per node, from the live tasks that have a node.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Load {
+    nodes: BTreeMap<NodeId, NodeLoad>,
+}
+
+impl Load {
+    pub(crate) fn of(observed: &Observed) -> Self {
+        let mut load = Load::default();
+        for task in observed.tasks.values() {
+            if task.is_live()
+                && let Some(node) = &task.node
+            {
+                load.add(node, task);
+            }
+        }
+        load
+    }
+
+    pub(crate) fn add(&mut self, node: &NodeId, task: &Task) {
+        let l = self.nodes.entry(node.clone()).or_default();
+        l.used.cpu_millis += task.reservations.cpu_millis;
+        l.used.memory += task.reservations.memory;
+        l.total += 1;
+        *l.by_service.entry(task.service.clone()).or_default() += 1;
+    }
+
+    fn service_on(&self, node: &NodeId, service: &ServiceId) -> u32 {
+        self.nodes
+            .get(node)
+            .and_then(|l| l.by_service.get(service))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn total_on(&self, node: &NodeId) -> u32 {
+        self.nodes.get(node).map_or(0, |l| l.total)
+    }
+
+    fn used_on(&self, node: &NodeId) -> Resources {
+        self.nodes
+            .get(node)
+            .map_or(Resources::default(), |l| l.used)
+    }
+}
+
+fn filter(node: &Node, spec: &ServiceSpec, task: &Task, load: &Load) -> Result<(), Rejection> {
+    may_take(node, spec)?;
+    if let crate::model::Slot::Node(slot_node) = &task.slot
+        && *slot_node != node.id
+    {
+        return Err(Rejection::OtherNode);
+    }
+    let used = load.used_on(&node.id);
+    let need = task.reservations;
+    let cap = node.resources;
+    if cap.cpu_millis > 0 && need.cpu_millis > 0 {
+        let free = cap.cpu_millis.saturating_sub(used.cpu_millis);
+        if need.cpu_millis > free {
+            return Err(Rejection::Cpu {
+                need: need.cpu_millis,
+                free,
+            });
+        }
+    }
+    if cap.memory > 0 && need.memory > 0 {
+        let free = cap.memory.saturating_sub(used.memory);
+        if need.memory > free {
+            return Err(Rejection::Memory {
+                need: need.memory,
+                free,
+            });
+        }
+    }
+    if let Some(max) = spec.placement.max_replicas_per_node
+        && load.service_on(&node.id, &task.service) >= max
+    {
+        return Err(Rejection::MaxReplicasPerNode(max));
+    }
+    Ok(())
+}
+
+/// Picks the node for `task`, or returns why each node was rejected. Among the nodes that pass,
+/// spread preferences come first (fewest tasks of the service per label value), then the
+/// fewest tasks of the service on the node, then the fewest tasks overall, then the node id, so
+/// the choice is deterministic.
+pub(crate) fn select(
+    nodes: &BTreeMap<NodeId, Node>,
+    spec: &ServiceSpec,
+    task: &Task,
+    load: &Load,
+) -> Result<NodeId, Vec<(NodeId, Rejection)>> {
+    let mut rejected = Vec::new();
+    let mut best: Option<(Vec<u32>, &NodeId)> = None;
+    for node in nodes.values() {
+        if let Err(r) = filter(node, spec, task, load) {
+            rejected.push((node.id.clone(), r));
+            continue;
+        }
+        let mut key = Vec::with_capacity(spec.placement.preferences.len() + 2);
+        for pref in &spec.placement.preferences {
+            let value = node.labels.get(&pref.label);
+            let group: u32 = nodes
+                .values()
+                .filter(|n| n.labels.get(&pref.label) == value)
+                .map(|n| load.service_on(&n.id, &task.service))
+                .sum();
+            key.push(group);
+        }
+        key.push(load.service_on(&node.id, &task.service));
+        key.push(load.total_on(&node.id));
+        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+            best = Some((key, &node.id));
+        }
+    }
+    match best {
+        Some((_, id)) => Ok(id.clone()),
+        None => Err(rejected),
+    }
+}
