@@ -1,0 +1,878 @@
+//! The content-addressed image store under `<data_dir>/images`.
+//!
+//! Layout:
+//! - `blobs/sha256/<hex>`: manifests, configs and layer blobs, each written to `tmp/`, verified,
+//!   fsynced and renamed into place, so a blob file exists only if its content is right.
+//! - `layers/<diff-id hex>/`: each layer unpacked once, directly usable as an overlay lower dir,
+//!   shared by every image containing that layer. It too appears by rename only when complete.
+//! - `db.json`: image records, tags and holders, replaced atomically under `db.lock`.
+//! - `gc.lock`: writers of new content hold it shared, garbage collection exclusive, so GC never
+//!   deletes a blob that a running pull wrote but has not recorded yet.
+//! - `locks/<hex>.lock`: one per blob/layer so concurrent pulls fetch and unpack it once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::{Digest, HashingReader, HashingWriter};
+use super::error::{ImageError, IoContext, Result};
+use super::lock::FileLock;
+use super::reference::ImageRef;
+use super::spec::{
+    self, Compression, ContainerConfig, Descriptor, ImageConfig, Manifest, Platform, RootFs,
+};
+use super::unpack;
+
+/// A layer of a stored image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the blob as distributed (possibly compressed).
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Digest of the uncompressed tar; names the unpacked directory.
+    pub diff_id: Digest,
+}
+
+/// What the store remembers about one image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest, which is the image id (as in docker).
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    pub config_media_type: String,
+    /// Bottom-most first, as in the manifest.
+    pub layers: Vec<LayerRecord>,
+    /// `name@sha256:…` under which the manifest was pulled or pushed.
+    #[serde(default)]
+    pub repo_digests: BTreeSet<String>,
+    /// Unix seconds when the image entered this store.
+    pub added: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Db {
+    images: BTreeMap<Digest, ImageRecord>,
+    /// Normalized `registry/repo:tag` → image id.
+    tags: BTreeMap<String, Digest>,
+    /// Image id → ids of containers (or other users) that need it.
+    holders: BTreeMap<Digest, BTreeSet<String>>,
+}
+
+/// An image as seen by its users.
+#[derive(Debug, Clone)]
+pub struct LocalImage {
+    pub id: Digest,
+    /// Tags pointing at it, normalized (`docker.io/library/busybox:latest`).
+    pub references: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub manifest_digest: Digest,
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+    /// Sum of the layer blob sizes.
+    pub size: u64,
+    pub added: u64,
+    /// Ids of the containers holding this image.
+    pub holders: Vec<String>,
+    layers_root: PathBuf,
+}
+
+impl LocalImage {
+    /// Unpacked layer directories in overlayfs `lowerdir` order (top-most first). A layer that
+    /// occurs twice is listed once, at its top-most position, which yields the same tree.
+    pub fn layer_dirs(&self) -> Vec<PathBuf> {
+        let mut seen = BTreeSet::new();
+        self.config
+            .rootfs
+            .diff_ids
+            .iter()
+            .rev()
+            .filter(|d| seen.insert((*d).clone()))
+            .map(|d| self.layers_root.join(d.hex()))
+            .collect()
+    }
+
+    /// The first tag, or the short id for untagged images.
+    pub fn display_name(&self) -> String {
+        self.references
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.id.short().to_string())
+    }
+}
+
+/// What `rm` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RemoveReport {
+    pub untagged: Vec<String>,
+    pub deleted: Vec<Digest>,
+}
+
+/// What `prune` (or GC after `rm`) freed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    pub images_deleted: Vec<Digest>,
+    pub blobs_deleted: usize,
+    pub layers_deleted: usize,
+    pub bytes_freed: u64,
+}
+
+/// Handle on the store; cheap to clone, safe to use from several threads and processes.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Holds `gc.lock` shared while new content is written and recorded.
+pub(crate) struct WriteGuard {
+    _lock: FileLock,
+}
+
+impl ImageStore {
+    /// Open (creating if needed) the store at `root`, normally `<data_dir>/images`.
+    pub fn open(root: &Path) -> Result<ImageStore> {
+        for sub in ["blobs/sha256", "layers", "tmp", "locks"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).ctx("create store directory", &p)?;
+        }
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).is_dir()
+    }
+
+    pub(crate) fn write_guard(&self) -> Result<WriteGuard> {
+        Ok(WriteGuard {
+            _lock: FileLock::shared(&self.root.join("gc.lock"))?,
+        })
+    }
+
+    /// Lock for fetching/unpacking the content named `d`; blocks while another puller has it.
+    pub(crate) fn content_lock(&self, kind: &str, d: &Digest) -> Result<FileLock> {
+        FileLock::exclusive(
+            &self
+                .root
+                .join("locks")
+                .join(format!("{kind}-{}.lock", d.hex())),
+        )
+    }
+
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(d);
+        fs::read(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                ImageError::NotFound(format!("blob {d}"))
+            } else {
+                ImageError::io("read blob", p, e)
+            }
+        })
+    }
+
+    /// Store a small blob from memory, verifying it against `expected` if given.
+    pub fn put_blob(&self, bytes: &[u8], expected: Option<&Digest>) -> Result<Digest> {
+        let actual = Digest::of(bytes);
+        if let Some(exp) = expected
+            && *exp != actual
+        {
+            return Err(ImageError::DigestMismatch {
+                what: "blob".into(),
+                expected: exp.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        if self.has_blob(&actual) {
+            return Ok(actual);
+        }
+        let tmp = self.tmp_path("blob");
+        let res = (|| {
+            let mut f = File::create(&tmp).ctx("create", &tmp)?;
+            f.write_all(bytes).ctx("write", &tmp)?;
+            f.sync_all().ctx("fsync", &tmp)?;
+            fs::rename(&tmp, self.blob_path(&actual)).ctx("rename", &tmp)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map(|()| actual)
+    }
+
+    /// Store a layer blob read from `reader` and unpack it, in one pass. `digest` is the blob
+    /// digest to verify; `diff_id`, if known (from the image config), is verified too.
+    /// On any mismatch or error nothing of it remains in the store.
+    /// Returns the diff id. Callers hold the `blob` content lock.
+    pub(crate) fn ingest_layer<R: Read>(
+        &self,
+        reader: R,
+        digest: &Digest,
+        compression: Compression,
+        diff_id: Option<&Digest>,
+        name: &str,
+    ) -> Result<Digest> {
+        let need_blob = !self.has_blob(digest);
+        let need_layer = diff_id.is_none_or(|d| !self.has_layer(d));
+        let tmp_blob = self.tmp_path("blob");
+        let tmp_dir = self.tmp_path("layer");
+        let result = (|| {
+            let sink: Box<dyn Write> = if need_blob {
+                Box::new(io::BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(&tmp_blob).ctx("create", &tmp_blob)?,
+                ))
+            } else {
+                Box::new(io::sink())
+            };
+            let mut tee = TeeReader {
+                inner: reader,
+                out: HashingWriter::new(sink),
+            };
+            let mut actual_diff = None;
+            if need_layer {
+                fs::create_dir(&tmp_dir).ctx("create", &tmp_dir)?;
+                let decoded = decoder(&mut tee, compression)
+                    .map_err(|e| ImageError::invalid(format!("layer {name}"), e))?;
+                let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, decoded));
+                unpack::unpack(&mut hashing, &tmp_dir, name)?;
+                let (d, _, _) = hashing
+                    .finish()
+                    .map_err(|e| ImageError::invalid(format!("layer {name}"), e))?;
+                actual_diff = Some(d);
+            }
+            io::copy(&mut tee, &mut io::sink())
+                .map_err(|e| ImageError::invalid(format!("layer {name}"), e))?;
+            let (actual, _, sink) = tee.out.finish();
+            drop(sink);
+            if actual != *digest {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("layer {name}"),
+                    expected: digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            if let (Some(exp), Some(act)) = (diff_id, &actual_diff)
+                && exp != act
+            {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer {name} (diff id)"),
+                    expected: exp.to_string(),
+                    actual: act.to_string(),
+                });
+            }
+            let diff = match (actual_diff, diff_id) {
+                (Some(d), _) => d,
+                (None, Some(d)) => d.clone(),
+                (None, None) => unreachable!("need_layer is true without a diff id"),
+            };
+            if need_blob {
+                File::open(&tmp_blob)
+                    .and_then(|f| f.sync_all())
+                    .ctx("fsync", &tmp_blob)?;
+                fs::rename(&tmp_blob, self.blob_path(digest)).ctx("rename", &tmp_blob)?;
+            }
+            if need_layer {
+                self.commit_layer_dir(&tmp_dir, &diff)?;
+            }
+            Ok(diff)
+        })();
+        let _ = fs::remove_file(&tmp_blob);
+        if tmp_dir.exists() {
+            let _ = fs::remove_dir_all(&tmp_dir);
+        }
+        result
+    }
+
+    /// Move an unpacked directory into `layers/`, unless another writer got there first.
+    fn commit_layer_dir(&self, tmp_dir: &Path, diff: &Digest) -> Result<()> {
+        let _l = self.content_lock("layer", diff)?;
+        let dest = self.layer_dir(diff);
+        if dest.exists() {
+            return Ok(());
+        }
+        // Make the unpacked files durable before the directory becomes visible: one syncfs
+        // is far cheaper than an fsync per file.
+        let d = File::open(tmp_dir).ctx("open", tmp_dir)?;
+        nix::unistd::syncfs(&d).map_err(|e| ImageError::io("syncfs", tmp_dir, e.into()))?;
+        fs::rename(tmp_dir, &dest).ctx("rename layer", tmp_dir)
+    }
+
+    /// Unpack a blob already in the store (e.g. after `load`) if its layer dir is missing.
+    pub(crate) fn ensure_layer(&self, layer: &LayerRecord) -> Result<()> {
+        if self.has_layer(&layer.diff_id) {
+            return Ok(());
+        }
+        let _l = self.content_lock("blob", &layer.digest)?;
+        if self.has_layer(&layer.diff_id) {
+            return Ok(());
+        }
+        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+            ImageError::UnsupportedMediaType {
+                media_type: layer.media_type.clone(),
+                context: format!("layer {}", layer.digest),
+            }
+        })?;
+        let p = self.blob_path(&layer.digest);
+        let f = File::open(&p).ctx("open blob", &p)?;
+        self.ingest_layer(
+            BufReader::with_capacity(1 << 20, f),
+            &layer.digest,
+            compression,
+            Some(&layer.diff_id),
+            layer.digest.as_str(),
+        )?;
+        Ok(())
+    }
+
+    // ---- metadata ----
+
+    fn db_path(&self) -> PathBuf {
+        self.root.join("db.json")
+    }
+
+    fn read_db(&self) -> Result<Db> {
+        let p = self.db_path();
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::CorruptStore {
+                path: p,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Db::default()),
+            Err(e) => Err(ImageError::io("read", p, e)),
+        }
+    }
+
+    /// Read-modify-write the metadata under the exclusive db lock, replacing it atomically.
+    fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
+        let _l = FileLock::exclusive(&self.root.join("db.lock"))?;
+        let mut db = self.read_db()?;
+        let out = f(&mut db)?;
+        let bytes = serde_json::to_vec_pretty(&db).expect("db serializes");
+        let tmp = self.tmp_path("db");
+        let res = (|| {
+            let mut file = File::create(&tmp).ctx("create", &tmp)?;
+            file.write_all(&bytes).ctx("write", &tmp)?;
+            file.sync_all().ctx("fsync", &tmp)?;
+            fs::rename(&tmp, self.db_path()).ctx("rename", &tmp)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map(|()| out)
+    }
+
+    /// Record an image whose blobs and layers are all in the store, and point `tags` at it.
+    pub(crate) fn record_image(
+        &self,
+        mut record: ImageRecord,
+        tags: &[String],
+        repo_digest: Option<String>,
+    ) -> Result<LocalImage> {
+        let id = record.id.clone();
+        self.with_db(|db| {
+            if let Some(old) = db.images.get(&id) {
+                record.repo_digests.extend(old.repo_digests.iter().cloned());
+                record.added = old.added;
+            }
+            record.repo_digests.extend(repo_digest);
+            db.images.insert(id.clone(), record);
+            for t in tags {
+                db.tags.insert(t.clone(), id.clone());
+            }
+            Ok(())
+        })?;
+        self.get(&id)
+    }
+
+    fn to_local(&self, db: &Db, rec: &ImageRecord) -> Result<LocalImage> {
+        let bytes = self.read_blob(&rec.id)?;
+        let config: ImageConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::invalid(format!("config of image {}", rec.id), e))?;
+        Ok(LocalImage {
+            id: rec.id.clone(),
+            references: db
+                .tags
+                .iter()
+                .filter(|(_, v)| **v == rec.id)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            repo_digests: rec.repo_digests.iter().cloned().collect(),
+            manifest_digest: rec.manifest_digest.clone(),
+            config,
+            size: rec.layers.iter().map(|l| l.size).sum(),
+            layers: rec.layers.clone(),
+            added: rec.added,
+            holders: db
+                .holders
+                .get(&rec.id)
+                .map(|h| h.iter().cloned().collect())
+                .unwrap_or_default(),
+            layers_root: self.root.join("layers"),
+        })
+    }
+
+    fn get(&self, id: &Digest) -> Result<LocalImage> {
+        let db = self.read_db()?;
+        let rec = db
+            .images
+            .get(id)
+            .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
+        self.to_local(&db, rec)
+    }
+
+    /// The stored record (manifest digest, layer blobs) of an image, for push.
+    pub fn record(&self, id: &Digest) -> Result<ImageRecord> {
+        self.read_db()?
+            .images
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound(id.to_string()))
+    }
+
+    /// All images, newest first.
+    pub fn list(&self) -> Result<Vec<LocalImage>> {
+        let db = self.read_db()?;
+        let mut out = db
+            .images
+            .values()
+            .map(|r| self.to_local(&db, r))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| b.added.cmp(&a.added).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Find an image by tag (normalized like docker: `busybox` is
+    /// `docker.io/library/busybox:latest`), by `name@digest`, by full id or by id prefix.
+    pub fn resolve(&self, reference: &str) -> Result<LocalImage> {
+        let db = self.read_db()?;
+        let id = resolve_id(&db, reference)?;
+        self.to_local(&db, &db.images[&id])
+    }
+
+    /// Tag an existing image with another name.
+    pub fn tag(&self, source: &str, target: &str) -> Result<LocalImage> {
+        let r = ImageRef::parse(target)?;
+        let tag = r.tag_key().ok_or_else(|| ImageError::InvalidReference {
+            reference: target.into(),
+            reason: "a tag target cannot contain a digest".into(),
+        })?;
+        let id = self.with_db(|db| {
+            let id = resolve_id(db, source)?;
+            db.tags.insert(tag, id.clone());
+            Ok(id)
+        })?;
+        self.get(&id)
+    }
+
+    /// Note that `holder` (a container id) uses the image, so it is not removed.
+    pub fn add_holder(&self, image_id: &Digest, holder: &str) -> Result<()> {
+        self.with_db(|db| {
+            if !db.images.contains_key(image_id) {
+                return Err(ImageError::NotFound(image_id.to_string()));
+            }
+            db.holders
+                .entry(image_id.clone())
+                .or_default()
+                .insert(holder.to_string());
+            Ok(())
+        })
+    }
+
+    /// Drop a holder; unknown holders and images are ignored (idempotent).
+    pub fn remove_holder(&self, image_id: &Digest, holder: &str) -> Result<()> {
+        self.with_db(|db| {
+            if let Some(h) = db.holders.get_mut(image_id) {
+                h.remove(holder);
+                if h.is_empty() {
+                    db.holders.remove(image_id);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Remove a tag, or an image by id. A tag whose image has other tags is only untagged;
+    /// an image still held by a container is refused. Unreferenced blobs/layers are then freed
+    /// if no pull is running (otherwise the next `prune` frees them).
+    pub fn remove(&self, reference: &str) -> Result<RemoveReport> {
+        let report = self.with_db(|db| {
+            let id = resolve_id(db, reference)?;
+            let mut report = RemoveReport::default();
+            let by_tag = ImageRef::parse(reference)
+                .ok()
+                .and_then(|r| r.tag_key())
+                .filter(|k| db.tags.get(k) == Some(&id));
+            let tags_of: Vec<String> = db
+                .tags
+                .iter()
+                .filter(|(_, v)| **v == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if let Some(tag) = by_tag
+                && tags_of.len() > 1
+            {
+                db.tags.remove(&tag);
+                report.untagged.push(tag);
+                return Ok(report);
+            }
+            if let Some(h) = db.holders.get(&id).filter(|h| !h.is_empty()) {
+                return Err(ImageError::InUse {
+                    image: reference.to_string(),
+                    holders: h.len(),
+                    first: h.iter().next().cloned().unwrap_or_default(),
+                });
+            }
+            for t in tags_of {
+                db.tags.remove(&t);
+                report.untagged.push(t);
+            }
+            db.images.remove(&id);
+            report.deleted.push(id);
+            Ok(report)
+        })?;
+        if let Ok(Some(_l)) = self.try_gc_lock() {
+            self.collect_garbage()?;
+        }
+        Ok(report)
+    }
+
+    fn try_gc_lock(&self) -> Result<Option<nix::fcntl::Flock<File>>> {
+        let p = self.root.join("gc.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .ctx("open lock", &p)?;
+        Ok(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
+    }
+
+    /// Remove untagged images (all unused images with `all`) that no container holds, then
+    /// every blob and layer no image refers to, and stale temporary files.
+    /// Waits for running pulls to finish.
+    pub fn prune(&self, all: bool) -> Result<PruneReport> {
+        let _gc = FileLock::exclusive(&self.root.join("gc.lock"))?;
+        let deleted = self.with_db(|db| {
+            let tagged: BTreeSet<Digest> = db.tags.values().cloned().collect();
+            let victims: Vec<Digest> = db
+                .images
+                .keys()
+                .filter(|id| all || !tagged.contains(*id))
+                .filter(|id| db.holders.get(*id).is_none_or(|h| h.is_empty()))
+                .cloned()
+                .collect();
+            for id in &victims {
+                db.images.remove(id);
+                db.tags.retain(|_, v| v != id);
+            }
+            Ok(victims)
+        })?;
+        let mut report = self.collect_garbage()?;
+        report.images_deleted = deleted;
+        // Nothing writes into tmp/ while we hold gc.lock exclusively.
+        let tmp = self.root.join("tmp");
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        Ok(report)
+    }
+
+    /// Delete blobs and layer dirs no image record refers to. Caller holds gc.lock exclusively.
+    fn collect_garbage(&self) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let _db = FileLock::exclusive(&self.root.join("db.lock"))?;
+        let db = self.read_db()?;
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        for rec in db.images.values() {
+            blobs.insert(rec.id.hex().to_string());
+            blobs.insert(rec.manifest_digest.hex().to_string());
+            for l in &rec.layers {
+                blobs.insert(l.digest.hex().to_string());
+                layers.insert(l.diff_id.hex().to_string());
+            }
+        }
+        let bdir = self.root.join("blobs/sha256");
+        for e in fs::read_dir(&bdir).ctx("list", &bdir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !blobs.contains(&name) {
+                report.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(e.path()).ctx("remove blob", e.path())?;
+                report.blobs_deleted += 1;
+            }
+        }
+        let ldir = self.root.join("layers");
+        for e in fs::read_dir(&ldir).ctx("list", &ldir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !layers.contains(&name) {
+                fs::remove_dir_all(e.path()).ctx("remove layer", e.path())?;
+                report.layers_deleted += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    // ---- import ----
+
+    /// Make a one-layer image from a root filesystem (a directory, or a tar/tar.gz/tar.zst
+    /// file) and tag it `reference`.
+    pub fn import_rootfs(&self, source: &Path, reference: &str) -> Result<LocalImage> {
+        self.import_rootfs_with_config(source, reference, ContainerConfig::default())
+    }
+
+    /// Like [`import_rootfs`](Self::import_rootfs), with a runtime config (cmd, env, …).
+    pub fn import_rootfs_with_config(
+        &self,
+        source: &Path,
+        reference: &str,
+        config: ContainerConfig,
+    ) -> Result<LocalImage> {
+        let r = ImageRef::parse(reference)?;
+        let tag = r.tag_key().ok_or_else(|| ImageError::InvalidReference {
+            reference: reference.into(),
+            reason: "import needs NAME[:TAG], not a digest".into(),
+        })?;
+        let _w = self.write_guard()?;
+        let meta = fs::metadata(source).ctx("stat", source)?;
+        let tmp = self.tmp_path("import");
+        let res = (|| {
+            let file = File::create(&tmp).ctx("create", &tmp)?;
+            let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+            if meta.is_dir() {
+                let mut b = tar::Builder::new(&mut w);
+                b.follow_symlinks(false);
+                b.append_dir_all(".", source)
+                    .ctx("archive root filesystem", source)?;
+                b.finish().ctx("archive root filesystem", source)?;
+            } else {
+                let f = File::open(source).ctx("open", source)?;
+                let mut br = BufReader::with_capacity(1 << 20, f);
+                let head = {
+                    use io::BufRead;
+                    br.fill_buf().ctx("read", source)?.to_vec()
+                };
+                let mut d = decoder(br, Compression::sniff(&head)).ctx("read", source)?;
+                io::copy(&mut d, &mut w).ctx("read", source)?;
+            }
+            let (digest, size, buf) = w.finish();
+            let file = buf
+                .into_inner()
+                .map_err(|e| ImageError::io("write", &tmp, e.into_error()))?;
+            file.sync_all().ctx("fsync", &tmp)?;
+            drop(file);
+            if !self.has_blob(&digest) {
+                fs::rename(&tmp, self.blob_path(&digest)).ctx("rename", &tmp)?;
+            }
+            Ok((digest, size))
+        })();
+        let _ = fs::remove_file(&tmp);
+        let (digest, size) = res?;
+        let layer = LayerRecord {
+            digest: digest.clone(),
+            media_type: spec::OCI_LAYER_TAR.into(),
+            size,
+            diff_id: digest.clone(),
+        };
+        self.ensure_layer(&layer)?;
+        let platform = Platform::current();
+        let cfg = ImageConfig {
+            created: Some(rfc3339_now()),
+            architecture: platform.architecture,
+            os: platform.os,
+            variant: platform.variant,
+            config,
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![digest.clone()],
+            },
+            history: vec![serde_json::json!({
+                "created": rfc3339_now(),
+                "created_by": format!("dcpp image import {}", source.display()),
+            })],
+        };
+        let cfg_bytes = serde_json::to_vec(&cfg).expect("config serializes");
+        let id = self.put_blob(&cfg_bytes, None)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(spec::OCI_MANIFEST.into()),
+            config: Descriptor {
+                media_type: spec::OCI_CONFIG.into(),
+                digest: id.clone(),
+                size: cfg_bytes.len() as u64,
+                platform: None,
+                annotations: BTreeMap::new(),
+            },
+            layers: vec![Descriptor {
+                media_type: spec::OCI_LAYER_TAR.into(),
+                digest,
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            }],
+            annotations: BTreeMap::new(),
+        };
+        let man_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let manifest_digest = self.put_blob(&man_bytes, None)?;
+        self.record_image(
+            ImageRecord {
+                id,
+                manifest_digest,
+                manifest_media_type: spec::OCI_MANIFEST.into(),
+                config_media_type: spec::OCI_CONFIG.into(),
+                layers: vec![layer],
+                repo_digests: BTreeSet::new(),
+                added: now_secs(),
+            },
+            &[tag],
+            None,
+        )
+    }
+}
+
+fn resolve_id(db: &Db, reference: &str) -> Result<Digest> {
+    let not_found = || ImageError::NotFound(reference.to_string());
+    let s = reference.trim();
+    if let Some(hex) = s.strip_prefix("sha256:") {
+        return by_prefix(db, hex, reference);
+    }
+    if let Ok(r) = ImageRef::parse(s) {
+        if let Some(d) = r.digest() {
+            let name = r.name();
+            let want = format!("{name}@{d}");
+            if let Some(rec) = db
+                .images
+                .values()
+                .find(|rec| rec.repo_digests.contains(&want))
+                .or_else(|| {
+                    db.images
+                        .values()
+                        .find(|rec| rec.manifest_digest.as_str() == d)
+                })
+            {
+                return Ok(rec.id.clone());
+            }
+            return Err(not_found());
+        }
+        if let Some(id) = r.tag_key().and_then(|k| db.tags.get(&k)) {
+            return Ok(id.clone());
+        }
+    }
+    if s.len() >= 4 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return by_prefix(db, s, reference);
+    }
+    Err(not_found())
+}
+
+fn by_prefix(db: &Db, hex: &str, reference: &str) -> Result<Digest> {
+    let hex = hex.to_ascii_lowercase();
+    let mut it = db.images.keys().filter(|id| id.hex().starts_with(&hex));
+    match (it.next(), it.next()) {
+        (Some(id), None) if !hex.is_empty() => Ok(id.clone()),
+        (Some(_), Some(_)) => Err(ImageError::Ambiguous(reference.to_string())),
+        _ => Err(ImageError::NotFound(reference.to_string())),
+    }
+}
+
+/// A decompressing reader for a layer stream.
+pub(crate) fn decoder<'a, R: Read + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
+}
+
+/// Copies what is read through it to `out` (the blob file, hashed).
+struct TeeReader<R, W: Write> {
+    inner: R,
+    out: HashingWriter<W>,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a unix time (civil-from-days, proleptic Gregorian).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn rfc3339_now() -> String {
+    rfc3339(now_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,264 @@
+//! Image store against the real filesystem and kernel (as root): import, resolve, holders,
+//! rm/prune, and safe unpacking of hostile or whiteout-carrying layers via `image load`-free
+//! paths (a layer tar imported directly).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use common::oci::{Entry, tar_entries};
+use dcpp_runtime::image::{ImageError, ImageStore, get_xattr};
+
+fn store() -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::Builder::new()
+        .prefix("dcpp-store-")
+        .tempdir()
+        .unwrap();
+    let s = ImageStore::open(&dir.path().join("images")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn import_directory_resolves_by_name_id_and_prefix() {
+    let (_d, s) = store();
+    let rootfs = common::busybox::rootfs_tempdir();
+    let img = s.import_rootfs(rootfs.path(), "busybox").unwrap();
+    assert_eq!(img.references, vec!["docker.io/library/busybox:latest"]);
+    for r in [
+        "busybox",
+        "busybox:latest",
+        "docker.io/library/busybox",
+        img.id.as_str(),
+        img.id.short(),
+        &img.id.hex()[..6],
+    ] {
+        assert_eq!(s.resolve(r).unwrap().id, img.id, "resolve {r}");
+    }
+    assert!(matches!(
+        s.resolve("busybox:nope"),
+        Err(ImageError::NotFound(_))
+    ));
+    let dirs = img.layer_dirs();
+    assert_eq!(dirs.len(), 1);
+    let bb = dirs[0].join("bin/busybox");
+    assert_eq!(
+        fs::metadata(&bb).unwrap().len(),
+        fs::metadata("/bin/busybox").unwrap().len()
+    );
+    assert_eq!(fs::metadata(&bb).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(
+        fs::read_link(dirs[0].join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    assert_eq!(
+        fs::metadata(dirs[0].join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    assert_eq!(img.config.os, "linux");
+    assert_eq!(img.config.rootfs.diff_ids.len(), 1);
+
+    // A second store handle (as another process would open it) sees the same image.
+    let s2 = ImageStore::open(s.root()).unwrap();
+    assert_eq!(s2.resolve("busybox").unwrap().id, img.id);
+}
+
+#[test]
+fn shared_layers_refcounted_by_images_and_holders() {
+    let (_d, s) = store();
+    let rootfs = common::busybox::rootfs_tempdir();
+    let tar = rootfs.path().with_extension("tar");
+    fs::write(&tar, common::oci::tar_dir(rootfs.path())).unwrap();
+    let a = s.import_rootfs(&tar, "a:1").unwrap();
+    let cfg = dcpp_runtime::image::ContainerConfig {
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    let b = s.import_rootfs_with_config(&tar, "b:1", cfg).unwrap();
+    fs::remove_file(&tar).unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(b.config.cmd(), ["sh"]);
+    assert_eq!(
+        a.layer_dirs(),
+        b.layer_dirs(),
+        "one unpacked dir shared by both images"
+    );
+    assert_eq!(fs::read_dir(s.root().join("layers")).unwrap().count(), 1);
+    let layer = a.layer_dirs()[0].clone();
+
+    // A container holding b keeps it (and the layer) from removal.
+    s.add_holder(&b.id, "ctr-1").unwrap();
+    let err = s.remove("b:1").unwrap_err();
+    assert!(matches!(err, ImageError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("ctr-1"));
+    let pruned = s.prune(true).unwrap();
+    assert_eq!(pruned.images_deleted, vec![a.id.clone()]);
+    assert!(layer.is_dir(), "layer still used by held image b");
+    assert!(s.resolve("b:1").is_ok());
+    assert!(matches!(s.resolve("a:1"), Err(ImageError::NotFound(_))));
+
+    s.remove_holder(&b.id, "ctr-1").unwrap();
+    s.remove_holder(&b.id, "ctr-1").unwrap(); // idempotent
+    let rep = s.remove("b:1").unwrap();
+    assert_eq!(rep.deleted, vec![b.id.clone()]);
+    assert!(!layer.exists(), "last image gone, layer freed");
+    assert_eq!(
+        fs::read_dir(s.root().join("blobs/sha256")).unwrap().count(),
+        0
+    );
+    assert!(s.list().unwrap().is_empty());
+}
+
+#[test]
+fn removing_one_of_two_tags_only_untags() {
+    let (_d, s) = store();
+    let rootfs = common::busybox::rootfs_tempdir();
+    let img = s.import_rootfs(rootfs.path(), "x:1").unwrap();
+    s.tag("x:1", "y:2").unwrap();
+    let rep = s.remove("x:1").unwrap();
+    assert_eq!(rep.untagged, vec!["docker.io/library/x:1"]);
+    assert!(rep.deleted.is_empty());
+    assert_eq!(s.resolve("y:2").unwrap().id, img.id);
+    assert!(img.layer_dirs()[0].is_dir());
+}
+
+/// Import a hand-made layer tar into a fresh store and return the unpack result.
+fn import_tar(s: &ImageStore, tar: &[u8]) -> Result<std::path::PathBuf, ImageError> {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), tar).unwrap();
+    s.import_rootfs(f.path(), "t:1")
+        .map(|i| i.layer_dirs()[0].clone())
+}
+
+#[test]
+fn path_escape_is_rejected_and_leaves_nothing() {
+    let (d, s) = store();
+    let victim = d.path().join("victim");
+    let tar = tar_entries(&[
+        Entry::Dir("a/"),
+        Entry::File("../../../../../../victim", b"pwned"),
+    ]);
+    let err = import_tar(&s, &tar).unwrap_err();
+    assert!(matches!(err, ImageError::UnsafeLayer { .. }), "{err}");
+    assert!(err.to_string().contains("escapes the layer root"), "{err}");
+    assert!(!victim.exists());
+    assert_eq!(fs::read_dir(s.root().join("layers")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    assert!(s.list().unwrap().is_empty());
+}
+
+#[test]
+fn absolute_paths_and_symlink_escapes_are_contained() {
+    let (d, s) = store();
+    let outside = d.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_s = outside.to_str().unwrap().to_string();
+    let tar = tar_entries(&[
+        // Absolute entry: re-rooted.
+        Entry::File("/etc/abs", b"abs"),
+        // Symlink to an absolute host dir, then a file written "through" it.
+        Entry::Symlink("esc", &outside_s),
+        Entry::File("esc/through-abs", b"x"),
+        // Relative symlink climbing out, then a file through it.
+        Entry::Symlink("up", "../../../../../.."),
+        Entry::File("up/through-rel", b"y"),
+        // Hardlink to a file outside the root is refused below; a contained one works.
+        Entry::File("data", b"d"),
+        Entry::Hardlink("data-link", "data"),
+        Entry::CharDev("dev-null"),
+    ]);
+    let layer = import_tar(&s, &tar).unwrap();
+    assert_eq!(fs::read(layer.join("etc/abs")).unwrap(), b"abs");
+    // The link is kept verbatim (it only resolves inside a container) ...
+    assert_eq!(fs::read_link(layer.join("esc")).unwrap(), outside);
+    // ... but what was written through it landed inside the layer.
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing escaped"
+    );
+    assert_eq!(
+        fs::read(
+            layer
+                .join(outside.strip_prefix("/").unwrap())
+                .join("through-abs")
+        )
+        .unwrap(),
+        b"x"
+    );
+    assert_eq!(fs::read(layer.join("through-rel")).unwrap(), b"y");
+    assert_eq!(
+        fs::metadata(layer.join("data")).unwrap().ino(),
+        fs::metadata(layer.join("data-link")).unwrap().ino()
+    );
+    assert!(
+        fs::symlink_metadata(layer.join("dev-null")).is_err(),
+        "device nodes skipped"
+    );
+}
+
+#[test]
+fn hardlink_outside_root_is_rejected() {
+    let (_d, s) = store();
+    for target in ["../../etc/passwd", "/etc/passwd"] {
+        let tar = tar_entries(&[Entry::Hardlink("pw", target)]);
+        let err = import_tar(&s, &tar).unwrap_err();
+        assert!(
+            matches!(err, ImageError::UnsafeLayer { .. }),
+            "{target}: {err}"
+        );
+    }
+}
+
+#[test]
+fn whiteouts_become_overlay_whiteouts_and_hide_lower_files() {
+    let (d, s) = store();
+    let lower = tar_entries(&[
+        Entry::Dir("keep/"),
+        Entry::File("keep/a", b"a"),
+        Entry::File("gone", b"g"),
+        Entry::Dir("opq/"),
+        Entry::File("opq/old", b"o"),
+    ]);
+    let upper = tar_entries(&[
+        Entry::File(".wh.gone", b""),
+        Entry::Dir("opq/"),
+        Entry::File("opq/.wh..wh..opq", b""),
+        Entry::File("opq/new", b"n"),
+    ]);
+    let lower_dir = import_tar(&s, &lower).unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), &upper).unwrap();
+    let upper_dir = s.import_rootfs(f.path(), "u:1").unwrap().layer_dirs()[0].clone();
+
+    let wh = fs::symlink_metadata(upper_dir.join("gone")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    assert_eq!(
+        get_xattr(&upper_dir.join("opq"), "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert!(!upper_dir.join("opq/.wh..wh..opq").exists());
+
+    // Mount them as a real overlay and look at the merged view.
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let opts = format!("lowerdir={}:{}", upper_dir.display(), lower_dir.display());
+    nix::mount::mount(
+        Some("overlay"),
+        &mnt,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .expect("mount overlay (tests run as root)");
+    let seen = (
+        mnt.join("keep/a").exists(),
+        mnt.join("gone").exists(),
+        mnt.join("opq/old").exists(),
+        mnt.join("opq/new").exists(),
+    );
+    nix::mount::umount(&mnt).unwrap();
+    assert_eq!(seen, (true, false, false, true));
+}
