@@ -1,0 +1,433 @@
+//! HTTP surface of a node: Raft peer RPCs and the store API, as axum routers, plus the error
+//! envelope shared with the client.
+//!
+//! Two routers: [`peer_router`] is served on TCP and requires the cluster bearer token on every
+//! route except `POST /v1/cluster/join` (whose credential is the join token in the body);
+//! [`local_router`] is served on the daemon's unix socket (mode 0600, so only root reaches it)
+//! and adds the local administration routes (join, leave, tokens).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::node::{AddMember, JoinRequest, Node, RemoveMember};
+use crate::types::{Kind, PreconditionFailed, Txn};
+use crate::{Error, TypeConfig};
+
+/// Marks a request one node forwarded to the leader, so it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-dcpp-forwarded";
+
+/// JSON error body of every failed API call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<PreconditionFailed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<u64>,
+}
+
+impl From<&Error> for ApiError {
+    fn from(e: &Error) -> ApiError {
+        let code = match e {
+            Error::PreconditionFailed(_) => "precondition_failed",
+            Error::Compacted { .. } => "compacted",
+            Error::NotFound { .. } => "not_found",
+            Error::Decode { .. } => "decode",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::NoLeader(_) => "no_leader",
+            Error::Raft(_) => "raft",
+            Error::Storage(_) => "storage",
+            Error::Transport(_) => "transport",
+            Error::Conflict(_) => "conflict",
+            Error::Io(_) => "io",
+        };
+        let (failed, compacted, requested) = match e {
+            Error::PreconditionFailed(f) => (Some(f.clone()), None, None),
+            Error::Compacted {
+                requested,
+                compacted,
+            } => (None, Some(*compacted), Some(*requested)),
+            _ => (None, None, None),
+        };
+        ApiError {
+            code: code.into(),
+            message: e.to_string(),
+            failed,
+            compacted,
+            requested,
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self.code.as_str() {
+            "precondition_failed" | "conflict" => StatusCode::CONFLICT,
+            "compacted" => StatusCode::GONE,
+            "not_found" => StatusCode::NOT_FOUND,
+            "invalid_argument" => StatusCode::BAD_REQUEST,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "no_leader" => StatusCode::SERVICE_UNAVAILABLE,
+            "transport" => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Rebuilds the library error on the client side.
+    pub fn into_error(self) -> Error {
+        match self.code.as_str() {
+            "precondition_failed" => match self.failed {
+                Some(f) => Error::PreconditionFailed(f),
+                None => Error::Conflict(self.message),
+            },
+            "compacted" => Error::Compacted {
+                requested: self.requested.unwrap_or(0),
+                compacted: self.compacted.unwrap_or(0),
+            },
+            "not_found" => {
+                // "kind/id not found"
+                let what = self.message.trim_end_matches(" not found");
+                match what.split_once('/') {
+                    Some((k, id)) if k.parse::<Kind>().is_ok() => Error::NotFound {
+                        kind: k.parse().unwrap_or(Kind::Stack),
+                        id: id.to_string(),
+                    },
+                    _ => Error::InvalidArgument(self.message),
+                }
+            }
+            "invalid_argument" => Error::InvalidArgument(self.message),
+            "unauthorized" => Error::Unauthorized(self.message),
+            "no_leader" => Error::NoLeader(self.message),
+            "raft" => Error::Raft(self.message),
+            "transport" => Error::Transport(self.message),
+            "conflict" => Error::Conflict(self.message),
+            _ => Error::Storage(self.message),
+        }
+    }
+}
+
+struct HttpError(Error);
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = ApiError::from(&self.0);
+        (body.status(), Json(body)).into_response()
+    }
+}
+
+/// Turns an API response into the value or the library error.
+pub async fn decode_response<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Transport(format!("bad response: {e}")));
+    }
+    match serde_json::from_slice::<ApiError>(&bytes) {
+        Ok(e) => Err(e.into_error()),
+        Err(_) if status == StatusCode::UNAUTHORIZED => {
+            Err(Error::Unauthorized(format!("HTTP {status}")))
+        }
+        Err(_) => Err(Error::Transport(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ))),
+    }
+}
+
+/// Percent-encodes an object id for use as one path segment.
+pub fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+type ApiResult<T> = Result<Json<T>, HttpError>;
+
+fn forwarded(h: &HeaderMap) -> bool {
+    h.contains_key(FORWARDED_HEADER)
+}
+
+fn parse_kind(s: &str) -> Result<Kind, HttpError> {
+    s.parse::<Kind>().map_err(HttpError)
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    /// `stale=true` serves from the local copy without the leader round trip.
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    since: Option<u64>,
+    kind: Option<String>,
+}
+
+async fn txn(State(node): State<Node>, h: HeaderMap, Json(t): Json<Txn>) -> Response {
+    // A failed precondition is a 409 carrying the details.
+    match node.txn_inner(t, forwarded(&h)).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => HttpError(e).into_response(),
+    }
+}
+
+async fn get_object(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<crate::Object> {
+    Ok(Json(
+        node.get_inner(parse_kind(&kind)?, &id, !q.stale, forwarded(&h))
+            .await?,
+    ))
+}
+
+async fn list_objects(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Path(kind): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<crate::node::ObjectList> {
+    Ok(Json(
+        node.list_inner(parse_kind(&kind)?, !q.stale, forwarded(&h))
+            .await?,
+    ))
+}
+
+async fn watch(State(node): State<Node>, Query(q): Query<WatchQuery>) -> Response {
+    let kind = match q.kind.as_deref().map(str::parse::<Kind>).transpose() {
+        Ok(k) => k,
+        Err(e) => return HttpError(e).into_response(),
+    };
+    let since = q.since.unwrap_or_else(|| node.reader().revision());
+    // Refuse up front (410) so clients see the compaction as a status, not mid-stream.
+    if let Err(e) = node.reader().changes_after(since, 0) {
+        return HttpError(e).into_response();
+    }
+    let stream = node.watch(since, kind).map(|r| {
+        let mut line = match r {
+            Ok(ev) => serde_json::to_vec(&WatchLine::Event(ev)),
+            Err(e) => serde_json::to_vec(&WatchLine::Error(ApiError::from(&e))),
+        }
+        .unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(axum::body::Bytes::from(line))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One line of a watch stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchLine {
+    Event(crate::Event),
+    Error(ApiError),
+}
+
+async fn status(State(node): State<Node>) -> ApiResult<crate::ClusterStatus> {
+    Ok(Json(node.status()?))
+}
+
+async fn join(
+    State(node): State<Node>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(r): Json<JoinRequest>,
+) -> ApiResult<crate::node::JoinGrant> {
+    match node.grant_join(&r) {
+        Ok(g) => Ok(Json(g)),
+        Err(e) => {
+            tracing::warn!(%peer, "refused join request: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+async fn add_member(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Json(r): Json<AddMember>,
+) -> ApiResult<serde_json::Value> {
+    node.add_member(r, forwarded(&h)).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+async fn remove_member(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Json(r): Json<RemoveMember>,
+) -> ApiResult<serde_json::Value> {
+    node.remove_member(r, forwarded(&h)).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+fn isolated(node: &Node) -> Option<Response> {
+    node.faults().isolated().then(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "isolated by fault injection",
+        )
+            .into_response()
+    })
+}
+
+async fn raft_append(
+    State(node): State<Node>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if let Some(r) = isolated(&node) {
+        return r;
+    }
+    Json(node.raft().append_entries(req).await).into_response()
+}
+
+async fn raft_vote(
+    State(node): State<Node>,
+    Json(req): Json<VoteRequest<crate::NodeId>>,
+) -> Response {
+    if let Some(r) = isolated(&node) {
+        return r;
+    }
+    Json(node.raft().vote(req).await).into_response()
+}
+
+async fn raft_snapshot(
+    State(node): State<Node>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if let Some(r) = isolated(&node) {
+        return r;
+    }
+    Json(node.raft().install_snapshot(req).await).into_response()
+}
+
+async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if node.auth().verify(header) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    tracing::warn!(
+        %peer,
+        path = %req.uri().path(),
+        from = ?req.headers().get(crate::network::FROM_HEADER),
+        reason = if header.is_some() { "invalid token" } else { "missing token" },
+        "unauthenticated request refused"
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(ApiError::from(&Error::Unauthorized(
+            "missing or invalid cluster token".into(),
+        ))),
+    )
+        .into_response()
+}
+
+fn api_routes() -> Router<Node> {
+    Router::new()
+        .route("/v1/txn", post(txn))
+        .route("/v1/objects/{kind}", get(list_objects))
+        .route("/v1/objects/{kind}/{id}", get(get_object))
+        .route("/v1/watch", get(watch))
+        .route("/v1/cluster/status", get(status))
+        .route("/v1/cluster/add", post(add_member))
+        .route("/v1/cluster/remove", post(remove_member))
+}
+
+/// The TCP router: Raft RPCs and the API behind the cluster token, plus the join endpoint.
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (see [`serve_tcp`]).
+pub fn peer_router(node: Node) -> Router {
+    let protected = api_routes()
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+    protected
+        .route("/v1/cluster/join", post(join))
+        .with_state(node)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalJoin {
+    pub address: String,
+    pub token: String,
+}
+
+async fn local_join(State(node): State<Node>, Json(r): Json<LocalJoin>) -> ApiResult<crate::Role> {
+    Ok(Json(node.join(&r.address, &r.token).await?))
+}
+
+async fn local_leave(State(node): State<Node>) -> ApiResult<serde_json::Value> {
+    node.leave().await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+async fn tokens(State(node): State<Node>) -> ApiResult<crate::JoinTokens> {
+    Ok(Json(node.join_tokens()?))
+}
+
+/// The unix-socket router: the API plus local administration, no token (socket is mode 0600).
+pub fn local_router(node: Node) -> Router {
+    api_routes()
+        .route("/v1/local/join", post(local_join))
+        .route("/v1/local/leave", post(local_leave))
+        .route("/v1/cluster/tokens", get(tokens))
+        .with_state(node)
+}
+
+/// Serves [`peer_router`] on a bound TCP listener until `shutdown` resolves.
+pub async fn serve_tcp(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        peer_router(node).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,338 @@
+//! The Rust client of the store API, used by the CLI, agents and tests. Talks to a daemon over
+//! its unix socket or to any member over TCP (with the cluster token).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::api::{LocalJoin, WatchLine, decode_response, encode_path};
+use crate::node::ObjectList;
+use crate::types::{
+    ClusterStatus, Event, JoinTokens, Kind, Object, Op, Precondition, Role, Txn, TxnResponse,
+};
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///path`, `tcp://host:port`, `http://host:port` or a bare `host:port`.
+    pub fn parse(s: &str) -> Result<Endpoint, Error> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "empty socket path in {s:?}"
+                )));
+            }
+            return Ok(Endpoint::Unix(p.into()));
+        }
+        let hp = s
+            .strip_prefix("tcp://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s)
+            .trim_end_matches('/');
+        if hp.is_empty() || !hp.contains(':') {
+            return Err(Error::InvalidArgument(format!(
+                "invalid daemon address {s:?} (want unix:///path or tcp://host:port)"
+            )));
+        }
+        Ok(Endpoint::Tcp(hp.into()))
+    }
+}
+
+/// A client of one daemon / cluster member. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `token` is the cluster token, needed for TCP endpoints only.
+    pub fn new(endpoint: &Endpoint, token: Option<String>) -> Result<Client, Error> {
+        let b = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
+        let (b, base) = match endpoint {
+            Endpoint::Unix(p) => (b.unix_socket(p.as_path()), "http://localhost".to_string()),
+            Endpoint::Tcp(a) => (b, format!("http://{a}")),
+        };
+        Ok(Client {
+            http: b.build().map_err(|e| Error::Transport(e.to_string()))?,
+            base,
+            token,
+        })
+    }
+
+    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(m, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, Error> {
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| Error::Transport(format!("{}: {e}", self.base)))?;
+        decode_response(resp).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.call(self.req(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.call(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// Commits a transaction (returns when applied); a failed precondition is
+    /// [`Error::PreconditionFailed`].
+    pub async fn txn(&self, txn: &Txn) -> Result<TxnResponse, Error> {
+        self.post("/v1/txn", txn).await
+    }
+
+    /// Linearizable read of one object.
+    pub async fn get(&self, kind: Kind, id: &str) -> Result<Object, Error> {
+        self.get_json(&format!("/v1/objects/{kind}/{}", encode_path(id)))
+            .await
+    }
+
+    /// Read from the contacted node's local copy (may lag the leader).
+    pub async fn get_stale(&self, kind: Kind, id: &str) -> Result<Object, Error> {
+        self.get_json(&format!(
+            "/v1/objects/{kind}/{}?stale=true",
+            encode_path(id)
+        ))
+        .await
+    }
+
+    /// Typed linearizable read: the value and its `mod_revision` (for compare-and-set).
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<(T, u64), Error> {
+        let o = self.get(kind, id).await?;
+        Ok((o.decode()?, o.mod_revision))
+    }
+
+    /// Unconditional typed put.
+    pub async fn put<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+    ) -> Result<TxnResponse, Error> {
+        self.txn(&Txn::new().op(Op::put(kind, id, value)?)).await
+    }
+
+    /// Typed put that succeeds only if the object is still at `mod_revision`.
+    pub async fn put_if<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+        mod_revision: u64,
+    ) -> Result<TxnResponse, Error> {
+        let t = Txn::new()
+            .when(Precondition::ModRevision {
+                kind,
+                id: id.into(),
+                revision: mod_revision,
+            })
+            .op(Op::put(kind, id, value)?);
+        self.txn(&t).await
+    }
+
+    /// Typed create that fails if the object exists.
+    pub async fn create<T: Serialize>(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: &T,
+    ) -> Result<TxnResponse, Error> {
+        let t = Txn::new()
+            .when(Precondition::Absent {
+                kind,
+                id: id.into(),
+            })
+            .op(Op::put(kind, id, value)?);
+        self.txn(&t).await
+    }
+
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<TxnResponse, Error> {
+        self.txn(&Txn::new().op(Op::delete(kind, id))).await
+    }
+
+    /// Linearizable list of one kind, with the revision to start a watch from.
+    pub async fn list(&self, kind: Kind) -> Result<ObjectList, Error> {
+        self.get_json(&format!("/v1/objects/{kind}")).await
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, Error> {
+        self.get_json("/v1/cluster/status").await
+    }
+
+    /// Join tokens (unix socket only).
+    pub async fn join_tokens(&self) -> Result<JoinTokens, Error> {
+        self.get_json("/v1/cluster/tokens").await
+    }
+
+    /// Asks the daemon to join the cluster at `address` (unix socket only).
+    pub async fn join(&self, address: &str, token: &str) -> Result<Role, Error> {
+        self.post(
+            "/v1/local/join",
+            &LocalJoin {
+                address: address.into(),
+                token: token.into(),
+            },
+        )
+        .await
+    }
+
+    /// Asks the daemon to leave its cluster (unix socket only).
+    pub async fn leave(&self) -> Result<(), Error> {
+        let _: serde_json::Value = self.post("/v1/local/leave", &()).await?;
+        Ok(())
+    }
+
+    /// Watches every change after `since`, reconnecting transparently after connection loss
+    /// and resuming from the last delivered revision, so the stream has no gaps. It ends after
+    /// yielding [`Error::Compacted`] (re-list, then watch from the list's revision).
+    pub fn watch(
+        &self,
+        since: u64,
+        kind: Option<Kind>,
+    ) -> impl Stream<Item = Result<Event, Error>> + Send + 'static {
+        type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+        struct St {
+            c: Client,
+            /// Revision of the last delivered event and how many of its events were delivered:
+            /// a revision can hold several events and the connection may drop between them.
+            cur_rev: u64,
+            cur_count: usize,
+            skip: usize,
+            kind: Option<Kind>,
+            body: Option<Body>,
+            buf: Vec<u8>,
+            out: VecDeque<Result<Event, Error>>,
+            done: bool,
+            failures: u32,
+        }
+        let st = St {
+            c: self.clone(),
+            cur_rev: since,
+            cur_count: 0,
+            skip: 0,
+            kind,
+            body: None,
+            buf: Vec::new(),
+            out: VecDeque::new(),
+            done: false,
+            failures: 0,
+        };
+        futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if let Some(item) = st.out.pop_front() {
+                    return Some((item, st));
+                }
+                if st.done {
+                    return None;
+                }
+                let Some(body) = st.body.as_mut() else {
+                    if st.failures > 0 {
+                        let ms = (100u64 << st.failures.min(5)).min(2000);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let since = if st.cur_count > 0 {
+                        st.cur_rev - 1
+                    } else {
+                        st.cur_rev
+                    };
+                    st.skip = st.cur_count;
+                    let mut path = format!("/v1/watch?since={since}");
+                    if let Some(k) = st.kind {
+                        path.push_str(&format!("&kind={k}"));
+                    }
+                    match st.c.req(reqwest::Method::GET, &path).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            st.failures = 0;
+                            st.buf.clear();
+                            st.body = Some(Box::pin(r.bytes_stream()));
+                        }
+                        Ok(r) => match decode_response::<serde_json::Value>(r).await {
+                            Err(
+                                e @ (Error::Compacted { .. }
+                                | Error::Unauthorized(_)
+                                | Error::InvalidArgument(_)),
+                            ) => {
+                                st.done = true;
+                                st.out.push_back(Err(e));
+                            }
+                            _ => st.failures += 1,
+                        },
+                        Err(_) => st.failures += 1,
+                    }
+                    continue;
+                };
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        st.buf.extend_from_slice(&chunk);
+                        while let Some(pos) = st.buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = st.buf.drain(..=pos).collect();
+                            match serde_json::from_slice::<WatchLine>(&line) {
+                                // Deliver only events after the resume point.
+                                Ok(WatchLine::Event(e)) => {
+                                    if e.revision > st.cur_rev {
+                                        st.cur_rev = e.revision;
+                                        st.cur_count = 1;
+                                        st.skip = 0;
+                                        st.out.push_back(Ok(e));
+                                    } else if e.revision == st.cur_rev {
+                                        if st.skip > 0 {
+                                            st.skip -= 1;
+                                        } else {
+                                            st.cur_count += 1;
+                                            st.out.push_back(Ok(e));
+                                        }
+                                    }
+                                }
+                                Ok(WatchLine::Error(e)) => {
+                                    st.done = true;
+                                    st.out.push_back(Err(e.into_error()));
+                                }
+                                Err(e) => {
+                                    st.done = true;
+                                    st.out.push_back(Err(Error::Transport(format!(
+                                        "bad watch line: {e}"
+                                    ))));
+                                }
+                            }
+                        }
+                    }
+                    // Connection lost or closed: reconnect from the last delivered revision.
+                    Some(Err(_)) | None => {
+                        st.body = None;
+                        st.failures += 1;
+                    }
+                }
+            }
+        })
+    }
+}

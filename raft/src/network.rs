@@ -1,0 +1,210 @@
+//! openraft RPCs over HTTP: a reqwest client per peer, JSON bodies, bearer-token auth.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{NodeId, TypeConfig};
+
+/// Header naming the sending node on peer RPCs (for logs).
+pub const FROM_HEADER: &str = "x-dcpp-from";
+
+/// The credentials this node presents to peers and accepts from them.
+#[derive(Debug, Default)]
+pub struct Auth {
+    token: RwLock<Option<String>>,
+}
+
+impl Auth {
+    pub fn new(token: Option<String>) -> Auth {
+        Auth {
+            token: RwLock::new(token),
+        }
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, token: Option<String>) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    /// Checks an `Authorization` header value; constant-time in the token length.
+    pub fn verify(&self, header: Option<&str>) -> bool {
+        let Some(expected) = self.token() else {
+            return false;
+        };
+        let Some(got) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        ct_eq(got.as_bytes(), expected.as_bytes())
+    }
+}
+
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Fault injection for tests: an isolated node neither sends nor accepts Raft RPCs, which is how
+/// tests cut a node off without touching the host firewall. Never set in production.
+#[derive(Debug, Default)]
+pub struct Faults {
+    isolated: AtomicBool,
+}
+
+impl Faults {
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::SeqCst);
+    }
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+}
+
+/// Creates per-peer connections for openraft.
+#[derive(Clone)]
+pub struct Transport {
+    pub(crate) id: NodeId,
+    pub(crate) http: reqwest::Client,
+    pub(crate) auth: Arc<Auth>,
+    pub(crate) faults: Arc<Faults>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Transport {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConn {
+        PeerConn {
+            t: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConn {
+    t: Transport,
+    target: NodeId,
+    addr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerConn {
+    async fn call<Req, Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if self.t.faults.isolated() {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                "isolated by fault injection".into(),
+            ))));
+        }
+        let url = format!("http://{}/raft/{path}", self.addr);
+        let mut rb = self
+            .t
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(FROM_HEADER, self.t.id.to_string())
+            .json(req);
+        if let Some(tok) = self.t.auth.token() {
+            rb = rb.bearer_auth(tok);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_timeout() {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.t.id,
+                    target: self.target,
+                    timeout,
+                })
+            } else if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                "{url}: HTTP {status}: {body}"
+            )))));
+        }
+        let res: Result<Resp, RaftError<NodeId, E>> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RPCTypes::AppendEntries, "append", &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(
+            RPCTypes::InstallSnapshot,
+            "snapshot",
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RPCTypes::Vote, "vote", &rpc, option.hard_ttl())
+            .await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // A restarted peer should be picked up quickly; the default is a flat 500 ms.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}

@@ -1,0 +1,333 @@
+//! The data model of the store: kinds, versioned objects, transactions, watch events and node
+//! records. Values are plain JSON so that the crates owning the typed structs stay decoupled.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Error;
+
+/// The kinds of object the cluster store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Stack,
+    Service,
+    Task,
+    Node,
+    Network,
+    Volume,
+    Secret,
+    Config,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Stack,
+        Kind::Service,
+        Kind::Task,
+        Kind::Node,
+        Kind::Network,
+        Kind::Volume,
+        Kind::Secret,
+        Kind::Config,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Stack => "stack",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::Node => "node",
+            Kind::Network => "network",
+            Kind::Volume => "volume",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown kind `{s}`")))
+    }
+}
+
+/// One stored object with its revisions (etcd semantics: `create_revision` is the cluster revision
+/// of the put that created it, `mod_revision` the one of its latest put).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    pub kind: Kind,
+    pub id: String,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub value: Value,
+}
+
+impl Object {
+    /// Converts the JSON value into the caller's typed struct.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_value(self.value.clone()).map_err(|e| Error::Decode {
+            kind: self.kind,
+            id: self.id.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A write inside a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Put {
+        kind: Kind,
+        id: String,
+        value: Value,
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+    },
+}
+
+impl Op {
+    /// A put of any serializable value.
+    pub fn put<T: Serialize>(kind: Kind, id: impl Into<String>, value: &T) -> Result<Op, Error> {
+        let value =
+            serde_json::to_value(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(Op::Put {
+            kind,
+            id: id.into(),
+            value,
+        })
+    }
+
+    pub fn delete(kind: Kind, id: impl Into<String>) -> Op {
+        Op::Delete {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+/// A condition that must hold, when the transaction is applied, for any of its ops to happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "if", rename_all = "snake_case")]
+pub enum Precondition {
+    /// The object exists and its `mod_revision` equals `revision` (compare-and-set).
+    ModRevision {
+        kind: Kind,
+        id: String,
+        revision: u64,
+    },
+    /// The object does not exist (create-only).
+    Absent { kind: Kind, id: String },
+}
+
+/// An atomic batch of ops guarded by preconditions: all ops happen with one new cluster revision,
+/// or none do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Txn {
+    #[serde(default)]
+    pub preconditions: Vec<Precondition>,
+    #[serde(default)]
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Txn {
+        Txn::default()
+    }
+    pub fn when(mut self, p: Precondition) -> Txn {
+        self.preconditions.push(p);
+        self
+    }
+    pub fn op(mut self, op: Op) -> Txn {
+        self.ops.push(op);
+        self
+    }
+}
+
+/// Why a transaction's preconditions did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreconditionFailed {
+    /// Index into `Txn::preconditions`.
+    pub index: usize,
+    pub kind: Kind,
+    pub id: String,
+    /// The object's `mod_revision` at apply time, `None` if absent.
+    pub actual_mod_revision: Option<u64>,
+}
+
+/// The outcome of a committed transaction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// The cluster revision after the transaction (unchanged if it failed or changed nothing).
+    pub revision: u64,
+    pub succeeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<PreconditionFailed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Put,
+    Delete,
+}
+
+/// One change, as delivered by a watch. For a delete, `object` is the object's last state with
+/// `mod_revision` set to the deleting revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub object: Object,
+}
+
+/// Role of a cluster member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A Raft voter: takes part in elections and commits.
+    Manager,
+    /// A Raft learner: receives the replicated log but does not vote.
+    Worker,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// Whether the scheduler may place work on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        })
+    }
+}
+
+/// Capacity a node offers to the scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// The record of a cluster node, stored as `Kind::Node` under its id (decimal Raft node id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub hostname: String,
+    /// Address peers reach its Raft/API endpoint at (`host:port`).
+    pub address: String,
+    pub role: Role,
+    #[serde(default)]
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
+}
+
+/// The cluster's credentials, created once by the first node and replicated so that every
+/// member can verify join tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    pub cluster_id: String,
+    /// Bearer token on every peer and remote API request.
+    pub rpc_token: String,
+    pub manager_token: String,
+    pub worker_token: String,
+}
+
+impl fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSecrets")
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a Raft log entry carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Txn(Txn),
+    /// Sets the cluster credentials; only the bootstrap node proposes it.
+    SetSecrets(ClusterSecrets),
+}
+
+/// What applying a log entry returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub txn: TxnResponse,
+}
+
+/// A member as seen by `cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub address: String,
+    pub voter: bool,
+}
+
+/// Output of `cluster status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub node_id: u64,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    pub leader: Option<u64>,
+    pub leader_address: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known committed and applied on this node.
+    pub commit_index: Option<u64>,
+    pub revision: u64,
+    pub members: Vec<Member>,
+}
+
+/// The join tokens printed by `cluster init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokens {
+    pub cluster_id: String,
+    pub manager: String,
+    pub worker: String,
+}

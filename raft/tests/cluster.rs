@@ -1,0 +1,305 @@
+//! Multi-node behaviour on in-process clusters over real HTTP on 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, eventually};
+use dcpp_raft::{Error, Kind, Op, Precondition, Txn};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Writes through any live node, retrying while the cluster elects a leader.
+async fn write_retry(
+    c: &Cluster,
+    id: &str,
+    v: serde_json::Value,
+    timeout: Duration,
+) -> (Duration, usize) {
+    let start = Instant::now();
+    loop {
+        for i in c.alive() {
+            if c.client(i).put(Kind::Config, id, &v).await.is_ok() {
+                return (start.elapsed(), i);
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "write {id} not accepted within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn failover(n: usize) {
+    let mut c = Cluster::start(n).await;
+    assert_eq!(c.node(0).status().unwrap().members.len(), n);
+    c.client(1)
+        .put(Kind::Config, "before", &json!(1))
+        .await
+        .expect("write before");
+    let mut times = Vec::new();
+    // With 5 nodes two successive leaders can die and a quorum remains.
+    for round in 0..(n - 1) / 2 {
+        let leader = c.leader(T).await;
+        c.kill(leader);
+        let (took, via) = write_retry(&c, &format!("after-{round}"), json!(round), T).await;
+        eprintln!(
+            "{n}-node cluster: leader {leader} killed, write accepted via node {via} after {took:?}"
+        );
+        times.push(took);
+    }
+    for t in &times {
+        assert!(*t < Duration::from_secs(2), "failover took {t:?}");
+    }
+    let survivor = c.alive()[0];
+    let o = c
+        .client(survivor)
+        .get(Kind::Config, "before")
+        .await
+        .expect("read");
+    assert_eq!(o.value, json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_leader_killed_new_leader_accepts_writes() {
+    failover(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_node_two_leaders_killed_new_leader_accepts_writes() {
+    failover(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_nodes_killed_and_restarted_keep_every_acknowledged_write() {
+    let mut c = Cluster::start(3).await;
+    let mut acked = BTreeMap::new();
+    // Concurrent writers through every node; only acknowledged writes are expected back.
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let cl = c.client(w);
+        tasks.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for k in 0..20 {
+                let id = format!("w{w}-{k}");
+                if cl
+                    .put(Kind::Task, &id, &json!({"w": w, "k": k}))
+                    .await
+                    .is_ok()
+                {
+                    ok.push(id);
+                }
+            }
+            ok
+        }));
+    }
+    for t in tasks {
+        for id in t.await.unwrap() {
+            acked.insert(id, ());
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        60,
+        "all writes acknowledged on a healthy cluster"
+    );
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.restart(i).await;
+    }
+    let leader = c.leader(T).await;
+    let list = c.client(leader).list(Kind::Task).await.expect("list");
+    let got: Vec<_> = list.objects.iter().map(|o| o.id.clone()).collect();
+    for id in acked.keys() {
+        assert!(
+            got.contains(id),
+            "acknowledged write {id} lost after restart"
+        );
+    }
+    // The cluster keeps accepting writes after the restart.
+    write_retry(&c, "post-restart", json!(true), T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_node_catches_up_after_heal() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader(T).await;
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    c.node(victim).faults().set_isolated(true);
+    for k in 0..30 {
+        c.client(leader)
+            .put(Kind::Service, &format!("s{k}"), &json!(k))
+            .await
+            .expect("write while cut off");
+    }
+    // The isolated node saw none of it.
+    let stale = c.node(victim).reader().list(Kind::Service).unwrap().0.len();
+    assert!(
+        stale < 30,
+        "isolated node must not receive writes, saw {stale}"
+    );
+    let target = c.node(leader).reader().revision();
+    c.node(victim).faults().set_isolated(false);
+    let n = c.node(victim);
+    eventually(T, "isolated node catching up", || {
+        let n = n.clone();
+        async move {
+            n.reader().revision() >= target && n.reader().list(Kind::Service).unwrap().0.len() == 30
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_receives_snapshot() {
+    fn small_snapshots(cfg: &mut dcpp_raft::NodeConfig) {
+        cfg.snapshot_every = 20;
+        cfg.keep_logs = 0;
+    }
+    let mut c = Cluster::start_with(3, small_snapshots).await;
+    for k in 0..60 {
+        c.client(0)
+            .put(Kind::Stack, &format!("st{k}"), &json!({"k": k}))
+            .await
+            .expect("write");
+    }
+    let leader = c.leader(T).await;
+    let ln = c.node(leader);
+    eventually(T, "leader log purged behind a snapshot", || {
+        let ln = ln.clone();
+        async move { ln.raft().metrics().borrow().purged.is_some() }
+    })
+    .await;
+    // A worker joins: learners receive the state but do not vote.
+    let tokens = c.node(0).join_tokens().unwrap();
+    let i = c.add_fresh(&tokens.worker).await;
+    let n = c.node(i);
+    eventually(T, "fresh node has all objects", || {
+        let n = n.clone();
+        async move { n.reader().list(Kind::Stack).unwrap().0.len() == 60 }
+    })
+    .await;
+    let m = n.raft().metrics().borrow().clone();
+    assert!(m.snapshot.is_some(), "state arrived by snapshot install");
+    let st = c.node(leader).status().unwrap();
+    let me = st.members.iter().find(|m| m.id == n.id()).expect("member");
+    assert!(!me.voter, "worker is a learner");
+    // Watchers on the fresh node start at the snapshot horizon.
+    let h = n.reader().revision();
+    assert!(matches!(
+        n.reader().changes_after(1, 10),
+        Err(Error::Compacted { .. })
+    ));
+    assert!(n.reader().changes_after(h, 10).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_rpcs_are_refused() {
+    let c = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", c.addrs[0]);
+    for path in ["/raft/vote", "/raft/append", "/raft/snapshot", "/v1/txn"] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} without token");
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth("wrong")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+    }
+    let r = http
+        .get(format!("{base}/v1/objects/node"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{base}/v1/cluster/join"))
+        .json(&json!({"token": "DCPP-1-M-nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "bad join token");
+    // With the token the same API works.
+    let nodes = c.client(0).list(Kind::Node).await.expect("authorized list");
+    assert_eq!(nodes.objects.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_forwards_writes_and_reads_and_cas_conflicts_are_errors() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader(T).await;
+    let f = (0..3).find(|i| *i != leader).unwrap();
+    let cl = c.client(f);
+    let r1 = cl
+        .create(Kind::Volume, "v", &json!({"size": 1}))
+        .await
+        .expect("create via follower");
+    let o = cl
+        .get(Kind::Volume, "v")
+        .await
+        .expect("linearizable read via follower");
+    assert_eq!(o.create_revision, r1.revision);
+    assert_eq!(o.mod_revision, r1.revision);
+    let err = cl.create(Kind::Volume, "v", &json!({})).await.unwrap_err();
+    assert!(
+        matches!(err, Error::PreconditionFailed(ref p) if p.actual_mod_revision == Some(r1.revision)),
+        "{err}"
+    );
+    let r2 = cl
+        .put_if(Kind::Volume, "v", &json!({"size": 2}), r1.revision)
+        .await
+        .expect("cas");
+    assert_eq!(r2.revision, r1.revision + 1);
+    let err = cl
+        .put_if(Kind::Volume, "v", &json!({"size": 3}), r1.revision)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PreconditionFailed(_)));
+    let o = cl.get(Kind::Volume, "v").await.unwrap();
+    assert_eq!(
+        (o.create_revision, o.mod_revision, o.value.clone()),
+        (r1.revision, r2.revision, json!({"size": 2}))
+    );
+    // Multi-op transaction: atomic, one revision.
+    let t = Txn::new()
+        .when(Precondition::ModRevision {
+            kind: Kind::Volume,
+            id: "v".into(),
+            revision: r2.revision,
+        })
+        .op(Op::delete(Kind::Volume, "v"))
+        .op(Op::put(Kind::Volume, "w", &json!(1)).unwrap());
+    let r3 = cl.txn(&t).await.unwrap();
+    assert_eq!(r3.revision, r2.revision + 1);
+    assert!(matches!(
+        cl.get(Kind::Volume, "v").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        cl.get(Kind::Volume, "w").await.unwrap().mod_revision,
+        r3.revision
+    );
+    // Bad input is a clean error.
+    assert!(matches!(
+        cl.txn(&Txn::new()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        cl.put(Kind::Volume, "", &json!(1)).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
