@@ -101,7 +101,6 @@ pub(crate) fn format_duration(n: u64) -> String {
 
 /// Parses a size like docker's `RAMInBytes`: `1024`, `512m`, `1.5g`, `2gb`, `100 KiB`
 /// (binary multipliers, case-insensitive).
-#[allow(dead_code)] // used by the loader (next commit)
 pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let num_len = s

@@ -1,0 +1,2041 @@
+//! Node tree → canonical model, collecting every validation error with its position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::Pos;
+use crate::loader::{Ctx, LoadOptions, absolutize};
+use crate::merge::list_to_map;
+use crate::model::*;
+use crate::syntax;
+use crate::units;
+use crate::yaml::{Entry, Kind, MergeTag, Node};
+
+const SERVICE_KEYS: &[&str] = &[
+    "build",
+    "cap_add",
+    "cap_drop",
+    "command",
+    "configs",
+    "cpus",
+    "depends_on",
+    "deploy",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "environment",
+    "expose",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "labels",
+    "logging",
+    "mem_limit",
+    "network_mode",
+    "networks",
+    "pids_limit",
+    "ports",
+    "privileged",
+    "profiles",
+    "read_only",
+    "restart",
+    "scale",
+    "secrets",
+    "shm_size",
+    "stop_grace_period",
+    "stop_signal",
+    "sysctls",
+    "tmpfs",
+    "ulimits",
+    "user",
+    "volumes",
+    "working_dir",
+];
+
+/// Keys compose accepts that dcpp does not act on: a warning, not an error.
+const IGNORED_SERVICE_KEYS: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "cgroup",
+    "cgroup_parent",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpuset",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "ipc",
+    "isolation",
+    "label_file",
+    "links",
+    "mac_address",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "platform",
+    "post_start",
+    "pre_stop",
+    "provider",
+    "pull_policy",
+    "runtime",
+    "security_opt",
+    "stdin_open",
+    "storage_opt",
+    "tty",
+    "use_api_socket",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+];
+
+/// References collected while converting services, validated once everything is known.
+#[derive(Default)]
+struct Refs {
+    depends: Vec<(String, String, Pos, String)>,
+    networks: Vec<(String, String, Pos, String)>,
+    volumes: Vec<(String, String, Pos, String)>,
+    secrets: Vec<(String, String, Pos, String)>,
+    configs: Vec<(String, String, Pos, String)>,
+    network_mode: Vec<(String, String, Pos, String)>,
+    service_pos: BTreeMap<String, Pos>,
+}
+
+pub(crate) struct Cv<'a> {
+    ctx: &'a mut Ctx,
+    env: &'a BTreeMap<String, String>,
+    refs: Refs,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Cv<'_> {
+    fn err(&mut self, pos: Pos, path: &str, msg: impl Into<String>) {
+        self.ctx.errors.push(pos, path, msg);
+    }
+
+    fn warn(&mut self, pos: Pos, path: &str, msg: impl Into<String>) {
+        self.ctx.warnings.push(pos, path, msg);
+    }
+
+    fn base_dir(&self, pos: Pos) -> PathBuf {
+        self.ctx.base_dir(pos).to_path_buf()
+    }
+
+    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys
+    /// and `!reset` values are skipped; `ignored` keys give a warning.
+    fn fields<'n>(
+        &mut self,
+        n: &'n Node,
+        path: &str,
+        allowed: &[&str],
+        ignored: &[&str],
+    ) -> Vec<(&'n str, &'n Node, String)> {
+        let entries: &[Entry] = match &n.kind {
+            Kind::Map(m) => m,
+            Kind::Null => &[],
+            _ => {
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a mapping, found {}", n.type_name()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let p = join(path, &e.key);
+            if e.key.starts_with("x-") || e.value.tag == Some(MergeTag::Reset) {
+                continue;
+            }
+            if allowed.contains(&e.key.as_str()) {
+                out.push((e.key.as_str(), &e.value, p));
+            } else if ignored.contains(&e.key.as_str()) {
+                self.warn(e.key_pos, &p, "not supported by dcpp, ignored");
+            } else {
+                self.err(e.key_pos, &p, "unknown key");
+            }
+        }
+        out
+    }
+
+    /// Entries of a user-keyed mapping (service names, labels, …); `x-*` kept out only when asked.
+    fn entries<'n>(&mut self, n: &'n Node, path: &str) -> &'n [Entry] {
+        match &n.kind {
+            Kind::Map(m) => m,
+            Kind::Null => &[],
+            _ => {
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a mapping, found {}", n.type_name()),
+                );
+                &[]
+            }
+        }
+    }
+
+    fn string(&mut self, n: &Node, path: &str) -> Option<String> {
+        match &n.kind {
+            Kind::Scalar { value, .. } => Some(value.clone()),
+            _ => {
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a string, found {}", n.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_string(&mut self, n: &Node, path: &str) -> Option<String> {
+        match n.kind {
+            Kind::Null => None,
+            _ => self.string(n, path),
+        }
+    }
+
+    fn boolean(&mut self, n: &Node, path: &str) -> Option<bool> {
+        match n.scalar() {
+            Some("true" | "True" | "TRUE") => Some(true),
+            Some("false" | "False" | "FALSE") => Some(false),
+            _ => {
+                let shown = n
+                    .scalar()
+                    .map_or(n.type_name().to_owned(), |s| format!("{s:?}"));
+                self.err(n.pos, path, format!("must be a boolean, found {shown}"));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, n: &Node, path: &str) -> Option<u64> {
+        match n.scalar().map(|s| s.parse::<u64>()) {
+            Some(Ok(v)) => Some(v),
+            _ => {
+                let shown = n
+                    .scalar()
+                    .map_or(n.type_name().to_owned(), |s| format!("{s:?}"));
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a non-negative integer, found {shown}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, n: &Node, path: &str) -> Option<i64> {
+        match n.scalar().map(|s| s.parse::<i64>()) {
+            Some(Ok(v)) => Some(v),
+            _ => {
+                let shown = n
+                    .scalar()
+                    .map_or(n.type_name().to_owned(), |s| format!("{s:?}"));
+                self.err(n.pos, path, format!("must be an integer, found {shown}"));
+                None
+            }
+        }
+    }
+
+    fn float(&mut self, n: &Node, path: &str) -> Option<f64> {
+        match n.scalar().map(|s| s.parse::<f64>()) {
+            Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => {
+                let shown = n
+                    .scalar()
+                    .map_or(n.type_name().to_owned(), |s| format!("{s:?}"));
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a non-negative number, found {shown}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, n: &Node, path: &str) -> Option<Duration> {
+        let s = self.string(n, path)?;
+        match Duration::parse(&s) {
+            Some(d) => Some(d),
+            None => {
+                self.err(n.pos, path, format!("invalid duration {s:?}"));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, n: &Node, path: &str) -> Option<u64> {
+        let s = self.string(n, path)?;
+        match units::parse_size(&s) {
+            Some(v) => Some(v),
+            None => {
+                self.err(n.pos, path, format!("invalid size {s:?}"));
+                None
+            }
+        }
+    }
+
+    fn str_list(&mut self, n: &Node, path: &str) -> Vec<String> {
+        match &n.kind {
+            Kind::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, it)| self.string(it, &format!("{path}[{i}]")))
+                .collect(),
+            Kind::Null => Vec::new(),
+            _ => {
+                self.err(
+                    n.pos,
+                    path,
+                    format!("must be a list, found {}", n.type_name()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn str_or_list(&mut self, n: &Node, path: &str) -> Vec<String> {
+        match &n.kind {
+            Kind::Scalar { value, .. } => vec![value.clone()],
+            _ => self.str_list(n, path),
+        }
+    }
+
+    fn unique(list: Vec<String>) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        list.into_iter()
+            .filter(|s| seen.insert(s.clone()))
+            .collect()
+    }
+
+    /// A `KEY: value` map or a `KEY=value` list. `None` values mark keys without a value.
+    fn kv(&mut self, n: &Node, path: &str) -> Vec<(String, Option<String>, Pos)> {
+        let node = list_to_map(n.clone(), true);
+        let mut out: Vec<(String, Option<String>, Pos)> = Vec::new();
+        for e in self.entries(&node, path) {
+            let p = join(path, &e.key);
+            if e.key.is_empty() {
+                self.err(
+                    e.value.pos,
+                    path,
+                    format!("entries must be strings, found {}", e.value.type_name()),
+                );
+                continue;
+            }
+            let v = match &e.value.kind {
+                Kind::Null => None,
+                Kind::Scalar { value, .. } => Some(value.clone()),
+                _ => {
+                    self.err(
+                        e.value.pos,
+                        &p,
+                        format!(
+                            "must be a string, number or boolean, found {}",
+                            e.value.type_name()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            out.retain(|(k, _, _)| k != &e.key);
+            out.push((e.key.clone(), v, e.key_pos));
+        }
+        out
+    }
+
+    fn labels(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
+        self.kv(n, path)
+            .into_iter()
+            .map(|(k, v, _)| (k, v.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Makes a host path absolute against the directory of the file it was written in.
+    fn host_path(&self, s: &str, pos: Pos) -> String {
+        if let Some(rest) = s.strip_prefix('~')
+            && (rest.is_empty() || rest.starts_with('/'))
+            && let Some(home) = self.env.get("HOME")
+        {
+            return absolutize(Path::new(home), Path::new(rest.trim_start_matches('/')))
+                .display()
+                .to_string();
+        }
+        absolutize(&self.base_dir(pos), Path::new(s))
+            .display()
+            .to_string()
+    }
+}
+
+fn valid_project_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Compose's normalisation of a directory name into a project name.
+pub fn normalize_project_name(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let kept: String = lower
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    kept.trim_start_matches(['_', '-']).to_owned()
+}
+
+pub(crate) fn project(
+    ctx: &mut Ctx,
+    root: Node,
+    opts: &LoadOptions,
+    project_dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Option<Project> {
+    let mut cv = Cv {
+        ctx,
+        env,
+        refs: Refs::default(),
+    };
+    let top = cv.fields(
+        &root,
+        "",
+        &[
+            "name", "version", "services", "networks", "volumes", "configs", "secrets", "include",
+        ],
+        &[],
+    );
+    let mut name_field = None;
+    let mut sections: BTreeMap<&str, &Node> = BTreeMap::new();
+    for (k, v, p) in &top {
+        match *k {
+            "version" => cv.warn(
+                v.pos,
+                p,
+                "the attribute `version` is obsolete, it will be ignored",
+            ),
+            "name" => name_field = cv.string(v, p).map(|n| (n, v.pos)),
+            _ => {
+                sections.insert(k, v);
+            }
+        }
+    }
+
+    let name = project_name(&mut cv, opts, name_field, project_dir);
+
+    let mut networks = BTreeMap::new();
+    if let Some(n) = sections.get("networks") {
+        for e in cv.entries(n, "networks") {
+            if let Some(net) = network(&mut cv, &e.value, &join("networks", &e.key)) {
+                networks.insert(e.key.clone(), net);
+            }
+        }
+    }
+    let mut volumes = BTreeMap::new();
+    if let Some(n) = sections.get("volumes") {
+        for e in cv.entries(n, "volumes") {
+            if let Some(v) = volume(&mut cv, &e.value, &join("volumes", &e.key)) {
+                volumes.insert(e.key.clone(), v);
+            }
+        }
+    }
+    let mut configs = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for (section, out) in [("configs", &mut configs), ("secrets", &mut secrets)] {
+        if let Some(n) = sections.get(section) {
+            for e in cv.entries(n, section) {
+                if let Some(v) = file_object(&mut cv, &e.value, &join(section, &e.key), section) {
+                    out.insert(e.key.clone(), v);
+                }
+            }
+        }
+    }
+
+    let mut services = BTreeMap::new();
+    if let Some(n) = sections.get("services") {
+        for e in cv.entries(n, "services") {
+            let p = join("services", &e.key);
+            if e.key.starts_with("x-") {
+                continue;
+            }
+            if !valid_service_name(&e.key) {
+                cv.err(
+                    e.key_pos,
+                    &p,
+                    "invalid service name: use only [a-zA-Z0-9._-]",
+                );
+                continue;
+            }
+            cv.refs.service_pos.insert(e.key.clone(), e.key_pos);
+            if let Some(s) = service(&mut cv, &e.key, &e.value, &p) {
+                services.insert(e.key.clone(), s);
+            }
+        }
+    }
+
+    apply_profiles(&mut cv, &mut services, opts);
+    check_refs(
+        &mut cv,
+        &mut services,
+        &networks,
+        &volumes,
+        &configs,
+        &secrets,
+    );
+
+    let name = name?;
+    // Services without networks join the project's default network, as compose does.
+    let mut uses_default = false;
+    for s in services.values_mut() {
+        if s.network_mode.is_none() && s.networks.is_empty() {
+            s.networks.insert("default".to_owned(), None);
+        }
+        uses_default |= s.networks.contains_key("default");
+    }
+    if uses_default {
+        networks.entry("default".to_owned()).or_default();
+    }
+    for (k, n) in networks.iter_mut() {
+        if n.name.is_none() {
+            n.name = Some(if n.external {
+                k.clone()
+            } else {
+                format!("{name}_{k}")
+            });
+        }
+    }
+    for (k, v) in volumes.iter_mut() {
+        if v.name.is_none() {
+            v.name = Some(if v.external {
+                k.clone()
+            } else {
+                format!("{name}_{k}")
+            });
+        }
+    }
+    for (k, v) in configs.iter_mut().chain(secrets.iter_mut()) {
+        if v.name.is_none() {
+            v.name = Some(if v.external {
+                k.clone()
+            } else {
+                format!("{name}_{k}")
+            });
+        }
+    }
+    Some(Project {
+        name,
+        services,
+        networks,
+        volumes,
+        configs,
+        secrets,
+    })
+}
+
+fn valid_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+fn project_name(
+    cv: &mut Cv<'_>,
+    opts: &LoadOptions,
+    name_field: Option<(String, Pos)>,
+    project_dir: &Path,
+) -> Option<String> {
+    let explicit = if let Some(p) = &opts.project_name {
+        Some((p.clone(), Ctx::nowhere(), "project name (-p)"))
+    } else if let Some((n, pos)) = name_field {
+        Some((n, pos, "name"))
+    } else {
+        cv.env
+            .get("COMPOSE_PROJECT_NAME")
+            .filter(|v| !v.is_empty())
+            .map(|v| (v.clone(), Ctx::nowhere(), "COMPOSE_PROJECT_NAME"))
+    };
+    if let Some((n, pos, what)) = explicit {
+        if valid_project_name(&n) {
+            return Some(n);
+        }
+        let path = if what == "name" { "name" } else { "" };
+        cv.err(
+            pos,
+            path,
+            format!(
+                "invalid {what} {n:?}: must consist only of lowercase alphanumeric characters, hyphens, and underscores as well as start with a letter or number"
+            ),
+        );
+        return None;
+    }
+    let dir_name = project_dir
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = normalize_project_name(&dir_name);
+    if n.is_empty() {
+        cv.err(
+            Ctx::nowhere(),
+            "",
+            format!(
+                "cannot derive a project name from directory {:?}; use -p or a top-level `name:`",
+                dir_name
+            ),
+        );
+        return None;
+    }
+    Some(n)
+}
+
+fn network(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Network> {
+    let mut net = Network::default();
+    for (k, v, p) in cv.fields(
+        n,
+        path,
+        &[
+            "name",
+            "driver",
+            "driver_opts",
+            "ipam",
+            "external",
+            "internal",
+            "attachable",
+            "enable_ipv6",
+            "labels",
+        ],
+        &["enable_ipv4"],
+    ) {
+        match k {
+            "name" => net.name = cv.opt_string(v, &p),
+            "driver" => net.driver = cv.opt_string(v, &p),
+            "driver_opts" => net.driver_opts = cv.labels(v, &p),
+            "labels" => net.labels = cv.labels(v, &p),
+            "external" => net.external = external(cv, v, &p, &mut net.name)?,
+            "internal" => net.internal = cv.boolean(v, &p)?,
+            "attachable" => net.attachable = cv.boolean(v, &p)?,
+            "enable_ipv6" => net.enable_ipv6 = cv.boolean(v, &p)?,
+            "ipam" => {
+                let mut ipam = Ipam::default();
+                for (k, v, p) in cv.fields(v, &p, &["driver", "config", "options"], &[]) {
+                    match k {
+                        "driver" => ipam.driver = cv.opt_string(v, &p),
+                        "options" => {
+                            cv.warn(v.pos, &p, "not supported by dcpp, ignored");
+                        }
+                        _ => {
+                            let items = match &v.kind {
+                                Kind::Seq(items) => items.as_slice(),
+                                _ => {
+                                    cv.err(v.pos, &p, "must be a list");
+                                    &[]
+                                }
+                            };
+                            for (i, item) in items.iter().enumerate() {
+                                let ip = format!("{p}[{i}]");
+                                let mut pool = IpamPool::default();
+                                for (k, v, p) in cv.fields(
+                                    item,
+                                    &ip,
+                                    &["subnet", "ip_range", "gateway", "aux_addresses"],
+                                    &[],
+                                ) {
+                                    match k {
+                                        "subnet" => {
+                                            pool.subnet = cv.opt_string(v, &p);
+                                            if let Some(s) = &pool.subnet
+                                                && !syntax::valid_cidr(s)
+                                            {
+                                                cv.err(v.pos, &p, format!("invalid subnet {s:?}"));
+                                            }
+                                        }
+                                        "ip_range" => pool.ip_range = cv.opt_string(v, &p),
+                                        "gateway" => pool.gateway = cv.opt_string(v, &p),
+                                        _ => pool.aux_addresses = cv.labels(v, &p),
+                                    }
+                                }
+                                ipam.config.push(pool);
+                            }
+                        }
+                    }
+                }
+                net.ipam = Some(ipam);
+            }
+            _ => {}
+        }
+    }
+    Some(net)
+}
+
+/// `external: true|false` or the legacy `external: {name: x}`.
+fn external(cv: &mut Cv<'_>, v: &Node, p: &str, name: &mut Option<String>) -> Option<bool> {
+    if let Kind::Map(_) = v.kind {
+        for (_, v, p) in cv.fields(v, p, &["name"], &[]) {
+            if let Some(n) = cv.string(v, &p) {
+                *name = Some(n);
+            }
+        }
+        return Some(true);
+    }
+    cv.boolean(v, p)
+}
+
+fn volume(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Volume> {
+    let mut vol = Volume::default();
+    for (k, v, p) in cv.fields(
+        n,
+        path,
+        &["name", "driver", "driver_opts", "external", "labels"],
+        &[],
+    ) {
+        match k {
+            "name" => vol.name = cv.opt_string(v, &p),
+            "driver" => vol.driver = cv.opt_string(v, &p),
+            "driver_opts" => vol.driver_opts = cv.labels(v, &p),
+            "labels" => vol.labels = cv.labels(v, &p),
+            _ => vol.external = external(cv, v, &p, &mut vol.name)?,
+        }
+    }
+    Some(vol)
+}
+
+fn file_object(cv: &mut Cv<'_>, n: &Node, path: &str, section: &str) -> Option<FileObject> {
+    let mut o = FileObject::default();
+    let allowed: &[&str] = if section == "configs" {
+        &[
+            "name",
+            "file",
+            "environment",
+            "content",
+            "external",
+            "labels",
+        ]
+    } else {
+        &["name", "file", "environment", "external", "labels"]
+    };
+    for (k, v, p) in cv.fields(
+        n,
+        path,
+        allowed,
+        &["driver", "driver_opts", "template_driver"],
+    ) {
+        match k {
+            "name" => o.name = cv.opt_string(v, &p),
+            "file" => o.file = cv.string(v, &p).map(|f| cv.host_path(&f, v.pos)),
+            "environment" => o.environment = cv.string(v, &p),
+            "content" => o.content = cv.string(v, &p),
+            "labels" => o.labels = cv.labels(v, &p),
+            _ => o.external = external(cv, v, &p, &mut o.name)?,
+        }
+    }
+    let sources = [
+        o.file.is_some(),
+        o.environment.is_some(),
+        o.content.is_some(),
+        o.external,
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if sources != 1 {
+        let what = if section == "configs" {
+            "`file`, `environment`, `content` or `external`"
+        } else {
+            "`file`, `environment` or `external`"
+        };
+        cv.err(n.pos, path, format!("must set exactly one of {what}"));
+        return None;
+    }
+    Some(o)
+}
+
+fn service(cv: &mut Cv<'_>, name: &str, n: &Node, path: &str) -> Option<Service> {
+    let mut s = Service::default();
+    let mut env_files: Vec<(String, bool, Pos, String)> = Vec::new();
+    let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
+    let mut scale: Option<(u64, Pos)> = None;
+    let mut ok = true;
+    for (k, v, p) in cv.fields(n, path, SERVICE_KEYS, IGNORED_SERVICE_KEYS) {
+        match k {
+            "build" => s.build = build(cv, v, &p),
+            "cap_add" => s.cap_add = Cv::unique(cv.str_list(v, &p)),
+            "cap_drop" => s.cap_drop = Cv::unique(cv.str_list(v, &p)),
+            "command" => s.command = command(cv, v, &p),
+            "entrypoint" => s.entrypoint = command(cv, v, &p),
+            "configs" => s.configs = file_refs(cv, name, v, &p, false),
+            "secrets" => s.secrets = file_refs(cv, name, v, &p, true),
+            "cpus" => s.cpus = cv.float(v, &p),
+            "depends_on" => s.depends_on = depends_on(cv, name, v, &p),
+            "deploy" => s.deploy = deploy(cv, v, &p),
+            "domainname" => s.domainname = cv.opt_string(v, &p),
+            "hostname" => s.hostname = cv.opt_string(v, &p),
+            "image" => s.image = cv.opt_string(v, &p),
+            "user" => s.user = cv.opt_string(v, &p),
+            "working_dir" => s.working_dir = cv.opt_string(v, &p),
+            "stop_signal" => s.stop_signal = cv.opt_string(v, &p),
+            "network_mode" => {
+                s.network_mode = cv.opt_string(v, &p);
+                if let Some(m) = &s.network_mode {
+                    if let Some(target) = m.strip_prefix("service:") {
+                        cv.refs.network_mode.push((
+                            name.to_owned(),
+                            target.to_owned(),
+                            v.pos,
+                            p.clone(),
+                        ));
+                    } else if !matches!(m.as_str(), "none" | "host" | "bridge")
+                        && !m.starts_with("container:")
+                    {
+                        cv.err(v.pos, &p, format!("invalid network_mode {m:?}: use none, host, bridge, service:NAME or container:NAME"));
+                    }
+                }
+            }
+            "environment" => explicit_env = cv.kv(v, &p),
+            "env_file" => env_files = env_file_list(cv, v, &p),
+            "expose" => {
+                s.expose = Cv::unique(cv.str_list(v, &p));
+                if let Kind::Seq(items) = &v.kind {
+                    for (i, (e, item)) in s.expose.iter().zip(items).enumerate() {
+                        if !syntax::valid_expose(e) {
+                            cv.err(
+                                item.pos,
+                                &format!("{p}[{i}]"),
+                                format!("invalid expose {e:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+            "healthcheck" => s.healthcheck = healthcheck(cv, v, &p),
+            "init" => s.init = cv.boolean(v, &p),
+            "labels" => s.labels = cv.labels(v, &p),
+            "logging" => s.logging = logging(cv, v, &p),
+            "mem_limit" => s.mem_limit = cv.size(v, &p),
+            "shm_size" => s.shm_size = cv.size(v, &p),
+            "networks" => s.networks = service_networks(cv, name, v, &p),
+            "pids_limit" => s.pids_limit = cv.int(v, &p),
+            "ports" => s.ports = ports(cv, v, &p),
+            "privileged" => s.privileged = cv.boolean(v, &p).unwrap_or_default(),
+            "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
+            "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
+            "restart" => {
+                s.restart = cv.opt_string(v, &p);
+                if let Some(r) = &s.restart
+                    && !syntax::valid_restart(r)
+                {
+                    cv.err(v.pos, &p, format!("invalid restart policy {r:?}: use no, always, on-failure[:N] or unless-stopped"));
+                }
+            }
+            "scale" => match cv.int(v, &p) {
+                Some(x) if x >= 0 => scale = Some((x as u64, v.pos)),
+                Some(x) => cv.err(
+                    v.pos,
+                    &p,
+                    format!("must be a non-negative integer, found {x}"),
+                ),
+                None => {}
+            },
+            "stop_grace_period" => s.stop_grace_period = cv.duration(v, &p),
+            "sysctls" => s.sysctls = cv.labels(v, &p),
+            "tmpfs" => s.tmpfs = Cv::unique(cv.str_or_list(v, &p)),
+            "ulimits" => s.ulimits = ulimits(cv, v, &p),
+            "volumes" => s.volumes = service_volumes(cv, name, v, &p),
+            _ => {}
+        }
+    }
+    // env_file first, then `environment` wins; a bare/null key comes from the environment.
+    for (file, required, pos, p) in env_files {
+        let abs = absolutize(&cv.base_dir(pos), Path::new(&file));
+        match std::fs::read_to_string(&abs) {
+            Ok(text) => {
+                let env = cv.env;
+                let lookup = |k: &str| env.get(k).cloned();
+                match crate::dotenv::parse(&text, &lookup) {
+                    Ok(vars) => {
+                        for (k, v) in vars {
+                            s.environment.insert(k, Some(v));
+                        }
+                    }
+                    Err((line, msg)) => {
+                        cv.err(pos, &p, format!("{}:{line}: {msg}", abs.display()));
+                        ok = false;
+                    }
+                }
+            }
+            Err(_) if !required => {}
+            Err(e) => {
+                cv.err(
+                    pos,
+                    &p,
+                    format!("env file {} not found: {e}", abs.display()),
+                );
+                ok = false;
+            }
+        }
+    }
+    for (k, v, _) in explicit_env {
+        let v = v.or_else(|| cv.env.get(&k).cloned());
+        s.environment.insert(k, v);
+    }
+    if let Some((n, pos)) = scale {
+        let d = s.deploy.get_or_insert_with(Deploy::default);
+        match d.replicas {
+            Some(r) if r != n => cv.err(
+                pos,
+                &join(path, "scale"),
+                format!("can't set distinct values on 'scale' ({n}) and 'deploy.replicas' ({r})"),
+            ),
+            _ => d.replicas = Some(n),
+        }
+    }
+    if s.image.is_none() && s.build.is_none() {
+        cv.err(
+            n.pos,
+            path,
+            "has neither an image nor a build context specified",
+        );
+    }
+    if s.network_mode.is_some() && n.get("networks").is_some() {
+        cv.err(
+            n.pos,
+            &join(path, "network_mode"),
+            "network_mode and networks cannot be combined",
+        );
+    }
+    ok.then_some(s)
+}
+
+fn build(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Build> {
+    if let Kind::Scalar { value, .. } = &v.kind {
+        return Some(Build {
+            context: build_context(cv, value, v.pos),
+            ..Build::default()
+        });
+    }
+    let mut b = Build {
+        context: build_context(cv, ".", v.pos),
+        ..Build::default()
+    };
+    for (k, v, p) in cv.fields(
+        v,
+        p,
+        &["context", "dockerfile", "args", "target"],
+        &[
+            "additional_contexts",
+            "cache_from",
+            "cache_to",
+            "dockerfile_inline",
+            "entitlements",
+            "extra_hosts",
+            "isolation",
+            "labels",
+            "network",
+            "no_cache",
+            "platforms",
+            "privileged",
+            "pull",
+            "secrets",
+            "shm_size",
+            "ssh",
+            "tags",
+            "ulimits",
+        ],
+    ) {
+        match k {
+            "context" => {
+                if let Some(c) = cv.string(v, &p) {
+                    b.context = build_context(cv, &c, v.pos);
+                }
+            }
+            "dockerfile" => b.dockerfile = cv.opt_string(v, &p),
+            "target" => b.target = cv.opt_string(v, &p),
+            _ => {
+                b.args = cv
+                    .kv(v, &p)
+                    .into_iter()
+                    .map(|(k, val, _)| {
+                        let val = val.or_else(|| cv.env.get(&k).cloned());
+                        (k, val)
+                    })
+                    .collect()
+            }
+        }
+    }
+    Some(b)
+}
+
+/// A URL or git context is kept as is; a path becomes absolute.
+fn build_context(cv: &Cv<'_>, c: &str, pos: Pos) -> String {
+    if c.contains("://") || c.starts_with("git@") || c.starts_with("github.com/") {
+        c.to_owned()
+    } else {
+        cv.host_path(c, pos)
+    }
+}
+
+fn command(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Vec<String>> {
+    match &v.kind {
+        Kind::Null => None,
+        Kind::Scalar { value, .. } => match syntax::shell_split(value) {
+            Ok(words) => Some(words),
+            Err(e) => {
+                cv.err(v.pos, p, e);
+                None
+            }
+        },
+        _ => Some(cv.str_list(v, p)),
+    }
+}
+
+fn env_file_list(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<(String, bool, Pos, String)> {
+    let items: Vec<&Node> = match &v.kind {
+        Kind::Seq(items) => items.iter().collect(),
+        Kind::Null => Vec::new(),
+        _ => vec![v],
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let ip = if matches!(v.kind, Kind::Seq(_)) {
+            format!("{p}[{i}]")
+        } else {
+            p.to_owned()
+        };
+        match &item.kind {
+            Kind::Scalar { value, .. } => out.push((value.clone(), true, item.pos, ip)),
+            Kind::Map(_) => {
+                let mut path = None;
+                let mut required = true;
+                for (k, v, fp) in cv.fields(item, &ip, &["path", "required", "format"], &[]) {
+                    match k {
+                        "path" => path = cv.string(v, &fp),
+                        "required" => required = cv.boolean(v, &fp).unwrap_or(true),
+                        _ => {
+                            if let Some(f) = cv.string(v, &fp)
+                                && f != "raw"
+                                && f != "dotenv"
+                            {
+                                cv.err(v.pos, &fp, format!("unknown env_file format {f:?}"));
+                            }
+                        }
+                    }
+                }
+                match path {
+                    Some(pth) => out.push((pth, required, item.pos, ip)),
+                    None => cv.err(item.pos, &ip, "`path` is required"),
+                }
+            }
+            _ => cv.err(item.pos, &ip, "must be a path or a mapping"),
+        }
+    }
+    out
+}
+
+fn file_refs(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str, secret: bool) -> Vec<FileReference> {
+    let items = match &v.kind {
+        Kind::Seq(items) => items.as_slice(),
+        Kind::Null => &[],
+        _ => {
+            cv.err(v.pos, p, format!("must be a list, found {}", v.type_name()));
+            &[]
+        }
+    };
+    let mut out: Vec<FileReference> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}[{i}]");
+        let r = match &item.kind {
+            Kind::Scalar { value, .. } => FileReference {
+                source: value.clone(),
+                target: None,
+                uid: None,
+                gid: None,
+                mode: None,
+            },
+            Kind::Map(_) => {
+                let mut r = FileReference {
+                    source: String::new(),
+                    target: None,
+                    uid: None,
+                    gid: None,
+                    mode: None,
+                };
+                for (k, v, fp) in
+                    cv.fields(item, &ip, &["source", "target", "uid", "gid", "mode"], &[])
+                {
+                    match k {
+                        "source" => r.source = cv.string(v, &fp).unwrap_or_default(),
+                        "target" => r.target = cv.opt_string(v, &fp),
+                        "uid" => r.uid = cv.opt_string(v, &fp),
+                        "gid" => r.gid = cv.opt_string(v, &fp),
+                        _ => {
+                            let s = cv.string(v, &fp).unwrap_or_default();
+                            match syntax::parse_mode(&s) {
+                                Some(m) => r.mode = Some(m),
+                                None => cv.err(v.pos, &fp, format!("invalid file mode {s:?}")),
+                            }
+                        }
+                    }
+                }
+                if r.source.is_empty() {
+                    cv.err(item.pos, &ip, "`source` is required");
+                    continue;
+                }
+                r
+            }
+            _ => {
+                cv.err(item.pos, &ip, "must be a name or a mapping");
+                continue;
+            }
+        };
+        let refs = if secret {
+            &mut cv.refs.secrets
+        } else {
+            &mut cv.refs.configs
+        };
+        refs.push((svc.to_owned(), r.source.clone(), item.pos, ip));
+        // Same target (or source when no target) declared twice: the later one wins.
+        let key = |r: &FileReference| r.target.clone().unwrap_or_else(|| r.source.clone());
+        let k = key(&r);
+        if let Some(existing) = out.iter_mut().find(|x| key(x) == k) {
+            *existing = r;
+        } else {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> BTreeMap<String, DependsOn> {
+    let node = list_to_map(v.clone(), false);
+    let mut out = BTreeMap::new();
+    for e in cv.entries(&node, p) {
+        let ep = join(p, &e.key);
+        if e.key.is_empty() {
+            cv.err(e.value.pos, p, "entries must be service names");
+            continue;
+        }
+        let mut d = DependsOn {
+            condition: DependsOnCondition::ServiceStarted,
+            restart: false,
+            required: true,
+        };
+        for (k, v, fp) in cv.fields(&e.value, &ep, &["condition", "required", "restart"], &[]) {
+            match k {
+                "condition" => match cv.string(v, &fp).as_deref() {
+                    Some("service_started") => d.condition = DependsOnCondition::ServiceStarted,
+                    Some("service_healthy") => d.condition = DependsOnCondition::ServiceHealthy,
+                    Some("service_completed_successfully") => {
+                        d.condition = DependsOnCondition::ServiceCompletedSuccessfully
+                    }
+                    Some(other) => cv.err(
+                        v.pos,
+                        &fp,
+                        format!("invalid condition {other:?}: use service_started, service_healthy or service_completed_successfully"),
+                    ),
+                    None => {}
+                },
+                "required" => d.required = cv.boolean(v, &fp).unwrap_or(true),
+                _ => d.restart = cv.boolean(v, &fp).unwrap_or_default(),
+            }
+        }
+        cv.refs
+            .depends
+            .push((svc.to_owned(), e.key.clone(), e.key_pos, ep));
+        out.insert(e.key.clone(), d);
+    }
+    out
+}
+
+fn healthcheck(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Healthcheck> {
+    let mut h = Healthcheck::default();
+    for (k, v, fp) in cv.fields(
+        v,
+        p,
+        &[
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "start_interval",
+            "disable",
+        ],
+        &[],
+    ) {
+        match k {
+            "test" => match &v.kind {
+                Kind::Scalar { value, .. } => {
+                    h.test = vec!["CMD-SHELL".to_owned(), value.clone()];
+                }
+                _ => {
+                    h.test = cv.str_list(v, &fp);
+                    match h.test.first().map(String::as_str) {
+                        None | Some("NONE" | "CMD" | "CMD-SHELL") => {}
+                        Some(other) => cv.err(
+                            v.pos,
+                            &fp,
+                            format!(
+                                "first element must be NONE, CMD or CMD-SHELL, found {other:?}"
+                            ),
+                        ),
+                    }
+                }
+            },
+            "interval" => h.interval = cv.duration(v, &fp),
+            "timeout" => h.timeout = cv.duration(v, &fp),
+            "start_period" => h.start_period = cv.duration(v, &fp),
+            "start_interval" => h.start_interval = cv.duration(v, &fp),
+            "retries" => h.retries = cv.uint(v, &fp),
+            _ => h.disable = cv.boolean(v, &fp).unwrap_or_default(),
+        }
+    }
+    if h.test.first().map(String::as_str) == Some("NONE") {
+        h.disable = true;
+    }
+    Some(h)
+}
+
+fn logging(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Logging> {
+    let mut l = Logging::default();
+    for (k, v, fp) in cv.fields(v, p, &["driver", "options"], &[]) {
+        match k {
+            "driver" => l.driver = cv.opt_string(v, &fp),
+            _ => l.options = cv.labels(v, &fp),
+        }
+    }
+    Some(l)
+}
+
+fn service_networks(
+    cv: &mut Cv<'_>,
+    svc: &str,
+    v: &Node,
+    p: &str,
+) -> BTreeMap<String, Option<ServiceNetwork>> {
+    let node = list_to_map(v.clone(), false);
+    let mut out = BTreeMap::new();
+    for e in cv.entries(&node, p) {
+        let ep = join(p, &e.key);
+        if e.key.is_empty() {
+            cv.err(e.value.pos, p, "entries must be network names");
+            continue;
+        }
+        cv.refs
+            .networks
+            .push((svc.to_owned(), e.key.clone(), e.key_pos, ep.clone()));
+        if matches!(e.value.kind, Kind::Null) {
+            out.insert(e.key.clone(), None);
+            continue;
+        }
+        let mut sn = ServiceNetwork::default();
+        for (k, v, fp) in cv.fields(
+            &e.value,
+            &ep,
+            &["aliases", "ipv4_address", "ipv6_address", "priority"],
+            &[
+                "driver_opts",
+                "gw_priority",
+                "interface_name",
+                "link_local_ips",
+                "mac_address",
+            ],
+        ) {
+            match k {
+                "aliases" => sn.aliases = Cv::unique(cv.str_list(v, &fp)),
+                "ipv4_address" => {
+                    sn.ipv4_address = cv.opt_string(v, &fp);
+                    if let Some(a) = &sn.ipv4_address
+                        && a.parse::<std::net::Ipv4Addr>().is_err()
+                    {
+                        cv.err(v.pos, &fp, format!("invalid IPv4 address {a:?}"));
+                    }
+                }
+                "ipv6_address" => {
+                    sn.ipv6_address = cv.opt_string(v, &fp);
+                    if let Some(a) = &sn.ipv6_address
+                        && a.parse::<std::net::Ipv6Addr>().is_err()
+                    {
+                        cv.err(v.pos, &fp, format!("invalid IPv6 address {a:?}"));
+                    }
+                }
+                _ => sn.priority = cv.int(v, &fp),
+            }
+        }
+        out.insert(e.key.clone(), Some(sn));
+    }
+    out
+}
+
+fn ulimits(cv: &mut Cv<'_>, v: &Node, p: &str) -> BTreeMap<String, Ulimit> {
+    let mut out = BTreeMap::new();
+    for e in cv.entries(v, p) {
+        let ep = join(p, &e.key);
+        let u = match &e.value.kind {
+            Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit { soft: x, hard: x }),
+            Kind::Map(_) => {
+                let (mut soft, mut hard) = (None, None);
+                for (k, v, fp) in cv.fields(&e.value, &ep, &["soft", "hard"], &[]) {
+                    if k == "soft" {
+                        soft = cv.int(v, &fp);
+                    } else {
+                        hard = cv.int(v, &fp);
+                    }
+                }
+                match (soft, hard) {
+                    (Some(soft), Some(hard)) if soft <= hard => Some(Ulimit { soft, hard }),
+                    (Some(soft), Some(hard)) => {
+                        cv.err(
+                            e.value.pos,
+                            &ep,
+                            format!("soft limit {soft} exceeds hard limit {hard}"),
+                        );
+                        None
+                    }
+                    _ => {
+                        cv.err(e.value.pos, &ep, "needs both `soft` and `hard`");
+                        None
+                    }
+                }
+            }
+            _ => {
+                cv.err(
+                    e.value.pos,
+                    &ep,
+                    "must be an integer or a mapping with soft and hard",
+                );
+                None
+            }
+        };
+        if let Some(u) = u {
+            out.insert(e.key.clone(), u);
+        }
+    }
+    out
+}
+
+fn ports(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<Port> {
+    let items = match &v.kind {
+        Kind::Seq(items) => items.as_slice(),
+        Kind::Null => &[],
+        _ => {
+            cv.err(v.pos, p, format!("must be a list, found {}", v.type_name()));
+            &[]
+        }
+    };
+    let mut out: Vec<Port> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}[{i}]");
+        let parsed = match &item.kind {
+            Kind::Scalar { value, .. } => match syntax::parse_port(value) {
+                Ok(ps) => ps,
+                Err(e) => {
+                    cv.err(item.pos, &ip, e);
+                    continue;
+                }
+            },
+            Kind::Map(_) => {
+                let mut port = Port {
+                    name: None,
+                    mode: "ingress".to_owned(),
+                    host_ip: None,
+                    target: 0,
+                    published: None,
+                    protocol: "tcp".to_owned(),
+                    app_protocol: None,
+                };
+                let mut has_target = false;
+                for (k, v, fp) in cv.fields(
+                    item,
+                    &ip,
+                    &[
+                        "name",
+                        "mode",
+                        "host_ip",
+                        "target",
+                        "published",
+                        "protocol",
+                        "app_protocol",
+                    ],
+                    &[],
+                ) {
+                    match k {
+                        "name" => port.name = cv.opt_string(v, &fp),
+                        "app_protocol" => port.app_protocol = cv.opt_string(v, &fp),
+                        "mode" => {
+                            if let Some(m) = cv.string(v, &fp) {
+                                if m != "host" && m != "ingress" {
+                                    cv.err(
+                                        v.pos,
+                                        &fp,
+                                        format!("invalid port mode {m:?}: use host or ingress"),
+                                    );
+                                }
+                                port.mode = m;
+                            }
+                        }
+                        "host_ip" => {
+                            port.host_ip = cv.opt_string(v, &fp);
+                            if let Some(h) = &port.host_ip
+                                && h.parse::<std::net::IpAddr>().is_err()
+                            {
+                                cv.err(v.pos, &fp, format!("invalid host_ip {h:?}"));
+                            }
+                        }
+                        "target" => {
+                            let s = cv.string(v, &fp).unwrap_or_default();
+                            match syntax::port_number(&s) {
+                                Some(t) => {
+                                    port.target = t;
+                                    has_target = true;
+                                }
+                                None => cv.err(v.pos, &fp, format!("invalid port {s:?}")),
+                            }
+                        }
+                        "published" => {
+                            if let Some(s) = cv.opt_string(v, &fp) {
+                                if syntax::valid_published(&s) {
+                                    port.published = Some(s);
+                                } else {
+                                    cv.err(v.pos, &fp, format!("invalid published port {s:?}"));
+                                }
+                            }
+                        }
+                        _ => {
+                            if let Some(pr) = cv.string(v, &fp) {
+                                let pr = pr.to_ascii_lowercase();
+                                if !matches!(pr.as_str(), "tcp" | "udp" | "sctp") {
+                                    cv.err(
+                                        v.pos,
+                                        &fp,
+                                        format!("invalid protocol {pr:?}: use tcp, udp or sctp"),
+                                    );
+                                }
+                                port.protocol = pr;
+                            }
+                        }
+                    }
+                }
+                if !has_target {
+                    if item.get("target").is_none() {
+                        cv.err(item.pos, &ip, "`target` is required");
+                    }
+                    continue;
+                }
+                vec![port]
+            }
+            _ => {
+                cv.err(
+                    item.pos,
+                    &ip,
+                    format!(
+                        "must be a string, number or mapping, found {}",
+                        item.type_name()
+                    ),
+                );
+                continue;
+            }
+        };
+        for port in parsed {
+            if !out.contains(&port) {
+                out.push(port);
+            }
+        }
+    }
+    out
+}
+
+fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> Vec<ServiceVolume> {
+    let items = match &v.kind {
+        Kind::Seq(items) => items.as_slice(),
+        Kind::Null => &[],
+        _ => {
+            cv.err(v.pos, p, format!("must be a list, found {}", v.type_name()));
+            &[]
+        }
+    };
+    let mut out: Vec<ServiceVolume> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}[{i}]");
+        let mut vol = match &item.kind {
+            Kind::Scalar { value, .. } => match syntax::parse_volume(value) {
+                Ok(v) => v,
+                Err(e) => {
+                    cv.err(item.pos, &ip, e);
+                    continue;
+                }
+            },
+            Kind::Map(_) => match long_volume(cv, item, &ip) {
+                Some(v) => v,
+                None => continue,
+            },
+            _ => {
+                cv.err(
+                    item.pos,
+                    &ip,
+                    format!("must be a string or mapping, found {}", item.type_name()),
+                );
+                continue;
+            }
+        };
+        if !vol.target.starts_with('/') {
+            cv.err(
+                item.pos,
+                &ip,
+                format!(
+                    "invalid volume target {:?}: must be an absolute path",
+                    vol.target
+                ),
+            );
+            continue;
+        }
+        match vol.kind {
+            VolumeType::Bind => {
+                if let Some(src) = &vol.source {
+                    vol.source = Some(cv.host_path(src, item.pos));
+                } else {
+                    cv.err(item.pos, &ip, "a bind mount needs a `source`");
+                    continue;
+                }
+            }
+            VolumeType::Volume => {
+                if let Some(src) = &vol.source {
+                    cv.refs
+                        .volumes
+                        .push((svc.to_owned(), src.clone(), item.pos, ip.clone()));
+                }
+            }
+            _ => {}
+        }
+        // One mount per target: a later definition (e.g. from an override file) replaces it.
+        if let Some(existing) = out.iter_mut().find(|x| x.target == vol.target) {
+            *existing = vol;
+        } else {
+            out.push(vol);
+        }
+    }
+    out
+}
+
+fn long_volume(cv: &mut Cv<'_>, item: &Node, ip: &str) -> Option<ServiceVolume> {
+    let mut vol = ServiceVolume {
+        kind: VolumeType::Volume,
+        source: None,
+        target: String::new(),
+        read_only: false,
+        bind: None,
+        volume: None,
+        tmpfs: None,
+    };
+    if item.get("type").is_none() {
+        cv.err(
+            item.pos,
+            ip,
+            "`type` is required (volume, bind, tmpfs, npipe or image)",
+        );
+        return None;
+    }
+    if item.get("target").is_none() {
+        cv.err(item.pos, ip, "`target` is required");
+        return None;
+    }
+    for (k, v, fp) in cv.fields(
+        item,
+        ip,
+        &[
+            "type",
+            "source",
+            "target",
+            "read_only",
+            "bind",
+            "volume",
+            "tmpfs",
+            "consistency",
+        ],
+        &["image"],
+    ) {
+        match k {
+            "type" => {
+                vol.kind = match cv.string(v, &fp)?.as_str() {
+                    "volume" => VolumeType::Volume,
+                    "bind" => VolumeType::Bind,
+                    "tmpfs" => VolumeType::Tmpfs,
+                    "npipe" => VolumeType::Npipe,
+                    "image" => VolumeType::Image,
+                    other => {
+                        cv.err(v.pos, &fp, format!("invalid volume type {other:?}"));
+                        return None;
+                    }
+                }
+            }
+            "source" => vol.source = cv.opt_string(v, &fp),
+            "target" => vol.target = cv.string(v, &fp)?,
+            "read_only" => vol.read_only = cv.boolean(v, &fp).unwrap_or_default(),
+            "consistency" => {}
+            "bind" => {
+                let mut b = BindOptions::default();
+                for (k, v, fp) in
+                    cv.fields(v, &fp, &["propagation", "create_host_path", "selinux"], &[])
+                {
+                    match k {
+                        "propagation" => {
+                            b.propagation = cv.opt_string(v, &fp);
+                            if let Some(pr) = &b.propagation
+                                && !syntax::PROPAGATIONS.contains(&pr.as_str())
+                            {
+                                cv.err(v.pos, &fp, format!("invalid propagation {pr:?}"));
+                            }
+                        }
+                        "create_host_path" => {
+                            b.create_host_path = cv.boolean(v, &fp).unwrap_or_default()
+                        }
+                        _ => {
+                            b.selinux = cv.opt_string(v, &fp);
+                            if let Some(s) = &b.selinux
+                                && s != "z"
+                                && s != "Z"
+                            {
+                                cv.err(
+                                    v.pos,
+                                    &fp,
+                                    format!("invalid selinux label {s:?}: use z or Z"),
+                                );
+                            }
+                        }
+                    }
+                }
+                vol.bind = Some(b);
+            }
+            "volume" => {
+                let mut o = VolumeOptions::default();
+                for (k, v, fp) in cv.fields(v, &fp, &["nocopy", "subpath"], &["labels"]) {
+                    match k {
+                        "nocopy" => o.nocopy = cv.boolean(v, &fp).unwrap_or_default(),
+                        _ => o.subpath = cv.opt_string(v, &fp),
+                    }
+                }
+                vol.volume = Some(o);
+            }
+            _ => {
+                let mut o = TmpfsOptions::default();
+                for (k, v, fp) in cv.fields(v, &fp, &["size", "mode"], &[]) {
+                    match k {
+                        "size" => o.size = cv.size(v, &fp),
+                        _ => {
+                            let s = cv.string(v, &fp).unwrap_or_default();
+                            match syntax::parse_mode(&s) {
+                                Some(m) => o.mode = Some(m),
+                                None => cv.err(v.pos, &fp, format!("invalid file mode {s:?}")),
+                            }
+                        }
+                    }
+                }
+                vol.tmpfs = Some(o);
+            }
+        }
+    }
+    // Empty option blocks carry no information; dropping them keeps the output canonical.
+    if vol.bind == Some(BindOptions::default()) {
+        vol.bind = None;
+    }
+    if vol.volume == Some(VolumeOptions::default()) {
+        vol.volume = None;
+    }
+    if vol.tmpfs == Some(TmpfsOptions::default()) {
+        vol.tmpfs = None;
+    }
+    Some(vol)
+}
+
+fn deploy(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Deploy> {
+    let mut d = Deploy::default();
+    for (k, v, fp) in cv.fields(
+        v,
+        p,
+        &[
+            "mode",
+            "replicas",
+            "labels",
+            "update_config",
+            "rollback_config",
+            "resources",
+            "restart_policy",
+            "placement",
+            "endpoint_mode",
+        ],
+        &[],
+    ) {
+        match k {
+            "mode" => match cv.string(v, &fp).as_deref() {
+                Some("replicated") => d.mode = Some(DeployMode::Replicated),
+                Some("global") => d.mode = Some(DeployMode::Global),
+                Some(other) => cv.err(
+                    v.pos,
+                    &fp,
+                    format!("invalid deploy mode {other:?}: use replicated or global"),
+                ),
+                None => {}
+            },
+            "replicas" => match v.scalar().map(str::parse::<i64>) {
+                Some(Ok(r)) if r >= 0 => d.replicas = Some(r as u64),
+                _ => {
+                    let shown = v
+                        .scalar()
+                        .map_or(v.type_name().to_owned(), |s| format!("{s:?}"));
+                    cv.err(
+                        v.pos,
+                        &fp,
+                        format!("replicas must be a non-negative integer, found {shown}"),
+                    );
+                }
+            },
+            "labels" => d.labels = cv.labels(v, &fp),
+            "update_config" => d.update_config = update_config(cv, v, &fp),
+            "rollback_config" => d.rollback_config = update_config(cv, v, &fp),
+            "resources" => {
+                let mut r = Resources::default();
+                for (k, v, fp) in cv.fields(v, &fp, &["limits", "reservations"], &[]) {
+                    let spec = resource_spec(cv, v, &fp, k == "reservations");
+                    if k == "limits" {
+                        r.limits = spec;
+                    } else {
+                        r.reservations = spec;
+                    }
+                }
+                d.resources = Some(r);
+            }
+            "restart_policy" => {
+                let mut r = RestartPolicy::default();
+                for (k, v, fp) in cv.fields(
+                    v,
+                    &fp,
+                    &["condition", "delay", "max_attempts", "window"],
+                    &[],
+                ) {
+                    match k {
+                        "condition" => {
+                            r.condition = cv.opt_string(v, &fp);
+                            if let Some(c) = &r.condition
+                                && !matches!(c.as_str(), "none" | "on-failure" | "any")
+                            {
+                                cv.err(
+                                    v.pos,
+                                    &fp,
+                                    format!("invalid condition {c:?}: use none, on-failure or any"),
+                                );
+                            }
+                        }
+                        "delay" => r.delay = cv.duration(v, &fp),
+                        "window" => r.window = cv.duration(v, &fp),
+                        _ => r.max_attempts = cv.uint(v, &fp),
+                    }
+                }
+                d.restart_policy = Some(r);
+            }
+            "placement" => {
+                let mut pl = Placement::default();
+                for (k, v, fp) in cv.fields(
+                    v,
+                    &fp,
+                    &["constraints", "preferences", "max_replicas_per_node"],
+                    &[],
+                ) {
+                    match k {
+                        "constraints" => {
+                            pl.constraints = cv.str_list(v, &fp);
+                            if let Kind::Seq(items) = &v.kind {
+                                for (i, (c, item)) in pl.constraints.iter().zip(items).enumerate() {
+                                    if !syntax::valid_constraint(c) {
+                                        cv.err(item.pos, &format!("{fp}[{i}]"), format!("invalid constraint {c:?}: expected <attribute>==<value> or <attribute>!=<value>"));
+                                    }
+                                }
+                            }
+                        }
+                        "preferences" => {
+                            let items = match &v.kind {
+                                Kind::Seq(items) => items.as_slice(),
+                                _ => {
+                                    cv.err(v.pos, &fp, "must be a list");
+                                    &[]
+                                }
+                            };
+                            for (i, item) in items.iter().enumerate() {
+                                let ip = format!("{fp}[{i}]");
+                                for (_, v, sp) in cv.fields(item, &ip, &["spread"], &[]) {
+                                    if let Some(s) = cv.string(v, &sp) {
+                                        pl.preferences.push(PlacementPreference { spread: s });
+                                    }
+                                }
+                            }
+                        }
+                        _ => pl.max_replicas_per_node = cv.uint(v, &fp),
+                    }
+                }
+                d.placement = Some(pl);
+            }
+            _ => match cv.string(v, &fp).as_deref() {
+                Some("vip") => d.endpoint_mode = Some(EndpointMode::Vip),
+                Some("dnsrr") => d.endpoint_mode = Some(EndpointMode::Dnsrr),
+                Some(other) => cv.err(
+                    v.pos,
+                    &fp,
+                    format!("invalid endpoint_mode {other:?}: use vip or dnsrr"),
+                ),
+                None => {}
+            },
+        }
+    }
+    if d.mode == Some(DeployMode::Global) && d.replicas.is_some_and(|r| r != 1) {
+        cv.err(v.pos, p, "replicas cannot be set for a global service");
+    }
+    Some(d)
+}
+
+fn resource_spec(cv: &mut Cv<'_>, v: &Node, p: &str, reservations: bool) -> Option<ResourceSpec> {
+    let ignored: &[&str] = if reservations {
+        &["devices", "generic_resources"]
+    } else {
+        &[]
+    };
+    let mut r = ResourceSpec::default();
+    for (k, v, fp) in cv.fields(v, p, &["cpus", "memory", "pids"], ignored) {
+        match k {
+            "cpus" => r.cpus = cv.float(v, &fp),
+            "memory" => r.memory = cv.size(v, &fp),
+            _ => r.pids = cv.int(v, &fp),
+        }
+    }
+    Some(r)
+}
+
+fn update_config(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<UpdateConfig> {
+    let mut u = UpdateConfig::default();
+    for (k, v, fp) in cv.fields(
+        v,
+        p,
+        &[
+            "parallelism",
+            "delay",
+            "failure_action",
+            "monitor",
+            "max_failure_ratio",
+            "order",
+        ],
+        &[],
+    ) {
+        match k {
+            "parallelism" => u.parallelism = cv.uint(v, &fp),
+            "delay" => u.delay = cv.duration(v, &fp),
+            "monitor" => u.monitor = cv.duration(v, &fp),
+            "max_failure_ratio" => {
+                u.max_failure_ratio = cv.float(v, &fp);
+                if u.max_failure_ratio.is_some_and(|r| r > 1.0) {
+                    cv.err(v.pos, &fp, "must be between 0 and 1");
+                }
+            }
+            "failure_action" => {
+                u.failure_action = cv.opt_string(v, &fp);
+                if let Some(a) = &u.failure_action
+                    && !matches!(a.as_str(), "continue" | "rollback" | "pause")
+                {
+                    cv.err(
+                        v.pos,
+                        &fp,
+                        format!("invalid failure_action {a:?}: use continue, rollback or pause"),
+                    );
+                }
+            }
+            _ => {
+                u.order = cv.opt_string(v, &fp);
+                if let Some(o) = &u.order
+                    && o != "stop-first"
+                    && o != "start-first"
+                {
+                    cv.err(
+                        v.pos,
+                        &fp,
+                        format!("invalid order {o:?}: use stop-first or start-first"),
+                    );
+                }
+            }
+        }
+    }
+    Some(u)
+}
+
+/// Removes services whose profiles are not enabled.
+fn apply_profiles(cv: &mut Cv<'_>, services: &mut BTreeMap<String, Service>, opts: &LoadOptions) {
+    let mut enabled: BTreeSet<String> = opts.profiles.iter().cloned().collect();
+    if let Some(p) = cv.env.get("COMPOSE_PROFILES") {
+        enabled.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let all = enabled.contains("*");
+    services.retain(|_, s| {
+        s.profiles.is_empty() || all || s.profiles.iter().any(|p| enabled.contains(p))
+    });
+}
+
+fn check_refs(
+    cv: &mut Cv<'_>,
+    services: &mut BTreeMap<String, Service>,
+    networks: &BTreeMap<String, Network>,
+    volumes: &BTreeMap<String, Volume>,
+    configs: &BTreeMap<String, FileObject>,
+    secrets: &BTreeMap<String, FileObject>,
+) {
+    let refs = std::mem::take(&mut cv.refs);
+    let defined = |name: &str| refs.service_pos.contains_key(name);
+    for (svc, dep, pos, path) in &refs.depends {
+        let Some(s) = services.get_mut(svc) else {
+            continue;
+        };
+        let required = s.depends_on.get(dep).is_some_and(|d| d.required);
+        let problem = if !defined(dep) {
+            Some(format!("depends on undefined service {dep:?}"))
+        } else if !services_contains(dep, &refs, services) {
+            Some(format!(
+                "depends on service {dep:?} which is not enabled by the active profiles"
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = problem {
+            let s = services.get_mut(svc).expect("checked above");
+            if required {
+                cv.err(*pos, path, msg);
+            } else {
+                s.depends_on.remove(dep);
+                cv.warn(
+                    *pos,
+                    path,
+                    format!("{msg}; ignored because required: false"),
+                );
+            }
+        }
+    }
+    for (svc, target, pos, path) in &refs.network_mode {
+        if services.contains_key(svc) && !services.contains_key(target) {
+            cv.err(
+                *pos,
+                path,
+                format!("network_mode refers to undefined service {target:?}"),
+            );
+        }
+    }
+    for (svc, net, pos, path) in &refs.networks {
+        if services.contains_key(svc) && net != "default" && !networks.contains_key(net) {
+            cv.err(
+                *pos,
+                path,
+                format!("service {svc:?} refers to undefined network {net:?}"),
+            );
+        }
+    }
+    for (svc, vol, pos, path) in &refs.volumes {
+        if services.contains_key(svc) && !volumes.contains_key(vol) {
+            cv.err(
+                *pos,
+                path,
+                format!("service {svc:?} refers to undefined volume {vol:?}"),
+            );
+        }
+    }
+    for (kind, list, defs) in [
+        ("secret", &refs.secrets, secrets),
+        ("config", &refs.configs, configs),
+    ] {
+        for (svc, name, pos, path) in list {
+            if services.contains_key(svc) && !defs.contains_key(name) {
+                cv.err(
+                    *pos,
+                    path,
+                    format!("service {svc:?} refers to undefined {kind} {name:?}"),
+                );
+            }
+        }
+    }
+    // Dependency cycles, reported once per cycle at the first edge that closes it.
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+    let mut stack: Vec<&str> = Vec::new();
+    let names: Vec<&String> = services.keys().collect();
+    fn visit<'a>(
+        n: &'a str,
+        services: &'a BTreeMap<String, Service>,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+        cycles: &mut Vec<Vec<&'a str>>,
+    ) {
+        state.insert(n, 1);
+        stack.push(n);
+        if let Some(s) = services.get(n) {
+            for dep in s.depends_on.keys() {
+                match state.get(dep.as_str()) {
+                    Some(1) => {
+                        let start = stack.iter().position(|x| *x == dep).unwrap_or(0);
+                        let mut c: Vec<&str> = stack[start..].to_vec();
+                        c.push(dep);
+                        cycles.push(c);
+                    }
+                    Some(_) => {}
+                    None if services.contains_key(dep) => {
+                        visit(dep, services, state, stack, cycles)
+                    }
+                    None => {}
+                }
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+    }
+    let mut cycles = Vec::new();
+    for n in names {
+        if !state.contains_key(n.as_str()) {
+            visit(n, services, &mut state, &mut stack, &mut cycles);
+        }
+    }
+    for c in cycles {
+        let (from, to) = (c[c.len() - 2], c[c.len() - 1]);
+        let at = refs
+            .depends
+            .iter()
+            .find(|(s, d, _, _)| s == from && d == to)
+            .map(|(_, _, pos, path)| (*pos, path.clone()))
+            .unwrap_or((Ctx::nowhere(), String::new()));
+        cv.err(at.0, &at.1, format!("dependency cycle: {}", c.join(" -> ")));
+    }
+}
+
+fn services_contains(name: &str, _refs: &Refs, services: &BTreeMap<String, Service>) -> bool {
+    services.contains_key(name)
+}

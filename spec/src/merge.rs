@@ -1,0 +1,186 @@
+//! Compose's merge rules for `-f a.yml -f b.yml` and `extends`, on the positioned node tree.
+//!
+//! Maps merge key by key; `command`, `entrypoint` and `healthcheck.test` are replaced;
+//! `environment`, `labels`, `sysctls`, `build.args`, `depends_on` and service `networks` merge
+//! as maps whatever form (list or map) each side used; other lists (ports, volumes, secrets, …)
+//! are concatenated and de-duplicated by their key during conversion; scalars are replaced.
+//! The `!reset` tag drops the inherited value and `!override` replaces it wholesale.
+
+use crate::yaml::{Entry, Kind, MergeTag, Node};
+
+/// Lists that are really maps: `KEY=VALUE` items (or bare names) become map entries.
+pub(crate) fn list_to_map(node: Node, split_eq: bool) -> Node {
+    match node.kind {
+        Kind::Seq(items) => {
+            let mut entries: Vec<Entry> = Vec::new();
+            for item in items {
+                let (key, value) = match &item.kind {
+                    Kind::Scalar { value, .. } => match value.split_once('=') {
+                        Some((k, v)) if split_eq => {
+                            (k.to_owned(), Node::str(item.pos, v.to_owned()))
+                        }
+                        _ => (value.clone(), Node::new(item.pos, Kind::Null)),
+                    },
+                    // Left for conversion to report with its position.
+                    _ => (String::new(), item.clone()),
+                };
+                if let Some(e) = entries.iter_mut().find(|e| e.key == key && !key.is_empty()) {
+                    e.value = value;
+                } else {
+                    entries.push(Entry {
+                        key,
+                        key_pos: item.pos,
+                        value,
+                    });
+                }
+            }
+            Node {
+                pos: node.pos,
+                tag: node.tag,
+                kind: Kind::Map(entries),
+            }
+        }
+        _ => node,
+    }
+}
+
+fn as_map_node(n: Node) -> Node {
+    match n.kind {
+        Kind::Null => Node {
+            pos: n.pos,
+            tag: n.tag,
+            kind: Kind::Map(Vec::new()),
+        },
+        _ => n,
+    }
+}
+
+/// Merges two maps entry by entry with `f(key, base, over)` for keys on both sides.
+fn merge_maps(base: Node, over: Node, f: &dyn Fn(&str, Node, Node) -> Node) -> Node {
+    let base = as_map_node(base);
+    let over = as_map_node(over);
+    let (Kind::Map(mut entries), Kind::Map(over_entries)) = (base.kind.clone(), over.kind.clone())
+    else {
+        return over;
+    };
+    for oe in over_entries {
+        if oe.value.tag == Some(MergeTag::Reset) {
+            entries.retain(|e| e.key != oe.key);
+            continue;
+        }
+        match entries.iter().position(|e| e.key == oe.key) {
+            Some(i) if oe.value.tag != Some(MergeTag::Override) => {
+                let b =
+                    std::mem::replace(&mut entries[i].value, Node::new(oe.value.pos, Kind::Null));
+                entries[i].value = f(&oe.key, b, oe.value);
+                entries[i].key_pos = oe.key_pos;
+            }
+            Some(i) => entries[i] = oe,
+            None => entries.push(oe),
+        }
+    }
+    Node {
+        pos: over.pos,
+        tag: None,
+        kind: Kind::Map(entries),
+    }
+}
+
+/// Deep merge: maps recursively, lists appended, anything else replaced.
+pub(crate) fn deep(base: Node, over: Node) -> Node {
+    match (&base.kind, &over.kind) {
+        (Kind::Map(_), Kind::Map(_)) => merge_maps(base, over, &|_, b, o| deep(b, o)),
+        (Kind::Seq(a), Kind::Seq(b)) => {
+            let mut items = a.clone();
+            items.extend(b.iter().cloned());
+            Node {
+                pos: over.pos,
+                tag: None,
+                kind: Kind::Seq(items),
+            }
+        }
+        _ => over,
+    }
+}
+
+fn as_list(n: Node) -> Node {
+    match n.kind {
+        Kind::Scalar { .. } => Node {
+            pos: n.pos,
+            tag: n.tag,
+            kind: Kind::Seq(vec![Node { tag: None, ..n }]),
+        },
+        _ => n,
+    }
+}
+
+fn merge_build(base: Node, over: Node) -> Node {
+    let norm = |n: Node| match n.kind {
+        Kind::Scalar { .. } => Node::map(
+            n.pos,
+            vec![Entry {
+                key: "context".to_owned(),
+                key_pos: n.pos,
+                value: n,
+            }],
+        ),
+        _ => n,
+    };
+    merge_maps(norm(base), norm(over), &|k, b, o| match k {
+        "args" | "labels" => merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o),
+        _ => deep(b, o),
+    })
+}
+
+/// Merges one service definition over another.
+pub(crate) fn merge_service(base: Node, over: Node) -> Node {
+    merge_maps(base, over, &|key, b, o| match key {
+        "command" | "entrypoint" => o,
+        "environment" | "labels" | "sysctls" | "annotations" => {
+            merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o)
+        }
+        "depends_on" | "networks" => {
+            merge_maps(list_to_map(b, false), list_to_map(o, false), &|_, b, o| {
+                deep(b, o)
+            })
+        }
+        "build" => merge_build(b, o),
+        "healthcheck" => merge_maps(b, o, &|k, b, o| if k == "test" { o } else { deep(b, o) }),
+        "ulimits" => merge_maps(b, o, &|_, b, o| deep(b, o)),
+        "logging" => {
+            let driver = |n: &Node| n.get("driver").and_then(|d| d.scalar()).map(str::to_owned);
+            match (driver(&b), driver(&o)) {
+                (Some(x), Some(y)) if x != y => o,
+                _ => deep(b, o),
+            }
+        }
+        "deploy" => merge_maps(b, o, &|k, b, o| match k {
+            "labels" => merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o),
+            _ => deep(b, o),
+        }),
+        "env_file" | "tmpfs" | "expose" | "cap_add" | "cap_drop" | "profiles" => {
+            deep(as_list(b), as_list(o))
+        }
+        _ => deep(b, o),
+    })
+}
+
+fn merge_resource(base: Node, over: Node) -> Node {
+    merge_maps(base, over, &|k, b, o| match k {
+        "labels" | "driver_opts" => {
+            merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o)
+        }
+        _ => deep(b, o),
+    })
+}
+
+/// Merges a whole compose file over the result of the earlier files.
+pub(crate) fn merge_files(base: Node, over: Node) -> Node {
+    merge_maps(base, over, &|k, b, o| match k {
+        "services" => merge_maps(b, o, &|_, b, o| merge_service(b, o)),
+        "networks" | "volumes" | "configs" | "secrets" => {
+            merge_maps(b, o, &|_, b, o| merge_resource(b, o))
+        }
+        _ => o,
+    })
+}
