@@ -115,6 +115,26 @@ fn map_error(r: &ImageRef, e: OciDistributionError) -> ImageError {
                 detail: one_line(innermost),
             }
         }
+        OciDistributionError::RequestError(re)
+            if re
+                .status()
+                .is_some_and(|c| c.as_u16() == 401 || c.as_u16() == 403) =>
+        {
+            ImageError::AuthRefused {
+                reference,
+                registry,
+                detail,
+            }
+        }
+        OciDistributionError::RequestError(re)
+            if re.status().is_some_and(|c| c.as_u16() == 404) =>
+        {
+            ImageError::RemoteNotFound {
+                reference,
+                registry,
+                detail,
+            }
+        }
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => ImageError::AuthRefused {
             reference,
