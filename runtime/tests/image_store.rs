@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use common::oci::{Entry, tar_entries};
-use dcpp_runtime::image::{ImageError, ImageStore, get_xattr};
+use dcpp_runtime::image::{ImageError, ImageStore, Platform, get_xattr};
 
 fn store() -> (tempfile::TempDir, ImageStore) {
     let dir = tempfile::Builder::new()
@@ -261,4 +261,72 @@ fn whiteouts_become_overlay_whiteouts_and_hide_lower_files() {
     );
     nix::mount::umount(&mnt).unwrap();
     assert_eq!(seen, (true, false, false, true));
+}
+
+#[test]
+fn load_oci_layout_directory_and_docker_save_tar() {
+    let (d, s) = store();
+    let bb = common::busybox::rootfs_tempdir();
+    let base = common::oci::tar_dir(bb.path());
+    let top = tar_entries(&[Entry::Dir("etc/"), Entry::File("etc/motd", b"hi")]);
+
+    // OCI layout, gzip layers, named with containerd's annotation.
+    let mut layout = common::oci::Layout::new(&d.path().join("layout"));
+    let built = layout.add_image(
+        &[
+            (base.clone(), common::oci::Comp::Gzip),
+            (top.clone(), common::oci::Comp::Zstd),
+        ],
+        serde_json::json!({"Cmd": ["sh"]}),
+        (Platform::current().architecture.as_str(), None),
+    );
+    let mut desc = built.descriptor.clone();
+    desc["annotations"] = serde_json::json!({"io.containerd.image.name": "example.com/app:2"});
+    layout.tag(&desc, "unused");
+    let imgs = s.load(&layout.dir).unwrap();
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0].id.as_str(), built.config_digest);
+    assert_eq!(s.resolve("example.com/app:2").unwrap().id, imgs[0].id);
+    let dirs = imgs[0].layer_dirs();
+    assert_eq!(fs::read(dirs[0].join("etc/motd")).unwrap(), b"hi");
+    assert!(dirs[1].join("bin/busybox").is_file());
+
+    // docker save (legacy layout: <id>/layer.tar, config json, manifest.json), as a tar file.
+    let save = d.path().join("save");
+    fs::create_dir_all(save.join("l1")).unwrap();
+    fs::create_dir_all(save.join("l2")).unwrap();
+    fs::write(save.join("l1/layer.tar"), &base).unwrap();
+    fs::write(save.join("l2/layer.tar"), &top).unwrap();
+    let cfg = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["echo", "saved"], "Env": null},
+        "rootfs": {"type": "layers", "diff_ids": [
+            common::oci::sha256(&base), common::oci::sha256(&top)]},
+    });
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    let cfg_name = format!("{}.json", &common::oci::sha256(&cfg_bytes)[7..]);
+    fs::write(save.join(&cfg_name), &cfg_bytes).unwrap();
+    fs::write(
+        save.join("manifest.json"),
+        serde_json::to_vec(&serde_json::json!([{
+            "Config": cfg_name, "RepoTags": ["saved:latest"],
+            "Layers": ["l1/layer.tar", "l2/layer.tar"]}]))
+        .unwrap(),
+    )
+    .unwrap();
+    let tarfile = d.path().join("save.tar");
+    fs::write(&tarfile, common::oci::tar_dir(&save)).unwrap();
+    let imgs = s.load(&tarfile).unwrap();
+    assert_eq!(imgs.len(), 1);
+    let img = s.resolve("saved").unwrap();
+    assert_eq!(img.id, imgs[0].id);
+    assert_eq!(img.config.cmd(), ["echo", "saved"]);
+    // The base layer is shared with the OCI-layout image: unpacked once.
+    assert_eq!(img.layer_dirs()[1], dirs[1]);
+    assert_eq!(fs::read_dir(s.root().join("layers")).unwrap().count(), 2);
+    assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+
+    // Something that is neither is a clear error.
+    let err = s.load(bb.path()).unwrap_err();
+    assert!(err.to_string().contains("neither an OCI layout"), "{err}");
 }

@@ -3,6 +3,7 @@
 //! [`ImageStore`] is synchronous (file locks make it safe across processes); the registry
 //! client in [`registry`] is async and writes through the store.
 
+mod archive;
 mod auth;
 mod digest;
 mod error;

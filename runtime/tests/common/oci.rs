@@ -209,7 +209,10 @@ impl Layout {
     pub fn tag(&mut self, descriptor: &Value, tag: &str) {
         let mut d = descriptor.clone();
         d.as_object_mut().unwrap().remove("platform");
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        if !d["annotations"].is_object() {
+            d["annotations"] = json!({});
+        }
+        d["annotations"]["org.opencontainers.image.ref.name"] = json!(tag);
         self.entries.push(d);
         let index = json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": self.entries});
         fs::write(
