@@ -25,6 +25,7 @@ const SERVICE_KEYS: &[&str] = &[
     "env_file",
     "environment",
     "expose",
+    "extends",
     "healthcheck",
     "hostname",
     "image",
@@ -916,7 +917,8 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node, path: &str) -> Option<Service>
             _ => d.replicas = Some(n),
         }
     }
-    if s.image.is_none() && s.build.is_none() {
+    // A failed `extends` was already reported; a wrongly typed image/build too.
+    if n.get("image").is_none() && n.get("build").is_none() && n.get("extends").is_none() {
         cv.err(
             n.pos,
             path,

@@ -22,14 +22,22 @@ pub use error::{SpecError, SpecErrors};
 pub use loader::{DEFAULT_FILES, LoadOptions, Loaded, load};
 pub use model::*;
 
-/// Serialises a project as YAML in the shape `docker compose config` prints.
+/// Serialises a project as YAML in the shape `docker compose config` prints. A literal `$` is
+/// written as `$$` (as compose does) so the output can be loaded again unchanged.
 pub fn to_yaml(project: &Project) -> String {
-    serde_saphyr::to_string(project).unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
+    // `$` has no meaning in YAML or JSON syntax, so escaping the text is safe; it also doubles a
+    // `$` inside a map key, which compose does not interpolate — a documented limitation.
+    serde_saphyr::to_string(project)
+        .map(|s| s.replace('$', "$$"))
+        .unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
 }
 
-/// Serialises a project as pretty JSON.
+/// Serialises a project as pretty JSON, with `$` escaped as in [`to_yaml`]. The raft store and
+/// API use plain serde instead, which keeps strings unescaped.
 pub fn to_json(project: &Project) -> String {
-    serde_json::to_string_pretty(project).unwrap_or_else(|e| format!("serialisation failed: {e}"))
+    serde_json::to_string_pretty(project)
+        .map(|s| s.replace('$', "$$"))
+        .unwrap_or_else(|e| format!("serialisation failed: {e}"))
 }
 
 /// The JSON Schema of the canonical model.

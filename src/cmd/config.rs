@@ -64,7 +64,7 @@ pub fn run_config(_global: &Global, args: ConfigArgs) -> anyhow::Result<u8> {
                     Format::Yaml => dcpp_spec::to_yaml(&loaded.project),
                     Format::Json => dcpp_spec::to_json(&loaded.project) + "\n",
                 };
-                std::io::stdout().lock().write_all(out.as_bytes())?;
+                write_stdout(out.as_bytes())?;
             }
             Ok(0)
         }
@@ -81,7 +81,16 @@ pub fn run_config(_global: &Global, args: ConfigArgs) -> anyhow::Result<u8> {
 }
 
 pub fn run_schema(_global: &Global, _args: SchemaArgs) -> anyhow::Result<u8> {
-    let schema = serde_json::to_string_pretty(&dcpp_spec::schema())?;
-    println!("{schema}");
+    let schema = serde_json::to_string_pretty(&dcpp_spec::schema())? + "\n";
+    write_stdout(schema.as_bytes())?;
     Ok(0)
+}
+
+/// Writes to stdout; a closed pipe (`dcpp schema | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
