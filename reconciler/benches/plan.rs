@@ -1,1 +1,84 @@
-fn main() {}
+//! plan() cost for 1000 services × 10 replicas on 10 nodes: from scratch (10 000 tasks to
+//! create and place), at steady state (nothing to do: the periodic resync), and with one
+//! crashed task to replace.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use dcpp_reconciler::*;
+
+fn setup() -> (Desired, Observed) {
+    let mut o = Observed::default();
+    for i in 0..10 {
+        let mut n = Node::new(&format!("node{i}"));
+        n.labels.insert("zone".into(), format!("z{}", i % 3));
+        o.add_node(n);
+    }
+    let mut d = Desired::default();
+    for i in 0..1000 {
+        let mut s = ServiceSpec::new(&format!("stack{}", i / 10), &format!("svc{i}"), "img:1", 10);
+        if i % 4 == 0 {
+            s.placement.preferences = vec![SpreadPreference {
+                label: "zone".into(),
+            }];
+        }
+        d.insert(s);
+    }
+    (d, o)
+}
+
+fn converged(d: &Desired, o: &mut Observed) {
+    loop {
+        let p = plan(d, o, 0);
+        apply(o, &p).expect("apply");
+        let ids: Vec<TaskId> = o.tasks.keys().copied().collect();
+        let mut moved = false;
+        for id in ids {
+            let t = &o.tasks[&id];
+            if t.node.is_some() && t.state != TaskState::Running {
+                let r = TaskReport {
+                    state: Some(TaskState::Running),
+                    ..TaskReport::default()
+                };
+                report(o, id, &r, 0).expect("report");
+                moved = true;
+            }
+        }
+        if p.is_empty() && !moved {
+            return;
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (d, empty) = setup();
+    let mut g = c.benchmark_group("plan_1000x10_on_10_nodes");
+    g.sample_size(10);
+    g.bench_function("from_scratch", |b| {
+        b.iter(|| black_box(plan(black_box(&d), black_box(&empty), 0)))
+    });
+    let mut steady = empty.clone();
+    converged(&d, &mut steady);
+    assert_eq!(steady.tasks.len(), 10_000);
+    g.bench_function("steady_state", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&d), black_box(&steady), 1);
+            assert!(p.is_empty());
+            black_box(p)
+        })
+    });
+    let mut crashed = steady.clone();
+    let r = TaskReport {
+        state: Some(TaskState::Failed),
+        exit_code: Some(137),
+        ..TaskReport::default()
+    };
+    report(&mut crashed, TaskId(5_000), &r, 1).expect("report");
+    g.bench_function("one_crash", |b| {
+        b.iter(|| black_box(plan(black_box(&d), black_box(&crashed), 1)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -10,6 +10,9 @@ pub enum Error {
     /// A compose `restart:` value that is not `no`, `always`, `on-failure[:N]` or `unless-stopped`.
     #[error("invalid restart policy `{0}` (expected no, always, on-failure[:N] or unless-stopped)")]
     InvalidRestartPolicy(String),
+    /// A compose service that cannot be scheduled as written.
+    #[error("service `{service}`: {reason}")]
+    InvalidService { service: String, reason: String },
     /// A report or action that would move a task's state backward (or out of a terminal state).
     #[error("task {task}: refusing backward state transition {from} -> {to}")]
     BackwardTransition {

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod error;
+mod from_spec;
 pub mod model;
 pub mod plan;
 pub mod scheduler;

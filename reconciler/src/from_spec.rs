@@ -1,0 +1,206 @@
+//! Conversion from the canonical compose model ([`dcpp_spec::Project`]) to [`ServiceSpec`].
+
+use dcpp_spec::{DependsOnCondition, DeployMode, Duration, Project, Service};
+
+use crate::error::Error;
+use crate::model::{
+    Constraint, Dependency, DependencyCondition, FailureAction, Millis, Mode, Placement, Resources,
+    RestartCondition, RestartPolicy, ServiceSpec, SpreadPreference, UpdateConfig, UpdateOrder,
+};
+
+fn millis(d: Option<Duration>) -> Option<Millis> {
+    d.map(|d| d.as_nanos() / 1_000_000)
+}
+
+impl ServiceSpec {
+    /// Builds the scheduling view of service `name` of `project` (stack = project name).
+    ///
+    /// Defaults where compose leaves a field out: restart `any` with no delay (an orchestrator
+    /// keeps declared services running; `restart: "no"` opts out), swarm's update and rollback
+    /// defaults (parallelism 1, pause on failure, monitor 5 s, stop-first), 1 replica.
+    pub fn from_compose(project: &Project, name: &str) -> Result<ServiceSpec, Error> {
+        let invalid = |reason: String| Error::InvalidService {
+            service: name.to_string(),
+            reason,
+        };
+        let svc = project
+            .services
+            .get(name)
+            .ok_or_else(|| invalid("no such service in the project".into()))?;
+        let image = svc
+            .image
+            .clone()
+            .ok_or_else(|| invalid("no `image:` (dcpp does not build images)".into()))?;
+        let deploy = svc.deploy.clone().unwrap_or_default();
+        let mode = match deploy.mode {
+            Some(DeployMode::Global) => Mode::Global,
+            _ => {
+                let replicas = deploy.replicas.unwrap_or(1);
+                let replicas = u32::try_from(replicas)
+                    .map_err(|_| invalid(format!("replicas {replicas} is too large")))?;
+                Mode::Replicated { replicas }
+            }
+        };
+        let restart = match (&deploy.restart_policy, &svc.restart) {
+            (Some(p), _) => RestartPolicy {
+                condition: match p.condition.as_deref() {
+                    None | Some("any") => RestartCondition::Any,
+                    Some("on-failure") => RestartCondition::OnFailure,
+                    Some("none") => RestartCondition::None,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "restart_policy.condition `{other}` (expected none, on-failure or any)"
+                        )));
+                    }
+                },
+                delay: millis(p.delay).unwrap_or(0),
+                max_attempts: p
+                    .max_attempts
+                    .filter(|n| *n > 0)
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                window: millis(p.window).filter(|w| *w > 0),
+            },
+            (None, Some(r)) => RestartPolicy::from_compose(r)?,
+            (None, None) => RestartPolicy::default(),
+        };
+        let update_config = convert_update(deploy.update_config.as_ref()).map_err(invalid)?;
+        let rollback_config = convert_update(deploy.rollback_config.as_ref()).map_err(invalid)?;
+        let placement = match &deploy.placement {
+            None => Placement::default(),
+            Some(p) => Placement {
+                constraints: p
+                    .constraints
+                    .iter()
+                    .map(|c| Constraint::parse(c))
+                    .collect::<Result<_, _>>()?,
+                max_replicas_per_node: p
+                    .max_replicas_per_node
+                    .filter(|n| *n > 0)
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                preferences: p
+                    .preferences
+                    .iter()
+                    .map(|pref| match pref.spread.strip_prefix("node.labels.") {
+                        Some(label) if !label.is_empty() => Ok(SpreadPreference {
+                            label: label.to_string(),
+                        }),
+                        _ => Err(invalid(format!(
+                            "spread preference `{}` must be node.labels.<key>",
+                            pref.spread
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+        };
+        let reservations = deploy
+            .resources
+            .as_ref()
+            .and_then(|r| r.reservations.as_ref())
+            .map(|r| Resources {
+                cpu_millis: r.cpus.map_or(0, |c| (c * 1000.0).round().max(0.0) as u64),
+                memory: r.memory.unwrap_or(0),
+            })
+            .unwrap_or_default();
+        let depends_on = svc
+            .depends_on
+            .iter()
+            .filter(|(dep, d)| d.required || project.services.contains_key(*dep))
+            .map(|(dep, d)| Dependency {
+                service: dep.clone(),
+                condition: match d.condition {
+                    DependsOnCondition::ServiceStarted => DependencyCondition::ServiceStarted,
+                    DependsOnCondition::ServiceHealthy => DependencyCondition::ServiceHealthy,
+                    DependsOnCondition::ServiceCompletedSuccessfully => {
+                        DependencyCondition::ServiceCompletedSuccessfully
+                    }
+                },
+            })
+            .collect();
+        let healthcheck = svc
+            .healthcheck
+            .as_ref()
+            .is_some_and(|h| !h.disable && h.test.first().is_some_and(|t| t != "NONE"));
+        Ok(ServiceSpec {
+            stack: project.name.clone(),
+            name: name.to_string(),
+            image,
+            version: container_version(svc),
+            mode,
+            restart,
+            update_config,
+            rollback_config,
+            placement,
+            reservations,
+            depends_on,
+            healthcheck,
+        })
+    }
+}
+
+fn convert_update(c: Option<&dcpp_spec::UpdateConfig>) -> Result<UpdateConfig, String> {
+    let d = UpdateConfig::default();
+    let Some(c) = c else { return Ok(d) };
+    Ok(UpdateConfig {
+        parallelism: c
+            .parallelism
+            .map_or(d.parallelism, |p| u32::try_from(p).unwrap_or(u32::MAX)),
+        delay: millis(c.delay).unwrap_or(d.delay),
+        failure_action: match c.failure_action.as_deref() {
+            None | Some("pause") => FailureAction::Pause,
+            Some("rollback") => FailureAction::Rollback,
+            Some("continue") => FailureAction::Continue,
+            Some(other) => {
+                return Err(format!(
+                    "failure_action `{other}` (expected pause, rollback or continue)"
+                ));
+            }
+        },
+        monitor: millis(c.monitor).unwrap_or(d.monitor),
+        max_failure_ratio: match c.max_failure_ratio {
+            None => d.max_failure_ratio,
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            Some(r) => return Err(format!("max_failure_ratio {r} is not between 0 and 1")),
+        },
+        order: match c.order.as_deref() {
+            None | Some("stop-first") => UpdateOrder::StopFirst,
+            Some("start-first") => UpdateOrder::StartFirst,
+            Some(other) => {
+                return Err(format!(
+                    "order `{other}` (expected stop-first or start-first)"
+                ));
+            }
+        },
+    })
+}
+
+/// A hash of everything in the service that its containers are made from. Scheduling and
+/// rollout settings (replicas, mode, update/rollback/restart policies, placement, service
+/// labels, `restart:`, `depends_on`) are left out, so changing them never replaces containers.
+fn container_version(svc: &Service) -> u64 {
+    let mut v = serde_json::to_value(svc).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("restart");
+        obj.remove("depends_on");
+        if let Some(deploy) = obj.get_mut("deploy").and_then(|d| d.as_object_mut()) {
+            for k in [
+                "mode",
+                "replicas",
+                "labels",
+                "update_config",
+                "rollback_config",
+                "restart_policy",
+                "placement",
+            ] {
+                deploy.remove(k);
+            }
+        }
+    }
+    // FNV-1a over the canonical JSON (maps are BTreeMaps, so the text is stable).
+    let text = v.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
