@@ -1,1 +1,1068 @@
 //! Container networking: bridges, IPAM, DNS, published ports.
+//!
+//! One [`NetworkManager`] per dcpp instance. Everything it makes on the host carries names
+//! derived from its options, so several instances (and parallel tests) run side by side:
+//!
+//! - bridge `<prefix><n>` per network, host veth ends `<prefix>v<8 hex>`, temporary peer names
+//!   `<prefix>p<8 hex>` (the prefix is at most 6 characters so every name fits Linux's 15);
+//! - subnets carved from `pool` (default [`DEFAULT_POOL`], /24 each), skipping any prefix the
+//!   host already routes; addresses persisted under `<data_dir>/network/state.json`;
+//! - one nftables table (`ip <nft_table>`) holding published ports, masquerade and isolation.
+//!
+//! Published ports are pure kernel path (nftables DNAT, round robin over replicas with
+//! `numgen inc`), including connections to 127.0.0.1: each bridge gets `route_localnet=1` and
+//! loopback-sourced connections are masqueraded to the gateway, which is what docker does with
+//! its userland proxy off. No proxy process means host → container throughput through a
+//! published port equals the direct path. To keep other programs off a published port and to
+//! report a taken one at apply time, the manager also binds the host port itself and holds the
+//! socket while the port is published.
+//!
+//! Bridges, veths, addresses and routes are made through rtnetlink (see `netlink.rs`); nft
+//! rules through `nft -f -` (see `nft.rs`); names through the resolver in `dns.rs`.
+//!
+//! `network_mode: host` and `none` never reach this module (the container layer gives such a
+//! container the host's namespace or one with only `lo`); `service:NAME` joins another
+//! container's namespace, which already has its interfaces, so it is not attached either.
+
+mod dns;
+mod ipam;
+mod netlink;
+mod nft;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use dns::{DnsTable, parse_resolv_conf};
+pub use ipam::{Ipv4Net, ParseNetError};
+pub use state::{Endpoint, NetworkRecord, PortBinding, Protocol};
+
+/// The default address pool: `10.210.0.0/16`, cut into /24 networks. It lies outside docker's
+/// (172.17.0.0/12, 192.168.0.0/16) and podman's (10.88.0.0/16, 10.89.0.0/16) defaults, and the
+/// allocator skips any subnet the host already routes.
+pub const DEFAULT_POOL: &str = "10.210.0.0/16";
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call or file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The kernel refused a netlink request.
+    #[error("netlink: {what}: {msg}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// Kernel's answer.
+        msg: String,
+    },
+    /// `nft` rejected the ruleset.
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// The state file cannot be read.
+    #[error("corrupt network state: {0}")]
+    Corrupt(String),
+    /// Bad input from the caller.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such network.
+    #[error("network {0:?} not found")]
+    NotFound(String),
+    /// The network still has containers.
+    #[error("network {network:?} is in use by container(s) {containers}")]
+    InUse {
+        /// Network.
+        network: String,
+        /// Comma-separated container names.
+        containers: String,
+    },
+    /// The address pool (or the subnet) is exhausted, or an address is taken.
+    #[error("address allocation: {0}")]
+    Exhausted(String),
+    /// A host port is already taken.
+    #[error("host port {port}/{protocol} is already in use: {by}")]
+    PortInUse {
+        /// Port.
+        port: u16,
+        /// Protocol.
+        protocol: Protocol,
+        /// Who holds it.
+        by: String,
+    },
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// UDP port on each gateway address (53 for real containers).
+    pub port: u16,
+    /// Where other names go; `None` reads the host's `/etc/resolv.conf`.
+    pub upstreams: Option<Vec<SocketAddr>>,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        DnsOptions {
+            port: 53,
+            upstreams: None,
+        }
+    }
+}
+
+/// Everything that makes one instance distinct from another on the same machine.
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    /// Data directory of the daemon; state goes to `<data_dir>/network/`.
+    pub data_dir: PathBuf,
+    /// Prefix of every interface name this instance creates (1–6 characters of `[a-z0-9]`).
+    pub bridge_prefix: String,
+    /// Where network subnets come from.
+    pub pool: Ipv4Net,
+    /// Prefix length of each network's subnet.
+    pub subnet_len: u8,
+    /// Name of the nftables table (family `ip`) this instance owns.
+    pub nft_table: String,
+    /// Masquerade traffic that leaves the machine from non-internal networks.
+    pub masquerade: bool,
+    /// Run the resolver (needs a tokio runtime when the manager is opened).
+    pub dns: Option<DnsOptions>,
+}
+
+impl NetworkOptions {
+    /// Daemon defaults under `data_dir`: prefix `dcpp`, pool [`DEFAULT_POOL`], table `dcpp`,
+    /// masquerade on, DNS on port 53.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NetworkOptions {
+            data_dir: data_dir.into(),
+            bridge_prefix: "dcpp".into(),
+            pool: DEFAULT_POOL.parse().expect("valid default pool"),
+            subnet_len: 24,
+            nft_table: "dcpp".into(),
+            masquerade: true,
+            dns: Some(DnsOptions::default()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let p = &self.bridge_prefix;
+        if p.is_empty()
+            || p.len() > 6
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(Error::Invalid(format!(
+                "bridge prefix {p:?} must be 1-6 characters of a-z and 0-9 (interface names are at most 15 characters)"
+            )));
+        }
+        let t = &self.nft_table;
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::Invalid(format!(
+                "nft table name {t:?} must be letters, digits, '_' or '-'"
+            )));
+        }
+        if self.subnet_len < self.pool.prefix_len() || self.subnet_len > 30 {
+            return Err(Error::Invalid(format!(
+                "subnet length /{} does not fit pool {} (it must be between the pool's length and 30)",
+                self.subnet_len, self.pool
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How to create a network.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// Explicit subnet (compose `ipam.config[].subnet`); otherwise taken from the pool.
+    pub subnet: Option<Ipv4Net>,
+    /// No route out and no forwarding to other networks.
+    pub internal: bool,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A request to give a container an interface on a network.
+#[derive(Debug, Clone, Default)]
+pub struct AttachRequest {
+    /// Container id.
+    pub container_id: String,
+    /// Container name (resolvable by other containers).
+    pub container_name: String,
+    /// Compose service, resolvable to all replicas.
+    pub service: Option<String>,
+    /// Network name.
+    pub network: String,
+    /// Extra names on this network.
+    pub aliases: Vec<String>,
+    /// Fixed address (compose `ipv4_address`).
+    pub ipv4_address: Option<Ipv4Addr>,
+}
+
+/// What an attach made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Network name.
+    pub network: String,
+    /// Interface inside the container.
+    pub ifname: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// MAC of the interface.
+    pub mac: String,
+    /// Bridge address; also the DNS server when the resolver runs.
+    pub gateway: Ipv4Addr,
+    /// Whether the container's default route goes through this network.
+    pub default_route: bool,
+}
+
+/// A port to publish (one host port to one container port; ranges are expanded by
+/// [`PortMapping::expand`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// Host address; all of the host's addresses when unset.
+    pub host_ip: Option<Ipv4Addr>,
+    /// Host port; 0 picks a free one.
+    pub host_port: u16,
+    /// Container port.
+    pub container_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl PortMapping {
+    /// Expands compose's `published` (`"8080"`, `"8000-8001"` or unset) and a target range of the
+    /// same length into single mappings.
+    pub fn expand(
+        host_ip: Option<Ipv4Addr>,
+        published: Option<&str>,
+        target: (u16, u16),
+        protocol: Protocol,
+    ) -> Result<Vec<PortMapping>, Error> {
+        let bad = |s: &str| Error::Invalid(format!("invalid published port {s:?}"));
+        let (lo, hi) = match published {
+            None => (0, 0),
+            Some(s) => match s.split_once('-') {
+                Some((a, b)) => (
+                    a.parse().map_err(|_| bad(s))?,
+                    b.parse().map_err(|_| bad(s))?,
+                ),
+                None => {
+                    let p: u16 = s.parse().map_err(|_| bad(s))?;
+                    (p, p)
+                }
+            },
+        };
+        let (tlo, thi) = target;
+        if hi < lo || thi < tlo || tlo == 0 {
+            return Err(Error::Invalid(format!(
+                "invalid port range {lo}-{hi}:{tlo}-{thi}"
+            )));
+        }
+        if published.is_some() && hi - lo != thi - tlo {
+            return Err(Error::Invalid(format!(
+                "published range {lo}-{hi} and target range {tlo}-{thi} differ in length"
+            )));
+        }
+        Ok((0..=thi - tlo)
+            .map(|i| PortMapping {
+                host_ip,
+                host_port: if published.is_some() { lo + i } else { 0 },
+                container_port: tlo + i,
+                protocol,
+            })
+            .collect())
+    }
+}
+
+/// A network with its endpoints, for `ls`/`inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The network.
+    #[serde(flatten)]
+    pub network: NetworkRecord,
+    /// Attached containers.
+    pub endpoints: Vec<Endpoint>,
+    /// Ports published by those containers.
+    pub ports: Vec<PortBinding>,
+}
+
+/// What [`NetworkManager::cleanup_stale`] removed or restored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Links of this instance that no state entry referred to, deleted.
+    pub removed_links: Vec<String>,
+    /// Endpoints whose container is gone (its veth vanished with its namespace), forgotten.
+    pub removed_endpoints: Vec<String>,
+    /// Bridges of known networks that were missing (e.g. after a reboot), recreated.
+    pub recreated_bridges: Vec<String>,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // The sockets are held, never read: holding them is their purpose.
+enum Held {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+type PortKey = (Option<Ipv4Addr>, u16, Protocol);
+
+/// The network driver of one dcpp instance. Methods are synchronous and block for the netlink
+/// and nft round trips (milliseconds); call them from `spawn_blocking` in async code.
+pub struct NetworkManager {
+    opts: NetworkOptions,
+    store: state::Store,
+    held: Mutex<HashMap<PortKey, Held>>,
+    dns: Option<dns::DnsServer>,
+}
+
+enum LinkKind {
+    Bridge,
+    Veth,
+    Peer,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn short_hash(parts: &[&str], hex_len: usize) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())[..hex_len].to_owned()
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl NetworkManager {
+    /// Opens the instance described by `opts`. With DNS on, this must run inside a tokio runtime
+    /// (the resolver's tasks are spawned on it). Nothing on the host changes until
+    /// [`cleanup_stale`](Self::cleanup_stale) or a mutating call.
+    pub fn open(opts: NetworkOptions) -> Result<Self, Error> {
+        opts.validate()?;
+        let store = state::Store::open(&opts.data_dir)?;
+        let dns = match &opts.dns {
+            None => None,
+            Some(d) => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::Invalid(
+                        "the DNS server needs a tokio runtime: open the manager inside one".into(),
+                    )
+                })?;
+                let ups = match &d.upstreams {
+                    Some(u) => u.clone(),
+                    None => parse_resolv_conf(
+                        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    ),
+                };
+                Some(dns::DnsServer::new(handle, d.port, ups))
+            }
+        };
+        Ok(NetworkManager {
+            opts,
+            store,
+            held: Mutex::default(),
+            dns,
+        })
+    }
+
+    /// The options this manager was opened with.
+    pub fn options(&self) -> &NetworkOptions {
+        &self.opts
+    }
+
+    fn link_kind(&self, name: &str) -> Option<LinkKind> {
+        let rest = name.strip_prefix(&self.opts.bridge_prefix)?;
+        let hex8 = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+            Some(LinkKind::Bridge)
+        } else if let Some(h) = rest.strip_prefix('v').filter(|h| hex8(h)) {
+            let _ = h;
+            Some(LinkKind::Veth)
+        } else if rest.strip_prefix('p').is_some_and(hex8) {
+            Some(LinkKind::Peer)
+        } else {
+            None
+        }
+    }
+
+    /// Runs `f` on the freshly loaded state under the inter-process lock and saves the result.
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&mut state::State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let _lock = self.store.lock()?;
+        let mut st = self.store.load()?;
+        let r = f(&mut st);
+        // Whatever `f` did to the kernel before failing is already reflected in `st`.
+        self.store.save(&st)?;
+        self.refresh_dns(&st);
+        r
+    }
+
+    /// Reads the state (no lock needed: writes are atomic renames).
+    fn snapshot(&self) -> Result<state::State, Error> {
+        self.store.load()
+    }
+
+    fn refresh_dns(&self, st: &state::State) {
+        if let Some(d) = &self.dns
+            && let Err(e) = d.sync(st)
+        {
+            tracing::warn!("DNS: {e}");
+        }
+    }
+
+    fn apply_nft(&self, st: &state::State) -> Result<(), Error> {
+        let bridges: Vec<nft::BridgeRule> = st
+            .networks
+            .values()
+            .map(|n| nft::BridgeRule {
+                bridge: n.bridge.clone(),
+                subnet: n.subnet,
+                internal: n.internal,
+            })
+            .collect();
+        let mut groups: BTreeMap<PortKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
+        for p in &st.ports {
+            groups
+                .entry((p.host_ip, p.host_port, p.protocol))
+                .or_default()
+                .push((p.target_ip, p.container_port));
+        }
+        let ports: Vec<nft::PortRule> = groups
+            .into_iter()
+            .map(|((host_ip, host_port, protocol), backends)| nft::PortRule {
+                host_ip,
+                host_port,
+                protocol,
+                backends,
+            })
+            .collect();
+        nft::apply(&nft::render(
+            &self.opts.nft_table,
+            &bridges,
+            &ports,
+            self.opts.masquerade,
+        ))
+    }
+
+    /// Removes what a crashed predecessor of this instance left behind and restores what the
+    /// state says should exist: links named like this instance's but unknown to the state are
+    /// deleted, endpoints whose veth vanished (their container's namespace is gone) are
+    /// forgotten with their ports, missing bridges are recreated, the nft table is rewritten and
+    /// held ports are re-bound. Other instances' links (other prefixes) are never touched.
+    pub fn cleanup_stale(&self) -> Result<CleanupReport, Error> {
+        self.with_state(|st| {
+            let mut report = CleanupReport::default();
+            let links = netlink::list_links()?;
+            let present: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+            let bridges: BTreeSet<&str> = st.networks.values().map(|n| n.bridge.as_str()).collect();
+            let veths: BTreeSet<&str> = st
+                .endpoints
+                .iter()
+                .map(|e| e.host_ifname.as_str())
+                .collect();
+            for l in &links {
+                let stale = match self.link_kind(&l.name) {
+                    Some(LinkKind::Bridge) => !bridges.contains(l.name.as_str()),
+                    Some(LinkKind::Veth) => !veths.contains(l.name.as_str()),
+                    Some(LinkKind::Peer) => true,
+                    None => false,
+                };
+                if stale {
+                    netlink::delete_link(&l.name)?;
+                    report.removed_links.push(l.name.clone());
+                }
+            }
+            let (gone, kept): (Vec<Endpoint>, Vec<Endpoint>) = st
+                .endpoints
+                .drain(..)
+                .partition(|e| !present.contains(e.host_ifname.as_str()));
+            st.endpoints = kept;
+            for e in gone {
+                st.ports.retain(|p| p.container_id != e.container_id);
+                report
+                    .removed_endpoints
+                    .push(format!("{}@{}", e.container_name, e.network));
+            }
+            for n in st.networks.values() {
+                if !present.contains(n.bridge.as_str()) {
+                    report.recreated_bridges.push(n.bridge.clone());
+                }
+                netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len(), !n.internal)?;
+            }
+            self.apply_nft(st)?;
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &st.ports {
+                let key = (p.host_ip, p.host_port, p.protocol);
+                if let std::collections::hash_map::Entry::Vacant(v) = held.entry(key) {
+                    match hold(p.host_ip, p.host_port, p.protocol) {
+                        Ok((h, _)) => {
+                            v.insert(h);
+                        }
+                        Err(e) => tracing::warn!("re-holding published port: {e}"),
+                    }
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// Creates network `name` (idempotent: an existing network of that name is returned as is).
+    pub fn create_network(&self, name: &str, cfg: NetworkConfig) -> Result<NetworkRecord, Error> {
+        if name.is_empty()
+            || name.len() > 128
+            || name.chars().any(|c| c.is_whitespace() || c == '/')
+        {
+            return Err(Error::Invalid(format!("invalid network name {name:?}")));
+        }
+        self.with_state(|st| {
+            if let Some(n) = st.networks.get(name) {
+                return Ok(n.clone());
+            }
+            let mut taken: Vec<Ipv4Net> = st.networks.values().map(|n| n.subnet).collect();
+            taken.extend(netlink::host_routes()?);
+            let subnet = match cfg.subnet {
+                Some(s) => {
+                    if s.prefix_len() > 30 {
+                        return Err(Error::Invalid(format!("subnet {s} is too small (at most /30)")));
+                    }
+                    if let Some(t) = taken.iter().find(|t| t.overlaps(&s)) {
+                        return Err(Error::Exhausted(format!("subnet {s} overlaps {t}, already in use")));
+                    }
+                    s
+                }
+                None => ipam::pick_subnet(self.opts.pool, self.opts.subnet_len, &taken).ok_or_else(|| {
+                    Error::Exhausted(format!("no free /{} left in pool {}", self.opts.subnet_len, self.opts.pool))
+                })?,
+            };
+            let used: BTreeSet<&str> = st.networks.values().map(|n| n.bridge.as_str()).collect();
+            let bridge = (0..)
+                .map(|i| format!("{}{i}", self.opts.bridge_prefix))
+                .find(|b| !used.contains(b.as_str()))
+                .expect("a free bridge name exists");
+            let rec = NetworkRecord {
+                name: name.to_owned(),
+                id: short_hash(&[name, &bridge, &format!("{:?}", std::time::SystemTime::now())], 12),
+                bridge,
+                subnet,
+                gateway: subnet.gateway(),
+                internal: cfg.internal,
+                labels: cfg.labels,
+                created: now_secs(),
+            };
+            netlink::ensure_bridge(&rec.bridge, rec.gateway, subnet.prefix_len(), !rec.internal)?;
+            st.networks.insert(name.to_owned(), rec.clone());
+            if let Err(e) = self.apply_nft(st) {
+                st.networks.remove(name);
+                let _ = netlink::delete_link(&rec.bridge);
+                return Err(e);
+            }
+            tracing::info!(network = name, bridge = %rec.bridge, subnet = %rec.subnet, "network created");
+            Ok(rec)
+        })
+    }
+
+    /// Removes a network without containers.
+    pub fn remove_network(&self, name: &str) -> Result<(), Error> {
+        self.with_state(|st| {
+            let n = st
+                .networks
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            let users: Vec<&str> = st
+                .endpoints
+                .iter()
+                .filter(|e| e.network == name)
+                .map(|e| e.container_name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::InUse {
+                    network: name.to_owned(),
+                    containers: users.join(", "),
+                });
+            }
+            st.networks.remove(name);
+            self.apply_nft(st)?;
+            netlink::delete_link(&n.bridge)?;
+            tracing::info!(network = name, "network removed");
+            Ok(())
+        })
+    }
+
+    /// Removes every network without containers; returns their names.
+    pub fn prune(&self) -> Result<Vec<String>, Error> {
+        let st = self.snapshot()?;
+        let idle: Vec<String> = st
+            .networks
+            .keys()
+            .filter(|n| !st.endpoints.iter().any(|e| &e.network == *n))
+            .cloned()
+            .collect();
+        for n in &idle {
+            self.remove_network(n)?;
+        }
+        Ok(idle)
+    }
+
+    /// All networks with their endpoints and ports.
+    pub fn list(&self) -> Result<Vec<NetworkInfo>, Error> {
+        let st = self.snapshot()?;
+        Ok(st
+            .networks
+            .values()
+            .map(|n| {
+                let endpoints: Vec<Endpoint> = st
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.network == n.name)
+                    .cloned()
+                    .collect();
+                let ids: BTreeSet<&str> =
+                    endpoints.iter().map(|e| e.container_id.as_str()).collect();
+                let subnet = n.subnet;
+                let ports = st
+                    .ports
+                    .iter()
+                    .filter(|p| {
+                        ids.contains(p.container_id.as_str()) && subnet.contains(p.target_ip)
+                    })
+                    .cloned()
+                    .collect();
+                NetworkInfo {
+                    network: n.clone(),
+                    endpoints,
+                    ports,
+                }
+            })
+            .collect())
+    }
+
+    /// One network by name, id or id prefix.
+    pub fn inspect(&self, name: &str) -> Result<NetworkInfo, Error> {
+        let all = self.list()?;
+        let by_name = all.iter().position(|i| i.network.name == name);
+        let by_id: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].network.id.starts_with(name))
+            .collect();
+        let idx = by_name.or(if by_id.len() == 1 {
+            Some(by_id[0])
+        } else {
+            None
+        });
+        idx.map(|i| all[i].clone())
+            .ok_or_else(|| Error::NotFound(name.to_owned()))
+    }
+
+    /// Every endpoint of a container.
+    pub fn endpoints_of(&self, container_id: &str) -> Result<Vec<Endpoint>, Error> {
+        Ok(self
+            .snapshot()?
+            .endpoints
+            .into_iter()
+            .filter(|e| e.container_id == container_id)
+            .collect())
+    }
+
+    /// Gives the container whose network namespace is `netns` (a `/proc/<pid>/ns/net` path or a
+    /// bind mount of one) an interface on `req.network`: a veth pair with the host end on the
+    /// bridge, an address from IPAM (or `ipv4_address`), `lo` up, and the default route via the
+    /// gateway unless the network is internal or an earlier network already carries it. The
+    /// container's names become resolvable on that network.
+    pub fn attach(&self, req: &AttachRequest, netns: &Path) -> Result<Attachment, Error> {
+        if req.container_id.is_empty() || req.container_name.is_empty() {
+            return Err(Error::Invalid(
+                "attach needs a container id and name".into(),
+            ));
+        }
+        let ns = File::open(netns).map_err(|e| Error::Io {
+            what: format!("opening network namespace {}", netns.display()),
+            source: e,
+        })?;
+        self.with_state(|st| {
+            let net = st.networks.get(&req.network).cloned().ok_or_else(|| Error::NotFound(req.network.clone()))?;
+            if st.endpoints.iter().any(|e| e.container_id == req.container_id && e.network == req.network) {
+                return Err(Error::Invalid(format!(
+                    "container {} is already attached to network {:?}",
+                    req.container_name, req.network
+                )));
+            }
+            let used: BTreeSet<Ipv4Addr> =
+                st.endpoints.iter().filter(|e| e.network == req.network).map(|e| e.ip).collect();
+            let ip = match req.ipv4_address {
+                Some(ip) => {
+                    if !ipam::usable(net.subnet, ip) {
+                        return Err(Error::Invalid(format!(
+                            "ipv4_address {ip} is not a usable address of {} ({})",
+                            net.subnet, net.name
+                        )));
+                    }
+                    if used.contains(&ip) {
+                        return Err(Error::Exhausted(format!("address {ip} is already in use on {}", net.name)));
+                    }
+                    ip
+                }
+                None => ipam::pick_address(net.subnet, &used)
+                    .ok_or_else(|| Error::Exhausted(format!("subnet {} of {} is full", net.subnet, net.name)))?,
+            };
+            let has_default = st.endpoints.iter().any(|e| e.container_id == req.container_id && e.gateway.is_some());
+            let default_gw = (!net.internal && !has_default).then_some(net.gateway);
+            let h = short_hash(&[&req.container_id, &req.network], 8);
+            let plan = netlink::VethPlan {
+                bridge: net.bridge.clone(),
+                host_ifname: format!("{}v{h}", self.opts.bridge_prefix),
+                peer_tmp: format!("{}p{h}", self.opts.bridge_prefix),
+                ip,
+                prefix: net.subnet.prefix_len(),
+                default_gw,
+            };
+            let ns = ns.try_clone().map_err(|e| Error::Io { what: "duplicating the netns fd".into(), source: e })?;
+            let res = netlink::attach_veth(ns, plan.clone())?;
+            let ep = Endpoint {
+                container_id: req.container_id.clone(),
+                container_name: req.container_name.clone(),
+                service: req.service.clone(),
+                network: req.network.clone(),
+                aliases: req.aliases.clone(),
+                ip,
+                mac: fmt_mac(res.mac),
+                ifname: res.ifname.clone(),
+                host_ifname: plan.host_ifname,
+                gateway: default_gw,
+            };
+            st.endpoints.push(ep.clone());
+            tracing::debug!(container = %req.container_name, network = %req.network, %ip, "attached");
+            Ok(Attachment {
+                network: req.network.clone(),
+                ifname: res.ifname,
+                ip,
+                prefix_len: net.subnet.prefix_len(),
+                mac: ep.mac,
+                gateway: net.gateway,
+                default_route: default_gw.is_some(),
+            })
+        })
+    }
+
+    /// Removes the container's interface on `network` (all of them when `None`) and, when it
+    /// leaves all networks, its published ports. Detaching twice is not an error.
+    pub fn detach(&self, container_id: &str, network: Option<&str>) -> Result<(), Error> {
+        self.with_state(|st| {
+            let (gone, kept): (Vec<Endpoint>, Vec<Endpoint>) =
+                st.endpoints.drain(..).partition(|e| {
+                    e.container_id == container_id && network.is_none_or(|n| n == e.network)
+                });
+            st.endpoints = kept;
+            let mut first_err = None;
+            for e in &gone {
+                if let Err(err) = netlink::delete_link(&e.host_ifname) {
+                    first_err.get_or_insert(err);
+                }
+            }
+            let gone_ips: BTreeSet<Ipv4Addr> = gone.iter().map(|e| e.ip).collect();
+            let before = st.ports.len();
+            st.ports
+                .retain(|p| !(p.container_id == container_id && gone_ips.contains(&p.target_ip)));
+            if st.ports.len() != before {
+                self.release_unused_ports(st);
+                self.apply_nft(st)?;
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+    }
+
+    fn release_unused_ports(&self, st: &state::State) {
+        let live: BTreeSet<PortKey> = st
+            .ports
+            .iter()
+            .map(|p| (p.host_ip, p.host_port, p.protocol))
+            .collect();
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+
+    /// Publishes `ports` of an attached container. Replicas of one `service` may publish the
+    /// same host port (connections are spread round robin); a port held by another service or
+    /// by any other program on the machine is an [`Error::PortInUse`], and nothing of this call
+    /// is kept then. Returns the bindings with ephemeral ports filled in.
+    pub fn publish(
+        &self,
+        container_id: &str,
+        service: Option<&str>,
+        ports: &[PortMapping],
+    ) -> Result<Vec<PortBinding>, Error> {
+        self.with_state(|st| {
+            let mine: Vec<&Endpoint> = st
+                .endpoints
+                .iter()
+                .filter(|e| e.container_id == container_id)
+                .collect();
+            let target = mine
+                .iter()
+                .find(|e| st.networks.get(&e.network).is_some_and(|n| !n.internal))
+                .or(mine.first())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "container {container_id} is not attached to any network"
+                    ))
+                })?;
+            let target_ip = target.ip;
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut new_held: Vec<PortKey> = Vec::new();
+            let mut added = Vec::new();
+            let mut result = Ok(());
+            for m in ports {
+                if m.container_port == 0 {
+                    result = Err(Error::Invalid(
+                        "container port 0 cannot be published".into(),
+                    ));
+                    break;
+                }
+                let mut host_port = m.host_port;
+                if host_port != 0 {
+                    let clash = st
+                        .ports
+                        .iter()
+                        .chain(added.iter())
+                        .find(|p: &&PortBinding| {
+                            p.host_port == host_port
+                                && p.protocol == m.protocol
+                                && (p.host_ip.is_none()
+                                    || m.host_ip.is_none()
+                                    || p.host_ip == m.host_ip)
+                        });
+                    if let Some(c) = clash {
+                        let same_group = match (service, &c.service) {
+                            (Some(a), Some(b)) => a == b && c.host_ip == m.host_ip,
+                            _ => false,
+                        };
+                        if !same_group || c.container_id == container_id {
+                            let owner = st
+                                .endpoints
+                                .iter()
+                                .find(|e| e.container_id == c.container_id)
+                                .map_or(c.container_id.clone(), |e| e.container_name.clone());
+                            result = Err(Error::PortInUse {
+                                port: host_port,
+                                protocol: m.protocol,
+                                by: format!("published by container {owner}"),
+                            });
+                            break;
+                        }
+                    }
+                }
+                let key = (m.host_ip, host_port, m.protocol);
+                if host_port == 0 || !held.contains_key(&key) {
+                    match hold(m.host_ip, host_port, m.protocol) {
+                        Ok((h, port)) => {
+                            host_port = port;
+                            let key = (m.host_ip, port, m.protocol);
+                            held.insert(key, h);
+                            new_held.push(key);
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                added.push(PortBinding {
+                    container_id: container_id.to_owned(),
+                    service: service.map(str::to_owned),
+                    host_ip: m.host_ip,
+                    host_port,
+                    container_port: m.container_port,
+                    protocol: m.protocol,
+                    target_ip,
+                });
+            }
+            if result.is_ok() {
+                st.ports.extend(added.iter().cloned());
+                result = self.apply_nft(st);
+                if result.is_err() {
+                    st.ports.truncate(st.ports.len() - added.len());
+                }
+            }
+            if let Err(e) = result {
+                for k in new_held {
+                    held.remove(&k);
+                }
+                return Err(e);
+            }
+            Ok(added)
+        })
+    }
+
+    /// Removes every published port of the container.
+    pub fn unpublish(&self, container_id: &str) -> Result<(), Error> {
+        self.with_state(|st| {
+            let before = st.ports.len();
+            st.ports.retain(|p| p.container_id != container_id);
+            if st.ports.len() == before {
+                return Ok(());
+            }
+            self.release_unused_ports(st);
+            self.apply_nft(st)
+        })
+    }
+
+    /// The resolv.conf a container on `networks` should get: the resolver on the gateway of the
+    /// first network when DNS runs, else the host's non-loopback nameservers.
+    pub fn resolv_conf(&self, networks: &[&str]) -> Result<String, Error> {
+        let st = self.snapshot()?;
+        if self.dns.is_some()
+            && let Some(n) = networks.iter().find_map(|n| st.networks.get(*n))
+        {
+            return Ok(format!("nameserver {}\noptions ndots:0\n", n.gateway));
+        }
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        Ok(host
+            .lines()
+            .filter(|l| {
+                let mut f = l.split_whitespace();
+                !(f.next() == Some("nameserver")
+                    && f.next()
+                        .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+
+    /// Removes everything this instance owns: endpoints (host veth ends), published ports,
+    /// bridges, the nft table, resolver listeners and the state file's contents.
+    pub fn destroy(&self) -> Result<(), Error> {
+        self.with_state(|st| {
+            let mut first_err = None;
+            for e in st.endpoints.drain(..) {
+                if let Err(err) = netlink::delete_link(&e.host_ifname) {
+                    first_err.get_or_insert(err);
+                }
+            }
+            st.ports.clear();
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            for (_, n) in std::mem::take(&mut st.networks) {
+                if let Err(err) = netlink::delete_link(&n.bridge) {
+                    first_err.get_or_insert(err);
+                }
+            }
+            if let Err(err) = nft::apply(&nft::render_delete(&self.opts.nft_table)) {
+                first_err.get_or_insert(err);
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+    }
+}
+
+/// Binds the host port so no other program can take it while published, and so a taken port is
+/// reported now. Port 0 picks a free one.
+fn hold(host_ip: Option<Ipv4Addr>, port: u16, protocol: Protocol) -> Result<(Held, u16), Error> {
+    let addr = SocketAddr::from((host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
+    let res = match protocol {
+        Protocol::Tcp => {
+            TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?.port(), Held::Tcp(l))))
+        }
+        Protocol::Udp => {
+            UdpSocket::bind(addr).and_then(|s| Ok((s.local_addr()?.port(), Held::Udp(s))))
+        }
+    };
+    match res {
+        Ok((p, h)) => Ok((h, p)),
+        Err(e) => Err(Error::PortInUse {
+            port,
+            protocol,
+            by: if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("another program on this machine is bound to {addr}")
+            } else {
+                format!("cannot bind {addr}: {e}")
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = NetworkOptions::new("/tmp/x");
+        o.dns = None;
+        assert!(o.validate().is_ok());
+        o.bridge_prefix = "toolongx".into();
+        assert!(matches!(o.validate(), Err(Error::Invalid(m)) if m.contains("1-6")));
+        o.bridge_prefix = "dc".into();
+        o.nft_table = "a b".into();
+        assert!(o.validate().is_err());
+        o.nft_table = "t".into();
+        o.subnet_len = 8;
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn port_ranges_expand() {
+        let m = PortMapping::expand(None, Some("8000-8001"), (80, 81), Protocol::Tcp).unwrap();
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.host_port, m.container_port))
+                .collect::<Vec<_>>(),
+            vec![(8000, 80), (8001, 81)]
+        );
+        let m = PortMapping::expand(None, None, (53, 53), Protocol::Udp).unwrap();
+        assert_eq!((m[0].host_port, m[0].container_port), (0, 53));
+        assert!(PortMapping::expand(None, Some("8000-8002"), (80, 81), Protocol::Tcp).is_err());
+        assert!(PortMapping::expand(None, Some("x"), (80, 80), Protocol::Tcp).is_err());
+    }
+
+    #[test]
+    fn link_names_are_recognised_by_prefix_shape() {
+        let mut o = NetworkOptions::new("/tmp/x");
+        o.dns = None;
+        o.bridge_prefix = "dt".into();
+        let dir = tempfile::tempdir().unwrap();
+        let m = NetworkManager {
+            store: state::Store::open(dir.path()).unwrap(),
+            opts: o,
+            held: Mutex::default(),
+            dns: None,
+        };
+        assert!(matches!(m.link_kind("dt0"), Some(LinkKind::Bridge)));
+        assert!(matches!(m.link_kind("dtv0123abcd"), Some(LinkKind::Veth)));
+        assert!(matches!(m.link_kind("dtp0123abcd"), Some(LinkKind::Peer)));
+        assert!(m.link_kind("dtx0").is_none());
+        assert!(m.link_kind("dt").is_none());
+        assert!(m.link_kind("eth0").is_none());
+    }
+}

@@ -1,0 +1,374 @@
+//! Kernel side of networking through rtnetlink: bridges, veth pairs, addresses, routes.
+//!
+//! Every operation runs on a fresh `std::thread` with its own current-thread tokio runtime:
+//! the public API stays synchronous (callable from the container layer's hook and from async
+//! code via `spawn_blocking`), and the thread that configures a container's side can `setns`
+//! into the container's network namespace without affecting any other thread. A netlink socket
+//! is bound to the namespace it was created in, so the host-side connection is opened before the
+//! `setns` and the container-side one after it (rtnetlink#68).
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::Error;
+use super::ipam::Ipv4Net;
+
+const EEXIST: i32 = libc::EEXIST;
+const ENODEV: i32 = libc::ENODEV;
+
+fn nl_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Netlink {
+        what,
+        msg: e.to_string(),
+    }
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// Runs `f` on a dedicated thread with a current-thread runtime. When `netns` is given, the
+/// thread first opens `host` handle in the caller's namespace and then enters `netns` before
+/// opening the second handle; `f` receives `(host, container)`.
+fn run<T, F, Fut>(netns: Option<File>, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle, Option<Handle>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    std::thread::Builder::new()
+        .name("dcpp-netlink".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Io {
+                    what: "building a netlink runtime".into(),
+                    source: e,
+                })?;
+            rt.block_on(async move {
+                let (conn, host, _) = rtnetlink::new_connection().map_err(|e| Error::Io {
+                    what: "opening a netlink socket".into(),
+                    source: e,
+                })?;
+                tokio::spawn(conn);
+                let inner = match netns {
+                    None => None,
+                    Some(ns) => {
+                        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                            |e| Error::Io {
+                                what: "entering the container's network namespace".into(),
+                                source: e.into(),
+                            },
+                        )?;
+                        let (conn, h, _) = rtnetlink::new_connection().map_err(|e| Error::Io {
+                            what: "opening a netlink socket in the container".into(),
+                            source: e,
+                        })?;
+                        tokio::spawn(conn);
+                        Some(h)
+                    }
+                };
+                f(host, inner).await
+            })
+        })
+        .map_err(|e| Error::Io {
+            what: "spawning a netlink thread".into(),
+            source: e,
+        })?
+        .join()
+        .map_err(|_| Error::Netlink {
+            what: "netlink thread".into(),
+            msg: "panicked".into(),
+        })?
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn to_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(b);
+                l.mac = Some(mac);
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+async fn links(h: &Handle) -> Result<Vec<Link>, Error> {
+    let msgs: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("listing links"))?;
+    Ok(msgs.iter().map(to_link).collect())
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<Link>, Error> {
+    Ok(links(h).await?.into_iter().find(|l| l.name == name))
+}
+
+/// All links of the caller's network namespace.
+pub fn list_links() -> Result<Vec<Link>, Error> {
+    run(None, |h, _| async move { links(&h).await })
+}
+
+/// Destination prefixes of all IPv4 routes of the caller's namespace except default routes, so
+/// a new subnet can avoid whatever the host already routes.
+pub fn host_routes() -> Result<Vec<Ipv4Net>, Error> {
+    run(None, |h, _| async move {
+        let msgs: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing routes"))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let len = m.header.destination_prefix_length;
+            if len == 0 {
+                continue;
+            }
+            for a in &m.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = a {
+                    out.extend(Ipv4Net::new(*ip, len));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn write_sysctl(ifname: &str, key: &str, value: &str) -> Result<(), Error> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/{key}");
+    std::fs::write(&path, value).map_err(|e| Error::Io {
+        what: format!("writing {path}"),
+        source: e,
+    })
+}
+
+/// Creates (or adopts, after a crash) bridge `name` with `gateway/prefix`, up. `forwarding`
+/// lets the kernel route packets that enter through this bridge (needed for outbound traffic
+/// and, with nftables' help, kept from reaching other dcpp networks). `route_localnet` lets
+/// DNAT-ed connections from 127.0.0.1 leave through the bridge, which published ports on the
+/// loopback address need.
+pub fn ensure_bridge(
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    forwarding: bool,
+) -> Result<(), Error> {
+    let name = name.to_owned();
+    run(None, move |h, _| async move {
+        if let Err(e) = h.link().add(LinkBridge::new(&name).build()).execute().await
+            && errno_of(&e) != Some(EEXIST)
+        {
+            return Err(nl_err(format!("creating bridge {name}"))(e));
+        }
+        let link = link_by_name(&h, &name)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("bridge {name}"),
+                msg: "vanished after creation".into(),
+            })?;
+        if let Err(e) = h
+            .address()
+            .add(link.index, IpAddr::V4(gateway), prefix)
+            .execute()
+            .await
+            && errno_of(&e) != Some(EEXIST)
+        {
+            return Err(nl_err(format!("adding {gateway}/{prefix} to {name}"))(e));
+        }
+        write_sysctl(&name, "route_localnet", "1")?;
+        write_sysctl(&name, "forwarding", if forwarding { "1" } else { "0" })?;
+        h.link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("setting {name} up")))
+    })
+}
+
+/// Deletes link `name`; a missing link is not an error (deleting twice is idempotent).
+pub fn delete_link(name: &str) -> Result<(), Error> {
+    let name = name.to_owned();
+    run(None, move |h, _| async move {
+        let Some(link) = link_by_name(&h, &name).await? else {
+            return Ok(());
+        };
+        match h.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(nl_err(format!("deleting {name}"))(e)),
+        }
+    })
+}
+
+/// What [`attach_veth`] needs.
+#[derive(Debug, Clone)]
+pub struct VethPlan {
+    pub bridge: String,
+    pub host_ifname: String,
+    pub peer_tmp: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// Default route via this address, unless the network is internal or the container already
+    /// has a default route through an earlier network.
+    pub default_gw: Option<Ipv4Addr>,
+}
+
+/// What came out of [`attach_veth`].
+#[derive(Debug, Clone)]
+pub struct VethResult {
+    pub ifname: String,
+    pub mac: [u8; 6],
+}
+
+/// Creates a veth pair, plugs the host end into the bridge, moves the peer into `netns` where it
+/// becomes the first free `ethN` with `ip/prefix`, up, plus `lo` up and the default route.
+pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
+    let fd = netns.as_raw_fd();
+    let ns_for_thread = netns.try_clone().map_err(|e| Error::Io {
+        what: "duplicating the netns fd".into(),
+        source: e,
+    })?;
+    let p = plan.clone();
+    let res = run(Some(ns_for_thread), move |host, inner| async move {
+        let inner = inner.expect("run() opens the container handle when given a netns");
+        let bridge = link_by_name(&host, &p.bridge)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("bridge {}", p.bridge),
+                msg: "does not exist".into(),
+            })?;
+        host.link()
+            .add(LinkVeth::new(&p.host_ifname, &p.peer_tmp).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("creating veth {}", p.host_ifname)))?;
+        let host_end = link_by_name(&host, &p.host_ifname).await?;
+        let peer = link_by_name(&host, &p.peer_tmp).await?;
+        let (Some(host_end), Some(peer)) = (host_end, peer) else {
+            return Err(Error::Netlink {
+                what: format!("veth {}", p.host_ifname),
+                msg: "vanished after creation".into(),
+            });
+        };
+        host.link()
+            .set(
+                LinkUnspec::new_with_index(peer.index)
+                    .setns_by_fd(fd)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!("moving {} into the container", p.peer_tmp)))?;
+        host.link()
+            .set(
+                LinkUnspec::new_with_index(host_end.index)
+                    .controller(bridge.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "plugging {} into {}",
+                p.host_ifname, p.bridge
+            )))?;
+
+        let existing = links(&inner).await?;
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !existing.iter().any(|l| &l.name == n))
+            .expect("an unused ethN exists");
+        let peer = existing
+            .iter()
+            .find(|l| l.name == p.peer_tmp)
+            .ok_or_else(|| Error::Netlink {
+                what: p.peer_tmp.clone(),
+                msg: "not found in the container".into(),
+            })?;
+        inner
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer.index)
+                    .name(ifname.clone())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!("renaming {} to {ifname}", p.peer_tmp)))?;
+        inner
+            .address()
+            .add(peer.index, IpAddr::V4(p.ip), p.prefix)
+            .execute()
+            .await
+            .map_err(nl_err(format!("adding {}/{} to {ifname}", p.ip, p.prefix)))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(peer.index).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("setting {ifname} up")))?;
+        if let Some(lo) = existing.iter().find(|l| l.name == "lo") {
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(lo.index).up().build())
+                .execute()
+                .await
+                .map_err(nl_err("setting lo up"))?;
+        }
+        if let Some(gw) = p.default_gw {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(peer.index)
+                .build();
+            if let Err(e) = inner.route().add(route).execute().await
+                && errno_of(&e) != Some(EEXIST)
+            {
+                return Err(nl_err(format!("adding the default route via {gw}"))(e));
+            }
+        }
+        let mac = peer.mac.unwrap_or_default();
+        Ok(VethResult { ifname, mac })
+    });
+    drop(netns);
+    if res.is_err() {
+        // Half-made pairs must not outlive the failure; deleting the host end removes both.
+        let _ = delete_link(&plan.host_ifname);
+        let _ = delete_link(&plan.peer_tmp);
+    }
+    res
+}

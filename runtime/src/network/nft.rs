@@ -1,0 +1,213 @@
+//! The nftables table this dcpp instance owns: published ports (DNAT), loopback and outbound
+//! masquerade, and isolation between networks.
+//!
+//! The whole table is rendered from the persisted state and replaced in one `nft -f -`
+//! transaction (`table …; delete table …; table … { … }`), so a change for one container adds or
+//! removes exactly its rules, atomically, and a restart after a crash converges to the state
+//! file. The table is the only thing touched, so other tables (docker's, the host's firewall) are
+//! left alone.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use super::Error;
+use super::ipam::Ipv4Net;
+use super::state::Protocol;
+
+/// One bridge as the ruleset needs it.
+#[derive(Debug, Clone)]
+pub struct BridgeRule {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub internal: bool,
+}
+
+/// One published host port with every backend sharing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub protocol: Protocol,
+    /// Container address and port, one per replica.
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+/// Renders the nft script that replaces table `ip <table>`.
+pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerade: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{"
+    );
+    // Only traffic to this machine's own addresses is translated; everything else passes.
+    s.push_str(
+        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump ports\n  }\n",
+    );
+    s.push_str(
+        "  chain output {\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump ports\n  }\n",
+    );
+    s.push_str("  chain ports {\n");
+    for p in ports {
+        if p.backends.is_empty() {
+            continue;
+        }
+        s.push_str("    ");
+        if let Some(ip) = p.host_ip {
+            let _ = write!(s, "ip daddr {ip} ");
+        }
+        let _ = write!(s, "{} dport {} dnat ip to ", p.protocol, p.host_port);
+        if let [(ip, port)] = p.backends.as_slice() {
+            let _ = writeln!(s, "{ip}:{port}");
+        } else {
+            // Round robin over the replicas; conntrack keeps each connection on its backend.
+            let _ = write!(s, "numgen inc mod {} map {{ ", p.backends.len());
+            let entries: Vec<String> = p
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, port))| format!("{i} : {ip} . {port}"))
+                .collect();
+            let _ = writeln!(s, "{} }}", entries.join(", "));
+        }
+    }
+    s.push_str("  }\n");
+    s.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for b in bridges {
+        // Connections to a published port on 127.0.0.1 keep their loopback source after DNAT;
+        // the container could not answer it, so it is rewritten to the gateway address.
+        let _ = writeln!(
+            s,
+            "    oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
+            b.bridge
+        );
+        if masquerade && !b.internal {
+            let _ = writeln!(
+                s,
+                "    ip saddr {} oifname != \"{}\" masquerade",
+                b.subnet, b.bridge
+            );
+        }
+    }
+    s.push_str("  }\n");
+    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    let names: BTreeMap<&str, &BridgeRule> =
+        bridges.iter().map(|b| (b.bridge.as_str(), b)).collect();
+    for b in bridges {
+        if b.internal {
+            let _ = writeln!(s, "    iifname \"{0}\" oifname != \"{0}\" drop", b.bridge);
+            let _ = writeln!(s, "    oifname \"{0}\" iifname != \"{0}\" drop", b.bridge);
+            continue;
+        }
+        let others: Vec<String> = names
+            .keys()
+            .filter(|n| **n != b.bridge)
+            .map(|n| format!("\"{n}\""))
+            .collect();
+        if !others.is_empty() {
+            let _ = writeln!(
+                s,
+                "    iifname \"{}\" oifname {{ {} }} drop",
+                b.bridge,
+                others.join(", ")
+            );
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// The script that removes the table (if present).
+pub fn render_delete(table: &str) -> String {
+    format!("table ip {table} {{}}\ndelete table ip {table}\n")
+}
+
+/// Feeds `script` to `nft -f -` as one transaction.
+pub fn apply(script: &str) -> Result<(), Error> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Io {
+            what: "running nft (is Debian's nftables installed?)".into(),
+            source: e,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| Error::Io {
+            what: "writing to nft".into(),
+            source: e,
+        })?;
+    }
+    let out = child.wait_with_output().map_err(|e| Error::Io {
+        what: "waiting for nft".into(),
+        source: e,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_round_robin_isolation_and_internal() {
+        let bridges = vec![
+            BridgeRule {
+                bridge: "dt0".into(),
+                subnet: "10.9.0.0/24".parse().unwrap(),
+                internal: false,
+            },
+            BridgeRule {
+                bridge: "dt1".into(),
+                subnet: "10.9.1.0/24".parse().unwrap(),
+                internal: false,
+            },
+            BridgeRule {
+                bridge: "dt2".into(),
+                subnet: "10.9.2.0/24".parse().unwrap(),
+                internal: true,
+            },
+        ];
+        let ports = vec![
+            PortRule {
+                host_ip: None,
+                host_port: 8080,
+                protocol: Protocol::Tcp,
+                backends: vec![
+                    ("10.9.0.2".parse().unwrap(), 80),
+                    ("10.9.0.3".parse().unwrap(), 80),
+                ],
+            },
+            PortRule {
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: 5353,
+                protocol: Protocol::Udp,
+                backends: vec![("10.9.1.2".parse().unwrap(), 53)],
+            },
+        ];
+        let s = render("dcpp", &bridges, &ports, false);
+        assert!(s.starts_with("table ip dcpp {}\ndelete table ip dcpp\ntable ip dcpp {"));
+        assert!(s.contains("tcp dport 8080 dnat ip to numgen inc mod 2 map { 0 : 10.9.0.2 . 80, 1 : 10.9.0.3 . 80 }"));
+        assert!(s.contains("ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.9.1.2:53"));
+        assert!(s.contains("iifname \"dt0\" oifname { \"dt1\", \"dt2\" } drop"));
+        assert!(s.contains("iifname \"dt2\" oifname != \"dt2\" drop"));
+        assert!(!s.contains("ip saddr 10.9.0.0/24"), "masquerade is off");
+        let s = render("dcpp", &bridges, &ports, true);
+        assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"dt0\" masquerade"));
+        assert!(
+            !s.contains("ip saddr 10.9.2.0/24"),
+            "internal networks never go out"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! What one dcpp instance knows about its networks, persisted as `<data_dir>/network/state.json`.
+//!
+//! Every mutation happens under an exclusive `flock` on `<data_dir>/network/lock` and re-reads the
+//! file first, so the daemon and a `dcpp network rm` running beside it never lose each other's
+//! changes, and a restarted daemon finds every address it handed out (no duplicates).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+use super::ipam::Ipv4Net;
+
+/// A network (one Linux bridge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// Name as given by the caller (`<project>_<key>` for compose networks).
+    pub name: String,
+    /// 12 hex characters, stable for the network's life.
+    pub id: String,
+    /// Bridge interface name (`<prefix><n>`).
+    pub bridge: String,
+    /// Subnet; the bridge holds its first address.
+    pub subnet: Ipv4Net,
+    /// Bridge address, default route and DNS server of the containers.
+    pub gateway: Ipv4Addr,
+    /// No route out of the machine and no forwarding to other networks.
+    pub internal: bool,
+    /// Free-form labels (compose project, …).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// One container's interface on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Container id.
+    pub container_id: String,
+    /// Container name (resolvable).
+    pub container_name: String,
+    /// Compose service (resolvable to all its replicas).
+    pub service: Option<String>,
+    /// Network name.
+    pub network: String,
+    /// Extra names on this network.
+    pub aliases: Vec<String>,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// MAC address of the container end, `aa:bb:…`.
+    pub mac: String,
+    /// Interface name inside the container (`eth0`, `eth1`, …).
+    pub ifname: String,
+    /// Host end of the veth pair.
+    pub host_ifname: String,
+    /// Default route of the container, if this network carries it.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(Error::Invalid(format!(
+                "unsupported port protocol {s:?}: use tcp or udp"
+            ))),
+        }
+    }
+}
+
+/// A host port forwarded to one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// Container id.
+    pub container_id: String,
+    /// Replicas of the same service may share a host port; anyone else gets an error.
+    pub service: Option<String>,
+    /// Host address; all of the host's addresses when unset.
+    pub host_ip: Option<Ipv4Addr>,
+    /// Host port.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Container address the traffic goes to.
+    pub target_ip: Ipv4Addr,
+}
+
+/// The whole persisted state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Networks by name.
+    pub networks: BTreeMap<String, NetworkRecord>,
+    /// Every attached interface.
+    pub endpoints: Vec<Endpoint>,
+    /// Every published port.
+    pub ports: Vec<PortBinding>,
+}
+
+/// The state directory of one instance.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// `<data_dir>/network`, created if missing.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        let dir = data_dir.join("network");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            what: format!("creating {}", dir.display()),
+            source: e,
+        })?;
+        Ok(Store { dir })
+    }
+
+    /// Takes the inter-process lock; released when the guard drops.
+    pub fn lock(&self) -> Result<Flock<File>, Error> {
+        let path = self.dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::Io {
+                what: format!("opening {}", path.display()),
+                source: e,
+            })?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+            what: format!("locking {}", path.display()),
+            source: e.into(),
+        })
+    }
+
+    /// Reads the state; a missing file is an empty state.
+    pub fn load(&self) -> Result<State, Error> {
+        let path = self.dir.join("state.json");
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(Error::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename).
+    pub fn save(&self, state: &State) -> Result<(), Error> {
+        use std::io::Write;
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        let data = serde_json::to_vec_pretty(state).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let io = |what: &str| {
+            let what = format!("{what} {}", tmp.display());
+            move |e| Error::Io { what, source: e }
+        };
+        let mut f = File::create(&tmp).map_err(io("creating"))?;
+        f.write_all(&data).map_err(io("writing"))?;
+        f.sync_all().map_err(io("syncing"))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
+            what: format!("renaming to {}", path.display()),
+            source: e,
+        })
+    }
+}
