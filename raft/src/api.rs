@@ -431,3 +431,14 @@ pub async fn serve_tcp(
     .with_graceful_shutdown(shutdown)
     .await
 }
+
+/// Serves [`local_router`] on a bound unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    node: Node,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, local_router(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -3,6 +3,8 @@
 //! stops at once without any graceful step, like a crashed process, and its redb file closes.
 #![allow(dead_code)]
 
+pub mod lin;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
