@@ -168,7 +168,7 @@ async fn register_is_linearizable_under_concurrent_writes_and_leader_kills() {
                 let cl = &clients[(rng % 3) as usize];
                 let call = epoch.elapsed().as_nanos();
                 let timeout = Duration::from_secs(3);
-                let op = if rng % 2 == 0 {
+                let op = if rng.is_multiple_of(2) {
                     seq += 1;
                     let v = w as u64 * 1_000_000 + seq;
                     let r = tokio::time::timeout(timeout, cl.put(Kind::Config, "reg", &v)).await;
