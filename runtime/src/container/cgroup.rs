@@ -1,0 +1,420 @@
+//! Container cgroups on v1 (legacy or hybrid, each controller possibly mounted on its own) and v2.
+//!
+//! Own code rather than libcgroups: libcgroups' API takes nix 0.29 `Pid`s (a second nix in our
+//! API), assumes nothing about memsw/oom_kill counters we need for OOM reporting, and the whole
+//! surface we need is a few files per controller. The resource model is still the OCI
+//! `LinuxResources` of the bundle, so the runc backend and this code read the same limits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+/// v1 controllers a container joins. cpuset/blkio need per-level initialisation and are not limited.
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
+
+/// Errors from cgroup operations.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No usable cgroup hierarchy was found in /proc/self/mountinfo.
+    #[error("no cgroup hierarchy found (is /sys/fs/cgroup mounted?)")]
+    NotMounted,
+    /// A cgroup file could not be written.
+    #[error("cgroup: writing {value:?} to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What was written.
+        value: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A cgroup directory could not be created or removed.
+    #[error("cgroup: {op} {path}: {source}")]
+    Dir {
+        /// mkdir or rmdir.
+        op: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Which cgroup layout the machine has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hierarchy {
+    /// Legacy or hybrid: each v1 controller at its mount point (hybrid is treated as v1 because the
+    /// unified tree there carries no memory/cpu/pids controllers).
+    V1 {
+        /// controller name → mount point
+        mounts: BTreeMap<String, PathBuf>,
+    },
+    /// Unified cgroup2 at the given mount point.
+    V2 {
+        /// mount point of cgroup2
+        root: PathBuf,
+    },
+}
+
+impl Hierarchy {
+    /// Detects the layout from /proc/self/mountinfo.
+    pub fn detect() -> Result<Self, CgroupError> {
+        let info =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NotMounted)?;
+        let mut mounts = BTreeMap::new();
+        let mut v2_root = None;
+        for line in info.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount_point = pre.split(' ').nth(4).unwrap_or_default();
+            let mut post = post.split(' ');
+            let fstype = post.next().unwrap_or_default();
+            let _source = post.next();
+            let opts = post.next().unwrap_or_default();
+            match fstype {
+                "cgroup" => {
+                    for opt in opts.split(',') {
+                        if V1_CONTROLLERS.contains(&opt) {
+                            mounts.insert(opt.to_string(), PathBuf::from(mount_point));
+                        }
+                    }
+                }
+                "cgroup2" => v2_root = Some(PathBuf::from(mount_point)),
+                _ => {}
+            }
+        }
+        if mounts.contains_key("memory") {
+            return Ok(Hierarchy::V1 { mounts });
+        }
+        match v2_root {
+            Some(root) => Ok(Hierarchy::V2 { root }),
+            None => Err(CgroupError::NotMounted),
+        }
+    }
+
+    /// The directories of the cgroup `rel` (like `dcpp/<id>`) in this hierarchy.
+    pub fn paths(&self, rel: &str) -> Vec<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        match self {
+            Hierarchy::V1 { mounts } => mounts.values().map(|m| m.join(rel)).collect(),
+            Hierarchy::V2 { root } => vec![root.join(rel)],
+        }
+    }
+
+    fn controller_path(&self, controller: &str, rel: &str) -> Option<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        match self {
+            Hierarchy::V1 { mounts } => mounts.get(controller).map(|m| m.join(rel)),
+            Hierarchy::V2 { root } => Some(root.join(rel)),
+        }
+    }
+
+    /// Creates the cgroup `rel` and applies `resources`. On error, whatever was created is removed.
+    pub fn create(
+        &self,
+        rel: &str,
+        resources: Option<&LinuxResources>,
+        privileged: bool,
+    ) -> Result<(), CgroupError> {
+        let res = self.create_inner(rel, resources, privileged);
+        if res.is_err() {
+            self.remove(rel);
+        }
+        res
+    }
+
+    fn create_inner(
+        &self,
+        rel: &str,
+        resources: Option<&LinuxResources>,
+        privileged: bool,
+    ) -> Result<(), CgroupError> {
+        if let Hierarchy::V2 { root } = self {
+            // Each level above the container must delegate the controllers we limit.
+            let mut dir = root.clone();
+            for comp in Path::new(rel.trim_start_matches('/')).components() {
+                let avail =
+                    std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                let enable: Vec<String> = ["cpu", "memory", "pids"]
+                    .iter()
+                    .filter(|c| avail.split_whitespace().any(|a| a == **c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
+                if !enable.is_empty() {
+                    write(&dir.join("cgroup.subtree_control"), &enable.join(" "))?;
+                }
+                dir.push(comp);
+                mkdir(&dir)?;
+            }
+        } else {
+            for p in self.paths(rel) {
+                mkdir(&p)?;
+            }
+        }
+        if let Some(devices) = self
+            .controller_path("devices", rel)
+            .filter(|_| matches!(self, Hierarchy::V1 { .. }))
+        {
+            if privileged {
+                write(&devices.join("devices.allow"), "a")?;
+            } else {
+                write(&devices.join("devices.deny"), "a")?;
+                for rule in DEFAULT_DEVICE_RULES {
+                    write(&devices.join("devices.allow"), rule)?;
+                }
+            }
+        }
+        let Some(r) = resources else { return Ok(()) };
+        match self {
+            Hierarchy::V1 { .. } => self.apply_v1(rel, r),
+            Hierarchy::V2 { root } => apply_v2(&root.join(rel.trim_start_matches('/')), r),
+        }
+    }
+
+    fn apply_v1(&self, rel: &str, r: &LinuxResources) -> Result<(), CgroupError> {
+        if let (Some(mem), Some(dir)) = (r.memory(), self.controller_path("memory", rel))
+            && let Some(limit) = mem.limit()
+        {
+            write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+            // Without swap accounting the file is absent; with it, no swap beyond the limit
+            // (the hog must be OOM-killed, not swapped out).
+            let swap = mem.swap().unwrap_or(limit);
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, &swap.to_string())?;
+            }
+        }
+        if let (Some(cpu), Some(dir)) = (r.cpu(), self.controller_path("cpu", rel)) {
+            if let Some(shares) = cpu.shares() {
+                write(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+            if let Some(period) = cpu.period() {
+                write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+            }
+            if let Some(quota) = cpu.quota() {
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+        }
+        if let (Some(pids), Some(dir)) = (r.pids(), self.controller_path("pids", rel)) {
+            let v = if pids.limit() > 0 {
+                pids.limit().to_string()
+            } else {
+                "max".into()
+            };
+            write(&dir.join("pids.max"), &v)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the calling process into the cgroup (writes "0", which means "the writer").
+    pub fn join_self(&self, rel: &str) -> Result<(), CgroupError> {
+        for p in self.paths(rel) {
+            write(&p.join("cgroup.procs"), "0")?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn join(&self, rel: &str, pid: i32) -> Result<(), CgroupError> {
+        for p in self.paths(rel) {
+            write(&p.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// How many times the kernel OOM killer fired inside this cgroup.
+    pub fn oom_kills(&self, rel: &str) -> u64 {
+        let (file, key) = match self {
+            Hierarchy::V1 { .. } => ("memory.oom_control", "oom_kill"),
+            Hierarchy::V2 { .. } => ("memory.events", "oom_kill"),
+        };
+        self.controller_path("memory", rel)
+            .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Current usage figures of the cgroup.
+    pub fn stats(&self, rel: &str) -> Stats {
+        let read = |ctrl: &str, file: &str| -> Option<String> {
+            std::fs::read_to_string(self.controller_path(ctrl, rel)?.join(file)).ok()
+        };
+        let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+        match self {
+            Hierarchy::V1 { .. } => Stats {
+                cpu_usage_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
+                memory_usage_bytes: num(read("memory", "memory.usage_in_bytes")).unwrap_or(0),
+                memory_limit_bytes: num(read("memory", "memory.limit_in_bytes"))
+                    .filter(|l| *l < (1 << 62)),
+                pids_current: num(read("pids", "pids.current")).unwrap_or(0),
+                pids_limit: num(read("pids", "pids.max")),
+            },
+            Hierarchy::V2 { .. } => Stats {
+                cpu_usage_ns: read("cpu", "cpu.stat")
+                    .and_then(|s| {
+                        s.lines().find_map(|l| {
+                            l.strip_prefix("usage_usec ")
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                        })
+                    })
+                    .map(|us| us * 1000)
+                    .unwrap_or(0),
+                memory_usage_bytes: num(read("memory", "memory.current")).unwrap_or(0),
+                memory_limit_bytes: num(read("memory", "memory.max")),
+                pids_current: num(read("pids", "pids.current")).unwrap_or(0),
+                pids_limit: num(read("pids", "pids.max")),
+            },
+        }
+    }
+
+    /// Pids of every process still in the cgroup.
+    pub fn pids(&self, rel: &str) -> Vec<i32> {
+        let mut out = Vec::new();
+        for p in self.paths(rel) {
+            if let Ok(s) = std::fs::read_to_string(p.join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Kills whatever is left in the cgroup and removes its directories. Best effort and
+    /// idempotent: a cgroup that is already gone is fine.
+    pub fn remove(&self, rel: &str) {
+        for attempt in 0..200 {
+            let pids = self.pids(rel);
+            for pid in &pids {
+                // SAFETY: kill(2) with a plain pid and signal has no memory-safety preconditions.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            let mut busy = false;
+            for p in self.paths(rel) {
+                match std::fs::remove_dir(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => busy = true,
+                }
+            }
+            if !busy {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(if attempt < 20 {
+                2
+            } else {
+                20
+            }));
+        }
+        tracing::warn!(
+            cgroup = rel,
+            "cgroup still busy after 200 attempts; left in place"
+        );
+    }
+
+    /// Removes the cgroup parent directories (like `dcpp`) if no container cgroup is left in them.
+    pub fn remove_parent_if_empty(&self, parent: &str) {
+        let mut dirs = self.paths(parent);
+        // OCI runtimes create the parent in every hierarchy (named and unified ones too).
+        if let Hierarchy::V1 { mounts } = self
+            && let Some(base) = mounts.values().next().and_then(|m| m.parent())
+            && let Ok(rd) = std::fs::read_dir(base)
+        {
+            dirs.extend(
+                rd.flatten()
+                    .map(|e| e.path().join(parent.trim_start_matches('/'))),
+            );
+        }
+        for p in dirs {
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
+
+/// Docker's default device cgroup rules: mknod of anything, use of only the standard nodes.
+const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+fn apply_v2(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
+    if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
+        write(&dir.join("memory.max"), &limit.to_string())?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            write(&swap, "0")?;
+        }
+    }
+    if let Some(cpu) = r.cpu() {
+        if let Some(shares) = cpu.shares() {
+            // The conversion runc and crun use from v1 shares [2, 262144] to v2 weight [1, 10000].
+            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            write(&dir.join("cpu.weight"), &weight.to_string())?;
+        }
+        if let Some(quota) = cpu.quota() {
+            let period = cpu.period().unwrap_or(100_000);
+            let q = if quota > 0 {
+                quota.to_string()
+            } else {
+                "max".into()
+            };
+            write(&dir.join("cpu.max"), &format!("{q} {period}"))?;
+        }
+    }
+    if let Some(pids) = r.pids() {
+        let v = if pids.limit() > 0 {
+            pids.limit().to_string()
+        } else {
+            "max".into()
+        };
+        write(&dir.join("pids.max"), &v)?;
+    }
+    Ok(())
+}
+
+/// Usage figures of one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Total CPU time consumed, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// Memory charged to the container, in bytes.
+    pub memory_usage_bytes: u64,
+    /// Memory limit, if one is set.
+    pub memory_limit_bytes: Option<u64>,
+    /// Number of tasks.
+    pub pids_current: u64,
+    /// Task limit, if one is set.
+    pub pids_limit: Option<u64>,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError::Dir {
+        op: "mkdir",
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,173 @@
+//! What a caller asks for when creating a container (docker's `run` flags / a compose service).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The image a container runs: its unpacked layers and its OCI image config.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    /// The reference the user gave (recorded for `ls`/`inspect`).
+    pub reference: String,
+    /// Unpacked layer directories in overlay lowerdir order: topmost layer first.
+    pub layer_dirs: Vec<PathBuf>,
+    /// The image's runtime defaults (entrypoint, cmd, env, working dir, user, stop signal).
+    pub config: Option<oci_spec::image::Config>,
+}
+
+/// A mount requested by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// Bind mount of a host path.
+    Bind(PathBuf),
+    /// A named volume under the data dir, created on first use.
+    Volume(String),
+    /// A fresh tmpfs, optionally limited in size (bytes).
+    Tmpfs(Option<u64>),
+}
+
+/// One mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRequest {
+    /// What is mounted.
+    pub source: MountSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// How the container is networked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// A new network namespace; a [`NetworkHook`](super::NetworkHook) may attach interfaces
+    /// before the process starts, otherwise only `lo` is up.
+    #[default]
+    Private,
+    /// A new network namespace with only `lo` (docker's `--network none`).
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A resource limit (`ulimit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Name as docker spells it: nofile, nproc, core, …
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Log file rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOptions {
+    /// Rotate when the current file exceeds this many bytes.
+    pub max_size: u64,
+    /// Keep this many files in total (current + rotated).
+    pub max_files: u32,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            max_size: 10 * 1024 * 1024,
+            max_files: 3,
+        }
+    }
+}
+
+/// Everything that defines a new container.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Unique name; generated when absent.
+    pub name: Option<String>,
+    /// The image to run.
+    pub image: ImageInput,
+    /// Replaces the image entrypoint (and then drops the image cmd, as docker does).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image cmd.
+    pub command: Option<Vec<String>>,
+    /// `KEY=VALUE` entries added to (and overriding) the image env.
+    pub env: Vec<String>,
+    /// Working directory; the image's, else `/`.
+    pub working_dir: Option<String>,
+    /// `name`, `uid`, `name:group` or `uid:gid`; the image's, else root.
+    pub user: Option<String>,
+    /// Hostname; the first 12 characters of the id when absent.
+    pub hostname: Option<String>,
+    /// Run a minimal init as PID 1 that reaps zombies and forwards signals.
+    pub init: bool,
+    /// Signal `stop` sends first (name like `SIGTERM` or number); the image's, else SIGTERM.
+    pub stop_signal: Option<String>,
+    /// Time between the stop signal and SIGKILL (default 10 s).
+    pub stop_grace_period: Option<Duration>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit as a number of CPUs (quota/period).
+    pub cpus: Option<f64>,
+    /// Relative CPU weight (v1 shares).
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids_limit: Option<i64>,
+    /// Size of /dev/shm in bytes (default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// Resource limits.
+    pub ulimits: Vec<Ulimit>,
+    /// Capabilities added to docker's default set (`ALL` or names with or without `CAP_`).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the set.
+    pub cap_drop: Vec<String>,
+    /// All capabilities, no seccomp, no masked paths, writable /sys, all devices allowed.
+    pub privileged: bool,
+    /// Mount the root filesystem read-only.
+    pub read_only: bool,
+    /// Bind mounts, volumes, tmpfs.
+    pub mounts: Vec<MountRequest>,
+    /// Networking.
+    pub network: NetworkMode,
+    /// Free-form labels, kept in the state.
+    pub labels: BTreeMap<String, String>,
+    /// Remove the container when it exits.
+    pub auto_remove: bool,
+    /// Log rotation.
+    pub log: LogOptions,
+}
+
+impl CreateOptions {
+    /// Options for running `image` with every other setting at its default.
+    pub fn new(image: ImageInput) -> Self {
+        CreateOptions {
+            name: None,
+            image,
+            entrypoint: None,
+            command: None,
+            env: Vec::new(),
+            working_dir: None,
+            user: None,
+            hostname: None,
+            init: false,
+            stop_signal: None,
+            stop_grace_period: None,
+            memory: None,
+            cpus: None,
+            cpu_shares: None,
+            pids_limit: None,
+            shm_size: None,
+            ulimits: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            privileged: false,
+            read_only: false,
+            mounts: Vec::new(),
+            network: NetworkMode::Private,
+            labels: BTreeMap::new(),
+            auto_remove: false,
+            log: LogOptions::default(),
+        }
+    }
+}

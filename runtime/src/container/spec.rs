@@ -1,0 +1,645 @@
+//! Turning [`CreateOptions`] plus the image config into an OCI runtime spec (config.json).
+//!
+//! The spec is the contract between the manager and both executors: the built-in one reads it
+//! back, runc/crun/youki get it as is. Defaults follow docker's (capabilities, masked and
+//! read-only paths, seccomp, /dev, shm size).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::config::{CreateOptions, MountSource, NetworkMode};
+use super::user::ResolvedUser;
+use super::{Error, seccomp};
+
+/// PATH docker puts in a container whose image sets none.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Docker's masked paths.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The process a container runs, resolved from the image config and the options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedProcess {
+    /// entrypoint + cmd
+    pub args: Vec<String>,
+    /// merged environment
+    pub env: Vec<String>,
+    /// working directory
+    pub cwd: String,
+}
+
+/// Docker's rules: a new entrypoint drops the image cmd; env entries override by key.
+pub fn resolve_process(
+    opts: &CreateOptions,
+    user: &ResolvedUser,
+    hostname: &str,
+) -> Result<ResolvedProcess, Error> {
+    let img = opts.image.config.as_ref();
+    let (entrypoint, cmd) = match &opts.entrypoint {
+        Some(ep) => (ep.clone(), opts.command.clone().unwrap_or_default()),
+        None => (
+            img.and_then(|c| c.entrypoint().clone()).unwrap_or_default(),
+            opts.command
+                .clone()
+                .or_else(|| img.and_then(|c| c.cmd().clone()))
+                .unwrap_or_default(),
+        ),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(Error::InvalidConfig(
+            "no command specified (the image has neither entrypoint nor cmd)".into(),
+        ));
+    }
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |kv: &str| {
+        let key = kv.split('=').next().unwrap_or(kv);
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.to_string());
+    };
+    for e in img.and_then(|c| c.env().clone()).unwrap_or_default() {
+        set(&e);
+    }
+    for e in &opts.env {
+        if !e.contains('=') || e.starts_with('=') {
+            return Err(Error::InvalidConfig(format!(
+                "invalid environment entry {e:?}: expected KEY=VALUE"
+            )));
+        }
+        set(e);
+    }
+    let has = |env: &Vec<String>, k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "PATH") {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", user.home));
+    }
+    let cwd = opts
+        .working_dir
+        .clone()
+        .or_else(|| img.and_then(|c| c.working_dir().clone()))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(Error::InvalidConfig(format!(
+            "working directory {cwd:?} is not an absolute path"
+        )));
+    }
+    Ok(ResolvedProcess { args, env, cwd })
+}
+
+/// Capability names normalised to `CAP_X` form; `ALL` stays `ALL`.
+fn norm_cap(name: &str) -> String {
+    let up = name.trim().to_ascii_uppercase();
+    if up == "ALL" || up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
+fn parse_cap(name: &str) -> Result<Capability, Error> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| Error::InvalidConfig(format!("unknown capability {name:?}")))
+}
+
+/// All capabilities the kernel knows of (for `privileged` and `cap_add: ALL`).
+fn all_caps() -> Vec<String> {
+    caps::all().into_iter().map(|c| c.to_string()).collect()
+}
+
+/// The effective capability set: docker's defaults, then `cap_add`, then `cap_drop`.
+pub fn capability_set(opts: &CreateOptions) -> Result<Vec<String>, Error> {
+    let mut set: Vec<String> = if opts.privileged {
+        all_caps()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
+    for c in &opts.cap_add {
+        let c = norm_cap(c);
+        if c == "ALL" {
+            set = all_caps();
+        } else {
+            parse_cap(&c)?;
+            if !set.contains(&c) {
+                set.push(c);
+            }
+        }
+    }
+    for c in &opts.cap_drop {
+        let c = norm_cap(c);
+        if c == "ALL" {
+            set.clear();
+        } else {
+            parse_cap(&c)?;
+            set.retain(|s| *s != c);
+        }
+    }
+    set.sort();
+    Ok(set)
+}
+
+fn rlimit_type(name: &str) -> Result<PosixRlimitType, Error> {
+    Ok(match name {
+        "core" => PosixRlimitType::RlimitCore,
+        "cpu" => PosixRlimitType::RlimitCpu,
+        "data" => PosixRlimitType::RlimitData,
+        "fsize" => PosixRlimitType::RlimitFsize,
+        "locks" => PosixRlimitType::RlimitLocks,
+        "memlock" => PosixRlimitType::RlimitMemlock,
+        "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+        "nice" => PosixRlimitType::RlimitNice,
+        "nofile" => PosixRlimitType::RlimitNofile,
+        "nproc" => PosixRlimitType::RlimitNproc,
+        "rss" => PosixRlimitType::RlimitRss,
+        "rtprio" => PosixRlimitType::RlimitRtprio,
+        "rttime" => PosixRlimitType::RlimitRttime,
+        "sigpending" => PosixRlimitType::RlimitSigpending,
+        "stack" => PosixRlimitType::RlimitStack,
+        "as" => PosixRlimitType::RlimitAs,
+        other => return Err(Error::InvalidConfig(format!("unknown ulimit {other:?}"))),
+    })
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .expect("mount fields are all set")
+}
+
+/// Inputs of [`build`] that the manager computes.
+pub struct SpecInputs<'a> {
+    /// Container id.
+    pub id: &'a str,
+    /// Hostname.
+    pub hostname: &'a str,
+    /// Resolved user.
+    pub user: &'a ResolvedUser,
+    /// Resolved process.
+    pub process: &'a ResolvedProcess,
+    /// The container's directory (holds hosts, hostname, resolv.conf).
+    pub container_dir: &'a Path,
+    /// Directory holding the named volumes.
+    pub volumes_dir: &'a Path,
+    /// Cgroup path relative to the hierarchy roots.
+    pub cgroup_path: &'a str,
+}
+
+/// Builds the OCI runtime spec.
+pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> {
+    let shm = opts.shm_size.unwrap_or(64 * 1024 * 1024);
+    let shm_opt = format!("size={shm}");
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                if opts.privileged { "rw" } else { "ro" },
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm_opt],
+        ),
+    ];
+    for f in ["hosts", "hostname", "resolv.conf"] {
+        let src = inp.container_dir.join(f);
+        mounts.push(mount(
+            &format!("/etc/{f}"),
+            "bind",
+            &src.to_string_lossy(),
+            &["rbind", "rprivate"],
+        ));
+    }
+    for m in &opts.mounts {
+        if !m.target.starts_with('/') || m.target == "/" {
+            return Err(Error::InvalidConfig(format!(
+                "mount target {:?} must be an absolute path other than /",
+                m.target
+            )));
+        }
+        let ro = if m.read_only { "ro" } else { "rw" };
+        match &m.source {
+            MountSource::Bind(src) => {
+                if !src.is_absolute() {
+                    return Err(Error::InvalidConfig(format!(
+                        "bind source {} must be an absolute path",
+                        src.display()
+                    )));
+                }
+                if !src.exists() {
+                    return Err(Error::InvalidConfig(format!(
+                        "bind source path does not exist: {}",
+                        src.display()
+                    )));
+                }
+                mounts.push(mount(
+                    &m.target,
+                    "bind",
+                    &src.to_string_lossy(),
+                    &["rbind", "rprivate", ro],
+                ));
+            }
+            MountSource::Volume(name) => {
+                let src = inp.volumes_dir.join(name).join("_data");
+                mounts.push(mount(
+                    &m.target,
+                    "bind",
+                    &src.to_string_lossy(),
+                    &["rbind", "rprivate", ro],
+                ));
+            }
+            MountSource::Tmpfs(size) => {
+                let mut o = vec!["nosuid", "nodev", ro];
+                let s;
+                if let Some(size) = size {
+                    s = format!("size={size}");
+                    o.push(&s);
+                }
+                mounts.push(mount(&m.target, "tmpfs", "tmpfs", &o));
+            }
+        }
+    }
+
+    let caps = capability_set(opts)?;
+    let cap_set: Capabilities = caps
+        .iter()
+        .map(|c| parse_cap(c))
+        .collect::<Result<HashSet<_>, _>>()?;
+    // A non-root user gets the bounding set only, as docker does: nothing effective.
+    let granted = if inp.user.uid == 0 {
+        cap_set.clone()
+    } else {
+        Capabilities::new()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(cap_set)
+        .effective(granted.clone())
+        .permitted(granted)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(spec_err)?;
+
+    let mut rlimits = Vec::new();
+    for u in &opts.ulimits {
+        if u.soft > u.hard {
+            return Err(Error::InvalidConfig(format!(
+                "ulimit {}: soft limit {} exceeds hard limit {}",
+                u.name, u.soft, u.hard
+            )));
+        }
+        rlimits.push(
+            PosixRlimitBuilder::default()
+                .typ(rlimit_type(&u.name)?)
+                .soft(u.soft)
+                .hard(u.hard)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+
+    let user = UserBuilder::default()
+        .uid(inp.user.uid)
+        .gid(inp.user.gid)
+        .additional_gids(inp.user.additional_gids.clone())
+        .build()
+        .map_err(spec_err)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(inp.process.args.clone())
+        .env(inp.process.env.clone())
+        .cwd(&inp.process.cwd)
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(!opts.privileged)
+        .build()
+        .map_err(spec_err)?;
+
+    let mut namespaces = vec![];
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if opts.network != NetworkMode::Host {
+        ns_types.push(LinuxNamespaceType::Network);
+    }
+    for t in ns_types {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(t)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+
+    let mut resources = LinuxResourcesBuilder::default();
+    let mut devices = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(opts.privileged)
+            .access("rwm")
+            .build()
+            .map_err(spec_err)?,
+    ];
+    if !opts.privileged {
+        for (typ, major, minor) in [
+            (LinuxDeviceType::C, None, None),
+            (LinuxDeviceType::B, None, None),
+            (LinuxDeviceType::C, Some(1), Some(3)),
+            (LinuxDeviceType::C, Some(1), Some(5)),
+            (LinuxDeviceType::C, Some(1), Some(7)),
+            (LinuxDeviceType::C, Some(1), Some(8)),
+            (LinuxDeviceType::C, Some(1), Some(9)),
+            (LinuxDeviceType::C, Some(5), Some(0)),
+            (LinuxDeviceType::C, Some(5), Some(1)),
+            (LinuxDeviceType::C, Some(5), Some(2)),
+            (LinuxDeviceType::C, Some(136), None),
+            (LinuxDeviceType::C, Some(10), Some(200)),
+        ] {
+            let access = if major.is_none() { "m" } else { "rwm" };
+            let mut b = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .access(access);
+            if let Some(m) = major {
+                b = b.major(m);
+            }
+            if let Some(m) = minor {
+                b = b.minor(m);
+            }
+            devices.push(b.build().map_err(spec_err)?);
+        }
+    }
+    resources = resources.devices(devices);
+    if let Some(mem) = opts.memory {
+        // Docker's minimum; below it the runtime itself cannot start.
+        if mem < 6 * 1024 * 1024 {
+            return Err(Error::InvalidConfig(format!(
+                "memory limit {mem} bytes is too low: the minimum is 6 MiB"
+            )));
+        }
+        let mem = i64::try_from(mem)
+            .map_err(|_| Error::InvalidConfig("memory limit too large".into()))?;
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(mem)
+                .swap(mem)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+    let mut cpu = LinuxCpuBuilder::default();
+    let mut has_cpu = false;
+    if let Some(cpus) = opts.cpus {
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        if !(cpus >= 0.01 && cpus <= ncpu && cpus.is_finite()) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid cpus {cpus}: the range of CPUs is from 0.01 to {ncpu}"
+            )));
+        }
+        let period = 100_000u64;
+        cpu = cpu
+            .period(period)
+            .quota((cpus * period as f64).round() as i64);
+        has_cpu = true;
+    }
+    if let Some(shares) = opts.cpu_shares {
+        if !(2..=262_144).contains(&shares) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid cpu shares {shares}: allowed range is 2 to 262144"
+            )));
+        }
+        cpu = cpu.shares(shares);
+        has_cpu = true;
+    }
+    if has_cpu {
+        resources = resources.cpu(cpu.build().map_err(spec_err)?);
+    }
+    if let Some(p) = opts.pids_limit {
+        if p == 0 || p < -1 {
+            return Err(Error::InvalidConfig(format!(
+                "invalid pids limit {p}: must be positive, or -1 for unlimited"
+            )));
+        }
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(p)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(spec_err)?)
+        .cgroups_path(inp.cgroup_path)
+        .rootfs_propagation("rprivate");
+    if !opts.privileged {
+        linux = linux
+            .masked_paths(
+                MASKED_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .seccomp(seccomp::default_profile());
+    }
+    let mut annotations = HashMap::new();
+    annotations.insert("org.dcpp.container.id".to_string(), inp.id.to_string());
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(opts.read_only)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .mounts(mounts)
+        .process(process)
+        .hostname(inp.hostname)
+        .annotations(annotations)
+        .linux(linux.build().map_err(spec_err)?)
+        .build()
+        .map_err(spec_err)
+}
+
+fn spec_err(e: oci_spec::OciSpecError) -> Error {
+    Error::InvalidConfig(format!("building the OCI spec: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::ImageInput;
+    use super::*;
+
+    fn opts(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> CreateOptions {
+        let cfg: oci_spec::image::Config = serde_json::from_value(serde_json::json!({
+            "Entrypoint": ["/bin/ep"], "Cmd": ["img-cmd"], "Env": ["PATH=/bin", "A=1", "B=2"], "WorkingDir": "/srv"
+        }))
+        .unwrap();
+        let mut o = CreateOptions::new(ImageInput {
+            reference: "x".into(),
+            layer_dirs: vec![],
+            config: Some(cfg),
+        });
+        o.entrypoint = ep.map(|v| v.iter().map(|s| s.to_string()).collect());
+        o.command = cmd.map(|v| v.iter().map(|s| s.to_string()).collect());
+        o
+    }
+
+    fn root() -> ResolvedUser {
+        ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        }
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_like_docker() {
+        let p = resolve_process(&opts(None, None), &root(), "h").unwrap();
+        assert_eq!(p.args, ["/bin/ep", "img-cmd"]);
+        let p = resolve_process(&opts(None, Some(&["x"])), &root(), "h").unwrap();
+        assert_eq!(p.args, ["/bin/ep", "x"]);
+        // A new entrypoint drops the image cmd.
+        let p = resolve_process(&opts(Some(&["/bin/sh"]), None), &root(), "h").unwrap();
+        assert_eq!(p.args, ["/bin/sh"]);
+        assert_eq!(p.cwd, "/srv");
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let mut o = opts(None, None);
+        o.env = vec!["B=3".into(), "C=4".into()];
+        let p = resolve_process(&o, &root(), "box").unwrap();
+        assert_eq!(
+            p.env,
+            [
+                "PATH=/bin",
+                "A=1",
+                "B=3",
+                "C=4",
+                "HOSTNAME=box",
+                "HOME=/root"
+            ]
+        );
+        o.env = vec!["NOEQUALS".into()];
+        assert!(resolve_process(&o, &root(), "h").is_err());
+    }
+
+    #[test]
+    fn caps_add_drop() {
+        let mut o = opts(None, None);
+        assert_eq!(capability_set(&o).unwrap().len(), DEFAULT_CAPS.len());
+        o.cap_add = vec!["net_admin".into()];
+        o.cap_drop = vec!["CAP_CHOWN".into(), "mknod".into()];
+        let s = capability_set(&o).unwrap();
+        assert!(s.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!s.contains(&"CAP_CHOWN".to_string()) && !s.contains(&"CAP_MKNOD".to_string()));
+        o.cap_add = vec!["FLY".into()];
+        assert!(
+            matches!(capability_set(&o), Err(Error::InvalidConfig(m)) if m.contains("CAP_FLY"))
+        );
+    }
+}
