@@ -129,9 +129,13 @@ impl Endpoint {
     }
 
     pub fn default_route(&self) -> String {
-        String::from_utf8_lossy(&self.exec(&["ip", "route", "show", "default"]).stdout)
-            .trim()
-            .to_owned()
+        // busybox `ip route show default` does not filter, so filter here.
+        let out = self.exec(&["ip", "route"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("default"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -208,5 +212,19 @@ pub fn curl(url: &str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!("curl exit {:?}", out.status.code()))
+    }
+}
+
+/// Removes everything of the instance described by its options when dropped, even after a
+/// failed assertion (it works from the state file, like a restarted daemon would).
+pub struct DestroyOnDrop(pub NetworkOptions);
+
+impl Drop for DestroyOnDrop {
+    fn drop(&mut self) {
+        let mut o = self.0.clone();
+        o.dns = None;
+        if let Err(e) = dcpp_runtime::network::NetworkManager::open(o).and_then(|m| m.destroy()) {
+            eprintln!("teardown: {e}");
+        }
     }
 }
