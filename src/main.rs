@@ -21,7 +21,12 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Global {
     /// Directory holding images, containers, volumes and the raft store.
-    #[arg(long, global = true, env = "DCPP_DATA_DIR", default_value = "/var/lib/dcpp")]
+    #[arg(
+        long,
+        global = true,
+        env = "DCPP_DATA_DIR",
+        default_value = "/var/lib/dcpp"
+    )]
     pub data_dir: PathBuf,
     /// Daemon address, e.g. unix:///run/dcpp/dcpp.sock.
     #[arg(short = 'H', long = "host", global = true, env = "DCPP_HOST")]
@@ -40,6 +45,14 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run this machine's cluster member (Raft node and API).
+    Daemon(cmd::daemon::DaemonArgs),
+    /// Create, join, leave and inspect the cluster.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCommand),
+    /// List and inspect cluster nodes.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
 }
 
 fn main() -> std::process::ExitCode {

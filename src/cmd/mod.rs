@@ -1,7 +1,10 @@
 //! One module per command group; each turns parsed arguments into calls on the library crates.
 
+pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod image;
+pub mod node;
 
 use crate::{Cli, Command};
 
@@ -11,5 +14,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(args) => config::run_config(&cli.global, args),
         Command::Schema(args) => config::run_schema(&cli.global, args),
         Command::Image(args) => image::run(&cli.global, args),
+        Command::Daemon(args) => daemon::run(&cli.global, args),
+        Command::Cluster(args) => cluster::run(&cli.global, args),
+        Command::Node(args) => node::run(&cli.global, args),
     }
 }

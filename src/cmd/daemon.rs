@@ -1,0 +1,126 @@
+//! `dcpp daemon`: runs this machine's cluster member — the Raft node and the store API. Peers
+//! and remote clients reach it over TCP (cluster token required); local clients over a unix
+//! socket (mode 0600). With no cluster options it is a persistent one-node cluster.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use dcpp_raft::{Node, NodeConfig};
+
+use crate::Global;
+
+pub const DEFAULT_SOCKET: &str = "/run/dcpp/dcpp.sock";
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// TCP address for peer Raft RPCs and the remote API.
+    #[arg(long, default_value = "127.0.0.1:2377")]
+    pub listen: SocketAddr,
+    /// Address other members use to reach this node (default: --listen; required when
+    /// listening on a wildcard address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Unix socket for local clients.
+    #[arg(long, env = "DCPP_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None if args.listen.ip().is_unspecified() => {
+            anyhow::bail!(
+                "--listen {} is a wildcard address: pass --advertise HOST:PORT",
+                args.listen
+            )
+        }
+        None => args.listen.to_string(),
+    };
+    let rt = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    rt.block_on(serve(
+        global.data_dir.join("raft"),
+        args.listen,
+        advertise,
+        args.socket,
+    ))?;
+    Ok(0)
+}
+
+async fn serve(
+    raft_dir: PathBuf,
+    listen: SocketAddr,
+    advertise: String,
+    socket: PathBuf,
+) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let unix = bind_socket(&socket)?;
+    let node = Node::open(NodeConfig::new(&raft_dir, &advertise))
+        .await
+        .with_context(|| format!("open raft store in {}", raft_dir.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx1 = stop_rx.clone();
+    let peer = tokio::spawn(dcpp_raft::api::serve_tcp(node.clone(), tcp, async move {
+        let _ = rx1.wait_for(|s| *s).await;
+    }));
+    let mut rx2 = stop_rx.clone();
+    let local = tokio::spawn(dcpp_raft::api::serve_unix(node.clone(), unix, async move {
+        let _ = rx2.wait_for(|s| *s).await;
+    }));
+    // Zero config: a node that never belonged to a cluster becomes a one-node cluster.
+    node.bootstrap().await.context("bootstrap")?;
+    eprintln!(
+        "dcpp daemon: node {} ready; peers at {advertise}, local API at unix://{}",
+        node.id(),
+        socket.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    node.shutdown().await.ok();
+    // Long-lived watch streams would hold graceful shutdown open; don't wait for them forever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = peer.await;
+        let _ = local.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live daemon answers on it; a dead one left a stale file behind.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another daemon is listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
+    }
+    let l =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    // The socket grants full control of the cluster without a token: root only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(l)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
