@@ -1,0 +1,91 @@
+//! Docker-grade security defaults, checked inside real containers with both executors.
+
+mod container_util;
+
+use container_util::World;
+
+/// Docker's default capability set as a CapEff mask.
+const DOCKER_DEFAULT_CAPEFF: &str = "00000000a80425fb";
+
+both_runtimes!(capeff_is_docker_default, |w| {
+    let (exit, out) = w.sh("grep -E '^Cap(Eff|Bnd)' /proc/self/status; grep NoNewPrivs /proc/self/status; grep Seccomp: /proc/self/status");
+    assert_eq!(exit.exit_code, 0, "{out}");
+    assert!(
+        out.contains(&format!("CapEff:\t{DOCKER_DEFAULT_CAPEFF}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("CapBnd:\t{DOCKER_DEFAULT_CAPEFF}")),
+        "{out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+});
+
+both_runtimes!(cap_add_and_drop, |w| {
+    let mut o = w.opts(&["sh", "-c", "grep CapEff /proc/self/status"]);
+    o.cap_add = vec!["NET_ADMIN".into()];
+    o.cap_drop = vec!["chown".into()];
+    let (_, out) = w.run(&o);
+    // + CAP_NET_ADMIN (bit 12), - CAP_CHOWN (bit 0)
+    let expected = 0xa80425fbu64 | (1 << 12);
+    let expected = expected & !1;
+    assert_eq!(out.trim(), format!("CapEff:\t{expected:016x}"));
+});
+
+both_runtimes!(non_root_user_has_no_effective_caps, |w| {
+    let mut o = w.opts(&[
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; grep CapEff /proc/self/status; echo $HOME",
+    ]);
+    o.user = Some("app".into());
+    let (exit, out) = w.run(&o);
+    assert_eq!(exit.exit_code, 0, "{out}");
+    assert_eq!(
+        out,
+        "1000\n1000\n1000 10\nCapEff:\t0000000000000000\n/home/app\n"
+    );
+});
+
+both_runtimes!(unshare_and_mount_are_refused, |w| {
+    let (exit, out) = w.sh(
+        "unshare -n true && echo UNSHARE-OK; mkdir -p /mnt/x; mount -t tmpfs none /mnt/x && echo MOUNT-OK; \
+         echo 1 > /proc/sys/kernel/panic && echo SYSCTL-OK; cat /proc/kcore | head -c 1 | wc -c; echo end",
+    );
+    assert_eq!(exit.exit_code, 0, "{out}");
+    assert!(
+        !out.contains("UNSHARE-OK") && !out.contains("MOUNT-OK") && !out.contains("SYSCTL-OK"),
+        "{out}"
+    );
+    // /proc/kcore is masked by /dev/null (or absent from this kernel): reads nothing.
+    assert!(out.lines().any(|l| l.trim() == "0"), "{out}");
+});
+
+both_runtimes!(read_only_rootfs_refuses_writes, |w| {
+    let mut o = w.opts(&[
+        "sh",
+        "-c",
+        "touch /newfile && echo WROTE; echo hi > /dev/shm/ok && cat /dev/shm/ok",
+    ]);
+    o.read_only = true;
+    let (_, out) = w.run(&o);
+    assert!(!out.contains("WROTE"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    // /dev/shm stays writable, as in docker.
+    assert!(out.contains("hi\n"), "{out}");
+});
+
+both_runtimes!(shm_size_and_dev, |w| {
+    let mut o = w.opts(&["sh", "-c", "df -k /dev/shm | tail -1; ls /dev | sort | tr '\\n' ' '; echo x > /dev/null && echo null-ok"]);
+    o.shm_size = Some(8 * 1024 * 1024);
+    let (exit, out) = w.run(&o);
+    assert_eq!(exit.exit_code, 0, "{out}");
+    assert!(out.contains(" 8192 "), "shm size: {out}");
+    for d in [
+        "full", "null", "pts", "random", "shm", "tty", "urandom", "zero",
+    ] {
+        assert!(out.contains(&format!("{d} ")), "/dev/{d} missing: {out}");
+    }
+    assert!(out.contains("null-ok"));
+});
