@@ -53,6 +53,8 @@ pub enum Command {
     /// List and inspect cluster nodes.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
+    /// List, inspect and remove container networks.
+    Network(cmd::network::NetworkArgs),
 }
 
 fn main() -> std::process::ExitCode {

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod image;
+pub mod network;
 pub mod node;
 
 use crate::{Cli, Command};
@@ -17,5 +18,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(&cli.global, args),
         Command::Cluster(args) => cluster::run(&cli.global, args),
         Command::Node(args) => node::run(&cli.global, args),
+        Command::Network(args) => network::run(&cli.global, args),
     }
 }

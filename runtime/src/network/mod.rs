@@ -154,6 +154,35 @@ impl NetworkOptions {
         }
     }
 
+    /// The options the instance using `data_dir` last ran with (without DNS), if any; what
+    /// `dcpp network …` uses so that it touches exactly the daemon's bridges and table.
+    pub fn saved(data_dir: &Path) -> Result<Option<NetworkOptions>, Error> {
+        let dir = data_dir.join("network");
+        if !dir.join("state.json").exists() {
+            return Ok(None);
+        }
+        let st = state::Store::open(data_dir)?.load()?;
+        Ok(st.settings.map(|s| NetworkOptions {
+            data_dir: data_dir.to_owned(),
+            bridge_prefix: s.bridge_prefix,
+            pool: s.pool,
+            subnet_len: s.subnet_len,
+            nft_table: s.nft_table,
+            masquerade: s.masquerade,
+            dns: None,
+        }))
+    }
+
+    fn settings(&self) -> state::Settings {
+        state::Settings {
+            bridge_prefix: self.bridge_prefix.clone(),
+            pool: self.pool,
+            subnet_len: self.subnet_len,
+            nft_table: self.nft_table.clone(),
+            masquerade: self.masquerade,
+        }
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let p = &self.bridge_prefix;
         if p.is_empty()
@@ -423,6 +452,7 @@ impl NetworkManager {
         let _lock = self.store.lock()?;
         let mut st = self.store.load()?;
         let r = f(&mut st);
+        st.settings = Some(self.opts.settings());
         // Whatever `f` did to the kernel before failing is already reflected in `st`.
         self.store.save(&st)?;
         self.refresh_dns(&st);

@@ -115,9 +115,28 @@ pub struct PortBinding {
     pub target_ip: Ipv4Addr,
 }
 
+/// The instance's naming and policy, saved so that `dcpp network …` run beside (or after) the
+/// daemon acts on the same bridges and nft table with the same masquerade setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Interface name prefix.
+    pub bridge_prefix: String,
+    /// Address pool.
+    pub pool: Ipv4Net,
+    /// Subnet length per network.
+    pub subnet_len: u8,
+    /// nftables table.
+    pub nft_table: String,
+    /// Outbound masquerade.
+    pub masquerade: bool,
+}
+
 /// The whole persisted state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
+    /// Settings of the instance that last wrote the state.
+    #[serde(default)]
+    pub settings: Option<Settings>,
     /// Networks by name.
     pub networks: BTreeMap<String, NetworkRecord>,
     /// Every attached interface.
