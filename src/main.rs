@@ -55,9 +55,21 @@ pub enum Command {
     Node(cmd::node::NodeCommand),
     /// List, inspect and remove container networks.
     Network(cmd::network::NetworkArgs),
+    /// Run and manage containers on this machine (docker's low-level commands).
+    Container(Box<cmd::container::ContainerArgs>),
+    /// Print a container's log (same as `dcpp container logs`).
+    Logs(cmd::container::TopLogsArgs),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCommand),
 }
 
 fn main() -> std::process::ExitCode {
+    // The per-container monitor re-executes this binary: dispatch before anything else starts
+    // (no threads, no runtime), since it forks and unshares.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
+        dcpp_runtime::container::shim::main(std::env::args_os().skip(2).collect());
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.global.log));

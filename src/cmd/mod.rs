@@ -2,10 +2,12 @@
 
 pub mod cluster;
 pub mod config;
+pub mod container;
 pub mod daemon;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod volume;
 
 use crate::{Cli, Command};
 
@@ -19,5 +21,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cluster(args) => cluster::run(&cli.global, args),
         Command::Node(args) => node::run(&cli.global, args),
         Command::Network(args) => network::run(&cli.global, args),
+        Command::Container(args) => container::run(&cli.global, *args),
+        Command::Logs(args) => container::run_logs(&cli.global, args),
+        Command::Volume(args) => volume::run(&cli.global, args),
     }
 }

@@ -171,3 +171,17 @@ impl CreateOptions {
         }
     }
 }
+
+impl ImageInput {
+    /// The image of the local store: its layers in lowerdir order and its runtime config.
+    pub fn from_local(img: &crate::image::LocalImage) -> Self {
+        let config = serde_json::to_value(&img.config.config)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok());
+        ImageInput {
+            reference: img.display_name(),
+            layer_dirs: img.layer_dirs(),
+            config,
+        }
+    }
+}

@@ -700,7 +700,7 @@ impl ContainerManager {
             });
         }
         let dir = self.dir(&st.id);
-        match &self.opts.runtime {
+        match &RuntimeKind::parse(&st.runtime) {
             RuntimeKind::Builtin => self.open_exec_fifo(&dir, &st.id)?,
             RuntimeKind::Oci(rt) => {
                 let cfg: ShimConfig = serde_json::from_slice(
@@ -913,7 +913,7 @@ impl ContainerManager {
 
     fn teardown(&self, st: &ContainerState) {
         let dir = self.dir(&st.id);
-        if let RuntimeKind::Oci(rt) = &self.opts.runtime {
+        if let RuntimeKind::Oci(rt) = &RuntimeKind::parse(&st.runtime) {
             let _ = std::process::Command::new(rt)
                 .args([
                     "--root",
@@ -948,7 +948,7 @@ impl ContainerManager {
             });
         }
         let dir = self.dir(&st.id);
-        let mut cmd = match &self.opts.runtime {
+        let mut cmd = match &RuntimeKind::parse(&st.runtime) {
             RuntimeKind::Builtin => {
                 let mut c = std::process::Command::new(&self.opts.shim.program);
                 c.args(&self.opts.shim.args)
