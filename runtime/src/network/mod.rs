@@ -772,7 +772,6 @@ impl NetworkManager {
             let plan = netlink::VethPlan {
                 bridge: net.bridge.clone(),
                 host_ifname: format!("{}v{h}", self.opts.bridge_prefix),
-                peer_tmp: format!("{}p{h}", self.opts.bridge_prefix),
                 ip,
                 prefix: net.subnet.prefix_len(),
                 default_gw,

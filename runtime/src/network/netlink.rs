@@ -13,9 +13,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use super::Error;
 use super::ipam::Ipv4Net;
@@ -134,7 +136,13 @@ async fn links(h: &Handle) -> Result<Vec<Link>, Error> {
 }
 
 async fn link_by_name(h: &Handle, name: &str) -> Result<Option<Link>, Error> {
-    Ok(links(h).await?.into_iter().find(|l| l.name == name))
+    // A direct lookup, not a dump: dumps grow with the number of containers on the machine.
+    let mut stream = h.link().get().match_name(name).execute();
+    match stream.try_next().await {
+        Ok(m) => Ok(m.as_ref().map(to_link)),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(nl_err(format!("looking up {name}"))(e)),
+    }
 }
 
 /// All links of the caller's network namespace.
@@ -240,7 +248,6 @@ pub fn delete_link(name: &str) -> Result<(), Error> {
 pub struct VethPlan {
     pub bridge: String,
     pub host_ifname: String,
-    pub peer_tmp: String,
     pub ip: Ipv4Addr,
     pub prefix: u8,
     /// Default route via this address, unless the network is internal or the container already
@@ -255,8 +262,10 @@ pub struct VethResult {
     pub mac: [u8; 6],
 }
 
-/// Creates a veth pair, plugs the host end into the bridge, moves the peer into `netns` where it
-/// becomes the first free `ethN` with `ip/prefix`, up, plus `lo` up and the default route.
+/// Creates a veth pair whose host end is born plugged into the bridge and up, and whose peer is
+/// born inside `netns` as the first free `ethN` (creating it there is much cheaper than moving
+/// it, which waits for an RCU grace period); then gives the peer `ip/prefix`, brings it and `lo`
+/// up and adds the default route.
 pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
     let fd = netns.as_raw_fd();
     let ns_for_thread = netns.try_clone().map_err(|e| Error::Io {
@@ -272,64 +281,35 @@ pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
                 what: format!("bridge {}", p.bridge),
                 msg: "does not exist".into(),
             })?;
-        host.link()
-            .add(LinkVeth::new(&p.host_ifname, &p.peer_tmp).build())
-            .execute()
-            .await
-            .map_err(nl_err(format!("creating veth {}", p.host_ifname)))?;
-        let host_end = link_by_name(&host, &p.host_ifname).await?;
-        let peer = link_by_name(&host, &p.peer_tmp).await?;
-        let (Some(host_end), Some(peer)) = (host_end, peer) else {
-            return Err(Error::Netlink {
-                what: format!("veth {}", p.host_ifname),
-                msg: "vanished after creation".into(),
-            });
-        };
-        host.link()
-            .set(
-                LinkUnspec::new_with_index(peer.index)
-                    .setns_by_fd(fd)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err(format!("moving {} into the container", p.peer_tmp)))?;
-        host.link()
-            .set(
-                LinkUnspec::new_with_index(host_end.index)
-                    .controller(bridge.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err(format!(
-                "plugging {} into {}",
-                p.host_ifname, p.bridge
-            )))?;
-
         let existing = links(&inner).await?;
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
             .find(|n| !existing.iter().any(|l| &l.name == n))
             .expect("an unused ethN exists");
-        let peer = existing
-            .iter()
-            .find(|l| l.name == p.peer_tmp)
-            .ok_or_else(|| Error::Netlink {
-                what: p.peer_tmp.clone(),
-                msg: "not found in the container".into(),
-            })?;
-        inner
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer.index)
-                    .name(ifname.clone())
-                    .build(),
-            )
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(ifname.clone())
+            .setns_by_fd(fd)
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(p.host_ifname.clone())
+            .controller(bridge.index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        host.link()
+            .add(msg)
             .execute()
             .await
-            .map_err(nl_err(format!("renaming {} to {ifname}", p.peer_tmp)))?;
+            .map_err(nl_err(format!(
+                "creating veth {} in {}",
+                p.host_ifname, p.bridge
+            )))?;
+        let peer = link_by_name(&inner, &ifname)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: ifname.clone(),
+                msg: "not found in the container after creation".into(),
+            })?;
         inner
             .address()
             .add(peer.index, IpAddr::V4(p.ip), p.prefix)
@@ -361,14 +341,15 @@ pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
                 return Err(nl_err(format!("adding the default route via {gw}"))(e));
             }
         }
-        let mac = peer.mac.unwrap_or_default();
-        Ok(VethResult { ifname, mac })
+        Ok(VethResult {
+            ifname,
+            mac: peer.mac.unwrap_or_default(),
+        })
     });
     drop(netns);
     if res.is_err() {
-        // Half-made pairs must not outlive the failure; deleting the host end removes both.
+        // A half-made pair must not outlive the failure; deleting the host end removes both.
         let _ = delete_link(&plan.host_ifname);
-        let _ = delete_link(&plan.peer_tmp);
     }
     res
 }
