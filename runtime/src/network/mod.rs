@@ -25,6 +25,7 @@
 //! container's namespace, which already has its interfaces, so it is not attached either.
 
 mod dns;
+mod hook;
 mod ipam;
 mod netlink;
 mod nft;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use dns::{DnsTable, parse_resolv_conf};
+pub use hook::{ContainerNetworks, ContainerPlan, PlannedNetwork};
 pub use ipam::{Ipv4Net, ParseNetError};
 pub use state::{Endpoint, NetworkRecord, PortBinding, Protocol};
 
@@ -988,6 +990,26 @@ impl NetworkManager {
             })
             .map(|l| format!("{l}\n"))
             .collect())
+    }
+
+    /// Writes [`resolv_conf`](Self::resolv_conf) for container `name` to
+    /// `<data_dir>/network/resolv/<name>.conf` and returns the path, for the caller to bind-mount
+    /// at `/etc/resolv.conf`.
+    pub fn write_resolv_conf(&self, name: &str, networks: &[&str]) -> Result<PathBuf, Error> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::Invalid(format!("invalid container name {name:?}")));
+        }
+        let dir = self.opts.data_dir.join("network").join("resolv");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            what: format!("creating {}", dir.display()),
+            source: e,
+        })?;
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, self.resolv_conf(networks)?).map_err(|e| Error::Io {
+            what: format!("writing {}", path.display()),
+            source: e,
+        })?;
+        Ok(path)
     }
 
     /// Removes everything this instance owns: endpoints (host veth ends), published ports,
