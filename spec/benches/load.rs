@@ -49,6 +49,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("load_1000_services", |b| {
         b.iter(|| load(std::hint::black_box(&opts)).expect("load"))
     });
+    // The floor: only the YAML event parser over the same text, no tree, no compose semantics.
+    let text = std::fs::read_to_string(&opts.files[0]).expect("read");
+    c.bench_function("yaml_events_only_1000_services", |b| {
+        b.iter(|| {
+            use serde_saphyr::granit_parser::Parser;
+            let mut p = Parser::new_from_str(std::hint::black_box(&text));
+            let mut n = 0usize;
+            while let Some(ev) = p.next_event() {
+                ev.expect("valid yaml");
+                n += 1;
+            }
+            n
+        })
+    });
 }
 
 criterion_group!(benches, bench);

@@ -187,8 +187,9 @@ impl Ctx {
         }
     }
 
-    /// Interpolates every scalar value (not keys) in place.
-    fn interpolate(&mut self, node: &mut Node, env: &BTreeMap<String, String>, path: &str) {
+    /// Interpolates every scalar value (not keys) in place. `path` is a reused buffer holding
+    /// the key path, so no string is built per node unless something is reported.
+    fn interpolate(&mut self, node: &mut Node, env: &BTreeMap<String, String>, path: &mut String) {
         let pos = node.pos;
         match &mut node.kind {
             Kind::Null => {}
@@ -202,7 +203,7 @@ impl Ctx {
                         for var in r.unset {
                             self.warnings.push(
                                 pos,
-                                path,
+                                path.clone(),
                                 format!(
                                     "The {var:?} variable is not set. Defaulting to a blank string."
                                 ),
@@ -210,22 +211,27 @@ impl Ctx {
                         }
                         *value = r.value;
                     }
-                    Err(e) => self.errors.push(pos, path, e),
+                    Err(e) => self.errors.push(pos, path.clone(), e),
                 }
             }
             Kind::Seq(items) => {
+                let len = path.len();
                 for (i, item) in items.iter_mut().enumerate() {
-                    self.interpolate(item, env, &format!("{path}[{i}]"));
+                    use std::fmt::Write;
+                    let _ = write!(path, "[{i}]");
+                    self.interpolate(item, env, path);
+                    path.truncate(len);
                 }
             }
             Kind::Map(entries) => {
+                let len = path.len();
                 for e in entries.iter_mut() {
-                    let p = if path.is_empty() {
-                        e.key.clone()
-                    } else {
-                        format!("{path}.{}", e.key)
-                    };
-                    self.interpolate(&mut e.value, env, &p);
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&e.key);
+                    self.interpolate(&mut e.value, env, path);
+                    path.truncate(len);
                 }
             }
         }
@@ -301,7 +307,7 @@ impl Ctx {
             return None;
         }
         let mut node = self.read_yaml(path, base_dir.to_path_buf(), from, "compose file")?;
-        self.interpolate(&mut node, env, "");
+        self.interpolate(&mut node, env, &mut String::new());
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, stack);
         stack.pop();
@@ -462,12 +468,16 @@ impl Ctx {
 
     /// Resolves `extends` for every service of one file.
     fn apply_extends(&mut self, node: &mut Node, path: &Path) {
+        let has_extends = node
+            .get("services")
+            .and_then(Node::as_map)
+            .is_some_and(|m| m.iter().any(|e| e.value.get("extends").is_some()));
+        if !has_extends {
+            return;
+        }
         let Some(services) = node.get("services").cloned() else {
             return;
         };
-        if services.as_map().is_none() {
-            return;
-        }
         let names: Vec<String> = services
             .as_map()
             .into_iter()
@@ -596,7 +606,7 @@ impl Ctx {
         let node = self
             .read_yaml(abs, dir, from, "extended file")
             .map(|mut n| {
-                self.interpolate(&mut n, &env, "");
+                self.interpolate(&mut n, &env, &mut String::new());
                 n
             });
         self.extends_cache.insert(abs.to_path_buf(), node.clone());

@@ -6,7 +6,8 @@
 //! point at the line and column it came from. Anchors, aliases and `<<` merge keys are resolved
 //! here, with budgets against alias bombs and unbounded nesting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
@@ -141,6 +142,7 @@ struct Builder<'a> {
     anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
     errors: &'a mut Errors,
+    hasher: RandomState,
 }
 
 fn pos_of(file: u32, span: &Span) -> Pos {
@@ -154,12 +156,15 @@ fn pos_of(file: u32, span: &Span) -> Pos {
 /// Parses the first document of `text`. Returns `None` (with errors recorded) when the YAML is
 /// malformed; an empty document is an empty mapping.
 pub(crate) fn parse(text: &str, file: u32, errors: &mut Errors) -> Option<Node> {
-    let mut parser = Parser::new_from_str(text);
+    // Comments carry no data; not emitting them saves the parser work.
+    let options = serde_saphyr::granit_parser::options! { emit_comments: false };
+    let mut parser = Parser::new_from_str_with_options(text, options);
     let mut b = Builder {
         file,
         anchors: HashMap::new(),
         nodes: 0,
         errors,
+        hasher: RandomState::new(),
     };
     let mut root: Option<Node> = None;
     let mut docs = 0;
@@ -314,6 +319,8 @@ impl Builder<'_> {
             Event::MappingStart(_, anchor, tag) => {
                 let mut entries: Vec<Entry> = Vec::new();
                 let mut merges: Vec<Node> = Vec::new();
+                // Key hashes make the duplicate check linear for big maps (1000s of services).
+                let mut seen: HashSet<u64> = HashSet::new();
                 loop {
                     let (ev, span) = self.next(p)??;
                     if matches!(ev, Event::MappingEnd) {
@@ -338,7 +345,9 @@ impl Builder<'_> {
                             continue;
                         }
                     };
-                    if let Some(prev) = entries.iter().find(|e| e.key == key) {
+                    let h = self.hasher.hash_one(&key);
+                    let dup = !seen.insert(h);
+                    if let Some(prev) = entries.iter().filter(|_| dup).find(|e| e.key == key) {
                         let line = prev.key_pos.line;
                         self.errors.push(
                             key_pos,
