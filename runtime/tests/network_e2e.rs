@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use dcpp_runtime::network::{
     AttachRequest, Error, NetworkConfig, NetworkManager, PortMapping, Protocol,
 };
-use network_util::{Endpoint, curl, free_port, host_snapshot, options};
+use network_util::{Endpoint, curl, free_port, host_address, host_snapshot, options, udp_echo_in};
 
 /// A stand-in for the host's resolver on 127.0.0.1: answers every A query with 192.0.2.123.
 /// It is real UDP DNS; it only exists so that forwarding can be tested without the internet.
@@ -195,6 +195,37 @@ fn scenario(opts: dcpp_runtime::network::NetworkOptions) {
         "load spread over replicas"
     );
 
+    // The host's own address works too, from the host and from a container of the network.
+    let host_ip = host_address();
+    assert!(
+        ["web1", "web2"].contains(&curl(&format!("http://{host_ip}:{port}/")).unwrap().as_str())
+    );
+    let body = client
+        .wget(&format!("http://{host_ip}:{port}/"))
+        .expect("container -> published port");
+    assert!(["web1", "web2"].contains(&body.as_str()), "{body}");
+
+    // UDP, on 127.0.0.1 only.
+    udp_echo_in(web1.pid(), 5353);
+    let uport = free_port();
+    let udp = PortMapping {
+        host_ip: Some(Ipv4Addr::LOCALHOST),
+        host_port: uport,
+        container_port: 5353,
+        protocol: Protocol::Udp,
+    };
+    mgr.publish(&format!("{:0>64}", "a1"), Some("web"), &[udp])
+        .unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    sock.send_to(b"ping", ("127.0.0.1", uport)).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("UDP echo through the published port");
+    assert_eq!(&buf[..n], b"ping");
+
     // Another service on that port, and a port some other program holds: clear errors.
     let err = mgr
         .publish(
@@ -239,7 +270,11 @@ fn scenario(opts: dcpp_runtime::network::NetworkOptions) {
     ));
     let info = mgr.inspect("front").unwrap();
     assert_eq!(info.endpoints.len(), 3);
-    assert_eq!(info.ports.len(), 1);
+    assert_eq!(
+        info.ports.len(),
+        1,
+        "only web2's port is left (unpublish took all of web1's)"
+    );
 
     for id in ["a1", "a2", "c1", "o1"] {
         mgr.detach(&format!("{id:0>64}"), None).unwrap();

@@ -85,6 +85,14 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
             "    oifname \"{}\" ip saddr 127.0.0.0/8 masquerade",
             b.bridge
         );
+        // A container reaching a published port of its own network through a host address: the
+        // backend would answer the client directly, bypassing the reverse NAT, so the client
+        // is made to appear as the gateway.
+        let _ = writeln!(
+            s,
+            "    oifname \"{0}\" ip saddr {1} ct status dnat masquerade",
+            b.bridge, b.subnet
+        );
         if masquerade && !b.internal {
             let _ = writeln!(
                 s,
@@ -202,11 +210,15 @@ mod tests {
         assert!(s.contains("ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.9.1.2:53"));
         assert!(s.contains("iifname \"dt0\" oifname { \"dt1\", \"dt2\" } drop"));
         assert!(s.contains("iifname \"dt2\" oifname != \"dt2\" drop"));
-        assert!(!s.contains("ip saddr 10.9.0.0/24"), "masquerade is off");
+        assert!(
+            !s.contains("ip saddr 10.9.0.0/24 oifname"),
+            "masquerade is off"
+        );
+        assert!(s.contains("oifname \"dt0\" ip saddr 10.9.0.0/24 ct status dnat masquerade"));
         let s = render("dcpp", &bridges, &ports, true);
         assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"dt0\" masquerade"));
         assert!(
-            !s.contains("ip saddr 10.9.2.0/24"),
+            !s.contains("ip saddr 10.9.2.0/24 oifname"),
             "internal networks never go out"
         );
     }

@@ -228,3 +228,31 @@ impl Drop for DestroyOnDrop {
         }
     }
 }
+
+/// The host's own non-loopback IPv4 address (the source it would use towards a documentation
+/// address; a UDP connect sends nothing).
+pub fn host_address() -> Ipv4Addr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.254:9").unwrap();
+    match s.local_addr().unwrap().ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("no IPv4 host address: {other}"),
+    }
+}
+
+/// A UDP echo server on `port` inside the network namespace of `pid` (a thread that entered the
+/// namespace; the socket stays there).
+pub fn udp_echo_in(pid: u32, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], peer);
+        }
+    });
+    rx.recv().unwrap();
+}
