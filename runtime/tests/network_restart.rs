@@ -7,7 +7,7 @@ mod network_util;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use dcpp_runtime::network::{AttachRequest, NetworkConfig, NetworkManager};
+use dcpp_runtime::network::{AttachRequest, NetworkConfig, NetworkManager, PortMapping, Protocol};
 use network_util::{DestroyOnDrop, Endpoint, host_snapshot, options};
 
 fn req(id: &str, network: &str) -> AttachRequest {
@@ -28,6 +28,14 @@ fn ip(args: &[&str]) {
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn nft_table(table: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn link_exists(name: &str) -> bool {
@@ -128,7 +136,18 @@ fn restart_keeps_addresses_and_removes_only_own_stale_links() {
         assert!(!taken.contains(&c_i.ip), "{c_i:?} duplicates {taken:?}");
         assert!(internal.subnet.contains(c_i.ip));
 
-        // A container that died while the daemon was down: its veths went with its namespace.
+        // A container that died while the daemon was down: its veths went with its namespace,
+        // and its published port must go from the nft table.
+        let port = network_util::free_port();
+        let map = PortMapping {
+            host_ip: None,
+            host_port: port,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        mgr.publish(&format!("{:0>64}", "a"), Some("a"), &[map])
+            .unwrap();
+        assert!(nft_table(&opts.nft_table).contains(&format!("dport {port} ")));
         let a_veths: Vec<String> = mgr
             .endpoints_of(&format!("{:0>64}", "a"))
             .unwrap()
@@ -146,6 +165,36 @@ fn restart_keeps_addresses_and_removes_only_own_stale_links() {
         gone.sort();
         assert_eq!(gone, vec!["c-a@i".to_owned(), "c-a@n".to_owned()]);
         assert_eq!(mgr.inspect("n").unwrap().endpoints.len(), 1);
+        assert!(
+            !nft_table(&opts.nft_table).contains(&format!("dport {port} ")),
+            "stale port rule removed"
+        );
+
+        // Explicit subnets: honoured, and an overlap is refused with a clear error.
+        let fixed = mgr
+            .create_network(
+                "fixed",
+                NetworkConfig {
+                    subnet: Some("10.232.200.0/24".parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(fixed.gateway, "10.232.200.1".parse::<Ipv4Addr>().unwrap());
+        let err = mgr
+            .create_network(
+                "clash",
+                NetworkConfig {
+                    subnet: Some("10.232.200.128/25".parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("overlaps 10.232.200.0/24"),
+            "{err}"
+        );
+        mgr.remove_network("fixed").unwrap();
 
         // A bridge that vanished (reboot) is recreated with its address.
         mgr.detach(&format!("{:0>64}", "b"), None).unwrap();

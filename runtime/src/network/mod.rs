@@ -553,6 +553,7 @@ impl NetworkManager {
                 }
                 netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len(), !n.internal)?;
             }
+            self.release_unused_ports(st);
             self.apply_nft(st)?;
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             for p in &st.ports {
