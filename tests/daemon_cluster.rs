@@ -124,6 +124,9 @@ async fn daemons_form_cluster_survive_kill9_of_all_and_keep_data() {
         .collect();
     for d in &ds {
         d.wait_ready().await; // zero config: each is its own one-node cluster
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "API socket is root-only");
     }
     let tokens: serde_json::Value =
         serde_json::from_str(&ds[0].cli(&["cluster", "init", "--format", "json"])).unwrap();

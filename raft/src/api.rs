@@ -111,14 +111,22 @@ impl ApiError {
                     _ => Error::InvalidArgument(self.message),
                 }
             }
-            "invalid_argument" => Error::InvalidArgument(self.message),
-            "unauthorized" => Error::Unauthorized(self.message),
-            "no_leader" => Error::NoLeader(self.message),
-            "raft" => Error::Raft(self.message),
-            "transport" => Error::Transport(self.message),
+            "invalid_argument" => Error::InvalidArgument(strip(self.message, "invalid argument: ")),
+            "unauthorized" => Error::Unauthorized(strip(self.message, "unauthorized: ")),
+            "no_leader" => Error::NoLeader(strip(self.message, "no leader available: ")),
+            "raft" => Error::Raft(strip(self.message, "raft: ")),
+            "transport" => Error::Transport(strip(self.message, "transport: ")),
             "conflict" => Error::Conflict(self.message),
-            _ => Error::Storage(self.message),
+            _ => Error::Storage(strip(self.message, "storage: ")),
         }
+    }
+}
+
+/// Drops the Display prefix the error variant adds again when rebuilt.
+fn strip(msg: String, prefix: &str) -> String {
+    match msg.strip_prefix(prefix) {
+        Some(rest) => rest.to_string(),
+        None => msg,
     }
 }
 

@@ -336,3 +336,57 @@ impl Client {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parsing() {
+        assert_eq!(
+            Endpoint::parse("unix:///run/dcpp/dcpp.sock").unwrap(),
+            Endpoint::Unix("/run/dcpp/dcpp.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://10.0.0.1:2377").unwrap(),
+            Endpoint::Tcp("10.0.0.1:2377".into())
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:1").unwrap(),
+            Endpoint::Tcp("127.0.0.1:1".into())
+        );
+        assert!(matches!(
+            Endpoint::parse("unix://"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Endpoint::parse("nonsense"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn api_errors_round_trip() {
+        let cases = [
+            Error::Compacted {
+                requested: 3,
+                compacted: 9,
+            },
+            Error::NotFound {
+                kind: Kind::Task,
+                id: "web.1".into(),
+            },
+            Error::PreconditionFailed(crate::PreconditionFailed {
+                index: 0,
+                kind: Kind::Node,
+                id: "n".into(),
+                actual_mod_revision: Some(4),
+            }),
+            Error::NoLeader("x".into()),
+        ];
+        for e in cases {
+            let back = crate::api::ApiError::from(&e).into_error();
+            assert_eq!(back.to_string(), e.to_string());
+        }
+    }
+}
