@@ -128,11 +128,13 @@ pub(crate) struct Cv<'a> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
+    let mut s = String::with_capacity(path.len() + key.len() + 1);
+    s.push_str(path);
+    if !path.is_empty() {
+        s.push('.');
     }
+    s.push_str(key);
+    s
 }
 
 impl Cv<'_> {
@@ -341,9 +343,15 @@ impl Cv<'_> {
 
     /// A `KEY: value` map or a `KEY=value` list. `None` values mark keys without a value.
     fn kv(&mut self, n: &Node, path: &str) -> Vec<(String, Option<String>, Pos)> {
-        let node = list_to_map(n.clone(), true);
+        let converted;
+        let node = if matches!(n.kind, Kind::Seq(_)) {
+            converted = list_to_map(n.clone(), true);
+            &converted
+        } else {
+            n
+        };
         let mut out: Vec<(String, Option<String>, Pos)> = Vec::new();
-        for e in self.entries(&node, path) {
+        for e in self.entries(node, path) {
             let p = join(path, &e.key);
             if e.key.is_empty() {
                 self.err(
