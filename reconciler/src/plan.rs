@@ -154,7 +154,8 @@ struct Ctx {
     actions: Vec<Action>,
     wake_at: Option<Time>,
     pending: Vec<Pending>,
-    /// Tasks with ids from here on were created in the current round (not in the round's index).
+    /// Tasks with ids from here on were created by the current service step (they are not in
+    /// the round's index).
     first_new: u64,
 }
 
@@ -189,7 +190,6 @@ pub fn plan(desired: &Desired, observed: &Observed, now: Time) -> Plan {
         let before = ctx.actions.len();
         ctx.wake_at = None;
         ctx.pending.clear();
-        ctx.first_new = work.next_task_id;
         round(desired, &mut work, &mut ctx);
         if ctx.actions.len() == before {
             break;
@@ -208,11 +208,17 @@ type Index = BTreeMap<ServiceId, BTreeMap<Slot, Vec<TaskId>>>;
 fn index(work: &Observed) -> Index {
     let mut idx: Index = BTreeMap::new();
     for t in work.tasks.values() {
-        idx.entry(t.service.clone())
-            .or_default()
-            .entry(t.slot.clone())
-            .or_default()
-            .push(t.id);
+        // Look up before inserting: cloning the keys for every task dominated steady-state cost.
+        let slots = match idx.get_mut(&t.service) {
+            Some(slots) => slots,
+            None => idx.entry(t.service.clone()).or_default(),
+        };
+        match slots.get_mut(&t.slot) {
+            Some(ids) => ids.push(t.id),
+            None => {
+                slots.insert(t.slot.clone(), vec![t.id]);
+            }
+        }
     }
     idx
 }
@@ -374,30 +380,26 @@ fn desired_slots(sid: &ServiceId, spec: &ServiceSpec, work: &Observed) -> BTreeS
     }
 }
 
-fn tasks_of(work: &Observed, ids: &[TaskId]) -> Vec<Task> {
-    let mut v: Vec<Task> = ids
-        .iter()
-        .filter_map(|id| work.tasks.get(id).cloned())
-        .collect();
+fn tasks_of<'a>(work: &'a Observed, ids: &[TaskId]) -> Vec<&'a Task> {
+    let mut v: Vec<&Task> = ids.iter().filter_map(|id| work.tasks.get(id)).collect();
     v.sort_by_key(|t| t.id);
     v
 }
 
 /// The slot's tasks: those in the round's index plus those created since.
-fn slot_tasks(
-    work: &Observed,
+fn slot_tasks<'a>(
+    work: &'a Observed,
     sid: &ServiceId,
     slot: &Slot,
     ids: &[TaskId],
     first_new: u64,
-) -> Vec<Task> {
+) -> Vec<&'a Task> {
     let mut v = tasks_of(work, ids);
     v.extend(
         work.tasks
             .range(TaskId(first_new)..)
             .map(|(_, t)| t)
-            .filter(|t| t.service == *sid && t.slot == *slot)
-            .cloned(),
+            .filter(|t| t.service == *sid && t.slot == *slot),
     );
     v
 }
@@ -449,6 +451,9 @@ fn service_step(
     let Some(st) = work.services.get(sid).cloned() else {
         return;
     };
+    // Only this step creates tasks of this service in this round, so the ones created since
+    // are found by a short range scan instead of a scan of every task created this round.
+    ctx.first_new = work.next_task_id;
     let target = &st.spec;
     let cfg = active_config(&st);
     let update_state = st.update.as_ref().map(|u| u.state);
@@ -457,6 +462,7 @@ fn service_step(
     // Move running tasks off nodes that may no longer run them (drained, constraint changed).
     // Global tasks need no move: their slot disappears with the node's eligibility.
     let replicated = matches!(target.mode, Mode::Replicated { .. });
+    let mut evict = Vec::new();
     for ids in slots.values().filter(|_| replicated) {
         for t in tasks_of(work, ids) {
             if !t.is_live() || t.desired != DesiredState::Running {
@@ -467,10 +473,11 @@ fn service_step(
             };
             if let Err(r) = scheduler::may_keep(node, target) {
                 let reason = format!("{r} on {}", node.id);
-                ctx.emit(work, Action::ShutdownTask { task: t.id, reason });
+                evict.push(Action::ShutdownTask { task: t.id, reason });
             }
         }
     }
+    emit_all(work, ctx, evict);
 
     let wanted = desired_slots(sid, target, work);
     for (slot, ids) in slots {
@@ -491,7 +498,7 @@ fn service_step(
     let no_ids = Vec::new();
     for slot in &wanted {
         let ids = slots.get(slot).unwrap_or(&no_ids);
-        slot_upkeep(sid, slot, ids, target, &st, work, ctx);
+        slot_upkeep(sid, slot, ids, target, work, ctx);
         let tasks = slot_tasks(work, sid, slot, ids, ctx.first_new);
         let settled = is_settled(&tasks, target, &cfg, update_state, ctx);
         if !settled {
@@ -537,15 +544,16 @@ fn service_step(
 }
 
 /// The newest task that should be running: the slot's current attempt.
-fn head_of(tasks: &[Task]) -> Option<&Task> {
+fn head_of<'a>(tasks: &[&'a Task]) -> Option<&'a Task> {
     tasks
         .iter()
         .rev()
         .find(|t| t.desired == DesiredState::Running)
+        .copied()
 }
 
 fn is_settled(
-    tasks: &[Task],
+    tasks: &[&Task],
     target: &ServiceSpec,
     cfg: &UpdateConfig,
     update_state: Option<UpdateState>,
@@ -581,27 +589,31 @@ fn slot_upkeep(
     slot: &Slot,
     ids: &[TaskId],
     target: &ServiceSpec,
-    st: &ServiceStatus,
     work: &mut Observed,
     ctx: &mut Ctx,
 ) {
     let now = ctx.now;
+    // Decide on a shared borrow, then emit: at most one task is created per slot, so the id
+    // `new_task` takes from the counter stays right.
+    let mut out = Vec::new();
     let tasks = slot_tasks(work, sid, slot, ids, ctx.first_new);
 
     // History: keep the newest TASK_HISTORY finished tasks.
     let history: Vec<&Task> = tasks
         .iter()
+        .copied()
         .filter(|t| !t.is_live() && t.desired != DesiredState::Running)
         .collect();
     let excess = history.len().saturating_sub(TASK_HISTORY);
     for (i, t) in history.iter().enumerate() {
         if i < excess || t.desired == DesiredState::Remove {
-            ctx.emit(work, Action::DeleteTask { task: t.id });
+            out.push(Action::DeleteTask { task: t.id });
         }
     }
 
     let running: Vec<&Task> = tasks
         .iter()
+        .copied()
         .filter(|t| t.desired == DesiredState::Running)
         .collect();
     let Some((head, preds)) = running.split_last() else {
@@ -609,8 +621,9 @@ fn slot_upkeep(
         // a drain or a constraint change never runs two tasks for one slot.
         if !tasks.iter().any(|t| t.is_live()) {
             let task = new_task(work, sid, target, slot.clone(), now);
-            ctx.emit(work, Action::CreateTask { task });
+            out.push(Action::CreateTask { task });
         }
+        emit_all(work, ctx, out);
         return;
     };
 
@@ -628,11 +641,12 @@ fn slot_upkeep(
     for p in preds {
         if Some(p.id) != keep {
             let reason = format!("superseded by {}", head.id);
-            ctx.emit(work, Action::ShutdownTask { task: p.id, reason });
+            out.push(Action::ShutdownTask { task: p.id, reason });
         }
     }
 
     if head.is_live() {
+        emit_all(work, ctx, out);
         return;
     }
     let replacement = if head.state == TaskState::Orphaned {
@@ -646,13 +660,20 @@ fn slot_upkeep(
         // Dead and outdated: replace with the target spec straight away (update or rollback).
         Some(new_task(work, sid, target, slot.clone(), now))
     } else {
-        restart_per_policy(work, sid, slot, head, target, st, ctx)
+        restart_per_policy(work, sid, slot, head, target, now)
     };
     if let Some(task) = replacement {
         if let Some(nb) = task.not_before {
             ctx.wake(nb);
         }
-        ctx.emit(work, Action::RestartTask { old: head.id, task });
+        out.push(Action::RestartTask { old: head.id, task });
+    }
+    emit_all(work, ctx, out);
+}
+
+fn emit_all(work: &mut Observed, ctx: &mut Ctx, actions: Vec<Action>) {
+    for a in actions {
+        ctx.emit(work, a);
     }
 }
 
@@ -662,10 +683,8 @@ fn restart_per_policy(
     slot: &Slot,
     head: &Task,
     target: &ServiceSpec,
-    _st: &ServiceStatus,
-    ctx: &mut Ctx,
+    now: Time,
 ) -> Option<Task> {
-    let now = ctx.now;
     let policy = &target.restart;
     let restart = match policy.condition {
         RestartCondition::None => false,

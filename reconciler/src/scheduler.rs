@@ -107,11 +107,19 @@ impl Load {
     }
 
     pub(crate) fn add(&mut self, node: &NodeId, task: &Task) {
-        let l = self.nodes.entry(node.clone()).or_default();
+        let l = match self.nodes.get_mut(node) {
+            Some(l) => l,
+            None => self.nodes.entry(node.clone()).or_default(),
+        };
         l.used.cpu_millis += task.reservations.cpu_millis;
         l.used.memory += task.reservations.memory;
         l.total += 1;
-        *l.by_service.entry(task.service.clone()).or_default() += 1;
+        match l.by_service.get_mut(&task.service) {
+            Some(n) => *n += 1,
+            None => {
+                l.by_service.insert(task.service.clone(), 1);
+            }
+        }
     }
 
     fn service_on(&self, node: &NodeId, service: &ServiceId) -> u32 {

@@ -6,7 +6,7 @@
 //! a pure function, so this *is* its real environment (the same `plan`/`apply` the leader runs).
 //!
 //! - `DCPP_SIM_SEED=N` replays one seed (prints its event log on failure).
-//! - `DCPP_SIM_SEEDS=N` runs N seeds per test (default 100 per test, 4 tests).
+//! - `DCPP_SIM_SEEDS=N` runs N seeds per test (default 50 per test, 4 tests).
 //! - `DCPP_SIM_STEPS=N` chaos steps per seed (default 120).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -620,7 +620,7 @@ fn run_range(part: u64) {
         }
         return;
     }
-    let n = env("DCPP_SIM_SEEDS").unwrap_or(100);
+    let n = env("DCPP_SIM_SEEDS").unwrap_or(50);
     for i in 0..n {
         run_seed(part * 1_000_000 + i, steps);
     }
