@@ -614,12 +614,30 @@ impl Ctx {
     }
 }
 
-/// Finds the compose file to use when none is given.
-fn discover(dir: &Path) -> Option<PathBuf> {
-    DEFAULT_FILES
+/// Finds the compose file to use when none is given, plus its `*.override.{yaml,yml}` sibling,
+/// which compose merges automatically.
+fn discover(dir: &Path) -> Option<Vec<PathBuf>> {
+    let main = DEFAULT_FILES
         .iter()
         .map(|f| dir.join(f))
+        .find(|p| p.is_file())?;
+    let stem = if main
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("docker-"))
+    {
+        "docker-compose"
+    } else {
+        "compose"
+    };
+    let mut files = vec![main];
+    if let Some(o) = ["yaml", "yml"]
+        .iter()
+        .map(|ext| dir.join(format!("{stem}.override.{ext}")))
         .find(|p| p.is_file())
+    {
+        files.push(o);
+    }
+    Some(files)
 }
 
 /// Loads, merges, validates and normalises compose files into the canonical model.
@@ -632,7 +650,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
     });
     let files: Vec<PathBuf> = if opts.files.is_empty() {
         match discover(&opts.working_dir) {
-            Some(f) => vec![f],
+            Some(f) => f,
             None => {
                 ctx.errors.push(
                     Ctx::nowhere(),
