@@ -199,7 +199,16 @@ async fn daemons_form_cluster_survive_kill9_of_all_and_keep_data() {
         .get(Kind::Node, &left["node_id"].as_u64().unwrap().to_string())
         .await;
     assert!(gone.is_err(), "the leaving node's record is deleted");
-    let id = st["node_id"].as_u64().unwrap().to_string();
-    let inspect = ds[0].cli(&["node", "inspect", &id]);
-    assert!(inspect.contains("\"role\": \"manager\""), "{inspect}");
+    // A joined node's record carries what only that host knows (its resources).
+    let joined = ds[1].client().status().await.unwrap().node_id.to_string();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ds[0].cli(&["node", "inspect", &joined])).unwrap();
+    assert_eq!(inspect["value"]["role"], "manager", "{inspect}");
+    assert!(
+        inspect["value"]["resources"]["memory_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{inspect}"
+    );
 }

@@ -19,7 +19,7 @@ use crate::network::{Auth, Faults, Transport};
 use crate::store::{self, LogStore, StoreReader};
 use crate::types::{
     ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, NodeInfo, Object, Op, Request,
-    Role, Txn, TxnResponse,
+    Resources, Role, Txn, TxnResponse,
 };
 use crate::{Error, NodeId, Raft};
 
@@ -150,6 +150,23 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// CPU and memory of this host, as offered to the scheduler.
+fn local_resources() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Resources {
+        nano_cpus: cpus * 1_000_000_000,
+        memory_bytes: mem_kb * 1024,
+    }
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Error {
@@ -325,7 +342,7 @@ impl Node {
             role,
             availability: Default::default(),
             labels: Default::default(),
-            resources: Default::default(),
+            resources: local_resources(),
             last_heartbeat_ms: now_ms(),
         }
     }
@@ -833,6 +850,10 @@ impl Node {
             Some(&req),
         )
         .await?;
+        // The leader wrote a placeholder record; replace it with what only this host knows.
+        if let Err(e) = self.register(grant.role).await {
+            tracing::warn!("joined, but could not update the node record: {e}");
+        }
         tracing::info!(cluster_id = %grant.cluster_id, role = %grant.role, "joined cluster");
         Ok(grant.role)
     }

@@ -303,3 +303,37 @@ async fn follower_forwards_writes_and_reads_and_cas_conflicts_are_errors() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_leaves_remaining_members_continue_and_it_becomes_standalone() {
+    let c = Cluster::start(3).await;
+    c.client(0)
+        .put(Kind::Network, "net", &json!(1))
+        .await
+        .unwrap();
+    let leader = c.leader(T).await;
+    let ln = c.node(leader);
+    let leaving_id = ln.id();
+    common::on(&c.nodes[leader], async move { ln.leave().await })
+        .await
+        .expect("leader leaves");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (_, via) = write_retry(&c, "after-leave", json!(2), T).await;
+    assert!(others.contains(&via));
+    let st = c.node(others[0]).status().unwrap();
+    assert_eq!(st.members.len(), 2, "{st:?}");
+    assert!(st.members.iter().all(|m| m.id != leaving_id));
+    let nodes = c.client(others[0]).list(Kind::Node).await.unwrap();
+    assert_eq!(nodes.objects.len(), 2, "record of the leaving node deleted");
+    // The node that left is a new one-node cluster without the old data.
+    let me = c.node(leader).status().unwrap();
+    assert_eq!(me.members.len(), 1);
+    assert_ne!(me.cluster_id, st.cluster_id);
+    assert!(
+        c.node(leader)
+            .reader()
+            .get(Kind::Network, "net")
+            .unwrap()
+            .is_none()
+    );
+}
