@@ -176,6 +176,38 @@ impl Client {
         self.txn(&t).await
     }
 
+    /// Read-modify-write with compare-and-set, retried on conflicts: `f` gets the current value
+    /// (`None` if absent) and returns the new one. Returns the committed value and response.
+    pub async fn update<T, F>(
+        &self,
+        kind: Kind,
+        id: &str,
+        mut f: F,
+    ) -> Result<(T, TxnResponse), Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<T, Error>,
+    {
+        for _ in 0..64 {
+            let (cur, rev) = match self.get(kind, id).await {
+                Ok(o) => (Some(o.decode::<T>()?), Some(o.mod_revision)),
+                Err(Error::NotFound { .. }) => (None, None),
+                Err(e) => return Err(e),
+            };
+            let next = f(cur)?;
+            let res = match rev {
+                Some(r) => self.put_if(kind, id, &next, r).await,
+                None => self.create(kind, id, &next).await,
+            };
+            match res {
+                Ok(r) => return Ok((next, r)),
+                Err(Error::PreconditionFailed(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!("{kind}/{id}: too much contention")))
+    }
+
     pub async fn delete(&self, kind: Kind, id: &str) -> Result<TxnResponse, Error> {
         self.txn(&Txn::new().op(Op::delete(kind, id))).await
     }

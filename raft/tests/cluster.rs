@@ -337,3 +337,28 @@ async fn leader_leaves_remaining_members_continue_and_it_becomes_standalone() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_updates_lose_no_increment_under_contention() {
+    let c = Cluster::start(3).await;
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let cl = c.client(w);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                cl.update::<u64, _>(Kind::Config, "counter", |v| Ok(v.unwrap_or(0) + 1))
+                    .await
+                    .expect("update");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (v, _) = c
+        .client(1)
+        .get_as::<u64>(Kind::Config, "counter")
+        .await
+        .unwrap();
+    assert_eq!(v, 30, "every CAS increment applied exactly once");
+}
