@@ -493,7 +493,7 @@ fn service_step(
     }
 
     // Pass 1: per-slot upkeep, and which slots run an outdated spec.
-    let mut outdated: Vec<(Slot, TaskId, bool)> = Vec::new();
+    let mut outdated: Vec<(Slot, TaskId, bool, bool)> = Vec::new();
     let mut unsettled = 0usize;
     let no_ids = Vec::new();
     for slot in &wanted {
@@ -508,7 +508,8 @@ fn service_step(
             && head.is_live()
             && head.spec_version != target.version
         {
-            outdated.push((slot.clone(), head.id, settled));
+            let alone = tasks.iter().all(|t| t.id == head.id || !t.is_live());
+            outdated.push((slot.clone(), head.id, settled, alone));
         }
     }
 
@@ -519,7 +520,12 @@ fn service_step(
         } else {
             (cfg.parallelism as usize).saturating_sub(unsettled)
         };
-        for (slot, head, settled) in outdated {
+        for (slot, head, settled, alone) in outdated {
+            if cfg.order == UpdateOrder::StartFirst && !alone {
+                // Starting a third task while two still live would exceed the start-first
+                // surge (one extra task per slot): wait for the older ones to stop.
+                continue;
+            }
             if settled {
                 // An already unsettled slot is counted in the budget; a settled one takes a place.
                 if budget == 0 {

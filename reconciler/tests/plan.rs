@@ -716,3 +716,31 @@ fn state_round_trips_through_json() {
     let pj: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(pj, p);
 }
+
+#[test]
+fn start_first_never_runs_three_tasks_in_a_slot() {
+    // Found by the simulation: a new spec arriving just as the previous update's task starts
+    // running, while the old task is still stopping.
+    let mut spec = web(1);
+    spec.update_config.order = UpdateOrder::StartFirst;
+    let mut d = desired(vec![spec.clone()]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    let s2 = v2(spec);
+    d.insert(s2.clone());
+    let p = plan(&d, &o, 100);
+    assert_eq!(kinds(&p), ["status", "create t2 s_web.1", "assign t2 n1"]);
+    apply(&mut o, &p).unwrap();
+    set_state(&mut o, TaskId(2), TaskState::Running, 110);
+    d.insert(v2(s2));
+    let p = plan(&d, &o, 110);
+    assert_eq!(
+        kinds(&p),
+        ["status", "shutdown t1"],
+        "t3 waits for t1 to stop"
+    );
+    apply(&mut o, &p).unwrap();
+    set_state(&mut o, TaskId(1), TaskState::Shutdown, 120);
+    let p = plan(&d, &o, 120);
+    assert_eq!(kinds(&p), ["create t3 s_web.1", "assign t3 n1"]);
+}
