@@ -185,6 +185,14 @@ fn scenario(opts: dcpp_runtime::network::NetworkOptions) {
         std::slice::from_ref(&map),
     )
     .unwrap();
+    let again = mgr
+        .publish(
+            &format!("{:0>64}", "a2"),
+            Some("web"),
+            std::slice::from_ref(&map),
+        )
+        .unwrap();
+    assert_eq!(again.len(), 1, "publishing twice is a no-op");
     let mut seen = BTreeSet::new();
     for _ in 0..10 {
         seen.insert(curl(&format!("http://127.0.0.1:{port}/")).unwrap());

@@ -849,7 +849,8 @@ impl NetworkManager {
     /// Publishes `ports` of an attached container. Replicas of one `service` may publish the
     /// same host port (connections are spread round robin); a port held by another service or
     /// by any other program on the machine is an [`Error::PortInUse`], and nothing of this call
-    /// is kept then. Returns the bindings with ephemeral ports filled in.
+    /// is kept then. Publishing a mapping the container already has is a no-op. Returns the
+    /// bindings with ephemeral ports filled in.
     pub fn publish(
         &self,
         container_id: &str,
@@ -875,6 +876,7 @@ impl NetworkManager {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let mut new_held: Vec<PortKey> = Vec::new();
             let mut added = Vec::new();
+            let mut already = Vec::new();
             let mut result = Ok(());
             for m in ports {
                 if m.container_port == 0 {
@@ -884,6 +886,18 @@ impl NetworkManager {
                     break;
                 }
                 let mut host_port = m.host_port;
+                // Publishing again what is already published (a re-run reconcile) is a no-op.
+                if let Some(same) = st.ports.iter().find(|p| {
+                    host_port != 0
+                        && p.container_id == container_id
+                        && p.host_ip == m.host_ip
+                        && p.host_port == host_port
+                        && p.protocol == m.protocol
+                        && p.container_port == m.container_port
+                }) {
+                    already.push(same.clone());
+                    continue;
+                }
                 if host_port != 0 {
                     let clash = st
                         .ports
@@ -954,7 +968,8 @@ impl NetworkManager {
                 }
                 return Err(e);
             }
-            Ok(added)
+            already.extend(added);
+            Ok(already)
         })
     }
 
