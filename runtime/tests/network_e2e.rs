@@ -38,6 +38,28 @@ async fn fake_upstream() -> SocketAddr {
     addr
 }
 
+/// Number of answers to an A query for `name` sent over TCP to `server:53`.
+fn tcp_lookup(server: Ipv4Addr, name: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut c = std::net::TcpStream::connect((server, 53)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    c.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    c.write_all(&q).unwrap();
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).unwrap();
+    let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut r).unwrap();
+    assert_eq!(&r[..2], &[0xab, 0xcd]);
+    u16::from_be_bytes([r[6], r[7]])
+}
+
 fn req(ep_id: &str, name: &str, service: &str, network: &str) -> AttachRequest {
     AttachRequest {
         container_id: format!("{ep_id:0>64}"),
@@ -152,6 +174,10 @@ fn scenario(opts: dcpp_runtime::network::NetworkOptions) {
         "{:?}",
         ns
     );
+
+    // DNS over TCP (what clients use after a truncated UDP answer) knows the same names.
+    let answers = tcp_lookup(front.gateway, "web");
+    assert_eq!(answers, 2, "both replicas over TCP");
 
     // Another network: neither the address nor the names are reachable.
     other.set_resolv_conf(&format!("nameserver {}\n", back.gateway));

@@ -197,7 +197,7 @@ pub struct DnsServer {
     shared: Arc<Shared>,
     handle: tokio::runtime::Handle,
     port: u16,
-    listeners: Mutex<BTreeMap<Ipv4Addr, JoinHandle<()>>>,
+    listeners: Mutex<BTreeMap<Ipv4Addr, [JoinHandle<()>; 2]>>,
 }
 
 impl DnsServer {
@@ -226,10 +226,10 @@ impl DnsServer {
             .map(|n| (n.gateway, n.name.clone()))
             .collect();
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        listeners.retain(|gw, task| {
+        listeners.retain(|gw, tasks| {
             let keep = wanted.contains_key(gw);
             if !keep {
-                task.abort();
+                tasks.iter().for_each(JoinHandle::abort);
             }
             keep
         });
@@ -238,7 +238,9 @@ impl DnsServer {
             if listeners.contains_key(&gw) {
                 continue;
             }
-            let sock = match std::net::UdpSocket::bind((gw, self.port)) {
+            let bound = std::net::UdpSocket::bind((gw, self.port))
+                .and_then(|u| Ok((u, std::net::TcpListener::bind((gw, self.port))?)));
+            let (sock, tcp) = match bound {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(%gw, port = self.port, "DNS listener: {e}");
@@ -250,22 +252,29 @@ impl DnsServer {
                 }
             };
             let _ = sock.set_nonblocking(true);
+            let _ = tcp.set_nonblocking(true);
             let _guard = self.handle.enter();
-            let sock = UdpSocket::from_std(sock).map_err(|e| Error::Io {
+            let reg = |e| Error::Io {
                 what: "registering the DNS socket".into(),
                 source: e,
-            })?;
-            let shared = self.shared.clone();
-            listeners.insert(gw, self.handle.spawn(serve(Arc::new(sock), net, shared)));
+            };
+            let sock = UdpSocket::from_std(sock).map_err(reg)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(reg)?;
+            let udp_task =
+                self.handle
+                    .spawn(serve(Arc::new(sock), net.clone(), self.shared.clone()));
+            let tcp_task = self.handle.spawn(serve_tcp(tcp, net, self.shared.clone()));
+            listeners.insert(gw, [udp_task, tcp_task]);
         }
         first_err.map_or(Ok(()), Err)
     }
 
     /// Stops every listener.
     pub fn shutdown(&self) {
-        for (_, t) in std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()))
+        for (_, tasks) in
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|e| e.into_inner()))
         {
-            t.abort();
+            tasks.iter().for_each(JoinHandle::abort);
         }
     }
 }
@@ -274,6 +283,42 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The answer from our own records, if the name is ours. `limit` caps the message size (plain
+/// UDP DNS is 512 bytes); answers that do not fit are cut and flagged truncated, so the client
+/// retries over TCP.
+fn local_answer(
+    shared: &Shared,
+    network: &str,
+    src: SocketAddr,
+    q: &Query,
+    packet: &[u8],
+    limit: usize,
+) -> Option<Vec<u8>> {
+    let SocketAddr::V4(src) = src else {
+        return None;
+    };
+    let mut ips = shared
+        .table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .resolve(network, *src.ip(), &q.name)?;
+    // Rotate so that replicas of a service share the load across lookups. Only A queries
+    // advance the counter: resolvers send A and AAAA in pairs, and counting both would make
+    // every A answer start with the same replica.
+    if q.qtype == TYPE_A {
+        let k = shared.rotation.fetch_add(1, Ordering::Relaxed) % ips.len();
+        ips.rotate_left(k);
+    }
+    let fit = limit.saturating_sub(q.question_end) / 16;
+    let truncated = ips.len() > fit;
+    ips.truncate(fit);
+    let mut a = build_answer(q, packet, &ips, 0);
+    if truncated {
+        a[2] |= 0x02;
+    }
+    Some(a)
 }
 
 async fn serve(sock: Arc<UdpSocket>, network: String, shared: Arc<Shared>) {
@@ -290,24 +335,9 @@ async fn serve(sock: Arc<UdpSocket>, network: String, shared: Arc<Shared>) {
         let Some(q) = parse_query(&packet) else {
             continue;
         };
-        let SocketAddr::V4(src) = peer else { continue };
-        let local = shared
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve(&network, *src.ip(), &q.name);
-        match local {
-            Some(mut ips) => {
-                // Rotate so that replicas of a service share the load across lookups. Only A
-                // queries advance the counter: resolvers send A and AAAA in pairs, and counting
-                // both would make every A answer start with the same replica.
-                if q.qtype == TYPE_A {
-                    let k = shared.rotation.fetch_add(1, Ordering::Relaxed) % ips.len();
-                    ips.rotate_left(k);
-                }
-                let _ = sock
-                    .send_to(&build_answer(&q, &packet, &ips, 0), peer)
-                    .await;
+        match local_answer(&shared, &network, peer, &q, &packet, 512) {
+            Some(a) => {
+                let _ = sock.send_to(&a, peer).await;
             }
             None => {
                 let (sock, shared) = (sock.clone(), shared.clone());
@@ -319,6 +349,66 @@ async fn serve(sock: Arc<UdpSocket>, network: String, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// DNS over TCP (RFC 7766): what clients fall back to after a truncated UDP answer.
+async fn serve_tcp(listener: tokio::net::TcpListener, network: String, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut conn, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (network, shared) = (network.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Ok(Ok(packet)) =
+                tokio::time::timeout(FORWARD_TIMEOUT, read_framed(&mut conn)).await
+            {
+                let Some(q) = parse_query(&packet) else {
+                    return;
+                };
+                let reply = match local_answer(&shared, &network, peer, &q, &packet, 65535) {
+                    Some(a) => a,
+                    None => forward_tcp(&shared.upstreams, &packet)
+                        .await
+                        .unwrap_or_else(|| build_answer(&q, &packet, &[], 2)),
+                };
+                if write_framed(&mut conn, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn read_framed(conn: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let len = conn.read_u16().await?;
+    let mut buf = vec![0u8; usize::from(len)];
+    conn.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_framed(conn: &mut tokio::net::TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let len =
+        u16::try_from(msg.len()).map_err(|_| std::io::Error::other("DNS message too long"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    conn.write_all(&out).await
+}
+
+async fn forward_tcp(upstreams: &[SocketAddr], packet: &[u8]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let attempt = async {
+            let mut c = tokio::net::TcpStream::connect(up).await?;
+            write_framed(&mut c, packet).await?;
+            read_framed(&mut c).await
+        };
+        if let Ok(Ok(reply)) = tokio::time::timeout(FORWARD_TIMEOUT, attempt).await {
+            return Some(reply);
+        }
+    }
+    None
 }
 
 async fn forward(upstreams: &[SocketAddr], packet: &[u8]) -> Option<Vec<u8>> {
@@ -434,6 +524,50 @@ mod tests {
             vec!["10.0.1.2".parse::<Ipv4Addr>().unwrap()]
         );
         assert!(t.resolve("front", web1, "example.org").is_none());
+    }
+
+    #[test]
+    fn big_answers_are_truncated_over_udp_only() {
+        let state = State {
+            endpoints: (0..40)
+                .map(|i| {
+                    ep(
+                        &format!("{i:016}"),
+                        &format!("big-{i}"),
+                        "big",
+                        "n",
+                        &format!("10.0.0.{}", i + 2),
+                    )
+                })
+                .collect(),
+            ..State::default()
+        };
+        let shared = Shared {
+            table: RwLock::new(DnsTable::from_state(&state)),
+            upstreams: vec![],
+            rotation: AtomicUsize::new(0),
+        };
+        let p = query("big", TYPE_A);
+        let q = parse_query(&p).unwrap();
+        let host: SocketAddr = "10.0.0.1:5353".parse().unwrap();
+        let udp = local_answer(&shared, "n", host, &q, &p, 512).unwrap();
+        assert!(udp.len() <= 512);
+        assert_eq!(udp[2] & 0x02, 0x02, "TC set");
+        assert!(u16::from_be_bytes([udp[6], udp[7]]) < 40);
+        let tcp = local_answer(&shared, "n", host, &q, &p, 65535).unwrap();
+        assert_eq!(tcp[2] & 0x02, 0, "no TC over TCP");
+        assert_eq!(u16::from_be_bytes([tcp[6], tcp[7]]), 40);
+        assert!(
+            local_answer(
+                &shared,
+                "n",
+                host,
+                &parse_query(&query("nope", 1)).unwrap(),
+                &query("nope", 1),
+                512
+            )
+            .is_none()
+        );
     }
 
     #[test]
