@@ -95,10 +95,11 @@ async fn push_then_pull_by_tag_and_by_digest() {
         .push(&reference, None, Some(pf))
         .await
         .unwrap();
-    let ev = events.lock().unwrap();
-    assert!(ev.iter().any(|e| matches!(e, Progress::Exists { .. })));
-    assert!(!ev.iter().any(|e| matches!(e, Progress::Bytes { .. })));
-    drop(ev);
+    {
+        let ev = events.lock().unwrap();
+        assert!(ev.iter().any(|e| matches!(e, Progress::Exists { .. })));
+        assert!(!ev.iter().any(|e| matches!(e, Progress::Bytes { .. })));
+    }
 
     let dst = env.store("dst");
     let pulled = env.client(&dst).pull(&reference, None).await.unwrap();
@@ -358,4 +359,64 @@ async fn basic_auth_uses_docker_config_credentials() {
     assert!(matches!(err, ImageError::AuthRefused { .. }), "{err}");
     let img = with(&dst, &cfg).pull(&reference, None).await.unwrap();
     assert!(img.layer_dirs()[0].join("bin/busybox").is_file());
+}
+
+/// skopeo converts to Docker schema 2: a manifest list over Docker v2 manifests with
+/// `rootfs.diff.tar.gzip` layers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_v2_manifest_list_is_pulled() {
+    let reg = Registry::start();
+    let env = Env::new();
+    let bb = common::busybox::rootfs_tempdir();
+    let mut layout = Layout::new(&env.dir.path().join("layout"));
+    let here = Platform::current();
+    let mine = layout.add_image(
+        &[(tar_dir(bb.path()), Comp::Gzip)],
+        json!({"Cmd": ["sh"]}),
+        (here.architecture.as_str(), here.variant.as_deref()),
+    );
+    let other = layout.add_image(
+        &[(tar_entries(&[Entry::File("other", b"o")]), Comp::Gzip)],
+        json!({}),
+        ("s390x", None),
+    );
+    let (_, idx) = layout.add_index(&[&other, &mine]);
+    layout.tag(&idx, "v2");
+    skopeo_copy(
+        &format!("oci:{}:v2", layout.dir.display()),
+        &reg.docker_url("test/v2:1"),
+        &["--multi-arch", "all", "--format", "v2s2"],
+    );
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(reg.docker_url("test/v2:1"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success());
+    let body = raw.stdout;
+    let top: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        top["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+
+    let store = env.store("s");
+    let img = env
+        .client(&store)
+        .pull(&format!("{}/test/v2:1", reg.addr), None)
+        .await
+        .unwrap();
+    let rec = store.record(&img.id).unwrap();
+    assert_eq!(
+        rec.manifest_media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        rec.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    assert_eq!(img.config.cmd(), ["sh"]);
+    assert!(img.layer_dirs()[0].join("bin/busybox").is_file());
+    // The list digest is recorded, so the image resolves by it.
+    assert_eq!(img.repo_digests.len(), 2, "{:?}", img.repo_digests);
 }

@@ -330,3 +330,39 @@ fn load_oci_layout_directory_and_docker_save_tar() {
     let err = s.load(bb.path()).unwrap_err();
     assert!(err.to_string().contains("neither an OCI layout"), "{err}");
 }
+
+#[test]
+fn ownership_modes_and_xattrs_are_kept() {
+    let (_d, s) = store();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.user.dcpp", b"kept".as_slice())])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(2);
+    h.set_mode(0o4750);
+    h.set_uid(1234);
+    h.set_gid(4321);
+    h.set_mtime(1_000_000_000);
+    b.append_data(&mut h, "suid", b"hi".as_slice()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o700);
+    h.set_uid(7);
+    h.set_gid(8);
+    h.set_mtime(1_100_000_000);
+    b.append_data(&mut h, "private/", std::io::empty()).unwrap();
+    let layer = import_tar(&s, &b.into_inner().unwrap()).unwrap();
+
+    let m = fs::metadata(layer.join("suid")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o4750));
+    assert_eq!(m.mtime(), 1_000_000_000);
+    assert_eq!(
+        get_xattr(&layer.join("suid"), "user.dcpp").unwrap(),
+        Some(b"kept".to_vec())
+    );
+    let m = fs::metadata(layer.join("private")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o700));
+    assert_eq!(m.mtime(), 1_100_000_000);
+}
