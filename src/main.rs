@@ -62,6 +62,20 @@ pub enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(cmd::volume::VolumeCommand),
+    /// Store a stack from compose files and follow it until it runs.
+    Apply(cmd::apply::ApplyArgs),
+    /// Print how compose files differ from the stored stack (exit 0 same, 2 different).
+    Diff(cmd::apply::DiffArgs),
+    /// Remove a stack and wait for its containers to go.
+    Down(cmd::apply::DownArgs),
+    /// List the tasks of all stacks.
+    Ps(cmd::apply::PsArgs),
+    /// Applied stacks.
+    #[command(subcommand)]
+    Stack(cmd::apply::StackCommand),
+    /// Services of applied stacks.
+    #[command(subcommand)]
+    Service(cmd::apply::ServiceCommand),
 }
 
 fn main() -> std::process::ExitCode {

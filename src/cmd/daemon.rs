@@ -25,6 +25,31 @@ pub struct DaemonArgs {
     /// Unix socket for local clients.
     #[arg(long, env = "DCPP_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Settings of the node agent the daemon runs (each daemon on one machine needs its own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// cgroup under which task containers are placed.
+    #[arg(long, env = "DCPP_CGROUP_PARENT", default_value = "dcpp")]
+    pub cgroup_parent: String,
+    /// Prefix of the bridges and veths this daemon creates (1–6 of [a-z0-9]).
+    #[arg(long, default_value = "dcpp")]
+    pub bridge_prefix: String,
+    /// nftables table (family ip) for published ports.
+    #[arg(long, default_value = "dcpp")]
+    pub nft_table: String,
+    /// Address pool stack networks are carved from.
+    #[arg(long)]
+    pub network_pool: Option<String>,
+    /// UDP port of the containers' DNS resolver on each gateway.
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// Run only the store (no agent, no reconciler).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
@@ -44,6 +69,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         args.listen,
         advertise,
         args.socket,
+        (!args.agent.no_agent).then(|| (global.data_dir.clone(), args.agent.clone())),
     ))?;
     Ok(0)
 }
@@ -53,6 +79,7 @@ async fn serve(
     listen: SocketAddr,
     advertise: String,
     socket: PathBuf,
+    agent: Option<(PathBuf, AgentArgs)>,
 ) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
@@ -72,6 +99,12 @@ async fn serve(
     }));
     // Zero config: a node that never belonged to a cluster becomes a one-node cluster.
     node.bootstrap().await.context("bootstrap")?;
+    let agent = match agent {
+        Some((data_dir, a)) => Some(crate::cmd::agent::start_agent(
+            &node, &data_dir, &a, &stop_rx,
+        )?),
+        None => None,
+    };
     eprintln!(
         "dcpp daemon: node {} ready; peers at {advertise}, local API at unix://{}",
         node.id(),
@@ -80,6 +113,9 @@ async fn serve(
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(a) = agent {
+        a.stop().await;
+    }
     node.shutdown().await.ok();
     // Long-lived watch streams would hold graceful shutdown open; don't wait for them forever.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

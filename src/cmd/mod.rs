@@ -1,5 +1,7 @@
 //! One module per command group; each turns parsed arguments into calls on the library crates.
 
+pub mod agent;
+pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod container;
@@ -24,5 +26,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Container(args) => container::run(&cli.global, *args),
         Command::Logs(args) => container::run_logs(&cli.global, args),
         Command::Volume(args) => volume::run(&cli.global, args),
+        Command::Apply(args) => apply::run_apply(&cli.global, args),
+        Command::Diff(args) => apply::run_diff(&cli.global, args),
+        Command::Down(args) => apply::run_down(&cli.global, args),
+        Command::Ps(args) => apply::run_ps(&cli.global, args),
+        Command::Stack(args) => apply::run_stack(&cli.global, args),
+        Command::Service(args) => apply::run_service(&cli.global, args),
     }
 }

@@ -1,0 +1,743 @@
+//! The node agent: makes the local runtime match the tasks assigned to this node and reports
+//! what it observes. Level-triggered like the leader loop: each round compares the task records
+//! with the containers labelled [`LABEL_TASK`] and acts on the difference, so a daemon restart,
+//! a missed event or a container killed by hand are all handled by the same code. Running
+//! containers are never restarted to "re-adopt" them: their monitors survive the daemon.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use dcpp_raft::{Kind, Node, NodeInfo, Op, Precondition, Txn};
+use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
+use dcpp_runtime::container::{
+    ContainerInfo, ContainerManager, CreateOptions, ExecRequest, ImageInput, MountRequest,
+    MountSource, NetworkMode, Status,
+};
+use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::network::{
+    ContainerNetworks, ContainerPlan, NetworkConfig, NetworkManager, PlannedNetwork, PortMapping,
+    Protocol,
+};
+
+use crate::Error;
+use crate::docs::{
+    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name,
+    now_ms,
+};
+
+/// How often the node record's heartbeat is refreshed.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Round period when nothing wakes the agent (catches containers that died).
+pub const POLL: Duration = Duration::from_millis(250);
+/// Container operations run at the same time.
+pub const PARALLEL: usize = 8;
+/// Label on networks the agent created for a stack.
+pub const NETWORK_STACK_LABEL: &str = "org.dcpp.stack";
+
+/// The local networking the agent drives.
+pub struct Networking {
+    pub manager: Arc<NetworkManager>,
+    pub hook: Arc<ContainerNetworks>,
+}
+
+/// Healthcheck bookkeeping of one running task.
+struct HealthState {
+    next: Instant,
+    failures: u64,
+    reported: Health,
+}
+
+pub struct Agent {
+    node: Node,
+    ctr: Arc<ContainerManager>,
+    images_dir: PathBuf,
+    net: Option<Networking>,
+    health: Mutex<HashMap<TaskId, HealthState>>,
+    used_net: std::sync::atomic::AtomicBool,
+}
+
+/// A pending write to one task record.
+struct Report {
+    task: Task,
+    rev: u64,
+}
+
+impl Agent {
+    pub fn new(
+        node: Node,
+        ctr: Arc<ContainerManager>,
+        images_dir: PathBuf,
+        net: Option<Networking>,
+    ) -> Self {
+        Agent {
+            node,
+            ctr,
+            images_dir,
+            used_net: std::sync::atomic::AtomicBool::new(
+                net.as_ref()
+                    .is_some_and(|n| n.manager.list().is_ok_and(|l| !l.is_empty())),
+            ),
+            net,
+            health: Mutex::default(),
+        }
+    }
+
+    fn me(&self) -> dcpp_reconciler::NodeId {
+        crate::leader::node_id(self.node.id())
+    }
+
+    /// Refreshes this node's heartbeat (the leader treats a silent node as down).
+    pub async fn heartbeat(&self) -> Result<(), Error> {
+        let o = self
+            .node
+            .get(Kind::Node, &self.node.id().to_string(), false)
+            .await?;
+        let mut info: NodeInfo = o.decode()?;
+        info.last_heartbeat_ms = now_ms();
+        let txn = Txn::new()
+            .when(Precondition::ModRevision {
+                kind: Kind::Node,
+                id: o.id.clone(),
+                revision: o.mod_revision,
+            })
+            .op(Op::put(Kind::Node, o.id, &info)?);
+        match self.node.txn(txn).await {
+            Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ContainerManager) -> T + Send + 'static,
+    ) -> T {
+        let ctr = self.ctr.clone();
+        match tokio::task::spawn_blocking(move || f(&ctr)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// One round: compare, act, report. Returns whether anything was done.
+    pub async fn reconcile_once(&self) -> Result<bool, Error> {
+        let me = self.me();
+        let mut tasks: BTreeMap<TaskId, (Task, u64)> = BTreeMap::new();
+        for o in self.node.list(Kind::Task, false).await?.objects {
+            let t: Task = o.decode()?;
+            tasks.insert(t.id, (t, o.mod_revision));
+        }
+        let mut services: HashMap<String, ServiceDoc> = HashMap::new();
+        for o in self.node.list(Kind::Service, false).await?.objects {
+            services.insert(o.id.clone(), o.decode()?);
+        }
+        let containers: Vec<ContainerInfo> = self.blocking(|c| c.list()).await;
+        let mut by_task: HashMap<u64, ContainerInfo> = HashMap::new();
+        let mut strays = Vec::new();
+        for c in containers {
+            let Some(tid) = c
+                .state
+                .labels
+                .get(LABEL_TASK)
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match tasks.get(&TaskId(tid)) {
+                Some((t, _)) if t.node.as_ref() == Some(&me) => {
+                    by_task.insert(tid, c);
+                }
+                _ => strays.push(c),
+            }
+        }
+        let mut did = !strays.is_empty();
+        // Containers of forgotten tasks (history trimmed, stack removed): delete them.
+        futures::stream::iter(strays)
+            .for_each_concurrent(PARALLEL, |c| async move { self.remove_container(&c).await })
+            .await;
+        // Tasks are independent: start and stop them concurrently (a stop can wait out a grace
+        // period), reporting in batches so progress shows while a large round runs.
+        let mine: Vec<(Task, u64, Option<ContainerInfo>, Option<ServiceDoc>)> = tasks
+            .into_values()
+            .filter(|(t, _)| t.node.as_ref() == Some(&me))
+            .map(|(t, rev)| {
+                let c = by_task.remove(&t.id.0);
+                let svc = services.get(&t.service.0).cloned();
+                (t, rev, c, svc)
+            })
+            .collect();
+        let mut results = futures::stream::iter(mine)
+            .map(|(t, rev, c, svc)| async move {
+                self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
+            })
+            .buffer_unordered(PARALLEL);
+        let mut reports = Vec::new();
+        let mut last_flush = Instant::now();
+        while let Some(r) = results.next().await {
+            if let Some(r) = r {
+                reports.push(r);
+            }
+            if !reports.is_empty() && last_flush.elapsed() >= Duration::from_millis(100) {
+                did = true;
+                self.flush(std::mem::take(&mut reports)).await?;
+                last_flush = Instant::now();
+            }
+        }
+        if !reports.is_empty() {
+            did = true;
+            self.flush(reports).await?;
+        }
+        self.prune_networks(&services).await;
+        Ok(did)
+    }
+
+    async fn flush(&self, reports: Vec<Report>) -> Result<(), Error> {
+        let mut txn = Txn::new();
+        for r in reports {
+            let key = crate::docs::task_key(r.task.id);
+            txn = txn
+                .when(Precondition::ModRevision {
+                    kind: Kind::Task,
+                    id: key.clone(),
+                    revision: r.rev,
+                })
+                .op(Op::put(Kind::Task, key, &r.task)?);
+        }
+        match self.node.txn(txn).await {
+            // The leader changed a task meanwhile; the next round re-reads and reports again.
+            Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn report(t: &Task, rev: u64, r: TaskReport) -> Option<Report> {
+        let mut task = t.clone();
+        let now = now_ms();
+        if let Some(s) = r.state
+            && !(s == task.state || task.state.can_move_to(s))
+        {
+            return None;
+        }
+        let mut obs = dcpp_reconciler::Observed::default();
+        obs.tasks.insert(task.id, task.clone());
+        dcpp_reconciler::report(&mut obs, task.id, &r, now).ok()?;
+        task = obs.tasks.remove(&t.id)?;
+        (task != *t).then_some(Report { task, rev })
+    }
+
+    async fn reconcile_task(
+        &self,
+        t: &Task,
+        rev: u64,
+        c: Option<&ContainerInfo>,
+        svc: Option<&ServiceDoc>,
+    ) -> Option<Report> {
+        let live = t.is_live();
+        match t.desired {
+            DesiredState::Running if live => {
+                if t.state < TaskState::Assigned {
+                    return None;
+                }
+                match c {
+                    None if t.state >= TaskState::Running => Self::report(
+                        t,
+                        rev,
+                        TaskReport {
+                            state: Some(TaskState::Failed),
+                            error: Some("container disappeared".into()),
+                            ..Default::default()
+                        },
+                    ),
+                    None => {
+                        let r = match svc {
+                            None => Err(Error::Invalid(format!("service {} is gone", t.service))),
+                            Some(s) => self.create_and_start(t, s).await,
+                        };
+                        match r {
+                            Ok(id) => Self::report(
+                                t,
+                                rev,
+                                TaskReport {
+                                    state: Some(TaskState::Running),
+                                    container_id: Some(id),
+                                    ..Default::default()
+                                },
+                            ),
+                            Err(e) => {
+                                tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
+                                let state = match e {
+                                    Error::ImageNotFound(_) => TaskState::Rejected,
+                                    _ => TaskState::Failed,
+                                };
+                                Self::report(
+                                    t,
+                                    rev,
+                                    TaskReport {
+                                        state: Some(state),
+                                        error: Some(e.to_string()),
+                                        ..Default::default()
+                                    },
+                                )
+                            }
+                        }
+                    }
+                    Some(c) => match c.status {
+                        Status::Running => {
+                            let mut r = TaskReport {
+                                state: Some(TaskState::Running),
+                                container_id: Some(c.state.id.clone()),
+                                ..Default::default()
+                            };
+                            if let Some(s) = svc {
+                                r.health = self.check_health(t, c, s).await;
+                            }
+                            Self::report(t, rev, r)
+                        }
+                        Status::Created => {
+                            let id = c.state.id.clone();
+                            let res = self.blocking(move |m| m.start(&id)).await;
+                            let r = match res {
+                                Ok(_) => TaskReport {
+                                    state: Some(TaskState::Running),
+                                    container_id: Some(c.state.id.clone()),
+                                    ..Default::default()
+                                },
+                                Err(e) => TaskReport {
+                                    state: Some(TaskState::Failed),
+                                    error: Some(e.to_string()),
+                                    ..Default::default()
+                                },
+                            };
+                            Self::report(t, rev, r)
+                        }
+                        Status::Exited | Status::Dead => {
+                            Self::report(t, rev, self.exit_report(c).await)
+                        }
+                    },
+                }
+            }
+            _ if live => {
+                // Shutdown or Remove of a live task: stop its container, then record the end.
+                let mut r = TaskReport {
+                    state: Some(TaskState::Shutdown),
+                    ..Default::default()
+                };
+                if let Some(c) = c {
+                    if matches!(c.status, Status::Running | Status::Created) {
+                        let id = c.state.id.clone();
+                        if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
+                            tracing::warn!(task = %t.id, "stop: {e}");
+                        }
+                    }
+                    if let Ok(i) = self
+                        .blocking({
+                            let id = c.state.id.clone();
+                            move |m| m.inspect(&id)
+                        })
+                        .await
+                    {
+                        r.exit_code = i.exit.map(|e| e.exit_code);
+                    }
+                    if t.desired == DesiredState::Remove {
+                        self.remove_container(c).await;
+                    }
+                }
+                self.health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&t.id);
+                Self::report(t, rev, r)
+            }
+            _ => {
+                // Terminal: a removed task loses its container; history keeps a stopped one.
+                if let Some(c) = c {
+                    if t.desired == DesiredState::Remove {
+                        self.remove_container(c).await;
+                    } else if matches!(c.status, Status::Running | Status::Created) {
+                        let id = c.state.id.clone();
+                        let _ = self.blocking(move |m| m.stop(&id, None)).await;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn exit_report(&self, c: &ContainerInfo) -> TaskReport {
+        let id = c.state.id.clone();
+        let tail: Vec<String> = self
+            .blocking(move |m| m.logs(&id))
+            .await
+            .map(|l| {
+                let skip = l.len().saturating_sub(5);
+                l.into_iter().skip(skip).map(|e| e.log).collect()
+            })
+            .unwrap_or_default();
+        let (code, oom, err) = match &c.exit {
+            Some(e) => (Some(e.exit_code), e.oom_killed, e.error.clone()),
+            None => (None, false, Some("container monitor died".into())),
+        };
+        let mut msg = match (code, oom) {
+            (_, true) => "OOM killed".to_string(),
+            (Some(0), _) => String::new(),
+            (Some(n), _) => format!("exited with code {n}"),
+            (None, _) => "container died".to_string(),
+        };
+        if let Some(e) = err {
+            msg = if msg.is_empty() {
+                e
+            } else {
+                format!("{msg}: {e}")
+            };
+        }
+        if !msg.is_empty() && !tail.is_empty() {
+            msg.push_str("; last log lines:\n");
+            msg.push_str(tail.concat().trim_end());
+        }
+        TaskReport {
+            state: Some(if code == Some(0) && !oom {
+                TaskState::Complete
+            } else {
+                TaskState::Failed
+            }),
+            exit_code: code,
+            error: (!msg.is_empty()).then_some(msg),
+            container_id: Some(c.state.id.clone()),
+            ..Default::default()
+        }
+    }
+
+    async fn remove_container(&self, c: &ContainerInfo) {
+        let id = c.state.id.clone();
+        let image = c.state.labels.get(LABEL_IMAGE_ID).cloned();
+        if let Err(e) = self.blocking(move |m| m.remove(&id, true)).await {
+            tracing::warn!(container = %c.state.name, "remove: {e}");
+            return;
+        }
+        if let Some(img) = image
+            && let Ok(store) = ImageStore::open(&self.images_dir)
+            && let Ok(d) = dcpp_runtime::image::Digest::parse(&img)
+        {
+            let _ = store.remove_holder(&d, &c.state.id);
+        }
+    }
+
+    async fn create_and_start(&self, t: &Task, doc: &ServiceDoc) -> Result<String, Error> {
+        let svc = &doc.service;
+        let stack = &doc.spec.stack;
+        let store =
+            ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
+        let img = store
+            .resolve(&t.image)
+            .map_err(|e| Error::ImageNotFound(format!("{}: {e}", t.image)))?;
+        let name = container_name(t);
+        let mut o = CreateOptions::new(ImageInput::from_local(&img));
+        o.name = Some(name.clone());
+        o.command = svc.command.clone();
+        o.entrypoint = svc.entrypoint.clone();
+        o.env = svc
+            .environment
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        o.working_dir = svc.working_dir.clone();
+        o.user = svc.user.clone();
+        o.hostname = svc.hostname.clone();
+        o.init = svc.init.unwrap_or(false);
+        o.stop_signal = svc.stop_signal.clone();
+        o.stop_grace_period = svc
+            .stop_grace_period
+            .map(|d| Duration::from_nanos(d.0))
+            .or(Some(Duration::from_secs(10)));
+        o.memory = svc.mem_limit;
+        o.cpus = svc.cpus;
+        o.pids_limit = svc.pids_limit;
+        o.privileged = svc.privileged;
+        o.read_only = svc.read_only;
+        o.cap_add = svc.cap_add.clone();
+        o.cap_drop = svc.cap_drop.clone();
+        o.shm_size = svc.shm_size;
+        let mut labels = svc.labels.clone();
+        labels.insert(LABEL_STACK.into(), stack.clone());
+        labels.insert(LABEL_SERVICE.into(), doc.spec.name.clone());
+        labels.insert(LABEL_SLOT.into(), t.slot.to_string());
+        labels.insert(LABEL_TASK.into(), t.id.0.to_string());
+        labels.insert(LABEL_IMAGE_ID.into(), img.id.to_string());
+        o.labels = labels;
+        o.network = match svc.network_mode.as_deref() {
+            Some("host") => NetworkMode::Host,
+            Some("none") => NetworkMode::None,
+            _ => NetworkMode::Private,
+        };
+        if o.network == NetworkMode::Private
+            && let Some(net) = &self.net
+        {
+            let nets = self.plan_networks(net, t, doc, &name).await?;
+            let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+            let resolv = net
+                .manager
+                .write_resolv_conf(&name, &refs)
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+            o.mounts.push(MountRequest {
+                source: MountSource::Bind(resolv),
+                target: "/etc/resolv.conf".into(),
+                read_only: true,
+            });
+        }
+        let image_id = img.id.clone();
+        let info = self
+            .blocking(move |m| -> Result<ContainerInfo, String> {
+                let c = m.create(&o).map_err(|e| e.to_string())?;
+                if let Err(e) = m.start(&c.state.id) {
+                    let _ = m.remove(&c.state.id, true);
+                    return Err(e.to_string());
+                }
+                Ok(c)
+            })
+            .await
+            .map_err(Error::Runtime)?;
+        let _ = store.add_holder(&image_id, &info.state.id);
+        tracing::info!(task = %t.id, container = %name, "started");
+        Ok(info.state.id)
+    }
+
+    /// Creates the stack's networks on first use and records the container's plan with the hook.
+    async fn plan_networks(
+        &self,
+        net: &Networking,
+        t: &Task,
+        doc: &ServiceDoc,
+        name: &str,
+    ) -> Result<Vec<String>, Error> {
+        let svc = &doc.service;
+        let stack = &doc.spec.stack;
+        let keys: Vec<String> = if svc.networks.is_empty() {
+            vec!["default".into()]
+        } else {
+            svc.networks.keys().cloned().collect()
+        };
+        let existing: Vec<String> = net
+            .manager
+            .list()
+            .map_err(|e| Error::Runtime(e.to_string()))?
+            .into_iter()
+            .map(|n| n.network.name)
+            .collect();
+        self.used_net
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut planned = Vec::new();
+        let mut names = Vec::new();
+        for k in &keys {
+            let full = format!("{stack}_{k}");
+            if !existing.contains(&full) {
+                let mut cfg = NetworkConfig::default();
+                cfg.labels
+                    .insert(NETWORK_STACK_LABEL.into(), stack.to_string());
+                match net.manager.create_network(&full, cfg) {
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("exists") => {}
+                    Err(e) => return Err(Error::Runtime(e.to_string())),
+                }
+            }
+            let aliases = svc
+                .networks
+                .get(k)
+                .and_then(|n| n.as_ref())
+                .map(|n| n.aliases.clone())
+                .unwrap_or_default();
+            planned.push(PlannedNetwork {
+                network: full.clone(),
+                aliases,
+                ..Default::default()
+            });
+            names.push(full);
+        }
+        let mut ports = Vec::new();
+        for p in &svc.ports {
+            let host_ip = match p.host_ip.as_deref() {
+                None | Some("") | Some("0.0.0.0") => None,
+                Some(ip) => Some(
+                    ip.parse()
+                        .map_err(|_| Error::Invalid(format!("invalid host_ip {ip}")))?,
+                ),
+            };
+            let proto = if p.protocol == "udp" {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            ports.extend(
+                PortMapping::expand(host_ip, p.published.as_deref(), (p.target, p.target), proto)
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            );
+        }
+        let _ = t;
+        net.hook.plan(
+            name,
+            ContainerPlan {
+                service: Some(doc.spec.name.clone()),
+                networks: planned,
+                ports,
+            },
+        );
+        Ok(names)
+    }
+
+    /// Removes networks of stacks that no longer have services here.
+    async fn prune_networks(&self, services: &HashMap<String, ServiceDoc>) {
+        let Some(net) = &self.net else { return };
+        let Ok(list) = net.manager.list() else { return };
+        for n in list {
+            let Some(stack) = n.network.labels.get(NETWORK_STACK_LABEL) else {
+                continue;
+            };
+            if n.endpoints.is_empty()
+                && !services.values().any(|s| &s.spec.stack == stack)
+                && let Err(e) = net.manager.remove_network(&n.network.name)
+            {
+                tracing::warn!(network = %n.network.name, "remove: {e}");
+            }
+        }
+    }
+
+    /// Runs the service's healthcheck inside the container when due; returns a changed health.
+    async fn check_health(&self, t: &Task, c: &ContainerInfo, doc: &ServiceDoc) -> Option<Health> {
+        let hc = doc.service.healthcheck.as_ref()?;
+        if hc.disable {
+            return None;
+        }
+        let args: Vec<String> = match hc.test.first().map(String::as_str) {
+            Some("CMD") => hc.test[1..].to_vec(),
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")],
+            _ => return None,
+        };
+        let ms = |d: Option<dcpp_spec::Duration>, def: u64| {
+            Duration::from_nanos(d.map(|d| d.0).unwrap_or(def * 1_000_000))
+        };
+        let interval = ms(hc.interval, 30_000);
+        let timeout = ms(hc.timeout, 30_000);
+        let retries = hc.retries.unwrap_or(3);
+        let start_period = ms(hc.start_period, 0);
+        let now = Instant::now();
+        {
+            let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            let st = h.entry(t.id).or_insert(HealthState {
+                next: now,
+                failures: 0,
+                reported: t.health,
+            });
+            if now < st.next {
+                return None;
+            }
+            st.next = now + interval;
+        }
+        let id = c.state.id.clone();
+        let ok = self
+            .blocking(move |m| {
+                let req = ExecRequest {
+                    args,
+                    env: vec![],
+                    cwd: None,
+                    user: None,
+                };
+                let mut child = match m.exec(&id, &req, |cmd| {
+                    cmd.stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                }) {
+                    Ok(c) => c,
+                    Err(_) => return false,
+                };
+                let deadline = Instant::now() + timeout;
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(s)) => return s.success(),
+                        Ok(None) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        _ => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return false;
+                        }
+                    }
+                }
+            })
+            .await;
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let st = h.get_mut(&t.id)?;
+        let in_grace = t
+            .started_at
+            .is_some_and(|s| now_ms().saturating_sub(s) < start_period.as_millis() as u64);
+        let health = if ok {
+            st.failures = 0;
+            Health::Healthy
+        } else {
+            st.failures += 1;
+            if st.failures >= retries && !in_grace {
+                Health::Unhealthy
+            } else if st.reported == Health::Unknown {
+                Health::Starting
+            } else {
+                st.reported
+            }
+        };
+        (health != st.reported).then(|| {
+            st.reported = health;
+            health
+        })
+    }
+
+    /// Runs rounds until `stop` turns true: on every store change, every [`POLL`], and a
+    /// heartbeat every [`HEARTBEAT`].
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(crate::leader::watch_changes(
+            self.node.clone(),
+            wake.clone(),
+        ));
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            if last_beat.is_none_or(|b| b.elapsed() >= HEARTBEAT) {
+                match self.heartbeat().await {
+                    Ok(()) => last_beat = Some(Instant::now()),
+                    Err(e) => tracing::debug!("heartbeat: {e}"),
+                }
+            }
+            let busy = match self.reconcile_once().await {
+                Ok(did) => did,
+                Err(e) => {
+                    tracing::warn!("agent round: {e}");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        watcher.abort();
+    }
+
+    /// Whether this agent's networking state was ever non-empty (then the daemon tears it down
+    /// on a clean exit without containers).
+    pub fn used_networking(&self) -> bool {
+        self.used_net.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether any task container exists on this node (the daemon tears networking down on
+    /// exit only when none does).
+    pub fn has_containers(&self) -> bool {
+        self.ctr
+            .list()
+            .iter()
+            .any(|c| c.state.labels.contains_key(LABEL_TASK))
+    }
+}

@@ -1,0 +1,254 @@
+//! The documents the CLI, the leader loop and the agents share through the store.
+//!
+//! Desired state (written by `apply`): one [`StackDoc`] per stack (`Kind::Stack`, id = stack
+//! name) and one [`ServiceDoc`] per service (`Kind::Service`, id = `<stack>_<service>`).
+//! Observed state (written by the leader and the agents): tasks (`Kind::Task`, id = task number)
+//! and, under `Kind::Config`, the reconciler's rollout status of each service
+//! (`status/<service id>`) and the task id counter ([`TASK_COUNTER_ID`]). The store has no
+//! dedicated kind for the reconciler's bookkeeping, so those live under reserved ids.
+
+use std::collections::BTreeMap;
+
+use dcpp_reconciler::{ServiceId, ServiceSpec, Task, TaskId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::Error;
+
+/// `Kind::Config` id of the next task id.
+pub const TASK_COUNTER_ID: &str = "dcpp/next-task-id";
+/// Prefix of the `Kind::Config` ids holding service rollout status.
+pub const STATUS_PREFIX: &str = "dcpp/status/";
+
+/// Container labels the agent sets; `ps` and re-adoption find containers by them.
+pub const LABEL_STACK: &str = "org.dcpp.stack";
+pub const LABEL_SERVICE: &str = "org.dcpp.service";
+pub const LABEL_SLOT: &str = "org.dcpp.slot";
+pub const LABEL_TASK: &str = "org.dcpp.task";
+/// The image the container holds (released when it is removed).
+pub const LABEL_IMAGE_ID: &str = "org.dcpp.image.id";
+
+/// One applied stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackDoc {
+    pub name: String,
+    /// Service names, sorted.
+    pub services: Vec<String>,
+    /// Networks of the stack by their key in the file.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Where it came from (compose file paths, or a watched file).
+    #[serde(default)]
+    pub source: String,
+    /// sha256 of the canonical model (hex, first 16 chars).
+    pub hash: String,
+    /// Milliseconds since the Unix epoch.
+    pub applied_at_ms: u64,
+}
+
+/// One service: what the scheduler needs and what the agent needs to make its containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDoc {
+    pub spec: ServiceSpec,
+    pub service: dcpp_spec::Service,
+}
+
+impl ServiceDoc {
+    pub fn id(&self) -> ServiceId {
+        self.spec.id()
+    }
+}
+
+/// Store id of a task.
+pub fn task_key(id: TaskId) -> String {
+    id.0.to_string()
+}
+
+/// Store id of a service's rollout status.
+pub fn status_key(service: &ServiceId) -> String {
+    format!("{STATUS_PREFIX}{service}")
+}
+
+/// Container name of a task: `<stack>_<service>.<slot>.<task>` (swarm style; the task id keeps
+/// two tasks of one slot apart during a start-first update).
+pub fn container_name(task: &Task) -> String {
+    format!("{}.{}.{}", task.service, task.slot, task.id)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds the documents of a loaded project.
+pub fn stack_docs(
+    project: &dcpp_spec::Project,
+    source: &str,
+) -> Result<(StackDoc, Vec<ServiceDoc>), Error> {
+    let mut services = Vec::new();
+    for name in project.services.keys() {
+        let spec =
+            ServiceSpec::from_compose(project, name).map_err(|e| Error::Invalid(e.to_string()))?;
+        services.push(ServiceDoc {
+            spec,
+            service: project.services[name].clone(),
+        });
+    }
+    let canonical = serde_json::to_vec(project).map_err(|e| Error::Invalid(e.to_string()))?;
+    let hash = hex::encode(sha2::Sha256::digest(&canonical));
+    let stack = StackDoc {
+        name: project.name.clone(),
+        services: project.services.keys().cloned().collect(),
+        networks: project.networks.keys().cloned().collect(),
+        source: source.to_string(),
+        hash: hash[..16].to_string(),
+        applied_at_ms: now_ms(),
+    };
+    Ok((stack, services))
+}
+
+/// How one service differs between the stored and the new documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "change")]
+pub enum ServiceChange {
+    Added {
+        name: String,
+    },
+    Removed {
+        name: String,
+    },
+    /// Changed top-level fields of the compose service (`deploy.replicas` etc. for deploy).
+    Changed {
+        name: String,
+        fields: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for ServiceChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceChange::Added { name } => write!(f, "+ service {name}"),
+            ServiceChange::Removed { name } => write!(f, "- service {name}"),
+            ServiceChange::Changed { name, fields } => {
+                write!(f, "~ service {name}: {}", fields.join(", "))
+            }
+        }
+    }
+}
+
+/// The services added, removed and changed going from `old` to `new` (by service name).
+pub fn diff_services(
+    old: &BTreeMap<String, ServiceDoc>,
+    new: &BTreeMap<String, ServiceDoc>,
+) -> Vec<ServiceChange> {
+    let mut out = Vec::new();
+    for (name, n) in new {
+        match old.get(name) {
+            None => out.push(ServiceChange::Added { name: name.clone() }),
+            Some(o) => {
+                let fields = changed_fields(
+                    &serde_json::to_value(&o.service).unwrap_or_default(),
+                    &serde_json::to_value(&n.service).unwrap_or_default(),
+                    "",
+                );
+                if !fields.is_empty() {
+                    out.push(ServiceChange::Changed {
+                        name: name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for name in old.keys() {
+        if !new.contains_key(name) {
+            out.push(ServiceChange::Removed { name: name.clone() });
+        }
+    }
+    out
+}
+
+/// Dotted paths of the differing fields; descends into `deploy` so that a scale shows as
+/// `deploy.replicas` rather than `deploy`.
+fn changed_fields(a: &serde_json::Value, b: &serde_json::Value, prefix: &str) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (ao, bo) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = ao.keys().chain(bo.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for k in keys {
+        let (x, y) = (ao.get(k), bo.get(k));
+        if x == y {
+            continue;
+        }
+        let path = format!("{prefix}{k}");
+        let nested = prefix.is_empty()
+            && k == "deploy"
+            && x.is_some_and(|v| v.is_object())
+            && y.is_some_and(|v| v.is_object());
+        if nested {
+            out.extend(changed_fields(
+                x.unwrap_or(&serde_json::Value::Null),
+                y.unwrap_or(&serde_json::Value::Null),
+                &format!("{path}."),
+            ));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(image: &str, replicas: u32) -> ServiceDoc {
+        let mut service = dcpp_spec::Service {
+            image: Some(image.into()),
+            ..Default::default()
+        };
+        service.deploy = Some(dcpp_spec::Deploy {
+            replicas: Some(replicas.into()),
+            ..Default::default()
+        });
+        ServiceDoc {
+            spec: ServiceSpec::new("s", "web", image, replicas),
+            service,
+        }
+    }
+
+    #[test]
+    fn diff_names_added_removed_and_changed_fields() {
+        let old = BTreeMap::from([
+            ("web".to_string(), doc("busybox", 1)),
+            ("gone".to_string(), doc("busybox", 1)),
+        ]);
+        let new = BTreeMap::from([
+            ("web".to_string(), doc("busybox:2", 3)),
+            ("new".to_string(), doc("busybox", 1)),
+        ]);
+        let d = diff_services(&old, &new);
+        assert_eq!(
+            d,
+            vec![
+                ServiceChange::Added { name: "new".into() },
+                ServiceChange::Changed {
+                    name: "web".into(),
+                    fields: vec!["deploy.replicas".into(), "image".into()]
+                },
+                ServiceChange::Removed {
+                    name: "gone".into()
+                },
+            ]
+        );
+        assert!(diff_services(&new, &new).is_empty());
+    }
+}

@@ -1,0 +1,97 @@
+//! Wiring of the node agent and the leader's reconcile loop into `dcpp daemon`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use dcpp_node_agent::{Agent, Networking};
+use dcpp_raft::Node;
+use dcpp_runtime::container::{ContainerManager, ManagerOptions, RuntimeKind, ShimCommand};
+use dcpp_runtime::network::{ContainerNetworks, DnsOptions, NetworkManager, NetworkOptions};
+
+use crate::cmd::daemon::AgentArgs;
+
+/// The running agent and leader loop.
+pub struct Running {
+    agent: Arc<Agent>,
+    net: Arc<NetworkManager>,
+    ctr: Arc<ContainerManager>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for both loops to finish (after the daemon's stop signal). Networking is torn down
+    /// only when no task container is left, so that running containers keep their network
+    /// across a daemon restart.
+    pub async fn stop(self) {
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+        if !self.agent.has_containers() {
+            if self.agent.used_networking()
+                && let Err(e) = self.net.destroy()
+            {
+                tracing::warn!("tearing down networking: {e}");
+            }
+            self.ctr.remove_cgroup_parent();
+        }
+    }
+}
+
+pub fn start_agent(
+    node: &Node,
+    data_dir: &Path,
+    a: &AgentArgs,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Running> {
+    let mut opts = NetworkOptions::new(data_dir);
+    opts.bridge_prefix = a.bridge_prefix.clone();
+    opts.nft_table = a.nft_table.clone();
+    if let Some(p) = &a.network_pool {
+        opts.pool = p
+            .parse()
+            .with_context(|| format!("invalid --network-pool {p}"))?;
+    }
+    opts.dns = Some(DnsOptions {
+        port: a.dns_port,
+        upstreams: None,
+    });
+    let net = Arc::new(NetworkManager::open(opts).context("open network manager")?);
+    // After a restart: forget endpoints of containers that died meanwhile, restore bridges,
+    // nft rules and the resolver's names for the containers that kept running.
+    // A daemon that never had a network leaves the host alone (no nft table).
+    if !net.list().context("read network state")?.is_empty() {
+        let report = net.cleanup_stale().context("restore networking")?;
+        tracing::info!(?report, "networking restored");
+    }
+    let hook = Arc::new(ContainerNetworks::new(net.clone()));
+    let ctr = Arc::new(
+        ContainerManager::open(ManagerOptions {
+            data_dir: data_dir.to_path_buf(),
+            cgroup_parent: a.cgroup_parent.clone(),
+            runtime: RuntimeKind::parse("dcpp"),
+            shim: ShimCommand::locate().context("locating the dcpp executable")?,
+            network_hook: Some(hook.clone()),
+        })
+        .context("open container manager")?,
+    );
+    let agent = Arc::new(Agent::new(
+        node.clone(),
+        ctr.clone(),
+        data_dir.join("images"),
+        Some(Networking {
+            manager: net.clone(),
+            hook,
+        }),
+    ));
+    let tasks = vec![
+        tokio::spawn(dcpp_node_agent::leader::run(node.clone(), stop.clone())),
+        tokio::spawn(agent.clone().run(stop.clone())),
+    ];
+    Ok(Running {
+        agent,
+        net,
+        ctr,
+        tasks,
+    })
+}

@@ -1,0 +1,686 @@
+//! `dcpp apply`, `dcpp diff`, `dcpp down`, `dcpp ps`, `dcpp stack ls`, `dcpp service …`: the
+//! user's side of the desired state. Everything here talks to the daemon through its API; the
+//! daemon's leader loop and agents do the work.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dcpp_node_agent::docs::{STATUS_PREFIX, ServiceDoc, StackDoc, diff_services, stack_docs};
+use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
+use dcpp_reconciler::{DesiredState, Mode, ServiceStatus, Task, TaskState, UpdateState};
+
+use crate::Global;
+use crate::cmd::cluster::{block_on, client};
+use crate::cmd::daemon::DEFAULT_SOCKET;
+
+/// Compose files and project name, as in `dcpp config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileArgs {
+    /// Compose file(s), merged in order (default: compose.yaml etc. in the current directory).
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Stack (project) name.
+    #[arg(short = 'p', long = "project-name")]
+    pub project_name: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Print the diff only; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove stored services that are no longer in the files.
+    #[arg(long)]
+    pub prune: bool,
+    /// Return after storing; don't follow convergence.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Give up following after this long (e.g. 90s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Return after storing; don't wait for the containers to go.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Also show finished tasks (history).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only this stack.
+    #[arg(short = 'p', long = "project-name")]
+    pub project_name: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::cmd::cluster::Format,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum StackCommand {
+    /// List applied stacks with their source and last apply time.
+    Ls,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// List services with running/desired replicas.
+    Ls,
+    /// Tasks of one service (`stack_service`, or a service name unique across stacks).
+    Ps { service: String },
+    /// The stored service document as JSON.
+    Inspect { service: String },
+    /// Set replica counts: `web=5 api=2`.
+    Scale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// `90s`, `5m`, `1h`, `500ms` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
+    let opts = dcpp_spec::LoadOptions {
+        files: files.files.clone(),
+        project_name: files.project_name.clone(),
+        profiles: vec![],
+        env_files: vec![],
+        working_dir: std::env::current_dir()?,
+        project_dir: None,
+        environment: std::env::vars().collect(),
+    };
+    match dcpp_spec::load(&opts) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(Some(l.project))
+        }
+        Err(errs) => {
+            eprintln!("{errs}");
+            Ok(None)
+        }
+    }
+}
+
+fn source_of(files: &FileArgs) -> String {
+    files
+        .files
+        .iter()
+        .map(|f| {
+            std::fs::canonicalize(f)
+                .unwrap_or_else(|_| f.clone())
+                .display()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stored services of `stack` by service name.
+async fn stored_services(c: &Client, stack: &str) -> anyhow::Result<BTreeMap<String, ServiceDoc>> {
+    let mut out = BTreeMap::new();
+    for o in c.list(Kind::Service).await?.objects {
+        let d: ServiceDoc = o.decode()?;
+        if d.spec.stack == stack {
+            out.insert(d.spec.name.clone(), d);
+        }
+    }
+    Ok(out)
+}
+
+/// The client, starting a local daemon first when none answers on the default socket.
+async fn connect_or_start(global: &Global) -> anyhow::Result<Client> {
+    let c = client(global)?;
+    if c.status().await.is_ok() || global.host.is_some() {
+        return Ok(c);
+    }
+    std::fs::create_dir_all(&global.data_dir)
+        .with_context(|| format!("create {}", global.data_dir.display()))?;
+    let log_path = global.data_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("daemon")
+        .arg("--data-dir")
+        .arg(&global.data_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own session: the daemon outlives this command and its terminal.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let child = cmd.spawn().context("start a local daemon")?;
+    eprintln!(
+        "started a local dcpp daemon (pid {}, data dir {}, socket {DEFAULT_SOCKET}, log {})",
+        child.id(),
+        global.data_dir.display(),
+        log_path.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if c.status().await.is_ok() {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the local daemon did not come up; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
+    let Some(project) = load(&args.files)? else {
+        return Ok(1);
+    };
+    let (mut stack, services) = stack_docs(&project, &source_of(&args.files))?;
+    let global = global.clone();
+    block_on(async move {
+        let c = if args.dry_run {
+            client(&global)?
+        } else {
+            connect_or_start(&global).await?
+        };
+        let old = match c.status().await {
+            Ok(_) => stored_services(&c, &stack.name).await?,
+            Err(_) if args.dry_run => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let new: BTreeMap<String, ServiceDoc> = services
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d))
+            .collect();
+        let changes = diff_services(&old, &new);
+        let removed: Vec<String> = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        let effective = changes
+            .iter()
+            .filter(|ch| {
+                args.prune || !matches!(ch, dcpp_node_agent::docs::ServiceChange::Removed { .. })
+            })
+            .count();
+        let stored_stack = c.get_as::<StackDoc>(Kind::Stack, &stack.name).await.ok();
+        if changes.is_empty() {
+            println!("stack {}: no changes", stack.name);
+        } else {
+            println!("stack {}:", stack.name);
+            for ch in &changes {
+                let note = match ch {
+                    dcpp_node_agent::docs::ServiceChange::Removed { .. } if !args.prune => {
+                        " (kept; --prune removes it)"
+                    }
+                    _ => "",
+                };
+                println!("  {ch}{note}");
+            }
+        }
+        if args.dry_run {
+            return Ok(0);
+        }
+        let unchanged_stack = stored_stack
+            .as_ref()
+            .is_some_and(|(s, _)| s.hash == stack.hash && s.source == stack.source);
+        if effective > 0 || !unchanged_stack {
+            if let Some((s, _)) = &stored_stack
+                && effective == 0
+            {
+                // Only provenance changed: keep the stack's original apply time.
+                stack.applied_at_ms = s.applied_at_ms;
+            }
+            let mut txn = Txn::new().op(Op::put(Kind::Stack, stack.name.clone(), &stack)?);
+            for (name, d) in &new {
+                if old.get(name) != Some(d) {
+                    txn = txn.op(Op::put(Kind::Service, d.id().0, d)?);
+                }
+            }
+            if args.prune {
+                for name in &removed {
+                    txn = txn.op(Op::delete(Kind::Service, old[name].id().0));
+                }
+            }
+            c.txn(&txn).await?;
+        }
+        if args.detach {
+            return Ok(0);
+        }
+        let watch: Vec<ServiceDoc> = new.into_values().collect();
+        follow(&c, &watch, args.timeout).await
+    })
+}
+
+pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
+    let Some(project) = load(&args.files)? else {
+        return Ok(1);
+    };
+    let (stack, services) = stack_docs(&project, "")?;
+    let c = client(global)?;
+    block_on(async move {
+        let old = stored_services(&c, &stack.name).await?;
+        let new: BTreeMap<String, ServiceDoc> = services
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d))
+            .collect();
+        let changes = diff_services(&old, &new);
+        for ch in &changes {
+            println!("{ch}");
+        }
+        Ok(if changes.is_empty() { 0 } else { 2 })
+    })
+}
+
+/// Convergence of one service: (running tasks of the current spec, desired replicas).
+fn progress(
+    d: &ServiceDoc,
+    st: Option<&ServiceStatus>,
+    tasks: &[Task],
+    nodes: usize,
+) -> (usize, usize) {
+    let version = st.map(|s| s.spec.version).unwrap_or(d.spec.version);
+    let desired = match d.spec.mode {
+        Mode::Replicated { replicas } => replicas as usize,
+        Mode::Global => nodes,
+    };
+    let running = tasks
+        .iter()
+        .filter(|t| {
+            t.service == d.id()
+                && t.desired == DesiredState::Running
+                && t.state == TaskState::Running
+                && t.spec_version == version
+        })
+        .count();
+    (running, desired)
+}
+
+/// Follows until every service runs its desired replicas of its current spec with nothing
+/// else live, or a failure that needs the user.
+async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyhow::Result<u8> {
+    let start = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let tasks: Vec<Task> = c
+            .list(Kind::Task)
+            .await?
+            .objects
+            .iter()
+            .map(|o| o.decode())
+            .collect::<Result<_, _>>()?;
+        let mut statuses = BTreeMap::new();
+        for o in c.list(Kind::Config).await?.objects {
+            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
+                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
+            }
+        }
+        let nodes = c.list(Kind::Node).await?.objects.len();
+        let mut done = true;
+        let mut parts = Vec::new();
+        for d in services {
+            let sid = d.id();
+            let st = statuses.get(&sid.0);
+            let (running, desired) = progress(d, st, &tasks, nodes);
+            let extra = tasks.iter().any(|t| {
+                t.service == sid
+                    && t.is_live()
+                    && (t.desired != DesiredState::Running
+                        || st.is_some_and(|s| t.spec_version != s.spec.version))
+            });
+            // The stored spec must be the one we applied (a rollback keeps the old one).
+            let current = st.is_some_and(|s| s.spec.version == d.spec.version);
+            if let Some(u) = st.and_then(|s| s.update.as_ref())
+                && matches!(
+                    u.state,
+                    UpdateState::RolledBack | UpdateState::Paused | UpdateState::RollbackPaused
+                )
+                && st.is_some_and(|s| {
+                    s.spec.version != d.spec.version || u.state == UpdateState::Paused
+                })
+            {
+                eprintln!(
+                    "service {}: update {:?}: {}",
+                    d.spec.name, u.state, u.message
+                );
+                return Ok(1);
+            }
+            if running != desired || extra || !current {
+                done = false;
+            }
+            parts.push(format!("{} {running}/{desired}", d.spec.name));
+            // A task of the applied spec that cannot start at all, or keeps crashing.
+            let failed: Vec<&Task> = tasks
+                .iter()
+                .filter(|t| {
+                    t.service == sid
+                        && t.spec_version == d.spec.version
+                        && matches!(t.state, TaskState::Failed | TaskState::Rejected)
+                })
+                .collect();
+            if let Some(t) = failed.iter().find(|t| t.state == TaskState::Rejected) {
+                eprintln!(
+                    "service {}: task {} rejected: {}",
+                    d.spec.name,
+                    t.name(),
+                    t.error.clone().unwrap_or_default()
+                );
+                return Ok(1);
+            }
+            if failed.len() >= 3
+                && let Some(t) = failed.iter().max_by_key(|t| t.id)
+            {
+                eprintln!(
+                    "service {}: crash loop ({} failed tasks); last: {}",
+                    d.spec.name,
+                    failed.len(),
+                    t.error.clone().unwrap_or_default()
+                );
+                return Ok(1);
+            }
+        }
+        let line = parts.join(", ");
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        if done {
+            println!("converged in {:.2}s", start.elapsed().as_secs_f64());
+            return Ok(0);
+        }
+        if start.elapsed() > timeout {
+            eprintln!("timed out after {timeout:?}; pending:");
+            for t in tasks
+                .iter()
+                .filter(|t| t.is_live() && t.state < TaskState::Running)
+            {
+                eprintln!("  {} {}: {}", t.name(), t.state, t.message);
+            }
+            return Ok(1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
+    let name = match &args.files.project_name {
+        Some(n) => n.clone(),
+        None => match load(&args.files)? {
+            Some(p) => p.name,
+            None => return Ok(1),
+        },
+    };
+    let c = client(global)?;
+    block_on(async move {
+        let old = stored_services(&c, &name).await?;
+        let mut txn = Txn::new().op(Op::delete(Kind::Stack, name.clone()));
+        for d in old.values() {
+            txn = txn.op(Op::delete(Kind::Service, d.id().0));
+        }
+        c.txn(&txn).await?;
+        println!("stack {name}: removing {} service(s)", old.len());
+        if args.detach {
+            return Ok(0);
+        }
+        let start = Instant::now();
+        loop {
+            let left = c
+                .list(Kind::Task)
+                .await?
+                .objects
+                .iter()
+                .filter_map(|o| o.decode::<Task>().ok())
+                .filter(|t| t.service.0.starts_with(&format!("{name}_")))
+                .count();
+            if left == 0 {
+                println!("stack {name} removed");
+                return Ok(0);
+            }
+            if start.elapsed() > args.timeout {
+                eprintln!("timed out: {left} task(s) of {name} still present");
+                return Ok(1);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn all_tasks(c: &Client) -> anyhow::Result<Vec<Task>> {
+    let mut v: Vec<Task> = c
+        .list(Kind::Task)
+        .await?
+        .objects
+        .iter()
+        .map(|o| o.decode())
+        .collect::<Result<_, _>>()?;
+    v.sort_by(|a, b| (&a.service, &a.slot, a.id).cmp(&(&b.service, &b.slot, b.id)));
+    Ok(v)
+}
+
+fn print_tasks(tasks: &[&Task]) {
+    println!(
+        "{:<28} {:<6} {:<24} {:<6} {:<9} {:<10} ERROR",
+        "NAME", "ID", "IMAGE", "NODE", "DESIRED", "STATE"
+    );
+    for t in tasks {
+        let desired = match t.desired {
+            DesiredState::Running => "running",
+            DesiredState::Shutdown => "shutdown",
+            DesiredState::Remove => "remove",
+        };
+        let err = t
+            .error
+            .as_deref()
+            .or((!t.message.is_empty()).then_some(t.message.as_str()))
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        println!(
+            "{:<28} {:<6} {:<24} {:<6} {:<9} {:<10} {}",
+            t.name(),
+            t.id.to_string(),
+            t.image,
+            t.node.as_ref().map(|n| n.0.as_str()).unwrap_or("-"),
+            desired,
+            t.state.to_string(),
+            err
+        );
+    }
+}
+
+pub fn run_ps(global: &Global, args: PsArgs) -> anyhow::Result<u8> {
+    let c = client(global)?;
+    block_on(async move {
+        let tasks = all_tasks(&c).await?;
+        let shown: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| args.all || t.is_live())
+            .filter(|t| {
+                args.project_name
+                    .as_ref()
+                    .is_none_or(|p| t.service.0.starts_with(&format!("{p}_")))
+            })
+            .collect();
+        if args.format == crate::cmd::cluster::Format::Json {
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        } else {
+            print_tasks(&shown);
+        }
+        Ok(0)
+    })
+}
+
+pub fn run_stack(global: &Global, cmd: StackCommand) -> anyhow::Result<u8> {
+    let c = client(global)?;
+    block_on(async move {
+        match cmd {
+            StackCommand::Ls => {
+                println!(
+                    "{:<20} {:<9} {:<18} {:<14} SOURCE",
+                    "NAME", "SERVICES", "HASH", "APPLIED"
+                );
+                let now = dcpp_node_agent::docs::now_ms();
+                for o in c.list(Kind::Stack).await?.objects {
+                    let s: StackDoc = o.decode()?;
+                    let ago = now.saturating_sub(s.applied_at_ms) / 1000;
+                    println!(
+                        "{:<20} {:<9} {:<18} {:<14} {}",
+                        s.name,
+                        s.services.len(),
+                        s.hash,
+                        format!("{ago}s ago"),
+                        s.source
+                    );
+                }
+                Ok(0)
+            }
+        }
+    })
+}
+
+async fn find_service(c: &Client, name: &str) -> anyhow::Result<(ServiceDoc, u64)> {
+    let mut found = Vec::new();
+    for o in c.list(Kind::Service).await?.objects {
+        let d: ServiceDoc = o.decode()?;
+        if d.id().0 == name || d.spec.name == name {
+            found.push((d, o.mod_revision));
+        }
+    }
+    match found.len() {
+        0 => bail!("no service {name:?}"),
+        1 => Ok(found.remove(0)),
+        _ => bail!("service name {name:?} is ambiguous: use STACK_SERVICE"),
+    }
+}
+
+pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
+    let c = client(global)?;
+    block_on(async move {
+        match cmd {
+            ServiceCommand::Ls => {
+                let tasks = all_tasks(&c).await?;
+                let nodes = c.list(Kind::Node).await?.objects.len();
+                let mut statuses = BTreeMap::new();
+                for o in c.list(Kind::Config).await?.objects {
+                    if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
+                        statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
+                    }
+                }
+                println!("{:<28} {:<10} {:<9} IMAGE", "NAME", "MODE", "REPLICAS");
+                for o in c.list(Kind::Service).await?.objects {
+                    let d: ServiceDoc = o.decode()?;
+                    let (r, n) = progress(&d, statuses.get(&d.id().0), &tasks, nodes);
+                    let mode = match d.spec.mode {
+                        Mode::Global => "global",
+                        Mode::Replicated { .. } => "replicated",
+                    };
+                    println!(
+                        "{:<28} {:<10} {:<9} {}",
+                        d.id().0,
+                        mode,
+                        format!("{r}/{n}"),
+                        d.spec.image
+                    );
+                }
+                Ok(0)
+            }
+            ServiceCommand::Ps { service } => {
+                let (d, _) = find_service(&c, &service).await?;
+                let tasks = all_tasks(&c).await?;
+                let shown: Vec<&Task> = tasks.iter().filter(|t| t.service == d.id()).collect();
+                print_tasks(&shown);
+                Ok(0)
+            }
+            ServiceCommand::Inspect { service } => {
+                let (d, _) = find_service(&c, &service).await?;
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                Ok(0)
+            }
+            ServiceCommand::Scale {
+                pairs,
+                detach,
+                timeout,
+            } => {
+                let mut txn = Txn::new();
+                let mut docs = Vec::new();
+                for p in &pairs {
+                    let (name, n) = p
+                        .split_once('=')
+                        .with_context(|| format!("expected SERVICE=REPLICAS, got {p:?}"))?;
+                    let n: u32 = n
+                        .parse()
+                        .with_context(|| format!("invalid replica count in {p:?}"))?;
+                    let (mut d, rev) = find_service(&c, name).await?;
+                    if d.spec.mode == Mode::Global {
+                        bail!("service {name} is global: it cannot be scaled");
+                    }
+                    d.spec.mode = Mode::Replicated { replicas: n };
+                    d.service
+                        .deploy
+                        .get_or_insert_with(Default::default)
+                        .replicas = Some(u64::from(n));
+                    let id = d.id().0;
+                    txn = txn
+                        .when(Precondition::ModRevision {
+                            kind: Kind::Service,
+                            id: id.clone(),
+                            revision: rev,
+                        })
+                        .op(Op::put(Kind::Service, id, &d)?);
+                    println!("{} scaled to {n}", d.id());
+                    docs.push(d);
+                }
+                c.txn(&txn).await?;
+                if detach {
+                    return Ok(0);
+                }
+                follow(&c, &docs, timeout).await
+            }
+        }
+    })
+}

@@ -1,0 +1,452 @@
+//! End to end through the real binary, as root on the real kernel: a `dcpp daemon` (store,
+//! leader loop, node agent) per test with its own data dir, socket, port, cgroup parent, bridge
+//! prefix, nft table and address pool; a busybox image imported from a local directory; stacks
+//! applied with `dcpp apply` and checked through `dcpp ps`, the published port and the runtime.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
+const IMAGE: &str = "dcpp.local/busybox:e2e";
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    cgroup: String,
+    prefix: String,
+    table: String,
+    pool: String,
+    daemon: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static must be installed");
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
+}
+
+impl Rig {
+    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
+    fn new(tag: &str, net: u8) -> Rig {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dcpp-e2e-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let uniq = std::process::id() % 1000;
+        let mut rig = Rig {
+            data: root.join("data"),
+            socket: root.join("dcpp.sock"),
+            port: free_port(),
+            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
+            prefix: format!("e{tag}{}", uniq % 10),
+            table: format!("dcpp_e2e_{tag}_{uniq}"),
+            pool: format!("10.{net}.0.0/16"),
+            root,
+            _tmp: tmp,
+            daemon: None,
+        };
+        let rootfs = rig.root.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        rig.start_daemon();
+        rig
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--log", "info", "--data-dir"])
+            .arg(&self.data)
+            .arg("daemon")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--cgroup-parent", &self.cgroup])
+            .args(["--bridge-prefix", &self.prefix])
+            .args(["--nft-table", &self.table])
+            .args(["--network-pool", &self.pool])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.dcpp(&["cluster", "status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SIGTERM: the daemon's clean shutdown path.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn dcpp(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .env("DCPP_CGROUP_PARENT", &self.cgroup)
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.dcpp(args);
+        assert!(
+            out.status.success(),
+            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.root.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// Live tasks as (name, id, image, state).
+    fn tasks(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["ps", "--format", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn running(&self, service: &str) -> usize {
+        self.tasks()
+            .iter()
+            .filter(|t| t["service"] == service && t["state"] == "running")
+            .count()
+    }
+
+    /// Ids of the task containers in the runtime.
+    fn containers(&self) -> BTreeSet<String> {
+        let out = self.ok(&["container", "ls", "-a", "-q"]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
+                self.ok(&["ps", "-a"]),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            for s in self.tasks_stacks() {
+                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
+            }
+        }
+        self.stop_daemon();
+        // Whatever a failed test left: containers, then networking and cgroups.
+        for id in self.containers_best_effort() {
+            let _ = self.dcpp(&["container", "rm", "-f", &id]);
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1) {
+                    let name = name.split('@').next().unwrap_or("");
+                    if name.starts_with(&self.prefix) {
+                        let _ = Command::new("ip").args(["link", "del", name]).status();
+                    }
+                }
+            }
+        }
+        for c in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "unified",
+            "freezer",
+            "devices",
+        ] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{}", self.cgroup));
+        }
+    }
+}
+
+impl Rig {
+    fn tasks_stacks(&self) -> BTreeSet<String> {
+        let out = self.dcpp(&["stack", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    fn containers_best_effort(&self) -> Vec<String> {
+        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn web_compose(stack: &str, port: u16, replicas: u32, image: &str) -> String {
+    format!(
+        r#"name: {stack}
+services:
+  web:
+    image: {image}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    stop_grace_period: 1s
+    ports:
+      - "127.0.0.1:{port}:8080"
+    deploy:
+      replicas: {replicas}
+      update_config:
+        failure_action: rollback
+        monitor: 2s
+  client:
+    image: {IMAGE}
+    stop_grace_period: 1s
+    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ || true; sleep 0.3; done"]
+"#
+    )
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
+    let rig = Rig::new("ap", 231);
+    let port = free_port();
+
+    // Invalid input: located error, nothing stored.
+    let bad = rig.write("bad.yml", "services:\n  web:\n    image: [1\n");
+    let out = rig.dcpp(&["apply", "-f", &bad, "-p", "bad"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.yml:"), "{}", stderr(&out));
+    assert!(!rig.ok(&["stack", "ls"]).contains("bad"));
+
+    let file = rig.write("compose.yml", &web_compose("ape", port, 2, IMAGE));
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(
+        out.contains("+ service web") && out.contains("converged"),
+        "{out}"
+    );
+    assert_eq!(rig.running("ape_web"), 2);
+    assert_eq!(rig.running("ape_client"), 1);
+    let body = http_get(port).expect("published port answers");
+    assert!(body.contains("hello from dcpp"), "{body}");
+    // The client reaches the web service by its name.
+    let client = rig
+        .tasks()
+        .into_iter()
+        .find(|t| t["service"] == "ape_client")
+        .unwrap();
+    let cid = client["container_id"].as_str().unwrap().to_string();
+    rig.wait_until("client output", 20, || {
+        rig.ok(&["logs", &cid]).contains("hello from dcpp")
+    });
+
+    // Unchanged: nothing touched, no container restarted.
+    let before = rig.containers();
+    let t0 = Instant::now();
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(out.contains("no changes"), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(rig.containers(), before);
+    let d = rig.dcpp(&["diff", "-f", &file]);
+    assert_eq!(d.status.code(), Some(0));
+
+    // Scale 2 → 5 → 1 through the CLI; the client is untouched.
+    rig.ok(&["service", "scale", "web=5"]);
+    assert_eq!(rig.running("ape_web"), 5);
+    rig.ok(&["service", "scale", "web=1"]);
+    rig.wait_until("scale down to 1", 30, || rig.containers().len() == 2);
+    assert_eq!(rig.running("ape_web"), 1);
+    assert!(rig.containers().contains(&cid[..12]));
+    let d = rig.dcpp(&["diff", "-f", &file]);
+    assert_eq!(d.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&d.stdout).contains("deploy.replicas"));
+
+    // A container killed by hand is replaced.
+    let web = rig
+        .tasks()
+        .into_iter()
+        .find(|t| t["service"] == "ape_web")
+        .unwrap();
+    let wid = web["container_id"].as_str().unwrap().to_string();
+    rig.ok(&["container", "kill", &wid]);
+    rig.wait_until("replacement", 20, || {
+        rig.tasks().iter().any(|t| {
+            t["service"] == "ape_web" && t["state"] == "running" && t["container_id"] != wid
+        })
+    });
+    rig.wait_until("published port after replacement", 20, || {
+        http_get(port).is_some_and(|b| b.contains("hello"))
+    });
+
+    // Down removes everything.
+    rig.ok(&["down", "-p", "ape"]);
+    assert!(rig.containers().is_empty());
+    rig.wait_until("network removal", 10, || {
+        !String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "link"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .contains(&format!("{}0", rig.prefix))
+    });
+}
+
+#[test]
+fn update_to_a_missing_image_fails_and_rolls_back() {
+    let rig = Rig::new("rb", 232);
+    let port = free_port();
+    let file = rig.write("compose.yml", &web_compose("rbs", port, 2, IMAGE));
+    rig.ok(&["apply", "-f", &file]);
+    let old: BTreeSet<String> = rig.containers();
+    let broken = rig.write(
+        "broken.yml",
+        &web_compose("rbs", port, 2, "dcpp.local/nothing:here"),
+    );
+    let out = rig.dcpp(&["apply", "-f", &broken]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(err.contains("image not found"), "{err}");
+    // The rollback brings the old image back on every slot and the port keeps answering.
+    rig.wait_until("rollback", 60, || {
+        let tasks = rig.tasks();
+        let web: Vec<_> = tasks.iter().filter(|t| t["service"] == "rbs_web").collect();
+        web.len() == 2
+            && web
+                .iter()
+                .all(|t| t["state"] == "running" && t["image"] == IMAGE)
+    });
+    rig.wait_until("published port after rollback", 20, || {
+        http_get(port).is_some_and(|b| b.contains("hello"))
+    });
+    assert_eq!(old.len(), 3);
+}
+
+#[test]
+fn daemon_killed_mid_apply_converges_without_duplicates() {
+    let mut rig = Rig::new("kd", 233);
+    let port = free_port();
+    let file = rig.write("compose.yml", &web_compose("kds", port, 6, IMAGE));
+    rig.ok(&["apply", "-d", "-f", &file]);
+    std::thread::sleep(Duration::from_millis(400));
+    rig.kill9();
+    rig.start_daemon();
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(out.contains("converged"), "{out}");
+    // One container per live task, one task per slot.
+    let tasks = rig.tasks();
+    let slots: BTreeSet<String> = tasks
+        .iter()
+        .map(|t| format!("{}/{}", t["service"], t["slot"]))
+        .collect();
+    assert_eq!(slots.len(), tasks.len(), "{tasks:?}");
+    assert_eq!(tasks.len(), 7);
+    rig.wait_until("stray containers removed", 20, || {
+        rig.containers().len() == 7
+    });
+    // Restarting again re-adopts: the very same containers keep running.
+    let before = rig.containers();
+    rig.stop_daemon();
+    rig.start_daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rig.containers(), before);
+    assert_eq!(rig.running("kds_web"), 6);
+    assert!(http_get(port).is_some_and(|b| b.contains("hello")));
+}
