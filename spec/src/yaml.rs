@@ -345,8 +345,15 @@ impl Builder<'_> {
                             continue;
                         }
                     };
-                    let h = self.hasher.hash_one(&key);
-                    let dup = !seen.insert(h);
+                    // Small maps (almost all) scan linearly; big ones switch to hashes.
+                    let dup = if entries.len() < 16 {
+                        true
+                    } else {
+                        if seen.is_empty() {
+                            seen.extend(entries.iter().map(|e| self.hasher.hash_one(&e.key)));
+                        }
+                        !seen.insert(self.hasher.hash_one(&key))
+                    };
                     if let Some(prev) = entries.iter().filter(|_| dup).find(|e| e.key == key) {
                         let line = prev.key_pos.line;
                         self.errors.push(
