@@ -290,3 +290,106 @@ fn two_managers_side_by_side_do_not_collide() {
     a.mgr.remove("same", true).unwrap();
     assert_eq!(b.mgr.inspect("same").unwrap().status, Status::Created);
 }
+
+/// Records what the network hook saw.
+struct RecordingHook {
+    seen: std::sync::Mutex<Vec<(String, u64, Status)>>,
+    mgr_dir: std::path::PathBuf,
+}
+
+impl dcpp_runtime::container::NetworkHook for RecordingHook {
+    fn attach(&self, id: &str, _name: &str, netns: &std::path::Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(netns).map_err(|e| e.to_string())?.ino();
+        // The process must not have started yet: monitor.json has no start time.
+        let mon = std::fs::read_to_string(
+            self.mgr_dir
+                .join("containers")
+                .join(id)
+                .join("monitor.json"),
+        )
+        .unwrap();
+        let started = mon.contains("\"started_at\":\"");
+        let st = if started {
+            Status::Running
+        } else {
+            Status::Created
+        };
+        self.seen.lock().unwrap().push((id.to_string(), ino, st));
+        Ok(())
+    }
+    fn detach(&self, _id: &str, _name: &str) {}
+}
+
+#[test]
+fn network_hook_sees_the_netns_before_start() {
+    let w = World::new(RuntimeKind::Builtin);
+    let hook = std::sync::Arc::new(RecordingHook {
+        seen: Default::default(),
+        mgr_dir: w.tmp.path().join("data"),
+    });
+    let mgr =
+        dcpp_runtime::container::ContainerManager::open(dcpp_runtime::container::ManagerOptions {
+            data_dir: w.tmp.path().join("data"),
+            cgroup_parent: w.cgroup_parent.clone(),
+            runtime: RuntimeKind::Builtin,
+            shim: container_util::shim(),
+            network_hook: Some(hook.clone()),
+        })
+        .unwrap();
+    let c = mgr
+        .create(&w.opts(&["sh", "-c", "stat -L -c %i /proc/self/ns/net"]))
+        .unwrap();
+    mgr.start(&c.state.id).unwrap();
+    mgr.wait(&c.state.id, Some(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap();
+    let out: String = mgr
+        .logs(&c.state.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.log)
+        .collect();
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].2, Status::Created);
+    assert_eq!(out.trim(), seen[0].1.to_string(), "hook got another netns");
+    mgr.remove(&c.state.id, false).unwrap();
+}
+
+#[test]
+fn killed_monitor_is_reported_dead_and_rm_cleans_up() {
+    let w = World::new(RuntimeKind::Builtin);
+    let c = w.mgr.create(&w.opts(&["sleep", "30"])).unwrap();
+    w.mgr.start(&c.state.id).unwrap();
+    let mon: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.bundle.join("monitor.json")).unwrap()).unwrap();
+    let monitor = mon["monitor_pid"].as_i64().unwrap() as i32;
+    let init = mon["init_pid"].as_i64().unwrap() as i32;
+    // A monitor killed from outside (OOM killer, admin): the container outlives it.
+    std::process::Command::new("kill")
+        .args(["-9", &monitor.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.mgr.inspect(&c.state.id).unwrap().status != Status::Dead && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(w.mgr.inspect(&c.state.id).unwrap().status, Status::Dead);
+    w.mgr.remove(&c.state.id, false).unwrap();
+    // The orphaned container process went with its cgroup.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{init}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "container process survived: {stat}"
+    );
+}

@@ -263,7 +263,7 @@ fn manager(global: &Global, rt: &RuntimeOpts) -> anyhow::Result<ContainerManager
         data_dir: global.data_dir.clone(),
         cgroup_parent: rt.cgroup_parent.clone(),
         runtime: RuntimeKind::parse(&rt.runtime),
-        shim: ShimCommand::current_exe().context("locating the dcpp executable")?,
+        shim: ShimCommand::locate().context("locating the dcpp executable")?,
         network_hook: None,
     })?)
 }
@@ -662,7 +662,10 @@ fn follow_logs(
         if done && entries.is_empty() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Wakes as soon as the monitor exits (pidfd), else polls the file for new lines.
+        if !done {
+            let _ = mgr.wait(id, Some(Duration::from_millis(50)));
+        }
     }
 }
 
@@ -701,5 +704,20 @@ impl Table {
                 .collect();
             println!("{}", line.join("   ").trim_end());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_like_docker() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("32m").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("512KB").unwrap(), 512 << 10);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1m").is_err());
     }
 }

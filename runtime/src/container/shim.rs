@@ -44,11 +44,15 @@ pub fn main(args: Vec<OsString>) -> ! {
         .collect();
     // Descriptors leaked by the caller (a test harness's pipes, a daemon's sockets) must not be
     // held open for the container's lifetime.
-    // SAFETY: close_range on descriptors this fresh process has not opened itself.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // (`monitor` is our own re-exec and is handed its descriptors.)
+    if args.first().map(String::as_str) != Some("monitor") {
+        // SAFETY: close_range on descriptors this fresh process has not opened itself.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    }
     let code = match args.first().map(String::as_str) {
         Some("create") if args.len() == 2 => launch(Path::new(&args[1])),
         Some("exec") if args.len() == 3 => exec_main(Path::new(&args[1]), &args[2]),
+        Some("monitor") if args.len() == 6 => monitor_reexeced(&args),
         _ => {
             eprintln!("usage: dcpp-shim create DIR | exec DIR PROCESS_JSON");
             2
@@ -191,7 +195,7 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(format!("signalfd: {e}")),
     };
-    let mut log = match LogWriter::open(
+    let log = match LogWriter::open(
         dir.join("container.log"),
         cfg.log.max_size,
         cfg.log.max_files,
@@ -218,7 +222,7 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
             return fail(e);
         }
     };
-    let mut info = MonitorInfo {
+    let info = MonitorInfo {
         monitor_pid: std::process::id() as i32,
         monitor_start_time: process_start_time(std::process::id() as i32).unwrap_or(0),
         init_pid: running.init_pid,
@@ -236,8 +240,129 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
     }
     write_all_fd(ready_w.as_raw_fd(), b"OK\n");
     drop(ready_w);
+    drop(spec);
+    drop(log);
+    drop(sigfd);
+    // The monitor lives as long as the container, so it sheds the memory setup touched (the
+    // code and data of parsing the spec, cgroups, mounts: ~1 MiB of RSS) by re-executing itself
+    // in a lean supervising mode. Pid, children, subreaper flag, blocked SIGCHLD (and a pending
+    // one) all survive execve. If the exec fails, supervise from here.
+    let ctl = running.ctl.take();
+    let err = reexec_monitor(dir, &out_r, &err_r, ctl.as_ref(), running.init_pid);
+    tracing::debug!("monitor re-exec failed ({err}); supervising in place");
+    supervise(dir, &cfg, info, out_r, err_r, ctl)
+}
 
-    // Supervise: pump output into the log, follow control messages, reap children.
+/// Replaces this process by `<self> monitor DIR OUT ERR CTL INIT`; returns only on failure.
+fn reexec_monitor(
+    dir: &Path,
+    out_r: &OwnedFd,
+    err_r: &OwnedFd,
+    ctl: Option<&OwnedFd>,
+    init_pid: i32,
+) -> String {
+    let mut keep = vec![out_r.as_raw_fd(), err_r.as_raw_fd()];
+    keep.extend(ctl.map(|c| c.as_raw_fd()));
+    for fd in &keep {
+        // SAFETY: clearing FD_CLOEXEC on descriptors we own, so they survive execve.
+        unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
+    }
+    let mut args: Vec<CString> = Vec::new();
+    let mut orig = std::env::args_os();
+    args.push(CString::new(orig.next().unwrap_or_default().as_encoded_bytes()).unwrap_or_default());
+    // `dcpp __shim …` keeps its dispatch word.
+    if let Some(a) = orig.next().filter(|a| a == "__shim") {
+        args.push(CString::new(a.as_encoded_bytes()).unwrap_or_default());
+    }
+    let dir_c = match path_cstr(dir) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    args.push(c"monitor".to_owned());
+    args.push(dir_c);
+    for v in [
+        out_r.as_raw_fd(),
+        err_r.as_raw_fd(),
+        ctl.map(|c| c.as_raw_fd()).unwrap_or(-1),
+        init_pid,
+    ] {
+        args.push(CString::new(v.to_string()).unwrap_or_default());
+    }
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let e = nix::unistd::execve(c"/proc/self/exe", &args, &env).unwrap_err();
+    for fd in &keep {
+        // SAFETY: restoring FD_CLOEXEC on our own descriptors.
+        unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    e.to_string()
+}
+
+/// `monitor DIR OUT ERR CTL INIT` after the re-exec.
+fn monitor_reexeced(args: &[String]) -> i32 {
+    let dir = Path::new(&args[1]);
+    let num = |i: usize| args[i].parse::<i32>().unwrap_or(-1);
+    let (out, err, ctl, init) = (num(2), num(3), num(4), num(5));
+    if out < 0 || err < 0 || init <= 0 {
+        return 2;
+    }
+    let Ok(cfg) = read_json::<ShimConfig>(&dir.join("shim.json")) else {
+        return 1;
+    };
+    let Ok(info) = read_json::<MonitorInfo>(&dir.join("monitor.json")) else {
+        return 1;
+    };
+    // SAFETY: these descriptors were handed over by the pre-exec monitor and are ours alone.
+    let (out_r, err_r) = unsafe { (OwnedFd::from_raw_fd(out), OwnedFd::from_raw_fd(err)) };
+    // SAFETY: as above.
+    let ctl = (ctl >= 0).then(|| unsafe { OwnedFd::from_raw_fd(ctl) });
+    for fd in [Some(out), Some(err), (ctl.is_some()).then_some(num(4))]
+        .into_iter()
+        .flatten()
+    {
+        // SAFETY: marking our own descriptors close-on-exec again (runc delete is exec'd later).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    supervise(dir, &cfg, info, out_r, err_r, ctl)
+}
+
+/// Pumps output into the log, follows control messages, reaps children; records the exit.
+fn supervise(
+    dir: &Path,
+    cfg: &ShimConfig,
+    mut info: MonitorInfo,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    ctl: Option<OwnedFd>,
+) -> i32 {
+    let mut running = Running {
+        init_pid: info.init_pid,
+        ctl,
+    };
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGCHLD);
+    let _ = mask.thread_block();
+    let Ok(sigfd) = nix::sys::signalfd::SignalFd::with_flags(
+        &mask,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    ) else {
+        return 1;
+    };
+    let Ok(mut log) = LogWriter::open(
+        dir.join("container.log"),
+        cfg.log.max_size,
+        cfg.log.max_files,
+    ) else {
+        return 1;
+    };
+    // The child may have ended before the signalfd existed (its SIGCHLD is then pending and
+    // shows up on the signalfd, but check anyway).
     let mut fds: [Option<OwnedFd>; 2] = [Some(out_r), Some(err_r)];
     let mut status: Option<i32> = None;
     let mut error: Option<String> = None;
@@ -367,7 +492,7 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         &dir.join("exit.json"),
         &serde_json::to_vec(&exit).unwrap_or_default(),
     );
-    cleanup_after_exit(dir, &cfg);
+    cleanup_after_exit(dir, cfg);
     if cfg.auto_remove {
         super::remove_container_files(dir);
     }

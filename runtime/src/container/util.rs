@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half a file.
+/// No fsync: these files describe processes, which do not survive a machine crash either.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_data()?;
     }
     std::fs::rename(&tmp, path)
 }

@@ -1,0 +1,214 @@
+//! `dcpp container …`, `dcpp logs`, `dcpp volume …` as a user runs them (as root): the real binary
+//! re-executes itself (or dcpp-shim) as the per-container monitor.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Cli {
+    tmp: tempfile::TempDir,
+    parent: String,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let tmp = tempfile::Builder::new()
+            .prefix("dcpp-cli-ct-")
+            .tempdir()
+            .unwrap();
+        let parent = format!(
+            "dcpp-cli-{}",
+            tmp.path().file_name().unwrap().to_string_lossy()
+        );
+        let c = Cli { tmp, parent };
+        let root = c.tmp.path().join("rootfs");
+        for d in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for a in ["sh", "echo", "sleep", "hostname", "cat", "true"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        let out = c.run(&["image", "import", &root.to_string_lossy(), "bb:1"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dcpp"))
+            .arg("--data-dir")
+            .arg(self.data())
+            .env("DCPP_CGROUP_PARENT", &self.parent)
+            .env("DCPP_LOG", "error")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let ids = self.run(&["container", "ls", "-a", "-q"]);
+        for id in text(&ids.stdout).lines() {
+            self.run(&["container", "rm", "-f", id]);
+        }
+        for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(e.path().join(&self.parent));
+        }
+        let me = self.tmp.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        if !std::thread::panicking() {
+            assert!(!mounts.contains(&me), "mounts left behind");
+            assert!(
+                !Path::new("/sys/fs/cgroup/memory")
+                    .join(&self.parent)
+                    .exists(),
+                "cgroup left behind"
+            );
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_foreground_passes_output_and_exit_code() {
+    let c = Cli::new();
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--hostname",
+        "h1",
+        "bb:1",
+        "sh",
+        "-c",
+        "hostname; echo oops >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "h1\n");
+    assert!(text(&out.stderr).contains("oops"));
+    let ls = c.run(&["container", "ls", "-a", "-q"]);
+    assert_eq!(text(&ls.stdout), "", "--rm left the container");
+}
+
+#[test]
+fn detached_lifecycle_logs_exec_stop_rm() {
+    let c = Cli::new();
+    let out = c.run(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "-v",
+        "vol1:/data",
+        "bb:1",
+        "sh",
+        "-c",
+        "echo started; while true; do sleep 0.1; done",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ls = text(&c.run(&["container", "ls"]).stdout);
+    assert!(ls.contains("web") && ls.contains("running"), "{ls}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let logs = c.run(&["logs", "web"]);
+    assert_eq!(text(&logs.stdout), "started\n");
+    let ex = c.run(&[
+        "container",
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo hi > /data/f; cat /data/f",
+    ]);
+    assert_eq!(text(&ex.stdout), "hi\n", "{}", text(&ex.stderr));
+    let stats = text(
+        &c.run(&["container", "stats", "--format", "json", "web"])
+            .stdout,
+    );
+    assert!(
+        stats.contains("\"memory_limit_bytes\": 67108864"),
+        "{stats}"
+    );
+    let vols = text(&c.run(&["volume", "ls", "-q"]).stdout);
+    assert_eq!(vols, "vol1\n");
+    // In use: refused.
+    assert!(!c.run(&["volume", "rm", "vol1"]).status.success());
+    assert!(
+        c.run(&["container", "stop", "-t", "1", "web"])
+            .status
+            .success()
+    );
+    let inspect = text(&c.run(&["container", "inspect", "web"]).stdout);
+    assert!(
+        inspect.contains("\"status\": \"exited\"") && inspect.contains("\"exit_code\": 137"),
+        "{inspect}"
+    );
+    assert!(c.run(&["container", "rm", "web"]).status.success());
+    assert!(c.run(&["volume", "rm", "vol1"]).status.success());
+}
+
+#[test]
+fn errors_exit_125_with_a_clear_message() {
+    let c = Cli::new();
+    let out = c.run(&["container", "run", "--rm", "no-such-image:1", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no-such-image"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.run(&["container", "run", "--rm", "bb:1", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("executable file not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--memory",
+        "lots",
+        "bb:1",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("invalid size"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&c.run(&["container", "ls", "-a", "-q"]).stdout), "");
+}
+
+#[test]
+fn runc_runtime_runs_the_same_bundle() {
+    let c = Cli::new();
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "bb:1",
+        "sh",
+        "-c",
+        "echo pid=$$; exit 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pid=1\n");
+}
