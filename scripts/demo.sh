@@ -4,8 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked
-DCPP="$PWD/target/release/dcpp"
+# DCPP_PROFILE=debug reuses a debug build (faster on a machine that already has one).
+if [[ "${DCPP_PROFILE:-release}" == debug ]]; then
+  cargo build --locked
+  DCPP="$PWD/target/debug/dcpp"
+else
+  cargo build --release --locked
+  DCPP="$PWD/target/release/dcpp"
+fi
 
 WORK=$(mktemp -d /tmp/dcpp-demo.XXXXXX)
 export DCPP_DATA_DIR="$WORK/data"
