@@ -63,7 +63,7 @@ measure_monitors() {
   local label=$1
   for i in $(seq 1 "$N"); do "$DCPP" container run -d --name "s$i" bench:1 sleep 3600 >/dev/null; done
   local rss=0 pss=0 count=0 r p
-  for pid in $(pgrep -f "create $DCPP_DATA_DIR/containers/" || true); do
+  for pid in $(pgrep -f -- "(create|monitor) $DCPP_DATA_DIR/containers/" || true); do
     r=$(awk '/^Rss:/{print $2}' /proc/"$pid"/smaps_rollup)
     p=$(awk '/^Pss:/{print $2}' /proc/"$pid"/smaps_rollup)
     rss=$((rss + r)) pss=$((pss + p)) count=$((count + 1))

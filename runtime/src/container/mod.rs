@@ -247,6 +247,11 @@ pub struct ShimConfig {
     pub auto_remove: bool,
     /// Log rotation.
     pub log: LogOptions,
+    /// Overlay mount options when the built-in executor mounts the rootfs itself, inside the
+    /// container's mount namespace (never on the host: no host umount, which costs an RCU grace
+    /// period, and nothing left mounted if anything dies). OCI runtimes get it mounted on the host.
+    #[serde(default)]
+    pub rootfs_overlay: Option<String>,
 }
 
 /// Written by the monitor once the container is created (monitor.json).
@@ -603,7 +608,7 @@ impl ContainerManager {
             ),
         )?;
         w("resolv.conf", resolv_conf(&opts.network))?;
-        let cfg = ShimConfig {
+        let mut cfg = ShimConfig {
             id: state.id.clone(),
             runtime: match &self.opts.runtime {
                 RuntimeKind::Builtin => None,
@@ -621,7 +626,21 @@ impl ContainerManager {
             init: opts.init,
             auto_remove: opts.auto_remove,
             log: opts.log,
+            rootfs_overlay: None,
         };
+        let overlay = self.prepare_rootfs(&dir, &opts.image.layer_dirs)?;
+        if self.opts.runtime == RuntimeKind::Builtin {
+            cfg.rootfs_overlay = Some(overlay);
+        } else {
+            nix::mount::mount(
+                Some("overlay"),
+                &dir.join("rootfs"),
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(overlay.as_str()),
+            )
+            .map_err(|e| Error::Create(format!("mounting the overlay rootfs: {e}")))?;
+        }
         w(
             "shim.json",
             serde_json::to_string_pretty(&cfg).unwrap_or_default(),
@@ -630,7 +649,6 @@ impl ContainerManager {
             "config.json",
             serde_json::to_string_pretty(spec).unwrap_or_default(),
         )?;
-        self.mount_rootfs(&dir, &opts.image.layer_dirs)?;
 
         let out = std::process::Command::new(&self.opts.shim.program)
             .args(&self.opts.shim.args)
@@ -666,7 +684,8 @@ impl ContainerManager {
         Ok(())
     }
 
-    fn mount_rootfs(&self, dir: &Path, layers: &[PathBuf]) -> Result<(), Error> {
+    /// Creates rootfs/, upper/, work/ and returns the overlay mount options.
+    fn prepare_rootfs(&self, dir: &Path, layers: &[PathBuf]) -> Result<String, Error> {
         let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
         for d in [&rootfs, &upper, &work] {
             std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
@@ -681,14 +700,13 @@ impl ContainerManager {
             upper.display(),
             work.display()
         );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| Error::Create(format!("mounting the overlay rootfs: {e}")))
+        if data.len() >= 4000 {
+            return Err(Error::InvalidConfig(format!(
+                "the image has too many layers for one overlay mount ({} bytes of options)",
+                data.len()
+            )));
+        }
+        Ok(data)
     }
 
     fn write_state(&self, st: &ContainerState) -> Result<(), Error> {

@@ -741,6 +741,16 @@ fn container_init_inner(
     )
     .map_err(|e| format!("making / private: {e}"))?;
     let rootfs = dir.join("rootfs");
+    if let Some(data) = &cfg.rootfs_overlay {
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
+    }
     for m in spec.mounts().iter().flatten() {
         mount_entry(&rootfs, m)?;
     }
