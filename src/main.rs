@@ -76,6 +76,8 @@ pub enum Command {
     /// Services of applied stacks.
     #[command(subcommand)]
     Service(cmd::apply::ServiceCommand),
+    /// Keep one stack per compose file of a directory applied (GitOps).
+    Watch(cmd::watch::WatchArgs),
 }
 
 fn main() -> std::process::ExitCode {

@@ -450,3 +450,63 @@ fn daemon_killed_mid_apply_converges_without_duplicates() {
     assert_eq!(rig.running("kds_web"), 6);
     assert!(http_get(port).is_some_and(|b| b.contains("hello")));
 }
+
+fn sleeper(replicas: u32) -> String {
+    format!(
+        "services:\n  app:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {replicas}\n"
+    )
+}
+
+#[test]
+fn watched_directory_add_change_break_delete() {
+    let rig = Rig::new("wa", 234);
+    let dir = rig.root.join("stacks");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("alpha.yml"), sleeper(1)).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a stack").unwrap();
+    let log = std::fs::File::create(rig.root.join("watch.log")).unwrap();
+    let mut watcher = Command::new(BIN)
+        .arg("-H")
+        .arg(format!("unix://{}", rig.socket.display()))
+        .arg("watch")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let watch_log = || std::fs::read_to_string(rig.root.join("watch.log")).unwrap_or_default();
+    // Added on start.
+    rig.wait_until("alpha applied", 30, || rig.running("alpha_app") == 1);
+    let ls = rig.ok(&["stack", "ls"]);
+    assert!(ls.contains("alpha") && ls.contains("alpha.yml"), "{ls}");
+    assert!(!ls.contains("notes"), "{ls}");
+    // Changed.
+    std::fs::write(dir.join("alpha.yml"), sleeper(2)).unwrap();
+    rig.wait_until("alpha scaled", 30, || rig.running("alpha_app") == 2);
+    // Broken: logged, last good state kept.
+    let hash = rig.ok(&["stack", "ls"]);
+    std::fs::write(dir.join("alpha.yml"), "services:\n  app: [unclosed\n").unwrap();
+    rig.wait_until("error logged", 30, || watch_log().contains("is invalid"));
+    assert_eq!(
+        rig.ok(&["stack", "ls"])
+            .lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().nth(2).map(str::to_string)),
+        hash.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().nth(2).map(str::to_string))
+    );
+    assert_eq!(rig.running("alpha_app"), 2);
+    // A second file is a second stack.
+    std::fs::write(dir.join("beta.yaml"), sleeper(1)).unwrap();
+    rig.wait_until("beta applied", 30, || rig.running("beta_app") == 1);
+    // Deleted: its stack goes, the other stays.
+    std::fs::remove_file(dir.join("alpha.yml")).unwrap();
+    rig.wait_until("alpha removed", 30, || {
+        !rig.ok(&["stack", "ls"]).contains("alpha")
+            && !rig.tasks().iter().any(|t| t["service"] == "alpha_app")
+    });
+    assert_eq!(rig.running("beta_app"), 1);
+    watcher.kill().ok();
+    watcher.wait().ok();
+}

@@ -118,7 +118,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
-fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
+pub fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
     let opts = dcpp_spec::LoadOptions {
         files: files.files.clone(),
         project_name: files.project_name.clone(),
@@ -157,7 +157,10 @@ fn source_of(files: &FileArgs) -> String {
 }
 
 /// The stored services of `stack` by service name.
-async fn stored_services(c: &Client, stack: &str) -> anyhow::Result<BTreeMap<String, ServiceDoc>> {
+pub async fn stored_services(
+    c: &Client,
+    stack: &str,
+) -> anyhow::Result<BTreeMap<String, ServiceDoc>> {
     let mut out = BTreeMap::new();
     for o in c.list(Kind::Service).await?.objects {
         let d: ServiceDoc = o.decode()?;
@@ -236,11 +239,6 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
             .map(|d| (d.spec.name.clone(), d))
             .collect();
         let changes = diff_services(&old, &new);
-        let removed: Vec<String> = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .cloned()
-            .collect();
         let effective = changes
             .iter()
             .filter(|ch| {
@@ -265,35 +263,71 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
         if args.dry_run {
             return Ok(0);
         }
-        let unchanged_stack = stored_stack
-            .as_ref()
-            .is_some_and(|(s, _)| s.hash == stack.hash && s.source == stack.source);
-        if effective > 0 || !unchanged_stack {
-            if let Some((s, _)) = &stored_stack
-                && effective == 0
-            {
-                // Only provenance changed: keep the stack's original apply time.
-                stack.applied_at_ms = s.applied_at_ms;
-            }
-            let mut txn = Txn::new().op(Op::put(Kind::Stack, stack.name.clone(), &stack)?);
-            for (name, d) in &new {
-                if old.get(name) != Some(d) {
-                    txn = txn.op(Op::put(Kind::Service, d.id().0, d)?);
-                }
-            }
-            if args.prune {
-                for name in &removed {
-                    txn = txn.op(Op::delete(Kind::Service, old[name].id().0));
-                }
-            }
-            c.txn(&txn).await?;
-        }
+        store_stack(
+            &c,
+            &mut stack,
+            &old,
+            &new,
+            stored_stack.as_ref().map(|s| &s.0),
+            args.prune,
+            effective,
+        )
+        .await?;
         if args.detach {
             return Ok(0);
         }
         let watch: Vec<ServiceDoc> = new.into_values().collect();
         follow(&c, &watch, args.timeout).await
     })
+}
+
+/// Writes the stack and its changed services in one transaction; writes nothing when neither
+/// the services nor the stack's provenance changed.
+pub async fn store_stack(
+    c: &Client,
+    stack: &mut StackDoc,
+    old: &BTreeMap<String, ServiceDoc>,
+    new: &BTreeMap<String, ServiceDoc>,
+    stored: Option<&StackDoc>,
+    prune: bool,
+    effective: usize,
+) -> anyhow::Result<()> {
+    let unchanged_stack = stored.is_some_and(|s| s.hash == stack.hash && s.source == stack.source);
+    if effective == 0 && unchanged_stack {
+        return Ok(());
+    }
+    if let Some(s) = stored
+        && effective == 0
+    {
+        // Only provenance changed: keep the stack's original apply time.
+        stack.applied_at_ms = s.applied_at_ms;
+    }
+    let mut txn = Txn::new().op(Op::put(Kind::Stack, stack.name.clone(), &*stack)?);
+    for (name, d) in new {
+        if old.get(name) != Some(d) {
+            txn = txn.op(Op::put(Kind::Service, d.id().0, d)?);
+        }
+    }
+    if prune {
+        for (name, d) in old {
+            if !new.contains_key(name) {
+                txn = txn.op(Op::delete(Kind::Service, d.id().0));
+            }
+        }
+    }
+    c.txn(&txn).await?;
+    Ok(())
+}
+
+/// Deletes a stack and its services in one transaction.
+pub async fn delete_stack(c: &Client, name: &str) -> anyhow::Result<usize> {
+    let old = stored_services(c, name).await?;
+    let mut txn = Txn::new().op(Op::delete(Kind::Stack, name.to_string()));
+    for d in old.values() {
+        txn = txn.op(Op::delete(Kind::Service, d.id().0));
+    }
+    c.txn(&txn).await?;
+    Ok(old.len())
 }
 
 pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
@@ -456,13 +490,8 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     };
     let c = client(global)?;
     block_on(async move {
-        let old = stored_services(&c, &name).await?;
-        let mut txn = Txn::new().op(Op::delete(Kind::Stack, name.clone()));
-        for d in old.values() {
-            txn = txn.op(Op::delete(Kind::Service, d.id().0));
-        }
-        c.txn(&txn).await?;
-        println!("stack {name}: removing {} service(s)", old.len());
+        let n = delete_stack(&c, &name).await?;
+        println!("stack {name}: removing {n} service(s)");
         if args.detach {
             return Ok(0);
         }

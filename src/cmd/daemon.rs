@@ -50,6 +50,9 @@ pub struct AgentArgs {
     /// Run only the store (no agent, no reconciler).
     #[arg(long)]
     pub no_agent: bool,
+    /// Keep one stack per compose file of this directory applied (see `dcpp watch`).
+    #[arg(long)]
+    pub watch: Option<PathBuf>,
 }
 
 pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
@@ -69,7 +72,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         args.listen,
         advertise,
         args.socket,
-        (!args.agent.no_agent).then(|| (global.data_dir.clone(), args.agent.clone())),
+        Some((global.data_dir.clone(), args.agent.clone())),
     ))?;
     Ok(0)
 }
@@ -99,12 +102,25 @@ async fn serve(
     }));
     // Zero config: a node that never belonged to a cluster becomes a one-node cluster.
     node.bootstrap().await.context("bootstrap")?;
+    let watch_dir = agent.as_ref().and_then(|(_, a)| a.watch.clone());
     let agent = match agent {
-        Some((data_dir, a)) => Some(crate::cmd::agent::start_agent(
+        Some((data_dir, a)) if !a.no_agent => Some(crate::cmd::agent::start_agent(
             &node, &data_dir, &a, &stop_rx,
         )?),
-        None => None,
+        _ => None,
     };
+    let watcher = watch_dir.map(|dir| {
+        let c = dcpp_raft::Client::new(&dcpp_raft::Endpoint::Unix(socket.clone()), None);
+        tokio::spawn(async move {
+            let r = match c {
+                Ok(c) => crate::cmd::watch::watch_loop(c, dir).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = r {
+                tracing::error!("watch: {e:#}");
+            }
+        })
+    });
     eprintln!(
         "dcpp daemon: node {} ready; peers at {advertise}, local API at unix://{}",
         node.id(),
@@ -113,6 +129,9 @@ async fn serve(
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(w) = watcher {
+        w.abort();
+    }
     if let Some(a) = agent {
         a.stop().await;
     }

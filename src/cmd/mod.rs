@@ -10,6 +10,7 @@ pub mod image;
 pub mod network;
 pub mod node;
 pub mod volume;
+pub mod watch;
 
 use crate::{Cli, Command};
 
@@ -32,5 +33,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ps(args) => apply::run_ps(&cli.global, args),
         Command::Stack(args) => apply::run_stack(&cli.global, args),
         Command::Service(args) => apply::run_service(&cli.global, args),
+        Command::Watch(args) => watch::run(&cli.global, args),
     }
 }

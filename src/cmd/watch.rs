@@ -1,0 +1,183 @@
+//! GitOps: `dcpp watch DIR` (and `dcpp daemon --watch DIR`) keeps the stacks in sync with the
+//! compose files in one directory.
+//!
+//! File → stack rule: every `*.yml` / `*.yaml` file directly in DIR (not in subdirectories,
+//! not hidden) is one stack, named after the file's stem normalised like a compose project
+//! name (`Web-App.yaml` → `web-app`); a top-level `name:` in the file is ignored so that the
+//! file name alone decides. Two files with the same stem: the first in byte order wins and the
+//! other is reported. Each stack records its file (`source`) and content hash (`dcpp stack ls`).
+//!
+//! Level-triggered: any change in DIR (debounced) re-reads the whole directory. A file that does
+//! not load is logged and its stack keeps its last good state; a deleted file's stack is
+//! removed. Only stacks whose source lies in DIR are ever removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use dcpp_node_agent::docs::{ServiceChange, ServiceDoc, StackDoc, diff_services, stack_docs};
+use dcpp_raft::{Client, Kind};
+use notify_debouncer_full::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
+
+use crate::Global;
+use crate::cmd::apply::{delete_stack, store_stack, stored_services};
+use crate::cmd::cluster::{block_on, client};
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Directory of compose files (one stack per file).
+    pub dir: PathBuf,
+}
+
+pub fn run(global: &Global, args: WatchArgs) -> anyhow::Result<u8> {
+    let c = client(global)?;
+    block_on(async move {
+        watch_loop(c, args.dir).await?;
+        Ok(0)
+    })
+}
+
+/// The stack name of a compose file in a watched directory.
+pub fn stack_name(file: &Path) -> Option<String> {
+    let ext = file.extension()?.to_str()?;
+    if ext != "yml" && ext != "yaml" {
+        return None;
+    }
+    let stem = file.file_stem()?.to_str()?;
+    if stem.starts_with('.') {
+        return None;
+    }
+    let name = dcpp_spec::normalize_project_name(stem);
+    (!name.is_empty()).then_some(name)
+}
+
+/// Watches `dir` forever, syncing on start and after every (debounced) change.
+pub async fn watch_loop(c: Client, dir: PathBuf) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("watch {}", dir.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |r: DebounceEventResult| {
+            let _ = tx.send(r.is_ok());
+        },
+    )
+    .context("start file watcher")?;
+    // The directory, not the files: editors replace files by renaming over them.
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watch {}", dir.display()))?;
+    eprintln!(
+        "watching {} (one stack per *.yml/*.yaml file)",
+        dir.display()
+    );
+    loop {
+        if let Err(e) = sync_dir(&c, &dir).await {
+            eprintln!("watch: {e:#}");
+        }
+        if rx.recv().await.is_none() {
+            return Ok(());
+        }
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+/// Makes the stored stacks match the files of `dir` once.
+pub async fn sync_dir(c: &Client, dir: &Path) -> anyhow::Result<()> {
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let Some(name) = stack_name(&p) else { continue };
+        if let Some(first) = files.get(&name) {
+            eprintln!(
+                "watch: {} ignored: stack {name} already comes from {}",
+                p.display(),
+                first.display()
+            );
+            continue;
+        }
+        files.insert(name, p);
+    }
+    let mut stored: BTreeMap<String, StackDoc> = BTreeMap::new();
+    for o in c.list(Kind::Stack).await?.objects {
+        let s: StackDoc = o.decode()?;
+        stored.insert(s.name.clone(), s);
+    }
+    for (name, file) in &files {
+        let opts = dcpp_spec::LoadOptions {
+            files: vec![file.clone()],
+            project_name: Some(name.clone()),
+            profiles: vec![],
+            env_files: vec![],
+            working_dir: dir.to_path_buf(),
+            project_dir: None,
+            environment: std::env::vars().collect(),
+        };
+        let project = match dcpp_spec::load(&opts) {
+            Ok(l) => l.project,
+            Err(errs) => {
+                eprintln!(
+                    "watch: {} is invalid; stack {name} keeps its last good state:\n{errs}",
+                    file.display()
+                );
+                continue;
+            }
+        };
+        let (mut stack, services) = match stack_docs(&project, &file.display().to_string()) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!(
+                    "watch: {}: {e}; stack {name} keeps its last good state",
+                    file.display()
+                );
+                continue;
+            }
+        };
+        let prev = stored.get(name);
+        if prev.is_some_and(|s| s.hash == stack.hash && s.source == stack.source) {
+            continue;
+        }
+        let old = stored_services(c, name).await?;
+        let new: BTreeMap<String, ServiceDoc> = services
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d))
+            .collect();
+        let changes: Vec<ServiceChange> = diff_services(&old, &new);
+        store_stack(c, &mut stack, &old, &new, prev, true, changes.len()).await?;
+        eprintln!(
+            "watch: applied {} as stack {name} ({} change(s))",
+            file.display(),
+            changes.len()
+        );
+    }
+    for (name, s) in &stored {
+        let from_here = Path::new(&s.source).parent() == Some(dir);
+        if from_here && !files.contains_key(name) {
+            delete_stack(c, name).await?;
+            eprintln!("watch: {} is gone: stack {name} removed", s.source);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_map_to_stack_names() {
+        assert_eq!(stack_name(Path::new("/d/web.yml")).as_deref(), Some("web"));
+        assert_eq!(
+            stack_name(Path::new("/d/My App.yaml")).as_deref(),
+            Some("myapp")
+        );
+        assert_eq!(stack_name(Path::new("/d/.hidden.yml")), None);
+        assert_eq!(stack_name(Path::new("/d/notes.txt")), None);
+    }
+}
