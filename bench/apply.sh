@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# dcpp apply benchmark: time from `dcpp apply` to all running for 1/10/100 replicas, scale
+# 1→100, rolling update of 50 replicas at parallelism 1, replacement of a killed container,
+# unchanged apply, daemon RSS idle and with 100 containers. Runs its own daemon (own data dir,
+# socket, port, cgroup parent, bridge prefix, nft table) and removes everything at the end.
+# DCPP=path/to/dcpp picks the binary (default: target/release/dcpp, built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DCPP=${DCPP:-$PWD/target/release/dcpp}
+[[ -x "$DCPP" ]] || cargo build --release --locked -p dcpp
+
+WORK=$(mktemp -d /tmp/dcpp-bench-apply.XXXXXX)
+export DCPP_DATA_DIR="$WORK/data" DCPP_HOST="unix://$WORK/dcpp.sock" DCPP_CGROUP_PARENT=dcpp-bench-apply
+DAEMON_PID=
+cleanup() {
+  set +e
+  if [[ -n "$DAEMON_PID" ]]; then
+    "$DCPP" down -p bench --timeout 120s >/dev/null 2>&1
+    kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ROOTFS="$WORK/rootfs"
+mkdir -p "$ROOTFS"/{bin,etc,tmp}
+cp /bin/busybox "$ROOTFS/bin/busybox"
+for a in $(/bin/busybox --list); do [[ "$a" == busybox ]] || ln -s busybox "$ROOTFS/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
+"$DCPP" image import "$ROOTFS" dcpp.local/busybox:bench >/dev/null
+
+"$DCPP" daemon --listen 127.0.0.1:27477 --socket "$WORK/dcpp.sock" --bridge-prefix dcbn \
+  --nft-table dcpp_bench --network-pool 10.252.0.0/16 2>"$WORK/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 100); do "$DCPP" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
+
+compose() { # replicas version parallelism
+  cat >"$WORK/compose.yml" <<YAML
+name: bench
+services:
+  app:
+    image: dcpp.local/busybox:bench
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    environment:
+      VERSION: "$2"
+    deploy:
+      replicas: $1
+      update_config:
+        parallelism: ${3:-0}
+        monitor: 0s
+YAML
+}
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l | xargs printf '%.3f'; }
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$DAEMON_PID/status"; }
+
+sleep 1
+echo "daemon RSS idle: $(rss)"
+for n in 1 10 100; do
+  compose "$n" 1
+  t0=$(now); "$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1; t1=$(now)
+  echo "apply $n replicas -> all running: $(secs "$t0" "$t1") s"
+  if [[ $n == 100 ]]; then echo "daemon RSS with 100 containers: $(rss)"; fi
+  "$DCPP" down -p bench >/dev/null
+done
+
+compose 1 1
+"$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1
+t0=$(now); "$DCPP" service scale app=100 >/dev/null 2>&1; t1=$(now)
+echo "scale 1 -> 100: $(secs "$t0" "$t1") s"
+"$DCPP" down -p bench >/dev/null
+
+compose 50 1 1
+"$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1
+compose 50 2 1
+t0=$(now); "$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1; t1=$(now)
+echo "rolling update of 50 replicas at parallelism 1: $(secs "$t0" "$t1") s"
+
+t0=$(now); for _ in 1 2 3 4 5 6 7 8 9 10; do "$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1; done; t1=$(now)
+echo "unchanged apply (mean of 10): $(echo "($t1 - $t0) / 10" | bc -l | xargs printf '%.3f') s"
+"$DCPP" down -p bench >/dev/null
+
+compose 1 1
+"$DCPP" apply -f "$WORK/compose.yml" >/dev/null 2>&1
+old=$("$DCPP" container ls -q | head -1)
+t0=$(now)
+"$DCPP" container kill "$old" >/dev/null
+while :; do
+  new=$("$DCPP" ps --format json | grep -c '"state": "running"' || true)
+  cur=$("$DCPP" container ls -q | grep -v "$old" | head -1 || true)
+  [[ "$new" == 1 && -n "$cur" ]] && break
+  sleep 0.01
+done
+t1=$(now)
+echo "killed container replaced (running again, incl. CLI polling): $(secs "$t0" "$t1") s"
