@@ -7,10 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 
-cargo build --release -p dcpp --quiet
-DCPP=$PWD/target/release/dcpp
+# DCPP=/path/to/dcpp measures an already built binary instead of building one.
+if [[ -z ${DCPP:-} ]]; then
+  cargo build --release -p dcpp --quiet
+  DCPP=$PWD/target/release/dcpp
+fi
 
-WORK=$(mktemp -d /tmp/dcpp-bench-pull-XXXXXX)
+# BENCH_DIR picks the filesystem both tools write to (default /tmp).
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/dcpp-bench-pull-XXXXXX")
 REG_PID=
 cleanup() {
   [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
