@@ -57,7 +57,7 @@ pub enum Command {
     Network(cmd::network::NetworkArgs),
     /// Run and manage containers on this machine (docker's low-level commands).
     Container(Box<cmd::container::ContainerArgs>),
-    /// Print a container's log (same as `dcpp container logs`).
+    /// Print a container's log (as `dcpp container logs`), or a service's replicas merged.
     Logs(cmd::container::TopLogsArgs),
     /// Manage named volumes.
     #[command(subcommand)]

@@ -335,6 +335,9 @@ fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
     rig.wait_until("client output", 20, || {
         rig.ok(&["logs", &cid]).contains("hello from dcpp")
     });
+    // Service-level logs: replicas merged with compose-style prefixes.
+    let merged = rig.ok(&["logs", "client"]);
+    assert!(merged.contains("client.1 | hello from dcpp"), "{merged}");
 
     // Unchanged: nothing touched, no container restarted.
     let before = rig.containers();
@@ -417,6 +420,33 @@ fn update_to_a_missing_image_fails_and_rolls_back() {
         http_get(port).is_some_and(|b| b.contains("hello"))
     });
     assert_eq!(old.len(), 3);
+
+    // Manual update to another (good) image, then `service rollback` back to the first.
+    let rootfs = rig.root.join("rootfs");
+    rig.ok(&[
+        "image",
+        "import",
+        rootfs.to_str().unwrap(),
+        "dcpp.local/busybox:e2e2",
+    ]);
+    let out = rig.ok(&[
+        "service",
+        "update",
+        "rbs_web",
+        "--image",
+        "dcpp.local/busybox:e2e2",
+    ]);
+    assert!(out.contains("converged"), "{out}");
+    let images = |img: &str| {
+        rig.tasks()
+            .iter()
+            .filter(|t| t["service"] == "rbs_web")
+            .all(|t| t["state"] == "running" && t["image"] == img)
+    };
+    assert!(images("dcpp.local/busybox:e2e2"));
+    let out = rig.ok(&["service", "rollback", "rbs_web"]);
+    assert!(out.contains("converged"), "{out}");
+    assert!(images(IMAGE));
 }
 
 #[test]

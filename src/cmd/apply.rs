@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dcpp_node_agent::docs::{STATUS_PREFIX, ServiceDoc, StackDoc, diff_services, stack_docs};
 use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
-use dcpp_reconciler::{DesiredState, Mode, ServiceStatus, Task, TaskState, UpdateState};
+use dcpp_reconciler::{
+    DesiredState, Mode, ServiceSpec, ServiceStatus, Task, TaskState, UpdateState,
+};
 
 use crate::Global;
 use crate::cmd::cluster::{block_on, client};
@@ -87,6 +89,24 @@ pub enum ServiceCommand {
     Ps { service: String },
     /// The stored service document as JSON.
     Inspect { service: String },
+    /// Change a service's image (a rolling update per its update_config).
+    Update {
+        service: String,
+        #[arg(long)]
+        image: String,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Go back to the service's previous spec (a rolling update to it).
+    Rollback {
+        service: String,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Set replica counts: `web=5 api=2`.
     Scale {
         #[arg(required = true)]
@@ -304,8 +324,14 @@ pub async fn store_stack(
     }
     let mut txn = Txn::new().op(Op::put(Kind::Stack, stack.name.clone(), &*stack)?);
     for (name, d) in new {
-        if old.get(name) != Some(d) {
-            txn = txn.op(Op::put(Kind::Service, d.id().0, d)?);
+        match old.get(name) {
+            Some(o) if o == d => {}
+            Some(o) => {
+                txn = txn
+                    .op(Op::put(Kind::Config, previous_key(&d.id().0), o)?)
+                    .op(Op::put(Kind::Service, d.id().0, d)?);
+            }
+            None => txn = txn.op(Op::put(Kind::Service, d.id().0, d)?),
         }
     }
     if prune {
@@ -319,6 +345,12 @@ pub async fn store_stack(
     Ok(())
 }
 
+/// `Kind::Config` id of the service document an update replaced (what `service rollback`
+/// restores).
+fn previous_key(service_id: &str) -> String {
+    format!("dcpp/previous/{service_id}")
+}
+
 /// Deletes a stack and its services in one transaction.
 pub async fn delete_stack(c: &Client, name: &str) -> anyhow::Result<usize> {
     let old = stored_services(c, name).await?;
@@ -327,6 +359,9 @@ pub async fn delete_stack(c: &Client, name: &str) -> anyhow::Result<usize> {
         txn = txn.op(Op::delete(Kind::Service, d.id().0));
     }
     c.txn(&txn).await?;
+    for d in old.values() {
+        let _ = c.delete(Kind::Config, &previous_key(&d.id().0)).await;
+    }
     Ok(old.len())
 }
 
@@ -627,6 +662,22 @@ async fn find_service(c: &Client, name: &str) -> anyhow::Result<(ServiceDoc, u64
     }
 }
 
+/// The container version of a compose service, computed the way `ServiceSpec::from_compose`
+/// does (a one-service project goes through the same conversion).
+fn version_of(svc: &dcpp_spec::Service) -> u64 {
+    let p = dcpp_spec::Project {
+        name: "x".into(),
+        services: BTreeMap::from([("s".to_string(), svc.clone())]),
+        networks: Default::default(),
+        volumes: Default::default(),
+        configs: Default::default(),
+        secrets: Default::default(),
+    };
+    ServiceSpec::from_compose(&p, "s")
+        .map(|s| s.version)
+        .unwrap_or_default()
+}
+
 pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
     let c = client(global)?;
     block_on(async move {
@@ -669,6 +720,74 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                 let (d, _) = find_service(&c, &service).await?;
                 println!("{}", serde_json::to_string_pretty(&d)?);
                 Ok(0)
+            }
+            ServiceCommand::Update {
+                service,
+                image,
+                detach,
+                timeout,
+            } => {
+                let (mut d, rev) = find_service(&c, &service).await?;
+                let before = d.clone();
+                d.service.image = Some(image.clone());
+                d.spec.image = image;
+                d.spec.version = version_of(&d.service);
+                let id = d.id().0;
+                let txn = Txn::new()
+                    .when(Precondition::ModRevision {
+                        kind: Kind::Service,
+                        id: id.clone(),
+                        revision: rev,
+                    })
+                    .op(Op::put(Kind::Config, previous_key(&id), &before)?)
+                    .op(Op::put(Kind::Service, id.clone(), &d)?);
+                c.txn(&txn).await?;
+                println!("{id}: updating to {}", d.spec.image);
+                if detach {
+                    return Ok(0);
+                }
+                follow(&c, &[d], timeout).await
+            }
+            ServiceCommand::Rollback {
+                service,
+                detach,
+                timeout,
+            } => {
+                let (d, rev) = find_service(&c, &service).await?;
+                let id = d.id().0;
+                let status: ServiceStatus = c
+                    .get_as(Kind::Config, &format!("{STATUS_PREFIX}{id}"))
+                    .await
+                    .map(|(s, _)| s)
+                    .with_context(|| format!("{id} has no rollout status yet"))?;
+                let Some(prev) = status.previous else {
+                    bail!("{id} has no previous spec to roll back to");
+                };
+                let old: Option<ServiceDoc> = c
+                    .get_as(Kind::Config, &previous_key(&id))
+                    .await
+                    .ok()
+                    .map(|(s, _)| s);
+                // The container settings of the previous spec are stored at each update; if
+                // they are missing or belong to another version, only the image goes back.
+                let mut back = old
+                    .filter(|o| o.spec.version == prev.version)
+                    .unwrap_or_else(|| {
+                        let mut b = d.clone();
+                        b.service.image = Some(prev.image.clone());
+                        b
+                    });
+                back.spec = ServiceSpec {
+                    mode: d.spec.mode.clone(),
+                    ..prev
+                };
+                back.service.deploy = d.service.deploy.clone();
+                c.put_if(Kind::Service, &id, &back, rev).await?;
+                println!("{id}: rolling back to {}", back.spec.image);
+                if detach {
+                    return Ok(0);
+                }
+                follow(&c, &[back], timeout).await
             }
             ServiceCommand::Scale {
                 pairs,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod container;
 pub mod daemon;
 pub mod image;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod volume;
@@ -25,7 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Node(args) => node::run(&cli.global, args),
         Command::Network(args) => network::run(&cli.global, args),
         Command::Container(args) => container::run(&cli.global, *args),
-        Command::Logs(args) => container::run_logs(&cli.global, args),
+        Command::Logs(args) => logs::run(&cli.global, args),
         Command::Volume(args) => volume::run(&cli.global, args),
         Command::Apply(args) => apply::run_apply(&cli.global, args),
         Command::Diff(args) => apply::run_diff(&cli.global, args),
