@@ -540,3 +540,52 @@ fn watched_directory_add_change_break_delete() {
     watcher.kill().ok();
     watcher.wait().ok();
 }
+
+#[test]
+fn healthcheck_runs_in_the_container_and_gates_service_healthy_dependents() {
+    let rig = Rig::new("hc", 235);
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: hcs
+services:
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 3600"]
+    stop_signal: SIGKILL
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 500ms
+      retries: 30
+  app:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    depends_on:
+      db:
+        condition: service_healthy
+"#
+        ),
+    );
+    let mut apply = Command::new(BIN)
+        .arg("-H")
+        .arg(format!("unix://{}", rig.socket.display()))
+        .args(["apply", "-f", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While db is not healthy yet, app waits for it.
+    rig.wait_until("db running", 20, || rig.running("hcs_db") == 1);
+    let app = rig.tasks().into_iter().find(|t| t["service"] == "hcs_app");
+    assert!(
+        app.as_ref().is_none_or(|t| t["state"] != "running"),
+        "{app:?}"
+    );
+    let status = apply.wait().unwrap();
+    assert!(status.success());
+    let tasks = rig.tasks();
+    let db = tasks.iter().find(|t| t["service"] == "hcs_db").unwrap();
+    assert_eq!(db["health"], "healthy", "{db}");
+    assert_eq!(rig.running("hcs_app"), 1);
+}

@@ -118,6 +118,53 @@ pub enum ServiceCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Print one JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dcpp events`: stack, service and task changes as they happen (until interrupted).
+pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
+    use futures::StreamExt;
+    let c = client(global)?;
+    block_on(async move {
+        let since = c.status().await?.revision;
+        let mut s = Box::pin(c.watch(since, None));
+        while let Some(ev) = s.next().await {
+            let ev = ev?;
+            let o = &ev.object;
+            if !matches!(
+                o.kind,
+                Kind::Stack | Kind::Service | Kind::Task | Kind::Node
+            ) {
+                continue;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&ev)?);
+                continue;
+            }
+            let what = match (ev.event_type, o.kind) {
+                (dcpp_raft::EventType::Delete, _) => "deleted".to_string(),
+                (_, Kind::Task) => match o.decode::<Task>() {
+                    Ok(t) => format!(
+                        "{} {} desired={:?}{}",
+                        t.name(),
+                        t.state,
+                        t.desired,
+                        t.error.map(|e| format!(" error={e:?}")).unwrap_or_default()
+                    ),
+                    Err(_) => "updated".into(),
+                },
+                _ => "updated".into(),
+            };
+            println!("{} {}/{} {what}", ev.revision, o.kind, o.id);
+        }
+        Ok(0)
+    })
+}
+
 /// `90s`, `5m`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, mult) = if let Some(n) = s.strip_suffix("ms") {

@@ -35,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stack(args) => apply::run_stack(&cli.global, args),
         Command::Service(args) => apply::run_service(&cli.global, args),
         Command::Watch(args) => watch::run(&cli.global, args),
+        Command::Events(args) => apply::run_events(&cli.global, args),
     }
 }
