@@ -1,0 +1,92 @@
+//! The leader loop against a real one-node raft store (no containers): services become
+//! assigned tasks in the store, an unchanged state writes nothing, scaling down marks surplus
+//! tasks for removal and keeps the agent-reported running one.
+
+use std::time::Duration;
+
+use dcpp_node_agent::docs::{ServiceDoc, task_key};
+use dcpp_node_agent::leader::{node_id, reconcile_once};
+use dcpp_raft::{Kind, Node, NodeConfig, Op, Txn};
+use dcpp_reconciler::{DesiredState, ServiceSpec, Task, TaskState};
+
+async fn tasks(node: &Node) -> Vec<(Task, u64)> {
+    node.list(Kind::Task, false)
+        .await
+        .unwrap()
+        .objects
+        .iter()
+        .map(|o| (o.decode().unwrap(), o.mod_revision))
+        .collect()
+}
+
+async fn converge(node: &Node) {
+    for _ in 0..20 {
+        let (_, wrote) = reconcile_once(node).await.unwrap();
+        if !wrote {
+            return;
+        }
+    }
+    panic!("the leader loop did not reach a fixpoint");
+}
+
+fn service(replicas: u32) -> ServiceDoc {
+    ServiceDoc {
+        spec: ServiceSpec::new("st", "web", "busybox", replicas),
+        service: dcpp_spec::Service {
+            image: Some("busybox".into()),
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let node = Node::open(NodeConfig::fast(dir.path(), &addr))
+        .await
+        .unwrap();
+    let n2 = node.clone();
+    let server = tokio::spawn(async move {
+        dcpp_raft::api::serve_tcp(n2, listener, std::future::pending())
+            .await
+            .ok();
+    });
+    node.bootstrap().await.unwrap();
+    node.wait_leader(Duration::from_secs(10)).await.unwrap();
+
+    let put = |d: ServiceDoc| Txn::new().op(Op::put(Kind::Service, d.id().0, &d).unwrap());
+    node.txn(put(service(3))).await.unwrap();
+    converge(&node).await;
+    let ts = tasks(&node).await;
+    assert_eq!(ts.len(), 3);
+    for (t, _) in &ts {
+        assert_eq!(t.state, TaskState::Assigned, "{t:?}");
+        assert_eq!(t.node, Some(node_id(node.id())));
+    }
+    // Nothing changed: nothing is written.
+    let (_, wrote) = reconcile_once(&node).await.unwrap();
+    assert!(!wrote);
+
+    // An agent reports one task running; scaling to 1 keeps that task and its report.
+    let (mut t, _) = ts[0].clone();
+    t.state = TaskState::Running;
+    node.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
+        .await
+        .unwrap();
+    node.txn(put(service(1))).await.unwrap();
+    converge(&node).await;
+    let ts = tasks(&node).await;
+    let running: Vec<_> = ts
+        .iter()
+        .filter(|(t, _)| t.desired == DesiredState::Running && t.is_live())
+        .collect();
+    assert_eq!(running.len(), 1, "{ts:?}");
+    assert!(
+        ts.iter()
+            .any(|(x, _)| x.id == t.id && x.state == TaskState::Running)
+    );
+    node.shutdown().await.ok();
+    server.abort();
+}
