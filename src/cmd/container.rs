@@ -639,7 +639,7 @@ fn follow_logs(
     follow: bool,
 ) -> anyhow::Result<()> {
     let path = mgr.log_path(id)?;
-    let all = logs::read_all(&path)?;
+    let (all, mut offset) = logs::read_snapshot(&path)?;
     let skip = tail.map(|t| all.len().saturating_sub(t)).unwrap_or(0);
     for e in &all[skip..] {
         print_entry(e, timestamps);
@@ -647,7 +647,6 @@ fn follow_logs(
     if !follow {
         return Ok(());
     }
-    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     loop {
         let done = match mgr.inspect(id) {
             Ok(i) => !matches!(i.status, Status::Running | Status::Created),

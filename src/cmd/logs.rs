@@ -37,11 +37,11 @@ pub fn run(global: &Global, args: TopLogsArgs) -> anyhow::Result<u8> {
     for c in &replicas {
         let path = mgr.log_path(&c.state.id)?;
         let prefix = prefix_of(c);
-        for e in logs::read_all(&path).unwrap_or_default() {
+        let (entries, offset) = logs::read_snapshot(&path).unwrap_or_default();
+        for e in entries {
             merged.push((e.time.clone(), prefix.clone(), e));
         }
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        offsets.insert(c.state.id.clone(), (prefix, path, len));
+        offsets.insert(c.state.id.clone(), (prefix, path, offset));
     }
     merged.sort_by(|a, b| a.0.cmp(&b.0));
     let skip = args

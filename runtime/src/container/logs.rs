@@ -123,12 +123,18 @@ fn rotated(path: &Path, i: u32) -> PathBuf {
 
 /// Every entry of a container's log, oldest first (rotated files first).
 pub fn read_all(path: &Path) -> std::io::Result<Vec<LogEntry>> {
+    read_snapshot(path).map(|(entries, _)| entries)
+}
+
+/// Every entry so far plus the offset in the current file to follow from with [`read_from`].
+/// The offset is where this read stopped, not the file's length afterwards, so a line the
+/// monitor appends meanwhile is neither lost nor printed twice.
+pub fn read_snapshot(path: &Path) -> std::io::Result<(Vec<LogEntry>, u64)> {
     let mut files: Vec<PathBuf> = (1..100)
         .map(|i| rotated(path, i))
         .take_while(|p| p.exists())
         .collect();
     files.reverse();
-    files.push(path.to_path_buf());
     let mut out = Vec::new();
     for f in files {
         let Ok(file) = File::open(&f) else { continue };
@@ -138,7 +144,9 @@ pub fn read_all(path: &Path) -> std::io::Result<Vec<LogEntry>> {
             }
         }
     }
-    Ok(out)
+    let (current, offset) = read_from(path, 0)?;
+    out.extend(current);
+    Ok((out, offset))
 }
 
 /// Follows the current log file from byte `offset`, returning new complete entries and the
