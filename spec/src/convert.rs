@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Pos;
 use crate::loader::{Ctx, LoadOptions, absolutize};
-use crate::merge::list_to_map;
+use crate::merge::list_to_map_ref;
 use crate::model::*;
 use crate::syntax;
 use crate::units;
@@ -343,13 +343,8 @@ impl Cv<'_> {
 
     /// A `KEY: value` map or a `KEY=value` list. `None` values mark keys without a value.
     fn kv(&mut self, n: &Node, path: &str) -> Vec<(String, Option<String>, Pos)> {
-        let converted;
-        let node = if matches!(n.kind, Kind::Seq(_)) {
-            converted = list_to_map(n.clone(), true);
-            &converted
-        } else {
-            n
-        };
+        let converted = list_to_map_ref(n, true);
+        let node = converted.as_ref().unwrap_or(n);
         let mut out: Vec<(String, Option<String>, Pos)> = Vec::new();
         for e in self.entries(node, path) {
             let p = join(path, &e.key);
@@ -1143,9 +1138,10 @@ fn file_refs(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str, secret: bool) -> Vec
 }
 
 fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> BTreeMap<String, DependsOn> {
-    let node = list_to_map(v.clone(), false);
+    let converted = list_to_map_ref(v, false);
+    let node = converted.as_ref().unwrap_or(v);
     let mut out = BTreeMap::new();
-    for e in cv.entries(&node, p) {
+    for e in cv.entries(node, p) {
         let ep = join(p, &e.key);
         if e.key.is_empty() {
             cv.err(e.value.pos, p, "entries must be service names");
@@ -1249,9 +1245,10 @@ fn service_networks(
     v: &Node,
     p: &str,
 ) -> BTreeMap<String, Option<ServiceNetwork>> {
-    let node = list_to_map(v.clone(), false);
+    let converted = list_to_map_ref(v, false);
+    let node = converted.as_ref().unwrap_or(v);
     let mut out = BTreeMap::new();
-    for e in cv.entries(&node, p) {
+    for e in cv.entries(node, p) {
         let ep = join(p, &e.key);
         if e.key.is_empty() {
             cv.err(e.value.pos, p, "entries must be network names");

@@ -10,7 +10,13 @@ use crate::yaml::{Entry, Kind, MergeTag, Node};
 
 /// Lists that are really maps: `KEY=VALUE` items (or bare names) become map entries.
 pub(crate) fn list_to_map(node: Node, split_eq: bool) -> Node {
-    match node.kind {
+    list_to_map_ref(&node, split_eq).unwrap_or(node)
+}
+
+/// [`list_to_map`] without consuming the node: `None` when it is not a list. Conversion only
+/// reads the tree, and copying a whole list first just to take it apart was measurable.
+pub(crate) fn list_to_map_ref(node: &Node, split_eq: bool) -> Option<Node> {
+    match &node.kind {
         Kind::Seq(items) => {
             let mut entries: Vec<Entry> = Vec::new();
             for item in items {
@@ -34,13 +40,13 @@ pub(crate) fn list_to_map(node: Node, split_eq: bool) -> Node {
                     });
                 }
             }
-            Node {
+            Some(Node {
                 pos: node.pos,
                 tag: node.tag,
                 kind: Kind::Map(entries),
-            }
+            })
         }
-        _ => node,
+        _ => None,
     }
 }
 
