@@ -30,7 +30,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod user;
-mod util;
+pub(crate) mod util;
 pub mod volume;
 
 use std::collections::BTreeMap;

@@ -23,8 +23,16 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
 }
 
-/// Formats seconds since the epoch (UTC); civil-from-days after Howard Hinnant's algorithm.
+/// Formats seconds since the epoch (UTC) with nanoseconds.
 pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
+    let (year, month, day, h, m, s) = civil_utc(secs);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z")
+}
+
+/// Seconds since the epoch → (year, month, day, hour, minute, second) in UTC, proleptic
+/// Gregorian; civil-from-days after Howard Hinnant's algorithm. Shared by every time stamp the
+/// runtime writes (logs, state, image records) so there is one calendar, not several.
+pub(crate) fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
@@ -36,12 +44,7 @@ pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    (year, month, day, rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). Together
