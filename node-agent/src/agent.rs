@@ -14,8 +14,7 @@ use futures::StreamExt;
 use dcpp_raft::{Kind, Node, NodeInfo, Op, Precondition, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
 use dcpp_runtime::container::{
-    ContainerInfo, ContainerManager, CreateOptions, ExecRequest, ImageInput, MountRequest,
-    MountSource, NetworkMode, Status,
+    ContainerInfo, ContainerManager, ExecRequest, MountRequest, MountSource, NetworkMode, Status,
 };
 use dcpp_runtime::image::ImageStore;
 use dcpp_runtime::network::{
@@ -24,10 +23,7 @@ use dcpp_runtime::network::{
 };
 
 use crate::Error;
-use crate::docs::{
-    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name,
-    now_ms,
-};
+use crate::docs::{LABEL_IMAGE_ID, LABEL_TASK, ServiceDoc, container_name, now_ms};
 
 /// How often the node record's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -426,52 +422,13 @@ impl Agent {
     }
 
     async fn create_and_start(&self, t: &Task, doc: &ServiceDoc) -> Result<String, Error> {
-        let svc = &doc.service;
-        let stack = &doc.spec.stack;
         let store =
             ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
         let img = store
             .resolve(&t.image)
             .map_err(|e| Error::ImageNotFound(format!("{}: {e}", t.image)))?;
         let name = container_name(t);
-        let mut o = CreateOptions::new(ImageInput::from_local(&img));
-        o.name = Some(name.clone());
-        o.command = svc.command.clone();
-        o.entrypoint = svc.entrypoint.clone();
-        o.env = svc
-            .environment
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-            .collect();
-        o.working_dir = svc.working_dir.clone();
-        o.user = svc.user.clone();
-        o.hostname = svc.hostname.clone();
-        o.init = svc.init.unwrap_or(false);
-        o.stop_signal = svc.stop_signal.clone();
-        o.stop_grace_period = svc
-            .stop_grace_period
-            .map(|d| Duration::from_nanos(d.0))
-            .or(Some(Duration::from_secs(10)));
-        o.memory = svc.mem_limit;
-        o.cpus = svc.cpus;
-        o.pids_limit = svc.pids_limit;
-        o.privileged = svc.privileged;
-        o.read_only = svc.read_only;
-        o.cap_add = svc.cap_add.clone();
-        o.cap_drop = svc.cap_drop.clone();
-        o.shm_size = svc.shm_size;
-        let mut labels = svc.labels.clone();
-        labels.insert(LABEL_STACK.into(), stack.clone());
-        labels.insert(LABEL_SERVICE.into(), doc.spec.name.clone());
-        labels.insert(LABEL_SLOT.into(), t.slot.to_string());
-        labels.insert(LABEL_TASK.into(), t.id.0.to_string());
-        labels.insert(LABEL_IMAGE_ID.into(), img.id.to_string());
-        o.labels = labels;
-        o.network = match svc.network_mode.as_deref() {
-            Some("host") => NetworkMode::Host,
-            Some("none") => NetworkMode::None,
-            _ => NetworkMode::Private,
-        };
+        let mut o = crate::options::container_options(t, doc, &img, &name)?;
         if o.network == NetworkMode::Private
             && let Some(net) = &self.net
         {

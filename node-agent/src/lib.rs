@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod docs;
 pub mod leader;
+pub mod options;
 
 pub use agent::{Agent, Networking};
 
