@@ -23,7 +23,9 @@ use dcpp_runtime::network::{
 };
 
 use crate::Error;
-use crate::docs::{LABEL_IMAGE_ID, LABEL_TASK, ServiceDoc, container_name, now_ms};
+use crate::docs::{
+    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
+};
 
 /// How often the node record's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -428,7 +430,9 @@ impl Agent {
             .resolve(&t.image)
             .map_err(|e| Error::ImageNotFound(format!("{}: {e}", t.image)))?;
         let name = container_name(t);
-        let mut o = crate::options::container_options(t, doc, &img, &name)?;
+        let stack = doc.spec.stack.as_str();
+        let peer = |service: &str| self.peer_container(stack, service);
+        let mut o = crate::options::container_options(t, doc, &img, &name, &peer)?;
         if o.network == NetworkMode::Private
             && let Some(net) = &self.net
         {
@@ -459,6 +463,19 @@ impl Agent {
         let _ = store.add_holder(&image_id, &info.state.id);
         tracing::info!(task = %t.id, container = %name, "started");
         Ok(info.state.id)
+    }
+
+    /// The running task container of `service` in `stack` on this node, if any.
+    fn peer_container(&self, stack: &str, service: &str) -> Option<String> {
+        self.ctr
+            .list()
+            .into_iter()
+            .find(|c| {
+                c.status == Status::Running
+                    && c.state.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+                    && c.state.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+            })
+            .map(|c| c.state.id)
     }
 
     /// Creates the stack's networks on first use and records the container's plan with the hook.

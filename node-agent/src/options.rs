@@ -11,6 +11,10 @@ use dcpp_runtime::image::LocalImage;
 use crate::Error;
 use crate::docs::{LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc};
 
+/// Finds the running container (its id) of another service of the same stack on this node,
+/// for `network_mode: service:NAME`.
+pub type PeerLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Builds the create options of task `t` of `doc` named `name` from image `img`. Networks
 /// attached through the runtime's hook (and the resolv.conf that goes with them) are added by
 /// the agent afterwards when the result's `network` is [`NetworkMode::Private`].
@@ -19,7 +23,9 @@ pub fn container_options(
     doc: &ServiceDoc,
     img: &LocalImage,
     name: &str,
+    peer: PeerLookup<'_>,
 ) -> Result<CreateOptions, Error> {
+    let _ = peer;
     let svc = &doc.service;
     let mut o = CreateOptions::new(ImageInput::from_local(img));
     o.name = Some(name.to_string());
