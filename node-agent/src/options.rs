@@ -2,11 +2,15 @@
 //! agent does the I/O (image lookup, networks) and hands the results in, so every mapping rule
 //! can be tested without a kernel.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dcpp_reconciler::Task;
-use dcpp_runtime::container::{CreateOptions, ImageInput, NetworkMode};
+use dcpp_runtime::container::{
+    CreateOptions, ImageInput, MountRequest, MountSource, NetworkMode, Ulimit,
+};
 use dcpp_runtime::image::LocalImage;
+use dcpp_spec::{Service, VolumeType};
 
 use crate::Error;
 use crate::docs::{LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc};
@@ -53,6 +57,8 @@ pub fn container_options(
     o.cap_add = svc.cap_add.clone();
     o.cap_drop = svc.cap_drop.clone();
     o.shm_size = svc.shm_size;
+    o.mounts = mounts(t, doc)?;
+    o.ulimits = ulimits(svc);
     let mut labels = svc.labels.clone();
     labels.insert(LABEL_STACK.into(), doc.spec.stack.clone());
     labels.insert(LABEL_SERVICE.into(), doc.spec.name.clone());
@@ -66,4 +72,320 @@ pub fn container_options(
         _ => NetworkMode::Private,
     };
     Ok(o)
+}
+
+/// The mounts of `volumes:` and `tmpfs:`, in that order; two mounts on one target are refused
+/// (docker's "duplicate mount point").
+fn mounts(t: &Task, doc: &ServiceDoc) -> Result<Vec<MountRequest>, Error> {
+    let svc = &doc.service;
+    let mut out: Vec<MountRequest> = Vec::new();
+    for v in &svc.volumes {
+        let source = match v.kind {
+            VolumeType::Volume => match &v.source {
+                // Named volumes were resolved against the top-level `volumes:` at apply time;
+                // a service document stored before that falls back to compose's naming rule.
+                Some(key) => MountSource::Volume(
+                    doc.spec
+                        .volumes
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{}_{key}", doc.spec.stack)),
+                ),
+                None => MountSource::Volume(anonymous_volume(t, &v.target)),
+            },
+            VolumeType::Bind => {
+                let src = v.source.as_deref().ok_or_else(|| {
+                    Error::Invalid(format!("bind mount at {} has no source", v.target))
+                })?;
+                MountSource::Bind(PathBuf::from(src))
+            }
+            VolumeType::Tmpfs => MountSource::Tmpfs(v.tmpfs.as_ref().and_then(|o| o.size)),
+            VolumeType::Npipe | VolumeType::Image => {
+                return Err(Error::Invalid(format!(
+                    "mount at {}: type {:?} is not supported",
+                    v.target, v.kind
+                )));
+            }
+        };
+        push_mount(
+            &mut out,
+            MountRequest {
+                source,
+                target: v.target.clone(),
+                read_only: v.read_only,
+            },
+        )?;
+    }
+    for entry in &svc.tmpfs {
+        push_mount(&mut out, tmpfs_entry(entry)?)?;
+    }
+    Ok(out)
+}
+
+fn push_mount(out: &mut Vec<MountRequest>, m: MountRequest) -> Result<(), Error> {
+    if out.iter().any(|x| x.target == m.target) {
+        return Err(Error::Invalid(format!(
+            "duplicate mount point {}",
+            m.target
+        )));
+    }
+    out.push(m);
+    Ok(())
+}
+
+/// An anonymous volume (`- /data`) belongs to the slot, so that, as with compose, a re-created
+/// container of the slot finds the data of its predecessor; `dcpp volume rm` removes it.
+fn anonymous_volume(t: &Task, target: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in target.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let slot: String = t
+        .slot
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{}.{slot}.anon-{h:08x}", t.service)
+}
+
+/// One service-level `tmpfs:` entry, `PATH[:OPTIONS]`. Options the runtime cannot honour are
+/// refused rather than silently dropped (`noexec` asked and not given would be a surprise).
+fn tmpfs_entry(entry: &str) -> Result<MountRequest, Error> {
+    let (target, opts) = entry.split_once(':').unwrap_or((entry, ""));
+    let bad = |why: String| Error::Invalid(format!("tmpfs {entry:?}: {why}"));
+    if !target.starts_with('/') || target == "/" {
+        return Err(bad("the path must be absolute and not /".into()));
+    }
+    let mut m = MountRequest {
+        source: MountSource::Tmpfs(None),
+        target: target.to_string(),
+        read_only: false,
+    };
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o.split_once('=') {
+            None => match o {
+                "ro" => m.read_only = true,
+                "rw" => m.read_only = false,
+                // Always applied by the runtime.
+                "nosuid" | "nodev" => {}
+                other => return Err(bad(format!("option {other:?} is not supported"))),
+            },
+            Some(("size", v)) => {
+                let size = parse_size(v).ok_or_else(|| bad(format!("invalid size {v:?}")))?;
+                m.source = MountSource::Tmpfs(Some(size));
+            }
+            // The runtime's tmpfs mode is the kernel default, 1777.
+            Some(("mode", "1777" | "01777")) => {}
+            Some((k, _)) => return Err(bad(format!("option {k:?} is not supported"))),
+        }
+    }
+    Ok(m)
+}
+
+/// `64m`, `1g`, `65536k`, `1048576`: bytes, with binary k/m/g suffixes (docker's RAMInBytes).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// `ulimits:`; a negative value (compose's -1) means unlimited.
+fn ulimits(svc: &Service) -> Vec<Ulimit> {
+    let v = |n: i64| u64::try_from(n).unwrap_or(u64::MAX);
+    svc.ulimits
+        .iter()
+        .map(|(name, u)| Ulimit {
+            name: name.clone(),
+            soft: v(u.soft),
+            hard: v(u.hard),
+        })
+        .collect()
+}
+
+/// Host paths of bind mounts that compose creates when missing (`bind.create_host_path`, set
+/// for the short syntax). The mapping is pure, so the agent creates them before `create`.
+pub fn host_paths_to_create(svc: &Service) -> Vec<PathBuf> {
+    svc.volumes
+        .iter()
+        .filter(|v| v.kind == VolumeType::Bind)
+        .filter(|v| v.bind.as_ref().is_some_and(|b| b.create_host_path))
+        .filter_map(|v| v.source.as_deref().map(PathBuf::from))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docs::stack_docs;
+    use dcpp_reconciler::{Health, ServiceId, Slot, TaskId, TaskState};
+
+    /// Loads `yaml` through the real compose loader and returns the documents of `service`.
+    fn doc(yaml: &str, service: &str) -> ServiceDoc {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("compose.yml");
+        std::fs::write(&f, yaml).unwrap();
+        let loaded = dcpp_spec::load(&dcpp_spec::LoadOptions {
+            files: vec![f],
+            working_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (_, docs) = stack_docs(&loaded.project, "test").unwrap();
+        docs.into_iter().find(|d| d.spec.name == service).unwrap()
+    }
+
+    fn task(doc: &ServiceDoc, slot: u32) -> Task {
+        Task {
+            id: TaskId(7),
+            service: ServiceId::new(&doc.spec.stack, &doc.spec.name),
+            slot: Slot::Replica(slot),
+            spec_version: doc.spec.version,
+            image: doc.spec.image.clone(),
+            reservations: Default::default(),
+            node: None,
+            desired: dcpp_reconciler::DesiredState::Running,
+            state: TaskState::Assigned,
+            container_id: None,
+            health: Health::Unknown,
+            exit_code: None,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+            message: String::new(),
+            error: None,
+            restart_count: 0,
+            restarts: Vec::new(),
+            fast_failures: 0,
+        }
+    }
+
+    fn mount(source: MountSource, target: &str, read_only: bool) -> MountRequest {
+        MountRequest {
+            source,
+            target: target.into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn volumes_map_to_named_volumes_binds_and_tmpfs() {
+        let d = doc(
+            r#"
+name: shop
+services:
+  db:
+    image: busybox
+    volumes:
+      - data:/var/lib/db
+      - shared:/shared:ro
+      - /srv/conf:/etc/conf:ro
+      - /cache
+      - type: tmpfs
+        target: /scratch
+        tmpfs: { size: 1048576 }
+      - type: volume
+        source: named
+        target: /named
+        volume: { nocopy: true }
+    tmpfs:
+      - /run
+      - /tmp:size=64m,mode=1777,ro
+volumes:
+  data: {}
+  shared: { external: true }
+  named: { name: custom-name }
+"#,
+            "db",
+        );
+        assert_eq!(
+            mounts(&task(&d, 2), &d).unwrap(),
+            vec![
+                mount(
+                    MountSource::Volume("shop_data".into()),
+                    "/var/lib/db",
+                    false
+                ),
+                mount(MountSource::Volume("shared".into()), "/shared", true),
+                mount(MountSource::Bind("/srv/conf".into()), "/etc/conf", true),
+                mount(
+                    MountSource::Volume(anonymous_volume(&task(&d, 2), "/cache")),
+                    "/cache",
+                    false
+                ),
+                mount(MountSource::Tmpfs(Some(1 << 20)), "/scratch", false),
+                mount(MountSource::Volume("custom-name".into()), "/named", false),
+                mount(MountSource::Tmpfs(None), "/run", false),
+                mount(MountSource::Tmpfs(Some(64 << 20)), "/tmp", true),
+            ]
+        );
+        // Anonymous volumes belong to the slot: stable for it, distinct from other slots.
+        let a2 = anonymous_volume(&task(&d, 2), "/cache");
+        assert_eq!(a2, anonymous_volume(&task(&d, 2), "/cache"));
+        assert_ne!(a2, anonymous_volume(&task(&d, 3), "/cache"));
+        assert!(a2.starts_with("shop_db.2.anon-"), "{a2}");
+        dcpp_runtime::container::volume::validate_name(&a2).unwrap();
+        assert_eq!(
+            host_paths_to_create(&d.service),
+            vec![PathBuf::from("/srv/conf")]
+        );
+    }
+
+    #[test]
+    fn tmpfs_options_that_cannot_be_honoured_are_refused() {
+        for (entry, why) in [
+            ("/x:noexec", "\"noexec\" is not supported"),
+            ("/x:uid=1000", "\"uid\" is not supported"),
+            ("/x:size=lots", "invalid size"),
+            ("relative", "must be absolute"),
+        ] {
+            let e = tmpfs_entry(entry).unwrap_err().to_string();
+            assert!(e.contains(why), "{entry}: {e}");
+        }
+        assert_eq!(parse_size("65536k"), Some(64 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("m"), None);
+    }
+
+    #[test]
+    fn two_mounts_on_one_target_are_refused() {
+        let d = doc(
+            "services:\n  a:\n    image: busybox\n    volumes: [\"v:/data\"]\n    tmpfs: [/data]\nvolumes:\n  v: {}\n",
+            "a",
+        );
+        let e = mounts(&task(&d, 1), &d).unwrap_err().to_string();
+        assert!(e.contains("duplicate mount point /data"), "{e}");
+    }
+
+    #[test]
+    fn ulimits_keep_soft_and_hard_and_minus_one_is_unlimited() {
+        let d = doc(
+            "services:\n  a:\n    image: busybox\n    ulimits:\n      nproc: 512\n      nofile: { soft: 1024, hard: 2048 }\n      core: -1\n",
+            "a",
+        );
+        let u = |name: &str, soft, hard| Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            ulimits(&d.service),
+            vec![
+                u("core", u64::MAX, u64::MAX),
+                u("nofile", 1024, 2048),
+                u("nproc", 512, 512),
+            ]
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! Conversion from the canonical compose model ([`dcpp_spec::Project`]) to [`ServiceSpec`].
 
-use dcpp_spec::{DependsOnCondition, DeployMode, Duration, Project, Service};
+use std::collections::BTreeMap;
+
+use dcpp_spec::{DependsOnCondition, DeployMode, Duration, Project, Service, VolumeType};
 
 use crate::error::Error;
 use crate::model::{
@@ -101,7 +103,7 @@ impl ServiceSpec {
                 memory: r.memory.unwrap_or(0),
             })
             .unwrap_or_default();
-        let depends_on = svc
+        let mut depends_on: Vec<Dependency> = svc
             .depends_on
             .iter()
             .filter(|(dep, d)| d.required || project.services.contains_key(*dep))
@@ -116,6 +118,20 @@ impl ServiceSpec {
                 },
             })
             .collect();
+        let network_peer = network_peer(project, svc).map_err(invalid)?;
+        if network_peer.as_deref() == Some(name) {
+            return Err(invalid("network_mode refers to the service itself".into()));
+        }
+        if let Some(peer) = &network_peer
+            && !depends_on.iter().any(|d| d.service == *peer)
+        {
+            // Compose treats `network_mode: service:X` as an implicit `depends_on: [X]`.
+            depends_on.push(Dependency {
+                service: peer.clone(),
+                condition: DependencyCondition::ServiceStarted,
+            });
+        }
+        let volumes = named_volumes(project, svc).map_err(invalid)?;
         let healthcheck = svc
             .healthcheck
             .as_ref()
@@ -124,7 +140,7 @@ impl ServiceSpec {
             stack: project.name.clone(),
             name: name.to_string(),
             image,
-            version: container_version(svc),
+            version: container_version(svc, &volumes),
             mode,
             restart,
             update_config,
@@ -133,6 +149,8 @@ impl ServiceSpec {
             reservations,
             depends_on,
             healthcheck,
+            network_peer,
+            volumes,
         })
     }
 }
@@ -176,7 +194,7 @@ fn convert_update(c: Option<&dcpp_spec::UpdateConfig>) -> Result<UpdateConfig, S
 /// A hash of everything in the service that its containers are made from. Scheduling and
 /// rollout settings (replicas, mode, update/rollback/restart policies, placement, service
 /// labels, `restart:`, `depends_on`) are left out, so changing them never replaces containers.
-fn container_version(svc: &Service) -> u64 {
+fn container_version(svc: &Service, volumes: &BTreeMap<String, String>) -> u64 {
     let mut v = serde_json::to_value(svc).unwrap_or(serde_json::Value::Null);
     if let Some(obj) = v.as_object_mut() {
         obj.remove("restart");
@@ -195,6 +213,14 @@ fn container_version(svc: &Service) -> u64 {
             }
         }
     }
+    // The volumes' actual names are part of what the containers mount, although they come
+    // from the top-level `volumes:` section (a changed `name:` means other data).
+    if !volumes.is_empty() {
+        let names = serde_json::to_value(volumes).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("volume_names".into(), names);
+        }
+    }
     // FNV-1a over the canonical JSON (maps are BTreeMaps, so the text is stable).
     let text = v.to_string();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -203,4 +229,93 @@ fn container_version(svc: &Service) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// The service whose network namespace `network_mode: service:NAME` joins, checked against the
+/// project; other modes are checked for spelling only (the agent maps them).
+fn network_peer(project: &Project, svc: &Service) -> Result<Option<String>, String> {
+    let Some(mode) = svc.network_mode.as_deref() else {
+        return Ok(None);
+    };
+    if let Some(peer) = mode.strip_prefix("service:") {
+        if !project.services.contains_key(peer) {
+            return Err(format!(
+                "network_mode `{mode}`: no service `{peer}` in the project"
+            ));
+        }
+        return Ok(Some(peer.to_string()));
+    }
+    match mode {
+        "host" | "none" | "bridge" | "default" => Ok(None),
+        m if m.strip_prefix("container:").is_some_and(|c| !c.is_empty()) => Ok(None),
+        other => Err(format!(
+            "network_mode `{other}` (expected host, none, bridge, service:NAME or container:NAME)"
+        )),
+    }
+}
+
+/// Resolves the named volumes the service mounts and refuses mount options dcpp cannot honour,
+/// so they fail at apply time rather than as a task that never starts.
+fn named_volumes(project: &Project, svc: &Service) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for m in &svc.volumes {
+        let t = &m.target;
+        match m.kind {
+            VolumeType::Volume => {
+                if m.volume.as_ref().is_some_and(|o| o.subpath.is_some()) {
+                    return Err(format!("volume at {t}: `volume.subpath` is not supported"));
+                }
+                let Some(key) = &m.source else { continue };
+                let vol = project
+                    .volumes
+                    .get(key)
+                    .ok_or_else(|| format!("volume at {t}: undefined volume `{key}`"))?;
+                if vol.driver.as_deref().is_some_and(|d| d != "local") {
+                    return Err(format!(
+                        "volume `{key}`: driver `{}` is not supported (only local)",
+                        vol.driver.as_deref().unwrap_or_default()
+                    ));
+                }
+                if !vol.driver_opts.is_empty() {
+                    return Err(format!("volume `{key}`: `driver_opts` are not supported"));
+                }
+                let name = match &vol.name {
+                    Some(n) => n.clone(),
+                    None if vol.external => key.clone(),
+                    None => format!("{}_{key}", project.name),
+                };
+                out.insert(key.clone(), name);
+            }
+            VolumeType::Bind => {
+                if let Some(p) = m.bind.as_ref().and_then(|b| b.propagation.as_deref())
+                    && p != "rprivate"
+                    && p != "private"
+                {
+                    return Err(format!(
+                        "bind mount at {t}: propagation `{p}` is not supported (only rprivate)"
+                    ));
+                }
+            }
+            VolumeType::Tmpfs => {
+                if let Some(mode) = m.tmpfs.as_ref().and_then(|o| o.mode)
+                    && mode != 0o1777
+                {
+                    return Err(format!(
+                        "tmpfs at {t}: `tmpfs.mode` {mode:o} is not supported (tmpfs mounts get 1777)"
+                    ));
+                }
+            }
+            VolumeType::Npipe | VolumeType::Image => {
+                return Err(format!(
+                    "mount at {t}: type `{}` is not supported",
+                    if m.kind == VolumeType::Npipe {
+                        "npipe"
+                    } else {
+                        "image"
+                    }
+                ));
+            }
+        }
+    }
+    Ok(out)
 }

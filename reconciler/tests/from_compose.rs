@@ -158,3 +158,115 @@ fn version_changes_only_with_container_fields() {
     image["image"] = json!("nginx:2");
     assert_ne!(v0, v(image));
 }
+
+#[test]
+fn network_mode_service_is_an_implicit_started_dependency() {
+    let p = project(json!({
+        "web": { "image": "busybox" },
+        "db": { "image": "busybox" },
+        "side": { "image": "busybox", "network_mode": "service:web" },
+        "healthy": {
+            "image": "busybox",
+            "network_mode": "service:web",
+            "depends_on": { "web": { "condition": "service_healthy" }, "db": { "condition": "service_started" } }
+        },
+        "other": { "image": "busybox", "network_mode": "container:abc" }
+    }));
+    let s = ServiceSpec::from_compose(&p, "side").unwrap();
+    assert_eq!(s.network_peer.as_deref(), Some("web"));
+    assert_eq!(
+        s.depends_on,
+        vec![Dependency {
+            service: "web".into(),
+            condition: DependencyCondition::ServiceStarted
+        }]
+    );
+    // An explicit dependency on the peer keeps its (stronger) condition.
+    let s = ServiceSpec::from_compose(&p, "healthy").unwrap();
+    assert_eq!(s.network_peer.as_deref(), Some("web"));
+    assert_eq!(s.depends_on.len(), 2);
+    assert!(s.depends_on.contains(&Dependency {
+        service: "web".into(),
+        condition: DependencyCondition::ServiceHealthy
+    }));
+    let s = ServiceSpec::from_compose(&p, "other").unwrap();
+    assert_eq!(s.network_peer, None);
+    assert!(s.depends_on.is_empty());
+}
+
+#[test]
+fn network_mode_errors_are_clear() {
+    for (mode, why) in [
+        ("service:nope", "no service `nope`"),
+        ("service:a", "refers to the service itself"),
+        ("weird", "network_mode `weird`"),
+        ("container:", "network_mode `container:`"),
+    ] {
+        let p = project(json!({ "a": { "image": "busybox", "network_mode": mode } }));
+        let e = ServiceSpec::from_compose(&p, "a").unwrap_err().to_string();
+        assert!(e.contains(why), "{mode}: {e}");
+    }
+}
+
+#[test]
+fn named_volumes_resolve_to_their_actual_names() {
+    let vol = |source: &str, target: &str| json!({ "type": "volume", "source": source, "target": target });
+    let mut p = project(json!({
+        "db": { "image": "busybox", "volumes": [
+            vol("data", "/data"), vol("ext", "/ext"), vol("named", "/named"),
+            { "type": "volume", "target": "/anon" },
+            { "type": "bind", "source": "/srv", "target": "/srv" }
+        ] }
+    }));
+    p.volumes = serde_json::from_value(json!({
+        "data": {},
+        "ext": { "external": true },
+        "named": { "name": "really" }
+    }))
+    .unwrap();
+    let s = ServiceSpec::from_compose(&p, "db").unwrap();
+    let names: Vec<(&str, &str)> = s
+        .volumes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("data", "shop_data"), ("ext", "ext"), ("named", "really")]
+    );
+    // Renaming a volume changes what the containers mount: a new container version.
+    let before = s.version;
+    p.volumes.get_mut("named").unwrap().name = Some("other".into());
+    assert_ne!(ServiceSpec::from_compose(&p, "db").unwrap().version, before);
+}
+
+#[test]
+fn mounts_dcpp_cannot_honour_fail_at_apply_time() {
+    for (mount, why) in [
+        (
+            json!({ "type": "volume", "source": "v", "target": "/x", "volume": { "subpath": "a" } }),
+            "subpath",
+        ),
+        (
+            json!({ "type": "bind", "source": "/s", "target": "/x", "bind": { "propagation": "shared" } }),
+            "propagation `shared`",
+        ),
+        (
+            json!({ "type": "tmpfs", "target": "/x", "tmpfs": { "mode": 448 } }),
+            "tmpfs.mode",
+        ),
+        (
+            json!({ "type": "npipe", "source": "p", "target": "/x" }),
+            "npipe",
+        ),
+        (
+            json!({ "type": "volume", "source": "nfs", "target": "/x" }),
+            "driver `nfs`",
+        ),
+    ] {
+        let mut p = project(json!({ "a": { "image": "busybox", "volumes": [mount] } }));
+        p.volumes = serde_json::from_value(json!({ "v": {}, "nfs": { "driver": "nfs" } })).unwrap();
+        let e = ServiceSpec::from_compose(&p, "a").unwrap_err().to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
+}
