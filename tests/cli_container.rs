@@ -212,3 +212,47 @@ fn runc_runtime_runs_the_same_bundle() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "pid=1\n");
 }
+
+#[test]
+fn network_container_joins_a_running_container() {
+    let c = Cli::new();
+    let out = c.run(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "svc",
+        "bb:1",
+        "sleep",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    // The joiner takes the target's hostname along with its network namespace.
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--network",
+        "container:svc",
+        "bb:1",
+        "hostname",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}\n", &id[..12]));
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--network",
+        "container:ghost",
+        "bb:1",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("network container:ghost: no such container"),
+        "{}",
+        text(&out.stderr)
+    );
+}

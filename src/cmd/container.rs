@@ -183,7 +183,8 @@ pub struct CreateArgs {
     /// Accepted; published ports are handled by networking.
     #[arg(short, long = "publish")]
     publish: Vec<String>,
-    /// `none`, `host`, or a network name (a private namespace; interfaces come from networking).
+    /// `none`, `host`, `container:NAME|ID` (join that running container's network namespace),
+    /// or a network name (a private namespace; interfaces come from networking).
     #[arg(long, default_value = "default")]
     network: String,
     /// Memory limit (e.g. 32m, 1g).
@@ -329,7 +330,11 @@ fn build_options(global: &Global, a: &CreateArgs) -> anyhow::Result<(CreateOptio
     o.network = match a.network.as_str() {
         "none" => NetworkMode::None,
         "host" => NetworkMode::Host,
-        _ => NetworkMode::Private,
+        n => match n.strip_prefix("container:") {
+            Some("") => bail!("invalid network {n:?}: expected container:NAME or container:ID"),
+            Some(target) => NetworkMode::Container(target.to_string()),
+            None => NetworkMode::Private,
+        },
     };
     o.memory = a.memory.as_deref().map(parse_size).transpose()?;
     o.shm_size = a.shm_size.as_deref().map(parse_size).transpose()?;

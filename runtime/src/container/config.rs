@@ -50,6 +50,12 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace.
     Host,
+    /// The network namespace of another running container, given by id, unique id prefix or
+    /// name (docker's `--network container:NAME`, compose's `network_mode: service:NAME`). The
+    /// joiner gets no interfaces of its own (no network hook call), and the target's hostname,
+    /// `/etc/hosts` and `/etc/resolv.conf` content, as docker does. The manager records the
+    /// target's full id in the container's state.
+    Container(String),
 }
 
 /// A resource limit (`ulimit`).

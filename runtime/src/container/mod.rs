@@ -503,6 +503,18 @@ impl ContainerManager {
             }
         }
 
+        let joined = match &opts.network {
+            NetworkMode::Container(target) => {
+                if opts.hostname.is_some() {
+                    return Err(Error::InvalidConfig(format!(
+                        "conflicting options: a hostname and the network mode container:{target} (the container gets the hostname of {target})"
+                    )));
+                }
+                Some(self.network_target(target)?)
+            }
+            _ => None,
+        };
+
         let _lock = self.lock()?;
         let id = util::random_hex(32).map_err(io_err("reading /dev/urandom"))?;
         let name = match &opts.name {
@@ -524,10 +536,13 @@ impl ContainerManager {
         if self.states().iter().any(|s| s.name == name) {
             return Err(Error::NameInUse(name));
         }
-        let hostname = opts
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
+        let hostname = match &joined {
+            Some(j) => j.hostname.clone(),
+            None => opts
+                .hostname
+                .clone()
+                .unwrap_or_else(|| id[..12].to_string()),
+        };
         let process = spec::resolve_process(opts, &user, &hostname)?;
         let cgroup_path = format!("/{}/{}", self.opts.cgroup_parent.trim_matches('/'), id);
         let dir = self.dir(&id);
@@ -541,6 +556,7 @@ impl ContainerManager {
                 container_dir: &dir,
                 volumes_dir: self.volumes.root(),
                 cgroup_path: &cgroup_path,
+                netns: joined.as_ref().map(|j| j.netns.as_path()),
             },
         )?;
         let state = ContainerState {
@@ -562,7 +578,10 @@ impl ContainerManager {
                 .as_secs(),
             auto_remove: opts.auto_remove,
             cgroup_path: cgroup_path.clone(),
-            network: opts.network.clone(),
+            network: match &joined {
+                Some(j) => NetworkMode::Container(j.id.clone()),
+                None => opts.network.clone(),
+            },
             volumes: opts
                 .mounts
                 .iter()
@@ -574,7 +593,7 @@ impl ContainerManager {
             labels: opts.labels.clone(),
         };
         std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let res = self.create_in_dir(opts, &state, &spec, &hostname);
+        let res = self.create_in_dir(opts, &state, &spec, &hostname, joined.as_ref());
         drop(_lock);
         match res {
             Ok(()) => Ok(self.info_of(state)),
@@ -591,6 +610,7 @@ impl ContainerManager {
         state: &ContainerState,
         spec: &oci_spec::runtime::Spec,
         hostname: &str,
+        joined: Option<&JoinedNetwork>,
     ) -> Result<(), Error> {
         let dir = self.dir(&state.id);
         self.write_state(state)?;
@@ -601,13 +621,21 @@ impl ContainerManager {
             std::fs::write(dir.join(name), data).map_err(io_err(format!("writing {name}")))
         };
         w("hostname", format!("{hostname}\n"))?;
-        w(
-            "hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-            ),
-        )?;
-        w("resolv.conf", resolv_conf(&opts.network))?;
+        match joined {
+            Some(j) => {
+                w("hosts", j.hosts.clone())?;
+                w("resolv.conf", j.resolv_conf.clone())?;
+            }
+            None => {
+                w(
+                    "hosts",
+                    format!(
+                        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+                    ),
+                )?;
+                w("resolv.conf", resolv_conf(&opts.network))?;
+            }
+        }
         let mut cfg = ShimConfig {
             id: state.id.clone(),
             runtime: match &self.opts.runtime {
@@ -682,6 +710,62 @@ impl ContainerManager {
             .map_err(Error::Network)?;
         }
         Ok(())
+    }
+
+    /// The network namespace, hostname and name-resolution files of the running container
+    /// `target` (for [`NetworkMode::Container`]).
+    fn network_target(&self, target: &str) -> Result<JoinedNetwork, Error> {
+        let bad = |msg: String| Error::InvalidConfig(format!("network container:{target}: {msg}"));
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => bad("no such container".into()),
+            other => bad(other.to_string()),
+        })?;
+        let info = self.info_of(st.clone());
+        let mon = self.monitor_info(&st.id);
+        let (Status::Running, Some(mon)) = (info.status, mon) else {
+            return Err(bad(format!(
+                "cannot join the network of container {} ({}): it is {}, not running",
+                st.name,
+                &st.id[..12],
+                info.status
+            )));
+        };
+        if !util::process_alive(mon.init_pid, mon.init_start_time) {
+            return Err(bad(format!("container {} is not running", st.name)));
+        }
+        let dir = self.dir(&st.id);
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
+        )
+        .map_err(|e| Error::Create(format!("{}/config.json: {e}", dir.display())))?;
+        // What the target sees: the last bind mount on each file wins (a network driver may
+        // have mounted its own resolv.conf over the generated one).
+        let seen = |file: &str| -> Result<String, Error> {
+            let dest = format!("/etc/{file}");
+            let src = spec
+                .mounts()
+                .iter()
+                .flatten()
+                .rev()
+                .find(|m| m.destination() == Path::new(&dest))
+                .and_then(|m| m.source().clone())
+                .unwrap_or_else(|| dir.join(file));
+            std::fs::read_to_string(&src).map_err(io_err(format!(
+                "reading {} of container {}",
+                src.display(),
+                st.name
+            )))
+        };
+        Ok(JoinedNetwork {
+            netns: PathBuf::from(format!("/proc/{}/ns/net", mon.init_pid)),
+            hostname: spec
+                .hostname()
+                .clone()
+                .unwrap_or_else(|| st.id[..12].to_string()),
+            hosts: seen("hosts")?,
+            resolv_conf: seen("resolv.conf")?,
+            id: st.id,
+        })
     }
 
     /// Creates rootfs/, upper/, work/ and returns the overlay mount options.
@@ -1081,6 +1165,18 @@ pub(crate) fn remove_container_files(dir: &Path) {
     {
         tracing::warn!(dir = %dir.display(), "removing container dir: {e}");
     }
+}
+
+/// The running container whose network namespace a new container joins.
+struct JoinedNetwork {
+    /// Full id of the target.
+    id: String,
+    /// `/proc/<init pid>/ns/net` of the target (valid while it runs; the executor opens it at
+    /// create, after which the joiner holds the namespace itself).
+    netns: PathBuf,
+    hostname: String,
+    hosts: String,
+    resolv_conf: String,
 }
 
 fn resolv_conf(net: &NetworkMode) -> String {

@@ -238,6 +238,8 @@ pub struct SpecInputs<'a> {
     pub volumes_dir: &'a Path,
     /// Cgroup path relative to the hierarchy roots.
     pub cgroup_path: &'a str,
+    /// The network namespace to join, for [`NetworkMode::Container`].
+    pub netns: Option<&'a Path>,
 }
 
 /// Builds the OCI runtime spec.
@@ -405,23 +407,40 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         .map_err(spec_err)?;
 
     let mut namespaces = vec![];
-    let mut ns_types = vec![
+    for t in [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
-    ];
-    if opts.network != NetworkMode::Host {
-        ns_types.push(LinuxNamespaceType::Network);
-    }
-    for t in ns_types {
+    ] {
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(t)
                 .build()
                 .map_err(spec_err)?,
         );
+    }
+    match (&opts.network, inp.netns) {
+        (NetworkMode::Host, _) => {}
+        (NetworkMode::Container(_), Some(path)) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()
+                .map_err(spec_err)?,
+        ),
+        (NetworkMode::Container(target), None) => {
+            return Err(Error::InvalidConfig(format!(
+                "network container:{target}: the target's network namespace is unknown"
+            )));
+        }
+        (NetworkMode::Private | NetworkMode::None, _) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build()
+                .map_err(spec_err)?,
+        ),
     }
 
     let mut resources = LinuxResourcesBuilder::default();
