@@ -401,12 +401,16 @@ fn update_to_a_missing_image_fails_and_rolls_back() {
     let old: BTreeSet<String> = rig.containers();
     let broken = rig.write(
         "broken.yml",
-        &web_compose("rbs", port, 2, "dcpp.local/nothing:here"),
+        // Port 1 of loopback: nothing listens, so the pull fails at once (and stays local).
+        &web_compose("rbs", port, 2, "127.0.0.1:1/nothing:here"),
     );
     let out = rig.dcpp(&["apply", "-f", &broken]);
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
-    assert!(err.contains("image not found"), "{err}");
+    assert!(
+        err.contains("image pull failed") && err.contains("registry 127.0.0.1:1 unreachable"),
+        "{err}"
+    );
     // The rollback brings the old image back on every slot and the port keeps answering.
     rig.wait_until("rollback", 60, || {
         let tasks = rig.tasks();

@@ -16,7 +16,8 @@ use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState}
 use dcpp_runtime::container::{
     ContainerInfo, ContainerManager, ExecRequest, MountRequest, MountSource, NetworkMode, Status,
 };
-use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::image::registry::RegistryOptions;
+use dcpp_runtime::image::{ImageError, ImageStore, LocalImage};
 use dcpp_runtime::network::{
     ContainerNetworks, ContainerPlan, NetworkConfig, NetworkManager, PlannedNetwork, PortMapping,
     Protocol,
@@ -26,6 +27,7 @@ use crate::Error;
 use crate::docs::{
     LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
 };
+use crate::pull::{Need, PULLING, Pulls};
 
 /// How often the node record's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -56,6 +58,9 @@ pub struct Agent {
     net: Option<Networking>,
     health: Mutex<HashMap<TaskId, HealthState>>,
     used_net: std::sync::atomic::AtomicBool,
+    /// Wakes the loop early (a pull finished, a container exited).
+    wake: Arc<tokio::sync::Notify>,
+    pulls: Pulls,
 }
 
 /// A pending write to one task record.
@@ -71,10 +76,20 @@ impl Agent {
         images_dir: PathBuf,
         net: Option<Networking>,
     ) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let pulls = Pulls::new(
+            node.clone(),
+            crate::leader::node_id(node.id()),
+            images_dir.clone(),
+            RegistryOptions::default(),
+            wake.clone(),
+        );
         Agent {
             node,
             ctr,
             images_dir,
+            wake,
+            pulls,
             used_net: std::sync::atomic::AtomicBool::new(
                 net.as_ref()
                     .is_some_and(|n| n.manager.list().is_ok_and(|l| !l.is_empty())),
@@ -82,6 +97,19 @@ impl Agent {
             net,
             health: Mutex::default(),
         }
+    }
+
+    /// Pulls missing images with these registry settings (default: loopback registries over
+    /// plain HTTP, credentials from the Docker CLI's config.json).
+    pub fn with_registry(mut self, opts: RegistryOptions) -> Self {
+        self.pulls = Pulls::new(
+            self.node.clone(),
+            self.me(),
+            self.images_dir.clone(),
+            opts,
+            self.wake.clone(),
+        );
+        self
     }
 
     fn me(&self) -> dcpp_reconciler::NodeId {
@@ -250,9 +278,28 @@ impl Agent {
                         },
                     ),
                     None => {
-                        let r = match svc {
-                            None => Err(Error::Invalid(format!("service {} is gone", t.service))),
-                            Some(s) => self.create_and_start(t, s).await,
+                        let r = match (svc, self.image_for(t)) {
+                            (None, _) => {
+                                Err(Error::Invalid(format!("service {} is gone", t.service)))
+                            }
+                            (Some(_), Ok(None)) => {
+                                // Pulling: show it once; the pull writes its progress.
+                                if t.state >= TaskState::Preparing {
+                                    return None;
+                                }
+                                let mut rep = Self::report(
+                                    t,
+                                    rev,
+                                    TaskReport {
+                                        state: Some(TaskState::Preparing),
+                                        ..Default::default()
+                                    },
+                                )?;
+                                rep.task.message = format!("{PULLING}{}", t.image);
+                                return Some(rep);
+                            }
+                            (Some(s), Ok(Some(img))) => self.create_and_start(t, s, img).await,
+                            (Some(_), Err(e)) => Err(e),
                         };
                         match r {
                             Ok(id) => Self::report(
@@ -267,7 +314,7 @@ impl Agent {
                             Err(e) => {
                                 tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
                                 let state = match e {
-                                    Error::ImageNotFound(_) => TaskState::Rejected,
+                                    Error::ImageNotFound(_) | Error::Pull(_) => TaskState::Rejected,
                                     _ => TaskState::Failed,
                                 };
                                 Self::report(
@@ -423,12 +470,28 @@ impl Agent {
         }
     }
 
-    async fn create_and_start(&self, t: &Task, doc: &ServiceDoc) -> Result<String, Error> {
+    /// The task's image from the local store; `None` while it is being pulled.
+    fn image_for(&self, t: &Task) -> Result<Option<LocalImage>, Error> {
         let store =
             ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
-        let img = store
-            .resolve(&t.image)
-            .map_err(|e| Error::ImageNotFound(format!("{}: {e}", t.image)))?;
+        match store.resolve(&t.image) {
+            Ok(img) => Ok(Some(img)),
+            Err(ImageError::NotFound(_)) => match self.pulls.ensure(&t.image) {
+                Need::Wait => Ok(None),
+                Need::Failed(e) => Err(Error::Pull(e)),
+            },
+            Err(e) => Err(Error::ImageNotFound(format!("{}: {e}", t.image))),
+        }
+    }
+
+    async fn create_and_start(
+        &self,
+        t: &Task,
+        doc: &ServiceDoc,
+        img: LocalImage,
+    ) -> Result<String, Error> {
+        let store =
+            ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
         let name = container_name(t);
         let stack = doc.spec.stack.as_str();
         let peer = |service: &str| self.peer_container(stack, service);
@@ -668,7 +731,7 @@ impl Agent {
     /// Runs rounds until `stop` turns true: on every store change, every [`POLL`], and a
     /// heartbeat every [`HEARTBEAT`].
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let wake = Arc::new(tokio::sync::Notify::new());
+        let wake = self.wake.clone();
         let watcher = tokio::spawn(crate::leader::watch_changes(
             self.node.clone(),
             wake.clone(),

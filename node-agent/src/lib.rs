@@ -6,6 +6,7 @@ pub mod agent;
 pub mod docs;
 pub mod leader;
 pub mod options;
+pub mod pull;
 
 pub use agent::{Agent, Networking};
 
@@ -21,6 +22,9 @@ pub enum Error {
     /// The image is not in the local store.
     #[error("image not found: {0}")]
     ImageNotFound(String),
+    /// Pulling the image from its registry failed (the reason names reference and registry).
+    #[error("image pull failed: {0}")]
+    Pull(String),
     /// The container runtime or the network layer failed.
     #[error("runtime: {0}")]
     Runtime(String),

@@ -7,6 +7,7 @@ use anyhow::Context;
 use dcpp_node_agent::{Agent, Networking};
 use dcpp_raft::Node;
 use dcpp_runtime::container::{ContainerManager, ManagerOptions, RuntimeKind, ShimCommand};
+use dcpp_runtime::image::registry::RegistryOptions;
 use dcpp_runtime::network::{ContainerNetworks, DnsOptions, NetworkManager, NetworkOptions};
 
 use crate::cmd::daemon::AgentArgs;
@@ -75,15 +76,22 @@ pub fn start_agent(
         })
         .context("open container manager")?,
     );
-    let agent = Arc::new(Agent::new(
-        node.clone(),
-        ctr.clone(),
-        data_dir.join("images"),
-        Some(Networking {
-            manager: net.clone(),
-            hook,
-        }),
-    ));
+    let registry = RegistryOptions {
+        insecure_registries: a.insecure_registries.clone(),
+        ..Default::default()
+    };
+    let agent = Arc::new(
+        Agent::new(
+            node.clone(),
+            ctr.clone(),
+            data_dir.join("images"),
+            Some(Networking {
+                manager: net.clone(),
+                hook,
+            }),
+        )
+        .with_registry(registry),
+    );
     let tasks = vec![
         tokio::spawn(dcpp_node_agent::leader::run(node.clone(), stop.clone())),
         tokio::spawn(agent.clone().run(stop.clone())),

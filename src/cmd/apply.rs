@@ -461,6 +461,7 @@ fn progress(
 async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyhow::Result<u8> {
     let start = Instant::now();
     let mut last_line = String::new();
+    let mut last_pull: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let tasks: Vec<Task> = c
             .list(Kind::Task)
@@ -537,6 +538,17 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
                     t.error.clone().unwrap_or_default()
                 );
                 return Ok(1);
+            }
+        }
+        // One line per image being pulled, whenever its progress changes.
+        for t in &tasks {
+            if t.state == TaskState::Preparing
+                && t.message.starts_with(dcpp_node_agent::pull::PULLING)
+                && services.iter().any(|d| d.id() == t.service)
+                && last_pull.get(&t.image) != Some(&t.message)
+            {
+                eprintln!("{}", t.message);
+                last_pull.insert(t.image.clone(), t.message.clone());
             }
         }
         let line = parts.join(", ");

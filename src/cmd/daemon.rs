@@ -53,6 +53,10 @@ pub struct AgentArgs {
     /// Keep one stack per compose file of this directory applied (see `dcpp watch`).
     #[arg(long)]
     pub watch: Option<PathBuf>,
+    /// Registry (host:port) the agent pulls from over plain HTTP; loopback registries always
+    /// are. Repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {

@@ -1,0 +1,242 @@
+//! Image pulls for the agent. A task whose image is not in the local store waits in
+//! `preparing` while the image is pulled in the background: at most one pull per reference at
+//! a time however many tasks need it, progress written to the waiting tasks' messages (so
+//! `dcpp apply` can show it), and a failure kept for [`RETRY_AFTER`] so that the tasks of a
+//! broken reference are rejected at once instead of each starting its own doomed pull.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
+use dcpp_reconciler::{DesiredState, NodeId, Task, TaskState};
+use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::image::registry::{Progress, ProgressFn, RegistryClient, RegistryOptions};
+
+/// How often a running pull writes its progress to the waiting tasks.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// A failed pull is not retried for this long; tasks needing the image meanwhile fail with
+/// the same reason.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Prefix of the task message while its image is pulled.
+pub const PULLING: &str = "pulling ";
+
+enum State {
+    Pulling,
+    Failed { error: String, at: Instant },
+}
+
+/// What a task needing an image that is not local should do now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Wait: a pull of the image is running (the agent is woken when it ends).
+    Wait,
+    /// The last pull failed with this one-line reason.
+    Failed(String),
+}
+
+/// The agent's pulls, keyed by image reference as written in the service.
+#[derive(Clone)]
+pub struct Pulls {
+    state: Arc<Mutex<HashMap<String, State>>>,
+    node: Node,
+    me: NodeId,
+    images_dir: PathBuf,
+    opts: RegistryOptions,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Bytes and layers moved so far by one pull.
+#[derive(Default)]
+struct Counter {
+    sizes: HashMap<String, u64>,
+    total: u64,
+    done: u64,
+    layers_done: usize,
+}
+
+impl Counter {
+    fn on(&mut self, p: Progress) {
+        match p {
+            Progress::Started { layers, .. } => {
+                self.total = layers.iter().map(|(_, s)| *s).sum();
+                self.sizes = layers
+                    .into_iter()
+                    .map(|(d, s)| (d.to_string(), s))
+                    .collect();
+            }
+            Progress::Exists { digest } => {
+                self.done += self.sizes.get(digest.as_str()).copied().unwrap_or(0);
+                self.layers_done += 1;
+            }
+            Progress::Bytes { bytes, .. } => self.done += bytes,
+            Progress::Done { .. } => self.layers_done += 1,
+        }
+    }
+
+    fn line(&self, reference: &str) -> String {
+        if self.sizes.is_empty() {
+            return format!("{PULLING}{reference}: resolving");
+        }
+        let mb = |b: u64| b as f64 / 1_000_000.0;
+        format!(
+            "{PULLING}{reference}: {:.1}/{:.1} MB, {}/{} layers",
+            mb(self.done.min(self.total)),
+            mb(self.total),
+            self.layers_done.min(self.sizes.len()),
+            self.sizes.len()
+        )
+    }
+}
+
+impl Pulls {
+    pub fn new(
+        node: Node,
+        me: NodeId,
+        images_dir: PathBuf,
+        opts: RegistryOptions,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Pulls {
+            state: Arc::default(),
+            node,
+            me,
+            images_dir,
+            opts,
+            wake,
+        }
+    }
+
+    /// Starts a pull of `reference` unless one is running or recently failed. Must be called
+    /// inside a tokio runtime.
+    pub fn ensure(&self, reference: &str) -> Need {
+        let mut m = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(reference) {
+            Some(State::Pulling) => return Need::Wait,
+            Some(State::Failed { error, at }) if at.elapsed() < RETRY_AFTER => {
+                return Need::Failed(error.clone());
+            }
+            _ => {}
+        }
+        m.insert(reference.to_string(), State::Pulling);
+        tokio::spawn(self.clone().run(reference.to_string()));
+        Need::Wait
+    }
+
+    async fn run(self, reference: String) {
+        tracing::info!(image = %reference, "pulling");
+        let counter = Arc::new(Mutex::new(Counter::default()));
+        let c = counter.clone();
+        let progress: ProgressFn = Arc::new(move |p| {
+            c.lock().unwrap_or_else(|e| e.into_inner()).on(p);
+        });
+        let result = match ImageStore::open(&self.images_dir) {
+            Ok(store) => {
+                let client = RegistryClient::new(store, self.opts.clone());
+                let pull = client.pull(&reference, Some(progress));
+                tokio::pin!(pull);
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        r = &mut pull => break r.map_err(|e| e.to_string()),
+                        _ = tick.tick() => {
+                            let line = counter
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .line(&reference);
+                            if let Err(e) = self.write_progress(&reference, &line).await {
+                                tracing::debug!(image = %reference, "pull progress: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        {
+            let mut m = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(img) => {
+                    tracing::info!(image = %reference, id = %img.id, "pulled");
+                    m.remove(&reference);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %reference, "pull failed: {e}");
+                    m.insert(
+                        reference.clone(),
+                        State::Failed {
+                            error: e.clone(),
+                            at: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Writes `line` as the message of this node's tasks waiting for `reference`, in one
+    /// transaction. A task changed meanwhile makes it fail; the next tick writes again.
+    async fn write_progress(&self, reference: &str, line: &str) -> Result<(), crate::Error> {
+        let mut txn = Txn::new();
+        for o in self.node.list(Kind::Task, false).await?.objects {
+            let mut t: Task = o.decode()?;
+            if t.node.as_ref() != Some(&self.me)
+                || t.image != reference
+                || t.state != TaskState::Preparing
+                || t.desired != DesiredState::Running
+                || t.message == line
+            {
+                continue;
+            }
+            t.message = line.to_string();
+            txn = txn
+                .when(Precondition::ModRevision {
+                    kind: Kind::Task,
+                    id: o.id.clone(),
+                    revision: o.mod_revision,
+                })
+                .op(Op::put(Kind::Task, o.id, &t)?);
+        }
+        if txn.ops.is_empty() {
+            return Ok(());
+        }
+        match self.node.txn(txn).await {
+            Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_counts_bytes_and_skipped_layers() {
+        let d = |c: char| {
+            dcpp_runtime::image::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64)))
+                .unwrap()
+        };
+        let mut c = Counter::default();
+        assert_eq!(c.line("r"), "pulling r: resolving");
+        c.on(Progress::Started {
+            reference: "r".into(),
+            layers: vec![(d('a'), 2_000_000), (d('b'), 1_000_000)],
+        });
+        c.on(Progress::Exists { digest: d('b') });
+        c.on(Progress::Bytes {
+            digest: d('a'),
+            bytes: 500_000,
+        });
+        assert_eq!(c.line("r"), "pulling r: 1.5/3.0 MB, 1/2 layers");
+        c.on(Progress::Bytes {
+            digest: d('a'),
+            bytes: 1_500_000,
+        });
+        c.on(Progress::Done { digest: d('a') });
+        assert_eq!(c.line("r"), "pulling r: 3.0/3.0 MB, 2/2 layers");
+    }
+}

@@ -1,0 +1,231 @@
+//! The agent pulls images it does not have, end to end through the real binary as root: a real
+//! `docker-registry` on a free loopback port holds a busybox image pushed by `dcpp image push`
+//! from another data dir; a daemon on a fresh data dir applies a stack that names it.
+
+#[path = "../runtime/tests/common/busybox.rs"]
+mod busybox;
+#[path = "../runtime/tests/common/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
+
+struct Daemon {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    cgroup: String,
+    prefix: String,
+    table: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(tag: &str, net: u8) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dcpp-e2e-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let uniq = std::process::id() % 1000;
+        let mut d = Daemon {
+            data: root.join("data"),
+            socket: root.join("dcpp.sock"),
+            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
+            prefix: format!("e{tag}{}", uniq % 10),
+            table: format!("dcpp_e2e_{tag}_{uniq}"),
+            root,
+            _tmp: tmp,
+            child: None,
+        };
+        let log = std::fs::File::create(d.root.join("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["--log", "info", "--data-dir"])
+            .arg(&d.data)
+            .arg("daemon")
+            .args(["--listen", &format!("127.0.0.1:{}", registry::free_port())])
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["--cgroup-parent", &d.cgroup])
+            .args(["--bridge-prefix", &d.prefix])
+            .args(["--nft-table", &d.table])
+            .args(["--network-pool", &format!("10.{net}.0.0/16")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        d.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.dcpp(&["cluster", "status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn dcpp(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .env("DCPP_CGROUP_PARENT", &self.cgroup)
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    fn apply(&self, name: &str, yaml: &str) -> Output {
+        let p = self.root.join(name);
+        std::fs::write(&p, yaml).unwrap();
+        self.dcpp(&["apply", "-f", p.to_str().unwrap(), "--timeout", "60s"])
+    }
+
+    fn running(&self, service: &str) -> usize {
+        let out = self.dcpp(&["ps", "--format", "json"]);
+        let tasks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        tasks
+            .iter()
+            .filter(|t| t["service"] == service && t["state"] == "running")
+            .count()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for stack in ["pull", "bad", "gone"] {
+            let _ = self.dcpp(&["down", "-p", stack, "--timeout", "30s"]);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.dcpp(&["container", "rm", "-f", id]);
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1) {
+                    let name = name.split('@').next().unwrap_or("");
+                    if name.starts_with(&self.prefix) {
+                        let _ = Command::new("ip").args(["link", "del", name]).status();
+                    }
+                }
+            }
+        }
+        for c in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "unified",
+            "freezer",
+            "devices",
+        ] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{}", self.cgroup));
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sleeper(stack: &str, image: &str, replicas: u32) -> String {
+    format!(
+        "name: {stack}\nservices:\n  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    \
+         stop_signal: SIGKILL\n    deploy:\n      replicas: {replicas}\n"
+    )
+}
+
+#[test]
+fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
+    let reg = registry::Registry::start();
+    // Push a busybox image from a scratch data dir; the daemon's own store stays empty.
+    let src = tempfile::tempdir().unwrap();
+    let rootfs = busybox::rootfs_tempdir();
+    let image = format!("{}/e2e/busybox:v1", reg.addr);
+    let local = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(src.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dcpp {args:?}: {}", text(&out));
+    };
+    local(&["image", "import", rootfs.path().to_str().unwrap(), &image]);
+    local(&["image", "push", &image]);
+
+    let d = Daemon::start("pl", 233);
+    let out = d.apply("pull.yml", &sleeper("pull", &image, 3));
+    let all = text(&out);
+    assert!(
+        out.status.success(),
+        "{all}\n--- daemon log ---\n{}",
+        d.log()
+    );
+    assert!(all.contains(&format!("pulling {image}")), "{all}");
+    assert_eq!(d.running("pull_app"), 3);
+    // Three tasks needed it at once; the manifest was fetched by one pull.
+    let manifest_gets = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains("/v2/e2e/busybox/manifests/v1"))
+        .count();
+    assert_eq!(manifest_gets, 1, "{}", reg.log());
+    let images = d.dcpp(&["image", "ls"]);
+    assert!(text(&images).contains("e2e/busybox"), "{}", text(&images));
+
+    // An unknown tag: the apply fails naming the reference and the registry.
+    let missing = format!("{}/e2e/busybox:nope", reg.addr);
+    let out = d.apply("bad.yml", &sleeper("bad", &missing, 1));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("image pull failed"), "{all}");
+    assert!(all.contains(&missing), "{all}");
+    assert!(
+        all.contains(&format!("not found in registry {}", reg.addr)),
+        "{all}"
+    );
+
+    // A registry nobody listens on: unreachable, again one line naming it.
+    let port = registry::free_port();
+    let gone = format!("127.0.0.1:{port}/e2e/busybox:v1");
+    let out = d.apply("gone.yml", &sleeper("gone", &gone, 1));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("registry 127.0.0.1:{port} unreachable")),
+        "{all}"
+    );
+    // The pulled stack kept running throughout.
+    assert_eq!(d.running("pull_app"), 3);
+}
