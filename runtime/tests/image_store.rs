@@ -366,3 +366,50 @@ fn ownership_modes_and_xattrs_are_kept() {
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o700));
     assert_eq!(m.mtime(), 1_100_000_000);
 }
+
+/// The store caches the parsed `db.json` per process; another process changing it (here a
+/// re-executed copy of this test binary) must be seen by the very next resolve, also when the
+/// new file has the same size as the old one and may get the same inode number.
+#[test]
+fn resolve_sees_changes_made_by_other_processes() {
+    const CHILD: &str = "DCPP_TEST_STORE_CHILD";
+    if let Ok(spec) = std::env::var(CHILD) {
+        // Child: "<root> <source> <target> <holder>"
+        let v: Vec<&str> = spec.split(' ').collect();
+        let s = ImageStore::open(Path::new(v[0])).unwrap();
+        let img = s.tag(v[1], v[2]).unwrap();
+        s.add_holder(&img.id, v[3]).unwrap();
+        return;
+    }
+    let (_d, s) = store();
+    let src = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        fs::write(src.path().join("which"), format!("{i}")).unwrap();
+        ids.push(s.import_rootfs(src.path(), &format!("img{i}")).unwrap().id);
+    }
+    assert!(s.resolve("app:cur").is_err());
+    for round in 0..12 {
+        let want = &ids[round % 2];
+        let holder = format!("c{}", round % 10);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "resolve_sees_changes_made_by_other_processes",
+                "--nocapture",
+            ])
+            .env(
+                CHILD,
+                format!("{} img{} app:cur {holder}", s.root().display(), round % 2),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "child: {out:?}");
+        let got = s.resolve("app:cur").unwrap();
+        assert_eq!(&got.id, want, "round {round}");
+        assert!(got.holders.contains(&holder), "round {round}: {got:?}");
+        // The holder is dropped again here, so the next child writes a file of equal size.
+        s.remove_holder(&got.id, &holder).unwrap();
+        assert!(s.resolve("app:cur").unwrap().holders.is_empty());
+    }
+}

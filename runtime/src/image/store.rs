@@ -10,11 +10,13 @@
 //!   deletes a blob that a running pull wrote but has not recorded yet.
 //! - `locks/<hex>.lock`: one per blob/layer so concurrent pulls fetch and unpack it once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +57,7 @@ pub struct ImageRecord {
     pub added: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Db {
     images: BTreeMap<Digest, ImageRecord>,
     /// Normalized `registry/repo:tag` → image id.
@@ -129,6 +131,52 @@ pub struct ImageStore {
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A parsed `db.json`, with the file it was parsed from kept open (see `read_db`).
+struct DbSnapshot {
+    _file: File,
+    id: (u64, u64),
+    db: Arc<Db>,
+}
+
+/// Snapshots by `db.json` path: the node agent and tests open several stores in one process.
+static DB_CACHE: Mutex<BTreeMap<PathBuf, DbSnapshot>> = Mutex::new(BTreeMap::new());
+const CACHE_MAX_STORES: usize = 8;
+
+type ConfigKey = (PathBuf, Digest);
+static CONFIG_CACHE: LazyLock<Mutex<HashMap<ConfigKey, Arc<ImageConfig>>>> =
+    LazyLock::new(Default::default);
+const CACHE_MAX_CONFIGS: usize = 512;
+
+/// A poisoned cache only means a panic elsewhere while it was held; its content is still whole
+/// (every update is a single insert).
+fn lock_cache<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn db_cache_get(path: &Path, id: (u64, u64)) -> Option<Arc<Db>> {
+    lock_cache(&DB_CACHE)
+        .get(path)
+        .filter(|s| s.id == id)
+        .map(|s| s.db.clone())
+}
+
+fn db_cache_put(path: PathBuf, file: File, db: Arc<Db>) -> Result<()> {
+    let m = file.metadata().ctx("stat", &path)?;
+    let mut cache = lock_cache(&DB_CACHE);
+    if cache.len() >= CACHE_MAX_STORES && !cache.contains_key(&path) {
+        cache.pop_first();
+    }
+    cache.insert(
+        path,
+        DbSnapshot {
+            _file: file,
+            id: (m.dev(), m.ino()),
+            db,
+        },
+    );
+    Ok(())
+}
 
 /// Holds `gc.lock` shared while new content is written and recorded.
 pub(crate) struct WriteGuard {
@@ -359,22 +407,41 @@ impl ImageStore {
         self.root.join("db.json")
     }
 
-    fn read_db(&self) -> Result<Db> {
+    /// The current metadata. Parsed once per version of `db.json` per process: a cached
+    /// snapshot is reused while `db.json` is still the very file it was read from. Writers
+    /// replace the file by rename and never modify it in place, and the snapshot keeps that
+    /// file open, so its inode number cannot be reused by a newer version — equal (dev, inode)
+    /// means equal content, also when another process wrote in between.
+    fn read_db(&self) -> Result<Arc<Db>> {
         let p = self.db_path();
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::CorruptStore {
-                path: p,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Db::default()),
-            Err(e) => Err(ImageError::io("read", p, e)),
+        let cur = match fs::metadata(&p) {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(ImageError::io("stat", p, e)),
+        };
+        if let Some(db) = db_cache_get(&p, cur) {
+            return Ok(db);
         }
+        let mut file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(ImageError::io("read", p, e)),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ctx("read", &p)?;
+        let db: Db = serde_json::from_slice(&bytes).map_err(|e| ImageError::CorruptStore {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        let db = Arc::new(db);
+        db_cache_put(p, file, db.clone())?;
+        Ok(db)
     }
 
     /// Read-modify-write the metadata under the exclusive db lock, replacing it atomically.
     fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
         let _l = FileLock::exclusive(&self.root.join("db.lock"))?;
-        let mut db = self.read_db()?;
+        let mut db = Db::clone(&*self.read_db()?);
         let out = f(&mut db)?;
         let bytes = serde_json::to_vec_pretty(&db).expect("db serializes");
         let tmp = self.tmp_path("db");
@@ -382,12 +449,20 @@ impl ImageStore {
             let mut file = File::create(&tmp).ctx("create", &tmp)?;
             file.write_all(&bytes).ctx("write", &tmp)?;
             file.sync_all().ctx("fsync", &tmp)?;
-            fs::rename(&tmp, self.db_path()).ctx("rename", &tmp)
+            fs::rename(&tmp, self.db_path()).ctx("rename", &tmp)?;
+            Ok(file)
         })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match res {
+            Ok(file) => {
+                // What we wrote is the current version: readers in this process skip parsing it.
+                db_cache_put(self.db_path(), file, Arc::new(db))?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        res.map(|()| out)
     }
 
     /// Record an image whose blobs and layers are all in the store, and point `tags` at it.
@@ -413,10 +488,27 @@ impl ImageStore {
         self.get(&id)
     }
 
-    fn to_local(&self, db: &Db, rec: &ImageRecord) -> Result<LocalImage> {
-        let bytes = self.read_blob(&rec.id)?;
+    /// The parsed config blob of an image. Blobs are immutable (named by their digest), so a
+    /// parsed config is kept per store for the life of the process.
+    fn config(&self, id: &Digest) -> Result<Arc<ImageConfig>> {
+        let key = (self.root.clone(), id.clone());
+        if let Some(c) = lock_cache(&CONFIG_CACHE).get(&key) {
+            return Ok(c.clone());
+        }
+        let bytes = self.read_blob(id)?;
         let config: ImageConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::invalid(format!("config of image {}", rec.id), e))?;
+            .map_err(|e| ImageError::invalid(format!("config of image {id}"), e))?;
+        let config = Arc::new(config);
+        let mut cache = lock_cache(&CONFIG_CACHE);
+        if cache.len() >= CACHE_MAX_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(key, config.clone());
+        Ok(config)
+    }
+
+    fn to_local(&self, db: &Db, rec: &ImageRecord) -> Result<LocalImage> {
+        let config = ImageConfig::clone(&*self.config(&rec.id)?);
         Ok(LocalImage {
             id: rec.id.clone(),
             references: db
