@@ -256,3 +256,36 @@ fn network_container_joins_a_running_container() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn sysctl_flag_sets_namespaced_parameters_only() {
+    let c = Cli::new();
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--sysctl",
+        "net.core.somaxconn=1234",
+        "bb:1",
+        "cat",
+        "/proc/sys/net/core/somaxconn",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1234\n");
+    let out = c.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--sysctl",
+        "vm.swappiness=1",
+        "bb:1",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("sysctl \"vm.swappiness\": not allowed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&c.run(&["container", "ls", "-a", "-q"]).stdout), "");
+}

@@ -201,6 +201,9 @@ pub struct CreateArgs {
     /// name=soft[:hard]
     #[arg(long)]
     ulimit: Vec<String>,
+    /// Namespaced kernel parameter, KEY=VALUE (e.g. net.core.somaxconn=1024).
+    #[arg(long)]
+    sysctl: Vec<String>,
     /// name, uid, name:group or uid:gid
     #[arg(short, long)]
     user: Option<String>,
@@ -355,6 +358,12 @@ fn build_options(global: &Global, a: &CreateArgs) -> anyhow::Result<(CreateOptio
             soft: n(soft)?,
             hard: n(hard)?,
         });
+    }
+    for kv in &a.sysctl {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("invalid sysctl {kv:?}: expected KEY=VALUE"))?;
+        o.sysctls.insert(k.to_string(), v.to_string());
     }
     o.user = a.user.clone();
     o.working_dir = a.workdir.clone();

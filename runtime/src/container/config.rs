@@ -124,6 +124,11 @@ pub struct CreateOptions {
     pub shm_size: Option<u64>,
     /// Resource limits.
     pub ulimits: Vec<Ulimit>,
+    /// Namespaced kernel parameters set inside the container (`net.core.somaxconn` → `1024`),
+    /// docker's `--sysctl`: only `kernel.msgmax`, `kernel.msgmnb`, `kernel.msgmni`, `kernel.sem`,
+    /// `kernel.shmall`, `kernel.shmmax`, `kernel.shmmni`, `kernel.shm_rmid_forced`, `fs.mqueue.*`
+    /// and `net.*` (the latter not with the host's or another container's network namespace).
+    pub sysctls: BTreeMap<String, String>,
     /// Capabilities added to docker's default set (`ALL` or names with or without `CAP_`).
     pub cap_add: Vec<String>,
     /// Capabilities removed from the set.
@@ -165,6 +170,7 @@ impl CreateOptions {
             pids_limit: None,
             shm_size: None,
             ulimits: Vec::new(),
+            sysctls: BTreeMap::new(),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             privileged: false,

@@ -740,6 +740,15 @@ fn container_init_inner(
     let new_net = nss
         .iter()
         .any(|(t, p)| *t == LinuxNamespaceType::Network && p.is_none());
+    // Through the host's /proc while it is still reachable: a /proc/sys file acts on the
+    // namespaces of the process writing it, which are now the container's.
+    if let Some(sysctls) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        let mut keys: Vec<_> = sysctls.iter().collect();
+        keys.sort();
+        for (key, value) in keys {
+            set_sysctl(key, value)?;
+        }
+    }
 
     mount(
         None::<&str>,
@@ -1010,6 +1019,24 @@ fn set_rlimit(r: &oci_spec::runtime::PosixRlimit) -> Res<()> {
         ));
     }
     Ok(())
+}
+
+fn set_sysctl(key: &str, value: &str) -> Res<()> {
+    if key.split('.').any(|c| c.is_empty() || c == "..") || key.contains('/') {
+        return Err(format!("invalid sysctl name {key:?}"));
+    }
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("sysctl {key}: no such kernel parameter in the container's namespaces")
+            }
+            _ => format!("sysctl {key}: opening {path}: {e}"),
+        })?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| format!("sysctl {key}={value}: {e}"))
 }
 
 /// Finds the executable like execvp would, with the container's PATH, inside the new root.

@@ -242,8 +242,64 @@ pub struct SpecInputs<'a> {
     pub netns: Option<&'a Path>,
 }
 
+/// IPC-namespace parameters docker lets a container set (the rest of `kernel.*` is global).
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// Docker's rules for `--sysctl`: only parameters the container's own namespaces hold, so setting
+/// one never changes the host. `net.*` belongs to the network namespace, which a container with
+/// the host's (or another container's) network does not own.
+pub fn validate_sysctls(opts: &CreateOptions) -> Result<(), Error> {
+    for (key, value) in &opts.sysctls {
+        let bad = |why: String| Error::InvalidConfig(format!("sysctl {key:?}: {why}"));
+        if key.is_empty()
+            || key
+                .split('.')
+                .any(|c| c.is_empty() || c.contains(['/', '\0']))
+        {
+            return Err(bad(
+                "invalid name: expected dot-separated components such as net.core.somaxconn".into(),
+            ));
+        }
+        if value.is_empty() || value.contains(['\0', '\n']) {
+            return Err(bad(format!("invalid value {value:?}")));
+        }
+        if key.starts_with("net.") {
+            match &opts.network {
+                NetworkMode::Host => {
+                    return Err(bad(
+                        "not allowed with the host's network namespace (it would change the host)"
+                            .into(),
+                    ));
+                }
+                NetworkMode::Container(target) => {
+                    return Err(bad(format!(
+                        "not allowed with network container:{target} (the namespace belongs to {target})"
+                    )));
+                }
+                NetworkMode::Private | NetworkMode::None => {}
+            }
+        } else if !(IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.")) {
+            return Err(bad(
+                "not allowed: only namespaced parameters can be set (kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the OCI runtime spec.
 pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> {
+    validate_sysctls(opts)?;
     let shm = opts.shm_size.unwrap_or(64 * 1024 * 1024);
     let shm_opt = format!("size={shm}");
     let mut mounts = vec![
@@ -546,6 +602,14 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         .resources(resources.build().map_err(spec_err)?)
         .cgroups_path(inp.cgroup_path)
         .rootfs_propagation("rprivate");
+    if !opts.sysctls.is_empty() {
+        linux = linux.sysctl(
+            opts.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        );
+    }
     if !opts.privileged {
         linux = linux
             .masked_paths(
