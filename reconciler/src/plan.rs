@@ -478,6 +478,10 @@ fn service_step(
         }
     }
     emit_all(work, ctx, evict);
+    if let Some(peer) = &target.network_peer {
+        let lost = lost_network_peer(target, peer, slots, work);
+        emit_all(work, ctx, lost);
+    }
 
     let wanted = desired_slots(sid, target, work);
     for (slot, ids) in slots {
@@ -547,6 +551,60 @@ fn service_step(
     }
 
     update_progress(sid, &st, &cfg, &wanted, slots, work, ctx);
+}
+
+/// Running tasks of service `pid` (whatever their desired state: a container being stopped
+/// still holds its network namespace).
+fn running_peers<'a>(
+    work: &'a Observed,
+    idx: &'a Index,
+    pid: &ServiceId,
+) -> impl Iterator<Item = &'a Task> + 'a {
+    idx.get(pid)
+        .into_iter()
+        .flat_map(|slots| slots.values().flatten())
+        .filter_map(|id| work.tasks.get(id))
+        .filter(|t| t.state == TaskState::Running)
+}
+
+/// Tasks of a `network_mode: service:PEER` service whose network namespace is gone. A task
+/// joined the namespace of a peer task that was running on its node when its container was
+/// created, so that peer started no later than the task did. When no running peer on the node
+/// started that early, the one it joined is gone (crashed, replaced by an update, removed) and
+/// the task, left with only a dead namespace, is shut down: its slot gets a new task, which
+/// waits for a running peer and joins it. A task not started yet is shut down when its node
+/// has no running peer at all (the agent could not create it).
+fn lost_network_peer(
+    target: &ServiceSpec,
+    peer: &str,
+    slots: &BTreeMap<Slot, Vec<TaskId>>,
+    work: &Observed,
+) -> Vec<Action> {
+    let pid = ServiceId::new(&target.stack, peer);
+    let peers: Vec<&Task> = work
+        .tasks
+        .values()
+        .filter(|t| t.service == pid && t.state == TaskState::Running)
+        .collect();
+    let mut out = Vec::new();
+    let own = slots.values().flatten().filter_map(|id| work.tasks.get(id));
+    for t in own {
+        if !t.is_live() || t.desired != DesiredState::Running || t.state < TaskState::Assigned {
+            continue;
+        }
+        let Some(node) = &t.node else { continue };
+        let on_node = peers.iter().filter(|p| p.node.as_ref() == Some(node));
+        let alive = match t.started_at {
+            Some(s) => on_node.filter_map(|p| p.started_at).any(|ps| ps <= s),
+            None => on_node.count() > 0,
+        };
+        if !alive {
+            let reason =
+                format!("network namespace of {peer} is gone (network_mode: service:{peer})");
+            out.push(Action::ShutdownTask { task: t.id, reason });
+        }
+    }
+    out
 }
 
 /// The newest task that should be running: the slot's current attempt.
@@ -914,6 +972,13 @@ fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
         let Some(spec) = work.services.get(sid).map(|s| s.spec.clone()) else {
             continue;
         };
+        let peers = spec.network_peer.as_ref().map(|p| {
+            let pid = ServiceId::new(&spec.stack, p);
+            running_peers(work, idx, &pid)
+                .filter(|t| t.desired == DesiredState::Running)
+                .filter_map(|t| t.node.clone())
+                .collect::<BTreeSet<NodeId>>()
+        });
         for ids in slots.values() {
             for id in ids {
                 let Some(task) = work.tasks.get(id) else {
@@ -932,7 +997,7 @@ fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
                 {
                     Some(r)
                 } else {
-                    match scheduler::select(&work.nodes, &spec, task, &load) {
+                    match scheduler::select(&work.nodes, &spec, task, &load, peers.as_ref()) {
                         Ok(node) => {
                             let mut assigned = task.clone();
                             assigned.node = Some(node.clone());

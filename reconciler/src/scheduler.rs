@@ -2,7 +2,7 @@
 //! passes all filters or is rejected with the first filter's reason, so a pending task can say
 //! exactly why no node fits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,9 @@ pub enum Rejection {
         free: u64,
     },
     MaxReplicasPerNode(u32),
+    /// `network_mode: service:NAME`: no running task of NAME on this node to share a network
+    /// namespace with.
+    NetworkPeer(String),
 }
 
 impl fmt::Display for Rejection {
@@ -48,6 +51,9 @@ impl fmt::Display for Rejection {
                 write!(f, "insufficient memory (need {need} B, free {free} B)")
             }
             Rejection::MaxReplicasPerNode(n) => write!(f, "max_replicas_per_node {n} reached"),
+            Rejection::NetworkPeer(p) => {
+                write!(f, "no running task of {p} (network_mode: service:{p})")
+            }
         }
     }
 }
@@ -141,12 +147,23 @@ impl Load {
     }
 }
 
-fn filter(node: &Node, spec: &ServiceSpec, task: &Task, load: &Load) -> Result<(), Rejection> {
+fn filter(
+    node: &Node,
+    spec: &ServiceSpec,
+    task: &Task,
+    load: &Load,
+    peers: Option<&BTreeSet<NodeId>>,
+) -> Result<(), Rejection> {
     may_take(node, spec)?;
     if let crate::model::Slot::Node(slot_node) = &task.slot
         && *slot_node != node.id
     {
         return Err(Rejection::OtherNode);
+    }
+    if let (Some(peer), Some(nodes)) = (&spec.network_peer, peers)
+        && !nodes.contains(&node.id)
+    {
+        return Err(Rejection::NetworkPeer(peer.clone()));
     }
     let used = load.used_on(&node.id);
     let need = task.reservations;
@@ -180,17 +197,19 @@ fn filter(node: &Node, spec: &ServiceSpec, task: &Task, load: &Load) -> Result<(
 /// Picks the node for `task`, or returns why each node was rejected. Among the nodes that pass,
 /// spread preferences come first (fewest tasks of the service per label value), then the
 /// fewest tasks of the service on the node, then the fewest tasks overall, then the node id, so
-/// the choice is deterministic.
+/// the choice is deterministic. `peers`: for a service with a network peer, the nodes where
+/// a task of the peer runs.
 pub(crate) fn select(
     nodes: &BTreeMap<NodeId, Node>,
     spec: &ServiceSpec,
     task: &Task,
     load: &Load,
+    peers: Option<&BTreeSet<NodeId>>,
 ) -> Result<NodeId, Vec<(NodeId, Rejection)>> {
     let mut rejected = Vec::new();
     let mut best: Option<(Vec<u32>, &NodeId)> = None;
     for node in nodes.values() {
-        if let Err(r) = filter(node, spec, task, load) {
+        if let Err(r) = filter(node, spec, task, load, peers) {
             rejected.push((node.id.clone(), r));
             continue;
         }

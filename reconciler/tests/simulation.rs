@@ -145,6 +145,17 @@ impl Sim {
                     },
                 }];
             }
+            if i > 0 && s.mode != Mode::Global && rng.chance(25) {
+                // `network_mode: service:PEER` as from_compose builds it.
+                let peer = SERVICES[rng.below(i as u64) as usize];
+                s.network_peer = Some(peer.into());
+                s.placement.constraints.clear();
+                s.depends_on.retain(|d| d.service != peer);
+                s.depends_on.push(Dependency {
+                    service: peer.into(),
+                    condition: DependencyCondition::ServiceStarted,
+                });
+            }
             desired.insert(s);
         }
         Sim {
@@ -413,7 +424,42 @@ impl Sim {
         self.check();
     }
 
+    /// A running sidecar (`network_mode: service:PEER`) that is still wanted shares its node
+    /// with a running peer task that started no later than it did (the one it joined).
+    fn network_peers_ok(&self) -> Result<(), String> {
+        for t in self.obs.tasks.values() {
+            let Some(peer) = self
+                .obs
+                .services
+                .get(&t.service)
+                .and_then(|s| s.spec.network_peer.as_ref())
+            else {
+                continue;
+            };
+            if t.state != TaskState::Running || t.desired != DesiredState::Running {
+                continue;
+            }
+            let pid = ServiceId::new("sim", peer);
+            let ok = self.obs.tasks.values().any(|p| {
+                p.service == pid
+                    && p.state == TaskState::Running
+                    && p.node == t.node
+                    && p.started_at <= t.started_at
+            });
+            if !ok {
+                return Err(format!(
+                    "{}: sidecar {} on {:?} has no running peer {peer} there",
+                    self.now, t.id, t.node
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&mut self) {
+        if let Err(e) = self.network_peers_ok() {
+            self.fail(e);
+        }
         // Forward-only states.
         for t in self.obs.tasks.values() {
             if let Some(prev) = self.seen.insert(t.id, t.state)
@@ -519,6 +565,20 @@ impl Sim {
         for s in self.service_ids() {
             self.new_version(&s, false);
         }
+        // A sidecar can only run where its peer runs.
+        let peers: Vec<ServiceId> = self
+            .desired
+            .services
+            .values()
+            .filter_map(|s| s.network_peer.as_ref().map(|p| ServiceId::new("sim", p)))
+            .collect();
+        for p in peers {
+            if let Some(spec) = self.desired.services.get_mut(&p)
+                && spec.mode == (Mode::Replicated { replicas: 0 })
+            {
+                spec.mode = Mode::Replicated { replicas: 1 };
+            }
+        }
         self.log.push(format!("{}: heal", self.now));
     }
 
@@ -571,6 +631,7 @@ impl Sim {
                 }
             }
         }
+        self.network_peers_ok()?;
         if self
             .obs
             .tasks
