@@ -29,7 +29,6 @@ pub fn container_options(
     name: &str,
     peer: PeerLookup<'_>,
 ) -> Result<CreateOptions, Error> {
-    let _ = peer;
     let svc = &doc.service;
     let mut o = CreateOptions::new(ImageInput::from_local(img));
     o.name = Some(name.to_string());
@@ -66,12 +65,34 @@ pub fn container_options(
     labels.insert(LABEL_TASK.into(), t.id.0.to_string());
     labels.insert(LABEL_IMAGE_ID.into(), img.id.to_string());
     o.labels = labels;
-    o.network = match svc.network_mode.as_deref() {
+    o.sysctls = svc.sysctls.clone();
+    o.network = network_mode(svc.network_mode.as_deref(), peer)?;
+    Ok(o)
+}
+
+/// `network_mode:`. `service:NAME` joins the running container of NAME on this node, which the
+/// reconciler made sure exists before assigning the task here; if it died since, the task
+/// fails with that reason and the reconciler places a new one next to NAME's next task.
+fn network_mode(mode: Option<&str>, peer: PeerLookup<'_>) -> Result<NetworkMode, Error> {
+    Ok(match mode {
+        None | Some("bridge" | "default") => NetworkMode::Private,
         Some("host") => NetworkMode::Host,
         Some("none") => NetworkMode::None,
-        _ => NetworkMode::Private,
-    };
-    Ok(o)
+        Some(m) => {
+            if let Some(name) = m.strip_prefix("service:") {
+                let id = peer(name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "network_mode {m}: no running container of service {name} on this node"
+                    ))
+                })?;
+                NetworkMode::Container(id)
+            } else if let Some(c) = m.strip_prefix("container:").filter(|c| !c.is_empty()) {
+                NetworkMode::Container(c.to_string())
+            } else {
+                return Err(Error::Invalid(format!("unsupported network_mode {m:?}")));
+            }
+        }
+    })
 }
 
 /// The mounts of `volumes:` and `tmpfs:`, in that order; two mounts on one target are refused
@@ -366,6 +387,60 @@ volumes:
         );
         let e = mounts(&task(&d, 1), &d).unwrap_err().to_string();
         assert!(e.contains("duplicate mount point /data"), "{e}");
+    }
+
+    #[test]
+    fn network_mode_service_joins_the_peers_running_container() {
+        let peer = |name: &str| (name == "web").then(|| "c0ffee".to_string());
+        let none = |_: &str| None;
+        assert_eq!(
+            network_mode(Some("service:web"), &peer).unwrap(),
+            NetworkMode::Container("c0ffee".into())
+        );
+        let e = network_mode(Some("service:web"), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no running container of service web"), "{e}");
+        assert_eq!(
+            network_mode(Some("container:db1"), &none).unwrap(),
+            NetworkMode::Container("db1".into())
+        );
+        for (m, want) in [
+            (None, NetworkMode::Private),
+            (Some("bridge"), NetworkMode::Private),
+            (Some("host"), NetworkMode::Host),
+            (Some("none"), NetworkMode::None),
+        ] {
+            assert_eq!(network_mode(m, &none).unwrap(), want);
+        }
+        assert!(network_mode(Some("overlay"), &none).is_err());
+    }
+
+    #[test]
+    fn whole_mapping_carries_sysctls_ulimits_mounts_and_network() {
+        let d = doc(
+            "name: st\nservices:\n  web:\n    image: busybox\n  side:\n    image: busybox\n    network_mode: service:web\n    sysctls:\n      kernel.shmmni: 8192\n    ulimits:\n      nofile: 4096\n    tmpfs: [/scratch]\n",
+            "side",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
+        let img = store.import_rootfs(&rootfs, "dcpp.local/t:1").unwrap();
+        let peer = |name: &str| (name == "web").then(|| "c0ffee".to_string());
+        let o = container_options(&task(&d, 1), &d, &img, "st_side.1.7", &peer).unwrap();
+        assert_eq!(o.network, NetworkMode::Container("c0ffee".into()));
+        assert_eq!(
+            o.sysctls,
+            std::collections::BTreeMap::from([("kernel.shmmni".into(), "8192".into())])
+        );
+        assert_eq!(o.ulimits.len(), 1);
+        assert_eq!(o.ulimits[0].hard, 4096);
+        assert_eq!(
+            o.mounts,
+            vec![mount(MountSource::Tmpfs(None), "/scratch", false)]
+        );
+        assert_eq!(o.labels[LABEL_SLOT], "1");
     }
 
     #[test]

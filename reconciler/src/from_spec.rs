@@ -237,6 +237,12 @@ fn network_peer(project: &Project, svc: &Service) -> Result<Option<String>, Stri
     let Some(mode) = svc.network_mode.as_deref() else {
         return Ok(None);
     };
+    if svc.hostname.is_some() && (mode.starts_with("service:") || mode.starts_with("container:")) {
+        // As docker: the container takes the hostname of the one whose namespaces it joins.
+        return Err(format!(
+            "`hostname` conflicts with network_mode `{mode}` (the container shares its network and hostname)"
+        ));
+    }
     if let Some(peer) = mode.strip_prefix("service:") {
         if !project.services.contains_key(peer) {
             return Err(format!(
