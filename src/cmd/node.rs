@@ -1,6 +1,7 @@
-//! `dcpp node ls|inspect`: the node records of the cluster.
+//! `dcpp node ls|inspect|update`: the node records of the cluster.
 
-use dcpp_raft::{Kind, NodeInfo};
+use anyhow::Context;
+use dcpp_raft::{Availability, Kind, NodeInfo};
 
 use crate::Global;
 use crate::cmd::cluster::{Format, FormatArgs, block_on, client};
@@ -14,6 +15,52 @@ pub enum NodeCommand {
         /// Node id.
         id: String,
     },
+    /// Change a node's availability or labels (as `docker node update`).
+    ///
+    /// `drain` moves the node's tasks to other nodes and stops its containers; `pause` keeps
+    /// its tasks but places no new ones; `active` makes it schedulable again. Labels are
+    /// matched by placement constraints (`node.labels.KEY==VALUE`).
+    Update {
+        /// New availability.
+        #[arg(long, value_enum)]
+        availability: Option<AvailabilityArg>,
+        /// Add or replace a label (KEY=VALUE); repeatable.
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a label; repeatable.
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        /// Node id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AvailabilityArg {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl From<AvailabilityArg> for Availability {
+    fn from(a: AvailabilityArg) -> Self {
+        match a {
+            AvailabilityArg::Active => Availability::Active,
+            AvailabilityArg::Pause => Availability::Pause,
+            AvailabilityArg::Drain => Availability::Drain,
+        }
+    }
+}
+
+/// Parses `KEY=VALUE` labels; an empty key is refused (it could never be matched).
+fn parse_labels(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("invalid label {l:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
@@ -52,6 +99,44 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
             NodeCommand::Inspect { id } => {
                 let o = c.get(Kind::Node, &id).await?;
                 println!("{}", serde_json::to_string_pretty(&o)?);
+                Ok(0)
+            }
+            NodeCommand::Update {
+                availability,
+                label_add,
+                label_rm,
+                id,
+            } => {
+                let add = parse_labels(&label_add)?;
+                if availability.is_none() && add.is_empty() && label_rm.is_empty() {
+                    anyhow::bail!(
+                        "nothing to update: pass --availability, --label-add or --label-rm"
+                    );
+                }
+                // Compare-and-set on the record: the node's agent rewrites it with every
+                // heartbeat, and neither write may lose the other's change.
+                let (info, _) = c
+                    .update(Kind::Node, &id, |cur: Option<NodeInfo>| {
+                        let Some(mut n) = cur else {
+                            return Err(dcpp_raft::Error::NotFound {
+                                kind: Kind::Node,
+                                id: id.clone(),
+                            });
+                        };
+                        if let Some(a) = availability {
+                            n.availability = a.into();
+                        }
+                        for (k, v) in &add {
+                            n.labels.insert(k.clone(), v.clone());
+                        }
+                        for k in &label_rm {
+                            n.labels.remove(k);
+                        }
+                        Ok(n)
+                    })
+                    .await
+                    .with_context(|| format!("update node {id}"))?;
+                println!("node {} is {}", info.id, info.availability);
                 Ok(0)
             }
         }
