@@ -1,0 +1,484 @@
+//! Compose mount, limit and namespace keys end to end through the real binary, as root on the
+//! real kernel: named volumes that outlive container re-creation and `dcpp down`, read-only
+//! binds, tmpfs mounts, ulimits, sysctls and `network_mode: service:NAME`, each checked from
+//! inside the containers (`dcpp container exec`, `dcpp logs`). The daemon rig is the one of
+//! e2e_apply.rs: own data dir, socket, port, cgroup parent, bridge prefix, nft table and pool.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
+const IMAGE: &str = "dcpp.local/busybox:e2e";
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    cgroup: String,
+    prefix: String,
+    table: String,
+    pool: String,
+    daemon: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static must be installed");
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
+}
+
+impl Rig {
+    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
+    fn new(tag: &str, net: u8) -> Rig {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dcpp-e2e-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let uniq = std::process::id() % 1000;
+        let mut rig = Rig {
+            data: root.join("data"),
+            socket: root.join("dcpp.sock"),
+            port: free_port(),
+            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
+            prefix: format!("e{tag}{}", uniq % 10),
+            table: format!("dcpp_e2e_{tag}_{uniq}"),
+            pool: format!("10.{net}.0.0/16"),
+            root,
+            _tmp: tmp,
+            daemon: None,
+        };
+        let rootfs = rig.root.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        rig.start_daemon();
+        rig
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--log", "info", "--data-dir"])
+            .arg(&self.data)
+            .arg("daemon")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--cgroup-parent", &self.cgroup])
+            .args(["--bridge-prefix", &self.prefix])
+            .args(["--nft-table", &self.table])
+            .args(["--network-pool", &self.pool])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.dcpp(&["cluster", "status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SIGTERM: the daemon's clean shutdown path.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn dcpp(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .env("DCPP_CGROUP_PARENT", &self.cgroup)
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.dcpp(args);
+        assert!(
+            out.status.success(),
+            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.root.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// Live tasks as (name, id, image, state).
+    fn tasks(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["ps", "--format", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Ids of the task containers in the runtime.
+    fn containers(&self) -> BTreeSet<String> {
+        let out = self.ok(&["container", "ls", "-a", "-q"]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
+                self.ok(&["ps", "-a"]),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            for s in self.tasks_stacks() {
+                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
+            }
+        }
+        self.stop_daemon();
+        // Whatever a failed test left: containers, then networking and cgroups.
+        for id in self.containers_best_effort() {
+            let _ = self.dcpp(&["container", "rm", "-f", &id]);
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1) {
+                    let name = name.split('@').next().unwrap_or("");
+                    if name.starts_with(&self.prefix) {
+                        let _ = Command::new("ip").args(["link", "del", name]).status();
+                    }
+                }
+            }
+        }
+        for c in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "unified",
+            "freezer",
+            "devices",
+        ] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{}", self.cgroup));
+        }
+    }
+}
+
+impl Rig {
+    fn tasks_stacks(&self) -> BTreeSet<String> {
+        let out = self.dcpp(&["stack", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    fn containers_best_effort(&self) -> Vec<String> {
+        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+impl Rig {
+    /// The container id of the running task of `service` (`<stack>_<name>`).
+    fn container_of(&self, service: &str) -> String {
+        self.tasks()
+            .into_iter()
+            .find(|t| t["service"] == service && t["state"] == "running")
+            .and_then(|t| t["container_id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no running task of {service}: {:?}", self.tasks()))
+    }
+
+    /// `dcpp container exec ID args…`: (success, stdout + stderr).
+    fn exec(&self, id: &str, args: &[&str]) -> (bool, String) {
+        let mut a = vec!["container", "exec", id];
+        a.extend_from_slice(args);
+        let out = self.dcpp(&a);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn exec_ok(&self, id: &str, args: &[&str]) -> String {
+        let (ok, text) = self.exec(id, args);
+        assert!(ok, "exec {args:?} in {id} failed: {text}");
+        text
+    }
+}
+
+/// `generation` changes the store service's environment, which re-creates its container.
+fn stack(generation: u32) -> String {
+    format!(
+        r#"name: cmp
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo limits $$(ulimit -n) $$(ulimit -Hn); exec httpd -f -p 8080 -h /www"]
+    stop_grace_period: 1s
+    tmpfs:
+      - /scratch:size=8m
+    ulimits:
+      nofile:
+        soft: 1024
+        hard: 2048
+    sysctls:
+      net.core.somaxconn: 1234
+      kernel.shmmni: 1111
+  side:
+    image: {IMAGE}
+    network_mode: service:web
+    stop_grace_period: 1s
+    command: ["sh", "-c", "until wget -q -O- http://127.0.0.1:8080/; do sleep 0.2; done; echo side-done; exec sleep 3600"]
+  store:
+    image: {IMAGE}
+    stop_grace_period: 1s
+    environment:
+      GENERATION: "{generation}"
+    volumes:
+      - data:/data
+      - ./host:/host:ro
+      - type: tmpfs
+        target: /cache
+        tmpfs:
+          size: 1048576
+    command: ["sh", "-c", "test -f /data/first || echo \"born in generation $$GENERATION\" > /data/first; exec sleep 3600"]
+volumes:
+  data: {{}}
+"#
+    )
+}
+
+#[test]
+fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
+    let rig = Rig::new("cv", 251);
+    std::fs::create_dir(rig.root.join("host")).unwrap();
+    std::fs::write(rig.root.join("host/hello"), "from the host\n").unwrap();
+    let file = rig.write("compose.yml", &stack(1));
+    let out = rig.ok(&["apply", "-f", &file, "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+
+    // (b) tmpfs mounts, service-level with its size and long syntax.
+    let web = rig.container_of("cmp_web");
+    let mounts = rig.exec_ok(&web, &["cat", "/proc/mounts"]);
+    let scratch = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/scratch"))
+        .unwrap_or_else(|| panic!("no /scratch mount: {mounts}"));
+    assert!(
+        scratch.starts_with("tmpfs /scratch tmpfs") && scratch.contains("size=8192k"),
+        "{scratch}"
+    );
+    let store = rig.container_of("cmp_store");
+    let mounts = rig.exec_ok(&store, &["cat", "/proc/mounts"]);
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /cache tmpfs") && l.contains("size=1024k")),
+        "{mounts}"
+    );
+
+    // (c) ulimits: soft and hard as written.
+    rig.wait_until("web printed its limits", 20, || {
+        rig.ok(&["logs", "web"]).contains("limits 1024 2048")
+    });
+    let limits = rig.exec_ok(&web, &["cat", "/proc/1/limits"]);
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(
+        nofile.split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "1024", "2048", "files"]
+    );
+
+    // (d) sysctls of the container's own network and IPC namespaces.
+    let v = rig.exec_ok(&web, &["cat", "/proc/sys/net/core/somaxconn"]);
+    assert_eq!(v.trim(), "1234");
+    let v = rig.exec_ok(&web, &["cat", "/proc/sys/kernel/shmmni"]);
+    assert_eq!(v.trim(), "1111");
+    // …and only there: the host keeps its own value.
+    let host = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+    assert_ne!(host.trim(), "1234");
+
+    // (e) the sidecar shares web's network namespace: web answers on its 127.0.0.1.
+    rig.wait_until("sidecar fetched from web", 20, || {
+        rig.ok(&["logs", "side"]).contains("hello from dcpp")
+    });
+    let side = rig.container_of("cmp_side");
+    let web_if = rig.exec_ok(&web, &["cat", "/proc/net/dev"]);
+    let side_if = rig.exec_ok(&side, &["cat", "/proc/net/dev"]);
+    let names = |t: &str| -> BTreeSet<String> {
+        t.lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+            .collect()
+    };
+    assert_eq!(names(&web_if), names(&side_if));
+    assert!(names(&web_if).len() >= 2, "{web_if}");
+
+    // (a) named volume and read-only bind.
+    let born = rig.exec_ok(&store, &["cat", "/data/first"]);
+    assert_eq!(born.trim(), "born in generation 1");
+    assert_eq!(
+        rig.exec_ok(&store, &["cat", "/host/hello"]).trim(),
+        "from the host"
+    );
+    let (ok, text) = rig.exec(&store, &["sh", "-c", "echo x > /host/new"]);
+    assert!(!ok && text.contains("Read-only"), "{text}");
+    assert!(!rig.root.join("host/new").exists());
+    // The volume carries the compose project prefix.
+    let vols = rig.ok(&["volume", "ls", "-q"]);
+    assert!(vols.lines().any(|l| l == "cmp_data"), "{vols}");
+
+    // An update re-creates the store container; the volume's data stays.
+    let file = rig.write("compose.yml", &stack(2));
+    let out = rig.ok(&["apply", "-f", &file, "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    let store2 = rig.container_of("cmp_store");
+    assert_ne!(store2, store);
+    assert_eq!(
+        rig.exec_ok(&store2, &["sh", "-c", "echo $GENERATION; cat /data/first"])
+            .lines()
+            .collect::<Vec<_>>(),
+        ["2", "born in generation 1"]
+    );
+
+    // Part 2 end to end: web's container dies; the sidecar, left in a dead namespace, is
+    // replaced and joins the new web.
+    let web_task = |rig: &Rig| rig.container_of("cmp_web");
+    rig.ok(&["container", "kill", &web]);
+    rig.wait_until("web replaced and sidecar re-created", 30, || {
+        let tasks = rig.tasks();
+        let run = |svc: &str| {
+            tasks
+                .iter()
+                .find(|t| t["service"] == svc && t["state"] == "running")
+                .and_then(|t| t["container_id"].as_str().map(str::to_string))
+        };
+        run("cmp_web").is_some_and(|w| w != web) && run("cmp_side").is_some_and(|s| s != side)
+    });
+    let side2 = rig.container_of("cmp_side");
+    rig.wait_until("new sidecar fetched from the new web", 20, || {
+        rig.ok(&["logs", &side2]).contains("hello from dcpp")
+    });
+    let web2 = web_task(&rig);
+    assert_eq!(
+        names(&rig.exec_ok(&web2, &["cat", "/proc/net/dev"])),
+        names(&rig.exec_ok(&side2, &["cat", "/proc/net/dev"]))
+    );
+
+    // `down` without a volume flag keeps named volumes (compose's default; `down -v` drops
+    // them): applying again finds the data.
+    rig.ok(&["down", "-p", "cmp", "--timeout", "30s"]);
+    rig.wait_until("containers removed", 30, || rig.containers().is_empty());
+    assert!(
+        rig.ok(&["volume", "ls", "-q"])
+            .lines()
+            .any(|l| l == "cmp_data")
+    );
+    let out = rig.ok(&["apply", "-f", &file, "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    let store3 = rig.container_of("cmp_store");
+    assert_eq!(
+        rig.exec_ok(&store3, &["cat", "/data/first"]).trim(),
+        "born in generation 1"
+    );
+    rig.ok(&["down", "-p", "cmp", "--timeout", "30s"]);
+    rig.wait_until("containers removed", 30, || rig.containers().is_empty());
+    rig.ok(&["volume", "rm", "cmp_data"]);
+
+    // A ulimit above what this process may grant fails the task with the runtime's reason;
+    // the daemon keeps going.
+    let bad = rig.write(
+        "bad.yml",
+        &format!(
+            "name: lim\nservices:\n  app:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    ulimits:\n      nofile: 1048576\n"
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &bad, "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ulimit nofile") && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    rig.ok(&["cluster", "status"]);
+    rig.ok(&["down", "-p", "lim", "--timeout", "30s"]);
+}
