@@ -6,12 +6,15 @@
 //! point at the line and column it came from. Anchors, aliases and `<<` merge keys are resolved
 //! here, with budgets against alias bombs and unbounded nesting.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::error::{Errors, Pos};
+
+mod fast;
 
 /// Total nodes one document may expand to through aliases.
 const MAX_NODES: usize = 2_000_000;
@@ -137,8 +140,112 @@ impl Node {
     }
 }
 
-struct Builder<'a> {
+/// A parser event reduced to what the tree needs, from either parser (see [`fast`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ev<'i> {
+    Scalar {
+        value: Cow<'i, str>,
+        plain: bool,
+        /// Any tag at all (not only compose's): a tagged `null` stays a string.
+        tagged: bool,
+    },
+    SeqStart,
+    SeqEnd,
+    MapStart,
+    MapEnd,
+    Alias(usize),
+    StreamStart,
+    StreamEnd,
+    DocStart,
+    DocEnd,
+}
+
+/// One event with the start position and the node properties the tree keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Item<'i> {
+    pub ev: Ev<'i>,
+    pub pos: Pos,
+    /// Anchor id (0: none); ids only need to be consistent within one parse.
+    pub anchor: usize,
+    pub tag: Option<MergeTag>,
+}
+
+/// A stream of [`Item`]s. `None`: the parser failed (error recorded); `Some(None)`: the end.
+trait Source<'i> {
+    fn next_item(&mut self, errors: &mut Errors) -> Option<Option<Item<'i>>>;
+}
+
+/// The granit parser, for any input.
+struct Granit<'i> {
+    parser: Parser<'i, serde_saphyr::granit_parser::StrInput<'i>>,
     file: u32,
+}
+
+impl<'i> Source<'i> for Granit<'i> {
+    fn next_item(&mut self, errors: &mut Errors) -> Option<Option<Item<'i>>> {
+        loop {
+            match self.parser.next_event() {
+                None => return Some(None),
+                Some(Err(e)) => {
+                    let m = e.marker();
+                    errors.push(
+                        Pos {
+                            file: self.file,
+                            line: m.line() as u32,
+                            col: m.col() as u32 + 1,
+                        },
+                        "",
+                        format!("invalid YAML: {}", e.info()),
+                    );
+                    return None;
+                }
+                Some(Ok((ev, span))) => {
+                    let (ev, anchor, tag) = match ev {
+                        Event::StreamStart => (Ev::StreamStart, 0, None),
+                        Event::StreamEnd => (Ev::StreamEnd, 0, None),
+                        Event::DocumentStart(..) => (Ev::DocStart, 0, None),
+                        Event::DocumentEnd => (Ev::DocEnd, 0, None),
+                        Event::Alias(id) => (Ev::Alias(id), 0, None),
+                        Event::Scalar(value, style, anchor, tag) => (
+                            Ev::Scalar {
+                                value,
+                                plain: style == ScalarStyle::Plain,
+                                tagged: tag.is_some(),
+                            },
+                            anchor,
+                            tag.as_deref().and_then(merge_tag),
+                        ),
+                        Event::SequenceStart(_, anchor, tag) => {
+                            (Ev::SeqStart, anchor, tag.as_deref().and_then(merge_tag))
+                        }
+                        Event::SequenceEnd => (Ev::SeqEnd, 0, None),
+                        Event::MappingStart(_, anchor, tag) => {
+                            (Ev::MapStart, anchor, tag.as_deref().and_then(merge_tag))
+                        }
+                        Event::MappingEnd => (Ev::MapEnd, 0, None),
+                        // Comments and anchor metadata carry no data.
+                        _ => continue,
+                    };
+                    return Some(Some(Item {
+                        ev,
+                        pos: pos_of(self.file, &span),
+                        anchor,
+                        tag,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Events the fast scanner produced ahead of time; it never fails.
+impl<'i> Source<'i> for std::vec::IntoIter<Item<'i>> {
+    fn next_item(&mut self, _: &mut Errors) -> Option<Option<Item<'i>>> {
+        Some(self.next())
+    }
+}
+
+struct Builder<'a> {
     anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
     errors: &'a mut Errors,
@@ -153,38 +260,54 @@ fn pos_of(file: u32, span: &Span) -> Pos {
     }
 }
 
+impl<'a> Builder<'a> {
+    fn new(errors: &'a mut Errors) -> Self {
+        Builder {
+            anchors: HashMap::new(),
+            nodes: 0,
+            errors,
+            hasher: RandomState::new(),
+        }
+    }
+}
+
 /// Parses the first document of `text`. Returns `None` (with errors recorded) when the YAML is
 /// malformed; an empty document is an empty mapping.
 pub(crate) fn parse(text: &str, file: u32, errors: &mut Errors) -> Option<Node> {
+    // The common shape of compose files is read by a much cheaper scanner; anything it is not
+    // sure about (and every malformed file) goes to the full parser, so results are the same.
+    if let Some(items) = fast::events(text, file) {
+        let mut src = items.into_iter();
+        let mut b = Builder::new(errors);
+        let first = src.next()?;
+        return b.node(first, &mut src, 1);
+    }
     // Comments carry no data; not emitting them saves the parser work.
     let options = serde_saphyr::granit_parser::options! { emit_comments: false };
-    let mut parser = Parser::new_from_str_with_options(text, options);
-    let mut b = Builder {
+    let mut src = Granit {
+        parser: Parser::new_from_str_with_options(text, options),
         file,
-        anchors: HashMap::new(),
-        nodes: 0,
-        errors,
-        hasher: RandomState::new(),
     };
+    let mut b = Builder::new(errors);
     let mut root: Option<Node> = None;
     let mut docs = 0;
-    while let Some((ev, span)) = b.next(&mut parser)? {
-        match ev {
-            Event::StreamStart | Event::DocumentEnd => {}
-            Event::StreamEnd => break,
-            Event::DocumentStart(..) => {
+    while let Some(item) = b.next(&mut src)? {
+        match item.ev {
+            Ev::StreamStart | Ev::DocEnd => {}
+            Ev::StreamEnd => break,
+            Ev::DocStart => {
                 docs += 1;
                 if docs > 1 {
                     b.errors.push(
-                        pos_of(file, &span),
+                        item.pos,
                         "",
                         "multiple YAML documents in one compose file are not supported",
                     );
                     return None;
                 }
             }
-            other => {
-                let node = b.node(other, span, &mut parser, 1)?;
+            _ => {
+                let node = b.node(item, &mut src, 1)?;
                 root = Some(node);
             }
         }
@@ -201,49 +324,9 @@ pub(crate) fn parse(text: &str, file: u32, errors: &mut Errors) -> Option<Node> 
     }))
 }
 
-type Ev<'i> = (Event<'i>, Span);
-
 impl Builder<'_> {
-    fn next<'i>(
-        &mut self,
-        p: &mut Parser<'i, impl serde_saphyr::granit_parser::BorrowedInput<'i>>,
-    ) -> Option<Option<Ev<'i>>> {
-        loop {
-            match p.next_event() {
-                None => return Some(None),
-                Some(Err(e)) => {
-                    let m = e.marker();
-                    self.errors.push(
-                        Pos {
-                            file: self.file,
-                            line: m.line() as u32,
-                            col: m.col() as u32 + 1,
-                        },
-                        "",
-                        format!("invalid YAML: {}", e.info()),
-                    );
-                    return None;
-                }
-                Some(Ok((ev, span))) => {
-                    if matches!(
-                        ev,
-                        Event::StreamStart
-                            | Event::StreamEnd
-                            | Event::DocumentStart(..)
-                            | Event::DocumentEnd
-                            | Event::Alias(_)
-                            | Event::Scalar(..)
-                            | Event::SequenceStart(..)
-                            | Event::SequenceEnd
-                            | Event::MappingStart(..)
-                            | Event::MappingEnd
-                    ) {
-                        return Some(Some((ev, span)));
-                    }
-                    // Comments and anchor metadata carry no data.
-                }
-            }
-        }
+    fn next<'i>(&mut self, src: &mut impl Source<'i>) -> Option<Option<Item<'i>>> {
+        src.next_item(self.errors)
     }
 
     fn too_big(&mut self, pos: Pos, what: &str) -> Option<Node> {
@@ -254,12 +337,16 @@ impl Builder<'_> {
 
     fn node<'i>(
         &mut self,
-        ev: Event<'i>,
-        span: Span,
-        p: &mut Parser<'i, impl serde_saphyr::granit_parser::BorrowedInput<'i>>,
+        item: Item<'i>,
+        src: &mut impl Source<'i>,
         depth: usize,
     ) -> Option<Node> {
-        let pos = pos_of(self.file, &span);
+        let Item {
+            ev,
+            pos,
+            anchor,
+            tag,
+        } = item;
         if depth > MAX_DEPTH {
             return self.too_big(pos, "nested too deeply");
         }
@@ -267,8 +354,8 @@ impl Builder<'_> {
         if self.nodes > MAX_NODES {
             return self.too_big(pos, "too many nodes after alias expansion");
         }
-        let (node, anchor) = match ev {
-            Event::Alias(id) => {
+        let node = match ev {
+            Ev::Alias(id) => {
                 let Some((n, d)) = self.anchors.get(&id) else {
                     self.errors.push(pos, "", "alias to an unknown anchor");
                     return None;
@@ -282,54 +369,55 @@ impl Builder<'_> {
                     return self.too_big(pos, "too many nodes after alias expansion");
                 }
                 // The copy keeps the anchor's positions: that is where its content was written.
-                (n.clone(), 0)
+                return Some(n.clone());
             }
-            Event::Scalar(value, style, anchor, tag) => {
-                let plain = style == ScalarStyle::Plain;
-                let mut node = if plain
-                    && tag.is_none()
-                    && matches!(&*value, "" | "~" | "null" | "Null" | "NULL")
-                {
-                    Node::new(pos, Kind::Null)
-                } else {
-                    Node::new(
-                        pos,
-                        Kind::Scalar {
-                            value: value.into_owned(),
-                            plain,
-                        },
-                    )
-                };
-                node.tag = tag.as_deref().and_then(merge_tag);
-                (node, anchor)
+            Ev::Scalar {
+                value,
+                plain,
+                tagged,
+            } => {
+                let mut node =
+                    if plain && !tagged && matches!(&*value, "" | "~" | "null" | "Null" | "NULL") {
+                        Node::new(pos, Kind::Null)
+                    } else {
+                        Node::new(
+                            pos,
+                            Kind::Scalar {
+                                value: value.into_owned(),
+                                plain,
+                            },
+                        )
+                    };
+                node.tag = tag;
+                node
             }
-            Event::SequenceStart(_, anchor, tag) => {
+            Ev::SeqStart => {
                 let mut items = Vec::new();
                 loop {
-                    let (ev, span) = self.next(p)??;
-                    if matches!(ev, Event::SequenceEnd) {
+                    let item = self.next(src)??;
+                    if matches!(item.ev, Ev::SeqEnd) {
                         break;
                     }
-                    items.push(self.node(ev, span, p, depth + 1)?);
+                    items.push(self.node(item, src, depth + 1)?);
                 }
                 let mut node = Node::new(pos, Kind::Seq(items));
-                node.tag = tag.as_deref().and_then(merge_tag);
-                (node, anchor)
+                node.tag = tag;
+                node
             }
-            Event::MappingStart(_, anchor, tag) => {
+            Ev::MapStart => {
                 let mut entries: Vec<Entry> = Vec::new();
                 let mut merges: Vec<Node> = Vec::new();
                 // Key hashes make the duplicate check linear for big maps (1000s of services).
                 let mut seen: HashSet<u64> = HashSet::new();
                 loop {
-                    let (ev, span) = self.next(p)??;
-                    if matches!(ev, Event::MappingEnd) {
+                    let item = self.next(src)??;
+                    if matches!(item.ev, Ev::MapEnd) {
                         break;
                     }
-                    let key_pos = pos_of(self.file, &span);
-                    let key_node = self.node(ev, span, p, depth + 1)?;
-                    let (kev, kspan) = self.next(p)??;
-                    let value = self.node(kev, kspan, p, depth + 1)?;
+                    let key_pos = item.pos;
+                    let key_node = self.node(item, src, depth + 1)?;
+                    let vitem = self.next(src)??;
+                    let value = self.node(vitem, src, depth + 1)?;
                     let key = match key_node.kind {
                         Kind::Scalar { value: k, plain } => {
                             if plain && k == "<<" {
@@ -373,8 +461,8 @@ impl Builder<'_> {
                     self.apply_merge(&mut entries, m);
                 }
                 let mut node = Node::new(pos, Kind::Map(entries));
-                node.tag = tag.as_deref().and_then(merge_tag);
-                (node, anchor)
+                node.tag = tag;
+                node
             }
             _ => {
                 self.errors.push(pos, "", "unexpected YAML event");
@@ -427,5 +515,247 @@ fn merge_tag(t: &serde_saphyr::granit_parser::Tag) -> Option<MergeTag> {
         ("!", "reset") => Some(MergeTag::Reset),
         ("!", "override") => Some(MergeTag::Override),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast scanner must agree with the full parser on everything it accepts.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The full parser's node events, or `None` when it rejects the text or finds two documents.
+    fn full_events(text: &str) -> Option<Vec<Item<'_>>> {
+        let options = serde_saphyr::granit_parser::options! { emit_comments: false };
+        let mut src = Granit {
+            parser: Parser::new_from_str_with_options(text, options),
+            file: 1,
+        };
+        let mut errors = Errors::default();
+        let mut out = Vec::new();
+        let mut docs = 0;
+        while let Some(item) = src.next_item(&mut errors)? {
+            match item.ev {
+                Ev::StreamStart | Ev::StreamEnd | Ev::DocEnd => {}
+                Ev::DocStart => {
+                    docs += 1;
+                    if docs > 1 {
+                        return None;
+                    }
+                }
+                _ => out.push(item),
+            }
+        }
+        Some(out)
+    }
+
+    /// End events carry no position the tree uses.
+    fn comparable(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
+        items
+            .into_iter()
+            .map(|mut i| {
+                if matches!(i.ev, Ev::SeqEnd | Ev::MapEnd) {
+                    i.pos = Pos::default();
+                }
+                i
+            })
+            .collect()
+    }
+
+    /// `Ok(true)` when the fast scanner accepted `text` and agreed; `Ok(false)` when it declined.
+    fn agrees(text: &str) -> Result<bool, String> {
+        let Some(fast) = fast::events(text, 1) else {
+            return Ok(false);
+        };
+        let Some(full) = full_events(text) else {
+            return Err(format!(
+                "fast scanner accepted what the parser rejects:\n{text}"
+            ));
+        };
+        let (fast, full) = (comparable(fast), comparable(full));
+        if fast != full {
+            let at = fast.iter().zip(&full).position(|(a, b)| a != b);
+            let show = |v: &[Item<'_>]| format!("{:?}", at.and_then(|i| v.get(i)));
+            return Err(format!(
+                "events differ at {at:?}: fast {} vs full {} (lengths {} / {}) for:\n{text}",
+                show(&fast),
+                show(&full),
+                fast.len(),
+                full.len()
+            ));
+        }
+        Ok(true)
+    }
+
+    fn corpus_texts() -> Vec<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut out = Vec::new();
+        let mut dirs: Vec<_> = std::fs::read_dir(root)
+            .expect("corpus")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .expect("case dir")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+                .filter(|p| !p.ends_with("expected.yaml"))
+                .collect();
+            files.sort();
+            // A file that is not UTF-8 never reaches a parser.
+            out.extend(
+                files
+                    .into_iter()
+                    .filter_map(|f| std::fs::read_to_string(f).ok()),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn fast_scanner_agrees_on_the_corpus() {
+        let texts = corpus_texts();
+        let mut accepted = 0;
+        for t in &texts {
+            if agrees(t).unwrap_or_else(|e| panic!("{e}")) {
+                accepted += 1;
+            }
+        }
+        // Most compose files are plain block YAML: the fast path must actually be taken.
+        assert!(
+            accepted * 2 > texts.len(),
+            "fast scanner took only {accepted} of {} files",
+            texts.len()
+        );
+    }
+
+    #[test]
+    fn fast_scanner_handles_the_shapes_compose_uses() {
+        let text = "\
+x-common: &common
+  restart: unless-stopped  # trailing comment
+  labels:
+    team: 'bench'
+services:
+  # a comment line
+  web:
+    <<: *common
+    image: \"registry.local/app:${TAG:-1.0}\"
+    command: serve --port 8080 a#b
+    environment:
+      - HOME
+      - A=b:c
+    ports:
+    - \"80:8080\"
+    - 127.0.0.1:81:9090/udp
+    volumes: []
+    deploy: {resources: {limits: {cpus: \"0.5\", memory: 256M}}, labels: [a, b]}
+    depends_on:
+      db:
+        condition: service_started
+    empty:
+  db:
+    image: x
+    networks:
+      -   front
+      - back: {}
+volumes:
+  data:
+";
+        assert_eq!(agrees(text), Ok(true));
+        for declined in [
+            "a: |\n  x\n",
+            "a: !reset x\n",
+            "a: \"x\\ty\"\n",
+            "a: b: c\n",
+            "a:\n\tb: 1\n",
+            "---\na: 1\n",
+            "a: x\n  y\n",
+            "a: [1,\n  2]\n",
+            "- a\n",
+            "a: *missing\n",
+            "a: 'it''s'\n",
+            "a: é\n",
+        ] {
+            assert_eq!(agrees(declined), Ok(false), "{declined}");
+        }
+    }
+
+    /// Tokens that make YAML ambiguous or change its structure.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(":".to_owned()),
+            Just(": ".to_owned()),
+            Just("- ".to_owned()),
+            Just("-".to_owned()),
+            Just("\n".to_owned()),
+            Just(" ".to_owned()),
+            Just("  ".to_owned()),
+            Just("#".to_owned()),
+            Just(" #".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just(",".to_owned()),
+            Just("&a ".to_owned()),
+            Just("&b".to_owned()),
+            Just("*a".to_owned()),
+            Just("*b".to_owned()),
+            Just("<<: *a\n".to_owned()),
+            Just("\"".to_owned()),
+            Just("'".to_owned()),
+            Just("~".to_owned()),
+            Just("?".to_owned()),
+            Just("|".to_owned()),
+            Just(">".to_owned()),
+            Just("!".to_owned()),
+            Just("%".to_owned()),
+            Just("@".to_owned()),
+            Just("\\".to_owned()),
+            Just(".".to_owned()),
+            Just("/".to_owned()),
+            Just("<".to_owned()),
+            Just("...".to_owned()),
+            Just("---".to_owned()),
+            Just("k: v\n".to_owned()),
+            Just("\n  - x".to_owned()),
+            Just("\n    y: 1".to_owned()),
+            "[a-z0-9_]{1,4}".prop_map(|s| s),
+        ]
+    }
+
+    fn mutate(text: &str, muts: &[(usize, usize, String)]) -> String {
+        let mut s = text.to_owned();
+        for (i, del, tok) in muts {
+            let at = i % (s.len() + 1);
+            let end = (at + del % 3).min(s.len());
+            s.replace_range(at..end, tok);
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fast_scanner_agrees_on_mutated_files(
+            file in any::<prop::sample::Index>(),
+            muts in prop::collection::vec((any::<usize>(), any::<usize>(), token()), 1..4),
+        ) {
+            static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+            let texts = TEXTS.get_or_init(corpus_texts);
+            let text = mutate(file.get::<String>(texts), &muts);
+            if let Err(e) = agrees(&text) {
+                return Err(TestCaseError::fail(e));
+            }
+        }
     }
 }
