@@ -482,3 +482,29 @@ fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
     rig.ok(&["cluster", "status"]);
     rig.ok(&["down", "-p", "lim", "--timeout", "30s"]);
 }
+
+/// examples/sidecar runs as documented in its header.
+#[test]
+fn sidecar_example_runs() {
+    let rig = Rig::new("cs", 252);
+    let rootfs = rig.root.join("rootfs");
+    rig.ok(&[
+        "image",
+        "import",
+        rootfs.to_str().unwrap(),
+        "dcpp.local/busybox:latest",
+    ]);
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sidecar/compose.yml");
+    let out = rig.ok(&["apply", "-f", file, "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    rig.wait_until("probe output", 30, || {
+        rig.ok(&["logs", "probe"])
+            .contains("probe: hello from dcpp")
+    });
+    rig.wait_until("web output", 10, || {
+        rig.ok(&["logs", "web"]).contains("start 1, nofile 4096")
+    });
+    rig.ok(&["down", "-p", "sidecar", "--timeout", "30s"]);
+    rig.wait_until("containers removed", 30, || rig.containers().is_empty());
+    rig.ok(&["volume", "rm", "sidecar_counter"]);
+}

@@ -1,6 +1,7 @@
 //! plan() cost for 1000 services × 10 replicas on 10 nodes: from scratch (10 000 tasks to
 //! create and place), at steady state (nothing to do: the periodic resync), and with one
-//! crashed task to replace.
+//! crashed task to replace. A second group measures `network_mode: service:NAME` sidecars:
+//! 500 services × 10 replicas, each with a 10-replica sidecar service.
 
 use std::hint::black_box;
 
@@ -80,5 +81,54 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn sidecars(c: &mut Criterion) {
+    let mut o = Observed::default();
+    for i in 0..10 {
+        o.add_node(Node::new(&format!("node{i}")));
+    }
+    let mut d = Desired::default();
+    for i in 0..500 {
+        let stack = format!("stack{}", i / 10);
+        d.insert(ServiceSpec::new(&stack, &format!("svc{i}"), "img:1", 10));
+        let mut side = ServiceSpec::new(&stack, &format!("side{i}"), "img:1", 10);
+        side.network_peer = Some(format!("svc{i}"));
+        side.depends_on = vec![Dependency {
+            service: format!("svc{i}"),
+            condition: DependencyCondition::ServiceStarted,
+        }];
+        d.insert(side);
+    }
+    let mut g = c.benchmark_group("plan_500x10_with_sidecars_on_10_nodes");
+    g.sample_size(10);
+    let mut steady = o.clone();
+    converged(&d, &mut steady);
+    assert_eq!(steady.tasks.len(), 10_000);
+    g.bench_function("steady_state", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&d), black_box(&steady), 1);
+            assert!(p.is_empty());
+            black_box(p)
+        })
+    });
+    // A peer task dies: its sidecar on that node is replaced along with it.
+    let victim = steady
+        .tasks
+        .values()
+        .find(|t| t.service.0 == "stack0_svc0")
+        .map(|t| t.id)
+        .expect("a task of svc0");
+    let mut crashed = steady.clone();
+    let r = TaskReport {
+        state: Some(TaskState::Failed),
+        exit_code: Some(137),
+        ..TaskReport::default()
+    };
+    report(&mut crashed, victim, &r, 1).expect("report");
+    g.bench_function("one_peer_crash", |b| {
+        b.iter(|| black_box(plan(black_box(&d), black_box(&crashed), 1)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, sidecars);
 criterion_main!(benches);

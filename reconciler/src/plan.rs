@@ -230,7 +230,11 @@ fn round(desired: &Desired, work: &mut Observed, ctx: &mut Ctx) {
     for (sid, spec) in &desired.services {
         status_step(sid, spec, work, ctx);
         let empty = BTreeMap::new();
-        service_step(sid, work, idx.get(sid).unwrap_or(&empty), ctx);
+        let peer_slots = spec
+            .network_peer
+            .as_ref()
+            .map(|p| idx.get(&ServiceId::new(&spec.stack, p)).unwrap_or(&empty));
+        service_step(sid, work, idx.get(sid).unwrap_or(&empty), peer_slots, ctx);
     }
     let idx = index(work);
     schedule(work, &idx, ctx);
@@ -446,6 +450,7 @@ fn service_step(
     sid: &ServiceId,
     work: &mut Observed,
     slots: &BTreeMap<Slot, Vec<TaskId>>,
+    peer_slots: Option<&BTreeMap<Slot, Vec<TaskId>>>,
     ctx: &mut Ctx,
 ) {
     let Some(st) = work.services.get(sid).cloned() else {
@@ -478,8 +483,8 @@ fn service_step(
         }
     }
     emit_all(work, ctx, evict);
-    if let Some(peer) = &target.network_peer {
-        let lost = lost_network_peer(target, peer, slots, work);
+    if let (Some(peer), Some(peer_slots)) = (&target.network_peer, peer_slots) {
+        let lost = lost_network_peer(peer, slots, peer_slots, work);
         emit_all(work, ctx, lost);
     }
 
@@ -575,16 +580,17 @@ fn running_peers<'a>(
 /// waits for a running peer and joins it. A task not started yet is shut down when its node
 /// has no running peer at all (the agent could not create it).
 fn lost_network_peer(
-    target: &ServiceSpec,
     peer: &str,
     slots: &BTreeMap<Slot, Vec<TaskId>>,
+    peer_slots: &BTreeMap<Slot, Vec<TaskId>>,
     work: &Observed,
 ) -> Vec<Action> {
-    let pid = ServiceId::new(&target.stack, peer);
-    let peers: Vec<&Task> = work
-        .tasks
+    // Tasks the peer gains this round are not running yet, so the round's index is enough.
+    let peers: Vec<&Task> = peer_slots
         .values()
-        .filter(|t| t.service == pid && t.state == TaskState::Running)
+        .flatten()
+        .filter_map(|id| work.tasks.get(id))
+        .filter(|t| t.state == TaskState::Running)
         .collect();
     let mut out = Vec::new();
     let own = slots.values().flatten().filter_map(|id| work.tasks.get(id));
