@@ -27,13 +27,19 @@ use crate::Error;
 use crate::docs::{
     LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
 };
+use crate::exits::ExitWatch;
 use crate::pull::{Need, PULLING, Pulls};
 
 /// How often the node record's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Round period when nothing wakes the agent (catches containers that died).
+/// Round period when nothing wakes the agent (catches containers that died) and exits are
+/// not watched, or healthchecks are due.
 pub const POLL: Duration = Duration::from_millis(250);
-/// Container operations run at the same time.
+/// Round period while exits are watched ([`crate::exits`]): the safety net for monitors that
+/// died without recording an exit.
+pub const POLL_WATCHED: Duration = Duration::from_secs(1);
+/// Container operations run at the same time (environment `DCPP_AGENT_PARALLEL` overrides it,
+/// for tuning on other machines).
 pub const PARALLEL: usize = 8;
 /// Label on networks the agent created for a stack.
 pub const NETWORK_STACK_LABEL: &str = "org.dcpp.stack";
@@ -61,6 +67,8 @@ pub struct Agent {
     /// Wakes the loop early (a pull finished, a container exited).
     wake: Arc<tokio::sync::Notify>,
     pulls: Pulls,
+    exits: Mutex<Option<ExitWatch>>,
+    parallel: usize,
 }
 
 /// A pending write to one task record.
@@ -90,6 +98,12 @@ impl Agent {
             images_dir,
             wake,
             pulls,
+            exits: Mutex::default(),
+            parallel: std::env::var("DCPP_AGENT_PARALLEL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(PARALLEL),
             used_net: std::sync::atomic::AtomicBool::new(
                 net.as_ref()
                     .is_some_and(|n| n.manager.list().is_ok_and(|l| !l.is_empty())),
@@ -161,6 +175,7 @@ impl Agent {
             services.insert(o.id.clone(), o.decode()?);
         }
         let containers: Vec<ContainerInfo> = self.blocking(|c| c.list()).await;
+        self.watch_exits(&containers);
         let mut by_task: HashMap<u64, ContainerInfo> = HashMap::new();
         let mut strays = Vec::new();
         for c in containers {
@@ -182,7 +197,10 @@ impl Agent {
         let mut did = !strays.is_empty();
         // Containers of forgotten tasks (history trimmed, stack removed): delete them.
         futures::stream::iter(strays)
-            .for_each_concurrent(PARALLEL, |c| async move { self.remove_container(&c).await })
+            .for_each_concurrent(
+                self.parallel,
+                |c| async move { self.remove_container(&c).await },
+            )
             .await;
         // Tasks are independent: start and stop them concurrently (a stop can wait out a grace
         // period), reporting in batches so progress shows while a large round runs.
@@ -199,7 +217,7 @@ impl Agent {
             .map(|(t, rev, c, svc)| async move {
                 self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
             })
-            .buffer_unordered(PARALLEL);
+            .buffer_unordered(self.parallel);
         let mut reports = Vec::new();
         let mut last_flush = Instant::now();
         while let Some(r) = results.next().await {
@@ -218,6 +236,19 @@ impl Agent {
         }
         self.prune_networks(&services).await;
         Ok(did)
+    }
+
+    /// Watches the directories of the live containers for their exit records.
+    fn watch_exits(&self, containers: &[ContainerInfo]) {
+        let g = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = g.as_ref() else { return };
+        let live = containers
+            .iter()
+            .filter(|c| matches!(c.status, Status::Running | Status::Created))
+            .map(|c| c.bundle.as_path());
+        if w.set(live) {
+            self.wake.notify_one();
+        }
     }
 
     async fn flush(&self, reports: Vec<Report>) -> Result<(), Error> {
@@ -458,15 +489,21 @@ impl Agent {
     async fn remove_container(&self, c: &ContainerInfo) {
         let id = c.state.id.clone();
         let image = c.state.labels.get(LABEL_IMAGE_ID).cloned();
-        if let Err(e) = self.blocking(move |m| m.remove(&id, true)).await {
+        let images_dir = self.images_dir.clone();
+        let res = self
+            .blocking(move |m| {
+                m.remove(&id, true)?;
+                if let Some(img) = image
+                    && let Ok(store) = ImageStore::open(&images_dir)
+                    && let Ok(d) = dcpp_runtime::image::Digest::parse(&img)
+                {
+                    let _ = store.remove_holder(&d, &id);
+                }
+                Ok::<_, dcpp_runtime::container::Error>(())
+            })
+            .await;
+        if let Err(e) = res {
             tracing::warn!(container = %c.state.name, "remove: {e}");
-            return;
-        }
-        if let Some(img) = image
-            && let Ok(store) = ImageStore::open(&self.images_dir)
-            && let Ok(d) = dcpp_runtime::image::Digest::parse(&img)
-        {
-            let _ = store.remove_holder(&d, &c.state.id);
         }
     }
 
@@ -484,143 +521,32 @@ impl Agent {
         }
     }
 
+    /// Creates and starts the task's container. All of it is blocking work (state files,
+    /// network setup, process spawns, the image store's holder record), so it runs on the
+    /// blocking pool rather than on the runtime's few worker threads.
     async fn create_and_start(
         &self,
         t: &Task,
         doc: &ServiceDoc,
         img: LocalImage,
     ) -> Result<String, Error> {
-        let store =
-            ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
-        let name = container_name(t);
-        let stack = doc.spec.stack.as_str();
-        let peer = |service: &str| self.peer_container(stack, service);
-        let mut o = crate::options::container_options(t, doc, &img, &name, &peer)?;
-        if o.network == NetworkMode::Private
-            && let Some(net) = &self.net
-        {
-            let nets = self.plan_networks(net, t, doc, &name).await?;
-            let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
-            let resolv = net
-                .manager
-                .write_resolv_conf(&name, &refs)
-                .map_err(|e| Error::Runtime(e.to_string()))?;
-            o.mounts.push(MountRequest {
-                source: MountSource::Bind(resolv),
-                target: "/etc/resolv.conf".into(),
-                read_only: true,
-            });
+        let ctr = self.ctr.clone();
+        let net = self
+            .net
+            .as_ref()
+            .map(|n| (n.manager.clone(), n.hook.clone()));
+        let images_dir = self.images_dir.clone();
+        let (t, doc) = (t.clone(), doc.clone());
+        let (id, used_net) = tokio::task::spawn_blocking(move || {
+            start_container(&ctr, net.as_ref(), &images_dir, &t, &doc, &img)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        if used_net {
+            self.used_net
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let image_id = img.id.clone();
-        let info = self
-            .blocking(move |m| -> Result<ContainerInfo, String> {
-                let c = m.create(&o).map_err(|e| e.to_string())?;
-                if let Err(e) = m.start(&c.state.id) {
-                    let _ = m.remove(&c.state.id, true);
-                    return Err(e.to_string());
-                }
-                Ok(c)
-            })
-            .await
-            .map_err(Error::Runtime)?;
-        let _ = store.add_holder(&image_id, &info.state.id);
-        tracing::info!(task = %t.id, container = %name, "started");
-        Ok(info.state.id)
-    }
-
-    /// The running task container of `service` in `stack` on this node, if any.
-    fn peer_container(&self, stack: &str, service: &str) -> Option<String> {
-        self.ctr
-            .list()
-            .into_iter()
-            .find(|c| {
-                c.status == Status::Running
-                    && c.state.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
-                    && c.state.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
-            })
-            .map(|c| c.state.id)
-    }
-
-    /// Creates the stack's networks on first use and records the container's plan with the hook.
-    async fn plan_networks(
-        &self,
-        net: &Networking,
-        t: &Task,
-        doc: &ServiceDoc,
-        name: &str,
-    ) -> Result<Vec<String>, Error> {
-        let svc = &doc.service;
-        let stack = &doc.spec.stack;
-        let keys: Vec<String> = if svc.networks.is_empty() {
-            vec!["default".into()]
-        } else {
-            svc.networks.keys().cloned().collect()
-        };
-        let existing: Vec<String> = net
-            .manager
-            .list()
-            .map_err(|e| Error::Runtime(e.to_string()))?
-            .into_iter()
-            .map(|n| n.network.name)
-            .collect();
-        self.used_net
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut planned = Vec::new();
-        let mut names = Vec::new();
-        for k in &keys {
-            let full = format!("{stack}_{k}");
-            if !existing.contains(&full) {
-                let mut cfg = NetworkConfig::default();
-                cfg.labels
-                    .insert(NETWORK_STACK_LABEL.into(), stack.to_string());
-                match net.manager.create_network(&full, cfg) {
-                    Ok(_) => {}
-                    Err(e) if e.to_string().contains("exists") => {}
-                    Err(e) => return Err(Error::Runtime(e.to_string())),
-                }
-            }
-            let aliases = svc
-                .networks
-                .get(k)
-                .and_then(|n| n.as_ref())
-                .map(|n| n.aliases.clone())
-                .unwrap_or_default();
-            planned.push(PlannedNetwork {
-                network: full.clone(),
-                aliases,
-                ..Default::default()
-            });
-            names.push(full);
-        }
-        let mut ports = Vec::new();
-        for p in &svc.ports {
-            let host_ip = match p.host_ip.as_deref() {
-                None | Some("") | Some("0.0.0.0") => None,
-                Some(ip) => Some(
-                    ip.parse()
-                        .map_err(|_| Error::Invalid(format!("invalid host_ip {ip}")))?,
-                ),
-            };
-            let proto = if p.protocol == "udp" {
-                Protocol::Udp
-            } else {
-                Protocol::Tcp
-            };
-            ports.extend(
-                PortMapping::expand(host_ip, p.published.as_deref(), (p.target, p.target), proto)
-                    .map_err(|e| Error::Invalid(e.to_string()))?,
-            );
-        }
-        let _ = t;
-        net.hook.plan(
-            name,
-            ContainerPlan {
-                service: Some(doc.spec.name.clone()),
-                networks: planned,
-                ports,
-            },
-        );
-        Ok(names)
+        Ok(id)
     }
 
     /// Removes networks of stacks that no longer have services here.
@@ -732,6 +658,10 @@ impl Agent {
     /// heartbeat every [`HEARTBEAT`].
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let wake = self.wake.clone();
+        match ExitWatch::start(wake.clone()) {
+            Ok(w) => *self.exits.lock().unwrap_or_else(|e| e.into_inner()) = Some(w),
+            Err(e) => tracing::warn!("inotify unavailable ({e}): exits are noticed by polling"),
+        }
         let watcher = tokio::spawn(crate::leader::watch_changes(
             self.node.clone(),
             wake.clone(),
@@ -754,13 +684,29 @@ impl Agent {
             if busy {
                 continue;
             }
+            let watched = self
+                .exits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            let health_due = !self
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            let poll = if watched && !health_due {
+                POLL_WATCHED
+            } else {
+                POLL
+            };
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         watcher.abort();
+        self.exits.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Whether this agent's networking state was ever non-empty (then the daemon tears it down
@@ -777,4 +723,150 @@ impl Agent {
             .iter()
             .any(|c| c.state.labels.contains_key(LABEL_TASK))
     }
+}
+
+/// The running task container of `service` in `stack` on this node, if any.
+fn peer_container(ctr: &ContainerManager, stack: &str, service: &str) -> Option<String> {
+    ctr.list()
+        .into_iter()
+        .find(|c| {
+            c.status == Status::Running
+                && c.state.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+                && c.state.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+        })
+        .map(|c| c.state.id)
+}
+
+/// Blocking part of [`Agent::create_and_start`]: returns the container id and whether the
+/// container joined stack networks.
+fn start_container(
+    ctr: &ContainerManager,
+    net: Option<&(Arc<NetworkManager>, Arc<ContainerNetworks>)>,
+    images_dir: &std::path::Path,
+    t: &Task,
+    doc: &ServiceDoc,
+    img: &LocalImage,
+) -> Result<(String, bool), Error> {
+    let t0 = Instant::now();
+    let name = container_name(t);
+    let stack = doc.spec.stack.as_str();
+    let peer = |service: &str| peer_container(ctr, stack, service);
+    let mut o = crate::options::container_options(t, doc, img, &name, &peer)?;
+    let mut used_net = false;
+    if o.network == NetworkMode::Private
+        && let Some((manager, hook)) = net
+    {
+        used_net = true;
+        let nets = plan_networks(manager, hook, doc, &name)?;
+        let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
+        let resolv = manager
+            .write_resolv_conf(&name, &refs)
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        o.mounts.push(MountRequest {
+            source: MountSource::Bind(resolv),
+            target: "/etc/resolv.conf".into(),
+            read_only: true,
+        });
+    }
+    let t1 = Instant::now();
+    let c = ctr.create(&o).map_err(|e| Error::Runtime(e.to_string()))?;
+    let t2 = Instant::now();
+    if let Err(e) = ctr.start(&c.state.id) {
+        let _ = ctr.remove(&c.state.id, true);
+        return Err(Error::Runtime(e.to_string()));
+    }
+    let t3 = Instant::now();
+    if let Err(e) =
+        ImageStore::open(images_dir).and_then(|store| store.add_holder(&img.id, &c.state.id))
+    {
+        tracing::warn!(container = %name, "recording image use: {e}");
+    }
+    let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+    tracing::info!(task = %t.id, container = %name, "started");
+    tracing::debug!(
+        container = %name,
+        prepare_ms = ms(t0, t1),
+        create_ms = ms(t1, t2),
+        start_ms = ms(t2, t3),
+        holder_ms = ms(t3, Instant::now()),
+        "container timings"
+    );
+    Ok((c.state.id, used_net))
+}
+
+/// Creates the stack's networks on first use and records the container's plan with the hook.
+fn plan_networks(
+    manager: &NetworkManager,
+    hook: &ContainerNetworks,
+    doc: &ServiceDoc,
+    name: &str,
+) -> Result<Vec<String>, Error> {
+    let svc = &doc.service;
+    let stack = &doc.spec.stack;
+    let keys: Vec<String> = if svc.networks.is_empty() {
+        vec!["default".into()]
+    } else {
+        svc.networks.keys().cloned().collect()
+    };
+    let existing: Vec<String> = manager
+        .list()
+        .map_err(|e| Error::Runtime(e.to_string()))?
+        .into_iter()
+        .map(|n| n.network.name)
+        .collect();
+    let mut planned = Vec::new();
+    let mut names = Vec::new();
+    for k in &keys {
+        let full = format!("{stack}_{k}");
+        if !existing.contains(&full) {
+            let mut cfg = NetworkConfig::default();
+            cfg.labels
+                .insert(NETWORK_STACK_LABEL.into(), stack.to_string());
+            match manager.create_network(&full, cfg) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("exists") => {}
+                Err(e) => return Err(Error::Runtime(e.to_string())),
+            }
+        }
+        let aliases = svc
+            .networks
+            .get(k)
+            .and_then(|n| n.as_ref())
+            .map(|n| n.aliases.clone())
+            .unwrap_or_default();
+        planned.push(PlannedNetwork {
+            network: full.clone(),
+            aliases,
+            ..Default::default()
+        });
+        names.push(full);
+    }
+    let mut ports = Vec::new();
+    for p in &svc.ports {
+        let host_ip = match p.host_ip.as_deref() {
+            None | Some("") | Some("0.0.0.0") => None,
+            Some(ip) => Some(
+                ip.parse()
+                    .map_err(|_| Error::Invalid(format!("invalid host_ip {ip}")))?,
+            ),
+        };
+        let proto = if p.protocol == "udp" {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        ports.extend(
+            PortMapping::expand(host_ip, p.published.as_deref(), (p.target, p.target), proto)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        );
+    }
+    hook.plan(
+        name,
+        ContainerPlan {
+            service: Some(doc.spec.name.clone()),
+            networks: planned,
+            ports,
+        },
+    );
+    Ok(names)
 }

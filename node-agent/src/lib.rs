@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod docs;
+pub mod exits;
 pub mod leader;
 pub mod options;
 pub mod pull;

@@ -624,11 +624,38 @@ async fn all_tasks(c: &Client) -> anyhow::Result<Vec<Task>> {
     Ok(v)
 }
 
+/// Lays out a table: each column as wide as its widest cell (header included), two spaces
+/// apart, the last column unpadded.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(c);
+            if i < last {
+                let pad = widths[i] - c.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
 fn print_tasks(tasks: &[&Task]) {
-    println!(
-        "{:<28} {:<6} {:<24} {:<6} {:<9} {:<10} ERROR",
-        "NAME", "ID", "IMAGE", "NODE", "DESIRED", "STATE"
-    );
+    let mut rows = Vec::new();
     for t in tasks {
         let desired = match t.desired {
             DesiredState::Running => "running",
@@ -643,17 +670,23 @@ fn print_tasks(tasks: &[&Task]) {
             .lines()
             .next()
             .unwrap_or("");
-        println!(
-            "{:<28} {:<6} {:<24} {:<6} {:<9} {:<10} {}",
+        rows.push(vec![
             t.name(),
             t.id.to_string(),
-            t.image,
-            t.node.as_ref().map(|n| n.0.as_str()).unwrap_or("-"),
-            desired,
+            t.image.clone(),
+            t.node.as_ref().map(|n| n.0.clone()).unwrap_or("-".into()),
+            desired.to_string(),
             t.state.to_string(),
-            err
-        );
+            err.to_string(),
+        ]);
     }
+    print!(
+        "{}",
+        table(
+            &["NAME", "ID", "IMAGE", "NODE", "DESIRED", "STATE", "ERROR"],
+            &rows
+        )
+    );
 }
 
 pub fn run_ps(global: &Global, args: PsArgs) -> anyhow::Result<u8> {
@@ -683,23 +716,23 @@ pub fn run_stack(global: &Global, cmd: StackCommand) -> anyhow::Result<u8> {
     block_on(async move {
         match cmd {
             StackCommand::Ls => {
-                println!(
-                    "{:<20} {:<9} {:<18} {:<14} SOURCE",
-                    "NAME", "SERVICES", "HASH", "APPLIED"
-                );
                 let now = dcpp_node_agent::docs::now_ms();
+                let mut rows = Vec::new();
                 for o in c.list(Kind::Stack).await?.objects {
                     let s: StackDoc = o.decode()?;
                     let ago = now.saturating_sub(s.applied_at_ms) / 1000;
-                    println!(
-                        "{:<20} {:<9} {:<18} {:<14} {}",
+                    rows.push(vec![
                         s.name,
-                        s.services.len(),
+                        s.services.len().to_string(),
                         s.hash,
                         format!("{ago}s ago"),
-                        s.source
-                    );
+                        s.source,
+                    ]);
                 }
+                print!(
+                    "{}",
+                    table(&["NAME", "SERVICES", "HASH", "APPLIED", "SOURCE"], &rows)
+                );
                 Ok(0)
             }
         }
@@ -750,7 +783,7 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                         statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
                     }
                 }
-                println!("{:<28} {:<10} {:<9} IMAGE", "NAME", "MODE", "REPLICAS");
+                let mut rows = Vec::new();
                 for o in c.list(Kind::Service).await?.objects {
                     let d: ServiceDoc = o.decode()?;
                     let (r, n) = progress(&d, statuses.get(&d.id().0), &tasks, nodes);
@@ -758,14 +791,14 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                         Mode::Global => "global",
                         Mode::Replicated { .. } => "replicated",
                     };
-                    println!(
-                        "{:<28} {:<10} {:<9} {}",
+                    rows.push(vec![
                         d.id().0,
-                        mode,
+                        mode.to_string(),
                         format!("{r}/{n}"),
-                        d.spec.image
-                    );
+                        d.spec.image.clone(),
+                    ]);
                 }
+                print!("{}", table(&["NAME", "MODE", "REPLICAS", "IMAGE"], &rows));
                 Ok(0)
             }
             ServiceCommand::Ps { service } => {
@@ -890,4 +923,31 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_fit_the_widest_cell() {
+        let rows = vec![
+            vec![
+                "web.1".into(),
+                "127.0.0.1:5000/a/very/long/image:tag".into(),
+                "x".into(),
+            ],
+            vec!["web.22".into(), "busybox".into(), "".into()],
+        ];
+        let out = table(&["NAME", "IMAGE", "ERROR"], &rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME    IMAGE                                 ERROR"
+        );
+        assert_eq!(lines[1], "web.1   127.0.0.1:5000/a/very/long/image:tag  x");
+        assert_eq!(lines[2], "web.22  busybox");
+        // Every row's third column starts at the same offset.
+        assert_eq!(lines[0].find("ERROR"), lines[1].find('x'));
+    }
 }
