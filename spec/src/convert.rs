@@ -152,14 +152,14 @@ impl Cv<'_> {
 
     /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys
     /// and `!reset` values are skipped; `ignored` keys give a warning.
-    fn fields<'n>(
+    fn fields<'n, 'y>(
         &mut self,
-        n: &'n Node,
+        n: &'n Node<'y>,
         path: &str,
         allowed: &[&str],
         ignored: &[&str],
-    ) -> Vec<(&'n str, &'n Node, String)> {
-        let entries: &[Entry] = match &n.kind {
+    ) -> Vec<(&'n str, &'n Node<'y>, String)> {
+        let entries: &[Entry<'y>] = match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
             _ => {
@@ -177,9 +177,9 @@ impl Cv<'_> {
             if e.key.starts_with("x-") || e.value.tag == Some(MergeTag::Reset) {
                 continue;
             }
-            if allowed.contains(&e.key.as_str()) {
-                out.push((e.key.as_str(), &e.value, p));
-            } else if ignored.contains(&e.key.as_str()) {
+            if allowed.contains(&&*e.key) {
+                out.push((&*e.key, &e.value, p));
+            } else if ignored.contains(&&*e.key) {
                 self.warn(e.key_pos, &p, "not supported by dcpp, ignored");
             } else {
                 self.err(e.key_pos, &p, "unknown key");
@@ -189,7 +189,7 @@ impl Cv<'_> {
     }
 
     /// Entries of a user-keyed mapping (service names, labels, …); `x-*` kept out only when asked.
-    fn entries<'n>(&mut self, n: &'n Node, path: &str) -> &'n [Entry] {
+    fn entries<'n, 'y>(&mut self, n: &'n Node<'y>, path: &str) -> &'n [Entry<'y>] {
         match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -204,9 +204,9 @@ impl Cv<'_> {
         }
     }
 
-    fn string(&mut self, n: &Node, path: &str) -> Option<String> {
+    fn string(&mut self, n: &Node<'_>, path: &str) -> Option<String> {
         match &n.kind {
-            Kind::Scalar { value, .. } => Some(value.clone()),
+            Kind::Scalar { value, .. } => Some(value.to_string()),
             _ => {
                 self.err(
                     n.pos,
@@ -218,14 +218,14 @@ impl Cv<'_> {
         }
     }
 
-    fn opt_string(&mut self, n: &Node, path: &str) -> Option<String> {
+    fn opt_string(&mut self, n: &Node<'_>, path: &str) -> Option<String> {
         match n.kind {
             Kind::Null => None,
             _ => self.string(n, path),
         }
     }
 
-    fn boolean(&mut self, n: &Node, path: &str) -> Option<bool> {
+    fn boolean(&mut self, n: &Node<'_>, path: &str) -> Option<bool> {
         match n.scalar() {
             Some("true" | "True" | "TRUE") => Some(true),
             Some("false" | "False" | "FALSE") => Some(false),
@@ -239,7 +239,7 @@ impl Cv<'_> {
         }
     }
 
-    fn uint(&mut self, n: &Node, path: &str) -> Option<u64> {
+    fn uint(&mut self, n: &Node<'_>, path: &str) -> Option<u64> {
         match n.scalar().map(|s| s.parse::<u64>()) {
             Some(Ok(v)) => Some(v),
             _ => {
@@ -256,7 +256,7 @@ impl Cv<'_> {
         }
     }
 
-    fn int(&mut self, n: &Node, path: &str) -> Option<i64> {
+    fn int(&mut self, n: &Node<'_>, path: &str) -> Option<i64> {
         match n.scalar().map(|s| s.parse::<i64>()) {
             Some(Ok(v)) => Some(v),
             _ => {
@@ -269,7 +269,7 @@ impl Cv<'_> {
         }
     }
 
-    fn float(&mut self, n: &Node, path: &str) -> Option<f64> {
+    fn float(&mut self, n: &Node<'_>, path: &str) -> Option<f64> {
         match n.scalar().map(|s| s.parse::<f64>()) {
             Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
             _ => {
@@ -286,7 +286,7 @@ impl Cv<'_> {
         }
     }
 
-    fn duration(&mut self, n: &Node, path: &str) -> Option<Duration> {
+    fn duration(&mut self, n: &Node<'_>, path: &str) -> Option<Duration> {
         let s = self.string(n, path)?;
         match Duration::parse(&s) {
             Some(d) => Some(d),
@@ -297,7 +297,7 @@ impl Cv<'_> {
         }
     }
 
-    fn size(&mut self, n: &Node, path: &str) -> Option<u64> {
+    fn size(&mut self, n: &Node<'_>, path: &str) -> Option<u64> {
         let s = self.string(n, path)?;
         match units::parse_size(&s) {
             Some(v) => Some(v),
@@ -308,7 +308,7 @@ impl Cv<'_> {
         }
     }
 
-    fn str_list(&mut self, n: &Node, path: &str) -> Vec<String> {
+    fn str_list(&mut self, n: &Node<'_>, path: &str) -> Vec<String> {
         match &n.kind {
             Kind::Seq(items) => items
                 .iter()
@@ -327,9 +327,9 @@ impl Cv<'_> {
         }
     }
 
-    fn str_or_list(&mut self, n: &Node, path: &str) -> Vec<String> {
+    fn str_or_list(&mut self, n: &Node<'_>, path: &str) -> Vec<String> {
         match &n.kind {
-            Kind::Scalar { value, .. } => vec![value.clone()],
+            Kind::Scalar { value, .. } => vec![value.to_string()],
             _ => self.str_list(n, path),
         }
     }
@@ -342,7 +342,7 @@ impl Cv<'_> {
     }
 
     /// A `KEY: value` map or a `KEY=value` list. `None` values mark keys without a value.
-    fn kv(&mut self, n: &Node, path: &str) -> Vec<(String, Option<String>, Pos)> {
+    fn kv(&mut self, n: &Node<'_>, path: &str) -> Vec<(String, Option<String>, Pos)> {
         let converted = list_to_map_ref(n, true);
         let node = converted.as_ref().unwrap_or(n);
         let mut out: Vec<(String, Option<String>, Pos)> = Vec::new();
@@ -358,7 +358,7 @@ impl Cv<'_> {
             }
             let v = match &e.value.kind {
                 Kind::Null => None,
-                Kind::Scalar { value, .. } => Some(value.clone()),
+                Kind::Scalar { value, .. } => Some(value.to_string()),
                 _ => {
                     self.err(
                         e.value.pos,
@@ -372,12 +372,12 @@ impl Cv<'_> {
                 }
             };
             out.retain(|(k, _, _)| k != &e.key);
-            out.push((e.key.clone(), v, e.key_pos));
+            out.push((e.key.to_string(), v, e.key_pos));
         }
         out
     }
 
-    fn labels(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
+    fn labels(&mut self, n: &Node<'_>, path: &str) -> BTreeMap<String, String> {
         self.kv(n, path)
             .into_iter()
             .map(|(k, v, _)| (k, v.unwrap_or_default()))
@@ -420,7 +420,7 @@ pub fn normalize_project_name(s: &str) -> String {
 
 pub(crate) fn project(
     ctx: &mut Ctx,
-    root: Node,
+    root: Node<'_>,
     opts: &LoadOptions,
     project_dir: &Path,
     env: &BTreeMap<String, String>,
@@ -439,7 +439,7 @@ pub(crate) fn project(
         &[],
     );
     let mut name_field = None;
-    let mut sections: BTreeMap<&str, &Node> = BTreeMap::new();
+    let mut sections: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
     for (k, v, p) in &top {
         match *k {
             "version" => cv.warn(
@@ -460,7 +460,7 @@ pub(crate) fn project(
     if let Some(n) = sections.get("networks") {
         for e in cv.entries(n, "networks") {
             if let Some(net) = network(&mut cv, &e.value, &join("networks", &e.key)) {
-                networks.insert(e.key.clone(), net);
+                networks.insert(e.key.to_string(), net);
             }
         }
     }
@@ -468,7 +468,7 @@ pub(crate) fn project(
     if let Some(n) = sections.get("volumes") {
         for e in cv.entries(n, "volumes") {
             if let Some(v) = volume(&mut cv, &e.value, &join("volumes", &e.key)) {
-                volumes.insert(e.key.clone(), v);
+                volumes.insert(e.key.to_string(), v);
             }
         }
     }
@@ -478,7 +478,7 @@ pub(crate) fn project(
         if let Some(n) = sections.get(section) {
             for e in cv.entries(n, section) {
                 if let Some(v) = file_object(&mut cv, &e.value, &join(section, &e.key), section) {
-                    out.insert(e.key.clone(), v);
+                    out.insert(e.key.to_string(), v);
                 }
             }
         }
@@ -499,9 +499,9 @@ pub(crate) fn project(
                 );
                 continue;
             }
-            cv.refs.service_pos.insert(e.key.clone(), e.key_pos);
+            cv.refs.service_pos.insert(e.key.to_string(), e.key_pos);
             if let Some(s) = service(&mut cv, &e.key, &e.value, &p) {
-                services.insert(e.key.clone(), s);
+                services.insert(e.key.to_string(), s);
             }
         }
     }
@@ -620,7 +620,7 @@ fn project_name(
     Some(n)
 }
 
-fn network(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Network> {
+fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Network> {
     let mut net = Network::default();
     for (k, v, p) in cv.fields(
         n,
@@ -700,7 +700,7 @@ fn network(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Network> {
 }
 
 /// `external: true|false` or the legacy `external: {name: x}`.
-fn external(cv: &mut Cv<'_>, v: &Node, p: &str, name: &mut Option<String>) -> Option<bool> {
+fn external(cv: &mut Cv<'_>, v: &Node<'_>, p: &str, name: &mut Option<String>) -> Option<bool> {
     if let Kind::Map(_) = v.kind {
         for (_, v, p) in cv.fields(v, p, &["name"], &[]) {
             if let Some(n) = cv.string(v, &p) {
@@ -712,7 +712,7 @@ fn external(cv: &mut Cv<'_>, v: &Node, p: &str, name: &mut Option<String>) -> Op
     cv.boolean(v, p)
 }
 
-fn volume(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Volume> {
+fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Volume> {
     let mut vol = Volume::default();
     for (k, v, p) in cv.fields(
         n,
@@ -731,7 +731,7 @@ fn volume(cv: &mut Cv<'_>, n: &Node, path: &str) -> Option<Volume> {
     Some(vol)
 }
 
-fn file_object(cv: &mut Cv<'_>, n: &Node, path: &str, section: &str) -> Option<FileObject> {
+fn file_object(cv: &mut Cv<'_>, n: &Node<'_>, path: &str, section: &str) -> Option<FileObject> {
     let mut o = FileObject::default();
     let allowed: &[&str] = if section == "configs" {
         &[
@@ -781,7 +781,7 @@ fn file_object(cv: &mut Cv<'_>, n: &Node, path: &str, section: &str) -> Option<F
     Some(o)
 }
 
-fn service(cv: &mut Cv<'_>, name: &str, n: &Node, path: &str) -> Option<Service> {
+fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Service> {
     let mut s = Service::default();
     let mut env_files: Vec<(String, bool, Pos, String)> = Vec::new();
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
@@ -938,7 +938,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node, path: &str) -> Option<Service>
     ok.then_some(s)
 }
 
-fn build(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Build> {
+fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Build> {
     if let Kind::Scalar { value, .. } = &v.kind {
         return Some(Build {
             context: build_context(cv, value, v.pos),
@@ -1006,7 +1006,7 @@ fn build_context(cv: &Cv<'_>, c: &str, pos: Pos) -> String {
     }
 }
 
-fn command(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Vec<String>> {
+fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Vec<String>> {
     match &v.kind {
         Kind::Null => None,
         Kind::Scalar { value, .. } => match syntax::shell_split(value) {
@@ -1020,8 +1020,8 @@ fn command(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Vec<String>> {
     }
 }
 
-fn env_file_list(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<(String, bool, Pos, String)> {
-    let items: Vec<&Node> = match &v.kind {
+fn env_file_list(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<(String, bool, Pos, String)> {
+    let items: Vec<&Node<'_>> = match &v.kind {
         Kind::Seq(items) => items.iter().collect(),
         Kind::Null => Vec::new(),
         _ => vec![v],
@@ -1034,7 +1034,7 @@ fn env_file_list(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<(String, bool, Pos, 
             p.to_owned()
         };
         match &item.kind {
-            Kind::Scalar { value, .. } => out.push((value.clone(), true, item.pos, ip)),
+            Kind::Scalar { value, .. } => out.push((value.to_string(), true, item.pos, ip)),
             Kind::Map(_) => {
                 let mut path = None;
                 let mut required = true;
@@ -1063,7 +1063,13 @@ fn env_file_list(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<(String, bool, Pos, 
     out
 }
 
-fn file_refs(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str, secret: bool) -> Vec<FileReference> {
+fn file_refs(
+    cv: &mut Cv<'_>,
+    svc: &str,
+    v: &Node<'_>,
+    p: &str,
+    secret: bool,
+) -> Vec<FileReference> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
         Kind::Null => &[],
@@ -1077,7 +1083,7 @@ fn file_refs(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str, secret: bool) -> Vec
         let ip = format!("{p}[{i}]");
         let r = match &item.kind {
             Kind::Scalar { value, .. } => FileReference {
-                source: value.clone(),
+                source: value.to_string(),
                 target: None,
                 uid: None,
                 gid: None,
@@ -1137,7 +1143,7 @@ fn file_refs(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str, secret: bool) -> Vec
     out
 }
 
-fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> BTreeMap<String, DependsOn> {
+fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> BTreeMap<String, DependsOn> {
     let converted = list_to_map_ref(v, false);
     let node = converted.as_ref().unwrap_or(v);
     let mut out = BTreeMap::new();
@@ -1173,13 +1179,13 @@ fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> BTreeMap<String,
         }
         cv.refs
             .depends
-            .push((svc.to_owned(), e.key.clone(), e.key_pos, ep));
-        out.insert(e.key.clone(), d);
+            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep));
+        out.insert(e.key.to_string(), d);
     }
     out
 }
 
-fn healthcheck(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Healthcheck> {
+fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Healthcheck> {
     let mut h = Healthcheck::default();
     for (k, v, fp) in cv.fields(
         v,
@@ -1198,7 +1204,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Healthcheck> {
         match k {
             "test" => match &v.kind {
                 Kind::Scalar { value, .. } => {
-                    h.test = vec!["CMD-SHELL".to_owned(), value.clone()];
+                    h.test = vec!["CMD-SHELL".to_owned(), value.to_string()];
                 }
                 _ => {
                     h.test = cv.str_list(v, &fp);
@@ -1228,7 +1234,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Healthcheck> {
     Some(h)
 }
 
-fn logging(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Logging> {
+fn logging(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Logging> {
     let mut l = Logging::default();
     for (k, v, fp) in cv.fields(v, p, &["driver", "options"], &[]) {
         match k {
@@ -1242,7 +1248,7 @@ fn logging(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Logging> {
 fn service_networks(
     cv: &mut Cv<'_>,
     svc: &str,
-    v: &Node,
+    v: &Node<'_>,
     p: &str,
 ) -> BTreeMap<String, Option<ServiceNetwork>> {
     let converted = list_to_map_ref(v, false);
@@ -1256,9 +1262,9 @@ fn service_networks(
         }
         cv.refs
             .networks
-            .push((svc.to_owned(), e.key.clone(), e.key_pos, ep.clone()));
+            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep.clone()));
         if matches!(e.value.kind, Kind::Null) {
-            out.insert(e.key.clone(), None);
+            out.insert(e.key.to_string(), None);
             continue;
         }
         let mut sn = ServiceNetwork::default();
@@ -1295,12 +1301,12 @@ fn service_networks(
                 _ => sn.priority = cv.int(v, &fp),
             }
         }
-        out.insert(e.key.clone(), Some(sn));
+        out.insert(e.key.to_string(), Some(sn));
     }
     out
 }
 
-fn ulimits(cv: &mut Cv<'_>, v: &Node, p: &str) -> BTreeMap<String, Ulimit> {
+fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> BTreeMap<String, Ulimit> {
     let mut out = BTreeMap::new();
     for e in cv.entries(v, p) {
         let ep = join(p, &e.key);
@@ -1341,13 +1347,13 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node, p: &str) -> BTreeMap<String, Ulimit> {
             }
         };
         if let Some(u) = u {
-            out.insert(e.key.clone(), u);
+            out.insert(e.key.to_string(), u);
         }
     }
     out
 }
 
-fn ports(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<Port> {
+fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<Port> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
         Kind::Null => &[],
@@ -1478,7 +1484,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node, p: &str) -> Vec<Port> {
     out
 }
 
-fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> Vec<ServiceVolume> {
+fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> Vec<ServiceVolume> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
         Kind::Null => &[],
@@ -1550,7 +1556,7 @@ fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node, p: &str) -> Vec<Service
     out
 }
 
-fn long_volume(cv: &mut Cv<'_>, item: &Node, ip: &str) -> Option<ServiceVolume> {
+fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &str) -> Option<ServiceVolume> {
     let mut vol = ServiceVolume {
         kind: VolumeType::Volume,
         source: None,
@@ -1680,7 +1686,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node, ip: &str) -> Option<ServiceVolume> 
     Some(vol)
 }
 
-fn deploy(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Deploy> {
+fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Deploy> {
     let mut d = Deploy::default();
     for (k, v, fp) in cv.fields(
         v,
@@ -1824,7 +1830,12 @@ fn deploy(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<Deploy> {
     Some(d)
 }
 
-fn resource_spec(cv: &mut Cv<'_>, v: &Node, p: &str, reservations: bool) -> Option<ResourceSpec> {
+fn resource_spec(
+    cv: &mut Cv<'_>,
+    v: &Node<'_>,
+    p: &str,
+    reservations: bool,
+) -> Option<ResourceSpec> {
     let ignored: &[&str] = if reservations {
         &["devices", "generic_resources"]
     } else {
@@ -1841,7 +1852,7 @@ fn resource_spec(cv: &mut Cv<'_>, v: &Node, p: &str, reservations: bool) -> Opti
     Some(r)
 }
 
-fn update_config(cv: &mut Cv<'_>, v: &Node, p: &str) -> Option<UpdateConfig> {
+fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<UpdateConfig> {
     let mut u = UpdateConfig::default();
     for (k, v, fp) in cv.fields(
         v,

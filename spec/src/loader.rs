@@ -1,6 +1,7 @@
 //! Reading files: discovery, `.env`, per-file parse + interpolation, `include`, `extends`,
 //! and the merge of several `-f` files.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
@@ -63,7 +64,7 @@ pub(crate) struct Ctx {
     pub working_dir: PathBuf,
     pub process_env: BTreeMap<String, String>,
     /// Parsed and interpolated files used as `extends: {file: …}` sources, by absolute path.
-    extends_cache: HashMap<PathBuf, Option<Node>>,
+    extends_cache: HashMap<PathBuf, Option<Node<'static>>>,
     /// Interpolation variables of the main project (used for `extends` files).
     current_env: BTreeMap<String, String>,
 }
@@ -146,9 +147,17 @@ impl Ctx {
         )
     }
 
-    /// Reads and parses `path`, registers it, and checks that its root is a mapping.
-    fn read_yaml(&mut self, path: &Path, base_dir: PathBuf, from: Pos, what: &str) -> Option<Node> {
-        let text = match std::fs::read(path) {
+    /// Parses the contents of `path` (read by the caller), registers it, and checks that its
+    /// root is a mapping. The tree borrows from `bytes`.
+    fn read_yaml<'t>(
+        &mut self,
+        path: &Path,
+        base_dir: PathBuf,
+        from: Pos,
+        what: &str,
+        bytes: Result<&'t [u8], &std::io::Error>,
+    ) -> Option<Node<'t>> {
+        let text = match bytes {
             Ok(b) => b,
             Err(e) => {
                 self.errors.push(
@@ -160,7 +169,7 @@ impl Ctx {
             }
         };
         let id = self.add_file(path, base_dir);
-        let Ok(text) = String::from_utf8(text) else {
+        let Ok(text) = std::str::from_utf8(text) else {
             self.errors.push(
                 Pos {
                     file: id,
@@ -172,7 +181,7 @@ impl Ctx {
             );
             return None;
         };
-        let node = yaml::parse(&text, id, &mut self.errors)?;
+        let node = yaml::parse(text, id, &mut self.errors)?;
         match node.kind {
             Kind::Map(_) => Some(node),
             Kind::Null => Some(Node::map(node.pos, Vec::new())),
@@ -189,7 +198,12 @@ impl Ctx {
 
     /// Interpolates every scalar value (not keys) in place. `path` is a reused buffer holding
     /// the key path, so no string is built per node unless something is reported.
-    fn interpolate(&mut self, node: &mut Node, env: &BTreeMap<String, String>, path: &mut String) {
+    fn interpolate(
+        &mut self,
+        node: &mut Node<'_>,
+        env: &BTreeMap<String, String>,
+        path: &mut String,
+    ) {
         let pos = node.pos;
         match &mut node.kind {
             Kind::Null => {}
@@ -209,7 +223,7 @@ impl Ctx {
                                 ),
                             );
                         }
-                        *value = r.value;
+                        *value = Cow::Owned(r.value);
                     }
                     Err(e) => self.errors.push(pos, path.clone(), e),
                 }
@@ -289,15 +303,17 @@ impl Ctx {
         env
     }
 
-    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`.
-    fn load_file(
+    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`. `pre` is
+    /// the file's contents when the caller read it already; the tree then borrows from it.
+    fn load_file<'t>(
         &mut self,
         path: &Path,
         base_dir: &Path,
         env: &BTreeMap<String, String>,
         stack: &mut Vec<PathBuf>,
         from: Pos,
-    ) -> Option<Node> {
+        pre: Option<&'t std::io::Result<Vec<u8>>>,
+    ) -> Option<Node<'t>> {
         if stack.iter().any(|p| p == path) {
             self.errors.push(
                 from,
@@ -306,7 +322,17 @@ impl Ctx {
             );
             return None;
         }
-        let mut node = self.read_yaml(path, base_dir.to_path_buf(), from, "compose file")?;
+        let what = "compose file";
+        let mut node = match pre {
+            Some(bytes) => {
+                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
+            }
+            None => {
+                let bytes = std::fs::read(path);
+                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
+                    .into_owned()
+            }
+        };
         self.interpolate(&mut node, env, &mut String::new());
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, stack);
@@ -315,7 +341,7 @@ impl Ctx {
         Some(node)
     }
 
-    fn apply_include(&mut self, node: &mut Node, stack: &mut Vec<PathBuf>) {
+    fn apply_include(&mut self, node: &mut Node<'_>, stack: &mut Vec<PathBuf>) {
         let Some(entries) = node.as_map_mut() else {
             return;
         };
@@ -335,15 +361,17 @@ impl Ctx {
             let path = format!("include[{i}]");
             let here = self.base_dir(item.pos).to_path_buf();
             let (paths, env_files, project_dir) = match &item.kind {
-                Kind::Scalar { value, .. } => (vec![(value.clone(), item.pos)], Vec::new(), None),
+                Kind::Scalar { value, .. } => {
+                    (vec![(value.to_string(), item.pos)], Vec::new(), None)
+                }
                 Kind::Map(m) => {
                     let mut paths = Vec::new();
                     let mut env_files = Vec::new();
                     let mut project_dir = None;
                     for e in m {
-                        match (e.key.as_str(), &e.value.kind) {
+                        match (&*e.key, &e.value.kind) {
                             ("path", Kind::Scalar { value, .. }) => {
-                                paths.push((value.clone(), e.value.pos))
+                                paths.push((value.to_string(), e.value.pos))
                             }
                             ("path", Kind::Seq(s)) | ("env_file", Kind::Seq(s)) => {
                                 for v in s {
@@ -361,10 +389,10 @@ impl Ctx {
                                 }
                             }
                             ("env_file", Kind::Scalar { value, .. }) => {
-                                env_files.push(absolutize(&here, Path::new(value)))
+                                env_files.push(absolutize(&here, Path::new(&**value)))
                             }
                             ("project_directory", Kind::Scalar { value, .. }) => {
-                                project_dir = Some(absolutize(&here, Path::new(value)))
+                                project_dir = Some(absolutize(&here, Path::new(&**value)))
                             }
                             (k, _) if k.starts_with("x-") => {}
                             ("path" | "env_file" | "project_directory", _) => self.errors.push(
@@ -398,10 +426,10 @@ impl Ctx {
                     .unwrap_or_else(|| here.clone())
             });
             let env = self.project_env(&dir, &env_files, item.pos);
-            let mut merged: Option<Node> = None;
+            let mut merged: Option<Node<'_>> = None;
             for (p, ppos) in paths {
                 let abs = absolutize(&here, Path::new(&p));
-                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos) {
+                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos, None) {
                     merged = Some(match merged {
                         None => n,
                         Some(base) => merge::merge_files(base, n),
@@ -414,7 +442,7 @@ impl Ctx {
     }
 
     /// Adds an included project's resources; a name defined on both sides is an error.
-    fn add_included(&mut self, node: &mut Node, included: Node, at: Pos) {
+    fn add_included<'t>(&mut self, node: &mut Node<'t>, included: Node<'t>, at: Pos) {
         let Kind::Map(inc_entries) = included.kind else {
             return;
         };
@@ -423,7 +451,7 @@ impl Ctx {
         };
         for ie in inc_entries {
             if !matches!(
-                ie.key.as_str(),
+                &*ie.key,
                 "services" | "networks" | "volumes" | "configs" | "secrets"
             ) {
                 continue;
@@ -467,7 +495,7 @@ impl Ctx {
     }
 
     /// Resolves `extends` for every service of one file.
-    fn apply_extends(&mut self, node: &mut Node, path: &Path) {
+    fn apply_extends(&mut self, node: &mut Node<'_>, path: &Path) {
         let has_extends = node
             .get("services")
             .and_then(Node::as_map)
@@ -483,7 +511,7 @@ impl Ctx {
             .into_iter()
             .flatten()
             .filter(|e| e.value.get("extends").is_some())
-            .map(|e| e.key.clone())
+            .map(|e| e.key.to_string())
             .collect();
         for name in names {
             let mut chain = Vec::new();
@@ -496,13 +524,13 @@ impl Ctx {
     }
 
     /// Returns service `name` of `services` (from file `path`) with its `extends` chain applied.
-    fn resolve_service(
+    fn resolve_service<'t>(
         &mut self,
-        services: &Node,
+        services: &Node<'t>,
         path: &Path,
         name: &str,
         chain: &mut Vec<(PathBuf, String)>,
-    ) -> Option<Node> {
+    ) -> Option<Node<'t>> {
         let svc = services.get(name)?.clone();
         let Some(ext) = svc.get("extends").cloned() else {
             return Some(svc);
@@ -518,12 +546,12 @@ impl Ctx {
             return None;
         }
         let (base_name, file) = match &ext.kind {
-            Kind::Scalar { value, .. } => (value.clone(), None),
+            Kind::Scalar { value, .. } => (value.to_string(), None),
             Kind::Map(m) => {
                 let mut service = None;
                 let mut file = None;
                 for e in m {
-                    match (e.key.as_str(), e.value.scalar()) {
+                    match (&*e.key, e.value.scalar()) {
                         ("service", Some(v)) => service = Some(v.to_owned()),
                         ("file", Some(v)) => file = Some((v.to_owned(), e.value.pos)),
                         ("service" | "file", None) => self.errors.push(
@@ -597,15 +625,17 @@ impl Ctx {
     }
 
     /// Loads a file named by `extends.file` once; paths in it resolve against its own directory.
-    fn extends_file(&mut self, abs: &Path, from: Pos) -> Option<Node> {
+    fn extends_file(&mut self, abs: &Path, from: Pos) -> Option<Node<'static>> {
         if let Some(cached) = self.extends_cache.get(abs) {
             return cached.clone();
         }
         let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
         let env = self.current_env.clone();
+        let bytes = std::fs::read(abs);
         let node = self
-            .read_yaml(abs, dir, from, "extended file")
-            .map(|mut n| {
+            .read_yaml(abs, dir, from, "extended file", bytes.as_deref())
+            .map(|n| {
+                let mut n = n.into_owned();
                 self.interpolate(&mut n, &env, &mut String::new());
                 n
             });
@@ -685,11 +715,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
         .collect();
     let env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere());
     ctx.current_env = env.clone();
-    let mut merged: Option<Node> = None;
+    // Read up front so that the trees can borrow their text from here.
+    let texts: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
+    let mut merged: Option<Node<'_>> = None;
     let mut stack = Vec::new();
     let mut all_parsed = true;
-    for f in &files {
-        if let Some(n) = ctx.load_file(f, &project_dir, &env, &mut stack, Ctx::nowhere()) {
+    for (f, text) in files.iter().zip(&texts) {
+        let n = ctx.load_file(
+            f,
+            &project_dir,
+            &env,
+            &mut stack,
+            Ctx::nowhere(),
+            Some(text),
+        );
+        if let Some(n) = n {
             merged = Some(match merged {
                 None => n,
                 Some(base) => merge::merge_files(base, n),

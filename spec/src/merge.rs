@@ -6,29 +6,40 @@
 //! are concatenated and de-duplicated by their key during conversion; scalars are replaced.
 //! The `!reset` tag drops the inherited value and `!override` replaces it wholesale.
 
+use std::borrow::Cow;
+
 use crate::yaml::{Entry, Kind, MergeTag, Node};
 
+/// `whole[r]`, borrowed when `whole` is: text read from a file stays borrowed.
+fn sub<'a>(whole: &Cow<'a, str>, r: std::ops::Range<usize>) -> Cow<'a, str> {
+    match whole {
+        Cow::Borrowed(w) => Cow::Borrowed(&w[r]),
+        Cow::Owned(w) => Cow::Owned(w[r].to_owned()),
+    }
+}
+
 /// Lists that are really maps: `KEY=VALUE` items (or bare names) become map entries.
-pub(crate) fn list_to_map(node: Node, split_eq: bool) -> Node {
+pub(crate) fn list_to_map(node: Node<'_>, split_eq: bool) -> Node<'_> {
     list_to_map_ref(&node, split_eq).unwrap_or(node)
 }
 
 /// [`list_to_map`] without consuming the node: `None` when it is not a list. Conversion only
 /// reads the tree, and copying a whole list first just to take it apart was measurable.
-pub(crate) fn list_to_map_ref(node: &Node, split_eq: bool) -> Option<Node> {
+pub(crate) fn list_to_map_ref<'a>(node: &Node<'a>, split_eq: bool) -> Option<Node<'a>> {
     match &node.kind {
         Kind::Seq(items) => {
-            let mut entries: Vec<Entry> = Vec::new();
+            let mut entries: Vec<Entry<'a>> = Vec::new();
             for item in items {
                 let (key, value) = match &item.kind {
-                    Kind::Scalar { value, .. } => match value.split_once('=') {
-                        Some((k, v)) if split_eq => {
-                            (k.to_owned(), Node::str(item.pos, v.to_owned()))
-                        }
+                    Kind::Scalar { value, .. } => match value.find('=') {
+                        Some(i) if split_eq => (
+                            sub(value, 0..i),
+                            Node::str(item.pos, sub(value, i + 1..value.len())),
+                        ),
                         _ => (value.clone(), Node::new(item.pos, Kind::Null)),
                     },
                     // Left for conversion to report with its position.
-                    _ => (String::new(), item.clone()),
+                    _ => (Cow::Borrowed(""), item.clone()),
                 };
                 if let Some(e) = entries.iter_mut().find(|e| e.key == key && !key.is_empty()) {
                     e.value = value;
@@ -50,7 +61,7 @@ pub(crate) fn list_to_map_ref(node: &Node, split_eq: bool) -> Option<Node> {
     }
 }
 
-fn as_map_node(n: Node) -> Node {
+fn as_map_node(n: Node<'_>) -> Node<'_> {
     match n.kind {
         Kind::Null => Node {
             pos: n.pos,
@@ -62,7 +73,11 @@ fn as_map_node(n: Node) -> Node {
 }
 
 /// Merges two maps entry by entry with `f(key, base, over)` for keys on both sides.
-fn merge_maps(base: Node, over: Node, f: &dyn Fn(&str, Node, Node) -> Node) -> Node {
+fn merge_maps<'a>(
+    base: Node<'a>,
+    over: Node<'a>,
+    f: &dyn Fn(&str, Node<'a>, Node<'a>) -> Node<'a>,
+) -> Node<'a> {
     let base = as_map_node(base);
     let over = as_map_node(over);
     let (Kind::Map(mut entries), Kind::Map(over_entries)) = (base.kind.clone(), over.kind.clone())
@@ -93,7 +108,7 @@ fn merge_maps(base: Node, over: Node, f: &dyn Fn(&str, Node, Node) -> Node) -> N
 }
 
 /// Deep merge: maps recursively, lists appended, anything else replaced.
-pub(crate) fn deep(base: Node, over: Node) -> Node {
+pub(crate) fn deep<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     match (&base.kind, &over.kind) {
         (Kind::Map(_), Kind::Map(_)) => merge_maps(base, over, &|_, b, o| deep(b, o)),
         (Kind::Seq(a), Kind::Seq(b)) => {
@@ -109,7 +124,7 @@ pub(crate) fn deep(base: Node, over: Node) -> Node {
     }
 }
 
-fn as_list(n: Node) -> Node {
+fn as_list(n: Node<'_>) -> Node<'_> {
     match n.kind {
         Kind::Scalar { .. } => Node {
             pos: n.pos,
@@ -120,12 +135,12 @@ fn as_list(n: Node) -> Node {
     }
 }
 
-fn merge_build(base: Node, over: Node) -> Node {
-    let norm = |n: Node| match n.kind {
+fn merge_build<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
+    let norm = |n: Node<'a>| match n.kind {
         Kind::Scalar { .. } => Node::map(
             n.pos,
             vec![Entry {
-                key: "context".to_owned(),
+                key: "context".into(),
                 key_pos: n.pos,
                 value: n,
             }],
@@ -139,7 +154,7 @@ fn merge_build(base: Node, over: Node) -> Node {
 }
 
 /// Merges one service definition over another.
-pub(crate) fn merge_service(base: Node, over: Node) -> Node {
+pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     merge_maps(base, over, &|key, b, o| match key {
         "command" | "entrypoint" => o,
         "environment" | "labels" | "sysctls" | "annotations" => {
@@ -171,7 +186,7 @@ pub(crate) fn merge_service(base: Node, over: Node) -> Node {
     })
 }
 
-fn merge_resource(base: Node, over: Node) -> Node {
+fn merge_resource<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     merge_maps(base, over, &|k, b, o| match k {
         "labels" | "driver_opts" => {
             merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o)
@@ -181,7 +196,7 @@ fn merge_resource(base: Node, over: Node) -> Node {
 }
 
 /// Merges a whole compose file over the result of the earlier files.
-pub(crate) fn merge_files(base: Node, over: Node) -> Node {
+pub(crate) fn merge_files<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     merge_maps(base, over, &|k, b, o| match k {
         "services" => merge_maps(b, o, &|_, b, o| merge_service(b, o)),
         "networks" | "volumes" | "configs" | "secrets" => {

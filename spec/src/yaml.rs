@@ -30,34 +30,36 @@ pub(crate) enum MergeTag {
     Override,
 }
 
+/// A node of the tree. Text borrows from the file it was read from where it can (`'a`), so
+/// a large file does not cost one allocation per scalar.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
+pub(crate) struct Node<'a> {
     pub pos: Pos,
     pub tag: Option<MergeTag>,
-    pub kind: Kind,
+    pub kind: Kind<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Kind {
+pub(crate) enum Kind<'a> {
     Null,
     /// A scalar's text; `plain` is false for quoted and block scalars.
     Scalar {
-        value: String,
+        value: Cow<'a, str>,
         plain: bool,
     },
-    Seq(Vec<Node>),
-    Map(Vec<Entry>),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<Entry<'a>>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub key: String,
+pub(crate) struct Entry<'a> {
+    pub key: Cow<'a, str>,
     pub key_pos: Pos,
-    pub value: Node,
+    pub value: Node<'a>,
 }
 
-impl Node {
-    pub fn new(pos: Pos, kind: Kind) -> Node {
+impl<'a> Node<'a> {
+    pub fn new(pos: Pos, kind: Kind<'a>) -> Node<'a> {
         Node {
             pos,
             tag: None,
@@ -65,7 +67,7 @@ impl Node {
         }
     }
 
-    pub fn str(pos: Pos, s: impl Into<String>) -> Node {
+    pub fn str(pos: Pos, s: impl Into<Cow<'a, str>>) -> Node<'a> {
         Node::new(
             pos,
             Kind::Scalar {
@@ -75,32 +77,59 @@ impl Node {
         )
     }
 
-    pub fn map(pos: Pos, entries: Vec<Entry>) -> Node {
+    pub fn map(pos: Pos, entries: Vec<Entry<'a>>) -> Node<'a> {
         Node::new(pos, Kind::Map(entries))
     }
 
-    pub fn as_map(&self) -> Option<&Vec<Entry>> {
+    /// A copy that owns all its text, for trees kept beyond the file text they came from.
+    pub fn into_owned(self) -> Node<'static> {
+        let kind = match self.kind {
+            Kind::Null => Kind::Null,
+            Kind::Scalar { value, plain } => Kind::Scalar {
+                value: Cow::Owned(value.into_owned()),
+                plain,
+            },
+            Kind::Seq(items) => Kind::Seq(items.into_iter().map(Node::into_owned).collect()),
+            Kind::Map(entries) => Kind::Map(
+                entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        key: Cow::Owned(e.key.into_owned()),
+                        key_pos: e.key_pos,
+                        value: e.value.into_owned(),
+                    })
+                    .collect(),
+            ),
+        };
+        Node {
+            pos: self.pos,
+            tag: self.tag,
+            kind,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&Vec<Entry<'a>>> {
         match &self.kind {
             Kind::Map(m) => Some(m),
             _ => None,
         }
     }
 
-    pub fn as_map_mut(&mut self) -> Option<&mut Vec<Entry>> {
+    pub fn as_map_mut(&mut self) -> Option<&mut Vec<Entry<'a>>> {
         match &mut self.kind {
             Kind::Map(m) => Some(m),
             _ => None,
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
         self.as_map()?
             .iter()
             .find(|e| e.key == key)
             .map(|e| &e.value)
     }
 
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node<'a>> {
         self.as_map_mut()?
             .iter_mut()
             .find(|e| e.key == key)
@@ -245,8 +274,8 @@ impl<'i> Source<'i> for std::vec::IntoIter<Item<'i>> {
     }
 }
 
-struct Builder<'a> {
-    anchors: HashMap<usize, (Node, usize)>,
+struct Builder<'a, 'i> {
+    anchors: HashMap<usize, (Node<'i>, usize)>,
     nodes: usize,
     errors: &'a mut Errors,
     hasher: RandomState,
@@ -260,7 +289,7 @@ fn pos_of(file: u32, span: &Span) -> Pos {
     }
 }
 
-impl<'a> Builder<'a> {
+impl<'a> Builder<'a, '_> {
     fn new(errors: &'a mut Errors) -> Self {
         Builder {
             anchors: HashMap::new(),
@@ -273,7 +302,7 @@ impl<'a> Builder<'a> {
 
 /// Parses the first document of `text`. Returns `None` (with errors recorded) when the YAML is
 /// malformed; an empty document is an empty mapping.
-pub(crate) fn parse(text: &str, file: u32, errors: &mut Errors) -> Option<Node> {
+pub(crate) fn parse<'i>(text: &'i str, file: u32, errors: &mut Errors) -> Option<Node<'i>> {
     // The common shape of compose files is read by a much cheaper scanner; anything it is not
     // sure about (and every malformed file) goes to the full parser, so results are the same.
     if let Some(items) = fast::events(text, file) {
@@ -324,23 +353,23 @@ pub(crate) fn parse(text: &str, file: u32, errors: &mut Errors) -> Option<Node> 
     }))
 }
 
-impl Builder<'_> {
-    fn next<'i>(&mut self, src: &mut impl Source<'i>) -> Option<Option<Item<'i>>> {
+impl<'i> Builder<'_, 'i> {
+    fn next(&mut self, src: &mut impl Source<'i>) -> Option<Option<Item<'i>>> {
         src.next_item(self.errors)
     }
 
-    fn too_big(&mut self, pos: Pos, what: &str) -> Option<Node> {
+    fn too_big(&mut self, pos: Pos, what: &str) -> Option<Node<'i>> {
         self.errors
             .push(pos, "", format!("document too large: {what}"));
         None
     }
 
-    fn node<'i>(
+    fn node(
         &mut self,
         item: Item<'i>,
         src: &mut impl Source<'i>,
         depth: usize,
-    ) -> Option<Node> {
+    ) -> Option<Node<'i>> {
         let Item {
             ev,
             pos,
@@ -380,13 +409,7 @@ impl Builder<'_> {
                     if plain && !tagged && matches!(&*value, "" | "~" | "null" | "Null" | "NULL") {
                         Node::new(pos, Kind::Null)
                     } else {
-                        Node::new(
-                            pos,
-                            Kind::Scalar {
-                                value: value.into_owned(),
-                                plain,
-                            },
-                        )
+                        Node::new(pos, Kind::Scalar { value, plain })
                     };
                 node.tag = tag;
                 node
@@ -426,7 +449,7 @@ impl Builder<'_> {
                             }
                             k
                         }
-                        Kind::Null => "null".to_owned(),
+                        Kind::Null => Cow::Borrowed("null"),
                         _ => {
                             self.errors
                                 .push(key_pos, "", "mapping keys must be scalars");
@@ -477,7 +500,7 @@ impl Builder<'_> {
     }
 
     /// `<<` semantics: keys already present win; in a list of maps, earlier maps win.
-    fn apply_merge(&mut self, entries: &mut Vec<Entry>, m: Node) {
+    fn apply_merge(&mut self, entries: &mut Vec<Entry<'i>>, m: Node<'i>) {
         let pos = m.pos;
         let sources = match m.kind {
             Kind::Map(_) => vec![m],
