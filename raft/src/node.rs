@@ -375,7 +375,22 @@ impl Node {
         path: &str,
         body: Option<&Req>,
     ) -> Result<Resp, Error> {
+        self.forward_once(addr, method, path, body).await?
+    }
+
+    /// [`Self::forward`], except that a transport failure that is safe to retry elsewhere is
+    /// `Err(..)`: the leader could not even be connected to (the request never left this
+    /// node), or the request was a read. Any other outcome, including errors, is `Ok(..)`: a
+    /// write the leader may have received is never sent twice.
+    async fn forward_once<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Req>,
+    ) -> Result<Result<Resp, Error>, Error> {
         let url = format!("http://{addr}{path}");
+        let read = method == reqwest::Method::GET;
         let mut rb = self
             .inner
             .http
@@ -387,15 +402,18 @@ impl Node {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| Error::Transport(format!("forward to leader {addr}: {e}")))?;
-        crate::api::decode_response(resp).await
+        let err = |e: reqwest::Error| Error::Transport(format!("forward to leader {addr}: {e}"));
+        match rb.send().await {
+            Ok(resp) => Ok(crate::api::decode_response(resp).await),
+            Err(e) if e.is_connect() || read => Err(err(e)),
+            Err(e) => Ok(Err(err(e))),
+        }
     }
 
     /// Runs `local` on this node if it is the leader, otherwise forwards to the leader. Retries
-    /// only while no leader is known, so a proposal is never submitted twice.
+    /// only while no leader is known or the known one cannot be connected to (it crashed and
+    /// this node has not noticed yet), so a proposal is never submitted twice, and a client of
+    /// a follower rides out a leader crash instead of seeing a transport error.
     async fn on_leader<T, Fut, Req>(
         &self,
         forwarded: bool,
@@ -419,7 +437,14 @@ impl Node {
                     let addr = fwd.as_ref().and_then(|f| self.leader_addr(f));
                     match addr {
                         Some(addr) if !forwarded && addr != self.inner.cfg.advertise => {
-                            return self.forward(&addr, method, path, body).await;
+                            match self.forward_once(&addr, method.clone(), path, body).await {
+                                Ok(r) => return r,
+                                Err(e) if Instant::now() >= deadline => return Err(e),
+                                Err(e) => {
+                                    tracing::debug!("{e}; waiting for a new leader");
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            }
                         }
                         _ if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(50)).await;

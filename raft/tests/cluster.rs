@@ -362,3 +362,40 @@ async fn compare_and_set_updates_lose_no_increment_under_contention() {
         .unwrap();
     assert_eq!(v, 30, "every CAS increment applied exactly once");
 }
+
+/// A client of a follower does not see the leader's crash: a write and a linearizable read sent
+/// while the follower still takes the dead node for the leader wait for the next leader
+/// instead of failing on the dead one's address (the CLI and the node agents on the other
+/// nodes each talk to their local daemon, so this is what they see of a failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_rides_out_a_leader_crash() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader(T).await;
+    let c_leader_id = c.node(leader).id();
+    let f = (0..3).find(|i| *i != leader).unwrap();
+    let cl = c.client(f);
+    cl.put(Kind::Config, "before", &json!(1))
+        .await
+        .expect("write");
+    c.kill(leader);
+    // Past the instant of the crash (a write in flight then may or may not have been received,
+    // and is not resent), but well before the election timeout.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        c.node(f).raft().metrics().borrow().current_leader,
+        Some(c_leader_id),
+        "the follower still takes the dead node for the leader"
+    );
+    let start = Instant::now();
+    let read = cl.get(Kind::Config, "before").await.expect("a read too");
+    assert_eq!(read.value, json!(1));
+    let r = cl
+        .put(Kind::Config, "after", &json!(2))
+        .await
+        .expect("a write right after the crash commits under the next leader");
+    let took = start.elapsed();
+    let o = cl.get(Kind::Config, "after").await.expect("read");
+    assert_eq!(o.mod_revision, r.revision);
+    eprintln!("read + write through a follower right after the leader crashed: {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
