@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Image pull benchmark: a 3-layer ~200 MB image (gzip layers, part incompressible) served by a
 # local docker-registry on 127.0.0.1, pulled into an empty store by `dcpp image pull` (download,
-# verify, unpack) and by `skopeo copy docker://… oci:…` (download, verify, no unpack), in the
-# same run. Prints both mean times and the ratio. Run as root from the repo: bench/image-pull.sh
+# verify, unpack), by the library without unpacking, and by `skopeo copy docker://… oci:…`
+# (download, verify, no unpack), in the same run. Prints the mean times and the ratios.
+# Run as root from the repo: bench/image-pull.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -11,6 +12,12 @@ RUNS=${RUNS:-5}
 if [[ -z ${DCPP:-} ]]; then
   cargo build --release -p dcpp --quiet
   DCPP=$PWD/target/release/dcpp
+fi
+# The library's pull without unpacking (download + verify + store blobs, as skopeo does),
+# through runtime/examples/image_pull.rs. PULL_LIB=/path/to/image_pull to reuse a build.
+if [[ -z ${PULL_LIB:-} ]]; then
+  cargo build --release -p dcpp-runtime --example image_pull --quiet
+  PULL_LIB=$PWD/target/release/examples/image_pull
 fi
 
 # BENCH_DIR picks the filesystem both tools write to (default /tmp).
@@ -97,15 +104,18 @@ echo "image: 3 gzip layers, $((COMPRESSED / 1000000)) MB compressed, registry $A
 
 # --- measure ----------------------------------------------------------------------------------
 hyperfine --runs "$RUNS" --warmup 1 --export-json "$WORK/result.json" \
-  --prepare "rm -rf $WORK/dcpp $WORK/skopeo; sync" \
+  --prepare "rm -rf $WORK/dcpp $WORK/nounpack $WORK/skopeo; sync" \
   -n dcpp "$DCPP --data-dir $WORK/dcpp image pull $ADDR/bench/big:1 >/dev/null" \
+  -n nounpack "$PULL_LIB $WORK/nounpack $ADDR/bench/big:1 --no-unpack >/dev/null" \
   -n skopeo "skopeo copy --quiet --src-tls-verify=false docker://$ADDR/bench/big:1 oci:$WORK/skopeo:big"
 
 python3 - "$WORK/result.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-d, s = r["dcpp"]["mean"], r["skopeo"]["mean"]
-print(f"dcpp   pull (download+verify+unpack): {d:.3f} s ± {r['dcpp']['stddev']:.3f}")
-print(f"skopeo copy (download+verify):        {s:.3f} s ± {r['skopeo']['stddev']:.3f}")
-print(f"ratio dcpp/skopeo: {d/s:.2f}  ({'dcpp no slower' if d <= s else 'dcpp slower'})")
+d, n, s = r["dcpp"]["mean"], r["nounpack"]["mean"], r["skopeo"]["mean"]
+print(f"dcpp   pull (download+verify+unpack):  {d:.3f} s ± {r['dcpp']['stddev']:.3f}")
+print(f"dcpp   pull, no unpack (download+verify): {n:.3f} s ± {r['nounpack']['stddev']:.3f}")
+print(f"skopeo copy (download+verify):         {s:.3f} s ± {r['skopeo']['stddev']:.3f}")
+print(f"ratio dcpp/skopeo: {d/s:.2f}  ({'dcpp no slower' if d <= s else 'dcpp slower'}); "
+      f"without unpacking: {n/s:.2f}")
 PY

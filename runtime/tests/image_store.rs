@@ -198,6 +198,33 @@ fn absolute_paths_and_symlink_escapes_are_contained() {
     );
 }
 
+/// A directory replaced by an escaping symlink in the same layer: files after the swap go
+/// through the new link, which must still resolve inside the layer (the unpacker reuses the
+/// parent directory it resolved for the previous entry).
+#[test]
+fn directory_replaced_by_symlink_mid_layer_stays_contained() {
+    let (d, s) = store();
+    let outside = d.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_s = outside.to_str().unwrap().to_string();
+    let tar = tar_entries(&[
+        Entry::Dir("a/"),
+        Entry::Dir("a/b/"),
+        Entry::File("a/b/first", b"1"),
+        Entry::Symlink("a", &outside_s),
+        Entry::File("a/b/second", b"2"),
+    ]);
+    let layer = import_tar(&s, &tar).unwrap();
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing escaped"
+    );
+    assert_eq!(fs::read_link(layer.join("a")).unwrap(), outside);
+    let inside = layer.join(outside.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("b/second")).unwrap(), b"2");
+}
+
 #[test]
 fn hardlink_outside_root_is_rejected() {
     let (_d, s) = store();

@@ -326,7 +326,7 @@ fn reporter(verb: &'static str) -> (ProgressFn, Box<dyn FnOnce()>) {
                         pb.finish_with_message("exists");
                     }
                 }
-                Progress::Bytes { digest, bytes } => {
+                Progress::Bytes { digest, bytes, .. } => {
                     if let Some(pb) = bars.get(digest.as_str()) {
                         pb.inc(bytes);
                     }

@@ -189,6 +189,7 @@ impl ImageStore {
                         compression,
                         Some(diff),
                         &format!("{} in {name}", d.digest),
+                        true,
                     )?;
                 }
             }

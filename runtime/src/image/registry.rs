@@ -28,24 +28,77 @@ const ACCEPT: &[&str] = &[
     spec::DOCKER_LIST,
 ];
 
-/// Progress of a pull or push, per blob.
-#[derive(Debug, Clone)]
+/// Progress of a pull or push, per layer blob (the config blob is not reported).
+///
+/// Order per pull/push: one `Started`, then for each layer either one `Exists` or any number
+/// of `Bytes` followed by one `Done`; layers interleave (they move in parallel). A failed
+/// pull/push just stops sending (the error is the call's result).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    /// The manifest is known; these blobs will be transferred or skipped.
+    /// The manifest is known; these layer blobs (digest, compressed size) will be
+    /// transferred or skipped, bottom layer first.
     Started {
         reference: String,
         layers: Vec<(Digest, u64)>,
     },
-    /// A blob is already present (locally for pull, remotely for push).
+    /// A blob is already present (locally for pull, remotely for push); nothing moves.
     Exists { digest: Digest },
-    /// `bytes` more bytes of `digest` moved.
-    Bytes { digest: Digest, bytes: u64 },
-    /// A blob finished (and for pull, was verified and unpacked).
+    /// Bytes of `digest` moved: `bytes` in this step, `done` so far, of `total` (the size in
+    /// the manifest).
+    Bytes {
+        digest: Digest,
+        bytes: u64,
+        done: u64,
+        total: u64,
+    },
+    /// A blob finished: for pull, verified, stored and (unless `unpack` is off) unpacked.
     Done { digest: Digest },
 }
 
-/// Callback receiving [`Progress`] events; called from async tasks, keep it cheap.
+/// Callback receiving [`Progress`] events. Called on the tokio worker that moves the bytes,
+/// so it must not block: keep it cheap or use [`progress_channel`].
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A [`ProgressFn`] that forwards every event into an unbounded tokio channel, for async
+/// consumers (`while let Some(p) = rx.recv().await`). The channel closes when the pull or
+/// push future (which owns the callback) is dropped or finished.
+pub fn progress_channel() -> (ProgressFn, mpsc::UnboundedReceiver<Progress>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Arc::new(move |p| {
+            let _ = tx.send(p);
+        }),
+        rx,
+    )
+}
+
+/// How [`RegistryClient::pull_with`] pulls.
+#[derive(Clone)]
+pub struct PullOptions {
+    /// Unpack each layer while it downloads (default). Off: only verify and store the
+    /// blobs (like `skopeo copy … oci:`); `ImageStore::ensure_unpacked` unpacks later.
+    pub unpack: bool,
+    /// Receives [`Progress`] events.
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            unpack: true,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("unpack", &self.unpack)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
 
 /// Registry settings.
 #[derive(Debug, Clone)]
@@ -307,6 +360,19 @@ impl RegistryClient {
     /// stored image. Blobs already in the store are not fetched again; concurrent pulls of
     /// the same content (in this or another process) fetch it once.
     pub async fn pull(&self, reference: &str, progress: Option<ProgressFn>) -> Result<LocalImage> {
+        self.pull_with(
+            reference,
+            PullOptions {
+                progress,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// [`pull`](Self::pull) with options (unpacking, progress).
+    pub async fn pull_with(&self, reference: &str, opts: PullOptions) -> Result<LocalImage> {
+        let PullOptions { unpack, progress } = opts;
         let r = ImageRef::parse(reference)?;
         let s = Arc::new(self.session(&r)?);
         let store = self.store.clone();
@@ -404,7 +470,7 @@ impl RegistryClient {
                 let s = s.clone();
                 let store = self.store.clone();
                 let progress = progress.clone();
-                async move { fetch_layer(s, store, desc, diff, progress).await }
+                async move { fetch_layer(s, store, desc, diff, unpack, progress).await }
             });
         let layers: Vec<LayerRecord> = stream::iter(jobs)
             .buffered(self.opts.max_concurrent.max(1))
@@ -529,11 +595,15 @@ async fn push_blob(
         .len();
     let digest = d.clone();
     let p2 = progress.clone();
+    let mut done = 0;
     let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(move |c| {
         if let (Ok(b), Some(p)) = (&c, &p2) {
+            done += b.len() as u64;
             p(Progress::Bytes {
                 digest: digest.clone(),
                 bytes: b.len() as u64,
+                done,
+                total: size,
             });
         }
         c.map_err(OciDistributionError::IoError)
@@ -554,6 +624,7 @@ async fn fetch_layer(
     store: ImageStore,
     desc: spec::Descriptor,
     diff_id: Digest,
+    unpack: bool,
     progress: Option<ProgressFn>,
 ) -> Result<LayerRecord> {
     let record = LayerRecord {
@@ -562,7 +633,8 @@ async fn fetch_layer(
         size: desc.size,
         diff_id: diff_id.clone(),
     };
-    let present = |store: &ImageStore| store.has_blob(&desc.digest) && store.has_layer(&diff_id);
+    let present =
+        |store: &ImageStore| store.has_blob(&desc.digest) && (!unpack || store.has_layer(&diff_id));
     if present(&store) {
         if let Some(p) = &progress {
             p(Progress::Exists {
@@ -608,12 +680,14 @@ async fn fetch_layer(
                 compression,
                 Some(&diff),
                 &name,
+                unpack,
             );
             drop(lock);
             res
         })
     };
     let mut net_err = None;
+    let mut done = 0;
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(b) => {
@@ -621,10 +695,13 @@ async fn fetch_layer(
                 if tx.send(Ok(b)).await.is_err() {
                     break; // the unpacker failed; its error is reported below
                 }
+                done += n;
                 if let Some(p) = &progress {
                     p(Progress::Bytes {
                         digest: desc.digest.clone(),
                         bytes: n,
+                        done,
+                        total: desc.size,
                     });
                 }
             }

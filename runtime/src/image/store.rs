@@ -279,7 +279,9 @@ impl ImageStore {
 
     /// Store a layer blob read from `reader` and unpack it, in one pass. `digest` is the blob
     /// digest to verify; `diff_id`, if known (from the image config), is verified too.
-    /// On any mismatch or error nothing of it remains in the store.
+    /// On any mismatch or error nothing of it remains in the store. With `unpack` false (and
+    /// a known diff id) only the blob is stored; [`ensure_unpacked`](Self::ensure_unpacked)
+    /// unpacks it later.
     /// Returns the diff id. Callers hold the `blob` content lock.
     pub(crate) fn ingest_layer<R: Read>(
         &self,
@@ -288,9 +290,10 @@ impl ImageStore {
         compression: Compression,
         diff_id: Option<&Digest>,
         name: &str,
+        unpack: bool,
     ) -> Result<Digest> {
         let need_blob = !self.has_blob(digest);
-        let need_layer = diff_id.is_none_or(|d| !self.has_layer(d));
+        let need_layer = diff_id.is_none_or(|d| unpack && !self.has_layer(d));
         let tmp_blob = self.tmp_path("blob");
         let tmp_dir = self.tmp_path("layer");
         let result = (|| {
@@ -308,6 +311,7 @@ impl ImageStore {
             };
             let mut actual_diff = None;
             if need_layer {
+                mark_top_directory(&self.root.join("tmp"));
                 fs::create_dir(&tmp_dir).ctx("create", &tmp_dir)?;
                 let decoded = decoder(&mut tee, compression)
                     .map_err(|e| ImageError::invalid(format!("layer {name}"), e))?;
@@ -397,7 +401,18 @@ impl ImageStore {
             compression,
             Some(&layer.diff_id),
             layer.digest.as_str(),
+            true,
         )?;
+        Ok(())
+    }
+
+    /// Unpack every layer of `image` whose directory is missing (an image pulled with
+    /// `PullOptions::unpack` off). Cheap when all are there: one stat per layer.
+    pub fn ensure_unpacked(&self, image: &LocalImage) -> Result<()> {
+        let _w = self.write_guard()?;
+        for l in &image.layers {
+            self.ensure_layer(l)?;
+        }
         Ok(())
     }
 
@@ -899,6 +914,33 @@ fn by_prefix(db: &Db, hex: &str, reference: &str) -> Result<Digest> {
         (Some(_), Some(_)) => Err(ImageError::Ambiguous(reference.to_string())),
         _ => Err(ImageError::NotFound(reference.to_string())),
     }
+}
+
+/// Set the ext4 "top of directory hierarchy" flag (`chattr +T`) on `dir`, once.
+///
+/// ext4 puts a new directory in its parent's block group and a new file in its directory's,
+/// and looks for a free inode there one by one; without a journal (as on this project's CI
+/// disks) it skips every inode freed in the last minute or so, re-scanning them for each new
+/// file. Unpacking a layer soon after many files were deleted nearby (a prune, a previous
+/// store) then cost ~1 ms per file: 4.9 s instead of 1.5 s for the pull benchmark. Layers
+/// are independent trees, which is what the flag declares: the Orlov allocator then places
+/// each new layer directory under `dir` in a block group of its own. Filesystems without the
+/// flag reject or ignore it; nothing depends on it.
+fn mark_top_directory(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let Ok(f) = File::open(dir) else { return };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which points at a live
+    // c_int (the kernel reads/writes an int despite the ioctl's declared `long`).
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0
+        || flags & FS_TOPDIR_FL != 0
+    {
+        return;
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: as above; FS_IOC_SETFLAGS only reads the int.
+    let _ = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) };
 }
 
 /// A decompressing reader for a layer stream.
