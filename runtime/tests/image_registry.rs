@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use common::oci::{Comp, Entry, Layout, tar_dir, tar_entries};
 use common::registry::{Registry, RegistryOptions as RegOpts, skopeo_copy};
-use dcpp_runtime::image::registry::{Progress, ProgressFn, RegistryClient, RegistryOptions};
+use dcpp_runtime::image::registry::{
+    Progress, ProgressFn, PullOptions, RegistryClient, RegistryOptions, progress_channel,
+};
 use dcpp_runtime::image::{ImageError, ImageStore, Platform};
 use serde_json::json;
 
@@ -419,4 +421,85 @@ async fn docker_v2_manifest_list_is_pulled() {
     assert!(img.layer_dirs()[0].join("bin/busybox").is_file());
     // The list digest is recorded, so the image resolves by it.
     assert_eq!(img.repo_digests.len(), 2, "{:?}", img.repo_digests);
+}
+
+/// The progress API as an async consumer (the node agent) uses it: events through a channel,
+/// per-layer byte counts that reach the manifest's size; and a pull without unpacking, whose
+/// layers `ensure_unpacked` unpacks later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_progress_channel_and_pull_without_unpack() {
+    let reg = Registry::start();
+    let env = Env::new();
+    let src = env.store("src");
+    let rootfs = common::busybox::rootfs_tempdir();
+    let reference = format!("{}/test/progress:1", reg.addr);
+    let local = src.import_rootfs(rootfs.path(), &reference).unwrap();
+    env.client(&src).push(&reference, None, None).await.unwrap();
+
+    let dst = env.store("dst");
+    let (progress, mut rx) = progress_channel();
+    let consumer = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(p) = rx.recv().await {
+            events.push(p);
+        }
+        events
+    });
+    let opts = PullOptions {
+        unpack: false,
+        progress: Some(progress),
+    };
+    let img = env.client(&dst).pull_with(&reference, opts).await.unwrap();
+    let events = consumer.await.unwrap();
+    let layer = &local.layers[0];
+    assert_eq!(
+        events.first(),
+        Some(&Progress::Started {
+            reference: reference.clone(),
+            layers: vec![(layer.digest.clone(), layer.size)],
+        })
+    );
+    let mut last = 0;
+    let mut sum = 0;
+    for e in &events {
+        if let Progress::Bytes {
+            digest,
+            bytes,
+            done,
+            total,
+        } = e
+        {
+            assert_eq!(digest, &layer.digest);
+            assert_eq!(*total, layer.size);
+            assert_eq!(*done, last + bytes, "done is cumulative");
+            last = *done;
+            sum += bytes;
+        }
+    }
+    assert_eq!((last, sum), (layer.size, layer.size), "{events:?}");
+    assert_eq!(
+        events.last(),
+        Some(&Progress::Done {
+            digest: layer.digest.clone()
+        })
+    );
+    // Blobs verified and stored, nothing unpacked yet.
+    assert!(dst.has_blob(&layer.digest));
+    assert!(!img.layer_dirs()[0].exists());
+    dst.ensure_unpacked(&img).unwrap();
+    assert_eq!(
+        fs::read(img.layer_dirs()[0].join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    // A second pull finds everything: one Exists, no bytes.
+    let (progress, events) = recorder();
+    env.client(&dst)
+        .pull(&reference, Some(progress))
+        .await
+        .unwrap();
+    let ev = events.lock().unwrap();
+    assert!(ev.contains(&Progress::Exists {
+        digest: layer.digest.clone()
+    }));
+    assert!(!ev.iter().any(|e| matches!(e, Progress::Bytes { .. })));
 }
