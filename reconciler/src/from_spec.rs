@@ -243,6 +243,14 @@ fn network_peer(project: &Project, svc: &Service) -> Result<Option<String>, Stri
             "`hostname` conflicts with network_mode `{mode}` (the container shares its network and hostname)"
         ));
     }
+    let shared = mode == "host" || mode.starts_with("service:") || mode.starts_with("container:");
+    if let Some(key) = svc.sysctls.keys().find(|k| k.starts_with("net."))
+        && shared
+    {
+        return Err(format!(
+            "sysctl `{key}` is not allowed with network_mode `{mode}` (the network namespace is not the container's own)"
+        ));
+    }
     if let Some(peer) = mode.strip_prefix("service:") {
         if !project.services.contains_key(peer) {
             return Err(format!(

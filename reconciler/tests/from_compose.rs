@@ -212,6 +212,21 @@ fn network_mode_errors_are_clear() {
     }));
     let e = ServiceSpec::from_compose(&p, "a").unwrap_err().to_string();
     assert!(e.contains("`hostname` conflicts"), "{e}");
+    for mode in ["host", "service:web", "container:x"] {
+        let p = project(json!({
+            "web": { "image": "busybox" },
+            "a": { "image": "busybox", "network_mode": mode, "sysctls": { "net.core.somaxconn": "1024" } }
+        }));
+        let e = ServiceSpec::from_compose(&p, "a").unwrap_err().to_string();
+        assert!(
+            e.contains("sysctl `net.core.somaxconn` is not allowed"),
+            "{e}"
+        );
+    }
+    let p = project(json!({
+        "a": { "image": "busybox", "network_mode": "none", "sysctls": { "net.core.somaxconn": "1024" } }
+    }));
+    ServiceSpec::from_compose(&p, "a").unwrap();
 }
 
 #[test]
