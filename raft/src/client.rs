@@ -238,6 +238,16 @@ impl Client {
         .await
     }
 
+    /// Removes member `id` from the cluster (its Raft membership and its node record), as
+    /// the leader does for a node that leaves. For a node that is gone for good; a node that
+    /// can still run should `leave` instead.
+    pub async fn remove_node(&self, id: crate::NodeId) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .post("/v1/cluster/remove", &crate::RemoveMember { id })
+            .await?;
+        Ok(())
+    }
+
     /// Asks the daemon to leave its cluster (unix socket only).
     pub async fn leave(&self) -> Result<(), Error> {
         let _: serde_json::Value = self.post("/v1/local/leave", &()).await?;

@@ -1,4 +1,4 @@
-//! `dcpp node ls|inspect|update`: the node records of the cluster.
+//! `dcpp node ls|inspect|update|rm`: the node records of the cluster.
 
 use anyhow::Context;
 use dcpp_raft::{Availability, Kind, NodeInfo};
@@ -30,6 +30,18 @@ pub enum NodeCommand {
         /// Remove a label; repeatable.
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
+        /// Node id.
+        id: String,
+    },
+    /// Remove a node that is gone for good from the cluster: its Raft membership and record
+    /// go, and its tasks are rescheduled at once (instead of staying "down" forever, and a
+    /// dead manager counting against the Raft majority). A node that can still run should
+    /// `dcpp cluster leave` instead; a removed node must not come back with its data dir.
+    Rm {
+        /// Remove it even though it is not down (it will keep running what it runs now, cut off
+        /// from the cluster).
+        #[arg(short, long)]
+        force: bool,
         /// Node id.
         id: String,
     },
@@ -137,6 +149,41 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                     .await
                     .with_context(|| format!("update node {id}"))?;
                 println!("node {} is {}", info.id, info.availability);
+                Ok(0)
+            }
+            NodeCommand::Rm { force, id } => {
+                let nid: u64 = id
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("invalid node id {id:?}: expected a number"))?;
+                let st = c.status().await?;
+                if nid == st.node_id {
+                    anyhow::bail!(
+                        "node {nid} is the node you are talking to: run `dcpp cluster leave` on it instead"
+                    );
+                }
+                let member = st.members.iter().any(|m| m.id == nid);
+                let info = match c.get(Kind::Node, &id).await {
+                    Ok(o) => Some(o.decode::<NodeInfo>()?),
+                    Err(dcpp_raft::Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if info.is_none() && !member {
+                    anyhow::bail!("no node {nid} in this cluster");
+                }
+                if let Some(n) = &info {
+                    let silent =
+                        dcpp_node_agent::docs::now_ms().saturating_sub(n.last_heartbeat_ms);
+                    if !force && silent < dcpp_node_agent::leader::NODE_TIMEOUT_MS {
+                        anyhow::bail!(
+                            "node {nid} is not down (last heartbeat {:.1}s ago): stop it and wait until it is, run `dcpp cluster leave` on it, or pass --force",
+                            silent as f64 / 1000.0
+                        );
+                    }
+                }
+                c.remove_node(nid)
+                    .await
+                    .with_context(|| format!("remove node {nid}"))?;
+                println!("node {nid} removed; its tasks are rescheduled");
                 Ok(0)
             }
         }
