@@ -503,3 +503,170 @@ async fn pull_progress_channel_and_pull_without_unpack() {
     }));
     assert!(!ev.iter().any(|e| matches!(e, Progress::Bytes { .. })));
 }
+
+/// `credHelpers` / `credsStore` in a Docker config: real helper executables (shell scripts in
+/// a temp dir put first on PATH) speaking docker's protocol. Each case pulls in a child
+/// process (this test binary re-run) so PATH is changed for it alone.
+#[test]
+fn credential_helpers_and_creds_store_from_docker_config() {
+    const CHILD: &str = "DCPP_TEST_CREDS_CHILD";
+    if let Ok(spec) = std::env::var(CHILD) {
+        // "<config> <store root> <reference>"; prints the outcome for the parent.
+        let v: Vec<&str> = spec.split(' ').collect();
+        let store = ImageStore::open(std::path::Path::new(v[1])).unwrap();
+        let client = RegistryClient::new(
+            store,
+            RegistryOptions {
+                auth_file: Some(v[0].into()),
+                ..Default::default()
+            },
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match rt.block_on(client.pull(v[2], None)) {
+            Ok(img) => println!("RESULT ok {}", img.id),
+            Err(e) => println!("RESULT err {e}"),
+        }
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::start_with(RegOpts {
+        htpasswd: Some(HTPASSWD.into()),
+    });
+    let env = Env::new();
+    let src = env.store("src");
+    let rootfs = common::busybox::rootfs_tempdir();
+    let reference = format!("{}/private/helper:1", reg.addr);
+    let local = src.import_rootfs(rootfs.path(), &reference).unwrap();
+    let basic = env.dir.path().join("basic.json");
+    fs::write(
+        &basic,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"ZGNwcDpzZWNyZXQ="}}}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(
+        RegistryClient::new(
+            src.clone(),
+            RegistryOptions {
+                auth_file: Some(basic),
+                ..Default::default()
+            },
+        )
+        .push(&reference, None, None),
+    )
+    .unwrap();
+
+    let bin = env.dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let log = env.dir.path().join("helper.log");
+    let helper = |name: &str, body: &str| {
+        let p = bin.join(format!("docker-credential-{name}"));
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = get ] || exit 3\nread -r server\n\
+                 echo \"{name} $server\" >> {}\n{body}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    helper(
+        "good",
+        r#"printf '{"ServerURL":"%s","Username":"dcpp","Secret":"secret"}' "$server""#,
+    );
+    helper(
+        "wrong",
+        r#"printf '{"ServerURL":"%s","Username":"dcpp","Secret":"wrong"}' "$server""#,
+    );
+    helper(
+        "none",
+        "echo 'credentials not found in native keychain'; exit 1",
+    );
+    helper("broken", "echo 'keychain locked' >&2; exit 2");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let mut n = 0;
+    let mut pull = |config: String| -> String {
+        n += 1;
+        let cfg = env.dir.path().join(format!("config-{n}.json"));
+        fs::write(&cfg, config).unwrap();
+        let store = env.dir.path().join(format!("dst-{n}"));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "credential_helpers_and_creds_store_from_docker_config",
+                "--nocapture",
+            ])
+            .env(
+                CHILD,
+                format!("{} {} {reference}", cfg.display(), store.display()),
+            )
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| panic!("child said nothing: {out:?}"))
+            .to_string()
+    };
+    let addr = &reg.addr;
+    let ok = format!("ok {}", local.id);
+
+    // credHelpers wins over credsStore (whose helper does not even exist).
+    assert_eq!(
+        pull(format!(
+            r#"{{"credsStore":"absent","credHelpers":{{"{addr}":"good"}}}}"#
+        )),
+        ok
+    );
+    // credsStore serves every registry; an `auths` entry is only its marker.
+    assert_eq!(
+        pull(format!(
+            r#"{{"credsStore":"good","auths":{{"{addr}":{{}}}}}}"#
+        )),
+        ok
+    );
+    // The helper was asked for this registry's host, once per pull.
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!("good {addr}\ngood {addr}\n")
+    );
+    // Refused credentials: a one-line auth error naming the reference and registry.
+    let wrong = pull(format!(r#"{{"credHelpers":{{"{addr}":"wrong"}}}}"#));
+    assert!(wrong.starts_with("err "), "{wrong}");
+    assert!(
+        wrong.contains(&reference) && wrong.contains(addr),
+        "{wrong}"
+    );
+    // No credentials stored: anonymous, which this registry refuses.
+    let none = pull(format!(r#"{{"credHelpers":{{"{addr}":"none"}}}}"#));
+    assert!(
+        none.starts_with("err ") && none.contains(&reference),
+        "{none}"
+    );
+    // A failing or missing helper is a credentials error naming it, not anonymous access.
+    let broken = pull(format!(r#"{{"credHelpers":{{"{addr}":"broken"}}}}"#));
+    assert!(
+        broken.contains("docker-credential-broken") && broken.contains("keychain locked"),
+        "{broken}"
+    );
+    let missing = pull(r#"{"credsStore":"nosuch"}"#.to_string());
+    assert!(
+        missing.contains("docker-credential-nosuch") && missing.contains("not found on PATH"),
+        "{missing}"
+    );
+}

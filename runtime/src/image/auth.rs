@@ -1,6 +1,11 @@
-//! Registry credentials from the Docker CLI's `config.json`.
+//! Registry credentials from the Docker CLI's `config.json`: `credHelpers` (per registry),
+//! then `credsStore` (all registries), then inline `auths` — the order the Docker CLI uses.
+//! Helpers are run as `docker-credential-<name> get` with the server on stdin and answer
+//! `{"Username": …, "Secret": …}` on stdout.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
@@ -12,6 +17,81 @@ use super::error::{ImageError, Result};
 struct DockerConfig {
     #[serde(default)]
     auths: std::collections::BTreeMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: std::collections::BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+/// A credential helper's answer to `get`.
+#[derive(Deserialize)]
+struct HelperCredentials {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+const HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// What a helper is asked for: Docker Hub under its historical server URL, others by host.
+fn helper_server(registry: &str) -> &str {
+    if HUB.contains(&registry) {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    }
+}
+
+/// Run `docker-credential-<helper> get` for `registry`. `Ok(None)` when the helper has no
+/// credentials for it (anonymous access then).
+fn run_helper(file: &Path, helper: &str, registry: &str) -> Result<Option<RegistryAuth>> {
+    let program = format!("docker-credential-{helper}");
+    let fail = |reason: String| ImageError::Credentials {
+        path: file.to_path_buf(),
+        reason: format!("credential helper {program} for {registry}: {reason}"),
+    };
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                fail("not found on PATH".into())
+            } else {
+                fail(e.to_string())
+            }
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading stdin is judged by its exit status below.
+        let _ = stdin.write_all(helper_server(registry).as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // docker-credential-helpers' "not found" answer (exit 1, message on stdout).
+        if stdout.contains("credentials not found") {
+            return Ok(None);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let msg = [stdout.trim(), stderr.trim()]
+            .into_iter()
+            .find(|m| !m.is_empty())
+            .and_then(|m| m.lines().next())
+            .unwrap_or("no output")
+            .to_string();
+        return Err(fail(format!("{}: {msg}", out.status)));
+    }
+    let creds: HelperCredentials =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("bad answer: {e}")))?;
+    if creds.secret.is_empty() {
+        return Ok(None);
+    }
+    // `<token>` marks an identity token; it goes where the password goes in the token
+    // request, as for `identitytoken` in `auths`.
+    Ok(Some(RegistryAuth::Basic(creds.username, creds.secret)))
 }
 
 #[derive(Deserialize, Default)]
@@ -67,8 +147,17 @@ pub fn lookup(file: Option<&Path>, registry: &str) -> Result<RegistryAuth> {
             path: file.to_path_buf(),
             reason: e.to_string(),
         })?;
-    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-    let wanted = |host: &str| host == registry || (hub.contains(&registry) && hub.contains(&host));
+    let wanted = |host: &str| host == registry || (HUB.contains(&registry) && HUB.contains(&host));
+    let helper = cfg
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| wanted(key_host(k)))
+        .map(|(_, v)| v)
+        .or(cfg.creds_store.as_ref())
+        .filter(|h| !h.is_empty());
+    if let Some(h) = helper {
+        return Ok(run_helper(file, h, registry)?.unwrap_or(RegistryAuth::Anonymous));
+    }
     let Some(entry) = cfg
         .auths
         .iter()

@@ -307,7 +307,7 @@ impl RegistryClient {
         RegistryClient { store, opts }
     }
 
-    fn session(&self, r: &ImageRef) -> Result<Session> {
+    async fn session(&self, r: &ImageRef) -> Result<Session> {
         let registry = r.registry().to_string();
         let plain = r.is_loopback() || self.opts.insecure_registries.contains(&registry);
         let protocol = if plain {
@@ -325,7 +325,10 @@ impl RegistryClient {
             user_agent: concat!("dcpp/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         });
-        let auth = auth::lookup(self.opts.auth_file.as_deref(), &registry)?;
+        // A credential helper is a process: keep it off the async workers.
+        let file = self.opts.auth_file.clone();
+        let reg = registry.clone();
+        let auth = blocking(move || auth::lookup(file.as_deref(), &reg)).await?;
         Ok(Session {
             client,
             auth,
@@ -374,7 +377,7 @@ impl RegistryClient {
     pub async fn pull_with(&self, reference: &str, opts: PullOptions) -> Result<LocalImage> {
         let PullOptions { unpack, progress } = opts;
         let r = ImageRef::parse(reference)?;
-        let s = Arc::new(self.session(&r)?);
+        let s = Arc::new(self.session(&r).await?);
         let store = self.store.clone();
         let _guard = blocking(move || store.write_guard()).await?;
 
@@ -519,7 +522,7 @@ impl RegistryClient {
             });
         }
         let record = self.store.record(&image.id)?;
-        let s = Arc::new(self.session(&r)?);
+        let s = Arc::new(self.session(&r).await?);
         s.client
             .store_auth_if_needed(r.oci().resolve_registry(), &s.auth)
             .await;
