@@ -207,4 +207,56 @@ proptest! {
         prop_assert!(running(&o, "p_web").iter().all(|t| t.spec_version == 2));
         prop_assert_eq!(running(&o, "p_web").len(), replicas as usize);
     }
+
+    /// `network_mode: service:NAME` sidecars: whatever peer tasks crash, once converged every
+    /// sidecar replica runs on a node with a running peer task that started no later than it
+    /// (the one whose namespace it joined), and planning stays idempotent.
+    #[test]
+    fn sidecars_follow_their_peers(
+        n_nodes in 1usize..5,
+        peers in 1u32..4,
+        sidecars in 1u32..5,
+        crashes in prop::collection::vec(0usize..16, 0..6),
+    ) {
+        let web = ServiceSpec::new("p", "web", "img", peers);
+        let mut side = ServiceSpec::new("p", "side", "img", sidecars);
+        side.network_peer = Some("web".into());
+        side.depends_on = vec![Dependency {
+            service: "web".into(),
+            condition: DependencyCondition::ServiceStarted,
+        }];
+        let d = desired(vec![web, side]);
+        let names: Vec<String> = (0..n_nodes).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut o = cluster(&refs);
+        let mut now = 0;
+        let settle = |o: &mut Observed, now: &mut Time| -> Result<(), TestCaseError> {
+            for _ in 0..50 {
+                *now += 20_000;
+                let p = plan(&d, o, *now);
+                apply(o, &p).unwrap();
+                prop_assert!(plan(&d, o, *now).is_empty(), "second plan not empty");
+                if !agent(o, *now) && p.is_empty() {
+                    return Ok(());
+                }
+            }
+            Err(TestCaseError::fail("no convergence"))
+        };
+        settle(&mut o, &mut now)?;
+        for c in crashes {
+            let web_tasks = running(&o, "p_web");
+            let victim = web_tasks[c % web_tasks.len()].id;
+            fail(&mut o, victim, 137, now + 1);
+            settle(&mut o, &mut now)?;
+        }
+        prop_assert_eq!(running(&o, "p_web").len(), peers as usize);
+        let sides = running(&o, "p_side");
+        prop_assert_eq!(sides.len(), sidecars as usize);
+        for s in sides {
+            let ok = running(&o, "p_web")
+                .iter()
+                .any(|w| w.node == s.node && w.started_at <= s.started_at);
+            prop_assert!(ok, "sidecar {} has no peer it could have joined", s.id);
+        }
+    }
 }
