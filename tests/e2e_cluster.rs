@@ -696,6 +696,21 @@ fn kill_node_then_bring_it_back(tag: &str, net: u8, victim: usize) -> Cluster {
         moved >= Duration::from_secs(10),
         "a node is declared down only after its heartbeats stop for a while ({moved:?})"
     );
+    let status = |cl: &Cluster| -> Vec<String> {
+        let nodes: Vec<Value> =
+            serde_json::from_str(&cl.ok(cl.live(), &["node", "ls", "--format", "json"])).unwrap();
+        cl.nodes
+            .iter()
+            .map(|n| {
+                let r = nodes.iter().find(|r| r["id"] == n.id).expect("node record");
+                r["status"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let mut want = vec!["ready"; 3];
+    want[victim] = "down";
+    assert_eq!(status(&cl), want);
+    assert!(cl.ok(via, &["node", "ls"]).contains(" down "));
     let tasks: Vec<Value> =
         serde_json::from_str(&cl.ok(via, &["ps", "-a", "--format", "json"])).unwrap();
     for id in &stale {
@@ -717,6 +732,7 @@ fn kill_node_then_bring_it_back(tag: &str, net: u8, victim: usize) -> Cluster {
         cl.nodes[victim].running_tasks().is_empty()
     });
     let cleaned = back.elapsed();
+    assert_eq!(status(&cl), vec!["ready"; 3]);
     let tasks = cl.tasks(victim);
     let slots: BTreeSet<String> = tasks
         .iter()

@@ -64,6 +64,24 @@ impl From<AvailabilityArg> for Availability {
     }
 }
 
+/// A node record as `node ls` shows it: plus whether the leader takes the node for alive.
+#[derive(serde::Serialize)]
+struct NodeRow {
+    #[serde(flatten)]
+    info: NodeInfo,
+    status: &'static str,
+}
+
+/// `ready` or `down`, by the rule the leader schedules by: a node whose agent has not
+/// reported for [`dcpp_node_agent::leader::NODE_TIMEOUT_MS`] is down.
+fn status_of(n: &NodeInfo, now: u64) -> &'static str {
+    if now.saturating_sub(n.last_heartbeat_ms) < dcpp_node_agent::leader::NODE_TIMEOUT_MS {
+        "ready"
+    } else {
+        "down"
+    }
+}
+
 /// Parses `KEY=VALUE` labels; an empty key is refused (it could never be matched).
 fn parse_labels(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     items
@@ -83,18 +101,23 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                 let list = c.list(Kind::Node).await?;
                 let st = c.status().await?;
                 let mut nodes = Vec::new();
+                let now = dcpp_node_agent::docs::now_ms();
                 for o in &list.objects {
-                    nodes.push(o.decode::<NodeInfo>()?);
+                    let info = o.decode::<NodeInfo>()?;
+                    nodes.push(NodeRow {
+                        status: status_of(&info, now),
+                        info,
+                    });
                 }
                 if f.format == Format::Json {
                     println!("{}", serde_json::to_string_pretty(&nodes)?);
                     return Ok(0);
                 }
                 println!(
-                    "{:<20} {:<16} {:<22} {:<8} {:<12} {:<10}",
-                    "ID", "HOSTNAME", "ADDRESS", "ROLE", "AVAILABILITY", "RAFT"
+                    "{:<20} {:<16} {:<22} {:<8} {:<7} {:<12} {:<10}",
+                    "ID", "HOSTNAME", "ADDRESS", "ROLE", "STATUS", "AVAILABILITY", "RAFT"
                 );
-                for n in nodes {
+                for NodeRow { info: n, status } in nodes {
                     let raft = match st.members.iter().find(|m| m.id == n.id) {
                         _ if Some(n.id) == st.leader => "leader",
                         Some(m) if m.voter => "voter",
@@ -102,8 +125,8 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                         None => "-",
                     };
                     println!(
-                        "{:<20} {:<16} {:<22} {:<8} {:<12} {:<10}",
-                        n.id, n.hostname, n.address, n.role, n.availability, raft
+                        "{:<20} {:<16} {:<22} {:<8} {:<7} {:<12} {:<10}",
+                        n.id, n.hostname, n.address, n.role, status, n.availability, raft
                     );
                 }
                 Ok(0)
