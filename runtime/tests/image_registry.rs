@@ -312,6 +312,7 @@ const HTPASSWD: &str = "dcpp:$2b$04$t49h65mtYfMcE4poKgDRcepo.KIcVYStkP3mfRyy4Gct
 async fn basic_auth_uses_docker_config_credentials() {
     let reg = Registry::start_with(RegOpts {
         htpasswd: Some(HTPASSWD.into()),
+        ..Default::default()
     });
     let env = Env::new();
     let src = env.store("src");
@@ -534,6 +535,7 @@ fn credential_helpers_and_creds_store_from_docker_config() {
     use std::os::unix::fs::PermissionsExt;
     let reg = Registry::start_with(RegOpts {
         htpasswd: Some(HTPASSWD.into()),
+        ..Default::default()
     });
     let env = Env::new();
     let src = env.store("src");

@@ -22,6 +22,20 @@ pub struct Registry {
 pub struct RegistryOptions {
     /// Contents of an htpasswd file (bcrypt entries); enables basic auth.
     pub htpasswd: Option<String>,
+    /// Bearer token auth against a token server (`auth: token:` in the registry config).
+    pub token: Option<TokenAuth>,
+}
+
+/// The registry side of docker's token auth.
+pub struct TokenAuth {
+    /// URL of the token endpoint clients are sent to.
+    pub realm: String,
+    /// Must match the token's `aud`.
+    pub service: String,
+    /// Must match the token's `iss`.
+    pub issuer: String,
+    /// PEM certificate(s) whose keys may sign tokens.
+    pub root_cert_pem: String,
 }
 
 impl Registry {
@@ -53,6 +67,18 @@ impl Registry {
                 auth = format!(
                     "auth:\n  htpasswd:\n    realm: dcpp-test\n    path: {}\n",
                     hp.display()
+                );
+            }
+            if let Some(t) = &opts.token {
+                let cert = dir.path().join("token-root.pem");
+                fs::write(&cert, &t.root_cert_pem).unwrap();
+                auth = format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                     rootcertbundle: {}\n",
+                    t.realm,
+                    t.service,
+                    t.issuer,
+                    cert.display()
                 );
             }
             let config = format!(
@@ -149,9 +175,22 @@ pub fn free_port() -> u16 {
 
 /// Minimal HTTP/1.0 GET (no extra client dependency): status code and body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    http_get_with(addr, path, &[])
+}
+
+/// [`http_get`] with extra request headers.
+pub fn http_get_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
