@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::error::Pos;
+use crate::error::{KeyPath, Pos};
 use crate::loader::{Ctx, LoadOptions, absolutize};
 use crate::merge::list_to_map_ref;
 use crate::model::*;
@@ -127,23 +127,13 @@ pub(crate) struct Cv<'a> {
     refs: Refs,
 }
 
-fn join(path: &str, key: &str) -> String {
-    let mut s = String::with_capacity(path.len() + key.len() + 1);
-    s.push_str(path);
-    if !path.is_empty() {
-        s.push('.');
-    }
-    s.push_str(key);
-    s
-}
-
 impl Cv<'_> {
-    fn err(&mut self, pos: Pos, path: &str, msg: impl Into<String>) {
-        self.ctx.errors.push(pos, path, msg);
+    fn err(&mut self, pos: Pos, path: &dyn std::fmt::Display, msg: impl Into<String>) {
+        self.ctx.errors.push(pos, path.to_string(), msg);
     }
 
-    fn warn(&mut self, pos: Pos, path: &str, msg: impl Into<String>) {
-        self.ctx.warnings.push(pos, path, msg);
+    fn warn(&mut self, pos: Pos, path: &dyn std::fmt::Display, msg: impl Into<String>) {
+        self.ctx.warnings.push(pos, path.to_string(), msg);
     }
 
     fn base_dir(&self, pos: Pos) -> PathBuf {
@@ -155,10 +145,10 @@ impl Cv<'_> {
     fn fields<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
-        path: &str,
+        path: &'n KeyPath<'n>,
         allowed: &[&str],
         ignored: &[&str],
-    ) -> Vec<(&'n str, &'n Node<'y>, String)> {
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
         let entries: &[Entry<'y>] = match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -173,7 +163,7 @@ impl Cv<'_> {
         };
         let mut out = Vec::new();
         for e in entries {
-            let p = join(path, &e.key);
+            let p = path.key(&e.key);
             if e.key.starts_with("x-") || e.value.tag == Some(MergeTag::Reset) {
                 continue;
             }
@@ -189,7 +179,7 @@ impl Cv<'_> {
     }
 
     /// Entries of a user-keyed mapping (service names, labels, …); `x-*` kept out only when asked.
-    fn entries<'n, 'y>(&mut self, n: &'n Node<'y>, path: &str) -> &'n [Entry<'y>] {
+    fn entries<'n, 'y>(&mut self, n: &'n Node<'y>, path: &KeyPath<'_>) -> &'n [Entry<'y>] {
         match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -204,7 +194,7 @@ impl Cv<'_> {
         }
     }
 
-    fn string(&mut self, n: &Node<'_>, path: &str) -> Option<String> {
+    fn string(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<String> {
         match &n.kind {
             Kind::Scalar { value, .. } => Some(value.to_string()),
             _ => {
@@ -218,14 +208,14 @@ impl Cv<'_> {
         }
     }
 
-    fn opt_string(&mut self, n: &Node<'_>, path: &str) -> Option<String> {
+    fn opt_string(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<String> {
         match n.kind {
             Kind::Null => None,
             _ => self.string(n, path),
         }
     }
 
-    fn boolean(&mut self, n: &Node<'_>, path: &str) -> Option<bool> {
+    fn boolean(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<bool> {
         match n.scalar() {
             Some("true" | "True" | "TRUE") => Some(true),
             Some("false" | "False" | "FALSE") => Some(false),
@@ -239,7 +229,7 @@ impl Cv<'_> {
         }
     }
 
-    fn uint(&mut self, n: &Node<'_>, path: &str) -> Option<u64> {
+    fn uint(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<u64> {
         match n.scalar().map(|s| s.parse::<u64>()) {
             Some(Ok(v)) => Some(v),
             _ => {
@@ -256,7 +246,7 @@ impl Cv<'_> {
         }
     }
 
-    fn int(&mut self, n: &Node<'_>, path: &str) -> Option<i64> {
+    fn int(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<i64> {
         match n.scalar().map(|s| s.parse::<i64>()) {
             Some(Ok(v)) => Some(v),
             _ => {
@@ -269,7 +259,7 @@ impl Cv<'_> {
         }
     }
 
-    fn float(&mut self, n: &Node<'_>, path: &str) -> Option<f64> {
+    fn float(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<f64> {
         match n.scalar().map(|s| s.parse::<f64>()) {
             Some(Ok(v)) if v.is_finite() && v >= 0.0 => Some(v),
             _ => {
@@ -286,7 +276,7 @@ impl Cv<'_> {
         }
     }
 
-    fn duration(&mut self, n: &Node<'_>, path: &str) -> Option<Duration> {
+    fn duration(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Duration> {
         let s = self.string(n, path)?;
         match Duration::parse(&s) {
             Some(d) => Some(d),
@@ -297,7 +287,7 @@ impl Cv<'_> {
         }
     }
 
-    fn size(&mut self, n: &Node<'_>, path: &str) -> Option<u64> {
+    fn size(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<u64> {
         let s = self.string(n, path)?;
         match units::parse_size(&s) {
             Some(v) => Some(v),
@@ -308,12 +298,12 @@ impl Cv<'_> {
         }
     }
 
-    fn str_list(&mut self, n: &Node<'_>, path: &str) -> Vec<String> {
+    fn str_list(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Vec<String> {
         match &n.kind {
             Kind::Seq(items) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, it)| self.string(it, &format!("{path}[{i}]")))
+                .filter_map(|(i, it)| self.string(it, &path.at(i)))
                 .collect(),
             Kind::Null => Vec::new(),
             _ => {
@@ -327,7 +317,7 @@ impl Cv<'_> {
         }
     }
 
-    fn str_or_list(&mut self, n: &Node<'_>, path: &str) -> Vec<String> {
+    fn str_or_list(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Vec<String> {
         match &n.kind {
             Kind::Scalar { value, .. } => vec![value.to_string()],
             _ => self.str_list(n, path),
@@ -342,12 +332,12 @@ impl Cv<'_> {
     }
 
     /// A `KEY: value` map or a `KEY=value` list. `None` values mark keys without a value.
-    fn kv(&mut self, n: &Node<'_>, path: &str) -> Vec<(String, Option<String>, Pos)> {
+    fn kv(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Vec<(String, Option<String>, Pos)> {
         let converted = list_to_map_ref(n, true);
         let node = converted.as_ref().unwrap_or(n);
         let mut out: Vec<(String, Option<String>, Pos)> = Vec::new();
         for e in self.entries(node, path) {
-            let p = join(path, &e.key);
+            let p = path.key(&e.key);
             if e.key.is_empty() {
                 self.err(
                     e.value.pos,
@@ -377,7 +367,7 @@ impl Cv<'_> {
         out
     }
 
-    fn labels(&mut self, n: &Node<'_>, path: &str) -> BTreeMap<String, String> {
+    fn labels(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> BTreeMap<String, String> {
         self.kv(n, path)
             .into_iter()
             .map(|(k, v, _)| (k, v.unwrap_or_default()))
@@ -432,7 +422,7 @@ pub(crate) fn project(
     };
     let top = cv.fields(
         &root,
-        "",
+        &KeyPath::Root,
         &[
             "name", "version", "services", "networks", "volumes", "configs", "secrets", "include",
         ],
@@ -458,16 +448,16 @@ pub(crate) fn project(
 
     let mut networks = BTreeMap::new();
     if let Some(n) = sections.get("networks") {
-        for e in cv.entries(n, "networks") {
-            if let Some(net) = network(&mut cv, &e.value, &join("networks", &e.key)) {
+        for e in cv.entries(n, &KeyPath::Text("networks")) {
+            if let Some(net) = network(&mut cv, &e.value, &KeyPath::Text("networks").key(&e.key)) {
                 networks.insert(e.key.to_string(), net);
             }
         }
     }
     let mut volumes = BTreeMap::new();
     if let Some(n) = sections.get("volumes") {
-        for e in cv.entries(n, "volumes") {
-            if let Some(v) = volume(&mut cv, &e.value, &join("volumes", &e.key)) {
+        for e in cv.entries(n, &KeyPath::Text("volumes")) {
+            if let Some(v) = volume(&mut cv, &e.value, &KeyPath::Text("volumes").key(&e.key)) {
                 volumes.insert(e.key.to_string(), v);
             }
         }
@@ -476,8 +466,13 @@ pub(crate) fn project(
     let mut secrets = BTreeMap::new();
     for (section, out) in [("configs", &mut configs), ("secrets", &mut secrets)] {
         if let Some(n) = sections.get(section) {
-            for e in cv.entries(n, section) {
-                if let Some(v) = file_object(&mut cv, &e.value, &join(section, &e.key), section) {
+            for e in cv.entries(n, &KeyPath::Text(section)) {
+                if let Some(v) = file_object(
+                    &mut cv,
+                    &e.value,
+                    &KeyPath::Text(section).key(&e.key),
+                    section,
+                ) {
                     out.insert(e.key.to_string(), v);
                 }
             }
@@ -486,8 +481,9 @@ pub(crate) fn project(
 
     let mut services = BTreeMap::new();
     if let Some(n) = sections.get("services") {
-        for e in cv.entries(n, "services") {
-            let p = join("services", &e.key);
+        let sp = KeyPath::Text("services");
+        for e in cv.entries(n, &sp) {
+            let p = sp.key(&e.key);
             if e.key.starts_with("x-") {
                 continue;
             }
@@ -594,7 +590,7 @@ fn project_name(
         let path = if what == "name" { "name" } else { "" };
         cv.err(
             pos,
-            path,
+            &path,
             format!(
                 "invalid {what} {n:?}: must consist only of lowercase alphanumeric characters, hyphens, and underscores as well as start with a letter or number"
             ),
@@ -609,7 +605,7 @@ fn project_name(
     if n.is_empty() {
         cv.err(
             Ctx::nowhere(),
-            "",
+            &KeyPath::Root,
             format!(
                 "cannot derive a project name from directory {:?}; use -p or a top-level `name:`",
                 dir_name
@@ -620,7 +616,7 @@ fn project_name(
     Some(n)
 }
 
-fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Network> {
+fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network> {
     let mut net = Network::default();
     for (k, v, p) in cv.fields(
         n,
@@ -664,7 +660,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Network> {
                                 }
                             };
                             for (i, item) in items.iter().enumerate() {
-                                let ip = format!("{p}[{i}]");
+                                let ip = p.at(i);
                                 let mut pool = IpamPool::default();
                                 for (k, v, p) in cv.fields(
                                     item,
@@ -700,7 +696,12 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Network> {
 }
 
 /// `external: true|false` or the legacy `external: {name: x}`.
-fn external(cv: &mut Cv<'_>, v: &Node<'_>, p: &str, name: &mut Option<String>) -> Option<bool> {
+fn external(
+    cv: &mut Cv<'_>,
+    v: &Node<'_>,
+    p: &KeyPath<'_>,
+    name: &mut Option<String>,
+) -> Option<bool> {
     if let Kind::Map(_) = v.kind {
         for (_, v, p) in cv.fields(v, p, &["name"], &[]) {
             if let Some(n) = cv.string(v, &p) {
@@ -712,7 +713,7 @@ fn external(cv: &mut Cv<'_>, v: &Node<'_>, p: &str, name: &mut Option<String>) -
     cv.boolean(v, p)
 }
 
-fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Volume> {
+fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
     let mut vol = Volume::default();
     for (k, v, p) in cv.fields(
         n,
@@ -731,7 +732,12 @@ fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &str) -> Option<Volume> {
     Some(vol)
 }
 
-fn file_object(cv: &mut Cv<'_>, n: &Node<'_>, path: &str, section: &str) -> Option<FileObject> {
+fn file_object(
+    cv: &mut Cv<'_>,
+    n: &Node<'_>,
+    path: &KeyPath<'_>,
+    section: &str,
+) -> Option<FileObject> {
     let mut o = FileObject::default();
     let allowed: &[&str] = if section == "configs" {
         &[
@@ -781,7 +787,7 @@ fn file_object(cv: &mut Cv<'_>, n: &Node<'_>, path: &str, section: &str) -> Opti
     Some(o)
 }
 
-fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Service> {
+fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Service> {
     let mut s = Service::default();
     let mut env_files: Vec<(String, bool, Pos, String)> = Vec::new();
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
@@ -813,7 +819,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Serv
                             name.to_owned(),
                             target.to_owned(),
                             v.pos,
-                            p.clone(),
+                            p.to_string(),
                         ));
                     } else if !matches!(m.as_str(), "none" | "host" | "bridge")
                         && !m.starts_with("container:")
@@ -829,11 +835,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Serv
                 if let Kind::Seq(items) = &v.kind {
                     for (i, (e, item)) in s.expose.iter().zip(items).enumerate() {
                         if !syntax::valid_expose(e) {
-                            cv.err(
-                                item.pos,
-                                &format!("{p}[{i}]"),
-                                format!("invalid expose {e:?}"),
-                            );
+                            cv.err(item.pos, &p.at(i), format!("invalid expose {e:?}"));
                         }
                     }
                 }
@@ -914,7 +916,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Serv
         match d.replicas {
             Some(r) if r != n => cv.err(
                 pos,
-                &join(path, "scale"),
+                &path.key("scale"),
                 format!("can't set distinct values on 'scale' ({n}) and 'deploy.replicas' ({r})"),
             ),
             _ => d.replicas = Some(n),
@@ -931,14 +933,14 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &str) -> Option<Serv
     if s.network_mode.is_some() && n.get("networks").is_some() {
         cv.err(
             n.pos,
-            &join(path, "network_mode"),
+            &path.key("network_mode"),
             "network_mode and networks cannot be combined",
         );
     }
     ok.then_some(s)
 }
 
-fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Build> {
+fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
     if let Kind::Scalar { value, .. } = &v.kind {
         return Some(Build {
             context: build_context(cv, value, v.pos),
@@ -1006,7 +1008,7 @@ fn build_context(cv: &Cv<'_>, c: &str, pos: Pos) -> String {
     }
 }
 
-fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Vec<String>> {
+fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Vec<String>> {
     match &v.kind {
         Kind::Null => None,
         Kind::Scalar { value, .. } => match syntax::shell_split(value) {
@@ -1020,7 +1022,11 @@ fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Vec<String>> {
     }
 }
 
-fn env_file_list(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<(String, bool, Pos, String)> {
+fn env_file_list(
+    cv: &mut Cv<'_>,
+    v: &Node<'_>,
+    p: &KeyPath<'_>,
+) -> Vec<(String, bool, Pos, String)> {
     let items: Vec<&Node<'_>> = match &v.kind {
         Kind::Seq(items) => items.iter().collect(),
         Kind::Null => Vec::new(),
@@ -1029,16 +1035,21 @@ fn env_file_list(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<(String, bool, P
     let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let ip = if matches!(v.kind, Kind::Seq(_)) {
-            format!("{p}[{i}]")
+            p.at(i).to_string()
         } else {
-            p.to_owned()
+            p.to_string()
         };
         match &item.kind {
             Kind::Scalar { value, .. } => out.push((value.to_string(), true, item.pos, ip)),
             Kind::Map(_) => {
                 let mut path = None;
                 let mut required = true;
-                for (k, v, fp) in cv.fields(item, &ip, &["path", "required", "format"], &[]) {
+                for (k, v, fp) in cv.fields(
+                    item,
+                    &KeyPath::Text(&ip),
+                    &["path", "required", "format"],
+                    &[],
+                ) {
                     match k {
                         "path" => path = cv.string(v, &fp),
                         "required" => required = cv.boolean(v, &fp).unwrap_or(true),
@@ -1067,7 +1078,7 @@ fn file_refs(
     cv: &mut Cv<'_>,
     svc: &str,
     v: &Node<'_>,
-    p: &str,
+    p: &KeyPath<'_>,
     secret: bool,
 ) -> Vec<FileReference> {
     let items = match &v.kind {
@@ -1080,7 +1091,7 @@ fn file_refs(
     };
     let mut out: Vec<FileReference> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let ip = format!("{p}[{i}]");
+        let ip = p.at(i);
         let r = match &item.kind {
             Kind::Scalar { value, .. } => FileReference {
                 source: value.to_string(),
@@ -1130,7 +1141,7 @@ fn file_refs(
         } else {
             &mut cv.refs.configs
         };
-        refs.push((svc.to_owned(), r.source.clone(), item.pos, ip));
+        refs.push((svc.to_owned(), r.source.clone(), item.pos, ip.to_string()));
         // Same target (or source when no target) declared twice: the later one wins.
         let key = |r: &FileReference| r.target.clone().unwrap_or_else(|| r.source.clone());
         let k = key(&r);
@@ -1143,12 +1154,17 @@ fn file_refs(
     out
 }
 
-fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> BTreeMap<String, DependsOn> {
+fn depends_on(
+    cv: &mut Cv<'_>,
+    svc: &str,
+    v: &Node<'_>,
+    p: &KeyPath<'_>,
+) -> BTreeMap<String, DependsOn> {
     let converted = list_to_map_ref(v, false);
     let node = converted.as_ref().unwrap_or(v);
     let mut out = BTreeMap::new();
     for e in cv.entries(node, p) {
-        let ep = join(p, &e.key);
+        let ep = p.key(&e.key);
         if e.key.is_empty() {
             cv.err(e.value.pos, p, "entries must be service names");
             continue;
@@ -1179,13 +1195,13 @@ fn depends_on(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> BTreeMap<Str
         }
         cv.refs
             .depends
-            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep));
+            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep.to_string()));
         out.insert(e.key.to_string(), d);
     }
     out
 }
 
-fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Healthcheck> {
+fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthcheck> {
     let mut h = Healthcheck::default();
     for (k, v, fp) in cv.fields(
         v,
@@ -1234,7 +1250,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Healthcheck> {
     Some(h)
 }
 
-fn logging(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Logging> {
+fn logging(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Logging> {
     let mut l = Logging::default();
     for (k, v, fp) in cv.fields(v, p, &["driver", "options"], &[]) {
         match k {
@@ -1249,20 +1265,20 @@ fn service_networks(
     cv: &mut Cv<'_>,
     svc: &str,
     v: &Node<'_>,
-    p: &str,
+    p: &KeyPath<'_>,
 ) -> BTreeMap<String, Option<ServiceNetwork>> {
     let converted = list_to_map_ref(v, false);
     let node = converted.as_ref().unwrap_or(v);
     let mut out = BTreeMap::new();
     for e in cv.entries(node, p) {
-        let ep = join(p, &e.key);
+        let ep = p.key(&e.key);
         if e.key.is_empty() {
             cv.err(e.value.pos, p, "entries must be network names");
             continue;
         }
         cv.refs
             .networks
-            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep.clone()));
+            .push((svc.to_owned(), e.key.to_string(), e.key_pos, ep.to_string()));
         if matches!(e.value.kind, Kind::Null) {
             out.insert(e.key.to_string(), None);
             continue;
@@ -1306,10 +1322,10 @@ fn service_networks(
     out
 }
 
-fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> BTreeMap<String, Ulimit> {
+fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, Ulimit> {
     let mut out = BTreeMap::new();
     for e in cv.entries(v, p) {
-        let ep = join(p, &e.key);
+        let ep = p.key(&e.key);
         let u = match &e.value.kind {
             Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit { soft: x, hard: x }),
             Kind::Map(_) => {
@@ -1353,7 +1369,7 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> BTreeMap<String, Ulimit> {
     out
 }
 
-fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<Port> {
+fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
         Kind::Null => &[],
@@ -1364,7 +1380,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<Port> {
     };
     let mut out: Vec<Port> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let ip = format!("{p}[{i}]");
+        let ip = p.at(i);
         let parsed = match &item.kind {
             Kind::Scalar { value, .. } => match syntax::parse_port(value) {
                 Ok(ps) => ps,
@@ -1484,7 +1500,12 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Vec<Port> {
     out
 }
 
-fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> Vec<ServiceVolume> {
+fn service_volumes(
+    cv: &mut Cv<'_>,
+    svc: &str,
+    v: &Node<'_>,
+    p: &KeyPath<'_>,
+) -> Vec<ServiceVolume> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
         Kind::Null => &[],
@@ -1495,7 +1516,7 @@ fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> Vec<Ser
     };
     let mut out: Vec<ServiceVolume> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let ip = format!("{p}[{i}]");
+        let ip = p.at(i);
         let mut vol = match &item.kind {
             Kind::Scalar { value, .. } => match syntax::parse_volume(value) {
                 Ok(v) => v,
@@ -1541,7 +1562,7 @@ fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> Vec<Ser
                 if let Some(src) = &vol.source {
                     cv.refs
                         .volumes
-                        .push((svc.to_owned(), src.clone(), item.pos, ip.clone()));
+                        .push((svc.to_owned(), src.clone(), item.pos, ip.to_string()));
                 }
             }
             _ => {}
@@ -1556,7 +1577,7 @@ fn service_volumes(cv: &mut Cv<'_>, svc: &str, v: &Node<'_>, p: &str) -> Vec<Ser
     out
 }
 
-fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &str) -> Option<ServiceVolume> {
+fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<ServiceVolume> {
     let mut vol = ServiceVolume {
         kind: VolumeType::Volume,
         source: None,
@@ -1686,7 +1707,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &str) -> Option<ServiceVolu
     Some(vol)
 }
 
-fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Deploy> {
+fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
     let mut d = Deploy::default();
     for (k, v, fp) in cv.fields(
         v,
@@ -1785,7 +1806,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Deploy> {
                             if let Kind::Seq(items) = &v.kind {
                                 for (i, (c, item)) in pl.constraints.iter().zip(items).enumerate() {
                                     if !syntax::valid_constraint(c) {
-                                        cv.err(item.pos, &format!("{fp}[{i}]"), format!("invalid constraint {c:?}: expected <attribute>==<value> or <attribute>!=<value>"));
+                                        cv.err(item.pos, &fp.at(i), format!("invalid constraint {c:?}: expected <attribute>==<value> or <attribute>!=<value>"));
                                     }
                                 }
                             }
@@ -1799,7 +1820,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Deploy> {
                                 }
                             };
                             for (i, item) in items.iter().enumerate() {
-                                let ip = format!("{fp}[{i}]");
+                                let ip = fp.at(i);
                                 for (_, v, sp) in cv.fields(item, &ip, &["spread"], &[]) {
                                     if let Some(s) = cv.string(v, &sp) {
                                         pl.preferences.push(PlacementPreference { spread: s });
@@ -1833,7 +1854,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<Deploy> {
 fn resource_spec(
     cv: &mut Cv<'_>,
     v: &Node<'_>,
-    p: &str,
+    p: &KeyPath<'_>,
     reservations: bool,
 ) -> Option<ResourceSpec> {
     let ignored: &[&str] = if reservations {
@@ -1852,7 +1873,7 @@ fn resource_spec(
     Some(r)
 }
 
-fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &str) -> Option<UpdateConfig> {
+fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<UpdateConfig> {
     let mut u = UpdateConfig::default();
     for (k, v, fp) in cv.fields(
         v,

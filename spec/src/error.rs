@@ -74,3 +74,52 @@ impl fmt::Display for SpecErrors {
         Ok(())
     }
 }
+
+/// A key path such as `services.web.ports[1]`, rendered only when a problem is reported: most
+/// nodes never are, and building a string per node was a measurable part of loading.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyPath<'p> {
+    Root,
+    /// A path given as text.
+    Text(&'p str),
+    Key(&'p KeyPath<'p>, &'p str),
+    Index(&'p KeyPath<'p>, usize),
+}
+
+impl<'p> KeyPath<'p> {
+    pub fn key(&'p self, key: &'p str) -> KeyPath<'p> {
+        KeyPath::Key(self, key)
+    }
+
+    pub fn at(&'p self, index: usize) -> KeyPath<'p> {
+        KeyPath::Index(self, index)
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            KeyPath::Root => true,
+            KeyPath::Text(s) => s.is_empty(),
+            KeyPath::Key(..) | KeyPath::Index(..) => false,
+        }
+    }
+}
+
+impl fmt::Display for KeyPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPath::Root => Ok(()),
+            KeyPath::Text(s) => f.write_str(s),
+            KeyPath::Key(parent, key) => {
+                parent.fmt(f)?;
+                if !parent.is_empty() {
+                    f.write_str(".")?;
+                }
+                f.write_str(key)
+            }
+            KeyPath::Index(parent, i) => {
+                parent.fmt(f)?;
+                write!(f, "[{i}]")
+            }
+        }
+    }
+}

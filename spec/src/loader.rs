@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use crate::convert;
-use crate::error::{Errors, Pos, SpecError, SpecErrors};
+use crate::error::{Errors, KeyPath, Pos, SpecError, SpecErrors};
 use crate::interp;
 use crate::merge;
 use crate::model::Project;
@@ -196,13 +196,13 @@ impl Ctx {
         }
     }
 
-    /// Interpolates every scalar value (not keys) in place. `path` is a reused buffer holding
-    /// the key path, so no string is built per node unless something is reported.
+    /// Interpolates every scalar value (not keys) in place. The key path is only rendered
+    /// when something is reported.
     fn interpolate(
         &mut self,
         node: &mut Node<'_>,
         env: &BTreeMap<String, String>,
-        path: &mut String,
+        path: &KeyPath<'_>,
     ) {
         let pos = node.pos;
         match &mut node.kind {
@@ -217,7 +217,7 @@ impl Ctx {
                         for var in r.unset {
                             self.warnings.push(
                                 pos,
-                                path.clone(),
+                                path.to_string(),
                                 format!(
                                     "The {var:?} variable is not set. Defaulting to a blank string."
                                 ),
@@ -225,27 +225,17 @@ impl Ctx {
                         }
                         *value = Cow::Owned(r.value);
                     }
-                    Err(e) => self.errors.push(pos, path.clone(), e),
+                    Err(e) => self.errors.push(pos, path.to_string(), e),
                 }
             }
             Kind::Seq(items) => {
-                let len = path.len();
                 for (i, item) in items.iter_mut().enumerate() {
-                    use std::fmt::Write;
-                    let _ = write!(path, "[{i}]");
-                    self.interpolate(item, env, path);
-                    path.truncate(len);
+                    self.interpolate(item, env, &path.at(i));
                 }
             }
             Kind::Map(entries) => {
-                let len = path.len();
                 for e in entries.iter_mut() {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(&e.key);
-                    self.interpolate(&mut e.value, env, path);
-                    path.truncate(len);
+                    self.interpolate(&mut e.value, env, &path.key(&e.key));
                 }
             }
         }
@@ -333,7 +323,7 @@ impl Ctx {
                     .into_owned()
             }
         };
-        self.interpolate(&mut node, env, &mut String::new());
+        self.interpolate(&mut node, env, &KeyPath::Root);
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, stack);
         stack.pop();
@@ -636,7 +626,7 @@ impl Ctx {
             .read_yaml(abs, dir, from, "extended file", bytes.as_deref())
             .map(|n| {
                 let mut n = n.into_owned();
-                self.interpolate(&mut n, &env, &mut String::new());
+                self.interpolate(&mut n, &env, &KeyPath::Root);
                 n
             });
         self.extends_cache.insert(abs.to_path_buf(), node.clone());
