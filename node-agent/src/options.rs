@@ -243,6 +243,31 @@ pub fn host_paths_to_create(svc: &Service) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The volumes `down --volumes` removes for a stack, among the `existing` volume names: the
+/// named volumes its services declare (not the external ones) and the anonymous volumes of its
+/// slots (see [`anonymous_volume`]). Sorted, without duplicates.
+pub fn stack_volumes(services: &[ServiceDoc], existing: &[String]) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in services {
+        out.extend(
+            d.spec
+                .volumes
+                .values()
+                .filter(|n| !d.spec.external_volumes.contains(*n))
+                .filter(|n| existing.contains(n))
+                .cloned(),
+        );
+        let anon = format!("{}.", d.id());
+        out.extend(
+            existing
+                .iter()
+                .filter(|n| n.starts_with(&anon) && n.contains(".anon-"))
+                .cloned(),
+        );
+    }
+    out.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +384,24 @@ volumes:
         assert_eq!(
             host_paths_to_create(&d.service),
             vec![PathBuf::from("/srv/conf")]
+        );
+    }
+
+    #[test]
+    fn down_volumes_takes_the_stacks_own_volumes_only() {
+        let yaml = "name: shop\nservices:\n  db:\n    image: busybox\n    volumes: [\"data:/d\", \"ext:/e\", /anon]\nvolumes:\n  data: {}\n  ext: { external: true }\n";
+        let d = doc(yaml, "db");
+        let anon = anonymous_volume(&task(&d, 1), "/anon");
+        let existing: Vec<String> = vec![
+            "shop_data".into(),
+            "ext".into(),
+            anon.clone(),
+            "shop_dbx.1.anon-00000000".into(),
+            "other_data".into(),
+        ];
+        assert_eq!(
+            stack_volumes(std::slice::from_ref(&d), &existing),
+            vec!["shop_data".to_string(), anon]
         );
     }
 

@@ -132,6 +132,11 @@ impl ServiceSpec {
             });
         }
         let volumes = named_volumes(project, svc).map_err(invalid)?;
+        let external_volumes = volumes
+            .iter()
+            .filter(|(key, _)| project.volumes.get(*key).is_some_and(|v| v.external))
+            .map(|(_, name)| name.clone())
+            .collect();
         let healthcheck = svc
             .healthcheck
             .as_ref()
@@ -151,6 +156,7 @@ impl ServiceSpec {
             healthcheck,
             network_peer,
             volumes,
+            external_volumes,
         })
     }
 }

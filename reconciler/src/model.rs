@@ -5,7 +5,7 @@
 //! status) are kept apart, as in swarmkit. All times are plain milliseconds supplied by the caller:
 //! the reconciler never reads a clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -345,6 +345,10 @@ pub struct ServiceSpec {
     /// (`<stack>_<key>`, the top-level `name:`, or the key itself for an external volume).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, String>,
+    /// Actual names of the `external: true` volumes among them: created outside the stack, so
+    /// they must exist (compose refuses to start otherwise) and `down -v` leaves them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub external_volumes: BTreeSet<String>,
 }
 
 impl ServiceSpec {
@@ -369,6 +373,7 @@ impl ServiceSpec {
             healthcheck: false,
             network_peer: None,
             volumes: BTreeMap::new(),
+            external_volumes: BTreeSet::new(),
         }
     }
 }

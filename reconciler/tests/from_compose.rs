@@ -255,6 +255,10 @@ fn named_volumes_resolve_to_their_actual_names() {
         names,
         vec![("data", "shop_data"), ("ext", "ext"), ("named", "really")]
     );
+    assert_eq!(
+        s.external_volumes.iter().collect::<Vec<_>>(),
+        vec![&"ext".to_string()]
+    );
     // Renaming a volume changes what the containers mount: a new container version.
     let before = s.version;
     p.volumes.get_mut("named").unwrap().name = Some("other".into());
