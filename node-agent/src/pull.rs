@@ -215,7 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_line_counts_skipped_and_finished_layers() {
+    fn progress_line_counts_bytes_and_skipped_layers() {
         let d = |c: char| {
             dcpp_runtime::image::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64)))
                 .unwrap()
@@ -228,9 +228,20 @@ mod tests {
         });
         c.on(Progress::Exists { digest: d('b') });
         assert_eq!(c.line("r"), "pulling r: 1.0/3.0 MB, 1/2 layers");
-        // (Byte steps are left out here: their fields are being extended in the runtime;
-        // the e2e pull test covers them.)
+        c.on(Progress::Bytes {
+            digest: d('a'),
+            bytes: 500_000,
+            done: 500_000,
+            total: 2_000_000,
+        });
+        assert_eq!(c.line("r"), "pulling r: 1.5/3.0 MB, 1/2 layers");
+        c.on(Progress::Bytes {
+            digest: d('a'),
+            bytes: 1_500_000,
+            done: 2_000_000,
+            total: 2_000_000,
+        });
         c.on(Progress::Done { digest: d('a') });
-        assert_eq!(c.line("r"), "pulling r: 1.0/3.0 MB, 2/2 layers");
+        assert_eq!(c.line("r"), "pulling r: 3.0/3.0 MB, 2/2 layers");
     }
 }
