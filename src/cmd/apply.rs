@@ -459,9 +459,15 @@ fn progress(
 /// Follows until every service runs its desired replicas of its current spec with nothing
 /// else live, or a failure that needs the user.
 async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyhow::Result<u8> {
+    use futures::{FutureExt, StreamExt};
     let start = Instant::now();
     let mut last_line = String::new();
     let mut last_pull: BTreeMap<String, String> = BTreeMap::new();
+    // Store changes wake the loop (no fixed polling delay between the last task report and
+    // the exit); a bounded wait keeps it going should the watch stream end.
+    let since = c.status().await.map(|s| s.revision).unwrap_or(0);
+    let mut changes = Box::pin(c.watch(since, None));
+    let mut watching = since > 0;
     loop {
         let tasks: Vec<Task> = c
             .list(Kind::Task)
@@ -570,7 +576,16 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
             }
             return Ok(1);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if watching {
+            match tokio::time::timeout(Duration::from_millis(500), changes.next()).await {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(_) => watching = false,
+            }
+            // A burst of writes (an agent reporting many tasks) is read once.
+            while let Some(Some(Ok(_))) = changes.next().now_or_never() {}
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
