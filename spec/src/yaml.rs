@@ -689,6 +689,22 @@ volumes:
   data:
 ";
         assert_eq!(agrees(text), Ok(true));
+        // Edge cases: either declined or read exactly like the full parser.
+        for edge in [
+            "a: # c\nb: 1\n",
+            "a:\n  # c\n  b: 1\n",
+            "a: -1\nb: ~\nc: x:y\nd: 'q' # c\n",
+            "a: [a b, -1, 'x', \"y\", {k: v}]\n",
+            "a: &x {k: v}\nb: [*x, *x]\nc: {<<: *x}\n",
+            "a:\n- k: v\n  l: w\n- <<: *q\n",
+            "x: &q {m: n}\na:\n- k: v\n  l: w\n- <<: *q\n",
+            "a:\n  b:\n  - 1\n  c: 2\n",
+            "a: x #c\n\n\nb: y   \n",
+            "a: {}\nb: []\nc: ''\nd: \"\"\n",
+            "a:\n  - x\n  -   y: 1\n      z: 2\n",
+        ] {
+            assert!(agrees(edge).is_ok(), "{:?}", agrees(edge));
+        }
         for declined in [
             "a: |\n  x\n",
             "a: !reset x\n",
