@@ -31,7 +31,9 @@ pub(super) fn events(text: &str, file: u32) -> Option<Vec<Item<'_>>> {
         pos: 0,
         line: 1,
         file,
-        out: Vec::with_capacity(text.len() / 10),
+        // About one event per 8–10 bytes of compose text; capped so that a huge input that is
+        // then declined does not reserve memory in proportion to its size.
+        out: Vec::with_capacity((text.len() / 10).min(1 << 17)),
         anchors: Vec::new(),
         depth: 0,
     };
