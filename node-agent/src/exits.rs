@@ -68,10 +68,10 @@ impl ExitWatch {
                     ended |= d.join(EXIT_FILE).exists();
                 }
                 // Removed meanwhile: the round that follows sees it gone.
-                Err(e) => {
-                    tracing::debug!(dir = %d.display(), "inotify watch: {e}");
-                    ended = true;
-                }
+                Err(Errno::ENOENT) => ended = true,
+                // Out of watches (fs.inotify.max_user_watches) or similar: this container's
+                // exit is noticed by the poll; retried next round.
+                Err(e) => tracing::debug!(dir = %d.display(), "inotify watch: {e}"),
             }
         }
         for (_, wd) in w.drain() {
