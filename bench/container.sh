@@ -6,6 +6,8 @@
 #     measured with hyperfine in the same run;
 #  2. per-container monitor memory with N `sleep` containers running (RSS and PSS).
 # Usage: bench/container.sh [N_SLEEPERS=100] [RUNS=50]
+# Env: NO_BUILD=1 (use the built binaries), ONLY=latency|memory (one part only),
+#      BASELINE=DIR (also time DIR/dcpp, e.g. an older build with its dcpp-shim beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}
@@ -48,9 +50,11 @@ for rt in runc crun; do
 done
 "$DCPP" container rm -f "$ID" >/dev/null
 
+if [ "${ONLY:-latency}" = latency ]; then
 echo "== create-start-exit latency of 'true' (fully isolated, netns included), $RUNS runs"
 CMDS=("$DCPP container run --rm bench:1 true"
       "runc --root $WORK/runc-root run --bundle $WORK/bundle-runc bench-runc")
+[ -z "${BASELINE:-}" ] || CMDS+=("$BASELINE/dcpp container run --rm bench:1 true")
 if crun --root "$WORK/crun-root" run --bundle "$WORK/bundle-crun" bench-crun >/dev/null 2>"$WORK/crun.err"; then
   CMDS+=("crun --root $WORK/crun-root run --bundle $WORK/bundle-crun bench-crun")
 else
@@ -58,6 +62,8 @@ else
   crun --root "$WORK/crun-root" delete -f bench-crun >/dev/null 2>&1 || true
 fi
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/latency.json" "${CMDS[@]}"
+fi
+[ "${ONLY:-memory}" = memory ] || exit 0
 
 measure_monitors() {
   local label=$1

@@ -778,8 +778,13 @@ impl ContainerManager {
             .iter()
             .map(|l| l.to_string_lossy().into_owned())
             .collect();
+        // `volatile`: no sync of the upper filesystem, above all not the syncfs overlayfs does
+        // when its last reference goes (inside the exiting container init, which measured
+        // ~100 ms on an idle ext4 and more while anything else writes). A container's upper
+        // layer is never mounted a second time and is thrown away with the container, so
+        // losing it to a machine crash costs nothing (podman does the same for --rm).
         let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={},volatile",
             lower.join(":"),
             upper.display(),
             work.display()

@@ -254,6 +254,10 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         let err = reexec_monitor(dir, &out_r, &err_r, ctl.as_ref(), running.init_pid);
         tracing::debug!("monitor re-exec failed ({err}); supervising in place");
     }
+    // What the monitor keeps for the container's lifetime (measured with 100 `sleep`
+    // containers): setup code and libc text touched once are dropped from its page tables
+    // (2.3 MiB RSS before), then the heap setup freed goes back to the kernel.
+    super::util::release_clean_file_pages();
     // SAFETY: malloc_trim only releases free heap memory (setup's) to the kernel.
     #[cfg(target_env = "gnu")]
     unsafe {
@@ -605,6 +609,11 @@ fn start_builtin(
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| format!("mkfifo: {e}"))?;
     let (ctl_r, ctl_w) = pipe()?;
+    // The monitor moves the child into its cgroup while the child builds its mount namespace:
+    // the first cgroup.procs write waits for an RCU grace period (~15 ms here), which is as
+    // long as the rest of the setup. The child only needs to be inside before it unshares its
+    // cgroup namespace (rooted where it stands) and execs; it waits for this pipe then.
+    let (joined_r, joined_w) = pipe()?;
     let new_pid_ns = namespaces(spec)
         .iter()
         .any(|(t, p)| *t == LinuxNamespaceType::Pid && p.is_none());
@@ -616,6 +625,7 @@ fn start_builtin(
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             drop(ctl_r);
+            drop(joined_w);
             let ctl = ctl_w.as_raw_fd();
             // The container gets only its stdio: everything else the monitor holds closes at exec.
             // SAFETY: close_range only flags descriptors close-on-exec.
@@ -634,7 +644,7 @@ fn start_builtin(
             drop(out_w);
             drop(err_w);
             let err = match res {
-                Ok(()) => container_init(dir, cfg, spec, &hier, ctl),
+                Ok(()) => container_init(dir, cfg, spec, joined_r, ctl),
                 Err(e) => e,
             };
             send(ctl, MSG_ERROR, &err);
@@ -645,6 +655,18 @@ fn start_builtin(
             drop(ctl_w);
             drop(out_w);
             drop(err_w);
+            drop(joined_r);
+            let kill_child = || {
+                // SAFETY: kill with a plain pid.
+                unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
+                let _ = nix::sys::wait::waitpid(child, None);
+            };
+            if let Err(e) = hier.join(&cfg.cgroup_path, child.as_raw()) {
+                kill_child();
+                return Err(e.to_string());
+            }
+            write_all_fd(joined_w.as_raw_fd(), b"J");
+            drop(joined_w);
             let mut f = std::fs::File::from(ctl_r);
             let mut line = Vec::new();
             let mut b = [0u8; 1];
@@ -660,9 +682,7 @@ fn start_builtin(
                     ctl: Some(OwnedFd::from(f)),
                 });
             }
-            // SAFETY: kill with a plain pid.
-            unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
-            let _ = nix::sys::wait::waitpid(child, None);
+            kill_child();
             if line.first() == Some(&MSG_ERROR) {
                 Err(String::from_utf8_lossy(&line[1..]).into_owned())
             } else {
@@ -700,10 +720,10 @@ fn container_init(
     dir: &Path,
     cfg: &ShimConfig,
     spec: &Spec,
-    hier: &Hierarchy,
+    joined: OwnedFd,
     ctl: RawFd,
 ) -> String {
-    match container_init_inner(dir, cfg, spec, hier, ctl) {
+    match container_init_inner(dir, cfg, spec, joined, ctl) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -715,15 +735,19 @@ fn container_init_inner(
     dir: &Path,
     cfg: &ShimConfig,
     spec: &Spec,
-    hier: &Hierarchy,
+    joined: OwnedFd,
     ctl: RawFd,
 ) -> Res<Never> {
-    hier.join_self(&cfg.cgroup_path)
-        .map_err(|e| e.to_string())?;
     let nss = namespaces(spec);
     let mut flags = CloneFlags::empty();
+    let mut cgroup_ns = None;
     for (t, path) in &nss {
+        // Pid: done by the monitor before the fork. Cgroup: only once we are in our cgroup.
         if *t == LinuxNamespaceType::Pid {
+            continue;
+        }
+        if *t == LinuxNamespaceType::Cgroup {
+            cgroup_ns = Some(path.clone());
             continue;
         }
         match path {
@@ -794,6 +818,21 @@ fn container_init_inner(
     }
     if new_net {
         loopback_up()?;
+    }
+    let mut b = [0u8; 1];
+    if std::fs::File::from(joined).read(&mut b).ok() != Some(1) || b[0] != b'J' {
+        return Err("the monitor could not place the container in its cgroup".into());
+    }
+    match cgroup_ns {
+        Some(None) => nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?,
+        Some(Some(p)) => {
+            let f = std::fs::File::open(&p)
+                .map_err(|e| format!("opening namespace {}: {e}", p.display()))?;
+            nix::sched::setns(&f, CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("joining namespace {}: {e}", p.display()))?;
+        }
+        None => {}
     }
     nix::unistd::chdir(&rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
