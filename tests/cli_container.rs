@@ -289,3 +289,31 @@ fn sysctl_flag_sets_namespaced_parameters_only() {
     );
     assert_eq!(text(&c.run(&["container", "ls", "-a", "-q"]).stdout), "");
 }
+
+#[test]
+fn detached_rm_container_releases_its_image_when_it_exits() {
+    let c = Cli::new();
+    let out = c.run(&["container", "run", "-d", "--rm", "bb:1", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The monitor removes the container when it exits, and with it the hold on the image.
+    // (Watched on disk: a `dcpp` command opening the data dir in between could do the
+    // release itself for a container found exited.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let left = || {
+        std::fs::read_dir(c.data().join("containers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != ".lock")
+            .count()
+    };
+    while left() > 0 {
+        assert!(std::time::Instant::now() < deadline, "--rm container left");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = c.run(&["image", "rm", "bb:1"]);
+    assert!(
+        out.status.success(),
+        "the image is still held: {}",
+        text(&out.stderr)
+    );
+}

@@ -10,13 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dcpp_runtime::container::{
-    ContainerInfo, ContainerManager, CreateOptions, ExecRequest, ImageInput, ManagerOptions,
-    MountRequest, MountSource, NetworkMode, RuntimeKind, ShimCommand, Status, Ulimit, logs,
+    ContainerInfo, ContainerManager, CreateOptions, ExecRequest, IMAGE_ID_LABEL, ImageInput,
+    ManagerOptions, MountRequest, MountSource, NetworkMode, RuntimeKind, ShimCommand, Status,
+    Ulimit, logs,
 };
 use dcpp_runtime::image::{Digest, ImageStore};
-
-/// Label recording the image id, so `rm` can release the image without resolving it again.
-const IMAGE_ID_LABEL: &str = "org.dcpp.image.id";
 
 use crate::Global;
 

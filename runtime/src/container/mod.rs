@@ -359,6 +359,7 @@ impl ContainerManager {
                 tracing::info!(id = %st.id, "removing half-created container");
                 mgr.teardown(&st);
             } else if st.auto_remove && dir.join("exit.json").exists() {
+                release_image_hold(&dir, &st);
                 mgr.teardown(&st);
             }
         }
@@ -1153,6 +1154,38 @@ impl ContainerManager {
     /// shutdown of a manager whose parent is its own).
     pub fn remove_cgroup_parent(&self) {
         self.hier.remove_parent_if_empty(&self.opts.cgroup_parent);
+    }
+}
+
+/// Label holding the id of the image a container runs, for whoever registered the container as
+/// a holder of that image in `<data dir>/images` (the CLI, the node agent).
+pub const IMAGE_ID_LABEL: &str = "org.dcpp.image.id";
+
+/// Releases the hold of an auto-removed container on its image (the image store of the same data
+/// dir). Who removes a container explicitly releases the hold itself; a container that removes
+/// itself when it exits has only its monitor (or the next manager, if the monitor died) to do so.
+pub(crate) fn release_image_hold(dir: &Path, st: &ContainerState) {
+    let Some(digest) = st
+        .labels
+        .get(IMAGE_ID_LABEL)
+        .and_then(|d| crate::image::Digest::parse(d).ok())
+    else {
+        return;
+    };
+    let Some(data_dir) = dir.parent().and_then(Path::parent) else {
+        return;
+    };
+    let images = data_dir.join("images");
+    if !images.is_dir() {
+        return;
+    }
+    match crate::image::ImageStore::open(&images) {
+        Ok(store) => {
+            if let Err(e) = store.remove_holder(&digest, &st.id) {
+                tracing::warn!(id = %st.id, "releasing the image: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(id = %st.id, "releasing the image: {e}"),
     }
 }
 

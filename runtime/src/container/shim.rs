@@ -507,6 +507,9 @@ fn supervise(
     );
     cleanup_after_exit(dir, cfg);
     if cfg.auto_remove {
+        if let Ok(st) = read_json::<super::ContainerState>(&dir.join("state.json")) {
+            super::release_image_hold(dir, &st);
+        }
         super::remove_container_files(dir);
     }
     0
