@@ -18,7 +18,7 @@
 //! containers that ended meanwhile are in `exit.json`, written by their monitor. Why a monitor
 //! process per container rather than pidfds held by the daemon: the daemon may die, and someone
 //! must keep draining stdout/stderr and reap the init; the monitor is a single-threaded process
-//! of ~1 MiB RSS, see `shim`.
+//! of ~1.9 MiB RSS (0.5 MiB PSS) per container, measured with 100 of them, see `shim`.
 //!
 //! Methods are blocking (they spawn processes and poll files); async callers use
 //! `tokio::task::spawn_blocking`.
