@@ -792,3 +792,38 @@ fn killed_node_loses_its_tasks_and_cleans_up_when_it_returns() {
 fn killed_leader_node_loses_its_tasks_to_the_new_leader() {
     kill_node_then_bring_it_back("kl", 247, 0).teardown();
 }
+#[test]
+fn global_service_converges_with_a_drained_node() {
+    let cl = Cluster::new("gd", 250, false);
+    let file = cl.write("compose.yml", &compose("gds", 1, true));
+    let out = cl.ok(0, &["apply", "-f", &file]);
+    assert!(out.contains("converged"), "{out}");
+    let c_id = cl.nodes[2].id.to_string();
+    cl.ok(0, &["node", "update", "--availability", "drain", &c_id]);
+    cl.wait_until("c drained", 30, || {
+        cl.placement(0, "gds_mon") == vec![1, 1, 0]
+    });
+    // The service is as converged as it can be: two of two eligible nodes.
+    let ls = cl.ok(0, &["service", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("gds_mon") && l.contains("2/2")),
+        "{ls}"
+    );
+    // A change of the global service: two nodes take it, so apply must converge.
+    let changed = compose("gds", 1, true).replace(
+        "command: [\"sleep\", \"3600\"]\n    stop_signal: SIGKILL\n    deploy:\n      mode: global",
+        "command: [\"sleep\", \"3601\"]\n    stop_signal: SIGKILL\n    deploy:\n      mode: global",
+    );
+    assert_ne!(changed, compose("gds", 1, true));
+    let file = cl.write("compose2.yml", &changed);
+    let out = cl.nodes[0].dcpp(&["apply", "-f", &file, "--timeout", "20s"]);
+    assert!(
+        out.status.success(),
+        "apply with a drained node: {}\n{}\nservice ls:\n{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout),
+        cl.ok(0, &["service", "ls"])
+    );
+    cl.teardown();
+}

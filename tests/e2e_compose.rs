@@ -460,9 +460,16 @@ fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
         rig.exec_ok(&store3, &["cat", "/data/first"]).trim(),
         "born in generation 1"
     );
-    rig.ok(&["down", "-p", "cmp", "--timeout", "30s"]);
-    rig.wait_until("containers removed", 30, || rig.containers().is_empty());
-    rig.ok(&["volume", "rm", "cmp_data"]);
+    // `down -v` removes the stack's volumes once its containers are gone.
+    let out = rig.ok(&["down", "-v", "-p", "cmp", "--timeout", "30s"]);
+    assert!(out.contains("volume cmp_data removed"), "{out}");
+    assert!(rig.containers().is_empty());
+    assert!(
+        !rig.ok(&["volume", "ls", "-q"])
+            .lines()
+            .any(|l| l.starts_with("cmp_")),
+        "stack volumes left after down -v"
+    );
 
     // A ulimit above what this process may grant fails the task with the runtime's reason;
     // the daemon keeps going.

@@ -727,9 +727,11 @@ impl Agent {
 
 /// The running task container of `service` in `stack` on this node, if any.
 fn peer_container(ctr: &ContainerManager, stack: &str, service: &str) -> Option<String> {
+    // The list is oldest first; during a start-first update of the peer the oldest is the one
+    // about to stop, so join the newest.
     ctr.list()
         .into_iter()
-        .find(|c| {
+        .rfind(|c| {
             c.status == Status::Running
                 && c.state.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
                 && c.state.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
@@ -752,6 +754,21 @@ fn start_container(
     let stack = doc.spec.stack.as_str();
     let peer = |service: &str| peer_container(ctr, stack, service);
     let mut o = crate::options::container_options(t, doc, img, &name, &peer)?;
+    // Compose creates a missing bind source; an external volume must exist already.
+    for p in crate::options::host_paths_to_create(&doc.service) {
+        if !p.exists() {
+            std::fs::create_dir_all(&p).map_err(|e| {
+                Error::Runtime(format!("creating bind source {}: {e}", p.display()))
+            })?;
+        }
+    }
+    for v in &doc.spec.external_volumes {
+        ctr.volumes().inspect(v).map_err(|_| {
+            Error::Invalid(format!(
+                "external volume {v} not found (create it with `dcpp volume create {v}`)"
+            ))
+        })?;
+    }
     let mut used_net = false;
     if o.network == NetworkMode::Private
         && let Some((manager, hook)) = net

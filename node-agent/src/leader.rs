@@ -65,7 +65,9 @@ pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
     })
 }
 
-fn convert_node(n: &NodeInfo, now: u64) -> dcpp_reconciler::Node {
+/// The reconciler's view of a node record (down once its heartbeat is older than
+/// [`NODE_TIMEOUT_MS`]).
+pub fn convert_node(n: &NodeInfo, now: u64) -> dcpp_reconciler::Node {
     let mut r = dcpp_reconciler::Node::new(&n.id.to_string());
     r.hostname = n.hostname.clone();
     r.role = match n.role {

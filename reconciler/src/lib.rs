@@ -36,5 +36,5 @@ pub mod scheduler;
 pub use apply::{TaskReport, apply, report};
 pub use error::Error;
 pub use model::*;
-pub use plan::{Action, Pending, PendingReason, Plan, plan};
+pub use plan::{Action, Pending, PendingReason, Plan, desired_slots, plan};
 pub use scheduler::Rejection;

@@ -362,7 +362,9 @@ fn status_step(sid: &ServiceId, d: &ServiceSpec, work: &mut Observed, ctx: &mut 
     }
 }
 
-fn desired_slots(sid: &ServiceId, spec: &ServiceSpec, work: &Observed) -> BTreeSet<Slot> {
+/// The slots `spec` wants filled now: its replicas, or for a global service one per node that
+/// may take it (the CLI counts progress with this, so it can never disagree with the planner).
+pub fn desired_slots(sid: &ServiceId, spec: &ServiceSpec, work: &Observed) -> BTreeSet<Slot> {
     match spec.mode {
         Mode::Replicated { replicas } => (1..=replicas).map(Slot::Replica).collect(),
         Mode::Global => work

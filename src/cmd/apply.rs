@@ -10,8 +10,9 @@ use anyhow::{Context, bail};
 use dcpp_node_agent::docs::{STATUS_PREFIX, ServiceDoc, StackDoc, diff_services, stack_docs};
 use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
 use dcpp_reconciler::{
-    DesiredState, Mode, ServiceSpec, ServiceStatus, Task, TaskState, UpdateState,
+    DesiredState, Mode, Observed, ServiceSpec, ServiceStatus, Task, TaskState, UpdateState,
 };
+use dcpp_runtime::container::volume::VolumeStore;
 
 use crate::Global;
 use crate::cmd::cluster::{block_on, client};
@@ -57,8 +58,13 @@ pub struct DownArgs {
     #[command(flatten)]
     pub files: FileArgs,
     /// Return after storing; don't wait for the containers to go.
-    #[arg(short = 'd', long)]
+    #[arg(short = 'd', long, conflicts_with = "volumes")]
     pub detach: bool,
+    /// Also remove the stack's named volumes (not external ones) and its anonymous volumes,
+    /// once its containers are gone. Volumes live on each node; this removes those of the
+    /// node the CLI runs on (its `--data-dir`).
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
@@ -432,18 +438,28 @@ pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// The node records and tasks as the leader sees them, for [`progress`] of global services
+/// (drained, paused and down nodes don't count).
+async fn observed_nodes(c: &Client, tasks: &[Task]) -> anyhow::Result<Observed> {
+    let mut obs = Observed::default();
+    let now = dcpp_node_agent::docs::now_ms();
+    for o in c.list(Kind::Node).await?.objects {
+        let n: dcpp_raft::NodeInfo = o.decode()?;
+        obs.add_node(dcpp_node_agent::leader::convert_node(&n, now));
+    }
+    obs.tasks = tasks.iter().map(|t| (t.id, t.clone())).collect();
+    Ok(obs)
+}
+
 /// Convergence of one service: (running tasks of the current spec, desired replicas).
 fn progress(
     d: &ServiceDoc,
     st: Option<&ServiceStatus>,
     tasks: &[Task],
-    nodes: usize,
+    nodes: &Observed,
 ) -> (usize, usize) {
     let version = st.map(|s| s.spec.version).unwrap_or(d.spec.version);
-    let desired = match d.spec.mode {
-        Mode::Replicated { replicas } => replicas as usize,
-        Mode::Global => nodes,
-    };
+    let desired = dcpp_reconciler::desired_slots(&d.id(), &d.spec, nodes).len();
     let running = tasks
         .iter()
         .filter(|t| {
@@ -482,13 +498,13 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
                 statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
             }
         }
-        let nodes = c.list(Kind::Node).await?.objects.len();
+        let nodes = observed_nodes(c, &tasks).await?;
         let mut done = true;
         let mut parts = Vec::new();
         for d in services {
             let sid = d.id();
             let st = statuses.get(&sid.0);
-            let (running, desired) = progress(d, st, &tasks, nodes);
+            let (running, desired) = progress(d, st, &tasks, &nodes);
             let extra = tasks.iter().any(|t| {
                 t.service == sid
                     && t.is_live()
@@ -599,6 +615,7 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     };
     let c = client(global)?;
     block_on(async move {
+        let docs: Vec<ServiceDoc> = stored_services(&c, &name).await?.into_values().collect();
         let n = delete_stack(&c, &name).await?;
         println!("stack {name}: removing {n} service(s)");
         if args.detach {
@@ -616,6 +633,9 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 .count();
             if left == 0 {
                 println!("stack {name} removed");
+                if args.volumes {
+                    return remove_volumes(global, &docs);
+                }
                 return Ok(0);
             }
             if start.elapsed() > args.timeout {
@@ -625,6 +645,23 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// `down --volumes`: removes the stack's volumes from this node's volume store.
+fn remove_volumes(global: &Global, docs: &[ServiceDoc]) -> anyhow::Result<u8> {
+    let store = VolumeStore::open(global.data_dir.join("volumes"))?;
+    let existing: Vec<String> = store.list().into_iter().map(|v| v.name).collect();
+    let mut code = 0;
+    for v in dcpp_node_agent::options::stack_volumes(docs, &existing) {
+        match store.remove(&v, &crate::cmd::volume::users(global, &v)) {
+            Ok(()) => println!("volume {v} removed"),
+            Err(e) => {
+                eprintln!("error: volume {v}: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
 }
 
 async fn all_tasks(c: &Client) -> anyhow::Result<Vec<Task>> {
@@ -791,7 +828,7 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
         match cmd {
             ServiceCommand::Ls => {
                 let tasks = all_tasks(&c).await?;
-                let nodes = c.list(Kind::Node).await?.objects.len();
+                let nodes = observed_nodes(&c, &tasks).await?;
                 let mut statuses = BTreeMap::new();
                 for o in c.list(Kind::Config).await?.objects {
                     if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
@@ -801,7 +838,7 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                 let mut rows = Vec::new();
                 for o in c.list(Kind::Service).await?.objects {
                     let d: ServiceDoc = o.decode()?;
-                    let (r, n) = progress(&d, statuses.get(&d.id().0), &tasks, nodes);
+                    let (r, n) = progress(&d, statuses.get(&d.id().0), &tasks, &nodes);
                     let mode = match d.spec.mode {
                         Mode::Global => "global",
                         Mode::Replicated { .. } => "replicated",

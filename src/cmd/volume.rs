@@ -27,7 +27,7 @@ pub enum VolumeCommand {
 }
 
 /// Names of the containers (of this data dir) whose state references `volume`.
-fn users(global: &Global, volume: &str) -> Vec<String> {
+pub(crate) fn users(global: &Global, volume: &str) -> Vec<String> {
     let dir = global.data_dir.join("containers");
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
