@@ -107,7 +107,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        for stack in ["pull", "bad", "gone"] {
+        for stack in ["pull", "bad", "gone", "never", "always"] {
             let _ = self.dcpp(&["down", "-p", stack, "--timeout", "30s"]);
         }
         if let Some(mut c) = self.child.take() {
@@ -228,4 +228,33 @@ fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
     );
     // The pulled stack kept running throughout.
     assert_eq!(d.running("pull_app"), 3);
+
+    // pull_policy: never — an image the node lacks fails without asking any registry.
+    let before = reg.log().lines().count();
+    let never = format!("{}/e2e/busybox:v2", reg.addr);
+    let yaml =
+        sleeper("never", &never, 1).replace("    command:", "    pull_policy: never\n    command:");
+    let out = d.apply("never.yml", &yaml);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("pull_policy: never"), "{all}");
+    assert_eq!(reg.log().lines().count(), before, "{}", reg.log());
+
+    // pull_policy: always — the image is local already, yet the node asks the registry again.
+    let yaml = sleeper("always", &image, 1)
+        .replace("    command:", "    pull_policy: always\n    command:");
+    let out = d.apply("always.yml", &yaml);
+    let all = text(&out);
+    assert!(
+        out.status.success(),
+        "{all}\n--- daemon log ---\n{}",
+        d.log()
+    );
+    assert_eq!(d.running("always_app"), 1);
+    let manifest_gets = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains("/v2/e2e/busybox/manifests/v1"))
+        .count();
+    assert_eq!(manifest_gets, 2, "{}", reg.log());
 }

@@ -309,7 +309,8 @@ impl Agent {
                         },
                     ),
                     None => {
-                        let r = match (svc, self.image_for(t)) {
+                        let policy = svc.and_then(|d| d.service.pull_policy.as_deref());
+                        let r = match (svc, self.image_for(t, policy)) {
                             (None, _) => {
                                 Err(Error::Invalid(format!("service {} is gone", t.service)))
                             }
@@ -507,12 +508,26 @@ impl Agent {
         }
     }
 
-    /// The task's image from the local store; `None` while it is being pulled.
-    fn image_for(&self, t: &Task) -> Result<Option<LocalImage>, Error> {
+    /// The task's image from the local store; `None` while it is being pulled. `policy` is
+    /// compose's `pull_policy`: `never` only looks locally, `always` pulls once for every task
+    /// created before the last finished pull, anything else pulls what is missing.
+    fn image_for(&self, t: &Task, policy: Option<&str>) -> Result<Option<LocalImage>, Error> {
+        if policy == Some("always") && !self.pulls.pulled_since(&t.image, t.created_at) {
+            return match self.pulls.ensure(&t.image) {
+                Need::Wait => Ok(None),
+                Need::Failed(e) => Err(Error::Pull(e)),
+            };
+        }
         let store =
             ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
         match store.resolve(&t.image) {
             Ok(img) => Ok(Some(img)),
+            Err(ImageError::NotFound(_)) if policy == Some("never") => {
+                Err(Error::ImageNotFound(format!(
+                    "{}: not in this node's image store (pull_policy: never)",
+                    t.image
+                )))
+            }
             Err(ImageError::NotFound(_)) => match self.pulls.ensure(&t.image) {
                 Need::Wait => Ok(None),
                 Need::Failed(e) => Err(Error::Pull(e)),

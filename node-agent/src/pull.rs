@@ -24,7 +24,14 @@ pub const PULLING: &str = "pulling ";
 
 enum State {
     Pulling,
-    Failed { error: String, at: Instant },
+    Failed {
+        error: String,
+        at: Instant,
+    },
+    /// Finished; milliseconds since the epoch (`pull_policy: always` compares task creation).
+    Pulled {
+        at_ms: u64,
+    },
 }
 
 /// What a task needing an image that is not local should do now.
@@ -108,6 +115,13 @@ impl Pulls {
         }
     }
 
+    /// Whether a pull of `reference` by this agent finished at or after `ms` (milliseconds
+    /// since the epoch).
+    pub fn pulled_since(&self, reference: &str, ms: u64) -> bool {
+        let m = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(m.get(reference), Some(State::Pulled { at_ms }) if *at_ms >= ms)
+    }
+
     /// Starts a pull of `reference` unless one is running or recently failed. Must be called
     /// inside a tokio runtime.
     pub fn ensure(&self, reference: &str) -> Need {
@@ -160,7 +174,12 @@ impl Pulls {
             match &result {
                 Ok(img) => {
                     tracing::info!(image = %reference, id = %img.id, "pulled");
-                    m.remove(&reference);
+                    m.insert(
+                        reference.clone(),
+                        State::Pulled {
+                            at_ms: crate::docs::now_ms(),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(image = %reference, "pull failed: {e}");

@@ -39,6 +39,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ports",
     "privileged",
     "profiles",
+    "pull_policy",
     "read_only",
     "restart",
     "scale",
@@ -97,7 +98,6 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "post_start",
     "pre_stop",
     "provider",
-    "pull_policy",
     "runtime",
     "security_opt",
     "stdin_open",
@@ -842,6 +842,27 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             }
             "healthcheck" => s.healthcheck = healthcheck(cv, v, &p),
             "init" => s.init = cv.boolean(v, &p),
+            "pull_policy" => {
+                s.pull_policy = cv.opt_string(v, &p);
+                match s.pull_policy.as_deref() {
+                    None | Some("always" | "never" | "missing" | "if_not_present") => {}
+                    Some("build") => cv.err(
+                        v.pos,
+                        &p,
+                        "pull_policy build: dcpp does not build images; build it elsewhere and push or import it",
+                    ),
+                    Some(x) if x == "daily" || x == "weekly" || x.starts_with("every_") => cv.warn(
+                        v.pos,
+                        &p,
+                        format!("pull_policy {x:?}: periodic pulls are not supported; treated as missing"),
+                    ),
+                    Some(x) => cv.err(
+                        v.pos,
+                        &p,
+                        format!("invalid pull_policy {x:?}: use always, never, missing or if_not_present"),
+                    ),
+                }
+            }
             "labels" => s.labels = cv.labels(v, &p),
             "logging" => s.logging = logging(cv, v, &p),
             "mem_limit" => s.mem_limit = cv.size(v, &p),

@@ -146,6 +146,10 @@ pub struct Service {
     /// Signal sent to stop the container (e.g. `SIGTERM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// When the node pulls the image: `always`, `never`, `missing`/`if_not_present` (the
+    /// default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
     /// Kernel parameters set in the container's namespaces.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
