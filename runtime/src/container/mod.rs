@@ -355,7 +355,10 @@ impl ContainerManager {
         };
         for st in mgr.states() {
             let dir = mgr.containers_dir.join(&st.id);
-            if st.phase == "creating" && !dir.join("monitor.json").exists() {
+            if st.phase == "creating"
+                && !dir.join("monitor.json").exists()
+                && !creation_in_progress(&dir)
+            {
                 tracing::info!(id = %st.id, "removing half-created container");
                 mgr.teardown(&st);
             } else if st.auto_remove && dir.join("exit.json").exists() {
@@ -594,8 +597,14 @@ impl ContainerManager {
             labels: opts.labels.clone(),
         };
         std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let res = self.create_in_dir(opts, &state, &spec, &hostname, joined.as_ref());
+        // The data-dir lock only guards the name: once state.json is written, other creates
+        // see the name and may go on while this one builds its rootfs and spawns its monitor
+        // (tens of ms each). The container's own lock keeps a manager opening meanwhile from
+        // taking it for a half-created leftover.
+        let res = self.write_state(&state).and_then(|()| creating_guard(&dir));
         drop(_lock);
+        let res = res
+            .and_then(|_guard| self.create_in_dir(opts, &state, &spec, &hostname, joined.as_ref()));
         match res {
             Ok(()) => Ok(self.info_of(state)),
             Err(e) => {
@@ -614,7 +623,6 @@ impl ContainerManager {
         joined: Option<&JoinedNetwork>,
     ) -> Result<(), Error> {
         let dir = self.dir(&state.id);
-        self.write_state(state)?;
         for v in &state.volumes {
             self.volumes.ensure(v)?;
         }
@@ -1300,4 +1308,45 @@ fn check_ulimits(ulimits: &[Ulimit]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Held by the process creating the container in `dir` until `create` returns.
+fn creating_guard(dir: &Path) -> Result<std::fs::File, Error> {
+    let f = std::fs::File::create(dir.join(".creating"))
+        .map_err(io_err("opening the container's creation lock"))?;
+    // SAFETY: flock on a descriptor we own; released when the file is dropped.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("locking the container dir")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
+}
+
+/// Whether another process (or thread) is creating the container in `dir` right now.
+fn creation_in_progress(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(".creating")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; a lock we get is released when `f` drops.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_being_created_is_not_taken_for_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!creation_in_progress(dir.path()), "no lock file yet");
+        let guard = creating_guard(dir.path()).unwrap();
+        assert!(creation_in_progress(dir.path()));
+        drop(guard);
+        assert!(
+            !creation_in_progress(dir.path()),
+            "lock released with the guard"
+        );
+    }
 }
