@@ -519,7 +519,6 @@ impl ContainerManager {
             _ => None,
         };
 
-        let _lock = self.lock()?;
         let id = util::random_hex(32).map_err(io_err("reading /dev/urandom"))?;
         let name = match &opts.name {
             Some(n) => {
@@ -537,9 +536,6 @@ impl ContainerManager {
             }
             None => format!("c-{}", &id[..12]),
         };
-        if self.states().iter().any(|s| s.name == name) {
-            return Err(Error::NameInUse(name));
-        }
         let hostname = match &joined {
             Some(j) => j.hostname.clone(),
             None => opts
@@ -596,11 +592,15 @@ impl ContainerManager {
                 .collect(),
             labels: opts.labels.clone(),
         };
+        // The data-dir lock only guards the name (the spec above is built without it): once
+        // state.json is written, other creates see the name and may go on while this one builds
+        // its rootfs and spawns its monitor (tens of ms each). The container's own lock keeps a
+        // manager opening meanwhile from taking it for a half-created leftover.
+        let _lock = self.lock()?;
+        if self.states().iter().any(|s| s.name == state.name) {
+            return Err(Error::NameInUse(state.name));
+        }
         std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        // The data-dir lock only guards the name: once state.json is written, other creates
-        // see the name and may go on while this one builds its rootfs and spawns its monitor
-        // (tens of ms each). The container's own lock keeps a manager opening meanwhile from
-        // taking it for a half-created leftover.
         let res = self.write_state(&state).and_then(|()| creating_guard(&dir));
         drop(_lock);
         let res = res
