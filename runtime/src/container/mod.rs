@@ -820,15 +820,7 @@ impl ContainerManager {
     }
 
     fn lock(&self) -> Result<std::fs::File, Error> {
-        let f = std::fs::File::create(self.containers_dir.join(".lock"))
-            .map_err(io_err("opening the lock file"))?;
-        // SAFETY: flock on a descriptor we own; released when the file is dropped.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err("locking the data dir")(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(f)
+        exclusive_lock(&self.containers_dir.join(".lock"), "the data dir")
     }
 
     /// Starts a created container's process.
@@ -1312,11 +1304,17 @@ fn check_ulimits(ulimits: &[Ulimit]) -> Result<(), Error> {
 
 /// Held by the process creating the container in `dir` until `create` returns.
 fn creating_guard(dir: &Path) -> Result<std::fs::File, Error> {
-    let f = std::fs::File::create(dir.join(".creating"))
-        .map_err(io_err("opening the container's creation lock"))?;
+    exclusive_lock(&dir.join(".creating"), "the container dir")
+}
+
+/// Opens (creating it) and flocks `path` exclusively, waiting for other holders; the lock goes
+/// with the returned file.
+fn exclusive_lock(path: &Path, what: &str) -> Result<std::fs::File, Error> {
+    let f =
+        std::fs::File::create(path).map_err(io_err(format!("opening the lock file of {what}")))?;
     // SAFETY: flock on a descriptor we own; released when the file is dropped.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_err("locking the container dir")(
+        return Err(io_err(format!("locking {what}"))(
             std::io::Error::last_os_error(),
         ));
     }
