@@ -4,5 +4,6 @@
 //! here, and every block carries a `// SAFETY:` comment.
 
 pub mod container;
+pub mod datadir;
 pub mod image;
 pub mod network;

@@ -70,6 +70,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         }
         None => args.listen.to_string(),
     };
+    prepare_data_dir(&global.data_dir)?;
     let rt = tokio::runtime::Runtime::new().context("start tokio runtime")?;
     rt.block_on(serve(
         global.data_dir.join("raft"),
@@ -150,9 +151,41 @@ async fn serve(
     Ok(())
 }
 
+/// Creates the data dir private, or takes away group/other access from one an older dcpp (or a
+/// hand) left loose: it holds the cluster's tokens and the containers' secrets (see
+/// `dcpp_runtime::datadir`). The umask (set by `cmd::run`) covers everything created later.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let t = dcpp_runtime::datadir::tighten(dir)
+        .with_context(|| format!("tighten the modes under {}", dir.display()))?;
+    if t.dirs + t.files + t.failed > 0 {
+        tracing::warn!(
+            "data dir {}: removed group/other access from {} directories and {} files \
+             ({} entries checked, {} could not be changed)",
+            dir.display(),
+            t.dirs,
+            t.files,
+            t.checked,
+            t.failed
+        );
+    }
+    Ok(())
+}
+
 fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
+        // A directory created here is 0700 (umask); an existing one (e.g. /tmp) is not ours to
+        // change: the socket's own mode keeps others out.
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        if Some(dir) == Path::new(DEFAULT_SOCKET).parent() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod {}", dir.display()))?;
+        }
     }
     if path.exists() {
         // A live daemon answers on it; a dead one left a stale file behind.
@@ -163,7 +196,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let l =
         tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    // The socket grants full control of the cluster without a token: root only.
+    // The socket grants full control of the cluster without a token: root only (it is created
+    // 0600 under the umask already; this keeps it so under any umask).
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(l)

@@ -17,6 +17,11 @@ use crate::{Cli, Command};
 
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Whatever a command writes into a data dir (tokens, specs, logs, layers) is root's alone
+    // from its first byte; the two commands below only print.
+    if !matches!(cli.command, Command::Config(_) | Command::Schema(_)) {
+        dcpp_runtime::datadir::restrict_umask();
+    }
     match cli.command {
         Command::Config(args) => config::run_config(&cli.global, args),
         Command::Schema(args) => config::run_schema(&cli.global, args),

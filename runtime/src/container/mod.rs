@@ -629,20 +629,25 @@ impl ContainerManager {
         let w = |name: &str, data: String| {
             std::fs::write(dir.join(name), data).map_err(io_err(format!("writing {name}")))
         };
-        w("hostname", format!("{hostname}\n"))?;
+        // Bind-mounted into the container, where non-root users read them.
+        let shared = |name: &str, data: String| {
+            crate::datadir::write_shared_file(&dir.join(name), data.as_bytes())
+                .map_err(io_err(format!("writing {name}")))
+        };
+        shared("hostname", format!("{hostname}\n"))?;
         match joined {
             Some(j) => {
-                w("hosts", j.hosts.clone())?;
-                w("resolv.conf", j.resolv_conf.clone())?;
+                shared("hosts", j.hosts.clone())?;
+                shared("resolv.conf", j.resolv_conf.clone())?;
             }
             None => {
-                w(
+                shared(
                     "hosts",
                     format!(
                         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
                     ),
                 )?;
-                w("resolv.conf", resolv_conf(&opts.network))?;
+                shared("resolv.conf", resolv_conf(&opts.network))?;
             }
         }
         let mut cfg = ShimConfig {
@@ -780,9 +785,13 @@ impl ContainerManager {
     /// Creates rootfs/, upper/, work/ and returns the overlay mount options.
     fn prepare_rootfs(&self, dir: &Path, layers: &[PathBuf]) -> Result<String, Error> {
         let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
-        for d in [&rootfs, &upper, &work] {
+        for d in [&rootfs, &work] {
             std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
         }
+        // The upper dir's root is the container's `/`: 0755 as in any image, not the umask's
+        // 0700 (a non-root process in the container could not traverse `/`).
+        crate::datadir::create_content_root(&upper)
+            .map_err(io_err(format!("creating {}", upper.display())))?;
         let lower: Vec<String> = layers
             .iter()
             .map(|l| l.to_string_lossy().into_owned())
@@ -1126,6 +1135,15 @@ impl ContainerManager {
                 ])
                 .arg(&pf)
                 .arg(&st.id);
+                // `runc exec` hands its umask (our 077, which keeps the data dir private) to the
+                // process; the container's processes get the usual 022, as its init does.
+                // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                        libc::umask(0o022);
+                        Ok(())
+                    });
+                }
                 c
             }
         };

@@ -569,6 +569,18 @@ fn start_oci(
     err_w: OwnedFd,
 ) -> Res<Running> {
     let pid_file = dir.join("init.pid");
+    // The runtime creates mount points and the working dir inside the rootfs with the umask it
+    // inherits: 022 as under docker, not the monitor's 077 (a non-root container user could not
+    // traverse them). Its files in the data dir stay private: the pid file is removed once read,
+    // the log is created below first, and its state dir sits under the 0700 `runtime/`.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let log = dir.join("runtime.log");
+    let precreated = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&log)
+        .map_err(|e| format!("creating {}: {e}", log.display()));
     let status = std::process::Command::new(rt)
         .args(runtime_global_args(dir, cfg))
         .args(["create", "--bundle"])
@@ -579,13 +591,17 @@ fn start_oci(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(out_w))
         .stderr(std::process::Stdio::from(err_w))
-        .status()
-        .map_err(|e| format!("running {rt}: {e}"))?;
+        .status();
+    nix::sys::stat::umask(old_umask);
+    precreated?;
+    let status = status.map_err(|e| format!("running {rt}: {e}"))?;
     if !status.success() {
         let msg = runtime_error(dir).unwrap_or_else(|| format!("{rt} create failed with {status}"));
         return Err(format!("{rt} create: {msg}"));
     }
-    let pid: i32 = std::fs::read_to_string(&pid_file)
+    let pid = std::fs::read_to_string(&pid_file);
+    let _ = std::fs::remove_file(&pid_file);
+    let pid: i32 = pid
         .map_err(|e| format!("reading {}: {e}", pid_file.display()))?
         .trim()
         .parse()
@@ -741,6 +757,9 @@ fn container_init_inner(
     joined: OwnedFd,
     ctl: RawFd,
 ) -> Res<Never> {
+    // The monitor inherits the daemon's 077 (its files in the data dir are private); what is
+    // created inside the container (mount targets, working dir) gets the usual 022.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let nss = namespaces(spec);
     let mut flags = CloneFlags::empty();
     let mut cgroup_ns = None;
@@ -936,6 +955,11 @@ fn finalize_process(spec: &Spec) -> Res<()> {
         }
     }
     let user = process.user();
+    // The container's processes get the spec's umask, else 022 as with runc and docker (not the
+    // monitor's 077).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        user.umask().unwrap_or(0o022),
+    ));
     let gids: Vec<nix::unistd::Gid> = user
         .additional_gids()
         .iter()

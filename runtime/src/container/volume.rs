@@ -89,7 +89,10 @@ impl VolumeStore {
             source,
         };
         if !dir.join("_data").is_dir() {
-            std::fs::create_dir_all(dir.join("_data")).map_err(io)?;
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            // What the container sees at the mount point: 0755 like a docker volume, not the
+            // umask's 0700; `dir` (0700) keeps host users out.
+            crate::datadir::create_content_root(&dir.join("_data")).map_err(io)?;
             std::fs::write(dir.join("created"), super::util::now_rfc3339()).map_err(io)?;
         }
         self.inspect(name)

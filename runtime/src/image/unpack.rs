@@ -10,7 +10,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
@@ -321,7 +321,14 @@ fn resolve(
             Ok(m) if m.is_dir() => stack.push(c),
             Ok(_) => return Err(unsafe_entry("a parent path component is not a directory")),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::create_dir(&cand).ctx("create directory", &cand)?;
+                // A parent the tar has no entry for: 0755 as docker and tar make it, not the
+                // umask's 0700 (the store's own dirs keep host users out).
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&cand)
+                    .ctx("create directory", &cand)?;
+                fs::set_permissions(&cand, fs::Permissions::from_mode(0o755))
+                    .ctx("set mode", &cand)?;
                 stack.push(c);
             }
             Err(_) => {

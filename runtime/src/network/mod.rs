@@ -1021,7 +1021,8 @@ impl NetworkManager {
             source: e,
         })?;
         let path = dir.join(format!("{name}.conf"));
-        std::fs::write(&path, self.resolv_conf(networks)?).map_err(|e| Error::Io {
+        // Bind-mounted at /etc/resolv.conf, where non-root users read it.
+        crate::datadir::write_shared_file(&path, self.resolv_conf(networks)?.as_bytes()).map_err(|e| Error::Io {
             what: format!("writing {}", path.display()),
             source: e,
         })?;
