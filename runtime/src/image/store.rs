@@ -723,18 +723,7 @@ impl ImageStore {
     /// Delete blobs and layer dirs no image record refers to. Caller holds gc.lock exclusively.
     fn collect_garbage(&self) -> Result<PruneReport> {
         let mut report = PruneReport::default();
-        let _db = FileLock::exclusive(&self.root.join("db.lock"))?;
-        let db = self.read_db()?;
-        let mut blobs = BTreeSet::new();
-        let mut layers = BTreeSet::new();
-        for rec in db.images.values() {
-            blobs.insert(rec.id.hex().to_string());
-            blobs.insert(rec.manifest_digest.hex().to_string());
-            for l in &rec.layers {
-                blobs.insert(l.digest.hex().to_string());
-                layers.insert(l.diff_id.hex().to_string());
-            }
-        }
+        let (blobs, layers) = self.referenced_content()?;
         let bdir = self.root.join("blobs/sha256");
         for e in fs::read_dir(&bdir).ctx("list", &bdir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -753,6 +742,23 @@ impl ImageStore {
             }
         }
         Ok(report)
+    }
+
+    /// Hex names of the blobs and layer dirs some image record refers to.
+    pub(crate) fn referenced_content(&self) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let _db = FileLock::exclusive(&self.root.join("db.lock"))?;
+        let db = self.read_db()?;
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        for rec in db.images.values() {
+            blobs.insert(rec.id.hex().to_string());
+            blobs.insert(rec.manifest_digest.hex().to_string());
+            for l in &rec.layers {
+                blobs.insert(l.digest.hex().to_string());
+                layers.insert(l.diff_id.hex().to_string());
+            }
+        }
+        Ok((blobs, layers))
     }
 
     // ---- import ----
