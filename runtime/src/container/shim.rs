@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::Hierarchy;
 use super::logs::LogWriter;
+use super::rootpath::{self, Root};
 use super::util::{now_rfc3339, process_start_time, write_atomic};
 use super::{ExitInfo, MonitorInfo, ShimConfig, seccomp};
 
@@ -213,7 +214,7 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
     };
     let started = match cfg.runtime.as_deref() {
         None => start_builtin(dir, &cfg, &spec, out_w, err_w),
-        Some(rt) => start_oci(dir, &cfg, rt, out_w, err_w),
+        Some(rt) => start_oci(dir, &cfg, &spec, rt, out_w, err_w),
     };
     let mut running = match started {
         Ok(r) => r,
@@ -564,10 +565,19 @@ pub(crate) fn runtime_error(dir: &Path) -> Option<String> {
 fn start_oci(
     dir: &Path,
     cfg: &ShimConfig,
+    spec: &Spec,
     rt: &str,
     out_w: OwnedFd,
     err_w: OwnedFd,
 ) -> Res<Running> {
+    // The working directory is created here, inside the rootfs, as the built-in executor does:
+    // runc 1.1 refuses one under an image symlink that dangles inside the root ("mkdir: file
+    // exists"), which docker's images (WorkingDir under a symlinked /opt, …) must not hit.
+    if let Some(p) = spec.process() {
+        Root::open(&dir.join("rootfs"))
+            .and_then(|root| root.mkdir_all(p.cwd()))
+            .map_err(|e| format!("creating the working directory: {e}"))?;
+    }
     let pid_file = dir.join("init.pid");
     let status = std::process::Command::new(rt)
         .args(runtime_global_args(dir, cfg))
@@ -796,20 +806,20 @@ fn container_init_inner(
         )
         .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
     }
+    let root = Root::open(&rootfs).map_err(|e| e.to_string())?;
     for m in spec.mounts().iter().flatten() {
-        mount_entry(&rootfs, m)?;
+        mount_entry(&root, m)?;
     }
-    create_devices(&rootfs)?;
+    create_devices(&root)?;
     let process = spec
         .process()
         .as_ref()
         .ok_or("config.json has no process")?;
     let cwd = process.cwd().clone();
-    let cwd_host = rootfs.join(cwd.strip_prefix("/").unwrap_or(&cwd));
-    if !cwd_host.exists() {
-        std::fs::create_dir_all(&cwd_host)
-            .map_err(|e| format!("creating working directory {}: {e}", cwd.display()))?;
-    }
+    // Created inside the rootfs; the chdir below happens after pivot_root, in the new root.
+    root.mkdir_all(&cwd)
+        .map_err(|e| format!("creating the working directory: {e}"))?;
+    drop(root);
     let fifo = nix::fcntl::open(
         &dir.join("exec.fifo"),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
@@ -1145,10 +1155,10 @@ fn loopback_up() -> Res<()> {
     Ok(())
 }
 
-/// Joins `dest` (absolute, inside the container) onto `rootfs`, refusing paths that leave it.
-fn in_rootfs(rootfs: &Path, dest: &Path) -> Res<PathBuf> {
-    let rel = dest.strip_prefix("/").unwrap_or(dest);
-    if rel
+/// Refuses mount destinations with `..`: docker and runc do too, and a mount must cover the
+/// name the user wrote, not one a `..` walked to.
+fn check_destination(dest: &Path) -> Res<()> {
+    if dest
         .components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
@@ -1157,7 +1167,7 @@ fn in_rootfs(rootfs: &Path, dest: &Path) -> Res<PathBuf> {
             dest.display()
         ));
     }
-    Ok(rootfs.join(rel))
+    Ok(())
 }
 
 fn parse_mount_options(opts: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
@@ -1191,8 +1201,8 @@ fn parse_mount_options(opts: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
     (flags, propagation, data)
 }
 
-fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
-    let dest = in_rootfs(rootfs, m.destination())?;
+fn mount_entry(root: &Root, m: &oci_spec::runtime::Mount) -> Res<()> {
+    check_destination(m.destination())?;
     let typ = m.typ().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     let is_bind = typ == "bind" || flags.contains(MsFlags::MS_BIND);
@@ -1201,28 +1211,24 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         && std::fs::metadata(&source)
             .map(|md| !md.is_dir())
             .unwrap_or(false);
-    if std::fs::symlink_metadata(&dest)
-        .map(|md| md.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        // An image symlink at a mount point (e.g. /etc/resolv.conf) would let the mount land
-        // outside the rootfs: replace it, as runc does for these files.
-        std::fs::remove_file(&dest)
-            .map_err(|e| format!("replacing symlink {}: {e}", dest.display()))?;
-    }
-    if source_is_file {
-        if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        }
-        if !dest.exists() {
-            std::fs::File::create(&dest)
-                .map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        }
+    // Resolved inside the rootfs, and mounted onto the descriptor: an image symlink on the way
+    // (`/mnt` -> a host directory) can neither take the mount nor the mkdirs out of it.
+    let kind = if source_is_file {
+        rootpath::Kind::File
     } else {
-        std::fs::create_dir_all(&dest)
-            .map_err(|e| format!("creating mount point {}: {e}", dest.display()))?;
-    }
+        rootpath::Kind::Directory
+    };
+    let target = root
+        .mount_point(m.destination(), kind)
+        .map_err(|e| format!("creating mount point: {e}"))?;
+    let dest = rootpath::fd_path(&target);
     let err = |e: nix::Error| format!("mounting {} on {}: {e}", typ, m.destination().display());
+    // `target` is the covered mount point; a remount or propagation change acts on the new
+    // mount, which a fresh resolution (crossing into it) names.
+    let mounted = || {
+        root.resolve(m.destination())
+            .map_err(|e| format!("mounting {typ}: {e}"))
+    };
     if is_bind {
         mount(
             Some(&source),
@@ -1234,9 +1240,10 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         .map_err(err)?;
         let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
+            let new = mounted()?;
             mount(
                 None::<&str>,
-                &dest,
+                &rootpath::fd_path(&new),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
                 None::<&str>,
@@ -1259,13 +1266,24 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         .map_err(err)?;
     }
     if !propagation.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, propagation, None::<&str>).map_err(err)?;
+        let new = mounted()?;
+        mount(
+            None::<&str>,
+            &rootpath::fd_path(&new),
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
 
-fn create_devices(rootfs: &Path) -> Res<()> {
-    let dev = rootfs.join("dev");
+fn create_devices(root: &Root) -> Res<()> {
+    let dev = root
+        .mkdir_all(Path::new("/dev"))
+        .map_err(|e| format!("creating /dev: {e}"))?;
+    let at = |name: &str| -> Res<CString> { cstr(name) };
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -1274,18 +1292,32 @@ fn create_devices(rootfs: &Path) -> Res<()> {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        let p = dev.join(name);
-        let _ = std::fs::remove_file(&p);
-        nix::sys::stat::mknod(
-            &p,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(|e| format!("mknod /dev/{name}: {e}"))?;
+        let c = at(name)?;
+        // SAFETY: unlinkat/mknodat/fchmodat on a directory descriptor with a valid C string;
+        // none follows a symlink in the last component (fchmodat is given the new node).
+        let rc = unsafe {
+            libc::unlinkat(dev.as_raw_fd(), c.as_ptr(), 0);
+            libc::mknodat(
+                dev.as_raw_fd(),
+                c.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mknod /dev/{name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         // mknod honours the umask; the nodes must be world-usable.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666))
-            .map_err(|e| format!("chmod /dev/{name}: {e}"))?;
+        // SAFETY: as above; the node was just created by us and is not a symlink.
+        if unsafe { libc::fchmodat(dev.as_raw_fd(), c.as_ptr(), 0o666, 0) } != 0 {
+            return Err(format!(
+                "chmod /dev/{name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -1294,9 +1326,18 @@ fn create_devices(rootfs: &Path) -> Res<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        let _ = std::fs::remove_file(dev.join(link));
-        std::os::unix::fs::symlink(target, dev.join(link))
-            .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+        let (l, t) = (at(link)?, at(target)?);
+        // SAFETY: unlinkat/symlinkat on a directory descriptor with valid C strings.
+        let rc = unsafe {
+            libc::unlinkat(dev.as_raw_fd(), l.as_ptr(), 0);
+            libc::symlinkat(t.as_ptr(), dev.as_raw_fd(), l.as_ptr())
+        };
+        if rc != 0 {
+            return Err(format!(
+                "symlink /dev/{link}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }
