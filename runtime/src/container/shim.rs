@@ -897,6 +897,12 @@ fn container_init_inner(
     drop(fifo);
     send(ctl, MSG_STARTED, "");
 
+    if cfg.init {
+        // Before the capabilities go: rewriting the argument area needs CAP_SYS_RESOURCE.
+        let mut shown = vec![INIT_ARGV0, "--"];
+        shown.extend(args.iter().map(String::as_str));
+        show_as(&shown)?;
+    }
     finalize_process(spec)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
@@ -979,6 +985,68 @@ fn finalize_process(spec: &Spec) -> Res<()> {
             seccompiler::apply_filter(&prog)
                 .map_err(|e| format!("installing seccomp filter: {e}"))?;
         }
+    }
+    Ok(())
+}
+
+/// What the init process calls itself inside the container (docker's is `/sbin/docker-init`).
+const INIT_ARGV0: &str = "/sbin/dcpp-init";
+
+/// Makes `/proc/self/cmdline` show `argv` (truncated to the space the kernel gave the
+/// original arguments), `/proc/self/environ` show nothing and `comm` show the base name of
+/// `argv[0]`, instead of the shim's own command line (`dcpp-shim create <data dir>/containers/
+/// <id>`) and the daemon's environment: a process in the container must not tell it where the
+/// host keeps it. The kernel reads both from this process's memory (the areas it set up at exec,
+/// on the stack), so they are overwritten in place: moving them with `PR_SET_MM` would need
+/// CAP_SYS_RESOURCE, which a root without it (as in some sandboxes) lacks. After this, libc's
+/// `environ` holds empty strings: callers pass environments explicitly from here on.
+fn show_as(argv: &[&str]) -> Res<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+    // Fields 48-51 (arg_start, arg_end, env_start, env_end), counted after the command name.
+    let bounds: Vec<usize> = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [arg_start, arg_end, env_start, env_end] = bounds[..] else {
+        return Err("/proc/self/stat has no argument area bounds".into());
+    };
+    if arg_end <= arg_start || env_end < env_start {
+        return Err("/proc/self/stat has inconsistent argument area bounds".into());
+    }
+    let mut area = vec![0u8; arg_end - arg_start];
+    let mut at = 0;
+    for a in argv {
+        // Keep at least the final NUL: the kernel reads a non-NUL last byte as setproctitle.
+        let room = area.len() - 1 - at;
+        let n = a.len().min(room);
+        area[at..at + n].copy_from_slice(&a.as_bytes()[..n]);
+        at += n;
+        if at + 1 >= area.len() {
+            break;
+        }
+        at += 1;
+    }
+    // SAFETY: both ranges are this process's own argument and environment strings as the kernel
+    // reports them: writable stack memory set up at exec, of exactly these lengths. Nothing
+    // holds references to them as Rust strings (std copied the arguments it needed); libc's
+    // pointers into the environment keep pointing at valid, now empty, C strings.
+    unsafe {
+        std::ptr::copy_nonoverlapping(area.as_ptr(), arg_start as *mut u8, area.len());
+        std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+    }
+    let name = Path::new(argv.first().copied().unwrap_or("init"))
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_default();
+    if let Ok(name) = CString::new(name) {
+        // SAFETY: PR_SET_NAME copies at most 16 bytes from a valid C string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
     }
     Ok(())
 }
@@ -1473,6 +1541,10 @@ fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             let err = (|| -> Res<Never> {
+                // Until the exec below, this process is visible in the container as
+                // `dcpp-shim exec <data dir>/…` with the daemon's environment.
+                let shown: Vec<&str> = req.args.iter().map(String::as_str).collect();
+                show_as(&shown)?;
                 nix::unistd::chdir(&cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
                 let exe = lookup(&req.args, &env)?;
                 finalize_process(&spec)?;
