@@ -89,3 +89,31 @@ both_runtimes!(shm_size_and_dev, |w| {
     }
     assert!(out.contains("null-ok"));
 });
+
+#[test]
+fn init_shows_no_host_path() {
+    let w = World::new(dcpp_runtime::container::RuntimeKind::Builtin);
+    let script = "tr '\\0' '|' < /proc/1/cmdline; echo; tr '\\0' '\\n' < /proc/1/environ; echo; cat /proc/1/comm";
+    let mut o = w.opts(&["sh", "-c", script]);
+    o.init = true;
+    let (exit, out) = w.run(&o);
+    assert_eq!(exit.exit_code, 0, "{out}");
+    let data_dir = w.tmp.path().to_string_lossy().into_owned();
+    assert!(!out.contains(&data_dir), "{out}");
+    assert!(
+        !out.contains("containers/") && !out.contains("shim"),
+        "{out}"
+    );
+    let mut lines = out.lines();
+    let cmdline = lines.next().unwrap_or_default().trim_end_matches('|');
+    // docker shows `/sbin/docker-init -- CMD`; the shim's arguments were as long as the data
+    // dir's path plus a 64-character id, so the command fits.
+    assert_eq!(
+        cmdline,
+        format!("/sbin/dcpp-init|--|sh|-c|{script}"),
+        "{out}"
+    );
+    // No environment of the daemon's (PID 1's environment area is blank).
+    assert!(lines.all(|l| l.is_empty() || l == "dcpp-init"), "{out}");
+    assert_eq!(out.lines().last(), Some("dcpp-init"), "{out}");
+}

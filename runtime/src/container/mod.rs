@@ -26,6 +26,7 @@
 mod cgroup;
 pub mod config;
 pub mod logs;
+pub mod rootpath;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::Hierarchy;
 use super::logs::LogWriter;
+use super::rootpath::{self, Root};
 use super::util::{now_rfc3339, process_start_time, write_atomic};
 use super::{ExitInfo, MonitorInfo, ShimConfig, seccomp};
 
@@ -213,7 +214,7 @@ fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
     };
     let started = match cfg.runtime.as_deref() {
         None => start_builtin(dir, &cfg, &spec, out_w, err_w),
-        Some(rt) => start_oci(dir, &cfg, rt, out_w, err_w),
+        Some(rt) => start_oci(dir, &cfg, &spec, rt, out_w, err_w),
     };
     let mut running = match started {
         Ok(r) => r,
@@ -564,10 +565,19 @@ pub(crate) fn runtime_error(dir: &Path) -> Option<String> {
 fn start_oci(
     dir: &Path,
     cfg: &ShimConfig,
+    spec: &Spec,
     rt: &str,
     out_w: OwnedFd,
     err_w: OwnedFd,
 ) -> Res<Running> {
+    // The working directory is created here, inside the rootfs, as the built-in executor does:
+    // runc 1.1 refuses one under an image symlink that dangles inside the root ("mkdir: file
+    // exists"), which docker's images (WorkingDir under a symlinked /opt, …) must not hit.
+    if let Some(p) = spec.process() {
+        Root::open(&dir.join("rootfs"))
+            .and_then(|root| root.mkdir_all(p.cwd()))
+            .map_err(|e| format!("creating the working directory: {e}"))?;
+    }
     let pid_file = dir.join("init.pid");
     // The runtime creates mount points and the working dir inside the rootfs with the umask it
     // inherits: 022 as under docker, not the monitor's 077 (a non-root container user could not
@@ -815,20 +825,20 @@ fn container_init_inner(
         )
         .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
     }
+    let root = Root::open(&rootfs).map_err(|e| e.to_string())?;
     for m in spec.mounts().iter().flatten() {
-        mount_entry(&rootfs, m)?;
+        mount_entry(&root, m)?;
     }
-    create_devices(&rootfs)?;
+    create_devices(&root)?;
     let process = spec
         .process()
         .as_ref()
         .ok_or("config.json has no process")?;
     let cwd = process.cwd().clone();
-    let cwd_host = rootfs.join(cwd.strip_prefix("/").unwrap_or(&cwd));
-    if !cwd_host.exists() {
-        std::fs::create_dir_all(&cwd_host)
-            .map_err(|e| format!("creating working directory {}: {e}", cwd.display()))?;
-    }
+    // Created inside the rootfs; the chdir below happens after pivot_root, in the new root.
+    root.mkdir_all(&cwd)
+        .map_err(|e| format!("creating the working directory: {e}"))?;
+    drop(root);
     let fifo = nix::fcntl::open(
         &dir.join("exec.fifo"),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
@@ -906,6 +916,12 @@ fn container_init_inner(
     drop(fifo);
     send(ctl, MSG_STARTED, "");
 
+    if cfg.init {
+        // Before the capabilities go: rewriting the argument area needs CAP_SYS_RESOURCE.
+        let mut shown = vec![INIT_ARGV0, "--"];
+        shown.extend(args.iter().map(String::as_str));
+        show_as(&shown)?;
+    }
     finalize_process(spec)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
@@ -993,6 +1009,68 @@ fn finalize_process(spec: &Spec) -> Res<()> {
             seccompiler::apply_filter(&prog)
                 .map_err(|e| format!("installing seccomp filter: {e}"))?;
         }
+    }
+    Ok(())
+}
+
+/// What the init process calls itself inside the container (docker's is `/sbin/docker-init`).
+const INIT_ARGV0: &str = "/sbin/dcpp-init";
+
+/// Makes `/proc/self/cmdline` show `argv` (truncated to the space the kernel gave the
+/// original arguments), `/proc/self/environ` show nothing and `comm` show the base name of
+/// `argv[0]`, instead of the shim's own command line (`dcpp-shim create <data dir>/containers/
+/// <id>`) and the daemon's environment: a process in the container must not tell it where the
+/// host keeps it. The kernel reads both from this process's memory (the areas it set up at exec,
+/// on the stack), so they are overwritten in place: moving them with `PR_SET_MM` would need
+/// CAP_SYS_RESOURCE, which a root without it (as in some sandboxes) lacks. After this, libc's
+/// `environ` holds empty strings: callers pass environments explicitly from here on.
+fn show_as(argv: &[&str]) -> Res<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+    // Fields 48-51 (arg_start, arg_end, env_start, env_end), counted after the command name.
+    let bounds: Vec<usize> = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [arg_start, arg_end, env_start, env_end] = bounds[..] else {
+        return Err("/proc/self/stat has no argument area bounds".into());
+    };
+    if arg_end <= arg_start || env_end < env_start {
+        return Err("/proc/self/stat has inconsistent argument area bounds".into());
+    }
+    let mut area = vec![0u8; arg_end - arg_start];
+    let mut at = 0;
+    for a in argv {
+        // Keep at least the final NUL: the kernel reads a non-NUL last byte as setproctitle.
+        let room = area.len() - 1 - at;
+        let n = a.len().min(room);
+        area[at..at + n].copy_from_slice(&a.as_bytes()[..n]);
+        at += n;
+        if at + 1 >= area.len() {
+            break;
+        }
+        at += 1;
+    }
+    // SAFETY: both ranges are this process's own argument and environment strings as the kernel
+    // reports them: writable stack memory set up at exec, of exactly these lengths. Nothing
+    // holds references to them as Rust strings (std copied the arguments it needed); libc's
+    // pointers into the environment keep pointing at valid, now empty, C strings.
+    unsafe {
+        std::ptr::copy_nonoverlapping(area.as_ptr(), arg_start as *mut u8, area.len());
+        std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+    }
+    let name = Path::new(argv.first().copied().unwrap_or("init"))
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_default();
+    if let Ok(name) = CString::new(name) {
+        // SAFETY: PR_SET_NAME copies at most 16 bytes from a valid C string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
     }
     Ok(())
 }
@@ -1169,10 +1247,10 @@ fn loopback_up() -> Res<()> {
     Ok(())
 }
 
-/// Joins `dest` (absolute, inside the container) onto `rootfs`, refusing paths that leave it.
-fn in_rootfs(rootfs: &Path, dest: &Path) -> Res<PathBuf> {
-    let rel = dest.strip_prefix("/").unwrap_or(dest);
-    if rel
+/// Refuses mount destinations with `..`: docker and runc do too, and a mount must cover the
+/// name the user wrote, not one a `..` walked to.
+fn check_destination(dest: &Path) -> Res<()> {
+    if dest
         .components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
@@ -1181,7 +1259,7 @@ fn in_rootfs(rootfs: &Path, dest: &Path) -> Res<PathBuf> {
             dest.display()
         ));
     }
-    Ok(rootfs.join(rel))
+    Ok(())
 }
 
 fn parse_mount_options(opts: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
@@ -1215,8 +1293,8 @@ fn parse_mount_options(opts: &[String]) -> (MsFlags, MsFlags, Vec<String>) {
     (flags, propagation, data)
 }
 
-fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
-    let dest = in_rootfs(rootfs, m.destination())?;
+fn mount_entry(root: &Root, m: &oci_spec::runtime::Mount) -> Res<()> {
+    check_destination(m.destination())?;
     let typ = m.typ().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_mount_options(m.options().as_deref().unwrap_or(&[]));
     let is_bind = typ == "bind" || flags.contains(MsFlags::MS_BIND);
@@ -1225,28 +1303,24 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         && std::fs::metadata(&source)
             .map(|md| !md.is_dir())
             .unwrap_or(false);
-    if std::fs::symlink_metadata(&dest)
-        .map(|md| md.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        // An image symlink at a mount point (e.g. /etc/resolv.conf) would let the mount land
-        // outside the rootfs: replace it, as runc does for these files.
-        std::fs::remove_file(&dest)
-            .map_err(|e| format!("replacing symlink {}: {e}", dest.display()))?;
-    }
-    if source_is_file {
-        if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        }
-        if !dest.exists() {
-            std::fs::File::create(&dest)
-                .map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        }
+    // Resolved inside the rootfs, and mounted onto the descriptor: an image symlink on the way
+    // (`/mnt` -> a host directory) can neither take the mount nor the mkdirs out of it.
+    let kind = if source_is_file {
+        rootpath::Kind::File
     } else {
-        std::fs::create_dir_all(&dest)
-            .map_err(|e| format!("creating mount point {}: {e}", dest.display()))?;
-    }
+        rootpath::Kind::Directory
+    };
+    let target = root
+        .mount_point(m.destination(), kind)
+        .map_err(|e| format!("creating mount point: {e}"))?;
+    let dest = rootpath::fd_path(&target);
     let err = |e: nix::Error| format!("mounting {} on {}: {e}", typ, m.destination().display());
+    // `target` is the covered mount point; a remount or propagation change acts on the new
+    // mount, which a fresh resolution (crossing into it) names.
+    let mounted = || {
+        root.resolve(m.destination())
+            .map_err(|e| format!("mounting {typ}: {e}"))
+    };
     if is_bind {
         mount(
             Some(&source),
@@ -1258,9 +1332,10 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         .map_err(err)?;
         let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
+            let new = mounted()?;
             mount(
                 None::<&str>,
-                &dest,
+                &rootpath::fd_path(&new),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
                 None::<&str>,
@@ -1283,13 +1358,24 @@ fn mount_entry(rootfs: &Path, m: &oci_spec::runtime::Mount) -> Res<()> {
         .map_err(err)?;
     }
     if !propagation.is_empty() {
-        mount(None::<&str>, &dest, None::<&str>, propagation, None::<&str>).map_err(err)?;
+        let new = mounted()?;
+        mount(
+            None::<&str>,
+            &rootpath::fd_path(&new),
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
 
-fn create_devices(rootfs: &Path) -> Res<()> {
-    let dev = rootfs.join("dev");
+fn create_devices(root: &Root) -> Res<()> {
+    let dev = root
+        .mkdir_all(Path::new("/dev"))
+        .map_err(|e| format!("creating /dev: {e}"))?;
+    let at = |name: &str| -> Res<CString> { cstr(name) };
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -1298,18 +1384,32 @@ fn create_devices(rootfs: &Path) -> Res<()> {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        let p = dev.join(name);
-        let _ = std::fs::remove_file(&p);
-        nix::sys::stat::mknod(
-            &p,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(|e| format!("mknod /dev/{name}: {e}"))?;
+        let c = at(name)?;
+        // SAFETY: unlinkat/mknodat/fchmodat on a directory descriptor with a valid C string;
+        // none follows a symlink in the last component (fchmodat is given the new node).
+        let rc = unsafe {
+            libc::unlinkat(dev.as_raw_fd(), c.as_ptr(), 0);
+            libc::mknodat(
+                dev.as_raw_fd(),
+                c.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mknod /dev/{name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         // mknod honours the umask; the nodes must be world-usable.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666))
-            .map_err(|e| format!("chmod /dev/{name}: {e}"))?;
+        // SAFETY: as above; the node was just created by us and is not a symlink.
+        if unsafe { libc::fchmodat(dev.as_raw_fd(), c.as_ptr(), 0o666, 0) } != 0 {
+            return Err(format!(
+                "chmod /dev/{name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -1318,9 +1418,18 @@ fn create_devices(rootfs: &Path) -> Res<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        let _ = std::fs::remove_file(dev.join(link));
-        std::os::unix::fs::symlink(target, dev.join(link))
-            .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+        let (l, t) = (at(link)?, at(target)?);
+        // SAFETY: unlinkat/symlinkat on a directory descriptor with valid C strings.
+        let rc = unsafe {
+            libc::unlinkat(dev.as_raw_fd(), l.as_ptr(), 0);
+            libc::symlinkat(t.as_ptr(), dev.as_raw_fd(), l.as_ptr())
+        };
+        if rc != 0 {
+            return Err(format!(
+                "symlink /dev/{link}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }
@@ -1456,6 +1565,10 @@ fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             let err = (|| -> Res<Never> {
+                // Until the exec below, this process is visible in the container as
+                // `dcpp-shim exec <data dir>/…` with the daemon's environment.
+                let shown: Vec<&str> = req.args.iter().map(String::as_str).collect();
+                show_as(&shown)?;
                 nix::unistd::chdir(&cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
                 let exe = lookup(&req.args, &env)?;
                 finalize_process(&spec)?;
