@@ -6,3 +6,4 @@
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod process;
