@@ -653,3 +653,101 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         "tokens never logged"
     );
 }
+
+fn resolv_files(rig: &Rig) -> Vec<String> {
+    match std::fs::read_dir(rig.data.join("network/resolv")) {
+        Ok(d) => d
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front() {
+    let mut rig = Rig::new("rv", 223);
+    rig.start_daemon();
+
+    // Refused at validation, with the position, and nothing stored.
+    for (name, text, want) in [
+        ("empty.yml", "", "empty.yml:1:1: empty compose file"),
+        (
+            "replicas.yml",
+            &format!(
+                "services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: 4294967295\n"
+            ),
+            "replicas.yml:5:17: services.web.deploy.replicas: 4294967295 replicas is more than the 10000",
+        ),
+        (
+            "netname.yml",
+            &format!(
+                "services:\n  web:\n    image: {IMAGE}\n    networks: [\"../../x\"]\nnetworks:\n  \"../../x\": {{}}\n"
+            ),
+            "netname.yml:6:3: networks.../../x: invalid network name \"../../x\"",
+        ),
+    ] {
+        let f = rig.write(name, text);
+        let out = rig.dcpp(&["apply", "-f", &f, "-p", "bad"]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
+    }
+    assert!(rig.stacks().is_empty(), "{:?}", rig.stacks());
+
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: rv\nservices:\n  a:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n  b:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n"
+        ),
+    );
+    let mut while_running = 0;
+    for _ in 0..20 {
+        rig.ok(&["apply", "-f", &file]);
+        while_running = while_running.max(resolv_files(&rig).len());
+        rig.ok(&["down", "-p", "rv", "--timeout", "60s"]);
+    }
+    let left = resolv_files(&rig);
+    eprintln!(
+        "FIGURES: 20 apply/down cycles: {while_running} resolv files while running, {} left",
+        left.len()
+    );
+    assert_eq!(while_running, 3, "one resolv file per running container");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn cli_commands_end_quietly_on_a_closed_pipe() {
+    let rig = Rig::new("pp", 224);
+    for args in [
+        vec!["image", "inspect", IMAGE],
+        vec!["image", "ls"],
+        vec!["container", "ls", "-a"],
+        vec!["schema"],
+        vec!["--help"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&rig.data)
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: quiet, got {err}");
+        use std::os::unix::process::ExitStatusExt;
+        // As any Unix filter: killed by SIGPIPE (or done before noticing).
+        assert!(
+            out.status.signal() == Some(libc_sigpipe()) || out.status.code() == Some(0),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux (every architecture dcpp runs on).
+fn libc_sigpipe() -> i32 {
+    13
+}
