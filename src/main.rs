@@ -89,6 +89,12 @@ fn main() -> std::process::ExitCode {
         dcpp_runtime::container::shim::main(std::env::args_os().skip(2).collect());
     }
     let cli = Cli::parse();
+    // Like any Unix filter, `dcpp … | head` ends quietly when the reader goes away, instead of
+    // panicking in `println!` on EPIPE. Not for the long-running commands: they talk to
+    // sockets and must see a closed peer as an error, not die of it.
+    if !matches!(cli.command, Command::Daemon(_) | Command::Watch(_)) {
+        dcpp_runtime::process::default_sigpipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.global.log));
     tracing_subscriber::fmt()

@@ -5,12 +5,20 @@
 //! route except `POST /v1/cluster/join` (whose credential is the join token in the body);
 //! [`local_router`] is served on the daemon's unix socket (mode 0600, so only root reaches it)
 //! and adds the local administration routes (join, leave, tokens).
+//!
+//! The TCP listener is reachable by anyone who reaches the port, so it is served by its own
+//! accept loop with the limits of [`ListenerLimits`]: a header-read timeout, a deadline for
+//! connections that never present the token, caps on open connections, a rate limit on failed
+//! authentications per source and request body limits on every route.
+
+mod guard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +29,8 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use self::guard::ListenerLimits;
+use self::guard::{Admission, Gate, Refusal};
 use crate::node::{AddMember, JoinRequest, Node, RemoveMember};
 use crate::types::{Kind, PreconditionFailed, Txn};
 use crate::{Error, TypeConfig};
@@ -276,15 +286,47 @@ async fn status(State(node): State<Node>) -> ApiResult<crate::ClusterStatus> {
 async fn join(
     State(node): State<Node>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(r): Json<JoinRequest>,
-) -> ApiResult<crate::node::JoinGrant> {
-    match node.grant_join(&r) {
-        Ok(g) => Ok(Json(g)),
+    Extension(gate): Extension<Arc<Gate>>,
+    req: Request,
+) -> Response {
+    // Checked before the body is even read: a limited source costs next to nothing.
+    if gate.rate_limited(peer.ip()) {
+        return too_many();
+    }
+    let r: JoinRequest = match axum::body::to_bytes(req.into_body(), JOIN_BODY_LIMIT).await {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(r) => r,
+            Err(e) => {
+                return HttpError(Error::InvalidArgument(format!("join request: {e}")))
+                    .into_response();
+            }
+        },
         Err(e) => {
-            tracing::warn!(%peer, "refused join request: {e}");
-            Err(e.into())
+            return (StatusCode::PAYLOAD_TOO_LARGE, format!("join request: {e}")).into_response();
+        }
+    };
+    match node.grant_join(&r) {
+        Ok(g) => Json(g).into_response(),
+        Err(e) => {
+            if matches!(e, Error::Unauthorized(_)) {
+                gate.refused(peer.ip(), Refusal::InvalidJoinToken);
+            } else {
+                tracing::warn!(%peer, "refused join request: {e}");
+            }
+            HttpError(e).into_response()
         }
     }
+}
+
+fn too_many() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        Json(ApiError::from(&Error::Unauthorized(
+            "too many failed authentications from this address".into(),
+        ))),
+    )
+        .into_response()
 }
 
 async fn add_member(
@@ -346,25 +388,41 @@ async fn raft_snapshot(
 }
 
 async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let gate = req.extensions().get::<Arc<Gate>>().cloned();
+    if let (Some(gate), Some(ip)) = (&gate, peer) {
+        if gate.rate_limited(ip) {
+            return too_many();
+        }
+    }
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if node.auth().verify(header) {
+        if let Some(conn) = req.extensions().get::<Arc<Admission>>() {
+            conn.authenticated();
+        }
         return next.run(req).await;
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    tracing::warn!(
-        %peer,
-        path = %req.uri().path(),
-        from = ?req.headers().get(crate::network::FROM_HEADER),
-        reason = if header.is_some() { "invalid token" } else { "missing token" },
-        "unauthenticated request refused"
-    );
+    let why = if header.is_some() {
+        Refusal::InvalidToken
+    } else {
+        Refusal::MissingToken
+    };
+    match (&gate, peer) {
+        // Counted and summarised periodically: one line per refusal would let anyone with the
+        // port fill the disk and drown the log.
+        (Some(gate), Some(ip)) => gate.refused(ip, why),
+        _ => tracing::warn!(
+            path = %req.uri().path(),
+            reason = ?why,
+            "unauthenticated request refused"
+        ),
+    }
     (
         StatusCode::UNAUTHORIZED,
         Json(ApiError::from(&Error::Unauthorized(
@@ -373,6 +431,12 @@ async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Re
     )
         .into_response()
 }
+
+/// Body limits. Raft bodies carry log entries and snapshot chunks as JSON (a byte is up to
+/// four characters); API bodies carry whole stacks; a join request is a token and an address.
+const RAFT_BODY_LIMIT: usize = 64 << 20;
+const API_BODY_LIMIT: usize = 16 << 20;
+const JOIN_BODY_LIMIT: usize = 64 << 10;
 
 fn api_routes() -> Router<Node> {
     Router::new()
@@ -386,15 +450,20 @@ fn api_routes() -> Router<Node> {
 }
 
 /// The TCP router: Raft RPCs and the API behind the cluster token, plus the join endpoint.
-/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` (see [`serve_tcp`]).
-pub fn peer_router(node: Node) -> Router {
-    let protected = api_routes()
+/// Served by [`serve_tcp`], which provides the connection's address and admission.
+fn peer_router(node: Node, gate: Arc<Gate>) -> Router {
+    let raft = Router::new()
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+    let protected = api_routes()
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+        .merge(raft)
         .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
     protected
         .route("/v1/cluster/join", post(join))
+        .layer(Extension(gate))
         .with_state(node)
 }
 
@@ -423,21 +492,119 @@ pub fn local_router(node: Node) -> Router {
         .route("/v1/local/join", post(local_join))
         .route("/v1/local/leave", post(local_leave))
         .route("/v1/cluster/tokens", get(tokens))
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(node)
 }
 
-/// Serves [`peer_router`] on a bound TCP listener until `shutdown` resolves.
+/// Serves the peer router on a bound TCP listener until `shutdown` resolves, with the default
+/// [`ListenerLimits`].
 pub async fn serve_tcp(
     node: Node,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        peer_router(node).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_tcp_with(node, listener, ListenerLimits::default(), shutdown).await
+}
+
+/// Serves the peer router on a bound TCP listener until `shutdown` resolves. Connections
+/// beyond the caps of `limits` are accepted and closed at once (left in the backlog they would
+/// only make legitimate peers wait).
+pub async fn serve_tcp_with(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    limits: ListenerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let gate = Arc::new(Gate::new(limits));
+    let router = peer_router(node, gate.clone());
+    let summaries = tokio::spawn(gate.clone().log_summaries());
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE/ENFILE/ECONNABORTED: retrying at once would spin on the same error.
+                    tracing::debug!("accept on the TCP listener: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(admission) = gate.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            Arc::new(admission),
+            router.clone(),
+            gate.clone(),
+            closing_rx.clone(),
+        ));
+    }
+    summaries.abort();
+    if let Some(line) = gate.take_summary() {
+        tracing::warn!("TCP listener: {line}");
+    }
+    let _ = closing_tx.send(true);
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    admission: Arc<Admission>,
+    router: Router,
+    gate: Arc<Gate>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tower::ServiceExt;
+    let limits = gate.limits().clone();
+    let conn_admission = admission.clone();
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(conn_admission.clone());
+            router.clone().oneshot(req)
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let deadline = tokio::time::sleep(limits.unauthenticated_timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut deadline_armed = true;
+    let mut closing_seen = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "TCP connection: {e}");
+                }
+                break;
+            }
+            _ = &mut deadline, if deadline_armed => {
+                if !admission.is_authenticated() {
+                    tracing::debug!(%peer, "closing a connection that never authenticated");
+                    break;
+                }
+                deadline_armed = false;
+            }
+            r = closing.wait_for(|c| *c), if !closing_seen => {
+                closing_seen = true;
+                if r.is_err() {
+                    break;
+                }
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// Serves [`local_router`] on a bound unix socket until `shutdown` resolves.

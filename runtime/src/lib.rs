@@ -7,3 +7,4 @@ pub mod container;
 pub mod datadir;
 pub mod image;
 pub mod network;
+pub mod process;

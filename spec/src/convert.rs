@@ -390,6 +390,26 @@ impl Cv<'_> {
     }
 }
 
+/// Replicas of one service at most. Far above what one cluster of this design runs, and low
+/// enough that a typo (or `4294967295`) cannot make the scheduler try to create billions of
+/// tasks.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+fn too_many_replicas(n: i64) -> String {
+    format!("{n} replicas is more than the {MAX_REPLICAS} a service may have")
+}
+
+/// A network name: it becomes a file name in the data dir, part of nft rules and of link
+/// names, so it is held to docker's rule (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`) and a length the
+/// runtime takes.
+pub(crate) fn valid_network_name(s: &str) -> bool {
+    s.len() <= 128
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 fn valid_project_name(s: &str) -> bool {
     s.chars()
         .next()
@@ -449,7 +469,11 @@ pub(crate) fn project(
     let mut networks = BTreeMap::new();
     if let Some(n) = sections.get("networks") {
         for e in cv.entries(n, &KeyPath::Text("networks")) {
-            if let Some(net) = network(&mut cv, &e.value, &KeyPath::Text("networks").key(&e.key)) {
+            let path = KeyPath::Text("networks").key(&e.key);
+            if !valid_network_name(&e.key) {
+                cv.err(e.key_pos, &path, invalid_network_name(&e.key));
+            }
+            if let Some(net) = network(&mut cv, &e.value, &path) {
                 networks.insert(e.key.to_string(), net);
             }
         }
@@ -635,7 +659,14 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
         &["enable_ipv4"],
     ) {
         match k {
-            "name" => net.name = cv.opt_string(v, &p),
+            "name" => {
+                net.name = cv.opt_string(v, &p);
+                if let Some(n) = &net.name
+                    && !valid_network_name(n)
+                {
+                    cv.err(v.pos, &p, invalid_network_name(n));
+                }
+            }
             "driver" => net.driver = cv.opt_string(v, &p),
             "driver_opts" => net.driver_opts = cv.labels(v, &p),
             "labels" => net.labels = cv.labels(v, &p),
@@ -692,7 +723,20 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             _ => {}
         }
     }
+    // The legacy `external: {name: x}` form names the network too.
+    if let Some(name) = &net.name
+        && !valid_network_name(name)
+        && n.get("name").is_none()
+    {
+        cv.err(n.pos, path, invalid_network_name(name));
+    }
     Some(net)
+}
+
+fn invalid_network_name(n: &str) -> String {
+    format!(
+        "invalid network name {n:?}: must start with a letter or digit and contain only letters, digits, '_', '.' and '-' (at most 128)"
+    )
 }
 
 /// `external: true|false` or the legacy `external: {name: x}`.
@@ -882,6 +926,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 }
             }
             "scale" => match cv.int(v, &p) {
+                Some(x) if x > MAX_REPLICAS as i64 => cv.err(v.pos, &p, too_many_replicas(x)),
                 Some(x) if x >= 0 => scale = Some((x as u64, v.pos)),
                 Some(x) => cv.err(
                     v.pos,
@@ -1758,6 +1803,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                 None => {}
             },
             "replicas" => match v.scalar().map(str::parse::<i64>) {
+                Some(Ok(r)) if r > MAX_REPLICAS as i64 => cv.err(v.pos, &fp, too_many_replicas(r)),
                 Some(Ok(r)) if r >= 0 => d.replicas = Some(r as u64),
                 _ => {
                     let shown = v

@@ -184,7 +184,20 @@ impl Ctx {
         let node = yaml::parse(text, id, &mut self.errors)?;
         match node.kind {
             Kind::Map(_) => Some(node),
-            Kind::Null => Some(Node::map(node.pos, Vec::new())),
+            // Nothing (or only comments): almost always the wrong file or a truncated one, and
+            // applying it would silently mean "no services".
+            Kind::Null => {
+                self.errors.push(
+                    Pos {
+                        file: id,
+                        line: 1,
+                        col: 1,
+                    },
+                    "",
+                    format!("empty {what}"),
+                );
+                None
+            }
             _ => {
                 self.errors.push(
                     node.pos,

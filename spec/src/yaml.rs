@@ -341,14 +341,15 @@ pub(crate) fn parse<'i>(text: &'i str, file: u32, errors: &mut Errors) -> Option
             }
         }
     }
+    // No document at all (empty, or only comments): a null root, which the loader refuses.
     Some(root.unwrap_or_else(|| {
-        Node::map(
+        Node::new(
             Pos {
                 file,
                 line: 1,
                 col: 1,
             },
-            Vec::new(),
+            Kind::Null,
         )
     }))
 }

@@ -26,7 +26,46 @@ pub struct DaemonArgs {
     #[arg(long, env = "DCPP_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(flatten)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// Limits of the TCP listener (anyone who reaches the port can connect).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenerArgs {
+    /// Time a TCP client has to send a request head (also the idle time after which a
+    /// kept-alive connection is closed).
+    #[arg(long, default_value = "20s", value_parser = crate::cmd::apply::parse_duration)]
+    pub listen_header_timeout: std::time::Duration,
+    /// A TCP connection that has not shown the cluster token this long after it was accepted
+    /// is closed.
+    #[arg(long, default_value = "30s", value_parser = crate::cmd::apply::parse_duration)]
+    pub listen_unauthenticated_timeout: std::time::Duration,
+    /// TCP connections open at once (further ones are closed at once); at most a quarter of
+    /// the NOFILE limit, which keeps descriptors for containers, the store and the socket.
+    #[arg(long, default_value_t = 512)]
+    pub listen_max_connections: usize,
+    /// Not-yet-authenticated TCP connections open at once from one address (IPv6: one /64).
+    #[arg(long, default_value_t = 32)]
+    pub listen_max_per_source: usize,
+    /// How often refused TCP requests and connections are summarised in the log.
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::apply::parse_duration)]
+    pub listen_log_interval: std::time::Duration,
+}
+
+impl ListenerArgs {
+    fn limits(&self, nofile: u64) -> dcpp_raft::api::ListenerLimits {
+        let budget = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
+        dcpp_raft::api::ListenerLimits {
+            header_read_timeout: self.listen_header_timeout,
+            unauthenticated_timeout: self.listen_unauthenticated_timeout,
+            max_connections: self.listen_max_connections.min(budget),
+            max_unauthenticated_per_source: self.listen_max_per_source,
+            log_interval: self.listen_log_interval,
+            ..Default::default()
+        }
+    }
 }
 
 /// Settings of the node agent the daemon runs (each daemon on one machine needs its own).
@@ -71,12 +110,21 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         None => args.listen.to_string(),
     };
     prepare_data_dir(&global.data_dir)?;
+    let nofile = match dcpp_runtime::process::raise_nofile_limit() {
+        Ok((_, now)) => now,
+        Err(e) => {
+            tracing::warn!("cannot raise the NOFILE limit: {e}");
+            dcpp_runtime::process::nofile_limit().unwrap_or(1024)
+        }
+    };
+    let limits = args.listener.limits(nofile);
     let rt = tokio::runtime::Runtime::new().context("start tokio runtime")?;
     rt.block_on(serve(
         global.data_dir.join("raft"),
         args.listen,
         advertise,
         args.socket,
+        limits,
         Some((global.data_dir.clone(), args.agent.clone())),
     ))?;
     Ok(0)
@@ -87,6 +135,7 @@ async fn serve(
     listen: SocketAddr,
     advertise: String,
     socket: PathBuf,
+    limits: dcpp_raft::api::ListenerLimits,
     agent: Option<(PathBuf, AgentArgs)>,
 ) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -98,9 +147,14 @@ async fn serve(
         .with_context(|| format!("open raft store in {}", raft_dir.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
-    let peer = tokio::spawn(dcpp_raft::api::serve_tcp(node.clone(), tcp, async move {
-        let _ = rx1.wait_for(|s| *s).await;
-    }));
+    let peer = tokio::spawn(dcpp_raft::api::serve_tcp_with(
+        node.clone(),
+        tcp,
+        limits,
+        async move {
+            let _ = rx1.wait_for(|s| *s).await;
+        },
+    ));
     let mut rx2 = stop_rx.clone();
     let local = tokio::spawn(dcpp_raft::api::serve_unix(node.clone(), unix, async move {
         let _ = rx2.wait_for(|s| *s).await;

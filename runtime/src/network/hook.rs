@@ -120,13 +120,17 @@ impl NetworkHook for ContainerNetworks {
         }
     }
 
-    fn detach(&self, id: &str, _name: &str) {
+    fn detach(&self, id: &str, name: &str) {
         self.attached
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         if let Err(e) = self.mgr.detach(id, None) {
             tracing::warn!(container = id, "detaching from networks: {e}");
+        }
+        // Written for the container before it was created; it goes with it.
+        if let Err(e) = self.mgr.remove_resolv_conf(name) {
+            tracing::warn!(container = id, "{e}");
         }
     }
 }

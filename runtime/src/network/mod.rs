@@ -1029,6 +1029,27 @@ impl NetworkManager {
         Ok(path)
     }
 
+    /// Deletes the file [`write_resolv_conf`](Self::write_resolv_conf) wrote for container
+    /// `name` (called when the container is removed; a missing file is fine).
+    pub fn remove_resolv_conf(&self, name: &str) -> Result<(), Error> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Ok(());
+        }
+        let path = self
+            .opts
+            .data_dir
+            .join("network")
+            .join("resolv")
+            .join(format!("{name}.conf"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                what: format!("removing {}", path.display()),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes everything this instance owns: endpoints (host veth ends), published ports,
     /// bridges, the nft table, resolver listeners and the state file's contents.
     pub fn destroy(&self) -> Result<(), Error> {

@@ -1,0 +1,753 @@
+//! Hostile clients and hostile input against the real binary, as root on the real kernel: a
+//! connection flood on the daemon's TCP listener, token guessing, bad compose input and closed
+//! pipes. Each daemon has its own data dir, socket, port, cgroup parent, bridge prefix, nft
+//! table and pool, as in e2e_apply.rs.
+//!
+//! Figures are printed with `FIGURES:`; see them with `--nocapture`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
+const IMAGE: &str = "dcpp.local/busybox:sec";
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    cgroup: String,
+    prefix: String,
+    table: String,
+    pool: String,
+    /// Command the daemon is started under (`prlimit …`, `nsenter …`).
+    wrapper: Vec<String>,
+    extra: Vec<String>,
+    daemon: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static must be installed");
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
+}
+
+impl Rig {
+    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
+    fn new(tag: &str, net: u8) -> Rig {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dcpp-sec-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let uniq = std::process::id() % 1000;
+        let rig = Rig {
+            data: root.join("data"),
+            socket: root.join("dcpp.sock"),
+            port: free_port(),
+            cgroup: format!("dcpp-sec-{tag}-{}", std::process::id()),
+            prefix: format!("s{tag}{}", uniq % 10),
+            table: format!("dcpp_sec_{tag}_{uniq}"),
+            pool: format!("10.{net}.0.0/16"),
+            root,
+            _tmp: tmp,
+            wrapper: Vec::new(),
+            extra: Vec::new(),
+            daemon: None,
+        };
+        let rootfs = rig.root.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        rig
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("daemon.log"))
+            .unwrap();
+        let mut cmd = match self.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(["--log", "info", "--data-dir"])
+            .arg(&self.data)
+            .arg("daemon")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--cgroup-parent", &self.cgroup])
+            .args(["--bridge-prefix", &self.prefix])
+            .args(["--nft-table", &self.table])
+            .args(["--network-pool", &self.pool])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.dcpp(&["cluster", "status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.as_ref().unwrap().id()
+    }
+
+    fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn dcpp(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .env("DCPP_CGROUP_PARENT", &self.cgroup)
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.dcpp(args);
+        assert!(
+            out.status.success(),
+            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.root.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    fn tasks(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap()
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- daemon log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stacks(&self) -> Vec<String> {
+        let out = self.dcpp(&["stack", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            for s in self.stacks() {
+                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
+            }
+        }
+        self.stop_daemon();
+        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.dcpp(&["container", "rm", "-f", id]);
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1) {
+                    let name = name.split('@').next().unwrap_or("");
+                    if name.starts_with(&self.prefix) {
+                        let _ = Command::new("ip").args(["link", "del", name]).status();
+                    }
+                }
+            }
+        }
+        for c in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "unified",
+            "freezer",
+            "devices",
+        ] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{}", self.cgroup));
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// (soft, hard) NOFILE limit of a process, from /proc/PID/limits.
+fn nofile(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let l = s.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let v: Vec<u64> = l
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// (task id, container id, restart count) of the live tasks.
+fn task_identities(rig: &Rig) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = rig
+        .tasks()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].to_string(),
+                t["container_id"].as_str().unwrap_or_default().to_string(),
+                t["restart_count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Wall time of `dcpp ps` over the unix socket, each call checked to succeed.
+fn ps_latencies(rig: &Rig, n: usize) -> Vec<Duration> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = rig.dcpp(&["ps"]);
+        v.push(t.elapsed());
+        assert!(out.status.success(), "dcpp ps: {}", stderr(&out));
+    }
+    v.sort();
+    v
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[((sorted.len() * 99).div_ceil(100)).saturating_sub(1)]
+}
+
+const FLOOD: u64 = 20_000;
+
+#[test]
+fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
+    // Room for the flood plus the test's own descriptors; root may raise its hard limit.
+    let me = std::process::id().to_string();
+    let want = FLOOD + 1_000;
+    let prlimit = |lim: String| {
+        Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={lim}")])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let raised = prlimit(format!("{want}:{want}"));
+    if !raised {
+        // Without CAP_SYS_RESOURCE: as far as the hard limit goes.
+        prlimit(format!("{0}:{0}", nofile(std::process::id()).1));
+    }
+    let (soft, _) = nofile(std::process::id());
+    let conns = FLOOD.min(soft.saturating_sub(200));
+    if conns < FLOOD {
+        eprintln!("FIGURES: NOFILE hard limit {soft} lets the test open only {conns} connections");
+    }
+
+    let mut rig = Rig::new("fl", 221);
+    // The daemon starts with the usual small soft limit and a hard limit below the flood: the
+    // flood could take every descriptor it may have.
+    rig.wrapper = vec!["prlimit".into(), "--nofile=1024:16384".into(), "--".into()];
+    rig.extra = [
+        "--listen-header-timeout",
+        "2s",
+        "--listen-unauthenticated-timeout",
+        "3s",
+    ]
+    .map(String::from)
+    .to_vec();
+    rig.start_daemon();
+    let pid = rig.pid();
+    assert_eq!(
+        nofile(pid),
+        (16_384, 16_384),
+        "the daemon raises its soft NOFILE limit to the hard one"
+    );
+
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: fl\nservices:\n  sleeper:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n"
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    rig.wait_until("the replica runs", 60, || {
+        rig.tasks()
+            .iter()
+            .any(|t| t["state"] == "running" && t["container_id"].is_string())
+    });
+    let tasks_before = task_identities(&rig);
+    // Settle: let the agent's first passes and the store's allocations happen before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    let lat_before = ps_latencies(&rig, 10);
+    let fds_before = fd_count(pid);
+    let rss_before = status_field(pid, "VmRSS:");
+
+    let addr: SocketAddr = format!("127.0.0.1:{}", rig.port).parse().unwrap();
+    let t0 = Instant::now();
+    let mut flood = Vec::with_capacity(conns as usize);
+    let (mut connected, mut refused_connect) = (0u64, 0u64);
+    for _ in 0..conns {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(mut s) => {
+                connected += 1;
+                // Half a request line, never finished.
+                let _ = s.write_all(b"POST /v1/tx");
+                flood.push(s);
+            }
+            Err(_) => refused_connect += 1,
+        }
+    }
+    let flood_secs = t0.elapsed().as_secs_f64();
+    let fds_during = fd_count(pid);
+    let rss_during = status_field(pid, "VmRSS:");
+    let lat_during = ps_latencies(&rig, 30);
+    let tasks_during = task_identities(&rig);
+
+    drop(flood);
+    // Every connection is closed by now; the daemon's side goes when it notices (at the latest
+    // after the header-read timeout).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut fds_after, mut rss_after);
+    loop {
+        fds_after = fd_count(pid);
+        rss_after = status_field(pid, "VmRSS:");
+        if (fds_after <= fds_before + 2 && rss_after <= rss_before + 10 * 1024)
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tasks_after = task_identities(&rig);
+    let lat_after = ps_latencies(&rig, 10);
+
+    eprintln!(
+        "FIGURES: flood {connected} connections opened ({refused_connect} failed to connect) in {flood_secs:.1}s; \
+         dcpp ps latency before p99 {:?} max {:?}, during p99 {:?} max {:?} (n=30), after p99 {:?}; \
+         daemon fds before {fds_before} during {fds_during} after {fds_after}; \
+         VmRSS before {rss_before} kB during {rss_during} kB after {rss_after} kB; \
+         tasks before {tasks_before:?} after {tasks_after:?}",
+        p99(&lat_before),
+        lat_before.last().unwrap(),
+        p99(&lat_during),
+        lat_during.last().unwrap(),
+        p99(&lat_after),
+    );
+    assert!(
+        connected >= conns * 9 / 10,
+        "the kernel accepted only {connected} of {conns} connections"
+    );
+    assert!(
+        fds_during < fds_before + 600,
+        "the flood took {} descriptors of the daemon",
+        fds_during - fds_before
+    );
+    assert!(
+        p99(&lat_during) < Duration::from_millis(100),
+        "dcpp ps during the flood: {lat_during:?}"
+    );
+    assert_eq!(
+        tasks_during, tasks_before,
+        "no task restarted during the flood"
+    );
+    assert_eq!(
+        tasks_after, tasks_before,
+        "no task restarted after the flood"
+    );
+    assert!(
+        fds_after <= fds_before + 2,
+        "descriptors: {fds_before} before, {fds_after} after"
+    );
+    assert!(
+        rss_after <= rss_before + 10 * 1024,
+        "VmRSS {rss_before} kB before, {rss_after} kB after"
+    );
+    // The agent never ran out of descriptors.
+    assert!(!rig.log().contains("Too many open files"), "{}", rig.log());
+}
+
+/// One HTTP/1.1 request on a fresh connection from `source`; returns the status code.
+fn http_from(
+    source: Option<&str>,
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = match source {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(src) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+                sock.connect(addr).await.unwrap().into_std().unwrap()
+            })
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+/// Many requests on one kept-alive connection; returns the status of each.
+fn hammer(port: u16, path: &str, method: &str, token: &str, body: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    let mut conn: Option<std::io::BufReader<TcpStream>> = None;
+    while statuses.len() < n {
+        let r = conn.get_or_insert_with(|| {
+            std::io::BufReader::new(TcpStream::connect(("127.0.0.1", port)).unwrap())
+        });
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if r.get_mut().write_all(req.as_bytes()).is_err() {
+            conn = None;
+            continue;
+        }
+        match read_response(r) {
+            Some((code, close)) => {
+                statuses.push(code);
+                if close {
+                    conn = None;
+                }
+            }
+            None => conn = None,
+        }
+    }
+    statuses
+}
+
+/// Reads one response; returns its status and whether the server closes the connection.
+fn read_response(r: &mut std::io::BufReader<TcpStream>) -> Option<(u16, bool)> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let (mut len, mut close) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end().to_ascii_lowercase();
+        if h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+        if h == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((code, close))
+}
+
+#[test]
+fn failed_authentication_is_rate_limited_and_summarised() {
+    let mut rig = Rig::new("au", 222);
+    rig.extra = ["--listen-log-interval", "2s", "--no-agent"]
+        .map(String::from)
+        .to_vec();
+    rig.start_daemon();
+    let init = rig.ok(&["cluster", "init"]);
+    let worker_token = init
+        .lines()
+        .filter_map(|l| l.split("--token ").nth(1))
+        .filter_map(|l| l.split_whitespace().next())
+        .last()
+        .expect("a join token")
+        .to_string();
+
+    let t0 = Instant::now();
+    let bad = hammer(rig.port, "/v1/cluster/status", "GET", "guess", "", 3000);
+    let joins = hammer(
+        rig.port,
+        "/v1/cluster/join",
+        "POST",
+        "",
+        r#"{"token":"guess"}"#,
+        500,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let count = |v: &[u16], c: u16| v.iter().filter(|&&s| s == c).count();
+    let (u401, u429) = (count(&bad, 401), count(&bad, 429));
+    let (j401, j429) = (count(&joins, 401), count(&joins, 429));
+    // Even the right credential is not looked at while the source is limited.
+    let (same_source, _) = http_from(
+        None,
+        rig.port,
+        "POST",
+        "/v1/cluster/join",
+        None,
+        &format!(r#"{{"token":"{worker_token}"}}"#),
+    );
+    // Another source is not affected: it joins and uses the cluster token it gets.
+    let (code, grant) = http_from(
+        Some("127.0.0.2"),
+        rig.port,
+        "POST",
+        "/v1/cluster/join",
+        None,
+        &format!(r#"{{"token":"{worker_token}"}}"#),
+    );
+    assert_eq!(code, 200, "join from 127.0.0.2: {grant}");
+    let grant: serde_json::Value = serde_json::from_str(&grant).unwrap();
+    let rpc = grant["rpc_token"].as_str().unwrap();
+    let (code, body) = http_from(
+        Some("127.0.0.2"),
+        rig.port,
+        "GET",
+        "/v1/cluster/status",
+        Some(rpc),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+
+    rig.wait_until("the refusal summary in the log", 15, || {
+        rig.log().contains("refused from")
+    });
+    let log = rig.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused") || l.contains("unauthenticated"))
+        .collect();
+    eprintln!(
+        "FIGURES: {} bad-token requests and {} bad joins from 127.0.0.1 in {secs:.2}s: \
+         status {u401}×401 then {u429}×429, join {j401}×401 {j429}×429; \
+         {} log line(s) about them:\n{}",
+        bad.len(),
+        joins.len(),
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        u401 + j401 <= 20 + secs.ceil() as usize + 1,
+        "{u401} + {j401} checked"
+    );
+    assert_eq!(u401 + u429, bad.len(), "only 401 and 429: {bad:?}");
+    assert!(u429 >= 2900 && j429 >= 490, "{u429} {j429}");
+    assert_eq!(same_source, 429, "a limited source is not checked at all");
+    assert!(lines.len() <= 4, "{} lines: {lines:#?}", lines.len());
+    assert!(
+        !log.contains(&worker_token) && !log.contains(rpc),
+        "tokens never logged"
+    );
+}
+
+fn resolv_files(rig: &Rig) -> Vec<String> {
+    match std::fs::read_dir(rig.data.join("network/resolv")) {
+        Ok(d) => d
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front() {
+    let mut rig = Rig::new("rv", 223);
+    rig.start_daemon();
+
+    // Refused at validation, with the position, and nothing stored.
+    for (name, text, want) in [
+        ("empty.yml", "", "empty.yml:1:1: empty compose file"),
+        (
+            "replicas.yml",
+            &format!(
+                "services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: 4294967295\n"
+            ),
+            "replicas.yml:5:17: services.web.deploy.replicas: 4294967295 replicas is more than the 10000",
+        ),
+        (
+            "netname.yml",
+            &format!(
+                "services:\n  web:\n    image: {IMAGE}\n    networks: [\"../../x\"]\nnetworks:\n  \"../../x\": {{}}\n"
+            ),
+            "netname.yml:6:3: networks.../../x: invalid network name \"../../x\"",
+        ),
+    ] {
+        let f = rig.write(name, text);
+        let out = rig.dcpp(&["apply", "-f", &f, "-p", "bad"]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
+    }
+    assert!(rig.stacks().is_empty(), "{:?}", rig.stacks());
+
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: rv\nservices:\n  a:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n  b:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n"
+        ),
+    );
+    let mut while_running = 0;
+    for _ in 0..20 {
+        rig.ok(&["apply", "-f", &file]);
+        while_running = while_running.max(resolv_files(&rig).len());
+        rig.ok(&["down", "-p", "rv", "--timeout", "60s"]);
+    }
+    let left = resolv_files(&rig);
+    eprintln!(
+        "FIGURES: 20 apply/down cycles: {while_running} resolv files while running, {} left",
+        left.len()
+    );
+    assert_eq!(while_running, 3, "one resolv file per running container");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn cli_commands_end_quietly_on_a_closed_pipe() {
+    let rig = Rig::new("pp", 224);
+    for args in [
+        vec!["image", "inspect", IMAGE],
+        vec!["image", "ls"],
+        vec!["container", "ls", "-a"],
+        vec!["schema"],
+        vec!["--help"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&rig.data)
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: quiet, got {err}");
+        use std::os::unix::process::ExitStatusExt;
+        // As any Unix filter: killed by SIGPIPE (or done before noticing).
+        assert!(
+            out.status.signal() == Some(libc_sigpipe()) || out.status.code() == Some(0),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux (every architecture dcpp runs on).
+fn libc_sigpipe() -> i32 {
+    13
+}
