@@ -69,6 +69,9 @@ pub struct Agent {
     pulls: Pulls,
     exits: Mutex<Option<ExitWatch>>,
     parallel: usize,
+    /// Whether each task container (by id) was last put into service (`true`) or withdrawn,
+    /// so a round asks the network manager only on a change.
+    serving: Mutex<HashMap<String, bool>>,
 }
 
 /// A pending write to one task record.
@@ -110,6 +113,7 @@ impl Agent {
             ),
             net,
             health: Mutex::default(),
+            serving: Mutex::default(),
         }
     }
 
@@ -370,6 +374,11 @@ impl Agent {
                             };
                             if let Some(s) = svc {
                                 r.health = self.check_health(t, c, s).await;
+                                // In service once running, or once healthy when a healthcheck
+                                // runs; an unhealthy replica is withdrawn.
+                                let healthy = r.health.unwrap_or(t.health) == Health::Healthy;
+                                self.set_serving(c, health_command(s).is_none() || healthy)
+                                    .await;
                             }
                             Self::report(t, rev, r)
                         }
@@ -391,6 +400,7 @@ impl Agent {
                             Self::report(t, rev, r)
                         }
                         Status::Exited | Status::Dead => {
+                            self.leave_networks(c).await;
                             Self::report(t, rev, self.exit_report(c).await)
                         }
                     },
@@ -404,11 +414,14 @@ impl Agent {
                 };
                 if let Some(c) = c {
                     if matches!(c.status, Status::Running | Status::Created) {
+                        // Out of DNS and the port map first: no new connection reaches it.
+                        self.withdraw(c).await;
                         let id = c.state.id.clone();
                         if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
                             tracing::warn!(task = %t.id, "stop: {e}");
                         }
                     }
+                    self.leave_networks(c).await;
                     if let Ok(i) = self
                         .blocking({
                             let id = c.state.id.clone();
@@ -434,8 +447,10 @@ impl Agent {
                     if t.desired == DesiredState::Remove {
                         self.remove_container(c).await;
                     } else if matches!(c.status, Status::Running | Status::Created) {
+                        self.withdraw(c).await;
                         let id = c.state.id.clone();
                         let _ = self.blocking(move |m| m.stop(&id, None)).await;
+                        self.leave_networks(c).await;
                     }
                 }
                 None
@@ -488,6 +503,13 @@ impl Agent {
     }
 
     async fn remove_container(&self, c: &ContainerInfo) {
+        if matches!(c.status, Status::Running | Status::Created) {
+            self.withdraw(c).await;
+        }
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.state.id);
         let id = c.state.id.clone();
         let image = c.state.labels.get(LABEL_IMAGE_ID).cloned();
         let images_dir = self.images_dir.clone();
@@ -505,6 +527,71 @@ impl Agent {
             .await;
         if let Err(e) = res {
             tracing::warn!(container = %c.state.name, "remove: {e}");
+        }
+    }
+
+    /// Puts the container into service or withdraws it (DNS answers for its service name and
+    /// aliases, published ports); asks the network manager only when that changes.
+    async fn set_serving(&self, c: &ContainerInfo, serving: bool) {
+        let Some(net) = &self.net else { return };
+        let id = c.state.id.clone();
+        if self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            == Some(&serving)
+        {
+            return;
+        }
+        let mgr = net.manager.clone();
+        let res = {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || mgr.set_serving(&id, serving)).await
+        };
+        match res {
+            Ok(Ok(_)) => {
+                self.serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, serving);
+            }
+            // Not cached: the next round tries again.
+            Ok(Err(e)) => tracing::warn!(container = %c.state.name, serving, "{e}"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Withdraws a container about to be stopped, then lets the connections it already
+    /// accepted finish (bounded by [`DRAIN_MAX`] and its stop grace period), so a rolling
+    /// update or a scale-down fails no request.
+    async fn withdraw(&self, c: &ContainerInfo) {
+        if self.net.is_none() {
+            return;
+        }
+        self.set_serving(c, false).await;
+        let Some(pid) = c.pid else { return };
+        let limit = DRAIN_MAX.min(Duration::from_secs(c.state.stop_grace_secs));
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && accepted_connections(pid) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Detaches a stopped container from its networks: its address is free again and none of
+    /// its names resolve any more.
+    async fn leave_networks(&self, c: &ContainerInfo) {
+        let Some(net) = &self.net else { return };
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.state.id);
+        let mgr = net.manager.clone();
+        let id = c.state.id.clone();
+        match tokio::task::spawn_blocking(move || mgr.detach(&id, None)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(container = %c.state.name, "leaving networks: {e}"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 
@@ -583,15 +670,8 @@ impl Agent {
 
     /// Runs the service's healthcheck inside the container when due; returns a changed health.
     async fn check_health(&self, t: &Task, c: &ContainerInfo, doc: &ServiceDoc) -> Option<Health> {
+        let args = health_command(doc)?;
         let hc = doc.service.healthcheck.as_ref()?;
-        if hc.disable {
-            return None;
-        }
-        let args: Vec<String> = match hc.test.first().map(String::as_str) {
-            Some("CMD") => hc.test[1..].to_vec(),
-            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")],
-            _ => return None,
-        };
         let ms = |d: Option<dcpp_spec::Duration>, def: u64| {
             Duration::from_nanos(d.map(|d| d.0).unwrap_or(def * 1_000_000))
         };
@@ -740,6 +820,56 @@ impl Agent {
     }
 }
 
+/// Longest wait for a withdrawn container's open connections before it is stopped.
+pub const DRAIN_MAX: Duration = Duration::from_secs(2);
+
+/// The command of the service's healthcheck, when one runs.
+fn health_command(doc: &ServiceDoc) -> Option<Vec<String>> {
+    let hc = doc.service.healthcheck.as_ref()?;
+    if hc.disable {
+        return None;
+    }
+    match hc.test.first().map(String::as_str) {
+        Some("CMD") => Some(hc.test[1..].to_vec()),
+        Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")]),
+        _ => None,
+    }
+}
+
+/// Established TCP connections to a listening port in the network namespace of process
+/// `pid` (a container's init): the requests a withdrawn server is still answering.
+fn accepted_connections(pid: i32) -> usize {
+    const LISTEN: &str = "0A";
+    const ESTABLISHED: &str = "01";
+    let mut listening = std::collections::HashSet::new();
+    let mut established = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st)) = (f.get(1), f.get(3)) else {
+                continue;
+            };
+            let Some(port) = local.rsplit(':').next() else {
+                continue;
+            };
+            match *st {
+                LISTEN => {
+                    listening.insert(port.to_string());
+                }
+                ESTABLISHED => established.push(port.to_string()),
+                _ => {}
+            }
+        }
+    }
+    established
+        .iter()
+        .filter(|p| listening.contains(*p))
+        .count()
+}
+
 /// The running task container of `service` in `stack` on this node, if any.
 fn peer_container(ctr: &ContainerManager, stack: &str, service: &str) -> Option<String> {
     // The list is oldest first; during a start-first update of the peer the oldest is the one
@@ -808,6 +938,14 @@ fn start_container(
         return Err(Error::Runtime(e.to_string()));
     }
     let t3 = Instant::now();
+    if used_net
+        && health_command(doc).is_none()
+        && let Some((manager, _)) = net
+        && let Err(e) = manager.set_serving(&c.state.id, true)
+    {
+        // The agent's next round retries.
+        tracing::warn!(container = %name, "putting into service: {e}");
+    }
     if let Err(e) =
         ImageStore::open(images_dir).and_then(|store| store.add_holder(&img.id, &c.state.id))
     {
@@ -898,6 +1036,8 @@ fn plan_networks(
             service: Some(doc.spec.name.clone()),
             networks: planned,
             ports,
+            // In service once running (and healthy): see `Agent::set_serving`.
+            withdrawn: true,
         },
     );
     Ok(names)

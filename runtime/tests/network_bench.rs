@@ -117,6 +117,7 @@ fn bench_attach_and_published_port_throughput() {
             network: "bench".into(),
             aliases: vec![],
             ipv4_address: None,
+            withdrawn: false,
         };
         let t = Instant::now();
         let a = mgr

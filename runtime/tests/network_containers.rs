@@ -57,6 +57,7 @@ impl Rig {
                     ..Default::default()
                 }],
                 ports,
+                withdrawn: false,
             },
         );
         let resolv = self.net.write_resolv_conf(name, &[network]).unwrap();
@@ -227,6 +228,7 @@ fn busybox_containers_by_ip_service_name_and_published_port() {
                     ..Default::default()
                 }],
                 ports: publish.clone(),
+                withdrawn: false,
             },
         );
         let mut o = CreateOptions::new(rig.image());

@@ -68,6 +68,7 @@ fn req(ep_id: &str, name: &str, service: &str, network: &str) -> AttachRequest {
         network: network.into(),
         aliases: vec![format!("{name}-alias")],
         ipv4_address: None,
+        withdrawn: false,
     }
 }
 

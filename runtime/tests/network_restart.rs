@@ -18,6 +18,7 @@ fn req(id: &str, network: &str) -> AttachRequest {
         network: network.into(),
         aliases: vec![],
         ipv4_address: None,
+        withdrawn: false,
     }
 }
 

@@ -56,10 +56,13 @@ impl DnsTable {
                     .collect::<String>()
                     .to_ascii_lowercase(),
             );
-            if let Some(s) = &e.service {
-                names.insert(s.to_ascii_lowercase());
+            // A withdrawn replica (starting, unhealthy or stopping) keeps its own names only.
+            if !state.withdrawn.contains(&e.container_id) {
+                if let Some(s) = &e.service {
+                    names.insert(s.to_ascii_lowercase());
+                }
+                names.extend(e.aliases.iter().map(|a| a.to_ascii_lowercase()));
             }
-            names.extend(e.aliases.iter().map(|a| a.to_ascii_lowercase()));
             t.by_network
                 .entry(e.network.clone())
                 .or_default()

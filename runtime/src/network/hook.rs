@@ -30,6 +30,9 @@ pub struct ContainerPlan {
     pub networks: Vec<PlannedNetwork>,
     /// Ports to publish once attached.
     pub ports: Vec<PortMapping>,
+    /// Attach withdrawn (see [`AttachRequest::withdrawn`]): the caller puts the container into
+    /// service with [`NetworkManager::set_serving`] once it runs (and is healthy).
+    pub withdrawn: bool,
 }
 
 /// A [`NetworkHook`] that attaches containers as planned with [`plan`](Self::plan). A container
@@ -84,6 +87,7 @@ impl ContainerNetworks {
                 network: n.network.clone(),
                 aliases: n.aliases.clone(),
                 ipv4_address: n.ipv4_address,
+                withdrawn: plan.withdrawn,
             };
             out.push(self.mgr.attach(&req, netns)?);
         }

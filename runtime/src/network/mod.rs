@@ -244,6 +244,10 @@ pub struct AttachRequest {
     pub aliases: Vec<String>,
     /// Fixed address (compose `ipv4_address`).
     pub ipv4_address: Option<Ipv4Addr>,
+    /// Attach withdrawn: the service name, the aliases and the published ports of the container
+    /// stay out of DNS and of the port map until [`NetworkManager::set_serving`] says it serves
+    /// (an orchestrated replica joins once it runs, and is healthy when it has a healthcheck).
+    pub withdrawn: bool,
 }
 
 /// What an attach made.
@@ -486,10 +490,14 @@ impl NetworkManager {
             .collect();
         let mut groups: BTreeMap<PortKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
         for p in &st.ports {
-            groups
+            let group = groups
                 .entry((p.host_ip, p.host_port, p.protocol))
-                .or_default()
-                .push((p.target_ip, p.container_port));
+                .or_default();
+            // A withdrawn replica takes no new connections; its established ones keep their
+            // conntrack entry and finish.
+            if !st.withdrawn.contains(&p.container_id) {
+                group.push((p.target_ip, p.container_port));
+            }
         }
         let ports: Vec<nft::PortRule> = groups
             .into_iter()
@@ -543,6 +551,7 @@ impl NetworkManager {
             st.endpoints = kept;
             for e in gone {
                 st.ports.retain(|p| p.container_id != e.container_id);
+                st.withdrawn.remove(&e.container_id);
                 report
                     .removed_endpoints
                     .push(format!("{}@{}", e.container_name, e.network));
@@ -794,6 +803,9 @@ impl NetworkManager {
                 gateway: default_gw,
             };
             st.endpoints.push(ep.clone());
+            if req.withdrawn {
+                st.withdrawn.insert(req.container_id.clone());
+            }
             tracing::debug!(container = %req.container_name, network = %req.network, %ip, "attached");
             Ok(Attachment {
                 network: req.network.clone(),
@@ -816,6 +828,9 @@ impl NetworkManager {
                     e.container_id == container_id && network.is_none_or(|n| n == e.network)
                 });
             st.endpoints = kept;
+            if !st.endpoints.iter().any(|e| e.container_id == container_id) {
+                st.withdrawn.remove(container_id);
+            }
             let mut first_err = None;
             for e in &gone {
                 if let Err(err) = netlink::delete_link(&e.host_ifname) {
@@ -957,7 +972,11 @@ impl NetworkManager {
             }
             if result.is_ok() {
                 st.ports.extend(added.iter().cloned());
-                result = self.apply_nft(st);
+                // A withdrawn container's ports are not in the ruleset yet: nothing to rewrite
+                // (this keeps the start of many replicas to one nft run each).
+                if !st.withdrawn.contains(container_id) {
+                    result = self.apply_nft(st);
+                }
                 if result.is_err() {
                     st.ports.truncate(st.ports.len() - added.len());
                 }
@@ -984,6 +1003,50 @@ impl NetworkManager {
             self.release_unused_ports(st);
             self.apply_nft(st)
         })
+    }
+
+    /// Puts an attached container into service (its service name and aliases resolve, its
+    /// published ports take connections) or withdraws it. Returns whether anything changed; a
+    /// container without endpoints is left alone (`false`). The DNS table and the port map are
+    /// updated before this returns, so a caller that withdraws a replica and then stops it
+    /// sends no new connection to the dying container.
+    pub fn set_serving(&self, container_id: &str, serving: bool) -> Result<bool, Error> {
+        if self.is_serving(container_id)? == Some(serving) {
+            return Ok(false);
+        }
+        self.with_state(|st| {
+            if !st.endpoints.iter().any(|e| e.container_id == container_id) {
+                return Ok(false);
+            }
+            let changed = if serving {
+                st.withdrawn.remove(container_id)
+            } else {
+                st.withdrawn.insert(container_id.to_owned())
+            };
+            if changed && st.ports.iter().any(|p| p.container_id == container_id) {
+                if let Err(e) = self.apply_nft(st) {
+                    // Keep the state what the kernel has.
+                    if serving {
+                        st.withdrawn.insert(container_id.to_owned());
+                    } else {
+                        st.withdrawn.remove(container_id);
+                    }
+                    return Err(e);
+                }
+            }
+            tracing::debug!(container = container_id, serving, changed, "serving");
+            Ok(changed)
+        })
+    }
+
+    /// Whether the container serves (`None`: not attached). Reads the state without the lock.
+    pub fn is_serving(&self, container_id: &str) -> Result<Option<bool>, Error> {
+        let st = self.snapshot()?;
+        Ok(st
+            .endpoints
+            .iter()
+            .any(|e| e.container_id == container_id)
+            .then(|| !st.withdrawn.contains(container_id)))
     }
 
     /// The resolv.conf a container on `networks` should get: the resolver on the gateway of the
@@ -1061,6 +1124,7 @@ impl NetworkManager {
                 }
             }
             st.ports.clear();
+            st.withdrawn.clear();
             self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
             for (_, n) in std::mem::take(&mut st.networks) {
                 if let Err(err) = netlink::delete_link(&n.bridge) {

@@ -220,8 +220,16 @@ pub fn ensure_bridge(
         }
         write_sysctl(&name, "route_localnet", "1")?;
         write_sysctl(&name, "forwarding", if forwarding { "1" } else { "0" })?;
+        // A bridge without its own address takes the lowest one of its ports, so it would
+        // change as containers come and go, and every container's ARP entry for the gateway
+        // (its DNS server and route out) would go stale for seconds.
         h.link()
-            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .address(mac_of(gateway).to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl_err(format!("setting {name} up")))
@@ -241,6 +249,13 @@ pub fn delete_link(name: &str) -> Result<(), Error> {
             Err(e) => Err(nl_err(format!("deleting {name}"))(e)),
         }
     })
+}
+
+/// The MAC address of an interface holding `ip`: locally administered, unicast, unique as long
+/// as the address is.
+pub fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
 }
 
 /// What [`attach_veth`] needs.
@@ -286,8 +301,12 @@ pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
             .map(|i| format!("eth{i}"))
             .find(|n| !existing.iter().any(|l| &l.name == n))
             .expect("an unused ethN exists");
+        // The MAC follows the address (as docker's 02:42:…), so a replica that gets the address
+        // of one just stopped is reached by its peers without waiting for their ARP entries
+        // to expire.
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(ifname.clone())
+            .address(mac_of(p.ip).to_vec())
             .setns_by_fd(fd)
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)

@@ -4,7 +4,7 @@
 //! file first, so the daemon and a `dcpp network rm` running beside it never lose each other's
 //! changes, and a restarted daemon finds every address it handed out (no duplicates).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
@@ -143,6 +143,12 @@ pub struct State {
     pub endpoints: Vec<Endpoint>,
     /// Every published port.
     pub ports: Vec<PortBinding>,
+    /// Containers (ids) that are attached but not serving: their service name and aliases do
+    /// not resolve and their published ports take no new connections. A replica is withdrawn
+    /// before it is stopped and until it runs (and is healthy, when it has a healthcheck), so
+    /// no connection is sent to a container that is starting, dying or unhealthy.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub withdrawn: BTreeSet<String>,
 }
 
 /// The state directory of one instance.
