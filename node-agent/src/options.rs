@@ -313,6 +313,7 @@ mod tests {
             restart_count: 0,
             restarts: Vec::new(),
             fast_failures: 0,
+            healthy_at: None,
         }
     }
 

@@ -63,9 +63,12 @@ pub(crate) fn apply_action(
                 .clone()
                 .ok_or_else(|| Error::Stale(format!("service {service} has no previous spec")))?;
             let from = std::mem::replace(&mut st.spec, to);
+            // The rejected spec is no rollback target: `previous` is cleared, and the version
+            // stays rejected until the desired spec is reset to the one that runs.
             *st = ServiceStatus {
                 spec: st.spec.clone(),
-                previous: Some(from.clone()),
+                previous: None,
+                rejected: Some(from.version),
                 update: Some(UpdateStatus {
                     state: UpdateState::RollingBack,
                     started_at: now,
@@ -73,6 +76,7 @@ pub(crate) fn apply_action(
                     message: reason.clone(),
                     rolled_back_from: Some(from.version),
                     rollback_config: Some(from.rollback_config.clone()),
+                    failure: Some(reason.clone()),
                 }),
             };
         }
@@ -155,6 +159,9 @@ pub fn report(
     }
     if let Some(h) = r.health {
         t.health = h;
+        if h == Health::Healthy && t.healthy_at.is_none() {
+            t.healthy_at = Some(now);
+        }
     }
     if r.error.is_some() {
         t.error = r.error.clone();

@@ -27,6 +27,7 @@
 //! per-node [`Rejection`]s explain every pending task ([`Plan::pending`]).
 
 pub mod apply;
+pub mod converge;
 pub mod error;
 mod from_spec;
 pub mod model;
@@ -34,6 +35,7 @@ pub mod plan;
 pub mod scheduler;
 
 pub use apply::{TaskReport, apply, report};
+pub use converge::{Convergence, ServiceView, verdict};
 pub use error::Error;
 pub use model::*;
 pub use plan::{Action, Pending, PendingReason, Plan, desired_slots, plan};

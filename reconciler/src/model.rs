@@ -478,6 +478,11 @@ pub struct Task {
     pub restarts: Vec<Time>,
     /// Consecutive predecessors that died shortly after starting; drives the crash-loop backoff.
     pub fast_failures: u32,
+    /// First report of `Health::Healthy`. For a service with a healthcheck this, not
+    /// `started_at`, is when the task counts as up: rollouts wait for it and the update monitor
+    /// window starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<Time>,
 }
 
 impl Task {
@@ -488,6 +493,17 @@ impl Task {
 
     pub fn is_live(&self) -> bool {
         !self.state.is_terminal()
+    }
+
+    /// Since when the task is up: healthy (since its first `Healthy` report) for a service
+    /// with a healthcheck, started otherwise. `None` while it is not up (not started, not yet
+    /// healthy, or unhealthy now). Callers check that the task is running.
+    pub fn ready_at(&self, healthcheck: bool) -> Option<Time> {
+        if !healthcheck {
+            return self.started_at;
+        }
+        // A task recorded before `healthy_at` existed counts from its start.
+        (self.health == Health::Healthy).then(|| self.healthy_at.or(self.started_at))?
     }
 
     /// Moves the observed state forward; a backward move (or any move out of a terminal state)
@@ -606,6 +622,9 @@ pub struct UpdateStatus {
     pub rolled_back_from: Option<u64>,
     /// The config used while rolling back (the failed spec's `rollback_config`).
     pub rollback_config: Option<UpdateConfig>,
+    /// Why the update failed (kept when the rollback completes and its message changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// Per-service rollout bookkeeping, owned by the reconciler.
@@ -613,8 +632,15 @@ pub struct UpdateStatus {
 pub struct ServiceStatus {
     /// The spec tasks are converged to (the desired spec, or the rollback target).
     pub spec: ServiceSpec,
-    /// The last spec before the current rollout: the rollback target.
+    /// The last spec before the current rollout: the rollback target. `None` after an
+    /// automatic rollback: the spec it left was rejected, and there is nothing older to go to.
     pub previous: Option<ServiceSpec>,
+    /// A version an automatic rollback rejected, while the desired spec still names it. The
+    /// leader resets the desired spec to the version that runs in the same write as the
+    /// rollback; once desired matches, this is cleared, so applying the rejected version again
+    /// retries the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<u64>,
     pub update: Option<UpdateStatus>,
 }
 

@@ -301,6 +301,7 @@ fn status_step(sid: &ServiceId, d: &ServiceSpec, work: &mut Observed, ctx: &mut 
         let status = ServiceStatus {
             spec: d.clone(),
             previous: None,
+            rejected: None,
             update: None,
         };
         ctx.emit(
@@ -313,20 +314,44 @@ fn status_step(sid: &ServiceId, d: &ServiceSpec, work: &mut Observed, ctx: &mut 
         return;
     };
     let upd = st.update.as_ref();
-    let rolled_back_from = upd
-        .filter(|u| u.state.is_rollback())
-        .and_then(|u| u.rolled_back_from);
-    let new_status = if rolled_back_from == Some(d.version) {
-        // The failed spec stays rejected until the user applies a new version, but scaling
-        // still takes effect.
+    let new_status = if st.rejected == Some(d.version) {
+        // An automatic rollback rejected this version and the desired spec still names it
+        // (the leader resets it in the same write; the pure model has no such writer): the
+        // version that runs stays in force, but scaling still takes effect.
         (st.spec.mode != d.mode).then(|| {
             let mut s = st.clone();
             s.spec.mode = d.mode.clone();
             s
         })
     } else if d.version != st.spec.version {
-        // Rollback target = the last spec known to have converged.
+        let back = st.previous.as_ref().is_some_and(|p| p.version == d.version);
+        let update = if back {
+            // Going back to the previous spec is a rollback (swarm's `service rollback`):
+            // it runs with the rollback_config of the spec it leaves.
+            UpdateStatus {
+                state: UpdateState::RollingBack,
+                started_at: now,
+                completed_at: None,
+                message: format!("rolling back to version {}", d.version),
+                rolled_back_from: None,
+                rollback_config: Some(st.spec.rollback_config.clone()),
+                failure: None,
+            }
+        } else {
+            UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: now,
+                completed_at: None,
+                message: format!("updating to version {}", d.version),
+                rolled_back_from: None,
+                rollback_config: None,
+                failure: None,
+            }
+        };
+        // Rollback target = the last spec known to have converged (for a rollback: the spec
+        // it leaves, so a second rollback goes forward again, as in swarm).
         let previous = match upd.map(|u| u.state) {
+            _ if back => Some(st.spec.clone()),
             Some(UpdateState::Updating | UpdateState::Paused) if st.previous.is_some() => {
                 st.previous.clone()
             }
@@ -335,18 +360,15 @@ fn status_step(sid: &ServiceId, d: &ServiceSpec, work: &mut Observed, ctx: &mut 
         Some(ServiceStatus {
             spec: d.clone(),
             previous,
-            update: Some(UpdateStatus {
-                state: UpdateState::Updating,
-                started_at: now,
-                completed_at: None,
-                message: format!("updating to version {}", d.version),
-                rolled_back_from: None,
-                rollback_config: None,
-            }),
+            rejected: None,
+            update: Some(update),
         })
-    } else if *d != st.spec {
+    } else if *d != st.spec || st.rejected.is_some() {
+        // Same version: settings that need no new containers apply at once, and a desired
+        // spec reset to the version that runs lifts the rejection.
         let mut s = st.clone();
         s.spec = d.clone();
+        s.rejected = None;
         Some(s)
     } else {
         None
@@ -434,6 +456,7 @@ fn new_task(work: &Observed, sid: &ServiceId, spec: &ServiceSpec, slot: Slot, no
         restart_count: 0,
         restarts: Vec::new(),
         fast_failures: 0,
+        healthy_at: None,
     }
 }
 
@@ -643,11 +666,13 @@ fn is_settled(
     if head.state != TaskState::Running {
         return false;
     }
-    if head.spec_version == target.version
-        && update_state.is_some_and(UpdateState::is_active)
-        && let Some(started) = head.started_at
-    {
-        let done = started + cfg.delay;
+    // A task with a healthcheck is up once healthy: a rollout never counts a started but
+    // not yet healthy (or unhealthy) task as done.
+    let Some(ready) = head.ready_at(target.healthcheck) else {
+        return false;
+    };
+    if head.spec_version == target.version && update_state.is_some_and(UpdateState::is_active) {
+        let done = ready + cfg.delay;
         if done > ctx.now {
             ctx.wake(done);
             return false;
@@ -699,9 +724,10 @@ fn slot_upkeep(
         return;
     };
 
-    // Predecessors: once the head runs, they all go; before that, the newest running one stays
-    // (start-first overlap) and the rest go.
-    let keep = if head.is_live() && head.state == TaskState::Running {
+    // Predecessors: once the head is up (running, and healthy if it has a healthcheck), they
+    // all go; before that, the newest running one stays (start-first overlap) and the rest go.
+    let up = head.state == TaskState::Running && head.ready_at(target.healthcheck).is_some();
+    let keep = if head.is_live() && up {
         None
     } else {
         preds
@@ -820,23 +846,36 @@ fn update_progress(
     }
     let target = &st.spec;
     let now = ctx.now;
-    let failures = slots
+    // Swarm's rule: a task of the new version that fails or turns unhealthy before it has
+    // been up for `monitor` is an update failure. "Up" is healthy when there is a healthcheck,
+    // so a task that never became healthy always counts.
+    let hc = target.healthcheck;
+    let mut failed: Vec<&Task> = slots
         .values()
         .flatten()
         .filter_map(|id| work.tasks.get(id))
         .chain(work.tasks.range(TaskId(ctx.first_new)..).map(|(_, t)| t))
         .filter(|t| t.service == *sid && t.spec_version == target.version)
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected))
+        .filter(|t| {
+            matches!(t.state, TaskState::Failed | TaskState::Rejected)
+                || (t.state == TaskState::Running && hc && t.health == Health::Unhealthy)
+        })
         .filter(|t| {
             let end = t.finished_at.unwrap_or(now);
-            end >= upd.started_at
-                && t.started_at
-                    .is_none_or(|s| end.saturating_sub(s) <= cfg.monitor)
+            let up = if hc { t.healthy_at } else { t.started_at };
+            end >= upd.started_at && up.is_none_or(|s| end.saturating_sub(s) <= cfg.monitor)
         })
-        .count();
+        .collect();
+    failed.sort_by_key(|t| t.id);
+    failed.dedup_by_key(|t| t.id);
+    let failures = failed.len();
     let n = wanted.len().max(1);
     if failures > 0 && failures as f64 / n as f64 > cfg.max_failure_ratio {
-        let why = format!("{failures} task(s) of version {} failed", target.version);
+        let last = failed.last().map(|t| failure_detail(t)).unwrap_or_default();
+        let why = format!(
+            "{failures} task(s) of version {} failed (last: {last})",
+            target.version
+        );
         let mut status = st.clone();
         let u = status.update.as_mut().expect("checked above");
         match (upd.state, cfg.failure_action) {
@@ -855,6 +894,7 @@ fn update_progress(
             (UpdateState::Updating, _) => {
                 u.state = UpdateState::Paused;
                 u.message = format!("update paused: {why}");
+                u.failure = Some(u.message.clone());
                 ctx.emit(
                     work,
                     Action::SetServiceStatus {
@@ -867,6 +907,7 @@ fn update_progress(
             (_, _) => {
                 u.state = UpdateState::RollbackPaused;
                 u.message = format!("rollback paused: {why}");
+                u.failure = Some(u.message.clone());
                 ctx.emit(
                     work,
                     Action::SetServiceStatus {
@@ -895,7 +936,7 @@ fn update_progress(
             continue;
         }
         if head.is_live() {
-            match head.started_at {
+            match head.ready_at(hc) {
                 Some(s) if head.state == TaskState::Running => {
                     if s + cfg.monitor > now {
                         ctx.wake(s + cfg.monitor);
@@ -927,6 +968,17 @@ fn update_progress(
             },
         );
     }
+}
+
+/// What went wrong with a failed task, in one line: `web_api.2: <error or exit code>`.
+pub fn failure_detail(t: &Task) -> String {
+    let what = match (&t.error, t.exit_code) {
+        (Some(e), _) if !e.trim().is_empty() => e.split_whitespace().collect::<Vec<_>>().join(" "),
+        (_, Some(code)) => format!("exit code {code}"),
+        _ if t.health == Health::Unhealthy => "unhealthy".to_string(),
+        _ => t.state.to_string(),
+    };
+    format!("{}: {what}", t.name())
 }
 
 fn dependency_unmet(

@@ -512,7 +512,11 @@ fn failed_update_pauses() {
     assert_eq!(kinds(&p)[0], "restart t4->t5 s_web.1");
     let u = status.update.as_ref().unwrap();
     assert_eq!(u.state, UpdateState::Paused);
-    assert_eq!(u.message, "update paused: 1 task(s) of version 2 failed");
+    assert_eq!(
+        u.message,
+        "update paused: 1 task(s) of version 2 failed (last: s_web.1: exit code 1)"
+    );
+    assert_eq!(u.failure.as_deref(), Some(u.message.as_str()));
     apply(&mut o, &p).unwrap();
     converge(&d, &mut o, 300);
     // Paused: slots 2 and 3 keep the old version.
@@ -534,7 +538,7 @@ fn failed_update_rolls_back_automatically() {
     let mut d = desired(vec![spec.clone()]);
     let mut o = cluster(&["n1"]);
     converge(&d, &mut o, 0);
-    let bad = v2(spec);
+    let bad = v2(spec.clone());
     d.insert(bad.clone());
     converge(&d, &mut o, 100);
     let new = live(&o, "s_web")
@@ -554,16 +558,260 @@ fn failed_update_rolls_back_automatically() {
     assert_eq!(st.update.as_ref().unwrap().state, UpdateState::RolledBack);
     assert!(live(&o, "s_web").iter().all(|t| t.spec_version == 1));
     assert_eq!(running(&o, "s_web").len(), 2);
-    // The failed version stays rejected while the user's desired spec still names it...
+    let u = st.update.as_ref().unwrap();
+    assert_eq!(u.rolled_back_from, Some(2));
+    assert_eq!(
+        u.failure.as_deref(),
+        Some("update failed, rolling back: 1 task(s) of version 2 failed (last: s_web.1: exit code 1)")
+    );
+    // The rejected spec is no rollback target, and it stays rejected while the desired spec
+    // still names it (the leader resets desired in the same write as the rollback).
+    assert_eq!(st.previous, None);
+    assert_eq!(st.rejected, Some(2));
     assert!(plan(&d, &o, 3_000).is_empty());
-    // ...and a new version starts a fresh update.
-    d.insert(v2(bad));
+    // Desired reset to the version that runs: the rejection is lifted, nothing else moves.
+    d.insert(spec.clone());
+    let p = plan(&d, &o, 3_100);
+    assert_eq!(kinds(&p), ["status"]);
+    apply(&mut o, &p).unwrap();
+    let st = &o.services[&ServiceId("s_web".into())];
+    assert_eq!((st.rejected, st.spec.version), (None, 1));
+    assert!(plan(&d, &o, 3_200).is_empty());
+    // Applying the rejected version again retries the update from the version that runs.
+    d.insert(bad.clone());
     let p = plan(&d, &o, 4_000);
     let Action::SetServiceStatus { status, .. } = &p.actions[0] else {
         panic!()
     };
-    assert_eq!(status.spec.version, 3);
+    assert_eq!(status.spec.version, 2);
     assert_eq!(status.previous.as_ref().unwrap().version, 1);
+    assert_eq!(status.update.as_ref().unwrap().state, UpdateState::Updating);
+    assert_eq!(kinds(&p)[1..], ["shutdown t6"]);
+}
+
+fn health(o: &mut Observed, id: TaskId, h: Health, now: Time) {
+    report(
+        o,
+        id,
+        &TaskReport {
+            health: Some(h),
+            ..TaskReport::default()
+        },
+        now,
+    )
+    .unwrap();
+}
+
+fn status_of(o: &Observed) -> &ServiceStatus {
+    &o.services[&ServiceId("s_web".into())]
+}
+
+/// A healthchecked web service at version 1, converged and healthy on one node.
+fn healthy_web(replicas: u32, order: UpdateOrder) -> (Desired, Observed, ServiceSpec) {
+    let mut spec = web(replicas);
+    spec.healthcheck = true;
+    spec.update_config.order = order;
+    spec.update_config.monitor = 8_000;
+    spec.update_config.failure_action = FailureAction::Rollback;
+    let d = desired(vec![spec.clone()]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    let ids: Vec<TaskId> = o.tasks.keys().copied().collect();
+    for id in ids {
+        health(&mut o, id, Health::Healthy, 10);
+    }
+    (d, o, spec)
+}
+
+#[test]
+fn start_first_keeps_the_old_task_until_the_new_one_is_healthy() {
+    let (mut d, mut o, spec) = healthy_web(1, UpdateOrder::StartFirst);
+    d.insert(v2(spec));
+    let p = plan(&d, &o, 100);
+    assert_eq!(kinds(&p), ["status", "create t2 s_web.1", "assign t2 n1"]);
+    apply(&mut o, &p).unwrap();
+    agent(&mut o, 200);
+    health(&mut o, TaskId(2), Health::Starting, 300);
+    // Running but not healthy: the old task keeps serving, the update is not done.
+    let p = plan(&d, &o, 400);
+    assert!(p.is_empty(), "{p:?}");
+    health(&mut o, TaskId(2), Health::Healthy, 1_000);
+    assert_eq!(o.tasks[&TaskId(2)].healthy_at, Some(1_000));
+    let p = plan(&d, &o, 1_100);
+    assert_eq!(kinds(&p), ["shutdown t1"]);
+    apply(&mut o, &p).unwrap();
+    agent(&mut o, 1_200);
+    // The monitor window runs from healthy (1_000), not from started (200).
+    let p = plan(&d, &o, 1_300);
+    assert!(p.is_empty());
+    assert_eq!(p.requeue_after, Some(7_700));
+    let p = plan(&d, &o, 9_000);
+    assert_eq!(kinds(&p), ["status"]);
+    apply(&mut o, &p).unwrap();
+    assert_eq!(
+        status_of(&o).update.as_ref().unwrap().state,
+        UpdateState::Completed
+    );
+}
+
+#[test]
+fn stop_first_waits_for_health_before_the_next_batch() {
+    let (mut d, mut o, spec) = healthy_web(2, UpdateOrder::StopFirst);
+    d.insert(v2(spec));
+    converge(&d, &mut o, 100);
+    // Slot 1 runs version 2, not yet healthy: slot 2 is not touched.
+    let v: Vec<(u64, TaskState)> = live(&o, "s_web")
+        .iter()
+        .map(|t| (t.spec_version, t.state))
+        .collect();
+    assert_eq!(v, [(1, TaskState::Running), (2, TaskState::Running)]);
+    let new = live(&o, "s_web")[1].id;
+    health(&mut o, new, Health::Healthy, 500);
+    let p = plan(&d, &o, 600);
+    assert_eq!(kinds(&p), ["shutdown t2"]);
+}
+
+#[test]
+fn new_task_that_never_turns_healthy_rolls_the_update_back() {
+    let (mut d, mut o, spec) = healthy_web(2, UpdateOrder::StartFirst);
+    d.insert(v2(spec.clone()));
+    converge(&d, &mut o, 100);
+    health(&mut o, TaskId(3), Health::Starting, 1_000);
+    // The agent reports the unhealthy verdict and fails the task (as swarm's executor does).
+    health(&mut o, TaskId(3), Health::Unhealthy, 4_000);
+    report(
+        &mut o,
+        TaskId(3),
+        &TaskReport {
+            state: Some(TaskState::Failed),
+            exit_code: Some(137),
+            error: Some("unhealthy: curl: connection refused".into()),
+            ..TaskReport::default()
+        },
+        4_000,
+    )
+    .unwrap();
+    let p = plan(&d, &o, 4_100);
+    assert_eq!(
+        kinds(&p),
+        [
+            "restart t3->t4 s_web.1",
+            "rollback s_web",
+            "assign t4 n1",
+            "shutdown t4"
+        ]
+    );
+    let Action::Rollback { reason, .. } = &p.actions[1] else {
+        panic!()
+    };
+    assert_eq!(
+        reason,
+        "update failed, rolling back: 1 task(s) of version 2 failed \
+         (last: s_web.1: unhealthy: curl: connection refused)"
+    );
+    apply(&mut o, &p).unwrap();
+    // The old tasks never stopped (start-first, never healthy): the rollback is done once the
+    // rollback monitor has passed.
+    converge(&d, &mut o, 4_200);
+    converge(&d, &mut o, 20_000);
+    let st = status_of(&o);
+    assert_eq!(st.spec.version, 1);
+    assert_eq!(st.update.as_ref().unwrap().state, UpdateState::RolledBack);
+    let ids: Vec<TaskId> = live(&o, "s_web").iter().map(|t| t.id).collect();
+    assert_eq!(ids, [TaskId(1), TaskId(2)], "the original tasks kept running");
+}
+
+#[test]
+fn task_running_unhealthy_within_monitor_counts_as_failure() {
+    let (mut d, mut o, spec) = healthy_web(1, UpdateOrder::StopFirst);
+    d.insert(v2(spec));
+    converge(&d, &mut o, 100);
+    health(&mut o, TaskId(2), Health::Healthy, 1_000);
+    converge(&d, &mut o, 1_100);
+    // Healthy at 1_000, unhealthy at 5_000: within the 8 s monitor.
+    health(&mut o, TaskId(2), Health::Unhealthy, 5_000);
+    let p = plan(&d, &o, 5_000);
+    assert_eq!(kinds(&p)[0], "rollback s_web");
+}
+
+#[test]
+fn task_unhealthy_after_the_monitor_window_does_not_fail_the_update() {
+    let (mut d, mut o, spec) = healthy_web(1, UpdateOrder::StopFirst);
+    d.insert(v2(spec));
+    converge(&d, &mut o, 100);
+    health(&mut o, TaskId(2), Health::Healthy, 1_000);
+    converge(&d, &mut o, 1_100);
+    let p = plan(&d, &o, 9_500);
+    assert_eq!(kinds(&p), ["status"], "completed after the monitor");
+    apply(&mut o, &p).unwrap();
+    health(&mut o, TaskId(2), Health::Unhealthy, 20_000);
+    fail(&mut o, TaskId(2), 137, 20_000);
+    let p = plan(&d, &o, 20_100);
+    assert_eq!(kinds(&p), ["restart t2->t3 s_web.1", "assign t3 n1"]);
+    assert_eq!(
+        status_of(&o).update.as_ref().unwrap().state,
+        UpdateState::Completed
+    );
+}
+
+#[test]
+fn unhealthy_task_failed_by_the_agent_is_restarted_with_backoff() {
+    let mut spec = web(1);
+    spec.healthcheck = true;
+    spec.restart.delay = 1_000;
+    let d = desired(vec![spec]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    // Never healthy: dies young, so the second replacement also gets the crash-loop backoff.
+    fail(&mut o, TaskId(1), 137, 3_000);
+    let p = plan(&d, &o, 3_000);
+    let Action::RestartTask { task, .. } = &p.actions[0] else {
+        panic!("{p:?}")
+    };
+    assert_eq!((task.not_before, task.restart_count), (Some(4_000), 1));
+    apply(&mut o, &p).unwrap();
+    converge(&d, &mut o, 4_000);
+    fail(&mut o, TaskId(2), 137, 6_000);
+    let p = plan(&d, &o, 6_000);
+    let Action::RestartTask { task, .. } = &p.actions[0] else {
+        panic!("{p:?}")
+    };
+    assert_eq!(
+        task.not_before,
+        Some(6_000 + 1_000 + 100),
+        "delay + first backoff"
+    );
+}
+
+#[test]
+fn service_rollback_runs_with_the_rollback_config() {
+    let mut spec = web(2);
+    spec.update_config.parallelism = 1;
+    spec.rollback_config.parallelism = 0;
+    let mut d = desired(vec![spec.clone()]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    let mut s2 = v2(spec.clone());
+    s2.rollback_config.delay = 0;
+    d.insert(s2.clone());
+    converge(&d, &mut o, 100);
+    converge(&d, &mut o, 10_000);
+    assert_eq!(
+        status_of(&o).update.as_ref().unwrap().state,
+        UpdateState::Completed
+    );
+    // Back to version 1 (what `dcpp service rollback` stores): both slots at once.
+    d.insert(spec);
+    let p = plan(&d, &o, 20_000);
+    assert_eq!(kinds(&p), ["status", "shutdown t3", "shutdown t4"]);
+    let Action::SetServiceStatus { status, .. } = &p.actions[0] else {
+        panic!()
+    };
+    let u = status.update.as_ref().unwrap();
+    assert_eq!(u.state, UpdateState::RollingBack);
+    assert_eq!(u.rollback_config.as_ref(), Some(&s2.rollback_config));
+    assert_eq!(u.rolled_back_from, None, "a rollback the user asked for rejects nothing");
+    assert_eq!(status.previous.as_ref().unwrap().version, 2);
 }
 
 #[test]
