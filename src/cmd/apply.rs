@@ -788,12 +788,22 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     let c = client(global)?;
     block_on(async move {
         let docs: Vec<ServiceDoc> = stored_services(&c, &name).await?.into_values().collect();
+        let stored = match c.get(Kind::Stack, &name).await {
+            Ok(_) => true,
+            Err(dcpp_raft::Error::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !stored && docs.is_empty() {
+            eprintln!("error: no stack {name:?} (see `dcpp stack ls`)");
+            return Ok(1);
+        }
         let n = delete_stack(&c, &name).await?;
         println!("stack {name}: removing {n} service(s)");
         if args.detach {
             return Ok(0);
         }
         let start = Instant::now();
+        let prefix = format!("{name}_");
         loop {
             let left = c
                 .list(Kind::Task)
@@ -801,9 +811,16 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 .objects
                 .iter()
                 .filter_map(|o| o.decode::<Task>().ok())
-                .filter(|t| t.service.0.starts_with(&format!("{name}_")))
+                .filter(|t| t.service.0.starts_with(&prefix))
                 .count();
-            if left == 0 {
+            // Then the networks (bridges, DNS names, published ports) the agent of this
+            // machine removes once the stack's last container is gone.
+            let nets = if left == 0 {
+                stack_networks(global, &name)?
+            } else {
+                Vec::new()
+            };
+            if left == 0 && nets.is_empty() {
                 println!("stack {name} removed");
                 if args.volumes {
                     return remove_volumes(global, &docs);
@@ -811,12 +828,39 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             if start.elapsed() > args.timeout {
-                eprintln!("timed out: {left} task(s) of {name} still present");
+                if left > 0 {
+                    eprintln!("timed out: {left} task(s) of {name} still present");
+                } else {
+                    eprintln!(
+                        "timed out: network(s) of {name} still present: {}",
+                        nets.join(", ")
+                    );
+                }
                 return Ok(1);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// Names of the networks stack `name` has on this machine (the node of `--data-dir`); none
+/// when no daemon ever set up networking there.
+fn stack_networks(global: &Global, name: &str) -> anyhow::Result<Vec<String>> {
+    use dcpp_runtime::network::{NetworkManager, NetworkOptions};
+    let Some(opts) = NetworkOptions::saved(&global.data_dir)? else {
+        return Ok(Vec::new());
+    };
+    Ok(NetworkManager::open(opts)?
+        .list()?
+        .into_iter()
+        .filter(|n| {
+            n.network
+                .labels
+                .get(dcpp_node_agent::agent::NETWORK_STACK_LABEL)
+                .is_some_and(|s| s == name)
+        })
+        .map(|n| n.network.name)
+        .collect())
 }
 
 /// `down --volumes`: removes the stack's volumes from this node's volume store.
@@ -1121,7 +1165,13 @@ fn update_doc(d: &mut ServiceDoc, f: &UpdateFlags) -> anyhow::Result<()> {
     }
     let fresh = respec(d)?;
     d.spec.image = fresh.image;
-    d.spec.version = fresh.version;
+    // Only what containers are made of makes a new version: the version hash sees an empty
+    // `deploy:` that replicas or update settings created as a change.
+    let containers_change =
+        f.image.is_some() || !f.env_add.is_empty() || !f.env_rm.is_empty() || f.force;
+    if containers_change {
+        d.spec.version = fresh.version;
+    }
     d.spec.update_config = fresh.update_config;
     if d.spec.mode != Mode::Global {
         d.spec.mode = fresh.mode;
@@ -1425,6 +1475,119 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_as_compose_writes_them() {
+        let d = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(d("1m30s"), Ok(90_000));
+        assert_eq!(d("90s"), Ok(90_000));
+        assert_eq!(d("1h2m3s"), Ok(3_723_000));
+        assert_eq!(d("1.5h"), Ok(5_400_000));
+        assert_eq!(d("500ms"), Ok(500));
+        assert_eq!(d("2m500ms"), Ok(120_500));
+        assert_eq!(d("30"), Ok(30_000));
+        assert_eq!(d("1d"), Ok(86_400_000));
+        for bad in ["", "m", "1x", "1m30", "s5", "-1s", "1..2s", "NaN"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn doc(yaml: &str) -> ServiceDoc {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("compose.yml");
+        std::fs::write(&f, yaml).unwrap();
+        let files = FileArgs {
+            files: vec![f],
+            project_name: Some("st".into()),
+            profiles: vec![],
+        };
+        let p = load(&files).unwrap().unwrap();
+        let (_, mut docs) = stack_docs(&p, "").unwrap();
+        docs.remove(0)
+    }
+
+    fn flags() -> UpdateFlags {
+        UpdateFlags {
+            image: None,
+            env_add: vec![],
+            env_rm: vec![],
+            replicas: None,
+            parallelism: None,
+            delay: None,
+            order: None,
+            failure_action: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn service_update_flags_change_the_spec_as_apply_would() {
+        let base = "services:\n  web:\n    image: busybox\n    environment: {A: \"1\", B: \"2\"}\n    volumes: [data:/data]\nvolumes:\n  data: {}\n";
+        let d0 = doc(base);
+        // The recomputed version of an unchanged document is the one apply stored.
+        let mut d = d0.clone();
+        update_doc(&mut d, &flags()).unwrap();
+        assert_eq!(d, d0);
+        // Environment: the same version as a file with that environment.
+        let mut d = d0.clone();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                env_add: vec!["C=3".into(), "A=9".into()],
+                env_rm: vec!["B".into()],
+                ..flags()
+            },
+        )
+        .unwrap();
+        let want = doc(&base.replace("{A: \"1\", B: \"2\"}", "{A: \"9\", C: \"3\"}"));
+        assert_eq!(d.spec.version, want.spec.version);
+        assert_eq!(d.service.environment, want.service.environment);
+        // Replicas and update settings change no container.
+        let mut d = d0.clone();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                replicas: Some(4),
+                parallelism: Some(2),
+                delay: Some(Duration::from_secs(90)),
+                order: Some(UpdateOrderArg::StartFirst),
+                failure_action: Some(FailureActionArg::Rollback),
+                ..flags()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.spec.version, d0.spec.version);
+        assert_eq!(d.spec.mode, Mode::Replicated { replicas: 4 });
+        assert_eq!(d.spec.update_config.parallelism, 2);
+        assert_eq!(d.spec.update_config.delay, 90_000);
+        assert_eq!(
+            d.spec.update_config.order,
+            dcpp_reconciler::UpdateOrder::StartFirst
+        );
+        assert_eq!(
+            d.spec.update_config.failure_action,
+            dcpp_reconciler::FailureAction::Rollback
+        );
+        // --force: a new version each time, nothing else changed.
+        let mut d = d0.clone();
+        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        let v1 = d.spec.version;
+        assert_ne!(v1, d0.spec.version);
+        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        assert_ne!(d.spec.version, v1);
+        assert_eq!(d.spec.image, "busybox");
+        // Bad input is an error, not a silent no-op.
+        let mut d = d0.clone();
+        let e = update_doc(
+            &mut d,
+            &UpdateFlags {
+                env_add: vec!["NOVALUE".into()],
+                ..flags()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("KEY=VALUE"), "{e}");
+    }
 
     #[test]
     fn table_columns_fit_the_widest_cell() {
