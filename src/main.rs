@@ -80,6 +80,8 @@ pub enum Command {
     Events(cmd::apply::EventsArgs),
     /// Keep one stack per compose file of a directory applied (GitOps).
     Watch(cmd::watch::WatchArgs),
+    /// Print the client's and the daemon's versions.
+    Version(cmd::version::VersionArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,10 +103,11 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let host = cli.global.host.clone();
     match cmd::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cmd::explain(host.as_deref(), &err));
             std::process::ExitCode::from(1)
         }
     }

@@ -206,9 +206,12 @@ impl Agent {
                 |c| async move { self.remove_container(&c).await },
             )
             .await;
-        // Tasks are independent: start and stop them concurrently (a stop can wait out a grace
-        // period), reporting in batches so progress shows while a large round runs.
-        let mine: Vec<(Task, u64, Option<ContainerInfo>, Option<ServiceDoc>)> = tasks
+        // Tasks are independent: start and stop them concurrently, reporting in batches so
+        // progress shows while a large round runs. Stops are all signalled at once and waited
+        // out together (as compose stops a service's containers: one grace period in all), and
+        // they don't take turns with creates and starts, which `parallel` bounds because they
+        // load the machine while a stop mostly waits.
+        let (stops, rest): (Vec<_>, Vec<_>) = tasks
             .into_values()
             .filter(|(t, _)| t.node.as_ref() == Some(&me))
             .map(|(t, rev)| {
@@ -216,12 +219,19 @@ impl Agent {
                 let svc = services.get(&t.service.0).cloned();
                 (t, rev, c, svc)
             })
-            .collect();
-        let mut results = futures::stream::iter(mine)
-            .map(|(t, rev, c, svc)| async move {
-                self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
-            })
-            .buffer_unordered(self.parallel);
+            .partition(|(t, ..)| t.desired != DesiredState::Running);
+        let run = |(t, rev, c, svc): (Task, u64, Option<ContainerInfo>, Option<ServiceDoc>)| async move {
+            self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
+        };
+        let all_stops = stops.len().max(1);
+        let mut results = futures::stream::select(
+            futures::stream::iter(stops)
+                .map(run)
+                .buffer_unordered(all_stops),
+            futures::stream::iter(rest)
+                .map(run)
+                .buffer_unordered(self.parallel),
+        );
         let mut reports = Vec::new();
         let mut last_flush = Instant::now();
         while let Some(r) = results.next().await {

@@ -283,6 +283,22 @@ async fn status(State(node): State<Node>) -> ApiResult<crate::ClusterStatus> {
     Ok(Json(node.status()?))
 }
 
+/// What `GET /v1/version` answers: the daemon's build, for `dcpp version`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The daemon's release (the workspace crates share one version).
+    pub version: String,
+    /// API generation the routes belong to.
+    pub api: String,
+}
+
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api: "v1".to_string(),
+    })
+}
+
 async fn join(
     State(node): State<Node>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -445,6 +461,7 @@ fn api_routes() -> Router<Node> {
         .route("/v1/objects/{kind}/{id}", get(get_object))
         .route("/v1/watch", get(watch))
         .route("/v1/cluster/status", get(status))
+        .route("/v1/version", get(version))
         .route("/v1/cluster/add", post(add_member))
         .route("/v1/cluster/remove", post(remove_member))
 }

@@ -221,6 +221,11 @@ impl Client {
         self.get_json("/v1/cluster/status").await
     }
 
+    /// The daemon's version.
+    pub async fn version(&self) -> Result<crate::api::VersionInfo, Error> {
+        self.get_json("/v1/version").await
+    }
+
     /// Join tokens (unix socket only).
     pub async fn join_tokens(&self) -> Result<JoinTokens, Error> {
         self.get_json("/v1/cluster/tokens").await

@@ -27,6 +27,9 @@ pub struct FileArgs {
     /// Stack (project) name.
     #[arg(short = 'p', long = "project-name")]
     pub project_name: Option<String>,
+    /// Enable services of this compose profile (repeatable; also COMPOSE_PROFILES).
+    #[arg(long = "profile")]
+    pub profiles: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +54,8 @@ pub struct ApplyArgs {
 pub struct DiffArgs {
     #[command(flatten)]
     pub files: FileArgs,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::cmd::cluster::Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,22 +89,75 @@ pub struct PsArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum StackCommand {
     /// List applied stacks with their source and last apply time.
-    Ls,
+    Ls(crate::cmd::cluster::FormatArgs),
+    /// Remove a stack (same as `dcpp down -p NAME`).
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        /// Return after storing; don't wait for the containers to go.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Only JSON: inspect commands print documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsonOnly {
+    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ServiceCommand {
-    /// List services with running/desired replicas.
-    Ls,
+    /// List services with running/desired replicas, health and restarts.
+    Ls(crate::cmd::cluster::FormatArgs),
     /// Tasks of one service (`stack_service`, or a service name unique across stacks).
-    Ps { service: String },
+    Ps {
+        service: String,
+        /// Also show finished tasks (history).
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::cmd::cluster::Format,
+    },
     /// The stored service document as JSON.
-    Inspect { service: String },
-    /// Change a service's image (a rolling update per its update_config).
+    Inspect {
+        service: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: JsonOnly,
+    },
+    /// The logs of a service's replicas on this machine (same as `dcpp logs SERVICE`).
+    Logs(crate::cmd::container::TopLogsArgs),
+    /// Change a service as `docker service update` does: image, environment, replicas, update
+    /// settings, or `--force` to replace its containers without a change. A change of image or
+    /// environment (or `--force`) is a rolling update per the service's update_config.
     Update {
         service: String,
         #[arg(long)]
-        image: String,
+        image: Option<String>,
+        /// Add or replace an environment variable (KEY=VALUE); repeatable.
+        #[arg(long = "env-add", value_name = "KEY=VALUE")]
+        env_add: Vec<String>,
+        /// Remove an environment variable; repeatable.
+        #[arg(long = "env-rm", value_name = "KEY")]
+        env_rm: Vec<String>,
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Containers replaced at a time (0 = all at once).
+        #[arg(long = "update-parallelism")]
+        update_parallelism: Option<u64>,
+        /// Wait between batches (e.g. 10s, 1m30s).
+        #[arg(long = "update-delay", value_parser = parse_duration)]
+        update_delay: Option<Duration>,
+        #[arg(long = "update-order", value_enum)]
+        update_order: Option<UpdateOrderArg>,
+        /// What a failed batch does.
+        #[arg(long = "update-failure-action", value_enum)]
+        update_failure_action: Option<FailureActionArg>,
+        /// Replace the containers even when nothing changed (a rolling restart).
+        #[arg(long)]
+        force: bool,
         #[arg(short = 'd', long)]
         detach: bool,
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -124,30 +182,112 @@ pub enum ServiceCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpdateOrderArg {
+    StartFirst,
+    StopFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailureActionArg {
+    Pause,
+    Rollback,
+    Continue,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
-    /// Print one JSON object per event.
+    /// Print one JSON object per event (same as `--format json`).
     #[arg(long)]
     pub json: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::cmd::cluster::Format,
+    /// Start after this store revision (the first number of each event line), replaying what
+    /// happened since; default: only what happens from now on.
+    #[arg(long, value_name = "REV")]
+    pub since: Option<u64>,
+    /// `type=stack|service|task|node` or `stack=NAME`; repeatable: the same key ORs, different
+    /// keys AND.
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+}
+
+/// The events `dcpp events --filter` keeps.
+#[derive(Debug, Default)]
+struct EventFilter {
+    kinds: Vec<Kind>,
+    stacks: Vec<String>,
+}
+
+impl EventFilter {
+    fn parse(filters: &[String]) -> anyhow::Result<EventFilter> {
+        let mut f = EventFilter::default();
+        for s in filters {
+            let (k, v) = s
+                .split_once('=')
+                .with_context(|| format!("invalid filter {s:?}: expected KEY=VALUE"))?;
+            match k {
+                "type" | "kind" => f.kinds.push(match v {
+                    "stack" => Kind::Stack,
+                    "service" => Kind::Service,
+                    "task" => Kind::Task,
+                    "node" => Kind::Node,
+                    _ => bail!("invalid filter {s:?}: type is stack, service, task or node"),
+                }),
+                "stack" => f.stacks.push(v.to_string()),
+                _ => bail!("invalid filter {s:?}: the keys are type and stack"),
+            }
+        }
+        Ok(f)
+    }
+
+    fn keeps(&self, ev: &dcpp_raft::Event) -> bool {
+        let o = &ev.object;
+        if !matches!(
+            o.kind,
+            Kind::Stack | Kind::Service | Kind::Task | Kind::Node
+        ) {
+            return false;
+        }
+        if !self.kinds.is_empty() && !self.kinds.contains(&o.kind) {
+            return false;
+        }
+        if self.stacks.is_empty() {
+            return true;
+        }
+        // A deleted task has no body left to say which stack it belonged to.
+        let stack_of = match o.kind {
+            Kind::Stack => Some(o.id.clone()),
+            Kind::Service => o.decode::<ServiceDoc>().ok().map(|d| d.spec.stack),
+            Kind::Task => o
+                .decode::<Task>()
+                .ok()
+                .and_then(|t| t.service.0.split_once('_').map(|(s, _)| s.to_string())),
+            _ => None,
+        };
+        stack_of.is_some_and(|s| self.stacks.contains(&s))
+    }
 }
 
 /// `dcpp events`: stack, service and task changes as they happen (until interrupted).
 pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
     use futures::StreamExt;
+    let filter = EventFilter::parse(&args.filters)?;
+    let json = args.json || args.format == crate::cmd::cluster::Format::Json;
     let c = client(global)?;
     block_on(async move {
-        let since = c.status().await?.revision;
+        let since = match args.since {
+            Some(r) => r,
+            None => c.status().await?.revision,
+        };
         let mut s = Box::pin(c.watch(since, None));
         while let Some(ev) = s.next().await {
             let ev = ev?;
             let o = &ev.object;
-            if !matches!(
-                o.kind,
-                Kind::Stack | Kind::Service | Kind::Task | Kind::Node
-            ) {
+            if !filter.keeps(&ev) {
                 continue;
             }
-            if args.json {
+            if json {
                 println!("{}", serde_json::to_string(&ev)?);
                 continue;
             }
@@ -159,7 +299,9 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
                         t.name(),
                         t.state,
                         t.desired,
-                        t.error.map(|e| format!(" error={e:?}")).unwrap_or_default()
+                        t.error
+                            .map(|e| format!(" error={:?}", crate::cmd::show::one_line(&e)))
+                            .unwrap_or_default()
                     ),
                     Err(_) => "updated".into(),
                 },
@@ -171,31 +313,56 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// `90s`, `5m`, `1h`, `500ms` or plain seconds.
+/// A compose/Go duration (`90s`, `1m30s`, `1h5m`, `500ms`, `1.5h`; units ns, us, ms, s, m,
+/// h, d) or plain seconds (`30`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("invalid duration {s:?}"));
+    let bad = || format!("invalid duration {s:?} (e.g. 90s, 1m30s, 500ms)");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
     }
-    Ok(Duration::from_secs_f64(v * mult))
+    if let Ok(v) = t.parse::<f64>() {
+        return (v.is_finite() && v >= 0.0)
+            .then(|| Duration::from_secs_f64(v))
+            .ok_or_else(bad);
+    }
+    let mut total = 0.0f64;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if n == 0 {
+            return Err(bad());
+        }
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        let after = &rest[n..];
+        let u = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let secs = match &after[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return Err(bad()),
+        };
+        total += v * secs;
+        rest = &after[u..];
+    }
+    (total.is_finite())
+        .then(|| Duration::from_secs_f64(total))
+        .ok_or_else(bad)
 }
 
 pub fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
     let opts = dcpp_spec::LoadOptions {
         files: files.files.clone(),
         project_name: files.project_name.clone(),
-        profiles: vec![],
+        profiles: files.profiles.clone(),
         env_files: vec![],
         working_dir: std::env::current_dir()?,
         project_dir: None,
@@ -431,8 +598,13 @@ pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
             .map(|d| (d.spec.name.clone(), d))
             .collect();
         let changes = diff_services(&old, &new);
-        for ch in &changes {
-            println!("{ch}");
+        if args.format == crate::cmd::cluster::Format::Json {
+            let out = serde_json::json!({ "stack": stack.name, "changes": changes });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            for ch in &changes {
+                println!("{ch}");
+            }
         }
         Ok(if changes.is_empty() { 0 } else { 2 })
     })
@@ -616,12 +788,22 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     let c = client(global)?;
     block_on(async move {
         let docs: Vec<ServiceDoc> = stored_services(&c, &name).await?.into_values().collect();
+        let stored = match c.get(Kind::Stack, &name).await {
+            Ok(_) => true,
+            Err(dcpp_raft::Error::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !stored && docs.is_empty() {
+            eprintln!("error: no stack {name:?} (see `dcpp stack ls`)");
+            return Ok(1);
+        }
         let n = delete_stack(&c, &name).await?;
         println!("stack {name}: removing {n} service(s)");
         if args.detach {
             return Ok(0);
         }
         let start = Instant::now();
+        let prefix = format!("{name}_");
         loop {
             let left = c
                 .list(Kind::Task)
@@ -629,9 +811,16 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 .objects
                 .iter()
                 .filter_map(|o| o.decode::<Task>().ok())
-                .filter(|t| t.service.0.starts_with(&format!("{name}_")))
+                .filter(|t| t.service.0.starts_with(&prefix))
                 .count();
-            if left == 0 {
+            // Then the networks (bridges, DNS names, published ports) the agent of this
+            // machine removes once the stack's last container is gone.
+            let nets = if left == 0 {
+                stack_networks(global, &name)?
+            } else {
+                Vec::new()
+            };
+            if left == 0 && nets.is_empty() {
                 println!("stack {name} removed");
                 if args.volumes {
                     return remove_volumes(global, &docs);
@@ -639,12 +828,39 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             if start.elapsed() > args.timeout {
-                eprintln!("timed out: {left} task(s) of {name} still present");
+                if left > 0 {
+                    eprintln!("timed out: {left} task(s) of {name} still present");
+                } else {
+                    eprintln!(
+                        "timed out: network(s) of {name} still present: {}",
+                        nets.join(", ")
+                    );
+                }
                 return Ok(1);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// Names of the networks stack `name` has on this machine (the node of `--data-dir`); none
+/// when no daemon ever set up networking there.
+fn stack_networks(global: &Global, name: &str) -> anyhow::Result<Vec<String>> {
+    use dcpp_runtime::network::{NetworkManager, NetworkOptions};
+    let Some(opts) = NetworkOptions::saved(&global.data_dir)? else {
+        return Ok(Vec::new());
+    };
+    Ok(NetworkManager::open(opts)?
+        .list()?
+        .into_iter()
+        .filter(|n| {
+            n.network
+                .labels
+                .get(dcpp_node_agent::agent::NETWORK_STACK_LABEL)
+                .is_some_and(|s| s == name)
+        })
+        .map(|n| n.network.name)
+        .collect())
 }
 
 /// `down --volumes`: removes the stack's volumes from this node's volume store.
@@ -706,7 +922,10 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_tasks(tasks: &[&Task]) {
+/// The task table of `ps` and `service ps`: state with health or restart countdown, restart
+/// count, and the age of the last state change; errors on one line.
+fn task_rows(tasks: &[&Task], now: u64) -> String {
+    use crate::cmd::show;
     let mut rows = Vec::new();
     for t in tasks {
         let desired = match t.desired {
@@ -714,31 +933,28 @@ fn print_tasks(tasks: &[&Task]) {
             DesiredState::Shutdown => "shutdown",
             DesiredState::Remove => "remove",
         };
-        let err = t
-            .error
-            .as_deref()
-            .or((!t.message.is_empty()).then_some(t.message.as_str()))
-            .unwrap_or("")
-            .lines()
-            .next()
-            .unwrap_or("");
         rows.push(vec![
             t.name(),
             t.id.to_string(),
             t.image.clone(),
             t.node.as_ref().map(|n| n.0.clone()).unwrap_or("-".into()),
             desired.to_string(),
-            t.state.to_string(),
-            err.to_string(),
+            show::task_state(t, now),
+            t.restart_count.to_string(),
+            show::ago(t.updated_at, now),
+            show::task_message(t),
         ]);
     }
-    print!(
-        "{}",
-        table(
-            &["NAME", "ID", "IMAGE", "NODE", "DESIRED", "STATE", "ERROR"],
-            &rows
-        )
-    );
+    table(
+        &[
+            "NAME", "ID", "IMAGE", "NODE", "DESIRED", "STATE", "RESTARTS", "SINCE", "ERROR",
+        ],
+        &rows,
+    )
+}
+
+fn print_tasks(tasks: &[&Task]) {
+    print!("{}", task_rows(tasks, dcpp_node_agent::docs::now_ms()));
 }
 
 pub fn run_ps(global: &Global, args: PsArgs) -> anyhow::Result<u8> {
@@ -764,30 +980,55 @@ pub fn run_ps(global: &Global, args: PsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn run_stack(global: &Global, cmd: StackCommand) -> anyhow::Result<u8> {
+    let f = match cmd {
+        StackCommand::Ls(f) => f,
+        StackCommand::Rm {
+            name,
+            detach,
+            timeout,
+        } => {
+            let args = DownArgs {
+            files: FileArgs {
+                files: vec![],
+                project_name: Some(name),
+                profiles: vec![],
+            },
+                detach,
+                volumes: false,
+                timeout,
+            };
+            return run_down(global, args);
+        }
+    };
     let c = client(global)?;
     block_on(async move {
-        match cmd {
-            StackCommand::Ls => {
-                let now = dcpp_node_agent::docs::now_ms();
-                let mut rows = Vec::new();
-                for o in c.list(Kind::Stack).await?.objects {
-                    let s: StackDoc = o.decode()?;
-                    let ago = now.saturating_sub(s.applied_at_ms) / 1000;
-                    rows.push(vec![
-                        s.name,
-                        s.services.len().to_string(),
-                        s.hash,
-                        format!("{ago}s ago"),
-                        s.source,
-                    ]);
-                }
-                print!(
-                    "{}",
-                    table(&["NAME", "SERVICES", "HASH", "APPLIED", "SOURCE"], &rows)
-                );
-                Ok(0)
-            }
+        let now = dcpp_node_agent::docs::now_ms();
+        let stacks: Vec<StackDoc> = c
+            .list(Kind::Stack)
+            .await?
+            .objects
+            .iter()
+            .map(|o| o.decode())
+            .collect::<Result<_, _>>()?;
+        if f.format == crate::cmd::cluster::Format::Json {
+            println!("{}", serde_json::to_string_pretty(&stacks)?);
+            return Ok(0);
         }
+        let mut rows = Vec::new();
+        for s in stacks {
+            rows.push(vec![
+                s.name,
+                s.services.len().to_string(),
+                s.hash,
+                crate::cmd::show::ago(s.applied_at_ms, now),
+                s.source,
+            ]);
+        }
+        print!(
+            "{}",
+            table(&["NAME", "SERVICES", "HASH", "APPLIED", "SOURCE"], &rows)
+        );
+        Ok(0)
     })
 }
 
@@ -806,27 +1047,251 @@ async fn find_service(c: &Client, name: &str) -> anyhow::Result<(ServiceDoc, u64
     }
 }
 
-/// The container version of a compose service, computed the way `ServiceSpec::from_compose`
-/// does (a one-service project goes through the same conversion).
-fn version_of(svc: &dcpp_spec::Service) -> u64 {
+/// The spec of a stored service whose compose model was edited, converted the way `apply`
+/// does: a project with this service, the named volumes it resolved at apply time and a stub
+/// of its `network_mode: service:` peer, so the version matches what `apply` would compute.
+fn respec(d: &ServiceDoc) -> anyhow::Result<ServiceSpec> {
+    let mut services = BTreeMap::from([(d.spec.name.clone(), d.service.clone())]);
+    if let Some(peer) = &d.spec.network_peer {
+        services.insert(peer.clone(), dcpp_spec::Service::default());
+    }
+    let volumes = d
+        .spec
+        .volumes
+        .iter()
+        .map(|(key, name)| {
+            let v = dcpp_spec::Volume {
+                name: Some(name.clone()),
+                external: d.spec.external_volumes.contains(name),
+                ..Default::default()
+            };
+            (key.clone(), v)
+        })
+        .collect();
     let p = dcpp_spec::Project {
-        name: "x".into(),
-        services: BTreeMap::from([("s".to_string(), svc.clone())]),
+        name: d.spec.stack.clone(),
+        services,
         networks: Default::default(),
-        volumes: Default::default(),
+        volumes,
         configs: Default::default(),
         secrets: Default::default(),
     };
-    ServiceSpec::from_compose(&p, "s")
-        .map(|s| s.version)
-        .unwrap_or_default()
+    Ok(ServiceSpec::from_compose(&p, &d.spec.name)?)
+}
+
+/// What `service update` was asked to change.
+struct UpdateFlags {
+    image: Option<String>,
+    env_add: Vec<String>,
+    env_rm: Vec<String>,
+    replicas: Option<u32>,
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    order: Option<UpdateOrderArg>,
+    failure_action: Option<FailureActionArg>,
+    force: bool,
+}
+
+/// Label whose value `service update --force` bumps: a changed label is a new container
+/// version, so every replica is replaced by a rolling update (swarm's ForceUpdate counter).
+const FORCE_LABEL: &str = "org.dcpp.force-update";
+
+/// Applies `service update` flags to a stored service document, as `docker service update`
+/// changes the service's spec; the result's spec is recomputed from its compose model.
+fn update_doc(d: &mut ServiceDoc, f: &UpdateFlags) -> anyhow::Result<()> {
+    let svc = &mut d.service;
+    if let Some(i) = &f.image {
+        svc.image = Some(i.clone());
+    }
+    for kv in &f.env_add {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env-add {kv:?}: expected KEY=VALUE"))?;
+        if k.is_empty() {
+            bail!("--env-add {kv:?}: empty variable name");
+        }
+        svc.environment.insert(k.to_string(), Some(v.to_string()));
+    }
+    for k in &f.env_rm {
+        let k = k.split_once('=').map_or(k.as_str(), |(k, _)| k);
+        svc.environment.remove(k);
+    }
+    if let Some(n) = f.replicas {
+        if d.spec.mode == Mode::Global {
+            bail!("service {} is global: --replicas does not apply", d.id());
+        }
+        svc.deploy.get_or_insert_with(Default::default).replicas = Some(u64::from(n));
+    }
+    if f.parallelism.is_some() || f.delay.is_some() || f.order.is_some() || f.failure_action.is_some() {
+        let uc = svc
+            .deploy
+            .get_or_insert_with(Default::default)
+            .update_config
+            .get_or_insert_with(Default::default);
+        if let Some(p) = f.parallelism {
+            uc.parallelism = Some(p);
+        }
+        if let Some(dl) = f.delay {
+            let nanos = u64::try_from(dl.as_nanos()).context("--update-delay is too long")?;
+            uc.delay = Some(dcpp_spec::Duration(nanos));
+        }
+        if let Some(o) = f.order {
+            uc.order = Some(
+                match o {
+                    UpdateOrderArg::StartFirst => "start-first",
+                    UpdateOrderArg::StopFirst => "stop-first",
+                }
+                .into(),
+            );
+        }
+        if let Some(a) = f.failure_action {
+            uc.failure_action = Some(
+                match a {
+                    FailureActionArg::Pause => "pause",
+                    FailureActionArg::Rollback => "rollback",
+                    FailureActionArg::Continue => "continue",
+                }
+                .into(),
+            );
+        }
+    }
+    if f.force {
+        let n = svc
+            .labels
+            .get(FORCE_LABEL)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        svc.labels.insert(FORCE_LABEL.into(), (n + 1).to_string());
+    }
+    let fresh = respec(d)?;
+    d.spec.image = fresh.image;
+    // Only what containers are made of makes a new version: the version hash sees an empty
+    // `deploy:` that replicas or update settings created as a change.
+    let containers_change =
+        f.image.is_some() || !f.env_add.is_empty() || !f.env_rm.is_empty() || f.force;
+    if containers_change {
+        d.spec.version = fresh.version;
+    }
+    d.spec.update_config = fresh.update_config;
+    if d.spec.mode != Mode::Global {
+        d.spec.mode = fresh.mode;
+    }
+    Ok(())
+}
+
+/// One row of `service ls`.
+#[derive(Debug, serde::Serialize)]
+struct ServiceRow {
+    name: String,
+    stack: String,
+    mode: &'static str,
+    /// Running tasks of the current spec.
+    running: usize,
+    desired: usize,
+    image: String,
+    /// Live tasks by health (only services with a healthcheck have any).
+    healthy: usize,
+    unhealthy: usize,
+    starting: usize,
+    /// Restarts of the service's slots, summed over the live tasks.
+    restarts: u64,
+    /// The rollout's state (`updating`, `completed`, `rolled_back`, …) and message.
+    update: Option<String>,
+    update_message: Option<String>,
+    /// Milliseconds since the epoch of the rollout's start.
+    updated_at: Option<u64>,
+}
+
+fn service_row(d: &ServiceDoc, st: Option<&ServiceStatus>, tasks: &[Task], nodes: &Observed) -> ServiceRow {
+    let (running, desired) = progress(d, st, tasks, nodes);
+    let live: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.service == d.id() && t.is_live() && t.desired == DesiredState::Running)
+        .collect();
+    let count = |h: dcpp_reconciler::Health| {
+        live.iter()
+            .filter(|t| t.state == TaskState::Running && t.health == h)
+            .count()
+    };
+    let update = st.and_then(|s| s.update.as_ref());
+    ServiceRow {
+        name: d.id().0,
+        stack: d.spec.stack.clone(),
+        mode: match d.spec.mode {
+            Mode::Global => "global",
+            Mode::Replicated { .. } => "replicated",
+        },
+        running,
+        desired,
+        image: d.spec.image.clone(),
+        healthy: count(dcpp_reconciler::Health::Healthy),
+        unhealthy: count(dcpp_reconciler::Health::Unhealthy),
+        starting: count(dcpp_reconciler::Health::Starting),
+        restarts: live.iter().map(|t| u64::from(t.restart_count)).sum(),
+        update: update.map(|u| {
+            serde_json::to_value(u.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{:?}", u.state))
+        }),
+        update_message: update.map(|u| crate::cmd::show::one_line(&u.message)),
+        updated_at: update.map(|u| u.started_at),
+    }
+}
+
+/// The table of `service ls`: replicas with health (`3/3 (2 healthy, 1 starting)`), restarts
+/// and the rollout with its age.
+fn service_table(rows: &[ServiceRow], now: u64) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut health = Vec::new();
+            for (n, what) in [
+                (r.healthy, "healthy"),
+                (r.unhealthy, "unhealthy"),
+                (r.starting, "starting"),
+            ] {
+                if n > 0 {
+                    health.push(format!("{n} {what}"));
+                }
+            }
+            let mut replicas = format!("{}/{}", r.running, r.desired);
+            if !health.is_empty() {
+                replicas.push_str(&format!(" ({})", health.join(", ")));
+            }
+            let update = match (&r.update, r.updated_at) {
+                (Some(u), Some(at)) => {
+                    let mut s = format!("{u} {}", crate::cmd::show::ago(at, now));
+                    if let Some(m) = r.update_message.as_deref().filter(|m| !m.is_empty()) {
+                        s.push_str(&format!(": {m}"));
+                    }
+                    s
+                }
+                _ => "-".into(),
+            };
+            vec![
+                r.name.clone(),
+                r.mode.to_string(),
+                replicas,
+                r.restarts.to_string(),
+                r.image.clone(),
+                update,
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MODE", "REPLICAS", "RESTARTS", "IMAGE", "UPDATE"],
+        &cells,
+    )
 }
 
 pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
     let c = client(global)?;
     block_on(async move {
         match cmd {
-            ServiceCommand::Ls => {
+            // Read from this machine's container logs; no daemon involved.
+            ServiceCommand::Logs(args) => crate::cmd::logs::run(global, args),
+            ServiceCommand::Ls(f) => {
                 let tasks = all_tasks(&c).await?;
                 let nodes = observed_nodes(&c, &tasks).await?;
                 let mut statuses = BTreeMap::new();
@@ -838,29 +1303,34 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                 let mut rows = Vec::new();
                 for o in c.list(Kind::Service).await?.objects {
                     let d: ServiceDoc = o.decode()?;
-                    let (r, n) = progress(&d, statuses.get(&d.id().0), &tasks, &nodes);
-                    let mode = match d.spec.mode {
-                        Mode::Global => "global",
-                        Mode::Replicated { .. } => "replicated",
-                    };
-                    rows.push(vec![
-                        d.id().0,
-                        mode.to_string(),
-                        format!("{r}/{n}"),
-                        d.spec.image.clone(),
-                    ]);
+                    rows.push(service_row(&d, statuses.get(&d.id().0), &tasks, &nodes));
                 }
-                print!("{}", table(&["NAME", "MODE", "REPLICAS", "IMAGE"], &rows));
+                if f.format == crate::cmd::cluster::Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", service_table(&rows, dcpp_node_agent::docs::now_ms()));
+                }
                 Ok(0)
             }
-            ServiceCommand::Ps { service } => {
+            ServiceCommand::Ps {
+                service,
+                all,
+                format,
+            } => {
                 let (d, _) = find_service(&c, &service).await?;
                 let tasks = all_tasks(&c).await?;
-                let shown: Vec<&Task> = tasks.iter().filter(|t| t.service == d.id()).collect();
-                print_tasks(&shown);
+                let shown: Vec<&Task> = tasks
+                    .iter()
+                    .filter(|t| t.service == d.id() && (all || t.is_live()))
+                    .collect();
+                if format == crate::cmd::cluster::Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&shown)?);
+                } else {
+                    print_tasks(&shown);
+                }
                 Ok(0)
             }
-            ServiceCommand::Inspect { service } => {
+            ServiceCommand::Inspect { service, format: _ } => {
                 let (d, _) = find_service(&c, &service).await?;
                 println!("{}", serde_json::to_string_pretty(&d)?);
                 Ok(0)
@@ -868,15 +1338,36 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             ServiceCommand::Update {
                 service,
                 image,
+                env_add,
+                env_rm,
+                replicas,
+                update_parallelism,
+                update_delay,
+                update_order,
+                update_failure_action,
+                force,
                 detach,
                 timeout,
             } => {
                 let (mut d, rev) = find_service(&c, &service).await?;
                 let before = d.clone();
-                d.service.image = Some(image.clone());
-                d.spec.image = image;
-                d.spec.version = version_of(&d.service);
+                let flags = UpdateFlags {
+                    image,
+                    env_add,
+                    env_rm,
+                    replicas,
+                    parallelism: update_parallelism,
+                    delay: update_delay,
+                    order: update_order,
+                    failure_action: update_failure_action,
+                    force,
+                };
+                update_doc(&mut d, &flags)?;
                 let id = d.id().0;
+                if d == before {
+                    println!("{id}: no changes");
+                    return Ok(0);
+                }
                 let txn = Txn::new()
                     .when(Precondition::ModRevision {
                         kind: Kind::Service,
@@ -886,7 +1377,11 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                     .op(Op::put(Kind::Config, previous_key(&id), &before)?)
                     .op(Op::put(Kind::Service, id.clone(), &d)?);
                 c.txn(&txn).await?;
-                println!("{id}: updating to {}", d.spec.image);
+                if d.spec.version == before.spec.version {
+                    println!("{id}: updated (no container changes)");
+                } else {
+                    println!("{id}: updating to {} (version {:x})", d.spec.image, d.spec.version);
+                }
                 if detach {
                     return Ok(0);
                 }
@@ -980,6 +1475,119 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_as_compose_writes_them() {
+        let d = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(d("1m30s"), Ok(90_000));
+        assert_eq!(d("90s"), Ok(90_000));
+        assert_eq!(d("1h2m3s"), Ok(3_723_000));
+        assert_eq!(d("1.5h"), Ok(5_400_000));
+        assert_eq!(d("500ms"), Ok(500));
+        assert_eq!(d("2m500ms"), Ok(120_500));
+        assert_eq!(d("30"), Ok(30_000));
+        assert_eq!(d("1d"), Ok(86_400_000));
+        for bad in ["", "m", "1x", "1m30", "s5", "-1s", "1..2s", "NaN"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn doc(yaml: &str) -> ServiceDoc {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("compose.yml");
+        std::fs::write(&f, yaml).unwrap();
+        let files = FileArgs {
+            files: vec![f],
+            project_name: Some("st".into()),
+            profiles: vec![],
+        };
+        let p = load(&files).unwrap().unwrap();
+        let (_, mut docs) = stack_docs(&p, "").unwrap();
+        docs.remove(0)
+    }
+
+    fn flags() -> UpdateFlags {
+        UpdateFlags {
+            image: None,
+            env_add: vec![],
+            env_rm: vec![],
+            replicas: None,
+            parallelism: None,
+            delay: None,
+            order: None,
+            failure_action: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn service_update_flags_change_the_spec_as_apply_would() {
+        let base = "services:\n  web:\n    image: busybox\n    environment: {A: \"1\", B: \"2\"}\n    volumes: [data:/data]\nvolumes:\n  data: {}\n";
+        let d0 = doc(base);
+        // The recomputed version of an unchanged document is the one apply stored.
+        let mut d = d0.clone();
+        update_doc(&mut d, &flags()).unwrap();
+        assert_eq!(d, d0);
+        // Environment: the same version as a file with that environment.
+        let mut d = d0.clone();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                env_add: vec!["C=3".into(), "A=9".into()],
+                env_rm: vec!["B".into()],
+                ..flags()
+            },
+        )
+        .unwrap();
+        let want = doc(&base.replace("{A: \"1\", B: \"2\"}", "{A: \"9\", C: \"3\"}"));
+        assert_eq!(d.spec.version, want.spec.version);
+        assert_eq!(d.service.environment, want.service.environment);
+        // Replicas and update settings change no container.
+        let mut d = d0.clone();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                replicas: Some(4),
+                parallelism: Some(2),
+                delay: Some(Duration::from_secs(90)),
+                order: Some(UpdateOrderArg::StartFirst),
+                failure_action: Some(FailureActionArg::Rollback),
+                ..flags()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.spec.version, d0.spec.version);
+        assert_eq!(d.spec.mode, Mode::Replicated { replicas: 4 });
+        assert_eq!(d.spec.update_config.parallelism, 2);
+        assert_eq!(d.spec.update_config.delay, 90_000);
+        assert_eq!(
+            d.spec.update_config.order,
+            dcpp_reconciler::UpdateOrder::StartFirst
+        );
+        assert_eq!(
+            d.spec.update_config.failure_action,
+            dcpp_reconciler::FailureAction::Rollback
+        );
+        // --force: a new version each time, nothing else changed.
+        let mut d = d0.clone();
+        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        let v1 = d.spec.version;
+        assert_ne!(v1, d0.spec.version);
+        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        assert_ne!(d.spec.version, v1);
+        assert_eq!(d.spec.image, "busybox");
+        // Bad input is an error, not a silent no-op.
+        let mut d = d0.clone();
+        let e = update_doc(
+            &mut d,
+            &UpdateFlags {
+                env_add: vec!["NOVALUE".into()],
+                ..flags()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("KEY=VALUE"), "{e}");
+    }
 
     #[test]
     fn table_columns_fit_the_widest_cell() {

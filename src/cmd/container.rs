@@ -91,6 +91,8 @@ pub enum ContainerCommand {
     Inspect {
         #[arg(required = true)]
         containers: Vec<String>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cmd::apply::JsonOnly,
     },
     /// Print a container's log.
     Logs(LogsArgs),
@@ -543,7 +545,10 @@ pub fn run(global: &Global, args: ContainerArgs) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        ContainerCommand::Inspect { containers } => {
+        ContainerCommand::Inspect {
+            containers,
+            format: _,
+        } => {
             let mut out = Vec::new();
             for c in containers {
                 out.push(mgr.inspect(&c)?);

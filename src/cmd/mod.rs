@@ -10,6 +10,8 @@ pub mod image;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod show;
+pub mod version;
 pub mod volume;
 pub mod watch;
 
@@ -41,5 +43,54 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Service(args) => apply::run_service(&cli.global, args),
         Command::Watch(args) => watch::run(&cli.global, args),
         Command::Events(args) => apply::run_events(&cli.global, args),
+        Command::Version(args) => version::run(&cli.global, args),
     }
+}
+
+/// The message an error is shown with. A request that found no daemon becomes one line that
+/// names the address, where it came from (`-H`, `DCPP_HOST` or the default) and how to start a
+/// daemon, instead of the HTTP client's transport error.
+pub fn explain(host: Option<&str>, err: &anyhow::Error) -> String {
+    let transport = err
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(dcpp_raft::Error::Transport(_))));
+    if !transport {
+        return format!("{err:#}");
+    }
+    let addr = host
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("unix://{}", daemon::DEFAULT_SOCKET));
+    let Ok(ep) = dcpp_raft::Endpoint::parse(&addr) else {
+        return format!("{err:#}");
+    };
+    let answers = match &ep {
+        dcpp_raft::Endpoint::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+        dcpp_raft::Endpoint::Tcp(a) => {
+            use std::net::ToSocketAddrs;
+            a.to_socket_addrs().ok().into_iter().flatten().any(|sa| {
+                std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2)).is_ok()
+            })
+        }
+    };
+    if answers {
+        return format!("{err:#}");
+    }
+    let from = match host {
+        Some(h) if std::env::var("DCPP_HOST").is_ok_and(|e| e == h) => "from DCPP_HOST",
+        Some(_) => "from -H/--host",
+        None => "the default; set DCPP_HOST or -H to use another",
+    };
+    let start = match &ep {
+        dcpp_raft::Endpoint::Unix(p) if host.is_none() => format!(
+            "start one with `dcpp daemon` (it listens on {})",
+            p.display()
+        ),
+        dcpp_raft::Endpoint::Unix(p) => {
+            format!("start one with `dcpp daemon --socket {}`", p.display())
+        }
+        dcpp_raft::Endpoint::Tcp(a) => {
+            format!("start one there with `dcpp daemon --listen {a}`, or check the address")
+        }
+    };
+    format!("no dcpp daemon answers at {addr} ({from}); {start}")
 }

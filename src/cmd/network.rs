@@ -36,6 +36,8 @@ pub enum NetworkCommand {
         /// Names or id prefixes.
         #[arg(required = true)]
         networks: Vec<String>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cmd::apply::JsonOnly,
     },
     /// Remove networks; a network with containers is refused.
     Rm {
@@ -113,7 +115,10 @@ pub fn run(global: &Global, args: NetworkArgs) -> anyhow::Result<u8> {
                 write_table(&mut out, &nets)?;
             }
         }
-        NetworkCommand::Inspect { networks } => {
+        NetworkCommand::Inspect {
+            networks,
+            format: _,
+        } => {
             let mut found = Vec::new();
             let mut failed = false;
             for n in &networks {

@@ -14,6 +14,8 @@ pub enum NodeCommand {
     Inspect {
         /// Node id.
         id: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cmd::apply::JsonOnly,
     },
     /// Change a node's availability or labels (as `docker node update`).
     ///
@@ -131,7 +133,7 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                 }
                 Ok(0)
             }
-            NodeCommand::Inspect { id } => {
+            NodeCommand::Inspect { id, format: _ } => {
                 let o = c.get(Kind::Node, &id).await?;
                 println!("{}", serde_json::to_string_pretty(&o)?);
                 Ok(0)

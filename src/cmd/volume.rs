@@ -13,11 +13,15 @@ pub enum VolumeCommand {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::cmd::cluster::Format,
     },
     /// Show volumes (JSON).
     Inspect {
         #[arg(required = true)]
         names: Vec<String>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::cmd::apply::JsonOnly,
     },
     /// Remove volumes not used by any container.
     Rm {
@@ -47,7 +51,11 @@ pub fn run(global: &Global, cmd: VolumeCommand) -> anyhow::Result<u8> {
             store.ensure(&name)?;
             println!("{name}");
         }
-        VolumeCommand::Ls { quiet } => {
+        VolumeCommand::Ls { quiet, format } => {
+            if format == crate::cmd::cluster::Format::Json && !quiet {
+                println!("{}", serde_json::to_string_pretty(&store.list())?);
+                return Ok(0);
+            }
             if !quiet {
                 println!("VOLUME NAME");
             }
@@ -55,7 +63,7 @@ pub fn run(global: &Global, cmd: VolumeCommand) -> anyhow::Result<u8> {
                 println!("{}", v.name);
             }
         }
-        VolumeCommand::Inspect { names } => {
+        VolumeCommand::Inspect { names, format: _ } => {
             let mut out = Vec::new();
             for n in names {
                 out.push(store.inspect(&n)?);

@@ -7,9 +7,11 @@
 //! file name alone decides. Two files with the same stem: the first in byte order wins and the
 //! other is reported. Each stack records its file (`source`) and content hash (`dcpp stack ls`).
 //!
-//! Level-triggered: any change in DIR (debounced) re-reads the whole directory. A file that does
-//! not load is logged and its stack keeps its last good state; a deleted file's stack is
-//! removed. Only stacks whose source lies in DIR are ever removed.
+//! Level-triggered: any change in DIR (debounced) re-reads the whole directory. Only changes
+//! wake it: reading the files itself makes inotify report opens, which must not start another
+//! round (that was a loop at the debounce rate). A file that does not load is logged once per
+//! content and its stack keeps its last good state; a deleted file's stack is removed. Only
+//! stacks whose source lies in DIR are ever removed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dcpp_node_agent::docs::{ServiceChange, ServiceDoc, StackDoc, diff_services, stack_docs};
 use dcpp_raft::{Client, Kind};
+use notify_debouncer_full::notify::event::{EventKind, MetadataKind, ModifyKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
 
 use crate::Global;
@@ -59,8 +62,11 @@ pub async fn watch_loop(c: Client, dir: PathBuf) -> anyhow::Result<()> {
     let mut debouncer = new_debouncer(
         Duration::from_millis(200),
         None,
-        move |r: DebounceEventResult| {
-            let _ = tx.send(r.is_ok());
+        move |r: DebounceEventResult| match r {
+            Ok(evs) if !evs.iter().any(|e| changes_content(&e.event.kind)) => {}
+            r => {
+                let _ = tx.send(r.is_ok());
+            }
         },
     )
     .context("start file watcher")?;
@@ -72,9 +78,12 @@ pub async fn watch_loop(c: Client, dir: PathBuf) -> anyhow::Result<()> {
         "watching {} (one stack per *.yml/*.yaml file)",
         dir.display()
     );
+    let mut reported = Reported::default();
     loop {
-        if let Err(e) = sync_dir(&c, &dir).await {
-            eprintln!("watch: {e:#}");
+        if let Err(e) = sync_dir(&c, &dir, &mut reported).await {
+            reported.once(None, format!("watch: {e:#}"));
+        } else {
+            reported.errors.retain(|k, _| k.is_some());
         }
         if rx.recv().await.is_none() {
             return Ok(());
@@ -83,8 +92,43 @@ pub async fn watch_loop(c: Client, dir: PathBuf) -> anyhow::Result<()> {
     }
 }
 
-/// Makes the stored stacks match the files of `dir` once.
-pub async fn sync_dir(c: &Client, dir: &Path) -> anyhow::Result<()> {
+/// Whether an event can change what the directory holds (not an open, close or atime update).
+fn changes_content(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))
+    )
+}
+
+/// Messages already printed, by file (`None`: the directory as a whole), so a file that stays
+/// broken is reported once, not on every round.
+#[derive(Default)]
+pub struct Reported {
+    errors: BTreeMap<Option<PathBuf>, String>,
+}
+
+impl Reported {
+    /// Prints `msg` unless it is what was last printed for `file`.
+    fn once(&mut self, file: Option<&Path>, msg: String) {
+        let key = file.map(Path::to_path_buf);
+        if self.errors.get(&key) != Some(&msg) {
+            eprintln!("{msg}");
+            self.errors.insert(key, msg);
+        }
+    }
+
+    fn clear(&mut self, file: &Path) {
+        self.errors.remove(&Some(file.to_path_buf()));
+    }
+}
+
+/// Makes the stored stacks match the files of `dir` once; problems not yet in `reported` are
+/// printed.
+pub async fn sync_dir(c: &Client, dir: &Path, reported: &mut Reported) -> anyhow::Result<()> {
+    // A file that went away and comes back broken is news again.
+    reported
+        .errors
+        .retain(|k, _| k.as_ref().is_none_or(|p| p.exists()));
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
@@ -95,11 +139,12 @@ pub async fn sync_dir(c: &Client, dir: &Path) -> anyhow::Result<()> {
     for p in entries {
         let Some(name) = stack_name(&p) else { continue };
         if let Some(first) = files.get(&name) {
-            eprintln!(
+            let msg = format!(
                 "watch: {} ignored: stack {name} already comes from {}",
                 p.display(),
                 first.display()
             );
+            reported.once(Some(&p), msg);
             continue;
         }
         files.insert(name, p);
@@ -122,23 +167,26 @@ pub async fn sync_dir(c: &Client, dir: &Path) -> anyhow::Result<()> {
         let project = match dcpp_spec::load(&opts) {
             Ok(l) => l.project,
             Err(errs) => {
-                eprintln!(
+                let msg = format!(
                     "watch: {} is invalid; stack {name} keeps its last good state:\n{errs}",
                     file.display()
                 );
+                reported.once(Some(file), msg);
                 continue;
             }
         };
         let (mut stack, services) = match stack_docs(&project, &file.display().to_string()) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!(
+                let msg = format!(
                     "watch: {}: {e}; stack {name} keeps its last good state",
                     file.display()
                 );
+                reported.once(Some(file), msg);
                 continue;
             }
         };
+        reported.clear(file);
         let prev = stored.get(name);
         if prev.is_some_and(|s| s.hash == stack.hash && s.source == stack.source) {
             continue;
