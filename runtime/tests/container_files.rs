@@ -72,7 +72,9 @@ fn non_root_user_under_the_private_umask(runtime: RuntimeKind) {
     // directories the runtime created on its way to mount points and the working dir 0755.
     assert_eq!(
         lines,
-        ["1000", "0022", "/srv/a/b", "644", "755", "755", "755", "all-read"],
+        [
+            "1000", "0022", "/srv/a/b", "644", "755", "755", "755", "all-read"
+        ],
         "{out}"
     );
     // Meanwhile the bundle's own files are root's alone.
@@ -105,9 +107,14 @@ fn a_container_dir_holding_only_state_tmp_is_removed_when_a_manager_opens() {
 
     let mgr = World::manager(w.tmp.path(), &w.cgroup_parent, w.runtime.clone());
     assert!(!orphan.exists(), "the half-created dir survived");
-    assert!(other.exists(), "a dir that is not a container's was removed");
+    assert!(
+        other.exists(),
+        "a dir that is not a container's was removed"
+    );
     assert!(containers.join(".lock").exists());
-    let info = mgr.inspect(&live.state.id).expect("the live container is still known");
+    let info = mgr
+        .inspect(&live.state.id)
+        .expect("the live container is still known");
     assert_eq!(info.status, Status::Running);
     assert!(containers.join(&live.state.id).join("state.json").exists());
     std::fs::remove_dir(&other).unwrap();
