@@ -423,7 +423,13 @@ services:
 fn another_local_user_can_read_nothing_under_the_data_dir() {
     let user = User::create("sf");
     let mut rig = Rig::new("fa", 247);
+    // A socket dir the daemon has to create: it is made 0700.
+    rig.socket = rig.root.join("run/dcpp.sock");
     rig.start_daemon();
+    assert_eq!(
+        std::fs::metadata(rig.root.join("run")).unwrap().mode() & 0o7777,
+        0o700
+    );
     let port = free_port();
     std::fs::write(rig.root.join("compose.yml"), compose(port)).unwrap();
     rig.ok(&["apply", "-f", "compose.yml"]);
