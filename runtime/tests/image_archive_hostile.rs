@@ -25,7 +25,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let tmp = tempfile::Builder::new().prefix("dcpp-ah-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("dcpp-ah-")
+        .tempdir()
+        .unwrap();
     let root = tmp.path().to_path_buf();
     let store = ImageStore::open(&root.join("images")).unwrap();
     let secret = root.join("secret.json");
@@ -100,7 +103,10 @@ impl Fixture {
         assert_eq!(self.listing("blobs/sha256"), blobs, "blobs left behind");
         assert_eq!(self.listing("layers"), layers, "layers left behind");
         assert_eq!(self.listing("tmp"), Vec::<String>::new(), "temp files left");
-        assert!(self.store.list().unwrap().is_empty(), "an image was recorded");
+        assert!(
+            self.store.list().unwrap().is_empty(),
+            "an image was recorded"
+        );
         for b in self.listing("blobs/sha256") {
             let bytes = fs::read(self.store.root().join("blobs/sha256").join(&b)).unwrap();
             assert_ne!(bytes, self.secret_bytes, "the host secret is in the store");

@@ -367,7 +367,41 @@ impl ContainerManager {
                 mgr.teardown(&st);
             }
         }
+        mgr.remove_dirs_without_state();
         Ok(mgr)
+    }
+
+    /// Removes container dirs that never got their `state.json` (a manager killed between
+    /// creating the dir and renaming `state.tmp` into place): nothing lists them, so nothing
+    /// else would ever remove them. `create` makes the dir and its state.json under the
+    /// data-dir lock, so once we hold it, a dir without state.json is nobody's.
+    fn remove_dirs_without_state(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.containers_dir) else {
+            return;
+        };
+        let orphan = |p: &Path| p.is_dir() && !p.join("state.json").exists();
+        let candidates: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            .map(|e| e.path())
+            .filter(|p| orphan(p))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let Ok(_lock) = self.lock() else {
+            return;
+        };
+        for dir in candidates {
+            if orphan(&dir) && !creation_in_progress(&dir) {
+                tracing::info!(dir = %dir.display(), "removing a container dir without state.json (interrupted create)");
+                remove_container_files(&dir);
+            }
+        }
     }
 
     /// The volume store of this data dir.

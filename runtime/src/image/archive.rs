@@ -18,9 +18,9 @@ use serde::Deserialize;
 
 use super::digest::{Digest, HashingReader};
 use super::error::{ImageError, IoContext, Result};
+use super::lock::FileLock;
 use super::reference::ImageRef;
 use super::spec::{self, Compression, Descriptor, ImageConfig, Index, Manifest, Platform};
-use super::lock::FileLock;
 use super::store::{ImageRecord, ImageStore, LayerRecord, LocalImage, decoder, now_secs};
 
 #[derive(Deserialize)]

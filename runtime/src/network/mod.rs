@@ -1085,10 +1085,12 @@ impl NetworkManager {
         })?;
         let path = dir.join(format!("{name}.conf"));
         // Bind-mounted at /etc/resolv.conf, where non-root users read it.
-        crate::datadir::write_shared_file(&path, self.resolv_conf(networks)?.as_bytes()).map_err(|e| Error::Io {
-            what: format!("writing {}", path.display()),
-            source: e,
-        })?;
+        crate::datadir::write_shared_file(&path, self.resolv_conf(networks)?.as_bytes()).map_err(
+            |e| Error::Io {
+                what: format!("writing {}", path.display()),
+                source: e,
+            },
+        )?;
         Ok(path)
     }
 
