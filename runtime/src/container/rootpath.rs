@@ -132,9 +132,7 @@ fn read_link(fd: RawFd) -> std::io::Result<OsString> {
         return Err(std::io::Error::last_os_error());
     }
     buf.truncate(n as usize);
-    Ok(OsString::from(
-        std::ffi::OsStr::from_bytes(&buf).to_os_string(),
-    ))
+    Ok(OsStr::from_bytes(&buf).to_os_string())
 }
 
 fn mkdir_at(dir: RawFd, name: &OsStr) -> std::io::Result<()> {
@@ -172,9 +170,8 @@ impl Root {
         })
         .map_err(err)?;
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Root {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Root { fd })
     }
 
     /// The root's descriptor.
