@@ -97,10 +97,14 @@ impl Hierarchy {
             }
         }
         if mounts.contains_key("memory") {
-            return Ok(Hierarchy::V1 {
-                mounts,
-                unified: v2_root,
+            // A read-only cgroup2 mount (a nested, unprivileged setup) is left alone: the v1
+            // devices controller confines containers there.
+            let unified = v2_root.filter(|p| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok();
+                // SAFETY: access(2) with a valid C string.
+                c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
             });
+            return Ok(Hierarchy::V1 { mounts, unified });
         }
         match v2_root {
             Some(root) => Ok(Hierarchy::V2 { root }),

@@ -63,20 +63,24 @@ pub struct DeviceRule {
 }
 
 impl DeviceRule {
+    /// The access bits as `rwm` letters.
+    pub fn access_string(&self) -> String {
+        [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')]
+            .into_iter()
+            .filter(|(bit, _)| self.access & bit != 0)
+            .map(|(_, c)| c)
+            .collect()
+    }
+
     /// The rule as the v1 controller's `devices.allow`/`devices.deny` take it.
     pub fn v1_line(&self) -> String {
         let num = |n: Option<u32>| n.map_or("*".to_string(), |n| n.to_string());
-        let mut acc = String::new();
-        for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
-            if self.access & bit != 0 {
-                acc.push(c);
-            }
-        }
         format!(
-            "{} {}:{} {acc}",
+            "{} {}:{} {}",
             self.kind.unwrap_or('a'),
             num(self.major),
-            num(self.minor)
+            num(self.minor),
+            self.access_string()
         )
     }
 
@@ -422,6 +426,33 @@ mod tests {
         assert_eq!(d[1].v1_line(), "c *:* m");
         assert_eq!(d[3].v1_line(), "c 1:3 rwm");
         assert_eq!(d.last().unwrap().v1_line(), "c 10:200 rwm");
+    }
+
+    #[test]
+    fn spec_rules_round_trip() {
+        let spec: Vec<LinuxDeviceCgroup> = default_rules()
+            .iter()
+            .map(|r| {
+                let mut b = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                    .allow(r.allow)
+                    .access(r.access_string());
+                if let Some(k) = r.kind {
+                    b = b.typ(if k == 'b' {
+                        LinuxDeviceType::B
+                    } else {
+                        LinuxDeviceType::C
+                    });
+                }
+                if let Some(m) = r.major {
+                    b = b.major(i64::from(m));
+                }
+                if let Some(m) = r.minor {
+                    b = b.minor(i64::from(m));
+                }
+                b.build().unwrap()
+            })
+            .collect();
+        assert_eq!(rules_from_spec(&spec), default_rules());
     }
 
     #[test]

@@ -246,6 +246,33 @@ impl Root {
         self.walk(path, false)
     }
 
+    /// The content of the regular file at `path` (symlinks followed inside the root), at most
+    /// `limit` bytes: a device, FIFO or huge file planted by the image cannot stall or exhaust
+    /// the reader.
+    pub fn read_file(&self, path: &Path, limit: u64) -> Result<Vec<u8>, RootPathError> {
+        let io = |source| RootPathError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let fd = self.resolve(path)?;
+        if file_type(fd.as_raw_fd()).map_err(io)? != libc::S_IFREG {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let f = std::fs::File::open(fd_path(&fd)).map_err(io)?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, limit + 1), &mut buf).map_err(io)?;
+        if buf.len() as u64 > limit {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {limit} bytes"),
+            )));
+        }
+        Ok(buf)
+    }
+
     /// The directory at `path`, created with its missing parents inside the root.
     pub fn mkdir_all(&self, path: &Path) -> Result<OwnedFd, RootPathError> {
         let fd = self.walk(path, true)?;
