@@ -75,7 +75,7 @@ both_runtimes!(cpu_quota_and_stats, |w| {
     let cg = |ctrl: &str, file: &str| {
         let h = w.mgr.hierarchy().clone();
         let base = match h {
-            dcpp_runtime::container::Hierarchy::V1 { mounts } => mounts[ctrl].clone(),
+            dcpp_runtime::container::Hierarchy::V1 { mounts, .. } => mounts[ctrl].clone(),
             dcpp_runtime::container::Hierarchy::V2 { root } => root,
         };
         std::fs::read_to_string(

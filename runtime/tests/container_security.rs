@@ -117,3 +117,72 @@ fn init_shows_no_host_path() {
     assert!(lines.all(|l| l.is_empty() || l == "dcpp-init"), "{out}");
     assert_eq!(out.lines().last(), Some("dcpp-init"), "{out}");
 }
+
+/// Denied devices stay denied through the cgroup2 device program alone: on this hybrid host the
+/// test opens the container's v1 devices cgroup to everything once the container runs, so only
+/// the program (attached to its cgroup in the unified hierarchy) stands between it and the
+/// devices. On a pure v2 host the program is the only confinement anyway.
+#[test]
+fn denied_devices_through_the_cgroup2_program() {
+    use dcpp_runtime::container::{Hierarchy, MountRequest, MountSource, devices};
+    let w = World::new(dcpp_runtime::container::RuntimeKind::Builtin);
+    let sync = w.tmp.path().join("sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    let mut o = w.opts(&[
+        "sh",
+        "-c",
+        "i=0; while [ ! -e /sync/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+         mknod /tmp/loop b 7 0 && echo MKNOD-OK; mknod /tmp/kmsg c 1 11 && echo MKNOD2-OK; \
+         head -c0 /tmp/loop || echo LOOP-DENIED; (: > /tmp/kmsg) || echo KMSG-DENIED; \
+         echo x > /dev/null && echo NULL-OK",
+    ]);
+    o.mounts = vec![MountRequest {
+        source: MountSource::Bind(sync.clone()),
+        target: "/sync".into(),
+        read_only: true,
+    }];
+    let c = w.mgr.create(&o).unwrap();
+    let hier = Hierarchy::detect().unwrap();
+    let unified = hier
+        .unified_path(&c.state.cgroup_path)
+        .expect("a cgroup2 hierarchy");
+    assert_eq!(devices::attached_programs(&unified).unwrap(), 1);
+    if let Hierarchy::V1 { mounts, .. } = &hier {
+        let v1 = mounts["devices"].join(c.state.cgroup_path.trim_start_matches('/'));
+        std::fs::write(v1.join("devices.allow"), "a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(v1.join("devices.list")).unwrap(),
+            "a *:* rwm\n"
+        );
+    }
+    w.mgr.start(&c.state.id).unwrap();
+    std::fs::write(sync.join("go"), "").unwrap();
+    let exit = w
+        .mgr
+        .wait(&c.state.id, Some(std::time::Duration::from_secs(60)))
+        .unwrap()
+        .unwrap();
+    let out: String = w
+        .mgr
+        .logs(&c.state.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.log)
+        .collect();
+    assert_eq!(exit.exit_code, 0, "{out}");
+    for want in [
+        "MKNOD-OK",
+        "MKNOD2-OK",
+        "LOOP-DENIED",
+        "KMSG-DENIED",
+        "NULL-OK",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert_eq!(out.matches("Operation not permitted").count(), 2, "{out}");
+    w.mgr.remove(&c.state.id, true).unwrap();
+    assert!(
+        !unified.exists(),
+        "the unified cgroup is removed with the container"
+    );
+}

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
+use super::devices::{self, DeviceFilterError, DeviceRule};
+
 /// v1 controllers a container joins. cpuset/blkio need per-level initialisation and are not limited.
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
 
@@ -30,6 +32,10 @@ pub enum CgroupError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The device program could not be set up on cgroup v2, where it is the only device
+    /// confinement: the container is not run unconfined.
+    #[error("{0} (cgroup v2 has no other device confinement, so the container cannot run)")]
+    Devices(#[source] DeviceFilterError),
     /// A cgroup directory could not be created or removed.
     #[error("cgroup: {op} {path}: {source}")]
     Dir {
@@ -50,6 +56,10 @@ pub enum Hierarchy {
     V1 {
         /// controller name → mount point
         mounts: BTreeMap<String, PathBuf>,
+        /// Hybrid: the cgroup2 mount beside them. Containers get a cgroup there too, for the
+        /// device program, which the kernel runs in addition to the v1 devices controller.
+        #[serde(default)]
+        unified: Option<PathBuf>,
     },
     /// Unified cgroup2 at the given mount point.
     V2 {
@@ -87,7 +97,14 @@ impl Hierarchy {
             }
         }
         if mounts.contains_key("memory") {
-            return Ok(Hierarchy::V1 { mounts });
+            // A read-only cgroup2 mount (a nested, unprivileged setup) is left alone: the v1
+            // devices controller confines containers there.
+            let unified = v2_root.filter(|p| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok();
+                // SAFETY: access(2) with a valid C string.
+                c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+            });
+            return Ok(Hierarchy::V1 { mounts, unified });
         }
         match v2_root {
             Some(root) => Ok(Hierarchy::V2 { root }),
@@ -99,15 +116,28 @@ impl Hierarchy {
     pub fn paths(&self, rel: &str) -> Vec<PathBuf> {
         let rel = rel.trim_start_matches('/');
         match self {
-            Hierarchy::V1 { mounts } => mounts.values().map(|m| m.join(rel)).collect(),
+            Hierarchy::V1 { mounts, unified } => mounts
+                .values()
+                .chain(unified)
+                .map(|m| m.join(rel))
+                .collect(),
             Hierarchy::V2 { root } => vec![root.join(rel)],
+        }
+    }
+
+    /// The directory of the cgroup `rel` in the cgroup2 hierarchy, if there is one.
+    pub fn unified_path(&self, rel: &str) -> Option<PathBuf> {
+        let rel = rel.trim_start_matches('/');
+        match self {
+            Hierarchy::V1 { unified, .. } => unified.as_ref().map(|u| u.join(rel)),
+            Hierarchy::V2 { root } => Some(root.join(rel)),
         }
     }
 
     fn controller_path(&self, controller: &str, rel: &str) -> Option<PathBuf> {
         let rel = rel.trim_start_matches('/');
         match self {
-            Hierarchy::V1 { mounts } => mounts.get(controller).map(|m| m.join(rel)),
+            Hierarchy::V1 { mounts, .. } => mounts.get(controller).map(|m| m.join(rel)),
             Hierarchy::V2 { root } => Some(root.join(rel)),
         }
     }
@@ -154,16 +184,29 @@ impl Hierarchy {
                 mkdir(&p)?;
             }
         }
-        if let Some(devices) = self
+        let rules = device_rules(resources, privileged);
+        if let Some(dir) = self
             .controller_path("devices", rel)
             .filter(|_| matches!(self, Hierarchy::V1 { .. }))
         {
-            if privileged {
-                write(&devices.join("devices.allow"), "a")?;
-            } else {
-                write(&devices.join("devices.deny"), "a")?;
-                for rule in DEFAULT_DEVICE_RULES {
-                    write(&devices.join("devices.allow"), rule)?;
+            for r in &rules {
+                let file = if r.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                write(&dir.join(file), &r.v1_line())?;
+            }
+        }
+        if !devices::allows_everything(&rules)
+            && let Some(dir) = self.unified_path(rel)
+        {
+            match (devices::attach(&dir, &rules), self) {
+                (Ok(()), _) => {}
+                (Err(e), Hierarchy::V2 { .. }) => return Err(CgroupError::Devices(e)),
+                // Hybrid: the v1 devices controller above already confines the container.
+                (Err(e), Hierarchy::V1 { .. }) => {
+                    tracing::warn!(cgroup = rel, "cgroup2 device program not attached: {e}")
                 }
             }
         }
@@ -322,7 +365,7 @@ impl Hierarchy {
     pub fn remove_parent_if_empty(&self, parent: &str) {
         let mut dirs = self.paths(parent);
         // OCI runtimes create the parent in every hierarchy (named and unified ones too).
-        if let Hierarchy::V1 { mounts } = self
+        if let Hierarchy::V1 { mounts, .. } = self
             && let Some(base) = mounts.values().next().and_then(|m| m.parent())
             && let Ok(rd) = std::fs::read_dir(base)
         {
@@ -337,21 +380,15 @@ impl Hierarchy {
     }
 }
 
-/// Docker's default device cgroup rules: mknod of anything, use of only the standard nodes.
-const DEFAULT_DEVICE_RULES: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:200 rwm",
-];
+/// The device rules of a container: the spec's list (what an OCI runtime would enforce too), or
+/// docker's defaults when the spec has none.
+fn device_rules(resources: Option<&LinuxResources>, privileged: bool) -> Vec<DeviceRule> {
+    match resources.and_then(|r| r.devices().as_ref()) {
+        Some(list) if !list.is_empty() => devices::rules_from_spec(list),
+        _ if privileged => devices::allow_all(),
+        _ => devices::default_rules(),
+    }
+}
 
 fn apply_v2(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {

@@ -25,6 +25,7 @@
 
 mod cgroup;
 pub mod config;
+pub mod devices;
 pub mod logs;
 pub mod rootpath;
 pub mod seccomp;

@@ -132,9 +132,7 @@ fn read_link(fd: RawFd) -> std::io::Result<OsString> {
         return Err(std::io::Error::last_os_error());
     }
     buf.truncate(n as usize);
-    Ok(OsString::from(
-        std::ffi::OsStr::from_bytes(&buf).to_os_string(),
-    ))
+    Ok(OsStr::from_bytes(&buf).to_os_string())
 }
 
 fn mkdir_at(dir: RawFd, name: &OsStr) -> std::io::Result<()> {
@@ -172,9 +170,8 @@ impl Root {
         })
         .map_err(err)?;
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Root {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Root { fd })
     }
 
     /// The root's descriptor.
@@ -247,6 +244,33 @@ impl Root {
     /// The existing file or directory at `path`, symlinks followed inside the root.
     pub fn resolve(&self, path: &Path) -> Result<OwnedFd, RootPathError> {
         self.walk(path, false)
+    }
+
+    /// The content of the regular file at `path` (symlinks followed inside the root), at most
+    /// `limit` bytes: a device, FIFO or huge file planted by the image cannot stall or exhaust
+    /// the reader.
+    pub fn read_file(&self, path: &Path, limit: u64) -> Result<Vec<u8>, RootPathError> {
+        let io = |source| RootPathError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let fd = self.resolve(path)?;
+        if file_type(fd.as_raw_fd()).map_err(io)? != libc::S_IFREG {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let f = std::fs::File::open(fd_path(&fd)).map_err(io)?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, limit + 1), &mut buf).map_err(io)?;
+        if buf.len() as u64 > limit {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {limit} bytes"),
+            )));
+        }
+        Ok(buf)
     }
 
     /// The directory at `path`, created with its missing parents inside the root.

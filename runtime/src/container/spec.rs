@@ -500,41 +500,32 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
     }
 
     let mut resources = LinuxResourcesBuilder::default();
-    let mut devices = vec![
-        LinuxDeviceCgroupBuilder::default()
-            .allow(opts.privileged)
-            .access("rwm")
-            .build()
-            .map_err(spec_err)?,
-    ];
-    if !opts.privileged {
-        for (typ, major, minor) in [
-            (LinuxDeviceType::C, None, None),
-            (LinuxDeviceType::B, None, None),
-            (LinuxDeviceType::C, Some(1), Some(3)),
-            (LinuxDeviceType::C, Some(1), Some(5)),
-            (LinuxDeviceType::C, Some(1), Some(7)),
-            (LinuxDeviceType::C, Some(1), Some(8)),
-            (LinuxDeviceType::C, Some(1), Some(9)),
-            (LinuxDeviceType::C, Some(5), Some(0)),
-            (LinuxDeviceType::C, Some(5), Some(1)),
-            (LinuxDeviceType::C, Some(5), Some(2)),
-            (LinuxDeviceType::C, Some(136), None),
-            (LinuxDeviceType::C, Some(10), Some(200)),
-        ] {
-            let access = if major.is_none() { "m" } else { "rwm" };
-            let mut b = LinuxDeviceCgroupBuilder::default()
-                .allow(true)
-                .typ(typ)
-                .access(access);
-            if let Some(m) = major {
-                b = b.major(m);
-            }
-            if let Some(m) = minor {
-                b = b.minor(m);
-            }
-            devices.push(b.build().map_err(spec_err)?);
+    // One list for every executor: runc and crun read it from the spec, the built-in executor
+    // turns it into v1 controller rules and the cgroup2 device program.
+    let rules = if opts.privileged {
+        super::devices::allow_all()
+    } else {
+        super::devices::default_rules()
+    };
+    let mut devices = Vec::new();
+    for r in rules {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(r.allow)
+            .access(r.access_string());
+        if let Some(k) = r.kind {
+            b = b.typ(if k == 'b' {
+                LinuxDeviceType::B
+            } else {
+                LinuxDeviceType::C
+            });
         }
+        if let Some(m) = r.major {
+            b = b.major(i64::from(m));
+        }
+        if let Some(m) = r.minor {
+            b = b.minor(i64::from(m));
+        }
+        devices.push(b.build().map_err(spec_err)?);
     }
     resources = resources.devices(devices);
     if let Some(mem) = opts.memory {

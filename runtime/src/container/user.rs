@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::rootpath::{Root, RootPathError};
+
 /// A resolved user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedUser {
@@ -27,17 +29,31 @@ pub enum UserError {
     UnknownGroup(String),
 }
 
-/// Finds `rel` (like `etc/passwd`) in the image layers, topmost first. A whiteout hides it.
-pub fn find_in_layers(layers: &[PathBuf], rel: &str) -> Option<PathBuf> {
+/// Largest passwd or group file read from an image.
+const MAX_FILE: u64 = 16 << 20;
+
+/// Reads `rel` (like `etc/passwd`) from the image layers, topmost first; a whiteout hides it.
+/// Each layer is read as a root of its own ([`Root`]): an image symlink (`/etc` → a host
+/// directory, `/etc/passwd` → `/dev/zero`) resolves inside the layer, never on the host, and
+/// only a regular file of bounded size is read.
+pub fn read_in_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
     let rel = Path::new(rel);
+    let name = rel.file_name()?.to_string_lossy();
+    let whiteout = rel.parent()?.join(format!(".wh.{name}"));
     for layer in layers {
-        let candidate = layer.join(rel);
-        if candidate.symlink_metadata().is_ok() {
-            return Some(candidate);
+        let Ok(root) = Root::open(layer) else {
+            continue;
+        };
+        match root.read_file(rel, MAX_FILE) {
+            Ok(bytes) => return Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(RootPathError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(layer = %layer.display(), "ignoring the image's /{}: {e}", rel.display());
+                return None;
+            }
         }
-        let name = rel.file_name()?.to_string_lossy();
-        let wh = layer.join(rel.parent()?).join(format!(".wh.{name}"));
-        if wh.exists() {
+        if root.resolve(&whiteout).is_ok() {
             return None;
         }
     }
@@ -116,17 +132,50 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, Us
 
 /// Resolves `spec` against the passwd and group files found in `layers` (topmost first).
 pub fn resolve_in_layers(spec: &str, layers: &[PathBuf]) -> Result<ResolvedUser, UserError> {
-    let read = |rel| {
-        find_in_layers(layers, rel)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
-    };
+    let read = |rel| read_in_layers(layers, rel).unwrap_or_default();
     resolve(spec, &read("etc/passwd"), &read("etc/group"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_symlinks_do_not_read_host_files() {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("passwd"), "hostonly:x:7:7::/host:/bin/sh\n").unwrap();
+        let (top, base) = (t.path().join("top"), t.path().join("base"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(base.join("etc")).unwrap();
+        std::fs::write(
+            base.join("etc/passwd"),
+            "app:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(base.join("etc/group"), "app:x:1000:\n").unwrap();
+        // A link to a host file and one to an endless device: neither is read.
+        std::os::unix::fs::symlink(host.join("passwd"), top.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", top.join("etc/group")).unwrap();
+        let layers = [top.clone(), base.clone()];
+        assert_eq!(
+            read_in_layers(&layers, "etc/passwd").as_deref(),
+            Some("app:x:1000:1000::/home/app:/bin/sh\n")
+        );
+        assert_eq!(
+            read_in_layers(&layers, "etc/group").as_deref(),
+            Some("app:x:1000:\n")
+        );
+        assert!(matches!(
+            resolve_in_layers("hostonly", &layers),
+            Err(UserError::UnknownUser(_))
+        ));
+        // A whiteout hides the lower layer's file.
+        std::fs::remove_file(top.join("etc/passwd")).unwrap();
+        std::fs::write(top.join("etc/.wh.passwd"), "").unwrap();
+        assert_eq!(read_in_layers(&layers, "etc/passwd"), None);
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nwww:x:33:33::/var/www:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nnogroup:x:65534:\nwww:x:33:\naudio:x:29:www,nobody\n";
