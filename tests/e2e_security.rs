@@ -751,3 +751,296 @@ fn cli_commands_end_quietly_on_a_closed_pipe() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+/// A network namespace this test created; deleting it takes its links, sysctls, nft tables and
+/// iptables rules along.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        let ns = Netns { name: name.into() };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("--net=/run/netns/{}", self.name)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup tree.
+        let mut c = Command::new("nsenter");
+        c.arg(self.path()).arg("--").args(args);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {}: {}",
+            self.name,
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running process that is killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn container_of(rig: &Rig, service: &str) -> String {
+    rig.tasks()
+        .iter()
+        .find(|t| t["service"] == service && t["state"] == "running")
+        .and_then(|t| t["container_id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no running {service}: {:?}", rig.tasks()))
+}
+
+/// `wget` from inside a container; the body, or None when it cannot connect.
+fn wget_in(rig: &Rig, container: &str, url: &str) -> Option<String> {
+    let out = rig.dcpp(&[
+        "container",
+        "exec",
+        container,
+        // Not `wget -T`: busybox-static's wget crashes with it.
+        "timeout",
+        "4",
+        "wget",
+        "-q",
+        "-O-",
+        url,
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh_in(rig: &Rig, container: &str, script: &str) -> String {
+    rig.ok(&["container", "exec", container, "sh", "-c", script])
+}
+
+/// Polls `f` until it returns Some or 15 s passed; the last result.
+fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = f();
+        if r.is_some() || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Everything a stack's containers must and must not reach, checked from inside them.
+fn check_reachability(rig: &Rig, ns: &Netns, port: u16, outside: &str, phase: &str) {
+    let web = container_of(rig, "fa_web");
+    let client = container_of(rig, "fa_client");
+    let other = container_of(rig, "fb_other");
+    let web_ip = sh_in(rig, &web, "ip -o -4 addr show eth0")
+        .split_whitespace()
+        .find_map(|w| w.split_once('/').map(|(a, _)| a.to_string()))
+        .expect("web address");
+    let other_gw = sh_in(rig, &other, "ip route show default")
+        .split_whitespace()
+        .nth(2)
+        .expect("default route")
+        .to_string();
+
+    let same = eventually(|| wget_in(rig, &client, "http://web:8080/"));
+    assert!(
+        same.as_deref()
+            .is_some_and(|b| b.contains("hello from dcpp")),
+        "{phase}: same network: {same:?}"
+    );
+    let local = eventually(|| {
+        let out = ns
+            .cmd(&[
+                "/bin/busybox",
+                "timeout",
+                "4",
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O-",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(
+        local
+            .as_deref()
+            .is_some_and(|b| b.contains("hello from dcpp")),
+        "{phase}: published port from the host: {local:?}"
+    );
+    // Through a host address from another stack's network: DNAT, then forwarded between the
+    // two bridges.
+    let published = eventually(|| wget_in(rig, &other, &format!("http://{other_gw}:{port}/")));
+    assert!(
+        published
+            .as_deref()
+            .is_some_and(|b| b.contains("hello from dcpp")),
+        "{phase}: published port from another network: {published:?}"
+    );
+    let cross = wget_in(rig, &other, &format!("http://{web_ip}:8080/"));
+    assert_eq!(
+        cross, None,
+        "{phase}: another stack's container by its address"
+    );
+    let out = eventually(|| wget_in(rig, &client, &format!("http://{outside}/")));
+    assert!(
+        out.as_deref().is_some_and(|b| b.contains("outside")),
+        "{phase}: container to outside (masquerade): {out:?}"
+    );
+}
+
+#[test]
+fn networks_stay_isolated_with_forwarding_on_and_work_behind_a_drop_policy() {
+    let uniq = std::process::id() % 100_000;
+    let ns = Netns::new(&format!("dcpp-sec-fw-{uniq}"));
+    let out_ns = Netns::new(&format!("dcpp-sec-out-{uniq}"));
+    // br_netfilter: bridged frames go through the iptables/nft forward hooks, as on a docker
+    // host. Built into some kernels; loaded (and unloaded afterwards) otherwise.
+    let had_br_nf = Path::new("/proc/sys/net/bridge").exists();
+    if !had_br_nf {
+        let _ = Command::new("modprobe").arg("br_netfilter").status();
+    }
+    struct Unload(bool);
+    impl Drop for Unload {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = Command::new("modprobe")
+                    .args(["-r", "br_netfilter"])
+                    .status();
+            }
+        }
+    }
+    let _unload = Unload(!had_br_nf && Path::new("/proc/sys/net/bridge").exists());
+    assert!(
+        Path::new("/proc/sys/net/bridge").exists(),
+        "br_netfilter not available"
+    );
+    ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    ns.ok(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+
+    // "Outside": a host in a second namespace behind a veth, serving a page.
+    let (va, vb) = (format!("vsa{uniq}"), format!("vsb{uniq}"));
+    let ok = Command::new("ip")
+        .args([
+            "link", "add", &va, "netns", &ns.name, "type", "veth", "peer",
+        ])
+        .args(["name", &vb, "netns", &out_ns.name])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    ns.ok(&["ip", "addr", "add", "10.226.250.1/30", "dev", &va]);
+    ns.ok(&["ip", "link", "set", &va, "up"]);
+    out_ns.ok(&["ip", "addr", "add", "10.226.250.2/30", "dev", &vb]);
+    out_ns.ok(&["ip", "link", "set", &vb, "up"]);
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "outside\n").unwrap();
+    let _httpd = Proc(
+        out_ns
+            .cmd(&[
+                "/bin/busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "10.226.250.2:8081",
+                "-h",
+            ])
+            .arg(www.path())
+            .spawn()
+            .unwrap(),
+    );
+    let outside = "10.226.250.2:8081";
+
+    let mut rig = Rig::new("fw", 226);
+    rig.wrapper = vec!["nsenter".into(), ns.path(), "--".into()];
+    rig.start_daemon();
+    let port = free_port();
+    let fa = rig.write(
+        "fa.yml",
+        &format!(
+            r#"name: fa
+services:
+  web:
+    image: {IMAGE}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    stop_grace_period: 1s
+    ports: ["{port}:8080"]
+  client:
+    image: {IMAGE}
+    command: ["sleep", "100000"]
+    stop_grace_period: 1s
+"#
+        ),
+    );
+    let fb = rig.write(
+        "fb.yml",
+        &format!(
+            "name: fb\nservices:\n  other:\n    image: {IMAGE}\n    command: [\"sleep\", \"100000\"]\n    stop_grace_period: 1s\n"
+        ),
+    );
+    let tag = format!("dcpp:{}:", rig.table);
+    let ours = |ns: &Netns| -> usize {
+        ns.ok(&["iptables", "-w", "-S", "FORWARD"])
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .count()
+    };
+
+    // Forwarding on, no other firewall: isolation is dcpp's own, and nothing is put into
+    // iptables.
+    rig.ok(&["apply", "-f", &fa]);
+    rig.ok(&["apply", "-f", &fb]);
+    check_reachability(&rig, &ns, port, outside, "ip_forward=1");
+    assert_eq!(ours(&ns), 0, "an unused FORWARD chain is left alone");
+    rig.ok(&["down", "-p", "fa", "--timeout", "60s"]);
+    rig.ok(&["down", "-p", "fb", "--timeout", "60s"]);
+
+    // A docker host: FORWARD policy DROP (bridged traffic goes through it).
+    ns.ok(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
+    rig.ok(&["apply", "-f", &fa]);
+    rig.ok(&["apply", "-f", &fb]);
+    check_reachability(&rig, &ns, port, outside, "FORWARD policy DROP");
+    assert_eq!(ours(&ns), 4, "two accept rules per bridge");
+    let rules = ns.ok(&["iptables", "-w", "-S", "FORWARD"]);
+    eprintln!("FIGURES: iptables FORWARD with dcpp's rules:\n{rules}");
+    rig.ok(&["down", "-p", "fa", "--timeout", "60s"]);
+    rig.ok(&["down", "-p", "fb", "--timeout", "60s"]);
+    rig.wait_until("dcpp's iptables rules to go with its networks", 30, || {
+        ours(&ns) == 0
+    });
+    assert!(
+        ns.ok(&["iptables", "-w", "-S", "FORWARD"])
+            .contains("-P FORWARD DROP")
+    );
+}

@@ -508,12 +508,7 @@ impl NetworkManager {
                 backends,
             })
             .collect();
-        nft::apply(&nft::render(
-            &self.opts.nft_table,
-            &bridges,
-            &ports,
-            self.opts.masquerade,
-        ))
+        nft::install(&self.opts.nft_table, &bridges, &ports, self.opts.masquerade)
     }
 
     /// Removes what a crashed predecessor of this instance left behind and restores what the
@@ -1133,7 +1128,7 @@ impl NetworkManager {
                     first_err.get_or_insert(err);
                 }
             }
-            if let Err(err) = nft::apply(&nft::render_delete(&self.opts.nft_table)) {
+            if let Err(err) = nft::uninstall(&self.opts.nft_table) {
                 first_err.get_or_insert(err);
             }
             first_err.map_or(Ok(()), Err)

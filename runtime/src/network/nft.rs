@@ -4,8 +4,18 @@
 //! The whole table is rendered from the persisted state and replaced in one `nft -f -`
 //! transaction (`table …; delete table …; table … { … }`), so a change for one container adds or
 //! removes exactly its rules, atomically, and a restart after a crash converges to the state
-//! file. The table is the only thing touched, so other tables (docker's, the host's firewall) are
-//! left alone.
+//! file.
+//!
+//! Isolation does not rest on the host's `ip_forward` being off: the `forward` chain drops
+//! traffic between this instance's networks (and, for internal networks, everything leaving or
+//! entering them) whatever the sysctl says. It does not accept anything for other tables either:
+//! in nftables a packet accepted by one base chain is still evaluated by every other base chain
+//! of the hook, so on a host where docker runs (an `iptables` `FORWARD` chain with policy DROP,
+//! `br_netfilter` making bridged frames traverse it) the containers' traffic would be dropped
+//! there. Then, and only then, dcpp inserts its own accept rules into that chain (through
+//! `iptables-restore`, which works with both iptables backends), tagged with a comment naming
+//! its table, and removes them with its networks ([`sync_iptables_forward`]). Nothing else of
+//! other tables is touched.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -105,10 +115,17 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
     let names: BTreeMap<&str, &BridgeRule> =
         bridges.iter().map(|b| (b.bridge.as_str(), b)).collect();
+    for b in bridges.iter().filter(|b| b.internal) {
+        let _ = writeln!(s, "    iifname \"{0}\" oifname != \"{0}\" drop", b.bridge);
+        let _ = writeln!(s, "    oifname \"{0}\" iifname != \"{0}\" drop", b.bridge);
+    }
+    // A published port is public, also to containers of other networks (through a host
+    // address); everything else between two networks is dropped below.
+    if bridges.iter().any(|b| !b.internal) {
+        s.push_str("    ct status dnat accept\n");
+    }
     for b in bridges {
         if b.internal {
-            let _ = writeln!(s, "    iifname \"{0}\" oifname != \"{0}\" drop", b.bridge);
-            let _ = writeln!(s, "    oifname \"{0}\" iifname != \"{0}\" drop", b.bridge);
             continue;
         }
         let others: Vec<String> = names
@@ -129,6 +146,121 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
     s
 }
 
+/// Installs the ruleset of [`render`] and the matching accept rules of
+/// [`sync_iptables_forward`].
+pub fn install(
+    table: &str,
+    bridges: &[BridgeRule],
+    ports: &[PortRule],
+    masquerade: bool,
+) -> Result<(), Error> {
+    apply(&render(table, bridges, ports, masquerade))?;
+    sync_iptables_forward(table, bridges)
+}
+
+/// Removes the table and every rule this instance put in other tables.
+pub fn uninstall(table: &str) -> Result<(), Error> {
+    let r = apply(&render_delete(table));
+    sync_iptables_forward(table, &[]).and(r)
+}
+
+/// Comment on an accept rule this instance put in the iptables `FORWARD` chain.
+fn forward_tag(table: &str, dir: &str, bridge: &str) -> String {
+    format!("dcpp:{table}:{dir}:{bridge}")
+}
+
+/// The iptables `FORWARD` accept rules of `bridges`: anything from a bridge (where it goes is
+/// decided by dcpp's own `forward` chain), and to a bridge only replies and connections to
+/// published ports, as docker does.
+fn forward_rules(table: &str, bridges: &[BridgeRule]) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for b in bridges {
+        let tag = forward_tag(table, "in", &b.bridge);
+        v.push((
+            tag.clone(),
+            format!("-i {} -m comment --comment {tag} -j ACCEPT", b.bridge),
+        ));
+        let tag = forward_tag(table, "out", &b.bridge);
+        v.push((
+            tag.clone(),
+            format!(
+                "-o {} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment {tag} -j ACCEPT",
+                b.bridge
+            ),
+        ));
+    }
+    v
+}
+
+/// Keeps this instance's accept rules in the iptables `FORWARD` chain in line with `bridges`:
+/// present when that chain can drop anything (policy DROP, or rules of its own), absent
+/// otherwise, so a host without such a firewall is not touched. Without the `iptables` tools
+/// there is no such chain to pass.
+pub fn sync_iptables_forward(table: &str, bridges: &[BridgeRule]) -> Result<(), Error> {
+    let listed = match Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S", "FORWARD"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                what: "running iptables".into(),
+                source: e,
+            });
+        }
+    };
+    let prefix = format!("dcpp:{table}:");
+    let tag_of = |line: &str| -> Option<String> {
+        let at = line.find(&prefix)?;
+        Some(
+            line[at..]
+                .split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let ours: Vec<(String, &str)> = listed
+        .lines()
+        .filter_map(|l| Some((tag_of(l)?, l)))
+        .collect();
+    let guarded = listed.lines().any(|l| l.trim() == "-P FORWARD DROP")
+        || listed
+            .lines()
+            .any(|l| l.starts_with("-A FORWARD") && tag_of(l).is_none());
+    let wanted = if guarded {
+        forward_rules(table, bridges)
+    } else {
+        Vec::new()
+    };
+    let mut script = String::from("*filter\n");
+    let mut changes = 0;
+    for (tag, line) in &ours {
+        if !wanted.iter().any(|(t, _)| t == tag) {
+            if let Some(rest) = line.strip_prefix("-A ") {
+                let _ = writeln!(script, "-D {rest}");
+                changes += 1;
+            }
+        }
+    }
+    // Inserted at the top, ahead of docker's jumps and of the DROP policy.
+    for (tag, rule) in wanted.iter().rev() {
+        if !ours.iter().any(|(t, _)| t == tag) {
+            let _ = writeln!(script, "-I FORWARD 1 {rule}");
+            changes += 1;
+        }
+    }
+    if changes == 0 {
+        return Ok(());
+    }
+    script.push_str("COMMIT\n");
+    run_stdin("iptables-restore", &["-w", "--noflush"], &script)
+}
+
 /// The script that removes the table (if present).
 pub fn render_delete(table: &str) -> String {
     format!("table ip {table} {{}}\ndelete table ip {table}\n")
@@ -136,30 +268,35 @@ pub fn render_delete(table: &str) -> String {
 
 /// Feeds `script` to `nft -f -` as one transaction.
 pub fn apply(script: &str) -> Result<(), Error> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    run_stdin("nft", &["-f", "-"], script)
+}
+
+fn run_stdin(program: &str, args: &[&str], script: &str) -> Result<(), Error> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Io {
-            what: "running nft (is Debian's nftables installed?)".into(),
+            what: format!("running {program} (is Debian's nftables/iptables installed?)"),
             source: e,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).map_err(|e| Error::Io {
-            what: "writing to nft".into(),
+            what: format!("writing to {program}"),
             source: e,
         })?;
     }
     let out = child.wait_with_output().map_err(|e| Error::Io {
-        what: "waiting for nft".into(),
+        what: format!("waiting for {program}"),
         source: e,
     })?;
     if !out.status.success() {
-        return Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ));
+        return Err(Error::Nft(format!(
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -210,6 +347,21 @@ mod tests {
         assert!(s.contains("ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.9.1.2:53"));
         assert!(s.contains("iifname \"dt0\" oifname { \"dt1\", \"dt2\" } drop"));
         assert!(s.contains("iifname \"dt2\" oifname != \"dt2\" drop"));
+        // Internal networks drop before published ports are let through.
+        let internal = s.find("oifname \"dt2\" iifname != \"dt2\" drop").unwrap();
+        let dnat = s.find("ct status dnat accept").unwrap();
+        let cross = s.find("iifname \"dt0\" oifname").unwrap();
+        assert!(internal < dnat && dnat < cross, "{s}");
+        let rules = forward_rules("t", &bridges[..1]);
+        assert_eq!(
+            rules[0].1,
+            "-i dt0 -m comment --comment dcpp:t:in:dt0 -j ACCEPT"
+        );
+        assert!(
+            rules[1]
+                .1
+                .starts_with("-o dt0 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT")
+        );
         assert!(
             !s.contains("ip saddr 10.9.0.0/24 oifname"),
             "masquerade is off"
