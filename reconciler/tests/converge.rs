@@ -96,7 +96,10 @@ fn a_healthchecked_service_converges_once_healthy_and_settled() {
         Convergence::Pending("s_web.1 running, waiting to be healthy".into())
     );
     health(&mut o, TaskId(1), Health::Healthy, 5_000);
-    assert!(matches!(v(&spec, &o, 5_000 + SETTLE - 1), Convergence::Pending(_)));
+    assert!(matches!(
+        v(&spec, &o, 5_000 + SETTLE - 1),
+        Convergence::Pending(_)
+    ));
     assert_eq!(v(&spec, &o, 5_000 + SETTLE), Convergence::Converged);
 }
 
@@ -196,7 +199,10 @@ fn restart_any_one_shot_is_a_crash_loop_with_a_hint() {
     }
     let r = failed(&v(&spec, &o, 3_000)).to_string();
     assert!(r.starts_with("crash loop: 3 attempts"), "{r}");
-    assert!(r.ends_with("(a one-shot service needs restart: \"no\" or \"on-failure\")"), "{r}");
+    assert!(
+        r.ends_with("(a one-shot service needs restart: \"no\" or \"on-failure\")"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -285,7 +291,11 @@ fn paused_update_fails_with_its_reason() {
     s2.version = 2;
     d.insert(s2.clone());
     converge(&d, &mut o, 100);
-    let new = live(&o, "s_web").iter().find(|t| t.spec_version == 2).unwrap().id;
+    let new = live(&o, "s_web")
+        .iter()
+        .find(|t| t.spec_version == 2)
+        .unwrap()
+        .id;
     fail_with(&mut o, new, 1, "exited with code 1", 200);
     converge(&d, &mut o, 200);
     assert_eq!(
@@ -307,7 +317,11 @@ fn rolled_back_update_fails_and_a_retry_is_followed_afresh() {
     bad.version = 2;
     d.insert(bad.clone());
     converge(&d, &mut o, 100);
-    let new = live(&o, "s_web").iter().find(|t| t.spec_version == 2).unwrap().id;
+    let new = live(&o, "s_web")
+        .iter()
+        .find(|t| t.spec_version == 2)
+        .unwrap()
+        .id;
     fail_with(&mut o, new, 1, "exited with code 1", 150);
     let p = plan(&d, &o, 150);
     apply(&mut o, &p).unwrap();
