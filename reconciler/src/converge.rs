@@ -147,6 +147,13 @@ pub fn verdict(v: &ServiceView<'_>, now: Time) -> Convergence {
     if extra > 0 {
         waiting.push(format!("{extra} old task(s) stopping"));
     }
+    // A rollout is watched until its monitor window has passed (swarm's `service update`
+    // does the same): a task failing within it still rolls the update back.
+    if let Some(u) = upd
+        && u.state.is_active()
+    {
+        waiting.push(format!("{}, monitoring", u.message));
+    }
     match waiting.len() {
         0 => Converged,
         1 => Pending(waiting.remove(0)),

@@ -382,3 +382,23 @@ fn other_services_tasks_are_ignored_and_old_tasks_keep_it_pending() {
     agent(&mut o, 20_100);
     assert_eq!(v(&one, &o, 20_100), Convergence::Converged);
 }
+
+#[test]
+fn update_is_followed_through_its_monitor_window() {
+    let mut spec = web(1);
+    spec.update_config.monitor = 5_000;
+    let mut d = desired(vec![spec.clone()]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    let mut s2 = spec.clone();
+    s2.version = 2;
+    d.insert(s2.clone());
+    converge(&d, &mut o, 100);
+    // Up and settled, but the monitor window (until 5_100) has not passed.
+    assert_eq!(
+        v(&s2, &o, 100 + SETTLE),
+        Convergence::Pending("updating to version 2, monitoring".into())
+    );
+    converge(&d, &mut o, 5_100);
+    assert_eq!(v(&s2, &o, 5_100 + SETTLE), Convergence::Converged);
+}

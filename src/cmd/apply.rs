@@ -497,6 +497,20 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
     let mut changes = Box::pin(c.watch(since, None));
     let mut watching = since > 0;
     loop {
+        // Read order matters: an automatic rollback resets the service document and writes
+        // the rollout status in one transaction, so a document read first is never newer
+        // than the status read after it.
+        let mut stored: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+        for o in c.list(Kind::Service).await?.objects {
+            let d: ServiceDoc = o.decode()?;
+            stored.insert(d.id().0, d.spec);
+        }
+        let mut statuses = BTreeMap::new();
+        for o in c.list(Kind::Config).await?.objects {
+            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
+                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
+            }
+        }
         let tasks: Vec<Task> = c
             .list(Kind::Task)
             .await?
@@ -504,17 +518,6 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
             .iter()
             .map(|o| o.decode())
             .collect::<Result<_, _>>()?;
-        let mut statuses = BTreeMap::new();
-        for o in c.list(Kind::Config).await?.objects {
-            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
-                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
-            }
-        }
-        let mut stored: BTreeMap<String, ServiceSpec> = BTreeMap::new();
-        for o in c.list(Kind::Service).await?.objects {
-            let d: ServiceDoc = o.decode()?;
-            stored.insert(d.id().0, d.spec);
-        }
         let nodes = observed_nodes(c, &tasks).await?;
         let now = dcpp_node_agent::docs::now_ms();
         let mut parts = Vec::new();
