@@ -55,6 +55,8 @@ struct HealthState {
     next: Instant,
     failures: u64,
     reported: Health,
+    /// Output of the last check (stdout and stderr, trimmed), for the task's error.
+    output: String,
 }
 
 pub struct Agent {
@@ -390,6 +392,9 @@ impl Agent {
                                 self.set_serving(c, health_command(s).is_none() || healthy)
                                     .await;
                             }
+                            if r.health == Some(Health::Unhealthy) {
+                                self.fail_unhealthy(t, c, &mut r).await;
+                            }
                             Self::report(t, rev, r)
                         }
                         Status::Created => {
@@ -678,6 +683,28 @@ impl Agent {
         }
     }
 
+    /// Swarm's rule: a task whose container turns unhealthy fails (its container is stopped);
+    /// the orchestrator replaces it per the restart policy and counts it against a rollout.
+    async fn fail_unhealthy(&self, t: &Task, c: &ContainerInfo, r: &mut TaskReport) {
+        let output = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t.id)
+            .map(|s| s.output)
+            .unwrap_or_default();
+        let id = c.state.id.clone();
+        if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
+            tracing::warn!(task = %t.id, "stop unhealthy container: {e}");
+        }
+        let id = c.state.id.clone();
+        if let Ok(i) = self.blocking(move |m| m.inspect(&id)).await {
+            r.exit_code = i.exit.map(|e| e.exit_code);
+        }
+        r.state = Some(TaskState::Failed);
+        r.error = Some(format!("unhealthy: last healthcheck {output}"));
+    }
+
     /// Runs the service's healthcheck inside the container when due; returns a changed health.
     async fn check_health(&self, t: &Task, c: &ContainerInfo, doc: &ServiceDoc) -> Option<Health> {
         let args = health_command(doc)?;
@@ -696,6 +723,7 @@ impl Agent {
                 next: now,
                 failures: 0,
                 reported: t.health,
+                output: String::new(),
             });
             if now < st.next {
                 return None;
@@ -713,30 +741,60 @@ impl Agent {
                 };
                 let mut child = match m.exec(&id, &req, |cmd| {
                     cmd.stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null());
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped());
                 }) {
                     Ok(c) => c,
-                    Err(_) => return false,
+                    Err(e) => return (false, e.to_string()),
                 };
                 let deadline = Instant::now() + timeout;
-                loop {
+                let status = loop {
                     match child.try_wait() {
-                        Ok(Some(s)) => return s.success(),
+                        Ok(Some(s)) => break Some(s),
                         Ok(None) if Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(20))
                         }
                         _ => {
                             let _ = child.kill();
                             let _ = child.wait();
-                            return false;
+                            break None;
                         }
                     }
+                };
+                let mut out = String::new();
+                for pipe in [
+                    child
+                        .stdout
+                        .take()
+                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                    child
+                        .stderr
+                        .take()
+                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let mut buf = Vec::new();
+                    let _ =
+                        std::io::Read::read_to_end(&mut std::io::Read::take(pipe, 4096), &mut buf);
+                    out.push_str(&String::from_utf8_lossy(&buf));
+                }
+                let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+                match status {
+                    Some(s) if s.success() => (true, out),
+                    Some(s) => {
+                        let code = s.code().map_or("a signal".into(), |c| format!("code {c}"));
+                        (false, format!("exited with {code}: {out}"))
+                    }
+                    None => (false, format!("timed out after {timeout:?}: {out}")),
                 }
             })
             .await;
+        let (ok, output) = ok;
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let st = h.get_mut(&t.id)?;
+        st.output = output;
         let in_grace = t
             .started_at
             .is_some_and(|s| now_ms().saturating_sub(s) < start_period.as_millis() as u64);

@@ -20,6 +20,13 @@ pub const TASK_COUNTER_ID: &str = "dcpp/next-task-id";
 /// Prefix of the `Kind::Config` ids holding service rollout status.
 pub const STATUS_PREFIX: &str = "dcpp/status/";
 
+/// Prefix of the `Kind::Config` ids holding the service document an update replaced (what
+/// `service rollback` restores).
+pub const PREVIOUS_PREFIX: &str = "dcpp/previous/";
+/// Prefix of the `Kind::Config` ids holding the service document an automatic rollback
+/// rejected (history, shown by `service inspect`).
+pub const REJECTED_PREFIX: &str = "dcpp/rejected/";
+
 /// Container labels the agent sets; `ps` and re-adoption find containers by them.
 pub const LABEL_STACK: &str = "org.dcpp.stack";
 pub const LABEL_SERVICE: &str = "org.dcpp.service";
@@ -67,6 +74,41 @@ pub fn task_key(id: TaskId) -> String {
 /// Store id of a service's rollout status.
 pub fn status_key(service: &ServiceId) -> String {
     format!("{STATUS_PREFIX}{service}")
+}
+
+/// Store id of the service document an update replaced.
+pub fn previous_key(service: &ServiceId) -> String {
+    format!("{PREVIOUS_PREFIX}{service}")
+}
+
+/// Store id of the service document an automatic rollback rejected.
+pub fn rejected_key(service: &ServiceId) -> String {
+    format!("{REJECTED_PREFIX}{service}")
+}
+
+/// The document to store after an automatic rollback of `current` (the rejected one) to
+/// `spec` (the version that runs now): the document the update replaced when it has that
+/// version, else `current` with the image of `spec`. The user's later scaling and deploy
+/// settings are kept, as `service rollback` does.
+pub fn rolled_back_doc(
+    current: &ServiceDoc,
+    previous: Option<&ServiceDoc>,
+    spec: &ServiceSpec,
+) -> ServiceDoc {
+    let mut back = match previous.filter(|p| p.spec.version == spec.version) {
+        Some(p) => p.clone(),
+        None => {
+            let mut b = current.clone();
+            b.service.image = Some(spec.image.clone());
+            b
+        }
+    };
+    back.spec = ServiceSpec {
+        mode: current.spec.mode.clone(),
+        ..spec.clone()
+    };
+    back.service.deploy = current.service.deploy.clone();
+    back
 }
 
 /// Container name of a task: `<stack>_<service>.<slot>.<task>` (swarm style; the task id keeps

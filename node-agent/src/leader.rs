@@ -13,7 +13,10 @@ use dcpp_reconciler::{
 use futures::StreamExt;
 
 use crate::Error;
-use crate::docs::{STATUS_PREFIX, ServiceDoc, TASK_COUNTER_ID, now_ms, status_key, task_key};
+use crate::docs::{
+    PREVIOUS_PREFIX, STATUS_PREFIX, ServiceDoc, TASK_COUNTER_ID, now_ms, previous_key,
+    rejected_key, rolled_back_doc, status_key, task_key,
+};
 
 /// A node whose agent has not reported for this long is down and its tasks are rescheduled.
 pub const NODE_TIMEOUT_MS: u64 = 20_000;
@@ -25,15 +28,22 @@ pub struct Snapshot {
     pub desired: Desired,
     pub observed: Observed,
     task_revs: BTreeMap<TaskId, u64>,
+    /// Service documents and their revisions, and the documents updates replaced: an
+    /// automatic rollback rewrites the desired document from them.
+    docs: BTreeMap<ServiceId, (ServiceDoc, u64)>,
+    previous: BTreeMap<ServiceId, ServiceDoc>,
 }
 
 /// Reads desired and observed state from this node's copy of the store.
 pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
     let mut desired = Desired::default();
+    let mut docs = BTreeMap::new();
     for o in node.list(Kind::Service, false).await?.objects {
         let d: ServiceDoc = o.decode()?;
-        desired.insert(d.spec);
+        desired.insert(d.spec.clone());
+        docs.insert(d.id(), (d, o.mod_revision));
     }
+    let mut previous = BTreeMap::new();
     let mut observed = Observed::default();
     let now = now_ms();
     for o in node.list(Kind::Node, false).await?.objects {
@@ -52,6 +62,11 @@ pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
         } else if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
             let st: ServiceStatus = o.decode()?;
             observed.services.insert(ServiceId(sid.to_string()), st);
+        } else if let Some(sid) = o.id.strip_prefix(PREVIOUS_PREFIX) {
+            // A document that does not decode only costs the rollback its other settings.
+            if let Ok(d) = o.decode::<ServiceDoc>() {
+                previous.insert(ServiceId(sid.to_string()), d);
+            }
         }
     }
     // Never hand out an id again, even if the counter write was lost.
@@ -62,6 +77,8 @@ pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
         desired,
         observed,
         task_revs,
+        docs,
+        previous,
     })
 }
 
@@ -107,7 +124,13 @@ pub async fn reconcile_once(node: &Node) -> Result<(Option<Duration>, bool), Err
     }
     let mut after = snap.observed.clone();
     dcpp_reconciler::apply(&mut after, &plan)?;
-    let txn = diff_txn(&snap, &after)?;
+    let mut txn = diff_txn(&snap, &after)?;
+    for a in &plan.actions {
+        if let dcpp_reconciler::Action::Rollback { service, reason } = a {
+            tracing::info!(%service, "{reason}");
+            txn = rollback_txn(txn, &snap, &after, service)?;
+        }
+    }
     if txn.ops.is_empty() {
         return Ok((requeue, false));
     }
@@ -173,6 +196,32 @@ fn diff_txn(snap: &Snapshot, after: &Observed) -> Result<Txn, Error> {
     if after.next_task_id != before.next_task_id {
         txn = txn.op(Op::put(Kind::Config, TASK_COUNTER_ID, &after.next_task_id)?);
     }
+    Ok(txn)
+}
+
+/// An automatic rollback also resets the desired document to the version that runs (in the
+/// same write, so no plan ever sees the rejected version as new): `service ls`, `diff` and
+/// `service rollback` then tell the truth, and applying the rejected file again retries the
+/// update. The rejected document is kept as history; there is no rollback target any more.
+fn rollback_txn(
+    mut txn: Txn,
+    snap: &Snapshot,
+    after: &Observed,
+    sid: &ServiceId,
+) -> Result<Txn, Error> {
+    let (Some((doc, rev)), Some(st)) = (snap.docs.get(sid), after.services.get(sid)) else {
+        return Ok(txn);
+    };
+    let back = rolled_back_doc(doc, snap.previous.get(sid), &st.spec);
+    txn = txn
+        .when(Precondition::ModRevision {
+            kind: Kind::Service,
+            id: sid.0.clone(),
+            revision: *rev,
+        })
+        .op(Op::put(Kind::Service, sid.0.clone(), &back)?)
+        .op(Op::put(Kind::Config, rejected_key(sid), doc)?)
+        .op(Op::delete(Kind::Config, previous_key(sid)));
     Ok(txn)
 }
 

@@ -27,7 +27,7 @@ use crate::model::{
     DesiredState, Health, Millis, Node, NodeId, NodeStatus, RestartCondition, ServiceSpec,
     ServiceStatus, Slot, Task, TaskState, Time, UpdateState,
 };
-use crate::plan::{MIN_UPTIME, failure_detail};
+use crate::plan::{MIN_UPTIME, failure_detail, restarts_allowed};
 
 /// How long a task must stay up before its slot counts as converged. A container that dies at
 /// once (bad command, missing file, failed healthcheck) is reported within a few hundred
@@ -147,6 +147,13 @@ pub fn verdict(v: &ServiceView<'_>, now: Time) -> Convergence {
     if extra > 0 {
         waiting.push(format!("{extra} old task(s) stopping"));
     }
+    // A rollout is watched until its monitor window has passed (swarm's `service update`
+    // does the same): a task failing within it still rolls the update back.
+    if let Some(u) = upd
+        && u.state.is_active()
+    {
+        waiting.push(format!("{}, monitoring", u.message));
+    }
     match waiting.len() {
         0 => Converged,
         1 => Pending(waiting.remove(0)),
@@ -187,15 +194,17 @@ fn slot_verdict(
             };
         }
         if !h.is_live() {
-            // Dead with no replacement planned: the restart policy leaves it.
             let one_shot = applied.restart.condition != RestartCondition::Any;
             if h.state == TaskState::Complete && h.exit_code.unwrap_or(0) == 0 && one_shot {
                 return SlotVerdict::Done;
             }
-            return SlotVerdict::Failed(format!(
-                "{} and the restart policy does not replace it",
-                failure_detail(h)
-            ));
+            // Dead: either the orchestrator is about to replace it, or the policy leaves it.
+            if restarts_allowed(&applied.restart, h, now).is_none() {
+                return SlotVerdict::Failed(format!(
+                    "{} and the restart policy does not replace it",
+                    failure_detail(h)
+                ));
+            }
         }
     }
     // Not up: look for the reason in the slot's finished attempts of the applied version.
@@ -231,7 +240,11 @@ fn slot_verdict(
     let why = match head {
         None => format!("{}.{slot} has no task yet", applied.id()),
         Some(h) if h.spec_version != applied.version => {
-            format!("{} runs version {}, awaiting update", h.name(), h.spec_version)
+            format!(
+                "{} runs version {}, awaiting update",
+                h.name(),
+                h.spec_version
+            )
         }
         Some(h) if h.state == TaskState::Running => match h.health {
             Health::Unhealthy => format!("{} unhealthy", h.name()),

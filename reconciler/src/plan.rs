@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::apply::apply_action;
 use crate::model::{
     Dependency, DependencyCondition, Desired, DesiredState, FailureAction, Health, Millis, Mode,
-    NodeId, Observed, RestartCondition, ServiceId, ServiceSpec, ServiceStatus, Slot, Task, TaskId,
-    TaskState, Time, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    NodeId, Observed, RestartCondition, RestartPolicy, ServiceId, ServiceSpec, ServiceStatus, Slot,
+    Task, TaskId, TaskState, Time, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 use crate::scheduler::{self, Load, Rejection};
 
@@ -775,15 +775,9 @@ fn emit_all(work: &mut Observed, ctx: &mut Ctx, actions: Vec<Action>) {
     }
 }
 
-fn restart_per_policy(
-    work: &Observed,
-    sid: &ServiceId,
-    slot: &Slot,
-    head: &Task,
-    target: &ServiceSpec,
-    now: Time,
-) -> Option<Task> {
-    let policy = &target.restart;
+/// Whether `policy` replaces the dead task `head` at `now`; if so, the restart times that
+/// count toward `max_attempts` afterwards (this restart included).
+pub fn restarts_allowed(policy: &RestartPolicy, head: &Task, now: Time) -> Option<Vec<Time>> {
     let restart = match policy.condition {
         RestartCondition::None => false,
         RestartCondition::OnFailure => {
@@ -809,6 +803,19 @@ fn restart_per_policy(
     } else {
         recent.clear();
     }
+    Some(recent)
+}
+
+fn restart_per_policy(
+    work: &Observed,
+    sid: &ServiceId,
+    slot: &Slot,
+    head: &Task,
+    target: &ServiceSpec,
+    now: Time,
+) -> Option<Task> {
+    let policy = &target.restart;
+    let recent = restarts_allowed(policy, head, now)?;
     let died = head.finished_at.unwrap_or(now);
     let fast = head
         .started_at

@@ -562,7 +562,9 @@ fn failed_update_rolls_back_automatically() {
     assert_eq!(u.rolled_back_from, Some(2));
     assert_eq!(
         u.failure.as_deref(),
-        Some("update failed, rolling back: 1 task(s) of version 2 failed (last: s_web.1: exit code 1)")
+        Some(
+            "update failed, rolling back: 1 task(s) of version 2 failed (last: s_web.1: exit code 1)"
+        )
     );
     // The rejected spec is no rollback target, and it stays rejected while the desired spec
     // still names it (the leader resets desired in the same write as the rollback).
@@ -718,7 +720,11 @@ fn new_task_that_never_turns_healthy_rolls_the_update_back() {
     assert_eq!(st.spec.version, 1);
     assert_eq!(st.update.as_ref().unwrap().state, UpdateState::RolledBack);
     let ids: Vec<TaskId> = live(&o, "s_web").iter().map(|t| t.id).collect();
-    assert_eq!(ids, [TaskId(1), TaskId(2)], "the original tasks kept running");
+    assert_eq!(
+        ids,
+        [TaskId(1), TaskId(2)],
+        "the original tasks kept running"
+    );
 }
 
 #[test]
@@ -810,7 +816,10 @@ fn service_rollback_runs_with_the_rollback_config() {
     let u = status.update.as_ref().unwrap();
     assert_eq!(u.state, UpdateState::RollingBack);
     assert_eq!(u.rollback_config.as_ref(), Some(&s2.rollback_config));
-    assert_eq!(u.rolled_back_from, None, "a rollback the user asked for rejects nothing");
+    assert_eq!(
+        u.rolled_back_from, None,
+        "a rollback the user asked for rejects nothing"
+    );
     assert_eq!(status.previous.as_ref().unwrap().version, 2);
 }
 

@@ -44,8 +44,8 @@ struct Sim {
     now: Time,
     desired: Desired,
     obs: Observed,
-    /// Spec versions whose image fails to start.
-    bad: BTreeSet<(ServiceId, u64)>,
+    /// Spec versions that cannot run, and how they fail.
+    bad: BTreeMap<(ServiceId, u64), Flaw>,
     /// Tasks whose containers died with their node.
     lost: BTreeSet<TaskId>,
     /// Last seen state of every task, for the forward-only check.
@@ -57,6 +57,22 @@ struct Sim {
 }
 
 const SERVICES: [&str; 4] = ["api", "web", "db", "worker"];
+
+/// How a bad version fails.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Flaw {
+    /// The container exits while starting.
+    FailsToStart,
+    /// It runs but never passes its healthcheck: the agent reports it unhealthy and fails it,
+    /// as the real agent does (services with a healthcheck only).
+    Unhealthy,
+    /// It runs (and turns healthy) and crashes after [`CRASH_AFTER`].
+    CrashesLater,
+}
+
+const CRASH_AFTER: Millis = 3_000;
+/// The verdict is asked this long ahead, past the settle window.
+const SETTLE_CHECK: Millis = dcpp_reconciler::converge::SETTLE;
 
 impl Sim {
     fn new(seed: u64) -> Sim {
@@ -163,7 +179,7 @@ impl Sim {
             now: 0,
             desired,
             obs,
-            bad: BTreeSet::new(),
+            bad: BTreeMap::new(),
             lost: BTreeSet::new(),
             seen: BTreeMap::new(),
             next_version: 2,
@@ -244,6 +260,9 @@ impl Sim {
                 let v = self.new_version(&s, bad);
                 self.log
                     .push(format!("{}: update {s} to v{v} (bad: {bad})", self.now));
+                if let Some(f) = self.bad.get(&(s.clone(), v)) {
+                    self.log.push(format!("{}: v{v} flaw {f:?}", self.now));
+                }
             }
             _ => {
                 // Removing and re-adding a service.
@@ -265,7 +284,13 @@ impl Sim {
         spec.version = v;
         spec.image = format!("img:{v}");
         if bad {
-            self.bad.insert((s.clone(), v));
+            let flaws: &[Flaw] = if spec.healthcheck {
+                &[Flaw::FailsToStart, Flaw::Unhealthy, Flaw::CrashesLater]
+            } else {
+                &[Flaw::FailsToStart, Flaw::CrashesLater]
+            };
+            let flaw = *self.rng.pick(flaws).unwrap();
+            self.bad.insert((s.clone(), v), flaw);
         }
         v
     }
@@ -307,7 +332,7 @@ impl Sim {
             if faults && self.rng.chance(30) {
                 continue; // slow agent
             }
-            let bad = self.bad.contains(&(t.service.clone(), t.spec_version));
+            let flaw = self.bad.get(&(t.service.clone(), t.spec_version)).copied();
             let healthcheck = self
                 .desired
                 .services
@@ -328,7 +353,7 @@ impl Sim {
                         state: Some(TaskState::Starting),
                         ..TaskReport::default()
                     },
-                    TaskState::Starting if bad => TaskReport {
+                    TaskState::Starting if flaw == Some(Flaw::FailsToStart) => TaskReport {
                         state: Some(TaskState::Failed),
                         exit_code: Some(1),
                         error: Some("image fails".into()),
@@ -344,6 +369,26 @@ impl Sim {
                         }),
                         ..TaskReport::default()
                     },
+                    TaskState::Running if healthcheck && flaw == Some(Flaw::Unhealthy) => {
+                        TaskReport {
+                            state: Some(TaskState::Failed),
+                            health: Some(Health::Unhealthy),
+                            exit_code: Some(137),
+                            error: Some("unhealthy: last healthcheck exited with code 1".into()),
+                            ..TaskReport::default()
+                        }
+                    }
+                    TaskState::Running
+                        if flaw == Some(Flaw::CrashesLater)
+                            && t.started_at.is_some_and(|s| self.now >= s + CRASH_AFTER) =>
+                    {
+                        TaskReport {
+                            state: Some(TaskState::Failed),
+                            exit_code: Some(1),
+                            error: Some("crashed after running a while".into()),
+                            ..TaskReport::default()
+                        }
+                    }
                     TaskState::Running if healthcheck && t.health != Health::Healthy => {
                         TaskReport {
                             health: Some(Health::Healthy),
@@ -469,6 +514,55 @@ impl Sim {
                 self.fail(format!("task {} went {prev} -> {}", t.id, t.state));
             }
         }
+        // A version that never comes up (fails to start, never healthy) never completes an
+        // update, and the convergence rule never calls it converged.
+        for (sid, st) in &self.obs.services {
+            let flaw = self.bad.get(&(sid.clone(), st.spec.version));
+            if !matches!(flaw, Some(Flaw::FailsToStart | Flaw::Unhealthy)) {
+                continue;
+            }
+            let Some(spec) = self.desired.services.get(sid) else {
+                continue;
+            };
+            // (With no slot to fill, an update completes vacuously.)
+            let wants_tasks = !desired_slots(sid, spec, &self.obs).is_empty();
+            if let Some(u) = &st.update
+                && u.state == UpdateState::Completed
+                && u.completed_at == Some(self.now)
+            {
+                // Health gates rollouts: an update completes only with every wanted slot's
+                // current task up (healthy, when there is a healthcheck), or dead for good
+                // (failure_action continue / a tolerated failure ratio).
+                for slot in desired_slots(sid, spec, &self.obs) {
+                    let head = self
+                        .obs
+                        .tasks
+                        .values()
+                        .filter(|t| t.service == *sid && t.slot == slot)
+                        .filter(|t| t.desired == DesiredState::Running)
+                        .max_by_key(|t| t.id);
+                    if let Some(h) = head
+                        && h.is_live()
+                        && (h.state != TaskState::Running
+                            || h.ready_at(st.spec.healthcheck).is_none())
+                    {
+                        self.fail(format!(
+                            "{}: {sid}: update to v{} ({flaw:?}) completed with {} {} ({:?})",
+                            self.now, st.spec.version, h.id, h.state, h.health
+                        ));
+                    }
+                }
+            }
+            if spec.version == st.spec.version
+                && wants_tasks
+                && self.verdict(sid, SETTLE_CHECK) == Convergence::Converged
+            {
+                self.fail(format!(
+                    "{}: {sid}: v{} ({flaw:?}) judged converged",
+                    self.now, st.spec.version
+                ));
+            }
+        }
         // Nothing should run on a drained or down node.
         for t in self.obs.tasks.values() {
             if t.is_live()
@@ -582,6 +676,24 @@ impl Sim {
         self.log.push(format!("{}: heal", self.now));
     }
 
+    /// The convergence rule's verdict on the desired spec of `sid`, `after` ms from now.
+    fn verdict(&self, sid: &ServiceId, after: Millis) -> Convergence {
+        let spec = &self.desired.services[sid];
+        let tasks: Vec<Task> = self.obs.tasks.values().cloned().collect();
+        let slots = desired_slots(sid, spec, &self.obs);
+        verdict(
+            &ServiceView {
+                applied: spec,
+                stored: Some(spec),
+                status: self.obs.services.get(sid),
+                tasks: &tasks,
+                slots: &slots,
+                nodes: &self.obs.nodes,
+            },
+            self.now + after,
+        )
+    }
+
     fn converged(&self) -> Result<(), String> {
         for (sid, spec) in &self.desired.services {
             let st = self.obs.services.get(sid).ok_or("no status")?;
@@ -629,6 +741,13 @@ impl Sim {
                         t.id, t.state, t.spec_version, t.slot
                     ));
                 }
+            }
+        }
+        // The convergence rule agrees once the settle window has passed.
+        for sid in self.desired.services.keys() {
+            let v = self.verdict(sid, SETTLE_CHECK);
+            if v != Convergence::Converged {
+                return Err(format!("{sid}: verdict {v}"));
             }
         }
         self.network_peers_ok()?;

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dcpp_node_agent::docs::{STATUS_PREFIX, ServiceDoc, StackDoc, diff_services, stack_docs};
 use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
-use dcpp_reconciler::{
-    DesiredState, Mode, Observed, ServiceSpec, ServiceStatus, Task, TaskState, UpdateState,
-};
+use dcpp_reconciler::{DesiredState, Mode, Observed, ServiceSpec, ServiceStatus, Task, TaskState};
 use dcpp_runtime::container::volume::VolumeStore;
 
 use crate::Global;
@@ -568,7 +566,12 @@ pub async fn store_stack(
 /// `Kind::Config` id of the service document an update replaced (what `service rollback`
 /// restores).
 fn previous_key(service_id: &str) -> String {
-    format!("dcpp/previous/{service_id}")
+    dcpp_node_agent::docs::previous_key(&dcpp_reconciler::ServiceId(service_id.to_string()))
+}
+
+/// `Kind::Config` id of the service document an automatic rollback rejected.
+fn rejected_key(service_id: &str) -> String {
+    dcpp_node_agent::docs::rejected_key(&dcpp_reconciler::ServiceId(service_id.to_string()))
 }
 
 /// Deletes a stack and its services in one transaction.
@@ -581,6 +584,7 @@ pub async fn delete_stack(c: &Client, name: &str) -> anyhow::Result<usize> {
     c.txn(&txn).await?;
     for d in old.values() {
         let _ = c.delete(Kind::Config, &previous_key(&d.id().0)).await;
+        let _ = c.delete(Kind::Config, &rejected_key(&d.id().0)).await;
     }
     Ok(old.len())
 }
@@ -644,19 +648,41 @@ fn progress(
     (running, desired)
 }
 
-/// Follows until every service runs its desired replicas of its current spec with nothing
-/// else live, or a failure that needs the user.
+/// After the first service fails, how long the others get to reach a verdict too, so that
+/// services failing together (containers that all exit at once) are all reported.
+const FAIL_GRACE: Duration = Duration::from_secs(5);
+
+/// Follows until every service has a verdict of [`dcpp_reconciler::verdict`] (the one
+/// convergence rule): exit 0 when all converged; 1 with one line per failed service and its
+/// reason, or when `timeout` passes with one line per service still pending.
 async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyhow::Result<u8> {
+    use dcpp_reconciler::{Convergence, ServiceView};
     use futures::{FutureExt, StreamExt};
     let start = Instant::now();
+    let mut first_failure: Option<Instant> = None;
     let mut last_line = String::new();
     let mut last_pull: BTreeMap<String, String> = BTreeMap::new();
     // Store changes wake the loop (no fixed polling delay between the last task report and
-    // the exit); a bounded wait keeps it going should the watch stream end.
+    // the exit); a bounded wait keeps it going should the watch stream end, and lets the
+    // settle window pass.
     let since = c.status().await.map(|s| s.revision).unwrap_or(0);
     let mut changes = Box::pin(c.watch(since, None));
     let mut watching = since > 0;
     loop {
+        // Read order matters: an automatic rollback resets the service document and writes
+        // the rollout status in one transaction, so a document read first is never newer
+        // than the status read after it.
+        let mut stored: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+        for o in c.list(Kind::Service).await?.objects {
+            let d: ServiceDoc = o.decode()?;
+            stored.insert(d.id().0, d.spec);
+        }
+        let mut statuses = BTreeMap::new();
+        for o in c.list(Kind::Config).await?.objects {
+            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
+                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
+            }
+        }
         let tasks: Vec<Task> = c
             .list(Kind::Task)
             .await?
@@ -664,74 +690,29 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
             .iter()
             .map(|o| o.decode())
             .collect::<Result<_, _>>()?;
-        let mut statuses = BTreeMap::new();
-        for o in c.list(Kind::Config).await?.objects {
-            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
-                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
-            }
-        }
         let nodes = observed_nodes(c, &tasks).await?;
-        let mut done = true;
+        let now = dcpp_node_agent::docs::now_ms();
         let mut parts = Vec::new();
+        let mut failed = Vec::new();
+        let mut pending = Vec::new();
         for d in services {
             let sid = d.id();
             let st = statuses.get(&sid.0);
             let (running, desired) = progress(d, st, &tasks, &nodes);
-            let extra = tasks.iter().any(|t| {
-                t.service == sid
-                    && t.is_live()
-                    && (t.desired != DesiredState::Running
-                        || st.is_some_and(|s| t.spec_version != s.spec.version))
-            });
-            // The stored spec must be the one we applied (a rollback keeps the old one).
-            let current = st.is_some_and(|s| s.spec.version == d.spec.version);
-            if let Some(u) = st.and_then(|s| s.update.as_ref())
-                && matches!(
-                    u.state,
-                    UpdateState::RolledBack | UpdateState::Paused | UpdateState::RollbackPaused
-                )
-                && st.is_some_and(|s| {
-                    s.spec.version != d.spec.version || u.state == UpdateState::Paused
-                })
-            {
-                eprintln!(
-                    "service {}: update {:?}: {}",
-                    d.spec.name, u.state, u.message
-                );
-                return Ok(1);
-            }
-            if running != desired || extra || !current {
-                done = false;
-            }
             parts.push(format!("{} {running}/{desired}", d.spec.name));
-            // A task of the applied spec that cannot start at all, or keeps crashing.
-            let failed: Vec<&Task> = tasks
-                .iter()
-                .filter(|t| {
-                    t.service == sid
-                        && t.spec_version == d.spec.version
-                        && matches!(t.state, TaskState::Failed | TaskState::Rejected)
-                })
-                .collect();
-            if let Some(t) = failed.iter().find(|t| t.state == TaskState::Rejected) {
-                eprintln!(
-                    "service {}: task {} rejected: {}",
-                    d.spec.name,
-                    t.name(),
-                    t.error.clone().unwrap_or_default()
-                );
-                return Ok(1);
-            }
-            if failed.len() >= 3
-                && let Some(t) = failed.iter().max_by_key(|t| t.id)
-            {
-                eprintln!(
-                    "service {}: crash loop ({} failed tasks); last: {}",
-                    d.spec.name,
-                    failed.len(),
-                    t.error.clone().unwrap_or_default()
-                );
-                return Ok(1);
+            let slots = dcpp_reconciler::desired_slots(&sid, &d.spec, &nodes);
+            let view = ServiceView {
+                applied: &d.spec,
+                stored: stored.get(&sid.0),
+                status: st,
+                tasks: &tasks,
+                slots: &slots,
+                nodes: &nodes.nodes,
+            };
+            match dcpp_reconciler::verdict(&view, now) {
+                Convergence::Converged => {}
+                Convergence::Pending(r) => pending.push((d.spec.name.clone(), r)),
+                Convergence::Failed(r) => failed.push((d.spec.name.clone(), r)),
             }
         }
         // One line per image being pulled, whenever its progress changes.
@@ -750,17 +731,29 @@ async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyho
             eprintln!("{line}");
             last_line = line;
         }
-        if done {
+        if failed.is_empty() && pending.is_empty() {
             println!("converged in {:.2}s", start.elapsed().as_secs_f64());
             return Ok(0);
         }
+        if !failed.is_empty() {
+            let since_first = first_failure.get_or_insert_with(Instant::now).elapsed();
+            if pending.is_empty() || since_first >= FAIL_GRACE {
+                for (name, r) in &failed {
+                    eprintln!("service {name}: failed: {r}");
+                }
+                for (name, r) in &pending {
+                    eprintln!("service {name}: not converged: {r}");
+                }
+                eprintln!("{} of {} service(s) failed", failed.len(), services.len());
+                return Ok(1);
+            }
+        } else {
+            first_failure = None;
+        }
         if start.elapsed() > timeout {
             eprintln!("timed out after {timeout:?}; pending:");
-            for t in tasks
-                .iter()
-                .filter(|t| t.is_live() && t.state < TaskState::Running)
-            {
-                eprintln!("  {} {}: {}", t.name(), t.state, t.message);
+            for (name, r) in &pending {
+                eprintln!("service {name}: {r}");
             }
             return Ok(1);
         }
@@ -1332,7 +1325,23 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             }
             ServiceCommand::Inspect { service, format: _ } => {
                 let (d, _) = find_service(&c, &service).await?;
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                let mut v = serde_json::to_value(&d)?;
+                let id = d.id().0;
+                // History: the rollout status and the document an automatic rollback rejected.
+                if let Ok((st, _)) = c
+                    .get_as::<ServiceStatus>(Kind::Config, &format!("{STATUS_PREFIX}{id}"))
+                    .await
+                    && let Some(u) = st.update
+                {
+                    v["update_status"] = serde_json::to_value(&u)?;
+                }
+                if let Ok((r, _)) = c
+                    .get_as::<ServiceDoc>(Kind::Config, &rejected_key(&id))
+                    .await
+                {
+                    v["rejected"] = serde_json::to_value(&r)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 Ok(0)
             }
             ServiceCommand::Update {
@@ -1400,6 +1409,17 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                     .map(|(s, _)| s)
                     .with_context(|| format!("{id} has no rollout status yet"))?;
                 let Some(prev) = status.previous else {
+                    if let Some(u) = status
+                        .update
+                        .as_ref()
+                        .filter(|u| u.rolled_back_from.is_some())
+                    {
+                        bail!(
+                            "{id} has no previous spec to roll back to: {} (version {} runs)",
+                            u.message,
+                            status.spec.version
+                        );
+                    }
                     bail!("{id} has no previous spec to roll back to");
                 };
                 let old: Option<ServiceDoc> = c
@@ -1409,19 +1429,19 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                     .map(|(s, _)| s);
                 // The container settings of the previous spec are stored at each update; if
                 // they are missing or belong to another version, only the image goes back.
-                let mut back = old
-                    .filter(|o| o.spec.version == prev.version)
-                    .unwrap_or_else(|| {
-                        let mut b = d.clone();
-                        b.service.image = Some(prev.image.clone());
-                        b
-                    });
-                back.spec = ServiceSpec {
-                    mode: d.spec.mode.clone(),
-                    ..prev
-                };
-                back.service.deploy = d.service.deploy.clone();
-                c.put_if(Kind::Service, &id, &back, rev).await?;
+                // Going back to the previous version makes the orchestrator roll back with
+                // the rollback_config of the spec it leaves; the spec left becomes the
+                // previous one, so a second rollback goes forward again (as in swarm).
+                let back = dcpp_node_agent::docs::rolled_back_doc(&d, old.as_ref(), &prev);
+                let txn = Txn::new()
+                    .when(Precondition::ModRevision {
+                        kind: Kind::Service,
+                        id: id.clone(),
+                        revision: rev,
+                    })
+                    .op(Op::put(Kind::Config, previous_key(&id), &d)?)
+                    .op(Op::put(Kind::Service, id.clone(), &back)?);
+                c.txn(&txn).await?;
                 println!("{id}: rolling back to {}", back.spec.image);
                 if detach {
                     return Ok(0);
