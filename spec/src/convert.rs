@@ -109,6 +109,62 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "volumes_from",
 ];
 
+/// Why each accepted key that dcpp does not act on is without effect; the key gets a warning
+/// with its position. A key leaves these lists when it is implemented
+/// (`node-agent/tests/compose_keys.rs` checks that every key of the model is applied, refused
+/// or listed here).
+const NO_SECRETS: &str = "secrets are not mounted into containers";
+const NO_CONFIGS: &str = "configs are not mounted into containers";
+const UNAPPLIED_TOP_KEYS: &[(&str, &str)] = &[("configs", NO_CONFIGS), ("secrets", NO_SECRETS)];
+const UNAPPLIED_SERVICE_KEYS: &[(&str, &str)] = &[
+    ("configs", NO_CONFIGS),
+    ("secrets", NO_SECRETS),
+    ("domainname", "the container's domain name is not set"),
+    (
+        "build",
+        "dcpp runs `image:` and builds nothing (without `image:` the service is refused)",
+    ),
+    (
+        "logging",
+        "containers always log to dcpp's own JSON log (`dcpp logs`)",
+    ),
+];
+const UNAPPLIED_NETWORK_KEYS: &[(&str, &str)] = &[
+    (
+        "name",
+        "a stack's network is always named <stack>_<key> on each node",
+    ),
+    ("ipam", "subnets come from the daemon's --network-pool"),
+    ("driver_opts", "bridges are created with dcpp's own settings"),
+    ("labels", "networks carry only dcpp's own labels"),
+];
+/// Network flags without effect when true (false is what dcpp does).
+const UNAPPLIED_NETWORK_FLAGS: &[(&str, &str)] = &[
+    (
+        "external",
+        "dcpp creates <stack>_<key> rather than joining an existing network",
+    ),
+    (
+        "internal",
+        "every network has a default route and outbound masquerading",
+    ),
+    ("attachable", "only the stack's tasks join its networks"),
+    ("enable_ipv6", "networks are IPv4 only"),
+];
+const UNAPPLIED_VOLUME_KEYS: &[(&str, &str)] = &[("labels", "volumes carry no labels")];
+const UNAPPLIED_SERVICE_NETWORK_KEYS: &[(&str, &str)] = &[
+    (
+        "ipv4_address",
+        "addresses are allocated from the network's subnet",
+    ),
+    ("ipv6_address", "networks are IPv4 only"),
+    ("priority", "networks are joined in name order"),
+];
+const UNAPPLIED_PORT_KEYS: &[(&str, &str)] = &[
+    ("name", "ports are not named"),
+    ("app_protocol", "ports have no application protocol"),
+];
+
 /// References collected while converting services, validated once everything is known.
 #[derive(Default)]
 struct Refs {
@@ -140,6 +196,12 @@ impl Cv<'_> {
         self.ctx.base_dir(pos).to_path_buf()
     }
 
+    /// An accepted key whose setting dcpp does not act on (yet): a warning at its position,
+    /// so nothing in a file is silently without effect.
+    fn unapplied(&mut self, pos: Pos, path: &dyn std::fmt::Display, why: &str) {
+        self.warn(pos, path, format!("accepted but not applied by dcpp: {why}"));
+    }
+
     /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys
     /// and `!reset` values are skipped; `ignored` keys give a warning.
     fn fields<'n, 'y>(
@@ -148,6 +210,19 @@ impl Cv<'_> {
         path: &'n KeyPath<'n>,
         allowed: &[&str],
         ignored: &[&str],
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
+        self.fields_noting(n, path, allowed, ignored, &[])
+    }
+
+    /// [`Cv::fields`], where the `unapplied` keys (key, why) are kept in the model but warned
+    /// about at the key's position: dcpp accepts them and does not act on them.
+    fn fields_noting<'n, 'y>(
+        &mut self,
+        n: &'n Node<'y>,
+        path: &'n KeyPath<'n>,
+        allowed: &[&str],
+        ignored: &[&str],
+        unapplied: &[(&str, &str)],
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
         let entries: &[Entry<'y>] = match &n.kind {
             Kind::Map(m) => m,
@@ -168,6 +243,9 @@ impl Cv<'_> {
                 continue;
             }
             if allowed.contains(&&*e.key) {
+                if let Some((_, why)) = unapplied.iter().find(|(k, _)| *k == &*e.key) {
+                    self.unapplied(e.key_pos, &p, why);
+                }
                 out.push((&*e.key, &e.value, p));
             } else if ignored.contains(&&*e.key) {
                 self.warn(e.key_pos, &p, "not supported by dcpp, ignored");
@@ -439,13 +517,14 @@ pub(crate) fn project(
         env,
         refs: Refs::default(),
     };
-    let top = cv.fields(
+    let top = cv.fields_noting(
         &root,
         &KeyPath::Root,
         &[
             "name", "version", "services", "networks", "volumes", "configs", "secrets", "include",
         ],
         &[],
+        UNAPPLIED_TOP_KEYS,
     );
     let mut name_field = None;
     let mut sections: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
@@ -641,7 +720,7 @@ fn project_name(
 
 fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network> {
     let mut net = Network::default();
-    for (k, v, p) in cv.fields(
+    for (k, v, p) in cv.fields_noting(
         n,
         path,
         &[
@@ -656,6 +735,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             "labels",
         ],
         &["enable_ipv4"],
+        UNAPPLIED_NETWORK_KEYS,
     ) {
         match k {
             "name" => {
@@ -666,13 +746,35 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                     cv.err(v.pos, &p, invalid_network_name(n));
                 }
             }
-            "driver" => net.driver = cv.opt_string(v, &p),
+            "driver" => {
+                net.driver = cv.opt_string(v, &p);
+                if let Some(d) = net.driver.as_deref().filter(|d| *d != "bridge") {
+                    cv.unapplied(
+                        v.pos,
+                        &p,
+                        &format!("driver {d:?}: every network is a local bridge"),
+                    );
+                }
+            }
             "driver_opts" => net.driver_opts = cv.labels(v, &p),
             "labels" => net.labels = cv.labels(v, &p),
-            "external" => net.external = external(cv, v, &p, &mut net.name)?,
-            "internal" => net.internal = cv.boolean(v, &p)?,
-            "attachable" => net.attachable = cv.boolean(v, &p)?,
-            "enable_ipv6" => net.enable_ipv6 = cv.boolean(v, &p)?,
+            "external" | "internal" | "attachable" | "enable_ipv6" => {
+                let on = if k == "external" {
+                    external(cv, v, &p, &mut net.name)?
+                } else {
+                    cv.boolean(v, &p)?
+                };
+                match k {
+                    "external" => net.external = on,
+                    "internal" => net.internal = on,
+                    "attachable" => net.attachable = on,
+                    _ => net.enable_ipv6 = on,
+                }
+                if on && let Some((_, why)) = UNAPPLIED_NETWORK_FLAGS.iter().find(|(f, _)| *f == k)
+                {
+                    cv.unapplied(v.pos, &p, why);
+                }
+            }
             "ipam" => {
                 let mut ipam = Ipam::default();
                 for (k, v, p) in cv.fields(v, &p, &["driver", "config", "options"], &[]) {
@@ -758,11 +860,12 @@ fn external(
 
 fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
     let mut vol = Volume::default();
-    for (k, v, p) in cv.fields(
+    for (k, v, p) in cv.fields_noting(
         n,
         path,
         &["name", "driver", "driver_opts", "external", "labels"],
         &[],
+        UNAPPLIED_VOLUME_KEYS,
     ) {
         match k {
             "name" => vol.name = cv.opt_string(v, &p),
@@ -836,7 +939,13 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
     let mut scale: Option<(u64, Pos)> = None;
     let mut ok = true;
-    for (k, v, p) in cv.fields(n, path, SERVICE_KEYS, IGNORED_SERVICE_KEYS) {
+    for (k, v, p) in cv.fields_noting(
+        n,
+        path,
+        SERVICE_KEYS,
+        IGNORED_SERVICE_KEYS,
+        UNAPPLIED_SERVICE_KEYS,
+    ) {
         match k {
             "build" => s.build = build(cv, v, &p),
             "cap_add" => s.cap_add = Cv::unique(cv.str_list(v, &p)),
@@ -1255,7 +1364,16 @@ fn depends_on(
                     None => {}
                 },
                 "required" => d.required = cv.boolean(v, &fp).unwrap_or(true),
-                _ => d.restart = cv.boolean(v, &fp).unwrap_or_default(),
+                _ => {
+                    d.restart = cv.boolean(v, &fp).unwrap_or_default();
+                    if d.restart {
+                        cv.unapplied(
+                            v.pos,
+                            &fp,
+                            "a dependent is not restarted when its dependency is updated",
+                        );
+                    }
+                }
             }
         }
         cv.refs
@@ -1268,7 +1386,7 @@ fn depends_on(
 
 fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthcheck> {
     let mut h = Healthcheck::default();
-    for (k, v, fp) in cv.fields(
+    for (k, v, fp) in cv.fields_noting(
         v,
         p,
         &[
@@ -1281,6 +1399,10 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthc
             "disable",
         ],
         &[],
+        &[(
+            "start_interval",
+            "checks run every `interval` during start_period too",
+        )],
     ) {
         match k {
             "test" => match &v.kind {
@@ -1349,7 +1471,7 @@ fn service_networks(
             continue;
         }
         let mut sn = ServiceNetwork::default();
-        for (k, v, fp) in cv.fields(
+        for (k, v, fp) in cv.fields_noting(
             &e.value,
             &ep,
             &["aliases", "ipv4_address", "ipv6_address", "priority"],
@@ -1360,6 +1482,7 @@ fn service_networks(
                 "link_local_ips",
                 "mac_address",
             ],
+            UNAPPLIED_SERVICE_NETWORK_KEYS,
         ) {
             match k {
                 "aliases" => sn.aliases = Cv::unique(cv.str_list(v, &fp)),
@@ -1465,7 +1588,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                     app_protocol: None,
                 };
                 let mut has_target = false;
-                for (k, v, fp) in cv.fields(
+                for (k, v, fp) in cv.fields_noting(
                     item,
                     &ip,
                     &[
@@ -1478,6 +1601,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                         "app_protocol",
                     ],
                     &[],
+                    UNAPPLIED_PORT_KEYS,
                 ) {
                     match k {
                         "name" => port.name = cv.opt_string(v, &fp),
@@ -1489,6 +1613,12 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                                         v.pos,
                                         &fp,
                                         format!("invalid port mode {m:?}: use host or ingress"),
+                                    );
+                                } else if m == "ingress" {
+                                    cv.unapplied(
+                                        v.pos,
+                                        &fp,
+                                        "no routing mesh: the port is published on the nodes that run a task (mode host)",
                                     );
                                 }
                                 port.mode = m;
@@ -1725,6 +1855,8 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
                                     &fp,
                                     format!("invalid selinux label {s:?}: use z or Z"),
                                 );
+                            } else {
+                                cv.unapplied(v.pos, &fp, "bind mounts are not relabelled");
                             }
                         }
                     }
@@ -1774,7 +1906,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
 
 fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
     let mut d = Deploy::default();
-    for (k, v, fp) in cv.fields(
+    for (k, v, fp) in cv.fields_noting(
         v,
         p,
         &[
@@ -1789,6 +1921,10 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             "endpoint_mode",
         ],
         &[],
+        &[(
+            "labels",
+            "service labels are only stored with the service (`dcpp service inspect`)",
+        )],
     ) {
         match k {
             "mode" => match cv.string(v, &fp).as_deref() {
@@ -1900,7 +2036,14 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                 d.placement = Some(pl);
             }
             _ => match cv.string(v, &fp).as_deref() {
-                Some("vip") => d.endpoint_mode = Some(EndpointMode::Vip),
+                Some("vip") => {
+                    d.endpoint_mode = Some(EndpointMode::Vip);
+                    cv.unapplied(
+                        v.pos,
+                        &fp,
+                        "no virtual IP: the service name resolves to its tasks' addresses (dnsrr)",
+                    );
+                }
                 Some("dnsrr") => d.endpoint_mode = Some(EndpointMode::Dnsrr),
                 Some(other) => cv.err(
                     v.pos,
@@ -1929,7 +2072,12 @@ fn resource_spec(
         &[]
     };
     let mut r = ResourceSpec::default();
-    for (k, v, fp) in cv.fields(v, p, &["cpus", "memory", "pids"], ignored) {
+    let unapplied: &[(&str, &str)] = if reservations {
+        &[("pids", "the scheduler reserves cpus and memory only")]
+    } else {
+        &[]
+    };
+    for (k, v, fp) in cv.fields_noting(v, p, &["cpus", "memory", "pids"], ignored, unapplied) {
         match k {
             "cpus" => r.cpus = cv.float(v, &fp),
             "memory" => r.memory = cv.size(v, &fp),
