@@ -405,8 +405,7 @@ fn too_many_replicas(n: i64) -> String {
 pub(crate) fn valid_network_name(s: &str) -> bool {
     s.len() <= 128
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
