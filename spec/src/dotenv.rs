@@ -1,111 +1,162 @@
-//! `.env` / `env_file` syntax as compose reads it.
+//! `.env` / `env_file` syntax as compose reads it (compose-go's dotenv rules).
 
 use crate::interp;
 
+/// Compose's escapes inside double quotes; any other `\x` keeps its backslash.
+fn unescape_double(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().copied() {
+            Some(e @ ('a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '"' | '\\')) => {
+                chars.next();
+                out.push(match e {
+                    'a' => '\u{7}',
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    'n' => '\n',
+                    'r' => '\r',
+                    't' => '\t',
+                    'v' => '\u{b}',
+                    other => other,
+                });
+            }
+            // `\$` is a literal dollar: kept as `$$` so interpolation leaves it alone.
+            Some('$') => {
+                chars.next();
+                out.push_str("$$");
+            }
+            _ => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The raw text of a quoted value starting after the opening `quote`: a backslash before the
+/// quote character keeps only the quote; every other backslash stays (compose-go's reader).
+/// Returns the raw value and the byte length consumed including the closing quote.
+fn quoted(src: &str, quote: char) -> Option<(String, usize)> {
+    let mut raw = String::new();
+    let mut escape = false;
+    for (i, c) in src.char_indices() {
+        if c == quote && !escape {
+            return Some((raw, i + c.len_utf8()));
+        }
+        if c == quote {
+            raw.push(c);
+            escape = false;
+            continue;
+        }
+        if escape {
+            raw.push('\\');
+            escape = false;
+        }
+        if c == '\\' {
+            escape = true;
+            continue;
+        }
+        raw.push(c);
+    }
+    None
+}
+
 /// Parses env-file text. Values of unquoted and double-quoted entries are interpolated with
-/// variables defined earlier in the file, then `lookup`. A bare `KEY` line takes its value from
-/// `lookup` (and is left out when unset). Errors carry the 1-based line number.
+/// `lookup` first (the process environment wins, as in compose), then variables defined
+/// earlier in the file. A bare `KEY` line takes its value from `lookup` (and is left out when
+/// unset). Errors carry the 1-based line number.
 pub(crate) fn parse(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, String)>, (u32, String)> {
     let mut vars: Vec<(String, String)> = Vec::new();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let lineno = (i + 1) as u32;
-        let line = lines[i].trim_start_matches('\u{feff}').trim();
-        i += 1;
-        if line.is_empty() || line.starts_with('#') {
+    let text = text.trim_start_matches('\u{feff}');
+    // Byte offset where each line starts, to report the line of a multi-line value.
+    let line_of = |off: usize| 1 + text[..off].matches('\n').count() as u32;
+    let mut rest = text;
+    loop {
+        let trimmed = rest.trim_start();
+        if trimmed.is_empty() {
+            break;
+        }
+        let start = text.len() - trimmed.len();
+        let lineno = line_of(start);
+        let line_end = trimmed.find('\n').unwrap_or(trimmed.len());
+        if trimmed.starts_with('#') {
+            rest = &trimmed[line_end..];
             continue;
         }
-        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
-        let (key, raw) = match line.find(['=', ':']) {
-            Some(p) => (line[..p].trim(), Some(line[p + 1..].trim_start())),
-            None => (line, None),
+        let line = &trimmed[..line_end];
+        let body = match line.strip_prefix("export") {
+            Some(r) if r.starts_with([' ', '\t']) => r.trim_start(),
+            _ => line,
         };
+        let (key, after) = match body.find(['=', ':']) {
+            Some(p) => (body[..p].trim(), Some(&body[p + 1..])),
+            None => (body.trim_end(), None),
+        };
+        if key.contains(char::is_whitespace) {
+            return Err((lineno, "key cannot contain a space".to_owned()));
+        }
         if key.is_empty()
             || !key
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                .all(|c| c.is_alphanumeric() || "_.-[]".contains(c))
         {
             return Err((lineno, format!("invalid variable name {key:?}")));
         }
         let local = |k: &str| {
-            vars.iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .or_else(|| lookup(k))
+            lookup(k).or_else(|| {
+                vars.iter()
+                    .rev()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+            })
         };
-        let Some(raw) = raw else {
+        let Some(after) = after else {
             if let Some(v) = lookup(key) {
                 vars.push((key.to_owned(), v));
             }
+            rest = &trimmed[line_end..];
             continue;
         };
-        let value = if let Some(q) = raw.strip_prefix('\'') {
-            let mut acc = q.to_owned();
-            while !acc.contains('\'') && i < lines.len() {
-                acc.push('\n');
-                acc.push_str(lines[i]);
-                i += 1;
+        // `after` starts inside `trimmed`; find its offset to continue past multi-line values.
+        let after_off = after.as_ptr() as usize - trimmed.as_ptr() as usize;
+        let value_src = trimmed[after_off..].trim_start_matches([' ', '\t']);
+        let value_off = trimmed.len() - value_src.len();
+        let (value, consumed) = match value_src.chars().next() {
+            Some(q @ ('\'' | '"')) => {
+                let Some((raw, len)) = quoted(&value_src[1..], q) else {
+                    return Err((lineno, "unterminated quoted value".to_owned()));
+                };
+                let v = if q == '"' {
+                    interp::interpolate(&unescape_double(&raw), &local)
+                        .map_err(|e| (lineno, e))?
+                        .value
+                } else {
+                    raw
+                };
+                // Anything after the closing quote up to the end of the line is ignored
+                // (an inline comment).
+                let after_quote = &value_src[1 + len..];
+                let eol = after_quote.find('\n').unwrap_or(after_quote.len());
+                (v, value_off + 1 + len + eol)
             }
-            match acc.find('\'') {
-                Some(end) => acc[..end].to_owned(),
-                None => return Err((lineno, "unterminated single-quoted value".to_owned())),
+            _ => {
+                let eol = value_src.find('\n').unwrap_or(value_src.len());
+                let v = &value_src[..eol];
+                let v = v.split_once(" #").map_or(v, |(a, _)| a);
+                let v = interp::interpolate(v.trim_end(), &local)
+                    .map_err(|e| (lineno, e))?
+                    .value;
+                (v, value_off + eol)
             }
-        } else if let Some(q) = raw.strip_prefix('"') {
-            let mut acc = q.to_owned();
-            let closing = |a: &str| {
-                let b = a.as_bytes();
-                let mut k = 0;
-                while k < b.len() {
-                    match b[k] {
-                        b'\\' => k += 1,
-                        b'"' => return Some(k),
-                        _ => {}
-                    }
-                    k += 1;
-                }
-                None
-            };
-            while closing(&acc).is_none() && i < lines.len() {
-                acc.push('\n');
-                acc.push_str(lines[i]);
-                i += 1;
-            }
-            let Some(end) = closing(&acc) else {
-                return Err((lineno, "unterminated double-quoted value".to_owned()));
-            };
-            let mut unescaped = String::new();
-            let mut chars = acc[..end].chars();
-            while let Some(c) = chars.next() {
-                if c != '\\' {
-                    unescaped.push(c);
-                    continue;
-                }
-                match chars.next() {
-                    Some('n') => unescaped.push('\n'),
-                    Some('t') => unescaped.push('\t'),
-                    Some('r') => unescaped.push('\r'),
-                    Some(o) => unescaped.push(o),
-                    None => unescaped.push('\\'),
-                }
-            }
-            interp::interpolate(&unescaped, &local)
-                .map_err(|e| (lineno, e))?
-                .value
-        } else {
-            let v = match raw.find(" #") {
-                Some(p) => &raw[..p],
-                None => raw,
-            };
-            interp::interpolate(v.trim_end(), &local)
-                .map_err(|e| (lineno, e))?
-                .value
         };
         vars.push((key.to_owned(), value));
+        rest = &trimmed[consumed..];
     }
     Ok(vars)
 }
@@ -144,5 +195,41 @@ mod tests {
         let lookup = |_: &str| None;
         assert_eq!(parse("A=1\nB C=2\n", &lookup).unwrap_err().0, 2);
         assert_eq!(parse("A='x\n", &lookup).unwrap_err().0, 1);
+    }
+
+    /// Expectations of compose-go's dotenv tests (quoted values, escapes, precedence).
+    #[test]
+    fn compose_dotenv_rules() {
+        let none = |_: &str| None;
+        let one = |t: &str, k: &str| parse_map(t, &none).unwrap()[k].clone();
+        assert_eq!(one(r#"FOO="foo\$BAR""#, "FOO"), "foo$BAR");
+        assert_eq!(one(r#"FOO="foo\${BAR}""#, "FOO"), "foo${BAR}");
+        assert_eq!(
+            one("FOO=test\nBAR=\"foo\\${FOO} ${FOO}\"", "BAR"),
+            "foo${FOO} test"
+        );
+        assert_eq!(one(r#"P="C:\Program Files""#, "P"), r"C:\Program Files");
+        assert_eq!(one(r"K='Let\'s go!'", "K"), "Let's go!");
+        assert_eq!(one(r"D='\n'", "D"), r"\n");
+        assert_eq!(one(r#"H="\n""#, "H"), "\n");
+        assert_eq!(one(r#"E="escaped\"bar""#, "E"), "escaped\"bar");
+        assert_eq!(one(r#"F="'d'""#, "F"), "'d'");
+        assert_eq!(one("FOO =bar", "FOO"), "bar");
+        assert_eq!(one("FOO= bar", "FOO"), "bar");
+        assert_eq!(one("DEBUG = true", "DEBUG"), "true");
+        assert_eq!(one("OPTION_A: Foo=bar", "OPTION_A"), "Foo=bar");
+        assert_eq!(one("OPTION_A=1:B", "OPTION_A"), "1:B");
+        assert_eq!(
+            one("I = \"echo 'asd'\" # Inline comment", "I"),
+            "echo 'asd'"
+        );
+        assert_eq!(one("J = 'first\nsecond'\nK=1", "J"), "first\nsecond");
+        assert_eq!(one("J = 'first\nsecond'\nK=1", "K"), "1");
+        let err = parse("# c\nfoo=\"\n  a\n\"\nINVALID LINE\nzot=qix\n", &none).unwrap_err();
+        assert_eq!(err, (5, "key cannot contain a space".to_owned()));
+        // The process environment wins over a variable defined earlier in the same file.
+        let env = |k: &str| (k == "A").then(|| "from-env".to_owned());
+        let m = parse_map("A=in-file\nB=${A}\n", &env).unwrap();
+        assert_eq!(m["B"], "from-env");
     }
 }

@@ -92,7 +92,7 @@ fn interp_into(
     Ok(())
 }
 
-/// Index of the `}` that closes a `${` whose body starts at `from`, counting nested `${…}`.
+/// Index of the `}` that closes a `${` whose body starts at `from`, counting nested braces.
 fn matching_brace(s: &str, from: usize) -> Option<usize> {
     let b = s.as_bytes();
     let mut depth = 0usize;
@@ -100,10 +100,8 @@ fn matching_brace(s: &str, from: usize) -> Option<usize> {
     while i < b.len() {
         match b[i] {
             b'$' if i + 1 < b.len() && b[i + 1] == b'$' => i += 1,
-            b'$' if i + 1 < b.len() && b[i + 1] == b'{' => {
-                depth += 1;
-                i += 1;
-            }
+            // Any `{` opens a level, as in compose-go: `${JSON:-{"a":1}}` has a JSON default.
+            b'{' => depth += 1,
             b'}' => {
                 if depth == 0 {
                     return Some(i);
@@ -223,6 +221,10 @@ mod tests {
             ("cost: 5$", "cost: 5$"),
             ("a $ b", "a $ b"),
             ("${UNSET:-a}}", "a}"),
+            ("${SET:-{x}}", "v"),
+            ("${UNSET:-{x}}", "{x}"),
+            (r#"ok ${UNSET:-{"json":1}}"#, r#"ok {"json":1}"#),
+            (r#"ok ${SET-{"json":1}}"#, "ok v"),
         ];
         for (input, want) in cases {
             assert_eq!(run(input).unwrap().0, want, "{input}");

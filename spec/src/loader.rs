@@ -62,7 +62,6 @@ pub(crate) struct Ctx {
     pub errors: Errors,
     pub warnings: Errors,
     pub working_dir: PathBuf,
-    pub process_env: BTreeMap<String, String>,
     /// Parsed and interpolated files used as `extends: {file: …}` sources, by absolute path.
     extends_cache: HashMap<PathBuf, Option<Node<'static>>>,
     /// Interpolation variables of the main project (used for `extends` files).
@@ -97,7 +96,6 @@ impl Ctx {
             errors: Errors::default(),
             warnings: Errors::default(),
             working_dir: opts.working_dir.clone(),
-            process_env: opts.environment.clone(),
             extends_cache: HashMap::new(),
             current_env: BTreeMap::new(),
         }
@@ -254,13 +252,16 @@ impl Ctx {
         }
     }
 
-    /// The variables used for interpolation: env files (or `<dir>/.env`), overlaid by the
-    /// process environment, which wins as in compose.
+    /// The variables used for interpolation: env files (or `<dir>/.env`), overlaid by `base`
+    /// (the process environment, or the including project's variables for an `include`),
+    /// which wins as in compose. Inside the env files, `base` also wins over variables the
+    /// files define, and a later file sees the variables of the earlier ones.
     fn project_env(
         &mut self,
         dir: &Path,
         env_files: &[PathBuf],
         from: Pos,
+        base: &BTreeMap<String, String>,
     ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         let explicit = !env_files.is_empty();
@@ -282,8 +283,8 @@ impl Ctx {
                     continue;
                 }
             };
-            let penv = &self.process_env;
-            let lookup = |k: &str| penv.get(k).cloned();
+            let earlier = &env;
+            let lookup = |k: &str| base.get(k).or_else(|| earlier.get(k)).cloned();
             match crate::dotenv::parse(&text, &lookup) {
                 Ok(vars) => env.extend(vars),
                 Err((line, msg)) => {
@@ -300,7 +301,7 @@ impl Ctx {
                 }
             }
         }
-        for (k, v) in &self.process_env {
+        for (k, v) in base {
             env.insert(k.clone(), v.clone());
         }
         env
@@ -338,13 +339,18 @@ impl Ctx {
         };
         self.interpolate(&mut node, env, &KeyPath::Root);
         stack.push(path.to_path_buf());
-        self.apply_include(&mut node, stack);
+        self.apply_include(&mut node, env, stack);
         stack.pop();
         self.apply_extends(&mut node, path);
         Some(node)
     }
 
-    fn apply_include(&mut self, node: &mut Node<'_>, stack: &mut Vec<PathBuf>) {
+    fn apply_include(
+        &mut self,
+        node: &mut Node<'_>,
+        parent_env: &BTreeMap<String, String>,
+        stack: &mut Vec<PathBuf>,
+    ) {
         let Some(entries) = node.as_map_mut() else {
             return;
         };
@@ -428,7 +434,7 @@ impl Ctx {
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| here.clone())
             });
-            let env = self.project_env(&dir, &env_files, item.pos);
+            let env = self.project_env(&dir, &env_files, item.pos, parent_env);
             let mut merged: Option<Node<'_>> = None;
             for (p, ppos) in paths {
                 let abs = absolutize(&here, Path::new(&p));
@@ -716,7 +722,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
         .iter()
         .map(|f| absolutize(&opts.working_dir, f))
         .collect();
-    let env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere());
+    let process_env = opts.environment.clone();
+    let env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere(), &process_env);
     ctx.current_env = env.clone();
     // Read up front so that the trees can borrow their text from here.
     let texts: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
