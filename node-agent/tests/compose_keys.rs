@@ -14,96 +14,294 @@ use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
 /// that shows it.
 const APPLIED: &[(&str, &str)] = &[
     ("name", "spec/tests/corpus/002-name-field"),
-    ("services", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
+    (
+        "services",
+        "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
+    ),
     ("services.*.cap_add", HERE_PROCESS),
     ("services.*.cap_drop", HERE_PROCESS),
     ("services.*.command", HERE_PROCESS),
     ("services.*.cpus", HERE_PROCESS),
-    ("services.*.depends_on", "reconciler/tests/plan.rs::depends_on_holds_tasks_until_condition_met"),
-    ("services.*.depends_on.*.condition", "reconciler/tests/from_compose.rs::maps_deploy_section"),
+    (
+        "services.*.depends_on",
+        "reconciler/tests/plan.rs::depends_on_holds_tasks_until_condition_met",
+    ),
+    (
+        "services.*.depends_on.*.condition",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
     ("services.*.depends_on.*.required", HERE_SPEC),
-    ("services.*.deploy", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.mode", "reconciler/tests/from_compose.rs::compose_restart_and_defaults"),
-    ("services.*.deploy.replicas", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.placement", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.placement.constraints", "reconciler/tests/plan.rs::unschedulable_task_explains_every_node"),
-    ("services.*.deploy.placement.max_replicas_per_node", "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference"),
-    ("services.*.deploy.placement.preferences", "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference"),
-    ("services.*.deploy.placement.preferences.[].spread", "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference"),
-    ("services.*.deploy.resources", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.resources.reservations", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.resources.reservations.cpus", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.resources.reservations.memory", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.restart_policy", "reconciler/tests/plan.rs::restart_on_failure_respects_exit_code_delay_and_max_attempts"),
-    ("services.*.deploy.restart_policy.condition", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.restart_policy.delay", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.restart_policy.max_attempts", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.restart_policy.window", "reconciler/tests/plan.rs::window_limits_which_restarts_count"),
-    ("services.*.deploy.rollback_config", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.update_config", "reconciler/tests/plan.rs::rolling_update_stop_first_one_at_a_time"),
-    ("services.*.deploy.update_config.delay", "reconciler/tests/plan.rs::update_delay_spaces_slots"),
-    ("services.*.deploy.update_config.failure_action", "reconciler/tests/plan.rs::failed_update_rolls_back_automatically"),
-    ("services.*.deploy.update_config.max_failure_ratio", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.update_config.monitor", "reconciler/tests/from_compose.rs::maps_deploy_section"),
-    ("services.*.deploy.update_config.order", "reconciler/tests/plan.rs::rolling_update_start_first_overlaps_then_stops_old"),
-    ("services.*.deploy.update_config.parallelism", "reconciler/tests/from_compose.rs::maps_deploy_section"),
+    (
+        "services.*.deploy",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.mode",
+        "reconciler/tests/from_compose.rs::compose_restart_and_defaults",
+    ),
+    (
+        "services.*.deploy.replicas",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.placement",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.placement.constraints",
+        "reconciler/tests/plan.rs::unschedulable_task_explains_every_node",
+    ),
+    (
+        "services.*.deploy.placement.max_replicas_per_node",
+        "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference",
+    ),
+    (
+        "services.*.deploy.placement.preferences",
+        "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference",
+    ),
+    (
+        "services.*.deploy.placement.preferences.[].spread",
+        "reconciler/tests/plan.rs::max_replicas_per_node_and_spread_preference",
+    ),
+    (
+        "services.*.deploy.resources",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.resources.reservations",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.resources.reservations.cpus",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.resources.reservations.memory",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.restart_policy",
+        "reconciler/tests/plan.rs::restart_on_failure_respects_exit_code_delay_and_max_attempts",
+    ),
+    (
+        "services.*.deploy.restart_policy.condition",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.restart_policy.delay",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.restart_policy.max_attempts",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.restart_policy.window",
+        "reconciler/tests/plan.rs::window_limits_which_restarts_count",
+    ),
+    (
+        "services.*.deploy.rollback_config",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.update_config",
+        "reconciler/tests/plan.rs::rolling_update_stop_first_one_at_a_time",
+    ),
+    (
+        "services.*.deploy.update_config.delay",
+        "reconciler/tests/plan.rs::update_delay_spaces_slots",
+    ),
+    (
+        "services.*.deploy.update_config.failure_action",
+        "reconciler/tests/plan.rs::failed_update_rolls_back_automatically",
+    ),
+    (
+        "services.*.deploy.update_config.max_failure_ratio",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.update_config.monitor",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
+    (
+        "services.*.deploy.update_config.order",
+        "reconciler/tests/plan.rs::rolling_update_start_first_overlaps_then_stops_old",
+    ),
+    (
+        "services.*.deploy.update_config.parallelism",
+        "reconciler/tests/from_compose.rs::maps_deploy_section",
+    ),
     ("services.*.entrypoint", HERE_PROCESS),
     ("services.*.environment", HERE_PROCESS),
     // Containers of a stack network reach each other's ports without it, which is all
     // `expose` promises.
-    ("services.*.expose", "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after"),
-    ("services.*.healthcheck", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
+    (
+        "services.*.expose",
+        "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
+    ),
+    (
+        "services.*.healthcheck",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
     ("services.*.healthcheck.disable", HERE_SPEC),
-    ("services.*.healthcheck.interval", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
-    ("services.*.healthcheck.retries", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
-    ("services.*.healthcheck.start_period", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
-    ("services.*.healthcheck.test", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
-    ("services.*.healthcheck.timeout", "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents"),
+    (
+        "services.*.healthcheck.interval",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
+    (
+        "services.*.healthcheck.retries",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
+    (
+        "services.*.healthcheck.start_period",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
+    (
+        "services.*.healthcheck.test",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
+    (
+        "services.*.healthcheck.timeout",
+        "tests/e2e_apply.rs::healthcheck_runs_in_the_container_and_gates_service_healthy_dependents",
+    ),
     ("services.*.hostname", HERE_PROCESS),
     ("services.*.image", HERE_PROCESS),
     ("services.*.init", HERE_PROCESS),
     ("services.*.labels", HERE_PROCESS),
     ("services.*.mem_limit", HERE_PROCESS),
-    ("services.*.network_mode", "node-agent/src/options.rs::network_mode_service_joins_the_peers_running_container"),
-    ("services.*.networks", "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after"),
-    ("services.*.networks.*.aliases", "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after"),
+    (
+        "services.*.network_mode",
+        "node-agent/src/options.rs::network_mode_service_joins_the_peers_running_container",
+    ),
+    (
+        "services.*.networks",
+        "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
+    ),
+    (
+        "services.*.networks.*.aliases",
+        "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
+    ),
     ("services.*.pids_limit", HERE_PROCESS),
-    ("services.*.ports", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
-    ("services.*.ports.[].host_ip", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
-    ("services.*.ports.[].published", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
-    ("services.*.ports.[].target", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
-    ("services.*.ports.[].protocol", "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after"),
+    (
+        "services.*.ports",
+        "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
+    ),
+    (
+        "services.*.ports.[].host_ip",
+        "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
+    ),
+    (
+        "services.*.ports.[].published",
+        "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
+    ),
+    (
+        "services.*.ports.[].target",
+        "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
+    ),
+    (
+        "services.*.ports.[].protocol",
+        "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
+    ),
     ("services.*.privileged", HERE_PROCESS),
-    ("services.*.profiles", "tests/cli_config.rs::config_flags_project_profile_env_file_and_json"),
-    ("services.*.pull_policy", "tests/e2e_pull.rs::apply_pulls_a_missing_image_once_and_reports_pull_failures"),
+    (
+        "services.*.profiles",
+        "tests/cli_config.rs::config_flags_project_profile_env_file_and_json",
+    ),
+    (
+        "services.*.pull_policy",
+        "tests/e2e_pull.rs::apply_pulls_a_missing_image_once_and_reports_pull_failures",
+    ),
     ("services.*.read_only", HERE_PROCESS),
-    ("services.*.restart", "reconciler/tests/from_compose.rs::compose_restart_and_defaults"),
+    (
+        "services.*.restart",
+        "reconciler/tests/from_compose.rs::compose_restart_and_defaults",
+    ),
     ("services.*.shm_size", HERE_PROCESS),
     ("services.*.stop_grace_period", HERE_PROCESS),
     ("services.*.stop_signal", HERE_PROCESS),
-    ("services.*.sysctls", "node-agent/src/options.rs::whole_mapping_carries_sysctls_ulimits_mounts_and_network"),
-    ("services.*.tmpfs", "node-agent/src/options.rs::tmpfs_options_that_cannot_be_honoured_are_refused"),
-    ("services.*.ulimits", "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited"),
-    ("services.*.ulimits.*.hard", "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited"),
-    ("services.*.ulimits.*.soft", "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited"),
+    (
+        "services.*.sysctls",
+        "node-agent/src/options.rs::whole_mapping_carries_sysctls_ulimits_mounts_and_network",
+    ),
+    (
+        "services.*.tmpfs",
+        "node-agent/src/options.rs::tmpfs_options_that_cannot_be_honoured_are_refused",
+    ),
+    (
+        "services.*.ulimits",
+        "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited",
+    ),
+    (
+        "services.*.ulimits.*.hard",
+        "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited",
+    ),
+    (
+        "services.*.ulimits.*.soft",
+        "node-agent/src/options.rs::ulimits_keep_soft_and_hard_and_minus_one_is_unlimited",
+    ),
     ("services.*.user", HERE_PROCESS),
-    ("services.*.volumes", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].bind", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].bind.create_host_path", "tests/e2e_compose.rs::compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service"),
-    ("services.*.volumes.[].read_only", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].source", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].target", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].type", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].tmpfs", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].tmpfs.size", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
-    ("services.*.volumes.[].volume", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
+    (
+        "services.*.volumes",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].bind",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].bind.create_host_path",
+        "tests/e2e_compose.rs::compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service",
+    ),
+    (
+        "services.*.volumes.[].read_only",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].source",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].target",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].type",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].tmpfs",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].tmpfs.size",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
+    (
+        "services.*.volumes.[].volume",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
     // dcpp never copies image content into a volume: `nocopy: true` is what it does.
-    ("services.*.volumes.[].volume.nocopy", "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs"),
+    (
+        "services.*.volumes.[].volume.nocopy",
+        "node-agent/src/options.rs::volumes_map_to_named_volumes_binds_and_tmpfs",
+    ),
     ("services.*.working_dir", HERE_PROCESS),
-    ("volumes", "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names"),
-    ("volumes.*.name", "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names"),
-    ("volumes.*.external", "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names"),
-    ("networks", "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after"),
+    (
+        "volumes",
+        "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names",
+    ),
+    (
+        "volumes.*.name",
+        "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names",
+    ),
+    (
+        "volumes.*.external",
+        "reconciler/tests/from_compose.rs::named_volumes_resolve_to_their_actual_names",
+    ),
+    (
+        "networks",
+        "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
+    ),
 ];
 
 /// Applied by the resource-limits work of issue 11 (cgroups like `mem_limit`/`cpus`/
@@ -118,11 +316,26 @@ const APPLIED_ELSEWHERE: &[&str] = &[
 /// Keys whose unsupported values are refused with an error at apply time (and whose supported
 /// values work), with the test of the refusal.
 const REFUSED: &[(&str, &str)] = &[
-    ("services.*.volumes.[].bind.propagation", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
-    ("services.*.volumes.[].tmpfs.mode", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
-    ("services.*.volumes.[].volume.subpath", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
-    ("volumes.*.driver", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
-    ("volumes.*.driver_opts", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
+    (
+        "services.*.volumes.[].bind.propagation",
+        "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time",
+    ),
+    (
+        "services.*.volumes.[].tmpfs.mode",
+        "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time",
+    ),
+    (
+        "services.*.volumes.[].volume.subpath",
+        "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time",
+    ),
+    (
+        "volumes.*.driver",
+        "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time",
+    ),
+    (
+        "volumes.*.driver_opts",
+        "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time",
+    ),
 ];
 
 const HERE_PROCESS: &str =
@@ -132,35 +345,180 @@ const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach
 /// Keys accepted and not acted on: (schema path, whether the warning covers every key below
 /// it, a compose file using it, the path the warning must name).
 const WARNED: &[(&str, bool, &str, &str)] = &[
-    ("configs", true, "configs:\n  c:\n    file: ./c.txt\n", "configs"),
-    ("secrets", true, "secrets:\n  s:\n    file: ./s.txt\n", "secrets"),
-    ("services.*.configs", true, "configs:\n  c:\n    file: ./c.txt\nservices:\n  web:\n    image: busybox\n    configs: [c]\n", "services.web.configs"),
-    ("services.*.secrets", true, "secrets:\n  s:\n    file: ./s.txt\nservices:\n  web:\n    image: busybox\n    secrets: [s]\n", "services.web.secrets"),
-    ("services.*.build", true, "services:\n  web:\n    image: busybox\n    build: .\n", "services.web.build"),
-    ("services.*.domainname", false, "services:\n  web:\n    image: busybox\n    domainname: example.org\n", "services.web.domainname"),
-    ("services.*.logging", true, "services:\n  web:\n    image: busybox\n    logging: {driver: syslog}\n", "services.web.logging"),
-    ("services.*.healthcheck.start_interval", false, "services:\n  web:\n    image: busybox\n    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", "services.web.healthcheck.start_interval"),
-    ("services.*.depends_on.*.restart", false, "services:\n  db:\n    image: busybox\n  web:\n    image: busybox\n    depends_on: {db: {condition: service_started, restart: true}}\n", "services.web.depends_on.db.restart"),
-    ("services.*.deploy.endpoint_mode", false, "services:\n  web:\n    image: busybox\n    deploy: {endpoint_mode: vip}\n", "services.web.deploy.endpoint_mode"),
-    ("services.*.deploy.labels", false, "services:\n  web:\n    image: busybox\n    deploy: {labels: {a: b}}\n", "services.web.deploy.labels"),
-    ("services.*.deploy.resources.reservations.pids", false, "services:\n  web:\n    image: busybox\n    deploy: {resources: {reservations: {pids: 10}}}\n", "services.web.deploy.resources.reservations.pids"),
-    ("services.*.networks.*.ipv4_address", false, "services:\n  web:\n    image: busybox\n    networks: {n: {ipv4_address: 10.9.0.5}}\nnetworks:\n  n: {}\n", "services.web.networks.n.ipv4_address"),
-    ("services.*.networks.*.ipv6_address", false, "services:\n  web:\n    image: busybox\n    networks: {n: {ipv6_address: 'fd00::5'}}\nnetworks:\n  n: {}\n", "services.web.networks.n.ipv6_address"),
-    ("services.*.networks.*.priority", false, "services:\n  web:\n    image: busybox\n    networks: {n: {priority: 5}}\nnetworks:\n  n: {}\n", "services.web.networks.n.priority"),
-    ("services.*.ports.[].name", false, "services:\n  web:\n    image: busybox\n    ports: [{target: 80, name: web}]\n", "services.web.ports[0].name"),
-    ("services.*.ports.[].app_protocol", false, "services:\n  web:\n    image: busybox\n    ports: [{target: 80, app_protocol: http}]\n", "services.web.ports[0].app_protocol"),
-    ("services.*.ports.[].mode", false, "services:\n  web:\n    image: busybox\n    ports: [{target: 80, mode: ingress}]\n", "services.web.ports[0].mode"),
-    ("services.*.volumes.[].bind.selinux", false, "services:\n  web:\n    image: busybox\n    volumes: [{type: bind, source: /tmp, target: /x, bind: {selinux: z}}]\n", "services.web.volumes[0].bind.selinux"),
-    ("networks.*.name", false, "networks:\n  n: {name: other}\n", "networks.n.name"),
-    ("networks.*.driver", false, "networks:\n  n: {driver: overlay}\n", "networks.n.driver"),
-    ("networks.*.driver_opts", false, "networks:\n  n: {driver_opts: {a: b}}\n", "networks.n.driver_opts"),
-    ("networks.*.external", false, "networks:\n  n: {external: true}\n", "networks.n.external"),
-    ("networks.*.internal", false, "networks:\n  n: {internal: true}\n", "networks.n.internal"),
-    ("networks.*.attachable", false, "networks:\n  n: {attachable: true}\n", "networks.n.attachable"),
-    ("networks.*.enable_ipv6", false, "networks:\n  n: {enable_ipv6: true}\n", "networks.n.enable_ipv6"),
-    ("networks.*.labels", false, "networks:\n  n: {labels: {a: b}}\n", "networks.n.labels"),
-    ("networks.*.ipam", true, "networks:\n  n: {ipam: {config: [{subnet: 10.9.0.0/24}]}}\n", "networks.n.ipam"),
-    ("volumes.*.labels", false, "volumes:\n  v: {labels: {a: b}}\n", "volumes.v.labels"),
+    (
+        "configs",
+        true,
+        "configs:\n  c:\n    file: ./c.txt\n",
+        "configs",
+    ),
+    (
+        "secrets",
+        true,
+        "secrets:\n  s:\n    file: ./s.txt\n",
+        "secrets",
+    ),
+    (
+        "services.*.configs",
+        true,
+        "configs:\n  c:\n    file: ./c.txt\nservices:\n  web:\n    image: busybox\n    configs: [c]\n",
+        "services.web.configs",
+    ),
+    (
+        "services.*.secrets",
+        true,
+        "secrets:\n  s:\n    file: ./s.txt\nservices:\n  web:\n    image: busybox\n    secrets: [s]\n",
+        "services.web.secrets",
+    ),
+    (
+        "services.*.build",
+        true,
+        "services:\n  web:\n    image: busybox\n    build: .\n",
+        "services.web.build",
+    ),
+    (
+        "services.*.domainname",
+        false,
+        "services:\n  web:\n    image: busybox\n    domainname: example.org\n",
+        "services.web.domainname",
+    ),
+    (
+        "services.*.logging",
+        true,
+        "services:\n  web:\n    image: busybox\n    logging: {driver: syslog}\n",
+        "services.web.logging",
+    ),
+    (
+        "services.*.healthcheck.start_interval",
+        false,
+        "services:\n  web:\n    image: busybox\n    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n",
+        "services.web.healthcheck.start_interval",
+    ),
+    (
+        "services.*.depends_on.*.restart",
+        false,
+        "services:\n  db:\n    image: busybox\n  web:\n    image: busybox\n    depends_on: {db: {condition: service_started, restart: true}}\n",
+        "services.web.depends_on.db.restart",
+    ),
+    (
+        "services.*.deploy.endpoint_mode",
+        false,
+        "services:\n  web:\n    image: busybox\n    deploy: {endpoint_mode: vip}\n",
+        "services.web.deploy.endpoint_mode",
+    ),
+    (
+        "services.*.deploy.labels",
+        false,
+        "services:\n  web:\n    image: busybox\n    deploy: {labels: {a: b}}\n",
+        "services.web.deploy.labels",
+    ),
+    (
+        "services.*.deploy.resources.reservations.pids",
+        false,
+        "services:\n  web:\n    image: busybox\n    deploy: {resources: {reservations: {pids: 10}}}\n",
+        "services.web.deploy.resources.reservations.pids",
+    ),
+    (
+        "services.*.networks.*.ipv4_address",
+        false,
+        "services:\n  web:\n    image: busybox\n    networks: {n: {ipv4_address: 10.9.0.5}}\nnetworks:\n  n: {}\n",
+        "services.web.networks.n.ipv4_address",
+    ),
+    (
+        "services.*.networks.*.ipv6_address",
+        false,
+        "services:\n  web:\n    image: busybox\n    networks: {n: {ipv6_address: 'fd00::5'}}\nnetworks:\n  n: {}\n",
+        "services.web.networks.n.ipv6_address",
+    ),
+    (
+        "services.*.networks.*.priority",
+        false,
+        "services:\n  web:\n    image: busybox\n    networks: {n: {priority: 5}}\nnetworks:\n  n: {}\n",
+        "services.web.networks.n.priority",
+    ),
+    (
+        "services.*.ports.[].name",
+        false,
+        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, name: web}]\n",
+        "services.web.ports[0].name",
+    ),
+    (
+        "services.*.ports.[].app_protocol",
+        false,
+        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, app_protocol: http}]\n",
+        "services.web.ports[0].app_protocol",
+    ),
+    (
+        "services.*.ports.[].mode",
+        false,
+        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, mode: ingress}]\n",
+        "services.web.ports[0].mode",
+    ),
+    (
+        "services.*.volumes.[].bind.selinux",
+        false,
+        "services:\n  web:\n    image: busybox\n    volumes: [{type: bind, source: /tmp, target: /x, bind: {selinux: z}}]\n",
+        "services.web.volumes[0].bind.selinux",
+    ),
+    (
+        "networks.*.name",
+        false,
+        "networks:\n  n: {name: other}\n",
+        "networks.n.name",
+    ),
+    (
+        "networks.*.driver",
+        false,
+        "networks:\n  n: {driver: overlay}\n",
+        "networks.n.driver",
+    ),
+    (
+        "networks.*.driver_opts",
+        false,
+        "networks:\n  n: {driver_opts: {a: b}}\n",
+        "networks.n.driver_opts",
+    ),
+    (
+        "networks.*.external",
+        false,
+        "networks:\n  n: {external: true}\n",
+        "networks.n.external",
+    ),
+    (
+        "networks.*.internal",
+        false,
+        "networks:\n  n: {internal: true}\n",
+        "networks.n.internal",
+    ),
+    (
+        "networks.*.attachable",
+        false,
+        "networks:\n  n: {attachable: true}\n",
+        "networks.n.attachable",
+    ),
+    (
+        "networks.*.enable_ipv6",
+        false,
+        "networks:\n  n: {enable_ipv6: true}\n",
+        "networks.n.enable_ipv6",
+    ),
+    (
+        "networks.*.labels",
+        false,
+        "networks:\n  n: {labels: {a: b}}\n",
+        "networks.n.labels",
+    ),
+    (
+        "networks.*.ipam",
+        true,
+        "networks:\n  n: {ipam: {config: [{subnet: 10.9.0.0/24}]}}\n",
+        "networks.n.ipam",
+    ),
+    (
+        "volumes.*.labels",
+        false,
+        "volumes:\n  v: {labels: {a: b}}\n",
+        "volumes.v.labels",
+    ),
 ];
 
 /// The rollback config's fields mirror the update config's: the same conversion applies them.
@@ -395,10 +753,8 @@ fn process_keys_reach_the_container_options() {
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
     let img = store.import_rootfs(&rootfs, "dcpp.local/keys:1").unwrap();
-    let o = dcpp_node_agent::options::container_options(&task(d), d, &img, "st_web.1.3", &|_| {
-        None
-    })
-    .unwrap();
+    let o = dcpp_node_agent::options::container_options(&task(d), d, &img, "st_web.1.3", &|_| None)
+        .unwrap();
     assert_eq!(o.command, Some(vec!["httpd".into(), "-f".into()]));
     assert_eq!(o.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
     assert_eq!(o.env, vec!["A=1".to_string()]);
@@ -407,7 +763,10 @@ fn process_keys_reach_the_container_options() {
     assert_eq!(o.hostname.as_deref(), Some("web-host"));
     assert!(o.init);
     assert_eq!(o.stop_signal.as_deref(), Some("SIGINT"));
-    assert_eq!(o.stop_grace_period, Some(std::time::Duration::from_secs(90)));
+    assert_eq!(
+        o.stop_grace_period,
+        Some(std::time::Duration::from_secs(90))
+    );
     assert_eq!(o.memory, Some(64 << 20));
     assert_eq!(o.cpus, Some(0.5));
     assert_eq!(o.pids_limit, Some(64));
