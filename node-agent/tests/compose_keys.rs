@@ -708,6 +708,7 @@ fn task(doc: &dcpp_node_agent::docs::ServiceDoc) -> Task {
         created_at: 0,
         updated_at: 0,
         started_at: None,
+        healthy_at: None,
         finished_at: None,
         not_before: None,
         message: String::new(),
