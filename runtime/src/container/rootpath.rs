@@ -140,7 +140,25 @@ fn mkdir_at(dir: RawFd, name: &OsStr) -> std::io::Result<()> {
     // SAFETY: mkdirat with a valid C string.
     match check(unsafe { libc::mkdirat(dir, c.as_ptr(), 0o755) }) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        r => r.map(|_| ()),
+        Err(e) => Err(e),
+        // The daemon runs with umask 077 (its data dir is private), but a directory made inside
+        // a container's root is the container's: non-root users in it must traverse it, as
+        // runc's and docker's 0755 mkdirs allow. Set the mode on the directory itself, through a
+        // descriptor opened without following links.
+        Ok(_) => {
+            // SAFETY: openat with a valid C string; the descriptor is owned right after.
+            let fd = check(unsafe {
+                libc::openat(
+                    dir,
+                    c.as_ptr(),
+                    libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            })?;
+            // SAFETY: `fd` was just returned by openat and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: fchmod on a descriptor we own.
+            check(unsafe { libc::fchmod(fd.as_raw_fd(), 0o755) }).map(|_| ())
+        }
     }
 }
 
