@@ -404,6 +404,8 @@ services:
     environment:
       API_KEY: the-secret-in-config-json
     command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    volumes:
+      - ./made-by-dcpp/sub:/made
     stop_grace_period: 1s
     ports:
       - "127.0.0.1:{port}:8080"
@@ -456,14 +458,26 @@ fn another_local_user_can_read_nothing_under_the_data_dir() {
             .contains("uid1000 hello from dcpp")
     });
 
-    // The second user reaches the test dir (so only the data dir's modes stand in the way)...
-    let ls = user.run(&["ls", rig.root.to_str().unwrap()]);
-    assert!(ls.status.success(), "{}", stderr(&ls));
-    // ...but nothing in the data dir.
+    // A missing bind source dcpp creates on the host is 0755 (like docker's), not 0700, and
+    // the service's uid 1000 can list it.
+    for d in ["made-by-dcpp", "made-by-dcpp/sub"] {
+        assert_eq!(
+            std::fs::metadata(rig.root.join(d)).unwrap().mode() & 0o7777,
+            0o755,
+            "{d}"
+        );
+    }
     let web = running("sfs_web").unwrap()["container_id"]
         .as_str()
         .unwrap()
         .to_string();
+    let ls = rig.dcpp(&["container", "exec", &web, "ls", "/made"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+
+    // The second user reaches the test dir (so only the data dir's modes stand in the way)...
+    let ls = user.run(&["ls", rig.root.to_str().unwrap()]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    // ...but nothing in the data dir.
     let web_dir = std::fs::read_dir(rig.data.join("containers"))
         .unwrap()
         .flatten()

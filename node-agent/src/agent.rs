@@ -970,7 +970,7 @@ fn start_container(
     // Compose creates a missing bind source; an external volume must exist already.
     for p in crate::options::host_paths_to_create(&doc.service) {
         if !p.exists() {
-            std::fs::create_dir_all(&p).map_err(|e| {
+            dcpp_runtime::datadir::create_host_dir_all(&p).map_err(|e| {
                 Error::Runtime(format!("creating bind source {}: {e}", p.display()))
             })?;
         }

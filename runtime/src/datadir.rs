@@ -67,6 +67,26 @@ pub fn create_content_root(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(CONTENT_ROOT_MODE))
 }
 
+/// `create_dir_all` for host directories outside the data dir that dcpp creates on a user's
+/// behalf (a missing compose bind source): the missing components get 0755 as docker and
+/// `mkdir -p` under the usual umask make them, not the daemon's 0700.
+pub fn create_host_dir_all(path: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = Some(path);
+    while let Some(d) = p {
+        if std::fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d);
+        p = d.parent();
+    }
+    std::fs::create_dir_all(path)?;
+    for d in missing.iter().rev() {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(CONTENT_ROOT_MODE))?;
+    }
+    Ok(())
+}
+
 /// What [`tighten`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tightened {
