@@ -273,3 +273,36 @@ both_runtimes!(exec_cwd_under_symlink_stays_in_rootfs, |w| {
         .stop(&c.state.id, Some(Duration::from_millis(100)))
         .unwrap();
 });
+
+both_runtimes!(system_mount_points_symlinked_to_host_dirs, |w| {
+    let dirs: Vec<PathBuf> = ["host-dev", "host-proc", "host-shm"]
+        .iter()
+        .map(|n| host_dir(&w, n))
+        .collect();
+    let before: Vec<_> = dirs.iter().map(|d| snapshot(d)).collect();
+    let l = hostile_layer(&w);
+    symlink(&dirs[0], l.join("dev")).unwrap();
+    symlink(climbing(&dirs[1]), l.join("proc")).unwrap();
+    let mut o = dcpp_runtime::container::CreateOptions::new(image(&w, &l, None));
+    o.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo x > /dev/null && echo NULL-OK; ls /dev/shm /dev/pts >/dev/null && echo DEV-OK; \
+         grep -c . /proc/self/status >/dev/null && echo PROC-OK"
+            .into(),
+    ]);
+    let res = run(&w, &o);
+    let after: Vec<_> = dirs.iter().map(|d| snapshot(d)).collect();
+    assert_eq!(after, before, "host directories changed: {res:?}");
+    match res {
+        Ok((code, out)) => {
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(out, "NULL-OK\nDEV-OK\nPROC-OK\n");
+        }
+        // runc refuses a proc mount on a symlink, and says so.
+        Err(e) => assert!(
+            w.runtime != dcpp_runtime::container::RuntimeKind::Builtin && e.contains("\"/proc\""),
+            "{e}"
+        ),
+    }
+});

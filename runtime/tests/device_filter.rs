@@ -123,3 +123,26 @@ fn program_denies_what_the_rules_do_not_allow() {
     assert!(!out.contains("Operation not permitted"), "{out}");
     std::fs::remove_file(d.join("made")).unwrap();
 }
+
+/// Where no program can be attached (here: a "cgroup2 root" that is a plain directory), a v2
+/// host refuses to create the container's cgroup instead of running it unconfined.
+#[test]
+fn v2_without_a_device_program_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let hier = Hierarchy::V2 {
+        root: t.path().to_path_buf(),
+    };
+    let err = hier
+        .create("dcpp-test-nobpf/c1", None, false)
+        .expect_err("a v2 cgroup without device confinement");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("device program") && msg.contains("cannot run"),
+        "{msg}"
+    );
+    // Privileged containers need no program.
+    hier.create("dcpp-test-nobpf/c2", None, true).unwrap();
+    hier.remove("dcpp-test-nobpf/c2");
+    assert!(!t.path().join("dcpp-test-nobpf/c1").exists());
+    assert!(!t.path().join("dcpp-test-nobpf/c2").exists());
+}

@@ -13,8 +13,12 @@
 //! With the built-in executor the monitor forks the container init after `unshare(CLONE_NEWPID)`;
 //! the init joins the cgroup, unshares the other namespaces, mounts the rootfs, pivots, and waits
 //! on `exec.fifo` until `start` opens it (like runc's create/start split), then drops privileges
-//! and execs. With an OCI runtime the monitor runs `<runtime> create` with the pipes as stdio and
-//! adopts the container init when the runtime exits.
+//! and execs. Every path it prepares inside the rootfs (mount points, `/dev`, the working
+//! directory) is resolved inside it by [`super::rootpath`], image symlinks included. With
+//! `init: true` the init stays ours as PID 1 but shows the container `/sbin/dcpp-init -- CMD`,
+//! not the shim's command line (which names the host's data dir). With an OCI runtime the monitor
+//! runs `<runtime> create` with the pipes as stdio and adopts the container init when the runtime
+//! exits.
 //!
 //! `exec DIR JSON`: joins the container's cgroup and namespaces, forks, execs, returns the status.
 
@@ -901,6 +905,12 @@ fn container_init_inner(
     let args = process.args().clone().unwrap_or_default();
     let env = process.env().clone().unwrap_or_default();
     let exe = lookup(&args, &env)?;
+    if cfg.init {
+        // Before `start` lets anything else run in the container.
+        let mut shown = vec![INIT_ARGV0, "--"];
+        shown.extend(args.iter().map(String::as_str));
+        show_as(&shown)?;
+    }
     send(ctl, MSG_READY, "");
 
     // Block until `start` opens the fifo for reading.
@@ -916,12 +926,6 @@ fn container_init_inner(
     drop(fifo);
     send(ctl, MSG_STARTED, "");
 
-    if cfg.init {
-        // Before the capabilities go: rewriting the argument area needs CAP_SYS_RESOURCE.
-        let mut shown = vec![INIT_ARGV0, "--"];
-        shown.extend(args.iter().map(String::as_str));
-        show_as(&shown)?;
-    }
     finalize_process(spec)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Res<_>>()?;
