@@ -574,7 +574,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         .lines()
         .filter_map(|l| l.split("--token ").nth(1))
         .filter_map(|l| l.split_whitespace().next())
-        .last()
+        .next_back()
         .expect("a join token")
         .to_string();
 
