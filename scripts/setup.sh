@@ -8,6 +8,7 @@ PKGS=(
   skopeo            # the peer in the image-pull benchmark
   busybox-static    # source of every test and example image; nothing is downloaded from a public registry
   nftables          # published ports
+  iptables          # dcpp's accept rules next to a docker-style FORWARD DROP policy; the firewall test sets one
   runc crun         # peer OCI runtimes: benchmark and `--runtime` backend tests
   iproute2          # `ip` to inspect links/addresses in tests (dcpp itself uses netlink)
   hyperfine curl procps psmisc

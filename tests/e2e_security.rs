@@ -574,7 +574,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         .lines()
         .filter_map(|l| l.split("--token ").nth(1))
         .filter_map(|l| l.split_whitespace().next())
-        .last()
+        .next_back()
         .expect("a join token")
         .to_string();
 
@@ -760,7 +760,10 @@ struct Netns {
 
 impl Netns {
     fn new(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", name])
             .status()

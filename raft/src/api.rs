@@ -325,7 +325,7 @@ async fn join(
         Ok(g) => Json(g).into_response(),
         Err(e) => {
             if matches!(e, Error::Unauthorized(_)) {
-                gate.refused(peer.ip(), Refusal::InvalidJoinToken);
+                gate.refused(peer.ip(), Refusal::Join);
             } else {
                 tracing::warn!(%peer, "refused join request: {e}");
             }
@@ -409,10 +409,10 @@ async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Re
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let gate = req.extensions().get::<Arc<Gate>>().cloned();
-    if let (Some(gate), Some(ip)) = (&gate, peer) {
-        if gate.rate_limited(ip) {
-            return too_many();
-        }
+    if let (Some(gate), Some(ip)) = (&gate, peer)
+        && gate.rate_limited(ip)
+    {
+        return too_many();
     }
     let header = req
         .headers()
@@ -425,9 +425,9 @@ async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Re
         return next.run(req).await;
     }
     let why = if header.is_some() {
-        Refusal::InvalidToken
+        Refusal::Invalid
     } else {
-        Refusal::MissingToken
+        Refusal::Missing
     };
     match (&gate, peer) {
         // Counted and summarised periodically: one line per refusal would let anyone with the

@@ -213,3 +213,30 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ct_eq_is_equality_whatever_the_lengths() {
+        assert!(ct_eq(b"secret", b"secret"));
+        for (a, b) in [
+            (&b"secreT"[..], &b"secret"[..]),
+            (b"secre", b"secret"),
+            (b"secrets", b"secret"),
+            (b"secretsecret", b"secret"),
+            (b"", b"secret"),
+            (b"secret", b""),
+        ] {
+            assert!(!ct_eq(a, b), "{a:?} {b:?}");
+        }
+        assert!(ct_eq(b"", b""));
+        let auth = Auth::new(Some("tok".into()));
+        assert!(auth.verify(Some("Bearer tok")));
+        assert!(!auth.verify(Some("Bearer tokk")));
+        assert!(!auth.verify(Some("tok")));
+        assert!(!auth.verify(None));
+        assert!(!Auth::new(None).verify(Some("Bearer ")));
+    }
+}

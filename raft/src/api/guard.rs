@@ -59,9 +59,12 @@ const SUMMARY_SOURCES: usize = 10;
 /// Why a request or connection was refused, as counted in the summary.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Refusal {
-    MissingToken,
-    InvalidToken,
-    InvalidJoinToken,
+    /// No cluster token.
+    Missing,
+    /// A wrong cluster token.
+    Invalid,
+    /// A wrong join token.
+    Join,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -225,9 +228,9 @@ impl Gate {
         let st = &mut *st;
         let c = st.refused.entry(source).or_default();
         match why {
-            Refusal::MissingToken => c.missing += 1,
-            Refusal::InvalidToken => c.invalid += 1,
-            Refusal::InvalidJoinToken => c.join += 1,
+            Refusal::Missing => c.missing += 1,
+            Refusal::Invalid => c.invalid += 1,
+            Refusal::Join => c.join += 1,
         }
         if !st.buckets.contains_key(&source) && st.buckets.len() >= MAX_TRACKED_SOURCES {
             let per = self.limits.auth_failure_refill.as_secs_f64().max(1e-6);
@@ -350,7 +353,7 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
             assert!(!g.rate_limited(a));
-            g.refused(a, Refusal::InvalidToken);
+            g.refused(a, Refusal::Invalid);
         }
         assert!(g.rate_limited(a));
         assert!(!g.rate_limited(b));

@@ -240,11 +240,11 @@ pub fn sync_iptables_forward(table: &str, bridges: &[BridgeRule]) -> Result<(), 
     let mut script = String::from("*filter\n");
     let mut changes = 0;
     for (tag, line) in &ours {
-        if !wanted.iter().any(|(t, _)| t == tag) {
-            if let Some(rest) = line.strip_prefix("-A ") {
-                let _ = writeln!(script, "-D {rest}");
-                changes += 1;
-            }
+        if !wanted.iter().any(|(t, _)| t == tag)
+            && let Some(rest) = line.strip_prefix("-A ")
+        {
+            let _ = writeln!(script, "-D {rest}");
+            changes += 1;
         }
     }
     // Inserted at the top, ahead of docker's jumps and of the DROP policy.
