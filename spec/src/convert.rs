@@ -873,15 +873,12 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "privileged" => s.privileged = cv.boolean(v, &p).unwrap_or_default(),
             // No terminal is allocated: `tty: true` would leave a program that needs one
             // (a shell kept alive by its terminal, a progress bar) silently different.
-            "tty" => {
-                if cv.boolean(v, &p) == Some(true) {
-                    cv.err(
-                        v.pos,
-                        &p,
-                        "not supported: dcpp allocates no terminal (remove `tty: true`; output goes to the logs)",
-                    );
-                }
-            }
+            "tty" if cv.boolean(v, &p) == Some(true) => cv.err(
+                v.pos,
+                &p,
+                "not supported: dcpp allocates no terminal (remove `tty: true`; output goes to the logs)",
+            ),
+            "tty" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {
