@@ -284,9 +284,23 @@ services:
   client:
     image: {IMAGE}
     stop_grace_period: 1s
-    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ || true; sleep 0.3; done"]
+    command: ["sh", "-c", "while true; do if ! wget -q -O- http://web:8080/; then echo FAIL; fi; sleep 0.3; done"]
+    depends_on: [web]
 "#
     )
+}
+
+/// `n` requests in a row to the published port, each answered by the page: no retry, so a
+/// stale backend in the port map (a stopped replica) fails it.
+fn assert_port_serves(port: u16, n: usize) {
+    for i in 0..n {
+        let body = http_get(port);
+        assert!(
+            body.as_deref()
+                .is_some_and(|b| b.contains("hello from dcpp")),
+            "request {i} of {n} to the published port failed: {body:?}"
+        );
+    }
 }
 
 fn http_get(port: u16) -> Option<String> {
@@ -352,9 +366,17 @@ fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
     // Scale 2 → 5 → 1 through the CLI; the client is untouched.
     rig.ok(&["service", "scale", "web=5"]);
     assert_eq!(rig.running("ape_web"), 5);
+    assert_port_serves(port, 30);
     rig.ok(&["service", "scale", "web=1"]);
     rig.wait_until("scale down to 1", 30, || rig.containers().len() == 2);
     assert_eq!(rig.running("ape_web"), 1);
+    // Scaled-down replicas left the port map and DNS before they stopped.
+    assert_port_serves(port, 30);
+    let logs = rig.ok(&["logs", &cid]);
+    assert!(
+        !logs.contains("FAIL"),
+        "the client failed a request while scaling: {logs}"
+    );
     assert!(rig.containers().contains(&cid[..12]));
     let d = rig.dcpp(&["diff", "-f", &file]);
     assert_eq!(d.status.code(), Some(2));
@@ -373,9 +395,7 @@ fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
             t["service"] == "ape_web" && t["state"] == "running" && t["container_id"] != wid
         })
     });
-    rig.wait_until("published port after replacement", 20, || {
-        http_get(port).is_some_and(|b| b.contains("hello"))
-    });
+    assert_port_serves(port, 30);
 
     // Down removes everything.
     rig.ok(&["down", "-p", "ape"]);
@@ -420,9 +440,7 @@ fn update_to_a_missing_image_fails_and_rolls_back() {
                 .iter()
                 .all(|t| t["state"] == "running" && t["image"] == IMAGE)
     });
-    rig.wait_until("published port after rollback", 20, || {
-        http_get(port).is_some_and(|b| b.contains("hello"))
-    });
+    assert_port_serves(port, 30);
     assert_eq!(old.len(), 3);
 
     // Manual update to another (good) image, then `service rollback` back to the first.

@@ -48,9 +48,16 @@ pub fn container_options(
         .stop_grace_period
         .map(|d| Duration::from_nanos(d.0))
         .or(Some(Duration::from_secs(10)));
-    o.memory = svc.mem_limit;
-    o.cpus = svc.cpus;
-    o.pids_limit = svc.pids_limit;
+    // `deploy.resources.limits` and the service-level keys are one limit (the loader refuses
+    // two different values, as compose does).
+    let limits = svc
+        .deploy
+        .as_ref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    o.memory = svc.mem_limit.or(limits.and_then(|l| l.memory));
+    o.cpus = svc.cpus.or(limits.and_then(|l| l.cpus));
+    o.pids_limit = svc.pids_limit.or(limits.and_then(|l| l.pids));
     o.privileged = svc.privileged;
     o.read_only = svc.read_only;
     o.cap_add = svc.cap_add.clone();
@@ -485,6 +492,37 @@ volumes:
             vec![mount(MountSource::Tmpfs(None), "/scratch", false)]
         );
         assert_eq!(o.labels[LABEL_SLOT], "1");
+    }
+
+    #[test]
+    fn deploy_resource_limits_reach_the_cgroup_options_like_the_service_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
+        let img = store.import_rootfs(&rootfs, "dcpp.local/t:1").unwrap();
+        let none = |_: &str| None;
+        let limits = |yaml: &str| {
+            let d = doc(yaml, "a");
+            let o = container_options(&task(&d, 1), &d, &img, "a.1.7", &none).unwrap();
+            (o.memory, o.cpus, o.pids_limit)
+        };
+        assert_eq!(
+            limits(
+                "services:\n  a:\n    image: busybox\n    deploy:\n      resources:\n        limits: { memory: 64M, cpus: '0.5', pids: 64 }\n"
+            ),
+            (Some(64 << 20), Some(0.5), Some(64))
+        );
+        assert_eq!(
+            limits(
+                "services:\n  a:\n    image: busybox\n    mem_limit: 32M\n    pids_limit: 10\n    deploy:\n      resources:\n        limits: { memory: 32M, cpus: '1.5' }\n"
+            ),
+            (Some(32 << 20), Some(1.5), Some(10))
+        );
+        assert_eq!(
+            limits("services:\n  a:\n    image: busybox\n"),
+            (None, None, None)
+        );
     }
 
     #[test]

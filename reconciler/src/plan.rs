@@ -24,8 +24,10 @@ use crate::scheduler::{self, Load, Rejection};
 pub const TASK_HISTORY: usize = 5;
 /// A task that ran shorter than this before dying counts toward the crash-loop backoff.
 pub const MIN_UPTIME: Millis = 10_000;
-/// First crash-loop backoff step; it doubles per consecutive short run up to [`BACKOFF_MAX`].
-pub const BACKOFF_START: Millis = 100;
+/// First crash-loop backoff step, from the first short run on (a container that exits at once
+/// is not restarted at once: `on-failure:3` spreads its 3 restarts over 3.5 s); it doubles
+/// per consecutive short run up to [`BACKOFF_MAX`]. A task that ran long is replaced without it.
+pub const BACKOFF_START: Millis = 500;
 pub const BACKOFF_MAX: Millis = 10_000;
 /// Rounds are bounded so a bug can never hang the leader; convergence takes 2–4 in practice.
 const MAX_ROUNDS: usize = 32;
@@ -820,9 +822,9 @@ fn restart_per_policy(
     let fast = head
         .started_at
         .is_none_or(|s| died.saturating_sub(s) < MIN_UPTIME);
-    let backoff = if fast && head.fast_failures > 0 {
+    let backoff = if fast {
         BACKOFF_START
-            .saturating_mul(1 << (head.fast_failures - 1).min(20))
+            .saturating_mul(1 << head.fast_failures.min(20))
             .min(BACKOFF_MAX)
     } else {
         0

@@ -142,8 +142,9 @@ fn paused_node_keeps_tasks_but_takes_no_new_ones() {
     converge(&d, &mut o, 0);
     o.nodes.get_mut(&NodeId("n1".into())).unwrap().availability = Availability::Pause;
     assert!(plan(&d, &o, 5).is_empty());
-    fail(&mut o, TaskId(1), 1, 6);
-    let p = plan(&d, &o, 6);
+    // After a long run: replaced at once (no crash-loop backoff), on the other node.
+    fail(&mut o, TaskId(1), 1, 20_000);
+    let p = plan(&d, &o, 20_000);
     assert_eq!(kinds(&p), ["restart t1->t3 s_web.1", "assign t3 n2"]);
 }
 
@@ -200,7 +201,8 @@ fn restart_on_failure_respects_exit_code_delay_and_max_attempts() {
         panic!("{p:?}")
     };
     assert_eq!(task.restart_count, 2);
-    assert_eq!(task.not_before, Some(22_500));
+    // The delay, then the first backoff step.
+    assert_eq!(task.not_before, Some(23_000));
     apply(&mut o, &p).unwrap();
     converge(&d, &mut o, 23_000);
 
@@ -240,7 +242,7 @@ fn crash_loop_backoff_doubles() {
         apply(&mut o, &p).unwrap();
         converge(&d, &mut o, now);
     }
-    assert_eq!(delays, [0, 100, 200, 400, 800]);
+    assert_eq!(delays, [500, 1000, 2000, 4000, 8000]);
 }
 
 #[test]

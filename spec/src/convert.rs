@@ -49,6 +49,7 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "sysctls",
     "tmpfs",
+    "tty",
     "ulimits",
     "user",
     "volumes",
@@ -102,7 +103,6 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "security_opt",
     "stdin_open",
     "storage_opt",
-    "tty",
     "use_api_socket",
     "userns_mode",
     "uts",
@@ -1030,6 +1030,14 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "pids_limit" => s.pids_limit = cv.int(v, &p),
             "ports" => s.ports = ports(cv, v, &p),
             "privileged" => s.privileged = cv.boolean(v, &p).unwrap_or_default(),
+            // No terminal is allocated: `tty: true` would leave a program that needs one
+            // (a shell kept alive by its terminal, a progress bar) silently different.
+            "tty" if cv.boolean(v, &p) == Some(true) => cv.err(
+                v.pos,
+                &p,
+                "not supported: dcpp allocates no terminal (remove `tty: true`; output goes to the logs)",
+            ),
+            "tty" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {
@@ -1101,6 +1109,45 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 format!("can't set distinct values on 'scale' ({n}) and 'deploy.replicas' ({r})"),
             ),
             _ => d.replicas = Some(n),
+        }
+    }
+    // Compose (compose-go's validation) refuses a service-level limit and its
+    // `deploy.resources.limits` twin with different values; equal values, or either alone,
+    // are one limit applied to the container's cgroup.
+    if let Some(l) = s
+        .deploy
+        .as_ref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref())
+    {
+        let conflicts = [
+            (
+                "cpus",
+                "cpus",
+                s.cpus.zip(l.cpus).is_some_and(|(a, b)| a != b),
+            ),
+            (
+                "mem_limit",
+                "memory",
+                s.mem_limit.zip(l.memory).is_some_and(|(a, b)| a != b),
+            ),
+            (
+                "pids_limit",
+                "pids",
+                s.pids_limit.zip(l.pids).is_some_and(|(a, b)| a != b),
+            ),
+        ];
+        for (key, twin, distinct) in conflicts {
+            if distinct {
+                let pos = n.get(key).map_or(n.pos, |v| v.pos);
+                cv.err(
+                    pos,
+                    &path.key(key),
+                    format!(
+                        "can't set distinct values on '{key}' and 'deploy.resources.limits.{twin}'"
+                    ),
+                );
+            }
         }
     }
     // A failed `extends` was already reported; a wrongly typed image/build too.

@@ -147,7 +147,7 @@ pub struct ExecArgs {
     /// Accepted for docker compatibility (stdin is always attached).
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Accepted for docker compatibility; no TTY is allocated.
+    /// Refused: dcpp allocates no terminal (an error rather than a silent drop).
     #[arg(short = 't', long)]
     tty: bool,
     container: String,
@@ -234,7 +234,7 @@ pub struct CreateArgs {
     /// Accepted for docker compatibility.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Accepted for docker compatibility; no TTY is allocated.
+    /// Refused: dcpp allocates no terminal (an error rather than a silent drop).
     #[arg(short = 't', long)]
     tty: bool,
     image: String,
@@ -392,6 +392,9 @@ fn create(
     a: &CreateArgs,
     foreground: bool,
 ) -> anyhow::Result<ContainerInfo> {
+    if a.tty {
+        anyhow::bail!("{NO_TTY}");
+    }
     let (mut o, image_id) = build_options(global, a)?;
     // In the foreground the CLI removes the container itself after printing its output; the
     // monitor removes detached ones.
@@ -419,6 +422,9 @@ fn release_image(global: &Global, info: &ContainerInfo) {
         let _ = store.remove_holder(&id, &info.state.id);
     }
 }
+
+/// Why `-t` is refused.
+const NO_TTY: &str = "-t/--tty: dcpp does not allocate terminals; run without -t (output goes to the container's logs and, in the foreground, to this terminal)";
 
 pub fn run(global: &Global, args: ContainerArgs) -> anyhow::Result<u8> {
     let mgr = manager(global, &args.rt)?;
@@ -558,6 +564,10 @@ pub fn run(global: &Global, args: ContainerArgs) -> anyhow::Result<u8> {
         }
         ContainerCommand::Logs(l) => logs_cmd(&mgr, l),
         ContainerCommand::Exec(e) => {
+            if e.tty {
+                eprintln!("error: {NO_TTY}");
+                return Ok(126);
+            }
             let user = match &e.user {
                 None => None,
                 Some(u) => {

@@ -633,6 +633,7 @@ fn start_builtin(
     out_w: OwnedFd,
     err_w: OwnedFd,
 ) -> Res<Running> {
+    unsupported_namespaces(spec)?;
     let hier = Hierarchy::detect().map_err(|e| e.to_string())?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
     hier.create(&cfg.cgroup_path, resources.as_ref(), cfg.privileged)
@@ -733,6 +734,18 @@ fn namespaces(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
         .into_iter()
         .map(|n| (n.typ(), n.path().clone()))
         .collect()
+}
+
+/// The built-in executor does not make time namespaces: a spec asking for one is refused
+/// rather than run without it.
+fn unsupported_namespaces(spec: &Spec) -> Res<()> {
+    if namespaces(spec)
+        .iter()
+        .any(|(t, _)| *t == LinuxNamespaceType::Time)
+    {
+        return Err("time namespaces are not supported by the built-in executor (use --runtime runc or crun)".into());
+    }
+    Ok(())
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -1597,5 +1610,30 @@ fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
                 Err(e) => return Err(format!("waitpid: {e}")),
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+
+    #[test]
+    fn a_time_namespace_is_refused_not_dropped() {
+        let spec = |types: &[LinuxNamespaceType]| {
+            let ns = types
+                .iter()
+                .map(|t| LinuxNamespaceBuilder::default().typ(*t).build().unwrap())
+                .collect::<Vec<_>>();
+            SpecBuilder::default()
+                .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+                .build()
+                .unwrap()
+        };
+        let ok = spec(&[LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]);
+        assert!(unsupported_namespaces(&ok).is_ok());
+        let time = spec(&[LinuxNamespaceType::Pid, LinuxNamespaceType::Time]);
+        let e = unsupported_namespaces(&time).unwrap_err();
+        assert!(e.contains("time namespaces are not supported"), "{e}");
     }
 }

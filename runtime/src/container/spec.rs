@@ -154,9 +154,30 @@ fn parse_cap(name: &str) -> Result<Capability, Error> {
         .map_err(|_| Error::InvalidConfig(format!("unknown capability {name:?}")))
 }
 
-/// All capabilities the kernel knows of (for `privileged` and `cap_add: ALL`).
+/// Every capability this host can give (for `privileged` and `cap_add: ALL`): those the kernel
+/// knows of and the daemon's bounding set holds. A capability outside the bounding set cannot
+/// be granted (the container's capset fails), so asking for "all" means all that exist here.
 fn all_caps() -> Vec<String> {
-    caps::all().into_iter().map(|c| c.to_string()).collect()
+    let bounding = caps::read(None, caps::CapSet::Bounding).unwrap_or_else(|_| caps::all());
+    caps::all()
+        .into_iter()
+        .filter(|c| bounding.contains(c))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// Refuses, at create, a capability the daemon's bounding set lacks: granting it would fail
+/// when the container starts.
+fn grantable(cap: &str) -> Result<(), Error> {
+    let Ok(c) = cap.parse::<caps::Capability>() else {
+        return Ok(());
+    };
+    match caps::has_cap(None, caps::CapSet::Bounding, c) {
+        Ok(false) => Err(Error::InvalidConfig(format!(
+            "capability {cap} is not available on this host (the daemon's bounding set lacks it)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The effective capability set: docker's defaults, then `cap_add`, then `cap_drop`.
@@ -172,6 +193,7 @@ pub fn capability_set(opts: &CreateOptions) -> Result<Vec<String>, Error> {
             set = all_caps();
         } else {
             parse_cap(&c)?;
+            grantable(&c)?;
             if !set.contains(&c) {
                 set.push(c);
             }
@@ -645,6 +667,29 @@ fn spec_err(e: oci_spec::OciSpecError) -> Error {
 mod tests {
     use super::super::config::ImageInput;
     use super::*;
+
+    #[test]
+    fn privileged_gets_every_capability_the_bounding_set_holds_and_no_other() {
+        let bounding = caps::read(None, caps::CapSet::Bounding).unwrap();
+        let mut o = opts(None, None);
+        o.privileged = true;
+        let set = capability_set(&o).unwrap();
+        let want: std::collections::BTreeSet<String> =
+            bounding.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            set.iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            want
+        );
+        // Asking by name for one the host cannot give is refused at create.
+        if let Some(missing) = caps::all().into_iter().find(|c| !bounding.contains(c)) {
+            let mut o = opts(None, None);
+            o.cap_add = vec![missing.to_string()];
+            let e = capability_set(&o).unwrap_err().to_string();
+            assert!(e.contains("not available on this host"), "{e}");
+        }
+    }
 
     fn opts(ep: Option<&[&str]>, cmd: Option<&[&str]>) -> CreateOptions {
         let cfg: oci_spec::image::Config = serde_json::from_value(serde_json::json!({

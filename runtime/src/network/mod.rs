@@ -1018,16 +1018,17 @@ impl NetworkManager {
             } else {
                 st.withdrawn.insert(container_id.to_owned())
             };
-            if changed && st.ports.iter().any(|p| p.container_id == container_id) {
-                if let Err(e) = self.apply_nft(st) {
-                    // Keep the state what the kernel has.
-                    if serving {
-                        st.withdrawn.insert(container_id.to_owned());
-                    } else {
-                        st.withdrawn.remove(container_id);
-                    }
-                    return Err(e);
+            if changed
+                && st.ports.iter().any(|p| p.container_id == container_id)
+                && let Err(e) = self.apply_nft(st)
+            {
+                // Keep the state what the kernel has.
+                if serving {
+                    st.withdrawn.insert(container_id.to_owned());
+                } else {
+                    st.withdrawn.remove(container_id);
                 }
+                return Err(e);
             }
             tracing::debug!(container = container_id, serving, changed, "serving");
             Ok(changed)
