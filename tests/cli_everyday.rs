@@ -299,7 +299,9 @@ fn a_missing_daemon_is_one_line_naming_the_address_and_how_to_start_one() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with(&format!("error: no dcpp daemon answers at {host} (from -H/--host)")),
+        err.starts_with(&format!(
+            "error: no dcpp daemon answers at {host} (from -H/--host)"
+        )),
         "{err}"
     );
     assert!(
@@ -331,7 +333,11 @@ fn a_missing_daemon_is_one_line_naming_the_address_and_how_to_start_one() {
         "{}",
         stdout(&out)
     );
-    assert!(stderr(&out).contains("no dcpp daemon answers"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no dcpp daemon answers"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -342,7 +348,16 @@ fn durations_are_read_as_compose_writes_them() {
     let host = format!("unix://{}", dir.path().join("none.sock").display());
     // A dry run needs no daemon; the point is that clap takes `1m30s`.
     let out = Command::new(BIN)
-        .args(["-H", &host, "apply", "--dry-run", "--timeout", "1m30s", "-p", "d"])
+        .args([
+            "-H",
+            &host,
+            "apply",
+            "--dry-run",
+            "--timeout",
+            "1m30s",
+            "-p",
+            "d",
+        ])
         .arg("-f")
         .arg(&file)
         .output()
@@ -356,7 +371,11 @@ fn durations_are_read_as_compose_writes_them() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid duration"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid duration"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// 50 replicas of `sleep 3600` (PID 1 ignores SIGTERM, so each stop waits out the grace
@@ -381,8 +400,18 @@ fn down_stops_all_replicas_at_once_and_returns_when_everything_is_gone() {
     let out = rig.dcpp(&["down", "-p", "many", "--timeout", "2m"]);
     let took = t0.elapsed();
     eprintln!("down of 50 replicas ({grace}s grace period) took {took:?}");
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stderr(&out), rig.log());
-    assert!(stdout(&out).contains("stack many removed"), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    assert!(
+        stdout(&out).contains("stack many removed"),
+        "{}",
+        stdout(&out)
+    );
     // Eight at a time, each waiting out its grace period, took 7 × 3 s; all at once is one.
     assert!(
         took < Duration::from_secs(grace * 3),
@@ -403,7 +432,11 @@ fn down_stops_all_replicas_at_once_and_returns_when_everything_is_gone() {
     // A stack that does not exist is an error.
     let out = rig.dcpp(&["down", "-p", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no stack \"nosuch\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no stack \"nosuch\""),
+        "{}",
+        stderr(&out)
+    );
     let out = rig.dcpp(&["stack", "rm", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -434,12 +467,22 @@ fn watch_reports_a_broken_file_once_per_change() {
     // The watcher reading the file must not count as a change: over two seconds (ten debounce
     // periods) the report is not repeated.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(reports(), 1, "{}", std::fs::read_to_string(&log_path).unwrap());
+    assert_eq!(
+        reports(),
+        1,
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
     // Another broken version is another report, once.
     std::fs::write(dir.join("alpha.yml"), "services:\n  app: {image: [1\n").unwrap();
     rig.wait_until("second report", 20, || reports() >= 2);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(reports(), 2, "{}", std::fs::read_to_string(&log_path).unwrap());
+    assert_eq!(
+        reports(),
+        2,
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
     // Fixed: applied.
     std::fs::write(
         dir.join("alpha.yml"),
@@ -490,9 +533,12 @@ services:
     rig.ok(&["apply", "-d", "--profile", "tools", "-f", &file]);
     rig.wait_until("web healthy, crash restarting", 60, || {
         let t = rig.tasks();
-        t.iter().any(|t| t["service"] == "day_web" && t["health"] == "healthy")
-            && t.iter().any(|t| t["service"] == "day_crash" && t["restart_count"].as_u64() >= Some(1))
-            && t.iter().any(|t| t["service"] == "day_extra" && t["state"] == "running")
+        t.iter()
+            .any(|t| t["service"] == "day_web" && t["health"] == "healthy")
+            && t.iter()
+                .any(|t| t["service"] == "day_crash" && t["restart_count"].as_u64() >= Some(1))
+            && t.iter()
+                .any(|t| t["service"] == "day_extra" && t["state"] == "running")
     });
 
     // ps: health next to the state, restarts, ages; errors on one line; no epoch milliseconds.
@@ -520,7 +566,11 @@ services:
     );
     // Every line is a task (or the header): the log tail did not spill onto lines of its own.
     let all = rig.json(&["ps", "-a", "--format", "json"]);
-    assert_eq!(ps.lines().count(), all.as_array().unwrap().len() + 1, "{ps}");
+    assert_eq!(
+        ps.lines().count(),
+        all.as_array().unwrap().len() + 1,
+        "{ps}"
+    );
 
     // service ls: replicas with health, restarts.
     let ls = rig.ok(&["service", "ls"]);
@@ -536,7 +586,10 @@ services:
         .unwrap();
     assert!(crash["restarts"].as_u64() >= Some(1), "{rows}");
     assert!(
-        rows.as_array().unwrap().iter().any(|r| r["name"] == "day_extra"),
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "day_extra"),
         "{rows}"
     );
 
@@ -549,7 +602,15 @@ services:
     assert!(vols.is_array(), "{vols}");
     let insp = rig.json(&["service", "inspect", "web", "--format", "json"]);
     assert_eq!(insp["spec"]["name"], "web");
-    let diff = rig.dcpp(&["diff", "--profile", "tools", "-f", &file, "--format", "json"]);
+    let diff = rig.dcpp(&[
+        "diff",
+        "--profile",
+        "tools",
+        "-f",
+        &file,
+        "--format",
+        "json",
+    ]);
     assert_eq!(diff.status.code(), Some(0), "{}", stderr(&diff));
     let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     assert_eq!(d["stack"], "day");
@@ -592,7 +653,10 @@ services:
         "1m",
     ]);
     let insp = rig.json(&["service", "inspect", "day_web"]);
-    assert_eq!(insp["service"]["environment"], serde_json::json!({"B": "2"}));
+    assert_eq!(
+        insp["service"]["environment"],
+        serde_json::json!({"B": "2"})
+    );
     assert_eq!(insp["spec"]["update_config"]["parallelism"], 2);
     assert_eq!(insp["spec"]["update_config"]["delay"], 1000);
     assert_eq!(insp["spec"]["update_config"]["order"], "start_first");
@@ -601,12 +665,23 @@ services:
         .into_iter()
         .find(|t| t["service"] == "day_web" && t["state"] == "running")
         .unwrap();
-    assert_ne!(new_web["id"], old_web["id"], "the environment change replaced the task");
+    assert_ne!(
+        new_web["id"], old_web["id"],
+        "the environment change replaced the task"
+    );
     let cid = new_web["container_id"].as_str().unwrap();
     let env = rig.ok(&["container", "exec", cid, "env"]);
     assert!(env.contains("B=2") && !env.contains("A=1"), "{env}");
     // --replicas changes no container; --force replaces them without a change.
-    rig.ok(&["service", "update", "web", "--replicas", "2", "--timeout", "1m"]);
+    rig.ok(&[
+        "service",
+        "update",
+        "web",
+        "--replicas",
+        "2",
+        "--timeout",
+        "1m",
+    ]);
     assert!(rig.tasks().iter().any(|t| t["id"] == new_web["id"]));
     rig.ok(&["service", "update", "web", "--force", "--timeout", "1m"]);
     rig.wait_until("forced replacement", 30, || {

@@ -12,6 +12,7 @@ use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
 
 /// Keys that take effect, each with the test (`file::function`, or a corpus case directory)
 /// that shows it.
+#[rustfmt::skip]
 const APPLIED: &[(&str, &str)] = &[
     ("name", "spec/tests/corpus/002-name-field"),
     ("services", "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave"),
@@ -117,6 +118,7 @@ const APPLIED_ELSEWHERE: &[&str] = &[
 
 /// Keys whose unsupported values are refused with an error at apply time (and whose supported
 /// values work), with the test of the refusal.
+#[rustfmt::skip]
 const REFUSED: &[(&str, &str)] = &[
     ("services.*.volumes.[].bind.propagation", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
     ("services.*.volumes.[].tmpfs.mode", "reconciler/tests/from_compose.rs::mounts_dcpp_cannot_honour_fail_at_apply_time"),
@@ -131,6 +133,7 @@ const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach
 
 /// Keys accepted and not acted on: (schema path, whether the warning covers every key below
 /// it, a compose file using it, the path the warning must name).
+#[rustfmt::skip]
 const WARNED: &[(&str, bool, &str, &str)] = &[
     ("configs", true, "configs:\n  c:\n    file: ./c.txt\n", "configs"),
     ("secrets", true, "secrets:\n  s:\n    file: ./s.txt\n", "secrets"),
@@ -395,10 +398,8 @@ fn process_keys_reach_the_container_options() {
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
     let img = store.import_rootfs(&rootfs, "dcpp.local/keys:1").unwrap();
-    let o = dcpp_node_agent::options::container_options(&task(d), d, &img, "st_web.1.3", &|_| {
-        None
-    })
-    .unwrap();
+    let o = dcpp_node_agent::options::container_options(&task(d), d, &img, "st_web.1.3", &|_| None)
+        .unwrap();
     assert_eq!(o.command, Some(vec!["httpd".into(), "-f".into()]));
     assert_eq!(o.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
     assert_eq!(o.env, vec!["A=1".to_string()]);
@@ -407,7 +408,10 @@ fn process_keys_reach_the_container_options() {
     assert_eq!(o.hostname.as_deref(), Some("web-host"));
     assert!(o.init);
     assert_eq!(o.stop_signal.as_deref(), Some("SIGINT"));
-    assert_eq!(o.stop_grace_period, Some(std::time::Duration::from_secs(90)));
+    assert_eq!(
+        o.stop_grace_period,
+        Some(std::time::Duration::from_secs(90))
+    );
     assert_eq!(o.memory, Some(64 << 20));
     assert_eq!(o.cpus, Some(0.5));
     assert_eq!(o.pids_limit, Some(64));

@@ -135,7 +135,10 @@ const UNAPPLIED_NETWORK_KEYS: &[(&str, &str)] = &[
         "a stack's network is always named <stack>_<key> on each node",
     ),
     ("ipam", "subnets come from the daemon's --network-pool"),
-    ("driver_opts", "bridges are created with dcpp's own settings"),
+    (
+        "driver_opts",
+        "bridges are created with dcpp's own settings",
+    ),
     ("labels", "networks carry only dcpp's own labels"),
 ];
 /// Network flags without effect when true (false is what dcpp does).
@@ -199,7 +202,11 @@ impl Cv<'_> {
     /// An accepted key whose setting dcpp does not act on (yet): a warning at its position,
     /// so nothing in a file is silently without effect.
     fn unapplied(&mut self, pos: Pos, path: &dyn std::fmt::Display, why: &str) {
-        self.warn(pos, path, format!("accepted but not applied by dcpp: {why}"));
+        self.warn(
+            pos,
+            path,
+            format!("accepted but not applied by dcpp: {why}"),
+        );
     }
 
     /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys

@@ -988,11 +988,11 @@ pub fn run_stack(global: &Global, cmd: StackCommand) -> anyhow::Result<u8> {
             timeout,
         } => {
             let args = DownArgs {
-            files: FileArgs {
-                files: vec![],
-                project_name: Some(name),
-                profiles: vec![],
-            },
+                files: FileArgs {
+                    files: vec![],
+                    project_name: Some(name),
+                    profiles: vec![],
+                },
                 detach,
                 volumes: false,
                 timeout,
@@ -1122,7 +1122,11 @@ fn update_doc(d: &mut ServiceDoc, f: &UpdateFlags) -> anyhow::Result<()> {
         }
         svc.deploy.get_or_insert_with(Default::default).replicas = Some(u64::from(n));
     }
-    if f.parallelism.is_some() || f.delay.is_some() || f.order.is_some() || f.failure_action.is_some() {
+    if f.parallelism.is_some()
+        || f.delay.is_some()
+        || f.order.is_some()
+        || f.failure_action.is_some()
+    {
         let uc = svc
             .deploy
             .get_or_insert_with(Default::default)
@@ -1202,7 +1206,12 @@ struct ServiceRow {
     updated_at: Option<u64>,
 }
 
-fn service_row(d: &ServiceDoc, st: Option<&ServiceStatus>, tasks: &[Task], nodes: &Observed) -> ServiceRow {
+fn service_row(
+    d: &ServiceDoc,
+    st: Option<&ServiceStatus>,
+    tasks: &[Task],
+    nodes: &Observed,
+) -> ServiceRow {
     let (running, desired) = progress(d, st, tasks, nodes);
     let live: Vec<&Task> = tasks
         .iter()
@@ -1380,7 +1389,10 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                 if d.spec.version == before.spec.version {
                     println!("{id}: updated (no container changes)");
                 } else {
-                    println!("{id}: updating to {} (version {:x})", d.spec.image, d.spec.version);
+                    println!(
+                        "{id}: updating to {} (version {:x})",
+                        d.spec.image, d.spec.version
+                    );
                 }
                 if detach {
                     return Ok(0);
@@ -1570,10 +1582,24 @@ mod tests {
         );
         // --force: a new version each time, nothing else changed.
         let mut d = d0.clone();
-        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                force: true,
+                ..flags()
+            },
+        )
+        .unwrap();
         let v1 = d.spec.version;
         assert_ne!(v1, d0.spec.version);
-        update_doc(&mut d, &UpdateFlags { force: true, ..flags() }).unwrap();
+        update_doc(
+            &mut d,
+            &UpdateFlags {
+                force: true,
+                ..flags()
+            },
+        )
+        .unwrap();
         assert_ne!(d.spec.version, v1);
         assert_eq!(d.spec.image, "busybox");
         // Bad input is an error, not a silent no-op.
