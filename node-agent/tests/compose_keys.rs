@@ -12,6 +12,7 @@ use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
 
 /// Keys that take effect, each with the test (`file::function`, or a corpus case directory)
 /// that shows it.
+#[rustfmt::skip]
 const APPLIED: &[(&str, &str)] = &[
     ("name", "spec/tests/corpus/002-name-field"),
     (
@@ -315,6 +316,7 @@ const APPLIED_ELSEWHERE: &[&str] = &[
 
 /// Keys whose unsupported values are refused with an error at apply time (and whose supported
 /// values work), with the test of the refusal.
+#[rustfmt::skip]
 const REFUSED: &[(&str, &str)] = &[
     (
         "services.*.volumes.[].bind.propagation",
@@ -344,6 +346,7 @@ const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach
 
 /// Keys accepted and not acted on: (schema path, whether the warning covers every key below
 /// it, a compose file using it, the path the warning must name).
+#[rustfmt::skip]
 const WARNED: &[(&str, bool, &str, &str)] = &[
     (
         "configs",
