@@ -307,42 +307,57 @@ impl Ctx {
         env
     }
 
-    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`. `pre` is
-    /// the file's contents when the caller read it already; the tree then borrows from it.
-    fn load_file<'t>(
+    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`.
+    fn load_file(
         &mut self,
         path: &Path,
         base_dir: &Path,
         env: &BTreeMap<String, String>,
         stack: &mut Vec<PathBuf>,
         from: Pos,
-        pre: Option<&'t std::io::Result<Vec<u8>>>,
-    ) -> Option<Node<'t>> {
+    ) -> Option<Node<'static>> {
+        if self.in_cycle(path, stack, from) {
+            return None;
+        }
+        let bytes = std::fs::read(path);
+        let node = self
+            .read_yaml(
+                path,
+                base_dir.to_path_buf(),
+                from,
+                "compose file",
+                bytes.as_deref(),
+            )?
+            .into_owned();
+        Some(self.process_file(node, path, env, stack))
+    }
+
+    fn in_cycle(&mut self, path: &Path, stack: &[PathBuf], from: Pos) -> bool {
         if stack.iter().any(|p| p == path) {
             self.errors.push(
                 from,
                 "include",
                 format!("include cycle through {}", path.display()),
             );
-            return None;
+            return true;
         }
-        let what = "compose file";
-        let mut node = match pre {
-            Some(bytes) => {
-                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
-            }
-            None => {
-                let bytes = std::fs::read(path);
-                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
-                    .into_owned()
-            }
-        };
+        false
+    }
+
+    /// Interpolation, `include` and `extends` of one parsed compose file.
+    fn process_file<'t>(
+        &mut self,
+        mut node: Node<'t>,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+        stack: &mut Vec<PathBuf>,
+    ) -> Node<'t> {
         self.interpolate(&mut node, env, &KeyPath::Root);
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, env, stack);
         stack.pop();
         self.apply_extends(&mut node, path);
-        Some(node)
+        node
     }
 
     fn apply_include(
@@ -438,7 +453,7 @@ impl Ctx {
             let mut merged: Option<Node<'_>> = None;
             for (p, ppos) in paths {
                 let abs = absolutize(&here, Path::new(&p));
-                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos, None) {
+                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos) {
                     merged = Some(match merged {
                         None => n,
                         Some(base) => merge::merge_files(base, n),
@@ -723,30 +738,40 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
         .map(|f| absolutize(&opts.working_dir, f))
         .collect();
     let process_env = opts.environment.clone();
-    let env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere(), &process_env);
-    ctx.current_env = env.clone();
-    // Read up front so that the trees can borrow their text from here.
+    let mut env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere(), &process_env);
+    // Read and parse up front so that the trees can borrow their text from here, and so that
+    // the project name (from `name:`) is known before interpolation.
     let texts: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
+    let mut parsed = Vec::with_capacity(files.len());
+    for (f, text) in files.iter().zip(&texts) {
+        let n = ctx.read_yaml(
+            f,
+            project_dir.clone(),
+            Ctx::nowhere(),
+            "compose file",
+            text.as_deref(),
+        );
+        parsed.push(n);
+    }
+    // Compose makes the project name available to interpolation as COMPOSE_PROJECT_NAME
+    // (overriding the environment's value).
+    if let Some(name) = convert::early_project_name(opts, &parsed, &env, &project_dir) {
+        env.insert("COMPOSE_PROJECT_NAME".to_owned(), name);
+    }
+    ctx.current_env = env.clone();
     let mut merged: Option<Node<'_>> = None;
     let mut stack = Vec::new();
     let mut all_parsed = true;
-    for (f, text) in files.iter().zip(&texts) {
-        let n = ctx.load_file(
-            f,
-            &project_dir,
-            &env,
-            &mut stack,
-            Ctx::nowhere(),
-            Some(text),
-        );
-        if let Some(n) = n {
-            merged = Some(match merged {
-                None => n,
-                Some(base) => merge::merge_files(base, n),
-            });
-        } else {
+    for (f, n) in files.iter().zip(parsed) {
+        let Some(n) = n else {
             all_parsed = false;
-        }
+            continue;
+        };
+        let n = ctx.process_file(n, f, &env, &mut stack);
+        merged = Some(match merged {
+            None => n,
+            Some(base) => merge::merge_files(base, n),
+        });
     }
     let project = match merged {
         // Validation still runs after interpolation errors so that all problems show at once.
