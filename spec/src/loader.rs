@@ -353,6 +353,7 @@ impl Ctx {
         stack: &mut Vec<PathBuf>,
     ) -> Node<'t> {
         self.interpolate(&mut node, env, &KeyPath::Root);
+        resolve_bare_environment(&mut node, env);
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, env, stack);
         stack.pop();
@@ -461,12 +462,14 @@ impl Ctx {
                 }
             }
             let Some(included) = merged else { continue };
-            self.add_included(node, included, item.pos);
+            self.add_included(node, included);
         }
     }
 
-    /// Adds an included project's resources; a name defined on both sides is an error.
-    fn add_included<'t>(&mut self, node: &mut Node<'t>, included: Node<'t>, at: Pos) {
+    /// Adds an included project's resources. A name already defined (locally, or by an
+    /// earlier include) is merged with the existing definition taking precedence, as compose
+    /// does: including a file twice is harmless and a local service overrides an included one.
+    fn add_included<'t>(&mut self, node: &mut Node<'t>, included: Node<'t>) {
         let Kind::Map(inc_entries) = included.kind else {
             return;
         };
@@ -501,19 +504,20 @@ impl Ctx {
                 continue;
             };
             for item in items {
-                if let Some(existing) = sec.iter().find(|e| e.key == item.key) {
-                    let p = existing.key_pos;
-                    self.errors.push(
-                        p,
-                        format!("{}.{}", ie.key, item.key),
-                        format!(
-                            "conflicts with imported resource (included at line {})",
-                            at.line
-                        ),
-                    );
-                    continue;
+                match sec.iter_mut().find(|e| e.key == item.key) {
+                    Some(existing) => {
+                        let local = std::mem::replace(
+                            &mut existing.value,
+                            Node::new(item.key_pos, Kind::Null),
+                        );
+                        existing.value = if ie.key == "services" {
+                            merge::merge_service(item.value, local)
+                        } else {
+                            merge::merge_resource(item.value, local)
+                        };
+                    }
+                    None => sec.push(item),
                 }
-                sec.push(item);
             }
         }
     }
@@ -617,9 +621,11 @@ impl Ctx {
                 }
             }
             Some((f, fpos)) => {
+                // Relative to the directory paths of this file resolve against (the project
+                // directory, an include's project_directory, or an extended file's own
+                // directory), as compose's resource loader does.
                 let here = self.base_dir(fpos).to_path_buf();
-                let from_dir = path.parent().map(Path::to_path_buf).unwrap_or(here);
-                let abs = absolutize(&from_dir, Path::new(&f));
+                let abs = absolutize(&here, Path::new(&f));
                 let other = self.extends_file(&abs, fpos);
                 match other.as_ref().and_then(|o| o.get("services")) {
                     Some(other_services) if other_services.get(&base_name).is_some() => {
@@ -665,6 +671,28 @@ impl Ctx {
             });
         self.extends_cache.insert(abs.to_path_buf(), node.clone());
         node
+    }
+}
+
+/// Gives the bare `- KEY` items of list-form service `environment` their value from the
+/// variables of the file they are written in, as compose does per file: an included file's
+/// `env_file` thus reaches its services, and not the including project's.
+fn resolve_bare_environment(node: &mut Node<'_>, env: &BTreeMap<String, String>) {
+    let Some(services) = node.get_mut("services").and_then(Node::as_map_mut) else {
+        return;
+    };
+    for svc in services {
+        let Some(Kind::Seq(items)) = svc.value.get_mut("environment").map(|e| &mut e.kind) else {
+            continue;
+        };
+        for item in items {
+            if let Kind::Scalar { value, .. } = &mut item.kind
+                && !value.contains('=')
+                && let Some(v) = env.get(&**value)
+            {
+                *value = Cow::Owned(format!("{value}={v}"));
+            }
+        }
     }
 }
 

@@ -186,7 +186,7 @@ pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     })
 }
 
-fn merge_resource<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
+pub(crate) fn merge_resource<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     merge_maps(base, over, &|k, b, o| match k {
         "labels" | "driver_opts" => {
             merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o)
