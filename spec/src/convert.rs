@@ -1049,6 +1049,19 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "network_mode and networks cannot be combined",
         );
     }
+    // Two mounts on one target (a `tmpfs` entry and a volume) are refused, as in compose.
+    for t in &s.tmpfs {
+        let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
+        if s.volumes.iter().any(|v| v.target == target) {
+            let pos = n.get("volumes").map_or(n.pos, |v| v.pos);
+            cv.err(
+                pos,
+                &path.key("volumes"),
+                format!("target {target} is already mounted as a tmpfs"),
+            );
+            ok = false;
+        }
+    }
     ok.then_some(s)
 }
 
