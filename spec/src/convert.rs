@@ -542,7 +542,17 @@ pub(crate) fn project(
                 p,
                 "the attribute `version` is obsolete, it will be ignored",
             ),
-            "name" => name_field = cv.string(v, p).map(|n| (n, v.pos)),
+            "name" => {
+                // A plain number or boolean is not a string for compose's schema.
+                if let Kind::Scalar { value, plain: true } = &v.kind
+                    && (value.parse::<f64>().is_ok()
+                        || matches!(&**value, "true" | "false" | "True" | "False"))
+                {
+                    cv.err(v.pos, p, format!("must be a string, found {value}"));
+                } else {
+                    name_field = cv.string(v, p).map(|n| (n, v.pos));
+                }
+            }
             _ => {
                 sections.insert(k, v);
             }
@@ -592,10 +602,8 @@ pub(crate) fn project(
     if let Some(n) = sections.get("services") {
         let sp = KeyPath::Text("services");
         for e in cv.entries(n, &sp) {
+            // Only top-level `x-` keys are extensions: a service may be called `x-foo`.
             let p = sp.key(&e.key);
-            if e.key.starts_with("x-") {
-                continue;
-            }
             if !valid_service_name(&e.key) {
                 cv.err(
                     e.key_pos,
@@ -676,35 +684,74 @@ fn valid_service_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
 }
 
+/// The project name as compose decides it before interpolation (so that
+/// `COMPOSE_PROJECT_NAME` can be interpolated): `-p`, else `COMPOSE_PROJECT_NAME`, else the
+/// last non-empty top-level `name:` (interpolated, then normalised), else the directory name.
+/// Validation and its errors happen in [`project`].
+pub(crate) fn early_project_name(
+    opts: &LoadOptions,
+    files: &[Option<Node<'_>>],
+    env: &BTreeMap<String, String>,
+    project_dir: &Path,
+) -> Option<String> {
+    if let Some(p) = &opts.project_name {
+        return Some(p.clone());
+    }
+    if let Some(n) = env.get("COMPOSE_PROJECT_NAME").filter(|v| !v.is_empty()) {
+        return Some(n.clone());
+    }
+    let raw = files
+        .iter()
+        .flatten()
+        .filter_map(|f| f.get("name").and_then(Node::scalar))
+        .rfind(|n| !n.is_empty());
+    if let Some(raw) = raw {
+        let lookup = |k: &str| env.get(k).cloned();
+        let value =
+            crate::interp::interpolate(raw, &lookup).map_or_else(|_| raw.to_owned(), |r| r.value);
+        let n = normalize_project_name(&value);
+        if !n.is_empty() {
+            return Some(n);
+        }
+    }
+    let n = normalize_project_name(&project_dir.file_name()?.to_string_lossy());
+    (!n.is_empty()).then_some(n)
+}
+
 fn project_name(
     cv: &mut Cv<'_>,
     opts: &LoadOptions,
     name_field: Option<(String, Pos)>,
     project_dir: &Path,
 ) -> Option<String> {
+    // `-p` and COMPOSE_PROJECT_NAME are taken as given and must be valid; `name:` is
+    // normalised (compose lower-cases `myProject`), and falls through when nothing is left.
     let explicit = if let Some(p) = &opts.project_name {
-        Some((p.clone(), Ctx::nowhere(), "project name (-p)"))
-    } else if let Some((n, pos)) = name_field {
-        Some((n, pos, "name"))
+        Some((p.clone(), "project name (-p)"))
     } else {
         cv.env
             .get("COMPOSE_PROJECT_NAME")
             .filter(|v| !v.is_empty())
-            .map(|v| (v.clone(), Ctx::nowhere(), "COMPOSE_PROJECT_NAME"))
+            .map(|v| (v.clone(), "COMPOSE_PROJECT_NAME"))
     };
-    if let Some((n, pos, what)) = explicit {
+    if let Some((n, what)) = explicit {
         if valid_project_name(&n) {
             return Some(n);
         }
-        let path = if what == "name" { "name" } else { "" };
         cv.err(
-            pos,
-            &path,
+            Ctx::nowhere(),
+            &"",
             format!(
                 "invalid {what} {n:?}: must consist only of lowercase alphanumeric characters, hyphens, and underscores as well as start with a letter or number"
             ),
         );
         return None;
+    }
+    if let Some((n, _)) = name_field {
+        let n = normalize_project_name(&n);
+        if !n.is_empty() {
+            return Some(n);
+        }
     }
     let dir_name = project_dir
         .file_name()
@@ -1164,6 +1211,19 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             &path.key("network_mode"),
             "network_mode and networks cannot be combined",
         );
+    }
+    // Two mounts on one target (a `tmpfs` entry and a volume) are refused, as in compose.
+    for t in &s.tmpfs {
+        let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
+        if s.volumes.iter().any(|v| v.target == target) {
+            let pos = n.get("volumes").map_or(n.pos, |v| v.pos);
+            cv.err(
+                pos,
+                &path.key("volumes"),
+                format!("target {target} is already mounted as a tmpfs"),
+            );
+            ok = false;
+        }
     }
     ok.then_some(s)
 }

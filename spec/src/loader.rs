@@ -307,42 +307,58 @@ impl Ctx {
         env
     }
 
-    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`. `pre` is
-    /// the file's contents when the caller read it already; the tree then borrows from it.
-    fn load_file<'t>(
+    /// Loads one compose file of a project: parse, interpolate, `include`, `extends`.
+    fn load_file(
         &mut self,
         path: &Path,
         base_dir: &Path,
         env: &BTreeMap<String, String>,
         stack: &mut Vec<PathBuf>,
         from: Pos,
-        pre: Option<&'t std::io::Result<Vec<u8>>>,
-    ) -> Option<Node<'t>> {
+    ) -> Option<Node<'static>> {
+        if self.in_cycle(path, stack, from) {
+            return None;
+        }
+        let bytes = std::fs::read(path);
+        let node = self
+            .read_yaml(
+                path,
+                base_dir.to_path_buf(),
+                from,
+                "compose file",
+                bytes.as_deref(),
+            )?
+            .into_owned();
+        Some(self.process_file(node, path, env, stack))
+    }
+
+    fn in_cycle(&mut self, path: &Path, stack: &[PathBuf], from: Pos) -> bool {
         if stack.iter().any(|p| p == path) {
             self.errors.push(
                 from,
                 "include",
                 format!("include cycle through {}", path.display()),
             );
-            return None;
+            return true;
         }
-        let what = "compose file";
-        let mut node = match pre {
-            Some(bytes) => {
-                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
-            }
-            None => {
-                let bytes = std::fs::read(path);
-                self.read_yaml(path, base_dir.to_path_buf(), from, what, bytes.as_deref())?
-                    .into_owned()
-            }
-        };
+        false
+    }
+
+    /// Interpolation, `include` and `extends` of one parsed compose file.
+    fn process_file<'t>(
+        &mut self,
+        mut node: Node<'t>,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+        stack: &mut Vec<PathBuf>,
+    ) -> Node<'t> {
         self.interpolate(&mut node, env, &KeyPath::Root);
+        resolve_bare_environment(&mut node, env);
         stack.push(path.to_path_buf());
         self.apply_include(&mut node, env, stack);
         stack.pop();
         self.apply_extends(&mut node, path);
-        Some(node)
+        node
     }
 
     fn apply_include(
@@ -438,7 +454,7 @@ impl Ctx {
             let mut merged: Option<Node<'_>> = None;
             for (p, ppos) in paths {
                 let abs = absolutize(&here, Path::new(&p));
-                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos, None) {
+                if let Some(n) = self.load_file(&abs, &dir, &env, stack, ppos) {
                     merged = Some(match merged {
                         None => n,
                         Some(base) => merge::merge_files(base, n),
@@ -446,12 +462,14 @@ impl Ctx {
                 }
             }
             let Some(included) = merged else { continue };
-            self.add_included(node, included, item.pos);
+            self.add_included(node, included);
         }
     }
 
-    /// Adds an included project's resources; a name defined on both sides is an error.
-    fn add_included<'t>(&mut self, node: &mut Node<'t>, included: Node<'t>, at: Pos) {
+    /// Adds an included project's resources. A name already defined (locally, or by an
+    /// earlier include) is merged with the existing definition taking precedence, as compose
+    /// does: including a file twice is harmless and a local service overrides an included one.
+    fn add_included<'t>(&mut self, node: &mut Node<'t>, included: Node<'t>) {
         let Kind::Map(inc_entries) = included.kind else {
             return;
         };
@@ -486,19 +504,20 @@ impl Ctx {
                 continue;
             };
             for item in items {
-                if let Some(existing) = sec.iter().find(|e| e.key == item.key) {
-                    let p = existing.key_pos;
-                    self.errors.push(
-                        p,
-                        format!("{}.{}", ie.key, item.key),
-                        format!(
-                            "conflicts with imported resource (included at line {})",
-                            at.line
-                        ),
-                    );
-                    continue;
+                match sec.iter_mut().find(|e| e.key == item.key) {
+                    Some(existing) => {
+                        let local = std::mem::replace(
+                            &mut existing.value,
+                            Node::new(item.key_pos, Kind::Null),
+                        );
+                        existing.value = if ie.key == "services" {
+                            merge::merge_service(item.value, local)
+                        } else {
+                            merge::merge_resource(item.value, local)
+                        };
+                    }
+                    None => sec.push(item),
                 }
-                sec.push(item);
             }
         }
     }
@@ -602,9 +621,11 @@ impl Ctx {
                 }
             }
             Some((f, fpos)) => {
+                // Relative to the directory paths of this file resolve against (the project
+                // directory, an include's project_directory, or an extended file's own
+                // directory), as compose's resource loader does.
                 let here = self.base_dir(fpos).to_path_buf();
-                let from_dir = path.parent().map(Path::to_path_buf).unwrap_or(here);
-                let abs = absolutize(&from_dir, Path::new(&f));
+                let abs = absolutize(&here, Path::new(&f));
                 let other = self.extends_file(&abs, fpos);
                 match other.as_ref().and_then(|o| o.get("services")) {
                     Some(other_services) if other_services.get(&base_name).is_some() => {
@@ -650,6 +671,28 @@ impl Ctx {
             });
         self.extends_cache.insert(abs.to_path_buf(), node.clone());
         node
+    }
+}
+
+/// Gives the bare `- KEY` items of list-form service `environment` their value from the
+/// variables of the file they are written in, as compose does per file: an included file's
+/// `env_file` thus reaches its services, and not the including project's.
+fn resolve_bare_environment(node: &mut Node<'_>, env: &BTreeMap<String, String>) {
+    let Some(services) = node.get_mut("services").and_then(Node::as_map_mut) else {
+        return;
+    };
+    for svc in services {
+        let Some(Kind::Seq(items)) = svc.value.get_mut("environment").map(|e| &mut e.kind) else {
+            continue;
+        };
+        for item in items {
+            if let Kind::Scalar { value, .. } = &mut item.kind
+                && !value.contains('=')
+                && let Some(v) = env.get(&**value)
+            {
+                *value = Cow::Owned(format!("{value}={v}"));
+            }
+        }
     }
 }
 
@@ -723,30 +766,40 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
         .map(|f| absolutize(&opts.working_dir, f))
         .collect();
     let process_env = opts.environment.clone();
-    let env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere(), &process_env);
-    ctx.current_env = env.clone();
-    // Read up front so that the trees can borrow their text from here.
+    let mut env = ctx.project_env(&project_dir, &env_files, Ctx::nowhere(), &process_env);
+    // Read and parse up front so that the trees can borrow their text from here, and so that
+    // the project name (from `name:`) is known before interpolation.
     let texts: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
+    let mut parsed = Vec::with_capacity(files.len());
+    for (f, text) in files.iter().zip(&texts) {
+        let n = ctx.read_yaml(
+            f,
+            project_dir.clone(),
+            Ctx::nowhere(),
+            "compose file",
+            text.as_deref(),
+        );
+        parsed.push(n);
+    }
+    // Compose makes the project name available to interpolation as COMPOSE_PROJECT_NAME
+    // (overriding the environment's value).
+    if let Some(name) = convert::early_project_name(opts, &parsed, &env, &project_dir) {
+        env.insert("COMPOSE_PROJECT_NAME".to_owned(), name);
+    }
+    ctx.current_env = env.clone();
     let mut merged: Option<Node<'_>> = None;
     let mut stack = Vec::new();
     let mut all_parsed = true;
-    for (f, text) in files.iter().zip(&texts) {
-        let n = ctx.load_file(
-            f,
-            &project_dir,
-            &env,
-            &mut stack,
-            Ctx::nowhere(),
-            Some(text),
-        );
-        if let Some(n) = n {
-            merged = Some(match merged {
-                None => n,
-                Some(base) => merge::merge_files(base, n),
-            });
-        } else {
+    for (f, n) in files.iter().zip(parsed) {
+        let Some(n) = n else {
             all_parsed = false;
-        }
+            continue;
+        };
+        let n = ctx.process_file(n, f, &env, &mut stack);
+        merged = Some(match merged {
+            None => n,
+            Some(base) => merge::merge_files(base, n),
+        });
     }
     let project = match merged {
         // Validation still runs after interpolation errors so that all problems show at once.

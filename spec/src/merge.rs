@@ -2,8 +2,9 @@
 //!
 //! Maps merge key by key; `command`, `entrypoint` and `healthcheck.test` are replaced;
 //! `environment`, `labels`, `sysctls`, `build.args`, `depends_on` and service `networks` merge
-//! as maps whatever form (list or map) each side used; other lists (ports, volumes, secrets, …)
-//! are concatenated and de-duplicated by their key during conversion; scalars are replaced.
+//! as maps whatever form (list or map) each side used; `ipam.config` merges by subnet and each
+//! `ulimits` entry is replaced; other lists (ports, volumes, secrets, …) are concatenated and
+//! de-duplicated by their key during conversion; scalars are replaced.
 //! The `!reset` tag drops the inherited value and `!override` replaces it wholesale.
 
 use std::borrow::Cow;
@@ -167,7 +168,8 @@ pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
         }
         "build" => merge_build(b, o),
         "healthcheck" => merge_maps(b, o, &|k, b, o| if k == "test" { o } else { deep(b, o) }),
-        "ulimits" => merge_maps(b, o, &|_, b, o| deep(b, o)),
+        // Each limit is replaced whole, as compose does (`nofile: 3` over `{soft, hard}`).
+        "ulimits" => merge_maps(b, o, &|_, _, o| o),
         "logging" => {
             let driver = |n: &Node| n.get("driver").and_then(|d| d.scalar()).map(str::to_owned);
             match (driver(&b), driver(&o)) {
@@ -186,13 +188,40 @@ pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     })
 }
 
-fn merge_resource<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
+pub(crate) fn merge_resource<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     merge_maps(base, over, &|k, b, o| match k {
         "labels" | "driver_opts" => {
             merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o)
         }
+        "ipam" => merge_maps(b, o, &|k, b, o| match k {
+            "config" => merge_by_subnet(b, o),
+            _ => deep(b, o),
+        }),
         _ => deep(b, o),
     })
+}
+
+/// `ipam.config` entries merge by `subnet`; entries with a new subnet are appended.
+fn merge_by_subnet<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
+    let (Kind::Seq(mut items), Kind::Seq(over_items)) = (base.kind, over.kind.clone()) else {
+        return over;
+    };
+    let subnet = |n: &Node<'_>| n.get("subnet").and_then(Node::scalar).map(str::to_owned);
+    for oi in over_items {
+        let key = subnet(&oi);
+        match items.iter().position(|b| key.is_some() && subnet(b) == key) {
+            Some(i) => {
+                let b = std::mem::replace(&mut items[i], Node::new(oi.pos, Kind::Null));
+                items[i] = deep(b, oi);
+            }
+            None => items.push(oi),
+        }
+    }
+    Node {
+        pos: over.pos,
+        tag: None,
+        kind: Kind::Seq(items),
+    }
 }
 
 /// Merges a whole compose file over the result of the earlier files.

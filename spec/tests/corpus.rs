@@ -138,8 +138,13 @@ fn canonical_output_round_trips() {
         let yaml = dcpp_spec::to_yaml(&first.project);
         let file = tmp.path().join(format!("{checked}.yml"));
         std::fs::write(&file, &yaml).expect("write");
+        // The output names its project; an ambient COMPOSE_PROJECT_NAME would override it
+        // (compose's precedence), so the reload runs without it.
+        let mut environment = opts.environment.clone();
+        environment.remove("COMPOSE_PROJECT_NAME");
         let again = load(&LoadOptions {
             files: vec![file],
+            environment,
             project_name: None,
             env_files: Vec::new(),
             project_dir: None,
