@@ -51,13 +51,16 @@ const CRASHING: &str = r#"["sh", "-c", "httpd -p 8080 -h /www; sleep 2; exit 1"]
 
 /// The `service ls` row of day_web: (replicas, image).
 fn ls_web(rig: &Rig) -> (String, String) {
-    let out = rig.ok(&["service", "ls"]);
-    let row = out
-        .lines()
-        .find(|l| l.starts_with("day_web "))
+    let out = rig.ok(&["service", "ls", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "day_web")
         .unwrap_or_else(|| panic!("{out}"));
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    (cells[2].to_string(), cells[3].to_string())
+    (
+        format!("{}/{}", row["running"], row["desired"]),
+        row["image"].as_str().unwrap().to_string(),
+    )
 }
 
 fn inspect_web(rig: &Rig) -> serde_json::Value {
