@@ -484,10 +484,20 @@ fn peer_router(node: Node, gate: Arc<Gate>) -> Router {
         .with_state(node)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LocalJoin {
     pub address: String,
     pub token: String,
+}
+
+// Written by hand so that a `{:?}` in a log line can never print a join token.
+impl std::fmt::Debug for LocalJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalJoin")
+            .field("address", &self.address)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 async fn local_join(State(node): State<Node>, Json(r): Json<LocalJoin>) -> ApiResult<crate::Role> {

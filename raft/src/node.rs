@@ -82,9 +82,18 @@ struct LocalAuth {
 }
 
 /// Sent by a joining node with its join token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub token: String,
+}
+
+// Written by hand so that a `{:?}` in a log line can never print a join token.
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Returned to a joining node that presented a valid token.
