@@ -731,6 +731,7 @@ impl Agent {
             st.next = now + interval;
         }
         let id = c.state.id.clone();
+        let task_id = t.id;
         let ok = self
             .blocking(move |m| {
                 let req = ExecRequest {
@@ -739,10 +740,32 @@ impl Agent {
                     cwd: None,
                     user: None,
                 };
+                // Output goes to an unlinked file, not a pipe: a check that leaves a process
+                // behind holding its stdout can never block the agent on reading it.
+                let path = std::env::temp_dir().join(format!(
+                    "dcpp-health-{}-{}",
+                    std::process::id(),
+                    task_id
+                ));
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path);
+                let _ = std::fs::remove_file(&path);
+                let (out_file, err_file) = match file.and_then(|f| {
+                    let e = f.try_clone()?;
+                    Ok((f, e))
+                }) {
+                    Ok(p) => (Some(p.0), Some(p.1)),
+                    Err(_) => (None, None),
+                };
+                let mut reader = out_file.as_ref().and_then(|f| f.try_clone().ok());
                 let mut child = match m.exec(&id, &req, |cmd| {
                     cmd.stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped());
+                        .stdout(out_file.map_or_else(std::process::Stdio::null, Into::into))
+                        .stderr(err_file.map_or_else(std::process::Stdio::null, Into::into));
                 }) {
                     Ok(c) => c,
                     Err(e) => return (false, e.to_string()),
@@ -761,25 +784,14 @@ impl Agent {
                         }
                     }
                 };
-                let mut out = String::new();
-                for pipe in [
-                    child
-                        .stdout
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                    child
-                        .stderr
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    let mut buf = Vec::new();
-                    let _ =
-                        std::io::Read::read_to_end(&mut std::io::Read::take(pipe, 4096), &mut buf);
-                    out.push_str(&String::from_utf8_lossy(&buf));
+                let mut buf = Vec::new();
+                if let Some(f) = reader.as_mut() {
+                    use std::io::{Read, Seek};
+                    if f.seek(std::io::SeekFrom::Start(0)).is_ok() {
+                        let _ = f.take(4096).read_to_end(&mut buf);
+                    }
                 }
+                let out = String::from_utf8_lossy(&buf);
                 let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
                 match status {
                     Some(s) if s.success() => (true, out),

@@ -90,3 +90,110 @@ async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
     node.shutdown().await.ok();
     server.abort();
 }
+
+/// Marks every live task that should run as running, as an agent would report.
+async fn run_all(node: &Node) {
+    let mut txn = Txn::new();
+    for (mut t, _) in tasks(node).await {
+        if t.is_live() && t.state < TaskState::Running && t.desired == DesiredState::Running {
+            t.state = TaskState::Running;
+            t.started_at = Some(dcpp_node_agent::docs::now_ms());
+            txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+        } else if t.is_live() && t.desired != DesiredState::Running {
+            t.state = TaskState::Shutdown;
+            t.finished_at = Some(dcpp_node_agent::docs::now_ms());
+            txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+        }
+    }
+    if !txn.ops.is_empty() {
+        node.txn(txn).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one() {
+    use dcpp_node_agent::docs::{previous_key, rejected_key};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let node = Node::open(NodeConfig::fast(dir.path(), &addr))
+        .await
+        .unwrap();
+    let n2 = node.clone();
+    let server = tokio::spawn(async move {
+        dcpp_raft::api::serve_tcp(n2, listener, std::future::pending())
+            .await
+            .ok();
+    });
+    node.bootstrap().await.unwrap();
+    node.wait_leader(Duration::from_secs(10)).await.unwrap();
+
+    let mut good = service(1);
+    good.spec.update_config.failure_action = dcpp_reconciler::FailureAction::Rollback;
+    let put = |d: &ServiceDoc| Txn::new().op(Op::put(Kind::Service, d.id().0, d).unwrap());
+    node.txn(put(&good)).await.unwrap();
+    converge(&node).await;
+    run_all(&node).await;
+    converge(&node).await;
+
+    // `apply` of a bad version: the document it replaces is kept as the previous one.
+    let mut bad = good.clone();
+    bad.spec.version = 2;
+    bad.spec.image = "busybox:bad".into();
+    bad.service.image = Some("busybox:bad".into());
+    node.txn(put(&bad).op(Op::put(Kind::Config, previous_key(&good.id()), &good).unwrap()))
+        .await
+        .unwrap();
+    converge(&node).await;
+    run_all(&node).await;
+    converge(&node).await;
+    let (mut t, _) = tasks(&node)
+        .await
+        .into_iter()
+        .find(|(t, _)| t.spec_version == 2 && t.is_live())
+        .expect("a task of version 2");
+    t.state = TaskState::Failed;
+    t.finished_at = Some(dcpp_node_agent::docs::now_ms());
+    t.exit_code = Some(1);
+    node.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
+        .await
+        .unwrap();
+    converge(&node).await;
+
+    let id = good.id().0;
+    let stored: ServiceDoc = node
+        .get(Kind::Service, &id, false)
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(stored.spec.version, 1);
+    assert_eq!(stored.service.image.as_deref(), Some("busybox"));
+    let rejected: ServiceDoc = node
+        .get(Kind::Config, &rejected_key(&good.id()), false)
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(rejected, bad);
+    assert!(
+        node.get(Kind::Config, &previous_key(&good.id()), false)
+            .await
+            .is_err()
+    );
+    // The stored spec matches the version that runs, so the rejection is lifted.
+    let st: dcpp_reconciler::ServiceStatus = node
+        .get(
+            Kind::Config,
+            &dcpp_node_agent::docs::status_key(&good.id()),
+            false,
+        )
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!((st.spec.version, st.rejected), (1, None));
+    assert_eq!(st.update.unwrap().rolled_back_from, Some(2));
+    node.shutdown().await.ok();
+    server.abort();
+}
