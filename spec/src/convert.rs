@@ -301,9 +301,10 @@ impl Cv<'_> {
     }
 
     fn boolean(&mut self, n: &Node<'_>, path: &KeyPath<'_>) -> Option<bool> {
-        match n.scalar() {
-            Some("true" | "True" | "TRUE") => Some(true),
-            Some("false" | "False" | "FALSE") => Some(false),
+        // The spellings compose's boolean cast accepts (`init: yes`), in any case.
+        match n.scalar().map(str::to_ascii_lowercase).as_deref() {
+            Some("true" | "yes" | "y" | "on") => Some(true),
+            Some("false" | "no" | "n" | "off") => Some(false),
             _ => {
                 let shown = n
                     .scalar()
@@ -878,6 +879,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             _ => {}
         }
     }
+    external_conflicts(cv, n, path, net.external);
     // The legacy `external: {name: x}` form names the network too.
     if let Some(name) = &net.name
         && !valid_network_name(name)
@@ -929,7 +931,36 @@ fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
             _ => vol.external = external(cv, v, &p, &mut vol.name)?,
         }
     }
+    external_conflicts(cv, n, path, vol.external);
     Some(vol)
+}
+
+/// An external resource is created elsewhere: settings for creating it cannot be honoured,
+/// and `name` next to the legacy `external.name` is ambiguous (both refused as in compose).
+fn external_conflicts(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, external: bool) {
+    if !external {
+        return;
+    }
+    let Some(entries) = n.as_map() else { return };
+    for e in entries {
+        if matches!(&*e.key, "driver" | "driver_opts" | "labels") {
+            cv.err(
+                e.key_pos,
+                &path.key(&e.key),
+                format!(
+                    "conflicting parameters \"external\" and {:?} specified",
+                    &*e.key
+                ),
+            );
+        }
+    }
+    if n.get("name").is_some() && n.get("external").and_then(|x| x.get("name")).is_some() {
+        cv.err(
+            n.pos,
+            path,
+            "`name` and `external.name` conflict; only use `name`",
+        );
+    }
 }
 
 fn file_object(

@@ -541,14 +541,82 @@ pub struct ServiceNetwork {
     pub priority: Option<i64>,
 }
 
-/// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value.
+/// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value, and is how
+/// equal limits are printed (compose's short form).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "UlimitForm", into = "UlimitForm")]
 pub struct Ulimit {
     /// Soft limit.
     pub soft: i64,
     /// Hard limit.
     pub hard: i64,
+}
+
+/// The two spellings of a ulimit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum UlimitForm {
+    /// Soft and hard limit the same.
+    Single(i64),
+    /// Separate limits.
+    Pair {
+        /// Soft limit.
+        soft: i64,
+        /// Hard limit.
+        hard: i64,
+    },
+}
+
+impl From<UlimitForm> for Ulimit {
+    fn from(f: UlimitForm) -> Ulimit {
+        match f {
+            UlimitForm::Single(v) => Ulimit { soft: v, hard: v },
+            UlimitForm::Pair { soft, hard } => Ulimit { soft, hard },
+        }
+    }
+}
+
+impl From<Ulimit> for UlimitForm {
+    fn from(u: Ulimit) -> UlimitForm {
+        if u.soft == u.hard {
+            UlimitForm::Single(u.soft)
+        } else {
+            UlimitForm::Pair {
+                soft: u.soft,
+                hard: u.hard,
+            }
+        }
+    }
+}
+
+/// File modes as compose prints them: an octal string (`"0440"`). A plain number (the
+/// decimal value, as older stored models hold it) is still read.
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => s.serialize_str(&format!("0{m:o}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Num(u32),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<Form>::deserialize(d)? {
+            None => Ok(None),
+            Some(Form::Num(n)) => Ok(Some(n)),
+            Some(Form::Text(t)) => u32::from_str_radix(t.trim_start_matches("0o"), 8)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("invalid file mode {t:?}"))),
+        }
+    }
 }
 
 /// Logging driver configuration.
@@ -578,8 +646,9 @@ pub struct FileReference {
     /// Owner gid, as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<String>,
-    /// File mode (decimal of the octal permission bits, e.g. 0o440 = 288).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// File mode (the permission bits, e.g. 0o440), written as compose does: `"0440"`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "octal_mode")]
+    #[schemars(with = "Option<String>")]
     pub mode: Option<u32>,
 }
 
