@@ -62,7 +62,17 @@ services:
         ),
     );
     let before = host_processes();
-    rig.ok(&["apply", "-f", &file]);
+    // apply tells the truth: the hog is meant to die inside its limit, so apply fails and names
+    // it (and only it) with the kernel's reason.
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("service hog: failed") && l.contains("OOM")),
+        "{said}"
+    );
+    assert!(!said.contains("service bomb: failed"), "{said}");
     rig.wait_until("the bomb ran its loop", 60, || {
         rig.tasks().iter().any(|t| {
             t["service"] == "rl_bomb"

@@ -66,10 +66,20 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
     block_on(async move {
         match cmd {
             ClusterCommand::Init(f) => {
-                let t = c
-                    .join_tokens()
-                    .await
-                    .context("get join tokens (is `dcpp daemon` running?)")?;
+                // A daemon that has just started answers on its socket before its first
+                // single-node cluster has committed the credentials: wait for them (bounded)
+                // rather than fail a `daemon & cluster init` script.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+                let t = loop {
+                    match c.join_tokens().await {
+                        Err(dcpp_raft::Error::Conflict(_))
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        r => break r.context("get join tokens (is `dcpp daemon` running?)")?,
+                    }
+                };
                 let st = c.status().await?;
                 if f.format == Format::Json {
                     println!("{}", serde_json::to_string_pretty(&t)?);
