@@ -77,10 +77,17 @@ fn answers(rig: &Rig, port: u16, body: &str, step: &str) {
     );
 }
 
-/// Light check after each change, not through the published port: its DNAT map going stale
-/// across rolling updates and scale-downs is being fixed separately (seen here: two healthy
-/// replicas, port silent for 15 s). Every running web replica serves `body` itself.
-fn serves(rig: &Rig, body: &str) {
+/// Check after each change: every running web replica serves `body` itself, and the published
+/// port answers `body` ten times in a row with no retry (once apply has returned, no stopped
+/// replica may be left in the port map, nor a new one missing from it).
+fn serves(rig: &Rig, port: u16, body: &str) {
+    for i in 0..10 {
+        let got = http_get(port);
+        assert!(
+            got.as_deref().is_some_and(|b| b.contains(body)),
+            "request {i} to port {port}: {got:?}"
+        );
+    }
     for t in web_tasks(rig) {
         let cid = t["container_id"].as_str().unwrap();
         let out = rig.ok(&[
@@ -148,7 +155,7 @@ fn a_compose_users_day() {
         "{out}"
     );
     assert_eq!(ls_web(&rig), ("2/2".into(), GOOD2.into()));
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
 
     // An image that runs but never turns healthy: rolled back, apply says so.
     let (code, out, err, _) = rig.run(&["apply", "-f", &sick]);
@@ -176,7 +183,7 @@ fn a_compose_users_day() {
         stdout(&d)
     );
     assert!(web_tasks(&rig).iter().all(|t| t["image"] == GOOD2));
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
     // There is nothing to roll back to: the rollback already happened.
     let (code, _, err, _) = rig.run(&["service", "rollback", "day_web"]);
     assert_eq!(code, Some(1), "{err}");
@@ -200,7 +207,7 @@ fn a_compose_users_day() {
     );
     let doc = inspect_web(&rig);
     assert_eq!(doc["service"]["command"][0], "httpd", "{doc}");
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
 
     // Only an env var changes: new web containers, the client untouched.
     let (code, out, err, _) = rig.run(&["apply", "-f", &env_b]);
@@ -208,7 +215,7 @@ fn a_compose_users_day() {
     assert!(out.contains("~ service web: environment"), "{out}");
     assert_eq!(inspect_web(&rig)["service"]["environment"]["MODE"], "b");
     assert!(rig.containers().contains(&client[..12]));
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
 
     // `service rollback`: back to MODE=a, with the rollback_config.
     let (code, out, err, _) = rig.run(&["service", "rollback", "day_web"]);
@@ -218,7 +225,7 @@ fn a_compose_users_day() {
     assert_eq!(doc["service"]["environment"]["MODE"], "a", "{doc}");
     assert_eq!(doc["update_status"]["state"], "rolled_back", "{doc}");
     assert_eq!(ls_web(&rig), ("2/2".into(), GOOD2.into()));
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
     let d = rig.dcpp(&["diff", "-f", &good2]);
     assert_eq!(d.status.code(), Some(0), "{}", stdout(&d));
 
@@ -230,7 +237,7 @@ fn a_compose_users_day() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(ls_web(&rig).0, "1/1");
     assert_eq!(web_tasks(&rig).len(), 1);
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
     let (code, out, err, _) = rig.run(&["service", "scale", "web=2"]);
     assert_eq!(code, Some(0), "{out}{err}");
 
@@ -249,5 +256,5 @@ fn a_compose_users_day() {
     let (code, out, err, _) = rig.run(&["apply", "-f", &good2]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("no changes"), "{out}");
-    serves(&rig, "hello v2");
+    serves(&rig, port, "hello v2");
 }
