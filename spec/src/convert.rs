@@ -1889,6 +1889,15 @@ fn service_volumes(
             );
             continue;
         }
+        // Compose cleans the target (`/etc/pihole/` is `/etc/pihole`), which also makes two
+        // spellings of one target the same mount.
+        if vol.target.len() > 1
+            && (vol.target.ends_with('/') || vol.target.contains("/.") || vol.target.contains("//"))
+        {
+            vol.target = absolutize(Path::new("/"), Path::new(&vol.target))
+                .display()
+                .to_string();
+        }
         match vol.kind {
             VolumeType::Bind => {
                 if let Some(src) = &vol.source {
@@ -2022,7 +2031,20 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
                 let mut o = TmpfsOptions::default();
                 for (k, v, fp) in cv.fields(v, &fp, &["size", "mode"], &[]) {
                     match k {
-                        "size" => o.size = cv.size(v, &fp),
+                        // A plain fractional number is not a size for compose's schema
+                        // (and `0.0001` would silently become 0 bytes: no limit).
+                        "size" => match &v.kind {
+                            Kind::Scalar { value, plain: true }
+                                if value.contains('.') && value.parse::<f64>().is_ok() =>
+                            {
+                                cv.err(
+                                    v.pos,
+                                    &fp,
+                                    format!("must be an integer or a size string, found {value}"),
+                                );
+                            }
+                            _ => o.size = cv.size(v, &fp),
+                        },
                         _ => {
                             let s = cv.string(v, &fp).unwrap_or_default();
                             match syntax::parse_mode(&s) {
