@@ -35,8 +35,9 @@ use crate::plan::{MIN_UPTIME, failure_detail, restarts_allowed};
 /// host, while a healthy apply waits at most that long more.
 pub const SETTLE: Millis = 1_500;
 /// Consecutive short-lived attempts of one slot that make a crash loop. The planner's backoff
-/// (100 ms, doubling) makes three attempts take about a second for a container that exits at
-/// once, so a crash loop fails apply promptly; two could be a single unlucky restart.
+/// (500 ms from the first short run, doubling) ends the third attempt of a container that
+/// exits at once about 1.5 s after the first, so a crash loop fails apply promptly; two could
+/// be a single unlucky restart.
 pub const CRASH_LOOP: usize = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -529,7 +529,7 @@ fn service_step(
     }
 
     // Pass 1: per-slot upkeep, and which slots run an outdated spec.
-    let mut outdated: Vec<(Slot, TaskId, bool, bool)> = Vec::new();
+    let mut outdated: Vec<(Slot, TaskId, bool, bool, bool)> = Vec::new();
     let mut unsettled = 0usize;
     let no_ids = Vec::new();
     for slot in &wanted {
@@ -545,7 +545,8 @@ fn service_step(
             && head.spec_version != target.version
         {
             let alone = tasks.iter().all(|t| t.id == head.id || !t.is_live());
-            outdated.push((slot.clone(), head.id, settled, alone));
+            let running = head.state == TaskState::Running;
+            outdated.push((slot.clone(), head.id, settled, alone, running));
         }
     }
 
@@ -556,10 +557,18 @@ fn service_step(
         } else {
             (cfg.parallelism as usize).saturating_sub(unsettled)
         };
-        for (slot, head, settled, alone) in outdated {
+        for (slot, head, settled, alone, running) in outdated {
             if cfg.order == UpdateOrder::StartFirst && !alone {
                 // Starting a third task while two still live would exceed the start-first
                 // surge (one extra task per slot): wait for the older ones to stop.
+                continue;
+            }
+            if cfg.order == UpdateOrder::StartFirst && running && !settled {
+                // Running but not up yet (not healthy, e.g. just restarted or brought back by
+                // a rollback): the slot is unsettled for a reason of its own, not because the
+                // update is in flight there. A new task next to it would be one more overlap
+                // than `parallelism` allows (several such slots would all overlap at once), so
+                // it waits until the task is up and then takes a place like any settled slot.
                 continue;
             }
             if settled {

@@ -676,6 +676,27 @@ fn stop_first_waits_for_health_before_the_next_batch() {
 }
 
 #[test]
+fn start_first_waits_for_outdated_tasks_that_are_not_healthy_yet() {
+    let mut spec = web(2);
+    spec.healthcheck = true;
+    spec.update_config.order = UpdateOrder::StartFirst;
+    spec.update_config.parallelism = 1;
+    let mut d = desired(vec![spec.clone()]);
+    let mut o = cluster(&["n1"]);
+    converge(&d, &mut o, 0);
+    // Both version-1 tasks run but are not healthy yet when version 2 arrives: a new task
+    // next to each would make two slots overlap with parallelism 1.
+    d.insert(v2(spec));
+    let p = plan(&d, &o, 100);
+    assert_eq!(kinds(&p), ["status"]);
+    apply(&mut o, &p).unwrap();
+    health(&mut o, TaskId(1), Health::Healthy, 200);
+    health(&mut o, TaskId(2), Health::Healthy, 200);
+    let p = plan(&d, &o, 300);
+    assert_eq!(kinds(&p), ["create t3 s_web.1", "assign t3 n1"]);
+}
+
+#[test]
 fn new_task_that_never_turns_healthy_rolls_the_update_back() {
     let (mut d, mut o, spec) = healthy_web(2, UpdateOrder::StartFirst);
     d.insert(v2(spec.clone()));
@@ -701,7 +722,9 @@ fn new_task_that_never_turns_healthy_rolls_the_update_back() {
         [
             "restart t3->t4 s_web.1",
             "rollback s_web",
-            "assign t4 n1",
+            // t3 died young, so its replacement waits for the first backoff step; the
+            // rollback stops it before it ever gets a node.
+            "pending t4: restart delayed until 4500",
             "shutdown t4"
         ]
     );
@@ -776,9 +799,11 @@ fn unhealthy_task_failed_by_the_agent_is_restarted_with_backoff() {
     let Action::RestartTask { task, .. } = &p.actions[0] else {
         panic!("{p:?}")
     };
-    assert_eq!((task.not_before, task.restart_count), (Some(4_000), 1));
+    // Delay, then the first backoff step (from the first short run on).
+    assert_eq!((task.not_before, task.restart_count), (Some(4_500), 1));
     apply(&mut o, &p).unwrap();
-    converge(&d, &mut o, 4_000);
+    converge(&d, &mut o, 4_500);
+    assert_eq!(o.tasks[&TaskId(2)].state, TaskState::Running);
     fail(&mut o, TaskId(2), 137, 6_000);
     let p = plan(&d, &o, 6_000);
     let Action::RestartTask { task, .. } = &p.actions[0] else {
@@ -786,8 +811,8 @@ fn unhealthy_task_failed_by_the_agent_is_restarted_with_backoff() {
     };
     assert_eq!(
         task.not_before,
-        Some(6_000 + 1_000 + 100),
-        "delay + first backoff"
+        Some(6_000 + 1_000 + 1_000),
+        "delay + second backoff step"
     );
 }
 
