@@ -301,15 +301,14 @@ impl Drop for Rig {
                 }
             }
         }
-        for c in [
-            "memory",
-            "pids",
-            "cpu,cpuacct",
-            "unified",
-            "freezer",
-            "devices",
-        ] {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/{}", self.cgroup));
+        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
+        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
         }
     }
 }
