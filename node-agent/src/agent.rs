@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use dcpp_raft::{Kind, Node, NodeInfo, Op, Precondition, Txn};
+use dcpp_control::nodes::SelfInfo;
+use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
 use dcpp_runtime::container::{
     ContainerInfo, ContainerManager, ExecRequest, MountRequest, MountSource, NetworkMode, Status,
@@ -24,14 +25,16 @@ use dcpp_runtime::network::{
 };
 
 use crate::Error;
-use crate::docs::{
+use crate::exits::ExitWatch;
+use crate::pull::{Need, Pulls};
+use dcpp_control::schema::{
     LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
 };
-use crate::exits::ExitWatch;
-use crate::pull::{Need, PULLING, Pulls};
 
 /// How often the node record's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the agent checks that its node record still describes it.
+const STALE_CHECK: Duration = Duration::from_secs(1);
 /// Round period when nothing wakes the agent (catches containers that died) and exits are
 /// not watched, or healthchecks are due.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -74,6 +77,8 @@ pub struct Agent {
     /// Whether each task container (by id) was last put into service (`true`) or withdrawn,
     /// so a round asks the network manager only on a change.
     serving: Mutex<HashMap<String, bool>>,
+    /// What the heartbeat says about this host (the role is read from raft each time).
+    me: SelfInfo,
 }
 
 /// A pending write to one task record.
@@ -92,13 +97,12 @@ impl Agent {
         let wake = Arc::new(tokio::sync::Notify::new());
         let pulls = Pulls::new(
             node.clone(),
-            crate::leader::node_id(node.id()),
+            dcpp_control::nodes::node_id(node.id()),
             images_dir.clone(),
             RegistryOptions::default(),
             wake.clone(),
         );
         Agent {
-            node,
             ctr,
             images_dir,
             wake,
@@ -116,6 +120,8 @@ impl Agent {
             net,
             health: Mutex::default(),
             serving: Mutex::default(),
+            me: SelfInfo::local(node.id(), node.advertise(), dcpp_raft::Role::Worker),
+            node,
         }
     }
 
@@ -133,28 +139,29 @@ impl Agent {
     }
 
     fn me(&self) -> dcpp_reconciler::NodeId {
-        crate::leader::node_id(self.node.id())
+        dcpp_control::nodes::node_id(self.node.id())
     }
 
-    /// Refreshes this node's heartbeat (the leader treats a silent node as down).
-    pub async fn heartbeat(&self) -> Result<(), Error> {
-        let o = self
+    /// This node as its record should describe it: a raft voter is a manager.
+    fn self_info(&self) -> SelfInfo {
+        let voter = self
             .node
-            .get(Kind::Node, &self.node.id().to_string(), false)
-            .await?;
-        let mut info: NodeInfo = o.decode()?;
-        info.last_heartbeat_ms = now_ms();
-        let txn = Txn::new()
-            .when(Precondition::ModRevision {
-                kind: Kind::Node,
-                id: o.id.clone(),
-                revision: o.mod_revision,
-            })
-            .op(Op::put(Kind::Node, o.id, &info)?);
-        match self.node.txn(txn).await {
-            Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+            .status()
+            .is_ok_and(|st| st.members.iter().any(|m| m.id == self.node.id() && m.voter));
+        let mut me = self.me.clone();
+        me.role = if voter {
+            dcpp_raft::Role::Manager
+        } else {
+            dcpp_raft::Role::Worker
+        };
+        me
+    }
+
+    /// Writes this node's record with a fresh heartbeat (the leader treats a silent node as
+    /// down, and schedules nothing on a node without a record).
+    pub async fn heartbeat(&self) -> Result<(), Error> {
+        dcpp_control::nodes::heartbeat(&self.node, &self.self_info(), now_ms()).await?;
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -270,7 +277,7 @@ impl Agent {
     async fn flush(&self, reports: Vec<Report>) -> Result<(), Error> {
         let mut txn = Txn::new();
         for r in reports {
-            let key = crate::docs::task_key(r.task.id);
+            let key = dcpp_control::schema::task_key(r.task.id);
             txn = txn
                 .when(Precondition::ModRevision {
                     kind: Kind::Task,
@@ -343,7 +350,12 @@ impl Agent {
                                         ..Default::default()
                                     },
                                 )?;
-                                rep.task.message = format!("{PULLING}{}", t.image);
+                                let p = dcpp_reconciler::PullProgress {
+                                    image: t.image.clone(),
+                                    layers: None,
+                                };
+                                rep.task.message = p.to_string();
+                                rep.task.pull = Some(p);
                                 return Some(rep);
                             }
                             (Some(s), Ok(Some(img))) => self.create_and_start(t, s, img).await,
@@ -837,13 +849,19 @@ impl Agent {
             Ok(w) => *self.exits.lock().unwrap_or_else(|e| e.into_inner()) = Some(w),
             Err(e) => tracing::warn!("inotify unavailable ({e}): exits are noticed by polling"),
         }
-        let watcher = tokio::spawn(crate::leader::watch_changes(
+        let watcher = tokio::spawn(dcpp_control::leader::watch_changes(
             self.node.clone(),
             wake.clone(),
         ));
         let mut last_beat: Option<Instant> = None;
+        let mut last_check = Instant::now();
         loop {
-            if last_beat.is_none_or(|b| b.elapsed() >= HEARTBEAT) {
+            // A new member or a promotion shows in the record at once, not a heartbeat later.
+            let stale = last_check.elapsed() >= STALE_CHECK && {
+                last_check = Instant::now();
+                dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await
+            };
+            if stale || last_beat.is_none_or(|b| b.elapsed() >= HEARTBEAT) {
                 match self.heartbeat().await {
                     Ok(()) => last_beat = Some(Instant::now()),
                     Err(e) => tracing::debug!("heartbeat: {e}"),
@@ -858,6 +876,9 @@ impl Agent {
             };
             if busy {
                 continue;
+            }
+            if let Err(e) = crate::volumes::remove_pending(&self.node, &self.ctr).await {
+                tracing::warn!("volume removal: {e}");
             }
             let watched = self
                 .exits

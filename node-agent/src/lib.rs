@@ -1,22 +1,25 @@
-//! The per-node loop that turns assigned tasks into local containers and reports their state
-//! ([`agent`]), the leader's reconcile loop that turns services into tasks ([`leader`]), and the
-//! store documents they share with the CLI ([`docs`]).
+//! The node's side: the loop that turns the tasks the leader assigned to this node into local
+//! containers, networks and volumes, and reports their state back ([`agent`]); how a service
+//! document becomes container options ([`options`]); image pulls ([`pull`]); container exit
+//! notifications ([`exits`]); volume removals `down --volumes` asked of this node ([`volumes`]). The store layout it reads and writes is `dcpp_control::schema`.
 
 pub mod agent;
-pub mod docs;
 pub mod exits;
-pub mod leader;
 pub mod options;
 pub mod pull;
+pub mod volumes;
 
 pub use agent::{Agent, Networking};
 
-/// Errors of the agent and the leader loop.
+/// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The store refused or failed a request.
     #[error(transparent)]
     Store(#[from] dcpp_raft::Error),
+    /// A control-plane read or write failed.
+    #[error(transparent)]
+    Control(#[from] dcpp_control::Error),
     /// The planner's output did not apply to the state it was planned on.
     #[error("reconciler: {0}")]
     Reconciler(#[from] dcpp_reconciler::Error),

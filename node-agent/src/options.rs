@@ -13,7 +13,9 @@ use dcpp_runtime::image::LocalImage;
 use dcpp_spec::{Service, VolumeType};
 
 use crate::Error;
-use crate::docs::{LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc};
+use dcpp_control::schema::{
+    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc,
+};
 
 /// Finds the running container (its id) of another service of the same stack on this node,
 /// for `network_mode: service:NAME`.
@@ -278,7 +280,7 @@ pub fn stack_volumes(services: &[ServiceDoc], existing: &[String]) -> Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docs::stack_docs;
+    use dcpp_control::schema::stack_docs;
     use dcpp_reconciler::{Health, ServiceId, Slot, TaskId, TaskState};
 
     /// Loads `yaml` through the real compose loader and returns the documents of `service`.
@@ -321,6 +323,7 @@ mod tests {
             restarts: Vec::new(),
             fast_failures: 0,
             healthy_at: None,
+            pull: None,
         }
     }
 

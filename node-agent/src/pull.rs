@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
-use dcpp_reconciler::{DesiredState, NodeId, Task, TaskState};
+use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, Task, TaskState};
 use dcpp_runtime::image::ImageStore;
 use dcpp_runtime::image::registry::{Progress, ProgressFn, RegistryClient, RegistryOptions};
 
@@ -19,8 +19,6 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// A failed pull is not retried for this long; tasks needing the image meanwhile fail with
 /// the same reason.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Prefix of the task message while its image is pulled.
-pub const PULLING: &str = "pulling ";
 
 enum State {
     Pulling,
@@ -82,18 +80,21 @@ impl Counter {
         }
     }
 
-    fn line(&self, reference: &str) -> String {
-        if self.sizes.is_empty() {
-            return format!("{PULLING}{reference}: resolving");
+    fn progress(&self, reference: &str) -> PullProgress {
+        PullProgress {
+            image: reference.to_string(),
+            layers: (!self.sizes.is_empty()).then_some(LayerProgress {
+                bytes_done: self.done,
+                bytes_total: self.total,
+                layers_done: self.layers_done,
+                layers_total: self.sizes.len(),
+            }),
         }
-        let mb = |b: u64| b as f64 / 1_000_000.0;
-        format!(
-            "{PULLING}{reference}: {:.1}/{:.1} MB, {}/{} layers",
-            mb(self.done.min(self.total)),
-            mb(self.total),
-            self.layers_done.min(self.sizes.len()),
-            self.sizes.len()
-        )
+    }
+
+    #[cfg(test)]
+    fn line(&self, reference: &str) -> String {
+        self.progress(reference).to_string()
     }
 }
 
@@ -156,11 +157,11 @@ impl Pulls {
                     tokio::select! {
                         r = &mut pull => break r.map_err(|e| e.to_string()),
                         _ = tick.tick() => {
-                            let line = counter
+                            let p = counter
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
-                                .line(&reference);
-                            if let Err(e) = self.write_progress(&reference, &line).await {
+                                .progress(&reference);
+                            if let Err(e) = self.write_progress(&reference, &p).await {
                                 tracing::debug!(image = %reference, "pull progress: {e}");
                             }
                         }
@@ -177,7 +178,7 @@ impl Pulls {
                     m.insert(
                         reference.clone(),
                         State::Pulled {
-                            at_ms: crate::docs::now_ms(),
+                            at_ms: dcpp_control::schema::now_ms(),
                         },
                     );
                 }
@@ -196,9 +197,11 @@ impl Pulls {
         self.wake.notify_one();
     }
 
-    /// Writes `line` as the message of this node's tasks waiting for `reference`, in one
-    /// transaction. A task changed meanwhile makes it fail; the next tick writes again.
-    async fn write_progress(&self, reference: &str, line: &str) -> Result<(), crate::Error> {
+    /// Writes `p` as the pull progress (and message, for `ps`) of this node's tasks waiting for
+    /// `reference`, in one transaction. A task changed meanwhile makes it fail; the next tick
+    /// writes again.
+    async fn write_progress(&self, reference: &str, p: &PullProgress) -> Result<(), crate::Error> {
+        let line = p.to_string();
         let mut txn = Txn::new();
         for o in self.node.list(Kind::Task, false).await?.objects {
             let mut t: Task = o.decode()?;
@@ -206,11 +209,12 @@ impl Pulls {
                 || t.image != reference
                 || t.state != TaskState::Preparing
                 || t.desired != DesiredState::Running
-                || t.message == line
+                || t.pull.as_ref() == Some(p)
             {
                 continue;
             }
-            t.message = line.to_string();
+            t.message = line.clone();
+            t.pull = Some(p.clone());
             txn = txn
                 .when(Precondition::ModRevision {
                     kind: Kind::Task,

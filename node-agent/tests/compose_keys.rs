@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use dcpp_node_agent::docs::stack_docs;
+use dcpp_control::schema::stack_docs;
 use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
 
 /// Keys that take effect, each with the test (`file::function`, or a corpus case directory)
@@ -694,7 +694,7 @@ fn every_model_key_is_applied_refused_or_warned() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-fn task(doc: &dcpp_node_agent::docs::ServiceDoc) -> Task {
+fn task(doc: &dcpp_control::schema::ServiceDoc) -> Task {
     Task {
         id: TaskId(3),
         service: ServiceId::new(&doc.spec.stack, &doc.spec.name),
@@ -712,6 +712,7 @@ fn task(doc: &dcpp_node_agent::docs::ServiceDoc) -> Task {
         updated_at: 0,
         started_at: None,
         healthy_at: None,
+        pull: None,
         finished_at: None,
         not_before: None,
         message: String::new(),

@@ -5,6 +5,7 @@
 //! changed by [`Txn`]s with compare-and-set preconditions. Every change bumps a cluster-wide
 //! revision; [`Node::watch`] streams changes after any retained revision.
 
+pub mod access;
 pub mod api;
 mod client;
 mod error;
@@ -13,6 +14,7 @@ mod node;
 pub mod store;
 pub mod types;
 
+pub use access::{MemStore, Store};
 pub use client::{Client, Endpoint};
 pub use error::Error;
 pub use node::{AddMember, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList, RemoveMember};

@@ -18,8 +18,8 @@ use crate::api::FORWARDED_HEADER;
 use crate::network::{Auth, Faults, Transport};
 use crate::store::{self, LogStore, StoreReader};
 use crate::types::{
-    ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, NodeInfo, Object, Op, Request,
-    Resources, Role, Txn, TxnResponse,
+    ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, Object, Op, Request, Role, Txn,
+    TxnResponse,
 };
 use crate::{Error, NodeId, Raft};
 
@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub history_limit: u64,
     /// How long a request waits for a leader to appear before failing with `NoLeader`.
     pub leader_wait: Duration,
+    /// The kind whose object with a member's decimal id describes that member (written by the
+    /// application): it is deleted together with the member, and a node holding only such
+    /// objects still counts as empty when it joins a cluster.
+    pub member_kind: Option<Kind>,
 }
 
 impl NodeConfig {
@@ -59,6 +63,7 @@ impl NodeConfig {
             keep_logs: 1000,
             history_limit: 100_000,
             leader_wait: Duration::from_secs(5),
+            member_kind: None,
         }
     }
 
@@ -148,34 +153,10 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String, Error> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-/// CPU and memory of this host, as offered to the scheduler.
-fn local_resources() -> Resources {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let mem_kb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    Resources {
-        nano_cpus: cpus * 1_000_000_000,
-        memory_bytes: mem_kb * 1024,
-    }
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Error {
@@ -319,7 +300,6 @@ impl Node {
             }
         };
         self.save_auth(&secrets.cluster_id, &secrets.rpc_token)?;
-        self.register(Role::Manager).await?;
         Ok(())
     }
 
@@ -333,27 +313,6 @@ impl Node {
         )?;
         self.inner.auth.set(Some(rpc_token.into()));
         Ok(())
-    }
-
-    /// Writes this node's [`NodeInfo`] record.
-    async fn register(&self, role: Role) -> Result<(), Error> {
-        let info = self.node_info(role);
-        self.txn(Txn::new().op(Op::put(Kind::Node, info.id.to_string(), &info)?))
-            .await?;
-        Ok(())
-    }
-
-    fn node_info(&self, role: Role) -> NodeInfo {
-        NodeInfo {
-            id: self.inner.id,
-            hostname: hostname(),
-            address: self.inner.cfg.advertise.clone(),
-            role,
-            availability: Default::default(),
-            labels: Default::default(),
-            resources: local_resources(),
-            last_heartbeat_ms: now_ms(),
-        }
     }
 
     /// Waits until some leader is known, returning its id.
@@ -732,7 +691,7 @@ impl Node {
         let node = BasicNode {
             addr: req.address.clone(),
         };
-        let r: serde_json::Value = self
+        let _: serde_json::Value = self
             .on_leader::<_, _, _>(
                 forwarded,
                 || {
@@ -757,8 +716,6 @@ impl Node {
                                 Err(e) => return Ok(Err(raft_err(e))),
                             }
                         }
-                        // `true`: the change was made here (a forwarded call yields the
-                        // leader's `null`), so this node also writes the record.
                         Ok(Ok(serde_json::Value::Bool(true)))
                     }
                 },
@@ -767,20 +724,6 @@ impl Node {
                 Some(&req),
             )
             .await?;
-        if r == serde_json::Value::Bool(true) {
-            let info = NodeInfo {
-                id: req.id,
-                hostname: req.hostname.clone(),
-                address: req.address.clone(),
-                role: req.role,
-                availability: Default::default(),
-                labels: Default::default(),
-                resources: Default::default(),
-                last_heartbeat_ms: now_ms(),
-            };
-            self.txn(Txn::new().op(Op::put(Kind::Node, req.id.to_string(), &info)?))
-                .await?;
-        }
         tracing::info!(node_id = req.id, address = %req.address, role = %req.role, "member added");
         Ok(())
     }
@@ -793,6 +736,7 @@ impl Node {
                 || {
                     let raft = self.raft();
                     let id = req.id;
+                    let member_kind = self.inner.cfg.member_kind;
                     async move {
                         let m = raft.metrics().borrow().membership_config.clone();
                         let mem = m.membership();
@@ -802,14 +746,17 @@ impl Node {
                                 "the last manager cannot leave the cluster".into(),
                             )));
                         }
-                        // Delete the record first: a leader removing itself cannot write after.
-                        let del = Txn::new().op(Op::delete(Kind::Node, id.to_string()));
-                        match raft.client_write(Request::Txn(del)).await {
-                            Ok(_) => {}
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                return Err(Some(f));
+                        // Delete the member's record first: a leader removing itself cannot
+                        // write after.
+                        if let Some(kind) = member_kind {
+                            let del = Txn::new().op(Op::delete(kind, id.to_string()));
+                            match raft.client_write(Request::Txn(del)).await {
+                                Ok(_) => {}
+                                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                    return Err(Some(f));
+                                }
+                                Err(e) => return Ok(Err(raft_err(e))),
                             }
-                            Err(e) => return Ok(Err(raft_err(e))),
                         }
                         let change = if is_voter {
                             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -843,13 +790,17 @@ impl Node {
         let _g = self.inner.membership_lock.lock().await;
         let st = self.status()?;
         let others = st.members.iter().any(|m| m.id != self.inner.id);
-        let has_data = Kind::ALL.iter().filter(|k| **k != Kind::Node).any(|k| {
-            self.inner
-                .reader
-                .list(*k)
-                .map(|(v, _)| !v.is_empty())
-                .unwrap_or(true)
-        });
+        let member_kind = self.inner.cfg.member_kind;
+        let has_data = Kind::ALL
+            .iter()
+            .filter(|k| Some(**k) != member_kind)
+            .any(|k| {
+                self.inner
+                    .reader
+                    .list(*k)
+                    .map(|(v, _)| !v.is_empty())
+                    .unwrap_or(true)
+            });
         if others || has_data {
             return Err(Error::Conflict(
                 "this node already belongs to a cluster with members or data; leave it first or use a fresh data dir"
@@ -884,10 +835,6 @@ impl Node {
             Some(&req),
         )
         .await?;
-        // The leader wrote a placeholder record; replace it with what only this host knows.
-        if let Err(e) = self.register(grant.role).await {
-            tracing::warn!("joined, but could not update the node record: {e}");
-        }
         tracing::info!(cluster_id = %grant.cluster_id, role = %grant.role, "joined cluster");
         Ok(grant.role)
     }

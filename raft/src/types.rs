@@ -1,7 +1,6 @@
-//! The data model of the store: kinds, versioned objects, transactions, watch events and node
-//! records. Values are plain JSON so that the crates owning the typed structs stay decoupled.
+//! The data model of the store: kinds, versioned objects, transactions, watch events and
+//! membership. Values are plain JSON so that the crates owning the typed structs stay decoupled.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -12,7 +11,7 @@ use crate::Error;
 
 /// The kinds of object the cluster store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Stack,
     Service,
@@ -22,10 +21,16 @@ pub enum Kind {
     Volume,
     Secret,
     Config,
+    /// The orchestrator's rollout status of a service.
+    ServiceStatus,
+    /// What an update of a service replaced and what an automatic rollback rejected.
+    ServiceHistory,
+    /// Monotonic counters (e.g. the next task id).
+    Counter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Stack,
         Kind::Service,
         Kind::Task,
@@ -34,6 +39,9 @@ impl Kind {
         Kind::Volume,
         Kind::Secret,
         Kind::Config,
+        Kind::ServiceStatus,
+        Kind::ServiceHistory,
+        Kind::Counter,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +54,9 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::Secret => "secret",
             Kind::Config => "config",
+            Kind::ServiceStatus => "service_status",
+            Kind::ServiceHistory => "service_history",
+            Kind::Counter => "counter",
         }
     }
 }
@@ -216,54 +227,6 @@ impl fmt::Display for Role {
             Role::Worker => "worker",
         })
     }
-}
-
-/// Whether the scheduler may place work on a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Availability {
-    #[default]
-    Active,
-    Pause,
-    Drain,
-}
-
-impl fmt::Display for Availability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Availability::Active => "active",
-            Availability::Pause => "pause",
-            Availability::Drain => "drain",
-        })
-    }
-}
-
-/// Capacity a node offers to the scheduler.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Resources {
-    #[serde(default)]
-    pub nano_cpus: u64,
-    #[serde(default)]
-    pub memory_bytes: u64,
-}
-
-/// The record of a cluster node, stored as `Kind::Node` under its id (decimal Raft node id).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: u64,
-    pub hostname: String,
-    /// Address peers reach its Raft/API endpoint at (`host:port`).
-    pub address: String,
-    pub role: Role,
-    #[serde(default)]
-    pub availability: Availability,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub resources: Resources,
-    /// Milliseconds since the Unix epoch.
-    #[serde(default)]
-    pub last_heartbeat_ms: u64,
 }
 
 /// The cluster's credentials, created once by the first node and replicated so that every

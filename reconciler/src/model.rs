@@ -483,6 +483,44 @@ pub struct Task {
     /// window starts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_at: Option<Time>,
+    /// While `Preparing`: the image pull's progress (cleared by any later state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullProgress>,
+}
+
+/// How far an image pull for a task has come, as its agent last wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    pub image: String,
+    /// `None` while the manifest is being resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerProgress>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub layers_done: usize,
+    pub layers_total: usize,
+}
+
+impl fmt::Display for PullProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(l) = self.layers else {
+            return write!(f, "pulling {}: resolving", self.image);
+        };
+        let mb = |b: u64| b as f64 / 1_000_000.0;
+        write!(
+            f,
+            "pulling {}: {:.1}/{:.1} MB, {}/{} layers",
+            self.image,
+            mb(l.bytes_done.min(l.bytes_total)),
+            mb(l.bytes_total),
+            l.layers_done.min(l.layers_total),
+            l.layers_total
+        )
+    }
 }
 
 impl Task {
@@ -521,6 +559,9 @@ impl Task {
         }
         self.state = to;
         self.updated_at = now;
+        if to != TaskState::Preparing {
+            self.pull = None;
+        }
         if to == TaskState::Running && self.started_at.is_none() {
             self.started_at = Some(now);
         }

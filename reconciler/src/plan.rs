@@ -459,6 +459,7 @@ fn new_task(work: &Observed, sid: &ServiceId, spec: &ServiceSpec, slot: Slot, no
         restarts: Vec::new(),
         fast_failures: 0,
         healthy_at: None,
+        pull: None,
     }
 }
 

@@ -93,7 +93,7 @@ pub fn start_agent(
         .with_registry(registry),
     );
     let tasks = vec![
-        tokio::spawn(dcpp_node_agent::leader::run(node.clone(), stop.clone())),
+        tokio::spawn(dcpp_control::leader::run(node.clone(), stop.clone())),
         tokio::spawn(agent.clone().run(stop.clone())),
     ];
     Ok(Running {

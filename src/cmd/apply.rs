@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dcpp_node_agent::docs::{STATUS_PREFIX, ServiceDoc, StackDoc, diff_services, stack_docs};
+use dcpp_control::converge::{Outcome, Round};
+use dcpp_control::schema::{
+    ServiceChange, ServiceDoc, StackDoc, diff_services, now_ms, stack_docs, stack_services,
+};
+use dcpp_control::stacks::{Removal, delete_stack, store_stack};
 use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
 use dcpp_reconciler::{DesiredState, Mode, Observed, ServiceSpec, ServiceStatus, Task, TaskState};
-use dcpp_runtime::container::volume::VolumeStore;
 
 use crate::Global;
 use crate::cmd::cluster::{block_on, client};
@@ -52,6 +55,9 @@ pub struct ApplyArgs {
 pub struct DiffArgs {
     #[command(flatten)]
     pub files: FileArgs,
+    /// Plan as `apply --prune` would: stored services missing from the files are removed.
+    #[arg(long)]
+    pub prune: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::cmd::cluster::Format,
 }
@@ -395,20 +401,6 @@ fn source_of(files: &FileArgs) -> String {
 }
 
 /// The stored services of `stack` by service name.
-pub async fn stored_services(
-    c: &Client,
-    stack: &str,
-) -> anyhow::Result<BTreeMap<String, ServiceDoc>> {
-    let mut out = BTreeMap::new();
-    for o in c.list(Kind::Service).await?.objects {
-        let d: ServiceDoc = o.decode()?;
-        if d.spec.stack == stack {
-            out.insert(d.spec.name.clone(), d);
-        }
-    }
-    Ok(out)
-}
-
 /// The client, starting a local daemon first when none answers on the default socket.
 async fn connect_or_start(global: &Global) -> anyhow::Result<Client> {
     let c = client(global)?;
@@ -468,7 +460,7 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
             connect_or_start(&global).await?
         };
         let old = match c.status().await {
-            Ok(_) => stored_services(&c, &stack.name).await?,
+            Ok(_) => stack_services(&c, &stack.name).await?,
             Err(_) if args.dry_run => BTreeMap::new(),
             Err(e) => return Err(e.into()),
         };
@@ -479,9 +471,7 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
         let changes = diff_services(&old, &new);
         let effective = changes
             .iter()
-            .filter(|ch| {
-                args.prune || !matches!(ch, dcpp_node_agent::docs::ServiceChange::Removed { .. })
-            })
+            .filter(|ch| args.prune || !matches!(ch, ServiceChange::Removed { .. }))
             .count();
         let stored_stack = c.get_as::<StackDoc>(Kind::Stack, &stack.name).await.ok();
         if changes.is_empty() {
@@ -490,15 +480,20 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
             println!("stack {}:", stack.name);
             for ch in &changes {
                 let note = match ch {
-                    dcpp_node_agent::docs::ServiceChange::Removed { .. } if !args.prune => {
-                        " (kept; --prune removes it)"
-                    }
+                    ServiceChange::Removed { .. } if !args.prune => " (kept; --prune removes it)",
                     _ => "",
                 };
                 println!("  {ch}{note}");
             }
         }
         if args.dry_run {
+            // Without a daemon there is no state to plan on: the document diff is all.
+            if c.status().await.is_ok() {
+                let p = dcpp_control::preview::preview(&c, &stack.name, &new, args.prune).await?;
+                for a in &p.actions {
+                    println!("  {a}");
+                }
+            }
             return Ok(0);
         }
         store_stack(
@@ -519,76 +514,6 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// Writes the stack and its changed services in one transaction; writes nothing when neither
-/// the services nor the stack's provenance changed.
-pub async fn store_stack(
-    c: &Client,
-    stack: &mut StackDoc,
-    old: &BTreeMap<String, ServiceDoc>,
-    new: &BTreeMap<String, ServiceDoc>,
-    stored: Option<&StackDoc>,
-    prune: bool,
-    effective: usize,
-) -> anyhow::Result<()> {
-    let unchanged_stack = stored.is_some_and(|s| s.hash == stack.hash && s.source == stack.source);
-    if effective == 0 && unchanged_stack {
-        return Ok(());
-    }
-    if let Some(s) = stored
-        && effective == 0
-    {
-        // Only provenance changed: keep the stack's original apply time.
-        stack.applied_at_ms = s.applied_at_ms;
-    }
-    let mut txn = Txn::new().op(Op::put(Kind::Stack, stack.name.clone(), &*stack)?);
-    for (name, d) in new {
-        match old.get(name) {
-            Some(o) if o == d => {}
-            Some(o) => {
-                txn = txn
-                    .op(Op::put(Kind::Config, previous_key(&d.id().0), o)?)
-                    .op(Op::put(Kind::Service, d.id().0, d)?);
-            }
-            None => txn = txn.op(Op::put(Kind::Service, d.id().0, d)?),
-        }
-    }
-    if prune {
-        for (name, d) in old {
-            if !new.contains_key(name) {
-                txn = txn.op(Op::delete(Kind::Service, d.id().0));
-            }
-        }
-    }
-    c.txn(&txn).await?;
-    Ok(())
-}
-
-/// `Kind::Config` id of the service document an update replaced (what `service rollback`
-/// restores).
-fn previous_key(service_id: &str) -> String {
-    dcpp_node_agent::docs::previous_key(&dcpp_reconciler::ServiceId(service_id.to_string()))
-}
-
-/// `Kind::Config` id of the service document an automatic rollback rejected.
-fn rejected_key(service_id: &str) -> String {
-    dcpp_node_agent::docs::rejected_key(&dcpp_reconciler::ServiceId(service_id.to_string()))
-}
-
-/// Deletes a stack and its services in one transaction.
-pub async fn delete_stack(c: &Client, name: &str) -> anyhow::Result<usize> {
-    let old = stored_services(c, name).await?;
-    let mut txn = Txn::new().op(Op::delete(Kind::Stack, name.to_string()));
-    for d in old.values() {
-        txn = txn.op(Op::delete(Kind::Service, d.id().0));
-    }
-    c.txn(&txn).await?;
-    for d in old.values() {
-        let _ = c.delete(Kind::Config, &previous_key(&d.id().0)).await;
-        let _ = c.delete(Kind::Config, &rejected_key(&d.id().0)).await;
-    }
-    Ok(old.len())
-}
-
 pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
     let Some(project) = load(&args.files)? else {
         return Ok(1);
@@ -596,176 +521,86 @@ pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
     let (stack, services) = stack_docs(&project, "")?;
     let c = client(global)?;
     block_on(async move {
-        let old = stored_services(&c, &stack.name).await?;
         let new: BTreeMap<String, ServiceDoc> = services
             .into_iter()
             .map(|d| (d.spec.name.clone(), d))
             .collect();
-        let changes = diff_services(&old, &new);
+        let p = dcpp_control::preview::preview(&c, &stack.name, &new, args.prune).await?;
         if args.format == crate::cmd::cluster::Format::Json {
-            let out = serde_json::json!({ "stack": stack.name, "changes": changes });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            println!("{}", serde_json::to_string_pretty(&p)?);
         } else {
-            for ch in &changes {
-                println!("{ch}");
+            for ch in &p.changes {
+                let kept = matches!(ch, ServiceChange::Removed { .. }) && !args.prune;
+                let note = if kept {
+                    " (kept; --prune removes it)"
+                } else {
+                    ""
+                };
+                println!("{ch}{note}");
+            }
+            for a in &p.actions {
+                println!("{a}");
             }
         }
-        Ok(if changes.is_empty() { 0 } else { 2 })
+        Ok(if p.changes.is_empty() { 0 } else { 2 })
     })
 }
 
-/// The node records and tasks as the leader sees them, for [`progress`] of global services
-/// (drained, paused and down nodes don't count).
+/// The node records and tasks as the leader sees them, for the replica counts of global
+/// services (drained, paused and down nodes don't count).
 async fn observed_nodes(c: &Client, tasks: &[Task]) -> anyhow::Result<Observed> {
     let mut obs = Observed::default();
-    let now = dcpp_node_agent::docs::now_ms();
-    for o in c.list(Kind::Node).await?.objects {
-        let n: dcpp_raft::NodeInfo = o.decode()?;
-        obs.add_node(dcpp_node_agent::leader::convert_node(&n, now));
+    let now = now_ms();
+    for n in dcpp_control::nodes::list(c).await? {
+        obs.add_node(dcpp_control::nodes::to_reconciler(&n, now));
     }
     obs.tasks = tasks.iter().map(|t| (t.id, t.clone())).collect();
     Ok(obs)
 }
 
-/// Convergence of one service: (running tasks of the current spec, desired replicas).
-fn progress(
-    d: &ServiceDoc,
-    st: Option<&ServiceStatus>,
-    tasks: &[Task],
-    nodes: &Observed,
-) -> (usize, usize) {
-    let version = st.map(|s| s.spec.version).unwrap_or(d.spec.version);
-    let desired = dcpp_reconciler::desired_slots(&d.id(), &d.spec, nodes).len();
-    let running = tasks
-        .iter()
-        .filter(|t| {
-            t.service == d.id()
-                && t.desired == DesiredState::Running
-                && t.state == TaskState::Running
-                && t.spec_version == version
-        })
-        .count();
-    (running, desired)
-}
-
-/// After the first service fails, how long the others get to reach a verdict too, so that
-/// services failing together (containers that all exit at once) are all reported.
-const FAIL_GRACE: Duration = Duration::from_secs(5);
-
-/// Follows until every service has a verdict of [`dcpp_reconciler::verdict`] (the one
-/// convergence rule): exit 0 when all converged; 1 with one line per failed service and its
-/// reason, or when `timeout` passes with one line per service still pending.
+/// Follows the applied services to a verdict ([`dcpp_control::converge`]), printing progress
+/// to stderr: exit 0 when all converged; 1 with one line per failed service and its reason, or
+/// when `timeout` passes with one line per service still pending.
 async fn follow(c: &Client, services: &[ServiceDoc], timeout: Duration) -> anyhow::Result<u8> {
-    use dcpp_reconciler::{Convergence, ServiceView};
-    use futures::{FutureExt, StreamExt};
-    let start = Instant::now();
-    let mut first_failure: Option<Instant> = None;
     let mut last_line = String::new();
     let mut last_pull: BTreeMap<String, String> = BTreeMap::new();
-    // Store changes wake the loop (no fixed polling delay between the last task report and
-    // the exit); a bounded wait keeps it going should the watch stream end, and lets the
-    // settle window pass.
-    let since = c.status().await.map(|s| s.revision).unwrap_or(0);
-    let mut changes = Box::pin(c.watch(since, None));
-    let mut watching = since > 0;
-    loop {
-        // Read order matters: an automatic rollback resets the service document and writes
-        // the rollout status in one transaction, so a document read first is never newer
-        // than the status read after it.
-        let mut stored: BTreeMap<String, ServiceSpec> = BTreeMap::new();
-        for o in c.list(Kind::Service).await?.objects {
-            let d: ServiceDoc = o.decode()?;
-            stored.insert(d.id().0, d.spec);
-        }
-        let mut statuses = BTreeMap::new();
-        for o in c.list(Kind::Config).await?.objects {
-            if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
-                statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
-            }
-        }
-        let tasks: Vec<Task> = c
-            .list(Kind::Task)
-            .await?
-            .objects
-            .iter()
-            .map(|o| o.decode())
-            .collect::<Result<_, _>>()?;
-        let nodes = observed_nodes(c, &tasks).await?;
-        let now = dcpp_node_agent::docs::now_ms();
-        let mut parts = Vec::new();
-        let mut failed = Vec::new();
-        let mut pending = Vec::new();
-        for d in services {
-            let sid = d.id();
-            let st = statuses.get(&sid.0);
-            let (running, desired) = progress(d, st, &tasks, &nodes);
-            parts.push(format!("{} {running}/{desired}", d.spec.name));
-            let slots = dcpp_reconciler::desired_slots(&sid, &d.spec, &nodes);
-            let view = ServiceView {
-                applied: &d.spec,
-                stored: stored.get(&sid.0),
-                status: st,
-                tasks: &tasks,
-                slots: &slots,
-                nodes: &nodes.nodes,
-            };
-            match dcpp_reconciler::verdict(&view, now) {
-                Convergence::Converged => {}
-                Convergence::Pending(r) => pending.push((d.spec.name.clone(), r)),
-                Convergence::Failed(r) => failed.push((d.spec.name.clone(), r)),
-            }
-        }
+    let render = |r: &Round| {
         // One line per image being pulled, whenever its progress changes.
-        for t in &tasks {
-            if t.state == TaskState::Preparing
-                && t.message.starts_with(dcpp_node_agent::pull::PULLING)
-                && services.iter().any(|d| d.id() == t.service)
-                && last_pull.get(&t.image) != Some(&t.message)
-            {
-                eprintln!("{}", t.message);
-                last_pull.insert(t.image.clone(), t.message.clone());
+        for p in &r.pulls {
+            let line = p.to_string();
+            if last_pull.get(&p.image) != Some(&line) {
+                eprintln!("{line}");
+                last_pull.insert(p.image.clone(), line);
             }
         }
-        let line = parts.join(", ");
+        let line = r.summary();
         if line != last_line {
             eprintln!("{line}");
             last_line = line;
         }
-        if failed.is_empty() && pending.is_empty() {
-            println!("converged in {:.2}s", start.elapsed().as_secs_f64());
-            return Ok(0);
+    };
+    match dcpp_control::converge::follow(c, services, timeout, render).await? {
+        Outcome::Converged(took) => {
+            println!("converged in {:.2}s", took.as_secs_f64());
+            Ok(0)
         }
-        if !failed.is_empty() {
-            let since_first = first_failure.get_or_insert_with(Instant::now).elapsed();
-            if pending.is_empty() || since_first >= FAIL_GRACE {
-                for (name, r) in &failed {
-                    eprintln!("service {name}: failed: {r}");
-                }
-                for (name, r) in &pending {
-                    eprintln!("service {name}: not converged: {r}");
-                }
-                eprintln!("{} of {} service(s) failed", failed.len(), services.len());
-                return Ok(1);
+        Outcome::Failed(r) => {
+            let failed: Vec<_> = r.failed().collect();
+            for (name, why) in &failed {
+                eprintln!("service {name}: failed: {why}");
             }
-        } else {
-            first_failure = None;
+            for (name, why) in r.pending() {
+                eprintln!("service {name}: not converged: {why}");
+            }
+            eprintln!("{} of {} service(s) failed", failed.len(), services.len());
+            Ok(1)
         }
-        if start.elapsed() > timeout {
+        Outcome::TimedOut(r) => {
             eprintln!("timed out after {timeout:?}; pending:");
-            for (name, r) in &pending {
-                eprintln!("service {name}: {r}");
+            for (name, why) in r.pending() {
+                eprintln!("service {name}: {why}");
             }
-            return Ok(1);
-        }
-        if watching {
-            match tokio::time::timeout(Duration::from_millis(500), changes.next()).await {
-                Ok(Some(Ok(_))) | Err(_) => {}
-                Ok(_) => watching = false,
-            }
-            // A burst of writes (an agent reporting many tasks) is read once.
-            while let Some(Some(Ok(_))) = changes.next().now_or_never() {}
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(1)
         }
     }
 }
@@ -780,7 +615,7 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     };
     let c = client(global)?;
     block_on(async move {
-        let docs: Vec<ServiceDoc> = stored_services(&c, &name).await?.into_values().collect();
+        let docs = stack_services(&c, &name).await?;
         let stored = match c.get(Kind::Stack, &name).await {
             Ok(_) => true,
             Err(dcpp_raft::Error::NotFound { .. }) => false,
@@ -790,7 +625,11 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
             eprintln!("error: no stack {name:?} (see `dcpp stack ls`)");
             return Ok(1);
         }
-        let n = delete_stack(&c, &name).await?;
+        let removal = Removal {
+            volumes: args.volumes,
+            report: !args.detach,
+        };
+        let n = delete_stack(&c, &name, &removal).await?.len();
         println!("stack {name}: removing {n} service(s)");
         if args.detach {
             return Ok(0);
@@ -816,7 +655,8 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
             if left == 0 && nets.is_empty() {
                 println!("stack {name} removed");
                 if args.volumes {
-                    return remove_volumes(global, &docs);
+                    let left = args.timeout.saturating_sub(start.elapsed());
+                    return wait_volumes(&c, &name, left).await;
                 }
                 return Ok(0);
             }
@@ -856,21 +696,47 @@ fn stack_networks(global: &Global, name: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// `down --volumes`: removes the stack's volumes from this node's volume store.
-fn remove_volumes(global: &Global, docs: &[ServiceDoc]) -> anyhow::Result<u8> {
-    let store = VolumeStore::open(global.data_dir.join("volumes"))?;
-    let existing: Vec<String> = store.list().into_iter().map(|v| v.name).collect();
-    let mut code = 0;
-    for v in dcpp_node_agent::options::stack_volumes(docs, &existing) {
-        match store.remove(&v, &crate::cmd::volume::users(global, &v)) {
-            Ok(()) => println!("volume {v} removed"),
-            Err(e) => {
-                eprintln!("error: volume {v}: {e}");
+/// `down --volumes`: waits for every node's agent to report the removal of the stack's
+/// volumes there, prints what each removed, and deletes the reports.
+async fn wait_volumes(c: &Client, stack: &str, timeout: Duration) -> anyhow::Result<u8> {
+    let start = Instant::now();
+    loop {
+        let all = dcpp_control::stacks::volume_removals(c, stack).await?;
+        let waiting: Vec<u64> = all
+            .values()
+            .filter(|r| r.removed.is_none())
+            .map(|r| r.node)
+            .collect();
+        if waiting.is_empty() || start.elapsed() > timeout {
+            let mut code = 0;
+            let several = all.len() > 1;
+            for r in all.values() {
+                let on = if several {
+                    format!(" on node {}", r.node)
+                } else {
+                    String::new()
+                };
+                for v in r.removed.iter().flatten() {
+                    println!("volume {v} removed{on}");
+                }
+                for e in &r.errors {
+                    eprintln!("error: {e}{on}");
+                    code = 1;
+                }
+            }
+            dcpp_control::stacks::forget_volume_removals(c, stack, all.keys().copied()).await?;
+            if !waiting.is_empty() {
+                let ids: Vec<String> = waiting.iter().map(u64::to_string).collect();
+                eprintln!(
+                    "timed out: volumes of {stack} not removed on node(s) {} (not running an agent?)",
+                    ids.join(", ")
+                );
                 code = 1;
             }
+            return Ok(code);
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(code)
 }
 
 async fn all_tasks(c: &Client) -> anyhow::Result<Vec<Task>> {
@@ -947,7 +813,7 @@ fn task_rows(tasks: &[&Task], now: u64) -> String {
 }
 
 fn print_tasks(tasks: &[&Task]) {
-    print!("{}", task_rows(tasks, dcpp_node_agent::docs::now_ms()));
+    print!("{}", task_rows(tasks, now_ms()));
 }
 
 pub fn run_ps(global: &Global, args: PsArgs) -> anyhow::Result<u8> {
@@ -995,7 +861,7 @@ pub fn run_stack(global: &Global, cmd: StackCommand) -> anyhow::Result<u8> {
     };
     let c = client(global)?;
     block_on(async move {
-        let now = dcpp_node_agent::docs::now_ms();
+        let now = now_ms();
         let stacks: Vec<StackDoc> = c
             .list(Kind::Stack)
             .await?
@@ -1205,7 +1071,7 @@ fn service_row(
     tasks: &[Task],
     nodes: &Observed,
 ) -> ServiceRow {
-    let (running, desired) = progress(d, st, tasks, nodes);
+    let (running, desired) = dcpp_control::converge::progress(d, st, tasks, nodes);
     let live: Vec<&Task> = tasks
         .iter()
         .filter(|t| t.service == d.id() && t.is_live() && t.desired == DesiredState::Running)
@@ -1296,21 +1162,15 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             ServiceCommand::Ls(f) => {
                 let tasks = all_tasks(&c).await?;
                 let nodes = observed_nodes(&c, &tasks).await?;
-                let mut statuses = BTreeMap::new();
-                for o in c.list(Kind::Config).await?.objects {
-                    if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
-                        statuses.insert(sid.to_string(), o.decode::<ServiceStatus>()?);
-                    }
-                }
+                let statuses = dcpp_control::schema::statuses(&c).await?;
                 let mut rows = Vec::new();
-                for o in c.list(Kind::Service).await?.objects {
-                    let d: ServiceDoc = o.decode()?;
-                    rows.push(service_row(&d, statuses.get(&d.id().0), &tasks, &nodes));
+                for (d, _) in dcpp_control::schema::services(&c).await?.into_values() {
+                    rows.push(service_row(&d, statuses.get(&d.id()), &tasks, &nodes));
                 }
                 if f.format == crate::cmd::cluster::Format::Json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    print!("{}", service_table(&rows, dcpp_node_agent::docs::now_ms()));
+                    print!("{}", service_table(&rows, now_ms()));
                 }
                 Ok(0)
             }
@@ -1335,19 +1195,13 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             ServiceCommand::Inspect { service, format: _ } => {
                 let (d, _) = find_service(&c, &service).await?;
                 let mut v = serde_json::to_value(&d)?;
-                let id = d.id().0;
                 // History: the rollout status and the document an automatic rollback rejected.
-                if let Ok((st, _)) = c
-                    .get_as::<ServiceStatus>(Kind::Config, &format!("{STATUS_PREFIX}{id}"))
-                    .await
+                if let Some(st) = dcpp_control::schema::status(&c, &d.id()).await?
                     && let Some(u) = st.update
                 {
                     v["update_status"] = serde_json::to_value(&u)?;
                 }
-                if let Ok((r, _)) = c
-                    .get_as::<ServiceDoc>(Kind::Config, &rejected_key(&id))
-                    .await
-                {
+                if let Some(r) = dcpp_control::schema::history(&c, &d.id()).await?.rejected {
                     v["rejected"] = serde_json::to_value(&r)?;
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -1386,15 +1240,7 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
                     println!("{id}: no changes");
                     return Ok(0);
                 }
-                let txn = Txn::new()
-                    .when(Precondition::ModRevision {
-                        kind: Kind::Service,
-                        id: id.clone(),
-                        revision: rev,
-                    })
-                    .op(Op::put(Kind::Config, previous_key(&id), &before)?)
-                    .op(Op::put(Kind::Service, id.clone(), &d)?);
-                c.txn(&txn).await?;
+                dcpp_control::stacks::update_service(&c, &before, rev, &d).await?;
                 if d.spec.version == before.spec.version {
                     println!("{id}: updated (no container changes)");
                 } else {
@@ -1415,45 +1261,16 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
             } => {
                 let (d, rev) = find_service(&c, &service).await?;
                 let id = d.id().0;
-                let status: ServiceStatus = c
-                    .get_as(Kind::Config, &format!("{STATUS_PREFIX}{id}"))
-                    .await
-                    .map(|(s, _)| s)
-                    .with_context(|| format!("{id} has no rollout status yet"))?;
-                let Some(prev) = status.previous else {
-                    if let Some(u) = status
-                        .update
-                        .as_ref()
-                        .filter(|u| u.rolled_back_from.is_some())
-                    {
-                        bail!(
-                            "{id} has no previous spec to roll back to: {} (version {} runs)",
-                            u.message,
-                            status.spec.version
-                        );
-                    }
-                    bail!("{id} has no previous spec to roll back to");
-                };
-                let old: Option<ServiceDoc> = c
-                    .get_as(Kind::Config, &previous_key(&id))
-                    .await
-                    .ok()
-                    .map(|(s, _)| s);
                 // The container settings of the previous spec are stored at each update; if
                 // they are missing or belong to another version, only the image goes back.
                 // Going back to the previous version makes the orchestrator roll back with
                 // the rollback_config of the spec it leaves; the spec left becomes the
                 // previous one, so a second rollback goes forward again (as in swarm).
-                let back = dcpp_node_agent::docs::rolled_back_doc(&d, old.as_ref(), &prev);
-                let txn = Txn::new()
-                    .when(Precondition::ModRevision {
-                        kind: Kind::Service,
-                        id: id.clone(),
-                        revision: rev,
-                    })
-                    .op(Op::put(Kind::Config, previous_key(&id), &d)?)
-                    .op(Op::put(Kind::Service, id.clone(), &back)?);
-                c.txn(&txn).await?;
+                let back = match dcpp_control::stacks::rollback_service(&c, &d, rev).await {
+                    Ok(b) => b,
+                    Err(dcpp_control::Error::NoRollback(why)) => bail!("{why}"),
+                    Err(e) => return Err(e.into()),
+                };
                 println!("{id}: rolling back to {}", back.spec.image);
                 if detach {
                     return Ok(0);

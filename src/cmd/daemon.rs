@@ -142,7 +142,10 @@ async fn serve(
         .await
         .with_context(|| format!("listen on {listen}"))?;
     let unix = bind_socket(&socket)?;
-    let node = Node::open(NodeConfig::new(&raft_dir, &advertise))
+    let mut cfg = NodeConfig::new(&raft_dir, &advertise);
+    // Each agent keeps its node's record; a member that leaves takes its record with it.
+    cfg.member_kind = Some(dcpp_raft::Kind::Node);
+    let node = Node::open(cfg)
         .await
         .with_context(|| format!("open raft store in {}", raft_dir.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -169,14 +172,10 @@ async fn serve(
         _ => None,
     };
     let watcher = watch_dir.map(|dir| {
-        let c = dcpp_raft::Client::new(&dcpp_raft::Endpoint::Unix(socket.clone()), None);
+        let node = node.clone();
         tokio::spawn(async move {
-            let r = match c {
-                Ok(c) => crate::cmd::watch::watch_loop(c, dir).await,
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = r {
-                tracing::error!("watch: {e:#}");
+            if let Err(e) = dcpp_control::gitops::watch_loop(node, dir).await {
+                tracing::error!("watch: {e}");
             }
         })
     });

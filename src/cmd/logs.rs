@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use dcpp_node_agent::docs::{LABEL_SERVICE, LABEL_SLOT, LABEL_STACK};
+use dcpp_control::schema::{LABEL_SERVICE, LABEL_SLOT, LABEL_STACK};
 use dcpp_runtime::container::{
     ContainerInfo, ContainerManager, ManagerOptions, RuntimeKind, ShimCommand, logs,
 };

@@ -1,7 +1,8 @@
 //! `dcpp node ls|inspect|update|rm`: the node records of the cluster.
 
 use anyhow::Context;
-use dcpp_raft::{Availability, Kind, NodeInfo};
+use dcpp_control::nodes::{Availability, NodeInfo};
+use dcpp_raft::Kind;
 
 use crate::Global;
 use crate::cmd::cluster::{Format, FormatArgs, block_on, client};
@@ -74,13 +75,11 @@ struct NodeRow {
     status: &'static str,
 }
 
-/// `ready` or `down`, by the rule the leader schedules by: a node whose agent has not
-/// reported for [`dcpp_node_agent::leader::NODE_TIMEOUT_MS`] is down.
+/// `ready` or `down`, by the rule the leader schedules by ([`dcpp_control::nodes::status`]).
 fn status_of(n: &NodeInfo, now: u64) -> &'static str {
-    if now.saturating_sub(n.last_heartbeat_ms) < dcpp_node_agent::leader::NODE_TIMEOUT_MS {
-        "ready"
-    } else {
-        "down"
+    match dcpp_control::nodes::status(n, now) {
+        dcpp_reconciler::NodeStatus::Ready => "ready",
+        dcpp_reconciler::NodeStatus::Down => "down",
     }
 }
 
@@ -103,7 +102,7 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                 let list = c.list(Kind::Node).await?;
                 let st = c.status().await?;
                 let mut nodes = Vec::new();
-                let now = dcpp_node_agent::docs::now_ms();
+                let now = dcpp_control::schema::now_ms();
                 for o in &list.objects {
                     let info = o.decode::<NodeInfo>()?;
                     nodes.push(NodeRow {
@@ -196,9 +195,9 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                     anyhow::bail!("no node {nid} in this cluster");
                 }
                 if let Some(n) = &info {
-                    let silent =
-                        dcpp_node_agent::docs::now_ms().saturating_sub(n.last_heartbeat_ms);
-                    if !force && silent < dcpp_node_agent::leader::NODE_TIMEOUT_MS {
+                    let now = dcpp_control::schema::now_ms();
+                    let silent = now.saturating_sub(n.last_heartbeat_ms);
+                    if !force && status_of(n, now) != "down" {
                         anyhow::bail!(
                             "node {nid} is not down (last heartbeat {:.1}s ago): stop it and wait until it is, run `dcpp cluster leave` on it, or pass --force",
                             silent as f64 / 1000.0

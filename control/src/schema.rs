@@ -1,31 +1,31 @@
-//! The documents the CLI, the leader loop and the agents share through the store.
+//! The store schema: which typed document lives under which [`Kind`] and id, and who writes it.
 //!
-//! Desired state (written by `apply`): one [`StackDoc`] per stack (`Kind::Stack`, id = stack
-//! name) and one [`ServiceDoc`] per service (`Kind::Service`, id = `<stack>_<service>`).
-//! Observed state (written by the leader and the agents): tasks (`Kind::Task`, id = task number)
-//! and, under `Kind::Config`, the reconciler's rollout status of each service
-//! (`status/<service id>`) and the task id counter ([`TASK_COUNTER_ID`]). The store has no
-//! dedicated kind for the reconciler's bookkeeping, so those live under reserved ids.
+//! | Kind | id | Type | Written by |
+//! |---|---|---|---|
+//! | `stack` | stack name | [`StackDoc`] | apply, GitOps ([`crate::stacks`]) |
+//! | `service` | `<stack>_<service>` | [`ServiceDoc`] | apply, `service update/scale/rollback`, an automatic rollback ([`crate::leader`]) |
+//! | `service_history` | service id | [`ServiceHistory`] | the same writers: what an update replaced, what a rollback rejected |
+//! | `service_status` | service id | [`ServiceStatus`] | the leader loop only |
+//! | `task` | task number ([`task_key`]) | [`Task`] | the leader (desired side), the node's agent (observed side) |
+//! | `counter` | [`TASK_COUNTER_ID`] | `u64`, the next task id | the leader loop only |
+//! | `node` | raft node id | [`crate::nodes::NodeInfo`] | the node's agent (heartbeat), `node update` |
+//! | `volume` | `<node>/<stack>` | [`VolumeRemoval`] | `down --volumes`; that node's agent acts on it and reports |
+//!
+//! Desired state (stacks, services) and observed state (tasks, statuses, nodes) are kept apart
+//! so that the planner reads one and writes the other. Stores written by an older dcpp kept the
+//! leader's bookkeeping under reserved `config` ids; [`crate::leader`] moves them once.
 
 use std::collections::BTreeMap;
 
-use dcpp_reconciler::{ServiceId, ServiceSpec, Task, TaskId};
+use dcpp_raft::{Kind, Store};
+use dcpp_reconciler::{ServiceId, ServiceSpec, ServiceStatus, Task, TaskId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::Error;
 
-/// `Kind::Config` id of the next task id.
-pub const TASK_COUNTER_ID: &str = "dcpp/next-task-id";
-/// Prefix of the `Kind::Config` ids holding service rollout status.
-pub const STATUS_PREFIX: &str = "dcpp/status/";
-
-/// Prefix of the `Kind::Config` ids holding the service document an update replaced (what
-/// `service rollback` restores).
-pub const PREVIOUS_PREFIX: &str = "dcpp/previous/";
-/// Prefix of the `Kind::Config` ids holding the service document an automatic rollback
-/// rejected (history, shown by `service inspect`).
-pub const REJECTED_PREFIX: &str = "dcpp/rejected/";
+/// `Kind::Counter` id of the next task id.
+pub const TASK_COUNTER_ID: &str = "task";
 
 /// Container labels the agent sets; `ps` and re-adoption find containers by them.
 pub const LABEL_STACK: &str = "org.dcpp.stack";
@@ -71,19 +71,48 @@ pub fn task_key(id: TaskId) -> String {
     id.0.to_string()
 }
 
-/// Store id of a service's rollout status.
-pub fn status_key(service: &ServiceId) -> String {
-    format!("{STATUS_PREFIX}{service}")
+/// The history of one service (`Kind::ServiceHistory`, id = service id).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceHistory {
+    /// The document the last update replaced: what `service rollback` restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ServiceDoc>,
+    /// The document the last automatic rollback rejected (shown by `service inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<ServiceDoc>,
 }
 
-/// Store id of the service document an update replaced.
-pub fn previous_key(service: &ServiceId) -> String {
-    format!("{PREVIOUS_PREFIX}{service}")
+impl ServiceHistory {
+    pub fn is_empty(&self) -> bool {
+        self.previous.is_none() && self.rejected.is_none()
+    }
 }
 
-/// Store id of the service document an automatic rollback rejected.
-pub fn rejected_key(service: &ServiceId) -> String {
-    format!("{REJECTED_PREFIX}{service}")
+/// A named volume `down --volumes` asked a node to remove (`Kind::Volume`, id =
+/// [`volume_removal_key`]): that node's agent removes it once no container of the stack is
+/// left there, then deletes this record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRemoval {
+    pub stack: String,
+    /// Raft id of the node.
+    pub node: u64,
+    /// The stack's services as they were when it was removed: they name its volumes.
+    pub services: Vec<ServiceDoc>,
+    /// Someone waits for the outcome: the agent records it and leaves the record to them;
+    /// otherwise the agent deletes the record when done.
+    #[serde(default)]
+    pub report: bool,
+    /// The volumes the node removed; `None` until it acted.
+    #[serde(default)]
+    pub removed: Option<Vec<String>>,
+    /// Volumes the node could not remove, with the reason.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Store id of a [`VolumeRemoval`].
+pub fn volume_removal_key(node: u64, stack: &str) -> String {
+    format!("{node}/{stack}")
 }
 
 /// The document to store after an automatic rollback of `current` (the rejected one) to
@@ -246,6 +275,76 @@ fn changed_fields(a: &serde_json::Value, b: &serde_json::Value, prefix: &str) ->
         }
     }
     out
+}
+
+/// Every service document with its revision, by service id.
+pub async fn services<S: Store>(s: &S) -> Result<BTreeMap<ServiceId, (ServiceDoc, u64)>, Error> {
+    let mut out = BTreeMap::new();
+    for o in s.list(Kind::Service).await?.objects {
+        let d: ServiceDoc = o.decode()?;
+        out.insert(d.id(), (d, o.mod_revision));
+    }
+    Ok(out)
+}
+
+/// The stored services of `stack` by service name.
+pub async fn stack_services<S: Store>(
+    s: &S,
+    stack: &str,
+) -> Result<BTreeMap<String, ServiceDoc>, Error> {
+    Ok(services(s)
+        .await?
+        .into_values()
+        .filter(|(d, _)| d.spec.stack == stack)
+        .map(|(d, _)| (d.spec.name.clone(), d))
+        .collect())
+}
+
+/// Every task record with its revision.
+pub async fn tasks<S: Store>(s: &S) -> Result<BTreeMap<TaskId, (Task, u64)>, Error> {
+    let mut out = BTreeMap::new();
+    for o in s.list(Kind::Task).await?.objects {
+        let t: Task = o.decode()?;
+        out.insert(t.id, (t, o.mod_revision));
+    }
+    Ok(out)
+}
+
+/// The rollout status of every service the leader has seen.
+pub async fn statuses<S: Store>(s: &S) -> Result<BTreeMap<ServiceId, ServiceStatus>, Error> {
+    let mut out = BTreeMap::new();
+    for o in s.list(Kind::ServiceStatus).await?.objects {
+        out.insert(ServiceId(o.id.clone()), o.decode()?);
+    }
+    Ok(out)
+}
+
+/// The rollout status of one service, if the leader has seen it.
+pub async fn status<S: Store>(s: &S, sid: &ServiceId) -> Result<Option<ServiceStatus>, Error> {
+    match s.get(Kind::ServiceStatus, &sid.0).await {
+        Ok(o) => Ok(Some(o.decode()?)),
+        Err(dcpp_raft::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The history of one service (empty if it has none).
+pub async fn history<S: Store>(s: &S, sid: &ServiceId) -> Result<ServiceHistory, Error> {
+    match s.get(Kind::ServiceHistory, &sid.0).await {
+        // A document that does not decode only costs a rollback its other settings.
+        Ok(o) => Ok(o.decode().unwrap_or_default()),
+        Err(dcpp_raft::Error::NotFound { .. }) => Ok(ServiceHistory::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every service's history, by service id.
+pub async fn histories<S: Store>(s: &S) -> Result<BTreeMap<ServiceId, ServiceHistory>, Error> {
+    let mut out = BTreeMap::new();
+    for o in s.list(Kind::ServiceHistory).await?.objects {
+        out.insert(ServiceId(o.id.clone()), o.decode().unwrap_or_default());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

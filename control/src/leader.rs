@@ -6,20 +6,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dcpp_raft::{Kind, Node, NodeInfo, Op, Precondition, Txn};
-use dcpp_reconciler::{
-    Desired, NodeId, NodeRole, NodeStatus, Observed, ServiceId, ServiceStatus, TaskId,
-};
+use dcpp_raft::{Kind, Node, Op, Precondition, Store, Txn};
+use dcpp_reconciler::{Desired, Observed, ServiceId, TaskId};
 use futures::StreamExt;
 
 use crate::Error;
-use crate::docs::{
-    PREVIOUS_PREFIX, STATUS_PREFIX, ServiceDoc, TASK_COUNTER_ID, now_ms, previous_key,
-    rejected_key, rolled_back_doc, status_key, task_key,
+use crate::nodes;
+use crate::schema::{
+    ServiceDoc, ServiceHistory, TASK_COUNTER_ID, now_ms, rolled_back_doc, task_key,
 };
 
-/// A node whose agent has not reported for this long is down and its tasks are rescheduled.
-pub const NODE_TIMEOUT_MS: u64 = 20_000;
 /// Resync period when nothing happens.
 pub const RESYNC: Duration = Duration::from_secs(2);
 
@@ -34,41 +30,32 @@ pub struct Snapshot {
     previous: BTreeMap<ServiceId, ServiceDoc>,
 }
 
-/// Reads desired and observed state from this node's copy of the store.
-pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
+/// Reads desired and observed state from the store.
+pub async fn snapshot<S: Store>(store: &S) -> Result<Snapshot, Error> {
     let mut desired = Desired::default();
-    let mut docs = BTreeMap::new();
-    for o in node.list(Kind::Service, false).await?.objects {
-        let d: ServiceDoc = o.decode()?;
+    let docs = crate::schema::services(store).await?;
+    for (d, _) in docs.values() {
         desired.insert(d.spec.clone());
-        docs.insert(d.id(), (d, o.mod_revision));
     }
-    let mut previous = BTreeMap::new();
     let mut observed = Observed::default();
     let now = now_ms();
-    for o in node.list(Kind::Node, false).await?.objects {
-        let n: NodeInfo = o.decode()?;
-        observed.add_node(convert_node(&n, now));
+    for n in nodes::list(store).await? {
+        observed.add_node(nodes::to_reconciler(&n, now));
     }
     let mut task_revs = BTreeMap::new();
-    for o in node.list(Kind::Task, false).await?.objects {
-        let t: dcpp_reconciler::Task = o.decode()?;
-        task_revs.insert(t.id, o.mod_revision);
-        observed.tasks.insert(t.id, t);
+    for (id, (t, rev)) in crate::schema::tasks(store).await? {
+        task_revs.insert(id, rev);
+        observed.tasks.insert(id, t);
     }
-    for o in node.list(Kind::Config, false).await?.objects {
-        if o.id == TASK_COUNTER_ID {
-            observed.next_task_id = o.decode()?;
-        } else if let Some(sid) = o.id.strip_prefix(STATUS_PREFIX) {
-            let st: ServiceStatus = o.decode()?;
-            observed.services.insert(ServiceId(sid.to_string()), st);
-        } else if let Some(sid) = o.id.strip_prefix(PREVIOUS_PREFIX) {
-            // A document that does not decode only costs the rollback its other settings.
-            if let Ok(d) = o.decode::<ServiceDoc>() {
-                previous.insert(ServiceId(sid.to_string()), d);
-            }
-        }
+    observed.services = crate::schema::statuses(store).await?;
+    if let Ok(o) = store.get(Kind::Counter, TASK_COUNTER_ID).await {
+        observed.next_task_id = o.decode()?;
     }
+    let previous = crate::schema::histories(store)
+        .await?
+        .into_iter()
+        .filter_map(|(sid, h)| Some((sid, h.previous?)))
+        .collect();
     // Never hand out an id again, even if the counter write was lost.
     if let Some(max) = observed.tasks.keys().max() {
         observed.next_task_id = observed.next_task_id.max(max.0 + 1);
@@ -82,40 +69,10 @@ pub async fn snapshot(node: &Node) -> Result<Snapshot, Error> {
     })
 }
 
-/// The reconciler's view of a node record (down once its heartbeat is older than
-/// [`NODE_TIMEOUT_MS`]).
-pub fn convert_node(n: &NodeInfo, now: u64) -> dcpp_reconciler::Node {
-    let mut r = dcpp_reconciler::Node::new(&n.id.to_string());
-    r.hostname = n.hostname.clone();
-    r.role = match n.role {
-        dcpp_raft::Role::Manager => NodeRole::Manager,
-        dcpp_raft::Role::Worker => NodeRole::Worker,
-    };
-    r.availability = match n.availability {
-        dcpp_raft::Availability::Active => dcpp_reconciler::Availability::Active,
-        dcpp_raft::Availability::Pause => dcpp_reconciler::Availability::Pause,
-        dcpp_raft::Availability::Drain => dcpp_reconciler::Availability::Drain,
-    };
-    r.status = if now.saturating_sub(n.last_heartbeat_ms) < NODE_TIMEOUT_MS {
-        NodeStatus::Ready
-    } else {
-        NodeStatus::Down
-    };
-    r.labels = n.labels.clone();
-    r.resources.memory = n.resources.memory_bytes;
-    r.resources.cpu_millis = n.resources.nano_cpus / 1_000_000;
-    r
-}
-
-/// The node id the reconciler uses for a raft node.
-pub fn node_id(id: u64) -> NodeId {
-    NodeId(id.to_string())
-}
-
 /// One round: plan and write. Returns when to plan again at the latest (restart delays, update
 /// monitors) and whether anything was written.
-pub async fn reconcile_once(node: &Node) -> Result<(Option<Duration>, bool), Error> {
-    let snap = snapshot(node).await?;
+pub async fn reconcile_once<S: Store>(store: &S) -> Result<(Option<Duration>, bool), Error> {
+    let snap = snapshot(store).await?;
     let now = now_ms();
     let plan = dcpp_reconciler::plan(&snap.desired, &snap.observed, now);
     let requeue = plan.requeue_after.map(Duration::from_millis);
@@ -139,7 +96,7 @@ pub async fn reconcile_once(node: &Node) -> Result<(Option<Duration>, bool), Err
         ops = txn.ops.len(),
         "reconcile"
     );
-    match node.txn(txn).await {
+    match store.txn(txn).await {
         Ok(_) => Ok((requeue, true)),
         // An agent reported meanwhile: plan again from the new state.
         Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok((Some(Duration::ZERO), false)),
@@ -185,16 +142,20 @@ fn diff_txn(snap: &Snapshot, after: &Observed) -> Result<Txn, Error> {
     }
     for (sid, st) in &after.services {
         if before.services.get(sid) != Some(st) {
-            txn = txn.op(Op::put(Kind::Config, status_key(sid), st)?);
+            txn = txn.op(Op::put(Kind::ServiceStatus, sid.0.clone(), st)?);
         }
     }
     for sid in before.services.keys() {
         if !after.services.contains_key(sid) {
-            txn = txn.op(Op::delete(Kind::Config, status_key(sid)));
+            txn = txn.op(Op::delete(Kind::ServiceStatus, sid.0.clone()));
         }
     }
     if after.next_task_id != before.next_task_id {
-        txn = txn.op(Op::put(Kind::Config, TASK_COUNTER_ID, &after.next_task_id)?);
+        txn = txn.op(Op::put(
+            Kind::Counter,
+            TASK_COUNTER_ID,
+            &after.next_task_id,
+        )?);
     }
     Ok(txn)
 }
@@ -220,8 +181,14 @@ fn rollback_txn(
             revision: *rev,
         })
         .op(Op::put(Kind::Service, sid.0.clone(), &back)?)
-        .op(Op::put(Kind::Config, rejected_key(sid), doc)?)
-        .op(Op::delete(Kind::Config, previous_key(sid)));
+        .op(Op::put(
+            Kind::ServiceHistory,
+            sid.0.clone(),
+            &ServiceHistory {
+                previous: None,
+                rejected: Some(doc.clone()),
+            },
+        )?);
     Ok(txn)
 }
 
@@ -231,9 +198,21 @@ fn rollback_txn(
 pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
+    let mut migrated = false;
     loop {
         let leader = node.status().map(|s| s.state == "Leader").unwrap_or(false);
         let mut wait = RESYNC;
+        if leader && !migrated {
+            match crate::migrate::legacy_config_ids(&node).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(objects = n, "moved bookkeeping out of reserved config ids");
+                    }
+                    migrated = true;
+                }
+                Err(e) => tracing::warn!("moving legacy bookkeeping: {e}"),
+            }
+        }
         if leader {
             match reconcile_once(&node).await {
                 Ok((requeue, wrote)) => {
@@ -262,16 +241,16 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Wakes `wake` on every store change (re-watching from the current revision after compaction).
-pub(crate) async fn watch_changes(node: Node, wake: std::sync::Arc<tokio::sync::Notify>) {
+pub async fn watch_changes<S: Store>(node: S, wake: std::sync::Arc<tokio::sync::Notify>) {
     loop {
-        let since = match node.list(Kind::Stack, false).await {
+        let since = match node.list(Kind::Stack).await {
             Ok(l) => l.revision,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let mut s = Box::pin(node.watch(since, None));
+        let mut s = node.watch(since, None);
         while let Some(ev) = s.next().await {
             if ev.is_err() {
                 break;

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use dcpp_node_agent::docs::{ServiceDoc, task_key};
-use dcpp_node_agent::leader::{node_id, reconcile_once};
-use dcpp_raft::{Kind, Node, NodeConfig, Op, Txn};
+use dcpp_control::leader::reconcile_once;
+use dcpp_control::nodes::{SelfInfo, heartbeat, node_id};
+use dcpp_control::schema::{ServiceDoc, ServiceHistory, now_ms, task_key};
+use dcpp_raft::{Kind, Node, NodeConfig, Op, Role, Txn};
 use dcpp_reconciler::{DesiredState, ServiceSpec, Task, TaskState};
 
 async fn tasks(node: &Node) -> Vec<(Task, u64)> {
@@ -55,6 +56,9 @@ async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
     });
     node.bootstrap().await.unwrap();
     node.wait_leader(Duration::from_secs(10)).await.unwrap();
+    // The node's record, as its agent writes it.
+    let me = SelfInfo::local(node.id(), &addr, Role::Manager);
+    heartbeat(&node, &me, now_ms()).await.unwrap();
 
     let put = |d: ServiceDoc| Txn::new().op(Op::put(Kind::Service, d.id().0, &d).unwrap());
     node.txn(put(service(3))).await.unwrap();
@@ -97,11 +101,11 @@ async fn run_all(node: &Node) {
     for (mut t, _) in tasks(node).await {
         if t.is_live() && t.state < TaskState::Running && t.desired == DesiredState::Running {
             t.state = TaskState::Running;
-            t.started_at = Some(dcpp_node_agent::docs::now_ms());
+            t.started_at = Some(now_ms());
             txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
         } else if t.is_live() && t.desired != DesiredState::Running {
             t.state = TaskState::Shutdown;
-            t.finished_at = Some(dcpp_node_agent::docs::now_ms());
+            t.finished_at = Some(now_ms());
             txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
         }
     }
@@ -112,7 +116,6 @@ async fn run_all(node: &Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one() {
-    use dcpp_node_agent::docs::{previous_key, rejected_key};
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -127,6 +130,9 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
     });
     node.bootstrap().await.unwrap();
     node.wait_leader(Duration::from_secs(10)).await.unwrap();
+    // The node's record, as its agent writes it.
+    let me = SelfInfo::local(node.id(), &addr, Role::Manager);
+    heartbeat(&node, &me, now_ms()).await.unwrap();
 
     let mut good = service(1);
     good.spec.update_config.failure_action = dcpp_reconciler::FailureAction::Rollback;
@@ -141,7 +147,11 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
     bad.spec.version = 2;
     bad.spec.image = "busybox:bad".into();
     bad.service.image = Some("busybox:bad".into());
-    node.txn(put(&bad).op(Op::put(Kind::Config, previous_key(&good.id()), &good).unwrap()))
+    let history = ServiceHistory {
+        previous: Some(good.clone()),
+        rejected: None,
+    };
+    node.txn(put(&bad).op(Op::put(Kind::ServiceHistory, good.id().0, &history).unwrap()))
         .await
         .unwrap();
     converge(&node).await;
@@ -153,7 +163,7 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
         .find(|(t, _)| t.spec_version == 2 && t.is_live())
         .expect("a task of version 2");
     t.state = TaskState::Failed;
-    t.finished_at = Some(dcpp_node_agent::docs::now_ms());
+    t.finished_at = Some(now_ms());
     t.exit_code = Some(1);
     node.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
         .await
@@ -169,25 +179,18 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
         .unwrap();
     assert_eq!(stored.spec.version, 1);
     assert_eq!(stored.service.image.as_deref(), Some("busybox"));
-    let rejected: ServiceDoc = node
-        .get(Kind::Config, &rejected_key(&good.id()), false)
+    let history: ServiceHistory = node
+        .get(Kind::ServiceHistory, &id, false)
         .await
         .unwrap()
         .decode()
         .unwrap();
-    assert_eq!(rejected, bad);
-    assert!(
-        node.get(Kind::Config, &previous_key(&good.id()), false)
-            .await
-            .is_err()
-    );
+    // The rejected version is kept; there is nothing to roll back to any more.
+    assert_eq!(history.rejected, Some(bad));
+    assert_eq!(history.previous, None);
     // The stored spec matches the version that runs, so the rejection is lifted.
     let st: dcpp_reconciler::ServiceStatus = node
-        .get(
-            Kind::Config,
-            &dcpp_node_agent::docs::status_key(&good.id()),
-            false,
-        )
+        .get(Kind::ServiceStatus, &id, false)
         .await
         .unwrap()
         .decode()

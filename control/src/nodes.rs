@@ -1,0 +1,277 @@
+//! Node records and the node-status rule.
+//!
+//! Each node's agent keeps its own record (`Kind::Node`, id = raft node id) fresh with a
+//! heartbeat ([`heartbeat`]); `node update` edits availability and labels. Whether a node is up
+//! is one rule, [`status`], used by the leader's scheduling and by `node ls` alike. The raft
+//! layer only knows that such records exist (it deletes one with its member); what they hold is
+//! decided here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use dcpp_raft::{Kind, Op, Precondition, Role, Store, Txn};
+use dcpp_reconciler::{NodeId, NodeRole, NodeStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// A node whose agent has not reported for this long is down and its tasks are rescheduled.
+pub const NODE_TIMEOUT_MS: u64 = 20_000;
+
+/// Whether the scheduler may place work on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        })
+    }
+}
+
+/// Capacity a node offers to the scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// The record of a cluster node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub hostname: String,
+    /// Address peers reach its Raft/API endpoint at (`host:port`).
+    pub address: String,
+    pub role: Role,
+    #[serde(default)]
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
+}
+
+/// What only the node itself knows about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfInfo {
+    pub id: u64,
+    pub hostname: String,
+    pub address: String,
+    pub role: Role,
+    pub resources: Resources,
+}
+
+impl SelfInfo {
+    /// This host, with the role and address raft gives it.
+    pub fn local(id: u64, address: &str, role: Role) -> SelfInfo {
+        SelfInfo {
+            id,
+            hostname: hostname(),
+            address: address.to_string(),
+            role,
+            resources: local_resources(),
+        }
+    }
+}
+
+/// Up or down, by the rule the leader schedules by: a node whose agent has not reported for
+/// [`NODE_TIMEOUT_MS`] is down.
+pub fn status(n: &NodeInfo, now_ms: u64) -> NodeStatus {
+    if now_ms.saturating_sub(n.last_heartbeat_ms) < NODE_TIMEOUT_MS {
+        NodeStatus::Ready
+    } else {
+        NodeStatus::Down
+    }
+}
+
+/// The node id the reconciler uses for a raft node.
+pub fn node_id(id: u64) -> NodeId {
+    NodeId(id.to_string())
+}
+
+/// The reconciler's view of a node record.
+pub fn to_reconciler(n: &NodeInfo, now_ms: u64) -> dcpp_reconciler::Node {
+    let mut r = dcpp_reconciler::Node::new(&n.id.to_string());
+    r.hostname = n.hostname.clone();
+    r.role = match n.role {
+        Role::Manager => NodeRole::Manager,
+        Role::Worker => NodeRole::Worker,
+    };
+    r.availability = match n.availability {
+        Availability::Active => dcpp_reconciler::Availability::Active,
+        Availability::Pause => dcpp_reconciler::Availability::Pause,
+        Availability::Drain => dcpp_reconciler::Availability::Drain,
+    };
+    r.status = status(n, now_ms);
+    r.labels = n.labels.clone();
+    r.resources.memory = n.resources.memory_bytes;
+    r.resources.cpu_millis = n.resources.nano_cpus / 1_000_000;
+    r
+}
+
+/// Every node record.
+pub async fn list<S: Store>(s: &S) -> Result<Vec<NodeInfo>, Error> {
+    let mut out = Vec::new();
+    for o in s.list(Kind::Node).await?.objects {
+        out.push(o.decode()?);
+    }
+    Ok(out)
+}
+
+/// Creates or refreshes this node's record: the heartbeat, and what the node knows about
+/// itself (hostname, address, role, resources); availability and labels set by `node update`
+/// are kept. A concurrent edit wins (the next heartbeat comes soon).
+pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<(), Error> {
+    let id = me.id.to_string();
+    let (mut info, pre) = match s.get(Kind::Node, &id).await {
+        Ok(o) => (
+            o.decode::<NodeInfo>()?,
+            Precondition::ModRevision {
+                kind: Kind::Node,
+                id: id.clone(),
+                revision: o.mod_revision,
+            },
+        ),
+        Err(dcpp_raft::Error::NotFound { .. }) => (
+            NodeInfo {
+                id: me.id,
+                hostname: String::new(),
+                address: String::new(),
+                role: me.role,
+                availability: Availability::default(),
+                labels: BTreeMap::new(),
+                resources: Resources::default(),
+                last_heartbeat_ms: 0,
+            },
+            Precondition::Absent {
+                kind: Kind::Node,
+                id: id.clone(),
+            },
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    info.hostname = me.hostname.clone();
+    info.address = me.address.clone();
+    info.role = me.role;
+    info.resources = me.resources.clone();
+    info.last_heartbeat_ms = now_ms;
+    match s
+        .txn(Txn::new().when(pre).op(Op::put(Kind::Node, id, &info)?))
+        .await
+    {
+        Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether this node's record is missing or says something else about it than `me` (a new
+/// member, a promotion): then a heartbeat is due at once.
+pub async fn record_stale<S: Store>(s: &S, me: &SelfInfo) -> bool {
+    match s.get(Kind::Node, &me.id.to_string()).await {
+        Ok(o) => o
+            .decode::<NodeInfo>()
+            .map_or(true, |n| n.role != me.role || n.address != me.address),
+        Err(_) => true,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// CPU and memory of this host, as offered to the scheduler.
+pub fn local_resources() -> Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Resources {
+        nano_cpus: cpus * 1_000_000_000,
+        memory_bytes: mem_kb * 1024,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcpp_raft::MemStore;
+
+    fn me(role: Role) -> SelfInfo {
+        SelfInfo {
+            id: 7,
+            hostname: "h".into(),
+            address: "10.0.0.7:2377".into(),
+            role,
+            resources: Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+            },
+        }
+    }
+
+    #[test]
+    fn a_node_is_down_once_its_heartbeat_is_older_than_the_timeout() {
+        let n = NodeInfo {
+            id: 1,
+            hostname: "h".into(),
+            address: "a".into(),
+            role: Role::Manager,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            resources: Resources::default(),
+            last_heartbeat_ms: 1_000,
+        };
+        assert_eq!(status(&n, 1_000 + NODE_TIMEOUT_MS - 1), NodeStatus::Ready);
+        assert_eq!(status(&n, 1_000 + NODE_TIMEOUT_MS), NodeStatus::Down);
+        assert_eq!(status(&n, 0), NodeStatus::Ready);
+        assert_eq!(
+            to_reconciler(&n, 1_000 + NODE_TIMEOUT_MS).status,
+            NodeStatus::Down
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_creates_the_record_then_refreshes_it_keeping_operator_settings() {
+        let s = MemStore::new();
+        assert!(record_stale(&s, &me(Role::Worker)).await);
+        heartbeat(&s, &me(Role::Worker), 5).await.unwrap();
+        assert!(!record_stale(&s, &me(Role::Worker)).await);
+        let mut n: NodeInfo = s.get(Kind::Node, "7").await.unwrap().decode().unwrap();
+        assert_eq!((n.role, n.last_heartbeat_ms), (Role::Worker, 5));
+        n.availability = Availability::Drain;
+        n.labels.insert("disk".into(), "ssd".into());
+        s.apply(Txn::new().op(Op::put(Kind::Node, "7", &n).unwrap()))
+            .unwrap();
+        // Promoted: the record is stale until the next heartbeat.
+        assert!(record_stale(&s, &me(Role::Manager)).await);
+        heartbeat(&s, &me(Role::Manager), 9).await.unwrap();
+        let n: NodeInfo = s.get(Kind::Node, "7").await.unwrap().decode().unwrap();
+        assert_eq!(n.role, Role::Manager);
+        assert_eq!(n.last_heartbeat_ms, 9);
+        assert_eq!(n.availability, Availability::Drain);
+        assert_eq!(n.labels["disk"], "ssd");
+        assert_eq!(n.resources.memory_bytes, 1 << 30);
+    }
+}
