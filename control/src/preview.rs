@@ -22,7 +22,7 @@ use crate::schema::{ServiceChange, ServiceDoc, diff_services, now_ms};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Planned {
-    /// A new task, placed on `node`.
+    /// A new task, placed on `node` (its hostname).
     Create { task: String, node: String },
     /// The task is replaced by one of the new version (now, or when the rolling update gets
     /// to it: `waits`).
@@ -195,10 +195,12 @@ pub fn plan_preview(
                         waits: false,
                     }
                 } else if let Some(node) = placed.get(&task.id) {
-                    Planned::Create {
-                        task: name,
-                        node: format!("node {node}"),
-                    }
+                    // The hostname, as swarm's task lists show it; the id if it has none.
+                    let node = match observed.nodes.get(node) {
+                        Some(n) if !n.hostname.is_empty() => n.hostname.clone(),
+                        _ => format!("node {node}"),
+                    };
+                    Planned::Create { task: name, node }
                 } else {
                     Planned::Pending {
                         task: name,

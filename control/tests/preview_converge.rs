@@ -175,7 +175,7 @@ async fn diff_lists_the_planned_task_actions_with_their_reasons() {
     let up = load(dir.path(), &V1.replace("replicas: 2", "replicas: 3"));
     let p = preview(&s, "shop", &up, false).await.unwrap();
     let actions: Vec<String> = p.actions.iter().map(|a| a.to_string()).collect();
-    assert_eq!(actions, ["create web.3 on node 1"]);
+    assert_eq!(actions, ["create web.3 on n1"]);
 
     // Nothing changed: nothing planned.
     let same = load(dir.path(), V1);
