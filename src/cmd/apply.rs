@@ -47,7 +47,7 @@ pub struct ApplyArgs {
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Give up following after this long (e.g. 90s, 5m).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::duration::parse)]
     pub timeout: Duration,
 }
 
@@ -74,7 +74,7 @@ pub struct DownArgs {
     /// node the CLI runs on (its `--data-dir`).
     #[arg(short = 'v', long)]
     pub volumes: bool,
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = crate::cmd::duration::parse)]
     pub timeout: Duration,
 }
 
@@ -101,7 +101,7 @@ pub enum StackCommand {
         /// Return after storing; don't wait for the containers to go.
         #[arg(short = 'd', long)]
         detach: bool,
-        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, default_value = "2m", value_parser = crate::cmd::duration::parse)]
         timeout: Duration,
     },
 }
@@ -152,7 +152,7 @@ pub enum ServiceCommand {
         #[arg(long = "update-parallelism")]
         update_parallelism: Option<u64>,
         /// Wait between batches (e.g. 10s, 1m30s).
-        #[arg(long = "update-delay", value_parser = parse_duration)]
+        #[arg(long = "update-delay", value_parser = crate::cmd::duration::parse)]
         update_delay: Option<Duration>,
         #[arg(long = "update-order", value_enum)]
         update_order: Option<UpdateOrderArg>,
@@ -164,7 +164,7 @@ pub enum ServiceCommand {
         force: bool,
         #[arg(short = 'd', long)]
         detach: bool,
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::cmd::duration::parse)]
         timeout: Duration,
     },
     /// Go back to the service's previous spec (a rolling update to it).
@@ -172,7 +172,7 @@ pub enum ServiceCommand {
         service: String,
         #[arg(short = 'd', long)]
         detach: bool,
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::cmd::duration::parse)]
         timeout: Duration,
     },
     /// Set replica counts: `web=5 api=2`.
@@ -181,7 +181,7 @@ pub enum ServiceCommand {
         pairs: Vec<String>,
         #[arg(short = 'd', long)]
         detach: bool,
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::cmd::duration::parse)]
         timeout: Duration,
     },
 }
@@ -315,51 +315,6 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
         }
         Ok(0)
     })
-}
-
-/// A compose/Go duration (`90s`, `1m30s`, `1h5m`, `500ms`, `1.5h`; units ns, us, ms, s, m,
-/// h, d) or plain seconds (`30`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?} (e.g. 90s, 1m30s, 500ms)");
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(v) = t.parse::<f64>() {
-        return (v.is_finite() && v >= 0.0)
-            .then(|| Duration::from_secs_f64(v))
-            .ok_or_else(bad);
-    }
-    let mut total = 0.0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if n == 0 {
-            return Err(bad());
-        }
-        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
-        let after = &rest[n..];
-        let u = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let secs = match &after[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
-            _ => return Err(bad()),
-        };
-        total += v * secs;
-        rest = &after[u..];
-    }
-    (total.is_finite())
-        .then(|| Duration::from_secs_f64(total))
-        .ok_or_else(bad)
 }
 
 pub fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
@@ -1324,22 +1279,6 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_as_compose_writes_them() {
-        let d = |s: &str| parse_duration(s).map(|d| d.as_millis());
-        assert_eq!(d("1m30s"), Ok(90_000));
-        assert_eq!(d("90s"), Ok(90_000));
-        assert_eq!(d("1h2m3s"), Ok(3_723_000));
-        assert_eq!(d("1.5h"), Ok(5_400_000));
-        assert_eq!(d("500ms"), Ok(500));
-        assert_eq!(d("2m500ms"), Ok(120_500));
-        assert_eq!(d("30"), Ok(30_000));
-        assert_eq!(d("1d"), Ok(86_400_000));
-        for bad in ["", "m", "1x", "1m30", "s5", "-1s", "1..2s", "NaN"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     fn doc(yaml: &str) -> ServiceDoc {
         let dir = tempfile::tempdir().unwrap();

@@ -36,11 +36,11 @@ pub struct DaemonArgs {
 pub struct ListenerArgs {
     /// Time a TCP client has to send a request head (also the idle time after which a
     /// kept-alive connection is closed).
-    #[arg(long, default_value = "20s", value_parser = crate::cmd::apply::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = crate::cmd::duration::parse)]
     pub listen_header_timeout: std::time::Duration,
     /// A TCP connection that has not shown the cluster token this long after it was accepted
     /// is closed.
-    #[arg(long, default_value = "30s", value_parser = crate::cmd::apply::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cmd::duration::parse)]
     pub listen_unauthenticated_timeout: std::time::Duration,
     /// TCP connections open at once (further ones are closed at once); at most a quarter of
     /// the NOFILE limit, which keeps descriptors for containers, the store and the socket.
@@ -50,7 +50,7 @@ pub struct ListenerArgs {
     #[arg(long, default_value_t = 32)]
     pub listen_max_per_source: usize,
     /// How often refused TCP requests and connections are summarised in the log.
-    #[arg(long, default_value = "60s", value_parser = crate::cmd::apply::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::duration::parse)]
     pub listen_log_interval: std::time::Duration,
 }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod duration;
 pub mod image;
 pub mod logs;
 pub mod network;
