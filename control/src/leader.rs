@@ -200,7 +200,7 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
     let mut migrated = false;
     loop {
-        let leader = node.status().map(|s| s.state == "Leader").unwrap_or(false);
+        let leader = node.is_leader();
         let mut wait = RESYNC;
         if leader && !migrated {
             match crate::migrate::legacy_config_ids(&node).await {

@@ -1,7 +1,9 @@
-//! The node's side: the loop that turns the tasks the leader assigned to this node into local
-//! containers, networks and volumes, and reports their state back ([`agent`]); how a service
-//! document becomes container options ([`options`]); image pulls ([`pull`]); container exit
-//! notifications ([`exits`]); volume removals `down --volumes` asked of this node ([`volumes`]). The store layout it reads and writes is `dcpp_control::schema`.
+//! The node's side. [`agent`] is the loop: it turns the tasks the leader assigned to this node
+//! into local containers, networks and volumes and reports their state back, executing for each
+//! task the pure decision of [`step`]. [`options`] makes container options of a service
+//! document; [`pull`] pulls images; [`exits`] notices container exits; [`volumes`] carries out
+//! `down --volumes` on this node. The store layout it reads and writes is
+//! `dcpp_control::schema`.
 
 pub mod agent;
 pub mod exits;

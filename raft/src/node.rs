@@ -613,6 +613,11 @@ impl Node {
         })
     }
 
+    /// Whether this node is the raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft().metrics().borrow().state == ServerState::Leader
+    }
+
     /// Leader, term, members and indexes as seen by this node.
     pub fn status(&self) -> Result<ClusterStatus, Error> {
         let m = self.raft().metrics().borrow().clone();
