@@ -8,6 +8,7 @@ pub mod exits;
 pub mod leader;
 pub mod options;
 pub mod pull;
+pub mod step;
 
 pub use agent::{Agent, Networking};
 
