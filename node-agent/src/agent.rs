@@ -27,6 +27,10 @@ use dcpp_runtime::network::{
 use crate::Error;
 use crate::exits::ExitWatch;
 use crate::pull::{Need, Pulls};
+use crate::step::{
+    ContainerView, HealthState, HealthTiming, ImageView, Step, next_step, shutdown_report,
+    wants_image,
+};
 use dcpp_control::schema::{
     LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
 };
@@ -51,15 +55,6 @@ pub const NETWORK_STACK_LABEL: &str = "org.dcpp.stack";
 pub struct Networking {
     pub manager: Arc<NetworkManager>,
     pub hook: Arc<ContainerNetworks>,
-}
-
-/// Healthcheck bookkeeping of one running task.
-struct HealthState {
-    next: Instant,
-    failures: u64,
-    reported: Health,
-    /// Output of the last check (stdout and stderr, trimmed), for the task's error.
-    output: String,
 }
 
 pub struct Agent {
@@ -315,174 +310,185 @@ impl Agent {
         c: Option<&ContainerInfo>,
         svc: Option<&ServiceDoc>,
     ) -> Option<Report> {
-        let live = t.is_live();
-        match t.desired {
-            DesiredState::Running if live => {
-                if t.state < TaskState::Assigned {
-                    return None;
-                }
-                match c {
-                    None if t.state >= TaskState::Running => Self::report(
-                        t,
-                        rev,
-                        TaskReport {
-                            state: Some(TaskState::Failed),
-                            error: Some("container disappeared".into()),
-                            ..Default::default()
-                        },
-                    ),
-                    None => {
-                        let policy = svc.and_then(|d| d.service.pull_policy.as_deref());
-                        let r = match (svc, self.image_for(t, policy)) {
-                            (None, _) => {
-                                Err(Error::Invalid(format!("service {} is gone", t.service)))
-                            }
-                            (Some(_), Ok(None)) => {
-                                // Pulling: show it once; the pull writes its progress.
-                                if t.state >= TaskState::Preparing {
-                                    return None;
-                                }
-                                let mut rep = Self::report(
-                                    t,
-                                    rev,
-                                    TaskReport {
-                                        state: Some(TaskState::Preparing),
-                                        ..Default::default()
-                                    },
-                                )?;
-                                let p = dcpp_reconciler::PullProgress {
-                                    image: t.image.clone(),
-                                    layers: None,
-                                };
-                                rep.task.message = p.to_string();
-                                rep.task.pull = Some(p);
-                                return Some(rep);
-                            }
-                            (Some(s), Ok(Some(img))) => self.create_and_start(t, s, img).await,
-                            (Some(_), Err(e)) => Err(e),
-                        };
-                        match r {
-                            Ok(id) => Self::report(
-                                t,
-                                rev,
-                                TaskReport {
-                                    state: Some(TaskState::Running),
-                                    container_id: Some(id),
-                                    ..Default::default()
-                                },
-                            ),
-                            Err(e) => {
-                                tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
-                                let state = match e {
-                                    Error::ImageNotFound(_) | Error::Pull(_) => TaskState::Rejected,
-                                    _ => TaskState::Failed,
-                                };
-                                Self::report(
-                                    t,
-                                    rev,
-                                    TaskReport {
-                                        state: Some(state),
-                                        error: Some(e.to_string()),
-                                        ..Default::default()
-                                    },
-                                )
-                            }
-                        }
-                    }
-                    Some(c) => match c.status {
-                        Status::Running => {
-                            let mut r = TaskReport {
-                                state: Some(TaskState::Running),
-                                container_id: Some(c.state.id.clone()),
-                                ..Default::default()
-                            };
-                            if let Some(s) = svc {
-                                r.health = self.check_health(t, c, s).await;
-                                // In service once running, or once healthy when a healthcheck
-                                // runs; an unhealthy replica is withdrawn.
-                                let healthy = r.health.unwrap_or(t.health) == Health::Healthy;
-                                self.set_serving(c, health_command(s).is_none() || healthy)
-                                    .await;
-                            }
-                            if r.health == Some(Health::Unhealthy) {
-                                self.fail_unhealthy(t, c, &mut r).await;
-                            }
-                            Self::report(t, rev, r)
-                        }
-                        Status::Created => {
-                            let id = c.state.id.clone();
-                            let res = self.blocking(move |m| m.start(&id)).await;
-                            let r = match res {
-                                Ok(_) => TaskReport {
-                                    state: Some(TaskState::Running),
-                                    container_id: Some(c.state.id.clone()),
-                                    ..Default::default()
-                                },
-                                Err(e) => TaskReport {
-                                    state: Some(TaskState::Failed),
-                                    error: Some(e.to_string()),
-                                    ..Default::default()
-                                },
-                            };
-                            Self::report(t, rev, r)
-                        }
-                        Status::Exited | Status::Dead => {
-                            self.leave_networks(c).await;
-                            Self::report(t, rev, self.exit_report(c).await)
-                        }
-                    },
+        let view = c.map(|c| container_view(c.status));
+        let policy = svc.and_then(|d| d.service.pull_policy.as_deref());
+        let (image, local) = if wants_image(t, view) {
+            match self.image_for(t, policy) {
+                Ok(Some(img)) => (Some(ImageView::Present), Some(img)),
+                Ok(None) => (Some(ImageView::Pulling), None),
+                Err(e) => {
+                    let rejected = matches!(e, Error::ImageNotFound(_) | Error::Pull(_));
+                    (
+                        Some(ImageView::Failed {
+                            rejected,
+                            error: e.to_string(),
+                        }),
+                        None,
+                    )
                 }
             }
-            _ if live => {
-                // Shutdown or Remove of a live task: stop its container, then record the end.
-                let mut r = TaskReport {
-                    state: Some(TaskState::Shutdown),
-                    ..Default::default()
-                };
-                if let Some(c) = c {
-                    if matches!(c.status, Status::Running | Status::Created) {
-                        // Out of DNS and the port map first: no new connection reaches it.
-                        self.withdraw(c).await;
-                        let id = c.state.id.clone();
-                        if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
-                            tracing::warn!(task = %t.id, "stop: {e}");
-                        }
-                    }
-                    self.leave_networks(c).await;
-                    if let Ok(i) = self
-                        .blocking({
-                            let id = c.state.id.clone();
-                            move |m| m.inspect(&id)
-                        })
-                        .await
-                    {
-                        r.exit_code = i.exit.map(|e| e.exit_code);
-                    }
-                    if t.desired == DesiredState::Remove {
-                        self.remove_container(c).await;
-                    }
+        } else {
+            (None, None)
+        };
+        let step = next_step(t, view, svc.is_some(), image.as_ref());
+        tracing::trace!(task = %t.id, ?step, "step");
+        self.execute(t, rev, c, svc, local, step).await
+    }
+
+    /// Carries out one [`Step`] for task `t` and returns the report to write, if any.
+    async fn execute(
+        &self,
+        t: &Task,
+        rev: u64,
+        c: Option<&ContainerInfo>,
+        svc: Option<&ServiceDoc>,
+        img: Option<LocalImage>,
+        step: Step,
+    ) -> Option<Report> {
+        match (step, c, svc, img) {
+            (Step::Nothing, ..) => None,
+            (Step::Report(r), ..) => {
+                if r.state == Some(TaskState::Shutdown) {
+                    self.forget_health(t);
                 }
-                self.health
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&t.id);
+                if let Some(e) = &r.error
+                    && matches!(r.state, Some(TaskState::Failed | TaskState::Rejected))
+                    && c.is_none()
+                    && t.state < TaskState::Running
+                {
+                    tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
+                }
                 Self::report(t, rev, r)
             }
-            _ => {
-                // Terminal: a removed task loses its container; history keeps a stopped one.
-                if let Some(c) = c {
-                    if t.desired == DesiredState::Remove {
-                        self.remove_container(c).await;
-                    } else if matches!(c.status, Status::Running | Status::Created) {
-                        self.withdraw(c).await;
-                        let id = c.state.id.clone();
-                        let _ = self.blocking(move |m| m.stop(&id, None)).await;
-                        self.leave_networks(c).await;
+            (Step::Pull, ..) => {
+                let mut rep = Self::report(
+                    t,
+                    rev,
+                    TaskReport {
+                        state: Some(TaskState::Preparing),
+                        ..Default::default()
+                    },
+                )?;
+                let p = dcpp_reconciler::PullProgress {
+                    image: t.image.clone(),
+                    layers: None,
+                };
+                rep.task.message = p.to_string();
+                rep.task.pull = Some(p);
+                Some(rep)
+            }
+            (Step::CreateAndStart, _, Some(s), Some(img)) => {
+                let r = match self.create_and_start(t, s, img).await {
+                    Ok(id) => TaskReport {
+                        state: Some(TaskState::Running),
+                        container_id: Some(id),
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
+                        TaskReport {
+                            state: Some(match e {
+                                Error::ImageNotFound(_) | Error::Pull(_) => TaskState::Rejected,
+                                _ => TaskState::Failed,
+                            }),
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        }
+                    }
+                };
+                Self::report(t, rev, r)
+            }
+            (Step::Monitor, Some(c), svc, _) => {
+                let mut r = TaskReport {
+                    state: Some(TaskState::Running),
+                    container_id: Some(c.state.id.clone()),
+                    ..Default::default()
+                };
+                if let Some(s) = svc {
+                    r.health = self.check_health(t, c, s).await;
+                    // In service once running, or once healthy when a healthcheck runs; an
+                    // unhealthy replica is withdrawn.
+                    let healthy = r.health.unwrap_or(t.health) == Health::Healthy;
+                    self.set_serving(c, health_command(s).is_none() || healthy)
+                        .await;
+                }
+                if r.health == Some(Health::Unhealthy) {
+                    self.fail_unhealthy(t, c, &mut r).await;
+                }
+                Self::report(t, rev, r)
+            }
+            (Step::Start, Some(c), ..) => {
+                let id = c.state.id.clone();
+                let res = self.blocking(move |m| m.start(&id)).await;
+                let r = match res {
+                    Ok(_) => TaskReport {
+                        state: Some(TaskState::Running),
+                        container_id: Some(c.state.id.clone()),
+                        ..Default::default()
+                    },
+                    Err(e) => TaskReport {
+                        state: Some(TaskState::Failed),
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                };
+                Self::report(t, rev, r)
+            }
+            (Step::ReportExit, Some(c), ..) => {
+                self.leave_networks(c).await;
+                Self::report(t, rev, self.exit_report(c).await)
+            }
+            (Step::Shutdown { stop, remove }, Some(c), ..) => {
+                let mut r = shutdown_report();
+                if stop {
+                    // Out of DNS and the port map first: no new connection reaches it.
+                    self.withdraw(c).await;
+                    let id = c.state.id.clone();
+                    if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
+                        tracing::warn!(task = %t.id, "stop: {e}");
                     }
                 }
+                self.leave_networks(c).await;
+                if let Ok(i) = self
+                    .blocking({
+                        let id = c.state.id.clone();
+                        move |m| m.inspect(&id)
+                    })
+                    .await
+                {
+                    r.exit_code = i.exit.map(|e| e.exit_code);
+                }
+                if remove {
+                    self.remove_container(c).await;
+                }
+                self.forget_health(t);
+                Self::report(t, rev, r)
+            }
+            (Step::Remove, Some(c), ..) => {
+                self.remove_container(c).await;
+                None
+            }
+            (Step::Halt, Some(c), ..) => {
+                self.withdraw(c).await;
+                let id = c.state.id.clone();
+                let _ = self.blocking(move |m| m.stop(&id, None)).await;
+                self.leave_networks(c).await;
+                None
+            }
+            // A step whose inputs this round lacks (cannot happen: `next_step` names container
+            // steps only for an observed container, and creates only with service and image).
+            (step, ..) => {
+                tracing::debug!(task = %t.id, ?step, "step without its inputs");
                 None
             }
         }
+    }
+
+    fn forget_health(&self, t: &Task) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t.id);
     }
 
     async fn exit_report(&self, c: &ContainerInfo) -> TaskReport {
@@ -721,26 +727,17 @@ impl Agent {
     async fn check_health(&self, t: &Task, c: &ContainerInfo, doc: &ServiceDoc) -> Option<Health> {
         let args = health_command(doc)?;
         let hc = doc.service.healthcheck.as_ref()?;
-        let ms = |d: Option<dcpp_spec::Duration>, def: u64| {
-            Duration::from_nanos(d.map(|d| d.0).unwrap_or(def * 1_000_000))
-        };
-        let interval = ms(hc.interval, 30_000);
-        let timeout = ms(hc.timeout, 30_000);
-        let retries = hc.retries.unwrap_or(3);
-        let start_period = ms(hc.start_period, 0);
+        let timing = HealthTiming::of(hc);
+        let timeout = timing.timeout;
         let now = Instant::now();
         {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-            let st = h.entry(t.id).or_insert(HealthState {
-                next: now,
-                failures: 0,
-                reported: t.health,
-                output: String::new(),
-            });
-            if now < st.next {
+            let st = h
+                .entry(t.id)
+                .or_insert_with(|| HealthState::new(now, t.health));
+            if !st.take_due(now, timing.interval) {
                 return None;
             }
-            st.next = now + interval;
         }
         let id = c.state.id.clone();
         let task_id = t.id;
@@ -818,27 +815,7 @@ impl Agent {
         let (ok, output) = ok;
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let st = h.get_mut(&t.id)?;
-        st.output = output;
-        let in_grace = t
-            .started_at
-            .is_some_and(|s| now_ms().saturating_sub(s) < start_period.as_millis() as u64);
-        let health = if ok {
-            st.failures = 0;
-            Health::Healthy
-        } else {
-            st.failures += 1;
-            if st.failures >= retries && !in_grace {
-                Health::Unhealthy
-            } else if st.reported == Health::Unknown {
-                Health::Starting
-            } else {
-                st.reported
-            }
-        };
-        (health != st.reported).then(|| {
-            st.reported = health;
-            health
-        })
+        st.record(ok, output, &timing, t.started_at, now_ms())
     }
 
     /// Runs rounds until `stop` turns true: on every store change, every [`POLL`], and a
@@ -918,6 +895,15 @@ impl Agent {
             .list()
             .iter()
             .any(|c| c.state.labels.contains_key(LABEL_TASK))
+    }
+}
+
+/// How a container's status enters the decision.
+fn container_view(s: Status) -> ContainerView {
+    match s {
+        Status::Running => ContainerView::Running,
+        Status::Created => ContainerView::Created,
+        Status::Exited | Status::Dead => ContainerView::Stopped,
     }
 }
 

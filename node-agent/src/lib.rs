@@ -1,6 +1,6 @@
 //! The node's side. [`agent`] is the loop: it turns the tasks the leader assigned to this node
 //! into local containers, networks and volumes and reports their state back, executing for each
-//! task the pure decision of [`step`]. [`options`] makes container options of a service
+//! task the pure decision of [`step`] (healthcheck bookkeeping included). [`options`] makes container options of a service
 //! document; [`pull`] pulls images; [`exits`] notices container exits; [`volumes`] carries out
 //! `down --volumes` on this node. The store layout it reads and writes is
 //! `dcpp_control::schema`.
@@ -9,6 +9,7 @@ pub mod agent;
 pub mod exits;
 pub mod options;
 pub mod pull;
+pub mod step;
 pub mod volumes;
 
 pub use agent::{Agent, Networking};
