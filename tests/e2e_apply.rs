@@ -3,6 +3,9 @@
 //! prefix, nft table and address pool; a busybox image imported from a local directory; stacks
 //! applied with `dcpp apply` and checked through `dcpp ps`, the published port and the runtime.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,8 @@ struct Rig {
     table: String,
     pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 fn free_port() -> u16 {
@@ -51,25 +56,26 @@ fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a slot.
+    fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
@@ -318,7 +324,7 @@ fn http_get(port: u16) -> Option<String> {
 
 #[test]
 fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
-    let rig = Rig::new("ap", 231);
+    let rig = Rig::new("ap");
     let port = free_port();
 
     // Invalid input: located error, nothing stored.
@@ -413,7 +419,7 @@ fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
 
 #[test]
 fn update_to_a_missing_image_fails_and_rolls_back() {
-    let rig = Rig::new("rb", 232);
+    let rig = Rig::new("rb");
     let port = free_port();
     let file = rig.write("compose.yml", &web_compose("rbs", port, 2, IMAGE));
     rig.ok(&["apply", "-f", &file]);
@@ -472,7 +478,7 @@ fn update_to_a_missing_image_fails_and_rolls_back() {
 
 #[test]
 fn daemon_killed_mid_apply_converges_without_duplicates() {
-    let mut rig = Rig::new("kd", 233);
+    let mut rig = Rig::new("kd");
     let port = free_port();
     let file = rig.write("compose.yml", &web_compose("kds", port, 6, IMAGE));
     rig.ok(&["apply", "-d", "-f", &file]);
@@ -510,7 +516,7 @@ fn sleeper(replicas: u32) -> String {
 
 #[test]
 fn watched_directory_add_change_break_delete() {
-    let rig = Rig::new("wa", 234);
+    let rig = Rig::new("wa");
     let dir = rig.root.join("stacks");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("alpha.yml"), sleeper(1)).unwrap();
@@ -564,7 +570,7 @@ fn watched_directory_add_change_break_delete() {
 
 #[test]
 fn healthcheck_runs_in_the_container_and_gates_service_healthy_dependents() {
-    let rig = Rig::new("hc", 235);
+    let rig = Rig::new("hc");
     let file = rig.write(
         "compose.yml",
         &format!(

@@ -4,6 +4,9 @@
 //! inside the containers (`dcpp container exec`, `dcpp logs`). The daemon rig is the one of
 //! e2e_apply.rs: own data dir, socket, port, cgroup parent, bridge prefix, nft table and pool.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,8 @@ struct Rig {
     table: String,
     pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 fn free_port() -> u16 {
@@ -52,25 +57,26 @@ fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a slot.
+    fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
@@ -326,7 +332,7 @@ volumes:
 
 #[test]
 fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
-    let rig = Rig::new("cv", 251);
+    let rig = Rig::new("cv");
     std::fs::create_dir(rig.root.join("host")).unwrap();
     std::fs::write(rig.root.join("host/hello"), "from the host\n").unwrap();
     let file = rig.write("compose.yml", &stack(1));
@@ -492,7 +498,7 @@ fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
 /// examples/sidecar runs as documented in its header.
 #[test]
 fn sidecar_example_runs() {
-    let rig = Rig::new("cs", 252);
+    let rig = Rig::new("cs");
     let rootfs = rig.root.join("rootfs");
     rig.ok(&[
         "image",
