@@ -482,7 +482,10 @@ fn daemon_killed_mid_apply_converges_without_duplicates() {
     let port = free_port();
     let file = rig.write("compose.yml", &web_compose("kds", port, 6, IMAGE));
     rig.ok(&["apply", "-d", "-f", &file]);
-    std::thread::sleep(Duration::from_millis(400));
+    // Mid-apply: the agent has started creating the replicas.
+    rig.wait_until("the first replica's container", 20, || {
+        !rig.containers().is_empty()
+    });
     rig.kill9();
     rig.start_daemon();
     let out = rig.ok(&["apply", "-f", &file]);
