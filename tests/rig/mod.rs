@@ -21,7 +21,7 @@ pub struct Rig {
     pub socket: PathBuf,
     port: u16,
     cgroup: String,
-    prefix: String,
+    pub prefix: String,
     table: String,
     pool: String,
     daemon: Option<Child>,
