@@ -1,4 +1,4 @@
-//! A daemon per test for the convergence and scenario suites: the rig of `e2e_apply.rs` (own
+//! A daemon per test for the apply, compose, convergence and scenario suites (own
 //! data dir, socket, port, cgroup parent, bridge prefix, nft table and address pool; busybox
 //! imported from a local directory), plus what those suites need on top.
 #![allow(dead_code)]
