@@ -1,6 +1,9 @@
 //! `dcpp container …`, `dcpp logs`, `dcpp volume …` as a user runs them (as root): the real binary
 //! re-executes itself (or dcpp-shim) as the per-container monitor.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -122,9 +125,17 @@ fn detached_lifecycle_logs_exec_stop_rm() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ls = text(&c.run(&["container", "ls"]).stdout);
     assert!(ls.contains("web") && ls.contains("running"), "{ls}");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let logs = c.run(&["logs", "web"]);
-    assert_eq!(text(&logs.stdout), "started\n");
+    let mut logs = String::new();
+    slot::wait_until(
+        "the container's first line in its log",
+        std::time::Duration::from_secs(10),
+        || {
+            logs = text(&c.run(&["logs", "web"]).stdout);
+            !logs.is_empty()
+        },
+        String::new,
+    );
+    assert_eq!(logs, "started\n");
     let ex = c.run(&[
         "container",
         "exec",

@@ -7,6 +7,9 @@
 //! Each daemon takes its own data dir, socket, port, cgroup parent, bridge prefix, nft table
 //! and address pool (10.171–10.173), and leaves none of them behind.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
@@ -73,28 +76,31 @@ struct Rig {
     table: String,
     pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 impl Rig {
-    /// `tag`: 2 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
+    fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-cli-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-cli-{tag}-{}", std::process::id()),
-            prefix: format!("c{tag}{}", uniq % 10),
-            table: format!("dcpp_cli_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
@@ -381,7 +387,7 @@ fn durations_are_read_as_compose_writes_them() {
 /// period): `down` returns after about one grace period with everything gone.
 #[test]
 fn down_stops_all_replicas_at_once_and_returns_when_everything_is_gone() {
-    let rig = Rig::new("dn", 171);
+    let rig = Rig::new("dn");
     let port = free_port();
     let grace = 3;
     let file = rig.write(
@@ -442,7 +448,7 @@ fn down_stops_all_replicas_at_once_and_returns_when_everything_is_gone() {
 
 #[test]
 fn watch_reports_a_broken_file_once_per_change() {
-    let rig = Rig::new("wt", 172);
+    let rig = Rig::new("wt");
     let dir = rig.root.join("stacks");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("alpha.yml"), "services:\n  app: [unclosed\n").unwrap();
@@ -499,7 +505,7 @@ fn watch_reports_a_broken_file_once_per_change() {
 
 #[test]
 fn tables_json_version_events_profiles_update_flags_and_aliases() {
-    let rig = Rig::new("tb", 173);
+    let rig = Rig::new("tb");
     let file = rig.write(
         "compose.yml",
         &format!(

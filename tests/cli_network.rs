@@ -2,6 +2,9 @@
 //! through the library are listed, inspected, refused while in use, removed and pruned, and
 //! their bridges go with them.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::process::{Command, Output};
 
 use dcpp_runtime::network::{AttachRequest, NetworkConfig, NetworkManager, NetworkOptions};
@@ -39,11 +42,13 @@ impl Drop for Destroy {
 
 #[test]
 fn network_ls_inspect_rm_prune() {
+    // Declared first, so it is released after `_cleanup` has destroyed what it named.
+    let slot = slot::Slot::take("cl");
     let data = tempfile::tempdir().unwrap();
     let mut o = NetworkOptions::new(data.path());
-    o.bridge_prefix = "dtcl".into();
-    o.nft_table = "dcpp_test_dtcl".into();
-    o.pool = "10.233.0.0/16".parse().unwrap();
+    o.bridge_prefix = slot.prefix.clone();
+    o.nft_table = slot.table.clone();
+    o.pool = slot.pool.parse().unwrap();
     o.masquerade = false;
     o.dns = None;
     let _cleanup = Destroy(o.clone());
@@ -69,7 +74,13 @@ fn network_ls_inspect_rm_prune() {
         .args(["--net", "/bin/busybox", "sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let own_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    slot::wait_until(
+        "the holder in its own network namespace",
+        std::time::Duration::from_secs(10),
+        || std::fs::read_link(format!("/proc/{}/ns/net", holder.id())).is_ok_and(|n| n != own_ns),
+        String::new,
+    );
     let req = AttachRequest {
         container_id: "f".repeat(64),
         container_name: "proj-web-1".into(),

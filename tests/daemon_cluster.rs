@@ -1,12 +1,16 @@
 //! Real `dcpp daemon` processes on 127.0.0.1: zero-config start, init/join through the CLI,
 //! kill -9 of every daemon, restart from disk, data present; leave.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dcpp_raft::{Client, Endpoint, Kind};
 use serde_json::json;
+use slot::Slot;
 
 struct Daemon {
     child: Option<Child>,
@@ -14,6 +18,8 @@ struct Daemon {
     socket: PathBuf,
     port: u16,
     log: PathBuf,
+    // Last: released only after `Drop` has cleaned up under its names.
+    slot: Slot,
 }
 
 impl Daemon {
@@ -24,6 +30,8 @@ impl Daemon {
             socket: root.join(format!("{name}.sock")),
             port,
             log: root.join(format!("{name}.log")),
+            // Never the host's default bridge prefix, nft table, cgroup parent or pool.
+            slot: Slot::take(&format!("dc{name}")),
         };
         d.spawn();
         d
@@ -45,6 +53,10 @@ impl Daemon {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--socket")
             .arg(&self.socket)
+            .args(["--cgroup-parent", &self.slot.cgroup])
+            .args(["--bridge-prefix", &self.slot.prefix])
+            .args(["--nft-table", &self.slot.table])
+            .args(["--network-pool", &self.slot.pool])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -105,6 +117,27 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.slot.table])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1) {
+                    let name = name.split('@').next().unwrap_or("");
+                    if name.starts_with(&self.slot.prefix) {
+                        let _ = Command::new("ip").args(["link", "del", name]).status();
+                    }
+                }
+            }
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(&self.slot.cgroup));
+        }
     }
 }
 

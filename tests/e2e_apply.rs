@@ -3,267 +3,15 @@
 //! prefix, nft table and address pool; a busybox image imported from a local directory; stacks
 //! applied with `dcpp apply` and checked through `dcpp ps`, the published port and the runtime.
 
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
-const IMAGE: &str = "dcpp.local/busybox:e2e";
-
-struct Rig {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-    cgroup: String,
-    prefix: String,
-    table: String,
-    pool: String,
-    daemon: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static must be installed");
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
-}
-
-impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dcpp-e2e-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
-        let mut rig = Rig {
-            data: root.join("data"),
-            socket: root.join("dcpp.sock"),
-            port: free_port(),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
-            root,
-            _tmp: tmp,
-            daemon: None,
-        };
-        let rootfs = rig.root.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        rig.start_daemon();
-        rig
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--log", "info", "--data-dir"])
-            .arg(&self.data)
-            .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--cgroup-parent", &self.cgroup])
-            .args(["--bridge-prefix", &self.prefix])
-            .args(["--nft-table", &self.table])
-            .args(["--network-pool", &self.pool])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            // SIGTERM: the daemon's clean shutdown path.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn dcpp(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .args(args)
-            .current_dir(&self.root)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs a command that must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dcpp(args);
-        assert!(
-            out.status.success(),
-            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&out.stdout),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.root.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Live tasks as (name, id, image, state).
-    fn tasks(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(&["ps", "--format", "json"]);
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn running(&self, service: &str) -> usize {
-        self.tasks()
-            .iter()
-            .filter(|t| t["service"] == service && t["state"] == "running")
-            .count()
-    }
-
-    /// Ids of the task containers in the runtime.
-    fn containers(&self) -> BTreeSet<String> {
-        let out = self.ok(&["container", "ls", "-a", "-q"]);
-        out.lines().map(str::to_string).collect()
-    }
-
-    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
-                self.ok(&["ps", "-a"]),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            for s in self.tasks_stacks() {
-                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
-            }
-        }
-        self.stop_daemon();
-        // Whatever a failed test left: containers, then networking and cgroups.
-        for id in self.containers_best_effort() {
-            let _ = self.dcpp(&["container", "rm", "-f", &id]);
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(name) = l.split(": ").nth(1) {
-                    let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(&self.prefix) {
-                        let _ = Command::new("ip").args(["link", "del", name]).status();
-                    }
-                }
-            }
-        }
-        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
-        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
-        }
-    }
-}
-
-impl Rig {
-    fn tasks_stacks(&self) -> BTreeSet<String> {
-        let out = self.dcpp(&["stack", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    }
-
-    fn containers_best_effort(&self) -> Vec<String> {
-        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use rig::*;
 
 fn web_compose(stack: &str, port: u16, replicas: u32, image: &str) -> String {
     format!(
@@ -302,23 +50,9 @@ fn assert_port_serves(port: u16, n: usize) {
     }
 }
 
-fn http_get(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
 #[test]
 fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
-    let rig = Rig::new("ap", 231);
+    let rig = Rig::new("ap");
     let port = free_port();
 
     // Invalid input: located error, nothing stored.
@@ -413,7 +147,7 @@ fn apply_runs_a_stack_and_reapply_scale_and_kill_behave() {
 
 #[test]
 fn update_to_a_missing_image_fails_and_rolls_back() {
-    let rig = Rig::new("rb", 232);
+    let rig = Rig::new("rb");
     let port = free_port();
     let file = rig.write("compose.yml", &web_compose("rbs", port, 2, IMAGE));
     rig.ok(&["apply", "-f", &file]);
@@ -472,11 +206,14 @@ fn update_to_a_missing_image_fails_and_rolls_back() {
 
 #[test]
 fn daemon_killed_mid_apply_converges_without_duplicates() {
-    let mut rig = Rig::new("kd", 233);
+    let mut rig = Rig::new("kd");
     let port = free_port();
     let file = rig.write("compose.yml", &web_compose("kds", port, 6, IMAGE));
     rig.ok(&["apply", "-d", "-f", &file]);
-    std::thread::sleep(Duration::from_millis(400));
+    // Mid-apply: the agent has started creating the replicas.
+    rig.wait_until("the first replica's container", 20, || {
+        !rig.containers().is_empty()
+    });
     rig.kill9();
     rig.start_daemon();
     let out = rig.ok(&["apply", "-f", &file]);
@@ -510,7 +247,7 @@ fn sleeper(replicas: u32) -> String {
 
 #[test]
 fn watched_directory_add_change_break_delete() {
-    let rig = Rig::new("wa", 234);
+    let rig = Rig::new("wa");
     let dir = rig.root.join("stacks");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("alpha.yml"), sleeper(1)).unwrap();
@@ -564,7 +301,7 @@ fn watched_directory_add_change_break_delete() {
 
 #[test]
 fn healthcheck_runs_in_the_container_and_gates_service_healthy_dependents() {
-    let rig = Rig::new("hc", 235);
+    let rig = Rig::new("hc");
     let file = rig.write(
         "compose.yml",
         &format!(

@@ -8,6 +8,9 @@
 //! Not covered (not built): networking between nodes. Each node gives a stack its own bridge,
 //! so a task reaches by name only the replicas on its own node.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +63,8 @@ struct Node {
     child: Option<Child>,
     /// Raft node id (also the id in task records and `dcpp node …`).
     id: u64,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 impl Node {
@@ -180,8 +185,8 @@ struct Cluster {
 impl Cluster {
     /// Three daemons: `a` creates the cluster, `b` joins with the manager token and `c` with
     /// the worker token (or the manager token if `c_manager`). `tag`: two lowercase letters
-    /// unique among the tests; `net`: second octet of `a`'s pool (b and c take the next two).
-    fn new(tag: &str, net: u8, c_manager: bool) -> Cluster {
+    /// naming the test; each node's names and pool come from its own slot.
+    fn new(tag: &str, c_manager: bool) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
@@ -189,23 +194,24 @@ impl Cluster {
         let root = tmp.path().to_path_buf();
         let rootfs = root.join("rootfs");
         busybox_rootfs(&rootfs);
-        let pid = std::process::id();
         let nodes = ["a", "b", "c"]
             .iter()
-            .enumerate()
-            .map(|(i, n)| Node {
-                name: n.to_string(),
-                data: root.join(n),
-                socket: root.join(format!("{n}.sock")),
-                port: free_port(),
-                cgroup: format!("dcpp-e2e-{tag}{n}-{pid}"),
-                // Same length for all, so that no prefix is a prefix of another's.
-                prefix: format!("c{tag}{n}{}", pid % 10),
-                table: format!("dcpp_e2e_{tag}{n}_{}", pid % 1000),
-                pool: format!("10.{}.0.0/16", net + i as u8),
-                log: root.join(format!("{n}.log")),
-                child: None,
-                id: 0,
+            .map(|n| {
+                let slot = crate::slot::Slot::take(&format!("{tag}{n}"));
+                Node {
+                    name: n.to_string(),
+                    data: root.join(n),
+                    socket: root.join(format!("{n}.sock")),
+                    port: free_port(),
+                    cgroup: slot.cgroup.clone(),
+                    prefix: slot.prefix.clone(),
+                    table: slot.table.clone(),
+                    pool: slot.pool.clone(),
+                    log: root.join(format!("{n}.log")),
+                    child: None,
+                    id: 0,
+                    _slot: slot,
+                }
             })
             .collect();
         let mut cl = Cluster {
@@ -494,7 +500,7 @@ fn same_everywhere(cl: &Cluster) {
 #[test]
 fn replicas_spread_global_runs_everywhere_and_drain_moves_work() {
     let t0 = Instant::now();
-    let cl = Cluster::new("sp", 241, false);
+    let cl = Cluster::new("sp", false);
     let ls = cl.ok(2, &["node", "ls"]);
     assert_eq!(ls.lines().count(), 4, "{ls}");
     assert!(ls.contains("learner") && ls.contains("worker"), "{ls}");
@@ -645,11 +651,11 @@ services:
 /// it), but after the node timeout the leader — a new one if the victim led — gives its slots
 /// to the other nodes. When it comes back its agent stops the containers of the slots that
 /// moved, so no slot is served twice, and the node takes new work again.
-fn kill_node_then_bring_it_back(tag: &str, net: u8, victim: usize) -> Cluster {
+fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     let t0 = Instant::now();
     // To lose the leader, c is a manager too, so the survivors keep a Raft majority; otherwise
     // c is a worker (a Raft learner).
-    let mut cl = Cluster::new(tag, net, victim == 0);
+    let mut cl = Cluster::new(tag, victim == 0);
     let stack = format!("{tag}s");
     let app = format!("{stack}_app");
     let file = cl.write("compose.yml", &compose(&stack, 6, false));
@@ -747,7 +753,7 @@ fn kill_node_then_bring_it_back(tag: &str, net: u8, victim: usize) -> Cluster {
 
 #[test]
 fn killed_node_loses_its_tasks_and_cleans_up_when_it_returns() {
-    let mut cl = kill_node_then_bring_it_back("kn", 244, 2);
+    let mut cl = kill_node_then_bring_it_back("kn", 2);
     let app = "kns_app";
     // Then c is lost for good. `node rm` refuses while it is up, then takes it out of the
     // cluster, and its slots move at once (no node timeout to wait out).
@@ -782,11 +788,11 @@ fn killed_node_loses_its_tasks_and_cleans_up_when_it_returns() {
 
 #[test]
 fn killed_leader_node_loses_its_tasks_to_the_new_leader() {
-    kill_node_then_bring_it_back("kl", 247, 0).teardown();
+    kill_node_then_bring_it_back("kl", 0).teardown();
 }
 #[test]
 fn global_service_converges_with_a_drained_node() {
-    let cl = Cluster::new("gd", 250, false);
+    let cl = Cluster::new("gd", false);
     let file = cl.write("compose.yml", &compose("gds", 1, true));
     let out = cl.ok(0, &["apply", "-f", &file]);
     assert!(out.contains("converged"), "{out}");

@@ -1,256 +1,16 @@
 //! Compose mount, limit and namespace keys end to end through the real binary, as root on the
 //! real kernel: named volumes that outlive container re-creation and `dcpp down`, read-only
 //! binds, tmpfs mounts, ulimits, sysctls and `network_mode: service:NAME`, each checked from
-//! inside the containers (`dcpp container exec`, `dcpp logs`). The daemon rig is the one of
-//! e2e_apply.rs: own data dir, socket, port, cgroup parent, bridge prefix, nft table and pool.
+//! inside the containers (`dcpp container exec`, `dcpp logs`). The daemon rig is the shared one
+//! of `rig/mod.rs`: own data dir, socket, port, and a slot for names and pool.
+
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
-const IMAGE: &str = "dcpp.local/busybox:e2e";
-
-struct Rig {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-    cgroup: String,
-    prefix: String,
-    table: String,
-    pool: String,
-    daemon: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static must be installed");
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
-}
-
-impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dcpp-e2e-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
-        let mut rig = Rig {
-            data: root.join("data"),
-            socket: root.join("dcpp.sock"),
-            port: free_port(),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
-            root,
-            _tmp: tmp,
-            daemon: None,
-        };
-        let rootfs = rig.root.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        rig.start_daemon();
-        rig
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--log", "info", "--data-dir"])
-            .arg(&self.data)
-            .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--cgroup-parent", &self.cgroup])
-            .args(["--bridge-prefix", &self.prefix])
-            .args(["--nft-table", &self.table])
-            .args(["--network-pool", &self.pool])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            // SIGTERM: the daemon's clean shutdown path.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn dcpp(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .args(args)
-            .current_dir(&self.root)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs a command that must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dcpp(args);
-        assert!(
-            out.status.success(),
-            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&out.stdout),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.root.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Live tasks as (name, id, image, state).
-    fn tasks(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(&["ps", "--format", "json"]);
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Ids of the task containers in the runtime.
-    fn containers(&self) -> BTreeSet<String> {
-        let out = self.ok(&["container", "ls", "-a", "-q"]);
-        out.lines().map(str::to_string).collect()
-    }
-
-    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
-                self.ok(&["ps", "-a"]),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            for s in self.tasks_stacks() {
-                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
-            }
-        }
-        self.stop_daemon();
-        // Whatever a failed test left: containers, then networking and cgroups.
-        for id in self.containers_best_effort() {
-            let _ = self.dcpp(&["container", "rm", "-f", &id]);
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(name) = l.split(": ").nth(1) {
-                    let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(&self.prefix) {
-                        let _ = Command::new("ip").args(["link", "del", name]).status();
-                    }
-                }
-            }
-        }
-        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
-        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
-        }
-    }
-}
-
-impl Rig {
-    fn tasks_stacks(&self) -> BTreeSet<String> {
-        let out = self.dcpp(&["stack", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    }
-
-    fn containers_best_effort(&self) -> Vec<String> {
-        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use rig::*;
 
 impl Rig {
     /// The container id of the running task of `service` (`<stack>_<name>`).
@@ -326,7 +86,7 @@ volumes:
 
 #[test]
 fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
-    let rig = Rig::new("cv", 251);
+    let rig = Rig::new("cv");
     std::fs::create_dir(rig.root.join("host")).unwrap();
     std::fs::write(rig.root.join("host/hello"), "from the host\n").unwrap();
     let file = rig.write("compose.yml", &stack(1));
@@ -492,7 +252,7 @@ fn compose_volumes_tmpfs_ulimits_sysctls_and_network_mode_service() {
 /// examples/sidecar runs as documented in its header.
 #[test]
 fn sidecar_example_runs() {
-    let rig = Rig::new("cs", 252);
+    let rig = Rig::new("cs");
     let rootfs = rig.root.join("rootfs");
     rig.ok(&[
         "image",

@@ -3,6 +3,8 @@
 //! service.
 
 mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 use rig::*;
 
 /// The lines of `err` that report `service` as failed.
@@ -13,7 +15,7 @@ fn failed_lines<'a>(err: &'a str, service: &str) -> Vec<&'a str> {
 
 #[test]
 fn four_services_exiting_at_once_fail_apply_with_one_line_each() {
-    let rig = Rig::new("cq", 246);
+    let rig = Rig::new("cq");
     let mut yaml = "name: crash\nservices:\n".to_string();
     for i in 1..=4 {
         yaml.push_str(&format!(
@@ -38,7 +40,7 @@ fn four_services_exiting_at_once_fail_apply_with_one_line_each() {
 
 #[test]
 fn one_shot_service_and_its_dependent_converge() {
-    let rig = Rig::new("co", 247);
+    let rig = Rig::new("co");
     let file = rig.write(
         "oneshot.yml",
         &format!(
@@ -70,7 +72,7 @@ services:
 
 #[test]
 fn always_unhealthy_service_fails_apply_with_the_healthcheck_output() {
-    let rig = Rig::new("cu", 248);
+    let rig = Rig::new("cu");
     let file = rig.write(
         "sick.yml",
         &format!(
@@ -108,7 +110,7 @@ services:
 
 #[test]
 fn failed_pulls_and_unsatisfiable_constraints_fail_with_reasons() {
-    let rig = Rig::new("cp", 249);
+    let rig = Rig::new("cp");
     let file = rig.write(
         "nope.yml",
         &format!(
@@ -157,7 +159,7 @@ services:
 
 #[test]
 fn timeout_lists_only_the_followed_stack() {
-    let rig = Rig::new("ct", 250);
+    let rig = Rig::new("ct");
     // Another stack with a task that stays pending.
     let other = rig.write(
         "other.yml",

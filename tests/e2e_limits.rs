@@ -6,6 +6,8 @@
 
 #[path = "support/dataplane_rig.rs"]
 mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ fn task_of<'a>(tasks: &'a [serde_json::Value], service: &str) -> Option<&'a serd
 
 #[test]
 fn deploy_limits_hold_a_fork_bomb_and_a_memory_hog_inside_their_cgroups() {
-    let rig = Rig::new("rl", 197);
+    let rig = Rig::new("rl");
     let file = rig.write(
         "compose.yml",
         &format!(
@@ -129,7 +131,7 @@ services:
 
 #[test]
 fn a_reservation_larger_than_the_node_stays_pending_and_ps_says_why() {
-    let rig = Rig::new("rv", 198);
+    let rig = Rig::new("rv");
     let file = rig.write(
         "compose.yml",
         &format!(
@@ -181,7 +183,7 @@ services:
 
 #[test]
 fn on_failure_3_restarts_exactly_three_times_with_backoff() {
-    let rig = Rig::new("rs", 199);
+    let rig = Rig::new("rs");
     let file = rig.write(
         "compose.yml",
         &format!(
@@ -225,7 +227,7 @@ services:
 
 #[test]
 fn privileged_works_on_this_host_and_tty_is_refused_at_apply() {
-    let rig = Rig::new("pv", 200);
+    let rig = Rig::new("pv");
     let file = rig.write(
         "compose.yml",
         &format!(

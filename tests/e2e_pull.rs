@@ -7,6 +7,8 @@ mod busybox;
 #[path = "../runtime/tests/common/registry.rs"]
 #[allow(dead_code)]
 mod registry;
+#[path = "rig/slot.rs"]
+mod slot;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -23,25 +25,28 @@ struct Daemon {
     prefix: String,
     table: String,
     child: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 impl Daemon {
-    fn start(tag: &str, net: u8) -> Daemon {
+    fn start(tag: &str) -> Daemon {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut d = Daemon {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
             root,
             _tmp: tmp,
             child: None,
+            _slot: slot,
         };
         let log = std::fs::File::create(d.root.join("daemon.log")).unwrap();
         let child = Command::new(BIN)
@@ -54,7 +59,7 @@ impl Daemon {
             .args(["--cgroup-parent", &d.cgroup])
             .args(["--bridge-prefix", &d.prefix])
             .args(["--nft-table", &d.table])
-            .args(["--network-pool", &format!("10.{net}.0.0/16")])
+            .args(["--network-pool", &d._slot.pool])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -183,7 +188,7 @@ fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
     local(&["image", "import", rootfs.path().to_str().unwrap(), &image]);
     local(&["image", "push", &image]);
 
-    let d = Daemon::start("pl", 233);
+    let d = Daemon::start("pl");
     let out = d.apply("pull.yml", &sleeper("pull", &image, 3));
     let all = text(&out);
     assert!(

@@ -5,6 +5,9 @@
 //!
 //! Figures are printed with `FIGURES:`; see them with `--nocapture`.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +32,8 @@ struct Rig {
     wrapper: Vec<String>,
     extra: Vec<String>,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 fn free_port() -> u16 {
@@ -57,27 +62,28 @@ fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a slot.
+    fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-sec-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-sec-{tag}-{}", std::process::id()),
-            prefix: format!("s{tag}{}", uniq % 10),
-            table: format!("dcpp_sec_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             wrapper: Vec::new(),
             extra: Vec::new(),
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
@@ -335,7 +341,7 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
         eprintln!("FIGURES: NOFILE hard limit {soft} lets the test open only {conns} connections");
     }
 
-    let mut rig = Rig::new("fl", 221);
+    let mut rig = Rig::new("fl");
     // The daemon starts with the usual small soft limit and a hard limit below the flood: the
     // flood could take every descriptor it may have.
     rig.wrapper = vec!["prlimit".into(), "--nofile=1024:16384".into(), "--".into()];
@@ -563,7 +569,7 @@ fn read_response(r: &mut std::io::BufReader<TcpStream>) -> Option<(u16, bool)> {
 
 #[test]
 fn failed_authentication_is_rate_limited_and_summarised() {
-    let mut rig = Rig::new("au", 222);
+    let mut rig = Rig::new("au");
     rig.extra = ["--listen-log-interval", "2s", "--no-agent"]
         .map(String::from)
         .to_vec();
@@ -664,7 +670,7 @@ fn resolv_files(rig: &Rig) -> Vec<String> {
 
 #[test]
 fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front() {
-    let mut rig = Rig::new("rv", 223);
+    let mut rig = Rig::new("rv");
     rig.start_daemon();
 
     // Refused at validation, with the position, and nothing stored.
@@ -715,7 +721,7 @@ fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front()
 
 #[test]
 fn cli_commands_end_quietly_on_a_closed_pipe() {
-    let rig = Rig::new("pp", 224);
+    let rig = Rig::new("pp");
     for args in [
         vec!["image", "inspect", IMAGE],
         vec!["image", "ls"],
@@ -984,7 +990,7 @@ fn networks_stay_isolated_with_forwarding_on_and_work_behind_a_drop_policy() {
     );
     let outside = "10.226.250.2:8081";
 
-    let mut rig = Rig::new("fw", 226);
+    let mut rig = Rig::new("fw");
     rig.wrapper = vec!["nsenter".into(), ns.path(), "--".into()];
     rig.start_daemon();
     let port = free_port();

@@ -5,6 +5,8 @@
 //! rollback, what `service ls` and `service inspect` say runs, and that the port answers.
 
 mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 use rig::*;
 
 const GOOD2: &str = "dcpp.local/busybox:day2";
@@ -112,7 +114,7 @@ fn web_tasks(rig: &Rig) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_compose_users_day() {
-    let rig = Rig::new("dy", 245);
+    let rig = Rig::new("dy");
     rig.import_variant(GOOD2, |root| {
         std::fs::write(root.join("www/index.html"), "hello v2\n").unwrap();
     });

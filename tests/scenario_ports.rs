@@ -11,6 +11,8 @@
 
 #[path = "support/dataplane_rig.rs"]
 mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -235,7 +237,7 @@ fn assert_served_by(rig: &Rig, client: &str, ids: &[String], step: &str) {
 
 #[test]
 fn rolling_updates_and_scaling_fail_no_request_and_dns_follows_replicas() {
-    let rig = Rig::new("sp", 196);
+    let rig = Rig::new("sp");
     let port = free_port();
     let file = rig.write("compose.yml", &compose(port, 4, IMAGE, 0));
     rig.ok(&["apply", "-f", &file]);

@@ -6,6 +6,9 @@
 //! older dcpp left loose is tightened when the daemon starts, without touching the modes inside
 //! image layers.
 
+#[path = "rig/slot.rs"]
+mod slot;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -109,6 +112,8 @@ struct Rig {
     table: String,
     pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 fn free_port() -> u16 {
@@ -149,7 +154,9 @@ fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
+    fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-sf-{tag}-"))
             .tempdir()
@@ -157,18 +164,18 @@ impl Rig {
         let root = tmp.path().to_path_buf();
         // Others may walk up to the data dir: only its own modes stand in their way.
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let uniq = std::process::id() % 1000;
         let rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-sf-{tag}-{}", std::process::id()),
-            prefix: format!("s{tag}{}", uniq % 10),
-            table: format!("dcpp_sf_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
@@ -423,7 +430,7 @@ services:
 #[test]
 fn another_local_user_can_read_nothing_under_the_data_dir() {
     let user = User::create("sf");
-    let mut rig = Rig::new("fa", 247);
+    let mut rig = Rig::new("fa");
     // A socket dir the daemon has to create: it is made 0700.
     rig.socket = rig.root.join("run/dcpp.sock");
     rig.start_daemon();
@@ -537,7 +544,7 @@ fn another_local_user_can_read_nothing_under_the_data_dir() {
 
 #[test]
 fn a_loose_data_dir_is_tightened_at_daemon_start() {
-    let mut rig = Rig::new("ti", 248);
+    let mut rig = Rig::new("ti");
     rig.start_daemon();
     rig.stop_daemon();
 

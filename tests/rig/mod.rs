@@ -1,4 +1,4 @@
-//! A daemon per test for the convergence and scenario suites: the rig of `e2e_apply.rs` (own
+//! A daemon per test for the apply, compose, convergence and scenario suites (own
 //! data dir, socket, port, cgroup parent, bridge prefix, nft table and address pool; busybox
 //! imported from a local directory), plus what those suites need on top.
 #![allow(dead_code)]
@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::slot::Slot;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
 pub const IMAGE: &str = "dcpp.local/busybox:e2e";
@@ -19,10 +21,12 @@ pub struct Rig {
     pub socket: PathBuf,
     port: u16,
     cgroup: String,
-    prefix: String,
+    pub prefix: String,
     table: String,
     pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: Slot,
 }
 
 pub fn free_port() -> u16 {
@@ -51,25 +55,26 @@ pub fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    /// `tag`: 2–3 lowercase letters unique among the tests; `net`: second octet of the pool.
-    pub fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a [`Slot`].
+    pub fn new(tag: &str) -> Rig {
+        let slot = Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-e2e-{tag}-{}", std::process::id()),
-            prefix: format!("e{tag}{}", uniq % 10),
-            table: format!("dcpp_e2e_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);

@@ -26,6 +26,8 @@ pub struct Rig {
     pub table: String,
     pub pool: String,
     daemon: Option<Child>,
+    // Last: released only after `Drop` has cleaned up under its names.
+    _slot: crate::slot::Slot,
 }
 
 pub fn free_port() -> u16 {
@@ -58,25 +60,26 @@ pub fn stderr(o: &Output) -> String {
 }
 
 impl Rig {
-    /// `tag`: 2 lowercase letters unique among the tests; `net`: second octet of the pool.
-    pub fn new(tag: &str, net: u8) -> Rig {
+    /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
+    pub fn new(tag: &str) -> Rig {
+        let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-dp-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let uniq = std::process::id() % 1000;
         let mut rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
             port: free_port(),
-            cgroup: format!("dcpp-dp-{tag}-{}", std::process::id()),
-            prefix: format!("d{tag}{}", uniq % 10),
-            table: format!("dcpp_dp_{tag}_{uniq}"),
-            pool: format!("10.{net}.0.0/16"),
+            cgroup: slot.cgroup.clone(),
+            prefix: slot.prefix.clone(),
+            table: slot.table.clone(),
+            pool: slot.pool.clone(),
             root,
             _tmp: tmp,
             daemon: None,
+            _slot: slot,
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
