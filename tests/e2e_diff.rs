@@ -3,6 +3,8 @@
 //! satisfies and a removed service, asserted exactly; and neither writes anything.
 
 mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
 use rig::*;
 
 fn stack(web_image: &str, worker: u32, with_api: bool, with_old: bool) -> String {
@@ -24,7 +26,7 @@ fn stack(web_image: &str, worker: u32, with_api: bool, with_old: bool) -> String
 
 #[test]
 fn diff_prints_the_planned_actions_with_reasons() {
-    let rig = Rig::new("df", 201);
+    let rig = Rig::new("df");
     let v2_image = "dcpp.local/busybox:diff2";
     rig.import_variant(v2_image, |root| {
         std::fs::write(root.join("www/index.html"), "v2\n").unwrap();
