@@ -236,7 +236,10 @@ fn daemon_killed_mid_apply_converges_without_duplicates() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(rig.containers(), before);
     assert_eq!(rig.running("kds_web"), 6);
-    assert!(http_get(port).is_some_and(|b| b.contains("hello")));
+    // The restarted daemon puts the re-adopted replicas back behind the port.
+    rig.wait_until("the port serves again", 20, || {
+        http_get(port).is_some_and(|b| b.contains("hello"))
+    });
 }
 
 fn sleeper(replicas: u32) -> String {

@@ -179,6 +179,39 @@ pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<()
     }
 }
 
+/// Deletes the records of nodes that are not members (any more): a member that left or was
+/// removed may have had a heartbeat in flight, and a removed node that comes back still
+/// heartbeats. Run by the leader, which knows the membership. Returns how many went.
+pub async fn forget_non_members<S: Store>(
+    s: &S,
+    members: &std::collections::BTreeSet<u64>,
+) -> Result<usize, Error> {
+    let mut txn = Txn::new();
+    let mut n = 0;
+    for o in s.list(Kind::Node).await?.objects {
+        let member = o.id.parse::<u64>().is_ok_and(|id| members.contains(&id));
+        if !member {
+            n += 1;
+            txn = txn
+                .when(Precondition::ModRevision {
+                    kind: Kind::Node,
+                    id: o.id.clone(),
+                    revision: o.mod_revision,
+                })
+                .op(Op::delete(Kind::Node, o.id));
+        }
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    match s.txn(txn).await {
+        Ok(_) => Ok(n),
+        // A record changed meanwhile: the next round looks again.
+        Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether this node's record is missing or says something else about it than `me` (a new
 /// member, a promotion): then a heartbeat is due at once.
 pub async fn record_stale<S: Store>(s: &S, me: &SelfInfo) -> bool {
@@ -273,5 +306,19 @@ mod tests {
         assert_eq!(n.availability, Availability::Drain);
         assert_eq!(n.labels["disk"], "ssd");
         assert_eq!(n.resources.memory_bytes, 1 << 30);
+    }
+
+    #[tokio::test]
+    async fn the_records_of_non_members_are_forgotten() {
+        let s = MemStore::new();
+        heartbeat(&s, &me(Role::Manager), 5).await.unwrap();
+        let mut other = me(Role::Worker);
+        other.id = 8;
+        heartbeat(&s, &other, 5).await.unwrap();
+        let members = std::collections::BTreeSet::from([7]);
+        assert_eq!(forget_non_members(&s, &members).await.unwrap(), 1);
+        let ids: Vec<u64> = list(&s).await.unwrap().iter().map(|n| n.id).collect();
+        assert_eq!(ids, [7]);
+        assert_eq!(forget_non_members(&s, &members).await.unwrap(), 0);
     }
 }
