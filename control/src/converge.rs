@@ -120,7 +120,7 @@ pub fn judge(
         let sid = d.id();
         let st = statuses.get(&sid);
         let slots = dcpp_reconciler::desired_slots(&sid, &d.spec, nodes);
-        let (running, _) = progress(d, st, tasks, nodes);
+        let running = running(d, st, tasks);
         let view = ServiceView {
             applied: &d.spec,
             stored: stored.get(&sid),
@@ -159,18 +159,23 @@ pub fn progress(
     tasks: &[Task],
     nodes: &Observed,
 ) -> (usize, usize) {
-    let version = st.map(|s| s.spec.version).unwrap_or(d.spec.version);
     let desired = dcpp_reconciler::desired_slots(&d.id(), &d.spec, nodes).len();
-    let running = tasks
+    (running(d, st, tasks), desired)
+}
+
+/// Running tasks of the version being rolled out.
+fn running(d: &ServiceDoc, st: Option<&ServiceStatus>, tasks: &[Task]) -> usize {
+    let version = st.map(|s| s.spec.version).unwrap_or(d.spec.version);
+    let sid = d.id();
+    tasks
         .iter()
         .filter(|t| {
-            t.service == d.id()
+            t.service == sid
                 && t.desired == DesiredState::Running
                 && t.state == TaskState::Running
                 && t.spec_version == version
         })
-        .count();
-    (running, desired)
+        .count()
 }
 
 /// Follows until every service in `applied` has a verdict, calling `on_round` after every read

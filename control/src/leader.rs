@@ -202,9 +202,8 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let leader = node.is_leader();
         let mut wait = RESYNC;
-        if leader && let Ok(st) = node.status() {
-            let members = st.members.iter().map(|m| m.id).collect();
-            match nodes::forget_non_members(&node, &members).await {
+        if leader {
+            match nodes::forget_non_members(&node, &node.member_ids()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(records = n, "removed the records of non-members"),
                 Err(e) => tracing::warn!("node records: {e}"),

@@ -151,14 +151,26 @@ pub async fn update_service<S: Store>(
     let id = after.id();
     let mut h = history(s, &id).await?;
     h.previous = Some(before.clone());
+    replace_service(s, rev, after, &h).await
+}
+
+/// Writes `doc` over the service document read at revision `rev`, with its history, in one
+/// transaction.
+async fn replace_service<S: Store>(
+    s: &S,
+    rev: u64,
+    doc: &ServiceDoc,
+    history: &ServiceHistory,
+) -> Result<(), Error> {
+    let id = doc.id().0;
     let txn = Txn::new()
         .when(Precondition::ModRevision {
             kind: Kind::Service,
-            id: id.0.clone(),
+            id: id.clone(),
             revision: rev,
         })
-        .op(Op::put(Kind::ServiceHistory, id.0.clone(), &h)?)
-        .op(Op::put(Kind::Service, id.0, after)?);
+        .op(Op::put(Kind::ServiceHistory, id.clone(), history)?)
+        .op(Op::put(Kind::Service, id, doc)?);
     s.txn(txn).await?;
     Ok(())
 }
@@ -196,15 +208,7 @@ pub async fn rollback_service<S: Store>(
         previous: Some(current.clone()),
         rejected: h.rejected,
     };
-    let txn = Txn::new()
-        .when(Precondition::ModRevision {
-            kind: Kind::Service,
-            id: id.0.clone(),
-            revision: rev,
-        })
-        .op(Op::put(Kind::ServiceHistory, id.0.clone(), &h)?)
-        .op(Op::put(Kind::Service, id.0, &back)?);
-    s.txn(txn).await?;
+    replace_service(s, rev, &back, &h).await?;
     Ok(back)
 }
 

@@ -613,6 +613,12 @@ impl Node {
         })
     }
 
+    /// The ids of the current members (voters and learners), from raft's in-memory view.
+    pub fn member_ids(&self) -> BTreeSet<NodeId> {
+        let m = self.raft().metrics().borrow().membership_config.clone();
+        m.membership().nodes().map(|(id, _)| *id).collect()
+    }
+
     /// Whether this node is the raft leader now.
     pub fn is_leader(&self) -> bool {
         self.raft().metrics().borrow().state == ServerState::Leader
