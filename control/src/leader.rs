@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::Error;
 use crate::nodes;
 use crate::schema::{
-    ServiceDoc, ServiceHistory, TASK_COUNTER_ID, now_ms, rolled_back_doc, task_key,
+    ServiceDoc, ServiceHistory, TASK_COUNTER_ID, TaskRevs, now_ms, rolled_back_doc, task_writes,
 };
 
 /// Resync period when nothing happens.
@@ -23,7 +23,7 @@ pub const RESYNC: Duration = Duration::from_secs(2);
 pub struct Snapshot {
     pub desired: Desired,
     pub observed: Observed,
-    task_revs: BTreeMap<TaskId, u64>,
+    task_revs: BTreeMap<TaskId, TaskRevs>,
     /// Service documents and their revisions, and the documents updates replaced: an
     /// automatic rollback rewrites the desired document from them.
     docs: BTreeMap<ServiceId, (ServiceDoc, u64)>,
@@ -105,39 +105,20 @@ pub async fn reconcile_once<S: Store>(store: &S) -> Result<(Option<Duration>, bo
 }
 
 /// The store writes that turn `snap.observed` into `after`; every task write is conditioned on
-/// the revision it was read at, so an agent's concurrent report is never overwritten.
+/// the revisions it was read at, so an agent's concurrent report is never overwritten.
 fn diff_txn(snap: &Snapshot, after: &Observed) -> Result<Txn, Error> {
     let before = &snap.observed;
     let mut txn = Txn::new();
+    let read = |id: &TaskId| Some((before.tasks.get(id)?, *snap.task_revs.get(id)?));
     for (id, t) in &after.tasks {
         if before.tasks.get(id) == Some(t) {
             continue;
         }
-        let key = task_key(*id);
-        txn = txn.when(match snap.task_revs.get(id) {
-            Some(rev) => Precondition::ModRevision {
-                kind: Kind::Task,
-                id: key.clone(),
-                revision: *rev,
-            },
-            None => Precondition::Absent {
-                kind: Kind::Task,
-                id: key.clone(),
-            },
-        });
-        txn = txn.op(Op::put(Kind::Task, key, t)?);
+        txn = task_writes(txn, read(id), Some(t))?;
     }
     for id in before.tasks.keys() {
         if !after.tasks.contains_key(id) {
-            let key = task_key(*id);
-            if let Some(rev) = snap.task_revs.get(id) {
-                txn = txn.when(Precondition::ModRevision {
-                    kind: Kind::Task,
-                    id: key.clone(),
-                    revision: *rev,
-                });
-            }
-            txn = txn.op(Op::delete(Kind::Task, key));
+            txn = task_writes(txn, read(id), None)?;
         }
     }
     for (sid, st) in &after.services {

@@ -6,7 +6,8 @@
 //! | `service` | `<stack>_<service>` | [`ServiceDoc`] | apply, `service update/scale/rollback`, an automatic rollback ([`crate::leader`]) |
 //! | `service_history` | service id | [`ServiceHistory`] | the same writers: what an update replaced, what a rollback rejected |
 //! | `service_status` | service id | [`ServiceStatus`] | the leader loop only |
-//! | `task` | task number ([`task_key`]) | [`Task`] | the leader (desired side), the node's agent (observed side) |
+//! | `task` | task number ([`task_key`]) | [`TaskDoc`]: what should run where | the leader loop only |
+//! | `task_status` | task number | [`TaskStatusDoc`]: what runs | the node's agent; the leader before it assigns the task and for a node that is gone |
 //! | `counter` | [`TASK_COUNTER_ID`] | `u64`, the next task id | the leader loop only |
 //! | `node` | raft node id | [`crate::nodes::NodeInfo`] | the node's agent (heartbeat), `node update` |
 //! | `volume` | `<node>/<stack>` | [`VolumeRemoval`] | `down --volumes`; that node's agent acts on it and reports |
@@ -17,8 +18,11 @@
 
 use std::collections::BTreeMap;
 
-use dcpp_raft::{Kind, Store};
-use dcpp_reconciler::{ServiceId, ServiceSpec, ServiceStatus, Task, TaskId};
+use dcpp_raft::{Kind, Op, Precondition, Store, Txn};
+use dcpp_reconciler::{
+    DesiredState, Health, NodeId, PullProgress, Resources, ServiceId, ServiceSpec, ServiceStatus,
+    Slot, Task, TaskId, TaskState, Time,
+};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -66,9 +70,247 @@ impl ServiceDoc {
     }
 }
 
-/// Store id of a task.
+/// Store id of a task (the same for its [`TaskDoc`] and its [`TaskStatusDoc`]).
 pub fn task_key(id: TaskId) -> String {
     id.0.to_string()
+}
+
+/// The desired side of a task (`Kind::Task`): what should run where. Only the leader writes
+/// it, so a node's agent (and, with cluster trust, a worker's certificate) never needs write
+/// access to what it is told to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDoc {
+    pub id: TaskId,
+    pub service: ServiceId,
+    pub slot: Slot,
+    pub spec_version: u64,
+    pub image: String,
+    pub reservations: Resources,
+    pub node: Option<NodeId>,
+    pub desired: DesiredState,
+    pub created_at: Time,
+    pub not_before: Option<Time>,
+    pub restart_count: u32,
+    pub restarts: Vec<Time>,
+    pub fast_failures: u32,
+}
+
+impl TaskDoc {
+    /// Swarm-style task name, e.g. `web_api.3` (as [`Task::name`]).
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.service, self.slot)
+    }
+
+    /// The stack the task belongs to.
+    pub fn stack(&self) -> Option<&str> {
+        self.service.0.split_once('_').map(|(s, _)| s)
+    }
+}
+
+/// The observed side of a task (`Kind::TaskStatus`, same id as its [`TaskDoc`]): what runs.
+/// The agent of the task's node writes it; the leader writes it only for the states no node
+/// reports (pending, assigned) and for tasks of a node that is gone. Field names are those of
+/// the single task document older stores kept, so such a document reads as its own status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusDoc {
+    pub state: TaskState,
+    pub container_id: Option<String>,
+    pub health: Health,
+    pub exit_code: Option<i32>,
+    pub updated_at: Time,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    pub message: String,
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullProgress>,
+}
+
+/// Splits the planner's view of a task into its two documents.
+pub fn split_task(t: &Task) -> (TaskDoc, TaskStatusDoc) {
+    // Destructured in full: a new task field does not compile until it is given a side.
+    let Task {
+        id,
+        service,
+        slot,
+        spec_version,
+        image,
+        reservations,
+        node,
+        desired,
+        state,
+        container_id,
+        health,
+        exit_code,
+        created_at,
+        updated_at,
+        started_at,
+        finished_at,
+        not_before,
+        message,
+        error,
+        restart_count,
+        restarts,
+        fast_failures,
+        healthy_at,
+        pull,
+    } = t.clone();
+    (
+        TaskDoc {
+            id,
+            service,
+            slot,
+            spec_version,
+            image,
+            reservations,
+            node,
+            desired,
+            created_at,
+            not_before,
+            restart_count,
+            restarts,
+            fast_failures,
+        },
+        TaskStatusDoc {
+            state,
+            container_id,
+            health,
+            exit_code,
+            updated_at,
+            started_at,
+            finished_at,
+            message,
+            error,
+            healthy_at,
+            pull,
+        },
+    )
+}
+
+/// The planner's view of a task from its two documents.
+pub fn join_task(d: TaskDoc, s: TaskStatusDoc) -> Task {
+    Task {
+        id: d.id,
+        service: d.service,
+        slot: d.slot,
+        spec_version: d.spec_version,
+        image: d.image,
+        reservations: d.reservations,
+        node: d.node,
+        desired: d.desired,
+        state: s.state,
+        container_id: s.container_id,
+        health: s.health,
+        exit_code: s.exit_code,
+        created_at: d.created_at,
+        updated_at: s.updated_at,
+        started_at: s.started_at,
+        finished_at: s.finished_at,
+        not_before: d.not_before,
+        message: s.message,
+        error: s.error,
+        restart_count: d.restart_count,
+        restarts: d.restarts,
+        fast_failures: d.fast_failures,
+        healthy_at: s.healthy_at,
+        pull: s.pull,
+    }
+}
+
+/// The revisions a task's documents were read at; writes are conditioned on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskRevs {
+    pub doc: u64,
+    /// `None`: no status document yet (a store of an older dcpp, or a write lost halfway —
+    /// both documents are written in one transaction, so only the former).
+    pub status: Option<u64>,
+}
+
+/// Adds to `txn` the writes that turn a task read at `revs` (`before`, or nothing) into
+/// `after` (or nothing: deleted). Each document is written only if its side changed, and every
+/// write is conditioned on the revision it was read at, so a concurrent write by the other
+/// side's writer fails the transaction instead of being overwritten.
+pub fn task_writes(
+    mut txn: Txn,
+    before: Option<(&Task, TaskRevs)>,
+    after: Option<&Task>,
+) -> Result<Txn, Error> {
+    let id = match (before, after) {
+        (Some((t, _)), _) | (None, Some(t)) => t.id,
+        (None, None) => return Ok(txn),
+    };
+    let key = task_key(id);
+    let old = before.map(|(t, r)| (split_task(t), r));
+    let new = after.map(split_task);
+    let cond = |kind: Kind, rev: Option<u64>| match rev {
+        Some(revision) => Precondition::ModRevision {
+            kind,
+            id: key.clone(),
+            revision,
+        },
+        None => Precondition::Absent {
+            kind,
+            id: key.clone(),
+        },
+    };
+    match (&old, &new) {
+        (_, None) => {
+            if let Some((_, r)) = &old {
+                txn = txn.when(cond(Kind::Task, Some(r.doc)));
+                if let Some(rev) = r.status {
+                    txn = txn.when(cond(Kind::TaskStatus, Some(rev)));
+                }
+            }
+            txn = txn
+                .op(Op::delete(Kind::Task, key.clone()))
+                .op(Op::delete(Kind::TaskStatus, key.clone()));
+        }
+        (None, Some((doc, status))) => {
+            txn = txn
+                .when(cond(Kind::Task, None))
+                .when(cond(Kind::TaskStatus, None))
+                .op(Op::put(Kind::Task, key.clone(), doc)?)
+                .op(Op::put(Kind::TaskStatus, key.clone(), status)?);
+        }
+        (Some(((od, os), r)), Some((doc, status))) => {
+            if od != doc {
+                txn = txn.when(cond(Kind::Task, Some(r.doc))).op(Op::put(
+                    Kind::Task,
+                    key.clone(),
+                    doc,
+                )?);
+            }
+            if os != status || r.status.is_none() {
+                txn = txn.when(cond(Kind::TaskStatus, r.status)).op(Op::put(
+                    Kind::TaskStatus,
+                    key.clone(),
+                    status,
+                )?);
+            }
+        }
+    }
+    Ok(txn)
+}
+
+/// The status write of a node's agent: only the observed side, conditioned on the revision of
+/// the status it read (the leader's changes to the desired side never conflict with it).
+pub fn task_status_write(txn: Txn, read: TaskRevs, after: &Task) -> Result<Txn, Error> {
+    let (_, status) = split_task(after);
+    let key = task_key(after.id);
+    let when = match read.status {
+        Some(revision) => Precondition::ModRevision {
+            kind: Kind::TaskStatus,
+            id: key.clone(),
+            revision,
+        },
+        None => Precondition::Absent {
+            kind: Kind::TaskStatus,
+            id: key.clone(),
+        },
+    };
+    Ok(txn.when(when).op(Op::put(Kind::TaskStatus, key, &status)?))
 }
 
 /// The history of one service (`Kind::ServiceHistory`, id = service id).
@@ -300,12 +542,32 @@ pub async fn stack_services<S: Store>(
         .collect())
 }
 
-/// Every task record with its revision.
-pub async fn tasks<S: Store>(s: &S) -> Result<BTreeMap<TaskId, (Task, u64)>, Error> {
+/// Every task, its two documents joined, with their revisions. The status list is read
+/// first: a task created between the two reads then has no status yet and reads as its
+/// legacy single document would (which fails to decode as a status, so it is skipped this
+/// round), never as a status without its task.
+pub async fn tasks<S: Store>(s: &S) -> Result<BTreeMap<TaskId, (Task, TaskRevs)>, Error> {
+    let mut statuses: BTreeMap<String, (TaskStatusDoc, u64)> = BTreeMap::new();
+    for o in s.list(Kind::TaskStatus).await?.objects {
+        statuses.insert(o.id.clone(), (o.decode()?, o.mod_revision));
+    }
     let mut out = BTreeMap::new();
     for o in s.list(Kind::Task).await?.objects {
-        let t: Task = o.decode()?;
-        out.insert(t.id, (t, o.mod_revision));
+        let doc: TaskDoc = o.decode()?;
+        let (status, rev) = match statuses.remove(&o.id) {
+            Some((st, rev)) => (st, Some(rev)),
+            // A store of an older dcpp kept one document per task; its observed fields are
+            // the status. The next write of the task splits it.
+            None => match o.decode::<TaskStatusDoc>() {
+                Ok(st) => (st, None),
+                Err(_) => continue,
+            },
+        };
+        let revs = TaskRevs {
+            doc: o.mod_revision,
+            status: rev,
+        };
+        out.insert(doc.id, (join_task(doc, status), revs));
     }
     Ok(out)
 }
@@ -391,5 +653,125 @@ mod tests {
             ]
         );
         assert!(diff_services(&new, &new).is_empty());
+    }
+
+    fn task(id: u64) -> Task {
+        Task {
+            id: TaskId(id),
+            service: ServiceId("s_web".into()),
+            slot: Slot::Replica(1),
+            spec_version: 1,
+            image: "busybox:1".into(),
+            reservations: Resources::default(),
+            node: Some(NodeId("n1".into())),
+            desired: DesiredState::Running,
+            state: TaskState::Assigned,
+            container_id: None,
+            health: Health::Unknown,
+            exit_code: None,
+            created_at: 1,
+            updated_at: 1,
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+            message: String::new(),
+            error: None,
+            restart_count: 0,
+            restarts: vec![],
+            fast_failures: 0,
+            healthy_at: None,
+            pull: None,
+        }
+    }
+
+    async fn read(s: &dcpp_raft::MemStore) -> BTreeMap<TaskId, (Task, TaskRevs)> {
+        tasks(s).await.unwrap()
+    }
+
+    #[test]
+    fn a_task_splits_and_joins_back_unchanged() {
+        let mut t = task(7);
+        t.state = TaskState::Running;
+        t.container_id = Some("c".into());
+        t.restarts = vec![3, 4];
+        t.not_before = Some(9);
+        t.pull = Some(PullProgress {
+            image: "busybox:1".into(),
+            layers: None,
+        });
+        let (d, st) = split_task(&t);
+        assert_eq!(join_task(d, st), t);
+    }
+
+    #[tokio::test]
+    async fn each_writer_writes_only_its_side_and_never_overwrites_the_other() {
+        let s = dcpp_raft::MemStore::default();
+        let t = task(1);
+        s.txn(task_writes(Txn::new(), None, Some(&t)).unwrap())
+            .await
+            .unwrap();
+        let (got, revs) = read(&s).await.remove(&TaskId(1)).unwrap();
+        assert_eq!(got, t);
+        assert!(revs.status.is_some());
+
+        // The agent reports running while the leader, from the same read, orders a stop: both
+        // writes land, because each touches only its own document.
+        let mut running = t.clone();
+        running.transition(TaskState::Running, 5).unwrap();
+        let mut stop = t.clone();
+        stop.desired = DesiredState::Shutdown;
+        let leader = task_writes(Txn::new(), Some((&t, revs)), Some(&stop)).unwrap();
+        assert_eq!(leader.ops.len(), 1, "only the task document: {leader:?}");
+        s.txn(task_status_write(Txn::new(), revs, &running).unwrap())
+            .await
+            .unwrap();
+        s.txn(leader).await.unwrap();
+        let (got, revs2) = read(&s).await.remove(&TaskId(1)).unwrap();
+        assert_eq!(got.state, TaskState::Running);
+        assert_eq!(got.started_at, Some(5));
+        assert_eq!(got.desired, DesiredState::Shutdown);
+
+        // A status write from a stale read fails instead of undoing the newer status.
+        let stale = task_status_write(Txn::new(), revs, &t).unwrap();
+        assert!(matches!(
+            s.txn(stale).await,
+            Err(dcpp_raft::Error::PreconditionFailed(_))
+        ));
+        // And so does a leader's status write (orphaning) from before the agent's report.
+        let mut orphaned = t.clone();
+        orphaned.state = TaskState::Orphaned;
+        let stale = task_writes(Txn::new(), Some((&t, revs)), Some(&orphaned)).unwrap();
+        assert!(matches!(
+            s.txn(stale).await,
+            Err(dcpp_raft::Error::PreconditionFailed(_))
+        ));
+
+        s.txn(task_writes(Txn::new(), Some((&got, revs2)), None).unwrap())
+            .await
+            .unwrap();
+        assert!(read(&s).await.is_empty());
+        assert!(s.list(Kind::TaskStatus).await.unwrap().objects.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_single_task_document_of_an_older_store_reads_as_both_sides_and_splits_on_write() {
+        let s = dcpp_raft::MemStore::default();
+        let mut t = task(2);
+        t.state = TaskState::Running;
+        t.container_id = Some("c".into());
+        s.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
+            .await
+            .unwrap();
+        let (got, revs) = read(&s).await.remove(&TaskId(2)).unwrap();
+        assert_eq!(got, t);
+        assert_eq!(revs.status, None);
+        let mut stop = t.clone();
+        stop.desired = DesiredState::Shutdown;
+        s.txn(task_writes(Txn::new(), Some((&t, revs)), Some(&stop)).unwrap())
+            .await
+            .unwrap();
+        let (got, revs) = read(&s).await.remove(&TaskId(2)).unwrap();
+        assert_eq!(got, stop);
+        assert!(revs.status.is_some());
     }
 }

@@ -6,17 +6,15 @@ use std::time::Duration;
 
 use dcpp_control::leader::reconcile_once;
 use dcpp_control::nodes::{SelfInfo, heartbeat, node_id};
-use dcpp_control::schema::{ServiceDoc, ServiceHistory, now_ms, task_key};
+use dcpp_control::schema::{ServiceDoc, ServiceHistory, TaskRevs, now_ms, task_status_write};
 use dcpp_raft::{Kind, Node, NodeConfig, Op, Role, Txn};
 use dcpp_reconciler::{DesiredState, ServiceSpec, Task, TaskState};
 
-async fn tasks(node: &Node) -> Vec<(Task, u64)> {
-    node.list(Kind::Task, false)
+async fn tasks(node: &Node) -> Vec<(Task, TaskRevs)> {
+    dcpp_control::schema::tasks(node)
         .await
         .unwrap()
-        .objects
-        .iter()
-        .map(|o| (o.decode().unwrap(), o.mod_revision))
+        .into_values()
         .collect()
 }
 
@@ -74,9 +72,9 @@ async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
     assert!(!wrote);
 
     // An agent reports one task running; scaling to 1 keeps that task and its report.
-    let (mut t, _) = ts[0].clone();
+    let (mut t, revs) = ts[0].clone();
     t.state = TaskState::Running;
-    node.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
+    node.txn(task_status_write(Txn::new(), revs, &t).unwrap())
         .await
         .unwrap();
     node.txn(put(service(1))).await.unwrap();
@@ -98,15 +96,15 @@ async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
 /// Marks every live task that should run as running, as an agent would report.
 async fn run_all(node: &Node) {
     let mut txn = Txn::new();
-    for (mut t, _) in tasks(node).await {
+    for (mut t, revs) in tasks(node).await {
         if t.is_live() && t.state < TaskState::Running && t.desired == DesiredState::Running {
             t.state = TaskState::Running;
             t.started_at = Some(now_ms());
-            txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+            txn = task_status_write(txn, revs, &t).unwrap();
         } else if t.is_live() && t.desired != DesiredState::Running {
             t.state = TaskState::Shutdown;
             t.finished_at = Some(now_ms());
-            txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+            txn = task_status_write(txn, revs, &t).unwrap();
         }
     }
     if !txn.ops.is_empty() {
@@ -157,7 +155,7 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
     converge(&node).await;
     run_all(&node).await;
     converge(&node).await;
-    let (mut t, _) = tasks(&node)
+    let (mut t, revs) = tasks(&node)
         .await
         .into_iter()
         .find(|(t, _)| t.spec_version == 2 && t.is_live())
@@ -165,7 +163,7 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
     t.state = TaskState::Failed;
     t.finished_at = Some(now_ms());
     t.exit_code = Some(1);
-    node.txn(Txn::new().op(Op::put(Kind::Task, task_key(t.id), &t).unwrap()))
+    node.txn(task_status_write(Txn::new(), revs, &t).unwrap())
         .await
         .unwrap();
     converge(&node).await;

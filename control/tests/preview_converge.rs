@@ -9,10 +9,12 @@ use dcpp_control::converge::{Outcome, assess, follow};
 use dcpp_control::leader::reconcile_once;
 use dcpp_control::nodes::{SelfInfo, heartbeat};
 use dcpp_control::preview::preview;
-use dcpp_control::schema::{ServiceDoc, now_ms, stack_docs, stack_services, task_key};
+use dcpp_control::schema::{
+    ServiceDoc, now_ms, stack_docs, stack_services, task_status_write, tasks,
+};
 use dcpp_control::stacks::store_stack;
-use dcpp_raft::{Kind, MemStore, Op, Role, Store, Txn};
-use dcpp_reconciler::{Convergence, DesiredState, Task, TaskState};
+use dcpp_raft::{MemStore, Role, Store, Txn};
+use dcpp_reconciler::{Convergence, DesiredState, TaskState};
 
 fn docs(dir: &std::path::Path, yaml: &str) -> (dcpp_control::schema::StackDoc, Vec<ServiceDoc>) {
     let f = dir.join("compose.yml");
@@ -61,8 +63,7 @@ async fn settle(s: &MemStore) {
 /// What an agent reports: assigned tasks run, tasks told to stop are stopped.
 async fn agent_round(s: &MemStore) -> bool {
     let mut txn = Txn::new();
-    for o in s.list(Kind::Task).await.unwrap().objects {
-        let mut t: Task = o.decode().unwrap();
+    for (mut t, revs) in tasks(s).await.unwrap().into_values() {
         let now = now_ms();
         if t.desired == DesiredState::Running && t.state == TaskState::Assigned {
             t.transition(TaskState::Running, now).unwrap();
@@ -71,7 +72,7 @@ async fn agent_round(s: &MemStore) -> bool {
         } else {
             continue;
         }
-        txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+        txn = task_status_write(txn, revs, &t).unwrap();
     }
     let wrote = !txn.ops.is_empty();
     if wrote {
@@ -222,14 +223,13 @@ async fn a_crash_loop_fails_follow_with_the_reason() {
         loop {
             settle(&bg).await;
             let mut txn = Txn::new();
-            for o in bg.list(Kind::Task).await.unwrap().objects {
-                let mut t: Task = o.decode().unwrap();
+            for (mut t, revs) in tasks(&bg).await.unwrap().into_values() {
                 if t.desired == DesiredState::Running && t.state == TaskState::Assigned {
                     let now = now_ms();
                     t.transition(TaskState::Running, now).unwrap();
                     t.transition(TaskState::Failed, now).unwrap();
                     t.exit_code = Some(1);
-                    txn = txn.op(Op::put(Kind::Task, task_key(t.id), &t).unwrap());
+                    txn = task_status_write(txn, revs, &t).unwrap();
                 }
             }
             if !txn.ops.is_empty() {

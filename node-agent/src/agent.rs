@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use dcpp_control::nodes::SelfInfo;
-use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
+use dcpp_raft::{Kind, Node, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
 use dcpp_runtime::container::{
     ContainerInfo, ContainerManager, ExecRequest, MountRequest, MountSource, NetworkMode, Status,
@@ -32,7 +32,8 @@ use crate::step::{
     wants_image,
 };
 use dcpp_control::schema::{
-    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, container_name, now_ms,
+    LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_STACK, LABEL_TASK, ServiceDoc, TaskRevs, container_name,
+    now_ms,
 };
 
 /// How often the node record's heartbeat is refreshed.
@@ -79,7 +80,7 @@ pub struct Agent {
 /// A pending write to one task record.
 struct Report {
     task: Task,
-    rev: u64,
+    rev: TaskRevs,
 }
 
 impl Agent {
@@ -173,11 +174,8 @@ impl Agent {
     /// One round: compare, act, report. Returns whether anything was done.
     pub async fn reconcile_once(&self) -> Result<bool, Error> {
         let me = self.me();
-        let mut tasks: BTreeMap<TaskId, (Task, u64)> = BTreeMap::new();
-        for o in self.node.list(Kind::Task, false).await?.objects {
-            let t: Task = o.decode()?;
-            tasks.insert(t.id, (t, o.mod_revision));
-        }
+        let tasks: BTreeMap<TaskId, (Task, TaskRevs)> =
+            dcpp_control::schema::tasks(&self.node).await?;
         let mut services: HashMap<String, ServiceDoc> = HashMap::new();
         for o in self.node.list(Kind::Service, false).await?.objects {
             services.insert(o.id.clone(), o.decode()?);
@@ -224,9 +222,12 @@ impl Agent {
                 (t, rev, c, svc)
             })
             .partition(|(t, ..)| t.desired != DesiredState::Running);
-        let run = |(t, rev, c, svc): (Task, u64, Option<ContainerInfo>, Option<ServiceDoc>)| async move {
-            self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
-        };
+        let run = |(t, rev, c, svc): (
+            Task,
+            TaskRevs,
+            Option<ContainerInfo>,
+            Option<ServiceDoc>,
+        )| async move { self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await };
         let all_stops = stops.len().max(1);
         let mut results = futures::stream::select(
             futures::stream::iter(stops)
@@ -272,14 +273,7 @@ impl Agent {
     async fn flush(&self, reports: Vec<Report>) -> Result<(), Error> {
         let mut txn = Txn::new();
         for r in reports {
-            let key = dcpp_control::schema::task_key(r.task.id);
-            txn = txn
-                .when(Precondition::ModRevision {
-                    kind: Kind::Task,
-                    id: key.clone(),
-                    revision: r.rev,
-                })
-                .op(Op::put(Kind::Task, key, &r.task)?);
+            txn = dcpp_control::schema::task_status_write(txn, r.rev, &r.task)?;
         }
         match self.node.txn(txn).await {
             // The leader changed a task meanwhile; the next round re-reads and reports again.
@@ -288,7 +282,7 @@ impl Agent {
         }
     }
 
-    fn report(t: &Task, rev: u64, r: TaskReport) -> Option<Report> {
+    fn report(t: &Task, rev: TaskRevs, r: TaskReport) -> Option<Report> {
         let mut task = t.clone();
         let now = now_ms();
         if let Some(s) = r.state
@@ -306,7 +300,7 @@ impl Agent {
     async fn reconcile_task(
         &self,
         t: &Task,
-        rev: u64,
+        rev: TaskRevs,
         c: Option<&ContainerInfo>,
         svc: Option<&ServiceDoc>,
     ) -> Option<Report> {
@@ -339,7 +333,7 @@ impl Agent {
     async fn execute(
         &self,
         t: &Task,
-        rev: u64,
+        rev: TaskRevs,
         c: Option<&ContainerInfo>,
         svc: Option<&ServiceDoc>,
         img: Option<LocalImage>,

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
-use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, Task, TaskState};
+use dcpp_raft::{Node, Txn};
+use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, TaskState};
 use dcpp_runtime::image::ImageStore;
 use dcpp_runtime::image::registry::{Progress, ProgressFn, RegistryClient, RegistryOptions};
 
@@ -203,8 +203,7 @@ impl Pulls {
     async fn write_progress(&self, reference: &str, p: &PullProgress) -> Result<(), crate::Error> {
         let line = p.to_string();
         let mut txn = Txn::new();
-        for o in self.node.list(Kind::Task, false).await?.objects {
-            let mut t: Task = o.decode()?;
+        for (_, (mut t, revs)) in dcpp_control::schema::tasks(&self.node).await? {
             if t.node.as_ref() != Some(&self.me)
                 || t.image != reference
                 || t.state != TaskState::Preparing
@@ -215,13 +214,7 @@ impl Pulls {
             }
             t.message = line.clone();
             t.pull = Some(p.clone());
-            txn = txn
-                .when(Precondition::ModRevision {
-                    kind: Kind::Task,
-                    id: o.id.clone(),
-                    revision: o.mod_revision,
-                })
-                .op(Op::put(Kind::Task, o.id, &t)?);
+            txn = dcpp_control::schema::task_status_write(txn, revs, &t)?;
         }
         if txn.ops.is_empty() {
             return Ok(());

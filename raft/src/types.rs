@@ -16,6 +16,8 @@ pub enum Kind {
     Stack,
     Service,
     Task,
+    /// The observed side of a task (state, container, exit, health), apart from its desired side.
+    TaskStatus,
     Node,
     Network,
     Volume,
@@ -30,10 +32,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Stack,
         Kind::Service,
         Kind::Task,
+        Kind::TaskStatus,
         Kind::Node,
         Kind::Network,
         Kind::Volume,
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Stack => "stack",
             Kind::Service => "service",
             Kind::Task => "task",
+            Kind::TaskStatus => "task_status",
             Kind::Node => "node",
             Kind::Network => "network",
             Kind::Volume => "volume",

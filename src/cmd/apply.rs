@@ -2,14 +2,15 @@
 //! user's side of the desired state. Everything here talks to the daemon through its API; the
 //! daemon's leader loop and agents do the work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use dcpp_control::converge::{Outcome, Round};
 use dcpp_control::schema::{
-    ServiceChange, ServiceDoc, StackDoc, diff_services, now_ms, stack_docs, stack_services,
+    ServiceChange, ServiceDoc, StackDoc, TaskDoc, TaskStatusDoc, diff_services, now_ms, stack_docs,
+    stack_services,
 };
 use dcpp_control::stacks::{Removal, delete_stack, store_stack};
 use dcpp_raft::{Client, Kind, Op, Precondition, Txn};
@@ -231,13 +232,14 @@ impl EventFilter {
                 .split_once('=')
                 .with_context(|| format!("invalid filter {s:?}: expected KEY=VALUE"))?;
             match k {
-                "type" | "kind" => f.kinds.push(match v {
-                    "stack" => Kind::Stack,
-                    "service" => Kind::Service,
-                    "task" => Kind::Task,
-                    "node" => Kind::Node,
+                "type" | "kind" => match v {
+                    "stack" => f.kinds.push(Kind::Stack),
+                    "service" => f.kinds.push(Kind::Service),
+                    // A task's changes are those of both its documents.
+                    "task" => f.kinds.extend([Kind::Task, Kind::TaskStatus]),
+                    "node" => f.kinds.push(Kind::Node),
                     _ => bail!("invalid filter {s:?}: type is stack, service, task or node"),
-                }),
+                },
                 "stack" => f.stacks.push(v.to_string()),
                 _ => bail!("invalid filter {s:?}: the keys are type and stack"),
             }
@@ -245,11 +247,12 @@ impl EventFilter {
         Ok(f)
     }
 
-    fn keeps(&self, ev: &dcpp_raft::Event) -> bool {
+    /// `task`: the task document of a task event (a status names its task by id only).
+    fn keeps(&self, ev: &dcpp_raft::Event, task: Option<&TaskDoc>) -> bool {
         let o = &ev.object;
         if !matches!(
             o.kind,
-            Kind::Stack | Kind::Service | Kind::Task | Kind::Node
+            Kind::Stack | Kind::Service | Kind::Task | Kind::TaskStatus | Kind::Node
         ) {
             return false;
         }
@@ -263,10 +266,7 @@ impl EventFilter {
         let stack_of = match o.kind {
             Kind::Stack => Some(o.id.clone()),
             Kind::Service => o.decode::<ServiceDoc>().ok().map(|d| d.spec.stack),
-            Kind::Task => o
-                .decode::<Task>()
-                .ok()
-                .and_then(|t| t.service.0.split_once('_').map(|(s, _)| s.to_string())),
+            Kind::Task | Kind::TaskStatus => task.and_then(|t| t.stack()).map(str::to_string),
             _ => None,
         };
         stack_of.is_some_and(|s| self.stacks.contains(&s))
@@ -284,26 +284,39 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
             Some(r) => r,
             None => c.status().await?.revision,
         };
+        // Task documents by id, so that a status event can be named and filtered by stack.
+        let mut tasks: HashMap<String, TaskDoc> = HashMap::new();
         let mut s = Box::pin(c.watch(since, None));
         while let Some(ev) = s.next().await {
             let ev = ev?;
             let o = &ev.object;
-            if !filter.keeps(&ev) {
-                continue;
+            if o.kind == Kind::Task
+                && ev.event_type == dcpp_raft::EventType::Put
+                && let Ok(t) = o.decode::<TaskDoc>()
+            {
+                tasks.insert(o.id.clone(), t);
             }
-            if json {
-                println!("{}", serde_json::to_string(&ev)?);
-                continue;
+            if o.kind == Kind::TaskStatus
+                && !tasks.contains_key(&o.id)
+                && let Ok(t) = c.get(Kind::Task, &o.id).await
+                && let Ok(t) = t.decode::<TaskDoc>()
+            {
+                tasks.insert(o.id.clone(), t);
             }
-            let what = match (ev.event_type, o.kind) {
-                (dcpp_raft::EventType::Delete, _) => "deleted".to_string(),
-                (_, Kind::Task) => match o.decode::<Task>() {
-                    Ok(t) => format!(
-                        "{} {} desired={:?}{}",
+            let task = match o.kind {
+                Kind::Task | Kind::TaskStatus => tasks.get(&o.id),
+                _ => None,
+            };
+            let keep = filter.keeps(&ev, task);
+            let what = match (ev.event_type, o.kind, task) {
+                (dcpp_raft::EventType::Delete, ..) => "deleted".to_string(),
+                (_, Kind::Task, Some(t)) => format!("{} desired={:?}", t.name(), t.desired),
+                (_, Kind::TaskStatus, Some(t)) => match o.decode::<TaskStatusDoc>() {
+                    Ok(st) => format!(
+                        "{} {}{}",
                         t.name(),
-                        t.state,
-                        t.desired,
-                        t.error
+                        st.state,
+                        st.error
                             .map(|e| format!(" error={:?}", crate::cmd::show::one_line(&e)))
                             .unwrap_or_default()
                     ),
@@ -311,6 +324,16 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
                 },
                 _ => "updated".into(),
             };
+            if ev.event_type == dcpp_raft::EventType::Delete && o.kind == Kind::TaskStatus {
+                tasks.remove(&o.id);
+            }
+            if !keep {
+                continue;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&ev)?);
+                continue;
+            }
             println!("{} {}/{} {what}", ev.revision, o.kind, o.id);
         }
         Ok(0)
@@ -597,7 +620,7 @@ pub fn run_down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
                 .await?
                 .objects
                 .iter()
-                .filter_map(|o| o.decode::<Task>().ok())
+                .filter_map(|o| o.decode::<TaskDoc>().ok())
                 .filter(|t| t.service.0.starts_with(&prefix))
                 .count();
             // Then the networks (bridges, DNS names, published ports) the agent of this
@@ -695,13 +718,11 @@ async fn wait_volumes(c: &Client, stack: &str, timeout: Duration) -> anyhow::Res
 }
 
 async fn all_tasks(c: &Client) -> anyhow::Result<Vec<Task>> {
-    let mut v: Vec<Task> = c
-        .list(Kind::Task)
+    let mut v: Vec<Task> = dcpp_control::schema::tasks(c)
         .await?
-        .objects
-        .iter()
-        .map(|o| o.decode())
-        .collect::<Result<_, _>>()?;
+        .into_values()
+        .map(|(t, _)| t)
+        .collect();
     v.sort_by(|a, b| (&a.service, &a.slot, a.id).cmp(&(&b.service, &b.slot, b.id)));
     Ok(v)
 }

@@ -52,9 +52,15 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// names the address, where it came from (`-H`, `DCPP_HOST` or the default) and how to start a
 /// daemon, instead of the HTTP client's transport error.
 pub fn explain(host: Option<&str>, err: &anyhow::Error) -> String {
-    let transport = err
-        .chain()
-        .any(|e| matches!(e.downcast_ref(), Some(dcpp_raft::Error::Transport(_))));
+    // A control-plane error wraps the store's transparently (its source is the store error's
+    // source), so both are looked for.
+    let transport = err.chain().any(|e| {
+        matches!(e.downcast_ref(), Some(dcpp_raft::Error::Transport(_)))
+            || matches!(
+                e.downcast_ref(),
+                Some(dcpp_control::Error::Store(dcpp_raft::Error::Transport(_)))
+            )
+    });
     if !transport {
         return format!("{err:#}");
     }
