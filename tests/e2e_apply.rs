@@ -242,6 +242,22 @@ fn daemon_killed_mid_apply_converges_without_duplicates() {
     });
 }
 
+/// `GET /v1/stacks/NAME/convergence` on the daemon's socket: `{"status": CODE, "body": JSON}`.
+fn convergence(rig: &Rig, stack: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&rig.socket)
+        .arg(format!("http://dcpp/v1/stacks/{stack}/convergence"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    serde_json::json!({
+        "status": code.trim().parse::<u16>().unwrap_or(0),
+        "body": serde_json::from_str::<serde_json::Value>(body).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 fn sleeper(replicas: u32) -> String {
     format!(
         "services:\n  app:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: {replicas}\n"
@@ -256,7 +272,7 @@ fn watched_directory_add_change_break_delete() {
     std::fs::write(dir.join("alpha.yml"), sleeper(1)).unwrap();
     std::fs::write(dir.join("notes.txt"), "not a stack").unwrap();
     let log = std::fs::File::create(rig.root.join("watch.log")).unwrap();
-    let mut watcher = Command::new(BIN)
+    let watcher = Command::new(BIN)
         .arg("-H")
         .arg(format!("unix://{}", rig.socket.display()))
         .arg("watch")
@@ -265,9 +281,24 @@ fn watched_directory_add_change_break_delete() {
         .stderr(log)
         .spawn()
         .unwrap();
+    // Killed however the test ends: a watcher left running keeps every descriptor the test
+    // process had (a build lock held around the test run, for one).
+    let _watcher = KillOnDrop(watcher);
     let watch_log = || std::fs::read_to_string(rig.root.join("watch.log")).unwrap_or_default();
-    // Added on start.
+    // Added on start; the watcher follows the change to its verdict, as `apply` would.
     rig.wait_until("alpha applied", 30, || rig.running("alpha_app") == 1);
+    rig.wait_until("alpha's outcome logged", 30, || {
+        watch_log().contains("watch: stack alpha converged in ")
+    });
+    let v = convergence(&rig, "alpha");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"]["state"], "converged", "{v}");
+    assert_eq!(v["body"]["services"][0]["name"], "app", "{v}");
+    assert_eq!(v["body"]["services"][0]["running"], 1, "{v}");
+    assert_eq!(v["body"]["services"][0]["desired"], 1, "{v}");
+    let v = convergence(&rig, "nosuch");
+    assert_eq!(v["status"], 404, "{v}");
+    assert_eq!(v["body"]["code"], "not_found", "{v}");
     let ls = rig.ok(&["stack", "ls"]);
     assert!(ls.contains("alpha") && ls.contains("alpha.yml"), "{ls}");
     assert!(!ls.contains("notes"), "{ls}");
@@ -291,6 +322,29 @@ fn watched_directory_add_change_break_delete() {
     // A second file is a second stack.
     std::fs::write(dir.join("beta.yaml"), sleeper(1)).unwrap();
     rig.wait_until("beta applied", 30, || rig.running("beta_app") == 1);
+    // A stack that crash-loops: nobody waits on a terminal, so the log and the API say so.
+    std::fs::write(
+        dir.join("gamma.yml"),
+        format!(
+            "services:\n  app:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 3\"]\n"
+        ),
+    )
+    .unwrap();
+    rig.wait_until("gamma's failure logged", 60, || {
+        watch_log().contains("watch: stack gamma failed: app: ")
+    });
+    let v = convergence(&rig, "gamma");
+    assert_eq!(v["body"]["state"], "failed", "{v}");
+    let reason = v["body"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("app: crash loop: ") && reason.ends_with("exited with code 3"),
+        "{v}"
+    );
+    assert_eq!(
+        v["body"]["services"][0]["verdict"]["state"], "failed",
+        "{v}"
+    );
+    std::fs::remove_file(dir.join("gamma.yml")).unwrap();
     // Deleted: its stack goes, the other stays.
     std::fs::remove_file(dir.join("alpha.yml")).unwrap();
     rig.wait_until("alpha removed", 30, || {
@@ -298,8 +352,15 @@ fn watched_directory_add_change_break_delete() {
             && !rig.tasks().iter().any(|t| t["service"] == "alpha_app")
     });
     assert_eq!(rig.running("beta_app"), 1);
-    watcher.kill().ok();
-    watcher.wait().ok();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }
 
 #[test]

@@ -14,6 +14,8 @@ use dcpp_reconciler::{
 };
 use futures::{FutureExt, StreamExt};
 
+use serde::Serialize;
+
 use crate::Error;
 use crate::schema::{ServiceDoc, now_ms};
 
@@ -22,7 +24,7 @@ use crate::schema::{ServiceDoc, now_ms};
 pub const FAIL_GRACE: Duration = Duration::from_secs(5);
 
 /// One service's state in a round.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceProgress {
     pub name: String,
     /// Running tasks of the version being rolled out.
@@ -33,7 +35,7 @@ pub struct ServiceProgress {
 }
 
 /// What one read of the store says about the followed services.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Round {
     pub services: Vec<ServiceProgress>,
     /// Image pulls under way for the followed services, one per image.
@@ -68,6 +70,24 @@ impl Round {
         self.services
             .iter()
             .all(|s| s.verdict == Convergence::Converged)
+    }
+
+    /// The verdict of all followed services together: failed if one failed, converged if all
+    /// did, else pending (with the pending services' reasons).
+    pub fn verdict(&self) -> Convergence {
+        let failed: Vec<String> = self.failed().map(|(n, r)| format!("{n}: {r}")).collect();
+        if !failed.is_empty() {
+            return Convergence::Failed(failed.join("; "));
+        }
+        if self.converged() {
+            return Convergence::Converged;
+        }
+        Convergence::Pending(
+            self.pending()
+                .map(|(n, r)| format!("{n}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 }
 

@@ -22,6 +22,7 @@ use notify_debouncer_full::notify::event::{EventKind, MetadataKind, ModifyKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
 
 use crate::Error;
+use crate::converge::Outcome;
 use crate::schema::{
     ServiceChange, ServiceDoc, StackDoc, diff_services, stack_docs, stack_services,
 };
@@ -92,11 +93,25 @@ fn changes_content(kind: &EventKind) -> bool {
     )
 }
 
+/// How long the outcome of one applied change is followed before it is reported as not
+/// converged (`dcpp apply`'s default timeout).
+pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Messages already printed, by file (`None`: the directory as a whole), so a file that stays
-/// broken is reported once, not on every round.
+/// broken is reported once, not on every round; and the followers of the changes applied, by
+/// stack (a newer change of a stack replaces the follower of the older one).
 #[derive(Default)]
 pub struct Reported {
     errors: BTreeMap<Option<PathBuf>, String>,
+    following: BTreeMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Reported {
+    fn drop(&mut self) {
+        for h in self.following.values() {
+            h.abort();
+        }
+    }
 }
 
 impl Reported {
@@ -195,15 +210,49 @@ pub async fn sync_dir<S: Store>(c: &S, dir: &Path, reported: &mut Reported) -> R
             file.display(),
             changes.len()
         );
+        let applied: Vec<ServiceDoc> = new.into_values().collect();
+        let follower = tokio::spawn(report_outcome(c.clone(), name.clone(), applied));
+        if let Some(old) = reported.following.insert(name.clone(), follower) {
+            old.abort();
+        }
     }
+    reported.following.retain(|_, h| !h.is_finished());
     for (name, s) in &stored {
         let from_here = Path::new(&s.source).parent() == Some(dir);
         if from_here && !files.contains_key(name) {
+            if let Some(h) = reported.following.remove(name) {
+                h.abort();
+            }
             delete_stack(c, name, &Removal::default()).await?;
             eprintln!("watch: {} is gone: stack {name} removed", s.source);
         }
     }
     Ok(())
+}
+
+/// Follows one applied change with the convergence rule `dcpp apply` uses and prints how it
+/// ended: a GitOps user has no terminal waiting on the change, so this line (in the daemon's
+/// or `dcpp watch`'s log) is where a crash loop or a missing image shows.
+async fn report_outcome<S: Store>(c: S, stack: String, applied: Vec<ServiceDoc>) {
+    match crate::converge::follow(&c, &applied, FOLLOW_TIMEOUT, |_| {}).await {
+        Ok(Outcome::Converged(took)) => {
+            eprintln!(
+                "watch: stack {stack} converged in {:.1}s",
+                took.as_secs_f64()
+            );
+        }
+        Ok(Outcome::Failed(round)) => {
+            for (name, reason) in round.failed() {
+                eprintln!("watch: stack {stack} failed: {name}: {reason}");
+            }
+        }
+        Ok(Outcome::TimedOut(round)) => eprintln!(
+            "watch: stack {stack} not converged after {}s: {}",
+            FOLLOW_TIMEOUT.as_secs(),
+            round.summary()
+        ),
+        Err(e) => tracing::warn!(%stack, "following the applied change: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -15,13 +15,16 @@
 //!   and the API alike.
 //! - [`preview`]: `dcpp diff` / `apply --dry-run`: the same planner on the stored state and the
 //!   new desired state, rendered as actions with reasons.
-//! - [`gitops`]: a directory of compose files kept in sync with the stored stacks.
+//! - [`gitops`]: a directory of compose files kept in sync with the stored stacks; each change
+//!   it applies is followed with [`converge`] and its outcome logged.
+//! - [`api`]: the control plane's own HTTP routes (a stack's convergence verdict).
 //!
 //! The node agent (`dcpp-node-agent`) reads the tasks assigned to its node, drives the runtime
 //! and writes task state back; the leader's next round sees it.
 
 use std::path::{Path, PathBuf};
 
+pub mod api;
 pub mod converge;
 pub mod gitops;
 pub mod leader;

@@ -140,7 +140,9 @@ fn strip(msg: String, prefix: &str) -> String {
     }
 }
 
-struct HttpError(Error);
+/// A failed request as the API answers it: the [`ApiError`] body with its status. Public so
+/// that routes an embedder adds ([`serve_unix_with`], [`serve_tcp_with`]) answer alike.
+pub struct HttpError(pub Error);
 
 impl From<Error> for HttpError {
     fn from(e: Error) -> Self {
@@ -468,13 +470,14 @@ fn api_routes() -> Router<Node> {
 
 /// The TCP router: Raft RPCs and the API behind the cluster token, plus the join endpoint.
 /// Served by [`serve_tcp`], which provides the connection's address and admission.
-fn peer_router(node: Node, gate: Arc<Gate>) -> Router {
+fn peer_router(node: Node, gate: Arc<Gate>, extra: Router<Node>) -> Router {
     let raft = Router::new()
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     let protected = api_routes()
+        .merge(extra)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .merge(raft)
         .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
@@ -515,7 +518,13 @@ async fn tokens(State(node): State<Node>) -> ApiResult<crate::JoinTokens> {
 
 /// The unix-socket router: the API plus local administration, no token (socket is mode 0600).
 pub fn local_router(node: Node) -> Router {
+    local_router_with(node, Router::new())
+}
+
+/// [`local_router`] plus the embedder's own routes (`extra`, served like the API's).
+pub fn local_router_with(node: Node, extra: Router<Node>) -> Router {
     api_routes()
+        .merge(extra)
         .route("/v1/local/join", post(local_join))
         .route("/v1/local/leave", post(local_leave))
         .route("/v1/cluster/tokens", get(tokens))
@@ -530,20 +539,29 @@ pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_tcp_with(node, listener, ListenerLimits::default(), shutdown).await
+    serve_tcp_with(
+        node,
+        listener,
+        ListenerLimits::default(),
+        Router::new(),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves the peer router on a bound TCP listener until `shutdown` resolves. Connections
 /// beyond the caps of `limits` are accepted and closed at once (left in the backlog they would
-/// only make legitimate peers wait).
+/// only make legitimate peers wait). `extra`: the embedder's own routes, behind the same
+/// authentication as the API.
 pub async fn serve_tcp_with(
     node: Node,
     listener: tokio::net::TcpListener,
     limits: ListenerLimits,
+    extra: Router<Node>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let gate = Arc::new(Gate::new(limits));
-    let router = peer_router(node, gate.clone());
+    let router = peer_router(node, gate.clone(), extra);
     let summaries = tokio::spawn(gate.clone().log_summaries());
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -640,7 +658,17 @@ pub async fn serve_unix(
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, local_router(node))
+    serve_unix_with(node, listener, Router::new(), shutdown).await
+}
+
+/// [`serve_unix`] with the embedder's own routes.
+pub async fn serve_unix_with(
+    node: Node,
+    listener: tokio::net::UnixListener,
+    extra: Router<Node>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, local_router_with(node, extra))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -40,7 +40,8 @@ pub const SETTLE: Millis = 1_500;
 /// be a single unlucky restart.
 pub const CRASH_LOOP: usize = 3;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum Convergence {
     Converged,
     Pending(String),

@@ -154,14 +154,20 @@ async fn serve(
         node.clone(),
         tcp,
         limits,
+        dcpp_control::api::routes(),
         async move {
             let _ = rx1.wait_for(|s| *s).await;
         },
     ));
     let mut rx2 = stop_rx.clone();
-    let local = tokio::spawn(dcpp_raft::api::serve_unix(node.clone(), unix, async move {
-        let _ = rx2.wait_for(|s| *s).await;
-    }));
+    let local = tokio::spawn(dcpp_raft::api::serve_unix_with(
+        node.clone(),
+        unix,
+        dcpp_control::api::routes(),
+        async move {
+            let _ = rx2.wait_for(|s| *s).await;
+        },
+    ));
     // Zero config: a node that never belonged to a cluster becomes a one-node cluster.
     node.bootstrap().await.context("bootstrap")?;
     let watch_dir = agent.as_ref().and_then(|(_, a)| a.watch.clone());
