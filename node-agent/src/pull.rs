@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+
 use dcpp_raft::{Kind, Op, Precondition, Store, Txn};
 use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, Task, TaskState};
 use dcpp_runtime::image::registry::{Progress, ProgressFn};
 
-use crate::host::{Clock, Images};
+use crate::host::{Clock, HostError, Images};
 
 /// How often a running pull writes its progress to the waiting tasks.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -137,18 +139,25 @@ impl<S: Store> Pulls<S> {
             _ => {}
         }
         m.insert(reference.to_string(), State::Pulling);
-        tokio::spawn(self.clone().run(reference.to_string()));
-        Need::Wait
-    }
-
-    async fn run(self, reference: String) {
         tracing::info!(image = %reference, "pulling");
         let counter = Arc::new(Mutex::new(Counter::default()));
         let c = counter.clone();
         let progress: ProgressFn = Arc::new(move |p| {
             c.lock().unwrap_or_else(|e| e.into_inner()).on(p);
         });
-        let mut pull = self.images.pull(&reference, progress);
+        // Asked for here, in the round, so the pull is in the image side's calls in round
+        // order; the transfer itself runs in the background.
+        let pull = self.images.pull(reference, progress);
+        tokio::spawn(self.clone().run(reference.to_string(), counter, pull));
+        Need::Wait
+    }
+
+    async fn run(
+        self,
+        reference: String,
+        counter: Arc<Mutex<Counter>>,
+        mut pull: BoxFuture<'static, Result<String, HostError>>,
+    ) {
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
