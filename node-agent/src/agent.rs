@@ -1056,3 +1056,6 @@ fn plan_networks(net: &dyn Networks, doc: &ServiceDoc, name: &str) -> Result<Vec
     );
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests;

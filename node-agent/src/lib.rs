@@ -12,6 +12,8 @@ pub mod host;
 pub mod options;
 pub mod pull;
 pub mod step;
+#[cfg(test)]
+mod testing;
 pub mod volumes;
 
 pub use agent::{Agent, Networking};
