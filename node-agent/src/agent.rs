@@ -3,6 +3,7 @@
 //! with the containers labelled [`LABEL_TASK`] and acts on the difference, so a daemon restart,
 //! a missed event or a container killed by hand are all handled by the same code. Running
 //! containers are never restarted to "re-adopt" them: their monitors survive the daemon.
+//! The host is reached only through [`crate::host`]'s traits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -12,20 +13,20 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use dcpp_control::nodes::SelfInfo;
-use dcpp_raft::{Kind, Node, Txn};
+use dcpp_raft::{Kind, Node, Store, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
-use dcpp_runtime::container::{
-    ContainerInfo, ContainerManager, ExecRequest, MountRequest, MountSource, NetworkMode, Status,
-};
+use dcpp_runtime::container::{ContainerManager, MountRequest, MountSource, NetworkMode};
 use dcpp_runtime::image::registry::RegistryOptions;
-use dcpp_runtime::image::{ImageError, ImageStore, LocalImage};
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, NetworkConfig, NetworkManager, PlannedNetwork, PortMapping,
-    Protocol,
+    ContainerNetworks, ContainerPlan, NetworkManager, PlannedNetwork, PortMapping, Protocol,
 };
 
 use crate::Error;
 use crate::exits::ExitWatch;
+use crate::host::{
+    Clock, Container, Containers, Host, Image, Images, LocalContainers, LocalImages, LocalNetworks,
+    Networks, SystemClock,
+};
 use crate::pull::{Need, Pulls};
 use crate::step::{
     ContainerView, HealthState, HealthTiming, ImageView, Step, next_step, shutdown_report,
@@ -58,16 +59,25 @@ pub struct Networking {
     pub hook: Arc<ContainerNetworks>,
 }
 
-pub struct Agent {
-    node: Node,
-    ctr: Arc<ContainerManager>,
-    images_dir: PathBuf,
-    net: Option<Networking>,
+/// Whether this node is a raft voter (its record then says manager).
+type VoterFn = Box<dyn Fn() -> bool + Send + Sync>;
+
+pub struct Agent<S: Store = Node> {
+    node: S,
+    /// Asked for every heartbeat: a promotion shows in the node record.
+    voter: VoterFn,
+    ctr: Arc<dyn Containers>,
+    net: Option<Arc<dyn Networks>>,
+    images: Arc<dyn Images>,
+    clock: Arc<dyn Clock>,
+    /// The local image store's directory, when the image side is the real one (so
+    /// [`Agent::with_registry`] can rebuild it with other registry settings).
+    images_dir: Option<PathBuf>,
     health: Mutex<HashMap<TaskId, HealthState>>,
     used_net: std::sync::atomic::AtomicBool,
     /// Wakes the loop early (a pull finished, a container exited).
     wake: Arc<tokio::sync::Notify>,
-    pulls: Pulls,
+    pulls: Pulls<S>,
     exits: Mutex<Option<ExitWatch>>,
     parallel: usize,
     /// Whether each task container (by id) was last put into service (`true`) or withdrawn,
@@ -83,24 +93,62 @@ struct Report {
     rev: TaskRevs,
 }
 
-impl Agent {
+impl Agent<Node> {
+    /// The daemon's agent: the raft node's store, the runtime's managers, the machine's clock.
     pub fn new(
         node: Node,
         ctr: Arc<ContainerManager>,
         images_dir: PathBuf,
         net: Option<Networking>,
     ) -> Self {
+        let me = SelfInfo::local(node.id(), node.advertise(), dcpp_raft::Role::Worker);
+        let voter = {
+            let node = node.clone();
+            move || {
+                node.status()
+                    .is_ok_and(|st| st.members.iter().any(|m| m.id == node.id() && m.voter))
+            }
+        };
+        let host = Host {
+            containers: Arc::new(LocalContainers(ctr)),
+            networks: net.map(|n| {
+                Arc::new(LocalNetworks {
+                    manager: n.manager,
+                    hook: n.hook,
+                }) as Arc<dyn Networks>
+            }),
+            images: Arc::new(LocalImages::new(&images_dir, RegistryOptions::default())),
+            clock: Arc::new(SystemClock),
+        };
+        let mut agent = Agent::with_host(node, me, voter, host);
+        agent.images_dir = Some(images_dir);
+        agent
+    }
+}
+
+impl<S: Store> Agent<S> {
+    /// An agent on `node`'s store for the host described by `me`, acting through `host`;
+    /// `voter` says whether this node votes in raft.
+    pub fn with_host(
+        node: S,
+        me: SelfInfo,
+        voter: impl Fn() -> bool + Send + Sync + 'static,
+        host: Host,
+    ) -> Self {
         let wake = Arc::new(tokio::sync::Notify::new());
         let pulls = Pulls::new(
             node.clone(),
-            dcpp_control::nodes::node_id(node.id()),
-            images_dir.clone(),
-            RegistryOptions::default(),
+            dcpp_control::nodes::node_id(me.id),
+            host.images.clone(),
+            host.clock.clone(),
             wake.clone(),
         );
         Agent {
-            ctr,
-            images_dir,
+            voter: Box::new(voter),
+            ctr: host.containers,
+            images: host.images,
+            clock: host.clock,
+            images_dir: None,
             wake,
             pulls,
             exits: Mutex::default(),
@@ -110,42 +158,44 @@ impl Agent {
                 .filter(|n| *n > 0)
                 .unwrap_or(PARALLEL),
             used_net: std::sync::atomic::AtomicBool::new(
-                net.as_ref()
-                    .is_some_and(|n| n.manager.list().is_ok_and(|l| !l.is_empty())),
+                host.networks
+                    .as_ref()
+                    .is_some_and(|n| n.list().is_ok_and(|l| !l.is_empty())),
             ),
-            net,
+            net: host.networks,
             health: Mutex::default(),
             serving: Mutex::default(),
-            me: SelfInfo::local(node.id(), node.advertise(), dcpp_raft::Role::Worker),
+            me,
             node,
         }
     }
 
     /// Pulls missing images with these registry settings (default: loopback registries over
-    /// plain HTTP, credentials from the Docker CLI's config.json).
+    /// plain HTTP, credentials from the Docker CLI's config.json). Only the local image store
+    /// has registry settings; another image side is kept as it is.
     pub fn with_registry(mut self, opts: RegistryOptions) -> Self {
+        let Some(dir) = &self.images_dir else {
+            return self;
+        };
+        self.images = Arc::new(LocalImages::new(dir, opts));
         self.pulls = Pulls::new(
             self.node.clone(),
             self.me(),
-            self.images_dir.clone(),
-            opts,
+            self.images.clone(),
+            self.clock.clone(),
             self.wake.clone(),
         );
         self
     }
 
     fn me(&self) -> dcpp_reconciler::NodeId {
-        dcpp_control::nodes::node_id(self.node.id())
+        dcpp_control::nodes::node_id(self.me.id)
     }
 
     /// This node as its record should describe it: a raft voter is a manager.
     fn self_info(&self) -> SelfInfo {
-        let voter = self
-            .node
-            .status()
-            .is_ok_and(|st| st.members.iter().any(|m| m.id == self.node.id() && m.voter));
         let mut me = self.me.clone();
-        me.role = if voter {
+        me.role = if (self.voter)() {
             dcpp_raft::Role::Manager
         } else {
             dcpp_raft::Role::Worker
@@ -156,17 +206,29 @@ impl Agent {
     /// Writes this node's record with a fresh heartbeat (the leader treats a silent node as
     /// down, and schedules nothing on a node without a record).
     pub async fn heartbeat(&self) -> Result<(), Error> {
-        dcpp_control::nodes::heartbeat(&self.node, &self.self_info(), now_ms()).await?;
+        dcpp_control::nodes::heartbeat(&self.node, &self.self_info(), self.clock.now_ms()).await?;
         Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&ContainerManager) -> T + Send + 'static,
+        f: impl FnOnce(&dyn Containers) -> T + Send + 'static,
     ) -> T {
         let ctr = self.ctr.clone();
-        match tokio::task::spawn_blocking(move || f(&ctr)).await {
+        match tokio::task::spawn_blocking(move || f(&*ctr)).await {
             Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Runs a blocking network call on the blocking pool; `None` without networking.
+    async fn net_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Networks) -> T + Send + 'static,
+    ) -> Option<T> {
+        let net = self.net.clone()?;
+        match tokio::task::spawn_blocking(move || f(&*net)).await {
+            Ok(v) => Some(v),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
@@ -177,20 +239,15 @@ impl Agent {
         let tasks: BTreeMap<TaskId, (Task, TaskRevs)> =
             dcpp_control::schema::tasks(&self.node).await?;
         let mut services: HashMap<String, ServiceDoc> = HashMap::new();
-        for o in self.node.list(Kind::Service, false).await?.objects {
+        for o in self.node.list(Kind::Service).await?.objects {
             services.insert(o.id.clone(), o.decode()?);
         }
-        let containers: Vec<ContainerInfo> = self.blocking(|c| c.list()).await;
+        let containers: Vec<Container> = self.blocking(|c| c.list()).await;
         self.watch_exits(&containers);
-        let mut by_task: HashMap<u64, ContainerInfo> = HashMap::new();
+        let mut by_task: HashMap<u64, Container> = HashMap::new();
         let mut strays = Vec::new();
         for c in containers {
-            let Some(tid) = c
-                .state
-                .labels
-                .get(LABEL_TASK)
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
+            let Some(tid) = c.labels.get(LABEL_TASK).and_then(|s| s.parse::<u64>().ok()) else {
                 continue;
             };
             match tasks.get(&TaskId(tid)) {
@@ -222,12 +279,9 @@ impl Agent {
                 (t, rev, c, svc)
             })
             .partition(|(t, ..)| t.desired != DesiredState::Running);
-        let run = |(t, rev, c, svc): (
-            Task,
-            TaskRevs,
-            Option<ContainerInfo>,
-            Option<ServiceDoc>,
-        )| async move { self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await };
+        let run = |(t, rev, c, svc): (Task, TaskRevs, Option<Container>, Option<ServiceDoc>)| async move {
+            self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
+        };
         let all_stops = stops.len().max(1);
         let mut results = futures::stream::select(
             futures::stream::iter(stops)
@@ -238,15 +292,17 @@ impl Agent {
                 .buffer_unordered(self.parallel),
         );
         let mut reports = Vec::new();
-        let mut last_flush = Instant::now();
+        let mut last_flush = self.clock.now();
         while let Some(r) = results.next().await {
             if let Some(r) = r {
                 reports.push(r);
             }
-            if !reports.is_empty() && last_flush.elapsed() >= Duration::from_millis(100) {
+            if !reports.is_empty()
+                && self.clock.now().duration_since(last_flush) >= Duration::from_millis(100)
+            {
                 did = true;
                 self.flush(std::mem::take(&mut reports)).await?;
-                last_flush = Instant::now();
+                last_flush = self.clock.now();
             }
         }
         if !reports.is_empty() {
@@ -258,13 +314,13 @@ impl Agent {
     }
 
     /// Watches the directories of the live containers for their exit records.
-    fn watch_exits(&self, containers: &[ContainerInfo]) {
+    fn watch_exits(&self, containers: &[Container]) {
         let g = self.exits.lock().unwrap_or_else(|e| e.into_inner());
         let Some(w) = g.as_ref() else { return };
         let live = containers
             .iter()
-            .filter(|c| matches!(c.status, Status::Running | Status::Created))
-            .map(|c| c.bundle.as_path());
+            .filter(|c| c.status.is_up())
+            .map(|c| c.dir.as_path());
         if w.set(live) {
             self.wake.notify_one();
         }
@@ -301,10 +357,10 @@ impl Agent {
         &self,
         t: &Task,
         rev: TaskRevs,
-        c: Option<&ContainerInfo>,
+        c: Option<&Container>,
         svc: Option<&ServiceDoc>,
     ) -> Option<Report> {
-        let view = c.map(|c| container_view(c.status));
+        let view = c.map(|c| c.status);
         let policy = svc.and_then(|d| d.service.pull_policy.as_deref());
         let (image, local) = if wants_image(t, view) {
             match self.image_for(t, policy) {
@@ -334,9 +390,9 @@ impl Agent {
         &self,
         t: &Task,
         rev: TaskRevs,
-        c: Option<&ContainerInfo>,
+        c: Option<&Container>,
         svc: Option<&ServiceDoc>,
-        img: Option<LocalImage>,
+        img: Option<Image>,
         step: Step,
     ) -> Option<Report> {
         match (step, c, svc, img) {
@@ -395,7 +451,7 @@ impl Agent {
             (Step::Monitor, Some(c), svc, _) => {
                 let mut r = TaskReport {
                     state: Some(TaskState::Running),
-                    container_id: Some(c.state.id.clone()),
+                    container_id: Some(c.id.clone()),
                     ..Default::default()
                 };
                 if let Some(s) = svc {
@@ -412,12 +468,12 @@ impl Agent {
                 Self::report(t, rev, r)
             }
             (Step::Start, Some(c), ..) => {
-                let id = c.state.id.clone();
+                let id = c.id.clone();
                 let res = self.blocking(move |m| m.start(&id)).await;
                 let r = match res {
                     Ok(_) => TaskReport {
                         state: Some(TaskState::Running),
-                        container_id: Some(c.state.id.clone()),
+                        container_id: Some(c.id.clone()),
                         ..Default::default()
                     },
                     Err(e) => TaskReport {
@@ -437,20 +493,20 @@ impl Agent {
                 if stop {
                     // Out of DNS and the port map first: no new connection reaches it.
                     self.withdraw(c).await;
-                    let id = c.state.id.clone();
-                    if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
+                    let id = c.id.clone();
+                    if let Err(e) = self.blocking(move |m| m.stop(&id)).await {
                         tracing::warn!(task = %t.id, "stop: {e}");
                     }
                 }
                 self.leave_networks(c).await;
-                if let Ok(i) = self
+                if let Ok(code) = self
                     .blocking({
-                        let id = c.state.id.clone();
-                        move |m| m.inspect(&id)
+                        let id = c.id.clone();
+                        move |m| m.exit_code(&id)
                     })
                     .await
                 {
-                    r.exit_code = i.exit.map(|e| e.exit_code);
+                    r.exit_code = code;
                 }
                 if remove {
                     self.remove_container(c).await;
@@ -464,8 +520,8 @@ impl Agent {
             }
             (Step::Halt, Some(c), ..) => {
                 self.withdraw(c).await;
-                let id = c.state.id.clone();
-                let _ = self.blocking(move |m| m.stop(&id, None)).await;
+                let id = c.id.clone();
+                let _ = self.blocking(move |m| m.stop(&id)).await;
                 self.leave_networks(c).await;
                 None
             }
@@ -485,18 +541,18 @@ impl Agent {
             .remove(&t.id);
     }
 
-    async fn exit_report(&self, c: &ContainerInfo) -> TaskReport {
-        let id = c.state.id.clone();
+    async fn exit_report(&self, c: &Container) -> TaskReport {
+        let id = c.id.clone();
         let tail: Vec<String> = self
             .blocking(move |m| m.logs(&id))
             .await
             .map(|l| {
                 let skip = l.len().saturating_sub(5);
-                l.into_iter().skip(skip).map(|e| e.log).collect()
+                l.into_iter().skip(skip).collect()
             })
             .unwrap_or_default();
         let (code, oom, err) = match &c.exit {
-            Some(e) => (Some(e.exit_code), e.oom_killed, e.error.clone()),
+            Some(e) => (Some(e.code), e.oom_killed, e.error.clone()),
             None => (None, false, Some("container monitor died".into())),
         };
         let mut msg = match (code, oom) {
@@ -524,44 +580,43 @@ impl Agent {
             }),
             exit_code: code,
             error: (!msg.is_empty()).then_some(msg),
-            container_id: Some(c.state.id.clone()),
+            container_id: Some(c.id.clone()),
             ..Default::default()
         }
     }
 
-    async fn remove_container(&self, c: &ContainerInfo) {
-        if matches!(c.status, Status::Running | Status::Created) {
+    async fn remove_container(&self, c: &Container) {
+        if c.status.is_up() {
             self.withdraw(c).await;
         }
         self.serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&c.state.id);
-        let id = c.state.id.clone();
-        let image = c.state.labels.get(LABEL_IMAGE_ID).cloned();
-        let images_dir = self.images_dir.clone();
+            .remove(&c.id);
+        let id = c.id.clone();
+        let image = c.labels.get(LABEL_IMAGE_ID).cloned();
+        let images = self.images.clone();
         let res = self
             .blocking(move |m| {
-                m.remove(&id, true)?;
-                if let Some(img) = image
-                    && let Ok(store) = ImageStore::open(&images_dir)
-                    && let Ok(d) = dcpp_runtime::image::Digest::parse(&img)
-                {
-                    let _ = store.remove_holder(&d, &id);
+                m.remove(&id)?;
+                if let Some(img) = image {
+                    images.release(&img, &id);
                 }
-                Ok::<_, dcpp_runtime::container::Error>(())
+                Ok::<_, crate::host::HostError>(())
             })
             .await;
         if let Err(e) = res {
-            tracing::warn!(container = %c.state.name, "remove: {e}");
+            tracing::warn!(container = %c.name, "remove: {e}");
         }
     }
 
     /// Puts the container into service or withdraws it (DNS answers for its service name and
     /// aliases, published ports); asks the network manager only when that changes.
-    async fn set_serving(&self, c: &ContainerInfo, serving: bool) {
-        let Some(net) = &self.net else { return };
-        let id = c.state.id.clone();
+    async fn set_serving(&self, c: &Container, serving: bool) {
+        if self.net.is_none() {
+            return;
+        }
+        let id = c.id.clone();
         if self
             .serving
             .lock()
@@ -571,82 +626,74 @@ impl Agent {
         {
             return;
         }
-        let mgr = net.manager.clone();
         let res = {
             let id = id.clone();
-            tokio::task::spawn_blocking(move || mgr.set_serving(&id, serving)).await
+            self.net_blocking(move |n| n.set_serving(&id, serving))
+                .await
         };
         match res {
-            Ok(Ok(_)) => {
+            Some(Ok(())) => {
                 self.serving
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id, serving);
             }
             // Not cached: the next round tries again.
-            Ok(Err(e)) => tracing::warn!(container = %c.state.name, serving, "{e}"),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(e)) => tracing::warn!(container = %c.name, serving, "{e}"),
+            None => {}
         }
     }
 
     /// Withdraws a container about to be stopped, then lets the connections it already
     /// accepted finish (bounded by [`DRAIN_MAX`] and its stop grace period), so a rolling
     /// update or a scale-down fails no request.
-    async fn withdraw(&self, c: &ContainerInfo) {
-        if self.net.is_none() {
-            return;
-        }
+    async fn withdraw(&self, c: &Container) {
+        let Some(net) = &self.net else { return };
         self.set_serving(c, false).await;
         let Some(pid) = c.pid else { return };
-        let limit = DRAIN_MAX.min(Duration::from_secs(c.state.stop_grace_secs));
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline && accepted_connections(pid) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let limit = DRAIN_MAX.min(Duration::from_secs(c.stop_grace_secs));
+        let deadline = self.clock.now() + limit;
+        while self.clock.now() < deadline && net.open_connections(pid) > 0 {
+            self.clock.sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Detaches a stopped container from its networks: its address is free again and none of
     /// its names resolve any more.
-    async fn leave_networks(&self, c: &ContainerInfo) {
-        let Some(net) = &self.net else { return };
+    async fn leave_networks(&self, c: &Container) {
+        if self.net.is_none() {
+            return;
+        }
         self.serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&c.state.id);
-        let mgr = net.manager.clone();
-        let id = c.state.id.clone();
-        match tokio::task::spawn_blocking(move || mgr.detach(&id, None)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(container = %c.state.name, "leaving networks: {e}"),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            .remove(&c.id);
+        let id = c.id.clone();
+        if let Some(Err(e)) = self.net_blocking(move |n| n.detach(&id)).await {
+            tracing::warn!(container = %c.name, "leaving networks: {e}");
         }
     }
 
     /// The task's image from the local store; `None` while it is being pulled. `policy` is
     /// compose's `pull_policy`: `never` only looks locally, `always` pulls once for every task
     /// created before the last finished pull, anything else pulls what is missing.
-    fn image_for(&self, t: &Task, policy: Option<&str>) -> Result<Option<LocalImage>, Error> {
+    fn image_for(&self, t: &Task, policy: Option<&str>) -> Result<Option<Image>, Error> {
         if policy == Some("always") && !self.pulls.pulled_since(&t.image, t.created_at) {
             return match self.pulls.ensure(&t.image) {
                 Need::Wait => Ok(None),
                 Need::Failed(e) => Err(Error::Pull(e)),
             };
         }
-        let store =
-            ImageStore::open(&self.images_dir).map_err(|e| Error::Runtime(e.to_string()))?;
-        match store.resolve(&t.image) {
-            Ok(img) => Ok(Some(img)),
-            Err(ImageError::NotFound(_)) if policy == Some("never") => {
-                Err(Error::ImageNotFound(format!(
-                    "{}: not in this node's image store (pull_policy: never)",
-                    t.image
-                )))
-            }
-            Err(ImageError::NotFound(_)) => match self.pulls.ensure(&t.image) {
+        match self.images.resolve(&t.image)? {
+            Some(img) => Ok(Some(img)),
+            None if policy == Some("never") => Err(Error::ImageNotFound(format!(
+                "{}: not in this node's image store (pull_policy: never)",
+                t.image
+            ))),
+            None => match self.pulls.ensure(&t.image) {
                 Need::Wait => Ok(None),
                 Need::Failed(e) => Err(Error::Pull(e)),
             },
-            Err(e) => Err(Error::ImageNotFound(format!("{}: {e}", t.image))),
         }
     }
 
@@ -657,17 +704,14 @@ impl Agent {
         &self,
         t: &Task,
         doc: &ServiceDoc,
-        img: LocalImage,
+        img: Image,
     ) -> Result<String, Error> {
         let ctr = self.ctr.clone();
-        let net = self
-            .net
-            .as_ref()
-            .map(|n| (n.manager.clone(), n.hook.clone()));
-        let images_dir = self.images_dir.clone();
+        let net = self.net.clone();
+        let images = self.images.clone();
         let (t, doc) = (t.clone(), doc.clone());
         let (id, used_net) = tokio::task::spawn_blocking(move || {
-            start_container(&ctr, net.as_ref(), &images_dir, &t, &doc, &img)
+            start_container(&*ctr, net.as_deref(), &*images, &t, &doc, &img)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
@@ -681,23 +725,23 @@ impl Agent {
     /// Removes networks of stacks that no longer have services here.
     async fn prune_networks(&self, services: &HashMap<String, ServiceDoc>) {
         let Some(net) = &self.net else { return };
-        let Ok(list) = net.manager.list() else { return };
+        let Ok(list) = net.list() else { return };
         for n in list {
-            let Some(stack) = n.network.labels.get(NETWORK_STACK_LABEL) else {
+            let Some(stack) = &n.stack else {
                 continue;
             };
-            if n.endpoints.is_empty()
+            if n.endpoints == 0
                 && !services.values().any(|s| &s.spec.stack == stack)
-                && let Err(e) = net.manager.remove_network(&n.network.name)
+                && let Err(e) = net.remove(&n.name)
             {
-                tracing::warn!(network = %n.network.name, "remove: {e}");
+                tracing::warn!(network = %n.name, "remove: {e}");
             }
         }
     }
 
     /// Swarm's rule: a task whose container turns unhealthy fails (its container is stopped);
     /// the orchestrator replaces it per the restart policy and counts it against a rollout.
-    async fn fail_unhealthy(&self, t: &Task, c: &ContainerInfo, r: &mut TaskReport) {
+    async fn fail_unhealthy(&self, t: &Task, c: &Container, r: &mut TaskReport) {
         let output = self
             .health
             .lock()
@@ -705,25 +749,25 @@ impl Agent {
             .remove(&t.id)
             .map(|s| s.output)
             .unwrap_or_default();
-        let id = c.state.id.clone();
-        if let Err(e) = self.blocking(move |m| m.stop(&id, None)).await {
+        let id = c.id.clone();
+        if let Err(e) = self.blocking(move |m| m.stop(&id)).await {
             tracing::warn!(task = %t.id, "stop unhealthy container: {e}");
         }
-        let id = c.state.id.clone();
-        if let Ok(i) = self.blocking(move |m| m.inspect(&id)).await {
-            r.exit_code = i.exit.map(|e| e.exit_code);
+        let id = c.id.clone();
+        if let Ok(code) = self.blocking(move |m| m.exit_code(&id)).await {
+            r.exit_code = code;
         }
         r.state = Some(TaskState::Failed);
         r.error = Some(format!("unhealthy: last healthcheck {output}"));
     }
 
     /// Runs the service's healthcheck inside the container when due; returns a changed health.
-    async fn check_health(&self, t: &Task, c: &ContainerInfo, doc: &ServiceDoc) -> Option<Health> {
+    async fn check_health(&self, t: &Task, c: &Container, doc: &ServiceDoc) -> Option<Health> {
         let args = health_command(doc)?;
         let hc = doc.service.healthcheck.as_ref()?;
         let timing = HealthTiming::of(hc);
         let timeout = timing.timeout;
-        let now = Instant::now();
+        let now = self.clock.now();
         {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
             let st = h
@@ -733,83 +777,17 @@ impl Agent {
                 return None;
             }
         }
-        let id = c.state.id.clone();
-        let task_id = t.id;
-        let ok = self
-            .blocking(move |m| {
-                let req = ExecRequest {
-                    args,
-                    env: vec![],
-                    cwd: None,
-                    user: None,
-                };
-                // Output goes to an unlinked file, not a pipe: a check that leaves a process
-                // behind holding its stdout can never block the agent on reading it.
-                let path = std::env::temp_dir().join(format!(
-                    "dcpp-health-{}-{}",
-                    std::process::id(),
-                    task_id
-                ));
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path);
-                let _ = std::fs::remove_file(&path);
-                let (out_file, err_file) = match file.and_then(|f| {
-                    let e = f.try_clone()?;
-                    Ok((f, e))
-                }) {
-                    Ok(p) => (Some(p.0), Some(p.1)),
-                    Err(_) => (None, None),
-                };
-                let mut reader = out_file.as_ref().and_then(|f| f.try_clone().ok());
-                let mut child = match m.exec(&id, &req, |cmd| {
-                    cmd.stdin(std::process::Stdio::null())
-                        .stdout(out_file.map_or_else(std::process::Stdio::null, Into::into))
-                        .stderr(err_file.map_or_else(std::process::Stdio::null, Into::into));
-                }) {
-                    Ok(c) => c,
-                    Err(e) => return (false, e.to_string()),
-                };
-                let deadline = Instant::now() + timeout;
-                let status = loop {
-                    match child.try_wait() {
-                        Ok(Some(s)) => break Some(s),
-                        Ok(None) if Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(20))
-                        }
-                        _ => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            break None;
-                        }
-                    }
-                };
-                let mut buf = Vec::new();
-                if let Some(f) = reader.as_mut() {
-                    use std::io::{Read, Seek};
-                    if f.seek(std::io::SeekFrom::Start(0)).is_ok() {
-                        let _ = f.take(4096).read_to_end(&mut buf);
-                    }
-                }
-                let out = String::from_utf8_lossy(&buf);
-                let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
-                match status {
-                    Some(s) if s.success() => (true, out),
-                    Some(s) => {
-                        let code = s.code().map_or("a signal".into(), |c| format!("code {c}"));
-                        (false, format!("exited with {code}: {out}"))
-                    }
-                    None => (false, format!("timed out after {timeout:?}: {out}")),
-                }
-            })
-            .await;
-        let (ok, output) = ok;
+        let id = c.id.clone();
+        let out = self.blocking(move |m| m.check(&id, args, timeout)).await;
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let st = h.get_mut(&t.id)?;
-        st.record(ok, output, &timing, t.started_at, now_ms())
+        st.record(
+            out.ok,
+            out.output,
+            &timing,
+            t.started_at,
+            self.clock.now_ms(),
+        )
     }
 
     /// Runs rounds until `stop` turns true: on every store change, every [`POLL`], and a
@@ -824,17 +802,18 @@ impl Agent {
             self.node.clone(),
             wake.clone(),
         ));
+        let since = |t: Instant| self.clock.now().duration_since(t);
         let mut last_beat: Option<Instant> = None;
-        let mut last_check = Instant::now();
+        let mut last_check = self.clock.now();
         loop {
             // A new member or a promotion shows in the record at once, not a heartbeat later.
-            let stale = last_check.elapsed() >= STALE_CHECK && {
-                last_check = Instant::now();
+            let stale = since(last_check) >= STALE_CHECK && {
+                last_check = self.clock.now();
                 dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await
             };
-            if stale || last_beat.is_none_or(|b| b.elapsed() >= HEARTBEAT) {
+            if stale || last_beat.is_none_or(|b| since(b) >= HEARTBEAT) {
                 match self.heartbeat().await {
-                    Ok(()) => last_beat = Some(Instant::now()),
+                    Ok(()) => last_beat = Some(self.clock.now()),
                     Err(e) => tracing::debug!("heartbeat: {e}"),
                 }
             }
@@ -848,7 +827,8 @@ impl Agent {
             if busy {
                 continue;
             }
-            if let Err(e) = crate::volumes::remove_pending(&self.node, &self.ctr).await {
+            if let Err(e) = crate::volumes::remove_pending(&self.node, self.me.id, &*self.ctr).await
+            {
                 tracing::warn!("volume removal: {e}");
             }
             let watched = self
@@ -868,7 +848,7 @@ impl Agent {
             };
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = self.clock.sleep(poll) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -888,16 +868,7 @@ impl Agent {
         self.ctr
             .list()
             .iter()
-            .any(|c| c.state.labels.contains_key(LABEL_TASK))
-    }
-}
-
-/// How a container's status enters the decision.
-fn container_view(s: Status) -> ContainerView {
-    match s {
-        Status::Running => ContainerView::Running,
-        Status::Created => ContainerView::Created,
-        Status::Exited | Status::Dead => ContainerView::Stopped,
+            .any(|c| c.labels.contains_key(LABEL_TASK))
     }
 }
 
@@ -917,63 +888,29 @@ fn health_command(doc: &ServiceDoc) -> Option<Vec<String>> {
     }
 }
 
-/// Established TCP connections to a listening port in the network namespace of process
-/// `pid` (a container's init): the requests a withdrawn server is still answering.
-fn accepted_connections(pid: i32) -> usize {
-    const LISTEN: &str = "0A";
-    const ESTABLISHED: &str = "01";
-    let mut listening = std::collections::HashSet::new();
-    let mut established = Vec::new();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(st)) = (f.get(1), f.get(3)) else {
-                continue;
-            };
-            let Some(port) = local.rsplit(':').next() else {
-                continue;
-            };
-            match *st {
-                LISTEN => {
-                    listening.insert(port.to_string());
-                }
-                ESTABLISHED => established.push(port.to_string()),
-                _ => {}
-            }
-        }
-    }
-    established
-        .iter()
-        .filter(|p| listening.contains(*p))
-        .count()
-}
-
 /// The running task container of `service` in `stack` on this node, if any.
-fn peer_container(ctr: &ContainerManager, stack: &str, service: &str) -> Option<String> {
+fn peer_container(ctr: &dyn Containers, stack: &str, service: &str) -> Option<String> {
     // The list is oldest first; during a start-first update of the peer the oldest is the one
     // about to stop, so join the newest.
     ctr.list()
         .into_iter()
         .rfind(|c| {
-            c.status == Status::Running
-                && c.state.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
-                && c.state.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+            c.status == ContainerView::Running
+                && c.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+                && c.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
         })
-        .map(|c| c.state.id)
+        .map(|c| c.id)
 }
 
 /// Blocking part of [`Agent::create_and_start`]: returns the container id and whether the
 /// container joined stack networks.
 fn start_container(
-    ctr: &ContainerManager,
-    net: Option<&(Arc<NetworkManager>, Arc<ContainerNetworks>)>,
-    images_dir: &std::path::Path,
+    ctr: &dyn Containers,
+    net: Option<&dyn Networks>,
+    images: &dyn Images,
     t: &Task,
     doc: &ServiceDoc,
-    img: &LocalImage,
+    img: &Image,
 ) -> Result<(String, bool), Error> {
     let t0 = Instant::now();
     let name = container_name(t);
@@ -989,21 +926,20 @@ fn start_container(
         }
     }
     for v in &doc.spec.external_volumes {
-        ctr.volumes().inspect(v).map_err(|_| {
-            Error::Invalid(format!(
+        if !ctr.volume_exists(v) {
+            return Err(Error::Invalid(format!(
                 "external volume {v} not found (create it with `dcpp volume create {v}`)"
-            ))
-        })?;
+            )));
+        }
     }
     let mut used_net = false;
     if o.network == NetworkMode::Private
-        && let Some((manager, hook)) = net
+        && let Some(net) = net
     {
         used_net = true;
-        let nets = plan_networks(manager, hook, doc, &name)?;
-        let refs: Vec<&str> = nets.iter().map(String::as_str).collect();
-        let resolv = manager
-            .write_resolv_conf(&name, &refs)
+        let nets = plan_networks(net, doc, &name)?;
+        let resolv = net
+            .resolv_conf(&name, &nets)
             .map_err(|e| Error::Runtime(e.to_string()))?;
         o.mounts.push(MountRequest {
             source: MountSource::Bind(resolv),
@@ -1012,26 +948,25 @@ fn start_container(
         });
     }
     let t1 = Instant::now();
-    let c = ctr.create(&o).map_err(|e| Error::Runtime(e.to_string()))?;
+    let id = ctr.create(&o).map_err(|e| Error::Runtime(e.to_string()))?;
     let t2 = Instant::now();
-    if let Err(e) = ctr.start(&c.state.id) {
-        let _ = ctr.remove(&c.state.id, true);
+    if let Err(e) = ctr.start(&id) {
+        let _ = ctr.remove(&id);
         return Err(Error::Runtime(e.to_string()));
     }
     let t3 = Instant::now();
     if used_net
         && health_command(doc).is_none()
-        && let Some((manager, _)) = net
-        && let Err(e) = manager.set_serving(&c.state.id, true)
+        && let Some(net) = net
+        && let Err(e) = net.set_serving(&id, true)
     {
         // The agent's next round retries.
         tracing::warn!(container = %name, "putting into service: {e}");
     }
-    if let Err(e) =
-        ImageStore::open(images_dir).and_then(|store| store.add_holder(&img.id, &c.state.id))
-    {
+    if let Err(e) = images.hold(&img.id, &id) {
         tracing::warn!(container = %name, "recording image use: {e}");
     }
+    // Log-only timings: the machine's clock, not the agent's.
     let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
     tracing::info!(task = %t.id, container = %name, "started");
     tracing::debug!(
@@ -1042,16 +977,11 @@ fn start_container(
         holder_ms = ms(t3, Instant::now()),
         "container timings"
     );
-    Ok((c.state.id, used_net))
+    Ok((id, used_net))
 }
 
 /// Creates the stack's networks on first use and records the container's plan with the hook.
-fn plan_networks(
-    manager: &NetworkManager,
-    hook: &ContainerNetworks,
-    doc: &ServiceDoc,
-    name: &str,
-) -> Result<Vec<String>, Error> {
+fn plan_networks(net: &dyn Networks, doc: &ServiceDoc, name: &str) -> Result<Vec<String>, Error> {
     let svc = &doc.service;
     let stack = &doc.spec.stack;
     let keys: Vec<String> = if svc.networks.is_empty() {
@@ -1059,25 +989,19 @@ fn plan_networks(
     } else {
         svc.networks.keys().cloned().collect()
     };
-    let existing: Vec<String> = manager
+    let existing: Vec<String> = net
         .list()
         .map_err(|e| Error::Runtime(e.to_string()))?
         .into_iter()
-        .map(|n| n.network.name)
+        .map(|n| n.name)
         .collect();
     let mut planned = Vec::new();
     let mut names = Vec::new();
     for k in &keys {
         let full = format!("{stack}_{k}");
         if !existing.contains(&full) {
-            let mut cfg = NetworkConfig::default();
-            cfg.labels
-                .insert(NETWORK_STACK_LABEL.into(), stack.to_string());
-            match manager.create_network(&full, cfg) {
-                Ok(_) => {}
-                Err(e) if e.to_string().contains("exists") => {}
-                Err(e) => return Err(Error::Runtime(e.to_string())),
-            }
+            net.ensure(&full, stack)
+                .map_err(|e| Error::Runtime(e.to_string()))?;
         }
         let aliases = svc
             .networks
@@ -1111,7 +1035,7 @@ fn plan_networks(
                 .map_err(|e| Error::Invalid(e.to_string()))?,
         );
     }
-    hook.plan(
+    net.plan(
         name,
         ContainerPlan {
             service: Some(doc.spec.name.clone()),
@@ -1123,3 +1047,6 @@ fn plan_networks(
     );
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests;

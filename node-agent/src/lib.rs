@@ -2,14 +2,18 @@
 //! into local containers, networks and volumes and reports their state back, executing for each
 //! task the pure decision of [`step`] (healthcheck bookkeeping included). [`options`] makes container options of a service
 //! document; [`pull`] pulls images; [`exits`] notices container exits; [`volumes`] carries out
-//! `down --volumes` on this node. The store layout it reads and writes is
+//! `down --volumes` on this node; [`host`] is the runtime side (containers, networks, images,
+//! clock) behind the traits the agent uses. The store layout it reads and writes is
 //! `dcpp_control::schema`.
 
 pub mod agent;
 pub mod exits;
+pub mod host;
 pub mod options;
 pub mod pull;
 pub mod step;
+#[cfg(test)]
+mod testing;
 pub mod volumes;
 
 pub use agent::{Agent, Networking};

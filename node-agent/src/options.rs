@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dcpp_reconciler::Task;
-use dcpp_runtime::container::{
-    CreateOptions, ImageInput, MountRequest, MountSource, NetworkMode, Ulimit,
-};
-use dcpp_runtime::image::LocalImage;
+use dcpp_runtime::container::{CreateOptions, MountRequest, MountSource, NetworkMode, Ulimit};
 use dcpp_spec::{Service, VolumeType};
 
 use crate::Error;
+use crate::host::Image;
 use dcpp_control::schema::{
     LABEL_IMAGE_ID, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK, ServiceDoc,
 };
@@ -27,12 +25,12 @@ pub type PeerLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub fn container_options(
     t: &Task,
     doc: &ServiceDoc,
-    img: &LocalImage,
+    img: &Image,
     name: &str,
     peer: PeerLookup<'_>,
 ) -> Result<CreateOptions, Error> {
     let svc = &doc.service;
-    let mut o = CreateOptions::new(ImageInput::from_local(img));
+    let mut o = CreateOptions::new(img.input.clone());
     o.name = Some(name.to_string());
     o.command = svc.command.clone();
     o.entrypoint = svc.entrypoint.clone();
@@ -72,7 +70,7 @@ pub fn container_options(
     labels.insert(LABEL_SERVICE.into(), doc.spec.name.clone());
     labels.insert(LABEL_SLOT.into(), t.slot.to_string());
     labels.insert(LABEL_TASK.into(), t.id.0.to_string());
-    labels.insert(LABEL_IMAGE_ID.into(), img.id.to_string());
+    labels.insert(LABEL_IMAGE_ID.into(), img.id.clone());
     o.labels = labels;
     o.sysctls = svc.sysctls.clone();
     o.network = network_mode(svc.network_mode.as_deref(), peer)?;
@@ -485,7 +483,8 @@ volumes:
         let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
         let img = store.import_rootfs(&rootfs, "dcpp.local/t:1").unwrap();
         let peer = |name: &str| (name == "web").then(|| "c0ffee".to_string());
-        let o = container_options(&task(&d, 1), &d, &img, "st_side.1.7", &peer).unwrap();
+        let o =
+            container_options(&task(&d, 1), &d, &Image::from(&img), "st_side.1.7", &peer).unwrap();
         assert_eq!(o.network, NetworkMode::Container("c0ffee".into()));
         assert_eq!(
             o.sysctls,
@@ -510,7 +509,8 @@ volumes:
         let none = |_: &str| None;
         let limits = |yaml: &str| {
             let d = doc(yaml, "a");
-            let o = container_options(&task(&d, 1), &d, &img, "a.1.7", &none).unwrap();
+            let o =
+                container_options(&task(&d, 1), &d, &Image::from(&img), "a.1.7", &none).unwrap();
             (o.memory, o.cpus, o.pids_limit)
         };
         assert_eq!(

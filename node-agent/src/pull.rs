@@ -5,14 +5,16 @@
 //! broken reference are rejected at once instead of each starting its own doomed pull.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dcpp_raft::{Node, Txn};
+use futures::future::BoxFuture;
+
+use dcpp_raft::{Store, Txn};
 use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, TaskState};
-use dcpp_runtime::image::ImageStore;
-use dcpp_runtime::image::registry::{Progress, ProgressFn, RegistryClient, RegistryOptions};
+use dcpp_runtime::image::registry::{Progress, ProgressFn};
+
+use crate::host::{Clock, HostError, Images};
 
 /// How often a running pull writes its progress to the waiting tasks.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -43,12 +45,12 @@ pub enum Need {
 
 /// The agent's pulls, keyed by image reference as written in the service.
 #[derive(Clone)]
-pub struct Pulls {
+pub struct Pulls<S> {
     state: Arc<Mutex<HashMap<String, State>>>,
-    node: Node,
+    node: S,
     me: NodeId,
-    images_dir: PathBuf,
-    opts: RegistryOptions,
+    images: Arc<dyn Images>,
+    clock: Arc<dyn Clock>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -98,20 +100,20 @@ impl Counter {
     }
 }
 
-impl Pulls {
+impl<S: Store> Pulls<S> {
     pub fn new(
-        node: Node,
+        node: S,
         me: NodeId,
-        images_dir: PathBuf,
-        opts: RegistryOptions,
+        images: Arc<dyn Images>,
+        clock: Arc<dyn Clock>,
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {
         Pulls {
             state: Arc::default(),
             node,
             me,
-            images_dir,
-            opts,
+            images,
+            clock,
             wake,
         }
     }
@@ -129,56 +131,58 @@ impl Pulls {
         let mut m = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match m.get(reference) {
             Some(State::Pulling) => return Need::Wait,
-            Some(State::Failed { error, at }) if at.elapsed() < RETRY_AFTER => {
+            Some(State::Failed { error, at })
+                if self.clock.now().duration_since(*at) < RETRY_AFTER =>
+            {
                 return Need::Failed(error.clone());
             }
             _ => {}
         }
         m.insert(reference.to_string(), State::Pulling);
-        tokio::spawn(self.clone().run(reference.to_string()));
-        Need::Wait
-    }
-
-    async fn run(self, reference: String) {
         tracing::info!(image = %reference, "pulling");
         let counter = Arc::new(Mutex::new(Counter::default()));
         let c = counter.clone();
         let progress: ProgressFn = Arc::new(move |p| {
             c.lock().unwrap_or_else(|e| e.into_inner()).on(p);
         });
-        let result = match ImageStore::open(&self.images_dir) {
-            Ok(store) => {
-                let client = RegistryClient::new(store, self.opts.clone());
-                let pull = client.pull(&reference, Some(progress));
-                tokio::pin!(pull);
-                let mut tick = tokio::time::interval(PROGRESS_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        r = &mut pull => break r.map_err(|e| e.to_string()),
-                        _ = tick.tick() => {
-                            let p = counter
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .progress(&reference);
-                            if let Err(e) = self.write_progress(&reference, &p).await {
-                                tracing::debug!(image = %reference, "pull progress: {e}");
-                            }
-                        }
+        // Asked for here, in the round, so the pull is in the image side's calls in round
+        // order; the transfer itself runs in the background.
+        let pull = self.images.pull(reference, progress);
+        tokio::spawn(self.clone().run(reference.to_string(), counter, pull));
+        Need::Wait
+    }
+
+    async fn run(
+        self,
+        reference: String,
+        counter: Arc<Mutex<Counter>>,
+        mut pull: BoxFuture<'static, Result<String, HostError>>,
+    ) {
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut pull => break r.map_err(|e| e.to_string()),
+                _ = tick.tick() => {
+                    let p = counter
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .progress(&reference);
+                    if let Err(e) = self.write_progress(&reference, &p).await {
+                        tracing::debug!(image = %reference, "pull progress: {e}");
                     }
                 }
             }
-            Err(e) => Err(e.to_string()),
         };
         {
             let mut m = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match &result {
-                Ok(img) => {
-                    tracing::info!(image = %reference, id = %img.id, "pulled");
+                Ok(id) => {
+                    tracing::info!(image = %reference, %id, "pulled");
                     m.insert(
                         reference.clone(),
                         State::Pulled {
-                            at_ms: dcpp_control::schema::now_ms(),
+                            at_ms: self.clock.now_ms(),
                         },
                     );
                 }
@@ -188,7 +192,7 @@ impl Pulls {
                         reference.clone(),
                         State::Failed {
                             error: e.clone(),
-                            at: Instant::now(),
+                            at: self.clock.now(),
                         },
                     );
                 }

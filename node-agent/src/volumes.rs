@@ -5,17 +5,20 @@
 //! holds them does the removal, whichever machine `down` ran on.
 
 use dcpp_control::schema::{LABEL_STACK, VolumeRemoval};
-use dcpp_raft::{Kind, Node, Op, Precondition, Txn};
-use dcpp_runtime::container::ContainerManager;
+use dcpp_raft::{Kind, Op, Precondition, Store, Txn};
 
 use crate::Error;
+use crate::host::Containers;
 
-/// Acts on this node's pending volume removals whose stack has no container here any more.
-/// Returns whether anything was done.
-pub async fn remove_pending(node: &Node, ctr: &ContainerManager) -> Result<bool, Error> {
-    let me = node.id();
+/// Acts on the pending volume removals of node `me` whose stack has no container here any
+/// more. Returns whether anything was done.
+pub async fn remove_pending<S: Store>(
+    node: &S,
+    me: u64,
+    ctr: &dyn Containers,
+) -> Result<bool, Error> {
     let mut did = false;
-    for o in node.list(Kind::Volume, false).await?.objects {
+    for o in node.list(Kind::Volume).await?.objects {
         let Ok(mut r) = o.decode::<VolumeRemoval>() else {
             continue;
         };
@@ -25,19 +28,19 @@ pub async fn remove_pending(node: &Node, ctr: &ContainerManager) -> Result<bool,
         let containers = ctr.list();
         let busy = containers
             .iter()
-            .any(|c| c.state.labels.get(LABEL_STACK) == Some(&r.stack));
+            .any(|c| c.labels.get(LABEL_STACK) == Some(&r.stack));
         if busy {
             continue;
         }
-        let existing: Vec<String> = ctr.volumes().list().into_iter().map(|v| v.name).collect();
+        let existing = ctr.volumes();
         let mut removed = Vec::new();
         for v in crate::options::stack_volumes(&r.services, &existing) {
             let users: Vec<String> = containers
                 .iter()
-                .filter(|c| c.state.volumes.contains(&v))
-                .map(|c| c.state.name.clone())
+                .filter(|c| c.volumes.contains(&v))
+                .map(|c| c.name.clone())
                 .collect();
-            match ctr.volumes().remove(&v, &users) {
+            match ctr.remove_volume(&v, &users) {
                 Ok(()) => {
                     tracing::info!(volume = %v, stack = %r.stack, "volume removed");
                     removed.push(v);

@@ -758,8 +758,14 @@ fn process_keys_reach_the_container_options() {
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     let store = dcpp_runtime::image::ImageStore::open(&dir.path().join("images")).unwrap();
     let img = store.import_rootfs(&rootfs, "dcpp.local/keys:1").unwrap();
-    let o = dcpp_node_agent::options::container_options(&task(d), d, &img, "st_web.1.3", &|_| None)
-        .unwrap();
+    let o = dcpp_node_agent::options::container_options(
+        &task(d),
+        d,
+        &dcpp_node_agent::host::Image::from(&img),
+        "st_web.1.3",
+        &|_| None,
+    )
+    .unwrap();
     assert_eq!(o.command, Some(vec!["httpd".into(), "-f".into()]));
     assert_eq!(o.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
     assert_eq!(o.env, vec!["A=1".to_string()]);
