@@ -84,7 +84,7 @@ pub enum Error {
     Create(String),
     /// The network hook failed.
     #[error("network: {0}")]
-    Network(String),
+    Network(#[source] HookError),
     /// Volume errors.
     #[error(transparent)]
     Volume(#[from] volume::VolumeError),
@@ -170,11 +170,14 @@ impl ShimCommand {
     }
 }
 
+/// Why a [`NetworkHook`] could not attach a container: the driver's own error, whatever its type.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Attaches network interfaces to a container before its process starts.
 pub trait NetworkHook: Send + Sync {
     /// Called after the namespaces exist and before `start`; `netns` is the container's network
     /// namespace (a /proc path valid while the container lives).
-    fn attach(&self, id: &str, name: &str, netns: &Path) -> Result<(), String>;
+    fn attach(&self, id: &str, name: &str, netns: &Path) -> Result<(), HookError>;
     /// Called when the container is removed.
     fn detach(&self, id: &str, name: &str);
 }
