@@ -21,6 +21,25 @@
 //! exits.
 //!
 //! `exec DIR JSON`: joins the container's cgroup and namespaces, forks, execs, returns the status.
+//!
+//! Three programs, each in its own home (the shape of youki's `process/` and `rootfs/`):
+//!
+//! - `monitor.rs` (`create`): the launcher, the monitor's setup and its supervision loop (log,
+//!   control messages, reaping, `exit.json`), and the OCI runtime path.
+//! - `executor/mod.rs` (in the monitor): the built-in executor's fork: cgroup, `exec.fifo`, the
+//!   pid namespace, the control pipe.
+//! - `executor/init.rs` (container init): namespaces, rootfs, pivot_root, waiting for `start`,
+//!   exec.
+//! - `executor/rootfs.rs` (container init): mounts, `/dev`, masked and read-only paths,
+//!   loopback.
+//! - `executor/process.rs` (container init and `exec`): identity, capabilities, seccomp,
+//!   limits, sysctls, the argv the container sees, the `init: true` PID 1, `$PATH` lookup.
+//! - `exec.rs` (`exec`): joining a running container to run one command.
+//! - `error.rs`: [`ShimError`].
+//!
+//! Errors are [`ShimError`]s while they stay in one process; they cross process boundaries (init
+//! to monitor, monitor to launcher, launcher to manager) as their message, which is what the
+//! user reads in `dcpp` output and in `exit.json`.
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
