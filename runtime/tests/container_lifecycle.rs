@@ -298,9 +298,14 @@ struct RecordingHook {
 }
 
 impl dcpp_runtime::container::NetworkHook for RecordingHook {
-    fn attach(&self, id: &str, _name: &str, netns: &std::path::Path) -> Result<(), String> {
+    fn attach(
+        &self,
+        id: &str,
+        _name: &str,
+        netns: &std::path::Path,
+    ) -> Result<(), dcpp_runtime::container::HookError> {
         use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(netns).map_err(|e| e.to_string())?.ino();
+        let ino = std::fs::metadata(netns)?.ino();
         // The process must not have started yet: monitor.json has no start time.
         let mon = std::fs::read_to_string(
             self.mgr_dir

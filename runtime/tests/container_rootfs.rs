@@ -73,9 +73,12 @@ fn hostile_layer(w: &World) -> PathBuf {
 }
 
 /// Runs `o` and returns (create error | (exit code, output)).
-fn run(w: &World, o: &dcpp_runtime::container::CreateOptions) -> Result<(i32, String), String> {
-    let c = w.mgr.create(o).map_err(|e| e.to_string())?;
-    w.mgr.start(&c.state.id).map_err(|e| e.to_string())?;
+fn run(
+    w: &World,
+    o: &dcpp_runtime::container::CreateOptions,
+) -> Result<(i32, String), dcpp_runtime::container::Error> {
+    let c = w.mgr.create(o)?;
+    w.mgr.start(&c.state.id)?;
     let exit = w
         .mgr
         .wait(&c.state.id, Some(Duration::from_secs(60)))
@@ -301,7 +304,8 @@ both_runtimes!(system_mount_points_symlinked_to_host_dirs, |w| {
         }
         // runc refuses a proc mount on a symlink, and says so.
         Err(e) => assert!(
-            w.runtime != dcpp_runtime::container::RuntimeKind::Builtin && e.contains("\"/proc\""),
+            w.runtime != dcpp_runtime::container::RuntimeKind::Builtin
+                && e.to_string().contains("\"/proc\""),
             "{e}"
         ),
     }

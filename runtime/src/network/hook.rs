@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::{AttachRequest, Attachment, NetworkManager, PortMapping};
-use crate::container::NetworkHook;
+use crate::container::{HookError, NetworkHook};
 
 /// One network of a planned container.
 #[derive(Debug, Clone, Default)]
@@ -99,7 +99,7 @@ impl ContainerNetworks {
 }
 
 impl NetworkHook for ContainerNetworks {
-    fn attach(&self, id: &str, name: &str, netns: &Path) -> Result<(), String> {
+    fn attach(&self, id: &str, name: &str, netns: &Path) -> Result<(), HookError> {
         let Some(plan) = self
             .plans
             .lock()
@@ -119,7 +119,7 @@ impl NetworkHook for ContainerNetworks {
             Err(e) => {
                 // Leave nothing half-attached: the executor fails the create.
                 let _ = self.mgr.detach(id, None);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }

@@ -10,6 +10,27 @@ use std::time::{Duration, Instant};
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
+/// Why a started registry did not answer. (No derive: the binary's tests include this file too,
+/// and that crate does not depend on thiserror.)
+#[derive(Debug)]
+enum NotReady {
+    /// The process ended.
+    Exited(std::process::ExitStatus),
+    /// It never answered `/v2/`.
+    TimedOut,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited(status) => write!(f, "exited with {status}"),
+            NotReady::TimedOut => f.write_str("timed out waiting for /v2/"),
+        }
+    }
+}
+
+impl std::error::Error for NotReady {}
+
 pub struct Registry {
     /// `127.0.0.1:<port>`, usable as the registry part of a reference.
     pub addr: String,
@@ -107,11 +128,11 @@ impl Registry {
         panic!("docker-registry did not start: {last_err}");
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    fn wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}"));
+                return Err(NotReady::Exited(status));
             }
             if let Ok((code, _)) = http_get(&self.addr, "/v2/")
                 && (code == 200 || code == 401)
@@ -120,7 +141,7 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err("timed out waiting for /v2/".into())
+        Err(NotReady::TimedOut)
     }
 
     /// Everything the registry logged so far (access log included).

@@ -108,15 +108,11 @@ impl Endpoint {
             .expect("nsenter")
     }
 
-    /// `wget -q -O - url` inside, killed after 3 s; `Ok(body)` or `Err(stderr)`. (Debian's
+    /// `wget -q -O - url` inside, killed after 3 s; `Ok(body)` or what it said. (Debian's
     /// busybox 1.35 wget crashes with `-T`, hence the `timeout` applet.)
-    pub fn wget(&self, url: &str) -> Result<String, String> {
+    pub fn wget(&self, url: &str) -> Result<String, Failed> {
         let out = self.exec(&["timeout", "3", BUSYBOX, "wget", "-q", "-O", "-", url]);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        Failed::check(out)
     }
 
     pub fn ipv4_of(&self, ifname: &str) -> Option<Ipv4Addr> {
@@ -203,15 +199,35 @@ pub fn free_port() -> u16 {
 }
 
 /// `curl -s http://127.0.0.1:port/` from the host.
-pub fn curl(url: &str) -> Result<String, String> {
+pub fn curl(url: &str) -> Result<String, Failed> {
     let out = Command::new("curl")
         .args(["-s", "-m", "3", url])
         .output()
         .expect("curl");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("curl exit {:?}", out.status.code()))
+    Failed::check(out)
+}
+
+/// A client command (`wget`, `curl`) that did not fetch the page.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {stderr}")]
+pub struct Failed {
+    /// how it ended
+    pub status: std::process::ExitStatus,
+    /// what it said
+    pub stderr: String,
+}
+
+impl Failed {
+    /// The command's stdout if it succeeded.
+    fn check(out: std::process::Output) -> Result<String, Failed> {
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(Failed {
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
     }
 }
 

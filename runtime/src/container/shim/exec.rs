@@ -28,20 +28,18 @@ pub(crate) fn exec_main(dir: &Path, req_json: &str) -> i32 {
 }
 
 pub(crate) fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
-    let req: ExecRequest =
-        serde_json::from_str(req_json).map_err(|e| format!("bad exec request: {e}"))?;
+    let req: ExecRequest = serde_json::from_str(req_json).map_err(ShimError::ExecRequest)?;
     let cfg: ShimConfig = read_json(&dir.join("shim.json"))?;
     let mut spec: Spec = read_json(&dir.join("config.json"))?;
     let mon: MonitorInfo = read_json(&dir.join("monitor.json"))?;
     if !crate::container::util::process_alive(mon.init_pid, mon.init_start_time) {
-        return Err("container is not running".into());
+        return Err(ShimError::NotRunning);
     }
-    let hier = Hierarchy::detect().map_err(|e| e.to_string())?;
-    hier.join_self(&cfg.cgroup_path)
-        .map_err(|e| e.to_string())?;
+    let hier = Hierarchy::detect()?;
+    hier.join_self(&cfg.cgroup_path)?;
     let pid = mon.init_pid;
     let mut ns_files = Vec::new();
-    for (name, flag) in [
+    for (kind, flag) in [
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
@@ -49,18 +47,16 @@ pub(crate) fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ] {
-        let f = std::fs::File::open(format!("/proc/{pid}/ns/{name}"))
-            .map_err(|e| format!("opening {name} namespace: {e}"))?;
-        ns_files.push((f, flag, name));
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+            .map_err(|source| ShimError::OpenNamespaceOf { kind, source })?;
+        ns_files.push((f, flag, kind));
     }
-    for (f, flag, name) in &ns_files {
-        nix::sched::setns(f, *flag).map_err(|e| format!("joining {name} namespace: {e}"))?;
+    for (f, flag, kind) in &ns_files {
+        nix::sched::setns(f, *flag)
+            .map_err(|source| ShimError::JoinNamespaceOf { kind, source })?;
     }
     drop(ns_files);
-    let process = spec
-        .process_mut()
-        .as_mut()
-        .ok_or("config.json has no process")?;
+    let process = spec.process_mut().as_mut().ok_or(ShimError::NoProcess)?;
     let mut env = process.env().clone().unwrap_or_default();
     for e in &req.env {
         let key = e.split('=').next().unwrap_or(e);
@@ -79,20 +75,26 @@ pub(crate) fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
         process.set_user(u);
     }
     // SAFETY: the shim is single-threaded; the child execs or exits.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+    match unsafe { nix::unistd::fork() }.map_err(ShimError::sys("fork"))? {
         nix::unistd::ForkResult::Child => {
             let err = (|| -> Res<Never> {
                 // Until the exec below, this process is visible in the container as
                 // `dcpp-shim exec <data dir>/…` with the daemon's environment.
                 let shown: Vec<&str> = req.args.iter().map(String::as_str).collect();
                 show_as(&shown)?;
-                nix::unistd::chdir(&cwd).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
+                nix::unistd::chdir(&cwd).map_err(|source| ShimError::Chdir {
+                    path: cwd.clone(),
+                    source,
+                })?;
                 let exe = lookup(&req.args, &env)?;
                 finalize_process(&spec)?;
                 let a: Vec<CString> = req.args.iter().map(|s| cstr(s)).collect::<Res<_>>()?;
                 let e: Vec<CString> = env.iter().map(|s| cstr(s)).collect::<Res<_>>()?;
-                let err = nix::unistd::execve(&path_cstr(&exe)?, &a, &e).unwrap_err();
-                Err(format!("exec {:?}: {err}", req.args[0]))
+                let source = nix::unistd::execve(&path_cstr(&exe)?, &a, &e).unwrap_err();
+                Err(ShimError::Exec {
+                    program: PathBuf::from(&req.args[0]),
+                    source,
+                })
             })();
             match err {
                 Err(e) => eprintln!("{e}"),
@@ -107,7 +109,7 @@ pub(crate) fn exec_inner(dir: &Path, req_json: &str) -> Res<i32> {
                 Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
                 Ok(_) => continue,
                 Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(format!("waitpid: {e}")),
+                Err(e) => return Err(ShimError::sys("waitpid")(e)),
             }
         },
     }

@@ -21,6 +21,25 @@
 //! exits.
 //!
 //! `exec DIR JSON`: joins the container's cgroup and namespaces, forks, execs, returns the status.
+//!
+//! Three programs, each in its own home (the shape of youki's `process/` and `rootfs/`):
+//!
+//! - `monitor.rs` (`create`): the launcher, the monitor's setup and its supervision loop (log,
+//!   control messages, reaping, `exit.json`), and the OCI runtime path.
+//! - `executor/mod.rs` (in the monitor): the built-in executor's fork: cgroup, `exec.fifo`, the
+//!   pid namespace, the control pipe.
+//! - `executor/init.rs` (container init): namespaces, rootfs, pivot_root, waiting for `start`,
+//!   exec.
+//! - `executor/rootfs.rs` (container init): mounts, `/dev`, masked and read-only paths,
+//!   loopback.
+//! - `executor/process.rs` (container init and `exec`): identity, capabilities, seccomp,
+//!   limits, sysctls, the argv the container sees, the `init: true` PID 1, `$PATH` lookup.
+//! - `exec.rs` (`exec`): joining a running container to run one command.
+//! - `error.rs`: [`ShimError`].
+//!
+//! Errors are [`ShimError`]s while they stay in one process; they cross process boundaries (init
+//! to monitor, monitor to launcher, launcher to manager) as their message, which is what the
+//! user reads in `dcpp` output and in `exit.json`.
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
@@ -39,12 +58,14 @@ use super::rootpath::{self, Root};
 use super::util::{now_rfc3339, process_start_time, write_atomic};
 use super::{ExitInfo, MonitorInfo, ShimConfig, seccomp};
 
-type Res<T> = Result<T, String>;
+type Res<T> = Result<T, ShimError>;
 
+mod error;
 mod exec;
 mod executor;
 mod monitor;
 
+pub use error::ShimError;
 pub use exec::ExecRequest;
 use exec::exec_main;
 use monitor::{launch, monitor_reexeced};
@@ -76,12 +97,18 @@ pub fn main(args: Vec<OsString>) -> ! {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Res<T> {
-    let data = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    serde_json::from_slice(&data).map_err(|e| format!("parsing {}: {e}", path.display()))
+    let data = std::fs::read(path).map_err(|source| ShimError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&data).map_err(|source| ShimError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn pipe() -> Res<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ShimError::sys("pipe"))
 }
 
 fn write_all_fd(fd: RawFd, data: &[u8]) {
@@ -102,7 +129,7 @@ fn write_all_fd(fd: RawFd, data: &[u8]) {
 fn dup_onto(from: RawFd, to: RawFd) -> Res<()> {
     // SAFETY: dup2 only manipulates the descriptor table; both are plain integers.
     if unsafe { libc::dup2(from, to) } < 0 {
-        return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        return Err(ShimError::last_os("dup2"));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ pub(crate) fn launch(dir: &Path) -> i32 {
     // SAFETY: the shim is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { nix::unistd::fork() } {
         Err(e) => {
-            eprintln!("fork: {e}");
+            eprintln!("{}", ShimError::sys("fork")(e));
             1
         }
         Ok(nix::unistd::ForkResult::Child) => {
@@ -40,7 +40,7 @@ pub(crate) fn launch(dir: &Path) -> i32 {
             } else {
                 let _ = nix::sys::wait::waitpid(child, None);
                 if msg.is_empty() {
-                    msg = "the container monitor died during setup".into();
+                    msg = ShimError::MonitorDied.to_string();
                 }
                 eprintln!("{}", msg.trim_start_matches('E'));
                 1
@@ -70,8 +70,8 @@ pub(crate) struct Running {
 pub(crate) fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
     devnull_stdio();
-    let fail = |msg: String| {
-        send(ready_w.as_raw_fd(), MSG_ERROR, &msg);
+    let fail = |e: ShimError| {
+        send(ready_w.as_raw_fd(), MSG_ERROR, &e.to_string());
         1
     };
     let cfg: ShimConfig = match read_json(&dir.join("shim.json")) {
@@ -92,7 +92,7 @@ pub(crate) fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
     ) {
         Ok(s) => s,
-        Err(e) => return fail(format!("signalfd: {e}")),
+        Err(e) => return fail(ShimError::sys("signalfd")(e)),
     };
     let log = match LogWriter::open(
         dir.join("container.log"),
@@ -100,7 +100,7 @@ pub(crate) fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         cfg.log.max_files,
     ) {
         Ok(l) => l,
-        Err(e) => return fail(format!("opening the log: {e}")),
+        Err(e) => return fail(ShimError::os("opening the log")(e)),
     };
     let (out_r, out_w) = match pipe() {
         Ok(p) => p,
@@ -135,7 +135,7 @@ pub(crate) fn monitor_main(dir: &Path, ready_w: OwnedFd) -> i32 {
         // SAFETY: kill with a plain pid.
         unsafe { libc::kill(running.init_pid, libc::SIGKILL) };
         cleanup_after_exit(dir, &cfg);
-        return fail(format!("writing monitor.json: {e}"));
+        return fail(ShimError::os("writing monitor.json")(e));
     }
     write_all_fd(ready_w.as_raw_fd(), b"OK\n");
     drop(ready_w);
@@ -172,7 +172,7 @@ pub(crate) fn reexec_monitor(
     err_r: &OwnedFd,
     ctl: Option<&OwnedFd>,
     init_pid: i32,
-) -> String {
+) -> ShimError {
     let mut keep = vec![out_r.as_raw_fd(), err_r.as_raw_fd()];
     keep.extend(ctl.map(|c| c.as_raw_fd()));
     for fd in &keep {
@@ -208,12 +208,15 @@ pub(crate) fn reexec_monitor(
             CString::new(kv).ok()
         })
         .collect();
-    let e = nix::unistd::execve(c"/proc/self/exe", &args, &env).unwrap_err();
+    let source = nix::unistd::execve(c"/proc/self/exe", &args, &env).unwrap_err();
     for fd in &keep {
         // SAFETY: restoring FD_CLOEXEC on our own descriptors.
         unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    e.to_string()
+    ShimError::Exec {
+        program: PathBuf::from("/proc/self/exe"),
+        source,
+    }
 }
 
 /// `monitor DIR OUT ERR CTL INIT` after the re-exec.
@@ -474,7 +477,7 @@ pub(crate) fn start_oci(
     if let Some(p) = spec.process() {
         Root::open(&dir.join("rootfs"))
             .and_then(|root| root.mkdir_all(p.cwd()))
-            .map_err(|e| format!("creating the working directory: {e}"))?;
+            .map_err(ShimError::root("creating the working directory"))?;
     }
     let pid_file = dir.join("init.pid");
     // The runtime creates mount points and the working dir inside the rootfs with the umask it
@@ -488,7 +491,11 @@ pub(crate) fn start_oci(
         .create(true)
         .mode(0o600)
         .open(&log)
-        .map_err(|e| format!("creating {}: {e}", log.display()));
+        .map_err(|source| ShimError::Write {
+            what: "creating",
+            path: log.clone(),
+            source,
+        });
     let status = std::process::Command::new(rt)
         .args(runtime_global_args(dir, cfg))
         .args(["create", "--bundle"])
@@ -502,18 +509,30 @@ pub(crate) fn start_oci(
         .status();
     nix::sys::stat::umask(old_umask);
     precreated?;
-    let status = status.map_err(|e| format!("running {rt}: {e}"))?;
+    let status = status.map_err(|source| ShimError::RunRuntime {
+        runtime: rt.to_owned(),
+        source,
+    })?;
     if !status.success() {
-        let msg = runtime_error(dir).unwrap_or_else(|| format!("{rt} create failed with {status}"));
-        return Err(format!("{rt} create: {msg}"));
+        let message =
+            runtime_error(dir).unwrap_or_else(|| format!("{rt} create failed with {status}"));
+        return Err(ShimError::RuntimeCreate {
+            runtime: rt.to_owned(),
+            message,
+        });
     }
     let pid = std::fs::read_to_string(&pid_file);
     let _ = std::fs::remove_file(&pid_file);
     let pid: i32 = pid
-        .map_err(|e| format!("reading {}: {e}", pid_file.display()))?
+        .map_err(|source| ShimError::Read {
+            path: pid_file.clone(),
+            source,
+        })?
         .trim()
         .parse()
-        .map_err(|_| format!("{rt} wrote a bad pid file"))?;
+        .map_err(|_| ShimError::BadPidFile {
+            runtime: rt.to_owned(),
+        })?;
     Ok(Running {
         init_pid: pid,
         ctl: None,

@@ -10,7 +10,7 @@ pub(crate) fn container_init(
     spec: &Spec,
     joined: OwnedFd,
     ctl: RawFd,
-) -> String {
+) -> ShimError {
     match container_init_inner(dir, cfg, spec, joined, ctl) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -44,14 +44,18 @@ pub(crate) fn container_init_inner(
         match path {
             None => flags |= ns_flag(*t),
             Some(p) => {
-                let f = std::fs::File::open(p)
-                    .map_err(|e| format!("opening namespace {}: {e}", p.display()))?;
-                nix::sched::setns(&f, ns_flag(*t))
-                    .map_err(|e| format!("joining namespace {}: {e}", p.display()))?;
+                let f = std::fs::File::open(p).map_err(|source| ShimError::OpenNamespace {
+                    path: p.clone(),
+                    source,
+                })?;
+                nix::sched::setns(&f, ns_flag(*t)).map_err(|source| ShimError::JoinNamespace {
+                    path: p.clone(),
+                    source,
+                })?;
             }
         }
     }
-    nix::sched::unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    nix::sched::unshare(flags).map_err(ShimError::sys("unshare"))?;
     let new_net = nss
         .iter()
         .any(|(t, p)| *t == LinuxNamespaceType::Network && p.is_none());
@@ -72,7 +76,7 @@ pub(crate) fn container_init_inner(
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("making / private: {e}"))?;
+    .map_err(ShimError::sys("making / private"))?;
     let rootfs = dir.join("rootfs");
     if let Some(data) = &cfg.rootfs_overlay {
         mount(
@@ -82,53 +86,52 @@ pub(crate) fn container_init_inner(
             MsFlags::empty(),
             Some(data.as_str()),
         )
-        .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
+        .map_err(ShimError::sys("mounting the overlay rootfs"))?;
     }
-    let root = Root::open(&rootfs).map_err(|e| e.to_string())?;
+    let root = Root::open(&rootfs).map_err(ShimError::OpenRoot)?;
     for m in spec.mounts().iter().flatten() {
         mount_entry(&root, m)?;
     }
     create_devices(&root)?;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or("config.json has no process")?;
+    let process = spec.process().as_ref().ok_or(ShimError::NoProcess)?;
     let cwd = process.cwd().clone();
     // Created inside the rootfs; the chdir below happens after pivot_root, in the new root.
     root.mkdir_all(&cwd)
-        .map_err(|e| format!("creating the working directory: {e}"))?;
+        .map_err(ShimError::root("creating the working directory"))?;
     drop(root);
     let fifo = nix::fcntl::open(
         &dir.join("exec.fifo"),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("opening exec.fifo: {e}"))?;
+    .map_err(ShimError::sys("opening exec.fifo"))?;
     if let Some(h) = spec.hostname() {
-        nix::unistd::sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
+        nix::unistd::sethostname(h).map_err(ShimError::sys("sethostname"))?;
     }
     if new_net {
         loopback_up()?;
     }
     let mut b = [0u8; 1];
     if std::fs::File::from(joined).read(&mut b).ok() != Some(1) || b[0] != b'J' {
-        return Err("the monitor could not place the container in its cgroup".into());
+        return Err(ShimError::CgroupNotJoined);
     }
     match cgroup_ns {
         Some(None) => nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?,
+            .map_err(ShimError::sys("unshare(CLONE_NEWCGROUP)"))?,
         Some(Some(p)) => {
-            let f = std::fs::File::open(&p)
-                .map_err(|e| format!("opening namespace {}: {e}", p.display()))?;
+            let f = std::fs::File::open(&p).map_err(|source| ShimError::OpenNamespace {
+                path: p.clone(),
+                source,
+            })?;
             nix::sched::setns(&f, CloneFlags::CLONE_NEWCGROUP)
-                .map_err(|e| format!("joining namespace {}: {e}", p.display()))?;
+                .map_err(|source| ShimError::JoinNamespace { path: p, source })?;
         }
         None => {}
     }
-    nix::unistd::chdir(&rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
-    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    nix::unistd::chdir(&rootfs).map_err(ShimError::sys("chdir rootfs"))?;
+    nix::unistd::pivot_root(".", ".").map_err(ShimError::sys("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(ShimError::sys("detaching the old root"))?;
+    nix::unistd::chdir("/").map_err(ShimError::sys("chdir /"))?;
     if let Some(l) = spec.linux() {
         for p in l.masked_paths().iter().flatten() {
             mask_path(p)?;
@@ -150,13 +153,15 @@ pub(crate) fn container_init_inner(
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
         )
-        .map_err(|e| format!("remounting / read-only: {e}"))?;
+        .map_err(ShimError::sys("remounting / read-only"))?;
     }
     for r in process.rlimits().iter().flatten() {
         set_rlimit(r)?;
     }
-    nix::unistd::chdir(&cwd)
-        .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
+    nix::unistd::chdir(&cwd).map_err(|source| ShimError::WorkingDir {
+        path: cwd.clone(),
+        source,
+    })?;
     let args = process.args().clone().unwrap_or_default();
     let env = process.env().clone().unwrap_or_default();
     let exe = lookup(&args, &env)?;
@@ -173,10 +178,10 @@ pub(crate) fn container_init_inner(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
-        .map_err(|e| format!("waiting for start: {e}"))?;
+        .map_err(ShimError::os("waiting for start"))?;
     (&wr)
         .write_all(b"0")
-        .map_err(|e| format!("signalling start: {e}"))?;
+        .map_err(ShimError::os("signalling start"))?;
     drop(wr);
     drop(fifo);
     send(ctl, MSG_STARTED, "");
@@ -187,7 +192,10 @@ pub(crate) fn container_init_inner(
     if cfg.init {
         run_init(&exe, &c_args, &c_env, ctl)
     } else {
-        let e = nix::unistd::execve(&path_cstr(&exe)?, &c_args, &c_env).unwrap_err();
-        Err(format!("exec {:?}: {e}", args[0]))
+        let source = nix::unistd::execve(&path_cstr(&exe)?, &c_args, &c_env).unwrap_err();
+        Err(ShimError::Exec {
+            program: PathBuf::from(&args[0]),
+            source,
+        })
     }
 }

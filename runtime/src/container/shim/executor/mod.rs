@@ -19,14 +19,13 @@ pub(crate) fn start_builtin(
     err_w: OwnedFd,
 ) -> Res<Running> {
     unsupported_namespaces(spec)?;
-    let hier = Hierarchy::detect().map_err(|e| e.to_string())?;
+    let hier = Hierarchy::detect()?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    hier.create(&cfg.cgroup_path, resources.as_ref(), cfg.privileged)
-        .map_err(|e| e.to_string())?;
+    hier.create(&cfg.cgroup_path, resources.as_ref(), cfg.privileged)?;
     let fifo = dir.join("exec.fifo");
     let _ = std::fs::remove_file(&fifo);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| format!("mkfifo: {e}"))?;
+        .map_err(ShimError::sys("mkfifo"))?;
     let (ctl_r, ctl_w) = pipe()?;
     // The monitor moves the child into its cgroup while the child builds its mount namespace:
     // the first cgroup.procs write waits for an RCU grace period (~15 ms here), which is as
@@ -38,10 +37,10 @@ pub(crate) fn start_builtin(
         .any(|(t, p)| *t == LinuxNamespaceType::Pid && p.is_none());
     if new_pid_ns {
         nix::sched::unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
+            .map_err(ShimError::sys("unshare(CLONE_NEWPID)"))?;
     }
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code after fork.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+    match unsafe { nix::unistd::fork() }.map_err(ShimError::sys("fork"))? {
         nix::unistd::ForkResult::Child => {
             drop(ctl_r);
             drop(joined_w);
@@ -66,7 +65,7 @@ pub(crate) fn start_builtin(
                 Ok(()) => container_init(dir, cfg, spec, joined_r, ctl),
                 Err(e) => e,
             };
-            send(ctl, MSG_ERROR, &err);
+            send(ctl, MSG_ERROR, &err.to_string());
             // SAFETY: terminating the forked child without running the parent's atexit handlers.
             unsafe { libc::_exit(127) }
         }
@@ -82,7 +81,7 @@ pub(crate) fn start_builtin(
             };
             if let Err(e) = hier.join(&cfg.cgroup_path, child.as_raw()) {
                 kill_child();
-                return Err(e.to_string());
+                return Err(e.into());
             }
             write_all_fd(joined_w.as_raw_fd(), b"J");
             drop(joined_w);
@@ -103,9 +102,11 @@ pub(crate) fn start_builtin(
             }
             kill_child();
             if line.first() == Some(&MSG_ERROR) {
-                Err(String::from_utf8_lossy(&line[1..]).into_owned())
+                Err(ShimError::Init(
+                    String::from_utf8_lossy(&line[1..]).into_owned(),
+                ))
             } else {
-                Err("container init died during setup".into())
+                Err(ShimError::InitDied)
             }
         }
     }
@@ -128,7 +129,7 @@ pub(crate) fn unsupported_namespaces(spec: &Spec) -> Res<()> {
         .iter()
         .any(|(t, _)| *t == LinuxNamespaceType::Time)
     {
-        return Err("time namespaces are not supported by the built-in executor (use --runtime runc or crun)".into());
+        return Err(ShimError::TimeNamespace);
     }
     Ok(())
 }
@@ -166,7 +167,7 @@ mod tests {
         let ok = spec(&[LinuxNamespaceType::Pid, LinuxNamespaceType::Mount]);
         assert!(unsupported_namespaces(&ok).is_ok());
         let time = spec(&[LinuxNamespaceType::Pid, LinuxNamespaceType::Time]);
-        let e = unsupported_namespaces(&time).unwrap_err();
+        let e = unsupported_namespaces(&time).unwrap_err().to_string();
         assert!(e.contains("time namespaces are not supported"), "{e}");
     }
 }

@@ -5,19 +5,18 @@ use super::*;
 
 pub(crate) fn path_cstr(p: &Path) -> Res<CString> {
     CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", p.display()))
+        .map_err(|_| ShimError::NulInPath { path: p.to_owned() })
 }
 
 pub(crate) fn cstr(s: &str) -> Res<CString> {
-    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+    CString::new(s).map_err(|_| ShimError::NulInString {
+        value: s.to_owned(),
+    })
 }
 
 /// User, capabilities, no_new_privs and seccomp: the last steps before exec.
 pub(crate) fn finalize_process(spec: &Spec) -> Res<()> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or("config.json has no process")?;
+    let process = spec.process().as_ref().ok_or(ShimError::NoProcess)?;
     let caps = process.capabilities().clone();
     let to_set = |c: &Option<oci_spec::runtime::Capabilities>| -> caps::CapsHashSet {
         c.iter()
@@ -36,7 +35,7 @@ pub(crate) fn finalize_process(spec: &Spec) -> Res<()> {
         for cap in caps::all() {
             if !bounding.contains(&cap) {
                 caps::drop(None, caps::CapSet::Bounding, cap)
-                    .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+                    .map_err(|source| ShimError::DropBounding { cap, source })?;
             }
         }
     }
@@ -52,13 +51,19 @@ pub(crate) fn finalize_process(spec: &Spec) -> Res<()> {
         .flatten()
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setgroups(&gids).map_err(ShimError::sys("setgroups"))?;
     let gid = nix::unistd::Gid::from_raw(user.gid());
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {}: {e}", user.gid()))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|source| ShimError::SetGid {
+        gid: user.gid(),
+        source,
+    })?;
     let uid = nix::unistd::Uid::from_raw(user.uid());
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {}: {e}", user.uid()))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|source| ShimError::SetUid {
+        uid: user.uid(),
+        source,
+    })?;
     if let Some(c) = &caps {
-        let map = |e: caps::errors::CapsError| format!("setting capabilities: {e}");
+        let map = ShimError::Capabilities;
         // Effective first: the kernel refuses a permitted set that no longer covers effective.
         caps::set(None, caps::CapSet::Inheritable, &to_set(c.inheritable())).map_err(map)?;
         caps::set(None, caps::CapSet::Effective, &to_set(c.effective())).map_err(map)?;
@@ -71,13 +76,12 @@ pub(crate) fn finalize_process(spec: &Spec) -> Res<()> {
     if process.no_new_privileges().unwrap_or(false) {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+            return Err(ShimError::last_os("no_new_privs"));
         }
     }
     if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) {
-        for prog in seccomp::compile(&profile).map_err(|e| e.to_string())? {
-            seccompiler::apply_filter(&prog)
-                .map_err(|e| format!("installing seccomp filter: {e}"))?;
+        for prog in seccomp::compile(&profile)? {
+            seccompiler::apply_filter(&prog).map_err(ShimError::InstallSeccomp)?;
         }
     }
     Ok(())
@@ -96,7 +100,7 @@ pub(crate) const INIT_ARGV0: &str = "/sbin/dcpp-init";
 /// `environ` holds empty strings: callers pass environments explicitly from here on.
 pub(crate) fn show_as(argv: &[&str]) -> Res<()> {
     let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|e| format!("reading /proc/self/stat: {e}"))?;
+        .map_err(ShimError::os("reading /proc/self/stat"))?;
     // Fields 48-51 (arg_start, arg_end, env_start, env_end), counted after the command name.
     let bounds: Vec<usize> = stat
         .rfind(')')
@@ -108,10 +112,10 @@ pub(crate) fn show_as(argv: &[&str]) -> Res<()> {
         .filter_map(|f| f.parse().ok())
         .collect();
     let [arg_start, arg_end, env_start, env_end] = bounds[..] else {
-        return Err("/proc/self/stat has no argument area bounds".into());
+        return Err(ShimError::ArgArea("no"));
     };
     if arg_end <= arg_start || env_end < env_start {
-        return Err("/proc/self/stat has inconsistent argument area bounds".into());
+        return Err(ShimError::ArgArea("inconsistent"));
     }
     let mut area = vec![0u8; arg_end - arg_start];
     let mut at = 0;
@@ -152,16 +156,20 @@ pub(crate) fn run_init(exe: &Path, args: &[CString], env: &[CString], ctl: RawFd
     all.remove(nix::sys::signal::Signal::SIGSTOP);
     let old = all
         .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
+        .map_err(ShimError::sys("sigprocmask"))?;
     // SAFETY: single-threaded process; the child only restores its mask and execs.
-    let child = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+    let child = match unsafe { nix::unistd::fork() }.map_err(ShimError::sys("fork"))? {
         nix::unistd::ForkResult::Child => {
             let _ = old.thread_set_mask();
             let e = match path_cstr(exe) {
-                Ok(p) => nix::unistd::execve(&p, args, env).unwrap_err().to_string(),
-                Err(e) => e,
+                Ok(p) => ShimError::Exec {
+                    program: exe.to_owned(),
+                    source: nix::unistd::execve(&p, args, env).unwrap_err(),
+                }
+                .to_string(),
+                Err(e) => format!("exec {exe:?}: {e}"),
             };
-            send(ctl, MSG_ERROR, &format!("exec {:?}: {e}", exe));
+            send(ctl, MSG_ERROR, &e);
             // SAFETY: terminating the forked child.
             unsafe { libc::_exit(127) }
         }
@@ -225,37 +233,47 @@ pub(crate) fn set_rlimit(r: &oci_spec::runtime::PosixRlimit) -> Res<()> {
     };
     // SAFETY: setrlimit reads a valid rlimit struct.
     if unsafe { libc::setrlimit(res, &lim) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!(
-            "setting ulimit {name}={}:{}: {e} (raising a hard limit needs CAP_SYS_RESOURCE)",
-            r.soft(),
-            r.hard()
-        ));
+        return Err(ShimError::Rlimit {
+            name,
+            soft: r.soft(),
+            hard: r.hard(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
 pub(crate) fn set_sysctl(key: &str, value: &str) -> Res<()> {
     if key.split('.').any(|c| c.is_empty() || c == "..") || key.contains('/') {
-        return Err(format!("invalid sysctl name {key:?}"));
+        return Err(ShimError::SysctlName {
+            key: key.to_owned(),
+        });
     }
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("sysctl {key}: no such kernel parameter in the container's namespaces")
-            }
-            _ => format!("sysctl {key}: opening {path}: {e}"),
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ShimError::SysctlUnknown {
+                key: key.to_owned(),
+            },
+            _ => ShimError::SysctlOpen {
+                key: key.to_owned(),
+                path: path.clone(),
+                source,
+            },
         })?;
     f.write_all(value.as_bytes())
-        .map_err(|e| format!("sysctl {key}={value}: {e}"))
+        .map_err(|source| ShimError::SysctlWrite {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
 }
 
 /// Finds the executable like execvp would, with the container's PATH, inside the new root.
 pub(crate) fn lookup(args: &[String], env: &[String]) -> Res<PathBuf> {
-    let name = args.first().ok_or("no command specified")?;
+    let name = args.first().ok_or(ShimError::NoCommand)?;
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -265,9 +283,9 @@ pub(crate) fn lookup(args: &[String], env: &[String]) -> Res<PathBuf> {
         return if is_exec(Path::new(name)) {
             Ok(PathBuf::from(name))
         } else if Path::new(name).exists() {
-            Err(format!("exec: {name:?}: permission denied"))
+            Err(ShimError::PermissionDenied { name: name.clone() })
         } else {
-            Err(format!("exec: {name:?}: no such file or directory"))
+            Err(ShimError::NoSuchProgram { name: name.clone() })
         };
     }
     let path = env
@@ -280,7 +298,5 @@ pub(crate) fn lookup(args: &[String], env: &[String]) -> Res<PathBuf> {
             return Ok(p);
         }
     }
-    Err(format!(
-        "exec: {name:?}: executable file not found in $PATH"
-    ))
+    Err(ShimError::NotInPath { name: name.clone() })
 }

@@ -7,7 +7,7 @@ pub(crate) fn loopback_up() -> Res<()> {
     // SAFETY: plain socket(2) call; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        return Err(ShimError::last_os("socket"));
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -18,19 +18,13 @@ pub(crate) fn loopback_up() -> Res<()> {
     }
     // SAFETY: SIOCGIFFLAGS fills the flags of a valid ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
-        return Err(format!(
-            "reading lo flags: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(ShimError::last_os("reading lo flags"));
     }
     // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
     unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
-        return Err(format!(
-            "bringing lo up: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(ShimError::last_os("bringing lo up"));
     }
     Ok(())
 }
@@ -42,10 +36,9 @@ pub(crate) fn check_destination(dest: &Path) -> Res<()> {
         .components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
-        return Err(format!(
-            "mount destination {} contains '..'",
-            dest.display()
-        ));
+        return Err(ShimError::MountDestination {
+            dest: dest.to_owned(),
+        });
     }
     Ok(())
 }
@@ -100,14 +93,21 @@ pub(crate) fn mount_entry(root: &Root, m: &oci_spec::runtime::Mount) -> Res<()> 
     };
     let target = root
         .mount_point(m.destination(), kind)
-        .map_err(|e| format!("creating mount point: {e}"))?;
+        .map_err(ShimError::root("creating mount point"))?;
     let dest = rootpath::fd_path(&target);
-    let err = |e: nix::Error| format!("mounting {} on {}: {e}", typ, m.destination().display());
+    let err = |source: nix::Error| ShimError::Mount {
+        typ: typ.clone(),
+        dest: m.destination().clone(),
+        source,
+    };
     // `target` is the covered mount point; a remount or propagation change acts on the new
     // mount, which a fresh resolution (crossing into it) names.
     let mounted = || {
         root.resolve(m.destination())
-            .map_err(|e| format!("mounting {typ}: {e}"))
+            .map_err(|source| ShimError::ResolveMount {
+                typ: typ.clone(),
+                source,
+            })
     };
     if is_bind {
         mount(
@@ -162,7 +162,7 @@ pub(crate) fn mount_entry(root: &Root, m: &oci_spec::runtime::Mount) -> Res<()> 
 pub(crate) fn create_devices(root: &Root) -> Res<()> {
     let dev = root
         .mkdir_all(Path::new("/dev"))
-        .map_err(|e| format!("creating /dev: {e}"))?;
+        .map_err(ShimError::root("creating /dev"))?;
     let at = |name: &str| -> Res<CString> { cstr(name) };
     for (name, major, minor) in [
         ("null", 1, 3),
@@ -185,18 +185,12 @@ pub(crate) fn create_devices(root: &Root) -> Res<()> {
             )
         };
         if rc != 0 {
-            return Err(format!(
-                "mknod /dev/{name}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(dev_error("mknod", name));
         }
         // mknod honours the umask; the nodes must be world-usable.
         // SAFETY: as above; the node was just created by us and is not a symlink.
         if unsafe { libc::fchmodat(dev.as_raw_fd(), c.as_ptr(), 0o666, 0) } != 0 {
-            return Err(format!(
-                "chmod /dev/{name}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(dev_error("chmod", name));
         }
     }
     for (link, target) in [
@@ -213,13 +207,18 @@ pub(crate) fn create_devices(root: &Root) -> Res<()> {
             libc::symlinkat(t.as_ptr(), dev.as_raw_fd(), l.as_ptr())
         };
         if rc != 0 {
-            return Err(format!(
-                "symlink /dev/{link}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(dev_error("symlink", link));
         }
     }
     Ok(())
+}
+
+fn dev_error(op: &'static str, name: &'static str) -> ShimError {
+    ShimError::Device {
+        op,
+        name,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 pub(crate) fn mask_path(p: &str) -> Res<()> {
@@ -244,7 +243,10 @@ pub(crate) fn mask_path(p: &str) -> Res<()> {
             None::<&str>,
         )
     };
-    r.map_err(|e| format!("masking {p}: {e}"))
+    r.map_err(|source| ShimError::Mask {
+        path: p.to_owned(),
+        source,
+    })
 }
 
 pub(crate) fn readonly_path(p: &str) -> Res<()> {
@@ -272,5 +274,8 @@ pub(crate) fn readonly_path(p: &str) -> Res<()> {
             None::<&str>,
         )
     })
-    .map_err(|e| format!("making {p} read-only: {e}"))
+    .map_err(|source| ShimError::ReadonlyPath {
+        path: p.to_owned(),
+        source,
+    })
 }

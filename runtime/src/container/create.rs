@@ -1,0 +1,447 @@
+//! `create`: validates the request, builds the bundle (spec, rootfs, name-resolution files) and
+//! has a monitor set the container up, waiting for `start`. On any failure nothing is left.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::lock::creating_guard;
+use super::{
+    ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MountSource,
+    NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit, io_err, parse_signal, spec, user, util,
+    volume,
+};
+
+impl ContainerManager {
+    /// Creates a container: validates everything first, then builds the bundle, mounts the
+    /// rootfs and has a monitor set up namespaces and cgroup with the process waiting for
+    /// [`start`](Self::start). On any failure nothing is left behind.
+    pub fn create(&self, opts: &CreateOptions) -> Result<ContainerInfo, Error> {
+        if opts.image.layer_dirs.is_empty() {
+            return Err(Error::ImageNotFound(opts.image.reference.clone()));
+        }
+        for l in &opts.image.layer_dirs {
+            if !l.is_dir() {
+                return Err(Error::ImageNotFound(format!(
+                    "{} (layer {} missing)",
+                    opts.image.reference,
+                    l.display()
+                )));
+            }
+        }
+        if opts.init && self.opts.runtime != RuntimeKind::Builtin {
+            return Err(Error::InvalidConfig(
+                "init: true is only supported by the built-in executor".into(),
+            ));
+        }
+        let user_spec = opts
+            .user
+            .clone()
+            .or_else(|| opts.image.config.as_ref().and_then(|c| c.user().clone()))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "0".into());
+        let user = user::resolve_in_layers(&user_spec, &opts.image.layer_dirs)?;
+        check_ulimits(&opts.ulimits)?;
+        let stop_signal = parse_signal(
+            opts.stop_signal
+                .as_deref()
+                .or(opts
+                    .image
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.stop_signal().as_deref()))
+                .unwrap_or("SIGTERM"),
+        )?;
+        for m in &opts.mounts {
+            if let MountSource::Volume(name) = &m.source {
+                volume::validate_name(name)?;
+            }
+        }
+
+        let joined = match &opts.network {
+            NetworkMode::Container(target) => {
+                if opts.hostname.is_some() {
+                    return Err(Error::InvalidConfig(format!(
+                        "conflicting options: a hostname and the network mode container:{target} (the container gets the hostname of {target})"
+                    )));
+                }
+                Some(self.network_target(target)?)
+            }
+            _ => None,
+        };
+
+        let id = util::random_hex(32).map_err(io_err("reading /dev/urandom"))?;
+        let name = match &opts.name {
+            Some(n) => {
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                    || n.starts_with(['.', '-'])
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                n.clone()
+            }
+            None => format!("c-{}", &id[..12]),
+        };
+        let hostname = match &joined {
+            Some(j) => j.hostname.clone(),
+            None => opts
+                .hostname
+                .clone()
+                .unwrap_or_else(|| id[..12].to_string()),
+        };
+        let process = spec::resolve_process(opts, &user, &hostname)?;
+        let cgroup_path = format!("/{}/{}", self.opts.cgroup_parent.trim_matches('/'), id);
+        let dir = self.dir(&id);
+        let spec = spec::build(
+            opts,
+            &spec::SpecInputs {
+                id: &id,
+                hostname: &hostname,
+                user: &user,
+                process: &process,
+                container_dir: &dir,
+                volumes_dir: self.volumes.root(),
+                cgroup_path: &cgroup_path,
+                netns: joined.as_ref().map(|j| j.netns.as_path()),
+            },
+        )?;
+        let state = ContainerState {
+            id: id.clone(),
+            name,
+            image: opts.image.reference.clone(),
+            args: process.args.clone(),
+            runtime: match &self.opts.runtime {
+                RuntimeKind::Builtin => "dcpp".into(),
+                RuntimeKind::Oci(r) => r.clone(),
+            },
+            phase: "creating".into(),
+            created_at: util::now_rfc3339(),
+            started_at: None,
+            stop_signal,
+            stop_grace_secs: opts
+                .stop_grace_period
+                .unwrap_or(Duration::from_secs(10))
+                .as_secs(),
+            auto_remove: opts.auto_remove,
+            cgroup_path: cgroup_path.clone(),
+            network: match &joined {
+                Some(j) => NetworkMode::Container(j.id.clone()),
+                None => opts.network.clone(),
+            },
+            volumes: opts
+                .mounts
+                .iter()
+                .filter_map(|m| match &m.source {
+                    MountSource::Volume(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect(),
+            labels: opts.labels.clone(),
+        };
+        // The data-dir lock only guards the name (the spec above is built without it): once
+        // state.json is written, other creates see the name and may go on while this one builds
+        // its rootfs and spawns its monitor (tens of ms each). The container's own lock keeps a
+        // manager opening meanwhile from taking it for a half-created leftover.
+        let _lock = self.lock()?;
+        if self.states().iter().any(|s| s.name == state.name) {
+            return Err(Error::NameInUse(state.name));
+        }
+        std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let res = self.write_state(&state).and_then(|()| creating_guard(&dir));
+        drop(_lock);
+        let res = res
+            .and_then(|_guard| self.create_in_dir(opts, &state, &spec, &hostname, joined.as_ref()));
+        match res {
+            Ok(()) => Ok(self.info_of(state)),
+            Err(e) => {
+                self.teardown(&state);
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in_dir(
+        &self,
+        opts: &CreateOptions,
+        state: &ContainerState,
+        spec: &oci_spec::runtime::Spec,
+        hostname: &str,
+        joined: Option<&JoinedNetwork>,
+    ) -> Result<(), Error> {
+        let dir = self.dir(&state.id);
+        for v in &state.volumes {
+            self.volumes.ensure(v)?;
+        }
+        let w = |name: &str, data: String| {
+            std::fs::write(dir.join(name), data).map_err(io_err(format!("writing {name}")))
+        };
+        // Bind-mounted into the container, where non-root users read them.
+        let shared = |name: &str, data: String| {
+            crate::datadir::write_shared_file(&dir.join(name), data.as_bytes())
+                .map_err(io_err(format!("writing {name}")))
+        };
+        shared("hostname", format!("{hostname}\n"))?;
+        match joined {
+            Some(j) => {
+                shared("hosts", j.hosts.clone())?;
+                shared("resolv.conf", j.resolv_conf.clone())?;
+            }
+            None => {
+                shared(
+                    "hosts",
+                    format!(
+                        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+                    ),
+                )?;
+                shared("resolv.conf", resolv_conf(&opts.network))?;
+            }
+        }
+        let mut cfg = ShimConfig {
+            id: state.id.clone(),
+            runtime: match &self.opts.runtime {
+                RuntimeKind::Builtin => None,
+                RuntimeKind::Oci(r) => Some(r.clone()),
+            },
+            runtime_root: Some(
+                self.opts
+                    .data_dir
+                    .join("runtime")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            cgroup_path: state.cgroup_path.clone(),
+            privileged: opts.privileged,
+            init: opts.init,
+            auto_remove: opts.auto_remove,
+            log: opts.log,
+            rootfs_overlay: None,
+        };
+        let overlay = self.prepare_rootfs(&dir, &opts.image.layer_dirs)?;
+        if self.opts.runtime == RuntimeKind::Builtin {
+            cfg.rootfs_overlay = Some(overlay);
+        } else {
+            nix::mount::mount(
+                Some("overlay"),
+                &dir.join("rootfs"),
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(overlay.as_str()),
+            )
+            .map_err(|e| Error::Create(format!("mounting the overlay rootfs: {e}")))?;
+        }
+        w(
+            "shim.json",
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )?;
+        w(
+            "config.json",
+            serde_json::to_string_pretty(spec).unwrap_or_default(),
+        )?;
+
+        let out = std::process::Command::new(&self.opts.shim.program)
+            .args(&self.opts.shim.args)
+            .arg("create")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(io_err(format!(
+                "running the shim {}",
+                self.opts.shim.program.display()
+            )))?;
+        if !out.status.success() {
+            return Err(Error::Create(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let mut st = state.clone();
+        st.phase = "created".into();
+        self.write_state(&st)?;
+        if let (Some(hook), NetworkMode::Private) = (&self.opts.network_hook, &opts.network) {
+            let mon = self
+                .monitor_info(&st.id)
+                .ok_or_else(|| Error::Create("monitor.json missing".into()))?;
+            hook.attach(
+                &st.id,
+                &st.name,
+                Path::new(&format!("/proc/{}/ns/net", mon.init_pid)),
+            )
+            .map_err(Error::Network)?;
+        }
+        Ok(())
+    }
+
+    /// The network namespace, hostname and name-resolution files of the running container
+    /// `target` (for [`NetworkMode::Container`]).
+    fn network_target(&self, target: &str) -> Result<JoinedNetwork, Error> {
+        let bad = |msg: String| Error::InvalidConfig(format!("network container:{target}: {msg}"));
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => bad("no such container".into()),
+            other => bad(other.to_string()),
+        })?;
+        let info = self.info_of(st.clone());
+        let mon = self.monitor_info(&st.id);
+        let (Status::Running, Some(mon)) = (info.status, mon) else {
+            return Err(bad(format!(
+                "cannot join the network of container {} ({}): it is {}, not running",
+                st.name,
+                &st.id[..12],
+                info.status
+            )));
+        };
+        if !util::process_alive(mon.init_pid, mon.init_start_time) {
+            return Err(bad(format!("container {} is not running", st.name)));
+        }
+        let dir = self.dir(&st.id);
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
+        )
+        .map_err(|e| Error::Create(format!("{}/config.json: {e}", dir.display())))?;
+        // What the target sees: the last bind mount on each file wins (a network driver may
+        // have mounted its own resolv.conf over the generated one).
+        let seen = |file: &str| -> Result<String, Error> {
+            let dest = format!("/etc/{file}");
+            let src = spec
+                .mounts()
+                .iter()
+                .flatten()
+                .rev()
+                .find(|m| m.destination() == Path::new(&dest))
+                .and_then(|m| m.source().clone())
+                .unwrap_or_else(|| dir.join(file));
+            std::fs::read_to_string(&src).map_err(io_err(format!(
+                "reading {} of container {}",
+                src.display(),
+                st.name
+            )))
+        };
+        Ok(JoinedNetwork {
+            netns: PathBuf::from(format!("/proc/{}/ns/net", mon.init_pid)),
+            hostname: spec
+                .hostname()
+                .clone()
+                .unwrap_or_else(|| st.id[..12].to_string()),
+            hosts: seen("hosts")?,
+            resolv_conf: seen("resolv.conf")?,
+            id: st.id,
+        })
+    }
+
+    /// Creates rootfs/, upper/, work/ and returns the overlay mount options.
+    fn prepare_rootfs(&self, dir: &Path, layers: &[PathBuf]) -> Result<String, Error> {
+        let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+        for d in [&rootfs, &work] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        // The upper dir's root is the container's `/`: 0755 as in any image, not the umask's
+        // 0700 (a non-root process in the container could not traverse `/`).
+        crate::datadir::create_content_root(&upper)
+            .map_err(io_err(format!("creating {}", upper.display())))?;
+        let lower: Vec<String> = layers
+            .iter()
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        // `volatile`: no sync of the upper filesystem, above all not the syncfs overlayfs does
+        // when its last reference goes (inside the exiting container init, which measured
+        // ~100 ms on an idle ext4 and more while anything else writes). A container's upper
+        // layer is never mounted a second time and is thrown away with the container, so
+        // losing it to a machine crash costs nothing (podman does the same for --rm).
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},volatile",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if data.len() >= 4000 {
+            return Err(Error::InvalidConfig(format!(
+                "the image has too many layers for one overlay mount ({} bytes of options)",
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+}
+
+/// The running container whose network namespace a new container joins.
+struct JoinedNetwork {
+    /// Full id of the target.
+    id: String,
+    /// `/proc/<init pid>/ns/net` of the target (valid while it runs; the executor opens it at
+    /// create, after which the joiner holds the namespace itself).
+    netns: PathBuf,
+    hostname: String,
+    hosts: String,
+    resolv_conf: String,
+}
+
+fn resolv_conf(net: &NetworkMode) -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if *net == NetworkMode::Host {
+        return host;
+    }
+    // Loopback resolvers of the host are unreachable from a new network namespace.
+    host.lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            !(f.next() == Some("nameserver")
+                && f.next()
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Refuses ulimits that need CAP_SYS_RESOURCE when we lack it (before anything is created).
+fn check_ulimits(ulimits: &[Ulimit]) -> Result<(), Error> {
+    let has_sys_resource = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(false);
+    for u in ulimits {
+        let res = match u.name.as_str() {
+            "nofile" => libc::RLIMIT_NOFILE,
+            "nproc" => libc::RLIMIT_NPROC,
+            "core" => libc::RLIMIT_CORE,
+            "stack" => libc::RLIMIT_STACK,
+            "memlock" => libc::RLIMIT_MEMLOCK,
+            "fsize" => libc::RLIMIT_FSIZE,
+            "cpu" => libc::RLIMIT_CPU,
+            "data" => libc::RLIMIT_DATA,
+            "as" => libc::RLIMIT_AS,
+            "locks" => libc::RLIMIT_LOCKS,
+            "sigpending" => libc::RLIMIT_SIGPENDING,
+            "msgqueue" => libc::RLIMIT_MSGQUEUE,
+            "nice" => libc::RLIMIT_NICE,
+            "rtprio" => libc::RLIMIT_RTPRIO,
+            "rttime" => libc::RLIMIT_RTTIME,
+            "rss" => libc::RLIMIT_RSS,
+            other => return Err(Error::InvalidConfig(format!("unknown ulimit {other:?}"))),
+        };
+        if u.soft > u.hard {
+            return Err(Error::InvalidConfig(format!(
+                "ulimit {}: soft limit {} exceeds hard limit {}",
+                u.name, u.soft, u.hard
+            )));
+        }
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a valid rlimit struct.
+        unsafe { libc::getrlimit(res, &mut cur) };
+        if u.hard > cur.rlim_max && !has_sys_resource {
+            return Err(Error::InvalidConfig(format!(
+                "ulimit {}: hard limit {} is above the current hard limit {} and raising it needs CAP_SYS_RESOURCE, which this process lacks",
+                u.name, u.hard, cur.rlim_max
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `stop`: the stop signal, then SIGKILL once the grace period is over.
+
+use std::time::Duration;
+
+use super::{ContainerInfo, ContainerManager, Error, Status};
+
+impl ContainerManager {
+    /// Stops a container: its stop signal, then SIGKILL after the grace period (or `grace`).
+    pub fn stop(&self, reference: &str, grace: Option<Duration>) -> Result<ContainerInfo, Error> {
+        let st = self.resolve(reference)?;
+        let info = self.info_of(st.clone());
+        if matches!(info.status, Status::Running | Status::Created) {
+            let _ = self.kill(&st.id, st.stop_signal);
+            let grace = grace.unwrap_or(Duration::from_secs(st.stop_grace_secs));
+            if self.wait(&st.id, Some(grace))?.is_none() {
+                let _ = self.kill(&st.id, libc::SIGKILL);
+                self.wait(&st.id, Some(Duration::from_secs(10)))?;
+            }
+        }
+        Ok(self.info_of(st))
+    }
+}
