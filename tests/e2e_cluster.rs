@@ -171,7 +171,7 @@ services:
 /// The same live tasks, with the same node and state, through every node's socket.
 fn same_everywhere(cl: &Cluster) {
     let view = |i: usize| -> BTreeMap<u64, (String, String)> {
-        tasks(&cl, i)
+        tasks(cl, i)
             .iter()
             .map(|t| {
                 (
