@@ -4,53 +4,18 @@
 //! restarts and ages, `--format json` everywhere, `version`, `events --since/--filter`,
 //! `apply --profile`, `service update` flags and the aliases users type.
 //!
-//! Each daemon takes its own data dir, socket, port, cgroup parent, bridge prefix, nft table
-//! and address pool (10.171–10.173), and leaves none of them behind.
+//! Each daemon is a test rig of its own (data dir, socket, listen address, cgroup parent,
+//! bridge prefix, nft table and address pool from its slot), and leaves none of them behind.
 
+mod rig;
 #[path = "rig/slot.rs"]
 mod slot;
 
-use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
-const IMAGE: &str = "dcpp.local/busybox:everyday";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static must be installed");
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-}
+use rig::*;
 
 /// A number within a year of now in epoch milliseconds: a raw time leaking into a table
 /// (node ids are numbers too, but not of that size by more than chance).
@@ -63,230 +28,6 @@ fn has_epoch_ms(s: &str) -> bool {
     s.split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse::<u64>().ok())
         .any(|n| n.abs_diff(now) < year)
-}
-
-struct Rig {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-    cgroup: String,
-    prefix: String,
-    table: String,
-    pool: String,
-    daemon: Option<Child>,
-    // Last: released only after `Drop` has cleaned up under its names.
-    _slot: crate::slot::Slot,
-}
-
-impl Rig {
-    /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
-    fn new(tag: &str) -> Rig {
-        let slot = crate::slot::Slot::take(tag);
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dcpp-cli-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        let mut rig = Rig {
-            data: root.join("data"),
-            socket: root.join("dcpp.sock"),
-            port: free_port(),
-            cgroup: slot.cgroup.clone(),
-            prefix: slot.prefix.clone(),
-            table: slot.table.clone(),
-            pool: slot.pool.clone(),
-            root,
-            _tmp: tmp,
-            daemon: None,
-            _slot: slot,
-        };
-        let rootfs = rig.root.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        rig.start_daemon();
-        rig
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--log", "info", "--data-dir"])
-            .arg(&self.data)
-            .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--cgroup-parent", &self.cgroup])
-            .args(["--bridge-prefix", &self.prefix])
-            .args(["--nft-table", &self.table])
-            .args(["--network-pool", &self.pool])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--data-dir")
-            .arg(&self.data)
-            .arg("-H")
-            .arg(self.host())
-            .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .env("DCPP_BRIDGE_PREFIX", &self.prefix)
-            .env("DCPP_NFT_TABLE", &self.table)
-            .env("DCPP_ADDRESS_POOL", &self.pool)
-            .current_dir(&self.root);
-        c
-    }
-
-    fn dcpp(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// Runs a command that must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dcpp(args);
-        assert!(
-            out.status.success(),
-            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
-            stderr(&out),
-            stdout(&out),
-            self.log()
-        );
-        stdout(&out)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("dcpp {args:?}: {e}: {out}"))
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.root.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    fn tasks(&self) -> Vec<serde_json::Value> {
-        self.json(&["ps", "--format", "json"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn containers(&self) -> BTreeSet<String> {
-        self.ok(&["container", "ls", "-a", "-q"])
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn links(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or("").to_string())
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect()
-    }
-
-    fn nft(&self) -> String {
-        let out = Command::new("nft")
-            .args(["list", "table", "ip", &self.table])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
-                stdout(&self.dcpp(&["ps", "-a"])),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let out = self.dcpp(&["stack", "ls", "--format", "json"]);
-            let stacks: Vec<serde_json::Value> =
-                serde_json::from_slice(&out.stdout).unwrap_or_default();
-            for s in stacks {
-                if let Some(n) = s["name"].as_str() {
-                    let _ = self.dcpp(&["down", "-p", n, "--timeout", "30s"]);
-                }
-            }
-        }
-        self.stop_daemon();
-        for id in self.dcpp(&["container", "ls", "-a", "-q"]).stdout.lines() {
-            let _ = self.dcpp(&["container", "rm", "-f", &id.unwrap_or_default()]);
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
-        for l in self.links() {
-            let _ = Command::new("ip").args(["link", "del", &l]).status();
-        }
-        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
-        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
-        }
-    }
 }
 
 #[test]
@@ -468,26 +209,30 @@ fn watch_reports_a_broken_file_once_per_change() {
             .matches("is invalid")
             .count()
     };
+    // A later round of the watcher, known by a marker file it applies (a stack of no
+    // replicas): the round that read the broken file again for it must not report it again.
+    let marker_applied = |name: &str| {
+        std::fs::write(
+            dir.join(format!("{name}.yml")),
+            format!("services:\n  app:\n    image: {IMAGE}\n    deploy:\n      replicas: 0\n"),
+        )
+        .unwrap();
+        rig.wait_until(&format!("the watcher applying {name}"), 20, || {
+            rig.tasks_stacks().contains(name)
+        });
+    };
+    let log = || std::fs::read_to_string(&log_path).unwrap();
     rig.wait_until("first report", 20, || reports() >= 1);
-    // The watcher reading the file must not count as a change: over two seconds (ten debounce
-    // periods) the report is not repeated.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        reports(),
-        1,
-        "{}",
-        std::fs::read_to_string(&log_path).unwrap()
-    );
+    // The watcher reading the file must not count as a change: after rounds that read it
+    // again, the report is not repeated.
+    marker_applied("marka");
+    marker_applied("markb");
+    assert_eq!(reports(), 1, "{}", log());
     // Another broken version is another report, once.
     std::fs::write(dir.join("alpha.yml"), "services:\n  app: {image: [1\n").unwrap();
     rig.wait_until("second report", 20, || reports() >= 2);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        reports(),
-        2,
-        "{}",
-        std::fs::read_to_string(&log_path).unwrap()
-    );
+    marker_applied("markc");
+    assert_eq!(reports(), 2, "{}", log());
     // Fixed: applied.
     std::fs::write(
         dir.join("alpha.yml"),

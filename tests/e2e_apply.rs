@@ -233,13 +233,25 @@ fn daemon_killed_mid_apply_converges_without_duplicates() {
     let before = rig.containers();
     rig.stop_daemon();
     rig.start_daemon();
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(rig.containers(), before);
-    assert_eq!(rig.running("kds_web"), 6);
     // The restarted daemon puts the re-adopted replicas back behind the port.
     rig.wait_until("the port serves again", 20, || {
         http_get(port).is_some_and(|b| b.contains("hello"))
     });
+    // Synchronised on the restarted daemon's work, not on time: a marker stack converges only
+    // after the leader planned and the agent ran a round over every task, re-adopted ones
+    // included; a replacement of one would have begun by then.
+    let marker = rig.write(
+        "marker.yml",
+        &format!(
+            "name: kdm\nservices:\n  m:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_signal: SIGKILL\n"
+        ),
+    );
+    let out = rig.ok(&["apply", "-f", &marker]);
+    assert!(out.contains("converged"), "{out}");
+    let now = rig.containers();
+    assert!(before.is_subset(&now), "{before:?} -> {now:?}");
+    assert_eq!(now.len(), before.len() + 1, "{before:?} -> {now:?}");
+    assert_eq!(rig.running("kds_web"), 6);
 }
 
 /// `GET /v1/stacks/NAME/convergence` on the daemon's socket: `{"status": CODE, "body": JSON}`.

@@ -1,260 +1,21 @@
 //! Hostile clients and hostile input against the real binary, as root on the real kernel: a
 //! connection flood on the daemon's TCP listener, token guessing, bad compose input and closed
-//! pipes. Each daemon has its own data dir, socket, port, cgroup parent, bridge prefix, nft
-//! table and pool, as in e2e_apply.rs.
+//! pipes. Each daemon is a test rig of its own (data dir, socket, listen address, cgroup
+//! parent, bridge prefix, nft table and pool from its slot).
 //!
 //! Figures are printed with `FIGURES:`; see them with `--nocapture`.
 
+mod rig;
 #[path = "rig/slot.rs"]
 mod slot;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
-const IMAGE: &str = "dcpp.local/busybox:sec";
-
-struct Rig {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-    cgroup: String,
-    prefix: String,
-    table: String,
-    pool: String,
-    /// Command the daemon is started under (`prlimit …`, `nsenter …`).
-    wrapper: Vec<String>,
-    extra: Vec<String>,
-    daemon: Option<Child>,
-    // Last: released only after `Drop` has cleaned up under its names.
-    _slot: crate::slot::Slot,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static must be installed");
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
-}
-
-impl Rig {
-    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a slot.
-    fn new(tag: &str) -> Rig {
-        let slot = crate::slot::Slot::take(tag);
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dcpp-sec-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        let rig = Rig {
-            data: root.join("data"),
-            socket: root.join("dcpp.sock"),
-            port: free_port(),
-            cgroup: slot.cgroup.clone(),
-            prefix: slot.prefix.clone(),
-            table: slot.table.clone(),
-            pool: slot.pool.clone(),
-            root,
-            _tmp: tmp,
-            wrapper: Vec::new(),
-            extra: Vec::new(),
-            daemon: None,
-            _slot: slot,
-        };
-        let rootfs = rig.root.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        rig
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("daemon.log"))
-            .unwrap();
-        let mut cmd = match self.wrapper.split_first() {
-            Some((w, rest)) => {
-                let mut c = Command::new(w);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = cmd
-            .args(["--log", "info", "--data-dir"])
-            .arg(&self.data)
-            .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--cgroup-parent", &self.cgroup])
-            .args(["--bridge-prefix", &self.prefix])
-            .args(["--nft-table", &self.table])
-            .args(["--network-pool", &self.pool])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.daemon.as_ref().unwrap().id()
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn dcpp(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .args(args)
-            .current_dir(&self.root)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dcpp(args);
-        assert!(
-            out.status.success(),
-            "dcpp {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&out.stdout),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.root.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    fn tasks(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap()
-    }
-
-    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- daemon log ---\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stacks(&self) -> Vec<String> {
-        let out = self.dcpp(&["stack", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            for s in self.stacks() {
-                let _ = self.dcpp(&["down", "-p", &s, "--timeout", "30s"]);
-            }
-        }
-        self.stop_daemon();
-        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.dcpp(&["container", "rm", "-f", id]);
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(name) = l.split(": ").nth(1) {
-                    let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(&self.prefix) {
-                        let _ = Command::new("ip").args(["link", "del", name]).status();
-                    }
-                }
-            }
-        }
-        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
-        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
-        }
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use rig::*;
 
 fn status_field(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -341,7 +102,7 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
         eprintln!("FIGURES: NOFILE hard limit {soft} lets the test open only {conns} connections");
     }
 
-    let mut rig = Rig::new("fl");
+    let mut rig = Rig::unstarted("fl");
     // The daemon starts with the usual small soft limit and a hard limit below the flood: the
     // flood could take every descriptor it may have.
     rig.wrapper = vec!["prlimit".into(), "--nofile=1024:16384".into(), "--".into()];
@@ -374,13 +135,22 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
             .any(|t| t["state"] == "running" && t["container_id"].is_string())
     });
     let tasks_before = task_identities(&rig);
-    // Settle: let the agent's first passes and the store's allocations happen before measuring.
-    std::thread::sleep(Duration::from_secs(2));
+    // Settle: the agent's first passes after the replica started (its exit watch, the store's
+    // allocations) open descriptors. Nothing reports that they are done, so the baseline is
+    // taken once the count has held for one round of an agent that watches exits (1 s).
+    let mut last = (fd_count(pid), Instant::now());
+    rig.wait_until("the daemon's descriptor count to settle", 20, || {
+        let n = fd_count(pid);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_secs(1)
+    });
     let lat_before = ps_latencies(&rig, 10);
     let fds_before = fd_count(pid);
     let rss_before = status_field(pid, "VmRSS:");
 
-    let addr: SocketAddr = format!("127.0.0.1:{}", rig.port).parse().unwrap();
+    let addr: SocketAddr = rig.listen.parse().unwrap();
     let t0 = Instant::now();
     let mut flood = Vec::with_capacity(conns as usize);
     let (mut connected, mut refused_connect) = (0u64, 0u64);
@@ -467,13 +237,13 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
 /// One HTTP/1.1 request on a fresh connection from `source`; returns the status code.
 fn http_from(
     source: Option<&str>,
-    port: u16,
+    addr: &str,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr: SocketAddr = addr.parse().unwrap();
     let mut s = match source {
         None => TcpStream::connect(addr).unwrap(),
         Some(src) => {
@@ -511,13 +281,12 @@ fn http_from(
 }
 
 /// Many requests on one kept-alive connection; returns the status of each.
-fn hammer(port: u16, path: &str, method: &str, token: &str, body: &str, n: usize) -> Vec<u16> {
+fn hammer(addr: &str, path: &str, method: &str, token: &str, body: &str, n: usize) -> Vec<u16> {
     let mut statuses = Vec::with_capacity(n);
     let mut conn: Option<std::io::BufReader<TcpStream>> = None;
     while statuses.len() < n {
-        let r = conn.get_or_insert_with(|| {
-            std::io::BufReader::new(TcpStream::connect(("127.0.0.1", port)).unwrap())
-        });
+        let r =
+            conn.get_or_insert_with(|| std::io::BufReader::new(TcpStream::connect(addr).unwrap()));
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -569,7 +338,7 @@ fn read_response(r: &mut std::io::BufReader<TcpStream>) -> Option<(u16, bool)> {
 
 #[test]
 fn failed_authentication_is_rate_limited_and_summarised() {
-    let mut rig = Rig::new("au");
+    let mut rig = Rig::unstarted("au");
     rig.extra = ["--listen-log-interval", "2s", "--no-agent"]
         .map(String::from)
         .to_vec();
@@ -584,9 +353,9 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         .to_string();
 
     let t0 = Instant::now();
-    let bad = hammer(rig.port, "/v1/cluster/status", "GET", "guess", "", 3000);
+    let bad = hammer(&rig.listen, "/v1/cluster/status", "GET", "guess", "", 3000);
     let joins = hammer(
-        rig.port,
+        &rig.listen,
         "/v1/cluster/join",
         "POST",
         "",
@@ -600,7 +369,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
     // Even the right credential is not looked at while the source is limited.
     let (same_source, _) = http_from(
         None,
-        rig.port,
+        &rig.listen,
         "POST",
         "/v1/cluster/join",
         None,
@@ -609,7 +378,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
     // Another source is not affected: it joins and uses the cluster token it gets.
     let (code, grant) = http_from(
         Some("127.0.0.2"),
-        rig.port,
+        &rig.listen,
         "POST",
         "/v1/cluster/join",
         None,
@@ -620,7 +389,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
     let rpc = grant["rpc_token"].as_str().unwrap();
     let (code, body) = http_from(
         Some("127.0.0.2"),
-        rig.port,
+        &rig.listen,
         "GET",
         "/v1/cluster/status",
         Some(rpc),
@@ -637,7 +406,7 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         .filter(|l| l.contains("refused") || l.contains("unauthenticated"))
         .collect();
     eprintln!(
-        "FIGURES: {} bad-token requests and {} bad joins from 127.0.0.1 in {secs:.2}s: \
+        "FIGURES: {} bad-token requests and {} bad joins from one source in {secs:.2}s: \
          status {u401}×401 then {u429}×429, join {j401}×401 {j429}×429; \
          {} log line(s) about them:\n{}",
         bad.len(),
@@ -670,7 +439,7 @@ fn resolv_files(rig: &Rig) -> Vec<String> {
 
 #[test]
 fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front() {
-    let mut rig = Rig::new("rv");
+    let mut rig = Rig::unstarted("rv");
     rig.start_daemon();
 
     // Refused at validation, with the position, and nothing stored.
@@ -696,7 +465,7 @@ fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front()
         assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
         assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
     }
-    assert!(rig.stacks().is_empty(), "{:?}", rig.stacks());
+    assert!(rig.tasks_stacks().is_empty(), "{:?}", rig.tasks_stacks());
 
     let file = rig.write(
         "compose.yml",
@@ -721,7 +490,7 @@ fn apply_down_cycles_leave_no_resolv_files_and_bad_compose_is_refused_up_front()
 
 #[test]
 fn cli_commands_end_quietly_on_a_closed_pipe() {
-    let rig = Rig::new("pp");
+    let rig = Rig::unstarted("pp");
     for args in [
         vec!["image", "inspect", IMAGE],
         vec!["image", "ls"],
@@ -990,7 +759,7 @@ fn networks_stay_isolated_with_forwarding_on_and_work_behind_a_drop_policy() {
     );
     let outside = "10.226.250.2:8081";
 
-    let mut rig = Rig::new("fw");
+    let mut rig = Rig::unstarted("fw");
     rig.wrapper = vec!["nsenter".into(), ns.path(), "--".into()];
     rig.start_daemon();
     let port = free_port();

@@ -6,16 +6,17 @@
 //! older dcpp left loose is tightened when the daemon starts, without touching the modes inside
 //! image layers.
 
+mod rig;
 #[path = "rig/slot.rs"]
 mod slot;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
-const IMAGE: &str = "dcpp.local/busybox:secfiles";
+use rig::{IMAGE, Rig, free_port, http_get, stderr};
+
 const SUID: &str = "bin/suid-busybox";
 
 /// A local user that exists for the test only.
@@ -101,246 +102,38 @@ impl Drop for User {
     }
 }
 
-struct Rig {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-    cgroup: String,
-    prefix: String,
-    table: String,
-    pool: String,
-    daemon: Option<Child>,
-    // Last: released only after `Drop` has cleaned up under its names.
-    _slot: crate::slot::Slot,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// busybox with a setuid-root copy of itself, and a page for httpd.
-fn busybox_rootfs(root: &Path) {
+/// The rig's busybox root with a setuid-root copy of busybox, a non-root user and explicit
+/// modes (whatever the umask): 0755 directories, 0644 files.
+fn secfiles_rootfs(root: &Path) {
     for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
         std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static must be installed");
     std::fs::copy("/bin/busybox", root.join(SUID)).unwrap();
     std::fs::set_permissions(root.join(SUID), std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n",
     )
     .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from dcpp\n").unwrap();
     for f in ["etc/passwd", "etc/group", "www/index.html"] {
         std::fs::set_permissions(root.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 }
 
-impl Rig {
-    /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
-    fn new(tag: &str) -> Rig {
-        let slot = crate::slot::Slot::take(tag);
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dcpp-sf-{tag}-"))
-            .tempdir()
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        // Others may walk up to the data dir: only its own modes stand in their way.
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let rig = Rig {
-            data: root.join("data"),
-            socket: root.join("dcpp.sock"),
-            port: free_port(),
-            cgroup: slot.cgroup.clone(),
-            prefix: slot.prefix.clone(),
-            table: slot.table.clone(),
-            pool: slot.pool.clone(),
-            root,
-            _tmp: tmp,
-            daemon: None,
-            _slot: slot,
-        };
-        let rootfs = rig.root.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        rig
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["--log", "debug", "--data-dir"])
-            .arg(&self.data)
-            .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--cgroup-parent", &self.cgroup])
-            .args(["--bridge-prefix", &self.prefix])
-            .args(["--nft-table", &self.table])
-            .args(["--network-pool", &self.pool])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn dcpp(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .args(args)
-            .current_dir(&self.root)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dcpp(args);
-        assert!(
-            out.status.success(),
-            "dcpp {args:?} failed: {}\n--- daemon log (tail) ---\n{}",
-            stderr(&out),
-            tail(&self.log())
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn tasks(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok(&["ps", "--format", "json"])).unwrap()
-    }
-
-    fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- daemon log (tail) ---\n{}",
-                tail(&self.log())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let out = self.dcpp(&["stack", "ls"]);
-            for s in String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next())
-            {
-                let _ = self.dcpp(&["down", "-p", s, "--timeout", "30s"]);
-            }
-        }
-        self.stop_daemon();
-        let out = self.dcpp(&["container", "ls", "-a", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.dcpp(&["container", "rm", "-f", id]);
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table])
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(name) = l.split(": ").nth(1) {
-                    let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(&self.prefix) {
-                        let _ = Command::new("ip").args(["link", "del", name]).status();
-                    }
-                }
-            }
-        }
-        // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
-        // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(h.path().join(&self.cgroup));
-        }
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// A rig whose daemon logs at debug level (tokens must not show even there), not started yet.
+fn rig(tag: &str) -> Rig {
+    let mut rig = Rig::unstarted_with(tag, secfiles_rootfs);
+    // Others may walk up to the data dir: only its own modes stand in their way.
+    std::fs::set_permissions(&rig.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    rig.log_level = "debug".into();
+    rig
 }
 
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn http_get(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// Where a path under the data dir stands: dcpp's own (no group/other bit allowed), or content
@@ -430,7 +223,7 @@ services:
 #[test]
 fn another_local_user_can_read_nothing_under_the_data_dir() {
     let user = User::create("sf");
-    let mut rig = Rig::new("fa");
+    let mut rig = rig("fa");
     // A socket dir the daemon has to create: it is made 0700.
     rig.socket = rig.root.join("run/dcpp.sock");
     rig.start_daemon();
@@ -544,7 +337,7 @@ fn another_local_user_can_read_nothing_under_the_data_dir() {
 
 #[test]
 fn a_loose_data_dir_is_tightened_at_daemon_start() {
-    let mut rig = Rig::new("ti");
+    let mut rig = rig("ti");
     rig.start_daemon();
     rig.stop_daemon();
 

@@ -1,6 +1,7 @@
-//! A daemon per test for the apply, compose, convergence and scenario suites (own
-//! data dir, socket, port, cgroup parent, bridge prefix, nft table and address pool; busybox
-//! imported from a local directory), plus what those suites need on top.
+//! A daemon per test (own data dir, socket, listen address, cgroup parent, bridge prefix, nft
+//! table and address pool, all from a [`Slot`]; busybox imported from a local directory),
+//! optionally under a wrapper (`prlimit`, `nsenter`) or with further daemon flags; several of
+//! them make a cluster. Plus what the suites need on top.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -11,19 +12,31 @@ use std::time::{Duration, Instant};
 
 use crate::slot::Slot;
 
+pub mod cluster;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
 pub const IMAGE: &str = "dcpp.local/busybox:e2e";
 
 pub struct Rig {
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
-    data: PathBuf,
+    pub data: PathBuf,
+    /// Set before [`Rig::start_daemon`] to put the socket elsewhere.
     pub socket: PathBuf,
-    port: u16,
-    cgroup: String,
+    /// `--listen` address, the slot's own.
+    pub listen: String,
+    pub cgroup: String,
     pub prefix: String,
-    table: String,
-    pool: String,
+    pub table: String,
+    pub pool: String,
+    /// Command the daemon is started under (`prlimit …`, `nsenter …`); set before starting.
+    pub wrapper: Vec<String>,
+    /// Further `dcpp daemon` flags; set before starting.
+    pub extra: Vec<String>,
+    /// The daemon's `--log` level.
+    pub log_level: String,
+    /// Raft node id of the running daemon (known once it started).
+    pub id: u64,
     daemon: Option<Child>,
     // Last: released only after `Drop` has cleaned up under its names.
     _slot: Slot,
@@ -55,22 +68,40 @@ pub fn busybox_rootfs(root: &Path) {
 }
 
 impl Rig {
-    /// `tag`: 2–3 lowercase letters naming the test; names and pool come from a [`Slot`].
+    /// A running daemon. `tag`: 2–3 lowercase letters naming the test; names, pool and
+    /// listen address come from a [`Slot`].
     pub fn new(tag: &str) -> Rig {
+        let mut rig = Rig::unstarted(tag);
+        rig.start_daemon();
+        rig
+    }
+
+    /// The busybox image imported, no daemon yet (to set [`Rig::wrapper`], [`Rig::extra`],
+    /// … first).
+    pub fn unstarted(tag: &str) -> Rig {
+        Rig::unstarted_with(tag, |_| {})
+    }
+
+    /// As [`Rig::unstarted`], with `change` applied to the busybox root before it is imported.
+    pub fn unstarted_with(tag: &str, change: impl FnOnce(&Path)) -> Rig {
         let slot = Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-e2e-{tag}-"))
             .tempdir()
             .unwrap();
         let root = tmp.path().to_path_buf();
-        let mut rig = Rig {
+        let rig = Rig {
             data: root.join("data"),
             socket: root.join("dcpp.sock"),
-            port: free_port(),
+            listen: slot.listen.clone(),
             cgroup: slot.cgroup.clone(),
             prefix: slot.prefix.clone(),
             table: slot.table.clone(),
             pool: slot.pool.clone(),
+            wrapper: Vec::new(),
+            extra: Vec::new(),
+            log_level: "info".into(),
+            id: 0,
             root,
             _tmp: tmp,
             daemon: None,
@@ -78,36 +109,56 @@ impl Rig {
         };
         let rootfs = rig.root.join("rootfs");
         busybox_rootfs(&rootfs);
+        change(&rootfs);
         let out = rig.dcpp(&["image", "import", rootfs.to_str().unwrap(), IMAGE]);
         assert!(out.status.success(), "{}", stderr(&out));
-        rig.start_daemon();
         rig
     }
 
+    /// Starts the daemon and returns once it answers with a leader and a cluster id.
     pub fn start_daemon(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.root.join("daemon.log"))
             .unwrap();
-        let child = Command::new(BIN)
-            .args(["--log", "info", "--data-dir"])
+        let mut cmd = match self.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(["--log", &self.log_level, "--data-dir"])
             .arg(&self.data)
             .arg("daemon")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &self.listen])
             .arg("--socket")
             .arg(&self.socket)
             .args(["--cgroup-parent", &self.cgroup])
             .args(["--bridge-prefix", &self.prefix])
             .args(["--nft-table", &self.table])
             .args(["--network-pool", &self.pool])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.dcpp(&["cluster", "status"]).status.success() {
+        loop {
+            let out = self.dcpp(&["cluster", "status", "--format", "json"]);
+            if out.status.success()
+                && let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                && st["leader"].is_u64()
+                && st["cluster_id"].is_string()
+                && let Some(id) = st["node_id"].as_u64()
+            {
+                self.id = id;
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not start: {}",
@@ -115,6 +166,15 @@ impl Rig {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    pub fn running_daemon(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    /// PID of the daemon (of its wrapper's exec, which is the daemon itself).
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("a running daemon").id()
     }
 
     pub fn kill9(&mut self) {
@@ -144,17 +204,52 @@ impl Rig {
         std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
     }
 
-    pub fn dcpp(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--data-dir")
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// `dcpp` for this daemon, with the slot's names for the commands that act locally.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--data-dir")
             .arg(&self.data)
             .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
+            .arg(self.host())
             .env("DCPP_CGROUP_PARENT", &self.cgroup)
-            .args(args)
-            .current_dir(&self.root)
+            .env("DCPP_BRIDGE_PREFIX", &self.prefix)
+            .env("DCPP_NFT_TABLE", &self.table)
+            .env("DCPP_ADDRESS_POOL", &self.pool)
+            .current_dir(&self.root);
+        c
+    }
+
+    pub fn dcpp(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("dcpp {args:?}: {e}: {out}"))
+    }
+
+    /// Links on the host under this slot's bridge prefix.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or("").to_string())
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect()
+    }
+
+    /// This daemon's nft table as `nft list` prints it (empty when it does not exist).
+    pub fn nft(&self) -> String {
+        let out = Command::new("nft")
+            .args(["list", "table", "ip", &self.table])
             .output()
-            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs a command that must succeed; returns stdout.
@@ -201,7 +296,7 @@ impl Rig {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}\n{}\n--- daemon log ---\n{}",
-                self.ok(&["ps", "-a"]),
+                stdout(&self.dcpp(&["ps", "-a"])),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -217,7 +312,15 @@ impl Drop for Rig {
             }
         }
         self.stop_daemon();
-        // Whatever a failed test left: containers, then networking and cgroups.
+        self.wipe();
+    }
+}
+
+impl Rig {
+    /// The machine is gone: its daemon dies (if it still runs), and its containers,
+    /// networking and cgroups go with it (by hand, since every daemon shares this host).
+    pub fn wipe(&mut self) {
+        self.kill9();
         for id in self.containers_best_effort() {
             let _ = self.dcpp(&["container", "rm", "-f", &id]);
         }
@@ -225,15 +328,8 @@ impl Drop for Rig {
             .args(["delete", "table", "ip", &self.table])
             .stderr(Stdio::null())
             .status();
-        if let Ok(out) = Command::new("ip").args(["-o", "link"]).output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(name) = l.split(": ").nth(1) {
-                    let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(&self.prefix) {
-                        let _ = Command::new("ip").args(["link", "del", name]).status();
-                    }
-                }
-            }
+        for l in self.links() {
+            let _ = Command::new("ip").args(["link", "del", &l]).status();
         }
         // Every mounted hierarchy, whatever the host co-mounts (cpu and cpuacct are
         // separate here, `cpu,cpuacct` elsewhere): a fixed list leaked the others.

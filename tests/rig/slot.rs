@@ -6,6 +6,10 @@
 //! blocks the slot. Everything derived from `n` starts with the slot's own prefix, which no
 //! other slot's names start with, so prefix-based cleanup can only hit this slot's leftovers.
 //!
+//! The daemon's TCP address is `127.(128+n).0.1:7377`: all of 127/8 is local on Linux, so
+//! each slot has an address of its own without configuring one, and a port below the
+//! ephemeral range that `free_port()` picks from, so no test's published port can take it.
+//!
 //! Pools are `10.(128+n).0.0/16`: outside the runtime crate's test pools (10.199, 10.231-235,
 //! 10.9), the daemon's default (10.210) and every other slot, so tests that compare host
 //! state by /16 only ever see their own addresses.
@@ -25,6 +29,8 @@ pub struct Slot {
     pub table: String,
     pub cgroup: String,
     pub pool: String,
+    /// TCP address for the daemon's `--listen` (peers and remote clients).
+    pub listen: String,
     _lock: File,
 }
 
@@ -54,6 +60,7 @@ impl Slot {
                             table: format!("dcpp_t{n:02}_{tag}"),
                             cgroup: format!("dcpp-t{n:02}-{tag}"),
                             pool: format!("10.{}.0.0/16", 128 + u16::from(n)),
+                            listen: format!("127.{}.0.1:7377", 128 + u16::from(n)),
                             _lock: file,
                         };
                         slot.scrub_stale();

@@ -1,0 +1,129 @@
+//! Several [`Rig`] daemons side by side on this host, joined into one cluster with
+//! `dcpp cluster join --token …` as a user would. Each node is a full rig: its own slot, so its
+//! own data dir and image store, socket, listen address, cgroup parent, bridge prefix, nft
+//! table and address pool.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Rig, stderr, stdout};
+
+/// How a node after the first joins.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Join {
+    Manager,
+    Worker,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Rig>,
+    /// Node names, by index: `a`, `b`, `c`, …
+    pub names: Vec<String>,
+}
+
+impl Cluster {
+    /// Node `a` creates the cluster; the others join it as `joins` says (one entry per further
+    /// node). `tag`: two lowercase letters; node `x` takes a slot tagged `{tag}x`. Returns once
+    /// every node lists every node.
+    pub fn form(tag: &str, joins: &[Join]) -> Cluster {
+        let names: Vec<String> = (0..=joins.len())
+            .map(|i| char::from(b'a' + i as u8).to_string())
+            .collect();
+        let nodes = names
+            .iter()
+            .map(|n| Rig::new(&format!("{tag}{n}")))
+            .collect();
+        let cl = Cluster { nodes, names };
+        let init = cl.ok(0, &["cluster", "init"]);
+        let token = |kind: &str| {
+            init.lines()
+                .filter_map(|l| l.trim().strip_prefix("dcpp cluster join --token "))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|w| w[0].contains(kind))
+                .map(|w| (w[0].to_string(), w[1].to_string()))
+                .unwrap_or_else(|| panic!("no {kind} join command in:\n{init}"))
+        };
+        let (manager, addr) = token("-M-");
+        let (worker, _) = token("-W-");
+        assert_eq!(addr, cl.nodes[0].listen, "{init}");
+        for (i, j) in joins.iter().enumerate() {
+            let (token, role) = match j {
+                Join::Manager => (&manager, "as a manager"),
+                Join::Worker => (&worker, "as a worker"),
+            };
+            let out = cl.ok(i + 1, &["cluster", "join", "--token", token, &addr]);
+            assert!(out.contains(role), "{out}");
+        }
+        // Every node knows all of them, each with a fresh heartbeat from its agent.
+        let n = cl.nodes.len();
+        cl.wait_until("every node listed everywhere", 30, || {
+            cl.nodes.iter().all(|r| {
+                let out = r.dcpp(&["node", "ls", "--format", "json"]);
+                out.status.success()
+                    && serde_json::from_slice::<Vec<Value>>(&out.stdout).is_ok_and(|v| v.len() == n)
+            })
+        });
+        cl
+    }
+
+    /// Runs a command on node `i` that must succeed; returns stdout.
+    pub fn ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.nodes[i].dcpp(args);
+        assert!(
+            out.status.success(),
+            "dcpp {args:?} on {} failed: {}\n{}\n{}",
+            self.names[i],
+            stderr(&out),
+            stdout(&out),
+            self.logs()
+        );
+        stdout(&out)
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .zip(&self.names)
+            .map(|(n, name)| format!("--- daemon {name} ({}) log ---\n{}", n.id, n.log()))
+            .collect()
+    }
+
+    /// A node whose daemon runs (to ask while another one is down).
+    pub fn live(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(Rig::running_daemon)
+            .expect("a node whose daemon runs")
+    }
+
+    /// Polls `f` every 200 ms until it holds; returns how long that took.
+    pub fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !f() {
+            let ps = self
+                .nodes
+                .iter()
+                .find(|n| n.running_daemon())
+                .map(|n| stdout(&n.dcpp(&["ps", "-a"])));
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}\n{}\n{}",
+                ps.unwrap_or_default(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for Cluster {
+    /// Every daemon dies first, so that no node's cleanup waits on a cluster that is half
+    /// gone; each rig then removes what its node left.
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+    }
+}
