@@ -54,7 +54,8 @@ pub enum Step {
     /// A live task is to end: withdraw and stop its container when `stop`, leave its networks,
     /// delete it when `remove`, and report it shut down.
     Shutdown { stop: bool, remove: bool },
-    /// A finished task's container is to go (its record is kept without it).
+    /// A finished task's container is to go (its record is kept without it); or a container
+    /// of a live task that no agent reported, to be made again.
     Remove,
     /// A finished task's container still runs: withdraw and stop it, without a report.
     Halt,
@@ -102,6 +103,14 @@ pub fn next_step(
                     // The caller skipped the lookup `wants_image` asked for: try next round.
                     (true, None) => Step::Nothing,
                 },
+                // No agent ever reported this task's container: it was being made when the
+                // previous agent process died (a kill -9 mid-apply), so whether its networks
+                // and published ports were set up is unknown. It is made again from scratch.
+                Some(ContainerView::Running | ContainerView::Created)
+                    if t.container_id.is_none() =>
+                {
+                    Step::Remove
+                }
                 Some(ContainerView::Running) => Step::Monitor,
                 Some(ContainerView::Created) => Step::Start,
                 Some(ContainerView::Stopped) => Step::ReportExit,
@@ -364,13 +373,15 @@ mod tests {
 
     #[test]
     fn container_states_map_to_start_monitor_and_exit_report() {
-        let t = task(RUN, TaskState::Starting);
+        let mut t = task(RUN, TaskState::Starting);
+        t.container_id = Some("c1".into());
         assert!(!wants_image(&t, Some(ContainerView::Created)));
         assert_eq!(
             next_step(&t, Some(ContainerView::Created), true, None),
             Step::Start
         );
-        let t = task(RUN, TaskState::Running);
+        let mut t = task(RUN, TaskState::Running);
+        t.container_id = Some("c1".into());
         assert_eq!(
             next_step(&t, Some(ContainerView::Running), true, None),
             Step::Monitor
@@ -380,6 +391,25 @@ mod tests {
         assert_eq!(
             next_step(&t, Some(ContainerView::Stopped), true, None),
             Step::ReportExit
+        );
+    }
+
+    #[test]
+    fn a_container_no_agent_reported_is_made_again() {
+        // The previous agent process died between creating the container and reporting it.
+        for (state, c) in [
+            (TaskState::Assigned, ContainerView::Running),
+            (TaskState::Preparing, ContainerView::Created),
+        ] {
+            let t = task(RUN, state);
+            assert_eq!(next_step(&t, Some(c), true, None), Step::Remove);
+        }
+        // Once reported, a container found again is the task's own (a daemon restart).
+        let mut t = task(RUN, TaskState::Running);
+        t.container_id = Some("c1".into());
+        assert_eq!(
+            next_step(&t, Some(ContainerView::Running), true, None),
+            Step::Monitor
         );
     }
 
