@@ -9,6 +9,7 @@
 mod convert;
 mod dotenv;
 mod error;
+mod extensions;
 mod interp;
 mod loader;
 mod merge;
@@ -30,6 +31,38 @@ pub fn to_yaml(project: &Project) -> String {
     serde_saphyr::to_string(project)
         .map(|s| s.replace('$', "$$"))
         .unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
+}
+
+/// What `dcpp config` prints: the project followed by the file's top-level `x-*` extensions,
+/// as `docker compose config` prints them.
+pub fn config_yaml(loaded: &Loaded) -> String {
+    let mut out = to_yaml(&loaded.project);
+    if !loaded.extensions.is_empty() {
+        // Both are block mappings at the root, so the extensions can follow the project's keys.
+        match serde_saphyr::to_string(&loaded.extensions) {
+            Ok(s) => out.push_str(&s.replace('$', "$$")),
+            Err(e) => out.push_str(&format!("# serialisation failed: {e}\n")),
+        }
+    }
+    out
+}
+
+/// [`config_yaml`] as pretty JSON: the project's keys, then the extensions.
+pub fn config_json(loaded: &Loaded) -> String {
+    #[derive(serde::Serialize)]
+    struct Config<'a> {
+        #[serde(flatten)]
+        project: &'a Project,
+        #[serde(flatten)]
+        extensions: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let config = Config {
+        project: &loaded.project,
+        extensions: &loaded.extensions,
+    };
+    serde_json::to_string_pretty(&config)
+        .map(|s| s.replace('$', "$$"))
+        .unwrap_or_else(|e| format!("serialisation failed: {e}"))
 }
 
 /// Serialises a project as pretty JSON, with `$` escaped as in [`to_yaml`]. The raft store and
