@@ -28,9 +28,17 @@ pub use model::*;
 pub fn to_yaml(project: &Project) -> String {
     // `$` has no meaning in YAML or JSON syntax, so escaping the text is safe; it also doubles a
     // `$` inside a map key, which compose does not interpolate — a documented limitation.
-    serde_saphyr::to_string(project)
+    yaml_string(project)
         .map(|s| s.replace('$', "$$"))
         .unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
+}
+
+/// YAML as compose's encoder writes it: a long single-line string stays one plain or quoted
+/// scalar (never a folded `>` block), a multi-line string is a literal `|` block.
+fn yaml_string<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = usize::MAX;
+    serde_saphyr::to_string_with_options(value, options)
 }
 
 /// What `dcpp config` prints: the project followed by the file's top-level `x-*` extensions,
@@ -39,7 +47,7 @@ pub fn config_yaml(loaded: &Loaded) -> String {
     let mut out = to_yaml(&loaded.project);
     if !loaded.extensions.is_empty() {
         // Both are block mappings at the root, so the extensions can follow the project's keys.
-        match serde_saphyr::to_string(&loaded.extensions) {
+        match yaml_string(&loaded.extensions) {
             Ok(s) => out.push_str(&s.replace('$', "$$")),
             Err(e) => out.push_str(&format!("# serialisation failed: {e}\n")),
         }
