@@ -1461,13 +1461,31 @@ fn file_refs(
             &mut cv.refs.configs
         };
         refs.push((svc.to_owned(), r.source.clone(), item.pos, ip.to_string()));
-        // Same target (or source when no target) declared twice: the later one wins.
-        let key = |r: &FileReference| r.target.clone().unwrap_or_else(|| r.source.clone());
+        // Same target declared twice: the later one wins in the earlier one's place. Without a
+        // target the key is the default mount path, as in compose (`s1` and
+        // `{source: s2, target: /run/secrets/s1}` are one mount).
+        let key = |r: &FileReference| {
+            r.target.clone().unwrap_or_else(|| {
+                if secret {
+                    format!("/run/secrets/{}", r.source)
+                } else {
+                    format!("/{}", r.source)
+                }
+            })
+        };
         let k = key(&r);
         if let Some(existing) = out.iter_mut().find(|x| key(x) == k) {
             *existing = r;
         } else {
             out.push(r);
+        }
+    }
+    if secret {
+        // Compose prints a secret's default mount path (a config's default stays implicit).
+        for r in &mut out {
+            if r.target.is_none() {
+                r.target = Some(format!("/run/secrets/{}", r.source));
+            }
         }
     }
     out
