@@ -1421,7 +1421,7 @@ fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Vec<String>
         Kind::Scalar { value, .. } => match syntax::shell_split(value) {
             Ok(words) => Some(words),
             Err(e) => {
-                cv.err(v.pos, p, e);
+                cv.err(v.pos, p, e.to_string());
                 None
             }
         },
@@ -1824,7 +1824,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
             Kind::Scalar { value, .. } => match syntax::parse_port(value) {
                 Ok(ps) => ps,
                 Err(e) => {
-                    cv.err(item.pos, &ip, e);
+                    cv.err(item.pos, &ip, e.to_string());
                     continue;
                 }
             },
@@ -1967,7 +1967,7 @@ fn service_volumes(
             Kind::Scalar { value, .. } => match syntax::parse_volume(value) {
                 Ok(v) => v,
                 Err(e) => {
-                    cv.err(item.pos, &ip, e);
+                    cv.err(item.pos, &ip, e.to_string());
                     continue;
                 }
             },

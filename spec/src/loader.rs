@@ -239,7 +239,7 @@ impl Ctx {
                         }
                         *value = Cow::Owned(r.value);
                     }
-                    Err(e) => self.errors.push(pos, path.to_string(), e),
+                    Err(e) => self.errors.push(pos, path.to_string(), e.to_string()),
                 }
             }
             Kind::Seq(items) => {
