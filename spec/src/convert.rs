@@ -614,7 +614,8 @@ pub(crate) fn project(
                 continue;
             }
             cv.refs.service_pos.insert(e.key.to_string(), e.key_pos);
-            if let Some(s) = service(&mut cv, &e.key, &e.value, &p) {
+            if let Some(mut s) = service(&mut cv, &e.key, &e.value, &p) {
+                implicit_depends_on(&mut cv, &e.key, &e.value, &p, &mut s);
                 services.insert(e.key.to_string(), s);
             }
         }
@@ -669,6 +670,30 @@ pub(crate) fn project(
             });
         }
     }
+    // Resources no enabled service uses are left out, as `docker compose config` leaves them
+    // out: nothing would create or mount them.
+    let used_networks: BTreeSet<&String> =
+        services.values().flat_map(|s| s.networks.keys()).collect();
+    let used_volumes: BTreeSet<&String> = services
+        .values()
+        .flat_map(|s| &s.volumes)
+        .filter(|v| v.kind == VolumeType::Volume)
+        .filter_map(|v| v.source.as_ref())
+        .collect();
+    let used_secrets: BTreeSet<&String> = services
+        .values()
+        .flat_map(|s| &s.secrets)
+        .map(|r| &r.source)
+        .collect();
+    let used_configs: BTreeSet<&String> = services
+        .values()
+        .flat_map(|s| &s.configs)
+        .map(|r| &r.source)
+        .collect();
+    networks.retain(|k, _| used_networks.contains(k));
+    volumes.retain(|k, _| used_volumes.contains(k));
+    secrets.retain(|k, _| used_secrets.contains(k));
+    configs.retain(|k, _| used_configs.contains(k));
     Some(Project {
         name,
         services,
@@ -677,6 +702,63 @@ pub(crate) fn project(
         configs,
         secrets,
     })
+}
+
+/// The dependencies compose adds on its own: a service named by `links`, `volumes_from` or a
+/// `service:` namespace (`network_mode`, `ipc`, `pid`, `uts`, `cgroup`) is started first. An
+/// explicit `depends_on` entry for it wins.
+fn implicit_depends_on(
+    cv: &mut Cv<'_>,
+    svc: &str,
+    node: &Node<'_>,
+    path: &KeyPath<'_>,
+    s: &mut Service,
+) {
+    let mut add = |cv: &mut Cv<'_>, dep: &str, restart: bool, at: Option<(Pos, String)>| {
+        if dep.is_empty() || s.depends_on.contains_key(dep) {
+            return;
+        }
+        s.depends_on.insert(
+            dep.to_owned(),
+            DependsOn {
+                condition: DependsOnCondition::ServiceStarted,
+                restart,
+                required: true,
+            },
+        );
+        // network_mode has its own reference check; the others must name a service.
+        if let Some((pos, p)) = at {
+            cv.refs
+                .depends
+                .push((svc.to_owned(), dep.to_owned(), pos, p));
+        }
+    };
+    for key in ["network_mode", "ipc", "pid", "uts", "cgroup"] {
+        if let Some(v) = node.get(key)
+            && let Some(dep) = v.scalar().and_then(|m| m.strip_prefix("service:"))
+        {
+            let at = (key != "network_mode").then(|| (v.pos, path.key(key).to_string()));
+            add(cv, dep, true, at);
+        }
+    }
+    for (key, restart) in [("links", true), ("volumes_from", false)] {
+        let Some(Kind::Seq(items)) = node.get(key).map(|v| &v.kind) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Some(text) = item.scalar() else { continue };
+            if key == "volumes_from" && text.starts_with("container:") {
+                continue;
+            }
+            let dep = text.split(':').next().unwrap_or_default();
+            add(
+                cv,
+                dep,
+                restart,
+                Some((item.pos, path.key(key).at(i).to_string())),
+            );
+        }
+    }
 }
 
 fn valid_service_name(s: &str) -> bool {
@@ -1263,6 +1345,7 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
     if let Kind::Scalar { value, .. } = &v.kind {
         return Some(Build {
             context: build_context(cv, value, v.pos),
+            dockerfile: Some("Dockerfile".to_owned()),
             ..Build::default()
         });
     }
@@ -1304,16 +1387,21 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
             "dockerfile" => b.dockerfile = cv.opt_string(v, &p),
             "target" => b.target = cv.opt_string(v, &p),
             _ => {
+                // An argument without a value takes the project's variable; one that is unset
+                // there is dropped, as compose does (the Dockerfile's default then applies).
                 b.args = cv
                     .kv(v, &p)
                     .into_iter()
-                    .map(|(k, val, _)| {
-                        let val = val.or_else(|| cv.env.get(&k).cloned());
-                        (k, val)
+                    .filter_map(|(k, val, _)| {
+                        let val = val.or_else(|| cv.env.get(&k).cloned())?;
+                        Some((k, Some(val)))
                     })
                     .collect()
             }
         }
+    }
+    if b.dockerfile.is_none() && v.get("dockerfile_inline").is_none() {
+        b.dockerfile = Some("Dockerfile".to_owned());
     }
     Some(b)
 }
@@ -1333,7 +1421,7 @@ fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Vec<String>
         Kind::Scalar { value, .. } => match syntax::shell_split(value) {
             Ok(words) => Some(words),
             Err(e) => {
-                cv.err(v.pos, p, e);
+                cv.err(v.pos, p, e.to_string());
                 None
             }
         },
@@ -1461,13 +1549,31 @@ fn file_refs(
             &mut cv.refs.configs
         };
         refs.push((svc.to_owned(), r.source.clone(), item.pos, ip.to_string()));
-        // Same target (or source when no target) declared twice: the later one wins.
-        let key = |r: &FileReference| r.target.clone().unwrap_or_else(|| r.source.clone());
+        // Same target declared twice: the later one wins in the earlier one's place. Without a
+        // target the key is the default mount path, as in compose (`s1` and
+        // `{source: s2, target: /run/secrets/s1}` are one mount).
+        let key = |r: &FileReference| {
+            r.target.clone().unwrap_or_else(|| {
+                if secret {
+                    format!("/run/secrets/{}", r.source)
+                } else {
+                    format!("/{}", r.source)
+                }
+            })
+        };
         let k = key(&r);
         if let Some(existing) = out.iter_mut().find(|x| key(x) == k) {
             *existing = r;
         } else {
             out.push(r);
+        }
+    }
+    if secret {
+        // Compose prints a secret's default mount path (a config's default stays implicit).
+        for r in &mut out {
+            if r.target.is_none() {
+                r.target = Some(format!("/run/secrets/{}", r.source));
+            }
         }
     }
     out
@@ -1718,7 +1824,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
             Kind::Scalar { value, .. } => match syntax::parse_port(value) {
                 Ok(ps) => ps,
                 Err(e) => {
-                    cv.err(item.pos, &ip, e);
+                    cv.err(item.pos, &ip, e.to_string());
                     continue;
                 }
             },
@@ -1861,7 +1967,7 @@ fn service_volumes(
             Kind::Scalar { value, .. } => match syntax::parse_volume(value) {
                 Ok(v) => v,
                 Err(e) => {
-                    cv.err(item.pos, &ip, e);
+                    cv.err(item.pos, &ip, e.to_string());
                     continue;
                 }
             },

@@ -134,7 +134,7 @@ pub(crate) fn parse(
                 };
                 let v = if q == '"' {
                     interp::interpolate(&unescape_double(&raw), &local)
-                        .map_err(|e| (lineno, e))?
+                        .map_err(|e| (lineno, e.to_string()))?
                         .value
                 } else {
                     raw
@@ -150,7 +150,7 @@ pub(crate) fn parse(
                 let v = &value_src[..eol];
                 let v = v.split_once(" #").map_or(v, |(a, _)| a);
                 let v = interp::interpolate(v.trim_end(), &local)
-                    .map_err(|e| (lineno, e))?
+                    .map_err(|e| (lineno, e.to_string()))?
                     .value;
                 (v, value_off + eol)
             }

@@ -6,6 +6,23 @@
 //! `.env`/`--env-file` contents, and an unset variable is a warning (not an error). Having the
 //! parsed node tree with positions lets every error and warning carry its file:line:col.
 
+/// Why a string cannot be interpolated; the messages are compose's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum InterpError {
+    #[error("interpolation nested too deeply")]
+    TooDeep,
+    #[error(
+        "invalid interpolation format in {whole:?}: missing closing brace. You may need to escape any $ with another $"
+    )]
+    MissingBrace { whole: String },
+    #[error(
+        "invalid interpolation format in {whole:?}: \"${{{body}}}\". You may need to escape any $ with another $"
+    )]
+    Invalid { whole: String, body: String },
+    #[error("required variable {name} is missing a value: {message}")]
+    Required { name: String, message: String },
+}
+
 /// Outcome of interpolating one string.
 #[derive(Debug, Default)]
 pub(crate) struct Interpolated {
@@ -26,7 +43,7 @@ fn is_name_char(c: char) -> bool {
 pub(crate) fn interpolate(
     s: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Interpolated, String> {
+) -> Result<Interpolated, InterpError> {
     let mut out = Interpolated::default();
     interp_into(s, lookup, &mut out, 0)?;
     Ok(out)
@@ -37,9 +54,9 @@ fn interp_into(
     lookup: &dyn Fn(&str) -> Option<String>,
     out: &mut Interpolated,
     depth: usize,
-) -> Result<(), String> {
+) -> Result<(), InterpError> {
     if depth > 32 {
-        return Err("interpolation nested too deeply".to_owned());
+        return Err(InterpError::TooDeep);
     }
     let mut chars = s.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
@@ -54,11 +71,10 @@ fn interp_into(
             }
             Some('{') => {
                 let body_start = i + 2;
-                let end = matching_brace(s, body_start).ok_or_else(|| {
-                    format!(
-                        "invalid interpolation format in {s:?}: missing closing brace. You may need to escape any $ with another $"
-                    )
-                })?;
+                let end =
+                    matching_brace(s, body_start).ok_or_else(|| InterpError::MissingBrace {
+                        whole: s.to_owned(),
+                    })?;
                 let body = &s[body_start..end];
                 braced(body, s, lookup, out, depth)?;
                 // Skip the consumed body and closing brace.
@@ -121,11 +137,10 @@ fn braced(
     lookup: &dyn Fn(&str) -> Option<String>,
     out: &mut Interpolated,
     depth: usize,
-) -> Result<(), String> {
-    let invalid = || {
-        format!(
-            "invalid interpolation format in {whole:?}: \"${{{body}}}\". You may need to escape any $ with another $"
-        )
+) -> Result<(), InterpError> {
+    let invalid = || InterpError::Invalid {
+        whole: whole.to_owned(),
+        body: body.to_owned(),
     };
     let name_len = body
         .char_indices()
@@ -167,10 +182,10 @@ fn braced(
             if missing {
                 let mut msg = Interpolated::default();
                 interp_into(arg, lookup, &mut msg, depth + 1)?;
-                return Err(format!(
-                    "required variable {name} is missing a value: {}",
-                    msg.value
-                ));
+                return Err(InterpError::Required {
+                    name: name.to_owned(),
+                    message: msg.value,
+                });
             }
             out.value.push_str(value.as_deref().unwrap_or_default());
         }
@@ -188,7 +203,7 @@ fn braced(
 mod tests {
     use super::*;
 
-    fn run(s: &str) -> Result<(String, Vec<String>), String> {
+    fn run(s: &str) -> Result<(String, Vec<String>), InterpError> {
         let lookup = |k: &str| match k {
             "SET" => Some("v".to_owned()),
             "EMPTY" => Some(String::new()),
@@ -245,7 +260,7 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(
-            run("${UNSET:?need it}").unwrap_err(),
+            run("${UNSET:?need it}").unwrap_err().to_string(),
             "required variable UNSET is missing a value: need it"
         );
         assert!(run("${EMPTY:?x}").is_err());
@@ -253,6 +268,7 @@ mod tests {
         assert!(
             run("${UNSET")
                 .unwrap_err()
+                .to_string()
                 .contains("missing closing brace")
         );
         assert!(run("${}").is_err());

@@ -9,6 +9,7 @@
 mod convert;
 mod dotenv;
 mod error;
+mod extensions;
 mod interp;
 mod loader;
 mod merge;
@@ -27,9 +28,49 @@ pub use model::*;
 pub fn to_yaml(project: &Project) -> String {
     // `$` has no meaning in YAML or JSON syntax, so escaping the text is safe; it also doubles a
     // `$` inside a map key, which compose does not interpolate — a documented limitation.
-    serde_saphyr::to_string(project)
+    yaml_string(project)
         .map(|s| s.replace('$', "$$"))
         .unwrap_or_else(|e| format!("# serialisation failed: {e}\n"))
+}
+
+/// YAML as compose's encoder writes it: a long single-line string stays one plain or quoted
+/// scalar (never a folded `>` block), a multi-line string is a literal `|` block.
+fn yaml_string<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = usize::MAX;
+    serde_saphyr::to_string_with_options(value, options)
+}
+
+/// What `dcpp config` prints: the project followed by the file's top-level `x-*` extensions,
+/// as `docker compose config` prints them.
+pub fn config_yaml(loaded: &Loaded) -> String {
+    let mut out = to_yaml(&loaded.project);
+    if !loaded.extensions.is_empty() {
+        // Both are block mappings at the root, so the extensions can follow the project's keys.
+        match yaml_string(&loaded.extensions) {
+            Ok(s) => out.push_str(&s.replace('$', "$$")),
+            Err(e) => out.push_str(&format!("# serialisation failed: {e}\n")),
+        }
+    }
+    out
+}
+
+/// [`config_yaml`] as pretty JSON: the project's keys, then the extensions.
+pub fn config_json(loaded: &Loaded) -> String {
+    #[derive(serde::Serialize)]
+    struct Config<'a> {
+        #[serde(flatten)]
+        project: &'a Project,
+        #[serde(flatten)]
+        extensions: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let config = Config {
+        project: &loaded.project,
+        extensions: &loaded.extensions,
+    };
+    serde_json::to_string_pretty(&config)
+        .map(|s| s.replace('$', "$$"))
+        .unwrap_or_else(|e| format!("serialisation failed: {e}"))
 }
 
 /// Serialises a project as pretty JSON, with `$` escaped as in [`to_yaml`]. The raft store and

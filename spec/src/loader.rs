@@ -49,6 +49,9 @@ pub struct Loaded {
     pub warnings: Vec<SpecError>,
     /// The compose files that were read (after discovery), absolute.
     pub files: Vec<PathBuf>,
+    /// Top-level `x-*` keys, interpolated and merged across files; printed by `dcpp config`,
+    /// applied by nothing.
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 pub(crate) struct FileInfo {
@@ -236,7 +239,7 @@ impl Ctx {
                         }
                         *value = Cow::Owned(r.value);
                     }
-                    Err(e) => self.errors.push(pos, path.to_string(), e),
+                    Err(e) => self.errors.push(pos, path.to_string(), e.to_string()),
                 }
             }
             Kind::Seq(items) => {
@@ -801,9 +804,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
             Some(base) => merge::merge_files(base, n),
         });
     }
+    let mut extensions = BTreeMap::new();
     let project = match merged {
         // Validation still runs after interpolation errors so that all problems show at once.
-        Some(root) if all_parsed => convert::project(&mut ctx, root, opts, &project_dir, &env),
+        Some(root) if all_parsed => {
+            extensions = crate::extensions::top_level(&root);
+            convert::project(&mut ctx, root, opts, &project_dir, &env)
+        }
         _ => None,
     };
     let (errors, warnings) = ctx.finish();
@@ -812,6 +819,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
             project,
             warnings,
             files,
+            extensions,
         }),
         _ => Err(SpecErrors { errors, warnings }),
     }

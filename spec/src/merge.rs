@@ -231,6 +231,8 @@ pub(crate) fn merge_files<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
         "networks" | "volumes" | "configs" | "secrets" => {
             merge_maps(b, o, &|_, b, o| merge_resource(b, o))
         }
+        // Extensions merge like any other YAML: maps key by key, lists appended.
+        k if k.starts_with("x-") => deep(b, o),
         _ => o,
     })
 }

@@ -188,10 +188,11 @@ impl Service {
 pub struct Build {
     /// Absolute path (or URL) of the build context.
     pub context: String,
-    /// Dockerfile path relative to the context.
+    /// Dockerfile path relative to the context; `Dockerfile` unless given (or inline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<String>,
-    /// Build arguments; `None` when named without value and unset in the environment.
+    /// Build arguments. One named without a value takes the project's variable and is left
+    /// out when that is unset, as compose does.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, Option<String>>,
     /// Multi-stage build target.

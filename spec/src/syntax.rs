@@ -2,12 +2,35 @@
 
 use crate::model::{BindOptions, Port, ServiceVolume, VolumeOptions, VolumeType};
 
+/// A short syntax that does not parse; the messages name the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SyntaxError {
+    #[error("unterminated single quote in {0:?}")]
+    UnterminatedSingleQuote(String),
+    #[error("unterminated double quote in {0:?}")]
+    UnterminatedDoubleQuote(String),
+    #[error("invalid port {0:?}")]
+    Port(String),
+    #[error("invalid port {spec:?}: unknown protocol {protocol:?}")]
+    PortProtocol { spec: String, protocol: String },
+    #[error("invalid port {spec:?}: invalid IP address {ip:?}")]
+    PortAddress { spec: String, ip: String },
+    #[error("invalid port {0:?}: host and container port ranges have different sizes")]
+    PortRanges(String),
+    #[error("invalid volume {0:?}: too many colons")]
+    VolumeColons(String),
+    #[error("invalid volume {0:?}: empty section")]
+    VolumeEmpty(String),
+    #[error("invalid volume {spec:?}: unknown mode {mode:?}")]
+    VolumeMode { spec: String, mode: String },
+}
+
 pub(crate) const PROPAGATIONS: &[&str] = &[
     "shared", "rshared", "slave", "rslave", "private", "rprivate",
 ];
 
 /// Splits a command string with POSIX shell quoting rules (no expansion), as compose does.
-pub(crate) fn shell_split(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn shell_split(s: &str) -> Result<Vec<String>, SyntaxError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -26,7 +49,7 @@ pub(crate) fn shell_split(s: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unterminated single quote in {s:?}")),
+                        None => return Err(SyntaxError::UnterminatedSingleQuote(s.to_owned())),
                     }
                 }
             }
@@ -42,10 +65,10 @@ pub(crate) fn shell_split(s: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(c);
                             }
-                            None => return Err(format!("unterminated double quote in {s:?}")),
+                            None => return Err(SyntaxError::UnterminatedDoubleQuote(s.to_owned())),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unterminated double quote in {s:?}")),
+                        None => return Err(SyntaxError::UnterminatedDoubleQuote(s.to_owned())),
                     }
                 }
             }
@@ -101,13 +124,16 @@ pub(crate) fn valid_expose(s: &str) -> bool {
 /// Short port syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTOCOL]`, IPv6 host
 /// addresses in brackets. A range pairs host and container ports one to one; a host range with
 /// a single container port stays one entry whose `published` is the range.
-pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, String> {
-    let invalid = || format!("invalid port {spec:?}");
+pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, SyntaxError> {
+    let invalid = || SyntaxError::Port(spec.to_owned());
     let (rest, protocol) = match spec.rsplit_once('/') {
         Some((r, p)) => {
             let p = p.to_ascii_lowercase();
             if !matches!(p.as_str(), "tcp" | "udp" | "sctp") {
-                return Err(format!("invalid port {spec:?}: unknown protocol {p:?}"));
+                return Err(SyntaxError::PortProtocol {
+                    spec: spec.to_owned(),
+                    protocol: p,
+                });
             }
             (r, p)
         }
@@ -117,7 +143,10 @@ pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, String> {
         let (ip, after) = r.split_once(']').ok_or_else(invalid)?;
         let after = after.strip_prefix(':').ok_or_else(invalid)?;
         if ip.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("invalid port {spec:?}: invalid IP address {ip:?}"));
+            return Err(SyntaxError::PortAddress {
+                spec: spec.to_owned(),
+                ip: ip.to_owned(),
+            });
         }
         (Some(ip.to_owned()), after)
     } else {
@@ -127,7 +156,10 @@ pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, String> {
             3 => {
                 let ip = parts[0];
                 if ip.parse::<std::net::Ipv4Addr>().is_err() {
-                    return Err(format!("invalid port {spec:?}: invalid IP address {ip:?}"));
+                    return Err(SyntaxError::PortAddress {
+                        spec: spec.to_owned(),
+                        ip: ip.to_owned(),
+                    });
                 }
                 (Some(ip.to_owned()), &rest[ip.len() + 1..])
             }
@@ -163,24 +195,22 @@ pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, String> {
     } else if clen == 0 {
         Ok(vec![mk(c0, Some(host.to_owned()))])
     } else {
-        Err(format!(
-            "invalid port {spec:?}: host and container port ranges have different sizes"
-        ))
+        Err(SyntaxError::PortRanges(spec.to_owned()))
     }
 }
 
 /// Short volume syntax: `[SOURCE:]TARGET[:MODE]`. A source starting with `.`, `/` or `~` is a
 /// bind mount (relative paths are made absolute by the caller); otherwise a named volume.
-pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, String> {
+pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, SyntaxError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
         [t] => (None, *t, None),
         [s, t] => (Some(*s), *t, None),
         [s, t, m] => (Some(*s), *t, Some(*m)),
-        _ => return Err(format!("invalid volume {spec:?}: too many colons")),
+        _ => return Err(SyntaxError::VolumeColons(spec.to_owned())),
     };
     if target.is_empty() || source.is_some_and(str::is_empty) {
-        return Err(format!("invalid volume {spec:?}: empty section"));
+        return Err(SyntaxError::VolumeEmpty(spec.to_owned()));
     }
     let is_path = |s: &str| s.starts_with('.') || s.starts_with('/') || s.starts_with('~');
     let kind = match source {
@@ -211,7 +241,12 @@ pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, String> {
                 bind.propagation = Some(p.to_owned())
             }
             "consistent" | "cached" | "delegated" => {}
-            other => return Err(format!("invalid volume {spec:?}: unknown mode {other:?}")),
+            other => {
+                return Err(SyntaxError::VolumeMode {
+                    spec: spec.to_owned(),
+                    mode: other.to_owned(),
+                });
+            }
         }
     }
     if kind == VolumeType::Bind {

@@ -300,7 +300,7 @@ impl<'a> Builder<'a, '_> {
     }
 }
 
-/// Parses the first document of `text`. Returns `None` (with errors recorded) when the YAML is
+/// Parses `text`; several documents are merged in order. Returns `None` (with errors recorded) when the YAML is
 /// malformed; an empty document is an empty mapping.
 pub(crate) fn parse<'i>(text: &'i str, file: u32, errors: &mut Errors) -> Option<Node<'i>> {
     // The common shape of compose files is read by a much cheaper scanner; anything it is not
@@ -319,25 +319,29 @@ pub(crate) fn parse<'i>(text: &'i str, file: u32, errors: &mut Errors) -> Option
     };
     let mut b = Builder::new(errors);
     let mut root: Option<Node> = None;
-    let mut docs = 0;
     while let Some(item) = b.next(&mut src)? {
         match item.ev {
-            Ev::StreamStart | Ev::DocEnd => {}
+            Ev::StreamStart | Ev::DocEnd | Ev::DocStart => {}
             Ev::StreamEnd => break,
-            Ev::DocStart => {
-                docs += 1;
-                if docs > 1 {
-                    b.errors.push(
-                        item.pos,
-                        "",
-                        "multiple YAML documents in one compose file are not supported",
-                    );
-                    return None;
-                }
-            }
             _ => {
                 let node = b.node(item, &mut src, 1)?;
-                root = Some(node);
+                root = Some(match root.take() {
+                    None => node,
+                    // Compose reads every document of a file and merges each over the ones
+                    // before it, as it merges override files.
+                    Some(prev) => {
+                        if !matches!(node.kind, Kind::Map(_)) || !matches!(prev.kind, Kind::Map(_))
+                        {
+                            b.errors.push(
+                                node.pos,
+                                "",
+                                "every YAML document of a compose file must be a mapping",
+                            );
+                            return None;
+                        }
+                        crate::merge::merge_files(prev, node)
+                    }
+                });
             }
         }
     }

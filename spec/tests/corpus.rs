@@ -90,7 +90,7 @@ fn corpus_matches_expectations() {
         let opts = options(dir);
         let (yaml, warnings, errors) = match load(&opts) {
             Ok(l) => (
-                dcpp_spec::to_yaml(&l.project),
+                dcpp_spec::config_yaml(&l),
                 lines(&l.warnings),
                 String::new(),
             ),
@@ -135,7 +135,7 @@ fn canonical_output_round_trips() {
     for dir in cases() {
         let opts = options(&dir);
         let Ok(first) = load(&opts) else { continue };
-        let yaml = dcpp_spec::to_yaml(&first.project);
+        let yaml = dcpp_spec::config_yaml(&first);
         let file = tmp.path().join(format!("{checked}.yml"));
         std::fs::write(&file, &yaml).expect("write");
         // The output names its project; an ambient COMPOSE_PROJECT_NAME would override it
@@ -164,11 +164,27 @@ fn canonical_output_round_trips() {
             dir.display()
         );
         assert_eq!(
+            first.extensions,
+            again.extensions,
+            "{}: extensions round trip",
+            dir.display()
+        );
+        assert_eq!(
             yaml,
-            dcpp_spec::to_yaml(&again.project),
+            dcpp_spec::config_yaml(&again),
             "{}: bytes differ",
             dir.display()
         );
+        let config: serde_json::Value =
+            serde_json::from_str(&dcpp_spec::config_json(&first).replace("$$", "$")).expect("json");
+        for (k, v) in &first.extensions {
+            assert_eq!(
+                config.get(k),
+                Some(v),
+                "{}: JSON extension {k}",
+                dir.display()
+            );
+        }
         let json = serde_json::to_string(&first.project).expect("json");
         let back: dcpp_spec::Project = serde_json::from_str(&json).expect("json");
         assert_eq!(first.project, back, "{}: JSON round trip", dir.display());
