@@ -160,3 +160,23 @@ fn shipped_examples_are_valid() {
     }
     assert!(n > 0, "no examples found");
 }
+
+#[test]
+fn config_prints_top_level_extensions_and_keeps_services_named_x() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "name: ext\nx-owner: team-a\nservices:\n  x-tool:\n    image: busybox\n",
+    )
+    .unwrap();
+    let out = dcpp(dir.path(), &["config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(yaml.contains("\n  x-tool:\n"), "{yaml}");
+    assert!(yaml.contains("\nx-owner: team-a\n"), "{yaml}");
+    let out = dcpp(dir.path(), &["config", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["x-owner"], "team-a", "{v}");
+    assert_eq!(v["services"]["x-tool"]["image"], "busybox", "{v}");
+}

@@ -61,8 +61,8 @@ pub fn run_config(_global: &Global, args: ConfigArgs) -> anyhow::Result<u8> {
             }
             if !args.quiet {
                 let out = match args.format {
-                    Format::Yaml => dcpp_spec::to_yaml(&loaded.project),
-                    Format::Json => dcpp_spec::to_json(&loaded.project) + "\n",
+                    Format::Yaml => dcpp_spec::config_yaml(&loaded),
+                    Format::Json => dcpp_spec::config_json(&loaded) + "\n",
                 };
                 write_stdout(out.as_bytes())?;
             }
