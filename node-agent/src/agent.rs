@@ -83,6 +83,9 @@ pub struct Agent<S: Store = Node> {
     /// Whether each task container (by id) was last put into service (`true`) or withdrawn,
     /// so a round asks the network manager only on a change.
     serving: Mutex<HashMap<String, bool>>,
+    /// Containers this agent process made: any other container of a task no agent reported
+    /// was left half-made by a previous process (see `next_step`).
+    made: Mutex<std::collections::HashSet<String>>,
     /// What the heartbeat says about this host (the role is read from raft each time).
     me: SelfInfo,
 }
@@ -165,6 +168,7 @@ impl<S: Store> Agent<S> {
             net: host.networks,
             health: Mutex::default(),
             serving: Mutex::default(),
+            made: Mutex::default(),
             me,
             node,
         }
@@ -380,7 +384,14 @@ impl<S: Store> Agent<S> {
         } else {
             (None, None)
         };
-        let step = next_step(t, view, svc.is_some(), image.as_ref());
+        let adopted = c.is_some_and(|c| {
+            !self
+                .made
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&c.id)
+        });
+        let step = next_step(t, view, svc.is_some(), image.as_ref(), adopted);
         tracing::trace!(task = %t.id, ?step, "step");
         self.execute(t, rev, c, svc, local, step).await
     }
@@ -593,6 +604,10 @@ impl<S: Store> Agent<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.id);
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.id);
         let id = c.id.clone();
         let image = c.labels.get(LABEL_IMAGE_ID).cloned();
         let images = self.images.clone();
@@ -719,6 +734,10 @@ impl<S: Store> Agent<S> {
             self.used_net
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
         Ok(id)
     }
 

@@ -77,6 +77,7 @@ pub fn next_step(
     c: Option<ContainerView>,
     service: bool,
     image: Option<&ImageView>,
+    adopted: bool,
 ) -> Step {
     let live = t.is_live();
     match t.desired {
@@ -103,11 +104,13 @@ pub fn next_step(
                     // The caller skipped the lookup `wants_image` asked for: try next round.
                     (true, None) => Step::Nothing,
                 },
-                // No agent ever reported this task's container: it was being made when the
-                // previous agent process died (a kill -9 mid-apply), so whether its networks
-                // and published ports were set up is unknown. It is made again from scratch.
+                // Found, not made, by this agent process, and never reported: it was being made
+                // when the previous agent process died (a kill -9 mid-apply), so whether its
+                // networks and published ports were set up is unknown. It is made again. (A
+                // container this process made may look unreported for a round: the store is
+                // read locally, and a follower applies the report a little later.)
                 Some(ContainerView::Running | ContainerView::Created)
-                    if t.container_id.is_none() =>
+                    if adopted && t.container_id.is_none() =>
                 {
                     Step::Remove
                 }
@@ -280,7 +283,7 @@ mod tests {
         for s in [TaskState::New, TaskState::Pending] {
             let t = task(RUN, s);
             assert!(!wants_image(&t, None));
-            assert_eq!(next_step(&t, None, true, None), Step::Nothing);
+            assert_eq!(next_step(&t, None, true, None, false), Step::Nothing);
         }
     }
 
@@ -289,13 +292,13 @@ mod tests {
         let t = task(RUN, TaskState::Assigned);
         assert!(wants_image(&t, None));
         assert_eq!(
-            next_step(&t, None, true, Some(&ImageView::Pulling)),
+            next_step(&t, None, true, Some(&ImageView::Pulling), false),
             Step::Pull
         );
         // Already shown as preparing: the pull writes its own progress.
         let t = task(RUN, TaskState::Preparing);
         assert_eq!(
-            next_step(&t, None, true, Some(&ImageView::Pulling)),
+            next_step(&t, None, true, Some(&ImageView::Pulling), false),
             Step::Nothing
         );
     }
@@ -309,7 +312,7 @@ mod tests {
         ] {
             let t = task(RUN, s);
             assert_eq!(
-                next_step(&t, None, true, Some(&ImageView::Present)),
+                next_step(&t, None, true, Some(&ImageView::Present), false),
                 Step::CreateAndStart
             );
         }
@@ -323,7 +326,7 @@ mod tests {
             error: "image pull failed: x".into(),
         };
         assert_eq!(
-            next_step(&t, None, true, Some(&img)),
+            next_step(&t, None, true, Some(&img), false),
             Step::Report(TaskReport {
                 state: Some(TaskState::Rejected),
                 error: Some("image pull failed: x".into()),
@@ -335,7 +338,7 @@ mod tests {
             error: "runtime: disk".into(),
         };
         assert_eq!(
-            next_step(&t, None, true, Some(&img)),
+            next_step(&t, None, true, Some(&img), false),
             Step::Report(TaskReport {
                 state: Some(TaskState::Failed),
                 error: Some("runtime: disk".into()),
@@ -348,7 +351,7 @@ mod tests {
     fn missing_service_fails_the_task() {
         let t = task(RUN, TaskState::Assigned);
         assert_eq!(
-            next_step(&t, None, false, Some(&ImageView::Present)),
+            next_step(&t, None, false, Some(&ImageView::Present), false),
             Step::Report(TaskReport {
                 state: Some(TaskState::Failed),
                 error: Some("service s_web is gone".into()),
@@ -362,7 +365,7 @@ mod tests {
         let t = task(RUN, TaskState::Running);
         assert!(!wants_image(&t, None));
         assert_eq!(
-            next_step(&t, None, true, None),
+            next_step(&t, None, true, None, false),
             Step::Report(TaskReport {
                 state: Some(TaskState::Failed),
                 error: Some("container disappeared".into()),
@@ -377,19 +380,19 @@ mod tests {
         t.container_id = Some("c1".into());
         assert!(!wants_image(&t, Some(ContainerView::Created)));
         assert_eq!(
-            next_step(&t, Some(ContainerView::Created), true, None),
+            next_step(&t, Some(ContainerView::Created), true, None, false),
             Step::Start
         );
         let mut t = task(RUN, TaskState::Running);
         t.container_id = Some("c1".into());
         assert_eq!(
-            next_step(&t, Some(ContainerView::Running), true, None),
+            next_step(&t, Some(ContainerView::Running), true, None, false),
             Step::Monitor
         );
         // An exited container is reported (complete or failed); the leader's restart policy
         // makes the replacement task, the agent never restarts a container in place.
         assert_eq!(
-            next_step(&t, Some(ContainerView::Stopped), true, None),
+            next_step(&t, Some(ContainerView::Stopped), true, None, false),
             Step::ReportExit
         );
     }
@@ -402,13 +405,21 @@ mod tests {
             (TaskState::Preparing, ContainerView::Created),
         ] {
             let t = task(RUN, state);
-            assert_eq!(next_step(&t, Some(c), true, None), Step::Remove);
+            assert_eq!(next_step(&t, Some(c), true, None, true), Step::Remove);
+            // The same container made by this agent process, its report not yet read back
+            // (a follower's local read lags the commit): kept.
+            let want = if c == ContainerView::Running {
+                Step::Monitor
+            } else {
+                Step::Start
+            };
+            assert_eq!(next_step(&t, Some(c), true, None, false), want);
         }
         // Once reported, a container found again is the task's own (a daemon restart).
         let mut t = task(RUN, TaskState::Running);
         t.container_id = Some("c1".into());
         assert_eq!(
-            next_step(&t, Some(ContainerView::Running), true, None),
+            next_step(&t, Some(ContainerView::Running), true, None, true),
             Step::Monitor
         );
     }
@@ -417,14 +428,14 @@ mod tests {
     fn shutdown_stops_then_remove_deletes() {
         let t = task(DesiredState::Shutdown, TaskState::Running);
         assert_eq!(
-            next_step(&t, Some(ContainerView::Running), true, None),
+            next_step(&t, Some(ContainerView::Running), true, None, false),
             Step::Shutdown {
                 stop: true,
                 remove: false
             }
         );
         assert_eq!(
-            next_step(&t, Some(ContainerView::Stopped), true, None),
+            next_step(&t, Some(ContainerView::Stopped), true, None, false),
             Step::Shutdown {
                 stop: false,
                 remove: false
@@ -432,20 +443,20 @@ mod tests {
         );
         let t = task(DesiredState::Remove, TaskState::Running);
         assert_eq!(
-            next_step(&t, Some(ContainerView::Created), true, None),
+            next_step(&t, Some(ContainerView::Created), true, None, false),
             Step::Shutdown {
                 stop: true,
                 remove: true
             }
         );
         assert_eq!(
-            next_step(&t, None, true, None),
+            next_step(&t, None, true, None, false),
             Step::Report(shutdown_report())
         );
         // Once shut down, a later round deletes what is left.
         let t = task(DesiredState::Remove, TaskState::Shutdown);
         assert_eq!(
-            next_step(&t, Some(ContainerView::Stopped), true, None),
+            next_step(&t, Some(ContainerView::Stopped), true, None, false),
             Step::Remove
         );
     }
@@ -454,18 +465,18 @@ mod tests {
     fn finished_tasks_keep_history_but_never_run() {
         let t = task(DesiredState::Shutdown, TaskState::Failed);
         assert_eq!(
-            next_step(&t, Some(ContainerView::Running), true, None),
+            next_step(&t, Some(ContainerView::Running), true, None, false),
             Step::Halt
         );
         assert_eq!(
-            next_step(&t, Some(ContainerView::Stopped), true, None),
+            next_step(&t, Some(ContainerView::Stopped), true, None, false),
             Step::Nothing
         );
-        assert_eq!(next_step(&t, None, true, None), Step::Nothing);
+        assert_eq!(next_step(&t, None, true, None, false), Step::Nothing);
         // Desired running but already terminal: the leader replaces it, nothing to do here.
         let t = task(RUN, TaskState::Complete);
         assert_eq!(
-            next_step(&t, Some(ContainerView::Stopped), true, None),
+            next_step(&t, Some(ContainerView::Stopped), true, None, false),
             Step::Nothing
         );
     }
