@@ -210,9 +210,11 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
         "the flood took {} descriptors of the daemon",
         fds_during - fds_before
     );
+    // Relative to the same command before the flood: `ps` itself costs tens of milliseconds in
+    // a debug build on a loaded machine; a flood that reached the local API would cost seconds.
     assert!(
-        p99(&lat_during) < Duration::from_millis(100),
-        "dcpp ps during the flood: {lat_during:?}"
+        p99(&lat_during) < p99(&lat_before) + Duration::from_millis(100),
+        "dcpp ps during the flood: {lat_during:?}, before: {lat_before:?}"
     );
     assert_eq!(
         tasks_during, tasks_before,
