@@ -293,8 +293,6 @@ fn watched_directory_add_change_break_delete() {
         .stderr(log)
         .spawn()
         .unwrap();
-    // Killed however the test ends: a watcher left running keeps every descriptor the test
-    // process had (a build lock held around the test run, for one).
     let _watcher = KillOnDrop(watcher);
     let watch_log = || std::fs::read_to_string(rig.root.join("watch.log")).unwrap_or_default();
     // Added on start; the watcher follows the change to its verdict, as `apply` would.
@@ -364,15 +362,6 @@ fn watched_directory_add_change_break_delete() {
             && !rig.tasks().iter().any(|t| t["service"] == "alpha_app")
     });
     assert_eq!(rig.running("beta_app"), 1);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod slot;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rig::*;
@@ -581,16 +581,6 @@ impl Drop for Netns {
     }
 }
 
-/// A running process that is killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn container_of(rig: &Rig, service: &str) -> String {
     rig.tasks()
         .iter()
@@ -745,7 +735,7 @@ fn networks_stay_isolated_with_forwarding_on_and_work_behind_a_drop_policy() {
     out_ns.ok(&["ip", "link", "set", &vb, "up"]);
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), "outside\n").unwrap();
-    let _httpd = Proc(
+    let _httpd = KillOnDrop(
         out_ns
             .cmd(&[
                 "/bin/busybox",

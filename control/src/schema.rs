@@ -244,17 +244,7 @@ pub fn task_writes(
     let key = task_key(id);
     let old = before.map(|(t, r)| (split_task(t), r));
     let new = after.map(split_task);
-    let cond = |kind: Kind, rev: Option<u64>| match rev {
-        Some(revision) => Precondition::ModRevision {
-            kind,
-            id: key.clone(),
-            revision,
-        },
-        None => Precondition::Absent {
-            kind,
-            id: key.clone(),
-        },
-    };
+    let cond = |kind: Kind, rev: Option<u64>| read_at(kind, &key, rev);
     match (&old, &new) {
         (_, None) => {
             if let Some((_, r)) = &old {
@@ -299,18 +289,24 @@ pub fn task_writes(
 pub fn task_status_write(txn: Txn, read: TaskRevs, after: &Task) -> Result<Txn, Error> {
     let (_, status) = split_task(after);
     let key = task_key(after.id);
-    let when = match read.status {
+    Ok(txn
+        .when(read_at(Kind::TaskStatus, &key, read.status))
+        .op(Op::put(Kind::TaskStatus, key, &status)?))
+}
+
+/// The document is as it was read: at revision `rev`, or (`None`) still absent.
+fn read_at(kind: Kind, id: &str, rev: Option<u64>) -> Precondition {
+    match rev {
         Some(revision) => Precondition::ModRevision {
-            kind: Kind::TaskStatus,
-            id: key.clone(),
+            kind,
+            id: id.to_string(),
             revision,
         },
         None => Precondition::Absent {
-            kind: Kind::TaskStatus,
-            id: key.clone(),
+            kind,
+            id: id.to_string(),
         },
-    };
-    Ok(txn.when(when).op(Op::put(Kind::TaskStatus, key, &status)?))
+    }
 }
 
 /// The history of one service (`Kind::ServiceHistory`, id = service id).

@@ -407,3 +407,15 @@ impl Rig {
         )
     }
 }
+
+/// A process started by a test (a watcher, a server), killed when dropped, also when the test
+/// panics: a leftover child keeps every descriptor the test process had (a build lock held
+/// around the test run, for one).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
