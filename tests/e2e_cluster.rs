@@ -267,9 +267,18 @@ services:
     let node: Value = serde_json::from_str(&cl.ok(2, &["node", "inspect", &b_id])).unwrap();
     assert!(node["value"]["labels"].get("disk").is_none(), "{node}");
 
-    // Drain c (through the worker's own socket): its tasks move, its containers stop.
+    // A worker's own socket reads the cluster but cannot change it (its certificate may write
+    // only its own record and task status): a clear refusal that names the way.
     let c_id = cl.nodes[2].id.to_string();
-    let out = cl.ok(2, &["node", "update", "--availability", "drain", &c_id]);
+    let out = cl.nodes[2].dcpp(&["node", "update", "--availability", "drain", &c_id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this node is a worker") && stderr(&out).contains("manager"),
+        "{}",
+        stderr(&out)
+    );
+    // Drain c through a manager: its tasks move, its containers stop.
+    let out = cl.ok(1, &["node", "update", "--availability", "drain", &c_id]);
     assert!(out.contains("drain"), "{out}");
     assert!(cl.ok(0, &["node", "ls"]).contains("drain"));
     cl.wait_until("c drained", 30, || {
@@ -349,7 +358,10 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     let stack = format!("{tag}s");
     let app = format!("{stack}_app");
     let file = cl.nodes[0].write("compose.yml", &compose(&stack, 6, false));
-    let out = cl.ok(victim, &["apply", "-f", &file]);
+    // Changes go through a manager (a worker's socket refuses them): the victim itself unless
+    // it is the worker.
+    let writer = if victim == 2 { 1 } else { victim };
+    let out = cl.ok(writer, &["apply", "-f", &file]);
     assert!(out.contains("converged"), "{out}");
     assert_eq!(placement(&cl, victim, &app), vec![2, 2, 2]);
     assert_runtimes_match_store(&cl);
@@ -429,7 +441,7 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     assert_eq!(slots.len(), 6, "one live task per slot: {tasks:#?}");
     assert_eq!(tasks.len(), 6);
     assert_runtimes_match_store(&cl);
-    let out = cl.ok(victim, &["service", "scale", "app=9"]);
+    let out = cl.ok(writer, &["service", "scale", "app=9"]);
     assert!(out.contains("converged"), "{out}");
     assert_eq!(
         placement(&cl, 0, &app),

@@ -236,168 +236,150 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
     assert!(!rig.log().contains("Too many open files"), "{}", rig.log());
 }
 
-/// One HTTP/1.1 request on a fresh connection from `source`; returns the status code.
-fn http_from(
-    source: Option<&str>,
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
+/// One plaintext HTTP/1.1 request on a fresh connection; returns the status code, or 0 when
+/// the connection ends without an HTTP answer (a TLS listener refuses it at the handshake).
+fn plaintext(addr: &str, path: &str) -> u16 {
     let addr: SocketAddr = addr.parse().unwrap();
-    let mut s = match source {
-        None => TcpStream::connect(addr).unwrap(),
-        Some(src) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-                sock.connect(addr).await.unwrap().into_std().unwrap()
-            })
-        }
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
     };
-    s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
+    let _ = write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out
-        .split_whitespace()
-        .nth(1)
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (code, body)
+        .unwrap_or(0)
 }
 
-/// Many requests on one kept-alive connection; returns the status of each.
-fn hammer(addr: &str, path: &str, method: &str, token: &str, body: &str, n: usize) -> Vec<u16> {
-    let mut statuses = Vec::with_capacity(n);
-    let mut conn: Option<std::io::BufReader<TcpStream>> = None;
-    while statuses.len() < n {
-        let r =
-            conn.get_or_insert_with(|| std::io::BufReader::new(TcpStream::connect(addr).unwrap()));
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if r.get_mut().write_all(req.as_bytes()).is_err() {
-            conn = None;
-            continue;
-        }
-        match read_response(r) {
-            Some((code, close)) => {
-                statuses.push(code);
-                if close {
-                    conn = None;
-                }
-            }
-            None => conn = None,
-        }
+/// Status codes of `n` requests (0: no HTTP answer).
+async fn statuses(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: &serde_json::Value,
+    n: usize,
+) -> Vec<u16> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rb = match method {
+            "GET" => http.get(url),
+            _ => http.post(url).json(body),
+        };
+        out.push(rb.send().await.map_or(0, |r| r.status().as_u16()));
     }
-    statuses
-}
-
-/// Reads one response; returns its status and whether the server closes the connection.
-fn read_response(r: &mut std::io::BufReader<TcpStream>) -> Option<(u16, bool)> {
-    use std::io::BufRead;
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let (mut len, mut close) = (0usize, false);
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end().to_ascii_lowercase();
-        if h.is_empty() {
-            break;
-        }
-        if let Some(v) = h.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        if h == "connection: close" {
-            close = true;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((code, close))
+    out
 }
 
 #[test]
-fn failed_authentication_is_rate_limited_and_summarised() {
+fn join_guessing_is_rate_limited_and_a_worker_token_gets_no_power() {
+    use dcpp_raft::{pki, tls};
     let mut rig = Rig::unstarted("au");
     rig.extra = ["--listen-log-interval", "2s", "--no-agent"]
         .map(String::from)
         .to_vec();
     rig.start_daemon();
-    let init = rig.ok(&["cluster", "init"]);
-    let worker_token = init
-        .lines()
-        .filter_map(|l| l.split("--token ").nth(1))
-        .filter_map(|l| l.split_whitespace().next())
-        .next_back()
-        .expect("a join token")
+    rig.ok(&["cluster", "init"]);
+    let worker_token = rig
+        .ok(&["cluster", "join-token", "worker", "-q"])
+        .trim()
         .to_string();
-
+    let token: pki::JoinToken = worker_token.parse().expect("a join token");
+    let base = format!("https://{}", rig.listen);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pinned = tls::pinned_client(&token.ca_digest).unwrap();
+    let guess = serde_json::json!({"token": pki::JoinToken {
+        ca_digest: token.ca_digest.clone(),
+        secret: "0".repeat(32),
+    }.to_string(), "node_id": 1, "csr": "00"});
     let t0 = Instant::now();
-    let bad = hammer(&rig.listen, "/v1/cluster/status", "GET", "guess", "", 3000);
-    let joins = hammer(
-        &rig.listen,
-        "/v1/cluster/join",
+    let plain: Vec<u16> = (0..100)
+        .map(|_| plaintext(&rig.listen, "/v1/cluster/status"))
+        .collect();
+    let anon = rt.block_on(statuses(
+        &pinned,
+        "GET",
+        &format!("{base}/v1/cluster/status"),
+        &serde_json::Value::Null,
+        300,
+    ));
+    let joins = rt.block_on(statuses(
+        &pinned,
         "POST",
-        "",
-        r#"{"token":"guess"}"#,
+        &format!("{base}/v1/cluster/join"),
+        &guess,
         500,
-    );
+    ));
     let secs = t0.elapsed().as_secs_f64();
     let count = |v: &[u16], c: u16| v.iter().filter(|&&s| s == c).count();
-    let (u401, u429) = (count(&bad, 401), count(&bad, 429));
     let (j401, j429) = (count(&joins, 401), count(&joins, 429));
-    // Even the right credential is not looked at while the source is limited.
-    let (same_source, _) = http_from(
-        None,
-        &rig.listen,
+    // Even the right token is not looked at while the source is limited.
+    let (key, csr) = pki::key_and_request().unwrap();
+    let right =
+        serde_json::json!({"token": worker_token, "node_id": 4242, "csr": hex::encode(&csr)});
+    let same_source = rt.block_on(statuses(
+        &pinned,
         "POST",
-        "/v1/cluster/join",
-        None,
-        &format!(r#"{{"token":"{worker_token}"}}"#),
+        &format!("{base}/v1/cluster/join"),
+        &right,
+        1,
+    ));
+    // Another source is not affected: it joins, and gets a worker's certificate.
+    let other =
+        tls::pinned_client_from(&token.ca_digest, Some("127.0.0.2".parse().unwrap())).unwrap();
+    let grant: serde_json::Value = rt.block_on(async {
+        let r = other
+            .post(format!("{base}/v1/cluster/join"))
+            .json(&right)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    });
+    let cert = grant["cert_pem"].as_str().unwrap();
+    let ca = grant["ca_certs"][0].as_str().unwrap();
+    // The probe that gave local root before: use what the join hands out to create a service.
+    let thief = tls::client_from_pems(ca, cert, &key, Some(Duration::from_secs(10))).unwrap();
+    let service = serde_json::json!({"ops": [{"op": "put", "kind": "service", "id": "evil_web",
+        "value": {"image": "busybox", "privileged": true}}]});
+    let probe = rt.block_on(async {
+        let txn = thief
+            .post(format!("{base}/v1/txn"))
+            .json(&service)
+            .send()
+            .await
+            .unwrap();
+        let status = thief
+            .get(format!("{base}/v1/cluster/status"))
+            .send()
+            .await
+            .unwrap();
+        let tokens = thief
+            .get(format!("{base}/v1/cluster/tokens"))
+            .send()
+            .await
+            .unwrap();
+        (
+            txn.status().as_u16(),
+            status.status().as_u16(),
+            tokens.status().as_u16(),
+        )
+    });
+    assert_eq!(
+        probe,
+        (403, 403, 403),
+        "a worker certificate writes no service, reads no tokens"
     );
-    // Another source is not affected: it joins and uses the cluster token it gets.
-    let (code, grant) = http_from(
-        Some("127.0.0.2"),
-        &rig.listen,
-        "POST",
-        "/v1/cluster/join",
-        None,
-        &format!(r#"{{"token":"{worker_token}"}}"#),
-    );
-    assert_eq!(code, 200, "join from 127.0.0.2: {grant}");
-    let grant: serde_json::Value = serde_json::from_str(&grant).unwrap();
-    let rpc = grant["rpc_token"].as_str().unwrap();
-    let (code, body) = http_from(
-        Some("127.0.0.2"),
-        &rig.listen,
-        "GET",
-        "/v1/cluster/status",
-        Some(rpc),
-        "",
-    );
-    assert_eq!(code, 200, "{body}");
+    assert!(!rig.ok(&["service", "ls"]).contains("evil"));
 
     rig.wait_until("the refusal summary in the log", 15, || {
         rig.log().contains("refused from")
@@ -408,26 +390,117 @@ fn failed_authentication_is_rate_limited_and_summarised() {
         .filter(|l| l.contains("refused") || l.contains("unauthenticated"))
         .collect();
     eprintln!(
-        "FIGURES: {} bad-token requests and {} bad joins from one source in {secs:.2}s: \
-         status {u401}×401 then {u429}×429, join {j401}×401 {j429}×429; \
-         {} log line(s) about them:\n{}",
-        bad.len(),
+        "FIGURES: {} bad joins, {} plaintext and {} certificate-less requests from one source \
+         in {secs:.2}s: join {j401}×401 {j429}×429; {} log line(s) about them:\n{}",
         joins.len(),
+        plain.len(),
+        anon.len(),
         lines.len(),
         lines.join("\n")
     );
     assert!(
-        u401 + j401 <= 20 + secs.ceil() as usize + 1,
-        "{u401} + {j401} checked"
+        j401 <= 20 + secs.ceil() as usize + 1,
+        "{j401} join tokens checked"
     );
-    assert_eq!(u401 + u429, bad.len(), "only 401 and 429: {bad:?}");
-    assert!(u429 >= 2900 && j429 >= 490, "{u429} {j429}");
-    assert_eq!(same_source, 429, "a limited source is not checked at all");
+    assert_eq!(j401 + j429, joins.len(), "only 401 and 429: {joins:?}");
+    assert!(j429 >= 450, "{j429}");
+    assert_eq!(same_source, [429], "a limited source is not checked at all");
+    assert!(
+        plain.iter().all(|&c| c != 200 && c != 401),
+        "plaintext: {plain:?}"
+    );
+    assert_eq!(count(&anon, 401), anon.len(), "no certificate: {anon:?}");
     assert!(lines.len() <= 4, "{} lines: {lines:#?}", lines.len());
     assert!(
-        !log.contains(&worker_token) && !log.contains(rpc),
-        "tokens never logged"
+        !log.contains(&worker_token)
+            && !log.contains(&token.secret)
+            && !log.contains(cert.lines().nth(1).unwrap()),
+        "tokens and certificates never logged"
     );
+}
+
+#[test]
+fn rotated_tokens_and_remote_admin_through_the_cli() {
+    let mut rig = Rig::unstarted("rt");
+    rig.extra = ["--no-agent"].map(String::from).to_vec();
+    rig.start_daemon();
+    rig.ok(&["cluster", "init"]);
+    let old = rig
+        .ok(&["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let out = rig.ok(&["cluster", "join-token", "worker", "--rotate"]);
+    assert!(out.contains("rotated") && !out.contains(&old), "{out}");
+    let new = rig
+        .ok(&["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    assert_ne!(old, new);
+    let (mgr1, mgr2) = (
+        rig.ok(&["cluster", "join-token", "manager", "-q"]),
+        rig.ok(&["cluster", "join-token", "manager", "-q"]),
+    );
+    assert_eq!(mgr1, mgr2, "showing a token does not change it");
+    // The old token is refused by the cluster (its root still matches).
+    let parsed: dcpp_raft::pki::JoinToken = old.parse().unwrap();
+    let http = dcpp_raft::tls::pinned_client(&parsed.ca_digest).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, csr) = dcpp_raft::pki::key_and_request().unwrap();
+    let body = serde_json::json!({"token": old, "node_id": 99, "csr": hex::encode(&csr)});
+    let code = rt.block_on(statuses(
+        &http,
+        "POST",
+        &format!("https://{}/v1/cluster/join", rig.listen),
+        &body,
+        1,
+    ));
+    assert_eq!(code, [401], "a rotated token no longer joins");
+    // Remote administration needs a client certificate; a directory from admin-cert gives one.
+    let remote = format!("tcp://{}", rig.listen);
+    let remote_cli = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dcpp"));
+        c.args(["-H", &remote]).env_remove("DCPP_CERT_PATH");
+        c
+    };
+    let out = remote_cli().args(["service", "ls"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DCPP_CERT_PATH"), "{err}");
+    let dir = rig.root.join("admin-certs");
+    let out = rig.ok(&[
+        "cluster",
+        "admin-cert",
+        "--out",
+        dir.to_str().unwrap(),
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.contains("DCPP_CERT_PATH"), "{out}");
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+        assert_eq!(m & 0o077, 0, "{f} is {m:o}");
+    }
+    let out = rig.dcpp(&["cluster", "admin-cert", "--out", dir.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "an existing directory is not overwritten"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let out = remote_cli()
+        .args(["cluster", "status"])
+        .env("DCPP_CERT_PATH", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Leader"));
 }
 
 fn resolv_files(rig: &Rig) -> Vec<String> {

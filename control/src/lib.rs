@@ -32,6 +32,7 @@ pub mod migrate;
 pub mod nodes;
 pub mod preview;
 pub mod schema;
+pub mod scope;
 pub mod stacks;
 
 /// Errors of the control plane.

@@ -1,15 +1,17 @@
 //! HTTP surface of a node: Raft peer RPCs and the store API, as axum routers, plus the error
 //! envelope shared with the client.
 //!
-//! Two routers: [`peer_router`] is served on TCP and requires the cluster bearer token on every
-//! route except `POST /v1/cluster/join` (whose credential is the join token in the body);
+//! Two routers: [`peer_router`] is served on TCP over mutual TLS, and every route but
+//! `POST /v1/cluster/join` (whose credential is the join token in the body) needs a client
+//! certificate of the cluster; what it may do follows from its role (see [`authorize`]).
 //! [`local_router`] is served on the daemon's unix socket (mode 0600, so only root reaches it)
-//! and adds the local administration routes (join, leave, tokens).
+//! and adds the local administration routes (join, leave, admin certificates).
 //!
 //! The TCP listener is reachable by anyone who reaches the port, so it is served by its own
-//! accept loop with the limits of [`ListenerLimits`]: a header-read timeout, a deadline for
-//! connections that never present the token, caps on open connections, a rate limit on failed
-//! authentications per source and request body limits on every route.
+//! accept loop with the limits of [`ListenerLimits`]: a deadline for the TLS handshake and the
+//! request head, a deadline for connections that never present a certificate, caps on open
+//! connections, a rate limit on failed authentications per source and request body limits on
+//! every route.
 
 mod guard;
 
@@ -31,9 +33,31 @@ use serde::{Deserialize, Serialize};
 
 pub use self::guard::ListenerLimits;
 use self::guard::{Admission, Gate, Refusal};
-use crate::node::{AddMember, JoinRequest, Node, RemoveMember};
-use crate::types::{Kind, PreconditionFailed, Txn};
-use crate::{Error, TypeConfig};
+use crate::node::{AddMember, JoinRequest, Node, RemoveMember, RenewRequest, RotateToken};
+use crate::pki::{CertRole, Identity};
+use crate::types::{Kind, Op, Precondition, PreconditionFailed, Role, Txn};
+use crate::{Error, NodeId, TypeConfig};
+
+/// Who is on the other end of a TCP connection, from its TLS client certificate.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No certificate (a node that is joining).
+    Anonymous,
+    Cert(Identity),
+}
+
+/// What a request may do, decided by [`authorize`] and read by the handlers. Requests on the
+/// unix socket carry none: they may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A manager or an admin.
+    Full,
+    /// A worker: only its own objects, as the node's [`crate::scope::WorkerScope`] says.
+    Worker(NodeId),
+    /// A node with a certificate that is not (yet) a member: it may only add itself, as a
+    /// voter only with a manager certificate (the `bool`).
+    Joining(NodeId, bool),
+}
 
 /// Marks a request one node forwarded to the leader, so it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-dcpp-forwarded";
@@ -60,6 +84,7 @@ impl From<&Error> for ApiError {
             Error::Decode { .. } => "decode",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::NoLeader(_) => "no_leader",
             Error::Raft(_) => "raft",
             Error::Storage(_) => "storage",
@@ -93,6 +118,7 @@ impl ApiError {
             "not_found" => StatusCode::NOT_FOUND,
             "invalid_argument" => StatusCode::BAD_REQUEST,
             "unauthorized" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
             "no_leader" => StatusCode::SERVICE_UNAVAILABLE,
             "transport" => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,6 +149,7 @@ impl ApiError {
             }
             "invalid_argument" => Error::InvalidArgument(strip(self.message, "invalid argument: ")),
             "unauthorized" => Error::Unauthorized(strip(self.message, "unauthorized: ")),
+            "forbidden" => Error::Forbidden(strip(self.message, "forbidden: ")),
             "no_leader" => Error::NoLeader(strip(self.message, "no leader available: ")),
             "raft" => Error::Raft(strip(self.message, "raft: ")),
             "transport" => Error::Transport(strip(self.message, "transport: ")),
@@ -216,7 +243,68 @@ struct WatchQuery {
     kind: Option<String>,
 }
 
-async fn txn(State(node): State<Node>, h: HeaderMap, Json(t): Json<Txn>) -> Response {
+fn access(a: Option<Extension<Access>>) -> Access {
+    a.map_or(Access::Full, |Extension(a)| a)
+}
+
+/// A request on the unix socket of a worker. Its certificate could not forward much of what a
+/// local admin asks: writes are refused here with a pointer to a manager, and reads are served
+/// from the node's own copy of the log.
+fn local_on_worker(node: &Node, a: &Option<Extension<Access>>) -> bool {
+    a.is_none() && node.member_role(node.id()) == Some(Role::Worker)
+}
+
+fn worker_node_refusal() -> Error {
+    Error::Forbidden(
+        "this node is a worker: change the cluster through a manager (run the command there, \
+         or here with -H tcp://MANAGER:PORT and DCPP_CERT_PATH from `dcpp cluster admin-cert`)"
+            .into(),
+    )
+}
+
+/// Whether a worker may write every object `t` touches (its preconditions included: they
+/// would tell it about objects it may not read).
+fn worker_may_write(node: &Node, w: NodeId, t: &Txn) -> bool {
+    let Some(scope) = node.config().worker_scope.as_ref() else {
+        return false;
+    };
+    let reader = node.reader();
+    let ops = t.ops.iter().map(|o| match o {
+        Op::Put { kind, id, .. } | Op::Delete { kind, id } => (*kind, id.as_str()),
+    });
+    let pre = t.preconditions.iter().map(|p| match p {
+        Precondition::ModRevision { kind, id, .. } | Precondition::Absent { kind, id } => {
+            (*kind, id.as_str())
+        }
+    });
+    ops.chain(pre)
+        .all(|(k, id)| scope.0.may_write(reader, w, k, id))
+}
+
+fn worker_may_read(node: &Node, w: NodeId, o: &crate::Object) -> bool {
+    node.config()
+        .worker_scope
+        .as_ref()
+        .is_some_and(|s| s.0.may_read(node.reader(), w, o))
+}
+
+async fn txn(
+    State(node): State<Node>,
+    a: Option<Extension<Access>>,
+    h: HeaderMap,
+    Json(t): Json<Txn>,
+) -> Response {
+    if local_on_worker(&node, &a) {
+        return HttpError(worker_node_refusal()).into_response();
+    }
+    if let Access::Worker(w) = access(a)
+        && !worker_may_write(&node, w, &t)
+    {
+        return HttpError(Error::Forbidden(
+            "a worker may only write its own node record and the status of its own tasks".into(),
+        ))
+        .into_response();
+    }
     // A failed precondition is a 409 carrying the details.
     match node.txn_inner(t, forwarded(&h)).await {
         Ok(r) => Json(r).into_response(),
@@ -226,47 +314,79 @@ async fn txn(State(node): State<Node>, h: HeaderMap, Json(t): Json<Txn>) -> Resp
 
 async fn get_object(
     State(node): State<Node>,
+    a: Option<Extension<Access>>,
     h: HeaderMap,
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<crate::Object> {
-    Ok(Json(
-        node.get_inner(parse_kind(&kind)?, &id, !q.stale, forwarded(&h))
-            .await?,
-    ))
+    let kind = parse_kind(&kind)?;
+    let linearizable = !q.stale && !local_on_worker(&node, &a);
+    let o = node
+        .get_inner(kind, &id, linearizable, forwarded(&h))
+        .await?;
+    if let Access::Worker(w) = access(a)
+        && !worker_may_read(&node, w, &o)
+    {
+        // As if absent: a worker learns nothing about objects that are not its own.
+        return Err(HttpError(Error::NotFound { kind, id }));
+    }
+    Ok(Json(o))
 }
 
 async fn list_objects(
     State(node): State<Node>,
+    a: Option<Extension<Access>>,
     h: HeaderMap,
     Path(kind): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<crate::node::ObjectList> {
-    Ok(Json(
-        node.list_inner(parse_kind(&kind)?, !q.stale, forwarded(&h))
-            .await?,
-    ))
+    let linearizable = !q.stale && !local_on_worker(&node, &a);
+    let mut l = node
+        .list_inner(parse_kind(&kind)?, linearizable, forwarded(&h))
+        .await?;
+    if let Access::Worker(w) = access(a) {
+        l.objects.retain(|o| worker_may_read(&node, w, o));
+    }
+    Ok(Json(l))
 }
 
-async fn watch(State(node): State<Node>, Query(q): Query<WatchQuery>) -> Response {
+async fn watch(
+    State(node): State<Node>,
+    a: Option<Extension<Access>>,
+    Query(q): Query<WatchQuery>,
+) -> Response {
     let kind = match q.kind.as_deref().map(str::parse::<Kind>).transpose() {
         Ok(k) => k,
         Err(e) => return HttpError(e).into_response(),
     };
+    let worker = match access(a) {
+        Access::Worker(w) => Some(w),
+        _ => None,
+    };
+    let filter_node = node.clone();
     let since = q.since.unwrap_or_else(|| node.reader().revision());
     // Refuse up front (410) so clients see the compaction as a status, not mid-stream.
     if let Err(e) = node.reader().changes_after(since, 0) {
         return HttpError(e).into_response();
     }
-    let stream = node.watch(since, kind).map(|r| {
-        let mut line = match r {
-            Ok(ev) => serde_json::to_vec(&WatchLine::Event(ev)),
-            Err(e) => serde_json::to_vec(&WatchLine::Error(ApiError::from(&e))),
-        }
-        .unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, Infallible>(axum::body::Bytes::from(line))
-    });
+    let stream = node
+        .watch(since, kind)
+        .filter(move |r| {
+            let keep = match (worker, r) {
+                (Some(w), Ok(ev)) => worker_may_read(&filter_node, w, &ev.object),
+                _ => true,
+            };
+            futures::future::ready(keep)
+        })
+        .map(|r| {
+            let mut line = match r {
+                Ok(ev) => serde_json::to_vec(&WatchLine::Event(ev)),
+                Err(e) => serde_json::to_vec(&WatchLine::Error(ApiError::from(&e))),
+            }
+            .unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, Infallible>(axum::body::Bytes::from(line))
+        });
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
@@ -349,18 +469,76 @@ fn too_many() -> Response {
 
 async fn add_member(
     State(node): State<Node>,
+    a: Option<Extension<Access>>,
     h: HeaderMap,
     Json(r): Json<AddMember>,
 ) -> ApiResult<serde_json::Value> {
+    // A node with a fresh certificate adds itself, with no more than the role it was given.
+    match access(a) {
+        Access::Full => {}
+        Access::Joining(me, manager) if r.id == me && (manager || r.role == Role::Worker) => {}
+        _ => {
+            return Err(HttpError(Error::Forbidden(
+                "a node may only add itself, with the role of its certificate".into(),
+            )));
+        }
+    }
     node.add_member(r, forwarded(&h)).await?;
     Ok(Json(serde_json::Value::Null))
 }
 
+async fn renew(
+    State(node): State<Node>,
+    a: Option<Extension<Access>>,
+    caller: Option<Extension<Caller>>,
+    Json(r): Json<RenewRequest>,
+) -> ApiResult<crate::node::RenewGrant> {
+    let member = match (access(a), caller) {
+        (Access::Worker(id), _) => Some(id),
+        (Access::Full, Some(Extension(Caller::Cert(c)))) => c.node_id(),
+        _ => None,
+    };
+    match member {
+        Some(id) => Ok(Json(node.renew_for(id, &r)?)),
+        None => Err(HttpError(Error::Forbidden(
+            "only a member renews its certificate, and only its own".into(),
+        ))),
+    }
+}
+
+async fn set_role(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Json(r): Json<crate::node::SetRole>,
+) -> ApiResult<serde_json::Value> {
+    node.set_role(r, forwarded(&h)).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
+async fn rotate(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Json(r): Json<RotateToken>,
+) -> ApiResult<crate::JoinTokens> {
+    Ok(Json(node.rotate_join_token(r, forwarded(&h)).await?))
+}
+
 async fn remove_member(
     State(node): State<Node>,
+    a: Option<Extension<Access>>,
     h: HeaderMap,
     Json(r): Json<RemoveMember>,
 ) -> ApiResult<serde_json::Value> {
+    match access(a) {
+        Access::Full => {}
+        // `cluster leave` on a worker.
+        Access::Worker(me) if r.id == me => {}
+        _ => {
+            return Err(HttpError(Error::Forbidden(
+                "a worker may only remove itself from the cluster".into(),
+            )));
+        }
+    }
     node.remove_member(r, forwarded(&h)).await?;
     Ok(Json(serde_json::Value::Null))
 }
@@ -405,49 +583,108 @@ async fn raft_snapshot(
     Json(node.raft().install_snapshot(req).await).into_response()
 }
 
-async fn require_token(State(node): State<Node>, req: Request, next: Next) -> Response {
+/// The request's [`Access`], from the connection's certificate and the current membership.
+/// A node certificate counts for no more than its holder's membership: a manager certificate
+/// of a node that was demoted acts as a worker's, one of a removed node as a joining node's
+/// (which may only add itself, and only with a valid certificate of this cluster).
+fn access_of(node: &Node, id: &Identity) -> Access {
+    if id.role == CertRole::Admin {
+        return Access::Full;
+    }
+    let Some(n) = id.node_id() else {
+        return Access::Joining(0, false);
+    };
+    match (id.role, node.member_role(n)) {
+        (CertRole::Manager, Some(Role::Manager)) => Access::Full,
+        (_, Some(_)) => Access::Worker(n),
+        (role, None) => Access::Joining(n, role == CertRole::Manager),
+    }
+}
+
+/// Whether a connection's certificate is refused outright: a removed node's.
+fn revoked(node: &Node, id: &Identity, a: Access, path: &str) -> bool {
+    // A member is never revoked (removal ends membership first); only check the others, and
+    // raft RPCs, which do not depend on membership.
+    (matches!(a, Access::Joining(..)) || path.starts_with("/raft/")) && node.is_revoked(id)
+}
+
+/// Whether `access` may call `path` at all (the handlers narrow what a worker sees further).
+/// Raft RPCs take any manager certificate that is not revoked, whatever this node's view of
+/// the membership: a node that is joining knows no members until the leader's first append,
+/// and raft itself refuses RPCs of a stale term.
+fn allowed(access: Access, path: &str, is_manager_cert: bool) -> bool {
+    if path.starts_with("/raft/") {
+        return is_manager_cert;
+    }
+    match access {
+        Access::Full => true,
+        Access::Worker(_) => {
+            matches!(
+                path,
+                "/v1/txn"
+                    | "/v1/watch"
+                    | "/v1/version"
+                    | "/v1/cluster/renew"
+                    | "/v1/cluster/remove"
+            ) || path.starts_with("/v1/objects/")
+        }
+        Access::Joining(..) => matches!(path, "/v1/cluster/add" | "/v1/version"),
+    }
+}
+
+async fn authorize(State(node): State<Node>, mut req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let gate = req.extensions().get::<Arc<Gate>>().cloned();
-    if let (Some(gate), Some(ip)) = (&gate, peer)
-        && gate.rate_limited(ip)
-    {
-        return too_many();
-    }
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if node.auth().verify(header) {
-        if let Some(conn) = req.extensions().get::<Arc<Admission>>() {
-            conn.authenticated();
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous);
+    let Caller::Cert(id) = caller else {
+        match (&gate, peer) {
+            // Counted and summarised periodically: one line per refusal would let anyone with
+            // the port fill the disk and drown the log.
+            (Some(gate), Some(ip)) => gate.refused(ip, Refusal::Missing),
+            _ => tracing::warn!(path = %req.uri().path(), "request without a certificate refused"),
         }
-        return next.run(req).await;
-    }
-    let why = if header.is_some() {
-        Refusal::Invalid
-    } else {
-        Refusal::Missing
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(ApiError::from(&Error::Unauthorized(
+                "a client certificate of this cluster is required".into(),
+            ))),
+        )
+            .into_response();
     };
-    match (&gate, peer) {
-        // Counted and summarised periodically: one line per refusal would let anyone with the
-        // port fill the disk and drown the log.
-        (Some(gate), Some(ip)) => gate.refused(ip, why),
-        _ => tracing::warn!(
-            path = %req.uri().path(),
-            reason = ?why,
-            "unauthenticated request refused"
-        ),
+    let a = access_of(&node, &id);
+    if revoked(&node, &id, a, req.uri().path()) {
+        if let (Some(gate), Some(ip)) = (&gate, peer) {
+            gate.refused(ip, Refusal::Invalid);
+        }
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(ApiError::from(&Error::Unauthorized(format!(
+                "the certificate of node {} was revoked when it was removed",
+                id.name
+            )))),
+        )
+            .into_response();
     }
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(ApiError::from(&Error::Unauthorized(
-            "missing or invalid cluster token".into(),
-        ))),
-    )
-        .into_response()
+    let is_manager_cert = id.role == CertRole::Manager;
+    if !allowed(a, req.uri().path(), is_manager_cert) {
+        tracing::debug!(path = %req.uri().path(), role = %id.role, name = %id.name, "request refused by role");
+        return HttpError(Error::Forbidden(format!(
+            "{} certificate {} may not call {}",
+            id.role,
+            id.name,
+            req.uri().path()
+        )))
+        .into_response();
+    }
+    req.extensions_mut().insert(a);
+    next.run(req).await
 }
 
 /// Body limits. Raft bodies carry log entries and snapshot chunks as JSON (a byte is up to
@@ -466,9 +703,13 @@ fn api_routes() -> Router<Node> {
         .route("/v1/version", get(version))
         .route("/v1/cluster/add", post(add_member))
         .route("/v1/cluster/remove", post(remove_member))
+        .route("/v1/cluster/renew", post(renew))
+        .route("/v1/cluster/rotate", post(rotate))
+        .route("/v1/cluster/role", post(set_role))
+        .route("/v1/cluster/tokens", get(tokens))
 }
 
-/// The TCP router: Raft RPCs and the API behind the cluster token, plus the join endpoint.
+/// The TCP router: Raft RPCs and the API behind [`authorize`], plus the join endpoint.
 /// Served by [`serve_tcp`], which provides the connection's address and admission.
 fn peer_router(node: Node, gate: Arc<Gate>, extra: Router<Node>) -> Router {
     let raft = Router::new()
@@ -480,7 +721,7 @@ fn peer_router(node: Node, gate: Arc<Gate>, extra: Router<Node>) -> Router {
         .merge(extra)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .merge(raft)
-        .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     protected
         .route("/v1/cluster/join", post(join))
         .layer(Extension(gate))
@@ -516,6 +757,29 @@ async fn tokens(State(node): State<Node>) -> ApiResult<crate::JoinTokens> {
     Ok(Json(node.join_tokens()?))
 }
 
+/// Asks for an admin certificate (local socket only: whoever has it administers the cluster).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminCertRequest {
+    pub name: String,
+    pub ttl_secs: u64,
+}
+
+async fn admin_cert(
+    State(node): State<Node>,
+    Json(r): Json<AdminCertRequest>,
+) -> ApiResult<crate::AdminCert> {
+    if r.name.is_empty() || r.name.len() > 64 || r.name.chars().any(|c| c.is_control()) {
+        return Err(HttpError(Error::InvalidArgument(format!(
+            "invalid admin name {:?}",
+            r.name
+        ))));
+    }
+    let v = crate::pki::Validity::from_now(std::time::Duration::from_secs(r.ttl_secs.max(60)));
+    let c = node.issue_cert(CertRole::Admin, &r.name, v)?;
+    tracing::info!(name = %r.name, ttl_secs = r.ttl_secs, "admin certificate issued");
+    Ok(Json(c))
+}
+
 /// The unix-socket router: the API plus local administration, no token (socket is mode 0600).
 pub fn local_router(node: Node) -> Router {
     local_router_with(node, Router::new())
@@ -527,7 +791,7 @@ pub fn local_router_with(node: Node, extra: Router<Node>) -> Router {
         .merge(extra)
         .route("/v1/local/join", post(local_join))
         .route("/v1/local/leave", post(local_leave))
-        .route("/v1/cluster/tokens", get(tokens))
+        .route("/v1/local/admin-cert", post(admin_cert))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(node)
 }
@@ -561,7 +825,7 @@ pub async fn serve_tcp_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let gate = Arc::new(Gate::new(limits));
-    let router = peer_router(node, gate.clone(), extra);
+    let router = peer_router(node.clone(), gate.clone(), extra);
     let summaries = tokio::spawn(gate.clone().log_summaries());
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -584,6 +848,7 @@ pub async fn serve_tcp_with(
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
+            node.clone(),
             stream,
             peer,
             Arc::new(admission),
@@ -600,7 +865,50 @@ pub async fn serve_tcp_with(
     Ok(())
 }
 
+/// The TLS handshake of one connection and who the client is. A node without credentials
+/// (before bootstrap or between leaving and rejoining) has nothing to present and serves none.
+async fn handshake(
+    node: &Node,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    gate: &Gate,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Caller,
+)> {
+    let cfg = node.tls().active()?.server.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let timeout = gate.limits().header_read_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                None => Caller::Anonymous,
+                Some(der) => match crate::pki::identity(der) {
+                    Ok(id) => Caller::Cert(id),
+                    // Signed by our root but not naming a role: nothing this cluster issued.
+                    Err(e) => {
+                        tracing::debug!(%peer, "certificate without a dcpp identity: {e}");
+                        gate.refused(peer.ip(), Refusal::Invalid);
+                        return None;
+                    }
+                },
+            };
+            Some((tls, caller))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake: {e}");
+            gate.refused(peer.ip(), Refusal::Invalid);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 async fn serve_connection(
+    node: Node,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     admission: Arc<Admission>,
@@ -610,11 +918,18 @@ async fn serve_connection(
 ) {
     use tower::ServiceExt;
     let limits = gate.limits().clone();
+    let Some((stream, caller)) = handshake(&node, stream, peer, &gate).await else {
+        return;
+    };
+    if matches!(caller, Caller::Cert(_)) {
+        admission.authenticated();
+    }
     let conn_admission = admission.clone();
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(conn_admission.clone());
+            req.extensions_mut().insert(caller.clone());
             router.clone().oneshot(req)
         });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -1,5 +1,5 @@
 //! The Rust client of the store API, used by the CLI, agents and tests. Talks to a daemon over
-//! its unix socket or to any member over TCP (with the cluster token).
+//! its unix socket or to a manager over TCP with mutual TLS (an admin certificate).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -54,30 +54,44 @@ impl Endpoint {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
 }
 
 impl Client {
-    /// `token` is the cluster token, needed for TCP endpoints only.
-    pub fn new(endpoint: &Endpoint, token: Option<String>) -> Result<Client, Error> {
-        let b = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
-        let (b, base) = match endpoint {
-            Endpoint::Unix(p) => (b.unix_socket(p.as_path()), "http://localhost".to_string()),
-            Endpoint::Tcp(a) => (b, format!("http://{a}")),
-        };
-        Ok(Client {
-            http: b.build().map_err(|e| Error::Transport(e.to_string()))?,
-            base,
-            token,
-        })
+    /// A client of `endpoint`. A TCP endpoint needs `cert_dir`, a directory with `ca.pem`,
+    /// `cert.pem` and `key.pem` (as `dcpp cluster admin-cert` writes it).
+    pub fn new(endpoint: &Endpoint, cert_dir: Option<&std::path::Path>) -> Result<Client, Error> {
+        match endpoint {
+            Endpoint::Unix(p) => Ok(Client {
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .unix_socket(p.as_path())
+                    .build()
+                    .map_err(|e| Error::Transport(e.to_string()))?,
+                base: "http://localhost".to_string(),
+            }),
+            Endpoint::Tcp(a) => {
+                let dir = cert_dir.ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "tcp://{a} needs a client certificate: set DCPP_CERT_PATH to a directory \
+                         made by `dcpp cluster admin-cert`"
+                    ))
+                })?;
+                Ok(Client::over(a, crate::tls::client_from_dir(dir, None)?))
+            }
+        }
+    }
+
+    /// A client of the manager at `addr` (host:port) through an HTTPS client made by
+    /// [`crate::tls`].
+    pub fn over(addr: &str, http: reqwest::Client) -> Client {
+        Client {
+            http,
+            base: format!("https://{addr}"),
+        }
     }
 
     fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(m, format!("{}{path}", self.base));
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        }
+        self.http.request(m, format!("{}{path}", self.base))
     }
 
     async fn call<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, Error> {
@@ -226,9 +240,35 @@ impl Client {
         self.get_json("/v1/version").await
     }
 
-    /// Join tokens (unix socket only).
+    /// Join tokens (managers and admins only).
     pub async fn join_tokens(&self) -> Result<JoinTokens, Error> {
         self.get_json("/v1/cluster/tokens").await
+    }
+
+    /// Replaces the join token of `role`; the old one stops working.
+    pub async fn rotate_join_token(&self, role: Role) -> Result<JoinTokens, Error> {
+        self.post("/v1/cluster/rotate", &crate::node::RotateToken { role })
+            .await
+    }
+
+    /// Promotes (`Role::Manager`) or demotes (`Role::Worker`) member `id`.
+    pub async fn set_role(&self, id: crate::NodeId, role: Role) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .post("/v1/cluster/role", &crate::node::SetRole { id, role })
+            .await?;
+        Ok(())
+    }
+
+    /// A new admin certificate valid for `ttl` (unix socket only).
+    pub async fn admin_cert(&self, name: &str, ttl: Duration) -> Result<crate::AdminCert, Error> {
+        self.post(
+            "/v1/local/admin-cert",
+            &crate::api::AdminCertRequest {
+                name: name.into(),
+                ttl_secs: ttl.as_secs(),
+            },
+        )
+        .await
     }
 
     /// Asks the daemon to join the cluster at `address` (unix socket only).

@@ -27,6 +27,9 @@ pub enum Error {
     /// Missing or wrong credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// Authenticated, but the caller's role does not allow this request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// No leader is known (election in progress or no quorum); retry later.
     #[error("no leader available: {0}")]
     NoLeader(String),
@@ -68,6 +71,15 @@ macro_rules! redb_into_error {
         }
     )*};
 }
+impl From<crate::pki::PkiError> for Error {
+    fn from(e: crate::pki::PkiError) -> Self {
+        match e {
+            crate::pki::PkiError::BadToken => Error::Unauthorized(e.to_string()),
+            e => Error::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
 redb_into_error!(
     redb::DatabaseError,
     redb::TransactionError,

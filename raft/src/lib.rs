@@ -11,13 +11,20 @@ mod client;
 mod error;
 pub mod network;
 mod node;
+pub mod pki;
+pub mod scope;
 pub mod store;
+pub mod tls;
 pub mod types;
 
 pub use access::{MemStore, Store};
 pub use client::{Client, Endpoint};
 pub use error::Error;
-pub use node::{AddMember, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList, RemoveMember};
+pub use node::{
+    AddMember, AdminCert, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList, RemoveMember,
+    RenewGrant, RenewRequest, RotateToken, SetRole,
+};
+pub use pki::CertRole;
 pub use types::*;
 
 /// Raft node id.

@@ -1,7 +1,7 @@
-//! openraft RPCs over HTTP: a reqwest client per peer, JSON bodies, bearer-token auth.
+//! openraft RPCs over HTTPS with mutual TLS: JSON bodies, the node's certificate on every call.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -20,39 +20,6 @@ use crate::{NodeId, TypeConfig};
 
 /// Header naming the sending node on peer RPCs (for logs).
 pub const FROM_HEADER: &str = "x-dcpp-from";
-
-/// The credentials this node presents to peers and accepts from them.
-#[derive(Debug, Default)]
-pub struct Auth {
-    token: RwLock<Option<String>>,
-}
-
-impl Auth {
-    pub fn new(token: Option<String>) -> Auth {
-        Auth {
-            token: RwLock::new(token),
-        }
-    }
-
-    pub fn token(&self) -> Option<String> {
-        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set(&self, token: Option<String>) {
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
-    }
-
-    /// Checks an `Authorization` header value in time independent of where it differs.
-    pub fn verify(&self, header: Option<&str>) -> bool {
-        let Some(expected) = self.token() else {
-            return false;
-        };
-        let Some(got) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        ct_eq(got.as_bytes(), expected.as_bytes())
-    }
-}
 
 /// Compares a presented credential `a` with the secret `b` in time that depends only on the
 /// length of `a`: no early exit on the first difference nor on a length mismatch (which would
@@ -86,8 +53,7 @@ impl Faults {
 #[derive(Clone)]
 pub struct Transport {
     pub(crate) id: NodeId,
-    pub(crate) http: reqwest::Client,
-    pub(crate) auth: Arc<Auth>,
+    pub(crate) tls: Arc<crate::tls::NodeTls>,
     pub(crate) faults: Arc<Faults>,
 }
 
@@ -132,17 +98,18 @@ impl PeerConn {
                 "isolated by fault injection".into(),
             ))));
         }
-        let url = format!("http://{}/raft/{path}", self.addr);
-        let mut rb = self
-            .t
-            .http
+        let Some(tls) = self.t.tls.active() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                "this node has no certificate yet".into(),
+            ))));
+        };
+        let url = format!("https://{}/raft/{path}", self.addr);
+        let rb = tls
+            .peers
             .post(&url)
             .timeout(timeout)
             .header(FROM_HEADER, self.t.id.to_string())
             .json(req);
-        if let Some(tok) = self.t.auth.token() {
-            rb = rb.bearer_auth(tok);
-        }
         let resp = rb.send().await.map_err(|e| {
             if e.is_timeout() {
                 RPCError::Timeout(Timeout {
@@ -232,11 +199,5 @@ mod tests {
             assert!(!ct_eq(a, b), "{a:?} {b:?}");
         }
         assert!(ct_eq(b"", b""));
-        let auth = Auth::new(Some("tok".into()));
-        assert!(auth.verify(Some("Bearer tok")));
-        assert!(!auth.verify(Some("Bearer tokk")));
-        assert!(!auth.verify(Some("tok")));
-        assert!(!auth.verify(None));
-        assert!(!Auth::new(None).verify(Some("Bearer ")));
     }
 }

@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::api::FORWARDED_HEADER;
-use crate::network::{Auth, Faults, Transport};
+use crate::network::{Faults, Transport};
+use crate::pki::{self, CertRole, SealKey, Validity};
+use crate::scope::ScopeRef;
 use crate::store::{self, LogStore, StoreReader};
+use crate::tls::{LocalTls, NodeTls};
 use crate::types::{
-    ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, Object, Op, Request, Role, Txn,
-    TxnResponse,
+    ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, Object, Op, Request, Role,
+    Sealed, Txn, TxnResponse,
 };
 use crate::{Error, NodeId, Raft};
 
@@ -46,6 +49,11 @@ pub struct NodeConfig {
     /// application): it is deleted together with the member, and a node holding only such
     /// objects still counts as empty when it joins a cluster.
     pub member_kind: Option<Kind>,
+    /// Validity of the node certificates this node's cluster issues (set by the node that
+    /// creates the cluster; renewed when a third of it is left).
+    pub cert_ttl: Duration,
+    /// What a worker's certificate may read and write (none without).
+    pub worker_scope: Option<ScopeRef>,
 }
 
 impl NodeConfig {
@@ -64,6 +72,8 @@ impl NodeConfig {
             history_limit: 100_000,
             leader_wait: Duration::from_secs(5),
             member_kind: None,
+            cert_ttl: DEFAULT_CERT_TTL,
+            worker_scope: None,
         }
     }
 
@@ -78,18 +88,18 @@ impl NodeConfig {
     }
 }
 
-/// Credentials a node keeps locally (outside the replicated state) so it can talk to its peers
-/// before it has applied anything.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LocalAuth {
-    cluster_id: String,
-    rpc_token: String,
-}
+/// Swarm's default for node certificates.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(90 * 86400);
 
-/// Sent by a joining node with its join token.
+/// Sent by a joining node: the secret of its join token, the id it will have, and a request
+/// for a certificate of its own key (hex of the DER).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub token: String,
+    #[serde(default)]
+    pub node_id: NodeId,
+    #[serde(default)]
+    pub csr: String,
 }
 
 // Written by hand so that a `{:?}` in a log line can never print a join token.
@@ -101,11 +111,56 @@ impl std::fmt::Debug for JoinRequest {
     }
 }
 
-/// Returned to a joining node that presented a valid token.
+/// Returned to a joining node that presented a valid token: its certificate, the roots, and
+/// for a manager the key that opens the sealed cluster secrets.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct JoinGrant {
     pub cluster_id: String,
-    pub rpc_token: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub ca_certs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
+}
+
+/// A client certificate for remote administration, as `DCPP_CERT_PATH` holds it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AdminCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for AdminCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCert").finish_non_exhaustive()
+    }
+}
+
+/// A certificate request of a member renewing its certificate (hex of the DER).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+/// The renewed certificate, and for a node that became a manager the seal key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RenewGrant {
+    pub cert_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_key: Option<String>,
+}
+
+/// Asks the leader to promote or demote a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetRole {
+    pub id: NodeId,
+    pub role: Role,
+}
+
+/// Asks the leader for a new join secret of one role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateToken {
     pub role: Role,
 }
 
@@ -125,7 +180,9 @@ pub struct RemoveMember {
 }
 
 const LOCAL_NODE_ID: &str = "node_id";
-const LOCAL_AUTH: &str = "auth";
+const LOCAL_TLS: &str = "tls";
+/// The seal key's file, apart from the store that holds what it seals.
+const SEAL_KEY_FILE: &str = "seal.key";
 
 /// A cluster member. Cheap to clone.
 #[derive(Clone)]
@@ -136,8 +193,7 @@ pub struct Node {
 struct Inner {
     id: NodeId,
     cfg: NodeConfig,
-    http: reqwest::Client,
-    auth: Arc<Auth>,
+    tls: Arc<NodeTls>,
     faults: Arc<Faults>,
     log: LogStore,
     reader: StoreReader,
@@ -192,29 +248,27 @@ impl Node {
                 id
             }
         };
-        let local: Option<LocalAuth> = log.get_local(LOCAL_AUTH)?;
-        let auth = Arc::new(Auth::new(local.map(|a| a.rpc_token)));
+        let tls = Arc::new(NodeTls::default());
+        if let Some(l) = log.get_local::<LocalTls>(LOCAL_TLS)? {
+            tls.install(&l)?;
+        }
         let faults = Arc::new(Faults::default());
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        let raft = start_raft(id, &cfg, &http, &auth, &faults, &log).await?;
+        let raft = start_raft(id, &cfg, &tls, &faults, &log).await?;
         tracing::info!(node_id = id, advertise = %cfg.advertise, "raft node started");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 id,
                 cfg,
-                http,
-                auth,
+                tls,
                 faults,
                 log,
                 reader,
                 raft: RwLock::new(raft),
                 membership_lock: Mutex::new(()),
             }),
-        })
+        };
+        tokio::spawn(renew_loop(Arc::downgrade(&node.inner)));
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
@@ -238,13 +292,12 @@ impl Node {
         &self.inner.reader
     }
 
-    pub(crate) fn auth(&self) -> &Arc<Auth> {
-        &self.inner.auth
+    pub(crate) fn tls(&self) -> &Arc<NodeTls> {
+        &self.inner.tls
     }
 
-    /// The cluster bearer token (a secret: TCP API clients need it).
-    pub fn cluster_token(&self) -> Option<String> {
-        self.inner.auth.token()
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
     }
 
     /// Fault injection hook for tests (see [`Faults`]).
@@ -254,7 +307,7 @@ impl Node {
 
     /// Whether this node has never been part of any cluster (no credentials stored).
     pub fn is_pristine(&self) -> Result<bool, Error> {
-        Ok(self.inner.log.get_local::<LocalAuth>(LOCAL_AUTH)?.is_none())
+        Ok(self.inner.log.get_local::<LocalTls>(LOCAL_TLS)?.is_none())
     }
 
     /// Makes a pristine node a one-node cluster with fresh credentials; on a node that already
@@ -282,16 +335,34 @@ impl Node {
         if !self.is_pristine()? {
             return Ok(());
         }
-        // Either just initialized, or a previous bootstrap crashed before saving credentials.
+        // Either just initialized, or a previous bootstrap crashed before saving credentials,
+        // or the store was written by a dcpp from before certificates (its secrets have no
+        // root): make the cluster's root and this node's manager certificate.
         self.wait_leader(self.inner.cfg.leader_wait * 2).await?;
-        let secrets = match self.inner.reader.secrets()? {
-            Some(s) => s,
+        let seal = match self.seal_key()? {
+            Some(k) => k,
             None => {
+                let k = SealKey::generate()?;
+                self.save_seal_key(Some(&k))?;
+                k
+            }
+        };
+        let secrets = match self.inner.reader.secrets()? {
+            Some(s) if !s.ca_certs.is_empty() => s,
+            _ => {
+                let cluster_id = random_hex(8)?;
+                let ca = pki::Ca::generate(&cluster_id)?;
+                let sealed = Sealed {
+                    ca_key_pem: ca.key_pem(),
+                    manager_secret: pki::random_secret()?,
+                    worker_secret: pki::random_secret()?,
+                };
                 let s = ClusterSecrets {
-                    cluster_id: random_hex(8)?,
-                    rpc_token: random_hex(32)?,
-                    manager_token: format!("DCPP-1-M-{}", random_hex(24)?),
-                    worker_token: format!("DCPP-1-W-{}", random_hex(24)?),
+                    cluster_id,
+                    ca_certs: vec![ca.cert_pem().to_string()],
+                    sealed: seal_json(&seal, &sealed)?,
+                    cert_ttl_secs: self.inner.cfg.cert_ttl.as_secs().max(1),
+                    revoked: Default::default(),
                 };
                 raft.client_write(Request::SetSecrets(s.clone()))
                     .await
@@ -299,20 +370,351 @@ impl Node {
                 s
             }
         };
-        self.save_auth(&secrets.cluster_id, &secrets.rpc_token)?;
+        let (ca, _) = self.open_secrets(&secrets)?;
+        let (cert_pem, key_pem) = ca.issue(
+            CertRole::Manager,
+            &self.inner.id.to_string(),
+            &secrets.cluster_id,
+            Validity::from_now(cert_ttl(&secrets)),
+        )?;
+        self.save_tls(Some(&LocalTls {
+            cluster_id: secrets.cluster_id.clone(),
+            ca_certs: secrets.ca_certs.clone(),
+            cert_pem,
+            key_pem,
+        }))?;
         Ok(())
     }
 
-    fn save_auth(&self, cluster_id: &str, rpc_token: &str) -> Result<(), Error> {
-        self.inner.log.put_local(
-            LOCAL_AUTH,
-            &LocalAuth {
-                cluster_id: cluster_id.into(),
-                rpc_token: rpc_token.into(),
-            },
-        )?;
-        self.inner.auth.set(Some(rpc_token.into()));
+    /// Stores (or, with `None`, forgets) this node's certificate and starts using it.
+    fn save_tls(&self, l: Option<&LocalTls>) -> Result<(), Error> {
+        match l {
+            Some(l) => {
+                self.inner.tls.install(l)?;
+                self.inner.log.put_local(LOCAL_TLS, l)?;
+            }
+            None => {
+                self.inner.log.remove_local(LOCAL_TLS)?;
+                self.inner.tls.clear();
+            }
+        }
         Ok(())
+    }
+
+    fn seal_key_path(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join(SEAL_KEY_FILE)
+    }
+
+    /// The key that opens the sealed secrets; only managers have one.
+    fn seal_key(&self) -> Result<Option<SealKey>, Error> {
+        match std::fs::read_to_string(self.seal_key_path()) {
+            Ok(s) => Ok(Some(SealKey::from_hex(&s)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_seal_key(&self, k: Option<&SealKey>) -> Result<(), Error> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.seal_key_path();
+        let Some(k) = k else {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        };
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(k.to_hex().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The root and the join secrets, opened with this node's seal key.
+    fn open_secrets(&self, s: &ClusterSecrets) -> Result<(pki::Ca, Sealed), Error> {
+        let key = self.seal_key()?.ok_or_else(|| {
+            Error::Forbidden("this node is not a manager: it cannot open the cluster's root".into())
+        })?;
+        let sealed: Sealed = serde_json::from_slice(&key.open(&s.sealed)?)
+            .map_err(|e| Error::Storage(format!("sealed secrets: {e}")))?;
+        let root = s
+            .ca_certs
+            .first()
+            .ok_or_else(|| Error::Conflict("the cluster has no root yet".into()))?;
+        let ca = pki::Ca::from_pem(root, &sealed.ca_key_pem)?;
+        Ok((ca, sealed))
+    }
+
+    fn cluster_secrets(&self) -> Result<ClusterSecrets, Error> {
+        self.inner
+            .reader
+            .secrets()?
+            .filter(|s| !s.ca_certs.is_empty())
+            .ok_or_else(|| {
+                Error::Conflict("this node has not received the cluster credentials yet".into())
+            })
+    }
+
+    /// Issues a certificate from this manager's copy of the root: admin certificates (and,
+    /// with any role and validity, certificates for tests).
+    pub fn issue_cert(
+        &self,
+        role: CertRole,
+        name: &str,
+        validity: Validity,
+    ) -> Result<AdminCert, Error> {
+        let s = self.cluster_secrets()?;
+        let (ca, _) = self.open_secrets(&s)?;
+        let (cert_pem, key_pem) = ca.issue(role, name, &s.cluster_id, validity)?;
+        Ok(AdminCert {
+            ca_pem: ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Who this node's current certificate says it is (none before it belongs to a cluster).
+    pub fn identity(&self) -> Option<pki::Identity> {
+        self.inner.tls.active().map(|a| a.identity.clone())
+    }
+
+    /// Promotes a worker to a manager (raft voter) or demotes a manager to a worker (learner).
+    /// The node's certificate follows within a second: it renews when its role no longer
+    /// matches its membership, and until then counts for no more than the membership gives.
+    pub async fn set_role(&self, r: SetRole, forwarded: bool) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .on_leader::<_, _, _>(
+                forwarded,
+                || {
+                    let raft = self.raft();
+                    let SetRole { id, role } = r.clone();
+                    async move {
+                        let m = raft.metrics().borrow().membership_config.clone();
+                        let mem = m.membership();
+                        if mem.get_node(&id).is_none() {
+                            return Ok(Err(Error::NotFound {
+                                kind: Kind::Node,
+                                id: id.to_string(),
+                            }));
+                        }
+                        let voter = mem.voter_ids().any(|v| v == id);
+                        let change = match role {
+                            Role::Manager if !voter => {
+                                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+                            }
+                            Role::Worker if voter => {
+                                if mem.voter_ids().count() == 1 {
+                                    return Ok(Err(Error::Conflict(
+                                        "the last manager cannot be demoted".into(),
+                                    )));
+                                }
+                                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                            }
+                            _ => return Ok(Ok(serde_json::Value::Null)),
+                        };
+                        // Retain: a demoted voter stays a member, as a learner.
+                        match raft.change_membership(change, true).await {
+                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                Err(Some(f))
+                            }
+                            Err(e) => Ok(Err(raft_err(e))),
+                        }
+                    }
+                },
+                reqwest::Method::POST,
+                "/v1/cluster/role",
+                Some(&r),
+            )
+            .await?;
+        tracing::info!(node_id = r.id, role = %r.role, "member role changed");
+        Ok(())
+    }
+
+    /// Whether a node certificate was revoked: its node was removed after it was issued.
+    pub fn is_revoked(&self, id: &pki::Identity) -> bool {
+        let Some(n) = id.node_id() else { return false };
+        match self.inner.reader.secrets() {
+            Ok(Some(s)) => s.revoked.get(&n).is_some_and(|at| id.issued_at() <= *at),
+            Ok(None) => false,
+            // Unreadable: refuse rather than let a removed node back in.
+            Err(_) => true,
+        }
+    }
+
+    /// This member's role by the current membership: voters are managers, learners workers;
+    /// `None` for a node that is not (or no longer) a member.
+    pub fn member_role(&self, id: NodeId) -> Option<Role> {
+        let m = self.raft().metrics().borrow().membership_config.clone();
+        let mem = m.membership();
+        if mem.voter_ids().any(|v| v == id) {
+            Some(Role::Manager)
+        } else if mem.get_node(&id).is_some() {
+            Some(Role::Worker)
+        } else {
+            None
+        }
+    }
+
+    /// Signs a member's certificate request with the role its membership gives it.
+    pub(crate) fn renew_for(&self, id: NodeId, req: &RenewRequest) -> Result<RenewGrant, Error> {
+        let role = self
+            .member_role(id)
+            .ok_or_else(|| Error::Forbidden(format!("node {id} is not a member")))?;
+        let s = self.cluster_secrets()?;
+        let (ca, _) = self.open_secrets(&s)?;
+        let csr = hex::decode(&req.csr)
+            .map_err(|_| Error::InvalidArgument("certificate request is not hex".into()))?;
+        let cert_pem = ca.sign_request(
+            &csr,
+            cert_role(role),
+            &id.to_string(),
+            &s.cluster_id,
+            Validity::from_now(cert_ttl(&s)),
+        )?;
+        let seal_key = match role {
+            Role::Manager => self.seal_key()?.map(|k| k.to_hex()),
+            Role::Worker => None,
+        };
+        Ok(RenewGrant { cert_pem, seal_key })
+    }
+
+    /// Renews this node's certificate when a third of its validity is left, or at once when
+    /// its role no longer matches the membership (promoted or demoted). Returns whether it did.
+    pub async fn renew_if_due(&self) -> Result<bool, Error> {
+        let Some(active) = self.inner.tls.active() else {
+            return Ok(false);
+        };
+        let Some(role) = self.member_role(self.inner.id) else {
+            return Ok(false);
+        };
+        let id = &active.identity;
+        let now = time_now();
+        let left = id.not_after - now;
+        let third = (id.not_after - id.not_before) / 3;
+        if id.role == cert_role(role) && left > third {
+            return Ok(false);
+        }
+        if role == Role::Worker {
+            // Demoted: a worker holds no key to the root.
+            self.save_seal_key(None)?;
+        }
+        let (key_pem, csr) = pki::key_and_request()?;
+        let req = RenewRequest {
+            csr: hex::encode(csr),
+        };
+        let grant = if role == Role::Manager && self.seal_key()?.is_some() {
+            self.renew_for(self.inner.id, &req)?
+        } else {
+            let addr = self
+                .leader_address()
+                .ok_or_else(|| Error::NoLeader("no leader to renew the certificate".into()))?;
+            self.forward::<_, RenewGrant>(
+                &addr,
+                reqwest::Method::POST,
+                "/v1/cluster/renew",
+                Some(&req),
+            )
+            .await?
+        };
+        let issued = pki::identity(&pki::pem_to_der(&grant.cert_pem)?)?;
+        if issued.node_id() != Some(self.inner.id) {
+            return Err(Error::Conflict(
+                "renewal returned another node's certificate".into(),
+            ));
+        }
+        if let Some(k) = &grant.seal_key {
+            self.save_seal_key(Some(&SealKey::from_hex(k)?))?;
+        }
+        self.save_tls(Some(&LocalTls {
+            cluster_id: active.cluster_id.clone(),
+            ca_certs: active.ca_certs.clone(),
+            cert_pem: grant.cert_pem,
+            key_pem,
+        }))?;
+        tracing::info!(role = %issued.role, not_after = issued.not_after, "node certificate renewed");
+        Ok(true)
+    }
+
+    fn leader_address(&self) -> Option<String> {
+        let m = self.raft().metrics().borrow().clone();
+        let l = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Replaces the join secret of `role` (the old token stops working at once; joined nodes
+    /// keep their certificates). Runs on the leader.
+    pub async fn rotate_join_token(
+        &self,
+        r: RotateToken,
+        forwarded: bool,
+    ) -> Result<JoinTokens, Error> {
+        let before = self.join_tokens().ok();
+        let _: serde_json::Value = self
+            .on_leader::<_, _, _>(
+                forwarded,
+                || {
+                    let raft = self.raft();
+                    let role = r.role;
+                    async move {
+                        let s = match self.cluster_secrets() {
+                            Ok(s) => s,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        let resealed = (|| -> Result<ClusterSecrets, Error> {
+                            let (_, mut sealed) = self.open_secrets(&s)?;
+                            let key = self.seal_key()?.ok_or_else(|| {
+                                Error::Forbidden("no seal key on this node".into())
+                            })?;
+                            match role {
+                                Role::Manager => sealed.manager_secret = pki::random_secret()?,
+                                Role::Worker => sealed.worker_secret = pki::random_secret()?,
+                            }
+                            Ok(ClusterSecrets {
+                                sealed: seal_json(&key, &sealed)?,
+                                ..s.clone()
+                            })
+                        })();
+                        let new = match resealed {
+                            Ok(n) => n,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        match raft.client_write(Request::SetSecrets(new)).await {
+                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                Err(Some(f))
+                            }
+                            Err(e) => Ok(Err(raft_err(e))),
+                        }
+                    }
+                },
+                reqwest::Method::POST,
+                "/v1/cluster/rotate",
+                Some(&r),
+            )
+            .await?;
+        tracing::info!(role = %r.role, "join token rotated");
+        // This node may be a follower that has not applied the new secrets yet.
+        let deadline = Instant::now() + self.inner.cfg.leader_wait;
+        loop {
+            let now = self.join_tokens();
+            match (&now, &before) {
+                (Ok(n), Some(b)) if n == b && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return now,
+            }
+        }
     }
 
     /// Waits until some leader is known, returning its id.
@@ -357,16 +759,18 @@ impl Node {
         path: &str,
         body: Option<&Req>,
     ) -> Result<Result<Resp, Error>, Error> {
-        let url = format!("http://{addr}{path}");
+        let url = format!("https://{addr}{path}");
         let read = method == reqwest::Method::GET;
-        let mut rb = self
+        let http = self
             .inner
-            .http
+            .tls
+            .active()
+            .ok_or_else(|| Error::Unauthorized("this node has no certificate yet".into()))?
+            .managers
+            .clone();
+        let mut rb = http
             .request(method, &url)
             .header(FORWARDED_HEADER, self.inner.id.to_string());
-        if let Some(t) = self.inner.auth.token() {
-            rb = rb.bearer_auth(t);
-        }
         if let Some(b) = body {
             rb = rb.json(b);
         }
@@ -648,11 +1052,7 @@ impl Node {
             ServerState::Shutdown => "Shutdown",
         };
         Ok(ClusterStatus {
-            cluster_id: self
-                .inner
-                .log
-                .get_local::<LocalAuth>(LOCAL_AUTH)?
-                .map(|a| a.cluster_id),
+            cluster_id: self.inner.tls.active().map(|a| a.cluster_id.clone()),
             node_id: self.inner.id,
             state: state.into(),
             leader: m.current_leader,
@@ -665,34 +1065,72 @@ impl Node {
         })
     }
 
-    /// The join tokens of the cluster this node belongs to.
+    /// The join tokens of the cluster this node belongs to (managers only: the secrets are
+    /// sealed).
     pub fn join_tokens(&self) -> Result<JoinTokens, Error> {
-        let s = self.inner.reader.secrets()?.ok_or_else(|| {
-            Error::Conflict("this node has not received the cluster credentials yet".into())
-        })?;
+        let s = self.cluster_secrets()?;
+        let (ca, sealed) = self.open_secrets(&s)?;
+        let ca_digest = ca.digest()?;
+        let token = |secret: String| {
+            pki::JoinToken {
+                ca_digest: ca_digest.clone(),
+                secret,
+            }
+            .to_string()
+        };
         Ok(JoinTokens {
-            cluster_id: s.cluster_id,
-            manager: s.manager_token,
-            worker: s.worker_token,
+            cluster_id: s.cluster_id.clone(),
+            manager: token(sealed.manager_secret),
+            worker: token(sealed.worker_secret),
+            ca_digest,
         })
     }
 
-    /// Checks a join token (on any member) and hands out the peer credentials.
+    /// Checks a join token (on a manager) and issues the joining node's certificate.
     pub fn grant_join(&self, req: &JoinRequest) -> Result<JoinGrant, Error> {
-        let s = self.inner.reader.secrets()?.ok_or_else(|| {
+        let s = self.cluster_secrets().map_err(|_| {
             Error::Unauthorized("cluster credentials not available on this node".into())
         })?;
-        let role = if crate::network::ct_eq(req.token.as_bytes(), s.manager_token.as_bytes()) {
+        let (ca, sealed) = self.open_secrets(&s)?;
+        let token: pki::JoinToken = req.token.parse()?;
+        let digest_ok = crate::network::ct_eq(token.ca_digest.as_bytes(), ca.digest()?.as_bytes());
+        let role = if digest_ok
+            && crate::network::ct_eq(token.secret.as_bytes(), sealed.manager_secret.as_bytes())
+        {
             Role::Manager
-        } else if crate::network::ct_eq(req.token.as_bytes(), s.worker_token.as_bytes()) {
+        } else if digest_ok
+            && crate::network::ct_eq(token.secret.as_bytes(), sealed.worker_secret.as_bytes())
+        {
             Role::Worker
         } else {
             return Err(Error::Unauthorized("invalid join token".into()));
         };
+        // An id in use would let the joiner act as that member.
+        if req.node_id == 0 || self.member_role(req.node_id).is_some() {
+            return Err(Error::Conflict(format!(
+                "node id {} is already a member of this cluster",
+                req.node_id
+            )));
+        }
+        let csr = hex::decode(&req.csr)
+            .map_err(|_| Error::InvalidArgument("certificate request is not hex".into()))?;
+        let cert_pem = ca.sign_request(
+            &csr,
+            cert_role(role),
+            &req.node_id.to_string(),
+            &s.cluster_id,
+            Validity::from_now(cert_ttl(&s)),
+        )?;
+        let seal_key = match role {
+            Role::Manager => self.seal_key()?.map(|k| k.to_hex()),
+            Role::Worker => None,
+        };
         Ok(JoinGrant {
             cluster_id: s.cluster_id,
-            rpc_token: s.rpc_token,
             role,
+            cert_pem,
+            ca_certs: s.ca_certs,
+            seal_key,
         })
     }
 
@@ -757,8 +1195,19 @@ impl Node {
                                 "the last manager cannot leave the cluster".into(),
                             )));
                         }
-                        // Delete the member's record first: a leader removing itself cannot
-                        // write after.
+                        // Revoke its certificates and delete its record first: a leader
+                        // removing itself cannot write after.
+                        let revoke = Request::Revoke {
+                            node: id,
+                            at: time_now(),
+                        };
+                        match raft.client_write(revoke).await {
+                            Ok(_) => {}
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                return Err(Some(f));
+                            }
+                            Err(e) => return Ok(Err(raft_err(e))),
+                        }
                         if let Some(kind) = member_kind {
                             let del = Txn::new().op(Op::delete(kind, id.to_string()));
                             match raft.client_write(Request::Txn(del)).await {
@@ -818,21 +1267,45 @@ impl Node {
                     .into(),
             ));
         }
+        let parsed: pki::JoinToken = token.parse()?;
+        let (key_pem, csr) = pki::key_and_request()?;
         let grant: JoinGrant = {
-            let resp = self
-                .inner
-                .http
-                .post(format!("http://{addr}/v1/cluster/join"))
+            // The server must show the root the token names before anything is sent.
+            let resp = crate::tls::pinned_client(&parsed.ca_digest)?
+                .post(format!("https://{addr}/v1/cluster/join"))
                 .json(&JoinRequest {
                     token: token.into(),
+                    node_id: self.inner.id,
+                    csr: hex::encode(csr),
                 })
                 .send()
                 .await
                 .map_err(|e| Error::Transport(format!("contact {addr}: {e}")))?;
             crate::api::decode_response(resp).await?
         };
-        self.reset_raft(Some((&grant.cluster_id, &grant.rpc_token)))
-            .await?;
+        let root = grant
+            .ca_certs
+            .first()
+            .map(|c| pki::pem_to_der(c))
+            .transpose()?;
+        if root.map(|r| pki::digest(&r)) != Some(parsed.ca_digest.clone()) {
+            return Err(Error::Unauthorized(
+                "the cluster answered with a root the join token does not name".into(),
+            ));
+        }
+        let seal = grant
+            .seal_key
+            .as_deref()
+            .map(SealKey::from_hex)
+            .transpose()?;
+        self.reset_raft(Some(LocalTls {
+            cluster_id: grant.cluster_id.clone(),
+            ca_certs: grant.ca_certs.clone(),
+            cert_pem: grant.cert_pem.clone(),
+            key_pem,
+        }))
+        .await?;
+        self.save_seal_key(seal.as_ref())?;
         let req = AddMember {
             id: self.inner.id,
             address: self.inner.cfg.advertise.clone(),
@@ -868,24 +1341,21 @@ impl Node {
         self.bootstrap().await
     }
 
-    /// Stops Raft, erases the Raft state and starts a fresh uninitialized Raft; `auth` replaces
-    /// the local credentials (None: forget them, making the node pristine).
-    async fn reset_raft(&self, auth: Option<(&str, &str)>) -> Result<(), Error> {
+    /// Stops Raft, erases the Raft state and starts a fresh uninitialized Raft; `tls` replaces
+    /// the local credentials (None: forget them and the seal key, making the node pristine).
+    async fn reset_raft(&self, tls: Option<LocalTls>) -> Result<(), Error> {
         let old = self.raft();
         old.shutdown().await.map_err(raft_err)?;
         let log = self.inner.log.clone();
         tokio::task::spawn_blocking(move || log.wipe_raft_state())
             .await
             .map_err(|e| Error::Storage(e.to_string()))??;
-        match auth {
-            Some((cid, tok)) => self.save_auth(cid, tok)?,
-            None => {
-                self.inner.log.remove_local(LOCAL_AUTH)?;
-                self.inner.auth.set(None);
-            }
+        if tls.is_none() {
+            self.save_seal_key(None)?;
         }
+        self.save_tls(tls.as_ref())?;
         let i = &self.inner;
-        let raft = start_raft(i.id, &i.cfg, &i.http, &i.auth, &i.faults, &i.log).await?;
+        let raft = start_raft(i.id, &i.cfg, &i.tls, &i.faults, &i.log).await?;
         *i.raft.write().unwrap_or_else(|e| e.into_inner()) = raft;
         Ok(())
     }
@@ -899,8 +1369,7 @@ impl Node {
 async fn start_raft(
     id: NodeId,
     cfg: &NodeConfig,
-    http: &reqwest::Client,
-    auth: &Arc<Auth>,
+    tls: &Arc<NodeTls>,
     faults: &Arc<Faults>,
     log: &LogStore,
 ) -> Result<Raft, Error> {
@@ -918,8 +1387,7 @@ async fn start_raft(
     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let transport = Transport {
         id,
-        http: http.clone(),
-        auth: auth.clone(),
+        tls: tls.clone(),
         faults: faults.clone(),
     };
     Raft::new(
@@ -931,6 +1399,51 @@ async fn start_raft(
     )
     .await
     .map_err(raft_err)
+}
+
+fn seal_json(key: &SealKey, sealed: &Sealed) -> Result<String, Error> {
+    let plain = serde_json::to_vec(sealed).map_err(|e| Error::Storage(e.to_string()))?;
+    Ok(key.seal(&plain)?)
+}
+
+fn cert_ttl(s: &ClusterSecrets) -> Duration {
+    match s.cert_ttl_secs {
+        0 => DEFAULT_CERT_TTL,
+        n => Duration::from_secs(n),
+    }
+}
+
+fn cert_role(r: Role) -> CertRole {
+    match r {
+        Role::Manager => CertRole::Manager,
+        Role::Worker => CertRole::Worker,
+    }
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Renews the node's certificate when due (see [`Node::renew_if_due`]); ends with the node.
+async fn renew_loop(inner: std::sync::Weak<Inner>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let node = Node { inner };
+        match node.renew_if_due().await {
+            Ok(_) => failing = false,
+            // Retried every second; said once per failing streak.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("certificate renewal failed (retrying): {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn validate_txn(txn: &Txn) -> Result<(), Error> {

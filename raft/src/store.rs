@@ -398,8 +398,23 @@ fn apply_batch(
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 }
-                EntryPayload::Normal(Request::SetSecrets(s)) => {
+                EntryPayload::Normal(Request::SetSecrets(mut s)) => {
+                    let old: Option<ClusterSecrets> = get_meta(&meta, K_SECRETS)?;
+                    if let Some(old) = old.filter(|o| o.cluster_id == s.cluster_id) {
+                        for (n, at) in old.revoked {
+                            let e = s.revoked.entry(n).or_insert(at);
+                            *e = (*e).max(at);
+                        }
+                    }
                     meta.insert(K_SECRETS, enc(&s).as_slice())?;
+                }
+                EntryPayload::Normal(Request::Revoke { node, at }) => {
+                    let old: Option<ClusterSecrets> = get_meta(&meta, K_SECRETS)?;
+                    if let Some(mut s) = old {
+                        let e = s.revoked.entry(node).or_insert(at);
+                        *e = (*e).max(at);
+                        meta.insert(K_SECRETS, enc(&s).as_slice())?;
+                    }
                 }
                 EntryPayload::Normal(Request::Txn(txn)) => {
                     let mut failed = None;

@@ -233,15 +233,25 @@ impl fmt::Display for Role {
     }
 }
 
-/// The cluster's credentials, created once by the first node and replicated so that every
-/// member can verify join tokens.
+/// The cluster's credentials, created once by the first node and replicated to every member.
+/// Only public material is readable: the roots, and the root key and join secrets sealed
+/// under a key that only managers hold (it never enters the log).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSecrets {
     pub cluster_id: String,
-    /// Bearer token on every peer and remote API request.
-    pub rpc_token: String,
-    pub manager_token: String,
-    pub worker_token: String,
+    /// Trusted roots (PEM); the first one issues certificates.
+    #[serde(default)]
+    pub ca_certs: Vec<String>,
+    /// [`Sealed`], sealed by [`crate::pki::SealKey::seal`].
+    #[serde(default)]
+    pub sealed: String,
+    /// Validity of the node certificates the managers issue.
+    #[serde(default)]
+    pub cert_ttl_secs: u64,
+    /// Removed nodes and when (seconds since the epoch): a certificate of such a node issued
+    /// before then is refused everywhere. Only ever grows (see [`Request::Revoke`]).
+    #[serde(default)]
+    pub revoked: std::collections::BTreeMap<u64, i64>,
 }
 
 impl fmt::Debug for ClusterSecrets {
@@ -252,12 +262,26 @@ impl fmt::Debug for ClusterSecrets {
     }
 }
 
+/// What [`ClusterSecrets::sealed`] holds.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Sealed {
+    pub ca_key_pem: String,
+    pub manager_secret: String,
+    pub worker_secret: String,
+}
+
 /// What a Raft log entry carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Txn(Txn),
-    /// Sets the cluster credentials; only the bootstrap node proposes it.
+    /// Sets the cluster credentials (the bootstrap node, token rotation). Revocations already
+    /// applied are kept whatever the new value says.
     SetSecrets(ClusterSecrets),
+    /// Revokes the certificates node `node` was issued until `at`.
+    Revoke {
+        node: u64,
+        at: i64,
+    },
 }
 
 /// What applying a log entry returns.
@@ -297,4 +321,7 @@ pub struct JoinTokens {
     pub cluster_id: String,
     pub manager: String,
     pub worker: String,
+    /// SHA-256 of the root certificate the tokens pin.
+    #[serde(default)]
+    pub ca_digest: String,
 }

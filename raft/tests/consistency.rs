@@ -129,9 +129,9 @@ async fn watch_behind_retained_history_gets_compacted_error() {
         }
         other => panic!("expected Compacted, got {other:?}"),
     }
-    let r = reqwest::Client::new()
-        .get(format!("http://{}/v1/watch?since=1", c.addrs[0]))
-        .bearer_auth(&c.token)
+    let r = c
+        .admin_http()
+        .get(format!("https://{}/v1/watch?since=1", c.addrs[0]))
         .send()
         .await
         .unwrap();

@@ -1,8 +1,10 @@
 //! `dcpp cluster …`: create, join, leave and inspect the cluster of the local daemon.
 //!
 //! Roles: a node joined with the manager token becomes a Raft voter (takes part in elections
-//! and commits); one joined with the worker token becomes a Raft learner (receives the full
-//! replicated state and can serve reads and watches locally, but does not vote).
+//! and commits); one joined with the worker token becomes a Raft learner (receives the
+//! replicated log, but does not vote, and its certificate lets it write only its own node
+//! record and task status). Every TCP connection is mutual TLS under the cluster's own root;
+//! remote administration uses a certificate from `dcpp cluster admin-cert`.
 
 use anyhow::Context;
 use dcpp_raft::{Client, Endpoint};
@@ -26,6 +28,36 @@ pub enum ClusterCommand {
     Leave,
     /// Show leader, term, members and commit index.
     Status(FormatArgs),
+    /// Print the join token of a role; with --rotate, replace it first (the old one stops
+    /// working; nodes that joined with it are unaffected).
+    JoinToken {
+        #[arg(value_enum)]
+        role: TokenRole,
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Write a client certificate for remote administration into DIR (ca.pem, cert.pem,
+    /// key.pem); point DCPP_CERT_PATH at it and use `-H tcp://MANAGER:PORT`.
+    AdminCert {
+        /// Directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Name recorded in the certificate.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Validity.
+        #[arg(long, default_value = "30d", value_parser = crate::cmd::duration::parse)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    Worker,
+    Manager,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -42,15 +74,46 @@ pub enum Format {
 }
 
 /// The client of the daemon named by `-H/--host` (default: the local unix socket). TCP
-/// endpoints need the cluster token in DCPP_TOKEN.
+/// endpoints need a client certificate: DCPP_CERT_PATH names the directory
+/// `dcpp cluster admin-cert` wrote.
 pub fn client(global: &Global) -> anyhow::Result<Client> {
     let host = global
         .host
         .clone()
         .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
     let ep = Endpoint::parse(&host)?;
-    let token = std::env::var("DCPP_TOKEN").ok();
-    Ok(Client::new(&ep, token)?)
+    let certs = std::env::var_os("DCPP_CERT_PATH").map(std::path::PathBuf::from);
+    Ok(Client::new(&ep, certs.as_deref())?)
+}
+
+/// Writes an admin certificate's files, readable by root only.
+fn write_cert_dir(dir: &std::path::Path, c: &dcpp_raft::AdminCert) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty", dir.display());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    for (name, text) in [
+        ("ca.pem", &c.ca_pem),
+        ("cert.pem", &c.cert_pem),
+        ("key.pem", &c.key_pem),
+    ] {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("create {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -111,6 +174,53 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                 println!("This node left the cluster and is now a standalone one-node cluster.");
                 Ok(0)
             }
+            ClusterCommand::JoinToken {
+                role,
+                rotate,
+                quiet,
+            } => {
+                let r = match role {
+                    TokenRole::Worker => dcpp_raft::Role::Worker,
+                    TokenRole::Manager => dcpp_raft::Role::Manager,
+                };
+                let t = if rotate {
+                    c.rotate_join_token(r).await?
+                } else {
+                    c.join_tokens().await?
+                };
+                let token = match role {
+                    TokenRole::Worker => &t.worker,
+                    TokenRole::Manager => &t.manager,
+                };
+                if quiet {
+                    println!("{token}");
+                } else {
+                    if rotate {
+                        println!("The {r} join token was rotated; the old one no longer works.\n");
+                    }
+                    println!("To add a {r} to this cluster, run on the new node:\n");
+                    let st = c.status().await?;
+                    let addr = st
+                        .members
+                        .iter()
+                        .find(|m| m.id == st.node_id)
+                        .map(|m| m.address.clone())
+                        .unwrap_or_else(|| "<this-node-address>".into());
+                    println!("    dcpp cluster join --token {token} {addr}");
+                }
+                Ok(0)
+            }
+            ClusterCommand::AdminCert { out, name, ttl } => {
+                let cert = c.admin_cert(&name, ttl).await?;
+                write_cert_dir(&out, &cert)?;
+                println!(
+                    "Wrote an admin certificate ({name}, valid {}) to {}.\n\nUse it with:\n\n    DCPP_CERT_PATH={} dcpp -H tcp://MANAGER:PORT …",
+                    humantime(ttl),
+                    out.display(),
+                    out.display()
+                );
+                Ok(0)
+            }
             ClusterCommand::Status(f) => {
                 let st = c.status().await?;
                 if f.format == Format::Json {
@@ -152,4 +262,14 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
             }
         }
     })
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

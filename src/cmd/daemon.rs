@@ -1,6 +1,7 @@
 //! `dcpp daemon`: runs this machine's cluster member — the Raft node and the store API. Peers
-//! and remote clients reach it over TCP (cluster token required); local clients over a unix
-//! socket (mode 0600). With no cluster options it is a persistent one-node cluster.
+//! and remote clients reach it over TCP with mutual TLS (certificates of the cluster's own
+//! root); local clients over a unix socket (mode 0600). With no cluster options it is a
+//! persistent one-node cluster.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +26,10 @@ pub struct DaemonArgs {
     /// Unix socket for local clients.
     #[arg(long, env = "DCPP_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Validity of node certificates in a cluster this daemon creates (renewed when a third
+    /// is left).
+    #[arg(long, default_value = "90d", value_parser = crate::cmd::duration::parse)]
+    pub cert_ttl: std::time::Duration,
     #[command(flatten)]
     pub listener: ListenerArgs,
     #[command(flatten)]
@@ -38,8 +43,8 @@ pub struct ListenerArgs {
     /// kept-alive connection is closed).
     #[arg(long, default_value = "20s", value_parser = crate::cmd::duration::parse)]
     pub listen_header_timeout: std::time::Duration,
-    /// A TCP connection that has not shown the cluster token this long after it was accepted
-    /// is closed.
+    /// A TCP connection without a client certificate (only joining nodes have none) is closed
+    /// this long after it was accepted.
     #[arg(long, default_value = "30s", value_parser = crate::cmd::duration::parse)]
     pub listen_unauthenticated_timeout: std::time::Duration,
     /// TCP connections open at once (further ones are closed at once); at most a quarter of
@@ -119,12 +124,16 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
     };
     let limits = args.listener.limits(nofile);
     let rt = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    if args.cert_ttl < std::time::Duration::from_secs(10) {
+        anyhow::bail!("--cert-ttl must be at least 10s");
+    }
     rt.block_on(serve(
         global.data_dir.join("raft"),
         args.listen,
         advertise,
         args.socket,
         limits,
+        args.cert_ttl,
         Some((global.data_dir.clone(), args.agent.clone())),
     ))?;
     Ok(0)
@@ -136,6 +145,7 @@ async fn serve(
     advertise: String,
     socket: PathBuf,
     limits: dcpp_raft::api::ListenerLimits,
+    cert_ttl: std::time::Duration,
     agent: Option<(PathBuf, AgentArgs)>,
 ) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -145,6 +155,10 @@ async fn serve(
     let mut cfg = NodeConfig::new(&raft_dir, &advertise);
     // Each agent keeps its node's record; a member that leaves takes its record with it.
     cfg.member_kind = Some(dcpp_raft::Kind::Node);
+    cfg.cert_ttl = cert_ttl;
+    cfg.worker_scope = Some(dcpp_raft::scope::ScopeRef(std::sync::Arc::new(
+        dcpp_control::scope::Workers,
+    )));
     let node = Node::open(cfg)
         .await
         .with_context(|| format!("open raft store in {}", raft_dir.display()))?;

@@ -1,4 +1,4 @@
-//! `dcpp node ls|inspect|update|rm`: the node records of the cluster.
+//! `dcpp node ls|inspect|update|promote|demote|rm`: the node records of the cluster.
 
 use anyhow::Context;
 use dcpp_control::nodes::{Availability, NodeInfo};
@@ -33,6 +33,17 @@ pub enum NodeCommand {
         /// Remove a label; repeatable.
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
+        /// Node id.
+        id: String,
+    },
+    /// Make a worker a manager (a raft voter); its certificate is re-issued with the role.
+    Promote {
+        /// Node id.
+        id: String,
+    },
+    /// Make a manager a worker (a raft learner); its certificate is re-issued with the role
+    /// and it gives up its key to the cluster's root.
+    Demote {
         /// Node id.
         id: String,
     },
@@ -175,6 +186,8 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                 println!("node {} is {}", info.id, info.availability);
                 Ok(0)
             }
+            NodeCommand::Promote { id } => set_role(&c, &id, dcpp_raft::Role::Manager).await,
+            NodeCommand::Demote { id } => set_role(&c, &id, dcpp_raft::Role::Worker).await,
             NodeCommand::Rm { force, id } => {
                 let nid: u64 = id
                     .parse()
@@ -207,9 +220,24 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                 c.remove_node(nid)
                     .await
                     .with_context(|| format!("remove node {nid}"))?;
-                println!("node {nid} removed; its tasks are rescheduled");
+                println!(
+                    "node {nid} removed; its certificates are revoked and its tasks rescheduled"
+                );
                 Ok(0)
             }
         }
     })
+}
+
+/// Promotes or demotes node `id`. Its certificate follows: the node renews it within a second
+/// of seeing its membership change, and until then it counts for no more than a worker's.
+async fn set_role(c: &dcpp_raft::Client, id: &str, role: dcpp_raft::Role) -> anyhow::Result<u8> {
+    let nid: u64 = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid node id {id:?}: expected a number"))?;
+    c.set_role(nid, role)
+        .await
+        .with_context(|| format!("change the role of node {nid}"))?;
+    println!("node {nid} is now a {role}");
+    Ok(0)
 }

@@ -36,16 +36,25 @@ impl Cluster {
             .collect();
         let cl = Cluster { nodes, names };
         let init = cl.ok(0, &["cluster", "init"]);
-        let token = |kind: &str| {
-            init.lines()
-                .filter_map(|l| l.trim().strip_prefix("dcpp cluster join --token "))
-                .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .find(|w| w[0].contains(kind))
-                .map(|w| (w[0].to_string(), w[1].to_string()))
-                .unwrap_or_else(|| panic!("no {kind} join command in:\n{init}"))
+        let addr = init
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("dcpp cluster join --token "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .next()
+            .unwrap_or_else(|| panic!("no join command in:\n{init}"))
+            .to_string();
+        let token = |role: &str| {
+            let t = cl
+                .ok(0, &["cluster", "join-token", role, "-q"])
+                .trim()
+                .to_string();
+            assert!(
+                init.contains(&t),
+                "the {role} token of join-token is the one init printed"
+            );
+            t
         };
-        let (manager, addr) = token("-M-");
-        let (worker, _) = token("-W-");
+        let (manager, worker) = (token("manager"), token("worker"));
         assert_eq!(addr, cl.nodes[0].listen, "{init}");
         for (i, j) in joins.iter().enumerate() {
             let (token, role) = match j {

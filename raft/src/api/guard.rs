@@ -59,9 +59,9 @@ const SUMMARY_SOURCES: usize = 10;
 /// Why a request or connection was refused, as counted in the summary.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Refusal {
-    /// No cluster token.
+    /// No client certificate on a route that needs one.
     Missing,
-    /// A wrong cluster token.
+    /// A failed TLS handshake: plaintext, a certificate of another CA, an expired one.
     Invalid,
     /// A wrong join token.
     Join,
@@ -219,7 +219,9 @@ impl Gate {
         true
     }
 
-    /// Records a failed authentication from `ip`: counted, and taken from its bucket.
+    /// Records a refusal from `ip`: counted, and a wrong join token taken from its bucket. A
+    /// failed handshake or a missing certificate costs nothing: a certificate cannot be
+    /// guessed, and a peer whose connection predates a new root must not lock its address out.
     pub(crate) fn refused(&self, ip: IpAddr, why: Refusal) {
         let source = source_key(ip);
         let now = Instant::now();
@@ -231,6 +233,9 @@ impl Gate {
             Refusal::Missing => c.missing += 1,
             Refusal::Invalid => c.invalid += 1,
             Refusal::Join => c.join += 1,
+        }
+        if !matches!(why, Refusal::Join) {
+            return;
         }
         if !st.buckets.contains_key(&source) && st.buckets.len() >= MAX_TRACKED_SOURCES {
             let per = self.limits.auth_failure_refill.as_secs_f64().max(1e-6);
@@ -262,8 +267,8 @@ impl Gate {
             let _ = write!(line, " {ip} [");
             let mut first = true;
             for (n, what) in [
-                (c.missing, "missing token"),
-                (c.invalid, "invalid token"),
+                (c.missing, "without a certificate"),
+                (c.invalid, "failed TLS handshakes"),
                 (c.join, "invalid join token"),
                 (c.limited, "rate-limited"),
                 (c.connections, "connections over the cap"),
@@ -354,10 +359,22 @@ mod tests {
         for _ in 0..3 {
             assert!(!g.rate_limited(a));
             g.refused(a, Refusal::Invalid);
+            g.refused(a, Refusal::Missing);
+        }
+        assert!(
+            !g.rate_limited(a),
+            "handshakes and missing certificates cost nothing"
+        );
+        for _ in 0..3 {
+            assert!(!g.rate_limited(a));
+            g.refused(a, Refusal::Join);
         }
         assert!(g.rate_limited(a));
         assert!(!g.rate_limited(b));
         let s = g.take_summary().unwrap();
-        assert!(s.contains("3 invalid token, 1 rate-limited"), "{s}");
+        assert!(
+            s.contains("3 without a certificate, 3 failed TLS handshakes, 3 invalid join token, 1 rate-limited"),
+            "{s}"
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod lin;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dcpp_raft::{Client, Endpoint, Node, NodeConfig};
+use dcpp_raft::{Client, Node, NodeConfig};
 use tempfile::TempDir;
 
 pub struct TestNode {
@@ -21,7 +21,8 @@ pub struct Cluster {
     pub dirs: Vec<PathBuf>,
     pub addrs: Vec<String>,
     pub nodes: Vec<Option<TestNode>>,
-    pub token: String,
+    /// An admin certificate of the cluster, for API clients.
+    pub admin: Option<dcpp_raft::AdminCert>,
     pub tweak: fn(&mut NodeConfig),
 }
 
@@ -78,7 +79,7 @@ impl Cluster {
             _dir: dir,
             addrs: Vec::new(),
             nodes: Vec::new(),
-            token: String::new(),
+            admin: None,
             tweak,
         };
         for i in 0..n {
@@ -96,7 +97,15 @@ impl Cluster {
         for i in 1..n {
             c.join(i, &tokens.manager).await;
         }
-        c.token = c.node(0).cluster_token().expect("token");
+        c.admin = Some(
+            c.node(0)
+                .issue_cert(
+                    dcpp_raft::CertRole::Admin,
+                    "test",
+                    dcpp_raft::pki::Validity::from_now(Duration::from_secs(3600)),
+                )
+                .expect("admin certificate"),
+        );
         c
     }
 
@@ -107,6 +116,28 @@ impl Cluster {
         on(&self.nodes[i], async move { n.join(&addr, &token).await })
             .await
             .unwrap_or_else(|e| panic!("join node {i}: {e}"));
+    }
+
+    /// Runs `f` on node `i`'s runtime.
+    pub async fn on<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        on(&self.nodes[i], f).await
+    }
+
+    /// Starts a fresh node that belongs to no cluster; returns its index.
+    pub async fn spawn_fresh(&mut self) -> usize {
+        let i = self.nodes.len();
+        let dir = self.dirs[0].parent().expect("parent").join(format!("n{i}"));
+        let mut cfg = NodeConfig::fast(&dir, "");
+        (self.tweak)(&mut cfg);
+        let (tn, port) = spawn_node(cfg, 0).await;
+        self.dirs.push(dir);
+        self.addrs.push(format!("127.0.0.1:{port}"));
+        self.nodes.push(Some(tn));
+        i
     }
 
     /// Adds a fresh node (not started with the cluster); returns its index.
@@ -138,11 +169,14 @@ impl Cluster {
     }
 
     pub fn client(&self, i: usize) -> Client {
-        Client::new(
-            &Endpoint::Tcp(self.addrs[i].clone()),
-            Some(self.token.clone()),
-        )
-        .expect("client")
+        Client::over(&self.addrs[i], self.admin_http())
+    }
+
+    /// An HTTPS client with the admin certificate.
+    pub fn admin_http(&self) -> reqwest::Client {
+        let a = self.admin.as_ref().expect("cluster started");
+        dcpp_raft::tls::client_from_pems(&a.ca_pem, &a.cert_pem, &a.key_pem, None)
+            .expect("admin client")
     }
 
     /// Crash-stops node `i`.
