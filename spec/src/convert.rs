@@ -168,6 +168,10 @@ const UNAPPLIED_PORT_KEYS: &[(&str, &str)] = &[
     ("app_protocol", "ports have no application protocol"),
 ];
 
+/// compose keeps `x-*` keys on nearly every object; dcpp keeps them where `dcpp config` prints
+/// them and says so everywhere else rather than dropping them unseen.
+const DROPPED_EXTENSION: &str = "extension dropped: dcpp keeps `x-*` keys only at the top level and on services, networks, volumes, configs and secrets";
+
 /// References collected while converting services, validated once everything is known.
 #[derive(Default)]
 struct Refs {
@@ -209,8 +213,8 @@ impl Cv<'_> {
         );
     }
 
-    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys
-    /// and `!reset` values are skipped; `ignored` keys give a warning.
+    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `!reset`
+    /// values are skipped; `x-*` keys and `ignored` keys give a warning.
     fn fields<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
@@ -231,6 +235,32 @@ impl Cv<'_> {
         ignored: &[&str],
         unapplied: &[(&str, &str)],
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
+        self.scan(n, path, allowed, ignored, unapplied, None)
+    }
+
+    /// [`Cv::fields_noting`] for an object that keeps its `x-*` keys in `ext`, as compose keeps
+    /// them on services, networks, volumes, configs and secrets.
+    fn fields_keeping<'n, 'y>(
+        &mut self,
+        n: &'n Node<'y>,
+        path: &'n KeyPath<'n>,
+        allowed: &[&str],
+        ignored: &[&str],
+        unapplied: &[(&str, &str)],
+        ext: &mut Extensions,
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
+        self.scan(n, path, allowed, ignored, unapplied, Some(ext))
+    }
+
+    fn scan<'n, 'y>(
+        &mut self,
+        n: &'n Node<'y>,
+        path: &'n KeyPath<'n>,
+        allowed: &[&str],
+        ignored: &[&str],
+        unapplied: &[(&str, &str)],
+        mut ext: Option<&mut Extensions>,
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
         let entries: &[Entry<'y>] = match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -246,7 +276,16 @@ impl Cv<'_> {
         let mut out = Vec::new();
         for e in entries {
             let p = path.key(&e.key);
-            if e.key.starts_with("x-") || e.value.tag == Some(MergeTag::Reset) {
+            if e.value.tag == Some(MergeTag::Reset) {
+                continue;
+            }
+            if e.key.starts_with("x-") {
+                match ext.as_deref_mut() {
+                    Some(m) => {
+                        m.insert(e.key.to_string(), crate::extensions::value(&e.value));
+                    }
+                    None => self.warn(e.key_pos, &p, DROPPED_EXTENSION),
+                }
                 continue;
             }
             if allowed.contains(&&*e.key) {
@@ -525,7 +564,8 @@ pub(crate) fn project(
         env,
         refs: Refs::default(),
     };
-    let top = cv.fields_noting(
+    // The top-level extensions are taken from the merged files by the loader.
+    let top = cv.fields_keeping(
         &root,
         &KeyPath::Root,
         &[
@@ -533,6 +573,7 @@ pub(crate) fn project(
         ],
         &[],
         UNAPPLIED_TOP_KEYS,
+        &mut Extensions::new(),
     );
     let mut name_field = None;
     let mut sections: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
@@ -857,7 +898,7 @@ fn project_name(
 
 fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network> {
     let mut net = Network::default();
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         &[
@@ -873,6 +914,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
         ],
         &["enable_ipv4"],
         UNAPPLIED_NETWORK_KEYS,
+        &mut net.extensions,
     ) {
         match k {
             "name" => {
@@ -998,12 +1040,13 @@ fn external(
 
 fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
     let mut vol = Volume::default();
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         &["name", "driver", "driver_opts", "external", "labels"],
         &[],
         UNAPPLIED_VOLUME_KEYS,
+        &mut vol.extensions,
     ) {
         match k {
             "name" => vol.name = cv.opt_string(v, &p),
@@ -1064,11 +1107,13 @@ fn file_object(
     } else {
         &["name", "file", "environment", "external", "labels"]
     };
-    for (k, v, p) in cv.fields(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         allowed,
         &["driver", "driver_opts", "template_driver"],
+        &[],
+        &mut o.extensions,
     ) {
         match k {
             "name" => o.name = cv.opt_string(v, &p),
@@ -1106,12 +1151,13 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
     let mut scale: Option<(u64, Pos)> = None;
     let mut ok = true;
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         SERVICE_KEYS,
         IGNORED_SERVICE_KEYS,
         UNAPPLIED_SERVICE_KEYS,
+        &mut s.extensions,
     ) {
         match k {
             "build" => s.build = build(cv, v, &p),

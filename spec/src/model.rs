@@ -23,6 +23,26 @@ fn default_true() -> bool {
     true
 }
 
+/// `x-*` keys of a service, network, volume, config or secret: free-form values that compose
+/// keeps and prints, and that nothing applies.
+pub type Extensions = BTreeMap<String, serde_json::Value>;
+
+/// The flattened `x-*` keys of a model object. Flattening catches every key the struct does not
+/// name, so anything else is refused here, as `deny_unknown_fields` would.
+mod x_keys {
+    use serde::{Deserialize, Deserializer};
+
+    use super::Extensions;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Extensions, D::Error> {
+        let map = Extensions::deserialize(d)?;
+        match map.keys().find(|k| !k.starts_with("x-")) {
+            Some(k) => Err(serde::de::Error::unknown_field(k, &[])),
+            None => Ok(map),
+        }
+    }
+}
+
 /// A whole project: what `docker compose config` prints, fully normalised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +70,7 @@ pub struct Project {
 /// One service in canonical (long) form. Also the shape of a service given without a compose
 /// file (`dcpp service create`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Service {
     /// How to build the image; parsed and kept, dcpp itself does not build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +188,10 @@ pub struct Service {
     /// Working directory of the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 impl Service {
@@ -655,7 +679,7 @@ pub struct FileReference {
 
 /// A top-level network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Network {
     /// Actual network name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -684,6 +708,10 @@ pub struct Network {
     /// Labels on the network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// IP address management of a network.
@@ -718,7 +746,7 @@ pub struct IpamPool {
 
 /// A top-level named volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Volume {
     /// Actual volume name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -735,11 +763,15 @@ pub struct Volume {
     /// Labels on the volume.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A top-level config or secret: exactly one source (file, environment, content) or external.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct FileObject {
     /// Actual object name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -759,6 +791,10 @@ pub struct FileObject {
     /// Labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A non-negative time span with nanosecond precision, printed like Go's `time.Duration`
@@ -820,5 +856,33 @@ impl JsonSchema for Duration {
             "description": "Go-style duration, e.g. \"1m30s\", \"500ms\"",
             "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|^0$"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_objects_keep_x_keys_and_refuse_other_unknown_keys() {
+        let s: Service =
+            serde_json::from_str(r#"{"image":"nginx","x-owner":"team"}"#).expect("x- key");
+        assert_eq!(s.extensions["x-owner"], "team");
+        let e = serde_json::from_str::<Service>(r#"{"image":"nginx","imagee":"x"}"#)
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("imagee"), "{e}");
+        assert!(serde_json::from_str::<Volume>(r#"{"drive":"local"}"#).is_err());
+        assert!(serde_json::from_str::<Network>(r#"{"x-vlan":1}"#).is_ok());
+    }
+
+    #[test]
+    fn schema_allows_x_keys_only() {
+        let v = crate::schema();
+        for def in ["Service", "Network", "Volume", "FileObject"] {
+            let d = &v["$defs"][def];
+            assert!(d["patternProperties"]["^x-"].is_object(), "{def}: {d}");
+            assert_eq!(d["additionalProperties"], false, "{def}");
+            assert!(d["properties"].get("extensions").is_none(), "{def}");
+        }
     }
 }
