@@ -2326,8 +2326,10 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                             pl.constraints = cv.str_list(v, &fp);
                             if let Kind::Seq(items) = &v.kind {
                                 for (i, (c, item)) in pl.constraints.iter().zip(items).enumerate() {
+                                    // Compose takes any string; the scheduler understands
+                                    // only these two forms and refuses the rest when applied.
                                     if !syntax::valid_constraint(c) {
-                                        cv.err(item.pos, &fp.at(i), format!("invalid constraint {c:?}: expected <attribute>==<value> or <attribute>!=<value>"));
+                                        cv.warn(item.pos, &fp.at(i), format!("constraint {c:?} is not <attribute>==<value> or <attribute>!=<value>: `dcpp apply` refuses the service"));
                                     }
                                 }
                             }
@@ -2427,8 +2429,14 @@ fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Updat
             "monitor" => u.monitor = cv.duration(v, &fp),
             "max_failure_ratio" => {
                 u.max_failure_ratio = cv.float(v, &fp);
-                if u.max_failure_ratio.is_some_and(|r| r > 1.0) {
-                    cv.err(v.pos, &fp, "must be between 0 and 1");
+                // Compose takes any number; a ratio is only meaningful within 0..=1, and the
+                // update policy refuses anything else when applied.
+                if let Some(r) = u.max_failure_ratio.filter(|r| !(0.0..=1.0).contains(r)) {
+                    cv.warn(
+                        v.pos,
+                        &fp,
+                        format!("{r} is not between 0 and 1: `dcpp apply` refuses the service"),
+                    );
                 }
             }
             "failure_action" => {
