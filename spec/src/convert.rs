@@ -1003,7 +1003,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             _ => {}
         }
     }
-    external_conflicts(cv, n, path, net.external);
+    legacy_external_name(cv, n, path);
     // The legacy `external: {name: x}` form names the network too.
     if let Some(name) = &net.name
         && !valid_network_name(name)
@@ -1057,18 +1057,20 @@ fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
         }
     }
     external_conflicts(cv, n, path, vol.external);
+    legacy_external_name(cv, n, path);
     Some(vol)
 }
 
-/// An external resource is created elsewhere: settings for creating it cannot be honoured,
-/// and `name` next to the legacy `external.name` is ambiguous (both refused as in compose).
+/// An external volume is created elsewhere: settings for creating it cannot be honoured and
+/// are refused, as compose refuses them (compose checks volumes only; on a network they are
+/// accepted, and warned about where dcpp does not apply them).
 fn external_conflicts(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, external: bool) {
     if !external {
         return;
     }
     let Some(entries) = n.as_map() else { return };
     for e in entries {
-        if matches!(&*e.key, "driver" | "driver_opts" | "labels") {
+        if !matches!(&*e.key, "name" | "external") && !e.key.starts_with("x-") {
             cv.err(
                 e.key_pos,
                 &path.key(&e.key),
@@ -1079,12 +1081,26 @@ fn external_conflicts(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, externa
             );
         }
     }
-    if n.get("name").is_some() && n.get("external").and_then(|x| x.get("name")).is_some() {
-        cv.err(
-            n.pos,
+}
+
+/// The legacy `external: {name: x}` of any resource: deprecated, and refused next to a
+/// different `name` (which one would be meant is unclear), as compose does.
+fn legacy_external_name(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) {
+    let Some(ext) = n.get("external") else { return };
+    let Some(ext_name) = ext.get("name") else {
+        return;
+    };
+    match (n.get("name").and_then(Node::scalar), ext_name.scalar()) {
+        (Some(name), Some(legacy)) if name != legacy => cv.err(
+            ext_name.pos,
             path,
-            "`name` and `external.name` conflict; only use `name`",
-        );
+            format!("name {name:?} and external.name {legacy:?} conflict; only use name"),
+        ),
+        _ => cv.warn(
+            ext_name.pos,
+            path,
+            "external.name is deprecated; set name and external: true",
+        ),
     }
 }
 
@@ -1124,6 +1140,7 @@ fn file_object(
             _ => o.external = external(cv, v, &p, &mut o.name)?,
         }
     }
+    legacy_external_name(cv, n, path);
     let sources = [
         o.file.is_some(),
         o.environment.is_some(),
@@ -1371,20 +1388,62 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "network_mode and networks cannot be combined",
         );
     }
-    // Two mounts on one target (a `tmpfs` entry and a volume) are refused, as in compose.
-    for t in &s.tmpfs {
-        let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
-        if s.volumes.iter().any(|v| v.target == target) {
-            let pos = n.get("volumes").map_or(n.pos, |v| v.pos);
-            cv.err(
-                pos,
-                &path.key("volumes"),
-                format!("target {target} is already mounted as a tmpfs"),
-            );
-            ok = false;
-        }
+    // Two mounts on one target (two `tmpfs` entries, or one and a volume) are refused, as in
+    // compose; the volumes among themselves are checked where they are merged.
+    if !mount_targets_unique(cv, n, path, &s) {
+        ok = false;
     }
     ok.then_some(s)
+}
+
+/// Whether every `tmpfs` entry has its own target, not shared with another entry or a volume;
+/// each clash is reported at the later mount, naming the earlier one as compose does.
+fn mount_targets_unique(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, s: &Service) -> bool {
+    let Some(tmpfs) = n.get("tmpfs") else {
+        return true;
+    };
+    let items = match &tmpfs.kind {
+        Kind::Seq(items) => items.as_slice(),
+        _ => std::slice::from_ref(tmpfs),
+    };
+    let tp = path.key("tmpfs");
+    let mut mounts: Vec<(&str, String)> = Vec::new();
+    let mut unique = true;
+    for (i, item) in items.iter().enumerate() {
+        let Some(t) = item.scalar() else { continue };
+        let target = t.split_once(':').map_or(t, |(p, _)| p);
+        let at = tp.at(i);
+        if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == target) {
+            cv.err(
+                item.pos,
+                &at,
+                format!("target {target} already mounted as {first}"),
+            );
+            unique = false;
+        } else {
+            mounts.push((target, at.to_string()));
+        }
+    }
+    let vp = path.key("volumes");
+    let volume_items = n.get("volumes").and_then(|v| match &v.kind {
+        Kind::Seq(items) => Some(items),
+        _ => None,
+    });
+    for (i, v) in s.volumes.iter().enumerate() {
+        if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == v.target) {
+            let pos = volume_items
+                .filter(|items| items.len() == s.volumes.len())
+                .and_then(|items| items.get(i))
+                .map_or(n.pos, |item| item.pos);
+            cv.err(
+                pos,
+                &vp.at(i),
+                format!("target {} already mounted as {first}", v.target),
+            );
+            unique = false;
+        }
+    }
+    unique
 }
 
 fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
