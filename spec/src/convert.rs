@@ -1302,8 +1302,8 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                             s.environment.insert(k, Some(v));
                         }
                     }
-                    Err((line, msg)) => {
-                        cv.err(pos, &p, format!("{}:{line}: {msg}", abs.display()));
+                    Err(e) => {
+                        cv.err(pos, &p, format!("{}:{}: {e}", abs.display(), e.line()));
                         ok = false;
                     }
                 }

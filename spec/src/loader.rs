@@ -290,16 +290,16 @@ impl Ctx {
             let lookup = |k: &str| base.get(k).or_else(|| earlier.get(k)).cloned();
             match crate::dotenv::parse(&text, &lookup) {
                 Ok(vars) => env.extend(vars),
-                Err((line, msg)) => {
+                Err(e) => {
                     let id = self.add_file(&f, dir.to_path_buf());
                     self.errors.push(
                         Pos {
                             file: id,
-                            line,
+                            line: e.line(),
                             col: 1,
                         },
                         "",
-                        msg,
+                        e.to_string(),
                     );
                 }
             }
