@@ -5,8 +5,9 @@
 //! them, e.g. `1m30s`), sizes as bytes, relative paths made absolute, and every map is a
 //! `BTreeMap`, so the same input always serialises to byte-identical output.
 //!
-//! Field names and nesting follow what `docker compose config` prints, so the serialised model
-//! can be fed back through the loader and yields the identical model.
+//! Field names, nesting and order follow what `docker compose config` prints (compose-go's
+//! struct order), so the serialised model can be fed back through the loader and yields the
+//! identical model.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -59,12 +60,12 @@ pub struct Project {
     /// Named volumes by their key in the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Volume>,
-    /// Configs by their key in the file.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub configs: BTreeMap<String, FileObject>,
     /// Secrets by their key in the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, FileObject>,
+    /// Configs by their key in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileObject>,
 }
 
 /// One service in canonical (long) form. Also the shape of a service given without a compose
@@ -72,6 +73,9 @@ pub struct Project {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Service {
+    /// Profiles that enable this service; empty means always enabled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
     /// How to build the image; parsed and kept, dcpp itself does not build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
@@ -81,15 +85,15 @@ pub struct Service {
     /// Capabilities dropped from the default set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
     /// Overrides the image's CMD. `None`: use the image's; `Some([])`: explicitly empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// Configs mounted into the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileReference>,
-    /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<f64>,
     /// Services that must be started (or healthy, or completed) before this one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, DependsOn>,
@@ -109,12 +113,12 @@ pub struct Service {
     /// Ports exposed to linked services only, e.g. `"3000"` or `"8000-8010/udp"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
-    /// Health check run inside the container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthcheck: Option<Healthcheck>,
     /// Container hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Health check run inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
     /// Image reference to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -145,9 +149,10 @@ pub struct Service {
     /// Run with all capabilities and devices.
     #[serde(default, skip_serializing_if = "is_false")]
     pub privileged: bool,
-    /// Profiles that enable this service; empty means always enabled.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub profiles: Vec<String>,
+    /// When the node pulls the image: `always`, `never`, `missing`/`if_not_present` (the
+    /// default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
     /// Mount the root filesystem read-only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
@@ -166,10 +171,6 @@ pub struct Service {
     /// Signal sent to stop the container (e.g. `SIGTERM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
-    /// When the node pulls the image: `always`, `never`, `missing`/`if_not_present` (the
-    /// default when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_policy: Option<String>,
     /// Kernel parameters set in the container's namespaces.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
@@ -268,12 +269,12 @@ pub struct Healthcheck {
     /// Command in list form; a string in the file becomes `["CMD-SHELL", string]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test: Vec<String>,
-    /// Time between two checks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
     /// Time after which one check counts as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Time between two checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
     /// Consecutive failures before the container is unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u64>,
@@ -513,15 +514,15 @@ pub enum VolumeType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindOptions {
+    /// SELinux relabel: `z` (shared) or `Z` (private).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
     /// Mount propagation (`rprivate`, `shared`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation: Option<String>,
     /// Create the host path if it is missing (true for the short syntax, as compose does).
     #[serde(default, skip_serializing_if = "is_false")]
     pub create_host_path: bool,
-    /// SELinux relabel: `z` (shared) or `Z` (private).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selinux: Option<String>,
 }
 
 /// Options of a volume mount.
@@ -702,12 +703,12 @@ pub struct Network {
     /// Standalone containers may attach.
     #[serde(default, skip_serializing_if = "is_false")]
     pub attachable: bool,
-    /// IPv6 enabled.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub enable_ipv6: bool,
     /// Labels on the network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// IPv6 enabled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_ipv6: bool,
     /// `x-*` keys, printed after the others as compose prints them; never applied.
     #[serde(flatten, deserialize_with = "x_keys::deserialize")]
     #[schemars(skip)]
@@ -733,12 +734,12 @@ pub struct IpamPool {
     /// CIDR subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
-    /// Range to allocate container IPs from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
     /// Gateway address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Range to allocate container IPs from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
     /// Reserved addresses by hostname.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aux_addresses: BTreeMap<String, String>,
