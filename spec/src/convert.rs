@@ -1630,7 +1630,13 @@ fn file_refs(
                         "gid" => r.gid = cv.opt_string(v, &fp),
                         _ => {
                             let s = cv.string(v, &fp).unwrap_or_default();
-                            match syntax::parse_mode(&s) {
+                            // A YAML number follows YAML's integer rules; a string (quoted or
+                            // interpolated) is always octal, as compose reads a file mode.
+                            let mode = match v.kind {
+                                Kind::Scalar { plain: true, .. } => syntax::parse_mode(&s),
+                                _ => syntax::parse_octal_mode(&s),
+                            };
+                            match mode {
                                 Some(m) => r.mode = Some(m),
                                 None => cv.err(v.pos, &fp, format!("invalid file mode {s:?}")),
                             }

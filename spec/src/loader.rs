@@ -221,10 +221,13 @@ impl Ctx {
         let pos = node.pos;
         match &mut node.kind {
             Kind::Null => {}
-            Kind::Scalar { value, .. } => {
+            Kind::Scalar { value, plain } => {
                 if !value.contains('$') {
                     return;
                 }
+                // An interpolated value is a string to compose (a number or boolean only where
+                // its schema casts it), whatever text the variable held.
+                *plain = false;
                 let lookup = |k: &str| env.get(k).cloned();
                 match interp::interpolate(value, &lookup) {
                     Ok(r) => {
