@@ -132,7 +132,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
     /// Memory limit in bytes (`mem_limit:`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub mem_limit: Option<u64>,
     /// `none`, `host`, `bridge`, `service:NAME` or `container:NAME`; excludes `networks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,7 +164,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<FileReference>,
     /// Size of /dev/shm in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub shm_size: Option<u64>,
     /// Time to wait after `stop_signal` before killing the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -386,7 +388,8 @@ pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Memory in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub memory: Option<u64>,
     /// Maximum number of processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -542,7 +545,8 @@ pub struct VolumeOptions {
 #[serde(deny_unknown_fields)]
 pub struct TmpfsOptions {
     /// Size in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub size: Option<u64>,
     /// File mode (e.g. 0o1777 = 1023).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -641,6 +645,37 @@ mod octal_mode {
             Some(Form::Text(t)) => u32::from_str_radix(t.trim_start_matches("0o"), 8)
                 .map(Some)
                 .map_err(|_| serde::de::Error::custom(format!("invalid file mode {t:?}"))),
+        }
+    }
+}
+
+/// Byte sizes as compose prints them: a decimal string (`"67108864"`). A plain number (as
+/// older stored models hold it) is still read.
+mod byte_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.collect_str(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Num(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Form>::deserialize(d)? {
+            None => Ok(None),
+            Some(Form::Num(n)) => Ok(Some(n)),
+            Some(Form::Text(t)) => t
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("invalid byte size {t:?}"))),
         }
     }
 }
@@ -885,5 +920,18 @@ mod tests {
             assert_eq!(d["additionalProperties"], false, "{def}");
             assert!(d["properties"].get("extensions").is_none(), "{def}");
         }
+    }
+
+    #[test]
+    fn byte_sizes_print_as_strings_and_read_both_forms() {
+        let r: ResourceSpec = serde_json::from_str(r#"{"memory":"1024"}"#).expect("string");
+        assert_eq!(r.memory, Some(1024));
+        let r: ResourceSpec = serde_json::from_str(r#"{"memory":2048}"#).expect("number");
+        assert_eq!(r.memory, Some(2048));
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"memory":"2048"}"#
+        );
+        assert!(serde_json::from_str::<ResourceSpec>(r#"{"memory":"2k"}"#).is_err());
     }
 }
