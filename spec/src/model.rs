@@ -38,7 +38,9 @@ mod x_keys {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Extensions, D::Error> {
         let map = Extensions::deserialize(d)?;
         match map.keys().find(|k| !k.starts_with("x-")) {
-            Some(k) => Err(serde::de::Error::unknown_field(k, &[])),
+            Some(k) => Err(serde::de::Error::custom(format!(
+                "unknown field `{k}` (only `x-*` keys are free-form)"
+            ))),
             None => Ok(map),
         }
     }
