@@ -168,6 +168,10 @@ const UNAPPLIED_PORT_KEYS: &[(&str, &str)] = &[
     ("app_protocol", "ports have no application protocol"),
 ];
 
+/// compose keeps `x-*` keys on nearly every object; dcpp keeps them where `dcpp config` prints
+/// them and says so everywhere else rather than dropping them unseen.
+const DROPPED_EXTENSION: &str = "extension dropped: dcpp keeps `x-*` keys only at the top level and on services, networks, volumes, configs and secrets";
+
 /// References collected while converting services, validated once everything is known.
 #[derive(Default)]
 struct Refs {
@@ -209,8 +213,8 @@ impl Cv<'_> {
         );
     }
 
-    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `x-*` keys
-    /// and `!reset` values are skipped; `ignored` keys give a warning.
+    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `!reset`
+    /// values are skipped; `x-*` keys and `ignored` keys give a warning.
     fn fields<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
@@ -231,6 +235,32 @@ impl Cv<'_> {
         ignored: &[&str],
         unapplied: &[(&str, &str)],
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
+        self.scan(n, path, allowed, ignored, unapplied, None)
+    }
+
+    /// [`Cv::fields_noting`] for an object that keeps its `x-*` keys in `ext`, as compose keeps
+    /// them on services, networks, volumes, configs and secrets.
+    fn fields_keeping<'n, 'y>(
+        &mut self,
+        n: &'n Node<'y>,
+        path: &'n KeyPath<'n>,
+        allowed: &[&str],
+        ignored: &[&str],
+        unapplied: &[(&str, &str)],
+        ext: &mut Extensions,
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
+        self.scan(n, path, allowed, ignored, unapplied, Some(ext))
+    }
+
+    fn scan<'n, 'y>(
+        &mut self,
+        n: &'n Node<'y>,
+        path: &'n KeyPath<'n>,
+        allowed: &[&str],
+        ignored: &[&str],
+        unapplied: &[(&str, &str)],
+        mut ext: Option<&mut Extensions>,
+    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
         let entries: &[Entry<'y>] = match &n.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -246,7 +276,16 @@ impl Cv<'_> {
         let mut out = Vec::new();
         for e in entries {
             let p = path.key(&e.key);
-            if e.key.starts_with("x-") || e.value.tag == Some(MergeTag::Reset) {
+            if e.value.tag == Some(MergeTag::Reset) {
+                continue;
+            }
+            if e.key.starts_with("x-") {
+                match ext.as_deref_mut() {
+                    Some(m) => {
+                        m.insert(e.key.to_string(), crate::extensions::value(&e.value));
+                    }
+                    None => self.warn(e.key_pos, &p, DROPPED_EXTENSION),
+                }
                 continue;
             }
             if allowed.contains(&&*e.key) {
@@ -525,7 +564,8 @@ pub(crate) fn project(
         env,
         refs: Refs::default(),
     };
-    let top = cv.fields_noting(
+    // The top-level extensions are taken from the merged files by the loader.
+    let top = cv.fields_keeping(
         &root,
         &KeyPath::Root,
         &[
@@ -533,6 +573,7 @@ pub(crate) fn project(
         ],
         &[],
         UNAPPLIED_TOP_KEYS,
+        &mut Extensions::new(),
     );
     let mut name_field = None;
     let mut sections: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
@@ -857,7 +898,7 @@ fn project_name(
 
 fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network> {
     let mut net = Network::default();
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         &[
@@ -873,6 +914,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
         ],
         &["enable_ipv4"],
         UNAPPLIED_NETWORK_KEYS,
+        &mut net.extensions,
     ) {
         match k {
             "name" => {
@@ -961,7 +1003,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             _ => {}
         }
     }
-    external_conflicts(cv, n, path, net.external);
+    legacy_external_name(cv, n, path);
     // The legacy `external: {name: x}` form names the network too.
     if let Some(name) = &net.name
         && !valid_network_name(name)
@@ -998,12 +1040,13 @@ fn external(
 
 fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
     let mut vol = Volume::default();
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         &["name", "driver", "driver_opts", "external", "labels"],
         &[],
         UNAPPLIED_VOLUME_KEYS,
+        &mut vol.extensions,
     ) {
         match k {
             "name" => vol.name = cv.opt_string(v, &p),
@@ -1014,18 +1057,20 @@ fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
         }
     }
     external_conflicts(cv, n, path, vol.external);
+    legacy_external_name(cv, n, path);
     Some(vol)
 }
 
-/// An external resource is created elsewhere: settings for creating it cannot be honoured,
-/// and `name` next to the legacy `external.name` is ambiguous (both refused as in compose).
+/// An external volume is created elsewhere: settings for creating it cannot be honoured and
+/// are refused, as compose refuses them (compose checks volumes only; on a network they are
+/// accepted, and warned about where dcpp does not apply them).
 fn external_conflicts(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, external: bool) {
     if !external {
         return;
     }
     let Some(entries) = n.as_map() else { return };
     for e in entries {
-        if matches!(&*e.key, "driver" | "driver_opts" | "labels") {
+        if !matches!(&*e.key, "name" | "external") && !e.key.starts_with("x-") {
             cv.err(
                 e.key_pos,
                 &path.key(&e.key),
@@ -1036,12 +1081,26 @@ fn external_conflicts(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, externa
             );
         }
     }
-    if n.get("name").is_some() && n.get("external").and_then(|x| x.get("name")).is_some() {
-        cv.err(
-            n.pos,
+}
+
+/// The legacy `external: {name: x}` of any resource: deprecated, and refused next to a
+/// different `name` (which one would be meant is unclear), as compose does.
+fn legacy_external_name(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) {
+    let Some(ext) = n.get("external") else { return };
+    let Some(ext_name) = ext.get("name") else {
+        return;
+    };
+    match (n.get("name").and_then(Node::scalar), ext_name.scalar()) {
+        (Some(name), Some(legacy)) if name != legacy => cv.err(
+            ext_name.pos,
             path,
-            "`name` and `external.name` conflict; only use `name`",
-        );
+            format!("name {name:?} and external.name {legacy:?} conflict; only use name"),
+        ),
+        _ => cv.warn(
+            ext_name.pos,
+            path,
+            "external.name is deprecated; set name and external: true",
+        ),
     }
 }
 
@@ -1064,11 +1123,13 @@ fn file_object(
     } else {
         &["name", "file", "environment", "external", "labels"]
     };
-    for (k, v, p) in cv.fields(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         allowed,
         &["driver", "driver_opts", "template_driver"],
+        &[],
+        &mut o.extensions,
     ) {
         match k {
             "name" => o.name = cv.opt_string(v, &p),
@@ -1079,6 +1140,7 @@ fn file_object(
             _ => o.external = external(cv, v, &p, &mut o.name)?,
         }
     }
+    legacy_external_name(cv, n, path);
     let sources = [
         o.file.is_some(),
         o.environment.is_some(),
@@ -1106,12 +1168,13 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
     let mut scale: Option<(u64, Pos)> = None;
     let mut ok = true;
-    for (k, v, p) in cv.fields_noting(
+    for (k, v, p) in cv.fields_keeping(
         n,
         path,
         SERVICE_KEYS,
         IGNORED_SERVICE_KEYS,
         UNAPPLIED_SERVICE_KEYS,
+        &mut s.extensions,
     ) {
         match k {
             "build" => s.build = build(cv, v, &p),
@@ -1239,8 +1302,8 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                             s.environment.insert(k, Some(v));
                         }
                     }
-                    Err((line, msg)) => {
-                        cv.err(pos, &p, format!("{}:{line}: {msg}", abs.display()));
+                    Err(e) => {
+                        cv.err(pos, &p, format!("{}:{}: {e}", abs.display(), e.line()));
                         ok = false;
                     }
                 }
@@ -1325,20 +1388,62 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "network_mode and networks cannot be combined",
         );
     }
-    // Two mounts on one target (a `tmpfs` entry and a volume) are refused, as in compose.
-    for t in &s.tmpfs {
-        let target = t.split_once(':').map_or(t.as_str(), |(p, _)| p);
-        if s.volumes.iter().any(|v| v.target == target) {
-            let pos = n.get("volumes").map_or(n.pos, |v| v.pos);
-            cv.err(
-                pos,
-                &path.key("volumes"),
-                format!("target {target} is already mounted as a tmpfs"),
-            );
-            ok = false;
-        }
+    // Two mounts on one target (two `tmpfs` entries, or one and a volume) are refused, as in
+    // compose; the volumes among themselves are checked where they are merged.
+    if !mount_targets_unique(cv, n, path, &s) {
+        ok = false;
     }
     ok.then_some(s)
+}
+
+/// Whether every `tmpfs` entry has its own target, not shared with another entry or a volume;
+/// each clash is reported at the later mount, naming the earlier one as compose does.
+fn mount_targets_unique(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, s: &Service) -> bool {
+    let Some(tmpfs) = n.get("tmpfs") else {
+        return true;
+    };
+    let items = match &tmpfs.kind {
+        Kind::Seq(items) => items.as_slice(),
+        _ => std::slice::from_ref(tmpfs),
+    };
+    let tp = path.key("tmpfs");
+    let mut mounts: Vec<(&str, String)> = Vec::new();
+    let mut unique = true;
+    for (i, item) in items.iter().enumerate() {
+        let Some(t) = item.scalar() else { continue };
+        let target = t.split_once(':').map_or(t, |(p, _)| p);
+        let at = tp.at(i);
+        if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == target) {
+            cv.err(
+                item.pos,
+                &at,
+                format!("target {target} already mounted as {first}"),
+            );
+            unique = false;
+        } else {
+            mounts.push((target, at.to_string()));
+        }
+    }
+    let vp = path.key("volumes");
+    let volume_items = n.get("volumes").and_then(|v| match &v.kind {
+        Kind::Seq(items) => Some(items),
+        _ => None,
+    });
+    for (i, v) in s.volumes.iter().enumerate() {
+        if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == v.target) {
+            let pos = volume_items
+                .filter(|items| items.len() == s.volumes.len())
+                .and_then(|items| items.get(i))
+                .map_or(n.pos, |item| item.pos);
+            cv.err(
+                pos,
+                &vp.at(i),
+                format!("target {} already mounted as {first}", v.target),
+            );
+            unique = false;
+        }
+    }
+    unique
 }
 
 fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
@@ -1525,7 +1630,13 @@ fn file_refs(
                         "gid" => r.gid = cv.opt_string(v, &fp),
                         _ => {
                             let s = cv.string(v, &fp).unwrap_or_default();
-                            match syntax::parse_mode(&s) {
+                            // A YAML number follows YAML's integer rules; a string (quoted or
+                            // interpolated) is always octal, as compose reads a file mode.
+                            let mode = match v.kind {
+                                Kind::Scalar { plain: true, .. } => syntax::parse_mode(&s),
+                                _ => syntax::parse_octal_mode(&s),
+                            };
+                            match mode {
                                 Some(m) => r.mode = Some(m),
                                 None => cv.err(v.pos, &fp, format!("invalid file mode {s:?}")),
                             }
@@ -2280,8 +2391,10 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                             pl.constraints = cv.str_list(v, &fp);
                             if let Kind::Seq(items) = &v.kind {
                                 for (i, (c, item)) in pl.constraints.iter().zip(items).enumerate() {
+                                    // Compose takes any string; the scheduler understands
+                                    // only these two forms and refuses the rest when applied.
                                     if !syntax::valid_constraint(c) {
-                                        cv.err(item.pos, &fp.at(i), format!("invalid constraint {c:?}: expected <attribute>==<value> or <attribute>!=<value>"));
+                                        cv.warn(item.pos, &fp.at(i), format!("constraint {c:?} is not <attribute>==<value> or <attribute>!=<value>: `dcpp apply` refuses the service"));
                                     }
                                 }
                             }
@@ -2381,8 +2494,14 @@ fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Updat
             "monitor" => u.monitor = cv.duration(v, &fp),
             "max_failure_ratio" => {
                 u.max_failure_ratio = cv.float(v, &fp);
-                if u.max_failure_ratio.is_some_and(|r| r > 1.0) {
-                    cv.err(v.pos, &fp, "must be between 0 and 1");
+                // Compose takes any number; a ratio is only meaningful within 0..=1, and the
+                // update policy refuses anything else when applied.
+                if let Some(r) = u.max_failure_ratio.filter(|r| !(0.0..=1.0).contains(r)) {
+                    cv.warn(
+                        v.pos,
+                        &fp,
+                        format!("{r} is not between 0 and 1: `dcpp apply` refuses the service"),
+                    );
                 }
             }
             "failure_action" => {

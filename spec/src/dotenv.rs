@@ -1,6 +1,35 @@
 //! `.env` / `env_file` syntax as compose reads it (compose-go's dotenv rules).
 
-use crate::interp;
+use crate::interp::{self, InterpError};
+
+/// Why an env file cannot be read; each variant carries the 1-based line of the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DotenvError {
+    /// A key with whitespace inside it (`KEY NAME=…`); spaces around `=` are fine.
+    #[error("key cannot contain a space")]
+    KeyWithSpace { line: u32 },
+    /// A key outside compose's variable-name characters.
+    #[error("invalid variable name {key:?}")]
+    InvalidName { line: u32, key: String },
+    /// A quote that is never closed.
+    #[error("unterminated quoted value")]
+    Unterminated { line: u32 },
+    /// A value whose `${…}` cannot be interpolated.
+    #[error("{source}")]
+    Interpolation { line: u32, source: InterpError },
+}
+
+impl DotenvError {
+    /// The line of the entry in its file.
+    pub(crate) fn line(&self) -> u32 {
+        match self {
+            Self::KeyWithSpace { line }
+            | Self::InvalidName { line, .. }
+            | Self::Unterminated { line }
+            | Self::Interpolation { line, .. } => *line,
+        }
+    }
+}
 
 /// Compose's escapes inside double quotes; any other `\x` keeps its backslash.
 fn unescape_double(s: &str) -> String {
@@ -71,7 +100,7 @@ fn quoted(src: &str, quote: char) -> Option<(String, usize)> {
 pub(crate) fn parse(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<(String, String)>, (u32, String)> {
+) -> Result<Vec<(String, String)>, DotenvError> {
     let mut vars: Vec<(String, String)> = Vec::new();
     let text = text.trim_start_matches('\u{feff}');
     // Byte offset where each line starts, to report the line of a multi-line value.
@@ -99,14 +128,17 @@ pub(crate) fn parse(
             None => (body.trim_end(), None),
         };
         if key.contains(char::is_whitespace) {
-            return Err((lineno, "key cannot contain a space".to_owned()));
+            return Err(DotenvError::KeyWithSpace { line: lineno });
         }
         if key.is_empty()
             || !key
                 .chars()
                 .all(|c| c.is_alphanumeric() || "_.-[]".contains(c))
         {
-            return Err((lineno, format!("invalid variable name {key:?}")));
+            return Err(DotenvError::InvalidName {
+                line: lineno,
+                key: key.to_owned(),
+            });
         }
         let local = |k: &str| {
             lookup(k).or_else(|| {
@@ -130,11 +162,14 @@ pub(crate) fn parse(
         let (value, consumed) = match value_src.chars().next() {
             Some(q @ ('\'' | '"')) => {
                 let Some((raw, len)) = quoted(&value_src[1..], q) else {
-                    return Err((lineno, "unterminated quoted value".to_owned()));
+                    return Err(DotenvError::Unterminated { line: lineno });
                 };
                 let v = if q == '"' {
                     interp::interpolate(&unescape_double(&raw), &local)
-                        .map_err(|e| (lineno, e.to_string()))?
+                        .map_err(|source| DotenvError::Interpolation {
+                            line: lineno,
+                            source,
+                        })?
                         .value
                 } else {
                     raw
@@ -150,7 +185,10 @@ pub(crate) fn parse(
                 let v = &value_src[..eol];
                 let v = v.split_once(" #").map_or(v, |(a, _)| a);
                 let v = interp::interpolate(v.trim_end(), &local)
-                    .map_err(|e| (lineno, e.to_string()))?
+                    .map_err(|source| DotenvError::Interpolation {
+                        line: lineno,
+                        source,
+                    })?
                     .value;
                 (v, value_off + eol)
             }
@@ -166,7 +204,7 @@ pub(crate) fn parse(
 pub(crate) fn parse_map(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<std::collections::BTreeMap<String, String>, (u32, String)> {
+) -> Result<std::collections::BTreeMap<String, String>, DotenvError> {
     Ok(parse(text, lookup)?.into_iter().collect())
 }
 
@@ -193,8 +231,17 @@ mod tests {
     #[test]
     fn bad_lines() {
         let lookup = |_: &str| None;
-        assert_eq!(parse("A=1\nB C=2\n", &lookup).unwrap_err().0, 2);
-        assert_eq!(parse("A='x\n", &lookup).unwrap_err().0, 1);
+        assert_eq!(
+            parse("A=1\nB C=2\n", &lookup).unwrap_err(),
+            DotenvError::KeyWithSpace { line: 2 }
+        );
+        assert_eq!(
+            parse("A='x\n", &lookup).unwrap_err(),
+            DotenvError::Unterminated { line: 1 }
+        );
+        let bad = parse("A=1\nB=${X\n", &lookup).unwrap_err();
+        assert_eq!(bad.line(), 2);
+        assert!(matches!(bad, DotenvError::Interpolation { .. }), "{bad:?}");
     }
 
     /// Expectations of compose-go's dotenv tests (quoted values, escapes, precedence).
@@ -226,7 +273,8 @@ mod tests {
         assert_eq!(one("J = 'first\nsecond'\nK=1", "J"), "first\nsecond");
         assert_eq!(one("J = 'first\nsecond'\nK=1", "K"), "1");
         let err = parse("# c\nfoo=\"\n  a\n\"\nINVALID LINE\nzot=qix\n", &none).unwrap_err();
-        assert_eq!(err, (5, "key cannot contain a space".to_owned()));
+        assert_eq!(err, DotenvError::KeyWithSpace { line: 5 });
+        assert_eq!(err.to_string(), "key cannot contain a space");
         // The process environment wins over a variable defined earlier in the same file.
         let env = |k: &str| (k == "A").then(|| "from-env".to_owned());
         let m = parse_map("A=in-file\nB=${A}\n", &env).unwrap();

@@ -18,7 +18,7 @@ pub(crate) fn top_level(root: &Node<'_>) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn value(n: &Node<'_>) -> Value {
+pub(crate) fn value(n: &Node<'_>) -> Value {
     match &n.kind {
         Kind::Null => Value::Null,
         Kind::Scalar { value, plain: true } => plain_scalar(value),

@@ -221,10 +221,13 @@ impl Ctx {
         let pos = node.pos;
         match &mut node.kind {
             Kind::Null => {}
-            Kind::Scalar { value, .. } => {
+            Kind::Scalar { value, plain } => {
                 if !value.contains('$') {
                     return;
                 }
+                // An interpolated value is a string to compose (a number or boolean only where
+                // its schema casts it), whatever text the variable held.
+                *plain = false;
                 let lookup = |k: &str| env.get(k).cloned();
                 match interp::interpolate(value, &lookup) {
                     Ok(r) => {
@@ -290,16 +293,16 @@ impl Ctx {
             let lookup = |k: &str| base.get(k).or_else(|| earlier.get(k)).cloned();
             match crate::dotenv::parse(&text, &lookup) {
                 Ok(vars) => env.extend(vars),
-                Err((line, msg)) => {
+                Err(e) => {
                     let id = self.add_file(&f, dir.to_path_buf());
                     self.errors.push(
                         Pos {
                             file: id,
-                            line,
+                            line: e.line(),
                             col: 1,
                         },
                         "",
-                        msg,
+                        e.to_string(),
                     );
                 }
             }

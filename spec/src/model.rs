@@ -5,8 +5,9 @@
 //! them, e.g. `1m30s`), sizes as bytes, relative paths made absolute, and every map is a
 //! `BTreeMap`, so the same input always serialises to byte-identical output.
 //!
-//! Field names and nesting follow what `docker compose config` prints, so the serialised model
-//! can be fed back through the loader and yields the identical model.
+//! Field names, nesting and order follow what `docker compose config` prints (compose-go's
+//! struct order), so the serialised model can be fed back through the loader and yields the
+//! identical model.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -21,6 +22,28 @@ fn is_false(b: &bool) -> bool {
 
 fn default_true() -> bool {
     true
+}
+
+/// `x-*` keys of a service, network, volume, config or secret: free-form values that compose
+/// keeps and prints, and that nothing applies.
+pub type Extensions = BTreeMap<String, serde_json::Value>;
+
+/// The flattened `x-*` keys of a model object. Flattening catches every key the struct does not
+/// name, so anything else is refused here, as `deny_unknown_fields` would.
+mod x_keys {
+    use serde::{Deserialize, Deserializer};
+
+    use super::Extensions;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Extensions, D::Error> {
+        let map = Extensions::deserialize(d)?;
+        match map.keys().find(|k| !k.starts_with("x-")) {
+            Some(k) => Err(serde::de::Error::custom(format!(
+                "unknown field `{k}` (only `x-*` keys are free-form)"
+            ))),
+            None => Ok(map),
+        }
+    }
 }
 
 /// A whole project: what `docker compose config` prints, fully normalised.
@@ -39,19 +62,22 @@ pub struct Project {
     /// Named volumes by their key in the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Volume>,
-    /// Configs by their key in the file.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub configs: BTreeMap<String, FileObject>,
     /// Secrets by their key in the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, FileObject>,
+    /// Configs by their key in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileObject>,
 }
 
 /// One service in canonical (long) form. Also the shape of a service given without a compose
 /// file (`dcpp service create`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Service {
+    /// Profiles that enable this service; empty means always enabled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
     /// How to build the image; parsed and kept, dcpp itself does not build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
@@ -61,15 +87,15 @@ pub struct Service {
     /// Capabilities dropped from the default set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
     /// Overrides the image's CMD. `None`: use the image's; `Some([])`: explicitly empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// Configs mounted into the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileReference>,
-    /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<f64>,
     /// Services that must be started (or healthy, or completed) before this one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, DependsOn>,
@@ -89,12 +115,12 @@ pub struct Service {
     /// Ports exposed to linked services only, e.g. `"3000"` or `"8000-8010/udp"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
-    /// Health check run inside the container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthcheck: Option<Healthcheck>,
     /// Container hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Health check run inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
     /// Image reference to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -108,7 +134,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
     /// Memory limit in bytes (`mem_limit:`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub mem_limit: Option<u64>,
     /// `none`, `host`, `bridge`, `service:NAME` or `container:NAME`; excludes `networks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,9 +152,10 @@ pub struct Service {
     /// Run with all capabilities and devices.
     #[serde(default, skip_serializing_if = "is_false")]
     pub privileged: bool,
-    /// Profiles that enable this service; empty means always enabled.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub profiles: Vec<String>,
+    /// When the node pulls the image: `always`, `never`, `missing`/`if_not_present` (the
+    /// default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
     /// Mount the root filesystem read-only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
@@ -138,7 +166,8 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<FileReference>,
     /// Size of /dev/shm in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub shm_size: Option<u64>,
     /// Time to wait after `stop_signal` before killing the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,10 +175,6 @@ pub struct Service {
     /// Signal sent to stop the container (e.g. `SIGTERM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
-    /// When the node pulls the image: `always`, `never`, `missing`/`if_not_present` (the
-    /// default when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_policy: Option<String>,
     /// Kernel parameters set in the container's namespaces.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
@@ -168,6 +193,10 @@ pub struct Service {
     /// Working directory of the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 impl Service {
@@ -244,12 +273,12 @@ pub struct Healthcheck {
     /// Command in list form; a string in the file becomes `["CMD-SHELL", string]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test: Vec<String>,
-    /// Time between two checks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
     /// Time after which one check counts as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Time between two checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
     /// Consecutive failures before the container is unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u64>,
@@ -361,7 +390,8 @@ pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Memory in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub memory: Option<u64>,
     /// Maximum number of processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -489,15 +519,15 @@ pub enum VolumeType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindOptions {
+    /// SELinux relabel: `z` (shared) or `Z` (private).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
     /// Mount propagation (`rprivate`, `shared`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation: Option<String>,
     /// Create the host path if it is missing (true for the short syntax, as compose does).
     #[serde(default, skip_serializing_if = "is_false")]
     pub create_host_path: bool,
-    /// SELinux relabel: `z` (shared) or `Z` (private).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selinux: Option<String>,
 }
 
 /// Options of a volume mount.
@@ -517,7 +547,8 @@ pub struct VolumeOptions {
 #[serde(deny_unknown_fields)]
 pub struct TmpfsOptions {
     /// Size in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
     pub size: Option<u64>,
     /// File mode (e.g. 0o1777 = 1023).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -620,6 +651,37 @@ mod octal_mode {
     }
 }
 
+/// Byte sizes as compose prints them: a decimal string (`"67108864"`). A plain number (as
+/// older stored models hold it) is still read.
+mod byte_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.collect_str(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Num(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Form>::deserialize(d)? {
+            None => Ok(None),
+            Some(Form::Num(n)) => Ok(Some(n)),
+            Some(Form::Text(t)) => t
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("invalid byte size {t:?}"))),
+        }
+    }
+}
+
 /// Logging driver configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -655,7 +717,7 @@ pub struct FileReference {
 
 /// A top-level network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Network {
     /// Actual network name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -678,12 +740,16 @@ pub struct Network {
     /// Standalone containers may attach.
     #[serde(default, skip_serializing_if = "is_false")]
     pub attachable: bool,
-    /// IPv6 enabled.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub enable_ipv6: bool,
     /// Labels on the network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// IPv6 enabled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_ipv6: bool,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// IP address management of a network.
@@ -705,12 +771,12 @@ pub struct IpamPool {
     /// CIDR subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
-    /// Range to allocate container IPs from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
     /// Gateway address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Range to allocate container IPs from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
     /// Reserved addresses by hostname.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aux_addresses: BTreeMap<String, String>,
@@ -718,7 +784,7 @@ pub struct IpamPool {
 
 /// A top-level named volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Volume {
     /// Actual volume name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -735,11 +801,15 @@ pub struct Volume {
     /// Labels on the volume.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A top-level config or secret: exactly one source (file, environment, content) or external.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct FileObject {
     /// Actual object name: `<project>_<key>` unless set explicitly or external.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -759,6 +829,10 @@ pub struct FileObject {
     /// Labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A non-negative time span with nanosecond precision, printed like Go's `time.Duration`
@@ -820,5 +894,46 @@ impl JsonSchema for Duration {
             "description": "Go-style duration, e.g. \"1m30s\", \"500ms\"",
             "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|^0$"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_objects_keep_x_keys_and_refuse_other_unknown_keys() {
+        let s: Service =
+            serde_json::from_str(r#"{"image":"nginx","x-owner":"team"}"#).expect("x- key");
+        assert_eq!(s.extensions["x-owner"], "team");
+        let e = serde_json::from_str::<Service>(r#"{"image":"nginx","imagee":"x"}"#)
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("imagee"), "{e}");
+        assert!(serde_json::from_str::<Volume>(r#"{"drive":"local"}"#).is_err());
+        assert!(serde_json::from_str::<Network>(r#"{"x-vlan":1}"#).is_ok());
+    }
+
+    #[test]
+    fn schema_allows_x_keys_only() {
+        let v = crate::schema();
+        for def in ["Service", "Network", "Volume", "FileObject"] {
+            let d = &v["$defs"][def];
+            assert!(d["patternProperties"]["^x-"].is_object(), "{def}: {d}");
+            assert_eq!(d["additionalProperties"], false, "{def}");
+            assert!(d["properties"].get("extensions").is_none(), "{def}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes_print_as_strings_and_read_both_forms() {
+        let r: ResourceSpec = serde_json::from_str(r#"{"memory":"1024"}"#).expect("string");
+        assert_eq!(r.memory, Some(1024));
+        let r: ResourceSpec = serde_json::from_str(r#"{"memory":2048}"#).expect("number");
+        assert_eq!(r.memory, Some(2048));
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"memory":"2048"}"#
+        );
+        assert!(serde_json::from_str::<ResourceSpec>(r#"{"memory":"2k"}"#).is_err());
     }
 }

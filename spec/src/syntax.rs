@@ -287,6 +287,15 @@ pub(crate) fn parse_mode(s: &str) -> Option<u32> {
     (m <= 0o7777).then_some(m)
 }
 
+/// A file mode given as a string: octal digits, with or without a `0` or `0o` prefix.
+pub(crate) fn parse_octal_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
 /// `a.b.c.d/n` or an IPv6 CIDR.
 pub(crate) fn valid_cidr(s: &str) -> bool {
     let Some((ip, bits)) = s.split_once('/') else {
@@ -380,5 +389,10 @@ mod tests {
         assert_eq!(parse_mode("0o755"), Some(0o755));
         assert_eq!(parse_mode("288"), Some(288));
         assert_eq!(parse_mode("0999"), None);
+        assert_eq!(parse_octal_mode("440"), Some(0o440));
+        assert_eq!(parse_octal_mode("0440"), Some(0o440));
+        assert_eq!(parse_octal_mode("0o755"), Some(0o755));
+        assert_eq!(parse_octal_mode("288"), None);
+        assert_eq!(parse_octal_mode("+44"), None);
     }
 }
