@@ -1,8 +1,9 @@
 //! Cluster benchmark (not run by CI): `cargo bench -p dcpp-raft --bench cluster`.
 //!
-//! A 3-node in-process cluster on loopback HTTP, every node with its own redb file (fsync on
-//! each commit) and production Raft timers. Measures committed writes/s and commit latency
-//! percentiles through the HTTP API of the leader at several client concurrencies, then the
+//! A 3-node in-process cluster on loopback HTTPS (mutual TLS), every node with its own redb
+//! file (fsync on each commit) and production Raft timers. Measures committed writes/s and
+//! commit latency percentiles through the API of the leader at several client concurrencies,
+//! the time a fresh node takes to join (token check, certificate, catch-up), then the
 //! failover time (leader crash → first write accepted by the new leader) over 20 leader kills.
 //! Environment: BENCH_SECS (default 5) per load level, BENCH_KILLS (default 20).
 
@@ -121,11 +122,27 @@ fn main() {
     rt.block_on(async {
         let mut c = Cluster::start_with(3, production_timers).await;
         println!(
-            "3-node loopback cluster, redb fsync per commit, heartbeat 100 ms, election 300-600 ms"
+            "3-node loopback cluster over mutual TLS, redb fsync per commit, heartbeat 100 ms, election 300-600 ms"
         );
         for conc in [1, 8, 32] {
             throughput(&c, conc, secs).await;
         }
+        let token = c.node(0).join_tokens().expect("tokens").worker;
+        let mut joins = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let i = c.add_fresh(&token).await;
+            joins.push(t.elapsed());
+            let id = c.node(i).id();
+            c.client(0).remove_node(id).await.expect("remove the joined node");
+            c.kill(i);
+        }
+        joins.sort();
+        println!(
+            "join of a fresh worker (5 joins): median {:.0} ms  max {:.0} ms",
+            pct(&joins, 0.5).as_secs_f64() * 1e3,
+            joins[joins.len() - 1].as_secs_f64() * 1e3
+        );
         failover(&mut c, kills).await;
     });
 }

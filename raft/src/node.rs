@@ -1062,6 +1062,11 @@ impl Node {
             commit_index: m.last_applied.map(|l| l.index),
             revision: self.inner.reader.revision(),
             members,
+            certificate: self.identity().map(|id| crate::types::CertSummary {
+                role: id.role.to_string(),
+                serial: id.serial,
+                not_after: id.not_after,
+            }),
         })
     }
 

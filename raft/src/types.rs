@@ -313,6 +313,18 @@ pub struct ClusterStatus {
     pub commit_index: Option<u64>,
     pub revision: u64,
     pub members: Vec<Member>,
+    /// This node's own certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertSummary>,
+}
+
+/// A certificate as `cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSummary {
+    pub role: String,
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
 }
 
 /// The join tokens printed by `cluster init`.

@@ -247,6 +247,15 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                     st.last_log_index.map_or("-".into(), |i| i.to_string())
                 );
                 println!("Revision:      {}", st.revision);
+                if let Some(c) = &st.certificate {
+                    let left = c.not_after - dcpp_control::schema::now_ms() as i64 / 1000;
+                    println!(
+                        "Certificate:   {} (serial {}…), expires in {}",
+                        c.role,
+                        &c.serial[..c.serial.len().min(12)],
+                        humantime(std::time::Duration::from_secs(left.max(0) as u64))
+                    );
+                }
                 println!("Members:");
                 println!("  {:<20} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
                 for m in &st.members {
@@ -264,12 +273,12 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
     })
 }
 
+/// A duration in its largest whole unit, rounded down (`30d`, `11h`, `59s`).
 fn humantime(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+    match d.as_secs() {
+        s if s >= 86400 => format!("{}d", s / 86400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
 }

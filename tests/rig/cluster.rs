@@ -27,12 +27,22 @@ impl Cluster {
     /// node). `tag`: two lowercase letters; node `x` takes a slot tagged `{tag}x`. Returns once
     /// every node lists every node.
     pub fn form(tag: &str, joins: &[Join]) -> Cluster {
+        Cluster::form_with(tag, joins, &[])
+    }
+
+    /// [`Cluster::form`] with extra `dcpp daemon` flags on every node.
+    pub fn form_with(tag: &str, joins: &[Join], extra: &[&str]) -> Cluster {
         let names: Vec<String> = (0..=joins.len())
             .map(|i| char::from(b'a' + i as u8).to_string())
             .collect();
         let nodes = names
             .iter()
-            .map(|n| Rig::new(&format!("{tag}{n}")))
+            .map(|n| {
+                let mut r = Rig::unstarted(&format!("{tag}{n}"));
+                r.extra = extra.iter().map(|s| s.to_string()).collect();
+                r.start_daemon();
+                r
+            })
             .collect();
         let cl = Cluster { nodes, names };
         let init = cl.ok(0, &["cluster", "init"]);
