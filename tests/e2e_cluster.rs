@@ -626,7 +626,10 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["id"].to_string() == d_id && m["voter"] == true),
+            .any(
+                |m| m["id"].as_u64().map(|v| v.to_string()) == Some(d_id.clone())
+                    && m["voter"] == true
+            ),
         "{st}"
     );
     cl.ok(0, &["node", "demote", &d_id]);
