@@ -501,6 +501,37 @@ fn rotated_tokens_and_remote_admin_through_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Leader"));
+    // A root rotation: new digest, new tokens; the old root's admin certificate keeps working
+    // through the grace period while the node moves to the new root.
+    let d1 = rig.ok(&["cluster", "ca"]).trim().to_string();
+    assert_eq!(d1, parsed.ca_digest);
+    let out = rig.ok(&["cluster", "ca", "--rotate"]);
+    assert!(out.contains("rotated"), "{out}");
+    let d2 = rig.ok(&["cluster", "ca"]).trim().to_string();
+    assert_ne!(d1, d2);
+    assert!(
+        rig.ok(&["cluster", "join-token", "worker", "-q"])
+            .contains(&d2)
+    );
+    let out = rig.dcpp(&["cluster", "ca", "--rotate"]);
+    assert!(
+        !out.status.success(),
+        "a second rotation while one is under way"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("under way"));
+    rig.wait_until("the node's certificate from the new root", 10, || {
+        rig.log().contains("node certificate renewed")
+    });
+    let out = remote_cli()
+        .args(["cluster", "status"])
+        .env("DCPP_CERT_PATH", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "old-root admin within the grace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn resolv_files(rig: &Rig) -> Vec<String> {

@@ -515,6 +515,10 @@ async fn set_role(
     Ok(Json(serde_json::Value::Null))
 }
 
+async fn rotate_ca(State(node): State<Node>, h: HeaderMap) -> ApiResult<crate::JoinTokens> {
+    Ok(Json(node.rotate_ca(forwarded(&h)).await?))
+}
+
 async fn rotate(
     State(node): State<Node>,
     h: HeaderMap,
@@ -706,6 +710,7 @@ fn api_routes() -> Router<Node> {
         .route("/v1/cluster/renew", post(renew))
         .route("/v1/cluster/rotate", post(rotate))
         .route("/v1/cluster/role", post(set_role))
+        .route("/v1/cluster/ca/rotate", post(rotate_ca))
         .route("/v1/cluster/tokens", get(tokens))
 }
 

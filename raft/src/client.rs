@@ -259,6 +259,12 @@ impl Client {
         Ok(())
     }
 
+    /// Rotates the cluster's root; returns the join tokens of the new root.
+    pub async fn rotate_ca(&self) -> Result<JoinTokens, Error> {
+        self.post("/v1/cluster/ca/rotate", &serde_json::Value::Null)
+            .await
+    }
+
     /// A new admin certificate valid for `ttl` (unix socket only).
     pub async fn admin_cert(&self, name: &str, ttl: Duration) -> Result<crate::AdminCert, Error> {
         self.post(

@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub cert_ttl: Duration,
     /// What a worker's certificate may read and write (none without).
     pub worker_scope: Option<ScopeRef>,
+    /// How long the old root stays trusted after a rotation of the cluster's root (every node
+    /// that is up moves to the new root within seconds; one that is down longer must rejoin).
+    pub ca_rotation_grace: Duration,
 }
 
 impl NodeConfig {
@@ -74,6 +77,7 @@ impl NodeConfig {
             member_kind: None,
             cert_ttl: DEFAULT_CERT_TTL,
             worker_scope: None,
+            ca_rotation_grace: Duration::from_secs(600),
         }
     }
 
@@ -363,6 +367,8 @@ impl Node {
                     sealed: seal_json(&seal, &sealed)?,
                     cert_ttl_secs: self.inner.cfg.cert_ttl.as_secs().max(1),
                     revoked: Default::default(),
+                    rotation_started: None,
+                    cross_signed: None,
                 };
                 raft.client_write(Request::SetSecrets(s.clone()))
                     .await
@@ -382,6 +388,7 @@ impl Node {
             ca_certs: secrets.ca_certs.clone(),
             cert_pem,
             key_pem,
+            chain: secrets.cross_signed.iter().cloned().collect(),
         }))?;
         Ok(())
     }
@@ -599,7 +606,14 @@ impl Node {
         let now = time_now();
         let left = id.not_after - now;
         let third = (id.not_after - id.not_before) / 3;
-        if id.role == cert_role(role) && left > third {
+        let root = active
+            .ca_certs
+            .first()
+            .map(|r| pki::pem_to_der(r))
+            .transpose()?;
+        let current_root = root.map(|r| pki::subject(&r)).transpose()?;
+        let from_current_root = current_root.as_deref() == Some(id.issuer.as_str());
+        if id.role == cert_role(role) && left > third && from_current_root {
             return Ok(false);
         }
         if role == Role::Worker {
@@ -638,6 +652,12 @@ impl Node {
             ca_certs: active.ca_certs.clone(),
             cert_pem: grant.cert_pem,
             key_pem,
+            chain: self
+                .inner
+                .log
+                .get_local::<LocalTls>(LOCAL_TLS)?
+                .map(|l| l.chain)
+                .unwrap_or_default(),
         }))?;
         tracing::info!(role = %issued.role, not_after = issued.not_after, "node certificate renewed");
         Ok(true)
@@ -1308,6 +1328,8 @@ impl Node {
             ca_certs: grant.ca_certs.clone(),
             cert_pem: grant.cert_pem.clone(),
             key_pem,
+            // During a root rotation the cross-signed root follows with the replicated state.
+            chain: Vec::new(),
         }))
         .await?;
         self.save_seal_key(seal.as_ref())?;
@@ -1432,6 +1454,114 @@ fn time_now() -> i64 {
         .unwrap_or(0)
 }
 
+impl Node {
+    /// Follows the replicated roots: trusts what the cluster trusts now (both roots while it
+    /// rotates), and on the leader ends a rotation whose grace period is over. Returns whether
+    /// the trusted roots changed here.
+    pub async fn follow_roots(&self) -> Result<bool, Error> {
+        let Some(active) = self.inner.tls.active() else {
+            return Ok(false);
+        };
+        let Some(s) = self.inner.reader.secrets()? else {
+            return Ok(false);
+        };
+        if s.cluster_id != active.cluster_id || s.ca_certs.is_empty() {
+            return Ok(false);
+        }
+        if let Some(started) = s.rotation_started
+            && self.is_leader()
+            && time_now() - started >= self.inner.cfg.ca_rotation_grace.as_secs() as i64
+        {
+            let done = ClusterSecrets {
+                ca_certs: s.ca_certs[..1].to_vec(),
+                rotation_started: None,
+                cross_signed: None,
+                ..s.clone()
+            };
+            self.raft()
+                .client_write(Request::SetSecrets(done))
+                .await
+                .map_err(raft_err)?;
+            tracing::info!("root rotation finished: the old root is no longer trusted");
+        }
+        let Some(mut local) = self.inner.log.get_local::<LocalTls>(LOCAL_TLS)? else {
+            return Ok(false);
+        };
+        let chain: Vec<String> = s.cross_signed.iter().cloned().collect();
+        if s.ca_certs == active.ca_certs && chain == local.chain {
+            return Ok(false);
+        }
+        local.ca_certs = s.ca_certs.clone();
+        local.chain = chain;
+        self.save_tls(Some(&local))?;
+        tracing::info!(roots = s.ca_certs.len(), "trusted roots changed");
+        Ok(true)
+    }
+
+    /// Replaces the cluster's root: the new one issues from now on, both are trusted until
+    /// `ca_rotation_grace` has passed, every node renews its certificate from the new root as
+    /// soon as it sees it, and join tokens carry the new root's digest. Runs on the leader.
+    pub async fn rotate_ca(&self, forwarded: bool) -> Result<JoinTokens, Error> {
+        let _: serde_json::Value = self
+            .on_leader::<_, _, ()>(
+                forwarded,
+                || {
+                    let raft = self.raft();
+                    async move {
+                        let new = (|| -> Result<ClusterSecrets, Error> {
+                            let s = self.cluster_secrets()?;
+                            if s.rotation_started.is_some() {
+                                return Err(Error::Conflict(
+                                    "a root rotation is already under way".into(),
+                                ));
+                            }
+                            let (old, mut sealed) = self.open_secrets(&s)?;
+                            let key = self.seal_key()?.ok_or_else(|| {
+                                Error::Forbidden("no seal key on this node".into())
+                            })?;
+                            let (ca, cross) = pki::Ca::generate_replacing(&s.cluster_id, &old)?;
+                            sealed.ca_key_pem = ca.key_pem();
+                            Ok(ClusterSecrets {
+                                ca_certs: vec![
+                                    ca.cert_pem().to_string(),
+                                    old.cert_pem().to_string(),
+                                ],
+                                sealed: seal_json(&key, &sealed)?,
+                                rotation_started: Some(time_now()),
+                                cross_signed: Some(cross),
+                                ..s
+                            })
+                        })();
+                        let new = match new {
+                            Ok(n) => n,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        match raft.client_write(Request::SetSecrets(new)).await {
+                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                Err(Some(f))
+                            }
+                            Err(e) => Ok(Err(raft_err(e))),
+                        }
+                    }
+                },
+                reqwest::Method::POST,
+                "/v1/cluster/ca/rotate",
+                None,
+            )
+            .await?;
+        tracing::info!("cluster root rotated");
+        let deadline = Instant::now() + self.inner.cfg.leader_wait;
+        loop {
+            match self.cluster_secrets() {
+                Ok(s) if s.rotation_started.is_some() => return self.join_tokens(),
+                _ if Instant::now() >= deadline => return self.join_tokens(),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
 /// Renews the node's certificate when due (see [`Node::renew_if_due`]); ends with the node.
 async fn renew_loop(inner: std::sync::Weak<Inner>) {
     let mut failing = false;
@@ -1439,7 +1569,8 @@ async fn renew_loop(inner: std::sync::Weak<Inner>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(inner) = inner.upgrade() else { return };
         let node = Node { inner };
-        match node.renew_if_due().await {
+        let roots = node.follow_roots().await;
+        match roots.and(node.renew_if_due().await) {
             Ok(_) => failing = false,
             // Retried every second; said once per failing streak.
             Err(e) if !failing => {

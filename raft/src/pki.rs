@@ -71,6 +71,8 @@ pub struct Identity {
     /// Validity, in seconds since the epoch.
     pub not_before: i64,
     pub not_after: i64,
+    /// The issuer's distinguished name (compare with [`subject`] of a root).
+    pub issuer: String,
 }
 
 impl Identity {
@@ -170,12 +172,28 @@ impl Validity {
 impl Ca {
     /// A new root for cluster `cluster_id`, valid for ten years.
     pub fn generate(cluster_id: &str) -> Result<Ca, PkiError> {
+        Ok(Ca::generate_after(cluster_id, None)?.0)
+    }
+
+    /// A root that replaces `old`, and the same root signed by `old` (PEM): presented next to a
+    /// certificate of the new root, it lets a client that trusts only the old root verify it.
+    pub fn generate_replacing(cluster_id: &str, old: &Ca) -> Result<(Ca, String), PkiError> {
+        let (ca, cross) = Ca::generate_after(cluster_id, Some(old))?;
+        Ok((ca, cross.unwrap_or_default()))
+    }
+
+    fn generate_after(
+        cluster_id: &str,
+        old: Option<&Ca>,
+    ) -> Result<(Ca, Option<String>), PkiError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
+        // A generation tag: a rotated root must be told apart from the one it replaces.
+        let generation = hex::encode(random::<4>()?);
         dn.push(
             DnType::CommonName,
-            format!("dcpp cluster {cluster_id} root CA"),
+            format!("dcpp cluster {cluster_id} root CA {generation}"),
         );
         dn.push(DnType::OrganizationName, format!("dcpp-{cluster_id}"));
         p.distinguished_name = dn;
@@ -190,10 +208,20 @@ impl Ca {
         p.not_before = at(v.not_before);
         p.not_after = at(v.not_after);
         let cert = p.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            key,
-        })
+        let cross = match old {
+            Some(old) => {
+                p.serial_number = Some(SerialNumber::from_slice(&random::<16>()?));
+                Some(p.signed_by(&key, &old.issuer()?)?.pem())
+            }
+            None => None,
+        };
+        Ok((
+            Ca {
+                cert_pem: cert.pem(),
+                key,
+            },
+            cross,
+        ))
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
@@ -317,7 +345,15 @@ pub fn identity(der: &[u8]) -> Result<Identity, PkiError> {
         serial: hex::encode(cert.tbs_certificate.raw_serial()),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
     })
+}
+
+/// A certificate's subject as [`Identity::issuer`] names it.
+pub fn subject(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Foreign(format!("parse: {e}")))?;
+    Ok(cert.subject().to_string())
 }
 
 /// A join token: the digest of the root the joiner must find, and the secret it proves its

@@ -336,6 +336,10 @@ pub(crate) struct LocalTls {
     pub ca_certs: Vec<String>,
     pub cert_pem: String,
     pub key_pem: String,
+    /// Presented between the certificate and the root (the cross-signed new root while the
+    /// cluster's root rotates).
+    #[serde(default)]
+    pub chain: Vec<String>,
 }
 
 /// The TLS side of a member in use now.
@@ -372,13 +376,17 @@ impl NodeTls {
             .ca_certs
             .first()
             .ok_or_else(|| Error::InvalidArgument("no root certificate".into()))?;
-        let key = certified_key(&[&l.cert_pem, root], &l.key_pem)?;
+        let mut chain: Vec<&str> = vec![&l.cert_pem];
+        chain.extend(l.chain.iter().map(String::as_str));
+        chain.push(root);
+        let key = certified_key(&chain, &l.key_pem)?;
         let identity = pki::identity(&pki::pem_to_der(&l.cert_pem)?)?;
         let mut g = self.active.write().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = g.as_ref()
             && a.ca_certs == l.ca_certs
             && a.cluster_id == l.cluster_id
         {
+            // Same roots: only what is presented changes.
             self.presented.set(Some(key));
             *g = Some(Arc::new(Active {
                 identity,

@@ -252,6 +252,14 @@ pub struct ClusterSecrets {
     /// before then is refused everywhere. Only ever grows (see [`Request::Revoke`]).
     #[serde(default)]
     pub revoked: std::collections::BTreeMap<u64, i64>,
+    /// While the root is being rotated: when it started (seconds since the epoch). The old
+    /// root stays trusted (second in `ca_certs`) until the grace period after it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_started: Option<i64>,
+    /// During a rotation: the new root signed by the old one (PEM), presented by every member
+    /// so that clients that trust only the old root still verify it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_signed: Option<String>,
 }
 
 impl fmt::Debug for ClusterSecrets {

@@ -500,3 +500,98 @@ async fn promote_and_demote_reissue_the_certificate() {
         "a demoted node can no longer open the root"
     );
 }
+
+fn short_grace(cfg: &mut NodeConfig) {
+    scoped(cfg);
+    cfg.ca_rotation_grace = Duration::from_secs(6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_rotates_without_a_failed_request() {
+    let mut c = Cluster::start_with(3, short_grace).await;
+    let tokens = c.node(0).join_tokens().unwrap();
+    let w = c.add_fresh(&tokens.worker).await;
+    let old_admin = c.admin_http();
+    let old_issuer = c.node(0).identity().unwrap().issuer;
+    let leader = c.leader(T).await;
+    let f = (0..3).find(|i| *i != leader).unwrap();
+    let n = c.node(f);
+    let rotated = c
+        .on(f, async move { n.rotate_ca(false).await })
+        .await
+        .unwrap();
+    assert_ne!(
+        rotated.ca_digest, tokens.ca_digest,
+        "tokens name the new root"
+    );
+    // Within the grace an admin of the old root still verifies the members, whose new
+    // certificates come with the new root signed by the old one.
+    let deadline = Instant::now() + T;
+    while c.node(leader).identity().unwrap().issuer == old_issuer {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not renew from the new root"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("https://{}/v1/objects/config", c.addrs[leader]);
+    assert_eq!(
+        call(&old_admin, "GET", &url, &json!(null)).await,
+        Got::Status(200),
+        "an old-root admin during the grace"
+    );
+    // Writes through a follower (forwarded to the leader) and the worker, past the grace.
+    let wid = c.node(w).id().to_string();
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(9) {
+        for (i, kind, id) in [
+            (f, Kind::Config, "k".to_string()),
+            (w, Kind::Node, wid.clone()),
+        ] {
+            let node = c.node(i);
+            let t = dcpp_raft::Txn::new().op(dcpp_raft::Op::put(kind, id, &json!(n)).unwrap());
+            c.on(i, async move { node.txn(t).await })
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("write {n} on node {i} after {:?}: {e}", start.elapsed())
+                });
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..4 {
+        let id = c.node(i).identity().unwrap();
+        assert_ne!(id.issuer, old_issuer, "node {i} moved to the new root");
+    }
+    // The grace is over: the old root is trusted nowhere.
+    // (A new connection: one opened within the grace stays up, as after expiry.)
+    let old_admin = c.admin_http();
+    let deadline = Instant::now() + T;
+    while call(&old_admin, "GET", &url, &json!(null)).await != Got::Refused {
+        assert!(
+            Instant::now() < deadline,
+            "an old-root admin certificate still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let long = Validity::from_now(Duration::from_secs(3600));
+    let admin = client_of(
+        &c.node(leader)
+            .issue_cert(CertRole::Admin, "new", long)
+            .unwrap(),
+    );
+    assert_eq!(
+        call(&admin, "GET", &url, &json!(null)).await,
+        Got::Status(200)
+    );
+    // A token of the old root joins nowhere; one of the new root does.
+    let fresh = c.spawn_fresh().await;
+    let (node, addr, tok) = (c.node(fresh), c.addrs[0].clone(), tokens.worker.clone());
+    let r = c
+        .on(fresh, async move { node.join(&addr, &tok).await })
+        .await;
+    assert!(r.is_err(), "old-root token: {r:?}");
+    c.join(fresh, &rotated.worker).await;
+    assert!(n > 50, "{n} rounds of writes");
+}

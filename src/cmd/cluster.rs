@@ -39,6 +39,13 @@ pub enum ClusterCommand {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Show the cluster root's digest; with --rotate, replace the root: every node moves to a
+    /// certificate of the new one within seconds, the old one stays trusted for the daemons'
+    /// --ca-rotation-grace, and join tokens change (they name the root).
+    Ca {
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Write a client certificate for remote administration into DIR (ca.pem, cert.pem,
     /// key.pem); point DCPP_CERT_PATH at it and use `-H tcp://MANAGER:PORT`.
     AdminCert {
@@ -207,6 +214,21 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                         .map(|m| m.address.clone())
                         .unwrap_or_else(|| "<this-node-address>".into());
                     println!("    dcpp cluster join --token {token} {addr}");
+                }
+                Ok(0)
+            }
+            ClusterCommand::Ca { rotate } => {
+                if rotate {
+                    let t = c.rotate_ca().await?;
+                    println!(
+                        "The cluster root was rotated; its digest is now {}.\n\
+                         Nodes move to certificates of the new root within seconds; the old root \
+                         stays trusted for the grace period. Join tokens changed:\n\n    \
+                         manager: {}\n    worker:  {}",
+                        t.ca_digest, t.manager, t.worker
+                    );
+                } else {
+                    println!("{}", c.join_tokens().await?.ca_digest);
                 }
                 Ok(0)
             }

@@ -30,6 +30,10 @@ pub struct DaemonArgs {
     /// is left).
     #[arg(long, default_value = "90d", value_parser = crate::cmd::duration::parse)]
     pub cert_ttl: std::time::Duration,
+    /// How long the old root stays trusted after `dcpp cluster ca --rotate` (a node down for
+    /// longer must rejoin).
+    #[arg(long, default_value = "10m", value_parser = crate::cmd::duration::parse)]
+    pub ca_rotation_grace: std::time::Duration,
     #[command(flatten)]
     pub listener: ListenerArgs,
     #[command(flatten)]
@@ -133,7 +137,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         advertise,
         args.socket,
         limits,
-        args.cert_ttl,
+        (args.cert_ttl, args.ca_rotation_grace),
         Some((global.data_dir.clone(), args.agent.clone())),
     ))?;
     Ok(0)
@@ -145,7 +149,7 @@ async fn serve(
     advertise: String,
     socket: PathBuf,
     limits: dcpp_raft::api::ListenerLimits,
-    cert_ttl: std::time::Duration,
+    (cert_ttl, ca_rotation_grace): (std::time::Duration, std::time::Duration),
     agent: Option<(PathBuf, AgentArgs)>,
 ) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -156,6 +160,7 @@ async fn serve(
     // Each agent keeps its node's record; a member that leaves takes its record with it.
     cfg.member_kind = Some(dcpp_raft::Kind::Node);
     cfg.cert_ttl = cert_ttl;
+    cfg.ca_rotation_grace = ca_rotation_grace;
     cfg.worker_scope = Some(dcpp_raft::scope::ScopeRef(std::sync::Arc::new(
         dcpp_control::scope::Workers,
     )));
