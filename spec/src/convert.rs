@@ -1323,15 +1323,21 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
         let v = v.or_else(|| cv.env.get(&k).cloned());
         s.environment.insert(k, v);
     }
+    // `scale` stays as given; a `deploy` section takes the same number, as compose-go's
+    // consistency check does (it adds no `deploy` of its own).
     if let Some((n, pos)) = scale {
-        let d = s.deploy.get_or_insert_with(Deploy::default);
-        match d.replicas {
-            Some(r) if r != n => cv.err(
-                pos,
-                &path.key("scale"),
-                format!("can't set distinct values on 'scale' ({n}) and 'deploy.replicas' ({r})"),
-            ),
-            _ => d.replicas = Some(n),
+        s.scale = Some(n);
+        if let Some(d) = s.deploy.as_mut() {
+            match d.replicas {
+                Some(r) if r != n => cv.err(
+                    pos,
+                    &path.key("scale"),
+                    format!(
+                        "can't set distinct values on 'scale' ({n}) and 'deploy.replicas' ({r})"
+                    ),
+                ),
+                _ => d.replicas = Some(n),
+            }
         }
     }
     // Compose (compose-go's validation) refuses a service-level limit and its

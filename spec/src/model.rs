@@ -162,6 +162,10 @@ pub struct Service {
     /// Restart policy outside swarm mode: `no`, `always`, `on-failure[:N]`, `unless-stopped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
+    /// `scale:` as given, printed as compose prints it. When `deploy` is set too,
+    /// `deploy.replicas` holds the same number; [`Service::replicas`] reads either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u64>,
     /// Secrets mounted into the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<FileReference>,
@@ -200,13 +204,17 @@ pub struct Service {
 }
 
 impl Service {
-    /// Desired number of tasks for a replicated service: `deploy.replicas` (which also carries
-    /// a top-level `scale:`), 1 when unset. Global services return `None`.
+    /// Desired number of tasks for a replicated service: `deploy.replicas`, else `scale`, else
+    /// 1 (the loader refuses the two with different values). Global services return `None`.
     pub fn replicas(&self) -> Option<u64> {
         match &self.deploy {
             Some(d) if d.mode == Some(DeployMode::Global) => None,
-            Some(d) => Some(d.replicas.unwrap_or(1)),
-            None => Some(1),
+            d => Some(
+                d.as_ref()
+                    .and_then(|d| d.replicas)
+                    .or(self.scale)
+                    .unwrap_or(1),
+            ),
         }
     }
 }
@@ -300,7 +308,8 @@ pub struct Deploy {
     /// `replicated` (default) or `global` (one task per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<DeployMode>,
-    /// Number of tasks of a replicated service (also set from a service's `scale:`).
+    /// Number of tasks of a replicated service (also set from a service's `scale:`, as compose
+    /// does when `deploy` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u64>,
     /// Labels on the service object (not on containers).
@@ -935,5 +944,25 @@ mod tests {
             r#"{"memory":"2048"}"#
         );
         assert!(serde_json::from_str::<ResourceSpec>(r#"{"memory":"2k"}"#).is_err());
+    }
+
+    #[test]
+    fn replicas_come_from_deploy_or_scale() {
+        let mut s = Service {
+            scale: Some(3),
+            ..Service::default()
+        };
+        assert_eq!(s.replicas(), Some(3));
+        s.deploy = Some(Deploy {
+            replicas: Some(3),
+            ..Deploy::default()
+        });
+        assert_eq!(s.replicas(), Some(3));
+        s.deploy = Some(Deploy {
+            mode: Some(DeployMode::Global),
+            ..Deploy::default()
+        });
+        assert_eq!(s.replicas(), None);
+        assert_eq!(Service::default().replicas(), Some(1));
     }
 }
