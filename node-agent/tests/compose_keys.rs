@@ -45,6 +45,10 @@ const APPLIED: &[(&str, &str)] = &[
         "reconciler/tests/from_compose.rs::maps_deploy_section",
     ),
     (
+        "services.*.scale",
+        "reconciler/tests/from_compose.rs::scale_sets_the_replicas_with_or_without_a_deploy_section",
+    ),
+    (
         "services.*.deploy.placement",
         "reconciler/tests/from_compose.rs::maps_deploy_section",
     ),

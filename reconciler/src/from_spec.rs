@@ -37,7 +37,9 @@ impl ServiceSpec {
         let mode = match deploy.mode {
             Some(DeployMode::Global) => Mode::Global,
             _ => {
-                let replicas = deploy.replicas.unwrap_or(1);
+                // `deploy.replicas`, else a top-level `scale:` (the loader refuses the two
+                // with different values).
+                let replicas = svc.replicas().unwrap_or(1);
                 let replicas = u32::try_from(replicas)
                     .map_err(|_| invalid(format!("replicas {replicas} is too large")))?;
                 Mode::Replicated { replicas }

@@ -295,3 +295,18 @@ fn mounts_dcpp_cannot_honour_fail_at_apply_time() {
         assert!(e.contains(why), "{why}: {e}");
     }
 }
+
+#[test]
+fn scale_sets_the_replicas_with_or_without_a_deploy_section() {
+    let p = project(json!({
+        "a": { "image": "x", "scale": 3 },
+        "b": { "image": "x", "scale": 2, "deploy": { "replicas": 2 } },
+        "c": { "image": "x" },
+        "d": { "image": "x", "deploy": { "replicas": 4 } },
+    }));
+    let replicas = |name: &str| ServiceSpec::from_compose(&p, name).unwrap().mode;
+    assert_eq!(replicas("a"), Mode::Replicated { replicas: 3 });
+    assert_eq!(replicas("b"), Mode::Replicated { replicas: 2 });
+    assert_eq!(replicas("c"), Mode::Replicated { replicas: 1 });
+    assert_eq!(replicas("d"), Mode::Replicated { replicas: 4 });
+}

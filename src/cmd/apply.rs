@@ -956,6 +956,10 @@ fn update_doc(d: &mut ServiceDoc, f: &UpdateFlags) -> anyhow::Result<()> {
             bail!("service {} is global: --replicas does not apply", d.id());
         }
         svc.deploy.get_or_insert_with(Default::default).replicas = Some(u64::from(n));
+        // A `scale:` of the file would otherwise say another number than deploy.replicas.
+        if svc.scale.is_some() {
+            svc.scale = Some(u64::from(n));
+        }
     }
     if f.parallelism.is_some()
         || f.delay.is_some()
