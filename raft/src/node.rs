@@ -444,6 +444,14 @@ impl Node {
         Ok(())
     }
 
+    /// The seal key a node of `role` is handed (with its certificate): managers only.
+    fn seal_key_for(&self, role: Role) -> Result<Option<String>, Error> {
+        Ok(match role {
+            Role::Manager => self.seal_key()?.map(|k| k.to_hex()),
+            Role::Worker => None,
+        })
+    }
+
     /// The root and the join secrets, opened with this node's seal key.
     fn open_secrets(&self, s: &ClusterSecrets) -> Result<(pki::Ca, Sealed), Error> {
         let key = self.seal_key()?.ok_or_else(|| {
@@ -527,13 +535,7 @@ impl Node {
                             _ => return Ok(Ok(serde_json::Value::Null)),
                         };
                         // Retain: a demoted voter stays a member, as a learner.
-                        match raft.change_membership(change, true).await {
-                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                Err(Some(f))
-                            }
-                            Err(e) => Ok(Err(raft_err(e))),
-                        }
+                        leader_step(raft.change_membership(change, true).await)
                     }
                 },
                 reqwest::Method::POST,
@@ -586,10 +588,7 @@ impl Node {
             &s.cluster_id,
             Validity::from_now(cert_ttl(&s)),
         )?;
-        let seal_key = match role {
-            Role::Manager => self.seal_key()?.map(|k| k.to_hex()),
-            Role::Worker => None,
-        };
+        let seal_key = self.seal_key_for(role)?;
         Ok(RenewGrant { cert_pem, seal_key })
     }
 
@@ -672,6 +671,45 @@ impl Node {
             .map(|n| n.addr.clone())
     }
 
+    /// Replaces the cluster secrets on the leader with what `change` makes of the current ones
+    /// (opened with the leader's seal key, which `change` seals the result with again). Every
+    /// writer of the secrets after bootstrap goes through here.
+    async fn reseal_on_leader<B: Serialize>(
+        &self,
+        forwarded: bool,
+        path: &str,
+        body: Option<&B>,
+        change: impl Fn(&ClusterSecrets, Sealed, &SealKey) -> Result<ClusterSecrets, Error>,
+    ) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .on_leader::<_, _, _>(
+                forwarded,
+                || {
+                    let raft = self.raft();
+                    let new = (|| {
+                        let s = self.cluster_secrets()?;
+                        let (_, sealed) = self.open_secrets(&s)?;
+                        let key = self
+                            .seal_key()?
+                            .ok_or_else(|| Error::Forbidden("no seal key on this node".into()))?;
+                        change(&s, sealed, &key)
+                    })();
+                    async move {
+                        let new = match new {
+                            Ok(n) => n,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                        leader_step(raft.client_write(Request::SetSecrets(new)).await)
+                    }
+                },
+                reqwest::Method::POST,
+                path,
+                body,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Replaces the join secret of `role` (the old token stops working at once; joined nodes
     /// keep their certificates). Runs on the leader.
     pub async fn rotate_join_token(
@@ -680,49 +718,24 @@ impl Node {
         forwarded: bool,
     ) -> Result<JoinTokens, Error> {
         let before = self.join_tokens().ok();
-        let _: serde_json::Value = self
-            .on_leader::<_, _, _>(
-                forwarded,
-                || {
-                    let raft = self.raft();
-                    let role = r.role;
-                    async move {
-                        let s = match self.cluster_secrets() {
-                            Ok(s) => s,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        let resealed = (|| -> Result<ClusterSecrets, Error> {
-                            let (_, mut sealed) = self.open_secrets(&s)?;
-                            let key = self.seal_key()?.ok_or_else(|| {
-                                Error::Forbidden("no seal key on this node".into())
-                            })?;
-                            match role {
-                                Role::Manager => sealed.manager_secret = pki::random_secret()?,
-                                Role::Worker => sealed.worker_secret = pki::random_secret()?,
-                            }
-                            Ok(ClusterSecrets {
-                                sealed: seal_json(&key, &sealed)?,
-                                ..s.clone()
-                            })
-                        })();
-                        let new = match resealed {
-                            Ok(n) => n,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        match raft.client_write(Request::SetSecrets(new)).await {
-                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                Err(Some(f))
-                            }
-                            Err(e) => Ok(Err(raft_err(e))),
-                        }
-                    }
-                },
-                reqwest::Method::POST,
-                "/v1/cluster/rotate",
-                Some(&r),
-            )
-            .await?;
+        let role = r.role;
+        self.reseal_on_leader(
+            forwarded,
+            "/v1/cluster/rotate",
+            Some(&r),
+            |s, sealed, key| {
+                let mut sealed = sealed;
+                match role {
+                    Role::Manager => sealed.manager_secret = pki::random_secret()?,
+                    Role::Worker => sealed.worker_secret = pki::random_secret()?,
+                }
+                Ok(ClusterSecrets {
+                    sealed: seal_json(key, &sealed)?,
+                    ..s.clone()
+                })
+            },
+        )
+        .await?;
         tracing::info!(role = %r.role, "join token rotated");
         // This node may be a follower that has not applied the new secrets yet.
         let deadline = Instant::now() + self.inner.cfg.leader_wait;
@@ -1146,10 +1159,7 @@ impl Node {
             &s.cluster_id,
             Validity::from_now(cert_ttl(&s)),
         )?;
-        let seal_key = match role {
-            Role::Manager => self.seal_key()?.map(|k| k.to_hex()),
-            Role::Worker => None,
-        };
+        let seal_key = self.seal_key_for(role)?;
         Ok(JoinGrant {
             cluster_id: s.cluster_id,
             role,
@@ -1250,13 +1260,7 @@ impl Node {
                         } else {
                             return Ok(Ok(serde_json::Value::Null));
                         };
-                        match raft.change_membership(change, false).await {
-                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                Err(Some(f))
-                            }
-                            Err(e) => Ok(Err(raft_err(e))),
-                        }
+                        leader_step(raft.change_membership(change, false).await)
                     }
                 },
                 reqwest::Method::POST,
@@ -1428,6 +1432,18 @@ async fn start_raft(
     .map_err(raft_err)
 }
 
+/// A raft write as the local step of [`Node::on_leader`] reports it: not the leader means
+/// forward, any other failure is the request's error.
+fn leader_step<T>(
+    r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+) -> Result<Result<serde_json::Value, Error>, Option<ForwardToLeader<NodeId, BasicNode>>> {
+    match r {
+        Ok(_) => Ok(Ok(serde_json::Value::Null)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Some(f)),
+        Err(e) => Ok(Err(raft_err(e))),
+    }
+}
+
 fn seal_json(key: &SealKey, sealed: &Sealed) -> Result<String, Error> {
     let plain = serde_json::to_vec(sealed).map_err(|e| Error::Storage(e.to_string()))?;
     Ok(key.seal(&plain)?)
@@ -1502,54 +1518,32 @@ impl Node {
     /// `ca_rotation_grace` has passed, every node renews its certificate from the new root as
     /// soon as it sees it, and join tokens carry the new root's digest. Runs on the leader.
     pub async fn rotate_ca(&self, forwarded: bool) -> Result<JoinTokens, Error> {
-        let _: serde_json::Value = self
-            .on_leader::<_, _, ()>(
-                forwarded,
-                || {
-                    let raft = self.raft();
-                    async move {
-                        let new = (|| -> Result<ClusterSecrets, Error> {
-                            let s = self.cluster_secrets()?;
-                            if s.rotation_started.is_some() {
-                                return Err(Error::Conflict(
-                                    "a root rotation is already under way".into(),
-                                ));
-                            }
-                            let (old, mut sealed) = self.open_secrets(&s)?;
-                            let key = self.seal_key()?.ok_or_else(|| {
-                                Error::Forbidden("no seal key on this node".into())
-                            })?;
-                            let (ca, cross) = pki::Ca::generate_replacing(&s.cluster_id, &old)?;
-                            sealed.ca_key_pem = ca.key_pem();
-                            Ok(ClusterSecrets {
-                                ca_certs: vec![
-                                    ca.cert_pem().to_string(),
-                                    old.cert_pem().to_string(),
-                                ],
-                                sealed: seal_json(&key, &sealed)?,
-                                rotation_started: Some(time_now()),
-                                cross_signed: Some(cross),
-                                ..s
-                            })
-                        })();
-                        let new = match new {
-                            Ok(n) => n,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        match raft.client_write(Request::SetSecrets(new)).await {
-                            Ok(_) => Ok(Ok(serde_json::Value::Null)),
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                Err(Some(f))
-                            }
-                            Err(e) => Ok(Err(raft_err(e))),
-                        }
-                    }
-                },
-                reqwest::Method::POST,
-                "/v1/cluster/ca/rotate",
-                None,
-            )
-            .await?;
+        self.reseal_on_leader::<()>(
+            forwarded,
+            "/v1/cluster/ca/rotate",
+            None,
+            |s, sealed, key| {
+                if s.rotation_started.is_some() {
+                    return Err(Error::Conflict(
+                        "a root rotation is already under way".into(),
+                    ));
+                }
+                let old = pki::Ca::from_pem(&s.ca_certs[0], &sealed.ca_key_pem)?;
+                let (ca, cross) = pki::Ca::generate_replacing(&s.cluster_id, &old)?;
+                let sealed = Sealed {
+                    ca_key_pem: ca.key_pem(),
+                    ..sealed
+                };
+                Ok(ClusterSecrets {
+                    ca_certs: vec![ca.cert_pem().to_string(), old.cert_pem().to_string()],
+                    sealed: seal_json(key, &sealed)?,
+                    rotation_started: Some(time_now()),
+                    cross_signed: Some(cross),
+                    ..s.clone()
+                })
+            },
+        )
+        .await?;
         tracing::info!("cluster root rotated");
         let deadline = Instant::now() + self.inner.cfg.leader_wait;
         loop {

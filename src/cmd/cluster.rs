@@ -155,12 +155,7 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                     println!("{}", serde_json::to_string_pretty(&t)?);
                     return Ok(0);
                 }
-                let addr = st
-                    .members
-                    .iter()
-                    .find(|m| m.id == st.node_id)
-                    .map(|m| m.address.clone())
-                    .unwrap_or_else(|| "<this-node-address>".into());
+                let addr = own_address(&st);
                 println!(
                     "Cluster {} is ready; node {} is a manager.\n",
                     t.cluster_id, st.node_id
@@ -207,12 +202,7 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                     }
                     println!("To add a {r} to this cluster, run on the new node:\n");
                     let st = c.status().await?;
-                    let addr = st
-                        .members
-                        .iter()
-                        .find(|m| m.id == st.node_id)
-                        .map(|m| m.address.clone())
-                        .unwrap_or_else(|| "<this-node-address>".into());
+                    let addr = own_address(&st);
                     println!("    dcpp cluster join --token {token} {addr}");
                 }
                 Ok(0)
@@ -293,6 +283,15 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
             }
         }
     })
+}
+
+/// The address other nodes join this one at, as the membership records it.
+fn own_address(st: &dcpp_raft::ClusterStatus) -> String {
+    st.members
+        .iter()
+        .find(|m| m.id == st.node_id)
+        .map(|m| m.address.clone())
+        .unwrap_or_else(|| "<this-node-address>".into())
 }
 
 /// A duration in its largest whole unit, rounded down (`30d`, `11h`, `59s`).

@@ -142,14 +142,7 @@ impl Cluster {
 
     /// Adds a fresh node (not started with the cluster); returns its index.
     pub async fn add_fresh(&mut self, token: &str) -> usize {
-        let i = self.nodes.len();
-        let dir = self.dirs[0].parent().expect("parent").join(format!("n{i}"));
-        let mut cfg = NodeConfig::fast(&dir, "");
-        (self.tweak)(&mut cfg);
-        let (tn, port) = spawn_node(cfg, 0).await;
-        self.dirs.push(dir);
-        self.addrs.push(format!("127.0.0.1:{port}"));
-        self.nodes.push(Some(tn));
+        let i = self.spawn_fresh().await;
         self.join(i, token).await;
         i
     }
