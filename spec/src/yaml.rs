@@ -592,27 +592,46 @@ mod tests {
             .collect()
     }
 
+    /// How the fast scanner and the full parser disagree on one text.
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    enum Disagreement {
+        #[error("fast scanner accepted what the parser rejects:\n{text}")]
+        AcceptedWhatParserRejects { text: String },
+        #[error(
+            "events differ at {at:?}: fast {fast} vs full {full} (lengths {fast_len} / {full_len}) for:\n{text}"
+        )]
+        EventsDiffer {
+            at: Option<usize>,
+            fast: String,
+            full: String,
+            fast_len: usize,
+            full_len: usize,
+            text: String,
+        },
+    }
+
     /// `Ok(true)` when the fast scanner accepted `text` and agreed; `Ok(false)` when it declined.
-    fn agrees(text: &str) -> Result<bool, String> {
+    fn agrees(text: &str) -> Result<bool, Disagreement> {
         let Some(fast) = fast::events(text, 1) else {
             return Ok(false);
         };
         let Some(full) = full_events(text) else {
-            return Err(format!(
-                "fast scanner accepted what the parser rejects:\n{text}"
-            ));
+            return Err(Disagreement::AcceptedWhatParserRejects {
+                text: text.to_owned(),
+            });
         };
         let (fast, full) = (comparable(fast), comparable(full));
         if fast != full {
             let at = fast.iter().zip(&full).position(|(a, b)| a != b);
             let show = |v: &[Item<'_>]| format!("{:?}", at.and_then(|i| v.get(i)));
-            return Err(format!(
-                "events differ at {at:?}: fast {} vs full {} (lengths {} / {}) for:\n{text}",
-                show(&fast),
-                show(&full),
-                fast.len(),
-                full.len()
-            ));
+            return Err(Disagreement::EventsDiffer {
+                at,
+                fast: show(&fast),
+                full: show(&full),
+                fast_len: fast.len(),
+                full_len: full.len(),
+                text: text.to_owned(),
+            });
         }
         Ok(true)
     }
@@ -798,7 +817,7 @@ volumes:
             let texts = TEXTS.get_or_init(corpus_texts);
             let text = mutate(file.get::<String>(texts), &muts);
             if let Err(e) = agrees(&text) {
-                return Err(TestCaseError::fail(e));
+                return Err(TestCaseError::fail(e.to_string()));
             }
         }
     }
