@@ -168,9 +168,9 @@ const UNAPPLIED_PORT_KEYS: &[(&str, &str)] = &[
     ("app_protocol", "ports have no application protocol"),
 ];
 
-/// compose keeps `x-*` keys on nearly every object; dcpp keeps them where `dcpp config` prints
-/// them and says so everywhere else rather than dropping them unseen.
-const DROPPED_EXTENSION: &str = "extension dropped: dcpp keeps `x-*` keys only at the top level and on services, networks, volumes, configs and secrets";
+/// compose keeps `x-*` keys on nearly every object, and so does the model; the few objects it
+/// has no place for say so rather than dropping the key unseen.
+const DROPPED_EXTENSION: &str = "extension dropped: dcpp keeps `x-*` keys on every object except `external`, env_file entries and ulimits";
 
 /// References collected while converting services, validated once everything is known.
 #[derive(Default)]
@@ -765,6 +765,7 @@ fn implicit_depends_on(
                 condition: DependsOnCondition::ServiceStarted,
                 restart,
                 required: true,
+                extensions: Extensions::new(),
             },
         );
         // network_mode has its own reference check; the others must name a service.
@@ -956,7 +957,14 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             }
             "ipam" => {
                 let mut ipam = Ipam::default();
-                for (k, v, p) in cv.fields(v, &p, &["driver", "config", "options"], &[]) {
+                for (k, v, p) in cv.fields_keeping(
+                    v,
+                    &p,
+                    &["driver", "config", "options"],
+                    &[],
+                    &[],
+                    &mut ipam.extensions,
+                ) {
                     match k {
                         "driver" => ipam.driver = cv.opt_string(v, &p),
                         "options" => {
@@ -973,11 +981,13 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                             for (i, item) in items.iter().enumerate() {
                                 let ip = p.at(i);
                                 let mut pool = IpamPool::default();
-                                for (k, v, p) in cv.fields(
+                                for (k, v, p) in cv.fields_keeping(
                                     item,
                                     &ip,
                                     &["subnet", "ip_range", "gateway", "aux_addresses"],
                                     &[],
+                                    &[],
+                                    &mut pool.extensions,
                                 ) {
                                     match k {
                                         "subnet" => {
@@ -1141,22 +1151,10 @@ fn file_object(
         }
     }
     legacy_external_name(cv, n, path);
-    let sources = [
-        o.file.is_some(),
-        o.environment.is_some(),
-        o.content.is_some(),
-        o.external,
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if sources != 1 {
-        let what = if section == "configs" {
-            "`file`, `environment`, `content` or `external`"
-        } else {
-            "`file`, `environment` or `external`"
-        };
-        cv.err(n.pos, path, format!("must set exactly one of {what}"));
+    // compose checks only that a secret it must create has its data somewhere; `external`
+    // wins over a `file` given beside it, and configs are not checked at all.
+    if section == "secrets" && !o.external && o.file.is_none() && o.environment.is_none() {
+        cv.err(n.pos, path, "must declare either `file` or `environment`");
         return None;
     }
     Some(o)
@@ -1464,7 +1462,7 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
         context: build_context(cv, ".", v.pos),
         ..Build::default()
     };
-    for (k, v, p) in cv.fields(
+    for (k, v, p) in cv.fields_keeping(
         v,
         p,
         &["context", "dockerfile", "args", "target"],
@@ -1488,6 +1486,8 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
             "tags",
             "ulimits",
         ],
+        &[],
+        &mut b.extensions,
     ) {
         match k {
             "context" => {
@@ -1617,6 +1617,7 @@ fn file_refs(
                 uid: None,
                 gid: None,
                 mode: None,
+                extensions: Extensions::new(),
             },
             Kind::Map(_) => {
                 let mut r = FileReference {
@@ -1625,10 +1626,16 @@ fn file_refs(
                     uid: None,
                     gid: None,
                     mode: None,
+                    extensions: Extensions::new(),
                 };
-                for (k, v, fp) in
-                    cv.fields(item, &ip, &["source", "target", "uid", "gid", "mode"], &[])
-                {
+                for (k, v, fp) in cv.fields_keeping(
+                    item,
+                    &ip,
+                    &["source", "target", "uid", "gid", "mode"],
+                    &[],
+                    &[],
+                    &mut r.extensions,
+                ) {
                     match k {
                         "source" => r.source = cv.string(v, &fp).unwrap_or_default(),
                         "target" => r.target = cv.opt_string(v, &fp),
@@ -1715,8 +1722,16 @@ fn depends_on(
             condition: DependsOnCondition::ServiceStarted,
             restart: false,
             required: true,
+            extensions: Extensions::new(),
         };
-        for (k, v, fp) in cv.fields(&e.value, &ep, &["condition", "required", "restart"], &[]) {
+        for (k, v, fp) in cv.fields_keeping(
+            &e.value,
+            &ep,
+            &["condition", "required", "restart"],
+            &[],
+            &[],
+            &mut d.extensions,
+        ) {
             match k {
                 "condition" => match cv.string(v, &fp).as_deref() {
                     Some("service_started") => d.condition = DependsOnCondition::ServiceStarted,
@@ -1754,7 +1769,7 @@ fn depends_on(
 
 fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthcheck> {
     let mut h = Healthcheck::default();
-    for (k, v, fp) in cv.fields_noting(
+    for (k, v, fp) in cv.fields_keeping(
         v,
         p,
         &[
@@ -1771,6 +1786,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthc
             "start_interval",
             "checks run every `interval` during start_period too",
         )],
+        &mut h.extensions,
     ) {
         match k {
             "test" => match &v.kind {
@@ -1807,7 +1823,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthc
 
 fn logging(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Logging> {
     let mut l = Logging::default();
-    for (k, v, fp) in cv.fields(v, p, &["driver", "options"], &[]) {
+    for (k, v, fp) in cv.fields_keeping(v, p, &["driver", "options"], &[], &[], &mut l.extensions) {
         match k {
             "driver" => l.driver = cv.opt_string(v, &fp),
             _ => l.options = cv.labels(v, &fp),
@@ -1839,7 +1855,7 @@ fn service_networks(
             continue;
         }
         let mut sn = ServiceNetwork::default();
-        for (k, v, fp) in cv.fields_noting(
+        for (k, v, fp) in cv.fields_keeping(
             &e.value,
             &ep,
             &["aliases", "ipv4_address", "ipv6_address", "priority"],
@@ -1851,6 +1867,7 @@ fn service_networks(
                 "mac_address",
             ],
             UNAPPLIED_SERVICE_NETWORK_KEYS,
+            &mut sn.extensions,
         ) {
             match k {
                 "aliases" => sn.aliases = Cv::unique(cv.str_list(v, &fp)),
@@ -1954,9 +1971,10 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                     published: None,
                     protocol: "tcp".to_owned(),
                     app_protocol: None,
+                    extensions: Extensions::new(),
                 };
                 let mut has_target = false;
-                for (k, v, fp) in cv.fields_noting(
+                for (k, v, fp) in cv.fields_keeping(
                     item,
                     &ip,
                     &[
@@ -1970,6 +1988,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                     ],
                     &[],
                     UNAPPLIED_PORT_KEYS,
+                    &mut port.extensions,
                 ) {
                     match k {
                         "name" => port.name = cv.opt_string(v, &fp),
@@ -2054,9 +2073,20 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                 continue;
             }
         };
+        // A port given again (by an override file, or twice) replaces the first in its place,
+        // as compose de-duplicates ports by host address, published port, target and protocol.
+        let key = |p: &Port| {
+            (
+                p.host_ip.clone(),
+                p.published.clone(),
+                p.target,
+                p.protocol.clone(),
+            )
+        };
         for port in parsed {
-            if !out.contains(&port) {
-                out.push(port);
+            match out.iter().position(|o| key(o) == key(&port)) {
+                Some(i) => out[i] = port,
+                None => out.push(port),
             }
         }
     }
@@ -2158,6 +2188,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
         bind: None,
         volume: None,
         tmpfs: None,
+        extensions: Extensions::new(),
     };
     if item.get("type").is_none() {
         cv.err(
@@ -2171,7 +2202,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
         cv.err(item.pos, ip, "`target` is required");
         return None;
     }
-    for (k, v, fp) in cv.fields(
+    for (k, v, fp) in cv.fields_keeping(
         item,
         ip,
         &[
@@ -2185,6 +2216,8 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             "consistency",
         ],
         &["image"],
+        &[],
+        &mut vol.extensions,
     ) {
         match k {
             "type" => {
@@ -2206,9 +2239,14 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             "consistency" => {}
             "bind" => {
                 let mut b = BindOptions::default();
-                for (k, v, fp) in
-                    cv.fields(v, &fp, &["propagation", "create_host_path", "selinux"], &[])
-                {
+                for (k, v, fp) in cv.fields_keeping(
+                    v,
+                    &fp,
+                    &["propagation", "create_host_path", "selinux"],
+                    &[],
+                    &[],
+                    &mut b.extensions,
+                ) {
                     match k {
                         "propagation" => {
                             b.propagation = cv.opt_string(v, &fp);
@@ -2242,7 +2280,14 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             }
             "volume" => {
                 let mut o = VolumeOptions::default();
-                for (k, v, fp) in cv.fields(v, &fp, &["nocopy", "subpath"], &["labels"]) {
+                for (k, v, fp) in cv.fields_keeping(
+                    v,
+                    &fp,
+                    &["nocopy", "subpath"],
+                    &["labels"],
+                    &[],
+                    &mut o.extensions,
+                ) {
                     match k {
                         "nocopy" => o.nocopy = cv.boolean(v, &fp).unwrap_or_default(),
                         _ => o.subpath = cv.opt_string(v, &fp),
@@ -2252,7 +2297,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             }
             _ => {
                 let mut o = TmpfsOptions::default();
-                for (k, v, fp) in cv.fields(v, &fp, &["size", "mode"], &[]) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &["size", "mode"], &[], &[], &mut o.extensions) {
                     match k {
                         // A plain fractional number is not a size for compose's schema
                         // (and `0.0001` would silently become 0 bytes: no limit).
@@ -2296,7 +2341,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
 
 fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
     let mut d = Deploy::default();
-    for (k, v, fp) in cv.fields_noting(
+    for (k, v, fp) in cv.fields_keeping(
         v,
         p,
         &[
@@ -2315,6 +2360,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             "labels",
             "service labels are only stored with the service (`dcpp service inspect`)",
         )],
+        &mut d.extensions,
     ) {
         match k {
             "mode" => match cv.string(v, &fp).as_deref() {
@@ -2346,7 +2392,14 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             "rollback_config" => d.rollback_config = update_config(cv, v, &fp),
             "resources" => {
                 let mut r = Resources::default();
-                for (k, v, fp) in cv.fields(v, &fp, &["limits", "reservations"], &[]) {
+                for (k, v, fp) in cv.fields_keeping(
+                    v,
+                    &fp,
+                    &["limits", "reservations"],
+                    &[],
+                    &[],
+                    &mut r.extensions,
+                ) {
                     let spec = resource_spec(cv, v, &fp, k == "reservations");
                     if k == "limits" {
                         r.limits = spec;
@@ -2358,22 +2411,26 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             }
             "restart_policy" => {
                 let mut r = RestartPolicy::default();
-                for (k, v, fp) in cv.fields(
+                for (k, v, fp) in cv.fields_keeping(
                     v,
                     &fp,
                     &["condition", "delay", "max_attempts", "window"],
                     &[],
+                    &[],
+                    &mut r.extensions,
                 ) {
                     match k {
                         "condition" => {
                             r.condition = cv.opt_string(v, &fp);
+                            // Compose takes any string; the reconciler knows these three
+                            // and refuses the rest when applied.
                             if let Some(c) = &r.condition
                                 && !matches!(c.as_str(), "none" | "on-failure" | "any")
                             {
-                                cv.err(
+                                cv.warn(
                                     v.pos,
                                     &fp,
-                                    format!("invalid condition {c:?}: use none, on-failure or any"),
+                                    format!("condition {c:?} is not none, on-failure or any: `dcpp apply` refuses the service"),
                                 );
                             }
                         }
@@ -2386,11 +2443,13 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             }
             "placement" => {
                 let mut pl = Placement::default();
-                for (k, v, fp) in cv.fields(
+                for (k, v, fp) in cv.fields_keeping(
                     v,
                     &fp,
                     &["constraints", "preferences", "max_replicas_per_node"],
                     &[],
+                    &[],
+                    &mut pl.extensions,
                 ) {
                     match k {
                         "constraints" => {
@@ -2415,10 +2474,20 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                             };
                             for (i, item) in items.iter().enumerate() {
                                 let ip = fp.at(i);
-                                for (_, v, sp) in cv.fields(item, &ip, &["spread"], &[]) {
-                                    if let Some(s) = cv.string(v, &sp) {
-                                        pl.preferences.push(PlacementPreference { spread: s });
-                                    }
+                                let mut extensions = Extensions::new();
+                                let mut spread = None;
+                                for (_, v, sp) in cv.fields_keeping(
+                                    item,
+                                    &ip,
+                                    &["spread"],
+                                    &[],
+                                    &[],
+                                    &mut extensions,
+                                ) {
+                                    spread = cv.string(v, &sp);
+                                }
+                                if let Some(spread) = spread {
+                                    pl.preferences.push(PlacementPreference { spread, extensions });
                                 }
                             }
                         }
@@ -2447,7 +2516,8 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
         }
     }
     if d.mode == Some(DeployMode::Global) && d.replicas.is_some_and(|r| r != 1) {
-        cv.err(v.pos, p, "replicas cannot be set for a global service");
+        // Compose accepts the pair; a global service runs one task per node whatever the count.
+        cv.warn(v.pos, p, "replicas has no effect on a global service: it runs one task per eligible node");
     }
     Some(d)
 }
@@ -2469,7 +2539,14 @@ fn resource_spec(
     } else {
         &[]
     };
-    for (k, v, fp) in cv.fields_noting(v, p, &["cpus", "memory", "pids"], ignored, unapplied) {
+    for (k, v, fp) in cv.fields_keeping(
+        v,
+        p,
+        &["cpus", "memory", "pids"],
+        ignored,
+        unapplied,
+        &mut r.extensions,
+    ) {
         match k {
             "cpus" => r.cpus = cv.float(v, &fp),
             "memory" => r.memory = cv.size(v, &fp),
@@ -2481,7 +2558,7 @@ fn resource_spec(
 
 fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<UpdateConfig> {
     let mut u = UpdateConfig::default();
-    for (k, v, fp) in cv.fields(
+    for (k, v, fp) in cv.fields_keeping(
         v,
         p,
         &[
@@ -2493,6 +2570,8 @@ fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Updat
             "order",
         ],
         &[],
+        &[],
+        &mut u.extensions,
     ) {
         match k {
             "parallelism" => u.parallelism = cv.uint(v, &fp),
@@ -2512,13 +2591,15 @@ fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Updat
             }
             "failure_action" => {
                 u.failure_action = cv.opt_string(v, &fp);
+                // Compose takes any string; the update policy knows these three and
+                // refuses the rest when applied.
                 if let Some(a) = &u.failure_action
                     && !matches!(a.as_str(), "continue" | "rollback" | "pause")
                 {
-                    cv.err(
+                    cv.warn(
                         v.pos,
                         &fp,
-                        format!("invalid failure_action {a:?}: use continue, rollback or pause"),
+                        format!("failure_action {a:?} is not continue, rollback or pause: `dcpp apply` refuses the service"),
                     );
                 }
             }

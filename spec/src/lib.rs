@@ -97,7 +97,7 @@ fn config_json_value(
     let mut services = indexmap::IndexMap::new();
     for (name, s) in &p.services {
         let mut s = s.clone();
-        s.extensions.clear();
+        s.clear_extensions();
         // Placeholders put the two keys where the struct order puts them; they become null.
         let (no_command, no_entrypoint) = (s.command.is_none(), s.entrypoint.is_none());
         s.command.get_or_insert_with(Vec::new);
@@ -114,7 +114,7 @@ fn config_json_value(
     }
     top.insert("services".to_owned(), Ordered::Map(services));
     if !p.networks.is_empty() {
-        let n = without_x(&p.networks, |n| n.extensions.clear());
+        let n = without_x(&p.networks, Network::clear_extensions);
         top.insert("networks".to_owned(), ordered(&n)?);
     }
     if !p.volumes.is_empty() {
@@ -173,6 +173,11 @@ mod tests {
             image: Some("nginx".into()),
             command: Some(vec!["sh".into(), "-c".into(), "a && b <x>".into()]),
             extensions: [("x-owner".to_owned(), "team".into())].into(),
+            healthcheck: Some(Healthcheck {
+                test: vec!["NONE".into()],
+                extensions: [("x-probe".to_owned(), "fast".into())].into(),
+                ..Healthcheck::default()
+            }),
             ..Service::default()
         };
         let loaded = Loaded {
@@ -213,7 +218,7 @@ mod tests {
         let image = json.find("\"image\"").expect("image");
         assert!(command < entrypoint && entrypoint < image, "{json}");
         assert!(
-            !json.contains("x-owner") && !json.contains("x-vlan"),
+            !json.contains("x-owner") && !json.contains("x-vlan") && !json.contains("x-probe"),
             "{json}"
         );
         assert!(json.contains(r#""x-top": "$$1""#), "{json}");

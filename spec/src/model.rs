@@ -24,8 +24,8 @@ fn default_true() -> bool {
     true
 }
 
-/// `x-*` keys of a service, network, volume, config or secret: free-form values that compose
-/// keeps and prints, and that nothing applies.
+/// `x-*` keys of a model object (compose-spec allows them on every object): free-form values
+/// that compose keeps and prints, and that nothing applies.
 pub type Extensions = BTreeMap<String, serde_json::Value>;
 
 /// The flattened `x-*` keys of a model object. Flattening catches every key the struct does not
@@ -217,11 +217,73 @@ impl Service {
             ),
         }
     }
+
+    /// Drops every `x-*` key of the service and of the objects inside it: compose's JSON form
+    /// leaves them out everywhere below the top level.
+    pub(crate) fn clear_extensions(&mut self) {
+        self.extensions.clear();
+        if let Some(b) = &mut self.build {
+            b.extensions.clear();
+        }
+        self.depends_on
+            .values_mut()
+            .for_each(|d| d.extensions.clear());
+        if let Some(h) = &mut self.healthcheck {
+            h.extensions.clear();
+        }
+        if let Some(d) = &mut self.deploy {
+            d.extensions.clear();
+            for u in [&mut d.update_config, &mut d.rollback_config]
+                .into_iter()
+                .flatten()
+            {
+                u.extensions.clear();
+            }
+            if let Some(r) = &mut d.resources {
+                r.extensions.clear();
+                for spec in [&mut r.limits, &mut r.reservations].into_iter().flatten() {
+                    spec.extensions.clear();
+                }
+            }
+            if let Some(r) = &mut d.restart_policy {
+                r.extensions.clear();
+            }
+            if let Some(pl) = &mut d.placement {
+                pl.extensions.clear();
+                pl.preferences
+                    .iter_mut()
+                    .for_each(|p| p.extensions.clear());
+            }
+        }
+        if let Some(l) = &mut self.logging {
+            l.extensions.clear();
+        }
+        self.networks
+            .values_mut()
+            .flatten()
+            .for_each(|n| n.extensions.clear());
+        self.ports.iter_mut().for_each(|p| p.extensions.clear());
+        for r in self.secrets.iter_mut().chain(&mut self.configs) {
+            r.extensions.clear();
+        }
+        for v in &mut self.volumes {
+            v.extensions.clear();
+            if let Some(b) = &mut v.bind {
+                b.extensions.clear();
+            }
+            if let Some(o) = &mut v.volume {
+                o.extensions.clear();
+            }
+            if let Some(o) = &mut v.tmpfs {
+                o.extensions.clear();
+            }
+        }
+    }
 }
 
 /// `build:` section. Kept so tools can see it; dcpp does not build images.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Build {
     /// Absolute path (or URL) of the build context.
     pub context: String,
@@ -235,11 +297,15 @@ pub struct Build {
     /// Multi-stage build target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// One `depends_on` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct DependsOn {
     /// What "ready" means for the dependency.
     pub condition: DependsOnCondition,
@@ -249,6 +315,10 @@ pub struct DependsOn {
     /// When false, a missing or disabled dependency is ignored instead of being an error.
     #[serde(default = "default_true")]
     pub required: bool,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Condition a dependency must reach before the dependent service starts.
@@ -276,7 +346,7 @@ impl DependsOnCondition {
 
 /// Health check. `test` is always the list form: `["NONE"]`, `["CMD", …]` or `["CMD-SHELL", cmd]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Healthcheck {
     /// Command in list form; a string in the file becomes `["CMD-SHELL", string]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -299,11 +369,15 @@ pub struct Healthcheck {
     /// Disables any healthcheck (also set when `test` is `["NONE"]`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub disable: bool,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// `deploy:` section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Deploy {
     /// `replicated` (default) or `global` (one task per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,6 +407,10 @@ pub struct Deploy {
     /// `vip` (virtual IP) or `dnsrr` (DNS round robin) service discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_mode: Option<EndpointMode>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Deploy mode.
@@ -357,7 +435,7 @@ pub enum EndpointMode {
 
 /// `update_config` / `rollback_config`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct UpdateConfig {
     /// Tasks updated at once (0 = all at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,11 +455,15 @@ pub struct UpdateConfig {
     /// `stop-first` (default) or `start-first`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// `deploy.resources`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Resources {
     /// Hard limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,11 +471,15 @@ pub struct Resources {
     /// Guaranteed amounts the scheduler reserves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservations: Option<ResourceSpec>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Amounts of CPU, memory and pids.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct ResourceSpec {
     /// Number of CPUs (fractional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -405,11 +491,15 @@ pub struct ResourceSpec {
     /// Maximum number of processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// `deploy.restart_policy`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct RestartPolicy {
     /// `none`, `on-failure` or `any` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,11 +513,15 @@ pub struct RestartPolicy {
     /// Time window used to decide whether a restart succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Duration>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// `deploy.placement`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Placement {
     /// Constraints such as `node.role==manager` or `node.labels.zone==a`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -438,19 +532,27 @@ pub struct Placement {
     /// At most this many tasks of the service on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replicas_per_node: Option<u64>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// One placement preference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct PlacementPreference {
     /// Spread tasks evenly over the values of this node attribute, e.g. `node.labels.zone`.
     pub spread: String,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// One port, long syntax. A short-syntax range becomes several entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Port {
     /// Optional human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -472,6 +574,10 @@ pub struct Port {
     /// Application protocol hint (`http`, `grpc`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 fn default_port_mode() -> String {
@@ -484,7 +590,7 @@ fn default_protocol() -> String {
 
 /// One mount, long syntax.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct ServiceVolume {
     /// Mount type.
     #[serde(rename = "type")]
@@ -506,6 +612,10 @@ pub struct ServiceVolume {
     /// tmpfs options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<TmpfsOptions>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Kind of mount.
@@ -526,7 +636,7 @@ pub enum VolumeType {
 
 /// Options of a bind mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct BindOptions {
     /// SELinux relabel: `z` (shared) or `Z` (private).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -537,11 +647,15 @@ pub struct BindOptions {
     /// Create the host path if it is missing (true for the short syntax, as compose does).
     #[serde(default, skip_serializing_if = "is_false")]
     pub create_host_path: bool,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Options of a volume mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct VolumeOptions {
     /// Don't copy the image's data into a new volume.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -549,11 +663,15 @@ pub struct VolumeOptions {
     /// Mount only this sub-path of the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subpath: Option<String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Options of a tmpfs mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct TmpfsOptions {
     /// Size in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
@@ -562,11 +680,15 @@ pub struct TmpfsOptions {
     /// File mode (e.g. 0o1777 = 1023).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// Per-network settings of a service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct ServiceNetwork {
     /// Extra DNS names of the service on this network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -580,6 +702,10 @@ pub struct ServiceNetwork {
     /// Order in which networks are connected (higher first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value, and is how
@@ -693,7 +819,7 @@ mod byte_size {
 
 /// Logging driver configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Logging {
     /// Driver name (`json-file`, `local`, `none`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -701,11 +827,15 @@ pub struct Logging {
     /// Driver options.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A service's reference to a config or secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct FileReference {
     /// Key of the config/secret in the top-level section.
     pub source: String,
@@ -722,6 +852,10 @@ pub struct FileReference {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "octal_mode")]
     #[schemars(with = "Option<String>")]
     pub mode: Option<u32>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A top-level network.
@@ -761,9 +895,20 @@ pub struct Network {
     pub extensions: Extensions,
 }
 
+impl Network {
+    /// Drops the `x-*` keys of the network and of its IPAM settings, as compose's JSON does.
+    pub(crate) fn clear_extensions(&mut self) {
+        self.extensions.clear();
+        if let Some(ipam) = &mut self.ipam {
+            ipam.extensions.clear();
+            ipam.config.iter_mut().for_each(|p| p.extensions.clear());
+        }
+    }
+}
+
 /// IP address management of a network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Ipam {
     /// IPAM driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -771,11 +916,15 @@ pub struct Ipam {
     /// Address pools.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config: Vec<IpamPool>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// One IPAM address pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct IpamPool {
     /// CIDR subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -789,6 +938,10 @@ pub struct IpamPool {
     /// Reserved addresses by hostname.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aux_addresses: BTreeMap<String, String>,
+    /// `x-*` keys, printed after the others as compose prints them; never applied.
+    #[serde(flatten, deserialize_with = "x_keys::deserialize")]
+    #[schemars(skip)]
+    pub extensions: Extensions,
 }
 
 /// A top-level named volume.
@@ -920,12 +1073,28 @@ mod tests {
         assert!(e.to_string().contains("imagee"), "{e}");
         assert!(serde_json::from_str::<Volume>(r#"{"drive":"local"}"#).is_err());
         assert!(serde_json::from_str::<Network>(r#"{"x-vlan":1}"#).is_ok());
+        let h: Healthcheck =
+            serde_json::from_str(r#"{"test":["NONE"],"x-probe":"fast"}"#).expect("nested x- key");
+        assert_eq!(h.extensions["x-probe"], "fast");
+        let e = serde_json::from_str::<Port>(r#"{"target":80,"publishd":"8080"}"#)
+            .expect_err("unknown nested key");
+        assert!(e.to_string().contains("publishd"), "{e}");
     }
 
     #[test]
     fn schema_allows_x_keys_only() {
         let v = crate::schema();
-        for def in ["Service", "Network", "Volume", "FileObject"] {
+        for def in [
+            "Service",
+            "Network",
+            "Volume",
+            "FileObject",
+            "Healthcheck",
+            "Deploy",
+            "Port",
+            "ServiceVolume",
+            "IpamPool",
+        ] {
             let d = &v["$defs"][def];
             assert!(d["patternProperties"]["^x-"].is_object(), "{def}: {d}");
             assert_eq!(d["additionalProperties"], false, "{def}");

@@ -1,6 +1,6 @@
 //! Parsers for compose's short syntaxes: ports, volumes, shell words, modes.
 
-use crate::model::{BindOptions, Port, ServiceVolume, VolumeOptions, VolumeType};
+use crate::model::{BindOptions, Extensions, Port, ServiceVolume, VolumeOptions, VolumeType};
 
 /// A short syntax that does not parse; the messages name the text as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +182,7 @@ pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, SyntaxError> {
         published,
         protocol: protocol.clone(),
         app_protocol: None,
+        extensions: Extensions::new(),
     };
     if host.is_empty() {
         return Ok((c0..=c1).map(|t| mk(t, None)).collect());
@@ -225,6 +226,7 @@ pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, SyntaxError> {
         bind: None,
         volume: None,
         tmpfs: None,
+        extensions: Extensions::new(),
     };
     let mut bind = BindOptions {
         create_host_path: kind == VolumeType::Bind,
