@@ -59,6 +59,28 @@ fn unescape_double(s: &str) -> String {
                 chars.next();
                 out.push_str("$$");
             }
+            // `\0` and up to three digits: with exactly three octal digits (at most 0377)
+            // it is that character, as compose's XSI-echo escape; otherwise kept as written.
+            Some('0') => {
+                chars.next();
+                let mut digits = String::new();
+                while digits.len() < 3
+                    && let Some(d) = chars.next_if(char::is_ascii_digit)
+                {
+                    digits.push(d);
+                }
+                match u32::from_str_radix(&digits, 8)
+                    .ok()
+                    .filter(|v| digits.len() == 3 && *v <= 0o377)
+                    .and_then(char::from_u32)
+                {
+                    Some(c) => out.push(c),
+                    None => {
+                        out.push_str("\\0");
+                        out.push_str(&digits);
+                    }
+                }
+            }
             _ => out.push('\\'),
         }
     }

@@ -19,8 +19,17 @@ pub(crate) enum InterpError {
         "invalid interpolation format in {whole:?}: \"${{{body}}}\". You may need to escape any $ with another $"
     )]
     Invalid { whole: String, body: String },
-    #[error("required variable {name} is missing a value: {message}")]
+    #[error("required variable {name} is missing a value{}", reason(message))]
     Required { name: String, message: String },
+}
+
+/// The `: reason` of a missing required variable; compose writes nothing for an empty one.
+fn reason(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 /// Outcome of interpolating one string.
