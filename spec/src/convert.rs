@@ -2297,7 +2297,9 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             }
             _ => {
                 let mut o = TmpfsOptions::default();
-                for (k, v, fp) in cv.fields_keeping(v, &fp, &["size", "mode"], &[], &[], &mut o.extensions) {
+                for (k, v, fp) in
+                    cv.fields_keeping(v, &fp, &["size", "mode"], &[], &[], &mut o.extensions)
+                {
                     match k {
                         // A plain fractional number is not a size for compose's schema
                         // (and `0.0001` would silently become 0 bytes: no limit).
@@ -2487,7 +2489,8 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                                     spread = cv.string(v, &sp);
                                 }
                                 if let Some(spread) = spread {
-                                    pl.preferences.push(PlacementPreference { spread, extensions });
+                                    pl.preferences
+                                        .push(PlacementPreference { spread, extensions });
                                 }
                             }
                         }
@@ -2506,18 +2509,26 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                     );
                 }
                 Some("dnsrr") => d.endpoint_mode = Some(EndpointMode::Dnsrr),
-                Some(other) => cv.err(
-                    v.pos,
-                    &fp,
-                    format!("invalid endpoint_mode {other:?}: use vip or dnsrr"),
-                ),
+                // Compose takes any string; nothing in dcpp reads the value.
+                Some(other) => {
+                    d.endpoint_mode = Some(EndpointMode::Other(other.to_owned()));
+                    cv.unapplied(
+                        v.pos,
+                        &fp,
+                        "not vip or dnsrr: the service name resolves to its tasks' addresses (dnsrr)",
+                    );
+                }
                 None => {}
             },
         }
     }
     if d.mode == Some(DeployMode::Global) && d.replicas.is_some_and(|r| r != 1) {
         // Compose accepts the pair; a global service runs one task per node whatever the count.
-        cv.warn(v.pos, p, "replicas has no effect on a global service: it runs one task per eligible node");
+        cv.warn(
+            v.pos,
+            p,
+            "replicas has no effect on a global service: it runs one task per eligible node",
+        );
     }
     Some(d)
 }

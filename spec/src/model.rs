@@ -250,9 +250,7 @@ impl Service {
             }
             if let Some(pl) = &mut d.placement {
                 pl.extensions.clear();
-                pl.preferences
-                    .iter_mut()
-                    .for_each(|p| p.extensions.clear());
+                pl.preferences.iter_mut().for_each(|p| p.extensions.clear());
             }
         }
         if let Some(l) = &mut self.logging {
@@ -424,13 +422,16 @@ pub enum DeployMode {
 }
 
 /// Service discovery endpoint mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointMode {
     /// A virtual IP load-balances to the tasks.
     Vip,
     /// DNS returns every task's address.
     Dnsrr,
+    /// Any other value: compose takes any string here, and dcpp resolves names as for dnsrr.
+    #[serde(untagged)]
+    Other(String),
 }
 
 /// `update_config` / `rollback_config`.
