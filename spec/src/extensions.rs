@@ -36,6 +36,17 @@ pub(crate) fn value(n: &Node<'_>) -> Value {
     }
 }
 
+/// What compose's YAML decoder makes of an unquoted scalar that is not a string ("a number",
+/// "a boolean", "null"); `None` for a string.
+pub(crate) fn non_string(s: &str) -> Option<&'static str> {
+    match plain_scalar(s) {
+        Value::String(_) => None,
+        Value::Null => Some("null"),
+        Value::Bool(_) => Some("a boolean"),
+        _ => Some("a number"),
+    }
+}
+
 /// The type compose's YAML decoder gives an unquoted scalar: null, boolean, integer (decimal,
 /// `0x`, `0o`, or `0`-prefixed octal, `_` separators allowed), float, else string. A float
 /// without a fractional part prints as an integer, as compose's encoders write it.

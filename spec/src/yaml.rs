@@ -452,9 +452,28 @@ impl<'i> Builder<'_, 'i> {
                                 merges.push(value);
                                 continue;
                             }
+                            // compose decodes an unquoted `123:` or `true:` as a number or a
+                            // boolean and refuses any key that is not a string.
+                            if plain && let Some(kind) = crate::extensions::non_string(&k) {
+                                self.errors.push(
+                                    key_pos,
+                                    "",
+                                    format!(
+                                        "non-string key {k}: compose reads it as {kind}; quote it"
+                                    ),
+                                );
+                                continue;
+                            }
                             k
                         }
-                        Kind::Null => Cow::Borrowed("null"),
+                        Kind::Null => {
+                            self.errors.push(
+                                key_pos,
+                                "",
+                                "non-string key: compose reads an empty or null key as null; quote it",
+                            );
+                            continue;
+                        }
                         _ => {
                             self.errors
                                 .push(key_pos, "", "mapping keys must be scalars");
