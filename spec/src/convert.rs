@@ -1066,6 +1066,18 @@ fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
             _ => vol.external = external(cv, v, &p, &mut vol.name)?,
         }
     }
+    // A local volume with `o: bind` is a bind mount of `device`, so compose resolves that path
+    // like any other host path.
+    if vol.driver.as_deref() == Some("local")
+        && vol.driver_opts.get("o").map(String::as_str) == Some("bind")
+        && let Some(pos) = n
+            .get("driver_opts")
+            .and_then(|o| o.get("device"))
+            .map(|d| d.pos)
+        && let Some(device) = vol.driver_opts.get_mut("device")
+    {
+        *device = cv.host_path(device, pos);
+    }
     external_conflicts(cv, n, path, vol.external);
     legacy_external_name(cv, n, path);
     Some(vol)
