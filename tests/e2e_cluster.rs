@@ -168,7 +168,8 @@ services:
     s
 }
 
-/// The same live tasks, with the same node and state, through every node's socket.
+/// The same live tasks, with the same node and state, through every manager's socket; a
+/// worker's socket has no cluster state to show and says so.
 fn same_everywhere(cl: &Cluster) {
     let view = |i: usize| -> BTreeMap<u64, (String, String)> {
         tasks(cl, i)
@@ -184,16 +185,38 @@ fn same_everywhere(cl: &Cluster) {
     let a = view(0);
     assert!(!a.is_empty());
     assert_eq!(a, view(1), "ps through a and b differ");
-    assert_eq!(a, view(2), "ps through a and c differ");
+    if is_worker(cl, 2) {
+        worker_refuses(cl, 2, &["ps"]);
+    } else {
+        assert_eq!(a, view(2), "ps through a and c differ");
+    }
+}
+
+fn is_worker(cl: &Cluster, i: usize) -> bool {
+    let st: Value =
+        serde_json::from_str(&cl.ok(i, &["cluster", "status", "--format", "json"])).unwrap();
+    st["state"] == "Worker"
+}
+
+/// A worker's own socket refuses `args` (it holds no cluster state), pointing at a manager.
+fn worker_refuses(cl: &Cluster, i: usize, args: &[&str]) {
+    let out = cl.nodes[i].dcpp(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("this node is a worker") && err.contains(&cl.nodes[0].listen),
+        "{args:?}: {err}"
+    );
 }
 
 #[test]
 fn replicas_spread_global_runs_everywhere_and_drain_moves_work() {
     let t0 = Instant::now();
     let cl = three("sp", false);
-    let ls = cl.ok(2, &["node", "ls"]);
+    let ls = cl.ok(1, &["node", "ls"]);
     assert_eq!(ls.lines().count(), 4, "{ls}");
-    assert!(ls.contains("learner") && ls.contains("worker"), "{ls}");
+    assert!(ls.contains("worker") && !ls.contains("learner"), "{ls}");
+    worker_refuses(&cl, 2, &["node", "ls"]);
     let formed = t0.elapsed();
 
     // Applied through a follower's socket: the writes are forwarded to the leader.
@@ -259,16 +282,17 @@ services:
     cl.wait_until("labelled node takes the service", 30, || {
         placement(&cl, 0, "spc_ssd") == vec![0, 2, 0]
     });
-    let node: Value = serde_json::from_str(&cl.ok(2, &["node", "inspect", &b_id])).unwrap();
+    let node: Value = serde_json::from_str(&cl.ok(1, &["node", "inspect", &b_id])).unwrap();
     assert_eq!(node["value"]["labels"]["disk"], "ssd", "{node}");
     assert_runtimes_match_store(&cl);
     cl.ok(0, &["node", "update", "--label-rm", "disk", &b_id]);
     cl.ok(0, &["down", "-p", "spc"]);
-    let node: Value = serde_json::from_str(&cl.ok(2, &["node", "inspect", &b_id])).unwrap();
+    let node: Value = serde_json::from_str(&cl.ok(1, &["node", "inspect", &b_id])).unwrap();
     assert!(node["value"]["labels"].get("disk").is_none(), "{node}");
 
-    // A worker's own socket reads the cluster but cannot change it (its certificate may write
-    // only its own record and task status): a clear refusal that names the way.
+    // A worker's own socket can neither read nor change the cluster (it holds none of the
+    // log; its certificate may write only its own record and task status): a clear refusal
+    // that names the way.
     let c_id = cl.nodes[2].id.to_string();
     let out = cl.nodes[2].dcpp(&["node", "update", "--availability", "drain", &c_id]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -353,7 +377,7 @@ services:
 fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     let t0 = Instant::now();
     // To lose the leader, c is a manager too, so the survivors keep a Raft majority; otherwise
-    // c is a worker (a Raft learner).
+    // c is a worker (no raft member: it goes through the managers).
     let mut cl = three(tag, victim == 0);
     let stack = format!("{tag}s");
     let app = format!("{stack}_app");
@@ -363,7 +387,7 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     let writer = if victim == 2 { 1 } else { victim };
     let out = cl.ok(writer, &["apply", "-f", &file]);
     assert!(out.contains("converged"), "{out}");
-    assert_eq!(placement(&cl, victim, &app), vec![2, 2, 2]);
+    assert_eq!(placement(&cl, writer, &app), vec![2, 2, 2]);
     assert_runtimes_match_store(&cl);
     let stale = running_tasks(&cl.nodes[victim]);
     assert_eq!(stale.len(), 2);
@@ -433,7 +457,7 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     });
     let cleaned = back.elapsed();
     assert_eq!(status(&cl), vec!["ready"; 3]);
-    let tasks = tasks(&cl, victim);
+    let tasks = tasks(&cl, writer);
     let slots: BTreeSet<String> = tasks
         .iter()
         .map(|t| format!("{}/{}", t["service"], t["slot"]))
@@ -549,7 +573,7 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     let cl = Cluster::form_with(
         "tr",
         &[Join::Manager, Join::Manager, Join::Worker, Join::Worker],
-        &["--cert-ttl", "15s"],
+        &["--cert-ttl", "15s", "--ca-rotation-grace", "8s"],
     );
     let roles: Vec<String> = (0..5)
         .map(|i| certificate(&cl, i)["role"].as_str().unwrap().to_string())
@@ -578,6 +602,23 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     };
     let before = live(&cl);
     assert_eq!(before.len(), 4, "{before:?}");
+    // The workers hold none of the log: their raft store never saw the stack, though d runs
+    // its tasks (a manager's does, which shows the search would find it).
+    let holds_stack = |i: usize| {
+        let out = Command::new("grep")
+            .args(["-rl", "trs_app"])
+            .arg(cl.nodes[i].data.join("raft"))
+            .output()
+            .unwrap();
+        !stdout(&out).trim().is_empty()
+    };
+    assert!(holds_stack(0));
+    assert!(!holds_stack(3) && !holds_stack(4));
+    assert!(
+        before.values().any(|(n, _)| *n == format!("{d_id:?}")),
+        "d runs tasks: {before:?}"
+    );
+    worker_refuses(&cl, 3, &["ps"]);
     let first: Vec<Value> = (0..5).map(|i| certificate(&cl, i)).collect();
     // Longer than a certificate lives: every node renews (a third before expiry) while each
     // manager answers `ps` every 200 ms and the workers keep reporting.
@@ -634,6 +675,35 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     );
     cl.ok(0, &["node", "demote", &d_id]);
     let demoted = wait_role(3, "worker");
+    cl.wait_until("d out of raft, a worker again", 15, || is_worker(&cl, 3));
+    // The root rotates: every node, workers included, moves to the new root while the
+    // managers keep answering; after the grace the old root is trusted nowhere and every node
+    // still reports.
+    let old_issuer = certificate(&cl, 0)["issuer"].clone();
+    assert!(old_issuer.as_str().is_some_and(|s| !s.is_empty()));
+    let out = cl.ok(1, &["cluster", "ca", "--rotate"]);
+    assert!(out.contains("rotated"), "{out}");
+    let moved = cl.wait_until("every node on the new root", 30, || {
+        for i in 0..3 {
+            cl.ok(i, &["ps", "--format", "json"]);
+        }
+        (0..5).all(|i| certificate(&cl, i)["issuer"] != old_issuer)
+    });
+    cl.wait_until("the rotation finished", 30, || {
+        cl.logs().contains("root rotation finished")
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let nodes: Vec<Value> =
+        serde_json::from_str(&cl.ok(0, &["node", "ls", "--format", "json"])).unwrap();
+    assert!(
+        nodes.iter().all(|n| n["status"] == "ready"),
+        "every node reports under the new root alone: {nodes:#?}"
+    );
+    assert_eq!(
+        live(&cl),
+        before,
+        "no task restarted or moved through promote, demote and the root rotation"
+    );
     // Revocation: e is stopped and removed; when it comes back its certificate is refused.
     let mut cl = cl;
     cl.nodes[4].stop_daemon();
@@ -648,7 +718,8 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     assert_eq!(nodes.len(), 4, "{nodes:#?}");
     eprintln!(
         "FIGURES: 5 daemons, 15 s certificates: {asked} ps calls through the managers over 20 s, \
-         all answered; promote took {promoted:.1?}, demote {demoted:.1?}"
+         all answered; promote took {promoted:.1?}, demote {demoted:.1?}, every node on a \
+         new root {moved:.1?} after the rotation"
     );
     cl.nodes[4].stop_daemon();
     teardown(cl);

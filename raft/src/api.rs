@@ -248,18 +248,35 @@ fn access(a: Option<Extension<Access>>) -> Access {
 }
 
 /// A request on the unix socket of a worker. Its certificate could not forward much of what a
-/// local admin asks: writes are refused here with a pointer to a manager, and reads are served
-/// from the node's own copy of the log.
+/// local admin asks, and the node holds no copy of the cluster's state: the request is refused
+/// with a pointer to a manager.
 fn local_on_worker(node: &Node, a: &Option<Extension<Access>>) -> bool {
     a.is_none() && node.member_role(node.id()) == Some(Role::Worker)
 }
 
-fn worker_node_refusal() -> Error {
-    Error::Forbidden(
-        "this node is a worker: change the cluster through a manager (run the command there, \
-         or here with -H tcp://MANAGER:PORT and DCPP_CERT_PATH from `dcpp cluster admin-cert`)"
-            .into(),
-    )
+fn worker_node_refusal(node: &Node) -> Error {
+    let managers = node
+        .status()
+        .map(|s| s.managers.join(", "))
+        .unwrap_or_default();
+    let at = if managers.is_empty() {
+        String::new()
+    } else {
+        format!(" ({managers})")
+    };
+    Error::Forbidden(format!(
+        "this node is a worker: it holds only its own tasks, not the cluster's state; run the \
+         command on a manager{at}, or here with -H tcp://MANAGER:PORT and DCPP_CERT_PATH from \
+         `dcpp cluster admin-cert`"
+    ))
+}
+
+/// Reads on a worker's own socket: there is nothing here to read them from.
+fn refuse_local_read(node: &Node, a: &Option<Extension<Access>>) -> Result<(), HttpError> {
+    if a.is_none() && node.is_remote_worker() {
+        return Err(HttpError(worker_node_refusal(node)));
+    }
+    Ok(())
 }
 
 /// Whether a worker may write every object `t` touches (its preconditions included: they
@@ -295,7 +312,7 @@ async fn txn(
     Json(t): Json<Txn>,
 ) -> Response {
     if local_on_worker(&node, &a) {
-        return HttpError(worker_node_refusal()).into_response();
+        return HttpError(worker_node_refusal(&node)).into_response();
     }
     if let Access::Worker(w) = access(a)
         && !worker_may_write(&node, w, &t)
@@ -319,6 +336,7 @@ async fn get_object(
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<crate::Object> {
+    refuse_local_read(&node, &a)?;
     let kind = parse_kind(&kind)?;
     let linearizable = !q.stale && !local_on_worker(&node, &a);
     let o = node
@@ -340,6 +358,7 @@ async fn list_objects(
     Path(kind): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<crate::node::ObjectList> {
+    refuse_local_read(&node, &a)?;
     let linearizable = !q.stale && !local_on_worker(&node, &a);
     let mut l = node
         .list_inner(parse_kind(&kind)?, linearizable, forwarded(&h))
@@ -355,6 +374,9 @@ async fn watch(
     a: Option<Extension<Access>>,
     Query(q): Query<WatchQuery>,
 ) -> Response {
+    if let Err(e) = refuse_local_read(&node, &a) {
+        return e.into_response();
+    }
     let kind = match q.kind.as_deref().map(str::parse::<Kind>).transpose() {
         Ok(k) => k,
         Err(e) => return HttpError(e).into_response(),
@@ -403,6 +425,22 @@ pub enum WatchLine {
 
 async fn status(State(node): State<Node>) -> ApiResult<crate::ClusterStatus> {
     Ok(Json(node.status()?))
+}
+
+/// A member asks what the managers know about it (a worker: its roots and managers; a
+/// manager that lost touch: whether it was demoted meanwhile).
+async fn whoami(
+    State(node): State<Node>,
+    caller: Option<Extension<Caller>>,
+) -> ApiResult<crate::WhoAmI> {
+    if let Some(Extension(Caller::Cert(c))) = caller
+        && let Some(id) = c.node_id()
+    {
+        return Ok(Json(node.whoami(id)?));
+    }
+    Err(HttpError(Error::Forbidden(
+        "only a member asks who it is".into(),
+    )))
 }
 
 /// What `GET /v1/version` answers: the daemon's build, for `dcpp version`.
@@ -629,6 +667,7 @@ fn allowed(access: Access, path: &str, is_manager_cert: bool) -> bool {
                     | "/v1/watch"
                     | "/v1/version"
                     | "/v1/cluster/renew"
+                    | "/v1/cluster/whoami"
                     | "/v1/cluster/remove"
             ) || path.starts_with("/v1/objects/")
         }
@@ -708,6 +747,7 @@ fn api_routes() -> Router<Node> {
         .route("/v1/cluster/add", post(add_member))
         .route("/v1/cluster/remove", post(remove_member))
         .route("/v1/cluster/renew", post(renew))
+        .route("/v1/cluster/whoami", get(whoami))
         .route("/v1/cluster/rotate", post(rotate))
         .route("/v1/cluster/role", post(set_role))
         .route("/v1/cluster/ca/rotate", post(rotate_ca))

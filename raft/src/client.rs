@@ -235,6 +235,16 @@ impl Client {
         self.get_json("/v1/cluster/status").await
     }
 
+    /// Renews the calling member's certificate.
+    pub(crate) async fn renew(&self, r: &crate::RenewRequest) -> Result<crate::RenewGrant, Error> {
+        self.post("/v1/cluster/renew", r).await
+    }
+
+    /// What the managers know about the calling member (see [`crate::WhoAmI`]).
+    pub async fn whoami(&self) -> Result<crate::WhoAmI, Error> {
+        self.get_json("/v1/cluster/whoami").await
+    }
+
     /// The daemon's version.
     pub async fn version(&self) -> Result<crate::api::VersionInfo, Error> {
         self.get_json("/v1/version").await

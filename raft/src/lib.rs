@@ -16,6 +16,7 @@ pub mod scope;
 pub mod store;
 pub mod tls;
 pub mod types;
+mod worker;
 
 pub use access::{MemStore, Store};
 pub use client::{Client, Endpoint};

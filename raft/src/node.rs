@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::Client;
 use crate::api::FORWARDED_HEADER;
 use crate::network::{Faults, Transport};
 use crate::pki::{self, CertRole, SealKey, Validity};
@@ -22,8 +23,9 @@ use crate::store::{self, LogStore, StoreReader};
 use crate::tls::{LocalTls, NodeTls};
 use crate::types::{
     ClusterSecrets, ClusterStatus, Event, JoinTokens, Kind, Member, Object, Op, Request, Role,
-    Sealed, Txn, TxnResponse,
+    Sealed, Txn, TxnResponse, WhoAmI, WorkerEntry,
 };
+use crate::worker::Remote;
 use crate::{Error, NodeId, Raft};
 
 /// Tuning and identity of a node.
@@ -125,6 +127,9 @@ pub struct JoinGrant {
     pub ca_certs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_key: Option<String>,
+    /// The managers' addresses (a worker talks to them, never to the log).
+    #[serde(default)]
+    pub managers: Vec<String>,
 }
 
 /// A client certificate for remote administration, as `DCPP_CERT_PATH` holds it.
@@ -185,6 +190,10 @@ pub struct RemoveMember {
 
 const LOCAL_NODE_ID: &str = "node_id";
 const LOCAL_TLS: &str = "tls";
+/// On a worker: the managers it talks to (it has no membership of its own to look them up).
+const LOCAL_MANAGERS: &str = "managers";
+/// How long a manager goes without a leader before it asks its peers whether it was demoted.
+const LEADERLESS_CHECK: Duration = Duration::from_secs(2);
 /// The seal key's file, apart from the store that holds what it seals.
 const SEAL_KEY_FILE: &str = "seal.key";
 
@@ -204,6 +213,22 @@ struct Inner {
     raft: RwLock<Raft>,
     /// Serializes membership changes of this node (join/leave/bootstrap).
     membership_lock: Mutex<()>,
+    /// Set on a worker: the managers it reads and writes through.
+    remote: RwLock<Option<Arc<Remote>>>,
+    /// Since when this raft member has seen no leader (for [`Node::check_demoted`]).
+    leaderless_since: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Inside an [`Node::on_leader`] closure: the value of a raft write, or the early return
+/// `on_leader` expects (forward to the leader, or fail).
+macro_rules! step {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => return Err(Some(f)),
+            Err(e) => return Ok(Err(raft_err(e))),
+        }
+    };
 }
 
 pub(crate) fn random_hex(bytes: usize) -> Result<String, Error> {
@@ -257,6 +282,9 @@ impl Node {
             tls.install(&l)?;
         }
         let faults = Arc::new(Faults::default());
+        let remote = log
+            .get_local::<Vec<String>>(LOCAL_MANAGERS)?
+            .map(|m| Arc::new(Remote::new(m)));
         let raft = start_raft(id, &cfg, &tls, &faults, &log).await?;
         tracing::info!(node_id = id, advertise = %cfg.advertise, "raft node started");
         let node = Node {
@@ -269,6 +297,8 @@ impl Node {
                 reader,
                 raft: RwLock::new(raft),
                 membership_lock: Mutex::new(()),
+                remote: RwLock::new(remote),
+                leaderless_since: std::sync::Mutex::new(None),
             }),
         };
         tokio::spawn(renew_loop(Arc::downgrade(&node.inner)));
@@ -312,6 +342,65 @@ impl Node {
     /// Whether this node has never been part of any cluster (no credentials stored).
     pub fn is_pristine(&self) -> Result<bool, Error> {
         Ok(self.inner.log.get_local::<LocalTls>(LOCAL_TLS)?.is_none())
+    }
+
+    fn is_voter(&self) -> bool {
+        let m = self.raft().metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().any(|v| v == self.inner.id)
+    }
+
+    /// On a worker (not a raft member, with managers to talk to): the way to them, and the
+    /// client that presents this node's certificate.
+    fn remote(&self) -> Option<(Arc<Remote>, reqwest::Client)> {
+        let r = self
+            .inner
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        // A worker being promoted keeps reading through the managers until it is a voter: by
+        // then its log has caught up, so its agent never acts on a half-received store.
+        if self.is_voter() {
+            return None;
+        }
+        let http = self.inner.tls.active()?.managers.clone();
+        Some((r, http))
+    }
+
+    /// Whether this node is a worker: it holds no copy of the cluster's state.
+    pub fn is_remote_worker(&self) -> bool {
+        self.remote().is_some()
+    }
+
+    /// Makes this node a worker that talks to `managers` (or forgets them: `None`).
+    fn set_remote(&self, managers: Option<Vec<String>>) -> Result<(), Error> {
+        match &managers {
+            Some(m) => self.inner.log.put_local(LOCAL_MANAGERS, m)?,
+            None => self.inner.log.remove_local(LOCAL_MANAGERS)?,
+        }
+        *self.inner.remote.write().unwrap_or_else(|e| e.into_inner()) =
+            managers.map(|m| Arc::new(Remote::new(m)));
+        Ok(())
+    }
+
+    /// The addresses of the managers (raft voters) as this node's membership has them.
+    fn manager_addresses(&self) -> Vec<String> {
+        let m = self.raft().metrics().borrow().membership_config.clone();
+        let mem = m.membership();
+        mem.voter_ids()
+            .filter_map(|v| mem.get_node(&v).map(|n| n.addr.clone()))
+            .collect()
+    }
+
+    /// What a manager tells member `id` about itself (see [`WhoAmI`]).
+    pub fn whoami(&self, id: NodeId) -> Result<WhoAmI, Error> {
+        let s = self.inner.reader.secrets()?;
+        Ok(WhoAmI {
+            role: self.member_role(id),
+            managers: self.manager_addresses(),
+            ca_certs: s.as_ref().map(|s| s.ca_certs.clone()).unwrap_or_default(),
+            chain: s.and_then(|s| s.cross_signed).into_iter().collect(),
+        })
     }
 
     /// Makes a pristine node a one-node cluster with fresh credentials; on a node that already
@@ -500,9 +589,11 @@ impl Node {
         self.inner.tls.active().map(|a| a.identity.clone())
     }
 
-    /// Promotes a worker to a manager (raft voter) or demotes a manager to a worker (learner).
-    /// The node's certificate follows within a second: it renews when its role no longer
-    /// matches its membership, and until then counts for no more than the membership gives.
+    /// Promotes a worker to a manager (raft voter: it receives the log first, as a learner) or
+    /// demotes a manager to a worker (out of raft; it wipes its copy of the log when it notices,
+    /// see [`Node::check_demoted`]). The node's certificate follows within seconds: it renews
+    /// when its role no longer matches its membership, and until then counts for no more than
+    /// the membership gives.
     pub async fn set_role(&self, r: SetRole, forwarded: bool) -> Result<(), Error> {
         let _: serde_json::Value = self
             .on_leader::<_, _, _>(
@@ -510,32 +601,64 @@ impl Node {
                 || {
                     let raft = self.raft();
                     let SetRole { id, role } = r.clone();
+                    let registered = self.inner.reader.workers().map(|mut w| w.remove(&id));
                     async move {
+                        let registered = match registered {
+                            Ok(w) => w,
+                            Err(e) => return Ok(Err(e)),
+                        };
                         let m = raft.metrics().borrow().membership_config.clone();
                         let mem = m.membership();
-                        if mem.get_node(&id).is_none() {
+                        let in_raft = mem.get_node(&id).cloned();
+                        if in_raft.is_none() && registered.is_none() {
                             return Ok(Err(Error::NotFound {
                                 kind: Kind::Node,
                                 id: id.to_string(),
                             }));
                         }
                         let voter = mem.voter_ids().any(|v| v == id);
-                        let change = match role {
-                            Role::Manager if !voter => {
-                                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+                        match (role, in_raft) {
+                            (Role::Manager, in_raft) if !voter => {
+                                // A worker has no log yet: it catches up as a learner first.
+                                if let (None, Some(w)) = (in_raft, &registered) {
+                                    let n = BasicNode {
+                                        addr: w.address.clone(),
+                                    };
+                                    step!(raft.add_learner(id, n, true).await);
+                                }
+                                let ch = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                                step!(raft.change_membership(ch, false).await);
+                                if registered.is_some() {
+                                    let w = Request::SetWorker { id, worker: None };
+                                    step!(raft.client_write(w).await);
+                                }
                             }
-                            Role::Worker if voter => {
-                                if mem.voter_ids().count() == 1 {
+                            (Role::Worker, Some(n)) => {
+                                if voter && mem.voter_ids().count() == 1 {
                                     return Ok(Err(Error::Conflict(
                                         "the last manager cannot be demoted".into(),
                                     )));
                                 }
-                                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                                // Registered first, so it is a member all along; then out of
+                                // raft, so it receives no more of the log.
+                                let w = Request::SetWorker {
+                                    id,
+                                    worker: Some(WorkerEntry {
+                                        address: n.addr,
+                                        hostname: String::new(),
+                                    }),
+                                };
+                                step!(raft.client_write(w).await);
+                                let ch = if voter {
+                                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                                } else {
+                                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                                };
+                                step!(raft.change_membership(ch, false).await);
                             }
-                            _ => return Ok(Ok(serde_json::Value::Null)),
-                        };
-                        // Retain: a demoted voter stays a member, as a learner.
-                        leader_step(raft.change_membership(change, true).await)
+                            _ => {}
+                        }
+                        Ok(Ok(serde_json::Value::Null))
                     }
                 },
                 reqwest::Method::POST,
@@ -558,14 +681,22 @@ impl Node {
         }
     }
 
-    /// This member's role by the current membership: voters are managers, learners workers;
-    /// `None` for a node that is not (or no longer) a member.
+    /// A member's role: voters are managers; registered workers (and learners, which are
+    /// workers being promoted) are workers; `None` for a node that is not (or no longer) a
+    /// member. A worker knows only that it is one.
     pub fn member_role(&self, id: NodeId) -> Option<Role> {
         let m = self.raft().metrics().borrow().membership_config.clone();
         let mem = m.membership();
         if mem.voter_ids().any(|v| v == id) {
             Some(Role::Manager)
-        } else if mem.get_node(&id).is_some() {
+        } else if mem.get_node(&id).is_some()
+            || self
+                .inner
+                .reader
+                .workers()
+                .is_ok_and(|w| w.contains_key(&id))
+            || (id == self.inner.id && self.is_remote_worker())
+        {
             Some(Role::Worker)
         } else {
             None
@@ -618,6 +749,9 @@ impl Node {
         if role == Role::Worker {
             // Demoted: a worker holds no key to the root.
             self.save_seal_key(None)?;
+        } else if self.is_voter() {
+            // Promoted: the membership says where the managers are from now on.
+            self.set_remote(None)?;
         }
         let (key_pem, csr) = pki::key_and_request()?;
         let req = RenewRequest {
@@ -625,6 +759,12 @@ impl Node {
         };
         let grant = if role == Role::Manager && self.seal_key()?.is_some() {
             self.renew_for(self.inner.id, &req)?
+        } else if let Some((r, http)) = self.remote() {
+            r.call(&http, true, |c| {
+                let req = req.clone();
+                async move { c.renew(&req).await }
+            })
+            .await?
         } else {
             let addr = self
                 .leader_address()
@@ -869,6 +1009,15 @@ impl Node {
 
     pub(crate) async fn txn_inner(&self, txn: Txn, forwarded: bool) -> Result<TxnResponse, Error> {
         validate_txn(&txn)?;
+        if let Some((r, http)) = self.remote() {
+            // Not retried at another manager: the first may have committed it.
+            return r
+                .call(&http, false, |c| {
+                    let txn = txn.clone();
+                    async move { c.txn(&txn).await }
+                })
+                .await;
+        }
         let resp: TxnResponse = self
             .on_leader::<_, _, _>(
                 forwarded,
@@ -921,6 +1070,20 @@ impl Node {
         linearizable: bool,
         forwarded: bool,
     ) -> Result<Object, Error> {
+        if let Some((r, http)) = self.remote() {
+            return r
+                .call(&http, true, |c| {
+                    let id = id.to_string();
+                    async move {
+                        if linearizable {
+                            c.get(kind, &id).await
+                        } else {
+                            c.get_stale(kind, &id).await
+                        }
+                    }
+                })
+                .await;
+        }
         let local = || {
             let reader = self.inner.reader.clone();
             let id = id.to_string();
@@ -960,6 +1123,11 @@ impl Node {
         linearizable: bool,
         forwarded: bool,
     ) -> Result<ObjectList, Error> {
+        if let Some((r, http)) = self.remote() {
+            return r
+                .call(&http, true, |c| async move { c.list(kind).await })
+                .await;
+        }
         let local = || {
             let reader = self.inner.reader.clone();
             async move {
@@ -994,6 +1162,10 @@ impl Node {
         since: u64,
         kind: Option<Kind>,
     ) -> impl Stream<Item = Result<Event, Error>> + Send + 'static {
+        use futures::StreamExt;
+        if let Some((r, http)) = self.remote() {
+            return r.watch(&http, since, kind);
+        }
         struct St {
             reader: StoreReader,
             rx: tokio::sync::watch::Receiver<u64>,
@@ -1048,12 +1220,15 @@ impl Node {
                 }
             }
         })
+        .boxed()
     }
 
-    /// The ids of the current members (voters and learners), from raft's in-memory view.
+    /// The ids of the current members: raft's (voters and learners) and the workers.
     pub fn member_ids(&self) -> BTreeSet<NodeId> {
         let m = self.raft().metrics().borrow().membership_config.clone();
-        m.membership().nodes().map(|(id, _)| *id).collect()
+        let mut ids: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
+        ids.extend(self.inner.reader.workers().unwrap_or_default().into_keys());
+        ids
     }
 
     /// Whether this node is the raft leader now.
@@ -1066,18 +1241,31 @@ impl Node {
         let m = self.raft().metrics().borrow().clone();
         let mem = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
-        let members = mem
+        let mut members: Vec<Member> = mem
             .nodes()
             .map(|(id, n)| Member {
                 id: *id,
                 address: n.addr.clone(),
                 voter: voters.contains(id),
+                worker: false,
             })
             .collect();
+        for (id, w) in self.inner.reader.workers()? {
+            if !members.iter().any(|m| m.id == id) {
+                members.push(Member {
+                    id,
+                    address: w.address,
+                    voter: false,
+                    worker: true,
+                });
+            }
+        }
+        let remote = self.remote();
         let leader_address = m
             .current_leader
             .and_then(|l| mem.get_node(&l).map(|n| n.addr.clone()));
         let state = match m.state {
+            _ if remote.is_some() => "Worker",
             ServerState::Leader => "Leader",
             ServerState::Follower => "Follower",
             ServerState::Candidate => "Candidate",
@@ -1095,10 +1283,12 @@ impl Node {
             commit_index: m.last_applied.map(|l| l.index),
             revision: self.inner.reader.revision(),
             members,
+            managers: remote.map(|(r, _)| r.managers()).unwrap_or_default(),
             certificate: self.identity().map(|id| crate::types::CertSummary {
                 role: id.role.to_string(),
                 serial: id.serial,
                 not_after: id.not_after,
+                issuer: id.issuer,
             }),
         })
     }
@@ -1166,6 +1356,7 @@ impl Node {
             cert_pem,
             ca_certs: s.ca_certs,
             seal_key,
+            managers: self.manager_addresses(),
         })
     }
 
@@ -1183,23 +1374,21 @@ impl Node {
                     let node = node.clone();
                     let req = req.clone();
                     async move {
-                        match raft.add_learner(req.id, node, true).await {
-                            Ok(_) => {}
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                return Err(Some(f));
-                            }
-                            Err(e) => return Ok(Err(raft_err(e))),
+                        if req.role == Role::Worker {
+                            // A worker never receives the log: the managers only remember it.
+                            let w = Request::SetWorker {
+                                id: req.id,
+                                worker: Some(WorkerEntry {
+                                    address: req.address.clone(),
+                                    hostname: req.hostname.clone(),
+                                }),
+                            };
+                            step!(raft.client_write(w).await);
+                            return Ok(Ok(serde_json::Value::Bool(true)));
                         }
-                        if req.role == Role::Manager {
-                            let ch = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
-                            match raft.change_membership(ch, false).await {
-                                Ok(_) => {}
-                                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                    return Err(Some(f));
-                                }
-                                Err(e) => return Ok(Err(raft_err(e))),
-                            }
-                        }
+                        step!(raft.add_learner(req.id, node, true).await);
+                        let ch = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
+                        step!(raft.change_membership(ch, false).await);
                         Ok(Ok(serde_json::Value::Bool(true)))
                     }
                 },
@@ -1221,7 +1410,12 @@ impl Node {
                     let raft = self.raft();
                     let id = req.id;
                     let member_kind = self.inner.cfg.member_kind;
+                    let worker = self.inner.reader.workers().map(|w| w.contains_key(&id));
                     async move {
+                        let worker = match worker {
+                            Ok(w) => w,
+                            Err(e) => return Ok(Err(e)),
+                        };
                         let m = raft.metrics().borrow().membership_config.clone();
                         let mem = m.membership();
                         let is_voter = mem.voter_ids().any(|v| v == id);
@@ -1236,22 +1430,14 @@ impl Node {
                             node: id,
                             at: time_now(),
                         };
-                        match raft.client_write(revoke).await {
-                            Ok(_) => {}
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                return Err(Some(f));
-                            }
-                            Err(e) => return Ok(Err(raft_err(e))),
-                        }
+                        step!(raft.client_write(revoke).await);
                         if let Some(kind) = member_kind {
                             let del = Txn::new().op(Op::delete(kind, id.to_string()));
-                            match raft.client_write(Request::Txn(del)).await {
-                                Ok(_) => {}
-                                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                    return Err(Some(f));
-                                }
-                                Err(e) => return Ok(Err(raft_err(e))),
-                            }
+                            step!(raft.client_write(Request::Txn(del)).await);
+                        }
+                        if worker {
+                            let w = Request::SetWorker { id, worker: None };
+                            step!(raft.client_write(w).await);
                         }
                         let change = if is_voter {
                             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -1277,6 +1463,11 @@ impl Node {
     /// state is discarded and it receives the cluster's state from the leader.
     pub async fn join(&self, addr: &str, token: &str) -> Result<Role, Error> {
         let _g = self.inner.membership_lock.lock().await;
+        if self.is_remote_worker() {
+            return Err(Error::Conflict(
+                "this node is a worker of a cluster; leave it first or use a fresh data dir".into(),
+            ));
+        }
         let st = self.status()?;
         let others = st.members.iter().any(|m| m.id != self.inner.id);
         let member_kind = self.inner.cfg.member_kind;
@@ -1337,6 +1528,13 @@ impl Node {
         }))
         .await?;
         self.save_seal_key(seal.as_ref())?;
+        if grant.role == Role::Worker {
+            let mut managers = grant.managers.clone();
+            if managers.is_empty() {
+                managers.push(addr.to_string());
+            }
+            self.set_remote(Some(managers))?;
+        }
         let req = AddMember {
             id: self.inner.id,
             address: self.inner.cfg.advertise.clone(),
@@ -1357,6 +1555,15 @@ impl Node {
     /// Leaves the cluster: the leader removes this node, then the node wipes its Raft state and
     /// becomes a fresh one-node cluster again (zero-config standalone).
     pub async fn leave(&self) -> Result<(), Error> {
+        if let Some((r, http)) = self.remote() {
+            let _g = self.inner.membership_lock.lock().await;
+            let me = RemoveMember { id: self.inner.id };
+            r.call(&http, true, |c| async move { c.remove_node(me.id).await })
+                .await?;
+            self.reset_raft(None).await?;
+            drop(_g);
+            return self.bootstrap().await;
+        }
         {
             let _g = self.inner.membership_lock.lock().await;
             let st = self.status()?;
@@ -1383,6 +1590,7 @@ impl Node {
             .map_err(|e| Error::Storage(e.to_string()))??;
         if tls.is_none() {
             self.save_seal_key(None)?;
+            self.set_remote(None)?;
         }
         self.save_tls(tls.as_ref())?;
         let i = &self.inner;
@@ -1514,6 +1722,99 @@ impl Node {
         Ok(true)
     }
 
+    /// On a worker: follows what the managers say, the roots to trust (during a root rotation)
+    /// and where the managers are. Returns whether the trusted roots changed.
+    pub async fn follow_remote(&self) -> Result<bool, Error> {
+        let Some((r, http)) = self.remote() else {
+            return Ok(false);
+        };
+        let who = r
+            .call(&http, true, |c| async move { c.whoami().await })
+            .await?;
+        let mut managers = who.managers.clone();
+        managers.sort();
+        if !managers.is_empty() && managers != r.managers() {
+            r.set_managers(managers.clone());
+            self.inner.log.put_local(LOCAL_MANAGERS, &managers)?;
+            tracing::info!(?managers, "managers changed");
+        }
+        let Some(mut local) = self.inner.log.get_local::<LocalTls>(LOCAL_TLS)? else {
+            return Ok(false);
+        };
+        if who.ca_certs.is_empty() || (who.ca_certs == local.ca_certs && who.chain == local.chain) {
+            return Ok(false);
+        }
+        local.ca_certs = who.ca_certs;
+        local.chain = who.chain;
+        self.save_tls(Some(&local))?;
+        tracing::info!(roots = local.ca_certs.len(), "trusted roots changed");
+        Ok(true)
+    }
+
+    /// On a manager that sees no leader (or itself outside the membership) for a while: asks
+    /// its peers whether it was demoted while it could not be told. If so it wipes its copy of
+    /// the log, forgets the seal key and goes on as a worker. Returns whether it did.
+    pub async fn check_demoted(&self) -> Result<bool, Error> {
+        let Some(active) = self.inner.tls.active() else {
+            return Ok(false);
+        };
+        if self
+            .inner
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            && !self.is_voter()
+        {
+            return Ok(false);
+        }
+        let m = self.raft().metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        if mem.nodes().next().is_none() {
+            // Pristine, or joining: nothing to have been demoted from.
+            return Ok(false);
+        }
+        let outside = mem.get_node(&self.inner.id).is_none();
+        {
+            let mut g = self
+                .inner
+                .leaderless_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if m.current_leader.is_some() && !outside {
+                *g = None;
+                return Ok(false);
+            }
+            let since = *g.get_or_insert_with(Instant::now);
+            if since.elapsed() < LEADERLESS_CHECK {
+                return Ok(false);
+            }
+            // Asked at most once per period.
+            *g = Some(Instant::now());
+        }
+        let peers: Vec<String> = mem
+            .voter_ids()
+            .filter(|v| *v != self.inner.id)
+            .filter_map(|v| mem.get_node(&v).map(|n| n.addr.clone()))
+            .collect();
+        for addr in peers {
+            match Client::over(&addr, active.managers.clone()).whoami().await {
+                Ok(w) if w.role == Some(Role::Worker) => {
+                    let local = self.inner.log.get_local::<LocalTls>(LOCAL_TLS)?;
+                    self.reset_raft(local).await?;
+                    self.save_seal_key(None)?;
+                    self.set_remote(Some(w.managers))?;
+                    tracing::info!("demoted: this node is a worker now");
+                    return Ok(true);
+                }
+                // A manager answered: this node is not a worker (or was removed).
+                Ok(_) => return Ok(false),
+                Err(_) => continue,
+            }
+        }
+        Ok(false)
+    }
+
     /// Replaces the cluster's root: the new one issues from now on, both are trusted until
     /// `ca_rotation_grace` has passed, every node renews its certificate from the new root as
     /// soon as it sees it, and join tokens carry the new root's digest. Runs on the leader.
@@ -1564,7 +1865,11 @@ async fn renew_loop(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let node = Node { inner };
         let roots = node.follow_roots().await;
-        match roots.and(node.renew_if_due().await) {
+        let remote = node.follow_remote().await;
+        if let Err(e) = node.check_demoted().await {
+            tracing::debug!("demotion check: {e}");
+        }
+        match roots.and(remote).and(node.renew_if_due().await) {
             Ok(_) => failing = false,
             // Retried every second; said once per failing streak.
             Err(e) if !failing => {

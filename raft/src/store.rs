@@ -37,6 +37,9 @@ use crate::types::{
 };
 use crate::{Error, NodeId, TypeConfig};
 
+/// The registered workers by id.
+pub type Workers = std::collections::BTreeMap<NodeId, crate::types::WorkerEntry>;
+
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -52,6 +55,7 @@ const K_MEMBERSHIP: &str = "membership";
 const K_REVISION: &str = "revision";
 const K_COMPACTED: &str = "compacted";
 const K_SECRETS: &str = "secrets";
+const K_WORKERS: &str = "workers";
 const K_CURRENT: &str = "current";
 
 type SErr = StorageError<NodeId>;
@@ -355,6 +359,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 struct SnapshotData {
     revision: u64,
     secrets: Option<ClusterSecrets>,
+    #[serde(default)]
+    workers: Workers,
     objects: Vec<Object>,
 }
 
@@ -415,6 +421,14 @@ fn apply_batch(
                         *e = (*e).max(at);
                         meta.insert(K_SECRETS, enc(&s).as_slice())?;
                     }
+                }
+                EntryPayload::Normal(Request::SetWorker { id, worker }) => {
+                    let mut all: Workers = get_meta(&meta, K_WORKERS)?.unwrap_or_default();
+                    match worker {
+                        Some(w) => all.insert(id, w),
+                        None => all.remove(&id),
+                    };
+                    meta.insert(K_WORKERS, enc(&all).as_slice())?;
                 }
                 EntryPayload::Normal(Request::Txn(txn)) => {
                     let mut failed = None;
@@ -607,6 +621,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Some(s) => m.insert(K_SECRETS, enc(s).as_slice()).map(|_| ())?,
                     None => m.remove(K_SECRETS).map(|_| ())?,
                 }
+                m.insert(K_WORKERS, enc(&data.workers).as_slice())?;
                 w.open_table(SNAPSHOT)?
                     .insert(K_CURRENT, enc(&stored).as_slice())?;
             }
@@ -652,6 +667,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data = SnapshotData {
                 revision: get_meta(&m, K_REVISION)?.unwrap_or(0),
                 secrets: get_meta(&m, K_SECRETS)?,
+                workers: get_meta(&m, K_WORKERS)?.unwrap_or_default(),
                 objects,
             };
             drop(r);
@@ -752,5 +768,11 @@ impl StoreReader {
     pub fn secrets(&self) -> Result<Option<ClusterSecrets>, Error> {
         let r = self.shared.db.begin_read()?;
         get_meta(&r.open_table(SM_META)?, K_SECRETS)
+    }
+
+    /// The registered workers (see [`Request::SetWorker`]).
+    pub fn workers(&self) -> Result<Workers, Error> {
+        let r = self.shared.db.begin_read()?;
+        Ok(get_meta(&r.open_table(SM_META)?, K_WORKERS)?.unwrap_or_default())
     }
 }

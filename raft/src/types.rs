@@ -220,7 +220,7 @@ pub struct Event {
 pub enum Role {
     /// A Raft voter: takes part in elections and commits.
     Manager,
-    /// A Raft learner: receives the replicated log but does not vote.
+    /// Runs tasks; not a raft member: it sees only its own tasks, through a manager.
     Worker,
 }
 
@@ -290,6 +290,31 @@ pub enum Request {
         node: u64,
         at: i64,
     },
+    /// Registers (`Some`) or forgets (`None`) a worker: workers are not raft members, so the
+    /// managers keep who they are here.
+    SetWorker {
+        id: u64,
+        worker: Option<WorkerEntry>,
+    },
+}
+
+/// A worker as the managers know it: it never receives the log, only its own tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerEntry {
+    pub address: String,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// What a manager tells a member about itself (`GET /v1/cluster/whoami`): its role by the
+/// current membership (none once removed), the managers to talk to, and the roots to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub role: Option<Role>,
+    pub managers: Vec<String>,
+    pub ca_certs: Vec<String>,
+    #[serde(default)]
+    pub chain: Vec<String>,
 }
 
 /// What applying a log entry returns.
@@ -304,6 +329,9 @@ pub struct Member {
     pub id: u64,
     pub address: String,
     pub voter: bool,
+    /// A worker: not a raft member at all (neither voter nor learner).
+    #[serde(default)]
+    pub worker: bool,
 }
 
 /// Output of `cluster status`.
@@ -321,6 +349,9 @@ pub struct ClusterStatus {
     pub commit_index: Option<u64>,
     pub revision: u64,
     pub members: Vec<Member>,
+    /// On a worker (which holds no copy of the log): the managers it talks to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
     /// This node's own certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertSummary>,
@@ -333,6 +364,9 @@ pub struct CertSummary {
     pub serial: String,
     /// Seconds since the epoch.
     pub not_after: i64,
+    /// The subject of the root that issued it (a root rotation changes it).
+    #[serde(default)]
+    pub issuer: String,
 }
 
 /// The join tokens printed by `cluster init`.

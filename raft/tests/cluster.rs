@@ -175,9 +175,9 @@ async fn fresh_node_receives_snapshot() {
         async move { ln.raft().metrics().borrow().purged.is_some() }
     })
     .await;
-    // A worker joins: learners receive the state but do not vote.
+    // A manager joins: it catches up as a learner, from the snapshot, before it votes.
     let tokens = c.node(0).join_tokens().unwrap();
-    let i = c.add_fresh(&tokens.worker).await;
+    let i = c.add_fresh(&tokens.manager).await;
     let n = c.node(i);
     eventually(T, "fresh node has all objects", || {
         let n = n.clone();
@@ -188,7 +188,7 @@ async fn fresh_node_receives_snapshot() {
     assert!(m.snapshot.is_some(), "state arrived by snapshot install");
     let st = c.node(leader).status().unwrap();
     let me = st.members.iter().find(|m| m.id == n.id()).expect("member");
-    assert!(!me.voter, "worker is a learner");
+    assert!(me.voter, "a manager votes once it caught up");
     // Watchers on the fresh node start at the snapshot horizon.
     let h = n.reader().revision();
     assert!(matches!(

@@ -86,6 +86,7 @@ fn routes(worker: NodeId) -> Vec<(&'static str, String, serde_json::Value)> {
             json!({"id": worker, "role": "manager"}),
         ),
         ("POST", "/v1/cluster/renew".into(), json!({"csr": "00"})),
+        ("GET", "/v1/cluster/whoami".into(), json!(null)),
     ]
 }
 
@@ -166,14 +167,18 @@ async fn every_route_answers_by_the_certificate_that_calls_it() {
         assert!(!refused_by_role(m), "manager {path}: {m:?}");
         // An admin: the whole API, no raft (and no renewal: it is not a member).
         let a = call(&admin, method, &url, &body).await;
-        let admin_refused = raft || path == "/v1/cluster/renew";
+        let admin_refused = raft || path == "/v1/cluster/renew" || path == "/v1/cluster/whoami";
         assert_eq!(refused_by_role(a), admin_refused, "admin {path}: {a:?}");
         // A worker: reads (filtered), writes of its own objects, renewal, version.
         let wk = call(&worker, method, &url, &body).await;
         // (It may also call remove, but only for itself: the body here names another node.)
         let worker_may = matches!(
             path.as_str(),
-            "/v1/objects/stack" | "/v1/objects/stack/s" | "/v1/version" | "/v1/cluster/renew"
+            "/v1/objects/stack"
+                | "/v1/objects/stack/s"
+                | "/v1/version"
+                | "/v1/cluster/renew"
+                | "/v1/cluster/whoami"
         ) || path.starts_with("/v1/watch");
         assert_eq!(!refused_by_role(wk), worker_may, "worker {path}: {wk:?}");
     }
@@ -217,8 +222,8 @@ async fn every_route_answers_by_the_certificate_that_calls_it() {
         404,
         "another node's record is as if absent"
     );
-    // The worker's own member process writes through its learner copy, forwarded to the
-    // leader with its certificate: allowed for its record, refused for another's.
+    // The worker's own member process holds no log: it writes through a manager with its
+    // certificate, allowed for its record, refused for another's.
     let wn = c.node(w);
     let own = dcpp_raft::Txn::new()
         .op(dcpp_raft::Op::put(Kind::Node, wid.to_string(), &json!(2)).unwrap());
@@ -487,9 +492,21 @@ async fn promote_and_demote_reissue_the_certificate() {
             }
         }
     };
+    c.client(0)
+        .put(Kind::Stack, "before", &json!(1))
+        .await
+        .unwrap();
+    assert!(c.node(w).is_remote_worker());
+    assert!(
+        c.node(w).reader().list(Kind::Stack).unwrap().0.is_empty(),
+        "a worker receives none of the log"
+    );
     c.client(0).set_role(wid, Role::Manager).await.unwrap();
     wait_role(CertRole::Manager).await;
     assert_eq!(c.node(0).member_role(wid), Some(Role::Manager));
+    assert!(!c.node(w).is_remote_worker());
+    // Promoted, it has the whole state (it caught up as a learner before it voted).
+    assert_eq!(c.node(w).reader().list(Kind::Stack).unwrap().0.len(), 1);
     // As a manager it can show the join tokens (it received the seal key with its renewal).
     assert_eq!(c.node(w).join_tokens().unwrap().worker, tokens.worker);
     c.client(0).set_role(wid, Role::Worker).await.unwrap();
@@ -498,6 +515,25 @@ async fn promote_and_demote_reissue_the_certificate() {
     assert!(
         c.node(w).join_tokens().is_err(),
         "a demoted node can no longer open the root"
+    );
+    // Demoted, it is out of raft and its copy of the log is gone.
+    assert!(c.node(w).is_remote_worker());
+    assert!(c.node(w).reader().list(Kind::Stack).unwrap().0.is_empty());
+    let st = c.node(0).status().unwrap();
+    assert_eq!(
+        st.members.iter().find(|m| m.id == wid).map(|m| m.voter),
+        Some(false)
+    );
+    assert_eq!(
+        c.node(0)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&wid),
+        None,
+        "not a raft learner either"
     );
 }
 
@@ -594,4 +630,74 @@ async fn the_root_rotates_without_a_failed_request() {
     assert!(r.is_err(), "old-root token: {r:?}");
     c.join(fresh, &rotated.worker).await;
     assert!(n > 50, "{n} rounds of writes");
+}
+
+/// A worker holds none of the log: it reads and writes through the managers, sees only what
+/// the scope gives it, and rides out the loss of the manager it talks to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holds_no_log_and_goes_through_the_managers() {
+    let mut c = Cluster::start_with(3, scoped).await;
+    let tokens = c.node(0).join_tokens().unwrap();
+    let w = c.add_fresh(&tokens.worker).await;
+    let wn = c.node(w);
+    let wid = wn.id();
+    for k in 0..5 {
+        c.client(0)
+            .put(Kind::Stack, &format!("s{k}"), &json!(k))
+            .await
+            .unwrap();
+    }
+    let st = wn.status().unwrap();
+    assert_eq!(st.state, "Worker");
+    assert_eq!(st.managers.len(), 3, "{st:?}");
+    assert!(wn.reader().list(Kind::Stack).unwrap().0.is_empty());
+    assert!(
+        wn.raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_none(),
+        "no raft membership on a worker"
+    );
+    let leader_view = c.node(0).status().unwrap();
+    assert!(
+        leader_view.members.iter().any(|m| m.id == wid && !m.voter),
+        "{leader_view:?}"
+    );
+    let own =
+        dcpp_raft::Txn::new()
+            .op(dcpp_raft::Op::put(Kind::Node, wid.to_string(), &json!("up")).unwrap());
+    let n = wn.clone();
+    c.on(w, async move { n.txn(own).await })
+        .await
+        .expect("own record");
+    let n = wn.clone();
+    let listed = c
+        .on(w, async move { n.list(Kind::Stack, true).await })
+        .await
+        .unwrap();
+    assert!(listed.objects.is_empty(), "the scope hides the stacks");
+    // Every manager in turn goes away; the worker keeps reading its record through the others.
+    for victim in 0..3 {
+        c.kill(victim);
+        let n = wn.clone();
+        let got = c
+            .on(w, async move {
+                let deadline = Instant::now() + T;
+                loop {
+                    match n.get(Kind::Node, &wid.to_string(), true).await {
+                        Ok(o) => return Ok(o),
+                        Err(e) if Instant::now() >= deadline => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            })
+            .await
+            .expect("read through another manager");
+        assert_eq!(got.value, json!("up"));
+        c.restart(victim).await;
+    }
 }

@@ -1,9 +1,10 @@
 //! `dcpp cluster …`: create, join, leave and inspect the cluster of the local daemon.
 //!
 //! Roles: a node joined with the manager token becomes a Raft voter (takes part in elections
-//! and commits); one joined with the worker token becomes a Raft learner (receives the
-//! replicated log, but does not vote, and its certificate lets it write only its own node
-//! record and task status). Every TCP connection is mutual TLS under the cluster's own root;
+//! and commits); one joined with the worker token is no raft member at all: it never receives
+//! the log, and reads and writes through a manager with a certificate that shows it only its
+//! own node record, its tasks and what they need, and lets it write only its record and its
+//! tasks' status. Every TCP connection is mutual TLS under the cluster's own root;
 //! remote administration uses a certificate from `dcpp cluster admin-cert`.
 
 use anyhow::Context;
@@ -268,6 +269,11 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                         humantime(std::time::Duration::from_secs(left.max(0) as u64))
                     );
                 }
+                if !st.managers.is_empty() {
+                    // A worker knows no membership, only where the managers are.
+                    println!("Managers:      {}", st.managers.join(", "));
+                    return Ok(0);
+                }
                 println!("Members:");
                 println!("  {:<20} {:<24} {:<8} LEADER", "ID", "ADDRESS", "ROLE");
                 for m in &st.members {
@@ -275,7 +281,11 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                         "  {:<20} {:<24} {:<8} {}",
                         m.id,
                         m.address,
-                        if m.voter { "voter" } else { "learner" },
+                        match (m.voter, m.worker) {
+                            (true, _) => "voter",
+                            (_, true) => "worker",
+                            _ => "learner",
+                        },
                         if Some(m.id) == st.leader { "*" } else { "" }
                     );
                 }

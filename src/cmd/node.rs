@@ -41,8 +41,8 @@ pub enum NodeCommand {
         /// Node id.
         id: String,
     },
-    /// Make a manager a worker (a raft learner); its certificate is re-issued with the role
-    /// and it gives up its key to the cluster's root.
+    /// Make a manager a worker (out of raft: it wipes its copy of the log); its certificate is
+    /// re-issued with the role and it gives up its key to the cluster's root.
     Demote {
         /// Node id.
         id: String,
@@ -133,6 +133,7 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
                     let raft = match st.members.iter().find(|m| m.id == n.id) {
                         _ if Some(n.id) == st.leader => "leader",
                         Some(m) if m.voter => "voter",
+                        Some(m) if m.worker => "-",
                         Some(_) => "learner",
                         None => "-",
                     };

@@ -74,10 +74,18 @@ impl Cluster {
             let out = cl.ok(i + 1, &["cluster", "join", "--token", token, &addr]);
             assert!(out.contains(role), "{out}");
         }
-        // Every node knows all of them, each with a fresh heartbeat from its agent.
+        // Every manager knows all of them, each with a fresh heartbeat from its agent (a
+        // worker holds no cluster state to list).
         let n = cl.nodes.len();
-        cl.wait_until("every node listed everywhere", 30, || {
-            cl.nodes.iter().all(|r| {
+        let managers: Vec<&Rig> = cl
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || matches!(joins[i - 1], Join::Manager))
+            .map(|(_, r)| r)
+            .collect();
+        cl.wait_until("every node listed by every manager", 30, || {
+            managers.iter().all(|r| {
                 let out = r.dcpp(&["node", "ls", "--format", "json"]);
                 out.status.success()
                     && serde_json::from_slice::<Vec<Value>>(&out.stdout).is_ok_and(|v| v.len() == n)

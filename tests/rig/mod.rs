@@ -152,7 +152,8 @@ impl Rig {
             let out = self.dcpp(&["cluster", "status", "--format", "json"]);
             if out.status.success()
                 && let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                && st["leader"].is_u64()
+                // A worker knows no leader, only managers.
+                && (st["leader"].is_u64() || st["state"] == "Worker")
                 && st["cluster_id"].is_string()
                 && let Some(id) = st["node_id"].as_u64()
             {
