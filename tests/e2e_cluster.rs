@@ -405,6 +405,10 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
 
     cl.nodes[victim].kill9();
     let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let via = cl.live();
     let mut expect = vec![3, 3, 3];
     expect[victim] = 0;
@@ -416,9 +420,23 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
         placement(&cl, via, &app) == expect
     });
     let moved = killed.elapsed();
+    // Down is a rule on the record (three missed heartbeats of the node's own interval and a
+    // second): computed from what the record says, the dead node was down in under 5 s.
+    let victim_id = cl.nodes[victim].id.to_string();
+    let rec: Value = serde_json::from_str(&cl.ok(via, &["node", "inspect", &victim_id])).unwrap();
+    let (last, interval) = (
+        rec["value"]["last_heartbeat_ms"].as_u64().unwrap(),
+        rec["value"]["heartbeat_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(interval, 1000, "the default heartbeat: {rec}");
+    let down_after = Duration::from_millis((last + 3 * interval + 1000).saturating_sub(killed_ms));
     assert!(
-        moved >= Duration::from_secs(10),
-        "a node is declared down only after its heartbeats stop for a while ({moved:?})"
+        down_after > Duration::from_secs(1) && down_after < Duration::from_secs(5),
+        "down {down_after:?} after the kill ({rec})"
+    );
+    assert!(
+        moved >= down_after,
+        "rescheduled only once the node is down ({moved:?} < {down_after:?})"
     );
     let status = |cl: &Cluster| -> Vec<String> {
         let nodes: Vec<Value> =
@@ -475,7 +493,7 @@ fn kill_node_then_bring_it_back(tag: &str, victim: usize) -> Cluster {
     assert_runtimes_match_store(&cl);
     same_everywhere(&cl);
     eprintln!(
-        "timings ({tag}): first answer {answered:.1?} after kill -9, rescheduled {moved:.1?}, stale containers stopped {cleaned:.1?} after restart, total {:.1?}",
+        "timings ({tag}): first answer {answered:.1?} after kill -9, down after {down_after:.1?}, rescheduled {moved:.1?}, stale containers stopped {cleaned:.1?} after restart, total {:.1?}",
         t0.elapsed()
     );
     cl

@@ -211,9 +211,10 @@ fn tcp_flood_leaves_the_socket_the_agent_and_the_tasks_alone() {
         fds_during - fds_before
     );
     // Relative to the same command before the flood: `ps` itself costs tens of milliseconds in
-    // a debug build on a loaded machine; a flood that reached the local API would cost seconds.
+    // a debug build on a loaded machine (and 30 samples make a noisy p99); a flood that
+    // reached the local API would cost seconds.
     assert!(
-        p99(&lat_during) < p99(&lat_before) + Duration::from_millis(100),
+        p99(&lat_during) < p99(&lat_before) * 2 + Duration::from_millis(100),
         "dcpp ps during the flood: {lat_during:?}, before: {lat_before:?}"
     );
     assert_eq!(
@@ -532,6 +533,17 @@ fn rotated_tokens_and_remote_admin_through_the_cli() {
         "old-root admin within the grace: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Revoked by name: the certificate is refused at once, with a message that says so.
+    let out = rig.ok(&["cluster", "admin-revoke", "admin"]);
+    assert!(out.contains("Revoked"), "{out}");
+    let out = remote_cli()
+        .args(["cluster", "status"])
+        .env("DCPP_CERT_PATH", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revoked"), "{err}");
 }
 
 fn resolv_files(rig: &Rig) -> Vec<String> {

@@ -28,10 +28,19 @@ pub struct Snapshot {
     /// automatic rollback rewrites the desired document from them.
     docs: BTreeMap<ServiceId, (ServiceDoc, u64)>,
     previous: BTreeMap<ServiceId, ServiceDoc>,
+    /// When the first node that is up goes down if it stays silent.
+    next_down_ms: Option<u64>,
 }
 
 /// Reads desired and observed state from the store.
 pub async fn snapshot<S: Store>(store: &S) -> Result<Snapshot, Error> {
+    snapshot_since(store, 0).await
+}
+
+/// [`snapshot`], counting no node's silence from before `floor_ms`: a leader that just took
+/// over (or a daemon that just restarted) gives every node a full timeout to report to it,
+/// instead of declaring down at once the nodes whose last heartbeat went to the old one.
+pub async fn snapshot_since<S: Store>(store: &S, floor_ms: u64) -> Result<Snapshot, Error> {
     let mut desired = Desired::default();
     let docs = crate::schema::services(store).await?;
     for (d, _) in docs.values() {
@@ -39,8 +48,13 @@ pub async fn snapshot<S: Store>(store: &S) -> Result<Snapshot, Error> {
     }
     let mut observed = Observed::default();
     let now = now_ms();
-    for n in nodes::list(store).await? {
-        observed.add_node(nodes::to_reconciler(&n, now));
+    let mut records = nodes::list(store).await?;
+    for n in &mut records {
+        n.last_heartbeat_ms = n.last_heartbeat_ms.max(floor_ms);
+    }
+    let next_down_ms = nodes::next_down_in_ms(&records, now);
+    for n in &records {
+        observed.add_node(nodes::to_reconciler(n, now));
     }
     let mut task_revs = BTreeMap::new();
     for (id, (t, rev)) in crate::schema::tasks(store).await? {
@@ -66,16 +80,30 @@ pub async fn snapshot<S: Store>(store: &S) -> Result<Snapshot, Error> {
         task_revs,
         docs,
         previous,
+        next_down_ms,
     })
 }
 
 /// One round: plan and write. Returns when to plan again at the latest (restart delays, update
 /// monitors) and whether anything was written.
 pub async fn reconcile_once<S: Store>(store: &S) -> Result<(Option<Duration>, bool), Error> {
-    let snap = snapshot(store).await?;
+    reconcile_since(store, 0).await
+}
+
+/// [`reconcile_once`] on a [`snapshot_since`] `floor_ms`.
+pub async fn reconcile_since<S: Store>(
+    store: &S,
+    floor_ms: u64,
+) -> Result<(Option<Duration>, bool), Error> {
+    let snap = snapshot_since(store, floor_ms).await?;
     let now = now_ms();
     let plan = dcpp_reconciler::plan(&snap.desired, &snap.observed, now);
-    let requeue = plan.requeue_after.map(Duration::from_millis);
+    // A node going silent changes nothing in the store: look again when it would be down.
+    let requeue = match (plan.requeue_after, snap.next_down_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .map(Duration::from_millis);
     if plan.actions.is_empty() {
         return Ok((requeue, false));
     }
@@ -180,8 +208,14 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
     let mut migrated = false;
+    let mut leader_since: Option<u64> = None;
     loop {
         let leader = node.is_leader();
+        leader_since = if leader {
+            leader_since.or_else(|| Some(now_ms()))
+        } else {
+            None
+        };
         let mut wait = RESYNC;
         if leader {
             match nodes::forget_non_members(&node, &node.member_ids()).await {
@@ -202,7 +236,7 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
         }
         if leader {
-            match reconcile_once(&node).await {
+            match reconcile_since(&node, leader_since.unwrap_or(0)).await {
                 Ok((requeue, wrote)) => {
                     if wrote {
                         wait = Duration::ZERO;

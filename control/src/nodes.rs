@@ -15,8 +15,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// A node whose agent has not reported for this long is down and its tasks are rescheduled.
-pub const NODE_TIMEOUT_MS: u64 = 20_000;
+/// How often an agent refreshes its record unless told otherwise (`dcpp daemon --heartbeat`).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
+/// The interval of records written before they carried their own.
+const LEGACY_HEARTBEAT_MS: u64 = 5_000;
+/// Heartbeats a node may miss before it is down: with the default interval a dead node is down
+/// 3–4 s after it died. Fewer would take a slow raft write (an fsync on a loaded disk) for a
+/// dead node; a longer interval costs fewer writes (one raft write per node per interval) and
+/// notices later.
+const MISSED_HEARTBEATS: u64 = 3;
+/// Slack on top, for clock differences between the node and the leader.
+const TIMEOUT_SLACK_MS: u64 = 1_000;
 
 /// Whether the scheduler may place work on a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +73,9 @@ pub struct NodeInfo {
     /// Milliseconds since the Unix epoch.
     #[serde(default)]
     pub last_heartbeat_ms: u64,
+    /// The node's own heartbeat interval (0: a record from before it was written).
+    #[serde(default)]
+    pub heartbeat_ms: u64,
 }
 
 /// What only the node itself knows about itself.
@@ -74,6 +86,7 @@ pub struct SelfInfo {
     pub address: String,
     pub role: Role,
     pub resources: Resources,
+    pub heartbeat_ms: u64,
 }
 
 impl SelfInfo {
@@ -85,18 +98,42 @@ impl SelfInfo {
             address: address.to_string(),
             role,
             resources: local_resources(),
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
         }
     }
 }
 
+/// How long node `n` may go without a heartbeat before it is down: [`MISSED_HEARTBEATS`] of
+/// its own interval plus [`TIMEOUT_SLACK_MS`].
+pub fn timeout_ms(n: &NodeInfo) -> u64 {
+    let interval = match n.heartbeat_ms {
+        0 => LEGACY_HEARTBEAT_MS,
+        i => i,
+    };
+    MISSED_HEARTBEATS * interval + TIMEOUT_SLACK_MS
+}
+
 /// Up or down, by the rule the leader schedules by: a node whose agent has not reported for
-/// [`NODE_TIMEOUT_MS`] is down.
+/// [`timeout_ms`] is down.
 pub fn status(n: &NodeInfo, now_ms: u64) -> NodeStatus {
-    if now_ms.saturating_sub(n.last_heartbeat_ms) < NODE_TIMEOUT_MS {
+    if now_ms.saturating_sub(n.last_heartbeat_ms) < timeout_ms(n) {
         NodeStatus::Ready
     } else {
         NodeStatus::Down
     }
+}
+
+/// In how many milliseconds the first of `nodes` that is up now goes down if it stays silent
+/// (the leader plans again then, so a dead node is noticed on time, not at the next resync).
+pub fn next_down_in_ms<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeInfo>,
+    now_ms: u64,
+) -> Option<u64> {
+    nodes
+        .into_iter()
+        .filter(|n| status(n, now_ms) == NodeStatus::Ready)
+        .map(|n| (n.last_heartbeat_ms + timeout_ms(n)).saturating_sub(now_ms))
+        .min()
 }
 
 /// The node id the reconciler uses for a raft node.
@@ -157,6 +194,7 @@ pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<()
                 labels: BTreeMap::new(),
                 resources: Resources::default(),
                 last_heartbeat_ms: 0,
+                heartbeat_ms: 0,
             },
             Precondition::Absent {
                 kind: Kind::Node,
@@ -170,6 +208,7 @@ pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<()
     info.role = me.role;
     info.resources = me.resources.clone();
     info.last_heartbeat_ms = now_ms;
+    info.heartbeat_ms = me.heartbeat_ms;
     match s
         .txn(Txn::new().when(pre).op(Op::put(Kind::Node, id, &info)?))
         .await
@@ -261,6 +300,7 @@ mod tests {
                 nano_cpus: 2_000_000_000,
                 memory_bytes: 1 << 30,
             },
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
         }
     }
 
@@ -275,14 +315,33 @@ mod tests {
             labels: BTreeMap::new(),
             resources: Resources::default(),
             last_heartbeat_ms: 1_000,
+            heartbeat_ms: 1_000,
         };
-        assert_eq!(status(&n, 1_000 + NODE_TIMEOUT_MS - 1), NodeStatus::Ready);
-        assert_eq!(status(&n, 1_000 + NODE_TIMEOUT_MS), NodeStatus::Down);
+        // Three missed heartbeats of its own interval, and a second of slack.
+        assert_eq!(timeout_ms(&n), 4_000);
+        assert_eq!(status(&n, 4_999), NodeStatus::Ready);
+        assert_eq!(status(&n, 5_000), NodeStatus::Down);
         assert_eq!(status(&n, 0), NodeStatus::Ready);
+        assert_eq!(to_reconciler(&n, 5_000).status, NodeStatus::Down);
+        // A record from before intervals were recorded: the old 5 s interval.
+        let old = NodeInfo {
+            heartbeat_ms: 0,
+            ..n.clone()
+        };
+        assert_eq!(timeout_ms(&old), 16_000);
+        // The leader's next look: when the first node still up would go down.
+        let slow = NodeInfo {
+            id: 2,
+            heartbeat_ms: 10_000,
+            ..n.clone()
+        };
+        assert_eq!(next_down_in_ms([&n, &slow], 2_000), Some(3_000));
         assert_eq!(
-            to_reconciler(&n, 1_000 + NODE_TIMEOUT_MS).status,
-            NodeStatus::Down
+            next_down_in_ms([&n, &slow], 6_000),
+            Some(26_000),
+            "n is down already"
         );
+        assert_eq!(next_down_in_ms([&n], 6_000), None);
     }
 
     #[tokio::test]

@@ -99,6 +99,7 @@ async fn one_node() -> MemStore {
         address: "127.0.0.1:1".into(),
         role: Role::Manager,
         resources: dcpp_control::nodes::local_resources(),
+        heartbeat_ms: dcpp_control::nodes::DEFAULT_HEARTBEAT_MS,
     };
     heartbeat(&s, &me, now_ms()).await.unwrap();
     s

@@ -37,8 +37,6 @@ use dcpp_control::schema::{
     now_ms,
 };
 
-/// How often the node record's heartbeat is refreshed.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the agent checks that its node record still describes it.
 const STALE_CHECK: Duration = Duration::from_secs(1);
 /// Round period when nothing wakes the agent (catches containers that died) and exits are
@@ -177,6 +175,13 @@ impl<S: Store> Agent<S> {
     /// Pulls missing images with these registry settings (default: loopback registries over
     /// plain HTTP, credentials from the Docker CLI's config.json). Only the local image store
     /// has registry settings; another image side is kept as it is.
+    /// Refreshes the node record every `interval` (the record says so, and the leader declares
+    /// the node down after three missed ones; see `dcpp_control::nodes::timeout_ms`).
+    pub fn with_heartbeat(mut self, interval: Duration) -> Self {
+        self.me.heartbeat_ms = interval.as_millis().max(1) as u64;
+        self
+    }
+
     pub fn with_registry(mut self, opts: RegistryOptions) -> Self {
         let Some(dir) = &self.images_dir else {
             return self;
@@ -810,7 +815,7 @@ impl<S: Store> Agent<S> {
     }
 
     /// Runs rounds until `stop` turns true: on every store change, every [`POLL`], and a
-    /// heartbeat every [`HEARTBEAT`].
+    /// heartbeat every interval of its node record (see [`Agent::with_heartbeat`]).
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let wake = self.wake.clone();
         match ExitWatch::start(wake.clone()) {
@@ -822,6 +827,7 @@ impl<S: Store> Agent<S> {
             wake.clone(),
         ));
         let since = |t: Instant| self.clock.now().duration_since(t);
+        let heartbeat = Duration::from_millis(self.me.heartbeat_ms.max(1));
         let mut last_beat: Option<Instant> = None;
         let mut last_check = self.clock.now();
         loop {
@@ -830,7 +836,7 @@ impl<S: Store> Agent<S> {
                 last_check = self.clock.now();
                 dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await
             };
-            if stale || last_beat.is_none_or(|b| since(b) >= HEARTBEAT) {
+            if stale || last_beat.is_none_or(|b| since(b) >= heartbeat) {
                 match self.heartbeat().await {
                     Ok(()) => last_beat = Some(self.clock.now()),
                     Err(e) => tracing::debug!("heartbeat: {e}"),

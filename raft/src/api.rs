@@ -427,6 +427,12 @@ async fn status(State(node): State<Node>) -> ApiResult<crate::ClusterStatus> {
     Ok(Json(node.status()?))
 }
 
+/// The leader says this node was demoted: it checks with the leader and, if so, becomes a
+/// worker at once (managers only; the node trusts the answer of `whoami`, not this call).
+async fn demoted(State(node): State<Node>) -> ApiResult<bool> {
+    Ok(Json(node.demoted_hint().await?))
+}
+
 /// A member asks what the managers know about it (a worker: its roots and managers; a
 /// manager that lost touch: whether it was demoted meanwhile).
 async fn whoami(
@@ -553,6 +559,15 @@ async fn set_role(
     Ok(Json(serde_json::Value::Null))
 }
 
+async fn revoke_admin(
+    State(node): State<Node>,
+    h: HeaderMap,
+    Json(r): Json<crate::RevokeAdmin>,
+) -> ApiResult<serde_json::Value> {
+    node.revoke_admin(r, forwarded(&h)).await?;
+    Ok(Json(serde_json::Value::Null))
+}
+
 async fn rotate_ca(State(node): State<Node>, h: HeaderMap) -> ApiResult<crate::JoinTokens> {
     Ok(Json(node.rotate_ca(forwarded(&h)).await?))
 }
@@ -643,11 +658,12 @@ fn access_of(node: &Node, id: &Identity) -> Access {
     }
 }
 
-/// Whether a connection's certificate is refused outright: a removed node's.
+/// Whether a connection's certificate is refused outright: a removed node's, a revoked admin's.
 fn revoked(node: &Node, id: &Identity, a: Access, path: &str) -> bool {
-    // A member is never revoked (removal ends membership first); only check the others, and
-    // raft RPCs, which do not depend on membership.
-    (matches!(a, Access::Joining(..)) || path.starts_with("/raft/")) && node.is_revoked(id)
+    // A member is never revoked (removal ends membership first); only check the others, raft
+    // RPCs, which do not depend on membership, and admins, who are never members.
+    (matches!(a, Access::Joining(..)) || path.starts_with("/raft/") || id.role == CertRole::Admin)
+        && node.is_revoked(id)
 }
 
 /// Whether `access` may call `path` at all (the handlers narrow what a worker sees further).
@@ -708,10 +724,16 @@ async fn authorize(State(node): State<Node>, mut req: Request, next: Next) -> Re
         }
         return (
             StatusCode::UNAUTHORIZED,
-            Json(ApiError::from(&Error::Unauthorized(format!(
-                "the certificate of node {} was revoked when it was removed",
-                id.name
-            )))),
+            Json(ApiError::from(&Error::Unauthorized(
+                if id.role == CertRole::Admin {
+                    format!("the admin certificate {:?} was revoked", id.name)
+                } else {
+                    format!(
+                        "the certificate of node {} was revoked when it was removed",
+                        id.name
+                    )
+                },
+            ))),
         )
             .into_response();
     }
@@ -748,9 +770,11 @@ fn api_routes() -> Router<Node> {
         .route("/v1/cluster/remove", post(remove_member))
         .route("/v1/cluster/renew", post(renew))
         .route("/v1/cluster/whoami", get(whoami))
+        .route("/v1/cluster/demoted", post(demoted))
         .route("/v1/cluster/rotate", post(rotate))
         .route("/v1/cluster/role", post(set_role))
         .route("/v1/cluster/ca/rotate", post(rotate_ca))
+        .route("/v1/cluster/admin/revoke", post(revoke_admin))
         .route("/v1/cluster/tokens", get(tokens))
 }
 

@@ -275,6 +275,17 @@ impl Client {
             .await
     }
 
+    /// Refuses every admin certificate named `name` issued until now.
+    pub async fn revoke_admin(&self, name: &str) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .post(
+                "/v1/cluster/admin/revoke",
+                &crate::RevokeAdmin { name: name.into() },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// A new admin certificate valid for `ttl` (unix socket only).
     pub async fn admin_cert(&self, name: &str, ttl: Duration) -> Result<crate::AdminCert, Error> {
         self.post(

@@ -23,7 +23,7 @@ pub use client::{Client, Endpoint};
 pub use error::Error;
 pub use node::{
     AddMember, AdminCert, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList, RemoveMember,
-    RenewGrant, RenewRequest, RotateToken, SetRole,
+    RenewGrant, RenewRequest, RevokeAdmin, RotateToken, SetRole,
 };
 pub use pki::CertRole;
 pub use types::*;

@@ -173,6 +173,12 @@ pub struct RotateToken {
     pub role: Role,
 }
 
+/// Asks the leader to revoke the admin certificates of one name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeAdmin {
+    pub name: String,
+}
+
 /// Asks the leader to make a node a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddMember {
@@ -456,6 +462,7 @@ impl Node {
                     sealed: seal_json(&seal, &sealed)?,
                     cert_ttl_secs: self.inner.cfg.cert_ttl.as_secs().max(1),
                     revoked: Default::default(),
+                    revoked_admins: Default::default(),
                     rotation_started: None,
                     cross_signed: None,
                 };
@@ -602,6 +609,7 @@ impl Node {
                     let raft = self.raft();
                     let SetRole { id, role } = r.clone();
                     let registered = self.inner.reader.workers().map(|mut w| w.remove(&id));
+                    let peers = self.inner.tls.active().map(|a| a.peers.clone());
                     async move {
                         let registered = match registered {
                             Ok(w) => w,
@@ -644,7 +652,7 @@ impl Node {
                                 let w = Request::SetWorker {
                                     id,
                                     worker: Some(WorkerEntry {
-                                        address: n.addr,
+                                        address: n.addr.clone(),
                                         hostname: String::new(),
                                     }),
                                 };
@@ -655,6 +663,16 @@ impl Node {
                                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                                 };
                                 step!(raft.change_membership(ch, false).await);
+                                // Tell it now: it would notice only once it misses the leader,
+                                // and meanwhile its agent could not report.
+                                if let Some(http) = peers.clone() {
+                                    let url = format!("https://{}/v1/cluster/demoted", n.addr);
+                                    tokio::spawn(async move {
+                                        if let Err(e) = http.post(url).send().await {
+                                            tracing::debug!("telling a demoted node: {e}");
+                                        }
+                                    });
+                                }
                             }
                             _ => {}
                         }
@@ -670,11 +688,16 @@ impl Node {
         Ok(())
     }
 
-    /// Whether a node certificate was revoked: its node was removed after it was issued.
+    /// Whether a certificate was revoked: a node's, when its node was removed after it was
+    /// issued; an admin's, when its name was revoked after it was issued.
     pub fn is_revoked(&self, id: &pki::Identity) -> bool {
-        let Some(n) = id.node_id() else { return false };
+        let until = |s: &ClusterSecrets| match (id.role, id.node_id()) {
+            (CertRole::Admin, _) => s.revoked_admins.get(&id.name).copied(),
+            (_, Some(n)) => s.revoked.get(&n).copied(),
+            (_, None) => None,
+        };
         match self.inner.reader.secrets() {
-            Ok(Some(s)) => s.revoked.get(&n).is_some_and(|at| id.issued_at() <= *at),
+            Ok(Some(s)) => until(&s).is_some_and(|at| id.issued_at() <= at),
             Ok(None) => false,
             // Unreadable: refuse rather than let a removed node back in.
             Err(_) => true,
@@ -991,6 +1014,12 @@ impl Node {
                                 }
                             }
                         }
+                        // Demoted meanwhile: the caller goes through the managers now.
+                        _ if self.is_remote_worker() => {
+                            return Err(Error::NoLeader(
+                                "this node became a worker; retry through the managers".into(),
+                            ));
+                        }
                         _ if Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -1229,6 +1258,35 @@ impl Node {
         let mut ids: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
         ids.extend(self.inner.reader.workers().unwrap_or_default().into_keys());
         ids
+    }
+
+    /// Refuses, everywhere and from now on, every admin certificate named `name` issued until
+    /// now (one issued later with the same name works).
+    pub async fn revoke_admin(&self, r: RevokeAdmin, forwarded: bool) -> Result<(), Error> {
+        if r.name.is_empty() {
+            return Err(Error::InvalidArgument("an admin name is needed".into()));
+        }
+        let _: serde_json::Value = self
+            .on_leader::<_, _, _>(
+                forwarded,
+                || {
+                    let raft = self.raft();
+                    let w = Request::RevokeAdmin {
+                        name: r.name.clone(),
+                        at: time_now(),
+                    };
+                    async move {
+                        step!(raft.client_write(w).await);
+                        Ok(Ok(serde_json::Value::Null))
+                    }
+                },
+                reqwest::Method::POST,
+                "/v1/cluster/admin/revoke",
+                Some(&r),
+            )
+            .await?;
+        tracing::info!(name = %r.name, "admin certificates revoked");
+        Ok(())
     }
 
     /// Whether this node is the raft leader now.
@@ -1755,6 +1813,16 @@ impl Node {
     /// its peers whether it was demoted while it could not be told. If so it wipes its copy of
     /// the log, forgets the seal key and goes on as a worker. Returns whether it did.
     pub async fn check_demoted(&self) -> Result<bool, Error> {
+        self.check_demoted_inner(false).await
+    }
+
+    /// [`Node::check_demoted`] at once, leader or not: the leader that demoted this node says
+    /// so right after (the node still verifies it with the leader before it wipes anything).
+    pub async fn demoted_hint(&self) -> Result<bool, Error> {
+        self.check_demoted_inner(true).await
+    }
+
+    async fn check_demoted_inner(&self, now: bool) -> Result<bool, Error> {
         let Some(active) = self.inner.tls.active() else {
             return Ok(false);
         };
@@ -1781,21 +1849,25 @@ impl Node {
                 .leaderless_since
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if m.current_leader.is_some() && !outside {
-                *g = None;
-                return Ok(false);
-            }
-            let since = *g.get_or_insert_with(Instant::now);
-            if since.elapsed() < LEADERLESS_CHECK {
-                return Ok(false);
+            if !now {
+                if m.current_leader.is_some() && !outside {
+                    *g = None;
+                    return Ok(false);
+                }
+                let since = *g.get_or_insert_with(Instant::now);
+                if since.elapsed() < LEADERLESS_CHECK {
+                    return Ok(false);
+                }
             }
             // Asked at most once per period.
             *g = Some(Instant::now());
         }
-        let peers: Vec<String> = mem
-            .voter_ids()
-            .filter(|v| *v != self.inner.id)
-            .filter_map(|v| mem.get_node(&v).map(|n| n.addr.clone()))
+        // The leader first: it applied the demotion before anyone else.
+        let mut ids: Vec<NodeId> = mem.voter_ids().filter(|v| *v != self.inner.id).collect();
+        ids.sort_by_key(|v| Some(*v) != m.current_leader);
+        let peers: Vec<String> = ids
+            .iter()
+            .filter_map(|v| mem.get_node(v).map(|n| n.addr.clone()))
             .collect();
         for addr in peers {
             match Client::over(&addr, active.managers.clone()).whoami().await {

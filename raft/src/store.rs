@@ -411,6 +411,10 @@ fn apply_batch(
                             let e = s.revoked.entry(n).or_insert(at);
                             *e = (*e).max(at);
                         }
+                        for (n, at) in old.revoked_admins {
+                            let e = s.revoked_admins.entry(n).or_insert(at);
+                            *e = (*e).max(at);
+                        }
                     }
                     meta.insert(K_SECRETS, enc(&s).as_slice())?;
                 }
@@ -418,6 +422,14 @@ fn apply_batch(
                     let old: Option<ClusterSecrets> = get_meta(&meta, K_SECRETS)?;
                     if let Some(mut s) = old {
                         let e = s.revoked.entry(node).or_insert(at);
+                        *e = (*e).max(at);
+                        meta.insert(K_SECRETS, enc(&s).as_slice())?;
+                    }
+                }
+                EntryPayload::Normal(Request::RevokeAdmin { name, at }) => {
+                    let old: Option<ClusterSecrets> = get_meta(&meta, K_SECRETS)?;
+                    if let Some(mut s) = old {
+                        let e = s.revoked_admins.entry(name).or_insert(at);
                         *e = (*e).max(at);
                         meta.insert(K_SECRETS, enc(&s).as_slice())?;
                     }

@@ -252,6 +252,9 @@ pub struct ClusterSecrets {
     /// before then is refused everywhere. Only ever grows (see [`Request::Revoke`]).
     #[serde(default)]
     pub revoked: std::collections::BTreeMap<u64, i64>,
+    /// Revoked admin certificates by name, and until when they were issued (as `revoked`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revoked_admins: std::collections::BTreeMap<String, i64>,
     /// While the root is being rotated: when it started (seconds since the epoch). The old
     /// root stays trusted (second in `ca_certs`) until the grace period after it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +291,11 @@ pub enum Request {
     /// Revokes the certificates node `node` was issued until `at`.
     Revoke {
         node: u64,
+        at: i64,
+    },
+    /// Revokes the admin certificates named `name` issued until `at`.
+    RevokeAdmin {
+        name: String,
         at: i64,
     },
     /// Registers (`Some`) or forgets (`None`) a worker: workers are not raft members, so the

@@ -90,7 +90,8 @@ pub fn start_agent(
                 hook,
             }),
         )
-        .with_registry(registry),
+        .with_registry(registry)
+        .with_heartbeat(a.heartbeat),
     );
     let tasks = vec![
         tokio::spawn(dcpp_control::leader::run(node.clone(), stop.clone())),

@@ -60,6 +60,12 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "30d", value_parser = crate::cmd::duration::parse)]
         ttl: std::time::Duration,
     },
+    /// Refuse, on every member at once, every admin certificate named NAME issued until now
+    /// (issue a new one afterwards if its holder should keep access).
+    AdminRevoke {
+        /// The name the certificates were issued with (`admin-cert --name`).
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -221,6 +227,11 @@ pub fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
                 } else {
                     println!("{}", c.join_tokens().await?.ca_digest);
                 }
+                Ok(0)
+            }
+            ClusterCommand::AdminRevoke { name } => {
+                c.revoke_admin(&name).await?;
+                println!("Revoked every admin certificate named {name:?} issued until now.");
                 Ok(0)
             }
             ClusterCommand::AdminCert { out, name, ttl } => {
