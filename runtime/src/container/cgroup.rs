@@ -536,3 +536,143 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    fn resources(limit: i64, swap: i64, low: i64, shares: u64, cpus: &str) -> LinuxResources {
+        LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(swap)
+                    .reservation(low)
+                    .build()
+                    .unwrap(),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(shares)
+                    .cpus(cpus.to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// A v2 cgroup directory with the files the kernel would offer (`with_swap`: the swap
+    /// controller is on).
+    fn v2_dir(with_swap: bool) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["memory.max", "memory.low", "cpu.weight", "cpuset.cpus"] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        if with_swap {
+            std::fs::write(d.path().join("memory.swap.max"), "").unwrap();
+        }
+        d
+    }
+
+    fn read(d: &tempfile::TempDir, f: &str) -> String {
+        std::fs::read_to_string(d.path().join(f)).unwrap()
+    }
+
+    #[test]
+    fn v2_takes_swap_beyond_the_limit_the_low_mark_the_weight_and_the_cpuset() {
+        let d = v2_dir(true);
+        apply_v2(
+            d.path(),
+            &resources(64 << 20, 96 << 20, 32 << 20, 512, "0-1"),
+        )
+        .unwrap();
+        assert_eq!(read(&d, "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read(&d, "memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(read(&d, "memory.low"), (32u64 << 20).to_string());
+        // runc's conversion: 1 + (512 - 2) * 9999 / 262142.
+        assert_eq!(read(&d, "cpu.weight"), "20");
+        assert_eq!(read(&d, "cpuset.cpus"), "0-1");
+        apply_v2(d.path(), &resources(64 << 20, -1, 0, 1024, "0")).unwrap();
+        assert_eq!(read(&d, "memory.swap.max"), "max");
+    }
+
+    #[test]
+    fn v2_without_a_swap_controller_refuses_swap_it_cannot_limit() {
+        let d = v2_dir(false);
+        // No swap beyond the limit, or unlimited swap: what the container gets anyway.
+        apply_v2(d.path(), &resources(64 << 20, 64 << 20, 0, 1024, "0")).unwrap();
+        apply_v2(d.path(), &resources(64 << 20, -1, 0, 1024, "0")).unwrap();
+        let e = apply_v2(d.path(), &resources(64 << 20, 96 << 20, 0, 1024, "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no memory.swap.max"), "{e}");
+        // A cgroup without the cpuset controller cannot pin CPUs.
+        std::fs::remove_file(d.path().join("cpuset.cpus")).unwrap();
+        let e = apply_v2(d.path(), &resources(64 << 20, 64 << 20, 0, 1024, "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpuset \"0\": the cpuset controller is not delegated"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn v1_writes_memsw_soft_limit_shares_and_cpuset_and_initialises_new_cpuset_levels() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = |c: &str| root.path().join(c);
+        let h = Hierarchy::V1 {
+            mounts: ["memory", "cpu", "cpuset"]
+                .iter()
+                .map(|c| (c.to_string(), mount(c)))
+                .collect(),
+            unified: None,
+        };
+        for c in ["memory", "cpu", "cpuset"] {
+            std::fs::create_dir_all(mount(c).join("p/c")).unwrap();
+        }
+        std::fs::write(mount("memory").join("p/c/memory.memsw.limit_in_bytes"), "").unwrap();
+        // The kernel's new cpuset directories start with empty cpus and mems.
+        std::fs::write(mount("cpuset").join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(mount("cpuset").join("cpuset.mems"), "0\n").unwrap();
+        for f in [
+            "p/cpuset.cpus",
+            "p/cpuset.mems",
+            "p/c/cpuset.cpus",
+            "p/c/cpuset.mems",
+        ] {
+            std::fs::write(mount("cpuset").join(f), "\n").unwrap();
+        }
+        init_cpuset_v1(&mount("cpuset"), "/p/c").unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.path().join(f)).unwrap();
+        assert_eq!(read("cpuset/p/cpuset.cpus"), "0-3");
+        assert_eq!(read("cpuset/p/c/cpuset.mems"), "0");
+        h.apply_v1("/p/c", &resources(64 << 20, 96 << 20, 32 << 20, 512, "1"))
+            .unwrap();
+        assert_eq!(
+            read("memory/p/c/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory/p/c/memory.memsw.limit_in_bytes"),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory/p/c/memory.soft_limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu/p/c/cpu.shares"), "512");
+        assert_eq!(read("cpuset/p/c/cpuset.cpus"), "1");
+        // Without swap accounting a cap above the limit cannot be honoured.
+        std::fs::remove_file(mount("memory").join("p/c/memory.memsw.limit_in_bytes")).unwrap();
+        let e = h
+            .apply_v1("/p/c", &resources(64 << 20, 96 << 20, 0, 512, "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs swap accounting"), "{e}");
+        h.apply_v1("/p/c", &resources(64 << 20, -1, 0, 512, "1"))
+            .unwrap();
+    }
+}
