@@ -19,6 +19,7 @@ use dcpp_runtime::container::{ContainerManager, MountRequest, MountSource, Netwo
 use dcpp_runtime::image::registry::RegistryOptions;
 use dcpp_runtime::network::{
     ContainerNetworks, ContainerPlan, NetworkManager, PlannedNetwork, PortMapping, Protocol,
+    ResolvSettings,
 };
 
 use crate::Error;
@@ -962,9 +963,10 @@ fn start_container(
         && let Some(net) = net
     {
         used_net = true;
-        let nets = plan_networks(net, doc, &name)?;
+        let own = resolv_settings(&o)?;
+        let nets = plan_networks(net, doc, &name, &own.nameservers)?;
         let resolv = net
-            .resolv_conf(&name, &nets)
+            .resolv_conf(&name, &nets, &own)
             .map_err(|e| Error::Runtime(e.to_string()))?;
         o.mounts.push(MountRequest {
             source: MountSource::Bind(resolv),
@@ -1005,8 +1007,33 @@ fn start_container(
     Ok((id, used_net))
 }
 
-/// Creates the stack's networks on first use and records the container's plan with the hook.
-fn plan_networks(net: &dyn Networks, doc: &ServiceDoc, name: &str) -> Result<Vec<String>, Error> {
+/// The container's own `dns`, `dns_search` and `dns_opt` for the resolv.conf of its stack
+/// networks.
+fn resolv_settings(o: &dcpp_runtime::container::CreateOptions) -> Result<ResolvSettings, Error> {
+    let nameservers = o
+        .dns
+        .iter()
+        .map(|d| {
+            d.parse().map_err(|_| {
+                Error::Invalid(format!("invalid dns server {d:?}: must be an IP address"))
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(ResolvSettings {
+        nameservers,
+        search: o.dns_search.clone(),
+        options: o.dns_options.clone(),
+    })
+}
+
+/// Creates the stack's networks on first use and records the container's plan with the hook;
+/// `dns` are the container's own nameservers, where the resolver forwards its other names.
+fn plan_networks(
+    net: &dyn Networks,
+    doc: &ServiceDoc,
+    name: &str,
+    dns: &[std::net::IpAddr],
+) -> Result<Vec<String>, Error> {
     let svc = &doc.service;
     let stack = &doc.spec.stack;
     let keys: Vec<String> = if svc.networks.is_empty() {
@@ -1068,6 +1095,7 @@ fn plan_networks(net: &dyn Networks, doc: &ServiceDoc, name: &str) -> Result<Vec
             ports,
             // In service once running (and healthy): see `Agent::set_serving`.
             withdrawn: true,
+            dns: dns.to_vec(),
         },
     );
     Ok(names)

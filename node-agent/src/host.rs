@@ -17,7 +17,7 @@ use dcpp_runtime::container::{
 use dcpp_runtime::image::registry::{ProgressFn, RegistryClient, RegistryOptions};
 use dcpp_runtime::image::{Digest, ImageError, ImageStore, LocalImage};
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, NetworkConfig, NetworkInfo, NetworkManager,
+    ContainerNetworks, ContainerPlan, NetworkConfig, NetworkInfo, NetworkManager, ResolvSettings,
 };
 
 use crate::Error;
@@ -112,8 +112,14 @@ pub trait Networks: Send + Sync + 'static {
     fn ensure(&self, name: &str, stack: &str) -> Result<(), HostError>;
     /// Records what container `name` joins when it starts.
     fn plan(&self, name: &str, plan: ContainerPlan);
-    /// Writes the resolv.conf of container `name` on `networks`; returns its path.
-    fn resolv_conf(&self, name: &str, networks: &[String]) -> Result<PathBuf, HostError>;
+    /// Writes the resolv.conf of container `name` on `networks`, with the container's own
+    /// search domains and options; returns its path.
+    fn resolv_conf(
+        &self,
+        name: &str,
+        networks: &[String],
+        own: &ResolvSettings,
+    ) -> Result<PathBuf, HostError>;
     /// Puts the container into service (its names resolve, its ports are published) or
     /// withdraws it.
     fn set_serving(&self, id: &str, serving: bool) -> Result<(), HostError>;
@@ -355,10 +361,15 @@ impl Networks for LocalNetworks {
     fn plan(&self, name: &str, plan: ContainerPlan) {
         self.hook.plan(name, plan);
     }
-    fn resolv_conf(&self, name: &str, networks: &[String]) -> Result<PathBuf, HostError> {
+    fn resolv_conf(
+        &self,
+        name: &str,
+        networks: &[String],
+        own: &ResolvSettings,
+    ) -> Result<PathBuf, HostError> {
         let refs: Vec<&str> = networks.iter().map(String::as_str).collect();
         self.manager
-            .write_resolv_conf(name, &refs)
+            .write_resolv_conf_with(name, &refs, own)
             .map_err(HostError::of)
     }
     fn set_serving(&self, id: &str, serving: bool) -> Result<(), HostError> {

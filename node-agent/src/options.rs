@@ -58,6 +58,32 @@ pub fn container_options(
     o.memory = svc.mem_limit.or(limits.and_then(|l| l.memory));
     o.cpus = svc.cpus.or(limits.and_then(|l| l.cpus));
     o.pids_limit = svc.pids_limit.or(limits.and_then(|l| l.pids));
+    // compose prints 0 for these as unset (omitempty), and docker reads 0 as "not set".
+    o.cpu_shares = match svc.cpu_shares {
+        None | Some(0) => None,
+        Some(n) => Some(u64::try_from(n).map_err(|_| {
+            Error::Invalid(format!(
+                "invalid cpu_shares {n}: allowed range is 2 to 262144"
+            ))
+        })?),
+    };
+    o.cpuset_cpus = svc.cpuset.clone().filter(|c| !c.is_empty());
+    o.memory_reservation = svc.mem_reservation.filter(|m| *m != 0);
+    o.memory_swap = svc.memswap_limit.filter(|m| *m != 0);
+    o.oom_score_adj = svc
+        .oom_score_adj
+        .map(|a| {
+            i32::try_from(a).map_err(|_| {
+                Error::Invalid(format!(
+                    "invalid oom_score_adj {a}: the range is -1000 to 1000"
+                ))
+            })
+        })
+        .transpose()?;
+    o.extra_hosts = extra_hosts(&svc.extra_hosts)?;
+    o.dns = svc.dns.clone();
+    o.dns_search = svc.dns_search.clone();
+    o.dns_options = svc.dns_opt.clone();
     o.privileged = svc.privileged;
     o.read_only = svc.read_only;
     o.cap_add = svc.cap_add.clone();
@@ -75,6 +101,26 @@ pub fn container_options(
     o.sysctls = svc.sysctls.clone();
     o.network = network_mode(svc.network_mode.as_deref(), peer)?;
     Ok(o)
+}
+
+/// `extra_hosts:` entries (`host=ip`, as the loader keeps them) as (host, address) pairs.
+/// Docker's `host-gateway` names the address of its default bridge, which a dcpp node does not
+/// have: refused rather than written as a name the resolver would not know.
+fn extra_hosts(entries: &[String]) -> Result<Vec<(String, String)>, Error> {
+    entries
+        .iter()
+        .map(|e| {
+            let (host, ip) = e
+                .split_once('=')
+                .ok_or_else(|| Error::Invalid(format!("extra_hosts entry {e:?}: missing IP")))?;
+            if ip == "host-gateway" {
+                return Err(Error::Invalid(format!(
+                    "extra_hosts {host}: host-gateway is not supported by dcpp; give the address"
+                )));
+            }
+            Ok((host.to_owned(), ip.to_owned()))
+        })
+        .collect()
 }
 
 /// `network_mode:`. `service:NAME` joins the running container of NAME on this node, which the

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use dcpp_runtime::container::{CreateOptions, ImageInput};
 use dcpp_runtime::image::registry::ProgressFn;
-use dcpp_runtime::network::ContainerPlan;
+use dcpp_runtime::network::{ContainerPlan, ResolvSettings};
 
 use crate::Error;
 use crate::host::{
@@ -319,7 +319,12 @@ impl Networks for FakeNetworks {
             networks: plan.networks.into_iter().map(|n| n.network).collect(),
         });
     }
-    fn resolv_conf(&self, name: &str, networks: &[String]) -> Result<PathBuf, HostError> {
+    fn resolv_conf(
+        &self,
+        name: &str,
+        networks: &[String],
+        _own: &ResolvSettings,
+    ) -> Result<PathBuf, HostError> {
         self.calls.push(Call::ResolvConf {
             container: name.into(),
             networks: networks.to_vec(),

@@ -23,6 +23,19 @@ const APPLIED: &[(&str, &str)] = &[
     ("services.*.cap_drop", HERE_PROCESS),
     ("services.*.command", HERE_PROCESS),
     ("services.*.cpus", HERE_PROCESS),
+    ("services.*.cpu_shares", HERE_CGROUP),
+    ("services.*.cpuset", HERE_CGROUP),
+    ("services.*.dns", HERE_NAMES),
+    ("services.*.dns_opt", HERE_NAMES),
+    ("services.*.dns_search", HERE_NAMES),
+    ("services.*.extra_hosts", HERE_NAMES),
+    (
+        "services.*.label_file",
+        "tests/e2e_fields.rs::label_files_are_read_and_labels_win_over_them",
+    ),
+    ("services.*.mem_reservation", HERE_CGROUP),
+    ("services.*.memswap_limit", HERE_CGROUP),
+    ("services.*.oom_score_adj", HERE_CGROUP),
     (
         "services.*.depends_on",
         "reconciler/tests/plan.rs::depends_on_holds_tasks_until_condition_met",
@@ -346,6 +359,8 @@ const REFUSED: &[(&str, &str)] = &[
 
 const HERE_PROCESS: &str =
     "node-agent/tests/compose_keys.rs::process_keys_reach_the_container_options";
+const HERE_CGROUP: &str = "tests/e2e_fields.rs::cgroup_and_process_keys_reach_the_container_and_impossible_values_fail_the_task";
+const HERE_NAMES: &str = "tests/e2e_fields.rs::extra_hosts_and_dns_settings_reach_the_container_and_stack_names_still_resolve";
 const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach_the_service_spec";
 
 /// Keys accepted and not acted on: (schema path, whether the warning covers every key below
@@ -751,6 +766,15 @@ fn process_keys_reach_the_container_options() {
     cap_drop: [ALL]
     shm_size: 16m
     labels: {team: web}
+    cpu_shares: 512
+    cpuset: 0-1
+    mem_reservation: 32m
+    memswap_limit: -1
+    oom_score_adj: -500
+    extra_hosts: ["db:10.0.0.5", "db=10.0.0.6"]
+    dns: [10.0.0.53]
+    dns_search: corp.example
+    dns_opt: [ndots:2]
 "#,
     )
     .unwrap();
@@ -791,6 +815,21 @@ fn process_keys_reach_the_container_options() {
     assert_eq!(o.cap_drop, vec!["ALL".to_string()]);
     assert_eq!(o.shm_size, Some(16 << 20));
     assert_eq!(o.labels["team"], "web");
+    assert_eq!(o.cpu_shares, Some(512));
+    assert_eq!(o.cpuset_cpus.as_deref(), Some("0-1"));
+    assert_eq!(o.memory_reservation, Some(32 << 20));
+    assert_eq!(o.memory_swap, Some(-1));
+    assert_eq!(o.oom_score_adj, Some(-500));
+    assert_eq!(
+        o.extra_hosts,
+        vec![
+            ("db".to_string(), "10.0.0.5".to_string()),
+            ("db".to_string(), "10.0.0.6".to_string())
+        ]
+    );
+    assert_eq!(o.dns, vec!["10.0.0.53".to_string()]);
+    assert_eq!(o.dns_search, vec!["corp.example".to_string()]);
+    assert_eq!(o.dns_options, vec!["ndots:2".to_string()]);
     assert_eq!(d.spec.image, "dcpp.local/keys:1");
 }
 

@@ -58,6 +58,7 @@ impl Rig {
                 }],
                 ports,
                 withdrawn: false,
+                dns: Vec::new(),
             },
         );
         let resolv = self.net.write_resolv_conf(name, &[network]).unwrap();
@@ -229,6 +230,7 @@ fn busybox_containers_by_ip_service_name_and_published_port() {
                 }],
                 ports: publish.clone(),
                 withdrawn: false,
+                dns: Vec::new(),
             },
         );
         let mut o = CreateOptions::new(rig.image());

@@ -17,24 +17,34 @@ const SERVICE_KEYS: &[&str] = &[
     "cap_drop",
     "command",
     "configs",
+    "cpu_shares",
     "cpus",
+    "cpuset",
     "depends_on",
     "deploy",
+    "dns",
+    "dns_opt",
+    "dns_search",
     "domainname",
     "entrypoint",
     "env_file",
     "environment",
     "expose",
     "extends",
+    "extra_hosts",
     "healthcheck",
     "hostname",
     "image",
     "init",
+    "label_file",
     "labels",
     "logging",
     "mem_limit",
+    "mem_reservation",
+    "memswap_limit",
     "network_mode",
     "networks",
+    "oom_score_adj",
     "pids_limit",
     "ports",
     "privileged",
@@ -70,30 +80,20 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "cpu_quota",
     "cpu_rt_period",
     "cpu_rt_runtime",
-    "cpu_shares",
-    "cpuset",
     "credential_spec",
     "develop",
     "device_cgroup_rules",
     "devices",
-    "dns",
-    "dns_opt",
-    "dns_search",
     "external_links",
-    "extra_hosts",
     "gpus",
     "group_add",
     "ipc",
     "isolation",
-    "label_file",
     "links",
     "mac_address",
-    "mem_reservation",
     "mem_swappiness",
-    "memswap_limit",
     "models",
     "oom_kill_disable",
-    "oom_score_adj",
     "pid",
     "platform",
     "post_start",
@@ -1176,6 +1176,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     let mut s = Service::default();
     let mut env_files: Vec<(String, bool, Pos, String)> = Vec::new();
     let mut explicit_env: Vec<(String, Option<String>, Pos)> = Vec::new();
+    let mut label_files: Vec<(String, Pos, String)> = Vec::new();
     let mut scale: Option<(u64, Pos)> = None;
     let mut ok = true;
     for (k, v, p) in cv.fields_keeping(
@@ -1195,6 +1196,24 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "configs" => s.configs = file_refs(cv, name, v, &p, false),
             "secrets" => s.secrets = file_refs(cv, name, v, &p, true),
             "cpus" => s.cpus = cv.float(v, &p),
+            "cpuset" => s.cpuset = cv.opt_string(v, &p),
+            "cpu_shares" => s.cpu_shares = cv.int(v, &p),
+            "dns" => s.dns = cv.str_or_list(v, &p),
+            "dns_opt" => s.dns_opt = cv.str_list(v, &p),
+            "dns_search" => s.dns_search = cv.str_or_list(v, &p),
+            "extra_hosts" => s.extra_hosts = extra_hosts(cv, v, &p),
+            "label_file" => label_files = label_file_list(cv, v, &p),
+            "mem_reservation" => s.mem_reservation = cv.size(v, &p),
+            "memswap_limit" => s.memswap_limit = signed_size(cv, v, &p),
+            "oom_score_adj" => match cv.int(v, &p) {
+                Some(x) if (-1000..=1000).contains(&x) => s.oom_score_adj = Some(x),
+                Some(x) => cv.err(
+                    v.pos,
+                    &p,
+                    format!("must be between -1000 and 1000, found {x}"),
+                ),
+                None => {}
+            },
             "depends_on" => s.depends_on = depends_on(cv, name, v, &p),
             "deploy" => s.deploy = deploy(cv, v, &p),
             "domainname" => s.domainname = cv.opt_string(v, &p),
@@ -1332,6 +1351,32 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     for (k, v, _) in explicit_env {
         let v = v.or_else(|| cv.env.get(&k).cloned());
         s.environment.insert(k, v);
+    }
+    // Label files in order, a later one winning, `labels` over them all (compose's
+    // WithServicesLabelsResolved); a variable in a label file takes a label read before it.
+    if !label_files.is_empty() {
+        let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+        for (file, pos, p) in label_files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let lookup = |k: &str| from_files.get(k).cloned();
+                    match crate::dotenv::parse(&text, &lookup) {
+                        Ok(vars) => from_files.extend(vars),
+                        Err(e) => {
+                            cv.err(pos, &p, format!("{file}:{}: {e}", e.line()));
+                            ok = false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    cv.err(pos, &p, format!("label file {file} not found: {e}"));
+                    ok = false;
+                }
+            }
+            s.label_file.push(file);
+        }
+        from_files.append(&mut s.labels);
+        s.labels = from_files;
     }
     // `scale` stays as given; a `deploy` section takes the same number, as compose-go's
     // consistency check does (it adds no `deploy` of its own).
@@ -1550,6 +1595,122 @@ fn command(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Vec<String>
         },
         _ => Some(cv.str_list(v, p)),
     }
+}
+
+/// `extra_hosts:` as compose-go's HostsList reads it: a list of `host=ip` or `host:ip` (the
+/// first `=`, else the first `:`; several addresses comma-separated), or a map of a host to an
+/// address or a list of them. Kept as compose prints it: `host=ip` entries, sorted, brackets
+/// around an address removed.
+fn extra_hosts(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<String> {
+    let mut pairs: Vec<(String, String, Pos, String)> = Vec::new();
+    match &v.kind {
+        Kind::Null => {}
+        Kind::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let ip_path = p.at(i);
+                let Some(entry) = cv.string(item, &ip_path) else {
+                    continue;
+                };
+                let Some((host, ips)) = entry.split_once('=').or_else(|| entry.split_once(':'))
+                else {
+                    cv.err(
+                        item.pos,
+                        &ip_path,
+                        format!("invalid additional host, missing IP: {entry}"),
+                    );
+                    continue;
+                };
+                for ip in ips.split(',') {
+                    pairs.push((
+                        host.to_owned(),
+                        ip.to_owned(),
+                        item.pos,
+                        ip_path.to_string(),
+                    ));
+                }
+            }
+        }
+        Kind::Map(entries) => {
+            for e in entries {
+                let kp = p.key(&e.key);
+                match &e.value.kind {
+                    Kind::Null => {
+                        pairs.push((e.key.to_string(), String::new(), e.key_pos, kp.to_string()))
+                    }
+                    Kind::Scalar { value, .. } => pairs.push((
+                        e.key.to_string(),
+                        value.to_string(),
+                        e.key_pos,
+                        kp.to_string(),
+                    )),
+                    Kind::Seq(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            if let Some(ip) = cv.string(item, &kp.at(i)) {
+                                pairs.push((e.key.to_string(), ip, item.pos, kp.to_string()));
+                            }
+                        }
+                    }
+                    _ => cv.err(
+                        e.value.pos,
+                        &kp,
+                        "unexpected value type for extra_hosts entry",
+                    ),
+                }
+            }
+        }
+        _ => cv.err(
+            v.pos,
+            p,
+            format!("must be a list or a mapping, found {}", v.type_name()),
+        ),
+    }
+    let mut out = Vec::new();
+    for (host, ip, pos, at) in pairs {
+        if host.is_empty() || host.contains([':', '=']) {
+            cv.err(pos, &at, format!("bad host name '{host}'"));
+            continue;
+        }
+        let ip = match ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+            Some(inner) if !inner.is_empty() => inner.to_owned(),
+            _ => ip,
+        };
+        out.push(format!("{host}={ip}"));
+    }
+    out.sort();
+    out
+}
+
+/// `memswap_limit:`: a size, or -1 for unlimited swap (compose's UnitBytes takes any integer).
+fn signed_size(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<i64> {
+    if let Some(n) = v.scalar().and_then(|s| s.parse::<i64>().ok()) {
+        return Some(n);
+    }
+    cv.size(v, p).and_then(|b| i64::try_from(b).ok())
+}
+
+/// `label_file:`, one path or a list, each made absolute against its file's directory.
+fn label_file_list(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<(String, Pos, String)> {
+    let items: Vec<(&Node<'_>, String)> = match &v.kind {
+        Kind::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it, p.at(i).to_string()))
+            .collect(),
+        Kind::Null => Vec::new(),
+        _ => vec![(v, p.to_string())],
+    };
+    let mut out = Vec::new();
+    for (item, at) in items {
+        match item.scalar() {
+            Some(f) => out.push((cv.host_path(f, item.pos), item.pos, at)),
+            None => cv.err(
+                item.pos,
+                &at,
+                format!("must be a path, found {}", item.type_name()),
+            ),
+        }
+    }
+    out
 }
 
 fn env_file_list(

@@ -181,9 +181,8 @@ pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
             "labels" => merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o),
             _ => deep(b, o),
         }),
-        "env_file" | "tmpfs" | "expose" | "cap_add" | "cap_drop" | "profiles" => {
-            deep(as_list(b), as_list(o))
-        }
+        "env_file" | "tmpfs" | "expose" | "cap_add" | "cap_drop" | "profiles" | "dns"
+        | "dns_opt" | "dns_search" | "label_file" => deep(as_list(b), as_list(o)),
         _ => deep(b, o),
     })
 }

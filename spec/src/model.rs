@@ -90,6 +90,12 @@ pub struct Service {
     /// Number of CPUs the container may use (`cpus:`), e.g. 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// CPUs the container may run on, in the kernel's list format (`0-2,4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<String>,
+    /// Relative CPU weight against other containers (cgroup v1 shares, 2 to 262144).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
     /// Overrides the image's CMD. `None`: use the image's; `Some([])`: explicitly empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -102,6 +108,15 @@ pub struct Service {
     /// Swarm-style deployment settings: replicas, resources, update/rollback policies, placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Deploy>,
+    /// Nameservers for names outside the stack (they replace the host's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// `options` lines of the container's resolv.conf (`ndots:2`, `timeout:1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_opt: Vec<String>,
+    /// Search domains of the container's resolv.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
     /// NIS domain name of the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domainname: Option<String>,
@@ -115,6 +130,9 @@ pub struct Service {
     /// Ports exposed to linked services only, e.g. `"3000"` or `"8000-8010/udp"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
+    /// Entries added to the container's /etc/hosts, `host=ip`, sorted as compose prints them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     /// Container hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -130,6 +148,10 @@ pub struct Service {
     /// Container labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Files the labels were read from (absolute), `labels` winning over them; kept as
+    /// compose prints them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_file: Vec<String>,
     /// Log driver and its options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
@@ -137,12 +159,28 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
     #[schemars(with = "Option<String>")]
     pub mem_limit: Option<u64>,
+    /// Memory the container is guaranteed under contention (`mem_reservation:`), in bytes:
+    /// v1 `memory.soft_limit_in_bytes`, v2 `memory.low`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
+    #[schemars(with = "Option<String>")]
+    pub mem_reservation: Option<u64>,
+    /// Memory plus swap the container may use, in bytes; -1 is unlimited swap.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "signed_byte_size"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub memswap_limit: Option<i64>,
     /// `none`, `host`, `bridge`, `service:NAME` or `container:NAME`; excludes `networks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
     /// Networks the service joins, with per-network settings (`None` = defaults).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, Option<ServiceNetwork>>,
+    /// The kernel's OOM-killer preference for the container's processes (-1000 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i64>,
     /// Maximum number of processes in the container (`pids_limit:`); -1 is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
@@ -807,6 +845,36 @@ mod byte_size {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Form>::deserialize(d)? {
+            None => Ok(None),
+            Some(Form::Num(n)) => Ok(Some(n)),
+            Some(Form::Text(t)) => t
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("invalid byte size {t:?}"))),
+        }
+    }
+}
+
+/// [`byte_size`] for a size that may be -1 (compose's "unlimited").
+mod signed_byte_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.collect_str(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Num(i64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         match Option::<Form>::deserialize(d)? {
             None => Ok(None),
             Some(Form::Num(n)) => Ok(Some(n)),

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::{self, DeviceFilterError, DeviceRule};
 
-/// v1 controllers a container joins. cpuset/blkio need per-level initialisation and are not limited.
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
+/// v1 controllers a container joins. blkio is not limited; cpuset needs each new level
+/// initialised from its parent before anything can join it (see [`init_cpuset_v1`]).
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "cpuset"];
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum CgroupError {
     /// confinement: the container is not run unconfined.
     #[error("{0} (cgroup v2 has no other device confinement, so the container cannot run)")]
     Devices(#[source] DeviceFilterError),
+    /// The host cannot apply a setting the container asks for.
+    #[error("cgroup: {0}")]
+    Unsupported(String),
     /// A cgroup directory could not be created or removed.
     #[error("cgroup: {op} {path}: {source}")]
     Dir {
@@ -168,8 +172,12 @@ impl Hierarchy {
             for comp in Path::new(rel.trim_start_matches('/')).components() {
                 let avail =
                     std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-                let enable: Vec<String> = ["cpu", "memory", "pids"]
+                let wants_cpuset = resources
+                    .and_then(|r| r.cpu().as_ref())
+                    .is_some_and(|c| c.cpus().is_some());
+                let enable: Vec<String> = ["cpu", "memory", "pids", "cpuset"]
                     .iter()
+                    .filter(|c| **c != "cpuset" || wants_cpuset)
                     .filter(|c| avail.split_whitespace().any(|a| a == **c))
                     .map(|c| format!("+{c}"))
                     .collect();
@@ -182,6 +190,11 @@ impl Hierarchy {
         } else {
             for p in self.paths(rel) {
                 mkdir(&p)?;
+            }
+            if let Hierarchy::V1 { mounts, .. } = self
+                && let Some(root) = mounts.get("cpuset")
+            {
+                init_cpuset_v1(root, rel)?;
             }
         }
         let rules = device_rules(resources, privileged);
@@ -218,17 +231,34 @@ impl Hierarchy {
     }
 
     fn apply_v1(&self, rel: &str, r: &LinuxResources) -> Result<(), CgroupError> {
-        if let (Some(mem), Some(dir)) = (r.memory(), self.controller_path("memory", rel))
-            && let Some(limit) = mem.limit()
-        {
-            write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
-            // Without swap accounting the file is absent; with it, no swap beyond the limit
-            // (the hog must be OOM-killed, not swapped out).
-            let swap = mem.swap().unwrap_or(limit);
-            let memsw = dir.join("memory.memsw.limit_in_bytes");
-            if memsw.exists() {
-                write(&memsw, &swap.to_string())?;
+        if let (Some(mem), Some(dir)) = (r.memory(), self.controller_path("memory", rel)) {
+            if let Some(limit) = mem.limit() {
+                write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
             }
+            // Memory + swap. Without swap accounting the file is absent and swap is not
+            // limited: fine for unlimited (-1) or no swap beyond the limit as far as the
+            // cgroup can tell, not for an explicit cap above the limit.
+            if let Some(swap) = mem.swap() {
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &swap.to_string())?;
+                } else if swap != -1 && Some(swap) != mem.limit() {
+                    return Err(CgroupError::Unsupported(format!(
+                        "a memory+swap limit of {swap} bytes needs swap accounting, which this host's kernel lacks (memory.memsw.limit_in_bytes; boot with swapaccount=1)"
+                    )));
+                }
+            }
+            if let Some(low) = mem.reservation() {
+                write(&dir.join("memory.soft_limit_in_bytes"), &low.to_string())?;
+            }
+        }
+        if let Some(set) = r.cpu().as_ref().and_then(|c| c.cpus().as_ref()) {
+            let dir = self.controller_path("cpuset", rel).ok_or_else(|| {
+                CgroupError::Unsupported(format!(
+                    "cpuset {set:?}: the cpuset controller is not mounted on this host"
+                ))
+            })?;
+            write(&dir.join("cpuset.cpus"), set)?;
         }
         if let (Some(cpu), Some(dir)) = (r.cpu(), self.controller_path("cpu", rel)) {
             if let Some(shares) = cpu.shares() {
@@ -391,12 +421,44 @@ fn device_rules(resources: Option<&LinuxResources>, privileged: bool) -> Vec<Dev
 }
 
 fn apply_v2(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
-    if let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) {
-        write(&dir.join("memory.max"), &limit.to_string())?;
-        let swap = dir.join("memory.swap.max");
-        if swap.exists() {
-            write(&swap, "0")?;
+    if let Some(mem) = r.memory() {
+        if let Some(limit) = mem.limit() {
+            write(&dir.join("memory.max"), &limit.to_string())?;
         }
+        // v2 limits swap alone: memory.swap.max is docker's memory+swap minus memory.
+        if let Some(swap) = mem.swap() {
+            let extra = match (swap, mem.limit()) {
+                (-1, _) => None,
+                (s, Some(l)) => Some(s.saturating_sub(l).max(0)),
+                (s, None) => Some(s.max(0)),
+            };
+            let file = dir.join("memory.swap.max");
+            match (extra, file.exists()) {
+                (_, true) => write(
+                    &file,
+                    &extra.map_or_else(|| "max".to_owned(), |e| e.to_string()),
+                )?,
+                // No swap controller: no swap is what the container gets anyway.
+                (Some(0) | None, false) => {}
+                (Some(e), false) => {
+                    return Err(CgroupError::Unsupported(format!(
+                        "{e} bytes of swap asked, and this host's cgroup2 has no memory.swap.max"
+                    )));
+                }
+            }
+        }
+        if let Some(low) = mem.reservation() {
+            write(&dir.join("memory.low"), &low.to_string())?;
+        }
+    }
+    if let Some(set) = r.cpu().as_ref().and_then(|c| c.cpus().as_ref()) {
+        let file = dir.join("cpuset.cpus");
+        if !file.exists() {
+            return Err(CgroupError::Unsupported(format!(
+                "cpuset {set:?}: the cpuset controller is not delegated to this cgroup"
+            )));
+        }
+        write(&file, set)?;
     }
     if let Some(cpu) = r.cpu() {
         if let Some(shares) = cpu.shares() {
@@ -421,6 +483,25 @@ fn apply_v2(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
             "max".into()
         };
         write(&dir.join("pids.max"), &v)?;
+    }
+    Ok(())
+}
+
+/// Gives every level of `rel` under the v1 cpuset mount `root` its parent's CPUs and memory
+/// nodes where it has none yet: the kernel refuses to attach a process to a cpuset without
+/// them (ENOSPC), and a new directory starts empty.
+fn init_cpuset_v1(root: &Path, rel: &str) -> Result<(), CgroupError> {
+    let mut dir = root.to_path_buf();
+    for comp in Path::new(rel.trim_start_matches('/')).components() {
+        let parent = dir.clone();
+        dir.push(comp);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if own.trim().is_empty() {
+                let from = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+                write(&dir.join(file), from.trim())?;
+            }
+        }
     }
     Ok(())
 }
@@ -454,4 +535,144 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    fn resources(limit: i64, swap: i64, low: i64, shares: u64, cpus: &str) -> LinuxResources {
+        LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(swap)
+                    .reservation(low)
+                    .build()
+                    .unwrap(),
+            )
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .shares(shares)
+                    .cpus(cpus.to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// A v2 cgroup directory with the files the kernel would offer (`with_swap`: the swap
+    /// controller is on).
+    fn v2_dir(with_swap: bool) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["memory.max", "memory.low", "cpu.weight", "cpuset.cpus"] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        if with_swap {
+            std::fs::write(d.path().join("memory.swap.max"), "").unwrap();
+        }
+        d
+    }
+
+    fn read(d: &tempfile::TempDir, f: &str) -> String {
+        std::fs::read_to_string(d.path().join(f)).unwrap()
+    }
+
+    #[test]
+    fn v2_takes_swap_beyond_the_limit_the_low_mark_the_weight_and_the_cpuset() {
+        let d = v2_dir(true);
+        apply_v2(
+            d.path(),
+            &resources(64 << 20, 96 << 20, 32 << 20, 512, "0-1"),
+        )
+        .unwrap();
+        assert_eq!(read(&d, "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read(&d, "memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(read(&d, "memory.low"), (32u64 << 20).to_string());
+        // runc's conversion: 1 + (512 - 2) * 9999 / 262142.
+        assert_eq!(read(&d, "cpu.weight"), "20");
+        assert_eq!(read(&d, "cpuset.cpus"), "0-1");
+        apply_v2(d.path(), &resources(64 << 20, -1, 0, 1024, "0")).unwrap();
+        assert_eq!(read(&d, "memory.swap.max"), "max");
+    }
+
+    #[test]
+    fn v2_without_a_swap_controller_refuses_swap_it_cannot_limit() {
+        let d = v2_dir(false);
+        // No swap beyond the limit, or unlimited swap: what the container gets anyway.
+        apply_v2(d.path(), &resources(64 << 20, 64 << 20, 0, 1024, "0")).unwrap();
+        apply_v2(d.path(), &resources(64 << 20, -1, 0, 1024, "0")).unwrap();
+        let e = apply_v2(d.path(), &resources(64 << 20, 96 << 20, 0, 1024, "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no memory.swap.max"), "{e}");
+        // A cgroup without the cpuset controller cannot pin CPUs.
+        std::fs::remove_file(d.path().join("cpuset.cpus")).unwrap();
+        let e = apply_v2(d.path(), &resources(64 << 20, 64 << 20, 0, 1024, "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpuset \"0\": the cpuset controller is not delegated"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn v1_writes_memsw_soft_limit_shares_and_cpuset_and_initialises_new_cpuset_levels() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = |c: &str| root.path().join(c);
+        let h = Hierarchy::V1 {
+            mounts: ["memory", "cpu", "cpuset"]
+                .iter()
+                .map(|c| (c.to_string(), mount(c)))
+                .collect(),
+            unified: None,
+        };
+        for c in ["memory", "cpu", "cpuset"] {
+            std::fs::create_dir_all(mount(c).join("p/c")).unwrap();
+        }
+        std::fs::write(mount("memory").join("p/c/memory.memsw.limit_in_bytes"), "").unwrap();
+        // The kernel's new cpuset directories start with empty cpus and mems.
+        std::fs::write(mount("cpuset").join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(mount("cpuset").join("cpuset.mems"), "0\n").unwrap();
+        for f in [
+            "p/cpuset.cpus",
+            "p/cpuset.mems",
+            "p/c/cpuset.cpus",
+            "p/c/cpuset.mems",
+        ] {
+            std::fs::write(mount("cpuset").join(f), "\n").unwrap();
+        }
+        init_cpuset_v1(&mount("cpuset"), "/p/c").unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.path().join(f)).unwrap();
+        assert_eq!(read("cpuset/p/cpuset.cpus"), "0-3");
+        assert_eq!(read("cpuset/p/c/cpuset.mems"), "0");
+        h.apply_v1("/p/c", &resources(64 << 20, 96 << 20, 32 << 20, 512, "1"))
+            .unwrap();
+        assert_eq!(
+            read("memory/p/c/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory/p/c/memory.memsw.limit_in_bytes"),
+            (96u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory/p/c/memory.soft_limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu/p/c/cpu.shares"), "512");
+        assert_eq!(read("cpuset/p/c/cpuset.cpus"), "1");
+        // Without swap accounting a cap above the limit cannot be honoured.
+        std::fs::remove_file(mount("memory").join("p/c/memory.memsw.limit_in_bytes")).unwrap();
+        let e = h
+            .apply_v1("/p/c", &resources(64 << 20, 96 << 20, 0, 512, "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs swap accounting"), "{e}");
+        h.apply_v1("/p/c", &resources(64 << 20, -1, 0, 512, "1"))
+            .unwrap();
+    }
 }

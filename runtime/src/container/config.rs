@@ -116,8 +116,17 @@ pub struct CreateOptions {
     pub memory: Option<u64>,
     /// CPU limit as a number of CPUs (quota/period).
     pub cpus: Option<f64>,
-    /// Relative CPU weight (v1 shares).
+    /// Relative CPU weight (v1 shares; v2 `cpu.weight` converted as runc does).
     pub cpu_shares: Option<u64>,
+    /// CPUs the container may run on, in the kernel's list format (`0-2,4`).
+    pub cpuset_cpus: Option<String>,
+    /// Soft memory limit in bytes (v1 `memory.soft_limit_in_bytes`, v2 `memory.low`).
+    pub memory_reservation: Option<u64>,
+    /// Memory plus swap in bytes (docker's `--memory-swap`); -1 is unlimited swap. Unset with
+    /// a memory limit: no swap beyond it.
+    pub memory_swap: Option<i64>,
+    /// `/proc/<pid>/oom_score_adj` of the container's processes (-1000 to 1000).
+    pub oom_score_adj: Option<i32>,
     /// Maximum number of tasks.
     pub pids_limit: Option<i64>,
     /// Size of /dev/shm in bytes (default 64 MiB).
@@ -141,6 +150,14 @@ pub struct CreateOptions {
     pub mounts: Vec<MountRequest>,
     /// Networking.
     pub network: NetworkMode,
+    /// `(host, address)` lines appended to the container's /etc/hosts (docker's `--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
+    /// Nameservers of the generated /etc/resolv.conf, replacing the host's (docker's `--dns`).
+    pub dns: Vec<String>,
+    /// Search domains of the generated /etc/resolv.conf (`--dns-search`).
+    pub dns_search: Vec<String>,
+    /// `options` of the generated /etc/resolv.conf (`--dns-option`).
+    pub dns_options: Vec<String>,
     /// Free-form labels, kept in the state.
     pub labels: BTreeMap<String, String>,
     /// Remove the container when it exits.
@@ -167,6 +184,10 @@ impl CreateOptions {
             memory: None,
             cpus: None,
             cpu_shares: None,
+            cpuset_cpus: None,
+            memory_reservation: None,
+            memory_swap: None,
+            oom_score_adj: None,
             pids_limit: None,
             shm_size: None,
             ulimits: Vec::new(),
@@ -177,6 +198,10 @@ impl CreateOptions {
             read_only: false,
             mounts: Vec::new(),
             network: NetworkMode::Private,
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            dns_options: Vec::new(),
             labels: BTreeMap::new(),
             auto_remove: false,
             log: LogOptions::default(),

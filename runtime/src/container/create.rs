@@ -41,6 +41,7 @@ impl ContainerManager {
             .unwrap_or_else(|| "0".into());
         let user = user::resolve_in_layers(&user_spec, &opts.image.layer_dirs)?;
         check_ulimits(&opts.ulimits)?;
+        check_name_resolution(opts)?;
         let stop_signal = parse_signal(
             opts.stop_signal
                 .as_deref()
@@ -62,6 +63,21 @@ impl ContainerManager {
                 if opts.hostname.is_some() {
                     return Err(Error::InvalidConfig(format!(
                         "conflicting options: a hostname and the network mode container:{target} (the container gets the hostname of {target})"
+                    )));
+                }
+                // Docker's rule: the joiner sees the target's files, so its own entries would
+                // be silently absent.
+                if !opts.extra_hosts.is_empty() {
+                    return Err(Error::InvalidConfig(format!(
+                        "conflicting options: custom host-to-IP mappings and the network mode container:{target}"
+                    )));
+                }
+                if !(opts.dns.is_empty()
+                    && opts.dns_search.is_empty()
+                    && opts.dns_options.is_empty())
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "conflicting options: dns settings and the network mode container:{target}"
                     )));
                 }
                 Some(self.network_target(target)?)
@@ -191,13 +207,20 @@ impl ContainerManager {
                 shared("resolv.conf", j.resolv_conf.clone())?;
             }
             None => {
+                let mut hosts = format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+                );
+                for (host, ip) in &opts.extra_hosts {
+                    hosts.push_str(&format!("{ip}\t{host}\n"));
+                }
+                shared("hosts", hosts)?;
                 shared(
-                    "hosts",
-                    format!(
-                        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+                    "resolv.conf",
+                    resolv_conf(
+                        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                        opts,
                     ),
                 )?;
-                shared("resolv.conf", resolv_conf(&opts.network))?;
             }
         }
         let mut cfg = ShimConfig {
@@ -379,21 +402,77 @@ struct JoinedNetwork {
     resolv_conf: String,
 }
 
-fn resolv_conf(net: &NetworkMode) -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    if *net == NetworkMode::Host {
-        return host;
+/// The container's resolv.conf from the host's `host` text: `dns`, `dns_search` and
+/// `dns_options` replace the host's nameserver, search and options lines (docker's rule);
+/// without `dns`, loopback nameservers of the host are dropped outside the host's network
+/// namespace, where they are unreachable.
+fn resolv_conf(host: &str, opts: &CreateOptions) -> String {
+    let mut out = String::new();
+    for l in host.lines() {
+        let mut f = l.split_whitespace();
+        let keep = match f.next() {
+            Some("nameserver") => {
+                opts.dns.is_empty()
+                    && (opts.network == NetworkMode::Host
+                        || !f
+                            .next()
+                            .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            }
+            Some("search" | "domain") => opts.dns_search.is_empty(),
+            Some("options") => opts.dns_options.is_empty(),
+            _ => true,
+        };
+        if keep {
+            out.push_str(l);
+            out.push('\n');
+        }
     }
-    // Loopback resolvers of the host are unreachable from a new network namespace.
-    host.lines()
-        .filter(|l| {
-            let mut f = l.split_whitespace();
-            !(f.next() == Some("nameserver")
-                && f.next()
-                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
+    for ns in &opts.dns {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !opts.dns_search.is_empty() {
+        out.push_str(&format!("search {}\n", opts.dns_search.join(" ")));
+    }
+    if !opts.dns_options.is_empty() {
+        out.push_str(&format!("options {}\n", opts.dns_options.join(" ")));
+    }
+    out
+}
+
+/// Extra hosts and nameservers must be addresses (docker's `--add-host` and `--dns` rules), and
+/// none of them may break a line of the generated files.
+fn check_name_resolution(opts: &CreateOptions) -> Result<(), Error> {
+    let bad = |s: &str| s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '#');
+    for (host, ip) in &opts.extra_hosts {
+        if bad(host) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid extra host name {host:?}"
+            )));
+        }
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidConfig(format!(
+                "invalid IP address {ip:?} for extra host {host}"
+            )));
+        }
+    }
+    for ns in &opts.dns {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidConfig(format!(
+                "invalid dns server {ns:?}: must be an IP address"
+            )));
+        }
+    }
+    if let Some(s) = opts
+        .dns_search
+        .iter()
+        .chain(&opts.dns_options)
+        .find(|s| bad(s))
+    {
+        return Err(Error::InvalidConfig(format!(
+            "invalid dns search domain or option {s:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses ulimits that need CAP_SYS_RESOURCE when we lack it (before anything is created).
@@ -444,4 +523,65 @@ fn check_ulimits(ulimits: &[Ulimit]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::ImageInput;
+
+    fn opts() -> CreateOptions {
+        CreateOptions::new(ImageInput {
+            reference: "t".into(),
+            layer_dirs: Vec::new(),
+            config: None,
+        })
+    }
+
+    const HOST: &str =
+        "# host\nnameserver 127.0.0.53\nnameserver 10.0.0.1\nsearch lan\noptions edns0\n";
+
+    #[test]
+    fn own_dns_settings_replace_the_hosts_lines() {
+        assert_eq!(
+            resolv_conf(HOST, &opts()),
+            "# host\nnameserver 10.0.0.1\nsearch lan\noptions edns0\n"
+        );
+        let mut o = opts();
+        o.network = NetworkMode::Host;
+        assert_eq!(resolv_conf(HOST, &o), HOST);
+        let mut o = opts();
+        o.dns = vec!["9.9.9.9".into(), "1.1.1.1".into()];
+        o.dns_search = vec!["corp.example".into()];
+        o.dns_options = vec!["ndots:2".into(), "timeout:1".into()];
+        assert_eq!(
+            resolv_conf(HOST, &o),
+            "# host\nnameserver 9.9.9.9\nnameserver 1.1.1.1\nsearch corp.example\noptions ndots:2 timeout:1\n"
+        );
+    }
+
+    #[test]
+    fn extra_hosts_and_nameservers_must_be_addresses() {
+        let mut o = opts();
+        o.extra_hosts = vec![
+            ("db".into(), "10.0.0.5".into()),
+            ("v6".into(), "::1".into()),
+        ];
+        o.dns = vec!["10.0.0.53".into()];
+        check_name_resolution(&o).unwrap();
+        for (host, ip, why) in [
+            ("db", "host-gateway", "invalid IP address"),
+            ("db", "", "invalid IP address"),
+            ("two words", "10.0.0.1", "invalid extra host name"),
+        ] {
+            let mut o = opts();
+            o.extra_hosts = vec![(host.into(), ip.into())];
+            let e = check_name_resolution(&o).unwrap_err().to_string();
+            assert!(e.contains(why), "{host} {ip}: {e}");
+        }
+        let mut o = opts();
+        o.dns = vec!["dns.example".into()];
+        let e = check_name_resolution(&o).unwrap_err().to_string();
+        assert!(e.contains("must be an IP address"), "{e}");
+    }
 }

@@ -472,7 +472,16 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         .additional_gids(inp.user.additional_gids.clone())
         .build()
         .map_err(spec_err)?;
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default();
+    if let Some(adj) = opts.oom_score_adj {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid oom_score_adj {adj}: the range is -1000 to 1000"
+            )));
+        }
+        process = process.oom_score_adj(adj);
+    }
+    let process = process
         .terminal(false)
         .user(user)
         .args(inp.process.args.clone())
@@ -550,6 +559,8 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         devices.push(b.build().map_err(spec_err)?);
     }
     resources = resources.devices(devices);
+    let mut memory = LinuxMemoryBuilder::default();
+    let mut has_memory = false;
     if let Some(mem) = opts.memory {
         // Docker's minimum; below it the runtime itself cannot start.
         if mem < 6 * 1024 * 1024 {
@@ -559,13 +570,40 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         }
         let mem = i64::try_from(mem)
             .map_err(|_| Error::InvalidConfig("memory limit too large".into()))?;
-        resources = resources.memory(
-            LinuxMemoryBuilder::default()
-                .limit(mem)
-                .swap(mem)
-                .build()
-                .map_err(spec_err)?,
-        );
+        // memory + swap: unset means no swap beyond the limit (the hog must be OOM-killed,
+        // not swapped out); -1 is unlimited swap.
+        let swap = match opts.memory_swap {
+            None => mem,
+            Some(-1) => -1,
+            Some(s) if s >= mem => s,
+            Some(s) => {
+                return Err(Error::InvalidConfig(format!(
+                    "memory+swap limit {s} must be -1 or at least the memory limit {mem}"
+                )));
+            }
+        };
+        memory = memory.limit(mem).swap(swap);
+        has_memory = true;
+    } else if opts.memory_swap.is_some() {
+        return Err(Error::InvalidConfig(
+            "a memory+swap limit (memswap_limit) needs a memory limit (mem_limit) too".into(),
+        ));
+    }
+    if let Some(r) = opts.memory_reservation {
+        let r = i64::try_from(r)
+            .map_err(|_| Error::InvalidConfig("memory reservation too large".into()))?;
+        if let Some(mem) = opts.memory
+            && r as u64 > mem
+        {
+            return Err(Error::InvalidConfig(format!(
+                "memory reservation {r} must not exceed the memory limit {mem}"
+            )));
+        }
+        memory = memory.reservation(r);
+        has_memory = true;
+    }
+    if has_memory {
+        resources = resources.memory(memory.build().map_err(spec_err)?);
     }
     let mut cpu = LinuxCpuBuilder::default();
     let mut has_cpu = false;
@@ -591,6 +629,12 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
             )));
         }
         cpu = cpu.shares(shares);
+        has_cpu = true;
+    }
+    if let Some(set) = &opts.cpuset_cpus {
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+        check_cpuset(set, online.trim())?;
+        cpu = cpu.cpus(set.clone());
         has_cpu = true;
     }
     if has_cpu {
@@ -661,6 +705,37 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
 
 fn spec_err(e: oci_spec::OciSpecError) -> Error {
     Error::InvalidConfig(format!("building the OCI spec: {e}"))
+}
+
+/// The CPUs of a list like `0-2,4`.
+fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        if a > b || b - a > 4096 {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out)
+}
+
+/// A cpuset must be a valid list of CPUs this machine has online (docker refuses the others
+/// too, rather than the kernel's bare EINVAL at the cgroup write).
+fn check_cpuset(set: &str, online: &str) -> Result<(), Error> {
+    let cpus = parse_cpu_list(set).ok_or_else(|| {
+        Error::InvalidConfig(format!("invalid cpuset {set:?}: use a list like 0-2,4"))
+    })?;
+    if let Some(have) = parse_cpu_list(online)
+        && let Some(c) = cpus.iter().find(|c| !have.contains(c))
+    {
+        return Err(Error::InvalidConfig(format!(
+            "cpuset {set:?}: CPU {c} is not available on this machine (online: {online})"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -760,5 +835,19 @@ mod tests {
         assert!(
             matches!(capability_set(&o), Err(Error::InvalidConfig(m)) if m.contains("CAP_FLY"))
         );
+    }
+
+    #[test]
+    fn cpusets_are_checked_against_the_online_cpus() {
+        assert_eq!(parse_cpu_list("0-2,4"), Some(vec![0, 1, 2, 4]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        for bad in ["", "a", "2-1", "0-", "1,,2"] {
+            assert!(parse_cpu_list(bad).is_none(), "{bad:?}");
+        }
+        check_cpuset("0-1", "0-3").unwrap();
+        let e = check_cpuset("0,7", "0-3").unwrap_err().to_string();
+        assert!(e.contains("CPU 7 is not available"), "{e}");
+        let e = check_cpuset("x", "0-3").unwrap_err().to_string();
+        assert!(e.contains("invalid cpuset"), "{e}");
     }
 }

@@ -39,6 +39,7 @@ struct Record {
 pub struct DnsTable {
     by_network: BTreeMap<String, Vec<Record>>,
     networks_of: BTreeMap<String, Vec<String>>,
+    upstreams_of: BTreeMap<String, Vec<SocketAddr>>,
 }
 
 impl DnsTable {
@@ -76,7 +77,16 @@ impl DnsTable {
                 .or_default()
                 .push(e.network.clone());
         }
+        t.upstreams_of = state.upstreams.clone();
         t
+    }
+
+    /// The nameservers of its own that the client `src` querying on `network` has, if any.
+    pub fn upstreams_of(&self, network: &str, src: Ipv4Addr) -> Option<&[SocketAddr]> {
+        let client = self.by_network.get(network)?.iter().find(|r| r.ip == src)?;
+        self.upstreams_of
+            .get(&client.container_id)
+            .map(Vec::as_slice)
     }
 
     /// Addresses of `name` as seen by the client `src` querying on `network`: the client's scope
@@ -193,6 +203,21 @@ struct Shared {
     table: RwLock<DnsTable>,
     upstreams: Vec<SocketAddr>,
     rotation: AtomicUsize,
+}
+
+impl Shared {
+    /// Where a query of `peer` on `network` that is not for our names goes: the client's own
+    /// nameservers, else the host's.
+    fn upstreams_for(&self, network: &str, peer: SocketAddr) -> Vec<SocketAddr> {
+        let SocketAddr::V4(src) = peer else {
+            return self.upstreams.clone();
+        };
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .upstreams_of(network, *src.ip())
+            .map_or_else(|| self.upstreams.clone(), <[SocketAddr]>::to_vec)
+    }
 }
 
 /// The running resolver: one listener task per network gateway.
@@ -343,9 +368,9 @@ async fn serve(sock: Arc<UdpSocket>, network: String, shared: Arc<Shared>) {
                 let _ = sock.send_to(&a, peer).await;
             }
             None => {
-                let (sock, shared) = (sock.clone(), shared.clone());
+                let (sock, ups) = (sock.clone(), shared.upstreams_for(&network, peer));
                 tokio::spawn(async move {
-                    let reply = forward(&shared.upstreams, &packet).await;
+                    let reply = forward(&ups, &packet).await;
                     let reply = reply.unwrap_or_else(|| build_answer(&q, &packet, &[], 2));
                     let _ = sock.send_to(&reply, peer).await;
                 });
@@ -370,7 +395,7 @@ async fn serve_tcp(listener: tokio::net::TcpListener, network: String, shared: A
                 };
                 let reply = match local_answer(&shared, &network, peer, &q, &packet, 65535) {
                     Some(a) => a,
-                    None => forward_tcp(&shared.upstreams, &packet)
+                    None => forward_tcp(&shared.upstreams_for(&network, peer), &packet)
                         .await
                         .unwrap_or_else(|| build_answer(&q, &packet, &[], 2)),
                 };
@@ -527,6 +552,31 @@ mod tests {
             vec!["10.0.1.2".parse::<Ipv4Addr>().unwrap()]
         );
         assert!(t.resolve("front", web1, "example.org").is_none());
+    }
+
+    #[test]
+    fn a_client_with_its_own_nameservers_is_forwarded_there_and_others_to_the_host() {
+        let own: Vec<SocketAddr> = vec!["127.0.0.53:53".parse().unwrap()];
+        let state = State {
+            endpoints: vec![
+                ep("aaaaaaaaaaaaaaaa", "web-1", "web", "front", "10.0.0.2"),
+                ep("bbbbbbbbbbbbbbbb", "db-1", "db", "front", "10.0.0.3"),
+            ],
+            upstreams: BTreeMap::from([("aaaaaaaaaaaaaaaa".to_string(), own.clone())]),
+            ..State::default()
+        };
+        let t = DnsTable::from_state(&state);
+        assert_eq!(
+            t.upstreams_of("front", "10.0.0.2".parse().unwrap()),
+            Some(own.as_slice())
+        );
+        assert_eq!(t.upstreams_of("front", "10.0.0.3".parse().unwrap()), None);
+        assert_eq!(t.upstreams_of("back", "10.0.0.2".parse().unwrap()), None);
+        // Its stack names are still answered locally.
+        assert!(
+            t.resolve("front", "10.0.0.2".parse().unwrap(), "db")
+                .is_some()
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct ContainerPlan {
     /// Attach withdrawn (see [`AttachRequest::withdrawn`]): the caller puts the container into
     /// service with [`NetworkManager::set_serving`] once it runs (and is healthy).
     pub withdrawn: bool,
+    /// The container's own nameservers (compose's `dns:`), where the resolver forwards the
+    /// names that are not the stack's; empty: the host's.
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A [`NetworkHook`] that attaches containers as planned with [`plan`](Self::plan). A container
@@ -90,6 +93,9 @@ impl ContainerNetworks {
                 withdrawn: plan.withdrawn,
             };
             out.push(self.mgr.attach(&req, netns)?);
+        }
+        if !plan.dns.is_empty() {
+            self.mgr.set_upstreams(id, &plan.dns)?;
         }
         if !plan.ports.is_empty() {
             self.mgr.publish(id, plan.service.as_deref(), &plan.ports)?;

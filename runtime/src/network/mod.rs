@@ -104,6 +104,17 @@ pub enum Error {
     },
 }
 
+/// A container's own name-resolution settings (compose's `dns`, `dns_search`, `dns_opt`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvSettings {
+    /// Nameservers; used as such only where the resolver does not run.
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// Search domains.
+    pub search: Vec<String>,
+    /// `options` entries.
+    pub options: Vec<String>,
+}
+
 /// Resolver settings.
 #[derive(Debug, Clone)]
 pub struct DnsOptions {
@@ -825,6 +836,7 @@ impl NetworkManager {
             st.endpoints = kept;
             if !st.endpoints.iter().any(|e| e.container_id == container_id) {
                 st.withdrawn.remove(container_id);
+                st.upstreams.remove(container_id);
             }
             let mut first_err = None;
             for e in &gone {
@@ -1045,32 +1057,110 @@ impl NetworkManager {
             .then(|| !st.withdrawn.contains(container_id)))
     }
 
+    /// Where the resolver forwards the queries of container `container_id` that are not for
+    /// the stack's names (docker's embedded DNS forwarding to `--dns` servers), port 53 each.
+    /// The container must be attached already; its record goes when it leaves its last
+    /// network.
+    pub fn set_upstreams(
+        &self,
+        container_id: &str,
+        servers: &[std::net::IpAddr],
+    ) -> Result<(), Error> {
+        self.with_state(|st| {
+            if !st.endpoints.iter().any(|e| e.container_id == container_id) {
+                return Err(Error::Invalid(format!(
+                    "container {container_id} is not attached to any network"
+                )));
+            }
+            let ups: Vec<SocketAddr> = servers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+            if ups.is_empty() {
+                st.upstreams.remove(container_id);
+            } else {
+                st.upstreams.insert(container_id.to_owned(), ups);
+            }
+            Ok(())
+        })
+    }
+
     /// The resolv.conf a container on `networks` should get: the resolver on the gateway of the
     /// first network when DNS runs, else the host's non-loopback nameservers.
     pub fn resolv_conf(&self, networks: &[&str]) -> Result<String, Error> {
+        self.resolv_conf_with(networks, &ResolvSettings::default())
+    }
+
+    /// [`resolv_conf`](Self::resolv_conf) with the container's own settings: search domains
+    /// and options replace the host's; with the resolver running, nameservers stay the
+    /// resolver (which forwards to the container's own, see [`set_upstreams`](Self::set_upstreams))
+    /// so that the stack's names keep resolving; without it they replace the host's.
+    pub fn resolv_conf_with(
+        &self,
+        networks: &[&str],
+        own: &ResolvSettings,
+    ) -> Result<String, Error> {
         let st = self.snapshot()?;
         if self.dns.is_some()
             && let Some(n) = networks.iter().find_map(|n| st.networks.get(*n))
         {
-            return Ok(format!("nameserver {}\noptions ndots:0\n", n.gateway));
+            let mut out = format!("nameserver {}\n", n.gateway);
+            if !own.search.is_empty() {
+                out.push_str(&format!("search {}\n", own.search.join(" ")));
+            }
+            // The stack's names are single labels: ndots:0 sends them as they are, unless the
+            // container chose its own ndots (docker's rule for its embedded resolver).
+            let mut options = own.options.clone();
+            if !options.iter().any(|o| o.starts_with("ndots:")) {
+                options.push("ndots:0".into());
+            }
+            out.push_str(&format!("options {}\n", options.join(" ")));
+            return Ok(out);
         }
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Ok(host
-            .lines()
-            .filter(|l| {
-                let mut f = l.split_whitespace();
-                !(f.next() == Some("nameserver")
-                    && f.next()
-                        .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect())
+        let mut out = String::new();
+        for l in host.lines() {
+            let mut f = l.split_whitespace();
+            let keep = match f.next() {
+                Some("nameserver") => {
+                    own.nameservers.is_empty()
+                        && !f
+                            .next()
+                            .is_some_and(|a| a.starts_with("127.") || a == "::1")
+                }
+                Some("search" | "domain") => own.search.is_empty(),
+                Some("options") => own.options.is_empty(),
+                _ => true,
+            };
+            if keep {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        for ns in &own.nameservers {
+            out.push_str(&format!("nameserver {ns}\n"));
+        }
+        if !own.search.is_empty() {
+            out.push_str(&format!("search {}\n", own.search.join(" ")));
+        }
+        if !own.options.is_empty() {
+            out.push_str(&format!("options {}\n", own.options.join(" ")));
+        }
+        Ok(out)
     }
 
     /// Writes [`resolv_conf`](Self::resolv_conf) for container `name` to
     /// `<data_dir>/network/resolv/<name>.conf` and returns the path, for the caller to bind-mount
     /// at `/etc/resolv.conf`.
     pub fn write_resolv_conf(&self, name: &str, networks: &[&str]) -> Result<PathBuf, Error> {
+        self.write_resolv_conf_with(name, networks, &ResolvSettings::default())
+    }
+
+    /// [`write_resolv_conf`](Self::write_resolv_conf) with the container's own settings (see
+    /// [`resolv_conf_with`](Self::resolv_conf_with)).
+    pub fn write_resolv_conf_with(
+        &self,
+        name: &str,
+        networks: &[&str],
+        own: &ResolvSettings,
+    ) -> Result<PathBuf, Error> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(Error::Invalid(format!("invalid container name {name:?}")));
         }
@@ -1081,12 +1171,11 @@ impl NetworkManager {
         })?;
         let path = dir.join(format!("{name}.conf"));
         // Bind-mounted at /etc/resolv.conf, where non-root users read it.
-        crate::datadir::write_shared_file(&path, self.resolv_conf(networks)?.as_bytes()).map_err(
-            |e| Error::Io {
+        crate::datadir::write_shared_file(&path, self.resolv_conf_with(networks, own)?.as_bytes())
+            .map_err(|e| Error::Io {
                 what: format!("writing {}", path.display()),
                 source: e,
-            },
-        )?;
+            })?;
         Ok(path)
     }
 
@@ -1123,6 +1212,7 @@ impl NetworkManager {
             }
             st.ports.clear();
             st.withdrawn.clear();
+            st.upstreams.clear();
             self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
             for (_, n) in std::mem::take(&mut st.networks) {
                 if let Err(err) = netlink::delete_link(&n.bridge) {

@@ -149,6 +149,10 @@ pub struct State {
     /// no connection is sent to a container that is starting, dying or unhealthy.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub withdrawn: BTreeSet<String>,
+    /// Containers (ids) with nameservers of their own (compose's `dns:`): the resolver answers
+    /// their stack names itself and forwards their other queries there, not to the host's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, Vec<std::net::SocketAddr>>,
 }
 
 /// The state directory of one instance.

@@ -17,6 +17,11 @@ pub(crate) fn cstr(s: &str) -> Res<CString> {
 /// User, capabilities, no_new_privs and seccomp: the last steps before exec.
 pub(crate) fn finalize_process(spec: &Spec) -> Res<()> {
     let process = spec.process().as_ref().ok_or(ShimError::NoProcess)?;
+    // While still root with every capability: lowering the score needs CAP_SYS_RESOURCE.
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(ShimError::os("setting oom_score_adj"))?;
+    }
     let caps = process.capabilities().clone();
     let to_set = |c: &Option<oci_spec::runtime::Capabilities>| -> caps::CapsHashSet {
         c.iter()
