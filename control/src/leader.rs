@@ -34,13 +34,18 @@ pub struct Snapshot {
 
 /// Reads desired and observed state from the store.
 pub async fn snapshot<S: Store>(store: &S) -> Result<Snapshot, Error> {
-    snapshot_since(store, 0).await
+    snapshot_since(store, 0, None).await
 }
 
 /// [`snapshot`], counting no node's silence from before `floor_ms`: a leader that just took
 /// over (or a daemon that just restarted) gives every node a full timeout to report to it,
 /// instead of declaring down at once the nodes whose last heartbeat went to the old one.
-pub async fn snapshot_since<S: Store>(store: &S, floor_ms: u64) -> Result<Snapshot, Error> {
+/// `alive`: the node planning (the leader itself), which is up whatever its record says.
+pub async fn snapshot_since<S: Store>(
+    store: &S,
+    floor_ms: u64,
+    alive: Option<u64>,
+) -> Result<Snapshot, Error> {
     let mut desired = Desired::default();
     let docs = crate::schema::services(store).await?;
     for (d, _) in docs.values() {
@@ -50,7 +55,11 @@ pub async fn snapshot_since<S: Store>(store: &S, floor_ms: u64) -> Result<Snapsh
     let now = now_ms();
     let mut records = nodes::list(store).await?;
     for n in &mut records {
-        n.last_heartbeat_ms = n.last_heartbeat_ms.max(floor_ms);
+        n.last_heartbeat_ms = if Some(n.id) == alive {
+            now
+        } else {
+            n.last_heartbeat_ms.max(floor_ms)
+        };
     }
     let next_down_ms = nodes::next_down_in_ms(&records, now);
     for n in &records {
@@ -87,15 +96,16 @@ pub async fn snapshot_since<S: Store>(store: &S, floor_ms: u64) -> Result<Snapsh
 /// One round: plan and write. Returns when to plan again at the latest (restart delays, update
 /// monitors) and whether anything was written.
 pub async fn reconcile_once<S: Store>(store: &S) -> Result<(Option<Duration>, bool), Error> {
-    reconcile_since(store, 0).await
+    reconcile_since(store, 0, None).await
 }
 
-/// [`reconcile_once`] on a [`snapshot_since`] `floor_ms`.
+/// [`reconcile_once`] on a [`snapshot_since`] `floor_ms`, by node `alive`.
 pub async fn reconcile_since<S: Store>(
     store: &S,
     floor_ms: u64,
+    alive: Option<u64>,
 ) -> Result<(Option<Duration>, bool), Error> {
-    let snap = snapshot_since(store, floor_ms).await?;
+    let snap = snapshot_since(store, floor_ms, alive).await?;
     let now = now_ms();
     let plan = dcpp_reconciler::plan(&snap.desired, &snap.observed, now);
     // A node going silent changes nothing in the store: look again when it would be down.
@@ -236,7 +246,7 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
         }
         if leader {
-            match reconcile_since(&node, leader_since.unwrap_or(0)).await {
+            match reconcile_since(&node, leader_since.unwrap_or(0), Some(node.id())).await {
                 Ok((requeue, wrote)) => {
                     if wrote {
                         wait = Duration::ZERO;

@@ -827,22 +827,8 @@ impl<S: Store> Agent<S> {
             self.node.clone(),
             wake.clone(),
         ));
-        let since = |t: Instant| self.clock.now().duration_since(t);
-        let heartbeat = Duration::from_millis(self.me.heartbeat_ms.max(1));
-        let mut last_beat: Option<Instant> = None;
-        let mut last_check = self.clock.now();
+        let beats = tokio::spawn(self.clone().beat());
         loop {
-            // A new member or a promotion shows in the record at once, not a heartbeat later.
-            let stale = since(last_check) >= STALE_CHECK && {
-                last_check = self.clock.now();
-                dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await
-            };
-            if stale || last_beat.is_none_or(|b| since(b) >= heartbeat) {
-                match self.heartbeat().await {
-                    Ok(()) => last_beat = Some(self.clock.now()),
-                    Err(e) => tracing::debug!("heartbeat: {e}"),
-                }
-            }
             let busy = match self.reconcile_once().await {
                 Ok(did) => did,
                 Err(e) => {
@@ -879,7 +865,27 @@ impl<S: Store> Agent<S> {
             }
         }
         watcher.abort();
+        beats.abort();
         self.exits.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Keeps the node record fresh, apart from the rounds: a round that takes long (fifty
+    /// containers to create on a slow disk) must not make a live node look dead.
+    async fn beat(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.me.heartbeat_ms.max(1));
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            // A new member or a promotion shows in the record at once, not a heartbeat later.
+            let stale = dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await;
+            let due = last_beat.is_none_or(|b| self.clock.now().duration_since(b) >= interval);
+            if stale || due {
+                match self.heartbeat().await {
+                    Ok(()) => last_beat = Some(self.clock.now()),
+                    Err(e) => tracing::debug!("heartbeat: {e}"),
+                }
+            }
+            self.clock.sleep(STALE_CHECK.min(interval)).await;
+        }
     }
 
     /// Whether this agent's networking state was ever non-empty (then the daemon tears it down

@@ -165,11 +165,7 @@ pub struct Service {
     #[schemars(with = "Option<String>")]
     pub mem_reservation: Option<u64>,
     /// Memory plus swap the container may use, in bytes; -1 is unlimited swap.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "signed_byte_size"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "byte_size")]
     #[schemars(with = "Option<String>")]
     pub memswap_limit: Option<i64>,
     /// `none`, `host`, `bridge`, `service:NAME` or `container:NAME`; excludes `networks`.
@@ -828,9 +824,12 @@ mod octal_mode {
 /// Byte sizes as compose prints them: a decimal string (`"67108864"`). A plain number (as
 /// older stored models hold it) is still read.
 mod byte_size {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Display>(b: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
         match b {
             Some(b) => s.collect_str(b),
             None => s.serialize_none(),
@@ -839,43 +838,18 @@ mod byte_size {
 
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Form {
-        Num(u64),
+    enum Form<T> {
+        Num(T),
         Text(String),
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        match Option::<Form>::deserialize(d)? {
-            None => Ok(None),
-            Some(Form::Num(n)) => Ok(Some(n)),
-            Some(Form::Text(t)) => t
-                .parse()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("invalid byte size {t:?}"))),
-        }
-    }
-}
-
-/// [`byte_size`] for a size that may be -1 (compose's "unlimited").
-mod signed_byte_size {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-        match b {
-            Some(b) => s.collect_str(b),
-            None => s.serialize_none(),
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Num(i64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        match Option::<Form>::deserialize(d)? {
+    /// A size as a number or a numeric string (`u64`, or `i64` where -1 means unlimited).
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromStr,
+    {
+        match Option::<Form<T>>::deserialize(d)? {
             None => Ok(None),
             Some(Form::Num(n)) => Ok(Some(n)),
             Some(Form::Text(t)) => t
