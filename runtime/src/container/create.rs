@@ -407,36 +407,13 @@ struct JoinedNetwork {
 /// without `dns`, loopback nameservers of the host are dropped outside the host's network
 /// namespace, where they are unreachable.
 fn resolv_conf(host: &str, opts: &CreateOptions) -> String {
-    let mut out = String::new();
-    for l in host.lines() {
-        let mut f = l.split_whitespace();
-        let keep = match f.next() {
-            Some("nameserver") => {
-                opts.dns.is_empty()
-                    && (opts.network == NetworkMode::Host
-                        || !f
-                            .next()
-                            .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-            }
-            Some("search" | "domain") => opts.dns_search.is_empty(),
-            Some("options") => opts.dns_options.is_empty(),
-            _ => true,
-        };
-        if keep {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    for ns in &opts.dns {
-        out.push_str(&format!("nameserver {ns}\n"));
-    }
-    if !opts.dns_search.is_empty() {
-        out.push_str(&format!("search {}\n", opts.dns_search.join(" ")));
-    }
-    if !opts.dns_options.is_empty() {
-        out.push_str(&format!("options {}\n", opts.dns_options.join(" ")));
-    }
-    out
+    crate::network::resolv_from_host(
+        host,
+        &opts.dns,
+        &opts.dns_search,
+        &opts.dns_options,
+        opts.network == NetworkMode::Host,
+    )
 }
 
 /// Extra hosts and nameservers must be addresses (docker's `--add-host` and `--dns` rules), and

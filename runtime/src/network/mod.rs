@@ -115,6 +115,49 @@ pub struct ResolvSettings {
     pub options: Vec<String>,
 }
 
+/// A resolv.conf made from the host's `host` text: `nameservers`, `search` and `options`
+/// replace the host's nameserver, search and options lines (docker's rule). Without own
+/// nameservers the host's loopback ones are dropped unless `keep_loopback` (a container in
+/// the host's network namespace can reach them; one in its own cannot).
+pub fn resolv_from_host<N: std::fmt::Display>(
+    host: &str,
+    nameservers: &[N],
+    search: &[String],
+    options: &[String],
+    keep_loopback: bool,
+) -> String {
+    let mut out = String::new();
+    for l in host.lines() {
+        let mut f = l.split_whitespace();
+        let keep = match f.next() {
+            Some("nameserver") => {
+                nameservers.is_empty()
+                    && (keep_loopback
+                        || !f
+                            .next()
+                            .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            }
+            Some("search" | "domain") => search.is_empty(),
+            Some("options") => options.is_empty(),
+            _ => true,
+        };
+        if keep {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    for ns in nameservers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// Resolver settings.
 #[derive(Debug, Clone)]
 pub struct DnsOptions {
@@ -1115,35 +1158,13 @@ impl NetworkManager {
             return Ok(out);
         }
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let mut out = String::new();
-        for l in host.lines() {
-            let mut f = l.split_whitespace();
-            let keep = match f.next() {
-                Some("nameserver") => {
-                    own.nameservers.is_empty()
-                        && !f
-                            .next()
-                            .is_some_and(|a| a.starts_with("127.") || a == "::1")
-                }
-                Some("search" | "domain") => own.search.is_empty(),
-                Some("options") => own.options.is_empty(),
-                _ => true,
-            };
-            if keep {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        for ns in &own.nameservers {
-            out.push_str(&format!("nameserver {ns}\n"));
-        }
-        if !own.search.is_empty() {
-            out.push_str(&format!("search {}\n", own.search.join(" ")));
-        }
-        if !own.options.is_empty() {
-            out.push_str(&format!("options {}\n", own.options.join(" ")));
-        }
-        Ok(out)
+        Ok(resolv_from_host(
+            &host,
+            &own.nameservers,
+            &own.search,
+            &own.options,
+            false,
+        ))
     }
 
     /// Writes [`resolv_conf`](Self::resolv_conf) for container `name` to
