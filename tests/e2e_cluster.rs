@@ -6,8 +6,9 @@
 //! (`dcpp ps` through each node's socket) and from each node's own runtime
 //! (`dcpp --data-dir NODE container ls`).
 //!
-//! Not covered (not built): networking between nodes. Each node gives a stack its own bridge,
-//! so a task reaches by name only the replicas on its own node.
+//! These daemons share this machine's network (loopback advertise addresses), so their stack
+//! networks stay node-local (`--overlay auto`); networks across nodes are `e2e_overlay`'s, on
+//! hosts with namespaces of their own.
 
 mod rig;
 #[path = "rig/slot.rs"]

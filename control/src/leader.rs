@@ -214,7 +214,13 @@ fn rollback_txn(
 /// Runs the loop until `stop` turns true. Only plans while this node is the raft leader, so
 /// exactly one orchestrator writes tasks at a time (a deposed leader's writes fail their
 /// preconditions or are forwarded and re-checked).
-pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// With `overlay`, it also keeps the cluster-wide network documents ([`crate::overlay`]),
+/// cutting subnets from that pool.
+pub async fn run(
+    node: Node,
+    overlay: Option<crate::overlay::Pool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
     let mut migrated = false;
@@ -257,6 +263,16 @@ pub async fn run(node: Node, mut stop: tokio::sync::watch::Receiver<bool>) {
                 Err(e) => {
                     tracing::warn!("reconcile: {e}");
                     wait = Duration::from_millis(200);
+                }
+            }
+        }
+        if leader && let Some(pool) = overlay {
+            match crate::overlay::sync(&node, pool).await {
+                Ok(true) => wait = Duration::ZERO,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("networks: {e}");
+                    wait = wait.min(Duration::from_millis(200));
                 }
             }
         }

@@ -30,6 +30,7 @@ pub mod gitops;
 pub mod leader;
 pub mod migrate;
 pub mod nodes;
+pub mod overlay;
 pub mod preview;
 pub mod schema;
 pub mod scope;

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use dcpp_control::nodes::SelfInfo;
+use dcpp_control::overlay::NetworkDoc;
 use dcpp_raft::{Kind, Node, Store, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState};
 use dcpp_runtime::container::{ContainerManager, MountRequest, MountSource, NetworkMode};
 use dcpp_runtime::image::registry::RegistryOptions;
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, NetworkManager, PlannedNetwork, PortMapping, Protocol,
-    ResolvSettings,
+    ContainerNetworks, ContainerPlan, NetworkManager, Overlay, PlannedNetwork, PortMapping,
+    Protocol, RemoteEndpoint, ResolvSettings, VXLAN_OVERHEAD,
 };
 
 use crate::Error;
@@ -87,6 +88,39 @@ pub struct Agent<S: Store = Node> {
     made: Mutex<std::collections::HashSet<String>>,
     /// What the heartbeat says about this host (the role is read from raft each time).
     me: SelfInfo,
+    /// Stack networks span nodes ([`dcpp_control::overlay`]).
+    overlay: Option<OverlayConf>,
+    /// What each network was last told about its containers elsewhere.
+    remote: Mutex<HashMap<String, Option<Overlay>>>,
+}
+
+/// How this node takes part in the overlay.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayConf {
+    /// UDP port of VXLAN, the same on every node.
+    pub port: u16,
+    /// MTU of the underlay; containers get this less the VXLAN headers.
+    pub underlay_mtu: u32,
+}
+
+/// A task's addresses on its overlay networks: network name to (address, subnet).
+type Addresses = BTreeMap<String, (std::net::Ipv4Addr, String)>;
+
+/// The addresses of task `t` of service `doc` in `nets`, or `None` while the leader has not
+/// given it one on each of its networks.
+fn addresses_of(
+    t: &Task,
+    doc: &ServiceDoc,
+    nets: &BTreeMap<String, NetworkDoc>,
+) -> Option<Addresses> {
+    let mut out = Addresses::new();
+    for (k, _) in dcpp_control::overlay::service_networks(doc) {
+        let name = format!("{}_{k}", doc.spec.stack);
+        let n = nets.get(&name)?;
+        let ep = n.endpoints.get(&t.id.0)?;
+        out.insert(name, (ep.ip, n.subnet.clone()));
+    }
+    Some(out)
 }
 
 /// A pending write to one task record.
@@ -170,7 +204,17 @@ impl<S: Store> Agent<S> {
             made: Mutex::default(),
             me,
             node,
+            overlay: None,
+            remote: Mutex::default(),
         }
+    }
+
+    /// Joins stack networks to the cluster's overlay: subnets and addresses come from the
+    /// leader's network documents, and each network reaches its containers on other nodes
+    /// over VXLAN from this node's advertise address.
+    pub fn with_overlay(mut self, conf: OverlayConf) -> Self {
+        self.overlay = Some(conf);
+        self
     }
 
     /// Pulls missing images with these registry settings (default: loopback registries over
@@ -252,6 +296,10 @@ impl<S: Store> Agent<S> {
         for o in self.node.list(Kind::Service).await?.objects {
             services.insert(o.id.clone(), o.decode()?);
         }
+        let nets: BTreeMap<String, NetworkDoc> = match self.overlay {
+            Some(_) => dcpp_control::overlay::list(&self.node).await?,
+            None => BTreeMap::new(),
+        };
         let containers: Vec<Container> = self.blocking(|c| c.list()).await;
         self.watch_exits(&containers);
         let mut by_task: HashMap<u64, Container> = HashMap::new();
@@ -280,17 +328,34 @@ impl<S: Store> Agent<S> {
         // out together (as compose stops a service's containers: one grace period in all), and
         // they don't take turns with creates and starts, which `parallel` bounds because they
         // load the machine while a stop mostly waits.
+        let overlay = self.overlay.is_some();
         let (stops, rest): (Vec<_>, Vec<_>) = tasks
             .into_values()
             .filter(|(t, _)| t.node.as_ref() == Some(&me))
             .map(|(t, rev)| {
                 let c = by_task.remove(&t.id.0);
                 let svc = services.get(&t.service.0).cloned();
-                (t, rev, c, svc)
+                let addrs = svc.as_ref().and_then(|d| addresses_of(&t, d, &nets));
+                (t, rev, c, svc, addrs)
+            })
+            // A container on the overlay waits for its addresses (the leader's next write).
+            .filter(|(t, _, c, svc, addrs)| {
+                !(overlay
+                    && c.is_none()
+                    && svc.is_some()
+                    && addrs.is_none()
+                    && t.desired == DesiredState::Running)
             })
             .partition(|(t, ..)| t.desired != DesiredState::Running);
-        let run = |(t, rev, c, svc): (Task, TaskRevs, Option<Container>, Option<ServiceDoc>)| async move {
-            self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref()).await
+        let run = |(t, rev, c, svc, addrs): (
+            Task,
+            TaskRevs,
+            Option<Container>,
+            Option<ServiceDoc>,
+            Option<Addresses>,
+        )| async move {
+            self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref(), addrs)
+                .await
         };
         let all_stops = stops.len().max(1);
         let mut results = futures::stream::select(
@@ -320,7 +385,66 @@ impl<S: Store> Agent<S> {
             self.flush(reports).await?;
         }
         self.prune_networks(&services).await;
+        if self.overlay.is_some() {
+            self.sync_overlay(&nets).await;
+        }
         Ok(did)
+    }
+
+    /// Tells each local stack network which of its containers run elsewhere, when that
+    /// changed: their forwarding, neighbour and DNS entries follow the leader's documents, so
+    /// after a partition heals they are exactly those of the tasks that hold addresses.
+    async fn sync_overlay(&self, nets: &BTreeMap<String, NetworkDoc>) {
+        let (Some(conf), Some(net)) = (self.overlay, &self.net) else {
+            return;
+        };
+        let Some(local) = dcpp_control::overlay::underlay_of(&self.me.address) else {
+            return;
+        };
+        let Ok(list) = net.list() else { return };
+        let me = self.me.id;
+        let mut changes = Vec::new();
+        {
+            let last = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            for n in list.iter().filter(|n| n.stack.is_some()) {
+                let want = nets.get(&n.name).map(|d| Overlay {
+                    vni: d.vni,
+                    local,
+                    port: conf.port,
+                    endpoints: d
+                        .endpoints
+                        .values()
+                        .filter(|e| e.node != me)
+                        .filter_map(|e| {
+                            Some(RemoteEndpoint {
+                                ip: e.ip,
+                                underlay: e.underlay?,
+                                name: e.name.clone(),
+                                service: Some(e.service.clone()),
+                                aliases: e.aliases.clone(),
+                                serving: e.serving,
+                            })
+                        })
+                        .collect(),
+                });
+                if last.get(&n.name) != Some(&want) {
+                    changes.push((n.name.clone(), want));
+                }
+            }
+        }
+        for (name, want) in changes {
+            let (n, w) = (name.clone(), want.clone());
+            match self.net_blocking(move |net| net.set_remote(&n, w)).await {
+                Some(Ok(_)) => {
+                    self.remote
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name, want);
+                }
+                Some(Err(e)) => tracing::warn!(network = %name, "overlay: {e}"),
+                None => {}
+            }
+        }
     }
 
     /// Watches the directories of the live containers for their exit records.
@@ -369,6 +493,7 @@ impl<S: Store> Agent<S> {
         rev: TaskRevs,
         c: Option<&Container>,
         svc: Option<&ServiceDoc>,
+        addrs: Option<Addresses>,
     ) -> Option<Report> {
         let view = c.map(|c| c.status);
         let policy = svc.and_then(|d| d.service.pull_policy.as_deref());
@@ -399,7 +524,7 @@ impl<S: Store> Agent<S> {
         });
         let step = next_step(t, view, svc.is_some(), image.as_ref(), adopted);
         tracing::trace!(task = %t.id, ?step, "step");
-        self.execute(t, rev, c, svc, local, step).await
+        self.execute(t, rev, c, svc, (local, addrs), step).await
     }
 
     /// Carries out one [`Step`] for task `t` and returns the report to write, if any.
@@ -409,7 +534,7 @@ impl<S: Store> Agent<S> {
         rev: TaskRevs,
         c: Option<&Container>,
         svc: Option<&ServiceDoc>,
-        img: Option<Image>,
+        (img, addrs): (Option<Image>, Option<Addresses>),
         step: Step,
     ) -> Option<Report> {
         match (step, c, svc, img) {
@@ -445,7 +570,7 @@ impl<S: Store> Agent<S> {
                 Some(rep)
             }
             (Step::CreateAndStart, _, Some(s), Some(img)) => {
-                let r = match self.create_and_start(t, s, img).await {
+                let r = match self.create_and_start(t, s, img, addrs).await {
                     Ok(id) => TaskReport {
                         state: Some(TaskState::Running),
                         container_id: Some(id),
@@ -726,13 +851,25 @@ impl<S: Store> Agent<S> {
         t: &Task,
         doc: &ServiceDoc,
         img: Image,
+        addrs: Option<Addresses>,
     ) -> Result<String, Error> {
         let ctr = self.ctr.clone();
         let net = self.net.clone();
         let images = self.images.clone();
         let (t, doc) = (t.clone(), doc.clone());
+        let overlay = self
+            .overlay
+            .map(|o| (addrs.unwrap_or_default(), o.underlay_mtu - VXLAN_OVERHEAD));
         let (id, used_net) = tokio::task::spawn_blocking(move || {
-            start_container(&*ctr, net.as_deref(), &*images, &t, &doc, &img)
+            start_container(
+                &*ctr,
+                net.as_deref(),
+                &*images,
+                &t,
+                &doc,
+                &img,
+                overlay.as_ref(),
+            )
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
@@ -943,6 +1080,7 @@ fn start_container(
     t: &Task,
     doc: &ServiceDoc,
     img: &Image,
+    overlay: Option<&(Addresses, u32)>,
 ) -> Result<(String, bool), Error> {
     let t0 = Instant::now();
     let name = container_name(t);
@@ -970,7 +1108,7 @@ fn start_container(
     {
         used_net = true;
         let own = resolv_settings(&o)?;
-        let nets = plan_networks(net, doc, &name, &own.nameservers)?;
+        let nets = plan_networks(net, doc, &name, &own.nameservers, overlay)?;
         let resolv = net
             .resolv_conf(&name, &nets, &own)
             .map_err(|e| Error::Runtime(e.to_string()))?;
@@ -1039,6 +1177,7 @@ fn plan_networks(
     doc: &ServiceDoc,
     name: &str,
     dns: &[std::net::IpAddr],
+    overlay: Option<&(Addresses, u32)>,
 ) -> Result<Vec<String>, Error> {
     let svc = &doc.service;
     let stack = &doc.spec.stack;
@@ -1057,9 +1196,20 @@ fn plan_networks(
     let mut names = Vec::new();
     for k in &keys {
         let full = format!("{stack}_{k}");
-        if !existing.contains(&full) {
-            net.ensure(&full, stack)
-                .map_err(|e| Error::Runtime(e.to_string()))?;
+        let addr = overlay.and_then(|(a, _)| a.get(&full));
+        match (overlay, addr) {
+            (Some((_, mtu)), Some((_, subnet))) => net
+                .ensure_overlay(&full, stack, subnet, *mtu)
+                .map_err(|e| Error::Runtime(e.to_string()))?,
+            (Some(_), None) => {
+                return Err(Error::Runtime(format!(
+                    "network {full} has no address for this task yet"
+                )));
+            }
+            (None, _) if !existing.contains(&full) => net
+                .ensure(&full, stack)
+                .map_err(|e| Error::Runtime(e.to_string()))?,
+            (None, _) => {}
         }
         let aliases = svc
             .networks
@@ -1070,7 +1220,7 @@ fn plan_networks(
         planned.push(PlannedNetwork {
             network: full.clone(),
             aliases,
-            ..Default::default()
+            ipv4_address: addr.map(|(ip, _)| *ip),
         });
         names.push(full);
     }

@@ -17,7 +17,8 @@ use dcpp_runtime::container::{
 use dcpp_runtime::image::registry::{ProgressFn, RegistryClient, RegistryOptions};
 use dcpp_runtime::image::{Digest, ImageError, ImageStore, LocalImage};
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, NetworkConfig, NetworkInfo, NetworkManager, ResolvSettings,
+    ContainerNetworks, ContainerPlan, Ipv4Net, NetworkConfig, NetworkInfo, NetworkManager, Overlay,
+    ResolvSettings,
 };
 
 use crate::Error;
@@ -110,6 +111,23 @@ pub trait Networks: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<Network>, HostError>;
     /// Creates a network for `stack` unless one of that name exists.
     fn ensure(&self, name: &str, stack: &str) -> Result<(), HostError>;
+    /// Creates a network for `stack` on the cluster-wide `subnet` with interfaces of `mtu`,
+    /// unless it exists with that subnet; one left with another subnet and no containers is
+    /// made again.
+    fn ensure_overlay(
+        &self,
+        name: &str,
+        stack: &str,
+        _subnet: &str,
+        _mtu: u32,
+    ) -> Result<(), HostError> {
+        self.ensure(name, stack)
+    }
+    /// Makes network `name` reach exactly these containers on other nodes (see
+    /// [`NetworkManager::set_remote`]); returns whether anything changed.
+    fn set_remote(&self, _name: &str, _overlay: Option<Overlay>) -> Result<bool, HostError> {
+        Ok(false)
+    }
     /// Records what container `name` joins when it starts.
     fn plan(&self, name: &str, plan: ContainerPlan);
     /// Writes the resolv.conf of container `name` on `networks`, with the container's own
@@ -357,6 +375,46 @@ impl Networks for LocalNetworks {
             Err(e) if e.to_string().contains("exists") => Ok(()),
             Err(e) => Err(HostError::of(e)),
         }
+    }
+    fn ensure_overlay(
+        &self,
+        name: &str,
+        stack: &str,
+        subnet: &str,
+        mtu: u32,
+    ) -> Result<(), HostError> {
+        let want: Ipv4Net = subnet
+            .parse()
+            .map_err(|e: dcpp_runtime::network::ParseNetError| HostError(e.0))?;
+        if let Ok(info) = self.manager.inspect(name) {
+            if info.network.subnet == want {
+                return Ok(());
+            }
+            if !info.endpoints.is_empty() {
+                return Err(HostError(format!(
+                    "network {name} has subnet {} here, but {want} in the cluster, and still has containers",
+                    info.network.subnet
+                )));
+            }
+            self.manager.remove_network(name).map_err(HostError::of)?;
+        }
+        let mut cfg = NetworkConfig {
+            subnet: Some(want),
+            mtu: Some(mtu),
+            ..Default::default()
+        };
+        cfg.labels
+            .insert(crate::agent::NETWORK_STACK_LABEL.into(), stack.to_string());
+        match self.manager.create_network(name, cfg) {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("exists") => Ok(()),
+            Err(e) => Err(HostError::of(e)),
+        }
+    }
+    fn set_remote(&self, name: &str, overlay: Option<Overlay>) -> Result<bool, HostError> {
+        self.manager
+            .set_remote(name, overlay)
+            .map_err(HostError::of)
     }
     fn plan(&self, name: &str, plan: ContainerPlan) {
         self.hook.plan(name, plan);

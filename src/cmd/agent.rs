@@ -80,21 +80,56 @@ pub fn start_agent(
         insecure_registries: a.insecure_registries.clone(),
         ..Default::default()
     };
-    let agent = Arc::new(
-        Agent::new(
-            node.clone(),
-            ctr.clone(),
-            data_dir.join("images"),
-            Some(Networking {
-                manager: net.clone(),
-                hook,
-            }),
-        )
-        .with_registry(registry)
-        .with_heartbeat(a.heartbeat),
-    );
+    let overlay = a
+        .overlay
+        .enabled(node.advertise())
+        .then(|| {
+            dcpp_control::overlay::Pool::parse(
+                a.network_pool
+                    .as_deref()
+                    .unwrap_or(dcpp_runtime::network::DEFAULT_POOL),
+                24,
+            )
+        })
+        .transpose()
+        .context("--network-pool")?;
+    if overlay.is_some() && dcpp_control::overlay::underlay_of(node.advertise()).is_none() {
+        anyhow::bail!(
+            "--overlay on needs an IPv4 advertise address (the VXLAN underlay), not {}",
+            node.advertise()
+        );
+    }
+    if overlay.is_some() && a.underlay_mtu < 576 + dcpp_runtime::network::VXLAN_OVERHEAD {
+        anyhow::bail!("--underlay-mtu {} is too small", a.underlay_mtu);
+    }
+    let mut agent = Agent::new(
+        node.clone(),
+        ctr.clone(),
+        data_dir.join("images"),
+        Some(Networking {
+            manager: net.clone(),
+            hook,
+        }),
+    )
+    .with_registry(registry)
+    .with_heartbeat(a.heartbeat);
+    if overlay.is_some() {
+        tracing::info!(
+            port = a.vxlan_port,
+            "stack networks span the nodes (overlay)"
+        );
+        agent = agent.with_overlay(dcpp_node_agent::agent::OverlayConf {
+            port: a.vxlan_port,
+            underlay_mtu: a.underlay_mtu,
+        });
+    }
+    let agent = Arc::new(agent);
     let tasks = vec![
-        tokio::spawn(dcpp_control::leader::run(node.clone(), stop.clone())),
+        tokio::spawn(dcpp_control::leader::run(
+            node.clone(),
+            overlay,
+            stop.clone(),
+        )),
         tokio::spawn(agent.clone().run(stop.clone())),
     ];
     Ok(Running {

@@ -111,6 +111,37 @@ pub struct AgentArgs {
     /// interval.
     #[arg(long, default_value = "1s", value_parser = crate::cmd::duration::parse)]
     pub heartbeat: std::time::Duration,
+    /// Stack networks span the nodes (VXLAN overlay, cluster-wide addresses and names).
+    /// `auto`: when the advertise address is not a loopback one (nodes that share one
+    /// machine's network cannot carry an overlay between them).
+    #[arg(long, value_enum, default_value_t = OverlayMode::Auto)]
+    pub overlay: OverlayMode,
+    /// UDP port of the overlay's VXLAN traffic (the same on every node).
+    #[arg(long, default_value_t = 4789)]
+    pub vxlan_port: u16,
+    /// MTU of the underlay network; overlay interfaces get 50 bytes less.
+    #[arg(long, default_value_t = 1500)]
+    pub underlay_mtu: u32,
+}
+
+/// Whether stack networks span nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverlayMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl OverlayMode {
+    /// Whether a node advertised at `advertise` (`host:port`) joins the overlay.
+    pub fn enabled(self, advertise: &str) -> bool {
+        match self {
+            OverlayMode::On => true,
+            OverlayMode::Off => false,
+            OverlayMode::Auto => dcpp_control::overlay::underlay_of(advertise)
+                .is_some_and(|ip| !ip.is_loopback() && !ip.is_unspecified()),
+        }
+    }
 }
 
 pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {

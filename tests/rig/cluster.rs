@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::netns::Underlay;
 use super::{Rig, stderr, stdout};
 
 /// How a node after the first joins.
@@ -20,6 +21,9 @@ pub struct Cluster {
     pub nodes: Vec<Rig>,
     /// Node names, by index: `a`, `b`, `c`, …
     pub names: Vec<String>,
+    /// The test hosts' network, when each node runs in a namespace of its own
+    /// ([`Cluster::form_in_netns`]); dropped after the nodes.
+    pub underlay: Option<Underlay>,
 }
 
 impl Cluster {
@@ -32,19 +36,39 @@ impl Cluster {
 
     /// [`Cluster::form`] with extra `dcpp daemon` flags on every node.
     pub fn form_with(tag: &str, joins: &[Join], extra: &[&str]) -> Cluster {
+        Cluster::form_on(tag, joins, extra, None)
+    }
+
+    /// [`Cluster::form_with`] with each node in a network namespace of its own on an
+    /// underlay of the test's, as separate machines would be: stack networks span them.
+    pub fn form_in_netns(tag: &str, joins: &[Join], extra: &[&str]) -> Cluster {
+        let u = Underlay::new(&format!("{tag}u"), joins.len() + 1);
+        Cluster::form_on(tag, joins, extra, Some(u))
+    }
+
+    fn form_on(tag: &str, joins: &[Join], extra: &[&str], underlay: Option<Underlay>) -> Cluster {
         let names: Vec<String> = (0..=joins.len())
             .map(|i| char::from(b'a' + i as u8).to_string())
             .collect();
         let nodes = names
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
                 let mut r = Rig::unstarted(&format!("{tag}{n}"));
                 r.extra = extra.iter().map(|s| s.to_string()).collect();
+                if let Some(u) = &underlay {
+                    r.wrapper = u.wrapper(i);
+                    r.listen = format!("{}:7377", u.addrs[i]);
+                }
                 r.start_daemon();
                 r
             })
             .collect();
-        let cl = Cluster { nodes, names };
+        let cl = Cluster {
+            nodes,
+            names,
+            underlay,
+        };
         let init = cl.ok(0, &["cluster", "init"]);
         let addr = init
             .lines()

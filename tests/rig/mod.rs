@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::slot::Slot;
 
 pub mod cluster;
+pub mod netns;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
 pub const IMAGE: &str = "dcpp.local/busybox:e2e";

@@ -61,6 +61,7 @@ impl DnsTable {
             if !state.withdrawn.contains(&e.container_id) {
                 if let Some(s) = &e.service {
                     names.insert(s.to_ascii_lowercase());
+                    names.insert(format!("tasks.{}", s.to_ascii_lowercase()));
                 }
                 names.extend(e.aliases.iter().map(|a| a.to_ascii_lowercase()));
             }
@@ -76,6 +77,28 @@ impl DnsTable {
                 .entry(e.container_id.clone())
                 .or_default()
                 .push(e.network.clone());
+        }
+        // Containers on other nodes answer by the same rules; they are never clients here.
+        for (network, r) in &state.remote {
+            for e in &r.endpoints {
+                let mut names = BTreeSet::new();
+                names.insert(e.name.to_ascii_lowercase());
+                if e.serving {
+                    if let Some(s) = &e.service {
+                        names.insert(s.to_ascii_lowercase());
+                        names.insert(format!("tasks.{}", s.to_ascii_lowercase()));
+                    }
+                    names.extend(e.aliases.iter().map(|a| a.to_ascii_lowercase()));
+                }
+                t.by_network
+                    .entry(network.clone())
+                    .or_default()
+                    .push(Record {
+                        container_id: String::new(),
+                        ip: e.ip,
+                        names,
+                    });
+            }
         }
         t.upstreams_of = state.upstreams.clone();
         t

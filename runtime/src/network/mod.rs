@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 pub use dns::{DnsTable, parse_resolv_conf};
 pub use hook::{ContainerNetworks, ContainerPlan, PlannedNetwork};
 pub use ipam::{Ipv4Net, ParseNetError};
-pub use state::{Endpoint, NetworkRecord, PortBinding, Protocol};
+pub use state::{Endpoint, NetworkRecord, PortBinding, Protocol, RemoteEndpoint};
 
 /// The default address pool: `10.210.0.0/16`, cut into /24 networks. It lies outside docker's
 /// (172.17.0.0/12, 192.168.0.0/16) and podman's (10.88.0.0/16, 10.89.0.0/16) defaults, and the
@@ -281,7 +281,26 @@ pub struct NetworkConfig {
     pub internal: bool,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// MTU of the containers' interfaces (see [`NetworkRecord::mtu`]).
+    pub mtu: Option<u32>,
 }
+
+/// A network's containers on other nodes, as [`NetworkManager::set_remote`] takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// This node's underlay address.
+    pub local: Ipv4Addr,
+    /// UDP port of the overlay.
+    pub port: u16,
+    /// The remote containers.
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// The VXLAN overhead (outer Ethernet, IP, UDP and VXLAN headers) an overlay network's MTU
+/// leaves room for.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// A request to give a container an interface on a network.
 #[derive(Debug, Clone, Default)]
@@ -427,6 +446,7 @@ enum LinkKind {
     Bridge,
     Veth,
     Peer,
+    Vxlan,
 }
 
 fn now_secs() -> u64 {
@@ -499,9 +519,22 @@ impl NetworkManager {
             Some(LinkKind::Veth)
         } else if rest.strip_prefix('p').is_some_and(hex8) {
             Some(LinkKind::Peer)
+        } else if rest
+            .strip_prefix('x')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(LinkKind::Vxlan)
         } else {
             None
         }
+    }
+
+    /// The VXLAN device of the network on `bridge` (`<prefix>x<n>` for bridge `<prefix><n>`).
+    fn vxlan_of(&self, bridge: &str) -> String {
+        let n = bridge
+            .strip_prefix(&self.opts.bridge_prefix)
+            .unwrap_or(bridge);
+        format!("{}x{n}", self.opts.bridge_prefix)
     }
 
     /// Runs `f` on the freshly loaded state under the inter-process lock and saves the result.
@@ -581,11 +614,19 @@ impl NetworkManager {
                 .iter()
                 .map(|e| e.host_ifname.as_str())
                 .collect();
+            // A VXLAN device is remade with its entries below, from the state.
+            let vxlans: BTreeSet<String> = st
+                .networks
+                .values()
+                .filter(|n| st.remote.contains_key(&n.name))
+                .map(|n| self.vxlan_of(&n.bridge))
+                .collect();
             for l in &links {
                 let stale = match self.link_kind(&l.name) {
                     Some(LinkKind::Bridge) => !bridges.contains(l.name.as_str()),
                     Some(LinkKind::Veth) => !veths.contains(l.name.as_str()),
                     Some(LinkKind::Peer) => true,
+                    Some(LinkKind::Vxlan) => !vxlans.contains(&l.name),
                     None => false,
                 };
                 if stale {
@@ -610,6 +651,11 @@ impl NetworkManager {
                     report.recreated_bridges.push(n.bridge.clone());
                 }
                 netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len(), !n.internal)?;
+            }
+            st.remote.retain(|name, _| st.networks.contains_key(name));
+            for (name, r) in &st.remote {
+                let n = &st.networks[name];
+                self.program_remote(n, r, &[])?;
             }
             self.release_unused_ports(st);
             self.apply_nft(st)?;
@@ -671,6 +717,7 @@ impl NetworkManager {
                 internal: cfg.internal,
                 labels: cfg.labels,
                 created: now_secs(),
+                mtu: cfg.mtu,
             };
             netlink::ensure_bridge(&rec.bridge, rec.gateway, subnet.prefix_len(), !rec.internal)?;
             st.networks.insert(name.to_owned(), rec.clone());
@@ -705,7 +752,9 @@ impl NetworkManager {
                 });
             }
             st.networks.remove(name);
+            st.remote.remove(name);
             self.apply_nft(st)?;
+            netlink::delete_link(&self.vxlan_of(&n.bridge))?;
             netlink::delete_link(&n.bridge)?;
             tracing::info!(network = name, "network removed");
             Ok(())
@@ -836,6 +885,7 @@ impl NetworkManager {
                 ip,
                 prefix: net.subnet.prefix_len(),
                 default_gw,
+                mtu: net.mtu,
             };
             let ns = ns.try_clone().map_err(|e| Error::Io { what: "duplicating the netns fd".into(), source: e })?;
             let res = netlink::attach_veth(ns, plan.clone())?;
@@ -1125,6 +1175,83 @@ impl NetworkManager {
         })
     }
 
+    /// Makes network `name` reach its containers on other nodes, exactly `overlay`'s (`None`:
+    /// none): the VXLAN device exists while there is one, its forwarding and neighbour entries
+    /// are those containers' (entries of containers gone are removed), and the resolver answers
+    /// their names. Returns whether anything changed.
+    pub fn set_remote(&self, name: &str, overlay: Option<Overlay>) -> Result<bool, Error> {
+        self.with_state(|st| {
+            let net = st
+                .networks
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            let want = overlay
+                .filter(|o| !o.endpoints.is_empty())
+                .map(|o| state::RemoteNet {
+                    vni: o.vni,
+                    local: o.local,
+                    port: o.port,
+                    endpoints: o.endpoints,
+                });
+            let had = st.remote.get(name).cloned();
+            if want == had {
+                return Ok(false);
+            }
+            match (&want, &had) {
+                (None, _) => {
+                    netlink::delete_link(&self.vxlan_of(&net.bridge))?;
+                    st.remote.remove(name);
+                }
+                (Some(w), Some(h)) if (w.vni, w.local, w.port) == (h.vni, h.local, h.port) => {
+                    let old = h.endpoints.clone();
+                    st.remote.insert(name.to_owned(), w.clone());
+                    self.program_remote(&net, w, &old)?;
+                }
+                (Some(w), _) => {
+                    // A device with other parameters cannot be changed in place.
+                    netlink::delete_link(&self.vxlan_of(&net.bridge))?;
+                    st.remote.insert(name.to_owned(), w.clone());
+                    self.program_remote(&net, w, &[])?;
+                }
+            }
+            tracing::debug!(
+                network = name,
+                remote = st.remote.get(name).map_or(0, |r| r.endpoints.len()),
+                "overlay programmed"
+            );
+            Ok(true)
+        })
+    }
+
+    /// Creates the VXLAN device of `net` if needed and moves its entries from `old`'s to `r`'s.
+    fn program_remote(
+        &self,
+        net: &NetworkRecord,
+        r: &state::RemoteNet,
+        old: &[RemoteEndpoint],
+    ) -> Result<(), Error> {
+        let dev = self.vxlan_of(&net.bridge);
+        netlink::ensure_vxlan(netlink::VxlanPlan {
+            name: dev.clone(),
+            bridge: net.bridge.clone(),
+            vni: r.vni,
+            local: r.local,
+            port: r.port,
+            mtu: net.mtu.unwrap_or(1500 - VXLAN_OVERHEAD),
+        })?;
+        let entry = |e: &RemoteEndpoint| netlink::OverlayEntry {
+            ip: e.ip,
+            underlay: e.underlay,
+        };
+        let new: BTreeSet<netlink::OverlayEntry> = r.endpoints.iter().map(entry).collect();
+        let was: BTreeSet<netlink::OverlayEntry> = old.iter().map(entry).collect();
+        let add: Vec<_> = new.difference(&was).copied().collect();
+        let del: Vec<_> = was.difference(&new).copied().collect();
+        // An address that moved to another node is re-added (replace) after its old entry goes.
+        netlink::program_overlay(&dev, add, del)
+    }
+
     /// The resolv.conf a container on `networks` should get: the resolver on the gateway of the
     /// first network when DNS runs, else the host's non-loopback nameservers.
     pub fn resolv_conf(&self, networks: &[&str]) -> Result<String, Error> {
@@ -1235,7 +1362,11 @@ impl NetworkManager {
             st.withdrawn.clear();
             st.upstreams.clear();
             self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            st.remote.clear();
             for (_, n) in std::mem::take(&mut st.networks) {
+                if let Err(err) = netlink::delete_link(&self.vxlan_of(&n.bridge)) {
+                    first_err.get_or_insert(err);
+                }
                 if let Err(err) = netlink::delete_link(&n.bridge) {
                     first_err.get_or_insert(err);
                 }
@@ -1323,7 +1454,11 @@ mod tests {
         assert!(matches!(m.link_kind("dt0"), Some(LinkKind::Bridge)));
         assert!(matches!(m.link_kind("dtv0123abcd"), Some(LinkKind::Veth)));
         assert!(matches!(m.link_kind("dtp0123abcd"), Some(LinkKind::Peer)));
-        assert!(m.link_kind("dtx0").is_none());
+        // A network's VXLAN device carries its bridge's number.
+        assert!(matches!(m.link_kind("dtx0"), Some(LinkKind::Vxlan)));
+        assert_eq!(m.vxlan_of("dt12"), "dtx12");
+        assert!(m.link_kind("dtx").is_none());
+        assert!(m.link_kind("dty0").is_none());
         assert!(m.link_kind("dt").is_none());
         assert!(m.link_kind("eth0").is_none());
     }

@@ -13,10 +13,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
 use super::Error;
@@ -268,6 +272,8 @@ pub struct VethPlan {
     /// Default route via this address, unless the network is internal or the container already
     /// has a default route through an earlier network.
     pub default_gw: Option<Ipv4Addr>,
+    /// MTU of both ends (the kernel's default when unset).
+    pub mtu: Option<u32>,
 }
 
 /// What came out of [`attach_veth`].
@@ -304,16 +310,20 @@ pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
         // The MAC follows the address (as docker's 02:42:…), so a replica that gets the address
         // of one just stopped is reached by its peers without waiting for their ARP entries
         // to expire.
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(ifname.clone())
             .address(mac_of(p.ip).to_vec())
-            .setns_by_fd(fd)
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .setns_by_fd(fd);
+        let mut host_end = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(p.host_ifname.clone())
             .controller(bridge.index)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .up();
+        if let Some(mtu) = p.mtu {
+            peer = peer.mtu(mtu);
+            host_end = host_end.mtu(mtu);
+        }
+        let msg = host_end
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         host.link()
             .add(msg)
@@ -371,4 +381,132 @@ pub fn attach_veth(netns: File, plan: VethPlan) -> Result<VethResult, Error> {
         let _ = delete_link(&plan.host_ifname);
     }
     res
+}
+
+/// One forwarding-plus-neighbour entry of a VXLAN device: the container at `ip` (whose MAC
+/// follows its address, see [`mac_of`]) sits behind the node at `underlay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OverlayEntry {
+    pub ip: Ipv4Addr,
+    pub underlay: Ipv4Addr,
+}
+
+/// What [`ensure_vxlan`] makes.
+#[derive(Debug, Clone)]
+pub struct VxlanPlan {
+    pub name: String,
+    pub bridge: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// Creates (or adopts) the VXLAN device of a network and plugs it into the network's bridge:
+/// no learning and no multicast group, so the kernel never floods to find a container; it
+/// answers ARP itself from the neighbour entries ([`program_overlay`]) instead (`proxy`).
+pub fn ensure_vxlan(plan: VxlanPlan) -> Result<(), Error> {
+    run(None, move |h, _| async move {
+        let bridge = link_by_name(&h, &plan.bridge)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("bridge {}", plan.bridge),
+                msg: "does not exist".into(),
+            })?;
+        if link_by_name(&h, &plan.name).await?.is_none() {
+            let msg = LinkVxlan::new(&plan.name, plan.vni)
+                .local(plan.local)
+                .port(plan.port)
+                .learning(false)
+                .proxy(true)
+                .ttl(64)
+                .mtu(plan.mtu)
+                .controller(bridge.index)
+                .up()
+                .build();
+            if let Err(e) = h.link().add(msg).execute().await
+                && errno_of(&e) != Some(EEXIST)
+            {
+                return Err(nl_err(format!(
+                    "creating VXLAN {} (vni {}, local {}, port {})",
+                    plan.name, plan.vni, plan.local, plan.port
+                ))(e));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Adds `add` to and removes `del` from the VXLAN device `dev`: for each container, a
+/// forwarding entry (its MAC to its node) and a neighbour entry (its address to its MAC), both
+/// permanent. A missing entry on removal is not an error.
+pub fn program_overlay(
+    dev: &str,
+    add: Vec<OverlayEntry>,
+    del: Vec<OverlayEntry>,
+) -> Result<(), Error> {
+    let dev = dev.to_owned();
+    run(None, move |h, _| async move {
+        let link = link_by_name(&h, &dev)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("VXLAN {dev}"),
+                msg: "does not exist".into(),
+            })?;
+        for e in &del {
+            let mac = mac_of(e.ip);
+            let mut fdb = NeighbourMessage::default();
+            fdb.header.family = AddressFamily::Bridge;
+            fdb.header.ifindex = link.index;
+            fdb.header.flags = NeighbourFlags::Own;
+            fdb.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            fdb.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    e.underlay,
+                )));
+            let mut arp = NeighbourMessage::default();
+            arp.header.family = AddressFamily::Inet;
+            arp.header.ifindex = link.index;
+            arp.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    e.ip,
+                )));
+            for (what, m) in [("forwarding", fdb), ("neighbour", arp)] {
+                if let Err(err) = h.neighbours().del(m).execute().await
+                    && !matches!(errno_of(&err), Some(libc::ENOENT) | Some(libc::ESRCH))
+                {
+                    return Err(nl_err(format!(
+                        "removing the {what} entry of {} on {dev}",
+                        e.ip
+                    ))(err));
+                }
+            }
+        }
+        for e in &add {
+            let mac = mac_of(e.ip);
+            h.neighbours()
+                .add_bridge(link.index, &mac)
+                .flags(NeighbourFlags::Own)
+                .destination(IpAddr::V4(e.underlay))
+                .replace()
+                .execute()
+                .await
+                .map_err(nl_err(format!(
+                    "adding the forwarding entry of {} via {} on {dev}",
+                    e.ip, e.underlay
+                )))?;
+            h.neighbours()
+                .add(link.index, IpAddr::V4(e.ip))
+                .link_layer_address(&mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl_err(format!(
+                    "adding the neighbour entry of {} on {dev}",
+                    e.ip
+                )))?;
+        }
+        Ok(())
+    })
 }

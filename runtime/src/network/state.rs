@@ -37,6 +37,42 @@ pub struct NetworkRecord {
     pub labels: BTreeMap<String, String>,
     /// Unix seconds.
     pub created: u64,
+    /// MTU of the containers' interfaces, lower than the host's when the network may span
+    /// nodes (a VXLAN frame carries 50 bytes of headers); the kernel's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// The containers of a network that run on other nodes, reached through the network's VXLAN
+/// device: what the overlay's forwarding and neighbour entries and the resolver hold for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteNet {
+    /// VXLAN network identifier, the same on every node.
+    pub vni: u32,
+    /// This node's underlay address (the source of its VXLAN packets).
+    pub local: Ipv4Addr,
+    /// UDP port of the overlay.
+    pub port: u16,
+    /// The remote containers, by address.
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// One container on another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    /// Its address on the network.
+    pub ip: Ipv4Addr,
+    /// The underlay address of its node.
+    pub underlay: Ipv4Addr,
+    /// Container name (resolvable).
+    pub name: String,
+    /// Compose service: the name resolves to it while it serves.
+    pub service: Option<String>,
+    /// Extra names on this network, while it serves.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Running (and healthy, when it has a healthcheck) and not being stopped.
+    pub serving: bool,
 }
 
 /// One container's interface on one network.
@@ -153,6 +189,9 @@ pub struct State {
     /// their stack names itself and forwards their other queries there, not to the host's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// Networks that span nodes, by name: their containers elsewhere, as last programmed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote: BTreeMap<String, RemoteNet>,
 }
 
 /// The state directory of one instance.

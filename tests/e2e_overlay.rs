@@ -1,0 +1,218 @@
+//! One network across nodes, end to end through the real binary: each node's daemon runs in a
+//! network namespace of its own (a test host), the hosts joined by an underlay bridge the test
+//! owns. Stack networks span the nodes over VXLAN: cluster-wide subnets and addresses from the
+//! leader, forwarding and neighbour entries programmed from the store (no flooding, no
+//! learning), and names that resolve on every node to the replicas anywhere.
+
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
+
+use std::collections::BTreeSet;
+
+use rig::cluster::{Cluster, Join};
+use rig::*;
+use serde_json::Value;
+
+/// The running task containers of `service` as `node`'s runtime lists them: (id, name).
+fn local_containers(n: &Rig, service: &str) -> Vec<(String, String)> {
+    let out = n.dcpp(&["container", "ls", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter()
+        .filter(|c| {
+            c["status"] == "running" && c["labels"]["org.dcpp.service"].as_str() == Some(service)
+        })
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `cmd` in container `id` on node `n`. (busybox's `wget -T` crashes: bound it with
+/// `timeout` instead.)
+fn exec(n: &Rig, id: &str, cmd: &[&str]) -> (bool, String) {
+    let mut a = vec!["container", "exec", id];
+    a.extend_from_slice(cmd);
+    let out = n.dcpp(&a);
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+/// Addresses `name` resolves to from inside container `id` on node `n`.
+fn resolve(n: &Rig, id: &str, name: &str) -> BTreeSet<String> {
+    let (_, out) = exec(n, id, &["nslookup", name]);
+    // busybox nslookup: the server's lines first, then "Name: …" / "Address: …" pairs.
+    out.split_once(&format!("Name:\t{name}"))
+        .or_else(|| out.split_once("Name:"))
+        .map(|(_, rest)| {
+            rest.lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .filter_map(|a| a.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn compose(web_replicas: u32, web_node: u64, client_node: u64) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    deploy:
+      replicas: {web_replicas}
+      placement:
+        constraints: ["node.id=={web_node}"]
+  client:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    deploy:
+      placement:
+        constraints: ["node.id=={client_node}"]
+"#
+    )
+}
+
+/// FDB and neighbour entries of the VXLAN devices in host `i`: (kind, line) of each
+/// permanent entry a test can compare with the store.
+fn overlay_entries(cl: &Cluster, i: usize) -> (BTreeSet<String>, BTreeSet<String>) {
+    let u = cl.underlay.as_ref().unwrap();
+    let prefix = &cl.nodes[i].prefix;
+    let (_, links) = u.run(i, &["ip", "-o", "link", "show", "type", "vxlan"]);
+    let mut fdb = BTreeSet::new();
+    let mut neigh = BTreeSet::new();
+    for l in links.lines() {
+        let Some(dev) = l
+            .split(": ")
+            .nth(1)
+            .map(|d| d.split('@').next().unwrap_or(d))
+        else {
+            continue;
+        };
+        if !dev.starts_with(prefix.as_str()) {
+            continue;
+        }
+        let (_, f) = u.run(i, &["bridge", "fdb", "show", "dev", dev]);
+        for e in f.lines().filter(|e| e.contains(" dst ")) {
+            // "02:42:0a:…  dst 10.x.250.2 self permanent"
+            let mut w = e.split_whitespace();
+            let mac = w.next().unwrap_or_default().to_string();
+            let dst = e
+                .split(" dst ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next());
+            fdb.insert(format!("{mac} {}", dst.unwrap_or_default()));
+        }
+        let (_, n) = u.run(i, &["ip", "neigh", "show", "dev", dev]);
+        for e in n.lines().filter(|e| e.contains("PERMANENT")) {
+            neigh.insert(e.split_whitespace().next().unwrap_or_default().to_string());
+        }
+    }
+    (fdb, neigh)
+}
+
+#[test]
+fn a_service_on_one_node_answers_by_name_on_another_and_entries_follow_the_replicas() {
+    let cl = Cluster::form_in_netns("ov", &[Join::Worker], &["--overlay", "on"]);
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    let file = a.write("compose.yml", &compose(1, a.id, b.id));
+    let out = cl.ok(0, &["apply", "-f", &file, "-p", "ov", "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    let web = local_containers(a, "web");
+    let client = local_containers(b, "client");
+    assert_eq!((web.len(), client.len()), (1, 1), "{}", cl.logs());
+    let client_id = &client[0].0;
+
+    // The client on node b reaches web on node a by its service name.
+    let mut fetched = String::new();
+    cl.wait_until("web answers the client on the other node", 20, || {
+        let (ok, out) = exec(
+            b,
+            client_id,
+            &["timeout", "3", "wget", "-qO-", "http://web/"],
+        );
+        fetched = out;
+        ok
+    });
+    assert_eq!(fetched, "hello from dcpp\n");
+    let web_ips = resolve(b, client_id, "web");
+    assert_eq!(web_ips.len(), 1, "{web_ips:?}");
+    assert_eq!(resolve(b, client_id, "tasks.web"), web_ips);
+    let web_ip = web_ips.iter().next().unwrap().clone();
+    // Cluster-wide addresses: the client's differs from web's, in the same subnet.
+    let (_, ifc) = exec(b, client_id, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(ifc.contains("mtu") || !ifc.is_empty(), "{ifc}");
+    let client_ip = ifc
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|c| c.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(client_ip, web_ip);
+    assert_eq!(
+        client_ip.rsplit_once('.').map(|x| x.0),
+        web_ip.rsplit_once('.').map(|x| x.0),
+        "one subnet across the nodes"
+    );
+    let (_, mtu) = exec(b, client_id, &["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1450", "room for the VXLAN headers");
+
+    // Node b's VXLAN device holds exactly web's entry (its MAC follows its address), node a's
+    // exactly the client's.
+    let mac = |ip: &str| {
+        let o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
+        format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    };
+    let u = cl.underlay.as_ref().unwrap();
+    let (fdb_b, neigh_b) = overlay_entries(&cl, 1);
+    assert_eq!(
+        fdb_b,
+        BTreeSet::from([format!("{} {}", mac(&web_ip), u.addrs[0])])
+    );
+    assert_eq!(neigh_b, BTreeSet::from([web_ip.clone()]));
+    let (fdb_a, neigh_a) = overlay_entries(&cl, 0);
+    assert_eq!(
+        fdb_a,
+        BTreeSet::from([format!("{} {}", mac(&client_ip), u.addrs[1])])
+    );
+    assert_eq!(neigh_a, BTreeSet::from([client_ip.clone()]));
+
+    // Three replicas on node a: the name resolves to all of them from node b.
+    cl.ok(0, &["service", "scale", "ov_web=3"]);
+    cl.wait_until("three web replicas", 30, || {
+        resolve(b, client_id, "web").len() == 3
+    });
+    for _ in 0..6 {
+        let (ok, out) = exec(
+            b,
+            client_id,
+            &["timeout", "3", "wget", "-qO-", "http://web/"],
+        );
+        assert!(ok, "{out}");
+    }
+    // Scaled back down: the entries of the stopped replicas go, on both nodes.
+    cl.ok(0, &["service", "scale", "ov_web=1"]);
+    cl.wait_until("one web replica left in DNS", 30, || {
+        resolve(b, client_id, "web").len() == 1
+    });
+    cl.wait_until("the overlay entries follow", 30, || {
+        overlay_entries(&cl, 1).1.len() == 1
+    });
+
+    // The stack goes: no VXLAN device is left on any host.
+    cl.ok(0, &["down", "-p", "ov"]);
+    for i in 0..2 {
+        cl.wait_until("no VXLAN device left", 30, || {
+            let (_, links) = u.run(i, &["ip", "-o", "link", "show", "type", "vxlan"]);
+            links.trim().is_empty()
+        });
+    }
+}
