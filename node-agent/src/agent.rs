@@ -1083,7 +1083,11 @@ fn start_container(
     overlay: Option<&(Addresses, u32)>,
 ) -> Result<(String, bool), Error> {
     let t0 = Instant::now();
-    let name = container_name(t);
+    let name = doc
+        .service
+        .container_name
+        .clone()
+        .unwrap_or_else(|| container_name(t));
     let stack = doc.spec.stack.as_str();
     let peer = |service: &str| peer_container(ctr, stack, service);
     let mut o = crate::options::container_options(t, doc, img, &name, &peer)?;

@@ -154,6 +154,9 @@ pub struct Image {
     /// Its digest.
     pub id: String,
     pub input: ImageInput,
+    /// What its config says it was built for: `os/arch[/variant]` (empty parts when it does
+    /// not say).
+    pub platform: String,
 }
 
 impl From<&LocalImage> for Image {
@@ -161,7 +164,15 @@ impl From<&LocalImage> for Image {
         Image {
             id: img.id.to_string(),
             input: ImageInput::from_local(img),
+            platform: image_platform(&img.config),
         }
+    }
+}
+
+fn image_platform(c: &dcpp_runtime::image::ImageConfig) -> String {
+    match &c.variant {
+        Some(v) => format!("{}/{}/{v}", c.os, c.architecture),
+        None => format!("{}/{}", c.os, c.architecture),
     }
 }
 

@@ -100,7 +100,40 @@ pub fn container_options(
     o.labels = labels;
     o.sysctls = svc.sysctls.clone();
     o.network = network_mode(svc.network_mode.as_deref(), peer)?;
+    // The loader lets through only these; another value would be a document not from it.
+    o.host_ipc = match svc.ipc.as_deref() {
+        None | Some("private" | "shareable") => false,
+        Some("host") => true,
+        Some(m) => return Err(Error::Invalid(format!("ipc {m:?} is not supported"))),
+    };
+    o.host_pid = match svc.pid.as_deref() {
+        None => false,
+        Some("host") => true,
+        Some(m) => return Err(Error::Invalid(format!("pid {m:?} is not supported"))),
+    };
+    if let Some(want) = &svc.platform {
+        check_platform(want, &img.platform)?;
+    }
     Ok(o)
+}
+
+/// `platform:` against what the image says it was built for. A request without a variant
+/// takes any variant, as docker's matcher does; os and architecture must be equal.
+fn check_platform(want: &str, have: &str) -> Result<(), Error> {
+    let w: Vec<&str> = want.split('/').collect();
+    let h: Vec<&str> = have.split('/').collect();
+    let fits = w.len() >= 2
+        && h.len() >= 2
+        && w[0] == h[0]
+        && w[1] == h[1]
+        && w.get(2).is_none_or(|v| h.get(2) == Some(v));
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "image platform {have} does not match the requested platform {want}"
+        )))
+    }
 }
 
 /// `extra_hosts:` entries (`host=ip`, as the loader keeps them) as (host, address) pairs.
@@ -324,6 +357,23 @@ pub fn stack_volumes(services: &[ServiceDoc], existing: &[String]) -> Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platform_needs_os_and_arch_and_a_variant_only_when_asked() {
+        assert!(check_platform("linux/amd64", "linux/amd64").is_ok());
+        assert!(check_platform("linux/arm64", "linux/arm64/v8").is_ok());
+        assert!(check_platform("linux/arm64/v8", "linux/arm64/v8").is_ok());
+        assert!(check_platform("linux/arm/v7", "linux/arm/v6").is_err());
+        assert!(check_platform("linux/arm/v7", "linux/arm").is_err());
+        let e = check_platform("linux/arm64", "linux/amd64").unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "image platform linux/amd64 does not match the requested platform linux/arm64"
+            ),
+            "{e}"
+        );
+        assert!(check_platform("windows/amd64", "linux/amd64").is_err());
+    }
     use dcpp_control::schema::stack_docs;
     use dcpp_reconciler::{Health, ServiceId, Slot, TaskId, TaskState};
 

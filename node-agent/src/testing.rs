@@ -380,6 +380,7 @@ fn image(reference: &str) -> Image {
             layer_dirs: vec![],
             config: None,
         },
+        platform: "linux/amd64".into(),
     }
 }
 

@@ -25,6 +25,16 @@ const APPLIED: &[(&str, &str)] = &[
     ("services.*.cpus", HERE_PROCESS),
     ("services.*.cpu_shares", HERE_CGROUP),
     ("services.*.cpuset", HERE_CGROUP),
+    (
+        "services.*.container_name",
+        "tests/e2e_fields.rs::container_name_names_the_container_and_is_refused_with_replicas",
+    ),
+    ("services.*.ipc", HERE_NAMESPACES),
+    ("services.*.pid", HERE_NAMESPACES),
+    (
+        "services.*.platform",
+        "tests/e2e_fields.rs::platform_accepts_the_images_own_and_fails_the_task_for_another",
+    ),
     ("services.*.dns", HERE_NAMES),
     ("services.*.dns_opt", HERE_NAMES),
     ("services.*.dns_search", HERE_NAMES),
@@ -359,6 +369,8 @@ const REFUSED: &[(&str, &str)] = &[
 
 const HERE_PROCESS: &str =
     "node-agent/tests/compose_keys.rs::process_keys_reach_the_container_options";
+const HERE_NAMESPACES: &str =
+    "tests/e2e_fields.rs::ipc_and_pid_host_share_the_hosts_namespaces_and_the_default_does_not";
 const HERE_CGROUP: &str = "tests/e2e_fields.rs::cgroup_and_process_keys_reach_the_container_and_impossible_values_fail_the_task";
 const HERE_NAMES: &str = "tests/e2e_fields.rs::extra_hosts_and_dns_settings_reach_the_container_and_stack_names_still_resolve";
 const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach_the_service_spec";

@@ -17,11 +17,13 @@ const SERVICE_KEYS: &[&str] = &[
     "cap_drop",
     "command",
     "configs",
+    "container_name",
     "cpu_shares",
     "cpus",
     "cpuset",
     "depends_on",
     "deploy",
+    "devices",
     "dns",
     "dns_opt",
     "dns_search",
@@ -36,16 +38,20 @@ const SERVICE_KEYS: &[&str] = &[
     "hostname",
     "image",
     "init",
+    "ipc",
     "label_file",
     "labels",
     "logging",
+    "mac_address",
     "mem_limit",
     "mem_reservation",
     "memswap_limit",
     "network_mode",
     "networks",
     "oom_score_adj",
+    "pid",
     "pids_limit",
+    "platform",
     "ports",
     "privileged",
     "profiles",
@@ -55,6 +61,7 @@ const SERVICE_KEYS: &[&str] = &[
     "scale",
     "secrets",
     "shm_size",
+    "stdin_open",
     "stop_grace_period",
     "stop_signal",
     "sysctls",
@@ -63,6 +70,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ulimits",
     "user",
     "volumes",
+    "volumes_from",
     "working_dir",
 ];
 
@@ -73,7 +81,6 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "blkio_config",
     "cgroup",
     "cgroup_parent",
-    "container_name",
     "cpu_count",
     "cpu_percent",
     "cpu_period",
@@ -83,30 +90,23 @@ const IGNORED_SERVICE_KEYS: &[&str] = &[
     "credential_spec",
     "develop",
     "device_cgroup_rules",
-    "devices",
     "external_links",
     "gpus",
     "group_add",
-    "ipc",
     "isolation",
     "links",
-    "mac_address",
     "mem_swappiness",
     "models",
     "oom_kill_disable",
-    "pid",
-    "platform",
     "post_start",
     "pre_stop",
     "provider",
     "runtime",
     "security_opt",
-    "stdin_open",
     "storage_opt",
     "use_api_socket",
     "userns_mode",
     "uts",
-    "volumes_from",
 ];
 
 /// Why each accepted key that dcpp does not act on is without effect; the key gets a warning
@@ -803,6 +803,13 @@ fn implicit_depends_on(
     }
 }
 
+/// Docker's rule for container names.
+fn valid_container_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
 fn valid_service_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -1290,6 +1297,77 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 "not supported: dcpp allocates no terminal (remove `tty: true`; output goes to the logs)",
             ),
             "tty" => {}
+            // dcpp hands the container /dev/null as stdin and attaches nothing to it.
+            "stdin_open" if cv.boolean(v, &p) == Some(true) => cv.err(
+                v.pos,
+                &p,
+                "not supported: dcpp keeps no stdin open for a service's container (remove `stdin_open: true`)",
+            ),
+            "stdin_open" => {}
+            "container_name" => {
+                s.container_name = cv.opt_string(v, &p);
+                if let Some(c) = &s.container_name
+                    && !valid_container_name(c)
+                {
+                    cv.err(
+                        v.pos,
+                        &p,
+                        format!("invalid container name {c:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"),
+                    );
+                }
+            }
+            "ipc" | "pid" => {
+                let mode = cv.opt_string(v, &p);
+                match mode.as_deref() {
+                    None | Some("host") => {}
+                    Some("private" | "shareable") if k == "ipc" => {}
+                    Some(m) if m.starts_with("service:") || m.starts_with("container:") => cv.err(
+                        v.pos,
+                        &p,
+                        format!("{k} {m:?}: joining another container's {k} namespace is not supported by dcpp (use host, or leave it out for a namespace of its own)"),
+                    ),
+                    Some(m) if k == "ipc" => cv.err(
+                        v.pos,
+                        &p,
+                        format!("invalid ipc {m:?}: use host, private or shareable"),
+                    ),
+                    Some(m) => cv.err(v.pos, &p, format!("invalid pid {m:?}: use host")),
+                }
+                if k == "ipc" {
+                    s.ipc = mode;
+                } else {
+                    s.pid = mode;
+                }
+            }
+            "platform" => {
+                s.platform = cv.opt_string(v, &p);
+                if let Some(pl) = &s.platform {
+                    let parts: Vec<&str> = pl.split('/').collect();
+                    if !(2..=3).contains(&parts.len()) || parts.iter().any(|x| x.is_empty()) {
+                        cv.err(
+                            v.pos,
+                            &p,
+                            format!("invalid platform {pl:?}: use OS/ARCH or OS/ARCH/VARIANT (linux/amd64)"),
+                        );
+                    }
+                }
+            }
+            "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => cv.err(
+                v.pos,
+                &p,
+                "not supported: dcpp does not share one container's mounts with another (declare the named volumes in both services)",
+            ),
+            "mac_address" => cv.err(
+                v.pos,
+                &p,
+                "not supported: interfaces get addresses generated by the kernel (remove `mac_address`)",
+            ),
+            "devices" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => cv.err(
+                v.pos,
+                &p,
+                "not supported: dcpp passes no host devices into containers (remove `devices`)",
+            ),
+            "volumes_from" | "devices" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {
@@ -1430,6 +1508,36 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     format!(
                         "can't set distinct values on '{key}' and 'deploy.resources.limits.{twin}'"
                     ),
+                );
+            }
+        }
+    }
+    // Names are unique per node, so a second replica could not be created (compose's rule).
+    if s.container_name.is_some()
+        && let Some(r) = s.replicas()
+        && r > 1
+    {
+        let pos = n.get("container_name").map_or(n.pos, |v| v.pos);
+        cv.err(
+            pos,
+            &path.key("container_name"),
+            format!("can't set container_name and {r} replicas: a container name must be unique"),
+        );
+    }
+    // A start-first update runs the new container beside the old one, under the same name.
+    if s.container_name.is_some()
+        && let Some(d) = &s.deploy
+    {
+        for (key, cfg) in [
+            ("update_config", &d.update_config),
+            ("rollback_config", &d.rollback_config),
+        ] {
+            if cfg.as_ref().and_then(|c| c.order.as_deref()) == Some("start-first") {
+                let pos = n.get("container_name").map_or(n.pos, |v| v.pos);
+                cv.err(
+                    pos,
+                    &path.key("container_name"),
+                    format!("can't set container_name with deploy.{key}.order start-first: the new container would need the old one's name"),
                 );
             }
         }

@@ -102,6 +102,10 @@ pub struct Service {
     /// Configs mounted into the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileReference>,
+    /// Name of the container (`container_name:`), instead of `<stack>_<service>.<slot>.<task>`;
+    /// only with one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
     /// Services that must be started (or healthy, or completed) before this one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, DependsOn>,
@@ -145,6 +149,9 @@ pub struct Service {
     /// Run an init process (PID 1) that forwards signals and reaps zombies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// IPC namespace: `host` (the host's), `private` or `shareable` (its own, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<String>,
     /// Container labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -177,9 +184,15 @@ pub struct Service {
     /// The kernel's OOM-killer preference for the container's processes (-1000 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
+    /// PID namespace: `host` (the host's); its own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
     /// Maximum number of processes in the container (`pids_limit:`); -1 is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
+    /// `OS/ARCH[/VARIANT]` the image must be built for (`linux/amd64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// Published and unpublished ports, long syntax, one entry per container port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,

@@ -150,6 +150,10 @@ pub struct CreateOptions {
     pub mounts: Vec<MountRequest>,
     /// Networking.
     pub network: NetworkMode,
+    /// Share the host's IPC namespace (docker's `--ipc host`) instead of a new one.
+    pub host_ipc: bool,
+    /// Share the host's PID namespace (docker's `--pid host`) instead of a new one.
+    pub host_pid: bool,
     /// `(host, address)` lines appended to the container's /etc/hosts (docker's `--add-host`).
     pub extra_hosts: Vec<(String, String)>,
     /// Nameservers of the generated /etc/resolv.conf, replacing the host's (docker's `--dns`).
@@ -198,6 +202,8 @@ impl CreateOptions {
             read_only: false,
             mounts: Vec::new(),
             network: NetworkMode::Private,
+            host_ipc: false,
+            host_pid: false,
             extra_hosts: Vec::new(),
             dns: Vec::new(),
             dns_search: Vec::new(),

@@ -314,6 +314,10 @@ pub fn validate_sysctls(opts: &CreateOptions) -> Result<(), Error> {
                 "not allowed: only namespaced parameters can be set (kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*)"
                     .into(),
             ));
+        } else if opts.host_ipc {
+            return Err(bad(
+                "not allowed with the host's IPC namespace (it would change the host)".into(),
+            ));
         }
     }
     Ok(())
@@ -501,6 +505,12 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ] {
+        // The host's namespace is shared by not making a new one.
+        if (t == LinuxNamespaceType::Ipc && opts.host_ipc)
+            || (t == LinuxNamespaceType::Pid && opts.host_pid)
+        {
+            continue;
+        }
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(t)
@@ -835,6 +845,46 @@ mod tests {
         assert!(
             matches!(capability_set(&o), Err(Error::InvalidConfig(m)) if m.contains("CAP_FLY"))
         );
+    }
+
+    #[test]
+    fn host_ipc_and_pid_leave_out_those_namespaces_and_host_ipc_refuses_ipc_sysctls() {
+        let user = root();
+        let dir = std::path::Path::new("/nonexistent");
+        let kinds = |o: &CreateOptions| {
+            let process = resolve_process(o, &user, "h").unwrap();
+            let inp = SpecInputs {
+                id: "0123456789ab",
+                hostname: "h",
+                user: &user,
+                process: &process,
+                container_dir: dir,
+                volumes_dir: dir,
+                cgroup_path: "/dcpp/0123456789ab",
+                netns: None,
+            };
+            build(o, &inp)
+                .unwrap()
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| n.typ())
+                .collect::<Vec<_>>()
+        };
+        let mut o = opts(None, None);
+        let own = kinds(&o);
+        assert!(own.contains(&LinuxNamespaceType::Ipc) && own.contains(&LinuxNamespaceType::Pid));
+        o.host_ipc = true;
+        o.host_pid = true;
+        let shared = kinds(&o);
+        assert!(!shared.contains(&LinuxNamespaceType::Ipc), "{shared:?}");
+        assert!(!shared.contains(&LinuxNamespaceType::Pid), "{shared:?}");
+        assert!(shared.contains(&LinuxNamespaceType::Mount), "{shared:?}");
+        o.sysctls.insert("kernel.shmmax".into(), "1024".into());
+        let e = validate_sysctls(&o).unwrap_err().to_string();
+        assert!(e.contains("host's IPC namespace"), "{e}");
     }
 
     #[test]
