@@ -742,3 +742,92 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     cl.nodes[4].stop_daemon();
     teardown(cl);
 }
+
+fn volume_stack(constrained: bool) -> String {
+    let placement = if constrained {
+        "      placement:\n        constraints: [node.labels.disk==here]\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"name: vhs
+services:
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo boot >> /data/boots; cat /data/boots; sleep 3600"]
+    stop_signal: SIGKILL
+    volumes: ["data:/data"]
+    deploy:
+      replicas: 1
+{placement}volumes:
+  data: {{}}
+"#
+    )
+}
+
+/// A named local volume keeps its service on its node: when that node's daemon dies the task
+/// waits, saying where its volume lives, instead of starting over on an empty volume
+/// elsewhere; it comes back to the same data; moving it takes the user's `volume rm --force`.
+#[test]
+fn a_service_with_a_named_volume_waits_for_its_node_and_returns_to_its_data() {
+    let mut cl = three("vh", false);
+    let c_id = cl.nodes[2].id.to_string();
+    cl.ok(0, &["node", "update", "--label-add", "disk=here", &c_id]);
+    let file = cl.nodes[0].write("compose.yml", &volume_stack(true));
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 1]);
+    // Without the constraint only the volume holds it on c.
+    let file = cl.nodes[0].write("compose.yml", &volume_stack(false));
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 1]);
+
+    cl.nodes[2].kill9();
+    let why = format!("volume vhs_data lives on node {c_id}, which is down");
+    cl.wait_until("the task pending for its volume's node", 30, || {
+        tasks(&cl, 0)
+            .iter()
+            .any(|t| t["service"] == "vhs_db" && t["state"] == "pending" && t["message"] == why)
+    });
+    // Well past the node's loss: still nowhere else.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 0], "not moved");
+    assert!(cl.ok(1, &["ps"]).contains(&why));
+    let out = cl.nodes[0].dcpp(&["volume", "rm", "vhs_data"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "volume vhs_data lives on node {c_id}: remove it there"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    cl.nodes[2].start_daemon();
+    cl.wait_until("the task back on its volume's node", 60, || {
+        placement(&cl, 0, "vhs_db") == vec![0, 0, 1]
+    });
+    let cid = tasks(&cl, 0)
+        .iter()
+        .find(|t| t["service"] == "vhs_db" && t["state"] == "running")
+        .and_then(|t| t["container_id"].as_str().map(str::to_string))
+        .expect("the running task's container");
+    cl.wait_until("the second boot on the same data", 20, || {
+        stdout(&cl.nodes[2].dcpp(&["logs", &cid])) == "boot\nboot\n"
+    });
+
+    // The user's explicit move: c is lost, its record forgotten, the slot starts afresh.
+    cl.nodes[2].kill9();
+    cl.wait_until("the task pending again", 30, || {
+        tasks(&cl, 0)
+            .iter()
+            .any(|t| t["service"] == "vhs_db" && t["state"] == "pending" && t["message"] == why)
+    });
+    let out = cl.ok(0, &["volume", "rm", "--force", "vhs_data"]);
+    assert!(out.contains("forgotten"), "{out}");
+    cl.wait_until("the task placed elsewhere", 30, || {
+        let p = placement(&cl, 0, "vhs_db");
+        p[2] == 0 && p[0] + p[1] == 1
+    });
+    cl.nodes[2].start_daemon();
+    teardown(cl);
+}
