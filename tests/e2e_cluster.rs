@@ -831,3 +831,63 @@ fn a_service_with_a_named_volume_waits_for_its_node_and_returns_to_its_data() {
     cl.nodes[2].start_daemon();
     teardown(cl);
 }
+
+/// `dcpp logs SERVICE` shows the replicas of every node, each line naming its task and node;
+/// a node that cannot be reached is named on stderr and makes the exit code 1.
+#[test]
+fn logs_of_a_service_merge_every_node_and_name_an_unreachable_one() {
+    let mut cl = three("lg", false);
+    let file = cl.nodes[0].write(
+        "compose.yml",
+        &format!(
+            r#"name: lgs
+services:
+  app:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo hello; sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.role==manager]
+        max_replicas_per_node: 1
+"#
+        ),
+    );
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "lgs_app"), vec![1, 1, 0]);
+    let (a, b, c) = (cl.nodes[0].id, cl.nodes[1].id, cl.nodes[2].id);
+    let nodes_of = |out: &str| -> BTreeSet<String> {
+        out.lines()
+            .filter(|l| l.ends_with("| hello"))
+            .filter_map(|l| l.split(" |").next()?.trim().split('@').nth(1))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut out = String::new();
+    cl.wait_until("both replicas' lines", 20, || {
+        out = cl.ok(1, &["logs", "app"]);
+        nodes_of(&out).len() == 2
+    });
+    assert_eq!(
+        nodes_of(&out),
+        [a.to_string(), b.to_string()].into(),
+        "{out}"
+    );
+    assert!(out.contains(&format!("@{a} | hello")), "{out}");
+
+    cl.nodes[2].kill9();
+    let o = cl.nodes[0].dcpp(&["logs", "app"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "node {c} ({}) could not be reached",
+            cl.nodes[2].listen
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(nodes_of(&stdout(&o)).len(), 2, "{}", stdout(&o));
+    cl.nodes[2].start_daemon();
+    teardown(cl);
+}

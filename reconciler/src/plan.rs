@@ -1148,9 +1148,7 @@ fn no_node(
     homes: &BTreeMap<String, NodeId>,
     rejections: Vec<(NodeId, Rejection)>,
 ) -> PendingReason {
-    let home = spec
-        .local_volumes()
-        .find_map(|v| Some((v, homes.get(v)?)));
+    let home = spec.local_volumes().find_map(|v| Some((v, homes.get(v)?)));
     match home {
         Some((volume, node)) => PendingReason::VolumeHome {
             volume: volume.clone(),

@@ -35,7 +35,10 @@ pub enum Rejection {
     /// namespace with.
     NetworkPeer(String),
     /// The task mounts a local named volume that lives on another node.
-    Volume { volume: String, node: NodeId },
+    Volume {
+        volume: String,
+        node: NodeId,
+    },
 }
 
 impl fmt::Display for Rejection {
