@@ -743,3 +743,152 @@ fn five_daemons_renew_certificates_promote_demote_and_revoke() {
     cl.nodes[4].stop_daemon();
     teardown(cl);
 }
+
+fn volume_stack(constrained: bool) -> String {
+    let placement = if constrained {
+        "      placement:\n        constraints: [node.labels.disk==here]\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"name: vhs
+services:
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo boot >> /data/boots; cat /data/boots; sleep 3600"]
+    stop_signal: SIGKILL
+    volumes: ["data:/data"]
+    deploy:
+      replicas: 1
+{placement}volumes:
+  data: {{}}
+"#
+    )
+}
+
+/// A named local volume keeps its service on its node: when that node's daemon dies the task
+/// waits, saying where its volume lives, instead of starting over on an empty volume
+/// elsewhere; it comes back to the same data; moving it takes the user's `volume rm --force`.
+#[test]
+fn a_service_with_a_named_volume_waits_for_its_node_and_returns_to_its_data() {
+    let mut cl = three("vh", false);
+    let c_id = cl.nodes[2].id.to_string();
+    cl.ok(0, &["node", "update", "--label-add", "disk=here", &c_id]);
+    let file = cl.nodes[0].write("compose.yml", &volume_stack(true));
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 1]);
+    // Without the constraint only the volume holds it on c.
+    let file = cl.nodes[0].write("compose.yml", &volume_stack(false));
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 1]);
+
+    cl.nodes[2].kill9();
+    let why = format!("volume vhs_data lives on node {c_id}, which is down");
+    cl.wait_until("the task pending for its volume's node", 30, || {
+        tasks(&cl, 0)
+            .iter()
+            .any(|t| t["service"] == "vhs_db" && t["state"] == "pending" && t["message"] == why)
+    });
+    // Well past the node's loss: still nowhere else.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(placement(&cl, 0, "vhs_db"), vec![0, 0, 0], "not moved");
+    assert!(cl.ok(1, &["ps"]).contains(&why));
+    let out = cl.nodes[0].dcpp(&["volume", "rm", "vhs_data"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "volume vhs_data lives on node {c_id}: remove it there"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    cl.nodes[2].start_daemon();
+    cl.wait_until("the task back on its volume's node", 60, || {
+        placement(&cl, 0, "vhs_db") == vec![0, 0, 1]
+    });
+    let cid = tasks(&cl, 0)
+        .iter()
+        .find(|t| t["service"] == "vhs_db" && t["state"] == "running")
+        .and_then(|t| t["container_id"].as_str().map(str::to_string))
+        .expect("the running task's container");
+    cl.wait_until("the second boot on the same data", 20, || {
+        stdout(&cl.nodes[2].dcpp(&["logs", &cid])) == "boot\nboot\n"
+    });
+
+    // The user's explicit move: c is lost, its record forgotten, the slot starts afresh.
+    cl.nodes[2].kill9();
+    cl.wait_until("the task pending again", 30, || {
+        tasks(&cl, 0)
+            .iter()
+            .any(|t| t["service"] == "vhs_db" && t["state"] == "pending" && t["message"] == why)
+    });
+    let out = cl.ok(0, &["volume", "rm", "--force", "vhs_data"]);
+    assert!(out.contains("forgotten"), "{out}");
+    cl.wait_until("the task placed elsewhere", 30, || {
+        let p = placement(&cl, 0, "vhs_db");
+        p[2] == 0 && p[0] + p[1] == 1
+    });
+    cl.nodes[2].start_daemon();
+    teardown(cl);
+}
+
+/// `dcpp logs SERVICE` shows the replicas of every node, each line naming its task and node;
+/// a node that cannot be reached is named on stderr and makes the exit code 1.
+#[test]
+fn logs_of_a_service_merge_every_node_and_name_an_unreachable_one() {
+    let mut cl = three("lg", false);
+    let file = cl.nodes[0].write(
+        "compose.yml",
+        &format!(
+            r#"name: lgs
+services:
+  app:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo hello; sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.role==manager]
+        max_replicas_per_node: 1
+"#
+        ),
+    );
+    cl.ok(0, &["apply", "-f", &file]);
+    assert_eq!(placement(&cl, 0, "lgs_app"), vec![1, 1, 0]);
+    let (a, b, c) = (cl.nodes[0].id, cl.nodes[1].id, cl.nodes[2].id);
+    let nodes_of = |out: &str| -> BTreeSet<String> {
+        out.lines()
+            .filter(|l| l.ends_with("| hello"))
+            .filter_map(|l| l.split(" |").next()?.trim().split('@').nth(1))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut out = String::new();
+    cl.wait_until("both replicas' lines", 20, || {
+        out = cl.ok(1, &["logs", "app"]);
+        nodes_of(&out).len() == 2
+    });
+    assert_eq!(
+        nodes_of(&out),
+        [a.to_string(), b.to_string()].into(),
+        "{out}"
+    );
+    assert!(out.contains(&format!("@{a} | hello")), "{out}");
+
+    cl.nodes[2].kill9();
+    let o = cl.nodes[0].dcpp(&["logs", "app"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "node {c} ({}) could not be reached",
+            cl.nodes[2].listen
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(nodes_of(&stdout(&o)).len(), 2, "{}", stdout(&o));
+    cl.nodes[2].start_daemon();
+    teardown(cl);
+}

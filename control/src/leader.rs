@@ -71,6 +71,7 @@ pub async fn snapshot_since<S: Store>(
         observed.tasks.insert(id, t);
     }
     observed.services = crate::schema::statuses(store).await?;
+    observed.volumes = crate::schema::volume_homes(store).await?;
     if let Ok(o) = store.get(Kind::Counter, TASK_COUNTER_ID).await {
         observed.next_task_id = o.decode()?;
     }
@@ -167,6 +168,21 @@ fn diff_txn(snap: &Snapshot, after: &Observed) -> Result<Txn, Error> {
     for sid in before.services.keys() {
         if !after.services.contains_key(sid) {
             txn = txn.op(Op::delete(Kind::ServiceStatus, sid.0.clone()));
+        }
+    }
+    for (volume, node) in &after.volumes {
+        if before.volumes.get(volume) != Some(node) {
+            // Absent as read: a home is written once, never moved by the planner.
+            txn = txn
+                .when(Precondition::Absent {
+                    kind: Kind::VolumeHome,
+                    id: volume.clone(),
+                })
+                .op(Op::put(
+                    Kind::VolumeHome,
+                    volume.clone(),
+                    &crate::schema::VolumeHome { node: node.clone() },
+                )?);
         }
     }
     if after.next_task_id != before.next_task_id {

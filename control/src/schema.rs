@@ -11,6 +11,7 @@
 //! | `counter` | [`TASK_COUNTER_ID`] | `u64`, the next task id | the leader loop only |
 //! | `node` | raft node id | [`crate::nodes::NodeInfo`] | the node's agent (heartbeat), `node update` |
 //! | `volume` | `<node>/<stack>` | [`VolumeRemoval`] | `down --volumes`; that node's agent acts on it and reports |
+//! | `volume_home` | volume name | [`VolumeHome`] | the leader loop when it first places a task that mounts it; deleted by `down --volumes` and `volume rm` |
 //!
 //! Desired state (stacks, services) and observed state (tasks, statuses, nodes) are kept apart
 //! so that the planner reads one and writes the other. Stores written by an older dcpp kept the
@@ -346,6 +347,25 @@ pub struct VolumeRemoval {
     /// Volumes the node could not remove, with the reason.
     #[serde(default)]
     pub errors: Vec<String>,
+}
+
+/// The node a local named volume lives on (`Kind::VolumeHome`, id = the volume's name):
+/// tasks that mount it are placed only there. Only the user deletes it (`down --volumes`,
+/// `volume rm`, `volume rm --force` for a node that is lost), so a task is never moved to a
+/// new, empty volume behind the user's back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeHome {
+    pub node: NodeId,
+}
+
+/// Every volume's home node, by volume name.
+pub async fn volume_homes<S: Store>(s: &S) -> Result<BTreeMap<String, NodeId>, Error> {
+    let mut out = BTreeMap::new();
+    for o in s.list(Kind::VolumeHome).await?.objects {
+        let h: VolumeHome = o.decode()?;
+        out.insert(o.id.clone(), h.node);
+    }
+    Ok(out)
 }
 
 /// Store id of a [`VolumeRemoval`].

@@ -92,6 +92,14 @@ pub async fn delete_stack<S: Store>(
             .op(Op::delete(Kind::ServiceHistory, d.id().0));
     }
     if removal.volumes {
+        // The volumes go on every node, so their homes go too: the stack applied again
+        // starts afresh wherever its tasks are placed.
+        let homes = crate::schema::volume_homes(s).await?;
+        let names: std::collections::BTreeSet<&String> =
+            old.iter().flat_map(|d| d.spec.local_volumes()).collect();
+        for v in names.into_iter().filter(|v| homes.contains_key(*v)) {
+            txn = txn.op(Op::delete(Kind::VolumeHome, v.clone()));
+        }
         for n in crate::nodes::list(s).await? {
             let r = VolumeRemoval {
                 stack: name.to_string(),

@@ -674,6 +674,12 @@ fn allowed(access: Access, path: &str, is_manager_cert: bool) -> bool {
     if path.starts_with("/raft/") {
         return is_manager_cert;
     }
+    // What a node serves about itself to the managers (its containers' logs): a worker holds
+    // no membership to tell a manager's certificate by, so, as for raft RPCs, any manager
+    // certificate that is not revoked may call it.
+    if path.starts_with("/v1/node/") {
+        return is_manager_cert || access == Access::Full;
+    }
     match access {
         Access::Full => true,
         Access::Worker(_) => {

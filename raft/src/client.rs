@@ -115,6 +115,11 @@ impl Client {
         self.call(self.req(reqwest::Method::GET, path)).await
     }
 
+    /// `GET path` of a route an embedder added (e.g. the control plane's), decoded as JSON.
+    pub async fn get_route<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.get_json(path).await
+    }
+
     /// Commits a transaction (returns when applied); a failed precondition is
     /// [`Error::PreconditionFailed`].
     pub async fn txn(&self, txn: &Txn) -> Result<TxnResponse, Error> {

@@ -1289,6 +1289,12 @@ impl Node {
         Ok(())
     }
 
+    /// The mutual-TLS client this node calls other members with (its own certificate; any
+    /// member's server certificate is accepted). `None` before it has a certificate.
+    pub fn member_http(&self) -> Option<reqwest::Client> {
+        self.inner.tls.active().map(|a| a.peers.clone())
+    }
+
     /// Whether this node is the raft leader now.
     pub fn is_leader(&self) -> bool {
         self.raft().metrics().borrow().state == ServerState::Leader

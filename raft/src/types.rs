@@ -29,10 +29,12 @@ pub enum Kind {
     ServiceHistory,
     /// Monotonic counters (e.g. the next task id).
     Counter,
+    /// The node a local named volume lives on.
+    VolumeHome,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Stack,
         Kind::Service,
         Kind::Task,
@@ -45,6 +47,7 @@ impl Kind {
         Kind::ServiceStatus,
         Kind::ServiceHistory,
         Kind::Counter,
+        Kind::VolumeHome,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::ServiceStatus => "service_status",
             Kind::ServiceHistory => "service_history",
             Kind::Counter => "counter",
+            Kind::VolumeHome => "volume_home",
         }
     }
 }

@@ -95,6 +95,16 @@ pub(crate) fn apply_action(
             prev.desired = DesiredState::Shutdown;
             apply_action(observed, &Action::CreateTask { task: task.clone() }, now)?;
         }
+        Action::PinVolume { volume, node } => {
+            if let Some(home) = observed.volumes.get(volume)
+                && home != node
+            {
+                return Err(Error::Stale(format!(
+                    "volume {volume} already lives on node {home}"
+                )));
+            }
+            observed.volumes.insert(volume.clone(), node.clone());
+        }
         Action::AssignTask { task, node } => {
             let t = task_mut(observed, *task)?;
             if t.state > TaskState::Pending || t.desired != DesiredState::Running {

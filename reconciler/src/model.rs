@@ -356,6 +356,16 @@ impl ServiceSpec {
         ServiceId::new(&self.stack, &self.name)
     }
 
+    /// The actual names of the named volumes that live on one node and so bind the service's
+    /// tasks to it: the stack's own (an external volume is the user's to place). None for a
+    /// global service: each of its tasks has a node of its own and keeps its volume there.
+    pub fn local_volumes(&self) -> impl Iterator<Item = &String> + '_ {
+        let bound = matches!(self.mode, Mode::Replicated { .. });
+        self.volumes
+            .values()
+            .filter(move |v| bound && !self.external_volumes.contains(*v))
+    }
+
     /// A replicated service with swarm defaults; tests and callers adjust fields from here.
     pub fn new(stack: &str, name: &str, image: &str, replicas: u32) -> Self {
         ServiceSpec {
@@ -705,6 +715,11 @@ pub struct Observed {
     pub services: BTreeMap<ServiceId, ServiceStatus>,
     /// Next task id to hand out; only ever grows.
     pub next_task_id: u64,
+    /// The node each local named volume lives on (by the volume's actual name), recorded when
+    /// the first task that mounts it is assigned. A task mounting it may only go there: its
+    /// data is on that node's disk, and another node would silently start from empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, NodeId>,
 }
 
 impl Default for Observed {
@@ -714,6 +729,7 @@ impl Default for Observed {
             tasks: BTreeMap::new(),
             services: BTreeMap::new(),
             next_task_id: 1,
+            volumes: BTreeMap::new(),
         }
     }
 }

@@ -50,6 +50,10 @@ pub enum Action {
     /// Replace the dead task `old` by `task` in the same slot; `task.not_before` carries the
     /// restart delay/backoff. `old` becomes history (desired `Shutdown`).
     RestartTask { old: TaskId, task: Task },
+    /// Record that a local named volume lives on `node` (emitted just before the first task
+    /// that mounts it is assigned there, or for a running task that no record covers yet).
+    /// Every later task that mounts it goes to that node; only the user forgets the record.
+    PinVolume { volume: String, node: NodeId },
     /// Bind a pending task to a node; the node's agent starts it.
     AssignTask { task: TaskId, node: NodeId },
     /// The task cannot be assigned yet; the reason is stored on the task for `ps`.
@@ -78,6 +82,13 @@ pub enum PendingReason {
     },
     NoSuitableNode {
         rejections: Vec<(NodeId, Rejection)>,
+    },
+    /// The task mounts a volume that lives on `node`, and `node` cannot take it: `why` (or,
+    /// `None`, the node is no longer in the cluster).
+    VolumeHome {
+        volume: String,
+        node: NodeId,
+        why: Option<Rejection>,
     },
 }
 
@@ -121,6 +132,16 @@ impl fmt::Display for PendingReason {
                     write!(f, "{node}: {r}")?;
                 }
                 f.write_str(")")
+            }
+            PendingReason::VolumeHome { volume, node, why } => {
+                write!(f, "volume {volume} lives on node {node}, ")?;
+                match why {
+                    None => f.write_str("which is no longer in the cluster"),
+                    Some(Rejection::Down) => f.write_str("which is down"),
+                    Some(Rejection::Drained) => f.write_str("which is drained"),
+                    Some(Rejection::Paused) => f.write_str("which is paused"),
+                    Some(r) => write!(f, "where {r}"),
+                }
             }
         }
     }
@@ -1045,6 +1066,7 @@ fn dependency_unmet(
 /// Assigns every pending task it can, in (service, slot, id) order, and records why the rest
 /// wait.
 fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
+    adopt_volumes(work, ctx);
     let mut load = Load::of(work);
     let now = ctx.now;
     for (sid, slots) in idx {
@@ -1076,15 +1098,24 @@ fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
                 {
                     Some(r)
                 } else {
-                    match scheduler::select(&work.nodes, &spec, task, &load, peers.as_ref()) {
+                    let picked = scheduler::select(
+                        &work.nodes,
+                        &spec,
+                        task,
+                        &load,
+                        peers.as_ref(),
+                        &work.volumes,
+                    );
+                    match picked {
                         Ok(node) => {
                             let mut assigned = task.clone();
                             assigned.node = Some(node.clone());
                             load.add(&node, &assigned);
+                            pin_volumes(work, &spec, &node, ctx);
                             ctx.emit(work, Action::AssignTask { task: *id, node });
                             None
                         }
-                        Err(rejections) => Some(PendingReason::NoSuitableNode { rejections }),
+                        Err(rejections) => Some(no_node(&spec, &work.volumes, rejections)),
                     }
                 };
                 if let Some(reason) = reason {
@@ -1107,5 +1138,64 @@ fn schedule(work: &mut Observed, idx: &Index, ctx: &mut Ctx) {
                 }
             }
         }
+    }
+}
+
+/// Why no node took a task: where its volume lives and why that node cannot take it, when a
+/// volume binds it; otherwise every node's rejection.
+fn no_node(
+    spec: &ServiceSpec,
+    homes: &BTreeMap<String, NodeId>,
+    rejections: Vec<(NodeId, Rejection)>,
+) -> PendingReason {
+    let home = spec.local_volumes().find_map(|v| Some((v, homes.get(v)?)));
+    match home {
+        Some((volume, node)) => PendingReason::VolumeHome {
+            volume: volume.clone(),
+            node: node.clone(),
+            why: rejections
+                .into_iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, r)| r),
+        },
+        None => PendingReason::NoSuitableNode { rejections },
+    }
+}
+
+/// Records `node` as the home of the service's local volumes that have none yet.
+fn pin_volumes(work: &mut Observed, spec: &ServiceSpec, node: &NodeId, ctx: &mut Ctx) {
+    let new: BTreeSet<String> = spec
+        .local_volumes()
+        .filter(|v| !work.volumes.contains_key(*v))
+        .cloned()
+        .collect();
+    for volume in new {
+        let node = node.clone();
+        ctx.emit(work, Action::PinVolume { volume, node });
+    }
+}
+
+/// A task that already has a node while its volume has no record (a store written before
+/// volumes were recorded, or a record the user removed while the task ran): the volume is on
+/// that node now, so it is recorded there. In task id order, so the oldest task decides.
+fn adopt_volumes(work: &mut Observed, ctx: &mut Ctx) {
+    let mut found: Vec<(ServiceSpec, NodeId)> = Vec::new();
+    for t in work.tasks.values() {
+        if !t.is_live() || t.desired != DesiredState::Running {
+            continue;
+        }
+        let (Some(node), Some(st)) = (&t.node, work.services.get(&t.service)) else {
+            continue;
+        };
+        if st
+            .spec
+            .local_volumes()
+            .any(|v| !work.volumes.contains_key(v))
+        {
+            found.push((st.spec.clone(), node.clone()));
+        }
+    }
+    for (spec, node) in found {
+        pin_volumes(work, &spec, &node, ctx);
     }
 }

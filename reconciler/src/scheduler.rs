@@ -34,6 +34,11 @@ pub enum Rejection {
     /// `network_mode: service:NAME`: no running task of NAME on this node to share a network
     /// namespace with.
     NetworkPeer(String),
+    /// The task mounts a local named volume that lives on another node.
+    Volume {
+        volume: String,
+        node: NodeId,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -53,6 +58,9 @@ impl fmt::Display for Rejection {
             Rejection::MaxReplicasPerNode(n) => write!(f, "max_replicas_per_node {n} reached"),
             Rejection::NetworkPeer(p) => {
                 write!(f, "no running task of {p} (network_mode: service:{p})")
+            }
+            Rejection::Volume { volume, node } => {
+                write!(f, "volume {volume} lives on node {node}")
             }
         }
     }
@@ -147,13 +155,34 @@ impl Load {
     }
 }
 
+/// The first of the service's local volumes that lives on a node other than `node`.
+pub(crate) fn volume_elsewhere(
+    node: &NodeId,
+    spec: &ServiceSpec,
+    homes: &BTreeMap<String, NodeId>,
+) -> Option<Rejection> {
+    spec.local_volumes().find_map(|v| {
+        let home = homes.get(v)?;
+        (home != node).then(|| Rejection::Volume {
+            volume: v.clone(),
+            node: home.clone(),
+        })
+    })
+}
+
 fn filter(
     node: &Node,
     spec: &ServiceSpec,
     task: &Task,
     load: &Load,
     peers: Option<&BTreeSet<NodeId>>,
+    homes: &BTreeMap<String, NodeId>,
 ) -> Result<(), Rejection> {
+    // First: on any other node the data is not there, whatever else that node could offer,
+    // and that is what a user needs to read for every node but the volume's own.
+    if let Some(r) = volume_elsewhere(&node.id, spec, homes) {
+        return Err(r);
+    }
     may_take(node, spec)?;
     if let crate::model::Slot::Node(slot_node) = &task.slot
         && *slot_node != node.id
@@ -198,18 +227,19 @@ fn filter(
 /// spread preferences come first (fewest tasks of the service per label value), then the
 /// fewest tasks of the service on the node, then the fewest tasks overall, then the node id, so
 /// the choice is deterministic. `peers`: for a service with a network peer, the nodes where
-/// a task of the peer runs.
+/// a task of the peer runs. `homes`: the node each local named volume lives on.
 pub(crate) fn select(
     nodes: &BTreeMap<NodeId, Node>,
     spec: &ServiceSpec,
     task: &Task,
     load: &Load,
     peers: Option<&BTreeSet<NodeId>>,
+    homes: &BTreeMap<String, NodeId>,
 ) -> Result<NodeId, Vec<(NodeId, Rejection)>> {
     let mut rejected = Vec::new();
     let mut best: Option<(Vec<u32>, &NodeId)> = None;
     for node in nodes.values() {
-        if let Err(r) = filter(node, spec, task, load, peers) {
+        if let Err(r) = filter(node, spec, task, load, peers, homes) {
             rejected.push((node.id.clone(), r));
             continue;
         }

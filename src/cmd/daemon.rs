@@ -211,11 +211,13 @@ async fn serve(
         .with_context(|| format!("open raft store in {}", raft_dir.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
+    let data_dir = raft_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let routes = || dcpp_control::api::routes().merge(crate::cmd::logs::routes(data_dir.clone()));
     let peer = tokio::spawn(dcpp_raft::api::serve_tcp_with(
         node.clone(),
         tcp,
         limits,
-        dcpp_control::api::routes(),
+        routes(),
         async move {
             let _ = rx1.wait_for(|s| *s).await;
         },
@@ -224,7 +226,7 @@ async fn serve(
     let local = tokio::spawn(dcpp_raft::api::serve_unix_with(
         node.clone(),
         unix,
-        dcpp_control::api::routes(),
+        routes(),
         async move {
             let _ = rx2.wait_for(|s| *s).await;
         },

@@ -114,6 +114,7 @@ pub fn kinds(p: &Plan) -> Vec<String> {
             Action::RestartTask { old, task } => {
                 format!("restart {old}->{} {}", task.id, task.name())
             }
+            Action::PinVolume { volume, node } => format!("pin {volume} {node}"),
             Action::AssignTask { task, node } => format!("assign {task} {node}"),
             Action::SetPendingReason { task, reason } => format!("pending {task}: {reason}"),
             Action::ShutdownTask { task, .. } => format!("shutdown {task}"),
