@@ -1134,11 +1134,15 @@ fn service_table(rows: &[ServiceRow], now: u64) -> String {
 }
 
 pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
+    // Outside the runtime below: it asks the daemon (in a cluster) with a runtime of its own.
+    let cmd = match cmd {
+        ServiceCommand::Logs(args) => return crate::cmd::logs::run(global, args),
+        other => other,
+    };
     let c = client(global)?;
     block_on(async move {
         match cmd {
-            // Read from this machine's container logs; no daemon involved.
-            ServiceCommand::Logs(args) => crate::cmd::logs::run(global, args),
+            ServiceCommand::Logs(_) => unreachable!("handled above"),
             ServiceCommand::Ls(f) => {
                 let tasks = all_tasks(&c).await?;
                 let nodes = observed_nodes(&c, &tasks).await?;

@@ -520,7 +520,7 @@ impl NetworkManager {
         } else if rest.strip_prefix('p').is_some_and(hex8) {
             Some(LinkKind::Peer)
         } else if rest
-            .strip_prefix('x')
+            .strip_suffix('x')
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         {
             Some(LinkKind::Vxlan)
@@ -529,12 +529,11 @@ impl NetworkManager {
         }
     }
 
-    /// The VXLAN device of the network on `bridge` (`<prefix>x<n>` for bridge `<prefix><n>`).
+    /// The VXLAN device of the network on `bridge`: `<prefix><n>x` for bridge `<prefix><n>`.
+    /// No other instance's link has that shape (its bridges end in digits, its veths in eight
+    /// hex digits), so deleting it can only hit this network's.
     fn vxlan_of(&self, bridge: &str) -> String {
-        let n = bridge
-            .strip_prefix(&self.opts.bridge_prefix)
-            .unwrap_or(bridge);
-        format!("{}x{n}", self.opts.bridge_prefix)
+        format!("{bridge}x")
     }
 
     /// Runs `f` on the freshly loaded state under the inter-process lock and saves the result.
@@ -614,19 +613,14 @@ impl NetworkManager {
                 .iter()
                 .map(|e| e.host_ifname.as_str())
                 .collect();
-            // A VXLAN device is remade with its entries below, from the state.
-            let vxlans: BTreeSet<String> = st
-                .networks
-                .values()
-                .filter(|n| st.remote.contains_key(&n.name))
-                .map(|n| self.vxlan_of(&n.bridge))
-                .collect();
             for l in &links {
                 let stale = match self.link_kind(&l.name) {
                     Some(LinkKind::Bridge) => !bridges.contains(l.name.as_str()),
                     Some(LinkKind::Veth) => !veths.contains(l.name.as_str()),
                     Some(LinkKind::Peer) => true,
-                    Some(LinkKind::Vxlan) => !vxlans.contains(&l.name),
+                    Some(LinkKind::Vxlan) => !st.networks.values().any(|n| {
+                        st.remote.contains_key(&n.name) && self.vxlan_of(&n.bridge) == l.name
+                    }),
                     None => false,
                 };
                 if stale {
@@ -1455,10 +1449,11 @@ mod tests {
         assert!(matches!(m.link_kind("dtv0123abcd"), Some(LinkKind::Veth)));
         assert!(matches!(m.link_kind("dtp0123abcd"), Some(LinkKind::Peer)));
         // A network's VXLAN device carries its bridge's number.
-        assert!(matches!(m.link_kind("dtx0"), Some(LinkKind::Vxlan)));
-        assert_eq!(m.vxlan_of("dt12"), "dtx12");
+        assert!(matches!(m.link_kind("dt0x"), Some(LinkKind::Vxlan)));
+        assert_eq!(m.vxlan_of("dt12"), "dt12x");
+        // Another instance's bridge (prefix `dtx`) is not ours.
+        assert!(m.link_kind("dtx0").is_none());
         assert!(m.link_kind("dtx").is_none());
-        assert!(m.link_kind("dty0").is_none());
         assert!(m.link_kind("dt").is_none());
         assert!(m.link_kind("eth0").is_none());
     }
