@@ -223,6 +223,10 @@ struct Inner {
     remote: RwLock<Option<Arc<Remote>>>,
     /// Since when this raft member has seen no leader (for [`Node::check_demoted`]).
     leaderless_since: std::sync::Mutex<Option<Instant>>,
+    /// A demoted manager is wiping its copy of the log: reads go to the managers even though
+    /// the stopped raft still counts this node a voter (its agent must never see the empty
+    /// store and take its containers for strays).
+    wiping: std::sync::atomic::AtomicBool,
 }
 
 /// Inside an [`Node::on_leader`] closure: the value of a raft write, or the early return
@@ -305,6 +309,7 @@ impl Node {
                 membership_lock: Mutex::new(()),
                 remote: RwLock::new(remote),
                 leaderless_since: std::sync::Mutex::new(None),
+                wiping: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         tokio::spawn(renew_loop(Arc::downgrade(&node.inner)));
@@ -366,7 +371,7 @@ impl Node {
             .clone()?;
         // A worker being promoted keeps reading through the managers until it is a voter: by
         // then its log has caught up, so its agent never acts on a half-received store.
-        if self.is_voter() {
+        if self.is_voter() && !self.inner.wiping.load(std::sync::atomic::Ordering::SeqCst) {
             return None;
         }
         let http = self.inner.tls.active()?.managers.clone();
@@ -1879,9 +1884,17 @@ impl Node {
             match Client::over(&addr, active.managers.clone()).whoami().await {
                 Ok(w) if w.role == Some(Role::Worker) => {
                     let local = self.inner.log.get_local::<LocalTls>(LOCAL_TLS)?;
-                    self.reset_raft(local).await?;
-                    self.save_seal_key(None)?;
+                    // Reads move to the managers before the local copy goes.
                     self.set_remote(Some(w.managers))?;
+                    self.inner
+                        .wiping
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    let reset = self.reset_raft(local).await;
+                    self.inner
+                        .wiping
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    reset?;
+                    self.save_seal_key(None)?;
                     tracing::info!("demoted: this node is a worker now");
                     return Ok(true);
                 }
