@@ -116,17 +116,6 @@ pub struct Inputs<'a> {
     pub pool: Pool,
 }
 
-/// Whether `doc`'s service has a healthcheck that runs (then it serves once healthy).
-fn has_healthcheck(doc: &ServiceDoc) -> bool {
-    doc.service.healthcheck.as_ref().is_some_and(|hc| {
-        !hc.disable
-            && matches!(
-                hc.test.first().map(String::as_str),
-                Some("CMD" | "CMD-SHELL")
-            )
-    })
-}
-
 /// The stack networks a service joins, by their key in the file, with its aliases there.
 pub fn service_networks(doc: &ServiceDoc) -> Vec<(String, Vec<String>)> {
     if doc.service.networks.is_empty() {
@@ -175,7 +164,7 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
             && t.state == TaskState::Running
             && match t.health {
                 Health::Healthy => true,
-                Health::Unknown => !has_healthcheck(doc),
+                Health::Unknown => doc.health_command().is_none(),
                 Health::Starting | Health::Unhealthy => false,
             };
         for (k, aliases) in service_networks(doc) {

@@ -69,6 +69,20 @@ impl ServiceDoc {
     pub fn id(&self) -> ServiceId {
         self.spec.id()
     }
+
+    /// The command of the service's healthcheck, when one runs (the agent runs it; a replica
+    /// with one serves only once healthy).
+    pub fn health_command(&self) -> Option<Vec<String>> {
+        let hc = self.service.healthcheck.as_ref()?;
+        if hc.disable {
+            return None;
+        }
+        match hc.test.first().map(String::as_str) {
+            Some("CMD") => Some(hc.test[1..].to_vec()),
+            Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")]),
+            _ => None,
+        }
+    }
 }
 
 /// Store id of a task (the same for its [`TaskDoc`] and its [`TaskStatusDoc`]).

@@ -601,7 +601,7 @@ impl<S: Store> Agent<S> {
                     // In service once running, or once healthy when a healthcheck runs; an
                     // unhealthy replica is withdrawn.
                     let healthy = r.health.unwrap_or(t.health) == Health::Healthy;
-                    self.set_serving(c, health_command(s).is_none() || healthy)
+                    self.set_serving(c, s.health_command().is_none() || healthy)
                         .await;
                 }
                 if r.health == Some(Health::Unhealthy) {
@@ -925,7 +925,7 @@ impl<S: Store> Agent<S> {
 
     /// Runs the service's healthcheck inside the container when due; returns a changed health.
     async fn check_health(&self, t: &Task, c: &Container, doc: &ServiceDoc) -> Option<Health> {
-        let args = health_command(doc)?;
+        let args = doc.health_command()?;
         let hc = doc.service.healthcheck.as_ref()?;
         let timing = HealthTiming::of(hc);
         let timeout = timing.timeout;
@@ -1044,19 +1044,6 @@ impl<S: Store> Agent<S> {
 /// Longest wait for a withdrawn container's open connections before it is stopped.
 pub const DRAIN_MAX: Duration = Duration::from_secs(2);
 
-/// The command of the service's healthcheck, when one runs.
-fn health_command(doc: &ServiceDoc) -> Option<Vec<String>> {
-    let hc = doc.service.healthcheck.as_ref()?;
-    if hc.disable {
-        return None;
-    }
-    match hc.test.first().map(String::as_str) {
-        Some("CMD") => Some(hc.test[1..].to_vec()),
-        Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")]),
-        _ => None,
-    }
-}
-
 /// The running task container of `service` in `stack` on this node, if any.
 fn peer_container(ctr: &dyn Containers, stack: &str, service: &str) -> Option<String> {
     // The list is oldest first; during a start-first update of the peer the oldest is the one
@@ -1131,7 +1118,7 @@ fn start_container(
     }
     let t3 = Instant::now();
     if used_net
-        && health_command(doc).is_none()
+        && doc.health_command().is_none()
         && let Some(net) = net
         && let Err(e) = net.set_serving(&id, true)
     {
@@ -1185,11 +1172,6 @@ fn plan_networks(
 ) -> Result<Vec<String>, Error> {
     let svc = &doc.service;
     let stack = &doc.spec.stack;
-    let keys: Vec<String> = if svc.networks.is_empty() {
-        vec!["default".into()]
-    } else {
-        svc.networks.keys().cloned().collect()
-    };
     let existing: Vec<String> = net
         .list()
         .map_err(|e| Error::Runtime(e.to_string()))?
@@ -1198,7 +1180,7 @@ fn plan_networks(
         .collect();
     let mut planned = Vec::new();
     let mut names = Vec::new();
-    for k in &keys {
+    for (k, aliases) in dcpp_control::overlay::service_networks(doc) {
         let full = format!("{stack}_{k}");
         let addr = overlay.and_then(|(a, _)| a.get(&full));
         match (overlay, addr) {
@@ -1215,12 +1197,6 @@ fn plan_networks(
                 .map_err(|e| Error::Runtime(e.to_string()))?,
             (None, _) => {}
         }
-        let aliases = svc
-            .networks
-            .get(k)
-            .and_then(|n| n.as_ref())
-            .map(|n| n.aliases.clone())
-            .unwrap_or_default();
         planned.push(PlannedNetwork {
             network: full.clone(),
             aliases,

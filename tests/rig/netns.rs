@@ -13,6 +13,8 @@ pub struct Underlay {
     pub hosts: Vec<String>,
     /// Underlay address of each host.
     pub addrs: Vec<String>,
+    /// The slot's link prefix (`x<NN>`), which the slot's scrub cleans up after a crash.
+    prefix: String,
     bridge: String,
     // Last: released after the links under its names are gone.
     _slot: Slot,
@@ -33,32 +35,29 @@ impl Underlay {
         let slot = Slot::take(tag);
         let prefix = format!("x{:02}", slot.n);
         let bridge = format!("{prefix}ub");
-        let mut hosts = Vec::new();
-        let mut addrs = Vec::new();
         ip(&["link", "add", &bridge, "type", "bridge"]);
         ip(&["link", "set", &bridge, "up"]);
-        let u = Underlay {
+        let mut u = Underlay {
             hosts: Vec::new(),
             addrs: Vec::new(),
-            bridge: bridge.clone(),
+            prefix,
+            bridge,
             _slot: slot,
         };
-        let octet = u._slot.octet();
-        let mut u = u;
         for i in 0..n {
-            let name = format!("dcpp-{prefix}-{i}");
+            let name = format!("dcpp-{}-{i}", u.prefix);
             let _ = Command::new("ip")
                 .args(["netns", "del", &name])
                 .stderr(Stdio::null())
                 .status();
             ip(&["netns", "add", &name]);
-            hosts.push(name.clone());
-            let outside = format!("{prefix}u{i}");
+            u.hosts.push(name.clone());
+            let outside = u.outside(i);
             ip(&[
                 "link", "add", &outside, "type", "veth", "peer", "name", "uplink", "netns", &name,
             ]);
-            ip(&["link", "set", &outside, "master", &bridge, "up"]);
-            let addr = format!("10.{octet}.250.{}", i + 1);
+            ip(&["link", "set", &outside, "master", &u.bridge, "up"]);
+            let addr = format!("10.{}.250.{}", u._slot.octet(), i + 1);
             ip(&[
                 "-n",
                 &name,
@@ -70,11 +69,14 @@ impl Underlay {
             ]);
             ip(&["-n", &name, "link", "set", "uplink", "up"]);
             ip(&["-n", &name, "link", "set", "lo", "up"]);
-            addrs.push(addr);
+            u.addrs.push(addr);
         }
-        u.hosts = hosts;
-        u.addrs = addrs;
         u
+    }
+
+    /// Host `i`'s end of its underlay link, on the bridge.
+    fn outside(&self, i: usize) -> String {
+        format!("{}u{i}", self.prefix)
     }
 
     /// `nsenter` into host `i`'s network namespace, for a daemon or a client.
@@ -104,8 +106,12 @@ impl Underlay {
 
     /// Cuts host `i` off the underlay (its link goes down) or joins it back.
     pub fn set_link(&self, i: usize, up: bool) {
-        let outside = format!("{}u{i}", &self.bridge[..3]);
-        ip(&["link", "set", &outside, if up { "up" } else { "down" }]);
+        ip(&[
+            "link",
+            "set",
+            &self.outside(i),
+            if up { "up" } else { "down" },
+        ]);
     }
 }
 
