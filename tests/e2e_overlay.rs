@@ -216,3 +216,117 @@ fn a_service_on_one_node_answers_by_name_on_another_and_entries_follow_the_repli
         });
     }
 }
+
+/// Web on the third host only, its port published through the routing mesh, and a CGI that
+/// prints the address the replica sees its client at.
+fn mesh_compose(web_node: u64, mode: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command:
+      - sh
+      - -c
+      - |
+        mkdir -p /www/cgi-bin
+        printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $$REMOTE_ADDR\n' > /www/cgi-bin/ip
+        chmod +x /www/cgi-bin/ip
+        exec httpd -f -p 80 -h /www
+    ports:
+      - target: 80
+        published: "18080"
+        mode: {mode}
+    deploy:
+      placement:
+        constraints: ["node.id=={web_node}"]
+"#
+    )
+}
+
+/// The interface holding host `i`'s underlay address, and whether it forwards.
+fn uplink_forwarding(u: &rig::netns::Underlay, i: usize) -> (String, String) {
+    let (_, a) = u.run(i, &["ip", "-o", "-4", "addr", "show"]);
+    let dev = a
+        .lines()
+        .find(|l| l.contains(&format!("inet {}/", u.addrs[i])))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let (_, f) = u.run(
+        i,
+        &["cat", &format!("/proc/sys/net/ipv4/conf/{dev}/forwarding")],
+    );
+    (dev, f.trim().to_string())
+}
+
+#[test]
+fn a_published_port_answers_on_every_node_and_the_serving_node_keeps_the_client_address() {
+    let cl = Cluster::form_in_netns("om", &[Join::Worker, Join::Worker], &["--overlay", "on"]);
+    let u = cl.underlay.as_ref().unwrap();
+    let web_node = cl.nodes[2].id;
+    let before: Vec<(String, String)> = (0..3).map(|i| uplink_forwarding(u, i)).collect();
+    let file = cl.nodes[0].write("compose.yml", &mesh_compose(web_node, "ingress"));
+    let out = cl.ok(0, &["apply", "-f", &file, "-p", "om", "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(local_containers(&cl.nodes[2], "web").len(), 1);
+    // A client on host `from` fetches `path` from host `to`'s published port.
+    let fetch = |from: usize, to: usize, path: &str| {
+        let url = format!("http://{}:18080{path}", u.addrs[to]);
+        u.run(from, &["timeout", "3", "busybox", "wget", "-qO-", &url])
+    };
+    // Hosts 0 and 1 run no replica: they answer through the mesh.
+    for (from, to) in [(0, 1), (1, 0), (0, 2)] {
+        cl.wait_until("the published port answers on every host", 20, || {
+            fetch(from, to, "/").0
+        });
+        let (ok, body) = fetch(from, to, "/");
+        assert!(ok && body == "hello from dcpp\n", "{from}→{to}: {body}");
+    }
+    // The serving host keeps the client's address; a forwarding host shows its own (the one
+    // hop where it cannot be kept). httpd prints an IPv4 client as `[::ffff:a.b.c.d]`.
+    let seen = |from: usize, to: usize| {
+        let (_, out) = fetch(from, to, "/cgi-bin/ip");
+        out.trim()
+            .trim_start_matches("[::ffff:")
+            .trim_end_matches(']')
+            .to_string()
+    };
+    assert_eq!(seen(0, 2), u.addrs[0]);
+    assert_eq!(seen(0, 1), u.addrs[1]);
+    assert_eq!(seen(1, 0), u.addrs[0]);
+    // Twenty fetches through a forwarding host in a row: none fails.
+    for n in 0..20 {
+        let (ok, body) = fetch(0, 1, "/");
+        assert!(ok, "fetch {n} through the mesh: {body}");
+    }
+    // Forwarding was turned on only where the mesh needs it.
+    let (dev1, fwd1) = uplink_forwarding(u, 1);
+    assert_eq!(fwd1, "1", "host 1's uplink {dev1} forwards the mesh");
+
+    // `mode: host`: the port answers only where the replica runs.
+    let file = cl.nodes[0].write("compose.yml", &mesh_compose(web_node, "host"));
+    cl.ok(0, &["apply", "-f", &file, "-p", "om", "--timeout", "60s"]);
+    cl.wait_until("host mode leaves the other hosts", 20, || {
+        !fetch(0, 1, "/").0
+    });
+    assert!(!fetch(1, 0, "/").0, "host 0 no longer answers");
+    cl.wait_until("the serving host still answers", 20, || fetch(0, 2, "/").0);
+    for i in 0..2 {
+        let (_, rules) = u.run(i, &["nft", "list", "table", "ip", &cl.nodes[i].table]);
+        assert!(!rules.contains("dport 18080"), "host {i}: {rules}");
+    }
+
+    // Back to the mesh, then the stack goes: no rule, no held port, forwarding as it was.
+    let file = cl.nodes[0].write("compose.yml", &mesh_compose(web_node, "ingress"));
+    cl.ok(0, &["apply", "-f", &file, "-p", "om", "--timeout", "60s"]);
+    cl.wait_until("the mesh answers again", 20, || fetch(0, 1, "/").0);
+    cl.ok(0, &["down", "-p", "om"]);
+    for (i, was) in before.iter().enumerate() {
+        cl.wait_until("the mesh is gone", 30, || {
+            let (_, rules) = u.run(i, &["nft", "list", "table", "ip", &cl.nodes[i].table]);
+            !rules.contains("dport 18080") && uplink_forwarding(u, i) == *was
+        });
+        let (_, ss) = u.run(i, &["ss", "-Htln", "sport", "= :18080"]);
+        assert!(ss.trim().is_empty(), "host {i} still holds the port: {ss}");
+    }
+}

@@ -231,7 +231,7 @@ fn rollback_txn(
 /// exactly one orchestrator writes tasks at a time (a deposed leader's writes fail their
 /// preconditions or are forwarded and re-checked).
 /// With `overlay`, it also keeps the cluster-wide network documents ([`crate::overlay`]),
-/// cutting subnets from that pool.
+/// cutting subnets from that pool, and the routing mesh ([`crate::mesh`]).
 pub async fn run(
     node: Node,
     overlay: Option<crate::overlay::Pool>,
@@ -288,6 +288,14 @@ pub async fn run(
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!("networks: {e}");
+                    wait = wait.min(Duration::from_millis(200));
+                }
+            }
+            match crate::mesh::sync(&node).await {
+                Ok(true) => wait = Duration::ZERO,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("routing mesh: {e}");
                     wait = wait.min(Duration::from_millis(200));
                 }
             }

@@ -26,8 +26,11 @@ use std::path::{Path, PathBuf};
 
 pub mod api;
 pub mod converge;
+#[cfg(test)]
+mod fixtures;
 pub mod gitops;
 pub mod leader;
+pub mod mesh;
 pub mod migrate;
 pub mod nodes;
 pub mod overlay;

@@ -160,13 +160,7 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
         let Some(doc) = inp.services.get(&t.service.0) else {
             continue;
         };
-        let serving = t.desired == DesiredState::Running
-            && t.state == TaskState::Running
-            && match t.health {
-                Health::Healthy => true,
-                Health::Unknown => doc.health_command().is_none(),
-                Health::Starting | Health::Unhealthy => false,
-            };
+        let serving = serving(t, doc);
         for (k, aliases) in service_networks(doc) {
             let net = format!("{}_{k}", doc.spec.stack);
             let mut ep = EndpointDoc {
@@ -252,6 +246,18 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
         d.endpoints.insert(task, ep);
     }
     Ok(out)
+}
+
+/// Whether task `t` of `doc` takes connections: running, healthy when it has a healthcheck,
+/// and meant to keep running (a replica about to be stopped leaves its names and ports first).
+pub fn serving(t: &Task, doc: &ServiceDoc) -> bool {
+    t.desired == DesiredState::Running
+        && t.state == TaskState::Running
+        && match t.health {
+            Health::Healthy => true,
+            Health::Unknown => doc.health_command().is_none(),
+            Health::Starting | Health::Unhealthy => false,
+        }
 }
 
 /// The lowest subnet of the pool that overlaps none of `taken`.

@@ -1,6 +1,6 @@
 //! What a worker's certificate may see and change: its own node record, the tasks placed on
 //! it, their status, the services those tasks run, the endpoint tables of the networks those
-//! tasks are on, and the volume removals addressed to it.
+//! tasks are on, the routing mesh, and the volume removals addressed to it.
 //! Everything else (stacks, other nodes' tasks, secrets, the other nodes) stays out of reach
 //! even for a worker whose machine is compromised.
 
@@ -44,6 +44,8 @@ impl WorkerScope for Workers {
             Kind::Volume => volume_for(&o.value, w),
             // The addresses and names of the networks its tasks are on, to reach their peers.
             Kind::Network => network_of(&o.value, w),
+            // Any node may have to answer a published port of the routing mesh.
+            Kind::Mesh => true,
             Kind::Service => store.list(Kind::Task).is_ok_and(|(tasks, _)| {
                 tasks.iter().any(|t| {
                     placed_on(&t.value) == Some(w)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use dcpp_control::mesh::MeshDoc;
 use dcpp_control::nodes::SelfInfo;
 use dcpp_control::overlay::NetworkDoc;
 use dcpp_raft::{Kind, Node, Store, Txn};
@@ -19,8 +20,8 @@ use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskReport, TaskState}
 use dcpp_runtime::container::{ContainerManager, MountRequest, MountSource, NetworkMode};
 use dcpp_runtime::image::registry::RegistryOptions;
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, NetworkManager, Overlay, PlannedNetwork, PortMapping,
-    Protocol, RemoteEndpoint, ResolvSettings, VXLAN_OVERHEAD,
+    ContainerNetworks, ContainerPlan, Mesh, MeshForward, NetworkManager, Overlay, PlannedNetwork,
+    PortMapping, Protocol, RemoteEndpoint, ResolvSettings, VXLAN_OVERHEAD,
 };
 
 use crate::Error;
@@ -92,6 +93,8 @@ pub struct Agent<S: Store = Node> {
     overlay: Option<OverlayConf>,
     /// What each network was last told about its containers elsewhere.
     remote: Mutex<HashMap<String, Option<Overlay>>>,
+    /// What the routing mesh was last set to (`None`: not yet this process).
+    mesh: Mutex<Option<Mesh>>,
 }
 
 /// How this node takes part in the overlay.
@@ -206,6 +209,7 @@ impl<S: Store> Agent<S> {
             node,
             overlay: None,
             remote: Mutex::default(),
+            mesh: Mutex::default(),
         }
     }
 
@@ -387,6 +391,7 @@ impl<S: Store> Agent<S> {
         self.prune_networks(&services).await;
         if self.overlay.is_some() {
             self.sync_overlay(&nets).await;
+            self.sync_mesh().await;
         }
         Ok(did)
     }
@@ -444,6 +449,30 @@ impl<S: Store> Agent<S> {
                 Some(Err(e)) => tracing::warn!(network = %name, "overlay: {e}"),
                 None => {}
             }
+        }
+    }
+
+    /// Brings this node's routing mesh rules to the leader's mesh document, when it changed.
+    async fn sync_mesh(&self) {
+        let Some(local) = dcpp_control::overlay::underlay_of(&self.me.address) else {
+            return;
+        };
+        let doc = match dcpp_control::mesh::get(&self.node).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("routing mesh: {e}");
+                return;
+            }
+        };
+        let want = mesh_plan(&doc, self.me.id, local);
+        if self.mesh.lock().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(&want) {
+            return;
+        }
+        let w = want.clone();
+        match self.net_blocking(move |net| net.set_mesh(Some(w))).await {
+            Some(Ok(_)) => *self.mesh.lock().unwrap_or_else(|e| e.into_inner()) = Some(want),
+            Some(Err(e)) => tracing::warn!("routing mesh: {e}"),
+            None => {}
         }
     }
 
@@ -1039,6 +1068,23 @@ impl<S: Store> Agent<S> {
             .iter()
             .any(|c| c.labels.contains_key(LABEL_TASK))
     }
+}
+
+/// What node `me` (underlay address `local`) does for the routing mesh `doc`: where each
+/// port's connections go while no replica here serves it (nowhere, for a port served only
+/// here).
+pub fn mesh_plan(doc: &MeshDoc, me: u64, local: std::net::Ipv4Addr) -> Mesh {
+    let ports: Vec<MeshForward> = dcpp_control::mesh::forwards(doc, me)
+        .into_iter()
+        .filter_map(|(port, protocol, to)| {
+            Some(MeshForward {
+                port,
+                protocol: protocol.parse().ok()?,
+                to,
+            })
+        })
+        .collect();
+    Mesh { local, ports }
 }
 
 /// Longest wait for a withdrawn container's open connections before it is stopped.

@@ -17,8 +17,8 @@ use dcpp_runtime::container::{
 use dcpp_runtime::image::registry::{ProgressFn, RegistryClient, RegistryOptions};
 use dcpp_runtime::image::{Digest, ImageError, ImageStore, LocalImage};
 use dcpp_runtime::network::{
-    ContainerNetworks, ContainerPlan, Ipv4Net, NetworkConfig, NetworkInfo, NetworkManager, Overlay,
-    ResolvSettings,
+    ContainerNetworks, ContainerPlan, Ipv4Net, Mesh, NetworkConfig, NetworkInfo, NetworkManager,
+    Overlay, ResolvSettings,
 };
 
 use crate::Error;
@@ -126,6 +126,11 @@ pub trait Networks: Send + Sync + 'static {
     /// Makes network `name` reach exactly these containers on other nodes (see
     /// [`NetworkManager::set_remote`]); returns whether anything changed.
     fn set_remote(&self, _name: &str, _overlay: Option<Overlay>) -> Result<bool, HostError> {
+        Ok(false)
+    }
+    /// Makes this node answer the routing mesh's ports (see [`NetworkManager::set_mesh`]);
+    /// returns whether anything changed.
+    fn set_mesh(&self, _mesh: Option<Mesh>) -> Result<bool, HostError> {
         Ok(false)
     }
     /// Records what container `name` joins when it starts.
@@ -426,6 +431,9 @@ impl Networks for LocalNetworks {
         self.manager
             .set_remote(name, overlay)
             .map_err(HostError::of)
+    }
+    fn set_mesh(&self, mesh: Option<Mesh>) -> Result<bool, HostError> {
+        self.manager.set_mesh(mesh).map_err(HostError::of)
     }
     fn plan(&self, name: &str, plan: ContainerPlan) {
         self.hook.plan(name, plan);

@@ -31,10 +31,12 @@ pub enum Kind {
     Counter,
     /// The node a local named volume lives on.
     VolumeHome,
+    /// Where the published ports of the routing mesh are served, cluster-wide.
+    Mesh,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Stack,
         Kind::Service,
         Kind::Task,
@@ -48,6 +50,7 @@ impl Kind {
         Kind::ServiceHistory,
         Kind::Counter,
         Kind::VolumeHome,
+        Kind::Mesh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::ServiceHistory => "service_history",
             Kind::Counter => "counter",
             Kind::VolumeHome => "volume_home",
+            Kind::Mesh => "mesh",
         }
     }
 }

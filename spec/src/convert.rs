@@ -2282,12 +2282,6 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                                         &fp,
                                         format!("invalid port mode {m:?}: use host or ingress"),
                                     );
-                                } else if m == "ingress" {
-                                    cv.unapplied(
-                                        v.pos,
-                                        &fp,
-                                        "no routing mesh: the port is published on the nodes that run a task (mode host)",
-                                    );
                                 }
                                 port.mode = m;
                             }

@@ -653,3 +653,68 @@ async fn a_task_assigned_to_another_node_is_left_alone() {
     assert_eq!(w.round().await, (false, vec![Call::List, Call::Networks]));
     assert_eq!(w.stored().await, before);
 }
+
+#[test]
+fn the_mesh_plan_forwards_what_other_nodes_serve() {
+    use dcpp_control::mesh::{MeshDoc, MeshPort};
+    use dcpp_runtime::network::{Mesh, MeshForward, Protocol};
+    let ip = |s: &str| -> std::net::Ipv4Addr { s.parse().unwrap() };
+    let port = |published: u16, protocol: &str, serving: &[(u64, u32)]| MeshPort {
+        service: "s_web".into(),
+        published,
+        protocol: protocol.into(),
+        serving: serving.iter().copied().collect(),
+    };
+    let doc = MeshDoc {
+        nodes: [
+            (1, ip("10.1.0.1")),
+            (2, ip("10.1.0.2")),
+            (3, ip("10.1.0.3")),
+        ]
+        .into(),
+        ports: vec![
+            port(53, "udp", &[(2, 1)]),
+            port(8080, "tcp", &[(1, 1), (2, 2)]),
+            port(9000, "tcp", &[(3, 1)]),
+        ],
+    };
+    assert_eq!(
+        super::mesh_plan(&doc, 3, ip("10.1.0.3")),
+        Mesh {
+            local: ip("10.1.0.3"),
+            ports: vec![
+                MeshForward {
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    to: vec![ip("10.1.0.2")],
+                },
+                MeshForward {
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    to: vec![ip("10.1.0.1"), ip("10.1.0.2"), ip("10.1.0.2")],
+                },
+                MeshForward {
+                    port: 9000,
+                    protocol: Protocol::Tcp,
+                    to: vec![],
+                },
+            ],
+        }
+    );
+    let only_mine = MeshDoc {
+        ports: vec![port(9000, "tcp", &[(3, 1)])],
+        ..doc
+    };
+    assert_eq!(
+        super::mesh_plan(&only_mine, 3, ip("10.1.0.3")).ports,
+        vec![MeshForward {
+            port: 9000,
+            protocol: Protocol::Tcp,
+            to: vec![],
+        }]
+    );
+    assert_eq!(
+        super::mesh_plan(&MeshDoc::default(), 3, ip("10.1.0.3")).ports,
+        vec![]
+    );
+}

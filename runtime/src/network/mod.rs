@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 pub use dns::{DnsTable, parse_resolv_conf};
 pub use hook::{ContainerNetworks, ContainerPlan, PlannedNetwork};
 pub use ipam::{Ipv4Net, ParseNetError};
-pub use state::{Endpoint, NetworkRecord, PortBinding, Protocol, RemoteEndpoint};
+pub use state::{Endpoint, MeshForward, NetworkRecord, PortBinding, Protocol, RemoteEndpoint};
 
 /// The default address pool: `10.210.0.0/16`, cut into /24 networks. It lies outside docker's
 /// (172.17.0.0/12, 192.168.0.0/16) and podman's (10.88.0.0/16, 10.89.0.0/16) defaults, and the
@@ -296,6 +296,15 @@ pub struct Overlay {
     pub port: u16,
     /// The remote containers.
     pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// The routing mesh as [`NetworkManager::set_mesh`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// This node's underlay address (its interface carries the forwarded connections).
+    pub local: Ipv4Addr,
+    /// Where each port's new connections go while no replica here serves it.
+    pub ports: Vec<MeshForward>,
 }
 
 /// The VXLAN overhead (outer Ethernet, IP, UDP and VXLAN headers) an overlay network's MTU
@@ -564,7 +573,31 @@ impl NetworkManager {
         }
     }
 
-    fn apply_nft(&self, st: &state::State) -> Result<(), Error> {
+    /// Turns forwarding through the uplink on while this node has a published port that
+    /// clients on other machines reach (its own replicas' or the mesh's: the kernel routes a
+    /// translated connection only when the interface it enters through forwards), if it was
+    /// off, and off again once none is left. Only with an uplink, i.e. in a cluster's overlay.
+    fn sync_uplink(st: &mut state::State) -> Result<(), Error> {
+        let state::State { mesh, ports, .. } = st;
+        let Some(m) = mesh.as_mut() else {
+            return Ok(());
+        };
+        let need = m.ports.iter().any(|p| !p.to.is_empty())
+            || ports
+                .iter()
+                .any(|p| p.host_ip.is_none_or(|ip| !ip.is_loopback()));
+        if need && !m.enabled_forwarding && !netlink::forwarding(&m.uplink)? {
+            netlink::set_forwarding(&m.uplink, true)?;
+            m.enabled_forwarding = true;
+        } else if !need && m.enabled_forwarding {
+            netlink::set_forwarding(&m.uplink, false)?;
+            m.enabled_forwarding = false;
+        }
+        Ok(())
+    }
+
+    fn apply_nft(&self, st: &mut state::State) -> Result<(), Error> {
+        Self::sync_uplink(st)?;
         let bridges: Vec<nft::BridgeRule> = st
             .networks
             .values()
@@ -585,6 +618,26 @@ impl NetworkManager {
                 group.push((p.target_ip, p.container_port));
             }
         }
+        // A replica here serves its port itself (the client's address stays visible to it);
+        // the mesh forwards only ports no local replica takes new connections for.
+        let mesh = st.mesh.as_ref().map(|m| nft::MeshRules {
+            uplink: m.uplink.clone(),
+            guard: m.enabled_forwarding,
+            ports: m
+                .ports
+                .iter()
+                .filter(|f| {
+                    groups
+                        .get(&(None, f.port, f.protocol))
+                        .is_none_or(|b| b.is_empty())
+                })
+                .map(|f| nft::MeshRule {
+                    port: f.port,
+                    protocol: f.protocol,
+                    to: f.to.clone(),
+                })
+                .collect(),
+        });
         let ports: Vec<nft::PortRule> = groups
             .into_iter()
             .map(|((host_ip, host_port, protocol), backends)| nft::PortRule {
@@ -594,7 +647,13 @@ impl NetworkManager {
                 backends,
             })
             .collect();
-        nft::install(&self.opts.nft_table, &bridges, &ports, self.opts.masquerade)
+        nft::install(
+            &self.opts.nft_table,
+            &bridges,
+            &ports,
+            mesh.as_ref(),
+            self.opts.masquerade,
+        )
     }
 
     /// Removes what a crashed predecessor of this instance left behind and restores what the
@@ -654,10 +713,15 @@ impl NetworkManager {
             self.release_unused_ports(st);
             self.apply_nft(st)?;
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            for p in &st.ports {
-                let key = (p.host_ip, p.host_port, p.protocol);
+            let keys: Vec<PortKey> = st
+                .ports
+                .iter()
+                .map(|p| (p.host_ip, p.host_port, p.protocol))
+                .chain(mesh_keys(st))
+                .collect();
+            for key in keys {
                 if let std::collections::hash_map::Entry::Vacant(v) = held.entry(key) {
-                    match hold(p.host_ip, p.host_port, p.protocol) {
+                    match hold(key.0, key.1, key.2) {
                         Ok((h, _)) => {
                             v.insert(h);
                         }
@@ -948,6 +1012,7 @@ impl NetworkManager {
             .ports
             .iter()
             .map(|p| (p.host_ip, p.host_port, p.protocol))
+            .chain(mesh_keys(st))
             .collect();
         self.held
             .lock()
@@ -1218,6 +1283,82 @@ impl NetworkManager {
         })
     }
 
+    /// Makes this node answer the routing mesh's ports as `mesh` says (`None`: not in a
+    /// cluster's overlay, or leaving it): each
+    /// port served elsewhere is held here, and while no local replica serves it, new
+    /// connections go to the other nodes that do, leaving with this node's underlay address so the answers come back through
+    /// it. Forwarding through the uplink is turned on if it was off while any published port
+    /// is reachable through it, and then limited to translated connections and the
+    /// containers' replies; it is turned off again after the last. A port
+    /// another program holds here is left out with a warning. Returns whether anything changed.
+    pub fn set_mesh(&self, mesh: Option<Mesh>) -> Result<bool, Error> {
+        self.with_state(|st| {
+            let Some(m) = mesh else {
+                let Some(old) = st.mesh.take() else {
+                    return Ok(false);
+                };
+                if old.enabled_forwarding {
+                    netlink::set_forwarding(&old.uplink, false)?;
+                }
+                self.release_unused_ports(st);
+                self.apply_nft(st)?;
+                return Ok(true);
+            };
+            let uplink = match &st.mesh {
+                Some(old) if netlink::iface_with_addr(m.local)?.as_deref() == Some(&old.uplink) => {
+                    (old.uplink.clone(), old.enabled_forwarding)
+                }
+                _ => {
+                    if let Some(old) = st.mesh.take()
+                        && old.enabled_forwarding
+                    {
+                        netlink::set_forwarding(&old.uplink, false)?;
+                    }
+                    let name = netlink::iface_with_addr(m.local)?.ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "no interface holds the underlay address {}",
+                            m.local
+                        ))
+                    })?;
+                    // Whether it must forward is decided with the ruleset (`sync_uplink`).
+                    (name, false)
+                }
+            };
+            let mut ports = Vec::new();
+            {
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                for p in m.ports {
+                    let key = (None, p.port, p.protocol);
+                    // A port served only here is held by its replicas' publish.
+                    if !p.to.is_empty() && !held.contains_key(&key) {
+                        match hold(None, p.port, p.protocol) {
+                            Ok((h, _)) => {
+                                held.insert(key, h);
+                            }
+                            Err(e) => {
+                                tracing::warn!("routing mesh: port {}/{}: {e}", p.port, p.protocol);
+                                continue;
+                            }
+                        }
+                    }
+                    ports.push(p);
+                }
+            }
+            let want = state::MeshState {
+                uplink: uplink.0,
+                enabled_forwarding: uplink.1,
+                ports,
+            };
+            if st.mesh.as_ref() == Some(&want) {
+                return Ok(false);
+            }
+            st.mesh = Some(want);
+            self.release_unused_ports(st);
+            self.apply_nft(st)?;
+            Ok(true)
+        })
+    }
+
     /// Creates the VXLAN device of `net` if needed and moves its entries from `old`'s to `r`'s.
     fn program_remote(
         &self,
@@ -1357,6 +1498,12 @@ impl NetworkManager {
             st.upstreams.clear();
             self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
             st.remote.clear();
+            if let Some(m) = st.mesh.take()
+                && m.enabled_forwarding
+                && let Err(err) = netlink::set_forwarding(&m.uplink, false)
+            {
+                first_err.get_or_insert(err);
+            }
             for (_, n) in std::mem::take(&mut st.networks) {
                 if let Err(err) = netlink::delete_link(&self.vxlan_of(&n.bridge)) {
                     first_err.get_or_insert(err);
@@ -1371,6 +1518,14 @@ impl NetworkManager {
             first_err.map_or(Ok(()), Err)
         })
     }
+}
+
+/// The host ports the routing mesh holds.
+fn mesh_keys(st: &state::State) -> impl Iterator<Item = PortKey> + '_ {
+    st.mesh
+        .iter()
+        .flat_map(|m| m.ports.iter().filter(|p| !p.to.is_empty()))
+        .map(|p| (None, p.port, p.protocol))
 }
 
 /// Binds the host port so no other program can take it while published, and so a taken port is

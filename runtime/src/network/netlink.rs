@@ -154,6 +154,53 @@ pub fn list_links() -> Result<Vec<Link>, Error> {
     run(None, |h, _| async move { links(&h).await })
 }
 
+/// The name of the interface that holds address `ip`, if any does.
+pub fn iface_with_addr(ip: Ipv4Addr) -> Result<Option<String>, Error> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    run(None, move |h, _| async move {
+        let msgs: Vec<_> = h
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing addresses"))?;
+        let Some(index) = msgs
+            .iter()
+            .find(|m| {
+                m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Address(IpAddr::V4(a))
+                        | AddressAttribute::Local(IpAddr::V4(a)) if *a == ip)
+                })
+            })
+            .map(|m| m.header.index)
+        else {
+            return Ok(None);
+        };
+        Ok(links(&h)
+            .await?
+            .into_iter()
+            .find(|l| l.index == index)
+            .map(|l| l.name))
+    })
+}
+
+/// Whether the kernel forwards IPv4 packets that enter through `ifname`.
+pub fn forwarding(ifname: &str) -> Result<bool, Error> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    std::fs::read_to_string(&path)
+        .map(|v| v.trim() != "0")
+        .map_err(|e| Error::Io {
+            what: format!("reading {path}"),
+            source: e,
+        })
+}
+
+/// Turns forwarding of packets entering through `ifname` on or off.
+pub fn set_forwarding(ifname: &str, on: bool) -> Result<(), Error> {
+    write_sysctl(ifname, "forwarding", if on { "1" } else { "0" })
+}
+
 /// Destination prefixes of all IPv4 routes of the caller's namespace except default routes, so
 /// a new subnet can avoid whatever the host already routes.
 pub fn host_routes() -> Result<Vec<Ipv4Net>, Error> {

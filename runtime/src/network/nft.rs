@@ -45,8 +45,42 @@ pub struct PortRule {
     pub backends: Vec<(Ipv4Addr, u16)>,
 }
 
+/// The routing mesh as this node forwards it: ports without a local replica go to other
+/// nodes through the uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshRules {
+    /// Interface holding this node's underlay address.
+    pub uplink: String,
+    /// dcpp turned forwarding on for the uplink: forward nothing through it but the mesh's
+    /// connections (and replies to the containers'), as before.
+    pub guard: bool,
+    pub ports: Vec<MeshRule>,
+}
+
+/// One port this node forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshRule {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Nodes' underlay addresses, one entry per serving replica there.
+    pub to: Vec<Ipv4Addr>,
+}
+
+fn set_of(ips: &[Ipv4Addr]) -> String {
+    let mut v: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    v.sort();
+    v.dedup();
+    format!("{{ {} }}", v.join(", "))
+}
+
 /// Renders the nft script that replaces table `ip <table>`.
-pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerade: bool) -> String {
+pub fn render(
+    table: &str,
+    bridges: &[BridgeRule],
+    ports: &[PortRule],
+    mesh: Option<&MeshRules>,
+    masquerade: bool,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -83,6 +117,34 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
             let _ = writeln!(s, "{} }}", entries.join(", "));
         }
     }
+    for r in mesh.iter().flat_map(|m| m.ports.iter()) {
+        if r.to.is_empty() {
+            continue;
+        }
+        // Loopback clients are left out: their source cannot leave the machine. Connections
+        // another node forwarded are forwarded again only while this node's view differs from
+        // that node's (under a second); each hop lowers the TTL, so none circles for long.
+        let _ = write!(
+            s,
+            "    ip daddr != 127.0.0.0/8 {} dport {} dnat ip to ",
+            r.protocol, r.port
+        );
+        if let [ip] = r.to.as_slice() {
+            let _ = writeln!(s, "{ip}");
+        } else {
+            let entries: Vec<String> =
+                r.to.iter()
+                    .enumerate()
+                    .map(|(i, ip)| format!("{i} : {ip}"))
+                    .collect();
+            let _ = writeln!(
+                s,
+                "numgen inc mod {} map {{ {} }}",
+                r.to.len(),
+                entries.join(", ")
+            );
+        }
+    }
     s.push_str("  }\n");
     s.push_str(
         "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
@@ -111,6 +173,24 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
             );
         }
     }
+    for (m, r) in mesh
+        .iter()
+        .flat_map(|m| m.ports.iter().map(move |r| (m, r)))
+    {
+        if r.to.is_empty() {
+            continue;
+        }
+        // The answer must come back through this node to be translated back for the client,
+        // so the forwarded connection leaves with this node's address.
+        let _ = writeln!(
+            s,
+            "    oifname \"{}\" ip daddr {} {} dport {} ct status dnat masquerade",
+            m.uplink,
+            set_of(&r.to),
+            r.protocol,
+            r.port
+        );
+    }
     s.push_str("  }\n");
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
     let names: BTreeMap<&str, &BridgeRule> =
@@ -121,8 +201,21 @@ pub fn render(table: &str, bridges: &[BridgeRule], ports: &[PortRule], masquerad
     }
     // A published port is public, also to containers of other networks (through a host
     // address); everything else between two networks is dropped below.
-    if bridges.iter().any(|b| !b.internal) {
+    if bridges.iter().any(|b| !b.internal) || mesh.is_some() {
         s.push_str("    ct status dnat accept\n");
+    }
+    if let Some(m) = mesh.filter(|m| m.guard) {
+        let own: Vec<String> = names.keys().map(|n| format!("\"{n}\"")).collect();
+        if own.is_empty() {
+            let _ = writeln!(s, "    iifname \"{}\" drop", m.uplink);
+        } else {
+            let _ = writeln!(
+                s,
+                "    iifname \"{}\" oifname != {{ {} }} drop",
+                m.uplink,
+                own.join(", ")
+            );
+        }
     }
     for b in bridges {
         if b.internal {
@@ -152,16 +245,17 @@ pub fn install(
     table: &str,
     bridges: &[BridgeRule],
     ports: &[PortRule],
+    mesh: Option<&MeshRules>,
     masquerade: bool,
 ) -> Result<(), Error> {
-    apply(&render(table, bridges, ports, masquerade))?;
-    sync_iptables_forward(table, bridges)
+    apply(&render(table, bridges, ports, mesh, masquerade))?;
+    sync_iptables_forward(table, bridges, mesh.map(|m| m.uplink.as_str()))
 }
 
 /// Removes the table and every rule this instance put in other tables.
 pub fn uninstall(table: &str) -> Result<(), Error> {
     let r = apply(&render_delete(table));
-    sync_iptables_forward(table, &[]).and(r)
+    sync_iptables_forward(table, &[], None).and(r)
 }
 
 /// Comment on an accept rule this instance put in the iptables `FORWARD` chain.
@@ -171,9 +265,23 @@ fn forward_tag(table: &str, dir: &str, bridge: &str) -> String {
 
 /// The iptables `FORWARD` accept rules of `bridges`: anything from a bridge (where it goes is
 /// decided by dcpp's own `forward` chain), and to a bridge only replies and connections to
-/// published ports, as docker does.
-fn forward_rules(table: &str, bridges: &[BridgeRule]) -> Vec<(String, String)> {
+/// published ports, as docker does. With a mesh uplink, the connections it forwards (both
+/// directions: the state matches a translated connection's packets either way).
+fn forward_rules(
+    table: &str,
+    bridges: &[BridgeRule],
+    uplink: Option<&str>,
+) -> Vec<(String, String)> {
     let mut v = Vec::new();
+    if let Some(u) = uplink {
+        let tag = forward_tag(table, "mesh", u);
+        v.push((
+            tag.clone(),
+            format!(
+                "-i {u} -o {u} -m conntrack --ctstate DNAT -m comment --comment {tag} -j ACCEPT"
+            ),
+        ));
+    }
     for b in bridges {
         let tag = forward_tag(table, "in", &b.bridge);
         v.push((
@@ -196,7 +304,11 @@ fn forward_rules(table: &str, bridges: &[BridgeRule]) -> Vec<(String, String)> {
 /// present when that chain can drop anything (policy DROP, or rules of its own), absent
 /// otherwise, so a host without such a firewall is not touched. Without the `iptables` tools
 /// there is no such chain to pass.
-pub fn sync_iptables_forward(table: &str, bridges: &[BridgeRule]) -> Result<(), Error> {
+pub fn sync_iptables_forward(
+    table: &str,
+    bridges: &[BridgeRule],
+    uplink: Option<&str>,
+) -> Result<(), Error> {
     let listed = match Command::new("iptables")
         .args(["-w", "-t", "filter", "-S", "FORWARD"])
         .stdin(Stdio::null())
@@ -233,7 +345,7 @@ pub fn sync_iptables_forward(table: &str, bridges: &[BridgeRule]) -> Result<(), 
             .lines()
             .any(|l| l.starts_with("-A FORWARD") && tag_of(l).is_none());
     let wanted = if guarded {
-        forward_rules(table, bridges)
+        forward_rules(table, bridges, uplink)
     } else {
         Vec::new()
     };
@@ -341,7 +453,7 @@ mod tests {
                 backends: vec![("10.9.1.2".parse().unwrap(), 53)],
             },
         ];
-        let s = render("dcpp", &bridges, &ports, false);
+        let s = render("dcpp", &bridges, &ports, None, false);
         assert!(s.starts_with("table ip dcpp {}\ndelete table ip dcpp\ntable ip dcpp {"));
         assert!(s.contains("tcp dport 8080 dnat ip to numgen inc mod 2 map { 0 : 10.9.0.2 . 80, 1 : 10.9.0.3 . 80 }"));
         assert!(s.contains("ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.9.1.2:53"));
@@ -352,7 +464,7 @@ mod tests {
         let dnat = s.find("ct status dnat accept").unwrap();
         let cross = s.find("iifname \"dt0\" oifname").unwrap();
         assert!(internal < dnat && dnat < cross, "{s}");
-        let rules = forward_rules("t", &bridges[..1]);
+        let rules = forward_rules("t", &bridges[..1], None);
         assert_eq!(
             rules[0].1,
             "-i dt0 -m comment --comment dcpp:t:in:dt0 -j ACCEPT"
@@ -367,11 +479,84 @@ mod tests {
             "masquerade is off"
         );
         assert!(s.contains("oifname \"dt0\" ip saddr 10.9.0.0/24 ct status dnat masquerade"));
-        let s = render("dcpp", &bridges, &ports, true);
+        let s = render("dcpp", &bridges, &ports, None, true);
         assert!(s.contains("ip saddr 10.9.0.0/24 oifname != \"dt0\" masquerade"));
         assert!(
             !s.contains("ip saddr 10.9.2.0/24 oifname"),
             "internal networks never go out"
+        );
+    }
+
+    #[test]
+    fn mesh_ports_forward_and_come_back_through_the_uplink() {
+        let bridges = vec![BridgeRule {
+            bridge: "dt0".into(),
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            internal: false,
+        }];
+        let mesh = MeshRules {
+            uplink: "eth0".into(),
+            guard: true,
+            ports: vec![
+                MeshRule {
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    to: vec!["10.1.0.2".parse().unwrap(), "10.1.0.2".parse().unwrap()],
+                },
+                MeshRule {
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    to: vec!["10.1.0.1".parse().unwrap()],
+                },
+                MeshRule {
+                    port: 9,
+                    protocol: Protocol::Tcp,
+                    to: vec![],
+                },
+            ],
+        };
+        let s = render("dcpp", &bridges, &[], Some(&mesh), false);
+        assert!(s.contains(
+            "    ip daddr != 127.0.0.0/8 tcp dport 8080 dnat ip to numgen inc mod 2 map { 0 : 10.1.0.2, 1 : 10.1.0.2 }\n"
+        ), "{s}");
+        assert!(
+            s.contains("    ip daddr != 127.0.0.0/8 udp dport 53 dnat ip to 10.1.0.1\n"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("dport 9 "),
+            "a port served nowhere is not forwarded: {s}"
+        );
+        assert!(s.contains(
+            "    oifname \"eth0\" ip daddr { 10.1.0.2 } tcp dport 8080 ct status dnat masquerade\n"
+        ), "{s}");
+        // Forwarding that dcpp turned on carries the mesh and replies to containers only.
+        let accept = s.find("ct status dnat accept").unwrap();
+        let guard = s
+            .find("iifname \"eth0\" oifname != { \"dt0\" } drop")
+            .unwrap();
+        assert!(accept < guard, "{s}");
+        let open = render(
+            "dcpp",
+            &[],
+            &[],
+            Some(&MeshRules {
+                guard: false,
+                ..mesh.clone()
+            }),
+            false,
+        );
+        assert!(!open.contains("iifname \"eth0\""), "{open}");
+        assert!(open.contains("ct status dnat accept"), "{open}");
+        let closed = render("dcpp", &[], &[], Some(&mesh), false);
+        assert!(closed.contains("    iifname \"eth0\" drop\n"), "{closed}");
+        let rules = forward_rules("t", &[], Some("eth0"));
+        assert_eq!(
+            rules,
+            [(
+                "dcpp:t:mesh:eth0".to_string(),
+                "-i eth0 -o eth0 -m conntrack --ctstate DNAT -m comment --comment dcpp:t:mesh:eth0 -j ACCEPT".to_string()
+            )]
         );
     }
 }

@@ -192,6 +192,28 @@ pub struct State {
     /// Networks that span nodes, by name: their containers elsewhere, as last programmed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub remote: BTreeMap<String, RemoteNet>,
+    /// The routing mesh as last programmed (see `NetworkManager::set_mesh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshState>,
+}
+
+/// What this node forwards for the routing mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshState {
+    /// Interface holding the node's underlay address.
+    pub uplink: String,
+    /// dcpp turned forwarding on for the uplink (and turns it off with the mesh).
+    pub enabled_forwarding: bool,
+    pub ports: Vec<MeshForward>,
+}
+
+/// One port of the mesh: where new connections go while no local replica serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshForward {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Other nodes' underlay addresses, one entry per serving replica there.
+    pub to: Vec<Ipv4Addr>,
 }
 
 /// The state directory of one instance.
