@@ -330,3 +330,128 @@ fn a_published_port_answers_on_every_node_and_the_serving_node_keeps_the_client_
         assert!(ss.trim().is_empty(), "host {i} still holds the port: {ss}");
     }
 }
+
+fn churn_compose(generation: u32, replicas: u32) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    stop_grace_period: 1s
+    environment:
+      GENERATION: "{generation}"
+    ports:
+      - "18081:80"
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:80/"]
+      interval: 300ms
+      timeout: 2s
+      retries: 1
+    deploy:
+      replicas: {replicas}
+      placement:
+        constraints: ["node.role==worker"]
+      update_config:
+        parallelism: 1
+        delay: 500ms
+        order: start-first
+  client:
+    image: {IMAGE}
+    stop_grace_period: 1s
+    command: ["sh", "-c", "while true; do if timeout 3 wget -q -O /dev/null http://web/; then echo ok; else echo FAIL; fi; sleep 0.1; done"]
+    deploy:
+      placement:
+        constraints: ["node.role==manager"]
+"#
+    )
+}
+
+#[test]
+fn updates_and_scaling_on_the_workers_fail_no_request_by_name_or_through_the_mesh() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cl = Cluster::form_in_netns("oc", &[Join::Worker, Join::Worker], &["--overlay", "on"]);
+    let u = cl.underlay.as_ref().unwrap();
+    let apply = |generation: u32, replicas: u32| {
+        let file = cl.nodes[0].write("compose.yml", &churn_compose(generation, replicas));
+        let out = cl.ok(0, &["apply", "-f", &file, "-p", "oc", "--timeout", "90s"]);
+        assert!(out.contains("converged"), "{out}");
+    };
+    apply(1, 2);
+    let client = local_containers(&cl.nodes[0], "client");
+    assert_eq!(client.len(), 1);
+    cl.wait_until("the client reaches web by name", 20, || {
+        cl.ok(0, &["logs", &client[0].0])
+            .lines()
+            .any(|l| l.trim() == "ok")
+    });
+    // The manager runs no replica: every request to its port and to the worker's goes through
+    // the mesh or straight to a replica there.
+    let fetch = |from: usize, to: usize| {
+        let url = format!("http://{}:18081/", u.addrs[to]);
+        u.run(from, &["timeout", "3", "busybox", "wget", "-qO-", &url])
+    };
+    cl.wait_until("the mesh answers on the manager", 20, || fetch(1, 0).0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let hosts: Vec<String> = u.hosts.clone();
+    let addrs: Vec<String> = u.addrs.clone();
+    let looper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut total, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                // From worker 2's host to the manager's port, and from the manager's to
+                // worker 1's.
+                for (from, to) in [(2, 0), (0, 1)] {
+                    let url = format!("http://{}:18081/", addrs[to]);
+                    let out = std::process::Command::new("nsenter")
+                        .arg(format!("--net=/run/netns/{}", hosts[from]))
+                        .args(["timeout", "3", "busybox", "wget", "-qO-", &url])
+                        .output()
+                        .unwrap();
+                    total += 1;
+                    if !out.status.success() {
+                        failed.push(format!("{from}→{to}: {:?}", out.status));
+                    }
+                }
+            }
+            (total, failed)
+        })
+    };
+    for generation in 2..=4 {
+        apply(generation, 2);
+    }
+    cl.ok(0, &["service", "scale", "oc_web=4"]);
+    cl.wait_until("four replicas serve", 30, || {
+        resolve(&cl.nodes[0], &client[0].0, "web").len() == 4
+    });
+    apply(5, 4);
+    cl.ok(0, &["service", "scale", "oc_web=2"]);
+    cl.wait_until("two replicas serve", 30, || {
+        resolve(&cl.nodes[0], &client[0].0, "web").len() == 2
+    });
+    apply(6, 2);
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed) = looper.join().unwrap();
+    let all = cl.ok(0, &["logs", &client[0].0]);
+    // The client started with the stack; its requests count from the first that web answered.
+    let logs: String = all
+        .lines()
+        .skip_while(|l| l.trim() != "ok")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let by_name_ok = logs.lines().filter(|l| l.trim() == "ok").count();
+    let by_name_failed = logs.lines().filter(|l| l.trim() == "FAIL").count();
+    eprintln!(
+        "FIGURES: mesh requests {total}, failed {}; by-name requests {}, failed {by_name_failed}",
+        failed.len(),
+        by_name_ok + by_name_failed
+    );
+    assert!(total > 100, "the mesh client ran the whole time ({total})");
+    assert!(
+        by_name_ok > 100,
+        "the by-name client ran the whole time ({by_name_ok})"
+    );
+    assert!(failed.is_empty(), "mesh requests failed: {failed:?}");
+    assert_eq!(by_name_failed, 0, "requests by name failed:\n{logs}");
+}

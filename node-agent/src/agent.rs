@@ -828,9 +828,45 @@ impl<S: Store> Agent<S> {
         let Some(pid) = c.pid else { return };
         let limit = DRAIN_MAX.min(Duration::from_secs(c.stop_grace_secs));
         let deadline = self.clock.now() + limit;
+        // Other nodes resolve its names from the leader's network documents: it stops only
+        // after they say it no longer serves, and the other nodes had a moment to drop it.
+        let task = c.labels.get(LABEL_TASK).and_then(|s| s.parse::<u64>().ok());
+        if let (Some(_), Some(task)) = (self.overlay, task) {
+            let mut seen_remote = false;
+            loop {
+                let (serving, remote) = self.serving_elsewhere(task).await;
+                seen_remote |= remote;
+                if !serving || self.clock.now() >= deadline {
+                    break;
+                }
+                self.clock.sleep(Duration::from_millis(20)).await;
+            }
+            if seen_remote {
+                self.clock.sleep(REMOTE_SETTLE).await;
+            }
+        }
         while self.clock.now() < deadline && net.open_connections(pid) > 0 {
             self.clock.sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether the network documents still list `task` as serving, and whether any of its
+    /// networks has containers on other nodes (a failed read counts as neither).
+    async fn serving_elsewhere(&self, task: u64) -> (bool, bool) {
+        let Ok(nets) = dcpp_control::overlay::list(&self.node).await else {
+            return (false, false);
+        };
+        let mut out = (false, false);
+        for n in nets.values() {
+            let Some(e) = n.endpoints.get(&task) else {
+                continue;
+            };
+            if n.endpoints.values().any(|o| o.node != self.me.id) {
+                out.1 = true;
+                out.0 |= e.serving;
+            }
+        }
+        out
     }
 
     /// Detaches a stopped container from its networks: its address is free again and none of
@@ -1086,6 +1122,11 @@ pub fn mesh_plan(doc: &MeshDoc, me: u64, local: std::net::Ipv4Addr) -> Mesh {
         .collect();
     Mesh { local, ports }
 }
+
+/// How long other nodes get to drop a withdrawn container's names after the leader's documents
+/// stop listing it (their agents react to the change within a round; an idle one in
+/// milliseconds).
+pub const REMOTE_SETTLE: Duration = Duration::from_millis(300);
 
 /// Longest wait for a withdrawn container's open connections before it is stopped.
 pub const DRAIN_MAX: Duration = Duration::from_secs(2);
