@@ -2649,6 +2649,11 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             "mode" => match cv.string(v, &fp).as_deref() {
                 Some("replicated") => d.mode = Some(DeployMode::Replicated),
                 Some("global") => d.mode = Some(DeployMode::Global),
+                Some(job @ ("replicated-job" | "global-job")) => cv.err(
+                    v.pos,
+                    &fp,
+                    format!("deploy mode {job:?} is not supported by dcpp: a service's tasks are kept running, none runs once to completion (use replicated or global)"),
+                ),
                 Some(other) => cv.err(
                     v.pos,
                     &fp,
