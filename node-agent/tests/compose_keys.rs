@@ -227,6 +227,10 @@ const APPLIED: &[(&str, &str)] = &[
         "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
     ),
     (
+        "services.*.ports.[].mode",
+        "tests/e2e_overlay.rs::a_published_port_answers_on_every_node_and_the_serving_node_keeps_the_client_address",
+    ),
+    (
         "services.*.ports.[].protocol",
         "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
     ),
@@ -480,12 +484,6 @@ const WARNED: &[(&str, bool, &str, &str)] = &[
         false,
         "services:\n  web:\n    image: busybox\n    ports: [{target: 80, app_protocol: http}]\n",
         "services.web.ports[0].app_protocol",
-    ),
-    (
-        "services.*.ports.[].mode",
-        false,
-        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, mode: ingress}]\n",
-        "services.web.ports[0].mode",
     ),
     (
         "services.*.volumes.[].bind.selinux",

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::conformance::{self as cf, Object, Support};
 use crate::error::{KeyPath, Pos};
 use crate::loader::{Ctx, LoadOptions, absolutize};
 use crate::merge::list_to_map_ref;
@@ -10,163 +11,6 @@ use crate::model::*;
 use crate::syntax;
 use crate::units;
 use crate::yaml::{Entry, Kind, MergeTag, Node};
-
-const SERVICE_KEYS: &[&str] = &[
-    "build",
-    "cap_add",
-    "cap_drop",
-    "command",
-    "configs",
-    "container_name",
-    "cpu_shares",
-    "cpus",
-    "cpuset",
-    "depends_on",
-    "deploy",
-    "devices",
-    "dns",
-    "dns_opt",
-    "dns_search",
-    "domainname",
-    "entrypoint",
-    "env_file",
-    "environment",
-    "expose",
-    "extends",
-    "extra_hosts",
-    "healthcheck",
-    "hostname",
-    "image",
-    "init",
-    "ipc",
-    "label_file",
-    "labels",
-    "logging",
-    "mac_address",
-    "mem_limit",
-    "mem_reservation",
-    "memswap_limit",
-    "network_mode",
-    "networks",
-    "oom_score_adj",
-    "pid",
-    "pids_limit",
-    "platform",
-    "ports",
-    "privileged",
-    "profiles",
-    "pull_policy",
-    "read_only",
-    "restart",
-    "scale",
-    "secrets",
-    "shm_size",
-    "stdin_open",
-    "stop_grace_period",
-    "stop_signal",
-    "sysctls",
-    "tmpfs",
-    "tty",
-    "ulimits",
-    "user",
-    "volumes",
-    "volumes_from",
-    "working_dir",
-];
-
-/// Keys compose accepts that dcpp does not act on: a warning, not an error.
-const IGNORED_SERVICE_KEYS: &[&str] = &[
-    "annotations",
-    "attach",
-    "blkio_config",
-    "cgroup",
-    "cgroup_parent",
-    "cpu_count",
-    "cpu_percent",
-    "cpu_period",
-    "cpu_quota",
-    "cpu_rt_period",
-    "cpu_rt_runtime",
-    "credential_spec",
-    "develop",
-    "device_cgroup_rules",
-    "external_links",
-    "gpus",
-    "group_add",
-    "isolation",
-    "links",
-    "mem_swappiness",
-    "models",
-    "oom_kill_disable",
-    "post_start",
-    "pre_stop",
-    "provider",
-    "runtime",
-    "security_opt",
-    "storage_opt",
-    "use_api_socket",
-    "userns_mode",
-    "uts",
-];
-
-/// Why each accepted key that dcpp does not act on is without effect; the key gets a warning
-/// with its position. A key leaves these lists when it is implemented
-/// (`node-agent/tests/compose_keys.rs` checks that every key of the model is applied, refused
-/// or listed here).
-const NO_SECRETS: &str = "secrets are not mounted into containers";
-const NO_CONFIGS: &str = "configs are not mounted into containers";
-const UNAPPLIED_TOP_KEYS: &[(&str, &str)] = &[("configs", NO_CONFIGS), ("secrets", NO_SECRETS)];
-const UNAPPLIED_SERVICE_KEYS: &[(&str, &str)] = &[
-    ("configs", NO_CONFIGS),
-    ("secrets", NO_SECRETS),
-    ("domainname", "the container's domain name is not set"),
-    (
-        "build",
-        "dcpp runs `image:` and builds nothing (without `image:` the service is refused)",
-    ),
-    (
-        "logging",
-        "containers always log to dcpp's own JSON log (`dcpp logs`)",
-    ),
-];
-const UNAPPLIED_NETWORK_KEYS: &[(&str, &str)] = &[
-    (
-        "name",
-        "a stack's network is always named <stack>_<key> on each node",
-    ),
-    ("ipam", "subnets come from the daemon's --network-pool"),
-    (
-        "driver_opts",
-        "bridges are created with dcpp's own settings",
-    ),
-    ("labels", "networks carry only dcpp's own labels"),
-];
-/// Network flags without effect when true (false is what dcpp does).
-const UNAPPLIED_NETWORK_FLAGS: &[(&str, &str)] = &[
-    (
-        "external",
-        "dcpp creates <stack>_<key> rather than joining an existing network",
-    ),
-    (
-        "internal",
-        "every network has a default route and outbound masquerading",
-    ),
-    ("attachable", "only the stack's tasks join its networks"),
-    ("enable_ipv6", "networks are IPv4 only"),
-];
-const UNAPPLIED_VOLUME_KEYS: &[(&str, &str)] = &[("labels", "volumes carry no labels")];
-const UNAPPLIED_SERVICE_NETWORK_KEYS: &[(&str, &str)] = &[
-    (
-        "ipv4_address",
-        "addresses are allocated from the network's subnet",
-    ),
-    ("ipv6_address", "networks are IPv4 only"),
-    ("priority", "networks are joined in name order"),
-];
-const UNAPPLIED_PORT_KEYS: &[(&str, &str)] = &[
-    ("name", "ports are not named"),
-    ("app_protocol", "ports have no application protocol"),
-];
 
 /// compose keeps `x-*` keys on nearly every object, and so does the model; the few objects it
 /// has no place for say so rather than dropping the key unseen.
@@ -213,52 +57,58 @@ impl Cv<'_> {
         );
     }
 
-    /// The entries of a mapping (`null` counts as empty). Unknown keys are errors; `!reset`
-    /// values are skipped; `x-*` keys and `ignored` keys give a warning.
+    /// What the conformance table says of `key` for the value found (`detail` names it when
+    /// the entry holds for some values only): a warning, or an error for a refusal.
+    fn note(
+        &mut self,
+        pos: Pos,
+        path: &dyn std::fmt::Display,
+        key: &cf::Key,
+        detail: Option<&str>,
+    ) {
+        let why = match detail {
+            Some(d) => format!("{d}: {}", key.why),
+            None => key.why.to_owned(),
+        };
+        match key.support {
+            Support::Refused => self.err(pos, path, format!("not supported: {why}")),
+            Support::Unapplied => self.unapplied(pos, path, &why),
+            Support::Ignored | Support::Deprecated => self.warn(pos, path, why),
+            Support::Applied => {}
+        }
+    }
+
+    /// The entries of a mapping (`null` counts as empty) whose keys `object` lists; other keys
+    /// are errors, `!reset` values are skipped, `x-*` keys are dropped with a warning.
     fn fields<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
         path: &'n KeyPath<'n>,
-        allowed: &[&str],
-        ignored: &[&str],
+        object: &Object,
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
-        self.fields_noting(n, path, allowed, ignored, &[])
+        self.scan(n, path, object, None)
     }
 
-    /// [`Cv::fields`], where the `unapplied` keys (key, why) are kept in the model but warned
-    /// about at the key's position: dcpp accepts them and does not act on them.
-    fn fields_noting<'n, 'y>(
-        &mut self,
-        n: &'n Node<'y>,
-        path: &'n KeyPath<'n>,
-        allowed: &[&str],
-        ignored: &[&str],
-        unapplied: &[(&str, &str)],
-    ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
-        self.scan(n, path, allowed, ignored, unapplied, None)
-    }
-
-    /// [`Cv::fields_noting`] for an object that keeps its `x-*` keys in `ext`, as compose keeps
+    /// [`Cv::fields`] for an object that keeps its `x-*` keys in `ext`, as compose keeps
     /// them on services, networks, volumes, configs and secrets.
     fn fields_keeping<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
         path: &'n KeyPath<'n>,
-        allowed: &[&str],
-        ignored: &[&str],
-        unapplied: &[(&str, &str)],
+        object: &Object,
         ext: &mut Extensions,
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
-        self.scan(n, path, allowed, ignored, unapplied, Some(ext))
+        self.scan(n, path, object, Some(ext))
     }
 
+    /// Reads a mapping by the conformance table: a key's first entry, when it holds whatever
+    /// the value, is acted on here (warned about, left out, refused); entries that hold for
+    /// some values only are the caller's to check.
     fn scan<'n, 'y>(
         &mut self,
         n: &'n Node<'y>,
         path: &'n KeyPath<'n>,
-        allowed: &[&str],
-        ignored: &[&str],
-        unapplied: &[(&str, &str)],
+        object: &Object,
         mut ext: Option<&mut Extensions>,
     ) -> Vec<(&'n str, &'n Node<'y>, KeyPath<'n>)> {
         let entries: &[Entry<'y>] = match &n.kind {
@@ -288,16 +138,27 @@ impl Cv<'_> {
                 }
                 continue;
             }
-            if allowed.contains(&&*e.key) {
-                if let Some((_, why)) = unapplied.iter().find(|(k, _)| *k == &*e.key) {
-                    self.unapplied(e.key_pos, &p, why);
-                }
-                out.push((&*e.key, &e.value, p));
-            } else if ignored.contains(&&*e.key) {
-                self.warn(e.key_pos, &p, "not supported by dcpp, ignored");
-            } else {
+            let Some(key) = object.get(&e.key) else {
                 self.err(e.key_pos, &p, "unknown key");
+                continue;
+            };
+            let always = key.when.is_empty() && !key.why.is_empty();
+            match key.support {
+                // A refusal points at the value, as the errors of a value do.
+                Support::Refused if always => {
+                    self.note(e.value.pos, &p, key, None);
+                    continue;
+                }
+                Support::Ignored if always => {
+                    self.note(e.key_pos, &p, key, None);
+                    continue;
+                }
+                Support::Unapplied | Support::Deprecated if always => {
+                    self.note(e.key_pos, &p, key, None)
+                }
+                _ => {}
             }
+            out.push((&*e.key, &e.value, p));
         }
         out
     }
@@ -565,25 +426,11 @@ pub(crate) fn project(
         refs: Refs::default(),
     };
     // The top-level extensions are taken from the merged files by the loader.
-    let top = cv.fields_keeping(
-        &root,
-        &KeyPath::Root,
-        &[
-            "name", "version", "services", "networks", "volumes", "configs", "secrets", "include",
-        ],
-        &[],
-        UNAPPLIED_TOP_KEYS,
-        &mut Extensions::new(),
-    );
+    let top = cv.fields_keeping(&root, &KeyPath::Root, &cf::TOP, &mut Extensions::new());
     let mut name_field = None;
     let mut sections: BTreeMap<&str, &Node<'_>> = BTreeMap::new();
     for (k, v, p) in &top {
         match *k {
-            "version" => cv.warn(
-                v.pos,
-                p,
-                "the attribute `version` is obsolete, it will be ignored",
-            ),
             "name" => {
                 // A plain number or boolean is not a string for compose's schema.
                 if let Kind::Scalar { value, plain: true } = &v.kind
@@ -906,24 +753,7 @@ fn project_name(
 
 fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network> {
     let mut net = Network::default();
-    for (k, v, p) in cv.fields_keeping(
-        n,
-        path,
-        &[
-            "name",
-            "driver",
-            "driver_opts",
-            "ipam",
-            "external",
-            "internal",
-            "attachable",
-            "enable_ipv6",
-            "labels",
-        ],
-        &["enable_ipv4"],
-        UNAPPLIED_NETWORK_KEYS,
-        &mut net.extensions,
-    ) {
+    for (k, v, p) in cv.fields_keeping(n, path, &cf::NETWORK, &mut net.extensions) {
         match k {
             "name" => {
                 net.name = cv.opt_string(v, &p);
@@ -936,18 +766,15 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
             "driver" => {
                 net.driver = cv.opt_string(v, &p);
                 if let Some(d) = net.driver.as_deref().filter(|d| *d != "bridge") {
-                    cv.unapplied(
-                        v.pos,
-                        &p,
-                        &format!("driver {d:?}: every network is a local bridge"),
-                    );
+                    let detail = format!("driver {d:?}");
+                    cv.note(v.pos, &p, &cf::NETWORK_DRIVER, Some(&detail));
                 }
             }
             "driver_opts" => net.driver_opts = cv.labels(v, &p),
             "labels" => net.labels = cv.labels(v, &p),
             "external" | "internal" | "attachable" | "enable_ipv6" => {
                 let on = if k == "external" {
-                    external(cv, v, &p, &mut net.name)?
+                    external(cv, v, &p, &mut net.name, &cf::NETWORK_EXTERNAL_NAME)?
                 } else {
                     cv.boolean(v, &p)?
                 };
@@ -957,26 +784,21 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                     "attachable" => net.attachable = on,
                     _ => net.enable_ipv6 = on,
                 }
-                if on && let Some((_, why)) = UNAPPLIED_NETWORK_FLAGS.iter().find(|(f, _)| *f == k)
-                {
-                    cv.unapplied(v.pos, &p, why);
+                let flag = match k {
+                    "external" => &cf::NETWORK_EXTERNAL,
+                    "internal" => &cf::NETWORK_INTERNAL,
+                    "attachable" => &cf::NETWORK_ATTACHABLE,
+                    _ => &cf::NETWORK_IPV6,
+                };
+                if on {
+                    cv.note(v.pos, &p, flag, None);
                 }
             }
             "ipam" => {
                 let mut ipam = Ipam::default();
-                for (k, v, p) in cv.fields_keeping(
-                    v,
-                    &p,
-                    &["driver", "config", "options"],
-                    &[],
-                    &[],
-                    &mut ipam.extensions,
-                ) {
+                for (k, v, p) in cv.fields_keeping(v, &p, &cf::IPAM, &mut ipam.extensions) {
                     match k {
                         "driver" => ipam.driver = cv.opt_string(v, &p),
-                        "options" => {
-                            cv.warn(v.pos, &p, "not supported by dcpp, ignored");
-                        }
                         _ => {
                             let items = match &v.kind {
                                 Kind::Seq(items) => items.as_slice(),
@@ -991,9 +813,7 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                                 for (k, v, p) in cv.fields_keeping(
                                     item,
                                     &ip,
-                                    &["subnet", "ip_range", "gateway", "aux_addresses"],
-                                    &[],
-                                    &[],
+                                    &cf::IPAM_POOL,
                                     &mut pool.extensions,
                                 ) {
                                     match k {
@@ -1043,9 +863,10 @@ fn external(
     v: &Node<'_>,
     p: &KeyPath<'_>,
     name: &mut Option<String>,
+    object: &Object,
 ) -> Option<bool> {
     if let Kind::Map(_) = v.kind {
-        for (_, v, p) in cv.fields(v, p, &["name"], &[]) {
+        for (_, v, p) in cv.fields(v, p, object) {
             if let Some(n) = cv.string(v, &p) {
                 *name = Some(n);
             }
@@ -1057,20 +878,13 @@ fn external(
 
 fn volume(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Volume> {
     let mut vol = Volume::default();
-    for (k, v, p) in cv.fields_keeping(
-        n,
-        path,
-        &["name", "driver", "driver_opts", "external", "labels"],
-        &[],
-        UNAPPLIED_VOLUME_KEYS,
-        &mut vol.extensions,
-    ) {
+    for (k, v, p) in cv.fields_keeping(n, path, &cf::VOLUME, &mut vol.extensions) {
         match k {
             "name" => vol.name = cv.opt_string(v, &p),
             "driver" => vol.driver = cv.opt_string(v, &p),
             "driver_opts" => vol.driver_opts = cv.labels(v, &p),
             "labels" => vol.labels = cv.labels(v, &p),
-            _ => vol.external = external(cv, v, &p, &mut vol.name)?,
+            _ => vol.external = external(cv, v, &p, &mut vol.name, &cf::VOLUME_EXTERNAL_NAME)?,
         }
     }
     // A local volume with `o: bind` is a bind mount of `device`, so compose resolves that path
@@ -1119,17 +933,15 @@ fn legacy_external_name(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) {
     let Some(ext_name) = ext.get("name") else {
         return;
     };
-    match (n.get("name").and_then(Node::scalar), ext_name.scalar()) {
-        (Some(name), Some(legacy)) if name != legacy => cv.err(
+    // The deprecation itself is warned about as the conformance table says.
+    if let (Some(name), Some(legacy)) = (n.get("name").and_then(Node::scalar), ext_name.scalar())
+        && name != legacy
+    {
+        cv.err(
             ext_name.pos,
             path,
             format!("name {name:?} and external.name {legacy:?} conflict; only use name"),
-        ),
-        _ => cv.warn(
-            ext_name.pos,
-            path,
-            "external.name is deprecated; set name and external: true",
-        ),
+        );
     }
 }
 
@@ -1140,33 +952,19 @@ fn file_object(
     section: &str,
 ) -> Option<FileObject> {
     let mut o = FileObject::default();
-    let allowed: &[&str] = if section == "configs" {
-        &[
-            "name",
-            "file",
-            "environment",
-            "content",
-            "external",
-            "labels",
-        ]
+    let (object, external_object) = if section == "configs" {
+        (&cf::CONFIG, &cf::CONFIG_EXTERNAL_NAME)
     } else {
-        &["name", "file", "environment", "external", "labels"]
+        (&cf::SECRET, &cf::SECRET_EXTERNAL_NAME)
     };
-    for (k, v, p) in cv.fields_keeping(
-        n,
-        path,
-        allowed,
-        &["driver", "driver_opts", "template_driver"],
-        &[],
-        &mut o.extensions,
-    ) {
+    for (k, v, p) in cv.fields_keeping(n, path, object, &mut o.extensions) {
         match k {
             "name" => o.name = cv.opt_string(v, &p),
             "file" => o.file = cv.string(v, &p).map(|f| cv.host_path(&f, v.pos)),
             "environment" => o.environment = cv.string(v, &p),
             "content" => o.content = cv.string(v, &p),
             "labels" => o.labels = cv.labels(v, &p),
-            _ => o.external = external(cv, v, &p, &mut o.name)?,
+            _ => o.external = external(cv, v, &p, &mut o.name, external_object)?,
         }
     }
     legacy_external_name(cv, n, path);
@@ -1186,22 +984,15 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
     let mut label_files: Vec<(String, Pos, String)> = Vec::new();
     let mut scale: Option<(u64, Pos)> = None;
     let mut ok = true;
-    for (k, v, p) in cv.fields_keeping(
-        n,
-        path,
-        SERVICE_KEYS,
-        IGNORED_SERVICE_KEYS,
-        UNAPPLIED_SERVICE_KEYS,
-        &mut s.extensions,
-    ) {
+    for (k, v, p) in cv.fields_keeping(n, path, &cf::SERVICE, &mut s.extensions) {
         match k {
             "build" => s.build = build(cv, v, &p),
             "cap_add" => s.cap_add = Cv::unique(cv.str_list(v, &p)),
             "cap_drop" => s.cap_drop = Cv::unique(cv.str_list(v, &p)),
             "command" => s.command = command(cv, v, &p),
             "entrypoint" => s.entrypoint = command(cv, v, &p),
-            "configs" => s.configs = file_refs(cv, name, v, &p, false),
-            "secrets" => s.secrets = file_refs(cv, name, v, &p, true),
+            "configs" => s.configs = file_refs(cv, name, v, &p, false, &cf::SERVICE_CONFIG),
+            "secrets" => s.secrets = file_refs(cv, name, v, &p, true, &cf::SERVICE_SECRET),
             "cpus" => s.cpus = cv.float(v, &p),
             "cpuset" => s.cpuset = cv.opt_string(v, &p),
             "cpu_shares" => s.cpu_shares = cv.int(v, &p),
@@ -1264,16 +1055,13 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 s.pull_policy = cv.opt_string(v, &p);
                 match s.pull_policy.as_deref() {
                     None | Some("always" | "never" | "missing" | "if_not_present") => {}
-                    Some("build") => cv.err(
-                        v.pos,
-                        &p,
-                        "pull_policy build: dcpp does not build images; build it elsewhere and push or import it",
-                    ),
-                    Some(x) if x == "daily" || x == "weekly" || x.starts_with("every_") => cv.warn(
-                        v.pos,
-                        &p,
-                        format!("pull_policy {x:?}: periodic pulls are not supported; treated as missing"),
-                    ),
+                    Some("build") => {
+                        cv.note(v.pos, &p, &cf::PULL_BUILD, Some("pull_policy build"))
+                    }
+                    Some(x) if x == "daily" || x == "weekly" || x.starts_with("every_") => {
+                        let detail = format!("pull_policy {x:?}");
+                        cv.note(v.pos, &p, &cf::PULL_PERIODIC, Some(&detail));
+                    }
                     Some(x) => cv.err(
                         v.pos,
                         &p,
@@ -1291,18 +1079,12 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "privileged" => s.privileged = cv.boolean(v, &p).unwrap_or_default(),
             // No terminal is allocated: `tty: true` would leave a program that needs one
             // (a shell kept alive by its terminal, a progress bar) silently different.
-            "tty" if cv.boolean(v, &p) == Some(true) => cv.err(
-                v.pos,
-                &p,
-                "not supported: dcpp allocates no terminal (remove `tty: true`; output goes to the logs)",
-            ),
+            "tty" if cv.boolean(v, &p) == Some(true) => cv.note(v.pos, &p, &cf::TTY, None),
             "tty" => {}
             // dcpp hands the container /dev/null as stdin and attaches nothing to it.
-            "stdin_open" if cv.boolean(v, &p) == Some(true) => cv.err(
-                v.pos,
-                &p,
-                "not supported: dcpp keeps no stdin open for a service's container (remove `stdin_open: true`)",
-            ),
+            "stdin_open" if cv.boolean(v, &p) == Some(true) => {
+                cv.note(v.pos, &p, &cf::STDIN_OPEN, None)
+            }
             "stdin_open" => {}
             "container_name" => {
                 s.container_name = cv.opt_string(v, &p);
@@ -1321,11 +1103,14 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 match mode.as_deref() {
                     None | Some("host") => {}
                     Some("private" | "shareable") if k == "ipc" => {}
-                    Some(m) if m.starts_with("service:") || m.starts_with("container:") => cv.err(
-                        v.pos,
-                        &p,
-                        format!("{k} {m:?}: joining another container's {k} namespace is not supported by dcpp (use host, or leave it out for a namespace of its own)"),
-                    ),
+                    Some(m) if m.starts_with("service:") || m.starts_with("container:") => {
+                        let join = if k == "ipc" {
+                            &cf::IPC_JOIN
+                        } else {
+                            &cf::PID_JOIN
+                        };
+                        cv.note(v.pos, &p, join, Some(&format!("{k} {m:?}")));
+                    }
                     Some(m) if k == "ipc" => cv.err(
                         v.pos,
                         &p,
@@ -1352,21 +1137,12 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => cv.err(
-                v.pos,
-                &p,
-                "not supported: dcpp does not share one container's mounts with another (declare the named volumes in both services)",
-            ),
-            "mac_address" => cv.err(
-                v.pos,
-                &p,
-                "not supported: interfaces get addresses generated by the kernel (remove `mac_address`)",
-            ),
-            "devices" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => cv.err(
-                v.pos,
-                &p,
-                "not supported: dcpp passes no host devices into containers (remove `devices`)",
-            ),
+            "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
+                cv.note(v.pos, &p, &cf::VOLUMES_FROM, None)
+            }
+            "devices" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
+                cv.note(v.pos, &p, &cf::DEVICES, None)
+            }
             "volumes_from" | "devices" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
@@ -1627,33 +1403,7 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
         context: build_context(cv, ".", v.pos),
         ..Build::default()
     };
-    for (k, v, p) in cv.fields_keeping(
-        v,
-        p,
-        &["context", "dockerfile", "args", "target"],
-        &[
-            "additional_contexts",
-            "cache_from",
-            "cache_to",
-            "dockerfile_inline",
-            "entitlements",
-            "extra_hosts",
-            "isolation",
-            "labels",
-            "network",
-            "no_cache",
-            "platforms",
-            "privileged",
-            "pull",
-            "secrets",
-            "shm_size",
-            "ssh",
-            "tags",
-            "ulimits",
-        ],
-        &[],
-        &mut b.extensions,
-    ) {
+    for (k, v, p) in cv.fields_keeping(v, p, &cf::BUILD, &mut b.extensions) {
         match k {
             "context" => {
                 if let Some(c) = cv.string(v, &p) {
@@ -1843,12 +1593,7 @@ fn env_file_list(
             Kind::Map(_) => {
                 let mut path = None;
                 let mut required = true;
-                for (k, v, fp) in cv.fields(
-                    item,
-                    &KeyPath::Text(&ip),
-                    &["path", "required", "format"],
-                    &[],
-                ) {
+                for (k, v, fp) in cv.fields(item, &KeyPath::Text(&ip), &cf::ENV_FILE) {
                     match k {
                         "path" => path = cv.string(v, &fp),
                         "required" => required = cv.boolean(v, &fp).unwrap_or(true),
@@ -1879,6 +1624,7 @@ fn file_refs(
     v: &Node<'_>,
     p: &KeyPath<'_>,
     secret: bool,
+    object: &Object,
 ) -> Vec<FileReference> {
     let items = match &v.kind {
         Kind::Seq(items) => items.as_slice(),
@@ -1909,14 +1655,7 @@ fn file_refs(
                     mode: None,
                     extensions: Extensions::new(),
                 };
-                for (k, v, fp) in cv.fields_keeping(
-                    item,
-                    &ip,
-                    &["source", "target", "uid", "gid", "mode"],
-                    &[],
-                    &[],
-                    &mut r.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(item, &ip, object, &mut r.extensions) {
                     match k {
                         "source" => r.source = cv.string(v, &fp).unwrap_or_default(),
                         "target" => r.target = cv.opt_string(v, &fp),
@@ -2005,14 +1744,7 @@ fn depends_on(
             required: true,
             extensions: Extensions::new(),
         };
-        for (k, v, fp) in cv.fields_keeping(
-            &e.value,
-            &ep,
-            &["condition", "required", "restart"],
-            &[],
-            &[],
-            &mut d.extensions,
-        ) {
+        for (k, v, fp) in cv.fields_keeping(&e.value, &ep, &cf::DEPENDS_ON, &mut d.extensions) {
             match k {
                 "condition" => match cv.string(v, &fp).as_deref() {
                     Some("service_started") => d.condition = DependsOnCondition::ServiceStarted,
@@ -2031,11 +1763,7 @@ fn depends_on(
                 _ => {
                     d.restart = cv.boolean(v, &fp).unwrap_or_default();
                     if d.restart {
-                        cv.unapplied(
-                            v.pos,
-                            &fp,
-                            "a dependent is not restarted when its dependency is updated",
-                        );
+                        cv.note(v.pos, &fp, &cf::DEPENDS_RESTART, None);
                     }
                 }
             }
@@ -2050,25 +1778,7 @@ fn depends_on(
 
 fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthcheck> {
     let mut h = Healthcheck::default();
-    for (k, v, fp) in cv.fields_keeping(
-        v,
-        p,
-        &[
-            "test",
-            "interval",
-            "timeout",
-            "retries",
-            "start_period",
-            "start_interval",
-            "disable",
-        ],
-        &[],
-        &[(
-            "start_interval",
-            "checks run every `interval` during start_period too",
-        )],
-        &mut h.extensions,
-    ) {
+    for (k, v, fp) in cv.fields_keeping(v, p, &cf::HEALTHCHECK, &mut h.extensions) {
         match k {
             "test" => match &v.kind {
                 Kind::Scalar { value, .. } => {
@@ -2104,7 +1814,7 @@ fn healthcheck(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Healthc
 
 fn logging(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Logging> {
     let mut l = Logging::default();
-    for (k, v, fp) in cv.fields_keeping(v, p, &["driver", "options"], &[], &[], &mut l.extensions) {
+    for (k, v, fp) in cv.fields_keeping(v, p, &cf::LOGGING, &mut l.extensions) {
         match k {
             "driver" => l.driver = cv.opt_string(v, &fp),
             _ => l.options = cv.labels(v, &fp),
@@ -2136,20 +1846,8 @@ fn service_networks(
             continue;
         }
         let mut sn = ServiceNetwork::default();
-        for (k, v, fp) in cv.fields_keeping(
-            &e.value,
-            &ep,
-            &["aliases", "ipv4_address", "ipv6_address", "priority"],
-            &[
-                "driver_opts",
-                "gw_priority",
-                "interface_name",
-                "link_local_ips",
-                "mac_address",
-            ],
-            UNAPPLIED_SERVICE_NETWORK_KEYS,
-            &mut sn.extensions,
-        ) {
+        for (k, v, fp) in cv.fields_keeping(&e.value, &ep, &cf::SERVICE_NETWORK, &mut sn.extensions)
+        {
             match k {
                 "aliases" => sn.aliases = Cv::unique(cv.str_list(v, &fp)),
                 "ipv4_address" => {
@@ -2184,7 +1882,7 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, U
             Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit { soft: x, hard: x }),
             Kind::Map(_) => {
                 let (mut soft, mut hard) = (None, None);
-                for (k, v, fp) in cv.fields(&e.value, &ep, &["soft", "hard"], &[]) {
+                for (k, v, fp) in cv.fields(&e.value, &ep, &cf::ULIMIT) {
                     if k == "soft" {
                         soft = cv.int(v, &fp);
                     } else {
@@ -2255,22 +1953,7 @@ fn ports(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Vec<Port> {
                     extensions: Extensions::new(),
                 };
                 let mut has_target = false;
-                for (k, v, fp) in cv.fields_keeping(
-                    item,
-                    &ip,
-                    &[
-                        "name",
-                        "mode",
-                        "host_ip",
-                        "target",
-                        "published",
-                        "protocol",
-                        "app_protocol",
-                    ],
-                    &[],
-                    UNAPPLIED_PORT_KEYS,
-                    &mut port.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(item, &ip, &cf::PORT, &mut port.extensions) {
                     match k {
                         "name" => port.name = cv.opt_string(v, &fp),
                         "app_protocol" => port.app_protocol = cv.opt_string(v, &fp),
@@ -2477,23 +2160,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
         cv.err(item.pos, ip, "`target` is required");
         return None;
     }
-    for (k, v, fp) in cv.fields_keeping(
-        item,
-        ip,
-        &[
-            "type",
-            "source",
-            "target",
-            "read_only",
-            "bind",
-            "volume",
-            "tmpfs",
-            "consistency",
-        ],
-        &["image"],
-        &[],
-        &mut vol.extensions,
-    ) {
+    for (k, v, fp) in cv.fields_keeping(item, ip, &cf::SERVICE_VOLUME, &mut vol.extensions) {
         match k {
             "type" => {
                 vol.kind = match cv.string(v, &fp)?.as_str() {
@@ -2514,14 +2181,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             "consistency" => {}
             "bind" => {
                 let mut b = BindOptions::default();
-                for (k, v, fp) in cv.fields_keeping(
-                    v,
-                    &fp,
-                    &["propagation", "create_host_path", "selinux"],
-                    &[],
-                    &[],
-                    &mut b.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::BIND, &mut b.extensions) {
                     match k {
                         "propagation" => {
                             b.propagation = cv.opt_string(v, &fp);
@@ -2546,7 +2206,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
                                     format!("invalid selinux label {s:?}: use z or Z"),
                                 );
                             } else {
-                                cv.unapplied(v.pos, &fp, "bind mounts are not relabelled");
+                                cv.note(v.pos, &fp, &cf::SELINUX, None);
                             }
                         }
                     }
@@ -2555,14 +2215,8 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             }
             "volume" => {
                 let mut o = VolumeOptions::default();
-                for (k, v, fp) in cv.fields_keeping(
-                    v,
-                    &fp,
-                    &["nocopy", "subpath"],
-                    &["labels"],
-                    &[],
-                    &mut o.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::VOLUME_OPTIONS, &mut o.extensions)
+                {
                     match k {
                         "nocopy" => o.nocopy = cv.boolean(v, &fp).unwrap_or_default(),
                         _ => o.subpath = cv.opt_string(v, &fp),
@@ -2572,9 +2226,7 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
             }
             _ => {
                 let mut o = TmpfsOptions::default();
-                for (k, v, fp) in
-                    cv.fields_keeping(v, &fp, &["size", "mode"], &[], &[], &mut o.extensions)
-                {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::TMPFS_OPTIONS, &mut o.extensions) {
                     match k {
                         // A plain fractional number is not a size for compose's schema
                         // (and `0.0001` would silently become 0 bytes: no limit).
@@ -2618,31 +2270,15 @@ fn long_volume(cv: &mut Cv<'_>, item: &Node<'_>, ip: &KeyPath<'_>) -> Option<Ser
 
 fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
     let mut d = Deploy::default();
-    for (k, v, fp) in cv.fields_keeping(
-        v,
-        p,
-        &[
-            "mode",
-            "replicas",
-            "labels",
-            "update_config",
-            "rollback_config",
-            "resources",
-            "restart_policy",
-            "placement",
-            "endpoint_mode",
-        ],
-        &[],
-        &[(
-            "labels",
-            "service labels are only stored with the service (`dcpp service inspect`)",
-        )],
-        &mut d.extensions,
-    ) {
+    for (k, v, fp) in cv.fields_keeping(v, p, &cf::DEPLOY, &mut d.extensions) {
         match k {
             "mode" => match cv.string(v, &fp).as_deref() {
                 Some("replicated") => d.mode = Some(DeployMode::Replicated),
                 Some("global") => d.mode = Some(DeployMode::Global),
+                Some(job @ ("replicated-job" | "global-job")) => {
+                    let detail = format!("deploy mode {job:?}");
+                    cv.note(v.pos, &fp, &cf::DEPLOY_JOB, Some(&detail));
+                }
                 Some(other) => cv.err(
                     v.pos,
                     &fp,
@@ -2665,18 +2301,13 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                 }
             },
             "labels" => d.labels = cv.labels(v, &fp),
-            "update_config" => d.update_config = update_config(cv, v, &fp),
-            "rollback_config" => d.rollback_config = update_config(cv, v, &fp),
+            "update_config" => d.update_config = update_config(cv, v, &fp, &cf::UPDATE_CONFIG),
+            "rollback_config" => {
+                d.rollback_config = update_config(cv, v, &fp, &cf::ROLLBACK_CONFIG)
+            }
             "resources" => {
                 let mut r = Resources::default();
-                for (k, v, fp) in cv.fields_keeping(
-                    v,
-                    &fp,
-                    &["limits", "reservations"],
-                    &[],
-                    &[],
-                    &mut r.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::RESOURCES, &mut r.extensions) {
                     let spec = resource_spec(cv, v, &fp, k == "reservations");
                     if k == "limits" {
                         r.limits = spec;
@@ -2688,14 +2319,8 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             }
             "restart_policy" => {
                 let mut r = RestartPolicy::default();
-                for (k, v, fp) in cv.fields_keeping(
-                    v,
-                    &fp,
-                    &["condition", "delay", "max_attempts", "window"],
-                    &[],
-                    &[],
-                    &mut r.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::RESTART_POLICY, &mut r.extensions)
+                {
                     match k {
                         "condition" => {
                             r.condition = cv.opt_string(v, &fp);
@@ -2720,14 +2345,7 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             }
             "placement" => {
                 let mut pl = Placement::default();
-                for (k, v, fp) in cv.fields_keeping(
-                    v,
-                    &fp,
-                    &["constraints", "preferences", "max_replicas_per_node"],
-                    &[],
-                    &[],
-                    &mut pl.extensions,
-                ) {
+                for (k, v, fp) in cv.fields_keeping(v, &fp, &cf::PLACEMENT, &mut pl.extensions) {
                     match k {
                         "constraints" => {
                             pl.constraints = cv.str_list(v, &fp);
@@ -2753,14 +2371,9 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
                                 let ip = fp.at(i);
                                 let mut extensions = Extensions::new();
                                 let mut spread = None;
-                                for (_, v, sp) in cv.fields_keeping(
-                                    item,
-                                    &ip,
-                                    &["spread"],
-                                    &[],
-                                    &[],
-                                    &mut extensions,
-                                ) {
+                                for (_, v, sp) in
+                                    cv.fields_keeping(item, &ip, &cf::PREFERENCE, &mut extensions)
+                                {
                                     spread = cv.string(v, &sp);
                                 }
                                 if let Some(spread) = spread {
@@ -2777,21 +2390,13 @@ fn deploy(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Deploy> {
             _ => match cv.string(v, &fp).as_deref() {
                 Some("vip") => {
                     d.endpoint_mode = Some(EndpointMode::Vip);
-                    cv.unapplied(
-                        v.pos,
-                        &fp,
-                        "no virtual IP: the service name resolves to its tasks' addresses (dnsrr)",
-                    );
+                    cv.note(v.pos, &fp, &cf::ENDPOINT_VIP, Some("no virtual IP"));
                 }
                 Some("dnsrr") => d.endpoint_mode = Some(EndpointMode::Dnsrr),
                 // Compose takes any string; nothing in dcpp reads the value.
                 Some(other) => {
                     d.endpoint_mode = Some(EndpointMode::Other(other.to_owned()));
-                    cv.unapplied(
-                        v.pos,
-                        &fp,
-                        "not vip or dnsrr: the service name resolves to its tasks' addresses (dnsrr)",
-                    );
+                    cv.note(v.pos, &fp, &cf::ENDPOINT_VIP, Some("not vip or dnsrr"));
                 }
                 None => {}
             },
@@ -2814,25 +2419,13 @@ fn resource_spec(
     p: &KeyPath<'_>,
     reservations: bool,
 ) -> Option<ResourceSpec> {
-    let ignored: &[&str] = if reservations {
-        &["devices", "generic_resources"]
+    let object = if reservations {
+        &cf::RESERVATIONS
     } else {
-        &[]
+        &cf::LIMITS
     };
     let mut r = ResourceSpec::default();
-    let unapplied: &[(&str, &str)] = if reservations {
-        &[("pids", "the scheduler reserves cpus and memory only")]
-    } else {
-        &[]
-    };
-    for (k, v, fp) in cv.fields_keeping(
-        v,
-        p,
-        &["cpus", "memory", "pids"],
-        ignored,
-        unapplied,
-        &mut r.extensions,
-    ) {
+    for (k, v, fp) in cv.fields_keeping(v, p, object, &mut r.extensions) {
         match k {
             "cpus" => r.cpus = cv.float(v, &fp),
             "memory" => r.memory = cv.size(v, &fp),
@@ -2842,23 +2435,14 @@ fn resource_spec(
     Some(r)
 }
 
-fn update_config(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<UpdateConfig> {
+fn update_config(
+    cv: &mut Cv<'_>,
+    v: &Node<'_>,
+    p: &KeyPath<'_>,
+    object: &Object,
+) -> Option<UpdateConfig> {
     let mut u = UpdateConfig::default();
-    for (k, v, fp) in cv.fields_keeping(
-        v,
-        p,
-        &[
-            "parallelism",
-            "delay",
-            "failure_action",
-            "monitor",
-            "max_failure_ratio",
-            "order",
-        ],
-        &[],
-        &[],
-        &mut u.extensions,
-    ) {
+    for (k, v, fp) in cv.fields_keeping(v, p, object, &mut u.extensions) {
         match k {
             "parallelism" => u.parallelism = cv.uint(v, &fp),
             "delay" => u.delay = cv.duration(v, &fp),

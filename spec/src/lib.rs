@@ -6,6 +6,7 @@
 //! the canonical [`Project`]. No I/O beyond reading the compose files and the env files they name;
 //! the process environment is passed in through [`LoadOptions`].
 
+pub mod conformance;
 mod convert;
 mod dotenv;
 mod error;

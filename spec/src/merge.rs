@@ -2,8 +2,9 @@
 //!
 //! Maps merge key by key; `command`, `entrypoint` and `healthcheck.test` are replaced;
 //! `environment`, `labels`, `sysctls`, `build.args`, `depends_on` and service `networks` merge
-//! as maps whatever form (list or map) each side used; `ipam.config` merges by subnet and each
-//! `ulimits` entry is replaced; other lists (ports, volumes, secrets, …) are concatenated and
+//! as maps whatever form (list or map) each side used; `extra_hosts` (list or map) and `dns*`
+//! are appended without the items the base already has; `ipam.config` merges by subnet and
+//! each `ulimits` entry is replaced; other lists (ports, volumes, secrets, …) are concatenated and
 //! de-duplicated by their key during conversion; scalars are replaced.
 //! The `!reset` tag drops the inherited value and `!override` replaces it wholesale.
 
@@ -136,6 +137,59 @@ fn as_list(n: Node<'_>) -> Node<'_> {
     }
 }
 
+/// `extra_hosts` as a list of `host=ip` items whichever form it was written in, so a map and
+/// a list merge (compose-go's mergeExtraHosts). A shape that is neither is left for conversion
+/// to report.
+fn hosts_as_list(n: Node<'_>) -> Node<'_> {
+    let Kind::Map(entries) = &n.kind else {
+        return n;
+    };
+    let mut items = Vec::new();
+    for e in entries {
+        match &e.value.kind {
+            Kind::Null => items.push(Node::str(e.key_pos, format!("{}=", e.key))),
+            Kind::Scalar { value, .. } => {
+                items.push(Node::str(e.value.pos, format!("{}={value}", e.key)));
+            }
+            Kind::Seq(ips) if ips.iter().all(|ip| ip.scalar().is_some()) => {
+                for ip in ips {
+                    let ip_text = ip.scalar().unwrap_or_default();
+                    items.push(Node::str(ip.pos, format!("{}={ip_text}", e.key)));
+                }
+            }
+            _ => return n,
+        }
+    }
+    Node {
+        pos: n.pos,
+        tag: n.tag,
+        kind: Kind::Seq(items),
+    }
+}
+
+/// Two lists as one: the base's items, then each override item the base does not already
+/// hold, as compose merges `extra_hosts` and `dns*` (a host named in both files is written
+/// once). Anything but two lists merges as [`deep`] does.
+fn append_new<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
+    let (Kind::Seq(a), Kind::Seq(b)) = (&base.kind, &over.kind) else {
+        return deep(base, over);
+    };
+    let mut items = a.clone();
+    for item in b {
+        let known = item
+            .scalar()
+            .is_some_and(|s| a.iter().any(|x| x.scalar() == Some(s)));
+        if !known {
+            items.push(item.clone());
+        }
+    }
+    Node {
+        pos: over.pos,
+        tag: None,
+        kind: Kind::Seq(items),
+    }
+}
+
 fn merge_build<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
     let norm = |n: Node<'a>| match n.kind {
         Kind::Scalar { .. } => Node::map(
@@ -181,8 +235,11 @@ pub(crate) fn merge_service<'a>(base: Node<'a>, over: Node<'a>) -> Node<'a> {
             "labels" => merge_maps(list_to_map(b, true), list_to_map(o, true), &|_, _, o| o),
             _ => deep(b, o),
         }),
-        "env_file" | "tmpfs" | "expose" | "cap_add" | "cap_drop" | "profiles" | "dns"
-        | "dns_opt" | "dns_search" | "label_file" => deep(as_list(b), as_list(o)),
+        "extra_hosts" => append_new(hosts_as_list(b), hosts_as_list(o)),
+        "dns" | "dns_opt" | "dns_search" => append_new(as_list(b), as_list(o)),
+        "env_file" | "tmpfs" | "expose" | "cap_add" | "cap_drop" | "profiles" | "label_file" => {
+            deep(as_list(b), as_list(o))
+        }
         _ => deep(b, o),
     })
 }

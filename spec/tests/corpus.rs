@@ -79,6 +79,36 @@ fn check(path: &Path, actual: &str, bless: bool, failures: &mut Vec<String>) {
     }
 }
 
+/// Loads one case and compares (or, when blessing, rewrites) its expectations.
+fn run_case(dir: &Path, bless: bool, failures: &mut Vec<String>) {
+    let d = dir.display().to_string();
+    let opts = options(dir);
+    let (yaml, warnings, errors) = match load(&opts) {
+        Ok(l) => (
+            dcpp_spec::config_yaml(&l),
+            lines(&l.warnings),
+            String::new(),
+        ),
+        Err(e) => (String::new(), lines(&e.warnings), lines(&e.errors)),
+    };
+    let yaml = yaml.replace(&d, "$DIR");
+    let errors = errors.replace(&d, "$DIR");
+    let warnings = warnings.replace(&d, "$DIR");
+    if !bless {
+        let want_err = dir.join("expected.err").exists();
+        let want_ok = dir.join("expected.yaml").exists();
+        if want_err == want_ok {
+            failures.push(format!(
+                "{d}: needs exactly one of expected.yaml / expected.err"
+            ));
+            return;
+        }
+    }
+    check(&dir.join("expected.yaml"), &yaml, bless, failures);
+    check(&dir.join("expected.err"), &errors, bless, failures);
+    check(&dir.join("expected.warnings"), &warnings, bless, failures);
+}
+
 #[test]
 fn corpus_matches_expectations() {
     let bless = std::env::var_os("DCPP_BLESS").is_some();
@@ -86,37 +116,7 @@ fn corpus_matches_expectations() {
     assert!(cases.len() >= 80, "corpus has only {} cases", cases.len());
     let mut failures = Vec::new();
     for dir in &cases {
-        let d = dir.display().to_string();
-        let opts = options(dir);
-        let (yaml, warnings, errors) = match load(&opts) {
-            Ok(l) => (
-                dcpp_spec::config_yaml(&l),
-                lines(&l.warnings),
-                String::new(),
-            ),
-            Err(e) => (String::new(), lines(&e.warnings), lines(&e.errors)),
-        };
-        let yaml = yaml.replace(&d, "$DIR");
-        let errors = errors.replace(&d, "$DIR");
-        let warnings = warnings.replace(&d, "$DIR");
-        if !bless {
-            let want_err = dir.join("expected.err").exists();
-            let want_ok = dir.join("expected.yaml").exists();
-            if want_err == want_ok {
-                failures.push(format!(
-                    "{d}: needs exactly one of expected.yaml / expected.err"
-                ));
-                continue;
-            }
-        }
-        check(&dir.join("expected.yaml"), &yaml, bless, &mut failures);
-        check(&dir.join("expected.err"), &errors, bless, &mut failures);
-        check(
-            &dir.join("expected.warnings"),
-            &warnings,
-            bless,
-            &mut failures,
-        );
+        run_case(dir, bless, &mut failures);
     }
     assert!(
         failures.is_empty(),
@@ -124,6 +124,56 @@ fn corpus_matches_expectations() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Whether a case's files name compose-go's tests as the source of its expectations.
+fn from_compose_go(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .expect("case dir")
+        .filter_map(|e| std::fs::read_to_string(e.expect("entry").path()).ok())
+        .any(|text| text.contains("compose-go"))
+}
+
+/// The kind of compose-go test a case's expectations come from, by the case's name.
+fn area(name: &str) -> &'static str {
+    let has = |words: &[&str]| words.iter().any(|w| name.contains(w));
+    if has(&["dotenv", "env-file"]) {
+        "dotenv"
+    } else if has(&["interpolation"]) {
+        "interpolation"
+    } else if has(&["merge", "extends", "include", "unicity"]) {
+        "merge"
+    } else if has(&["invalid", "validation", "errors", "refused", "zero"]) {
+        "validation"
+    } else {
+        "loader"
+    }
+}
+
+/// The closing count of issue 16: how many corpus cases were written from compose-go's
+/// loader, interpolation, merge, dotenv and validation expectations, and how many pass.
+/// `cargo test -p dcpp-spec --test corpus compose_go -- --nocapture` prints it.
+#[test]
+fn compose_go_expectations_pass() {
+    let mut by_area: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for dir in cases().iter().filter(|d| from_compose_go(d)) {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let before = failures.len();
+        run_case(dir, false, &mut failures);
+        let e = by_area.entry(area(&name)).or_default();
+        e.0 += 1;
+        e.1 += usize::from(failures.len() == before);
+    }
+    let (total, passed) = by_area
+        .values()
+        .fold((0, 0), |(t, p), (n, ok)| (t + n, p + ok));
+    for (a, (n, ok)) in &by_area {
+        println!("compose-go {a} cases: {n}, passing: {ok}");
+    }
+    println!("compose-go cases: {total}, passing: {passed}");
+    assert!(total >= 20, "only {total} cases name compose-go");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// `dcpp config` output loaded again gives the identical model, and the JSON form (what the
