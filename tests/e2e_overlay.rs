@@ -455,3 +455,196 @@ fn updates_and_scaling_on_the_workers_fail_no_request_by_name_or_through_the_mes
     assert!(failed.is_empty(), "mesh requests failed: {failed:?}");
     assert_eq!(by_name_failed, 0, "requests by name failed:\n{logs}");
 }
+
+/// A TCP sink/echo server and its clients, run with the host's python3 inside a test host's or
+/// a container's network namespace (the containers' busybox has no tool that measures).
+const NETPERF_PY: &str = r#"
+import socket, statistics, sys, time
+mode = sys.argv[1]
+if mode == "serve":
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[2])))
+    s.listen(8)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        kind = c.recv(1)
+        while True:
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            if kind == b"e":
+                c.sendall(b)
+        if kind == b"s":
+            c.sendall(b"k")
+        c.close()
+host, port = sys.argv[2], int(sys.argv[3])
+c = socket.create_connection((host, port), timeout=10)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if mode == "push":
+    total = int(sys.argv[4])
+    buf = b"\0" * (1 << 20)
+    c.sendall(b"s")
+    t = time.perf_counter()
+    sent = 0
+    while sent < total:
+        c.sendall(buf)
+        sent += len(buf)
+    c.shutdown(socket.SHUT_WR)
+    c.recv(1)
+    print(sent * 8 / (time.perf_counter() - t) / 1e9)
+else:
+    c.sendall(b"e")
+    rtts = []
+    for _ in range(int(sys.argv[4])):
+        t = time.perf_counter()
+        c.sendall(b"x")
+        c.recv(1)
+        rtts.append((time.perf_counter() - t) * 1e6)
+    print(statistics.median(rtts))
+"#;
+
+/// The pid of container `id` on node `n`.
+fn container_pid(n: &Rig, id: &str) -> u32 {
+    let out = n.dcpp(&["container", "inspect", id]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    v["pid"]
+        .as_u64()
+        .or_else(|| v["state"]["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no pid in {v}")) as u32
+}
+
+#[test]
+#[ignore = "benchmark: run bench/overlay.sh"]
+fn bench_overlay_against_the_underlay() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let cl = Cluster::form_in_netns("ob", &[Join::Worker], &["--overlay", "on"]);
+    let u = cl.underlay.as_ref().unwrap();
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    let file = a.write("compose.yml", &compose(1, a.id, b.id));
+    cl.ok(0, &["apply", "-f", &file, "-p", "ob", "--timeout", "60s"]);
+    let web = local_containers(a, "web");
+    let client = local_containers(b, "client");
+    let script = a.write("netperf.py", NETPERF_PY);
+    let web_ip = resolve(b, &client[0].0, "web").into_iter().next().unwrap();
+    let ns_of = |pid: u32| format!("--net=/proc/{pid}/ns/net");
+    let (web_ns, client_ns) = (
+        ns_of(container_pid(a, &web[0].0)),
+        ns_of(container_pid(b, &client[0].0)),
+    );
+    let host_ns = |i: usize| format!("--net=/run/netns/{}", u.hosts[i]);
+    let py = |ns: &str, args: &[&str]| -> f64 {
+        let out = Command::new("nsenter")
+            .arg(ns)
+            .args(["python3", &script])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().parse().unwrap()
+    };
+    let serve = |ns: &str| {
+        let mut c = Command::new("nsenter")
+            .arg(ns)
+            .args(["python3", &script, "serve", "5201"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        c
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bytes = (1u64 << 30).to_string();
+    let mut figures = Vec::new();
+    for (what, server_ns, client_ns, to) in [
+        (
+            "underlay (node to node)",
+            host_ns(0),
+            host_ns(1),
+            u.addrs[0].clone(),
+        ),
+        (
+            "overlay (container to container)",
+            web_ns.clone(),
+            client_ns.clone(),
+            web_ip.clone(),
+        ),
+    ] {
+        let mut server = serve(&server_ns);
+        let gbit: Vec<f64> = (0..5)
+            .map(|_| py(&client_ns, &["push", &to, "5201", &bytes]))
+            .collect();
+        let rtt: Vec<f64> = (0..5)
+            .map(|_| py(&client_ns, &["rtt", &to, "5201", "2000"]))
+            .collect();
+        let _ = server.kill();
+        let _ = server.wait();
+        figures.push((what, median(gbit), median(rtt)));
+    }
+    for (what, gbit, rtt) in &figures {
+        eprintln!("FIGURES: {what}: TCP {gbit:.2} Gbit/s, round trip {rtt:.0} µs (medians of 5)");
+    }
+    eprintln!(
+        "FIGURES: overlay/underlay throughput {:.2}",
+        figures[1].1 / figures[0].1
+    );
+
+    // A new replica on node a: from its container running there to its name answering on b.
+    let mut lag = Vec::new();
+    for _ in 0..5 {
+        let before: BTreeSet<String> = local_containers(a, "web")
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        cl.ok(0, &["service", "scale", "ob_web=2"]);
+        let new = loop {
+            if let Some(c) = local_containers(a, "web")
+                .into_iter()
+                .find(|c| !before.contains(&c.0))
+            {
+                break c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let running = Instant::now();
+        let (_, ifc) = exec(a, &new.0, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        let ip = ifc
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|c| c.split('/').next())
+            .unwrap()
+            .to_string();
+        let url = format!("http://{ip}/");
+        loop {
+            let (ok, _) = exec(b, &client[0].0, &["timeout", "1", "wget", "-qO-", &url]);
+            if ok && resolve(b, &client[0].0, "web").contains(&ip) {
+                break;
+            }
+        }
+        lag.push(running.elapsed().as_secs_f64() * 1000.0);
+        cl.ok(0, &["service", "scale", "ob_web=1"]);
+        cl.wait_until("one replica", 30, || {
+            resolve(b, &client[0].0, "web").len() == 1
+        });
+    }
+    lag.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURES: new replica running on a -> reachable by name from b: median {:.0} ms, max {:.0} ms (5 runs; includes the polling execs)",
+        lag[lag.len() / 2],
+        lag[lag.len() - 1]
+    );
+}
