@@ -877,6 +877,64 @@ services:
     );
     assert!(out.contains(&format!("@{a} | hello")), "{out}");
 
+    // `logs -f` follows every node, and replicas that start later join the stream.
+    /// The follower goes with the test, also when it fails.
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follow = Follower(
+        cl.nodes[1]
+            .cmd()
+            .args(["logs", "-f", "app"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::io::BufReader::new(follow.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(reader).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    // Waits until the stream holds `n` hello lines from each of nodes a and b.
+    let wait_for = |what: &str, n: usize, seen: &mut String| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let count = |seen: &str, node: u64| {
+            seen.lines()
+                .filter(|l| l.ends_with(&format!("@{node} | hello")))
+                .count()
+        };
+        while count(seen, a) < n || count(seen, b) < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                Err(_) => panic!("logs -f never showed {what}:\n{seen}"),
+            }
+        }
+        assert_eq!(
+            (count(seen, a), count(seen, b)),
+            (n, n),
+            "each line once:\n{seen}"
+        );
+    };
+    wait_for("both nodes' replicas", 1, &mut seen);
+    // Replaced replicas on both nodes: the new containers' lines join the stream.
+    cl.ok(0, &["service", "update", "--force", "lgs_app"]);
+    wait_for("the replicas that replaced them", 2, &mut seen);
+    drop(follow);
+
     cl.nodes[2].kill9();
     let o = cl.nodes[0].dcpp(&["logs", "app"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
