@@ -358,6 +358,9 @@ fn churn_compose(generation: u32, replicas: u32) -> String {
   client:
     image: {IMAGE}
     stop_grace_period: 1s
+    depends_on:
+      web:
+        condition: service_healthy
     command: ["sh", "-c", "while true; do if timeout 3 wget -q -O /dev/null http://web/; then echo ok; else echo FAIL; fi; sleep 0.1; done"]
     deploy:
       placement:
@@ -433,13 +436,10 @@ fn updates_and_scaling_on_the_workers_fail_no_request_by_name_or_through_the_mes
     apply(6, 2);
     stop.store(true, Ordering::Relaxed);
     let (total, failed) = looper.join().unwrap();
-    let all = cl.ok(0, &["logs", &client[0].0]);
-    // The client started with the stack; its requests count from the first that web answered.
-    let logs: String = all
-        .lines()
-        .skip_while(|l| l.trim() != "ok")
-        .map(|l| format!("{l}\n"))
-        .collect();
+    // The client on the manager waited for web on the workers to be healthy (`depends_on`
+    // across nodes): its very first request by name succeeded.
+    let logs = cl.ok(0, &["logs", &client[0].0]);
+    assert_eq!(logs.lines().next().map(str::trim), Some("ok"), "{logs}");
     let by_name_ok = logs.lines().filter(|l| l.trim() == "ok").count();
     let by_name_failed = logs.lines().filter(|l| l.trim() == "FAIL").count();
     eprintln!(

@@ -267,21 +267,8 @@ pub async fn run(
                 Err(e) => tracing::warn!("moving legacy bookkeeping: {e}"),
             }
         }
-        if leader {
-            match reconcile_since(&node, leader_since.unwrap_or(0), Some(node.id())).await {
-                Ok((requeue, wrote)) => {
-                    if wrote {
-                        wait = Duration::ZERO;
-                    } else if let Some(r) = requeue {
-                        wait = wait.min(r.max(Duration::from_millis(10)));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("reconcile: {e}");
-                    wait = Duration::from_millis(200);
-                }
-            }
-        }
+        // The network documents first: a task the planner starts below (a dependent whose
+        // dependency just became healthy) reaches nodes that already list its peers.
         if leader && let Some(pool) = overlay {
             match crate::overlay::sync(&node, pool).await {
                 Ok(true) => wait = Duration::ZERO,
@@ -297,6 +284,21 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!("routing mesh: {e}");
                     wait = wait.min(Duration::from_millis(200));
+                }
+            }
+        }
+        if leader {
+            match reconcile_since(&node, leader_since.unwrap_or(0), Some(node.id())).await {
+                Ok((requeue, wrote)) => {
+                    if wrote {
+                        wait = Duration::ZERO;
+                    } else if let Some(r) = requeue {
+                        wait = wait.min(r.max(Duration::from_millis(10)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("reconcile: {e}");
+                    wait = Duration::from_millis(200);
                 }
             }
         }

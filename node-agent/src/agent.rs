@@ -126,6 +126,15 @@ fn addresses_of(
     Some(out)
 }
 
+/// A task of this node in a round: its records, its container, its service and addresses.
+type RoundTask = (
+    Task,
+    TaskRevs,
+    Option<Container>,
+    Option<ServiceDoc>,
+    Option<Addresses>,
+);
+
 /// A pending write to one task record.
 struct Report {
     task: Task,
@@ -351,13 +360,10 @@ impl<S: Store> Agent<S> {
                     && t.desired == DesiredState::Running)
             })
             .partition(|(t, ..)| t.desired != DesiredState::Running);
-        let run = |(t, rev, c, svc, addrs): (
-            Task,
-            TaskRevs,
-            Option<Container>,
-            Option<ServiceDoc>,
-            Option<Addresses>,
-        )| async move {
+        if let Some(conf) = self.overlay {
+            self.prepare_networks(&rest, &nets, conf).await;
+        }
+        let run = |(t, rev, c, svc, addrs): RoundTask| async move {
             self.reconcile_task(&t, rev, c.as_ref(), svc.as_ref(), addrs)
                 .await
         };
@@ -394,6 +400,39 @@ impl<S: Store> Agent<S> {
             self.sync_mesh().await;
         }
         Ok(did)
+    }
+
+    /// Makes the stack networks of the containers this round creates and programs their
+    /// containers elsewhere first, so a container starts with its peers on other nodes
+    /// already resolving and reachable (a `depends_on` dependency that is healthy elsewhere
+    /// answers the dependent's first request).
+    async fn prepare_networks(
+        &self,
+        rest: &[RoundTask],
+        nets: &BTreeMap<String, NetworkDoc>,
+        conf: OverlayConf,
+    ) {
+        let mut want: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (_, _, c, svc, addrs) in rest {
+            if let (None, Some(d), Some(a)) = (c, svc, addrs) {
+                for (name, (_, subnet)) in a {
+                    want.insert(name.clone(), (d.spec.stack.clone(), subnet.clone()));
+                }
+            }
+        }
+        if want.is_empty() {
+            return;
+        }
+        let mtu = conf.underlay_mtu - VXLAN_OVERHEAD;
+        self.net_blocking(move |net| {
+            for (name, (stack, subnet)) in want {
+                if let Err(e) = net.ensure_overlay(&name, &stack, &subnet, mtu) {
+                    tracing::warn!(network = %name, "{e}");
+                }
+            }
+        })
+        .await;
+        self.sync_overlay(nets).await;
     }
 
     /// Tells each local stack network which of its containers run elsewhere, when that
