@@ -35,7 +35,8 @@ fn five(tag: &str) -> Cluster {
     )
 }
 
-fn compose(client_node: u64) -> String {
+/// `replicas` of web on the nodes of `role`, a client on node `client_node`.
+fn compose(role: &str, replicas: usize, client_node: u64) -> String {
     format!(
         r#"services:
   web:
@@ -44,9 +45,9 @@ fn compose(client_node: u64) -> String {
     # httpd is PID 1 and ignores SIGTERM: each stop takes the whole grace.
     stop_grace_period: 2s
     deploy:
-      replicas: {WEB_REPLICAS}
+      replicas: {replicas}
       placement:
-        constraints: ["node.role==worker"]
+        constraints: ["node.role=={role}"]
   client:
     image: {IMAGE}
     command: ["sleep", "3600"]
@@ -57,22 +58,28 @@ fn compose(client_node: u64) -> String {
     )
 }
 
-/// Applies the stack and returns the client container (on `a`) once it fetches web by name.
+/// Applies the stack (web spread over the workers, the client on `a`) and returns the client
+/// container once it fetches web by name.
 fn deploy(cl: &Cluster, stack: &str) -> Ctr {
-    let file = cl.nodes[A].write("compose.yml", &compose(cl.nodes[A].id));
+    deploy_on(cl, stack, "worker", A, &[0, 0, 0, 2, 2])
+}
+
+/// Applies the stack with web on the nodes of `role` and the client on node `client_at`;
+/// web must be placed as `want` (replicas per node index).
+fn deploy_on(cl: &Cluster, stack: &str, role: &str, client_at: usize, want: &[usize]) -> Ctr {
+    let replicas = want.iter().sum();
+    let file = cl.nodes[A].write(
+        "compose.yml",
+        &compose(role, replicas, cl.nodes[client_at].id),
+    );
     let out = cl.ok(A, &["apply", "-f", &file, "-p", stack, "--timeout", "60s"]);
     assert!(out.contains("converged"), "{out}");
-    let web = format!("{stack}_web");
-    assert_eq!(
-        placement(cl, &web),
-        vec![0, 0, 0, 2, 2],
-        "web spread over the workers"
-    );
-    let client = overlay::running(&cl.nodes[A], Some("client"));
+    assert_eq!(placement(cl, &format!("{stack}_web")), want, "web's spread");
+    let client = overlay::running(&cl.nodes[client_at], Some("client"));
     assert_eq!(client.len(), 1, "{client:?}");
     let client = client[0].clone();
     cl.wait_until("web answers the client by name", 20, || {
-        fetch(&cl.nodes[A], &client.id).is_ok()
+        fetch(&cl.nodes[client_at], &client.id).is_ok()
     });
     client
 }
@@ -126,8 +133,13 @@ fn task_containers(n: &Rig) -> usize {
 /// - every node's runtime runs exactly the containers of the tasks the store places there;
 /// - every host with a VXLAN device lists exactly the containers on other hosts, each behind
 ///   its host's underlay address (FDB) and with its address (neighbours), nothing else;
-/// - `web` resolves, from the client, to exactly the running replicas.
-fn converged(cl: &Cluster, stack: &str, client: &Ctr) -> Result<String, String> {
+/// - `web` resolves, from the client on node `client_at`, to exactly the running replicas.
+fn converged(
+    cl: &Cluster,
+    stack: &str,
+    (client_at, client): (usize, &Ctr),
+    replicas: usize,
+) -> Result<String, String> {
     let tasks = tasks(cl);
     let mut slots = BTreeMap::new();
     for t in tasks.iter().filter(|t| t["state"] == "running") {
@@ -137,7 +149,7 @@ fn converged(cl: &Cluster, stack: &str, client: &Ctr) -> Result<String, String> 
     }
     let web = format!("{stack}_web");
     let web_slots = slots.keys().filter(|s| s.contains(&web)).count();
-    if web_slots != WEB_REPLICAS || slots.values().any(|n| *n != 1) || slots.len() != 5 {
+    if web_slots != replicas || slots.values().any(|n| *n != 1) || slots.len() != replicas + 1 {
         return Err(format!("running tasks per slot: {slots:?}"));
     }
     let nodes: Vec<Value> =
@@ -197,29 +209,35 @@ fn converged(cl: &Cluster, stack: &str, client: &Ctr) -> Result<String, String> 
             }
         }
     }
-    let replicas: BTreeSet<String> = here
+    let web_at: BTreeSet<String> = here
         .iter()
         .flatten()
         .filter(|(c, _)| c.service == "web")
         .map(|(_, ip)| ip.clone())
         .collect();
-    let resolved = overlay::resolve(&cl.nodes[A], &client.id, "web");
-    if resolved != replicas {
+    let resolved = overlay::resolve(&cl.nodes[client_at], &client.id, "web");
+    if resolved != web_at {
         return Err(format!(
-            "web resolves to {resolved:?}, the replicas are at {replicas:?}"
+            "web resolves to {resolved:?}, the replicas are at {web_at:?}"
         ));
     }
     Ok(format!(
-        "{slots:?}; web at {replicas:?}; containers per node {:?}",
+        "{slots:?}; web at {web_at:?}; containers per node {:?}",
         here.iter().map(Vec::len).collect::<Vec<_>>()
     ))
 }
 
 /// Polls [`converged`] until it holds; panics with the last difference after `secs`.
-fn wait_converged(cl: &Cluster, stack: &str, client: &Ctr, secs: u64) -> String {
+fn wait_converged(
+    cl: &Cluster,
+    stack: &str,
+    client: (usize, &Ctr),
+    replicas: usize,
+    secs: u64,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        match converged(cl, stack, client) {
+        match converged(cl, stack, client, replicas) {
             Ok(summary) => return summary,
             Err(e) if Instant::now() >= deadline => {
                 panic!("not converged after {secs}s: {e}\n{}", cl.logs())
@@ -427,7 +445,13 @@ fn a_partitioned_worker_stops_its_tasks_after_the_grace_and_the_healed_cluster_i
         stopped > Duration::from_secs(8) && stopped < Duration::from_secs(16),
         "stopped {stopped:?} after the cut"
     );
-    assert_eq!(task_containers(d), 0, "removed, not only stopped");
+    // Removed too, right after the stop.
+    slot::wait_until(
+        "the stopped containers removed",
+        Duration::from_secs(10),
+        || task_containers(d) == 0,
+        || d.log(),
+    );
     assert!(
         d.log().contains("no heartbeat reached the managers"),
         "{}",
@@ -452,7 +476,7 @@ fn a_partitioned_worker_stops_its_tasks_after_the_grace_and_the_healed_cluster_i
         || d.log().contains("reached the managers again"),
         || d.log(),
     );
-    let summary = wait_converged(&cl, "pp", &client, 40);
+    let summary = wait_converged(&cl, "pp", (A, &client), WEB_REPLICAS, 40);
     eprintln!(
         "timings (pp): converged {:.1?} after the heal: {summary}",
         healed.elapsed()
@@ -464,8 +488,90 @@ fn a_partitioned_worker_stops_its_tasks_after_the_grace_and_the_healed_cluster_i
         assert_eq!(task_containers(d), 0, "{}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    converged(&cl, "pp", &client).unwrap_or_else(|e| panic!("{e}\n{}", cl.logs()));
+    wait_converged(&cl, "pp", (A, &client), WEB_REPLICAS, 20);
     for _ in 0..4 {
         fetch(&cl.nodes[A], &client.id).unwrap();
+    }
+}
+
+#[test]
+fn a_manager_cut_off_in_the_minority_stops_its_tasks_and_takes_none_back_when_healed() {
+    const C: usize = 2;
+    let cl = five("pm");
+    // One replica on each manager; the client on worker d.
+    let client = deploy_on(&cl, "pm", "manager", D, &[1, 1, 1, 0, 0]);
+    let u = cl.underlay.as_ref().unwrap();
+    let c = &cl.nodes[C];
+
+    // c alone has no quorum; its reads still answer from its own copy of the store, where its
+    // task runs on.
+    let cut = Instant::now();
+    u.set_link(C, false);
+    let moved = cl.wait_until("c's slot rescheduled", 30, || {
+        let p = placement(&cl, "pm_web");
+        p[C] == 0 && p[0] + p[1] == 3
+    });
+    let mut stopped = Duration::ZERO;
+    slot::wait_until(
+        "the cut-off manager stopped its container",
+        Duration::from_secs(30),
+        || {
+            stopped = cut.elapsed();
+            overlay::running(c, None).is_empty()
+        },
+        || c.log(),
+    );
+    eprintln!(
+        "timings (pm): rescheduled {moved:.1?} after the cut, cut-off manager stopped its \
+         task after {stopped:.1?}"
+    );
+    assert!(
+        stopped > Duration::from_secs(8) && stopped < Duration::from_secs(16),
+        "stopped {stopped:?} after the cut"
+    );
+    // Removed too, right after the stop.
+    slot::wait_until(
+        "the stopped containers removed",
+        Duration::from_secs(10),
+        || task_containers(c) == 0,
+        || c.log(),
+    );
+    assert!(
+        c.log().contains("no heartbeat reached the managers"),
+        "{}",
+        c.log()
+    );
+
+    // Healed: c's copy catches up before its agent acts on it, so its old slot stays where
+    // the leader put it.
+    let healed = Instant::now();
+    u.set_link(C, true);
+    slot::wait_until(
+        "c reached the managers again",
+        Duration::from_secs(30),
+        || c.log().contains("reached the managers again"),
+        || c.log(),
+    );
+    let summary = wait_converged(&cl, "pm", (D, &client), 3, 40);
+    eprintln!(
+        "timings (pm): converged {:.1?} after the heal: {summary}",
+        healed.elapsed()
+    );
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        assert_eq!(task_containers(c), 0, "{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // (c's return makes the managers elect a leader again: a moment without one.)
+    wait_converged(&cl, "pm", (D, &client), 3, 20);
+    // The client ran on throughout (the same container): a worker that was talking to c
+    // moved on to another manager, and no other node was ever cut off.
+    fetch(&cl.nodes[D], &client.id).unwrap();
+    for (i, n) in cl.nodes.iter().enumerate().filter(|(i, _)| *i != C) {
+        assert!(
+            !n.log().contains("no heartbeat reached the managers"),
+            "node {i} was cut off too:\n{}",
+            n.log()
+        );
     }
 }

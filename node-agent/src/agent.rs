@@ -56,9 +56,13 @@ pub const NETWORK_STACK_LABEL: &str = "org.dcpp.stack";
 /// How long the node may go without a heartbeat reaching the managers before it stops its
 /// tasks (see [`crate::contact`]; `dcpp daemon --partition-grace`).
 pub const PARTITION_GRACE: Duration = Duration::from_secs(10);
-/// Longest wait for one heartbeat (and the record check before it): a request on a
-/// connection whose peer vanished gets no answer until TCP gives up, many minutes later.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for one heartbeat (or the record check between them): a request on a
+/// connection whose peer vanished gets no answer until TCP gives up, many minutes later, and
+/// a write that hangs through a leader change must not make the node miss the three
+/// heartbeats after which it is down. Longer than a worker's wait for one manager (1.5 s,
+/// `CALL_TIMEOUT` of dcpp-raft), so that the store's client moves on to the next manager
+/// within the same heartbeat.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Heartbeat retry period while no heartbeat got through (since the start, or the cut).
 const RETRY_CONTACT: Duration = Duration::from_millis(200);
 /// How often the agent looks whether the partition grace has passed.
@@ -1156,12 +1160,14 @@ impl<S: Store> Agent<S> {
         let mut last_beat: Option<Instant> = None;
         loop {
             let due = last_beat.is_none_or(|b| self.clock.now().duration_since(b) >= interval);
-            if self.beat_once(due).await {
+            let wrote = self.beat_once(due).await;
+            if wrote {
                 last_beat = Some(self.clock.now());
             }
-            // Out of touch (starting, or cut off) the loop acts on nothing: try again soon.
+            // A heartbeat that did not get through is tried again soon; so is every one while
+            // out of touch (starting, or cut off), when the loop acts on nothing.
             let next = match self.contact().standing() {
-                Standing::InTouch => STALE_CHECK.min(interval),
+                Standing::InTouch if wrote || !due => STALE_CHECK.min(interval),
                 _ => RETRY_CONTACT.min(interval),
             };
             self.clock.sleep(next).await;
@@ -1172,8 +1178,7 @@ impl<S: Store> Agent<S> {
     async fn beat_once(&self, due: bool) -> bool {
         let attempt = async {
             // A new member or a promotion shows in the record at once, not a heartbeat later.
-            let stale = dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await;
-            if stale || due {
+            if due || dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await {
                 Some(self.heartbeat().await)
             } else {
                 None
