@@ -46,7 +46,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
     /// Run this machine's cluster member (Raft node and API).
-    Daemon(cmd::daemon::DaemonArgs),
+    Daemon(Box<cmd::daemon::DaemonArgs>),
     /// Create, join, leave and inspect the cluster.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),

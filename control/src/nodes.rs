@@ -103,14 +103,20 @@ impl SelfInfo {
     }
 }
 
-/// How long node `n` may go without a heartbeat before it is down: [`MISSED_HEARTBEATS`] of
-/// its own interval plus [`TIMEOUT_SLACK_MS`].
+/// How long node `n` may go without a heartbeat before it is down: [`down_after_ms`] of its
+/// own interval.
 pub fn timeout_ms(n: &NodeInfo) -> u64 {
     let interval = match n.heartbeat_ms {
         0 => LEGACY_HEARTBEAT_MS,
         i => i,
     };
-    MISSED_HEARTBEATS * interval + TIMEOUT_SLACK_MS
+    down_after_ms(interval)
+}
+
+/// How long a node that heartbeats every `heartbeat_ms` may stay silent before the leader
+/// declares it down: [`MISSED_HEARTBEATS`] intervals plus [`TIMEOUT_SLACK_MS`].
+pub fn down_after_ms(heartbeat_ms: u64) -> u64 {
+    MISSED_HEARTBEATS * heartbeat_ms + TIMEOUT_SLACK_MS
 }
 
 /// Up or down, by the rule the leader schedules by: a node whose agent has not reported for
@@ -172,8 +178,9 @@ pub async fn list<S: Store>(s: &S) -> Result<Vec<NodeInfo>, Error> {
 
 /// Creates or refreshes this node's record: the heartbeat, and what the node knows about
 /// itself (hostname, address, role, resources); availability and labels set by `node update`
-/// are kept. A concurrent edit wins (the next heartbeat comes soon).
-pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<(), Error> {
+/// are kept. A concurrent edit wins (the next heartbeat comes soon). Returns the revision the
+/// record was committed at, `None` when the concurrent edit won.
+pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<Option<u64>, Error> {
     let id = me.id.to_string();
     let (mut info, pre) = match s.get(Kind::Node, &id).await {
         Ok(o) => (
@@ -213,7 +220,8 @@ pub async fn heartbeat<S: Store>(s: &S, me: &SelfInfo, now_ms: u64) -> Result<()
         .txn(Txn::new().when(pre).op(Op::put(Kind::Node, id, &info)?))
         .await
     {
-        Ok(_) | Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(()),
+        Ok(r) => Ok(Some(r.revision)),
+        Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -348,7 +356,8 @@ mod tests {
     async fn heartbeat_creates_the_record_then_refreshes_it_keeping_operator_settings() {
         let s = MemStore::new();
         assert!(record_stale(&s, &me(Role::Worker)).await);
-        heartbeat(&s, &me(Role::Worker), 5).await.unwrap();
+        // The revision it committed at: the agent's proof that it reached the managers.
+        assert_eq!(heartbeat(&s, &me(Role::Worker), 5).await.unwrap(), Some(1));
         assert!(!record_stale(&s, &me(Role::Worker)).await);
         let mut n: NodeInfo = s.get(Kind::Node, "7").await.unwrap().decode().unwrap();
         assert_eq!((n.role, n.last_heartbeat_ms), (Role::Worker, 5));
@@ -358,7 +367,7 @@ mod tests {
             .unwrap();
         // Promoted: the record is stale until the next heartbeat.
         assert!(record_stale(&s, &me(Role::Manager)).await);
-        heartbeat(&s, &me(Role::Manager), 9).await.unwrap();
+        assert_eq!(heartbeat(&s, &me(Role::Manager), 9).await.unwrap(), Some(3));
         let n: NodeInfo = s.get(Kind::Node, "7").await.unwrap().decode().unwrap();
         assert_eq!(n.role, Role::Manager);
         assert_eq!(n.last_heartbeat_ms, 9);

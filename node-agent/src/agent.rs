@@ -25,6 +25,7 @@ use dcpp_runtime::network::{
 };
 
 use crate::Error;
+use crate::contact::{Contact, Standing, Transition};
 use crate::exits::ExitWatch;
 use crate::host::{
     Clock, Container, Containers, Host, Image, Images, LocalContainers, LocalImages, LocalNetworks,
@@ -53,6 +54,20 @@ pub const POLL_WATCHED: Duration = Duration::from_secs(1);
 pub const PARALLEL: usize = 8;
 /// Label on networks the agent created for a stack.
 pub const NETWORK_STACK_LABEL: &str = "org.dcpp.stack";
+/// How long the node may go without a heartbeat reaching the managers before it stops its
+/// tasks (see [`crate::contact`]; `dcpp daemon --partition-grace`).
+pub const PARTITION_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait for one heartbeat (or the record check between them): a request on a
+/// connection whose peer vanished gets no answer until TCP gives up, many minutes later, and
+/// a write that hangs through a leader change must not make the node miss the three
+/// heartbeats after which it is down. Longer than a worker's wait for one manager (1.5 s,
+/// `CALL_TIMEOUT` of dcpp-raft), so that the store's client moves on to the next manager
+/// within the same heartbeat.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Heartbeat retry period while no heartbeat got through (since the start, or the cut).
+const RETRY_CONTACT: Duration = Duration::from_millis(200);
+/// How often the agent looks whether the partition grace has passed.
+const CONTACT_TICK: Duration = Duration::from_millis(200);
 
 /// The local networking the agent drives.
 pub struct Networking {
@@ -95,6 +110,10 @@ pub struct Agent<S: Store = Node> {
     remote: Mutex<HashMap<String, Option<Overlay>>>,
     /// What the routing mesh was last set to (`None`: not yet this process).
     mesh: Mutex<Option<Mesh>>,
+    /// Whether heartbeats reach the managers (what the loop may do follows from it).
+    contact: Mutex<Contact>,
+    /// `true` while cut off: ends a round that hangs on the store at once.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 /// How this node takes part in the overlay.
@@ -184,6 +203,7 @@ impl<S: Store> Agent<S> {
         host: Host,
     ) -> Self {
         let wake = Arc::new(tokio::sync::Notify::new());
+        let started = host.clock.now();
         let pulls = Pulls::new(
             node.clone(),
             dcpp_control::nodes::node_id(me.id),
@@ -219,7 +239,20 @@ impl<S: Store> Agent<S> {
             overlay: None,
             remote: Mutex::default(),
             mesh: Mutex::default(),
+            contact: Mutex::new(Contact::new(started, Some(PARTITION_GRACE))),
+            cut: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Stops this node's tasks after `grace` without a heartbeat reaching the managers, until
+    /// one does again (`None` or zero: never; default [`PARTITION_GRACE`]).
+    pub fn with_partition_grace(self, grace: Option<Duration>) -> Self {
+        *self.contact() = Contact::new(self.clock.now(), grace);
+        self
+    }
+
+    fn contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Joins stack networks to the cluster's overlay: subnets and addresses come from the
@@ -271,10 +304,107 @@ impl<S: Store> Agent<S> {
     }
 
     /// Writes this node's record with a fresh heartbeat (the leader treats a silent node as
-    /// down, and schedules nothing on a node without a record).
-    pub async fn heartbeat(&self) -> Result<(), Error> {
-        dcpp_control::nodes::heartbeat(&self.node, &self.self_info(), self.clock.now_ms()).await?;
-        Ok(())
+    /// down, and schedules nothing on a node without a record). Returns the revision it was
+    /// committed at (`None`: a concurrent edit of the record won).
+    pub async fn heartbeat(&self) -> Result<Option<u64>, Error> {
+        Ok(
+            dcpp_control::nodes::heartbeat(&self.node, &self.self_info(), self.clock.now_ms())
+                .await?,
+        )
+    }
+
+    /// A heartbeat committed at `revision` got through.
+    fn reached(&self, revision: u64) {
+        let (before, t, after) = {
+            let mut c = self.contact();
+            let before = c.standing();
+            let t = c.reached(self.clock.now(), revision);
+            (before, t, c.standing())
+        };
+        if let Some(Transition::Rejoined { cut_for }) = t {
+            tracing::warn!(
+                "reached the managers again after {:.1}s cut off: converging to the store",
+                cut_for.as_secs_f64()
+            );
+            self.cut.send_replace(false);
+        }
+        if before != after {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Cuts the node off when the partition grace has passed without a heartbeat getting
+    /// through.
+    fn check_contact(&self) -> Option<Transition> {
+        let t = self.contact().tick(self.clock.now());
+        if let Some(Transition::CutOff { silent }) = t {
+            tracing::warn!(
+                "no heartbeat reached the managers for {:.1}s (partition grace): stopping this \
+                 node's tasks until one does; the leader has given their slots to other nodes",
+                silent.as_secs_f64()
+            );
+            self.cut.send_replace(true);
+            self.wake.notify_one();
+        }
+        t
+    }
+
+    /// What the loop does in one turn, by [`Standing`]: a round on the store once a read shows
+    /// contact, nothing before it, and while cut off it keeps no task container. Returns
+    /// whether anything was done.
+    pub async fn turn(&self) -> Result<bool, Error> {
+        let standing = self.contact().standing();
+        match standing {
+            Standing::InTouch => self.reconcile_once().await,
+            Standing::Unconfirmed => Ok(false),
+            Standing::CatchingUp { .. } => {
+                let revision = self.node.list(Kind::Node).await?.revision;
+                if self.contact().read(revision) {
+                    self.reconcile_once().await
+                } else {
+                    tracing::debug!(revision, "store read here predates the managers' answer");
+                    Ok(false)
+                }
+            }
+            Standing::CutOff => Ok(self.stand_down().await),
+        }
+    }
+
+    /// Cut off from the managers: withdraws, stops (each with its stop grace, all at once) and
+    /// removes every task container. Nothing is reported: the store cannot be written, and the
+    /// leader has orphaned these tasks already. Returns whether there was anything to stop.
+    async fn stand_down(&self) -> bool {
+        let ours: Vec<Container> = self
+            .blocking(|c| c.list())
+            .await
+            .into_iter()
+            .filter(|c| c.labels.contains_key(LABEL_TASK))
+            .collect();
+        if ours.is_empty() {
+            return false;
+        }
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        futures::stream::iter(ours)
+            .for_each_concurrent(None, |mut c| async move {
+                if c.status.is_up() {
+                    // Out of DNS and the port map first, as for any stop.
+                    self.withdraw(&c).await;
+                    let id = c.id.clone();
+                    if let Err(e) = self.blocking(move |m| m.stop(&id)).await {
+                        tracing::warn!(container = %c.name, "stop: {e}");
+                    }
+                    tracing::warn!(container = %c.name, "stopped: cut off from the managers");
+                    // Withdrawn already: removal must not withdraw it again.
+                    c.status = ContainerView::Stopped;
+                }
+                self.leave_networks(&c).await;
+                self.remove_container(&c).await;
+            })
+            .await;
+        true
     }
 
     async fn blocking<T: Send + 'static>(
@@ -1069,8 +1199,21 @@ impl<S: Store> Agent<S> {
             wake.clone(),
         ));
         let beats = tokio::spawn(self.clone().beat());
+        let ticks = tokio::spawn(self.clone().watch_contact());
+        let mut cut = self.cut.subscribe();
         loop {
-            let busy = match self.reconcile_once().await {
+            let turn = if *cut.borrow_and_update() {
+                self.turn().await
+            } else {
+                // A round may wait long on managers that went out of reach: once cut off,
+                // it is abandoned (what it left half done, the stand-down removes).
+                tokio::select! {
+                    biased;
+                    _ = cut.wait_for(|c| *c) => Ok(true),
+                    r = self.turn() => r,
+                }
+            };
+            let busy = match turn {
                 Ok(did) => did,
                 Err(e) => {
                     tracing::warn!("agent round: {e}");
@@ -1080,7 +1223,9 @@ impl<S: Store> Agent<S> {
             if busy {
                 continue;
             }
-            if let Err(e) = crate::volumes::remove_pending(&self.node, self.me.id, &*self.ctr).await
+            if self.contact().standing() == Standing::InTouch
+                && let Err(e) =
+                    crate::volumes::remove_pending(&self.node, self.me.id, &*self.ctr).await
             {
                 tracing::warn!("volume removal: {e}");
             }
@@ -1107,25 +1252,67 @@ impl<S: Store> Agent<S> {
         }
         watcher.abort();
         beats.abort();
+        ticks.abort();
         self.exits.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Keeps the node record fresh, apart from the rounds: a round that takes long (fifty
-    /// containers to create on a slow disk) must not make a live node look dead.
+    /// containers to create on a slow disk) must not make a live node look dead. Each
+    /// heartbeat that gets through is the node's contact with the managers.
     async fn beat(self: Arc<Self>) {
         let interval = Duration::from_millis(self.me.heartbeat_ms.max(1));
         let mut last_beat: Option<Instant> = None;
         loop {
-            // A new member or a promotion shows in the record at once, not a heartbeat later.
-            let stale = dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await;
             let due = last_beat.is_none_or(|b| self.clock.now().duration_since(b) >= interval);
-            if stale || due {
-                match self.heartbeat().await {
-                    Ok(()) => last_beat = Some(self.clock.now()),
-                    Err(e) => tracing::debug!("heartbeat: {e}"),
-                }
+            let wrote = self.beat_once(due).await;
+            if wrote {
+                last_beat = Some(self.clock.now());
             }
-            self.clock.sleep(STALE_CHECK.min(interval)).await;
+            // A heartbeat that did not get through is tried again soon; so is every one while
+            // out of touch (starting, or cut off), when the loop acts on nothing.
+            let next = match self.contact().standing() {
+                Standing::InTouch if wrote || !due => STALE_CHECK.min(interval),
+                _ => RETRY_CONTACT.min(interval),
+            };
+            self.clock.sleep(next).await;
+        }
+    }
+
+    /// Heartbeats when `due` or when the record is stale; returns whether one was written.
+    async fn beat_once(&self, due: bool) -> bool {
+        let attempt = async {
+            // A new member or a promotion shows in the record at once, not a heartbeat later.
+            if due || dcpp_control::nodes::record_stale(&self.node, &self.self_info()).await {
+                Some(self.heartbeat().await)
+            } else {
+                None
+            }
+        };
+        match tokio::time::timeout(HEARTBEAT_TIMEOUT, attempt).await {
+            Ok(Some(Ok(Some(revision)))) => {
+                self.reached(revision);
+                true
+            }
+            // The record was edited meanwhile: written again at the next interval.
+            Ok(Some(Ok(None))) => true,
+            Ok(Some(Err(e))) => {
+                tracing::debug!("heartbeat: {e}");
+                false
+            }
+            Ok(None) => false,
+            Err(_) => {
+                tracing::debug!("heartbeat: no answer in {HEARTBEAT_TIMEOUT:?}");
+                false
+            }
+        }
+    }
+
+    /// Looks every [`CONTACT_TICK`] whether the partition grace has passed: apart from the
+    /// heartbeats, which may hang on managers out of reach.
+    async fn watch_contact(self: Arc<Self>) {
+        loop {
+            self.check_contact();
+            self.clock.sleep(CONTACT_TICK).await;
         }
     }
 

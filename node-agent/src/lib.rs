@@ -1,12 +1,14 @@
 //! The node's side. [`agent`] is the loop: it turns the tasks the leader assigned to this node
 //! into local containers, networks and volumes and reports their state back, executing for each
-//! task the pure decision of [`step`] (healthcheck bookkeeping included). [`options`] makes container options of a service
-//! document; [`pull`] pulls images; [`exits`] notices container exits; [`volumes`] carries out
+//! task the pure decision of [`step`] (healthcheck bookkeeping included); [`contact`] decides
+//! whether it may, or must stand down as cut off from the managers. [`options`] makes container
+//! options of a service document; [`pull`] pulls images; [`exits`] notices container exits; [`volumes`] carries out
 //! `down --volumes` on this node; [`host`] is the runtime side (containers, networks, images,
 //! clock) behind the traits the agent uses. The store layout it reads and writes is
 //! `dcpp_control::schema`.
 
 pub mod agent;
+pub mod contact;
 pub mod exits;
 pub mod host;
 pub mod options;

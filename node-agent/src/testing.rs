@@ -467,3 +467,65 @@ impl Clock for FakeClock {
         Box::pin(std::future::ready(()))
     }
 }
+
+/// The store as a node on one side of a partition sees it: its writes (heartbeats, reports)
+/// reach the managers or fail, and its reads come from the managers' current state or from a
+/// copy that stopped changing (a manager cut off from the others, or one catching up after).
+#[derive(Clone)]
+pub struct CutStore {
+    pub live: dcpp_raft::MemStore,
+    /// Reads come from here while set.
+    stale: Arc<Mutex<Option<dcpp_raft::MemStore>>>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutStore {
+    pub fn new(live: dcpp_raft::MemStore) -> Self {
+        CutStore {
+            live,
+            stale: Arc::default(),
+            cut: Arc::default(),
+        }
+    }
+    /// Writes fail (no leader on this side) or go through again.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Reads come from `copy` (`None`: from the managers' state again).
+    pub fn read_from(&self, copy: Option<dcpp_raft::MemStore>) {
+        *lock(&self.stale) = copy;
+    }
+    fn reads(&self) -> dcpp_raft::MemStore {
+        lock(&self.stale)
+            .clone()
+            .unwrap_or_else(|| self.live.clone())
+    }
+}
+
+impl dcpp_raft::Store for CutStore {
+    async fn txn(&self, txn: dcpp_raft::Txn) -> Result<dcpp_raft::TxnResponse, dcpp_raft::Error> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(dcpp_raft::Error::NoLeader(
+                "no leader elected in time".into(),
+            ));
+        }
+        self.live.txn(txn).await
+    }
+    async fn get(
+        &self,
+        kind: dcpp_raft::Kind,
+        id: &str,
+    ) -> Result<dcpp_raft::Object, dcpp_raft::Error> {
+        self.reads().get(kind, id).await
+    }
+    async fn list(&self, kind: dcpp_raft::Kind) -> Result<dcpp_raft::ObjectList, dcpp_raft::Error> {
+        self.reads().list(kind).await
+    }
+    fn watch(
+        &self,
+        since: u64,
+        kind: Option<dcpp_raft::Kind>,
+    ) -> futures::stream::BoxStream<'static, Result<dcpp_raft::Event, dcpp_raft::Error>> {
+        self.reads().watch(since, kind)
+    }
+}

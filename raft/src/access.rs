@@ -58,7 +58,7 @@ impl Store for Client {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Mem {
     revision: u64,
     objects: BTreeMap<(Kind, String), Object>,
@@ -76,6 +76,15 @@ pub struct MemStore {
 impl MemStore {
     pub fn new() -> MemStore {
         MemStore::default()
+    }
+
+    /// An independent copy of this store as it is now (same objects, revisions and history):
+    /// what a member cut off from the others goes on reading.
+    pub fn fork(&self) -> MemStore {
+        MemStore {
+            inner: Arc::new(Mutex::new(self.lock().clone())),
+            changed: Arc::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {

@@ -90,6 +90,11 @@ impl Client {
         }
     }
 
+    /// The URL requests go to (`https://host:port`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(m, format!("{}{path}", self.base))
     }

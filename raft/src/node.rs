@@ -1627,8 +1627,13 @@ impl Node {
         if let Some((r, http)) = self.remote() {
             let _g = self.inner.membership_lock.lock().await;
             let me = RemoveMember { id: self.inner.id };
-            r.call(&http, true, |c| async move { c.remove_node(me.id).await })
-                .await?;
+            r.call_within(
+                &http,
+                true,
+                None,
+                |c| async move { c.remove_node(me.id).await },
+            )
+            .await?;
             self.reset_raft(None).await?;
             drop(_g);
             return self.bootstrap().await;

@@ -5,12 +5,19 @@
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{Future, StreamExt};
 
 use crate::types::{Event, Kind};
 use crate::{Client, Error};
+
+/// Longest wait for a manager's answer to one request. A manager cut off by a partition
+/// never answers on a connection opened before it (TCP retransmits for many minutes), and a
+/// worker must reach another one well before the leader declares it down (three missed
+/// heartbeats); every answer a worker gets is small (its scope is its own tasks).
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The managers a worker talks to, and which one it uses now.
 pub(crate) struct Remote {
@@ -71,12 +78,28 @@ impl Remote {
         self.moved.send_modify(|g| *g += 1);
     }
 
-    /// Runs `f` against the current manager; a transport failure moves to the next one.
-    /// `retry` (reads, and writes that never left this node) tries every manager once.
+    /// Runs `f` against the current manager; a transport failure, or no answer within
+    /// [`CALL_TIMEOUT`], moves to the next one. `retry` (reads, and writes that never left this
+    /// node) tries every manager once.
     pub async fn call<T, Fut>(
         &self,
         http: &reqwest::Client,
         retry: bool,
+        f: impl Fn(Client) -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.call_within(http, retry, Some(CALL_TIMEOUT), f).await
+    }
+
+    /// [`Remote::call`] with another bound on each manager's answer (`None`: none, for a
+    /// request that may rightly take long, such as a membership change).
+    pub async fn call_within<T, Fut>(
+        &self,
+        http: &reqwest::Client,
+        retry: bool,
+        limit: Option<Duration>,
         f: impl Fn(Client) -> Fut,
     ) -> Result<T, Error>
     where
@@ -94,7 +117,16 @@ impl Remote {
         let mut last = Error::NoLeader("this worker knows no manager".into());
         for _ in 0..tries {
             let Some(addr) = self.current() else { break };
-            match f(Client::over(&addr, http.clone())).await {
+            let attempt = f(Client::over(&addr, http.clone()));
+            let answer = match limit {
+                Some(l) => tokio::time::timeout(l, attempt).await.unwrap_or_else(|_| {
+                    Err(Error::Transport(format!(
+                        "manager {addr} did not answer in {l:?}"
+                    )))
+                }),
+                None => attempt.await,
+            };
+            match answer {
                 Err(e @ Error::Transport(_)) => {
                     tracing::debug!(manager = %addr, "{e}; trying the next manager");
                     self.move_on();
@@ -153,5 +185,41 @@ mod tests {
         assert!(matches!(r.current().as_deref(), Some("c:1" | "d:1")));
         r.set_managers(Vec::new());
         assert_eq!(r.managers(), ["c:1", "d:1"], "an empty list is ignored");
+    }
+
+    #[tokio::test]
+    async fn a_manager_that_does_not_answer_in_time_is_left_for_the_next() {
+        let r = Remote::new(vec!["a:1".into(), "b:1".into()]);
+        let http = reqwest::Client::new();
+        let asked = std::sync::Mutex::new(Vec::new());
+        let limit = Some(Duration::from_millis(50));
+        let got = r
+            .call_within(&http, true, limit, |c| {
+                asked.lock().unwrap().push(c.base_url().to_string());
+                let hangs = c.base_url().ends_with("a:1");
+                async move {
+                    if hangs {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Error>(7)
+                }
+            })
+            .await;
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(r.current().as_deref(), Some("b:1"));
+        // A write is not retried elsewhere (the first may have committed it), but the next
+        // call goes to the next manager.
+        let r = Remote::new(vec!["a:1".into(), "b:1".into()]);
+        let got = r
+            .call_within(&http, false, limit, |_| {
+                std::future::pending::<Result<(), Error>>()
+            })
+            .await;
+        assert!(
+            matches!(&got, Err(Error::Transport(m)) if m.contains("did not answer")),
+            "{got:?}"
+        );
+        assert_eq!(r.current().as_deref(), Some("b:1"));
+        assert_eq!(asked.into_inner().unwrap().len(), 2);
     }
 }

@@ -112,7 +112,8 @@ pub fn start_agent(
         }),
     )
     .with_registry(registry)
-    .with_heartbeat(a.heartbeat);
+    .with_heartbeat(a.heartbeat)
+    .with_partition_grace(Some(a.partition_grace()));
     if overlay.is_some() {
         tracing::info!(
             port = a.vxlan_port,

@@ -111,6 +111,16 @@ pub struct AgentArgs {
     /// interval.
     #[arg(long, default_value = "1s", value_parser = crate::cmd::duration::parse)]
     pub heartbeat: std::time::Duration,
+    /// How long this node may go without a heartbeat reaching the managers (a partition, or
+    /// managers without a quorum) before it stops and removes its own task containers; it
+    /// starts nothing until a heartbeat gets through again, then does what the store says.
+    /// Meanwhile the leader has declared the node down and started its tasks elsewhere, so a
+    /// slot may serve twice, on both sides of a partition, for up to this long. Shorter limits
+    /// that; longer rides out longer network blips without stopping anything. Must exceed the
+    /// time the leader takes to declare the node down (see --heartbeat). `0`: never stop.
+    /// Default: 10s, or two and a half times the down time if --heartbeat makes that longer.
+    #[arg(long, value_parser = crate::cmd::duration::parse)]
+    pub partition_grace: Option<std::time::Duration>,
     /// Stack networks span the nodes (VXLAN overlay, cluster-wide addresses and names).
     /// `auto`: when the advertise address is not a loopback one (nodes that share one
     /// machine's network cannot carry an overlay between them).
@@ -122,6 +132,22 @@ pub struct AgentArgs {
     /// MTU of the underlay network; overlay interfaces get 50 bytes less.
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: u32,
+}
+
+impl AgentArgs {
+    /// How long the leader waits for a silent node before it declares it down.
+    fn down_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(dcpp_control::nodes::down_after_ms(
+            self.heartbeat.as_millis() as u64,
+        ))
+    }
+
+    /// `--partition-grace`, or its default for this heartbeat.
+    pub fn partition_grace(&self) -> std::time::Duration {
+        self.partition_grace.unwrap_or_else(|| {
+            dcpp_node_agent::agent::PARTITION_GRACE.max(self.down_after() * 5 / 2)
+        })
+    }
 }
 
 /// Whether stack networks span nodes.
@@ -172,6 +198,14 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         || args.agent.heartbeat > std::time::Duration::from_secs(600)
     {
         anyhow::bail!("--heartbeat must be between 100ms and 10m");
+    }
+    let (grace, down_after) = (args.agent.partition_grace(), args.agent.down_after());
+    if !grace.is_zero() && grace <= down_after {
+        anyhow::bail!(
+            "--partition-grace {grace:?} must exceed the {down_after:?} after which the leader \
+             declares a silent node down (three heartbeats and a second), or be 0 to disable: \
+             a shorter one stops tasks before any replacement starts"
+        );
     }
     rt.block_on(serve(
         global.data_dir.join("raft"),
@@ -337,5 +371,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn grace(args: &[&str]) -> (Duration, Duration) {
+        let f = Flags::try_parse_from(std::iter::once("dcpp").chain(args.iter().copied())).unwrap();
+        (f.agent.partition_grace(), f.agent.down_after())
+    }
+
+    #[test]
+    fn the_partition_grace_defaults_to_well_past_the_down_time() {
+        let s = Duration::from_secs;
+        assert_eq!(grace(&[]), (s(10), s(4)));
+        assert_eq!(
+            grace(&["--heartbeat", "500ms"]),
+            (s(10), Duration::from_millis(2500))
+        );
+        assert_eq!(grace(&["--heartbeat", "5s"]), (s(40), s(16)));
+        assert_eq!(grace(&["--partition-grace", "6s"]), (s(6), s(4)));
+        assert_eq!(grace(&["--partition-grace", "0"]), (s(0), s(4)));
     }
 }

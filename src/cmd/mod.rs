@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(args) => config::run_config(&cli.global, args),
         Command::Schema(args) => config::run_schema(&cli.global, args),
         Command::Image(args) => image::run(&cli.global, args),
-        Command::Daemon(args) => daemon::run(&cli.global, args),
+        Command::Daemon(args) => daemon::run(&cli.global, *args),
         Command::Cluster(args) => cluster::run(&cli.global, args),
         Command::Node(args) => node::run(&cli.global, args),
         Command::Network(args) => network::run(&cli.global, args),

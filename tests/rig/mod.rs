@@ -14,6 +14,7 @@ use crate::slot::Slot;
 
 pub mod cluster;
 pub mod netns;
+pub mod overlay;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dcpp");
 pub const IMAGE: &str = "dcpp.local/busybox:e2e";

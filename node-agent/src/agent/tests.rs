@@ -15,11 +15,12 @@ use dcpp_reconciler::{
 };
 
 use super::Agent;
+use crate::contact::Transition;
 use crate::host::Host;
 use crate::step::ContainerView;
 use crate::testing::{
-    Call, Calls, FakeClock, FakeContainers, FakeImages, FakeNetworks, STOPPED_CODE, container,
-    image_id,
+    Call, Calls, CutStore, FakeClock, FakeContainers, FakeImages, FakeNetworks, STOPPED_CODE,
+    container, image_id,
 };
 
 /// The fake clock's start, in milliseconds since the epoch.
@@ -717,4 +718,130 @@ fn the_mesh_plan_forwards_what_other_nodes_serve() {
         super::mesh_plan(&MeshDoc::default(), 3, ip("10.1.0.3")).ports,
         vec![]
     );
+}
+
+/// Stores the service and both documents of `t` in `store`, as the leader would.
+fn put_into(store: &MemStore, doc: &ServiceDoc, t: &Task) {
+    let (desired, status) = split_task(t);
+    store
+        .apply(
+            Txn::new()
+                .op(Op::put(Kind::Service, doc.id().0, doc).unwrap())
+                .op(Op::put(Kind::Task, task_key(t.id), &desired).unwrap())
+                .op(Op::put(Kind::TaskStatus, task_key(t.id), &status).unwrap()),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_node_cut_off_for_the_grace_stops_its_tasks_and_starts_none_until_it_has_caught_up() {
+    let store = CutStore::new(MemStore::new());
+    let calls = Calls::default();
+    let ctr = Arc::new(FakeContainers::new(&calls));
+    let clock = Arc::new(FakeClock::new(START_MS));
+    let host = Host {
+        containers: ctr.clone(),
+        networks: Some(Arc::new(FakeNetworks::new(&calls))),
+        images: Arc::new(Arc::new(FakeImages::new(&calls))),
+        clock: clock.clone(),
+    };
+    let me = SelfInfo::local(1, "127.0.0.1:7001", dcpp_raft::Role::Manager);
+    let agent = Agent::with_host(store.clone(), me, || true, host)
+        .with_partition_grace(Some(Duration::from_secs(10)));
+    calls.take();
+    let doc = service(WEB, "web");
+    let mut t = task(&doc, "1", TaskState::Running);
+    t.container_id = Some("c1".into());
+    t.started_at = Some(START_MS - 500);
+    put_into(&store.live, &doc, &t);
+    let image = image_id("busybox");
+    ctr.add(container(
+        "c1",
+        &container_name(&t),
+        &[(LABEL_TASK, "7"), (LABEL_IMAGE_ID, &image)],
+        ContainerView::Running,
+    ));
+
+    // Before a heartbeat got through, the agent does nothing (it started cut off, perhaps).
+    assert!(!agent.turn().await.unwrap());
+    assert_eq!(calls.take(), vec![]);
+    assert!(agent.beat_once(true).await);
+    assert!(!agent.turn().await.unwrap());
+    assert_eq!(
+        calls.take(),
+        vec![
+            Call::List,
+            Call::SetServing {
+                id: "c1".into(),
+                serving: true,
+            },
+            Call::Networks,
+        ]
+    );
+
+    // The partition: no write gets through, and reads come from the copy this manager had,
+    // which stopped changing.
+    let copy = store.live.fork();
+    store.read_from(Some(copy.clone()));
+    store.set_cut(true);
+    assert!(!agent.beat_once(true).await);
+    clock.advance(Duration::from_millis(9_999));
+    assert_eq!(agent.check_contact(), None);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        agent.check_contact(),
+        Some(Transition::CutOff {
+            silent: Duration::from_secs(10)
+        })
+    );
+    // Out of DNS first, stopped with its grace, out of the networks, removed.
+    assert!(agent.turn().await.unwrap());
+    assert_eq!(
+        calls.take(),
+        vec![
+            Call::List,
+            Call::SetServing {
+                id: "c1".into(),
+                serving: false,
+            },
+            Call::Stop("c1".into()),
+            Call::Detach("c1".into()),
+            Call::Remove("c1".into()),
+            Call::Release {
+                image: image.clone(),
+                holder: "c1".into(),
+            },
+        ]
+    );
+    assert!(ctr.get("c1").is_none());
+    // The copy assigns a task to this node, and still shows task 7 running here: nothing
+    // starts while cut off.
+    let mut t9 = task(&doc, "1", TaskState::Assigned);
+    t9.id = TaskId(9);
+    t9.slot = Slot::Replica(2);
+    put_into(&copy, &doc, &t9);
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(agent.check_contact(), None);
+    assert!(!agent.turn().await.unwrap());
+    assert_eq!(calls.take(), vec![Call::List]);
+
+    // Meanwhile the leader declared the node down: both tasks are orphaned, replaced
+    // elsewhere.
+    for mut o in [t.clone(), t9.clone()] {
+        o.state = TaskState::Orphaned;
+        o.message = "node 1 is down".into();
+        put_into(&store.live, &doc, &o);
+    }
+    let live = store.live.snapshot(Kind::TaskStatus);
+    // Healed: a heartbeat gets through, but this copy has not caught up yet.
+    store.set_cut(false);
+    assert!(agent.beat_once(true).await);
+    assert!(!agent.turn().await.unwrap());
+    assert_eq!(calls.take(), vec![], "nothing acts on the old copy");
+    // Caught up: the tasks moved away stay away.
+    store.read_from(None);
+    assert!(!agent.turn().await.unwrap());
+    assert_eq!(calls.take(), vec![Call::List, Call::Networks]);
+    assert_eq!(store.live.snapshot(Kind::TaskStatus).objects, live.objects);
+    assert!(crate::host::Containers::list(&*ctr).is_empty());
 }
