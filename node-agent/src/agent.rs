@@ -1126,11 +1126,15 @@ impl<S: Store> Agent<S> {
             let Some(stack) = &n.stack else {
                 continue;
             };
-            if n.endpoints == 0
-                && !services.values().any(|s| &s.spec.stack == stack)
-                && let Err(e) = net.remove(&n.name)
-            {
-                tracing::warn!(network = %n.name, "remove: {e}");
+            if n.endpoints == 0 && !services.values().any(|s| &s.spec.stack == stack) {
+                // A network made again under this name starts with nothing programmed.
+                self.remote
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&n.name);
+                if let Err(e) = net.remove(&n.name) {
+                    tracing::warn!(network = %n.name, "remove: {e}");
+                }
             }
         }
     }
