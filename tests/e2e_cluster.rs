@@ -875,7 +875,14 @@ services:
         [a.to_string(), b.to_string()].into(),
         "{out}"
     );
-    assert!(out.contains(&format!("@{a} | hello")), "{out}");
+    // Labels are padded to one width: `app.1@12  | hello`.
+    let from = |l: &str, node: u64| {
+        l.ends_with("| hello")
+            && l.split(" |")
+                .next()
+                .is_some_and(|p| p.trim().ends_with(&format!("@{node}")))
+    };
+    assert!(out.lines().any(|l| from(l, a)), "{out}");
 
     // `logs -f` follows every node, and replicas that start later join the stream.
     /// The follower goes with the test, also when it fails.
@@ -908,11 +915,7 @@ services:
     // Waits until the stream holds `n` hello lines from each of nodes a and b.
     let wait_for = |what: &str, n: usize, seen: &mut String| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let count = |seen: &str, node: u64| {
-            seen.lines()
-                .filter(|l| l.ends_with(&format!("@{node} | hello")))
-                .count()
-        };
+        let count = |seen: &str, node: u64| seen.lines().filter(|l| from(l, node)).count();
         while count(seen, a) < n || count(seen, b) < n {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {

@@ -648,3 +648,57 @@ fn bench_overlay_against_the_underlay() {
         lag[lag.len() - 1]
     );
 }
+
+#[test]
+fn two_stacks_on_the_same_nodes_stay_isolated() {
+    let cl = Cluster::form_in_netns("oi", &[Join::Worker], &["--overlay", "on"]);
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    let file = a.write("compose.yml", &compose(1, a.id, b.id));
+    for stack in ["oi1", "oi2"] {
+        let out = cl.ok(0, &["apply", "-f", &file, "-p", stack, "--timeout", "60s"]);
+        assert!(out.contains("converged"), "{out}");
+    }
+    let stack_of = |c: &(String, String)| c.1.split('_').next().unwrap_or_default().to_string();
+    let clients = local_containers(b, "client");
+    let webs = local_containers(a, "web");
+    assert_eq!((clients.len(), webs.len()), (2, 2));
+    let address = |n: &Rig, id: &str| {
+        let (_, ifc) = exec(n, id, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+        ifc.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|c| c.split('/').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let web_ip: std::collections::BTreeMap<String, String> = webs
+        .iter()
+        .map(|w| (stack_of(w), address(a, &w.0)))
+        .collect();
+    assert_ne!(
+        web_ip["oi1"].rsplit_once('.').map(|x| x.0),
+        web_ip["oi2"].rsplit_once('.').map(|x| x.0),
+        "a subnet per stack network: {web_ip:?}"
+    );
+    for c in &clients {
+        let (mine, other) = if stack_of(c) == "oi1" {
+            ("oi1", "oi2")
+        } else {
+            ("oi2", "oi1")
+        };
+        cl.wait_until("each client reaches its own stack's web", 20, || {
+            exec(b, &c.0, &["timeout", "3", "wget", "-qO-", "http://web/"]).0
+        });
+        // The name is the stack's own; the other stack's web is not reachable at all.
+        assert_eq!(
+            resolve(b, &c.0, "web"),
+            BTreeSet::from([web_ip[mine].clone()])
+        );
+        let url = format!("http://{}/", web_ip[other]);
+        let (ok, out) = exec(b, &c.0, &["timeout", "3", "wget", "-qO-", &url]);
+        assert!(!ok, "{mine}'s client reached {other}'s web: {out}");
+    }
+    for stack in ["oi1", "oi2"] {
+        cl.ok(0, &["down", "-p", stack]);
+    }
+}
