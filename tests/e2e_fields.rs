@@ -2,8 +2,8 @@
 //! real binary on a real daemon, each checked where it takes effect: `extra_hosts` in the
 //! container's /etc/hosts; `dns`, `dns_search`, `dns_opt` in its resolv.conf and in where the
 //! resolver forwards its names (the stack's names still resolving); `cpu_shares`, `cpuset`,
-//! `mem_reservation`, `memswap_limit` and `oom_score_adj` in its cgroup and process; and
-//! `label_file` in its labels.
+//! `mem_reservation`, `memswap_limit` and `oom_score_adj` in its cgroup and process;
+//! `label_file` in its labels; and `ipc`/`pid: service:NAME` in the namespaces it runs in.
 
 mod rig;
 #[path = "rig/slot.rs"]
@@ -413,6 +413,63 @@ services:
 }
 
 #[test]
+fn ipc_and_pid_service_join_the_peers_namespaces() {
+    let rig = Rig::new("fj");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: fj
+services:
+  first:
+    image: {IMAGE}
+    command: ["sleep", "3601"]
+    stop_signal: SIGKILL
+  second:
+    image: {IMAGE}
+    command: ["sleep", "3602"]
+    stop_signal: SIGKILL
+    ipc: service:first
+    pid: service:first
+  alone:
+    image: {IMAGE}
+    command: ["sleep", "3603"]
+    stop_signal: SIGKILL
+"#
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let first = rig.running_container("fj_first");
+    let second = rig.running_container("fj_second");
+    let alone = rig.running_container("fj_alone");
+    let ns = |id: &str, kind: &str| {
+        rig.exec_ok(id, &["readlink", &format!("/proc/self/ns/{kind}")])
+            .trim()
+            .to_string()
+    };
+    for kind in ["ipc", "pid"] {
+        assert_eq!(ns(&second, kind), ns(&first, kind), "{kind} of second");
+        assert_ne!(ns(&alone, kind), ns(&first, kind), "{kind} of alone");
+    }
+    // The joiner sees the peer's processes, the peer sees the joiner's, and the peer's init
+    // stays PID 1; a container of its own sees neither.
+    let ps = rig.exec_ok(&second, &["ps", "-o", "pid,args"]);
+    assert!(
+        ps.contains("sleep 3601") && ps.contains("sleep 3602"),
+        "{ps}"
+    );
+    let init = ps.lines().find(|l| l.trim_start().starts_with("1 "));
+    assert!(init.is_some_and(|l| l.contains("sleep 3601")), "{ps}");
+    let ps = rig.exec_ok(&first, &["ps", "-o", "pid,args"]);
+    assert!(ps.contains("sleep 3602"), "{ps}");
+    let ps = rig.exec_ok(&alone, &["ps", "-o", "pid,args"]);
+    assert!(
+        !ps.contains("sleep 3601") && !ps.contains("sleep 3602"),
+        "{ps}"
+    );
+}
+
+#[test]
 fn platform_accepts_the_images_own_and_fails_the_task_for_another() {
     let rig = Rig::new("fp");
     let here = match std::env::consts::ARCH {
@@ -466,16 +523,6 @@ fn fields_dcpp_cannot_honour_are_refused_with_their_position() {
             "devices",
             "['/dev/null:/dev/mynull']",
             "passes no host devices",
-        ),
-        (
-            "ipc",
-            "service:other",
-            "joining another container's ipc namespace",
-        ),
-        (
-            "pid",
-            "service:other",
-            "joining another container's pid namespace",
         ),
     ] {
         let file = rig.write(

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dcpp_reconciler::Task;
-use dcpp_runtime::container::{CreateOptions, MountRequest, MountSource, NetworkMode, Ulimit};
+use dcpp_runtime::container::{
+    CreateOptions, MountRequest, MountSource, NamespaceMode, NetworkMode, Ulimit,
+};
 use dcpp_spec::{Service, VolumeType};
 
 use crate::Error;
@@ -16,7 +18,7 @@ use dcpp_control::schema::{
 };
 
 /// Finds the running container (its id) of another service of the same stack on this node,
-/// for `network_mode: service:NAME`.
+/// for `network_mode`, `ipc` and `pid: service:NAME`.
 pub type PeerLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Builds the create options of task `t` of `doc` named `name` from image `img`. Networks
@@ -100,17 +102,8 @@ pub fn container_options(
     o.labels = labels;
     o.sysctls = svc.sysctls.clone();
     o.network = network_mode(svc.network_mode.as_deref(), peer)?;
-    // The loader lets through only these; another value would be a document not from it.
-    o.host_ipc = match svc.ipc.as_deref() {
-        None | Some("private" | "shareable") => false,
-        Some("host") => true,
-        Some(m) => return Err(Error::Invalid(format!("ipc {m:?} is not supported"))),
-    };
-    o.host_pid = match svc.pid.as_deref() {
-        None => false,
-        Some("host") => true,
-        Some(m) => return Err(Error::Invalid(format!("pid {m:?} is not supported"))),
-    };
+    o.ipc = namespace_mode("ipc", svc.ipc.as_deref(), peer)?;
+    o.pid = namespace_mode("pid", svc.pid.as_deref(), peer)?;
     if let Some(want) = &svc.platform {
         check_platform(want, &img.platform)?;
     }
@@ -176,6 +169,35 @@ fn network_mode(mode: Option<&str>, peer: PeerLookup<'_>) -> Result<NetworkMode,
                 NetworkMode::Container(c.to_string())
             } else {
                 return Err(Error::Invalid(format!("unsupported network_mode {m:?}")));
+            }
+        }
+    })
+}
+
+/// `ipc:` or `pid:` (`key`). `service:NAME` joins the namespace of the running container of
+/// NAME on this node, found as for `network_mode: service:NAME`.
+fn namespace_mode(
+    key: &str,
+    mode: Option<&str>,
+    peer: PeerLookup<'_>,
+) -> Result<NamespaceMode, Error> {
+    Ok(match mode {
+        None => NamespaceMode::Private,
+        Some("private" | "shareable") if key == "ipc" => NamespaceMode::Private,
+        Some("host") => NamespaceMode::Host,
+        Some(m) => {
+            if let Some(name) = m.strip_prefix("service:") {
+                let id = peer(name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{key} {m}: no running container of service {name} on this node"
+                    ))
+                })?;
+                NamespaceMode::Container(id)
+            } else if let Some(c) = m.strip_prefix("container:").filter(|c| !c.is_empty()) {
+                NamespaceMode::Container(c.to_string())
+            } else {
+                // The loader lets through only these; another value is a document not from it.
+                return Err(Error::Invalid(format!("{key} {m:?} is not supported")));
             }
         }
     })
@@ -565,6 +587,40 @@ volumes:
             assert_eq!(network_mode(m, &none).unwrap(), want);
         }
         assert!(network_mode(Some("overlay"), &none).is_err());
+    }
+
+    #[test]
+    fn ipc_and_pid_service_join_the_peers_running_container() {
+        let peer = |name: &str| (name == "web").then(|| "c0ffee".to_string());
+        let none = |_: &str| None;
+        for key in ["ipc", "pid"] {
+            assert_eq!(
+                namespace_mode(key, Some("service:web"), &peer).unwrap(),
+                NamespaceMode::Container("c0ffee".into())
+            );
+            let e = namespace_mode(key, Some("service:web"), &none)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("no running container of service web"), "{e}");
+            assert_eq!(
+                namespace_mode(key, Some("container:db1"), &none).unwrap(),
+                NamespaceMode::Container("db1".into())
+            );
+            assert_eq!(
+                namespace_mode(key, Some("host"), &none).unwrap(),
+                NamespaceMode::Host
+            );
+            assert_eq!(
+                namespace_mode(key, None, &none).unwrap(),
+                NamespaceMode::Private
+            );
+            assert!(namespace_mode(key, Some("container:"), &none).is_err());
+        }
+        assert_eq!(
+            namespace_mode("ipc", Some("shareable"), &none).unwrap(),
+            NamespaceMode::Private
+        );
+        assert!(namespace_mode("pid", Some("shareable"), &none).is_err());
     }
 
     #[test]

@@ -1103,20 +1103,20 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 match mode.as_deref() {
                     None | Some("host") => {}
                     Some("private" | "shareable") if k == "ipc" => {}
-                    Some(m) if m.starts_with("service:") || m.starts_with("container:") => {
-                        let join = if k == "ipc" {
-                            &cf::IPC_JOIN
-                        } else {
-                            &cf::PID_JOIN
-                        };
-                        cv.note(v.pos, &p, join, Some(&format!("{k} {m:?}")));
-                    }
+                    // The service is checked with the implicit depends_on it adds.
+                    Some(m)
+                        if m.strip_prefix("service:").is_some_and(|n| !n.is_empty())
+                            || m.strip_prefix("container:").is_some_and(|n| !n.is_empty()) => {}
                     Some(m) if k == "ipc" => cv.err(
                         v.pos,
                         &p,
-                        format!("invalid ipc {m:?}: use host, private or shareable"),
+                        format!("invalid ipc {m:?}: use host, private, shareable, service:NAME or container:NAME"),
                     ),
-                    Some(m) => cv.err(v.pos, &p, format!("invalid pid {m:?}: use host")),
+                    Some(m) => cv.err(
+                        v.pos,
+                        &p,
+                        format!("invalid pid {m:?}: use host, service:NAME or container:NAME"),
+                    ),
                 }
                 if k == "ipc" {
                     s.ipc = mode;

@@ -149,7 +149,8 @@ pub struct Service {
     /// Run an init process (PID 1) that forwards signals and reaps zombies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
-    /// IPC namespace: `host` (the host's), `private` or `shareable` (its own, the default).
+    /// IPC namespace: `host` (the host's), `private` or `shareable` (its own, the default),
+    /// `service:NAME` or `container:NAME` (that container's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipc: Option<String>,
     /// Container labels.
@@ -184,7 +185,8 @@ pub struct Service {
     /// The kernel's OOM-killer preference for the container's processes (-1000 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
-    /// PID namespace: `host` (the host's); its own when absent.
+    /// PID namespace: `host` (the host's), `service:NAME` or `container:NAME` (that
+    /// container's); its own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<String>,
     /// Maximum number of processes in the container (`pids_limit:`); -1 is unlimited.

@@ -58,6 +58,21 @@ pub enum NetworkMode {
     Container(String),
 }
 
+/// Whose IPC or PID namespace the container runs in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceMode {
+    /// A new namespace of its own.
+    #[default]
+    Private,
+    /// The host's (docker's `--ipc host`, `--pid host`).
+    Host,
+    /// The namespace of another running container, given by id, unique id prefix or name
+    /// (docker's `--ipc container:NAME`, compose's `pid: service:NAME`). The joiner holds the
+    /// namespace from its start on; a PID namespace ends for everyone in it when the target's
+    /// init exits, as in docker.
+    Container(String),
+}
+
 /// A resource limit (`ulimit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -150,10 +165,10 @@ pub struct CreateOptions {
     pub mounts: Vec<MountRequest>,
     /// Networking.
     pub network: NetworkMode,
-    /// Share the host's IPC namespace (docker's `--ipc host`) instead of a new one.
-    pub host_ipc: bool,
-    /// Share the host's PID namespace (docker's `--pid host`) instead of a new one.
-    pub host_pid: bool,
+    /// The IPC namespace: a new one, the host's or another container's (docker's `--ipc`).
+    pub ipc: NamespaceMode,
+    /// The PID namespace: a new one, the host's or another container's (docker's `--pid`).
+    pub pid: NamespaceMode,
     /// `(host, address)` lines appended to the container's /etc/hosts (docker's `--add-host`).
     pub extra_hosts: Vec<(String, String)>,
     /// Nameservers of the generated /etc/resolv.conf, replacing the host's (docker's `--dns`).
@@ -202,8 +217,8 @@ impl CreateOptions {
             read_only: false,
             mounts: Vec::new(),
             network: NetworkMode::Private,
-            host_ipc: false,
-            host_pid: false,
+            ipc: NamespaceMode::Private,
+            pid: NamespaceMode::Private,
             extra_hosts: Vec::new(),
             dns: Vec::new(),
             dns_search: Vec::new(),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::lock::creating_guard;
 use super::{
-    ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MountSource,
-    NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit, io_err, parse_signal, spec, user, util,
-    volume,
+    ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MonitorInfo,
+    MountSource, NamespaceMode, NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit, io_err,
+    parse_signal, spec, user, util, volume,
 };
 
 impl ContainerManager {
@@ -85,6 +85,9 @@ impl ContainerManager {
             _ => None,
         };
 
+        let ipc_ns = self.namespace_target(&opts.ipc, "ipc")?;
+        let pid_ns = self.namespace_target(&opts.pid, "pid")?;
+
         let id = util::random_hex(32).map_err(io_err("reading /dev/urandom"))?;
         let name = match &opts.name {
             Some(n) => {
@@ -123,6 +126,8 @@ impl ContainerManager {
                 volumes_dir: self.volumes.root(),
                 cgroup_path: &cgroup_path,
                 netns: joined.as_ref().map(|j| j.netns.as_path()),
+                ipc_ns: ipc_ns.as_deref(),
+                pid_ns: pid_ns.as_deref(),
             },
         )?;
         let state = ContainerState {
@@ -302,24 +307,7 @@ impl ContainerManager {
     /// The network namespace, hostname and name-resolution files of the running container
     /// `target` (for [`NetworkMode::Container`]).
     fn network_target(&self, target: &str) -> Result<JoinedNetwork, Error> {
-        let bad = |msg: String| Error::InvalidConfig(format!("network container:{target}: {msg}"));
-        let st = self.resolve(target).map_err(|e| match e {
-            Error::NotFound(_) => bad("no such container".into()),
-            other => bad(other.to_string()),
-        })?;
-        let info = self.info_of(st.clone());
-        let mon = self.monitor_info(&st.id);
-        let (Status::Running, Some(mon)) = (info.status, mon) else {
-            return Err(bad(format!(
-                "cannot join the network of container {} ({}): it is {}, not running",
-                st.name,
-                &st.id[..12],
-                info.status
-            )));
-        };
-        if !util::process_alive(mon.init_pid, mon.init_start_time) {
-            return Err(bad(format!("container {} is not running", st.name)));
-        }
+        let (st, mon) = self.running_target(target, "network")?;
         let dir = self.dir(&st.id);
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(
             &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
@@ -353,6 +341,47 @@ impl ContainerManager {
             resolv_conf: seen("resolv.conf")?,
             id: st.id,
         })
+    }
+
+    /// The running container `target` whose `what` namespace (`network`, `ipc`, `pid`) a new
+    /// container joins, and its monitor's record (the init pid).
+    fn running_target(
+        &self,
+        target: &str,
+        what: &str,
+    ) -> Result<(ContainerState, MonitorInfo), Error> {
+        let bad = |msg: String| Error::InvalidConfig(format!("{what} container:{target}: {msg}"));
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => bad("no such container".into()),
+            other => bad(other.to_string()),
+        })?;
+        let info = self.info_of(st.clone());
+        let mon = self.monitor_info(&st.id);
+        let (Status::Running, Some(mon)) = (info.status, mon) else {
+            return Err(bad(format!(
+                "cannot join the {what} namespace of container {} ({}): it is {}, not running",
+                st.name,
+                &st.id[..12],
+                info.status
+            )));
+        };
+        if !util::process_alive(mon.init_pid, mon.init_start_time) {
+            return Err(bad(format!("container {} is not running", st.name)));
+        }
+        Ok((st, mon))
+    }
+
+    /// `/proc/<init pid>/ns/<kind>` of the running container named by an ipc or pid mode;
+    /// the executor opens it at create, after which the joiner holds the namespace.
+    fn namespace_target(&self, mode: &NamespaceMode, kind: &str) -> Result<Option<PathBuf>, Error> {
+        let NamespaceMode::Container(target) = mode else {
+            return Ok(None);
+        };
+        let (_, mon) = self.running_target(target, kind)?;
+        Ok(Some(PathBuf::from(format!(
+            "/proc/{}/ns/{kind}",
+            mon.init_pid
+        ))))
     }
 
     /// Creates rootfs/, upper/, work/ and returns the overlay mount options.

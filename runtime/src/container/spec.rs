@@ -15,7 +15,7 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use super::config::{CreateOptions, MountSource, NetworkMode};
+use super::config::{CreateOptions, MountSource, NamespaceMode, NetworkMode};
 use super::user::ResolvedUser;
 use super::{Error, seccomp};
 
@@ -262,6 +262,10 @@ pub struct SpecInputs<'a> {
     pub cgroup_path: &'a str,
     /// The network namespace to join, for [`NetworkMode::Container`].
     pub netns: Option<&'a Path>,
+    /// The IPC namespace to join, for [`NamespaceMode::Container`] in `ipc`.
+    pub ipc_ns: Option<&'a Path>,
+    /// The PID namespace to join, for [`NamespaceMode::Container`] in `pid`.
+    pub pid_ns: Option<&'a Path>,
 }
 
 /// IPC-namespace parameters docker lets a container set (the rest of `kernel.*` is global).
@@ -314,10 +318,14 @@ pub fn validate_sysctls(opts: &CreateOptions) -> Result<(), Error> {
                 "not allowed: only namespaced parameters can be set (kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*)"
                     .into(),
             ));
-        } else if opts.host_ipc {
+        } else if opts.ipc == NamespaceMode::Host {
             return Err(bad(
                 "not allowed with the host's IPC namespace (it would change the host)".into(),
             ));
+        } else if let NamespaceMode::Container(target) = &opts.ipc {
+            return Err(bad(format!(
+                "not allowed with ipc container:{target} (the namespace belongs to {target})"
+            )));
         }
     }
     Ok(())
@@ -505,18 +513,24 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ] {
-        // The host's namespace is shared by not making a new one.
-        if (t == LinuxNamespaceType::Ipc && opts.host_ipc)
-            || (t == LinuxNamespaceType::Pid && opts.host_pid)
-        {
-            continue;
+        let (mode, joined, what) = match t {
+            LinuxNamespaceType::Ipc => (&opts.ipc, inp.ipc_ns, "ipc"),
+            LinuxNamespaceType::Pid => (&opts.pid, inp.pid_ns, "pid"),
+            _ => (&NamespaceMode::Private, None, ""),
+        };
+        let mut b = LinuxNamespaceBuilder::default().typ(t);
+        match (mode, joined) {
+            // The host's namespace is shared by not making a new one.
+            (NamespaceMode::Host, _) => continue,
+            (NamespaceMode::Private, _) => {}
+            (NamespaceMode::Container(_), Some(path)) => b = b.path(path),
+            (NamespaceMode::Container(target), None) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{what} container:{target}: the target's {what} namespace is unknown"
+                )));
+            }
         }
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(t)
-                .build()
-                .map_err(spec_err)?,
-        );
+        namespaces.push(b.build().map_err(spec_err)?);
     }
     match (&opts.network, inp.netns) {
         (NetworkMode::Host, _) => {}
@@ -848,10 +862,12 @@ mod tests {
     }
 
     #[test]
-    fn host_ipc_and_pid_leave_out_those_namespaces_and_host_ipc_refuses_ipc_sysctls() {
+    fn host_ipc_and_pid_leave_out_those_namespaces_and_joined_ones_carry_their_path() {
         let user = root();
         let dir = std::path::Path::new("/nonexistent");
-        let kinds = |o: &CreateOptions| {
+        let peer_ipc = std::path::Path::new("/proc/42/ns/ipc");
+        let peer_pid = std::path::Path::new("/proc/42/ns/pid");
+        let build_with = |o: &CreateOptions, joined: bool| {
             let process = resolve_process(o, &user, "h").unwrap();
             let inp = SpecInputs {
                 id: "0123456789ab",
@@ -862,29 +878,53 @@ mod tests {
                 volumes_dir: dir,
                 cgroup_path: "/dcpp/0123456789ab",
                 netns: None,
+                ipc_ns: joined.then_some(peer_ipc),
+                pid_ns: joined.then_some(peer_pid),
             };
-            build(o, &inp)
-                .unwrap()
-                .linux()
-                .as_ref()
-                .and_then(|l| l.namespaces().clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|n| n.typ())
-                .collect::<Vec<_>>()
+            build(o, &inp).map(|spec| {
+                spec.linux()
+                    .as_ref()
+                    .and_then(|l| l.namespaces().clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| (n.typ(), n.path().clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let kinds = |ns: &[(LinuxNamespaceType, Option<std::path::PathBuf>)]| {
+            ns.iter().map(|(t, _)| *t).collect::<Vec<_>>()
         };
         let mut o = opts(None, None);
-        let own = kinds(&o);
-        assert!(own.contains(&LinuxNamespaceType::Ipc) && own.contains(&LinuxNamespaceType::Pid));
-        o.host_ipc = true;
-        o.host_pid = true;
-        let shared = kinds(&o);
+        let own = build_with(&o, false).unwrap();
+        assert!(own.contains(&(LinuxNamespaceType::Ipc, None)), "{own:?}");
+        assert!(own.contains(&(LinuxNamespaceType::Pid, None)), "{own:?}");
+        o.ipc = NamespaceMode::Host;
+        o.pid = NamespaceMode::Host;
+        let shared = kinds(&build_with(&o, false).unwrap());
         assert!(!shared.contains(&LinuxNamespaceType::Ipc), "{shared:?}");
         assert!(!shared.contains(&LinuxNamespaceType::Pid), "{shared:?}");
         assert!(shared.contains(&LinuxNamespaceType::Mount), "{shared:?}");
         o.sysctls.insert("kernel.shmmax".into(), "1024".into());
         let e = validate_sysctls(&o).unwrap_err().to_string();
         assert!(e.contains("host's IPC namespace"), "{e}");
+
+        o.sysctls.clear();
+        o.ipc = NamespaceMode::Container("db".into());
+        o.pid = NamespaceMode::Container("db".into());
+        let joined = build_with(&o, true).unwrap();
+        assert!(
+            joined.contains(&(LinuxNamespaceType::Ipc, Some(peer_ipc.to_path_buf()))),
+            "{joined:?}"
+        );
+        assert!(
+            joined.contains(&(LinuxNamespaceType::Pid, Some(peer_pid.to_path_buf()))),
+            "{joined:?}"
+        );
+        let e = build_with(&o, false).unwrap_err().to_string();
+        assert!(e.contains("namespace is unknown"), "{e}");
+        o.sysctls.insert("kernel.shmmax".into(), "1024".into());
+        let e = validate_sysctls(&o).unwrap_err().to_string();
+        assert!(e.contains("ipc container:db"), "{e}");
     }
 
     #[test]
