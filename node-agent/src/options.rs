@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dcpp_reconciler::Task;
 use dcpp_runtime::container::{
-    CreateOptions, MountRequest, MountSource, NamespaceMode, NetworkMode, Ulimit,
+    CreateOptions, DeviceRequest, MountRequest, MountSource, NamespaceMode, NetworkMode, Ulimit,
 };
 use dcpp_spec::{Service, VolumeType};
 
@@ -92,6 +92,7 @@ pub fn container_options(
     o.cap_drop = svc.cap_drop.clone();
     o.shm_size = svc.shm_size;
     o.mounts = mounts(t, doc)?;
+    o.devices = svc.devices.iter().map(|d| device(d)).collect();
     o.ulimits = ulimits(svc);
     let mut labels = svc.labels.clone();
     labels.insert(LABEL_STACK.into(), doc.spec.stack.clone());
@@ -172,6 +173,20 @@ fn network_mode(mode: Option<&str>, peer: PeerLookup<'_>) -> Result<NetworkMode,
             }
         }
     })
+}
+
+/// A `devices:` entry, `HOST[:CONTAINER[:PERMISSIONS]]` (checked by the loader): the same
+/// path inside when none is given, all access (`rwm`) when no permissions are, as docker.
+fn device(entry: &str) -> DeviceRequest {
+    let mut parts = entry.splitn(3, ':');
+    let host = parts.next().unwrap_or_default();
+    let container = parts.next().filter(|c| !c.is_empty()).unwrap_or(host);
+    let access = parts.next().filter(|a| !a.is_empty()).unwrap_or("rwm");
+    DeviceRequest {
+        host: PathBuf::from(host),
+        container: container.to_owned(),
+        access: access.to_owned(),
+    }
 }
 
 /// `ipc:` or `pid:` (`key`). `service:NAME` joins the namespace of the running container of
@@ -587,6 +602,20 @@ volumes:
             assert_eq!(network_mode(m, &none).unwrap(), want);
         }
         assert!(network_mode(Some("overlay"), &none).is_err());
+    }
+
+    #[test]
+    fn devices_default_to_the_same_path_and_all_access() {
+        let d = device("/dev/fuse");
+        assert_eq!(
+            (d.host, d.container.as_str(), d.access.as_str()),
+            (PathBuf::from("/dev/fuse"), "/dev/fuse", "rwm")
+        );
+        let d = device("/dev/zero:/dev/myzero:r");
+        assert_eq!(
+            (d.host, d.container.as_str(), d.access.as_str()),
+            (PathBuf::from("/dev/zero"), "/dev/myzero", "r")
+        );
     }
 
     #[test]

@@ -1140,10 +1140,17 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
                 cv.note(v.pos, &p, &cf::VOLUMES_FROM, None)
             }
-            "devices" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
-                cv.note(v.pos, &p, &cf::DEVICES, None)
+            "devices" => {
+                s.devices = cv.str_list(v, &p);
+                if let Kind::Seq(items) = &v.kind {
+                    for (i, (d, item)) in s.devices.iter().zip(items).enumerate() {
+                        if let Err(why) = syntax::check_device(d) {
+                            cv.err(item.pos, &p.at(i), format!("invalid device {d:?}: {why}"));
+                        }
+                    }
+                }
             }
-            "volumes_from" | "devices" => {}
+            "volumes_from" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {

@@ -121,6 +121,10 @@ pub struct Service {
     /// Search domains of the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_search: Vec<String>,
+    /// Host devices made available in the container, `HOST[:CONTAINER[:PERMISSIONS]]`
+    /// (permissions `rwm` when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// NIS domain name of the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domainname: Option<String>,

@@ -73,6 +73,17 @@ pub enum NamespaceMode {
     Container(String),
 }
 
+/// A host device made available in the container (docker's `--device`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// The device node on the host; it must exist when the container is created.
+    pub host: PathBuf,
+    /// Where the node appears in the container (absolute).
+    pub container: String,
+    /// The access the devices cgroup allows: a combination of `r`, `w` and `m`.
+    pub access: String,
+}
+
 /// A resource limit (`ulimit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -163,6 +174,8 @@ pub struct CreateOptions {
     pub read_only: bool,
     /// Bind mounts, volumes, tmpfs.
     pub mounts: Vec<MountRequest>,
+    /// Host devices created in the container's /dev and allowed by its devices cgroup.
+    pub devices: Vec<DeviceRequest>,
     /// Networking.
     pub network: NetworkMode,
     /// The IPC namespace: a new one, the host's or another container's (docker's `--ipc`).
@@ -216,6 +229,7 @@ impl CreateOptions {
             privileged: false,
             read_only: false,
             mounts: Vec::new(),
+            devices: Vec::new(),
             network: NetworkMode::Private,
             ipc: NamespaceMode::Private,
             pid: NamespaceMode::Private,

@@ -85,6 +85,7 @@ impl ContainerManager {
             _ => None,
         };
 
+        let devices = spec::host_devices(opts)?;
         let ipc_ns = self.namespace_target(&opts.ipc, "ipc")?;
         let pid_ns = self.namespace_target(&opts.pid, "pid")?;
 
@@ -128,6 +129,7 @@ impl ContainerManager {
                 netns: joined.as_ref().map(|j| j.netns.as_path()),
                 ipc_ns: ipc_ns.as_deref(),
                 pid_ns: pid_ns.as_deref(),
+                devices: &devices,
             },
         )?;
         let state = ContainerState {

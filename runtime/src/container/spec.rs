@@ -9,10 +9,10 @@ use std::path::Path;
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::config::{CreateOptions, MountSource, NamespaceMode, NetworkMode};
@@ -266,6 +266,61 @@ pub struct SpecInputs<'a> {
     pub ipc_ns: Option<&'a Path>,
     /// The PID namespace to join, for [`NamespaceMode::Container`] in `pid`.
     pub pid_ns: Option<&'a Path>,
+    /// The requested host devices, as found on the host ([`host_devices`]).
+    pub devices: &'a [HostDevice],
+}
+
+/// A requested host device as the host has it: created in the container under `path` with the
+/// host node's type, numbers and mode, and allowed with `access` by the devices cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub path: String,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub access: String,
+}
+
+/// Looks the requested devices up on the host: each must be a character or block device.
+pub fn host_devices(opts: &CreateOptions) -> Result<Vec<HostDevice>, Error> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    opts.devices
+        .iter()
+        .map(|d| {
+            let bad =
+                |why: String| Error::InvalidConfig(format!("device {}: {why}", d.host.display()));
+            if !d.container.starts_with('/') || d.container.contains('\0') {
+                return Err(bad(format!(
+                    "container path {:?} must be absolute",
+                    d.container
+                )));
+            }
+            if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+                return Err(bad(format!(
+                    "invalid permissions {:?}: a combination of r, w and m",
+                    d.access
+                )));
+            }
+            let md = std::fs::metadata(&d.host).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => bad("no such device on the host".into()),
+                _ => bad(e.to_string()),
+            })?;
+            let ft = md.file_type();
+            if !(ft.is_char_device() || ft.is_block_device()) {
+                return Err(bad("not a device node".into()));
+            }
+            let rdev = md.rdev();
+            Ok(HostDevice {
+                path: d.container.clone(),
+                block: ft.is_block_device(),
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+                mode: md.mode() & 0o7777,
+                access: d.access.clone(),
+            })
+        })
+        .collect()
 }
 
 /// IPC-namespace parameters docker lets a container set (the rest of `kernel.*` is global).
@@ -582,6 +637,36 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         }
         devices.push(b.build().map_err(spec_err)?);
     }
+    let mut nodes = Vec::new();
+    for d in inp.devices {
+        let typ = if d.block {
+            LinuxDeviceType::B
+        } else {
+            LinuxDeviceType::C
+        };
+        devices.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .access(d.access.clone())
+                .build()
+                .map_err(spec_err)?,
+        );
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(&d.path)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .file_mode(d.mode)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
     resources = resources.devices(devices);
     let mut memory = LinuxMemoryBuilder::default();
     let mut has_memory = false;
@@ -683,6 +768,9 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         .resources(resources.build().map_err(spec_err)?)
         .cgroups_path(inp.cgroup_path)
         .rootfs_propagation("rprivate");
+    if !nodes.is_empty() {
+        linux = linux.devices(nodes);
+    }
     if !opts.sysctls.is_empty() {
         linux = linux.sysctl(
             opts.sysctls
@@ -880,6 +968,7 @@ mod tests {
                 netns: None,
                 ipc_ns: joined.then_some(peer_ipc),
                 pid_ns: joined.then_some(peer_pid),
+                devices: &[],
             };
             build(o, &inp).map(|spec| {
                 spec.linux()
@@ -925,6 +1014,32 @@ mod tests {
         o.sysctls.insert("kernel.shmmax".into(), "1024".into());
         let e = validate_sysctls(&o).unwrap_err().to_string();
         assert!(e.contains("ipc container:db"), "{e}");
+    }
+
+    #[test]
+    fn host_devices_take_the_hosts_numbers_and_refuse_what_is_not_a_device() {
+        let mut o = opts(None, None);
+        let req = |host: &str, access: &str| crate::container::DeviceRequest {
+            host: host.into(),
+            container: "/dev/mynull".into(),
+            access: access.into(),
+        };
+        o.devices = vec![req("/dev/null", "rw")];
+        let d = host_devices(&o).unwrap();
+        assert_eq!(
+            (d[0].block, d[0].major, d[0].minor, d[0].access.as_str()),
+            (false, 1, 3, "rw")
+        );
+        assert_eq!(d[0].path, "/dev/mynull");
+        for (host, access, why) in [
+            ("/nonexistent/dev", "rwm", "no such device on the host"),
+            ("/etc/hostname", "rwm", "not a device node"),
+            ("/dev/null", "x", "invalid permissions"),
+        ] {
+            o.devices = vec![req(host, access)];
+            let e = host_devices(&o).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(host), "{host}: {e}");
+        }
     }
 
     #[test]
