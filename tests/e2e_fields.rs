@@ -3,8 +3,8 @@
 //! container's /etc/hosts; `dns`, `dns_search`, `dns_opt` in its resolv.conf and in where the
 //! resolver forwards its names (the stack's names still resolving); `cpu_shares`, `cpuset`,
 //! `mem_reservation`, `memswap_limit` and `oom_score_adj` in its cgroup and process;
-//! `label_file` in its labels; `ipc`/`pid: service:NAME` in the namespaces it runs in; and
-//! `devices` in its /dev and devices cgroup.
+//! `label_file` in its labels; `ipc`/`pid: service:NAME` in the namespaces it runs in;
+//! `devices` in its /dev and devices cgroup; and `volumes_from` in its mounts.
 
 mod rig;
 #[path = "rig/slot.rs"]
@@ -540,6 +540,69 @@ services:
 }
 
 #[test]
+fn volumes_from_mounts_the_peers_volumes_read_only_with_ro() {
+    let rig = Rig::new("fv");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: fv
+services:
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo from-db > /data/note && exec sleep 3600"]
+    stop_signal: SIGKILL
+    volumes: ["store:/data"]
+  reader:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    volumes_from: ["db"]
+  viewer:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    volumes_from: ["db:ro"]
+volumes:
+  store: {{}}
+"#
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let reader = rig.running_container("fv_reader");
+    let viewer = rig.running_container("fv_viewer");
+    let mut note = String::new();
+    rig.wait_until("the db's note through volumes_from", 30, || {
+        let out = rig.dcpp(&["container", "exec", &reader, "cat", "/data/note"]);
+        note = stdout(&out);
+        note.trim() == "from-db"
+    });
+    assert_eq!(
+        rig.exec_ok(&viewer, &["cat", "/data/note"]).trim(),
+        "from-db"
+    );
+    rig.exec_ok(&reader, &["sh", "-c", "echo from-reader > /data/back"]);
+    let out = rig.dcpp(&[
+        "container",
+        "exec",
+        &viewer,
+        "sh",
+        "-c",
+        "echo x > /data/viewer",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("Read-only"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        rig.exec_ok(&viewer, &["cat", "/data/back"]).trim(),
+        "from-reader"
+    );
+}
+
+#[test]
 fn platform_accepts_the_images_own_and_fails_the_task_for_another() {
     let rig = Rig::new("fp");
     let here = match std::env::consts::ARCH {
@@ -579,11 +642,6 @@ fn fields_dcpp_cannot_honour_are_refused_with_their_position() {
     for (key, value, message) in [
         ("tty", "true", "dcpp allocates no terminal"),
         ("stdin_open", "true", "keeps no stdin open"),
-        (
-            "volumes_from",
-            "[other]",
-            "does not share one container's mounts",
-        ),
         (
             "mac_address",
             "02:42:ac:11:00:02",

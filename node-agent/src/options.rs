@@ -8,6 +8,7 @@ use std::time::Duration;
 use dcpp_reconciler::Task;
 use dcpp_runtime::container::{
     CreateOptions, DeviceRequest, MountRequest, MountSource, NamespaceMode, NetworkMode, Ulimit,
+    VolumesFrom,
 };
 use dcpp_spec::{Service, VolumeType};
 
@@ -93,6 +94,11 @@ pub fn container_options(
     o.shm_size = svc.shm_size;
     o.mounts = mounts(t, doc)?;
     o.devices = svc.devices.iter().map(|d| device(d)).collect();
+    o.volumes_from = svc
+        .volumes_from
+        .iter()
+        .map(|f| volumes_from(f, peer))
+        .collect::<Result<_, _>>()?;
     o.ulimits = ulimits(svc);
     let mut labels = svc.labels.clone();
     labels.insert(LABEL_STACK.into(), doc.spec.stack.clone());
@@ -187,6 +193,28 @@ fn device(entry: &str) -> DeviceRequest {
         container: container.to_owned(),
         access: access.to_owned(),
     }
+}
+
+/// A `volumes_from:` entry (checked by the loader): `SERVICE[:ro|rw]` takes the mounts of the
+/// running container of SERVICE on this node, found as for `network_mode: service:`.
+fn volumes_from(entry: &str, peer: PeerLookup<'_>) -> Result<VolumesFrom, Error> {
+    let (container, rest) = match entry.strip_prefix("container:") {
+        Some(rest) => (None, rest),
+        None => (Some(()), entry),
+    };
+    let (name, mode) = rest.split_once(':').unwrap_or((rest, "rw"));
+    let container = match container {
+        None => name.to_owned(),
+        Some(()) => peer(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "volumes_from {entry}: no running container of service {name} on this node"
+            ))
+        })?,
+    };
+    Ok(VolumesFrom {
+        container,
+        read_only: mode == "ro",
+    })
 }
 
 /// `ipc:` or `pid:` (`key`). `service:NAME` joins the namespace of the running container of
@@ -602,6 +630,19 @@ volumes:
             assert_eq!(network_mode(m, &none).unwrap(), want);
         }
         assert!(network_mode(Some("overlay"), &none).is_err());
+    }
+
+    #[test]
+    fn volumes_from_takes_the_peers_container_and_the_mode() {
+        let peer = |name: &str| (name == "db").then(|| "c0ffee".to_string());
+        let v = volumes_from("db:ro", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("c0ffee", true));
+        let v = volumes_from("db", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("c0ffee", false));
+        let v = volumes_from("container:legacy:rw", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("legacy", false));
+        let e = volumes_from("web", &peer).unwrap_err().to_string();
+        assert!(e.contains("no running container of service web"), "{e}");
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn network_peer(project: &Project, svc: &Service) -> Result<Option<String>, Stri
 }
 
 /// The one service whose running task the service's tasks join: `network_mode`, `ipc` and
-/// `pid: service:NAME` all place a task next to a task of NAME and start it after it. Two
+/// `pid: service:NAME` and `volumes_from: [NAME]` all place a task next to a task of NAME and start it after it. Two
 /// different peers are refused: a node would need a running task of each, and one peer's
 /// replacement would leave the task with the other's namespace only.
 fn shared_peer(
@@ -300,17 +300,40 @@ fn shared_peer(
                 "{key} `service:{other}`: no service `{other}` in the project"
             ));
         }
-        match &peer {
-            Some((k, p)) if p != other => {
-                return Err(format!(
-                    "{k} joins service `{p}` and {key} service `{other}`: dcpp places a task next to one peer service only"
-                ));
-            }
-            Some(_) => {}
-            None => peer = Some((key, other.to_string())),
+        peer = check_peer(peer, key, other)?;
+    }
+    for entry in svc
+        .volumes_from
+        .iter()
+        .filter(|e| !e.starts_with("container:"))
+    {
+        let other = entry.split(':').next().unwrap_or_default();
+        if other == name {
+            return Err("volumes_from refers to the service itself".into());
         }
+        if !project.services.contains_key(other) {
+            return Err(format!(
+                "volumes_from `{entry}`: no service `{other}` in the project"
+            ));
+        }
+        peer = check_peer(peer, "volumes_from", other)?;
     }
     Ok(peer.map(|(_, p)| p))
+}
+
+/// `peer` with `key`'s service `other` added: the same one, or the first.
+fn check_peer(
+    peer: Option<(&'static str, String)>,
+    key: &'static str,
+    other: &str,
+) -> Result<Option<(&'static str, String)>, String> {
+    match &peer {
+        Some((k, p)) if p != other => Err(format!(
+            "{k} joins service `{p}` and {key} service `{other}`: dcpp places a task next to one peer service only"
+        )),
+        Some(_) => Ok(peer),
+        None => Ok(Some((key, other.to_string()))),
+    }
 }
 
 /// Resolves the named volumes the service mounts and refuses mount options dcpp cannot honour,

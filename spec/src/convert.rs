@@ -1137,9 +1137,6 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
-                cv.note(v.pos, &p, &cf::VOLUMES_FROM, None)
-            }
             "devices" => {
                 s.devices = cv.str_list(v, &p);
                 if let Kind::Seq(items) = &v.kind {
@@ -1150,7 +1147,21 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "volumes_from" => {}
+            // A service is checked with the implicit depends_on it adds.
+            "volumes_from" => {
+                s.volumes_from = cv.str_list(v, &p);
+                if let Kind::Seq(items) = &v.kind {
+                    for (i, (f, item)) in s.volumes_from.iter().zip(items).enumerate() {
+                        if let Err(why) = syntax::check_volumes_from(f) {
+                            cv.err(
+                                item.pos,
+                                &p.at(i),
+                                format!("invalid volumes_from {f:?}: {why}"),
+                            );
+                        }
+                    }
+                }
+            }
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {

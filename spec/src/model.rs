@@ -247,6 +247,10 @@ pub struct Service {
     /// Mounts, long syntax, in file order, one per target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<ServiceVolume>,
+    /// Services (`SERVICE[:ro|rw]`) or containers (`container:NAME[:ro|rw]`) whose volumes
+    /// and bind mounts the container mounts too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes_from: Vec<String>,
     /// Working directory of the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,

@@ -334,6 +334,22 @@ pub fn check_device(entry: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A `volumes_from:` entry: `SERVICE[:MODE]` or `container:NAME[:MODE]`, MODE `ro` or `rw`.
+pub fn check_volumes_from(entry: &str) -> Result<(), &'static str> {
+    let rest = entry.strip_prefix("container:").unwrap_or(entry);
+    let (name, mode) = match rest.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (rest, None),
+    };
+    if name.is_empty() {
+        return Err("use SERVICE[:ro|rw] or container:NAME[:ro|rw]");
+    }
+    if mode.is_some_and(|m| m != "ro" && m != "rw") {
+        return Err("the mode is ro or rw");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,15 @@ pub struct DeviceRequest {
     pub access: String,
 }
 
+/// Another container whose mounts a new container gets too (docker's `--volumes-from`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumesFrom {
+    /// The container, by id, unique id prefix or name; it need not be running.
+    pub container: String,
+    /// Every mount read-only (`:ro`); otherwise each keeps the target's mode.
+    pub read_only: bool,
+}
+
 /// A resource limit (`ulimit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -176,6 +185,9 @@ pub struct CreateOptions {
     pub mounts: Vec<MountRequest>,
     /// Host devices created in the container's /dev and allowed by its devices cgroup.
     pub devices: Vec<DeviceRequest>,
+    /// Containers whose volumes and bind mounts are mounted here too, at the same targets;
+    /// a target this container mounts itself keeps its own mount.
+    pub volumes_from: Vec<VolumesFrom>,
     /// Networking.
     pub network: NetworkMode,
     /// The IPC namespace: a new one, the host's or another container's (docker's `--ipc`).
@@ -230,6 +242,7 @@ impl CreateOptions {
             read_only: false,
             mounts: Vec::new(),
             devices: Vec::new(),
+            volumes_from: Vec::new(),
             network: NetworkMode::Private,
             ipc: NamespaceMode::Private,
             pid: NamespaceMode::Private,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::lock::creating_guard;
 use super::{
     ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MonitorInfo,
-    MountSource, NamespaceMode, NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit, io_err,
-    parse_signal, spec, user, util, volume,
+    MountRequest, MountSource, NamespaceMode, NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit,
+    VolumesFrom, io_err, parse_signal, spec, user, util, volume,
 };
 
 impl ContainerManager {
@@ -16,6 +16,21 @@ impl ContainerManager {
     /// rootfs and has a monitor set up namespaces and cgroup with the process waiting for
     /// [`start`](Self::start). On any failure nothing is left behind.
     pub fn create(&self, opts: &CreateOptions) -> Result<ContainerInfo, Error> {
+        let expanded;
+        let opts = if opts.volumes_from.is_empty() {
+            opts
+        } else {
+            let mut o = opts.clone();
+            for from in &opts.volumes_from {
+                for m in self.mounts_of(from)? {
+                    if !o.mounts.iter().any(|own| own.target == m.target) {
+                        o.mounts.push(m);
+                    }
+                }
+            }
+            expanded = o;
+            &expanded
+        };
         if opts.image.layer_dirs.is_empty() {
             return Err(Error::ImageNotFound(opts.image.reference.clone()));
         }
@@ -343,6 +358,50 @@ impl ContainerManager {
             resolv_conf: seen("resolv.conf")?,
             id: st.id,
         })
+    }
+
+    /// The volumes and bind mounts of container `from.container` as requests for another
+    /// container, read from its spec: the files dcpp writes for the container itself (hosts,
+    /// resolv.conf, hostname) and the kernel file systems are not the user's mounts.
+    fn mounts_of(&self, from: &VolumesFrom) -> Result<Vec<MountRequest>, Error> {
+        let target = &from.container;
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => Error::InvalidConfig(format!(
+                "volumes_from container:{target}: no such container"
+            )),
+            other => other,
+        })?;
+        let dir = self.dir(&st.id);
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
+        )
+        .map_err(|e| Error::Create(format!("{}/config.json: {e}", dir.display())))?;
+        let volumes = self.volumes.root();
+        let mut out = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            let (Some("bind"), Some(src)) = (m.typ().as_deref(), m.source()) else {
+                continue;
+            };
+            if src.starts_with(&dir) {
+                continue;
+            }
+            let source = match src.strip_prefix(volumes) {
+                Ok(rest) => match rest.components().next() {
+                    Some(std::path::Component::Normal(name)) => {
+                        MountSource::Volume(name.to_string_lossy().into_owned())
+                    }
+                    _ => continue,
+                },
+                Err(_) => MountSource::Bind(src.clone()),
+            };
+            let own_ro = m.options().iter().flatten().any(|o| o == "ro");
+            out.push(MountRequest {
+                source,
+                target: m.destination().to_string_lossy().into_owned(),
+                read_only: from.read_only || own_ro,
+            });
+        }
+        Ok(out)
     }
 
     /// The running container `target` whose `what` namespace (`network`, `ipc`, `pid`) a new

@@ -85,7 +85,7 @@ use lock::{creation_in_progress, exclusive_lock};
 pub use cgroup::{Hierarchy, Stats};
 pub use config::{
     CreateOptions, DeviceRequest, ImageInput, LogOptions, MountRequest, MountSource, NamespaceMode,
-    NetworkMode, Ulimit,
+    NetworkMode, Ulimit, VolumesFrom,
 };
 pub use error::Error;
 pub use kill::parse_signal;
