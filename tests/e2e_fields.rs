@@ -2,8 +2,9 @@
 //! real binary on a real daemon, each checked where it takes effect: `extra_hosts` in the
 //! container's /etc/hosts; `dns`, `dns_search`, `dns_opt` in its resolv.conf and in where the
 //! resolver forwards its names (the stack's names still resolving); `cpu_shares`, `cpuset`,
-//! `mem_reservation`, `memswap_limit` and `oom_score_adj` in its cgroup and process; and
-//! `label_file` in its labels.
+//! `mem_reservation`, `memswap_limit` and `oom_score_adj` in its cgroup and process;
+//! `label_file` in its labels; `ipc`/`pid: service:NAME` in the namespaces it runs in;
+//! `devices` in its /dev and devices cgroup; and `volumes_from` in its mounts.
 
 mod rig;
 #[path = "rig/slot.rs"]
@@ -413,6 +414,195 @@ services:
 }
 
 #[test]
+fn ipc_and_pid_service_join_the_peers_namespaces() {
+    let rig = Rig::new("fj");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: fj
+services:
+  first:
+    image: {IMAGE}
+    command: ["sleep", "3601"]
+    stop_signal: SIGKILL
+  second:
+    image: {IMAGE}
+    command: ["sleep", "3602"]
+    stop_signal: SIGKILL
+    ipc: service:first
+    pid: service:first
+  alone:
+    image: {IMAGE}
+    command: ["sleep", "3603"]
+    stop_signal: SIGKILL
+"#
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let first = rig.running_container("fj_first");
+    let second = rig.running_container("fj_second");
+    let alone = rig.running_container("fj_alone");
+    let ns = |id: &str, kind: &str| {
+        rig.exec_ok(id, &["readlink", &format!("/proc/self/ns/{kind}")])
+            .trim()
+            .to_string()
+    };
+    for kind in ["ipc", "pid"] {
+        assert_eq!(ns(&second, kind), ns(&first, kind), "{kind} of second");
+        assert_ne!(ns(&alone, kind), ns(&first, kind), "{kind} of alone");
+    }
+    // The joiner sees the peer's processes, the peer sees the joiner's, and the peer's init
+    // stays PID 1; a container of its own sees neither.
+    let ps = rig.exec_ok(&second, &["ps", "-o", "pid,args"]);
+    assert!(
+        ps.contains("sleep 3601") && ps.contains("sleep 3602"),
+        "{ps}"
+    );
+    let init = ps.lines().find(|l| l.trim_start().starts_with("1 "));
+    assert!(init.is_some_and(|l| l.contains("sleep 3601")), "{ps}");
+    let ps = rig.exec_ok(&first, &["ps", "-o", "pid,args"]);
+    assert!(ps.contains("sleep 3602"), "{ps}");
+    let ps = rig.exec_ok(&alone, &["ps", "-o", "pid,args"]);
+    assert!(
+        !ps.contains("sleep 3601") && !ps.contains("sleep 3602"),
+        "{ps}"
+    );
+}
+
+#[test]
+fn devices_are_created_and_allowed_and_a_missing_one_fails_the_task() {
+    let rig = Rig::new("fd");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: fd
+services:
+  dev:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    devices:
+      - /dev/zero:/dev/myzero
+      - /dev/fuse:/dev/extra/fuse:rw
+"#
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let id = rig.running_container("fd_dev");
+    assert_eq!(
+        rig.exec_ok(&id, &["sh", "-c", "head -c 4 /dev/myzero | wc -c"])
+            .trim(),
+        "4"
+    );
+    // /dev/fuse (10:229) is not among the default devices: only its listing lets it be opened.
+    assert_eq!(
+        rig.exec_ok(&id, &["sh", "-c", "exec 3<>/dev/extra/fuse && echo opened"])
+            .trim(),
+        "opened"
+    );
+    // A device not listed is neither there nor usable through a node made inside.
+    let out = rig.dcpp(&["container", "exec", &id, "test", "-e", "/dev/kmsg"]);
+    assert!(!out.status.success(), "/dev/kmsg exists in the container");
+    let out = rig.dcpp(&[
+        "container",
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "mknod /tmp/kmsg c 1 11 && head -c 1 /tmp/kmsg",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("not permitted"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    let bad = rig.write(
+        "bad.yml",
+        &format!(
+            "name: fe\nservices:\n  nodev:\n    image: {IMAGE}\n    command: [sleep, '3600']\n    devices: [/dev/dcpp-no-such-device]\n"
+        ),
+    );
+    let _ = rig.dcpp(&["apply", "-f", &bad, "--timeout", "10s"]);
+    rig.wait_until("the nodev task to fail with the reason", 60, || {
+        rig.all_tasks().iter().any(|t| {
+            t["service"] == "fe_nodev"
+                && t["state"] == "failed"
+                && t["error"].as_str().is_some_and(|e| {
+                    e.contains("/dev/dcpp-no-such-device")
+                        && e.contains("no such device on the host")
+                })
+        })
+    });
+}
+
+#[test]
+fn volumes_from_mounts_the_peers_volumes_read_only_with_ro() {
+    let rig = Rig::new("fv");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: fv
+services:
+  db:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo from-db > /data/note && exec sleep 3600"]
+    stop_signal: SIGKILL
+    volumes: ["store:/data"]
+  reader:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    volumes_from: ["db"]
+  viewer:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    volumes_from: ["db:ro"]
+volumes:
+  store: {{}}
+"#
+        ),
+    );
+    let out = rig.dcpp(&["apply", "-f", &file]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let reader = rig.running_container("fv_reader");
+    let viewer = rig.running_container("fv_viewer");
+    let mut note = String::new();
+    rig.wait_until("the db's note through volumes_from", 30, || {
+        let out = rig.dcpp(&["container", "exec", &reader, "cat", "/data/note"]);
+        note = stdout(&out);
+        note.trim() == "from-db"
+    });
+    assert_eq!(
+        rig.exec_ok(&viewer, &["cat", "/data/note"]).trim(),
+        "from-db"
+    );
+    rig.exec_ok(&reader, &["sh", "-c", "echo from-reader > /data/back"]);
+    let out = rig.dcpp(&[
+        "container",
+        "exec",
+        &viewer,
+        "sh",
+        "-c",
+        "echo x > /data/viewer",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("Read-only"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        rig.exec_ok(&viewer, &["cat", "/data/back"]).trim(),
+        "from-reader"
+    );
+}
+
+#[test]
 fn platform_accepts_the_images_own_and_fails_the_task_for_another() {
     let rig = Rig::new("fp");
     let here = match std::env::consts::ARCH {
@@ -453,29 +643,9 @@ fn fields_dcpp_cannot_honour_are_refused_with_their_position() {
         ("tty", "true", "dcpp allocates no terminal"),
         ("stdin_open", "true", "keeps no stdin open"),
         (
-            "volumes_from",
-            "[other]",
-            "does not share one container's mounts",
-        ),
-        (
             "mac_address",
             "02:42:ac:11:00:02",
             "addresses generated by the kernel",
-        ),
-        (
-            "devices",
-            "['/dev/null:/dev/mynull']",
-            "passes no host devices",
-        ),
-        (
-            "ipc",
-            "service:other",
-            "joining another container's ipc namespace",
-        ),
-        (
-            "pid",
-            "service:other",
-            "joining another container's pid namespace",
         ),
     ] {
         let file = rig.write(

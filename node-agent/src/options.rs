@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dcpp_reconciler::Task;
-use dcpp_runtime::container::{CreateOptions, MountRequest, MountSource, NetworkMode, Ulimit};
+use dcpp_runtime::container::{
+    CreateOptions, DeviceRequest, MountRequest, MountSource, NamespaceMode, NetworkMode, Ulimit,
+    VolumesFrom,
+};
 use dcpp_spec::{Service, VolumeType};
 
 use crate::Error;
@@ -16,7 +19,7 @@ use dcpp_control::schema::{
 };
 
 /// Finds the running container (its id) of another service of the same stack on this node,
-/// for `network_mode: service:NAME`.
+/// for `network_mode`, `ipc` and `pid: service:NAME`.
 pub type PeerLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Builds the create options of task `t` of `doc` named `name` from image `img`. Networks
@@ -90,6 +93,12 @@ pub fn container_options(
     o.cap_drop = svc.cap_drop.clone();
     o.shm_size = svc.shm_size;
     o.mounts = mounts(t, doc)?;
+    o.devices = svc.devices.iter().map(|d| device(d)).collect();
+    o.volumes_from = svc
+        .volumes_from
+        .iter()
+        .map(|f| volumes_from(f, peer))
+        .collect::<Result<_, _>>()?;
     o.ulimits = ulimits(svc);
     let mut labels = svc.labels.clone();
     labels.insert(LABEL_STACK.into(), doc.spec.stack.clone());
@@ -100,17 +109,8 @@ pub fn container_options(
     o.labels = labels;
     o.sysctls = svc.sysctls.clone();
     o.network = network_mode(svc.network_mode.as_deref(), peer)?;
-    // The loader lets through only these; another value would be a document not from it.
-    o.host_ipc = match svc.ipc.as_deref() {
-        None | Some("private" | "shareable") => false,
-        Some("host") => true,
-        Some(m) => return Err(Error::Invalid(format!("ipc {m:?} is not supported"))),
-    };
-    o.host_pid = match svc.pid.as_deref() {
-        None => false,
-        Some("host") => true,
-        Some(m) => return Err(Error::Invalid(format!("pid {m:?} is not supported"))),
-    };
+    o.ipc = namespace_mode("ipc", svc.ipc.as_deref(), peer)?;
+    o.pid = namespace_mode("pid", svc.pid.as_deref(), peer)?;
     if let Some(want) = &svc.platform {
         check_platform(want, &img.platform)?;
     }
@@ -176,6 +176,71 @@ fn network_mode(mode: Option<&str>, peer: PeerLookup<'_>) -> Result<NetworkMode,
                 NetworkMode::Container(c.to_string())
             } else {
                 return Err(Error::Invalid(format!("unsupported network_mode {m:?}")));
+            }
+        }
+    })
+}
+
+/// A `devices:` entry, `HOST[:CONTAINER[:PERMISSIONS]]` (checked by the loader): the same
+/// path inside when none is given, all access (`rwm`) when no permissions are, as docker.
+fn device(entry: &str) -> DeviceRequest {
+    let mut parts = entry.splitn(3, ':');
+    let host = parts.next().unwrap_or_default();
+    let container = parts.next().filter(|c| !c.is_empty()).unwrap_or(host);
+    let access = parts.next().filter(|a| !a.is_empty()).unwrap_or("rwm");
+    DeviceRequest {
+        host: PathBuf::from(host),
+        container: container.to_owned(),
+        access: access.to_owned(),
+    }
+}
+
+/// A `volumes_from:` entry (checked by the loader): `SERVICE[:ro|rw]` takes the mounts of the
+/// running container of SERVICE on this node, found as for `network_mode: service:`.
+fn volumes_from(entry: &str, peer: PeerLookup<'_>) -> Result<VolumesFrom, Error> {
+    let (container, rest) = match entry.strip_prefix("container:") {
+        Some(rest) => (None, rest),
+        None => (Some(()), entry),
+    };
+    let (name, mode) = rest.split_once(':').unwrap_or((rest, "rw"));
+    let container = match container {
+        None => name.to_owned(),
+        Some(()) => peer(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "volumes_from {entry}: no running container of service {name} on this node"
+            ))
+        })?,
+    };
+    Ok(VolumesFrom {
+        container,
+        read_only: mode == "ro",
+    })
+}
+
+/// `ipc:` or `pid:` (`key`). `service:NAME` joins the namespace of the running container of
+/// NAME on this node, found as for `network_mode: service:NAME`.
+fn namespace_mode(
+    key: &str,
+    mode: Option<&str>,
+    peer: PeerLookup<'_>,
+) -> Result<NamespaceMode, Error> {
+    Ok(match mode {
+        None => NamespaceMode::Private,
+        Some("private" | "shareable") if key == "ipc" => NamespaceMode::Private,
+        Some("host") => NamespaceMode::Host,
+        Some(m) => {
+            if let Some(name) = m.strip_prefix("service:") {
+                let id = peer(name).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{key} {m}: no running container of service {name} on this node"
+                    ))
+                })?;
+                NamespaceMode::Container(id)
+            } else if let Some(c) = m.strip_prefix("container:").filter(|c| !c.is_empty()) {
+                NamespaceMode::Container(c.to_string())
+            } else {
+                // The loader lets through only these; another value is a document not from it.
+                return Err(Error::Invalid(format!("{key} {m:?} is not supported")));
             }
         }
     })
@@ -565,6 +630,67 @@ volumes:
             assert_eq!(network_mode(m, &none).unwrap(), want);
         }
         assert!(network_mode(Some("overlay"), &none).is_err());
+    }
+
+    #[test]
+    fn volumes_from_takes_the_peers_container_and_the_mode() {
+        let peer = |name: &str| (name == "db").then(|| "c0ffee".to_string());
+        let v = volumes_from("db:ro", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("c0ffee", true));
+        let v = volumes_from("db", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("c0ffee", false));
+        let v = volumes_from("container:legacy:rw", &peer).unwrap();
+        assert_eq!((v.container.as_str(), v.read_only), ("legacy", false));
+        let e = volumes_from("web", &peer).unwrap_err().to_string();
+        assert!(e.contains("no running container of service web"), "{e}");
+    }
+
+    #[test]
+    fn devices_default_to_the_same_path_and_all_access() {
+        let d = device("/dev/fuse");
+        assert_eq!(
+            (d.host, d.container.as_str(), d.access.as_str()),
+            (PathBuf::from("/dev/fuse"), "/dev/fuse", "rwm")
+        );
+        let d = device("/dev/zero:/dev/myzero:r");
+        assert_eq!(
+            (d.host, d.container.as_str(), d.access.as_str()),
+            (PathBuf::from("/dev/zero"), "/dev/myzero", "r")
+        );
+    }
+
+    #[test]
+    fn ipc_and_pid_service_join_the_peers_running_container() {
+        let peer = |name: &str| (name == "web").then(|| "c0ffee".to_string());
+        let none = |_: &str| None;
+        for key in ["ipc", "pid"] {
+            assert_eq!(
+                namespace_mode(key, Some("service:web"), &peer).unwrap(),
+                NamespaceMode::Container("c0ffee".into())
+            );
+            let e = namespace_mode(key, Some("service:web"), &none)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("no running container of service web"), "{e}");
+            assert_eq!(
+                namespace_mode(key, Some("container:db1"), &none).unwrap(),
+                NamespaceMode::Container("db1".into())
+            );
+            assert_eq!(
+                namespace_mode(key, Some("host"), &none).unwrap(),
+                NamespaceMode::Host
+            );
+            assert_eq!(
+                namespace_mode(key, None, &none).unwrap(),
+                NamespaceMode::Private
+            );
+            assert!(namespace_mode(key, Some("container:"), &none).is_err());
+        }
+        assert_eq!(
+            namespace_mode("ipc", Some("shareable"), &none).unwrap(),
+            NamespaceMode::Private
+        );
+        assert!(namespace_mode("pid", Some("shareable"), &none).is_err());
     }
 
     #[test]

@@ -29,7 +29,15 @@ const APPLIED: &[(&str, &str)] = &[
         "services.*.container_name",
         "tests/e2e_fields.rs::container_name_names_the_container_and_is_refused_with_replicas",
     ),
+    (
+        "services.*.devices",
+        "tests/e2e_fields.rs::devices_are_created_and_allowed_and_a_missing_one_fails_the_task",
+    ),
     ("services.*.ipc", HERE_NAMESPACES),
+    (
+        "services.*.volumes_from",
+        "tests/e2e_fields.rs::volumes_from_mounts_the_peers_volumes_read_only_with_ro",
+    ),
     ("services.*.pid", HERE_NAMESPACES),
     (
         "services.*.platform",

@@ -124,6 +124,7 @@ impl ServiceSpec {
         if network_peer.as_deref() == Some(name) {
             return Err(invalid("network_mode refers to the service itself".into()));
         }
+        let network_peer = shared_peer(project, name, svc, network_peer).map_err(invalid)?;
         if let Some(peer) = &network_peer
             && !depends_on.iter().any(|d| d.service == *peer)
         {
@@ -273,6 +274,65 @@ fn network_peer(project: &Project, svc: &Service) -> Result<Option<String>, Stri
         other => Err(format!(
             "network_mode `{other}` (expected host, none, bridge, service:NAME or container:NAME)"
         )),
+    }
+}
+
+/// The one service whose running task the service's tasks join: `network_mode`, `ipc` and
+/// `pid: service:NAME` and `volumes_from: [NAME]` all place a task next to a task of NAME and start it after it. Two
+/// different peers are refused: a node would need a running task of each, and one peer's
+/// replacement would leave the task with the other's namespace only.
+fn shared_peer(
+    project: &Project,
+    name: &str,
+    svc: &Service,
+    network_peer: Option<String>,
+) -> Result<Option<String>, String> {
+    let mut peer = network_peer.map(|p| ("network_mode", p));
+    for (key, mode) in [("ipc", &svc.ipc), ("pid", &svc.pid)] {
+        let Some(other) = mode.as_deref().and_then(|m| m.strip_prefix("service:")) else {
+            continue;
+        };
+        if other == name {
+            return Err(format!("{key} refers to the service itself"));
+        }
+        if !project.services.contains_key(other) {
+            return Err(format!(
+                "{key} `service:{other}`: no service `{other}` in the project"
+            ));
+        }
+        peer = check_peer(peer, key, other)?;
+    }
+    for entry in svc
+        .volumes_from
+        .iter()
+        .filter(|e| !e.starts_with("container:"))
+    {
+        let other = entry.split(':').next().unwrap_or_default();
+        if other == name {
+            return Err("volumes_from refers to the service itself".into());
+        }
+        if !project.services.contains_key(other) {
+            return Err(format!(
+                "volumes_from `{entry}`: no service `{other}` in the project"
+            ));
+        }
+        peer = check_peer(peer, "volumes_from", other)?;
+    }
+    Ok(peer.map(|(_, p)| p))
+}
+
+/// `peer` with `key`'s service `other` added: the same one, or the first.
+fn check_peer(
+    peer: Option<(&'static str, String)>,
+    key: &'static str,
+    other: &str,
+) -> Result<Option<(&'static str, String)>, String> {
+    match &peer {
+        Some((k, p)) if p != other => Err(format!(
+            "{k} joins service `{p}` and {key} service `{other}`: dcpp places a task next to one peer service only"
+        )),
+        Some(_) => Ok(peer),
+        None => Ok(Some((key, other.to_string()))),
     }
 }
 

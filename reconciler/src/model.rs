@@ -335,10 +335,10 @@ pub struct ServiceSpec {
     pub reservations: Resources,
     pub depends_on: Vec<Dependency>,
     pub healthcheck: bool,
-    /// `network_mode: service:NAME`: the tasks join the network namespace of a running task of
-    /// service NAME (same stack), so they are placed on a node where one runs, start after it
-    /// (an implicit `depends_on` with `service_started`), and are replaced when the task whose
-    /// namespace they joined is gone.
+    /// `network_mode`, `ipc` or `pid: service:NAME`: the tasks join namespaces of a running
+    /// task of service NAME (same stack), so they are placed on a node where one runs, start
+    /// after it (an implicit `depends_on` with `service_started`), and are replaced when the
+    /// task whose namespaces they joined is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_peer: Option<String>,
     /// Named volumes the service mounts: the key in the compose file → the volume's actual name

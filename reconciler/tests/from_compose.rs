@@ -195,6 +195,36 @@ fn network_mode_service_is_an_implicit_started_dependency() {
 }
 
 #[test]
+fn ipc_and_pid_service_place_the_task_next_to_the_peer_and_two_peers_are_refused() {
+    let p = project(json!({
+        "web": { "image": "busybox" },
+        "db": { "image": "busybox" },
+        "ipc": { "image": "busybox", "ipc": "service:web" },
+        "pid": { "image": "busybox", "pid": "service:web", "network_mode": "service:web" },
+        "two": { "image": "busybox", "pid": "service:web", "ipc": "service:db" },
+        "own": { "image": "busybox", "pid": "container:abc", "ipc": "host" }
+    }));
+    for name in ["ipc", "pid"] {
+        let s = ServiceSpec::from_compose(&p, name).unwrap();
+        assert_eq!(s.network_peer.as_deref(), Some("web"), "{name}");
+        assert_eq!(
+            s.depends_on,
+            vec![Dependency {
+                service: "web".into(),
+                condition: DependencyCondition::ServiceStarted
+            }],
+            "{name}"
+        );
+    }
+    let e = ServiceSpec::from_compose(&p, "two")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one peer service only"), "{e}");
+    let s = ServiceSpec::from_compose(&p, "own").unwrap();
+    assert_eq!(s.network_peer, None);
+}
+
+#[test]
 fn network_mode_errors_are_clear() {
     for (mode, why) in [
         ("service:nope", "no service `nope`"),

@@ -1103,20 +1103,20 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 match mode.as_deref() {
                     None | Some("host") => {}
                     Some("private" | "shareable") if k == "ipc" => {}
-                    Some(m) if m.starts_with("service:") || m.starts_with("container:") => {
-                        let join = if k == "ipc" {
-                            &cf::IPC_JOIN
-                        } else {
-                            &cf::PID_JOIN
-                        };
-                        cv.note(v.pos, &p, join, Some(&format!("{k} {m:?}")));
-                    }
+                    // The service is checked with the implicit depends_on it adds.
+                    Some(m)
+                        if m.strip_prefix("service:").is_some_and(|n| !n.is_empty())
+                            || m.strip_prefix("container:").is_some_and(|n| !n.is_empty()) => {}
                     Some(m) if k == "ipc" => cv.err(
                         v.pos,
                         &p,
-                        format!("invalid ipc {m:?}: use host, private or shareable"),
+                        format!("invalid ipc {m:?}: use host, private, shareable, service:NAME or container:NAME"),
                     ),
-                    Some(m) => cv.err(v.pos, &p, format!("invalid pid {m:?}: use host")),
+                    Some(m) => cv.err(
+                        v.pos,
+                        &p,
+                        format!("invalid pid {m:?}: use host, service:NAME or container:NAME"),
+                    ),
                 }
                 if k == "ipc" {
                     s.ipc = mode;
@@ -1137,13 +1137,31 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "volumes_from" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
-                cv.note(v.pos, &p, &cf::VOLUMES_FROM, None)
+            "devices" => {
+                s.devices = cv.str_list(v, &p);
+                if let Kind::Seq(items) = &v.kind {
+                    for (i, (d, item)) in s.devices.iter().zip(items).enumerate() {
+                        if let Err(why) = syntax::check_device(d) {
+                            cv.err(item.pos, &p.at(i), format!("invalid device {d:?}: {why}"));
+                        }
+                    }
+                }
             }
-            "devices" if !matches!(&v.kind, Kind::Seq(items) if items.is_empty()) => {
-                cv.note(v.pos, &p, &cf::DEVICES, None)
+            // A service is checked with the implicit depends_on it adds.
+            "volumes_from" => {
+                s.volumes_from = cv.str_list(v, &p);
+                if let Kind::Seq(items) = &v.kind {
+                    for (i, (f, item)) in s.volumes_from.iter().zip(items).enumerate() {
+                        if let Err(why) = syntax::check_volumes_from(f) {
+                            cv.err(
+                                item.pos,
+                                &p.at(i),
+                                format!("invalid volumes_from {f:?}: {why}"),
+                            );
+                        }
+                    }
+                }
             }
-            "volumes_from" | "devices" => {}
             "read_only" => s.read_only = cv.boolean(v, &p).unwrap_or_default(),
             "profiles" => s.profiles = Cv::unique(cv.str_list(v, &p)),
             "restart" => {

@@ -121,6 +121,10 @@ pub struct Service {
     /// Search domains of the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_search: Vec<String>,
+    /// Host devices made available in the container, `HOST[:CONTAINER[:PERMISSIONS]]`
+    /// (permissions `rwm` when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// NIS domain name of the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domainname: Option<String>,
@@ -149,7 +153,8 @@ pub struct Service {
     /// Run an init process (PID 1) that forwards signals and reaps zombies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
-    /// IPC namespace: `host` (the host's), `private` or `shareable` (its own, the default).
+    /// IPC namespace: `host` (the host's), `private` or `shareable` (its own, the default),
+    /// `service:NAME` or `container:NAME` (that container's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipc: Option<String>,
     /// Container labels.
@@ -184,7 +189,8 @@ pub struct Service {
     /// The kernel's OOM-killer preference for the container's processes (-1000 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
-    /// PID namespace: `host` (the host's); its own when absent.
+    /// PID namespace: `host` (the host's), `service:NAME` or `container:NAME` (that
+    /// container's); its own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<String>,
     /// Maximum number of processes in the container (`pids_limit:`); -1 is unlimited.
@@ -241,6 +247,10 @@ pub struct Service {
     /// Mounts, long syntax, in file order, one per target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<ServiceVolume>,
+    /// Services (`SERVICE[:ro|rw]`) or containers (`container:NAME[:ro|rw]`) whose volumes
+    /// and bind mounts the container mounts too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes_from: Vec<String>,
     /// Working directory of the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,

@@ -313,6 +313,43 @@ pub(crate) fn valid_cidr(s: &str) -> bool {
     }
 }
 
+/// A `devices:` entry, `HOST[:CONTAINER[:PERMISSIONS]]`: absolute paths, permissions a
+/// non-empty set of `r`, `w`, `m`.
+pub fn check_device(entry: &str) -> Result<(), &'static str> {
+    let mut parts = entry.split(':');
+    let host = parts.next().unwrap_or_default();
+    let container = parts.next();
+    let perms = parts.next();
+    if parts.next().is_some() {
+        return Err("use HOST[:CONTAINER[:PERMISSIONS]]");
+    }
+    if !host.starts_with('/') || container.is_some_and(|c| !c.starts_with('/')) {
+        return Err("device paths must be absolute");
+    }
+    if let Some(p) = perms
+        && (p.is_empty() || !p.chars().all(|c| matches!(c, 'r' | 'w' | 'm')))
+    {
+        return Err("permissions are a combination of r, w and m");
+    }
+    Ok(())
+}
+
+/// A `volumes_from:` entry: `SERVICE[:MODE]` or `container:NAME[:MODE]`, MODE `ro` or `rw`.
+pub fn check_volumes_from(entry: &str) -> Result<(), &'static str> {
+    let rest = entry.strip_prefix("container:").unwrap_or(entry);
+    let (name, mode) = match rest.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (rest, None),
+    };
+    if name.is_empty() {
+        return Err("use SERVICE[:ro|rw] or container:NAME[:ro|rw]");
+    }
+    if mode.is_some_and(|m| m != "ro" && m != "rw") {
+        return Err("the mode is ro or rw");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,41 @@ pub enum NetworkMode {
     Container(String),
 }
 
+/// Whose IPC or PID namespace the container runs in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceMode {
+    /// A new namespace of its own.
+    #[default]
+    Private,
+    /// The host's (docker's `--ipc host`, `--pid host`).
+    Host,
+    /// The namespace of another running container, given by id, unique id prefix or name
+    /// (docker's `--ipc container:NAME`, compose's `pid: service:NAME`). The joiner holds the
+    /// namespace from its start on; a PID namespace ends for everyone in it when the target's
+    /// init exits, as in docker.
+    Container(String),
+}
+
+/// A host device made available in the container (docker's `--device`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// The device node on the host; it must exist when the container is created.
+    pub host: PathBuf,
+    /// Where the node appears in the container (absolute).
+    pub container: String,
+    /// The access the devices cgroup allows: a combination of `r`, `w` and `m`.
+    pub access: String,
+}
+
+/// Another container whose mounts a new container gets too (docker's `--volumes-from`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumesFrom {
+    /// The container, by id, unique id prefix or name; it need not be running.
+    pub container: String,
+    /// Every mount read-only (`:ro`); otherwise each keeps the target's mode.
+    pub read_only: bool,
+}
+
 /// A resource limit (`ulimit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -148,12 +183,17 @@ pub struct CreateOptions {
     pub read_only: bool,
     /// Bind mounts, volumes, tmpfs.
     pub mounts: Vec<MountRequest>,
+    /// Host devices created in the container's /dev and allowed by its devices cgroup.
+    pub devices: Vec<DeviceRequest>,
+    /// Containers whose volumes and bind mounts are mounted here too, at the same targets;
+    /// a target this container mounts itself keeps its own mount.
+    pub volumes_from: Vec<VolumesFrom>,
     /// Networking.
     pub network: NetworkMode,
-    /// Share the host's IPC namespace (docker's `--ipc host`) instead of a new one.
-    pub host_ipc: bool,
-    /// Share the host's PID namespace (docker's `--pid host`) instead of a new one.
-    pub host_pid: bool,
+    /// The IPC namespace: a new one, the host's or another container's (docker's `--ipc`).
+    pub ipc: NamespaceMode,
+    /// The PID namespace: a new one, the host's or another container's (docker's `--pid`).
+    pub pid: NamespaceMode,
     /// `(host, address)` lines appended to the container's /etc/hosts (docker's `--add-host`).
     pub extra_hosts: Vec<(String, String)>,
     /// Nameservers of the generated /etc/resolv.conf, replacing the host's (docker's `--dns`).
@@ -201,9 +241,11 @@ impl CreateOptions {
             privileged: false,
             read_only: false,
             mounts: Vec::new(),
+            devices: Vec::new(),
+            volumes_from: Vec::new(),
             network: NetworkMode::Private,
-            host_ipc: false,
-            host_pid: false,
+            ipc: NamespaceMode::Private,
+            pid: NamespaceMode::Private,
             extra_hosts: Vec::new(),
             dns: Vec::new(),
             dns_search: Vec::new(),

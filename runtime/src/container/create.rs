@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::lock::creating_guard;
 use super::{
-    ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MountSource,
-    NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit, io_err, parse_signal, spec, user, util,
-    volume,
+    ContainerInfo, ContainerManager, ContainerState, CreateOptions, Error, MonitorInfo,
+    MountRequest, MountSource, NamespaceMode, NetworkMode, RuntimeKind, ShimConfig, Status, Ulimit,
+    VolumesFrom, io_err, parse_signal, spec, user, util, volume,
 };
 
 impl ContainerManager {
@@ -16,6 +16,21 @@ impl ContainerManager {
     /// rootfs and has a monitor set up namespaces and cgroup with the process waiting for
     /// [`start`](Self::start). On any failure nothing is left behind.
     pub fn create(&self, opts: &CreateOptions) -> Result<ContainerInfo, Error> {
+        let expanded;
+        let opts = if opts.volumes_from.is_empty() {
+            opts
+        } else {
+            let mut o = opts.clone();
+            for from in &opts.volumes_from {
+                for m in self.mounts_of(from)? {
+                    if !o.mounts.iter().any(|own| own.target == m.target) {
+                        o.mounts.push(m);
+                    }
+                }
+            }
+            expanded = o;
+            &expanded
+        };
         if opts.image.layer_dirs.is_empty() {
             return Err(Error::ImageNotFound(opts.image.reference.clone()));
         }
@@ -85,6 +100,10 @@ impl ContainerManager {
             _ => None,
         };
 
+        let devices = spec::host_devices(opts)?;
+        let ipc_ns = self.namespace_target(&opts.ipc, "ipc")?;
+        let pid_ns = self.namespace_target(&opts.pid, "pid")?;
+
         let id = util::random_hex(32).map_err(io_err("reading /dev/urandom"))?;
         let name = match &opts.name {
             Some(n) => {
@@ -123,6 +142,9 @@ impl ContainerManager {
                 volumes_dir: self.volumes.root(),
                 cgroup_path: &cgroup_path,
                 netns: joined.as_ref().map(|j| j.netns.as_path()),
+                ipc_ns: ipc_ns.as_deref(),
+                pid_ns: pid_ns.as_deref(),
+                devices: &devices,
             },
         )?;
         let state = ContainerState {
@@ -302,24 +324,7 @@ impl ContainerManager {
     /// The network namespace, hostname and name-resolution files of the running container
     /// `target` (for [`NetworkMode::Container`]).
     fn network_target(&self, target: &str) -> Result<JoinedNetwork, Error> {
-        let bad = |msg: String| Error::InvalidConfig(format!("network container:{target}: {msg}"));
-        let st = self.resolve(target).map_err(|e| match e {
-            Error::NotFound(_) => bad("no such container".into()),
-            other => bad(other.to_string()),
-        })?;
-        let info = self.info_of(st.clone());
-        let mon = self.monitor_info(&st.id);
-        let (Status::Running, Some(mon)) = (info.status, mon) else {
-            return Err(bad(format!(
-                "cannot join the network of container {} ({}): it is {}, not running",
-                st.name,
-                &st.id[..12],
-                info.status
-            )));
-        };
-        if !util::process_alive(mon.init_pid, mon.init_start_time) {
-            return Err(bad(format!("container {} is not running", st.name)));
-        }
+        let (st, mon) = self.running_target(target, "network")?;
         let dir = self.dir(&st.id);
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(
             &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
@@ -353,6 +358,91 @@ impl ContainerManager {
             resolv_conf: seen("resolv.conf")?,
             id: st.id,
         })
+    }
+
+    /// The volumes and bind mounts of container `from.container` as requests for another
+    /// container, read from its spec: the files dcpp writes for the container itself (hosts,
+    /// resolv.conf, hostname) and the kernel file systems are not the user's mounts.
+    fn mounts_of(&self, from: &VolumesFrom) -> Result<Vec<MountRequest>, Error> {
+        let target = &from.container;
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => Error::InvalidConfig(format!(
+                "volumes_from container:{target}: no such container"
+            )),
+            other => other,
+        })?;
+        let dir = self.dir(&st.id);
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?,
+        )
+        .map_err(|e| Error::Create(format!("{}/config.json: {e}", dir.display())))?;
+        let volumes = self.volumes.root();
+        let mut out = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            let (Some("bind"), Some(src)) = (m.typ().as_deref(), m.source()) else {
+                continue;
+            };
+            if src.starts_with(&dir) {
+                continue;
+            }
+            let source = match src.strip_prefix(volumes) {
+                Ok(rest) => match rest.components().next() {
+                    Some(std::path::Component::Normal(name)) => {
+                        MountSource::Volume(name.to_string_lossy().into_owned())
+                    }
+                    _ => continue,
+                },
+                Err(_) => MountSource::Bind(src.clone()),
+            };
+            let own_ro = m.options().iter().flatten().any(|o| o == "ro");
+            out.push(MountRequest {
+                source,
+                target: m.destination().to_string_lossy().into_owned(),
+                read_only: from.read_only || own_ro,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The running container `target` whose `what` namespace (`network`, `ipc`, `pid`) a new
+    /// container joins, and its monitor's record (the init pid).
+    fn running_target(
+        &self,
+        target: &str,
+        what: &str,
+    ) -> Result<(ContainerState, MonitorInfo), Error> {
+        let bad = |msg: String| Error::InvalidConfig(format!("{what} container:{target}: {msg}"));
+        let st = self.resolve(target).map_err(|e| match e {
+            Error::NotFound(_) => bad("no such container".into()),
+            other => bad(other.to_string()),
+        })?;
+        let info = self.info_of(st.clone());
+        let mon = self.monitor_info(&st.id);
+        let (Status::Running, Some(mon)) = (info.status, mon) else {
+            return Err(bad(format!(
+                "cannot join the {what} namespace of container {} ({}): it is {}, not running",
+                st.name,
+                &st.id[..12],
+                info.status
+            )));
+        };
+        if !util::process_alive(mon.init_pid, mon.init_start_time) {
+            return Err(bad(format!("container {} is not running", st.name)));
+        }
+        Ok((st, mon))
+    }
+
+    /// `/proc/<init pid>/ns/<kind>` of the running container named by an ipc or pid mode;
+    /// the executor opens it at create, after which the joiner holds the namespace.
+    fn namespace_target(&self, mode: &NamespaceMode, kind: &str) -> Result<Option<PathBuf>, Error> {
+        let NamespaceMode::Container(target) = mode else {
+            return Ok(None);
+        };
+        let (_, mon) = self.running_target(target, kind)?;
+        Ok(Some(PathBuf::from(format!(
+            "/proc/{}/ns/{kind}",
+            mon.init_pid
+        ))))
     }
 
     /// Creates rootfs/, upper/, work/ and returns the overlay mount options.

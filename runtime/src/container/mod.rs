@@ -84,7 +84,8 @@ use lock::{creation_in_progress, exclusive_lock};
 
 pub use cgroup::{Hierarchy, Stats};
 pub use config::{
-    CreateOptions, ImageInput, LogOptions, MountRequest, MountSource, NetworkMode, Ulimit,
+    CreateOptions, DeviceRequest, ImageInput, LogOptions, MountRequest, MountSource, NamespaceMode,
+    NetworkMode, Ulimit, VolumesFrom,
 };
 pub use error::Error;
 pub use kill::parse_signal;

@@ -9,13 +9,13 @@ use std::path::Path;
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
-use super::config::{CreateOptions, MountSource, NetworkMode};
+use super::config::{CreateOptions, MountSource, NamespaceMode, NetworkMode};
 use super::user::ResolvedUser;
 use super::{Error, seccomp};
 
@@ -262,6 +262,65 @@ pub struct SpecInputs<'a> {
     pub cgroup_path: &'a str,
     /// The network namespace to join, for [`NetworkMode::Container`].
     pub netns: Option<&'a Path>,
+    /// The IPC namespace to join, for [`NamespaceMode::Container`] in `ipc`.
+    pub ipc_ns: Option<&'a Path>,
+    /// The PID namespace to join, for [`NamespaceMode::Container`] in `pid`.
+    pub pid_ns: Option<&'a Path>,
+    /// The requested host devices, as found on the host ([`host_devices`]).
+    pub devices: &'a [HostDevice],
+}
+
+/// A requested host device as the host has it: created in the container under `path` with the
+/// host node's type, numbers and mode, and allowed with `access` by the devices cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    pub path: String,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub access: String,
+}
+
+/// Looks the requested devices up on the host: each must be a character or block device.
+pub fn host_devices(opts: &CreateOptions) -> Result<Vec<HostDevice>, Error> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    opts.devices
+        .iter()
+        .map(|d| {
+            let bad =
+                |why: String| Error::InvalidConfig(format!("device {}: {why}", d.host.display()));
+            if !d.container.starts_with('/') || d.container.contains('\0') {
+                return Err(bad(format!(
+                    "container path {:?} must be absolute",
+                    d.container
+                )));
+            }
+            if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+                return Err(bad(format!(
+                    "invalid permissions {:?}: a combination of r, w and m",
+                    d.access
+                )));
+            }
+            let md = std::fs::metadata(&d.host).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => bad("no such device on the host".into()),
+                _ => bad(e.to_string()),
+            })?;
+            let ft = md.file_type();
+            if !(ft.is_char_device() || ft.is_block_device()) {
+                return Err(bad("not a device node".into()));
+            }
+            let rdev = md.rdev();
+            Ok(HostDevice {
+                path: d.container.clone(),
+                block: ft.is_block_device(),
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+                mode: md.mode() & 0o7777,
+                access: d.access.clone(),
+            })
+        })
+        .collect()
 }
 
 /// IPC-namespace parameters docker lets a container set (the rest of `kernel.*` is global).
@@ -314,10 +373,14 @@ pub fn validate_sysctls(opts: &CreateOptions) -> Result<(), Error> {
                 "not allowed: only namespaced parameters can be set (kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*)"
                     .into(),
             ));
-        } else if opts.host_ipc {
+        } else if opts.ipc == NamespaceMode::Host {
             return Err(bad(
                 "not allowed with the host's IPC namespace (it would change the host)".into(),
             ));
+        } else if let NamespaceMode::Container(target) = &opts.ipc {
+            return Err(bad(format!(
+                "not allowed with ipc container:{target} (the namespace belongs to {target})"
+            )));
         }
     }
     Ok(())
@@ -505,18 +568,24 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
     ] {
-        // The host's namespace is shared by not making a new one.
-        if (t == LinuxNamespaceType::Ipc && opts.host_ipc)
-            || (t == LinuxNamespaceType::Pid && opts.host_pid)
-        {
-            continue;
+        let (mode, joined, what) = match t {
+            LinuxNamespaceType::Ipc => (&opts.ipc, inp.ipc_ns, "ipc"),
+            LinuxNamespaceType::Pid => (&opts.pid, inp.pid_ns, "pid"),
+            _ => (&NamespaceMode::Private, None, ""),
+        };
+        let mut b = LinuxNamespaceBuilder::default().typ(t);
+        match (mode, joined) {
+            // The host's namespace is shared by not making a new one.
+            (NamespaceMode::Host, _) => continue,
+            (NamespaceMode::Private, _) => {}
+            (NamespaceMode::Container(_), Some(path)) => b = b.path(path),
+            (NamespaceMode::Container(target), None) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{what} container:{target}: the target's {what} namespace is unknown"
+                )));
+            }
         }
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(t)
-                .build()
-                .map_err(spec_err)?,
-        );
+        namespaces.push(b.build().map_err(spec_err)?);
     }
     match (&opts.network, inp.netns) {
         (NetworkMode::Host, _) => {}
@@ -567,6 +636,36 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
             b = b.minor(i64::from(m));
         }
         devices.push(b.build().map_err(spec_err)?);
+    }
+    let mut nodes = Vec::new();
+    for d in inp.devices {
+        let typ = if d.block {
+            LinuxDeviceType::B
+        } else {
+            LinuxDeviceType::C
+        };
+        devices.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .access(d.access.clone())
+                .build()
+                .map_err(spec_err)?,
+        );
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(&d.path)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .file_mode(d.mode)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(spec_err)?,
+        );
     }
     resources = resources.devices(devices);
     let mut memory = LinuxMemoryBuilder::default();
@@ -669,6 +768,9 @@ pub fn build(opts: &CreateOptions, inp: &SpecInputs<'_>) -> Result<Spec, Error> 
         .resources(resources.build().map_err(spec_err)?)
         .cgroups_path(inp.cgroup_path)
         .rootfs_propagation("rprivate");
+    if !nodes.is_empty() {
+        linux = linux.devices(nodes);
+    }
     if !opts.sysctls.is_empty() {
         linux = linux.sysctl(
             opts.sysctls
@@ -848,10 +950,12 @@ mod tests {
     }
 
     #[test]
-    fn host_ipc_and_pid_leave_out_those_namespaces_and_host_ipc_refuses_ipc_sysctls() {
+    fn host_ipc_and_pid_leave_out_those_namespaces_and_joined_ones_carry_their_path() {
         let user = root();
         let dir = std::path::Path::new("/nonexistent");
-        let kinds = |o: &CreateOptions| {
+        let peer_ipc = std::path::Path::new("/proc/42/ns/ipc");
+        let peer_pid = std::path::Path::new("/proc/42/ns/pid");
+        let build_with = |o: &CreateOptions, joined: bool| {
             let process = resolve_process(o, &user, "h").unwrap();
             let inp = SpecInputs {
                 id: "0123456789ab",
@@ -862,29 +966,80 @@ mod tests {
                 volumes_dir: dir,
                 cgroup_path: "/dcpp/0123456789ab",
                 netns: None,
+                ipc_ns: joined.then_some(peer_ipc),
+                pid_ns: joined.then_some(peer_pid),
+                devices: &[],
             };
-            build(o, &inp)
-                .unwrap()
-                .linux()
-                .as_ref()
-                .and_then(|l| l.namespaces().clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|n| n.typ())
-                .collect::<Vec<_>>()
+            build(o, &inp).map(|spec| {
+                spec.linux()
+                    .as_ref()
+                    .and_then(|l| l.namespaces().clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| (n.typ(), n.path().clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let kinds = |ns: &[(LinuxNamespaceType, Option<std::path::PathBuf>)]| {
+            ns.iter().map(|(t, _)| *t).collect::<Vec<_>>()
         };
         let mut o = opts(None, None);
-        let own = kinds(&o);
-        assert!(own.contains(&LinuxNamespaceType::Ipc) && own.contains(&LinuxNamespaceType::Pid));
-        o.host_ipc = true;
-        o.host_pid = true;
-        let shared = kinds(&o);
+        let own = build_with(&o, false).unwrap();
+        assert!(own.contains(&(LinuxNamespaceType::Ipc, None)), "{own:?}");
+        assert!(own.contains(&(LinuxNamespaceType::Pid, None)), "{own:?}");
+        o.ipc = NamespaceMode::Host;
+        o.pid = NamespaceMode::Host;
+        let shared = kinds(&build_with(&o, false).unwrap());
         assert!(!shared.contains(&LinuxNamespaceType::Ipc), "{shared:?}");
         assert!(!shared.contains(&LinuxNamespaceType::Pid), "{shared:?}");
         assert!(shared.contains(&LinuxNamespaceType::Mount), "{shared:?}");
         o.sysctls.insert("kernel.shmmax".into(), "1024".into());
         let e = validate_sysctls(&o).unwrap_err().to_string();
         assert!(e.contains("host's IPC namespace"), "{e}");
+
+        o.sysctls.clear();
+        o.ipc = NamespaceMode::Container("db".into());
+        o.pid = NamespaceMode::Container("db".into());
+        let joined = build_with(&o, true).unwrap();
+        assert!(
+            joined.contains(&(LinuxNamespaceType::Ipc, Some(peer_ipc.to_path_buf()))),
+            "{joined:?}"
+        );
+        assert!(
+            joined.contains(&(LinuxNamespaceType::Pid, Some(peer_pid.to_path_buf()))),
+            "{joined:?}"
+        );
+        let e = build_with(&o, false).unwrap_err().to_string();
+        assert!(e.contains("namespace is unknown"), "{e}");
+        o.sysctls.insert("kernel.shmmax".into(), "1024".into());
+        let e = validate_sysctls(&o).unwrap_err().to_string();
+        assert!(e.contains("ipc container:db"), "{e}");
+    }
+
+    #[test]
+    fn host_devices_take_the_hosts_numbers_and_refuse_what_is_not_a_device() {
+        let mut o = opts(None, None);
+        let req = |host: &str, access: &str| crate::container::DeviceRequest {
+            host: host.into(),
+            container: "/dev/mynull".into(),
+            access: access.into(),
+        };
+        o.devices = vec![req("/dev/null", "rw")];
+        let d = host_devices(&o).unwrap();
+        assert_eq!(
+            (d[0].block, d[0].major, d[0].minor, d[0].access.as_str()),
+            (false, 1, 3, "rw")
+        );
+        assert_eq!(d[0].path, "/dev/mynull");
+        for (host, access, why) in [
+            ("/nonexistent/dev", "rwm", "no such device on the host"),
+            ("/etc/hostname", "rwm", "not a device node"),
+            ("/dev/null", "x", "invalid permissions"),
+        ] {
+            o.devices = vec![req(host, access)];
+            let e = host_devices(&o).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(host), "{host}: {e}");
+        }
     }
 
     #[test]

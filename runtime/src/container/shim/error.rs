@@ -177,6 +177,14 @@ pub enum ShimError {
         /// cause
         source: std::io::Error,
     },
+    /// A device node the spec asks for.
+    #[error("creating device {path}: {source}")]
+    SpecDevice {
+        /// the node's path in the container
+        path: PathBuf,
+        /// cause
+        source: std::io::Error,
+    },
     /// A masked path.
     #[error("masking {path}: {source}")]
     Mask {

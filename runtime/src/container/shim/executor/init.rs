@@ -93,6 +93,7 @@ pub(crate) fn container_init_inner(
         mount_entry(&root, m)?;
     }
     create_devices(&root)?;
+    create_spec_devices(&root, spec)?;
     let process = spec.process().as_ref().ok_or(ShimError::NoProcess)?;
     let cwd = process.cwd().clone();
     // Created inside the rootfs; the chdir below happens after pivot_root, in the new root.

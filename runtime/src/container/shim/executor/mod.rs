@@ -32,12 +32,24 @@ pub(crate) fn start_builtin(
     // long as the rest of the setup. The child only needs to be inside before it unshares its
     // cgroup namespace (rooted where it stands) and execs; it waits for this pipe then.
     let (joined_r, joined_w) = pipe()?;
-    let new_pid_ns = namespaces(spec)
-        .iter()
-        .any(|(t, p)| *t == LinuxNamespaceType::Pid && p.is_none());
-    if new_pid_ns {
-        nix::sched::unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(ShimError::sys("unshare(CLONE_NEWPID)"))?;
+    // A PID namespace, new or joined, holds only the children of the process that entered it
+    // (unshare and setns change `pid_for_children`): so the monitor enters it and the forked
+    // init is the first process inside (or a new one in a joined namespace).
+    match namespaces(spec)
+        .into_iter()
+        .find(|(t, _)| *t == LinuxNamespaceType::Pid)
+    {
+        Some((_, None)) => nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(ShimError::sys("unshare(CLONE_NEWPID)"))?,
+        Some((_, Some(p))) => {
+            let f = std::fs::File::open(&p).map_err(|source| ShimError::OpenNamespace {
+                path: p.clone(),
+                source,
+            })?;
+            nix::sched::setns(&f, CloneFlags::CLONE_NEWPID)
+                .map_err(|source| ShimError::JoinNamespace { path: p, source })?;
+        }
+        None => {}
     }
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code after fork.
     match unsafe { nix::unistd::fork() }.map_err(ShimError::sys("fork"))? {

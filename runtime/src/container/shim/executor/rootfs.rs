@@ -213,6 +213,42 @@ pub(crate) fn create_devices(root: &Root) -> Res<()> {
     Ok(())
 }
 
+/// The spec's own device nodes (`devices:` of a service), made after the default set so one
+/// may take a default name; the numbers and mode are the host node's.
+pub(crate) fn create_spec_devices(root: &Root, spec: &Spec) -> Res<()> {
+    let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone());
+    for d in nodes.iter().flatten() {
+        let (parent, name) = root
+            .parent_of(d.path())
+            .map_err(ShimError::root("creating a device's directory"))?;
+        let c = cstr(&name.to_string_lossy())?;
+        let kind = if d.typ() == oci_spec::runtime::LinuxDeviceType::B {
+            libc::S_IFBLK
+        } else {
+            libc::S_IFCHR
+        };
+        let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
+        let dev = libc::makedev(
+            u32::try_from(d.major()).unwrap_or_default(),
+            u32::try_from(d.minor()).unwrap_or_default(),
+        );
+        // SAFETY: unlinkat/mknodat/fchmodat on a directory descriptor with a valid C string;
+        // none follows a symlink in the last component (fchmodat is given the new node).
+        let rc = unsafe {
+            libc::unlinkat(parent.as_raw_fd(), c.as_ptr(), 0);
+            libc::mknodat(parent.as_raw_fd(), c.as_ptr(), kind | mode, dev)
+        };
+        // SAFETY: as above; mknod honours the umask, so the mode is set again.
+        if rc != 0 || unsafe { libc::fchmodat(parent.as_raw_fd(), c.as_ptr(), mode, 0) } != 0 {
+            return Err(ShimError::SpecDevice {
+                path: d.path().clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn dev_error(op: &'static str, name: &'static str) -> ShimError {
     ShimError::Device {
         op,
