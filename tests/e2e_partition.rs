@@ -620,8 +620,8 @@ fn bench_node_loss_detection_and_rescheduling_over_ten_kills() {
         cl.nodes[dead].start_daemon();
         let dead_id = cl.nodes[dead].id;
         cl.wait_until("the node back", 30, || !node_down(&cl, dead_id));
-        cl.wait_until("its stale containers gone", 30, || {
-            task_containers(&cl.nodes[dead]) == 0
+        cl.wait_until("its stale replicas stopped", 30, || {
+            overlay::running(&cl.nodes[dead], Some("web")).is_empty()
         });
     }
     let stat = |mut v: Vec<Duration>| {
