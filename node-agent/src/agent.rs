@@ -999,11 +999,18 @@ impl<S: Store> Agent<S> {
         let deadline = self.clock.now() + limit;
         // Other nodes resolve its names from the leader's network documents: it stops only
         // after they say it no longer serves, and the other nodes had a moment to drop it.
+        // A node cut off from the managers has no one to wait for.
         let task = c.labels.get(LABEL_TASK).and_then(|s| s.parse::<u64>().ok());
-        if let (Some(_), Some(task)) = (self.overlay, task) {
+        let cut = *self.cut.borrow();
+        if let (Some(_), Some(task), false) = (self.overlay, task, cut) {
             let mut seen_remote = false;
             loop {
-                let (serving, remote) = self.serving_elsewhere(task).await;
+                let left = deadline.saturating_duration_since(self.clock.now());
+                let Ok((serving, remote)) =
+                    tokio::time::timeout(left, self.serving_elsewhere(task)).await
+                else {
+                    break;
+                };
                 seen_remote |= remote;
                 if !serving || self.clock.now() >= deadline {
                     break;
