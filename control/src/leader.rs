@@ -270,19 +270,25 @@ pub async fn run(
         // The network documents first: a task the planner starts below (a dependent whose
         // dependency just became healthy) reaches nodes that already list its peers.
         if leader && let Some(pool) = overlay {
-            match crate::overlay::sync(&node, pool).await {
-                Ok(true) => wait = Duration::ZERO,
-                Ok(false) => {}
+            // One read of services, tasks and nodes serves both documents.
+            match crate::overlay::Snapshot::read(&node).await {
+                Ok(snap) => {
+                    for (what, r) in [
+                        ("networks", crate::overlay::sync(&node, pool, &snap).await),
+                        ("routing mesh", crate::mesh::sync(&node, &snap).await),
+                    ] {
+                        match r {
+                            Ok(true) => wait = Duration::ZERO,
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!("{what}: {e}");
+                                wait = wait.min(Duration::from_millis(200));
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("networks: {e}");
-                    wait = wait.min(Duration::from_millis(200));
-                }
-            }
-            match crate::mesh::sync(&node).await {
-                Ok(true) => wait = Duration::ZERO,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("routing mesh: {e}");
                     wait = wait.min(Duration::from_millis(200));
                 }
             }

@@ -135,19 +135,8 @@ pub fn desired(
 
 /// Brings the stored mesh to [`desired`], conditioned on what was read. Returns whether
 /// anything was written.
-pub async fn sync<S: Store>(store: &S) -> Result<bool, Error> {
-    let services: BTreeMap<String, ServiceDoc> = crate::schema::services(store)
-        .await?
-        .into_iter()
-        .map(|(id, (d, _))| (id.0, d))
-        .collect();
-    let tasks: BTreeMap<TaskId, Task> = crate::schema::tasks(store)
-        .await?
-        .into_iter()
-        .map(|(id, (t, _))| (id, t))
-        .collect();
-    let nodes = crate::nodes::list(store).await?;
-    let want = desired(&services, &tasks, &nodes);
+pub async fn sync<S: Store>(store: &S, snap: &crate::overlay::Snapshot) -> Result<bool, Error> {
+    let want = desired(&snap.services, &snap.tasks, &snap.nodes);
     let old = match store.get(Kind::Mesh, ID).await {
         Ok(o) => Some(o),
         Err(dcpp_raft::Error::NotFound { .. }) => None,

@@ -281,20 +281,35 @@ fn free_address(base: Ipv4Addr, len: u8, used: &BTreeSet<Ipv4Addr>) -> Option<Ip
         .find(|ip| !used.contains(ip))
 }
 
+/// What the leader derives the network documents and the routing mesh from, read once per
+/// round for both.
+pub struct Snapshot {
+    pub services: BTreeMap<String, ServiceDoc>,
+    pub tasks: BTreeMap<TaskId, Task>,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl Snapshot {
+    pub async fn read<S: Store>(store: &S) -> Result<Snapshot, Error> {
+        Ok(Snapshot {
+            services: crate::schema::services(store)
+                .await?
+                .into_iter()
+                .map(|(id, (d, _))| (id.0, d))
+                .collect(),
+            tasks: crate::schema::tasks(store)
+                .await?
+                .into_iter()
+                .map(|(id, (t, _))| (id, t))
+                .collect(),
+            nodes: crate::nodes::list(store).await?,
+        })
+    }
+}
+
 /// Brings the stored network documents to [`desired`] in one transaction conditioned on what
 /// was read. Returns whether anything was written.
-pub async fn sync<S: Store>(store: &S, pool: Pool) -> Result<bool, Error> {
-    let services: BTreeMap<String, ServiceDoc> = crate::schema::services(store)
-        .await?
-        .into_iter()
-        .map(|(id, (d, _))| (id.0, d))
-        .collect();
-    let tasks: BTreeMap<TaskId, Task> = crate::schema::tasks(store)
-        .await?
-        .into_iter()
-        .map(|(id, (t, _))| (id, t))
-        .collect();
-    let nodes = crate::nodes::list(store).await?;
+pub async fn sync<S: Store>(store: &S, pool: Pool, snap: &Snapshot) -> Result<bool, Error> {
     let mut existing = BTreeMap::new();
     let mut revs = BTreeMap::new();
     for o in store.list(Kind::Network).await?.objects {
@@ -304,9 +319,9 @@ pub async fn sync<S: Store>(store: &S, pool: Pool) -> Result<bool, Error> {
         }
     }
     let want = desired(&Inputs {
-        services: &services,
-        tasks: &tasks,
-        nodes: &nodes,
+        services: &snap.services,
+        tasks: &snap.tasks,
+        nodes: &snap.nodes,
         existing: &existing,
         pool,
     })?;
