@@ -496,9 +496,6 @@ fn a_partitioned_worker_stops_its_tasks_after_the_grace_and_the_healed_cluster_i
 }
 
 #[test]
-#[ignore = "known bug: while a manager is cut off alone, a healthy worker's task is at times \
-            replaced (its old container still holds the task's address); fails about half \
-            the runs, left open in #14"]
 fn a_manager_cut_off_in_the_minority_stops_its_tasks_and_takes_none_back_when_healed() {
     const C: usize = 2;
     let cl = five("pm");

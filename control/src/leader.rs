@@ -240,13 +240,15 @@ pub async fn run(
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
     let mut migrated = false;
-    let mut leader_since: Option<u64> = None;
+    // The term this node leads and when it noticed: silences are counted from then.
+    let mut leader_since: Option<(u64, u64)> = None;
     loop {
-        let leader = node.is_leader();
-        leader_since = if leader {
-            leader_since.or_else(|| Some(now_ms()))
-        } else {
-            None
+        let term = node.leader_term();
+        let leader = term.is_some();
+        leader_since = match (term, leader_since) {
+            (Some(t), Some((held, since))) if t == held => Some((t, since)),
+            (Some(t), _) => Some((t, now_ms())),
+            (None, _) => None,
         };
         let mut wait = RESYNC;
         if leader {
@@ -294,7 +296,13 @@ pub async fn run(
             }
         }
         if leader {
-            match reconcile_since(&node, leader_since.unwrap_or(0), Some(node.id())).await {
+            match reconcile_since(
+                &node,
+                leader_since.map_or(0, |(_, since)| since),
+                Some(node.id()),
+            )
+            .await
+            {
                 Ok((requeue, wrote)) => {
                     if wrote {
                         wait = Duration::ZERO;

@@ -1305,6 +1305,14 @@ impl Node {
         self.raft().metrics().borrow().state == ServerState::Leader
     }
 
+    /// The term this node leads in, if it is the leader now. A node re-elected after an
+    /// election it lost nothing in (a returning member's higher term forced one) leads a new
+    /// term: what it knew of the others' heartbeats went through a time without a leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft().metrics().borrow().clone();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     /// Leader, term, members and indexes as seen by this node.
     pub fn status(&self) -> Result<ClusterStatus, Error> {
         let m = self.raft().metrics().borrow().clone();

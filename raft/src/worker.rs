@@ -56,26 +56,41 @@ impl Remote {
         if *g == list {
             return;
         }
-        let at = cur.and_then(|c| list.iter().position(|m| *m == c));
+        let at = cur.and_then(|(_, c)| list.iter().position(|m| *m == c));
         *g = list;
         drop(g);
         match at {
             Some(i) => self.current.store(i, Ordering::Relaxed),
-            None => self.move_on(),
+            None => {
+                self.current.fetch_add(1, Ordering::Relaxed);
+                self.moved.send_modify(|g| *g += 1);
+            }
         }
     }
 
-    fn current(&self) -> Option<String> {
+    /// The manager in use, with the position it was read at (for [`Remote::move_on_from`]).
+    fn current(&self) -> Option<(usize, String)> {
         let g = self.managers.read().unwrap_or_else(|e| e.into_inner());
         if g.is_empty() {
             return None;
         }
-        Some(g[self.current.load(Ordering::Relaxed) % g.len()].clone())
+        let at = self.current.load(Ordering::Relaxed);
+        Some((at, g[at % g.len()].clone()))
     }
 
-    fn move_on(&self) {
-        self.current.fetch_add(1, Ordering::Relaxed);
-        self.moved.send_modify(|g| *g += 1);
+    /// Leaves the manager read at position `at` for the next one, unless another caller left
+    /// it already. Every request in flight to a manager that is cut off fails at about the
+    /// same moment; if each of them moved on, three of them would go round a three-manager
+    /// list back to the dead one, and the worker's heartbeats would miss for another timeout
+    /// each time, long enough for the leader to declare a healthy worker down.
+    fn move_on_from(&self, at: usize) {
+        if self
+            .current
+            .compare_exchange(at, at.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.moved.send_modify(|g| *g += 1);
+        }
     }
 
     /// Runs `f` against the current manager; a transport failure, or no answer within
@@ -116,7 +131,9 @@ impl Remote {
         };
         let mut last = Error::NoLeader("this worker knows no manager".into());
         for _ in 0..tries {
-            let Some(addr) = self.current() else { break };
+            let Some((at, addr)) = self.current() else {
+                break;
+            };
             let attempt = f(Client::over(&addr, http.clone()));
             let answer = match limit {
                 Some(l) => tokio::time::timeout(l, attempt).await.unwrap_or_else(|_| {
@@ -129,7 +146,7 @@ impl Remote {
             match answer {
                 Err(e @ Error::Transport(_)) => {
                     tracing::debug!(manager = %addr, "{e}; trying the next manager");
-                    self.move_on();
+                    self.move_on_from(at);
                     last = e;
                 }
                 r => return r,
@@ -146,7 +163,7 @@ impl Remote {
         since: u64,
         kind: Option<Kind>,
     ) -> BoxStream<'static, Result<Event, Error>> {
-        let Some(addr) = self.current() else {
+        let Some((_, addr)) = self.current() else {
             return futures::stream::iter([Err(Error::NoLeader(
                 "this worker knows no manager".into(),
             ))])
@@ -173,16 +190,53 @@ impl Remote {
 mod tests {
     use super::*;
 
+    impl Remote {
+        fn addr(&self) -> Option<String> {
+            self.current().map(|(_, a)| a)
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_failing_together_at_one_manager_move_on_once() {
+        let r = Remote::new(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        let http = reqwest::Client::new();
+        let limit = Some(Duration::from_millis(50));
+        // Three requests in flight to a manager that never answers, as a worker's heartbeat,
+        // status report and watch are when that manager is cut off.
+        let hung = |c: Client| {
+            let hangs = c.base_url().ends_with("a:1");
+            async move {
+                if hangs {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Error>(c.base_url().to_string())
+            }
+        };
+        let (x, y, z) = tokio::join!(
+            r.call_within(&http, false, limit, hung),
+            r.call_within(&http, false, limit, hung),
+            r.call_within(&http, false, limit, hung),
+        );
+        assert!([x, y, z].iter().all(|g| g.is_err()));
+        assert_eq!(
+            r.addr().as_deref(),
+            Some("b:1"),
+            "one step on, not three (back to a)"
+        );
+        let got = r.call_within(&http, true, limit, hung).await.unwrap();
+        assert!(got.contains("b:1"), "{got}");
+    }
+
     #[test]
     fn the_current_manager_survives_a_new_list_and_a_failure_moves_on() {
         let r = Remote::new(vec!["a:1".into(), "b:1".into()]);
-        assert_eq!(r.current().as_deref(), Some("a:1"));
-        r.move_on();
-        assert_eq!(r.current().as_deref(), Some("b:1"));
+        assert_eq!(r.addr().as_deref(), Some("a:1"));
+        r.move_on_from(0);
+        assert_eq!(r.addr().as_deref(), Some("b:1"));
         r.set_managers(vec!["c:1".into(), "b:1".into()]);
-        assert_eq!(r.current().as_deref(), Some("b:1"), "still a manager");
+        assert_eq!(r.addr().as_deref(), Some("b:1"), "still a manager");
         r.set_managers(vec!["c:1".into(), "d:1".into()]);
-        assert!(matches!(r.current().as_deref(), Some("c:1" | "d:1")));
+        assert!(matches!(r.addr().as_deref(), Some("c:1" | "d:1")));
         r.set_managers(Vec::new());
         assert_eq!(r.managers(), ["c:1", "d:1"], "an empty list is ignored");
     }
@@ -206,7 +260,7 @@ mod tests {
             })
             .await;
         assert_eq!(got.unwrap(), 7);
-        assert_eq!(r.current().as_deref(), Some("b:1"));
+        assert_eq!(r.addr().as_deref(), Some("b:1"));
         // A write is not retried elsewhere (the first may have committed it), but the next
         // call goes to the next manager.
         let r = Remote::new(vec!["a:1".into(), "b:1".into()]);
@@ -219,7 +273,7 @@ mod tests {
             matches!(&got, Err(Error::Transport(m)) if m.contains("did not answer")),
             "{got:?}"
         );
-        assert_eq!(r.current().as_deref(), Some("b:1"));
+        assert_eq!(r.addr().as_deref(), Some("b:1"));
         assert_eq!(asked.into_inner().unwrap().len(), 2);
     }
 }

@@ -102,7 +102,9 @@ impl Rig {
             pool: slot.pool.clone(),
             wrapper: Vec::new(),
             extra: Vec::new(),
-            log_level: "info".into(),
+            // A failing run is read from these logs: DCPP_TEST_LOG widens them (e.g.
+            // `info,dcpp_raft::worker=debug`).
+            log_level: std::env::var("DCPP_TEST_LOG").unwrap_or_else(|_| "info".into()),
             id: 0,
             root,
             _tmp: tmp,
