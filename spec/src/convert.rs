@@ -592,6 +592,24 @@ pub(crate) fn project(
     })
 }
 
+/// One entry per key, as compose's unicity rule keeps lists after a merge: an entry whose key
+/// was seen replaces the earlier one in its place.
+fn unique_by<T>(list: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(list.len());
+    let mut keys: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        let k = key(&item);
+        match keys.iter().position(|x| *x == k) {
+            Some(i) => out[i] = item,
+            None => {
+                keys.push(k);
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
 /// The dependencies compose adds on its own: a service named by `links`, `volumes_from` or a
 /// `service:` namespace (`network_mode`, `ipc`, `pid`, `uts`, `cgroup`) is started first. An
 /// explicit `depends_on` entry for it wins.
@@ -1138,14 +1156,15 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 }
             }
             "devices" => {
-                s.devices = cv.str_list(v, &p);
+                let devices = cv.str_list(v, &p);
                 if let Kind::Seq(items) = &v.kind {
-                    for (i, (d, item)) in s.devices.iter().zip(items).enumerate() {
+                    for (i, (d, item)) in devices.iter().zip(items).enumerate() {
                         if let Err(why) = syntax::check_device(d) {
                             cv.err(item.pos, &p.at(i), format!("invalid device {d:?}: {why}"));
                         }
                     }
                 }
+                s.devices = unique_by(devices, |d| syntax::device_target(d).to_owned());
             }
             // A service is checked with the implicit depends_on it adds.
             "volumes_from" => {
@@ -1372,8 +1391,15 @@ fn mount_targets_unique(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, s: &S
     let tp = path.key("tmpfs");
     let mut mounts: Vec<(&str, String)> = Vec::new();
     let mut unique = true;
+    let mut written: Vec<&str> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(t) = item.scalar() else { continue };
+        // The same entry again (an override file repeating it) is one mount, as compose's
+        // unicity keeps it once.
+        if written.contains(&t) {
+            continue;
+        }
+        written.push(t);
         let target = t.split_once(':').map_or(t, |(p, _)| p);
         let at = tp.at(i);
         if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == target) {

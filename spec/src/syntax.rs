@@ -334,6 +334,14 @@ pub fn check_device(entry: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The container path of a `devices:` entry, which compose merges and de-duplicates by: the
+/// host path when the entry names no other.
+pub fn device_target(entry: &str) -> &str {
+    let mut parts = entry.split(':');
+    let host = parts.next().unwrap_or_default();
+    parts.next().unwrap_or(host)
+}
+
 /// A `volumes_from:` entry: `SERVICE[:MODE]` or `container:NAME[:MODE]`, MODE `ro` or `rw`.
 pub fn check_volumes_from(entry: &str) -> Result<(), &'static str> {
     let rest = entry.strip_prefix("container:").unwrap_or(entry);
