@@ -488,6 +488,8 @@ pub(crate) fn project(
     }
 
     let mut services = BTreeMap::new();
+    // (service, container_name, its position) in file order, checked once profiles are applied.
+    let mut container_names: Vec<(String, String, Pos)> = Vec::new();
     if let Some(n) = sections.get("services") {
         let sp = KeyPath::Text("services");
         for e in cv.entries(n, &sp) {
@@ -504,12 +506,31 @@ pub(crate) fn project(
             cv.refs.service_pos.insert(e.key.to_string(), e.key_pos);
             if let Some(mut s) = service(&mut cv, &e.key, &e.value, &p) {
                 implicit_depends_on(&mut cv, &e.key, &e.value, &p, &mut s);
+                if let Some(c) = &s.container_name {
+                    let pos = e.value.get("container_name").map_or(e.key_pos, |v| v.pos);
+                    container_names.push((e.key.to_string(), c.clone(), pos));
+                }
                 services.insert(e.key.to_string(), s);
             }
         }
     }
 
     apply_profiles(&mut cv, &mut services, opts);
+    // Two containers of one name cannot both exist on a node, and compose refuses it too.
+    let mut named: Vec<(&str, &str)> = Vec::new();
+    for (svc, c, pos) in &container_names {
+        if !services.contains_key(svc) {
+            continue;
+        }
+        match named.iter().find(|(n, _)| n == c) {
+            Some((_, first)) => cv.err(
+                *pos,
+                &format!("services.{svc}.container_name"),
+                format!("container name {c:?} is already in use by service {first}"),
+            ),
+            None => named.push((c, svc)),
+        }
+    }
     check_refs(
         &mut cv,
         &mut services,
@@ -1443,8 +1464,12 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
             ..Build::default()
         });
     }
+    // A missing context is compose's default `.` of the project, not of the file that
+    // declares the build (TestLoadExtendsMultipleFiles).
     let mut b = Build {
-        context: build_context(cv, ".", v.pos),
+        context: absolutize(cv.ctx.project_dir(v.pos), Path::new("."))
+            .display()
+            .to_string(),
         ..Build::default()
     };
     for (k, v, p) in cv.fields_keeping(v, p, &cf::BUILD, &mut b.extensions) {
@@ -1923,7 +1948,11 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, U
     for e in cv.entries(v, p) {
         let ep = p.key(&e.key);
         let u = match &e.value.kind {
-            Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit { soft: x, hard: x }),
+            Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit {
+                soft: x,
+                hard: x,
+                single: true,
+            }),
             Kind::Map(_) => {
                 let (mut soft, mut hard) = (None, None);
                 for (k, v, fp) in cv.fields(&e.value, &ep, &cf::ULIMIT) {
@@ -1934,7 +1963,11 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, U
                     }
                 }
                 match (soft, hard) {
-                    (Some(soft), Some(hard)) if soft <= hard => Some(Ulimit { soft, hard }),
+                    (Some(soft), Some(hard)) if soft <= hard => Some(Ulimit {
+                        soft,
+                        hard,
+                        single: false,
+                    }),
                     (Some(soft), Some(hard)) => {
                         cv.err(
                             e.value.pos,
@@ -2578,7 +2611,9 @@ fn check_refs(
         };
         if let Some(msg) = problem {
             let s = services.get_mut(svc).expect("checked above");
-            if required {
+            // compose-go's consistency check lets `required: false` skip a service its profiles
+            // disable, never one that is not defined at all.
+            if required || !defined(dep) {
                 cv.err(*pos, path, msg);
             } else {
                 s.depends_on.remove(dep);
