@@ -362,6 +362,10 @@ impl Cv<'_> {
 
     /// Makes a host path absolute against the directory of the file it was written in.
     fn host_path(&self, s: &str, pos: Pos) -> String {
+        // An absolute Windows path is kept as written, as compose-go keeps it on any host.
+        if syntax::windows_path(s) {
+            return s.to_owned();
+        }
         if let Some(rest) = s.strip_prefix('~')
             && (rest.is_empty() || rest.starts_with('/'))
             && let Some(home) = self.env.get("HOME")
@@ -2166,7 +2170,9 @@ fn service_volumes(
                 continue;
             }
         };
-        if !vol.target.starts_with('/') {
+        let windows = syntax::windows_path(&vol.target)
+            || vol.source.as_deref().is_some_and(syntax::windows_path);
+        if !vol.target.starts_with('/') && !syntax::windows_path(&vol.target) {
             cv.err(
                 item.pos,
                 &ip,
@@ -2179,7 +2185,16 @@ fn service_volumes(
         }
         // Compose cleans the target (`/etc/pihole/` is `/etc/pihole`), which also makes two
         // spellings of one target the same mount.
+        if windows {
+            // compose-go reads these on any host; a Linux node has nothing to mount them on.
+            cv.warn(
+                item.pos,
+                &ip,
+                "a Windows path: dcpp runs Linux containers, where this mount cannot be made",
+            );
+        }
         if vol.target.len() > 1
+            && vol.target.starts_with('/')
             && (vol.target.ends_with('/') || vol.target.contains("/.") || vol.target.contains("//"))
         {
             vol.target = absolutize(Path::new("/"), Path::new(&vol.target))
