@@ -1080,7 +1080,24 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "environment" => explicit_env = cv.kv(v, &p),
+            "environment" => {
+                explicit_env = cv.kv(v, &p);
+                // compose-go refuses `- DEBUG = true` in the list form, where the space would
+                // otherwise become part of the name.
+                if let Kind::Seq(_) = &v.kind {
+                    for (key, _, pos) in &explicit_env {
+                        if key.ends_with(char::is_whitespace) {
+                            cv.err(
+                                *pos,
+                                &p,
+                                format!(
+                                    "environment variable {key} is declared with a trailing space"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
             "env_file" => env_files = env_file_list(cv, v, &p),
             "expose" => {
                 s.expose = Cv::unique(cv.str_list(v, &p));
