@@ -1039,7 +1039,11 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "cpus" => s.cpus = cv.float(v, &p),
             "cpuset" => s.cpuset = cv.opt_string(v, &p),
             "cpu_shares" => s.cpu_shares = cv.int(v, &p),
-            "dns" => s.dns = cv.str_or_list(v, &p),
+            // An empty entry (`dns: ${UNSET}`) is no server, as compose-go omits it.
+            "dns" => {
+                s.dns = cv.str_or_list(v, &p);
+                s.dns.retain(|d| !d.is_empty());
+            }
             "dns_opt" => s.dns_opt = cv.str_list(v, &p),
             "dns_search" => s.dns_search = cv.str_or_list(v, &p),
             "extra_hosts" => s.extra_hosts = extra_hosts(cv, v, &p),
