@@ -617,6 +617,30 @@ pub(crate) fn project(
     })
 }
 
+/// A device in the long syntax (`source`, `target`, `permissions`), as compose-go's
+/// DeviceMapping reads it, written as the short form the model keeps.
+fn device_long(cv: &mut Cv<'_>, n: &Node<'_>, p: &KeyPath<'_>) -> Option<String> {
+    let (mut source, mut target, mut permissions) = (None, None, None);
+    for (k, v, fp) in cv.fields(n, p, &cf::DEVICE) {
+        let value = cv.string(v, &fp);
+        match k {
+            "source" => source = value,
+            "target" => target = value,
+            _ => permissions = value,
+        }
+    }
+    let Some(source) = source else {
+        cv.err(n.pos, p, "a device needs a `source`");
+        return None;
+    };
+    let target = target.unwrap_or_else(|| source.clone());
+    Some(match permissions {
+        Some(perm) => format!("{source}:{target}:{perm}"),
+        None if target == source => source,
+        None => format!("{source}:{target}"),
+    })
+}
+
 /// One entry per key, as compose's unicity rule keeps lists after a merge: an entry whose key
 /// was seen replaces the earlier one in its place.
 fn unique_by<T>(list: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
@@ -1202,12 +1226,29 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 }
             }
             "devices" => {
-                let devices = cv.str_list(v, &p);
-                if let Kind::Seq(items) = &v.kind {
-                    for (i, (d, item)) in devices.iter().zip(items).enumerate() {
-                        if let Err(why) = syntax::check_device(d) {
-                            cv.err(item.pos, &p.at(i), format!("invalid device {d:?}: {why}"));
-                        }
+                let items = match &v.kind {
+                    Kind::Seq(items) => items.as_slice(),
+                    Kind::Null => &[],
+                    _ => {
+                        cv.err(
+                            v.pos,
+                            &p,
+                            format!("must be a list, found {}", v.type_name()),
+                        );
+                        &[]
+                    }
+                };
+                let mut devices = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ip = p.at(i);
+                    let device = match &item.kind {
+                        Kind::Map(_) => device_long(cv, item, &ip),
+                        _ => cv.string(item, &ip),
+                    };
+                    let Some(d) = device else { continue };
+                    match syntax::check_device(&d) {
+                        Ok(()) => devices.push(d),
+                        Err(why) => cv.err(item.pos, &ip, format!("invalid device {d:?}: {why}")),
                     }
                 }
                 s.devices = unique_by(devices, |d| syntax::device_target(d).to_owned());
