@@ -1,14 +1,17 @@
-//! Nothing in a compose file is silently without effect: every key of the canonical model (the
-//! JSON schema the spec crate generates) is either applied — and named here with the test that
-//! shows it reaching the container or the scheduler — refused with an error, or warned about
-//! with its file:line:col when a file uses it. A key added to the model fails this test until it
-//! is put in one of the tables.
+//! Nothing in a compose file is silently without effect. The conformance table
+//! (`dcpp_spec::conformance`) says, for every key of the canonical model, whether dcpp applies
+//! it, warns about it or refuses it, and `spec/tests/conformance.rs` checks the warnings and
+//! errors it promises. What the spec crate cannot show is that an applied key reaches the
+//! container or the scheduler: this file names, for each key the table calls applied, the test
+//! that shows it, and fails for an applied key without one (a key added to the model or moved
+//! to applied in the table) and for a test named for a key the table does not apply.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use dcpp_control::schema::stack_docs;
 use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
+use dcpp_spec::conformance::{OBJECTS, Support};
 
 /// Keys that take effect, each with the test (`file::function`, or a corpus case directory)
 /// that shows it.
@@ -353,6 +356,20 @@ const APPLIED_ELSEWHERE: &[&str] = &[
     "services.*.deploy.resources.limits.pids",
 ];
 
+/// Keys the table calls applied only for the value dcpp has when the key is absent (a bridge,
+/// not external, no restart of dependents, dnsrr); every other value is warned about, which
+/// spec/tests/conformance.rs checks. Nothing to show beyond the default behaviour, so each
+/// must have such a value rule in the table.
+const APPLIED_AS_DEFAULT: &[&str] = &[
+    "networks.*.attachable",
+    "networks.*.driver",
+    "networks.*.enable_ipv6",
+    "networks.*.external",
+    "networks.*.internal",
+    "services.*.depends_on.*.restart",
+    "services.*.deploy.endpoint_mode",
+];
+
 /// Keys whose unsupported values are refused with an error at apply time (and whose supported
 /// values work), with the test of the refusal.
 #[rustfmt::skip]
@@ -386,180 +403,6 @@ const HERE_NAMESPACES: &str =
 const HERE_CGROUP: &str = "tests/e2e_fields.rs::cgroup_and_process_keys_reach_the_container_and_impossible_values_fail_the_task";
 const HERE_NAMES: &str = "tests/e2e_fields.rs::extra_hosts_and_dns_settings_reach_the_container_and_stack_names_still_resolve";
 const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach_the_service_spec";
-
-/// Keys accepted and not acted on: (schema path, whether the warning covers every key below
-/// it, a compose file using it, the path the warning must name).
-#[rustfmt::skip]
-const WARNED: &[(&str, bool, &str, &str)] = &[
-    (
-        "configs",
-        true,
-        "configs:\n  c:\n    file: ./c.txt\n",
-        "configs",
-    ),
-    (
-        "secrets",
-        true,
-        "secrets:\n  s:\n    file: ./s.txt\n",
-        "secrets",
-    ),
-    (
-        "services.*.configs",
-        true,
-        "configs:\n  c:\n    file: ./c.txt\nservices:\n  web:\n    image: busybox\n    configs: [c]\n",
-        "services.web.configs",
-    ),
-    (
-        "services.*.secrets",
-        true,
-        "secrets:\n  s:\n    file: ./s.txt\nservices:\n  web:\n    image: busybox\n    secrets: [s]\n",
-        "services.web.secrets",
-    ),
-    (
-        "services.*.build",
-        true,
-        "services:\n  web:\n    image: busybox\n    build: .\n",
-        "services.web.build",
-    ),
-    (
-        "services.*.domainname",
-        false,
-        "services:\n  web:\n    image: busybox\n    domainname: example.org\n",
-        "services.web.domainname",
-    ),
-    (
-        "services.*.logging",
-        true,
-        "services:\n  web:\n    image: busybox\n    logging: {driver: syslog}\n",
-        "services.web.logging",
-    ),
-    (
-        "services.*.healthcheck.start_interval",
-        false,
-        "services:\n  web:\n    image: busybox\n    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n",
-        "services.web.healthcheck.start_interval",
-    ),
-    (
-        "services.*.depends_on.*.restart",
-        false,
-        "services:\n  db:\n    image: busybox\n  web:\n    image: busybox\n    depends_on: {db: {condition: service_started, restart: true}}\n",
-        "services.web.depends_on.db.restart",
-    ),
-    (
-        "services.*.deploy.endpoint_mode",
-        false,
-        "services:\n  web:\n    image: busybox\n    deploy: {endpoint_mode: vip}\n",
-        "services.web.deploy.endpoint_mode",
-    ),
-    (
-        "services.*.deploy.labels",
-        false,
-        "services:\n  web:\n    image: busybox\n    deploy: {labels: {a: b}}\n",
-        "services.web.deploy.labels",
-    ),
-    (
-        "services.*.deploy.resources.reservations.pids",
-        false,
-        "services:\n  web:\n    image: busybox\n    deploy: {resources: {reservations: {pids: 10}}}\n",
-        "services.web.deploy.resources.reservations.pids",
-    ),
-    (
-        "services.*.networks.*.ipv4_address",
-        false,
-        "services:\n  web:\n    image: busybox\n    networks: {n: {ipv4_address: 10.9.0.5}}\nnetworks:\n  n: {}\n",
-        "services.web.networks.n.ipv4_address",
-    ),
-    (
-        "services.*.networks.*.ipv6_address",
-        false,
-        "services:\n  web:\n    image: busybox\n    networks: {n: {ipv6_address: 'fd00::5'}}\nnetworks:\n  n: {}\n",
-        "services.web.networks.n.ipv6_address",
-    ),
-    (
-        "services.*.networks.*.priority",
-        false,
-        "services:\n  web:\n    image: busybox\n    networks: {n: {priority: 5}}\nnetworks:\n  n: {}\n",
-        "services.web.networks.n.priority",
-    ),
-    (
-        "services.*.ports.[].name",
-        false,
-        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, name: web}]\n",
-        "services.web.ports[0].name",
-    ),
-    (
-        "services.*.ports.[].app_protocol",
-        false,
-        "services:\n  web:\n    image: busybox\n    ports: [{target: 80, app_protocol: http}]\n",
-        "services.web.ports[0].app_protocol",
-    ),
-    (
-        "services.*.volumes.[].bind.selinux",
-        false,
-        "services:\n  web:\n    image: busybox\n    volumes: [{type: bind, source: /tmp, target: /x, bind: {selinux: z}}]\n",
-        "services.web.volumes[0].bind.selinux",
-    ),
-    (
-        "networks.*.name",
-        false,
-        "networks:\n  n: {name: other}\n",
-        "networks.n.name",
-    ),
-    (
-        "networks.*.driver",
-        false,
-        "networks:\n  n: {driver: overlay}\n",
-        "networks.n.driver",
-    ),
-    (
-        "networks.*.driver_opts",
-        false,
-        "networks:\n  n: {driver_opts: {a: b}}\n",
-        "networks.n.driver_opts",
-    ),
-    (
-        "networks.*.external",
-        false,
-        "networks:\n  n: {external: true}\n",
-        "networks.n.external",
-    ),
-    (
-        "networks.*.internal",
-        false,
-        "networks:\n  n: {internal: true}\n",
-        "networks.n.internal",
-    ),
-    (
-        "networks.*.attachable",
-        false,
-        "networks:\n  n: {attachable: true}\n",
-        "networks.n.attachable",
-    ),
-    (
-        "networks.*.enable_ipv6",
-        false,
-        "networks:\n  n: {enable_ipv6: true}\n",
-        "networks.n.enable_ipv6",
-    ),
-    (
-        "networks.*.labels",
-        false,
-        "networks:\n  n: {labels: {a: b}}\n",
-        "networks.n.labels",
-    ),
-    (
-        "networks.*.ipam",
-        true,
-        "networks:\n  n: {ipam: {config: [{subnet: 10.9.0.0/24}]}}\n",
-        "networks.n.ipam",
-    ),
-    (
-        "volumes.*.labels",
-        false,
-        "volumes:\n  v: {labels: {a: b}}\n",
-        "volumes.v.labels",
-    ),
-];
 
 /// The rollback config's fields mirror the update config's: the same conversion applies them.
 const SAME_AS_UPDATE_CONFIG: &str = "services.*.deploy.rollback_config.";
@@ -620,20 +463,66 @@ fn workspace() -> &'static Path {
         .expect("workspace root")
 }
 
+/// Why a key's named test does not count.
+#[derive(Debug, thiserror::Error)]
+enum Evidence {
+    #[error("{key}: {evidence} does not exist")]
+    Missing { key: String, evidence: String },
+    #[error("{key}: {file}: {source}")]
+    Unreadable {
+        key: String,
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: no test {func} in {file}")]
+    NoSuchTest {
+        key: String,
+        func: String,
+        file: String,
+    },
+}
+
 /// `file::function` must name a test function that exists; a bare path must exist.
-fn check_evidence(key: &str, evidence: &str) -> Result<(), String> {
+fn check_evidence(key: &str, evidence: &str) -> Result<(), Evidence> {
     let (file, func) = evidence.split_once("::").unwrap_or((evidence, ""));
     let path = workspace().join(file);
     if func.is_empty() {
         return path
             .exists()
             .then_some(())
-            .ok_or_else(|| format!("{key}: {evidence} does not exist"));
+            .ok_or_else(|| Evidence::Missing {
+                key: key.to_owned(),
+                evidence: evidence.to_owned(),
+            });
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{key}: {file}: {e}"))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Evidence::Unreadable {
+        key: key.to_owned(),
+        file: file.to_owned(),
+        source,
+    })?;
     text.contains(&format!("fn {func}("))
         .then_some(())
-        .ok_or_else(|| format!("{key}: no test {func} in {file}"))
+        .ok_or_else(|| Evidence::NoSuchTest {
+            key: key.to_owned(),
+            func: func.to_owned(),
+            file: file.to_owned(),
+        })
+}
+
+/// What the conformance table says the loader does with a key path of the schema: the first
+/// entry of the key, which is about the key itself rather than some of its values.
+fn table_support(path: &str) -> Option<Support> {
+    let (object, key) = path.rsplit_once('.').unwrap_or(("", path));
+    OBJECTS
+        .iter()
+        .find(|o| o.path == object)
+        .and_then(|o| o.get(key))
+        .map(|k| k.support)
+}
+
+/// Applied keys, and deprecated forms (applied with a warning), need a test that shows them.
+fn applied(support: Support) -> bool {
+    matches!(support, Support::Applied | Support::Deprecated)
 }
 
 fn load(yaml: &str) -> Result<dcpp_spec::Loaded, dcpp_spec::SpecErrors> {
@@ -656,67 +545,69 @@ fn load(yaml: &str) -> Result<dcpp_spec::Loaded, dcpp_spec::SpecErrors> {
 }
 
 #[test]
-fn every_model_key_is_applied_refused_or_warned() {
+fn every_applied_key_has_a_test_that_shows_it() {
     let mut problems = Vec::new();
-    let mut classified: BTreeSet<&str> = BTreeSet::new();
+    let mut named: BTreeSet<&str> = BTreeSet::new();
     for (key, evidence) in APPLIED.iter().chain(REFUSED) {
-        if !classified.insert(key) {
+        if !named.insert(key) {
             problems.push(format!("{key}: listed twice"));
         }
         if let Err(e) = check_evidence(key, evidence) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
     }
     for key in APPLIED_ELSEWHERE {
-        if !classified.insert(key) {
+        if !named.insert(key) {
             problems.push(format!("{key}: listed twice"));
         }
     }
-    for (key, _, yaml, want) in WARNED {
-        if *want == "-" {
-            // Listed only to make sure it stays unwarned: the next check covers it.
-            continue;
-        }
-        if !classified.insert(key) {
+    for key in APPLIED_AS_DEFAULT {
+        if !named.insert(key) {
             problems.push(format!("{key}: listed twice"));
         }
-        let warnings = match load(yaml) {
-            Ok(l) => l.warnings,
-            Err(e) => {
-                problems.push(format!("{key}: the example does not load: {e}"));
-                continue;
-            }
-        };
-        let hit = warnings.iter().find(|w| w.path == *want);
-        match hit {
-            Some(w) if w.message.starts_with("accepted but not applied by dcpp: ") => {
-                if w.line == 0 || w.column == 0 || !w.file.ends_with("compose.yml") {
-                    problems.push(format!("{key}: warning without file:line:col: {w}"));
-                }
-            }
-            _ => problems.push(format!(
-                "{key}: no \"accepted but not applied\" warning at {want}; got {:?}",
-                warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>()
+        let (object, name) = key.rsplit_once('.').unwrap_or(("", key));
+        let warns_otherwise = OBJECTS.iter().filter(|o| o.path == object).any(|o| {
+            o.keys
+                .iter()
+                .any(|k| k.name == name && !k.when.is_empty() && !applied(k.support))
+        });
+        if !warns_otherwise {
+            problems.push(format!(
+                "{key}: the table has no value of it that dcpp warns about or refuses"
+            ));
+        }
+    }
+    for key in &named {
+        match table_support(key) {
+            Some(s) if applied(s) => {}
+            Some(s) => problems.push(format!(
+                "{key}: the conformance table says {s:?}; a test for it here is stale"
             )),
+            None => problems.push(format!("{key}: not a key of the conformance table")),
         }
     }
-    let covered_by = |p: &str| {
-        WARNED
-            .iter()
-            .any(|(k, subtree, _, w)| *subtree && *w != "-" && p.starts_with(&format!("{k}.")))
-    };
+    // Configs and secrets share one type in the model; secrets have no `content` in compose
+    // and the loader refuses one (spec/tests/conformance.rs says the same).
+    let shared_type = ["secrets.*.content"];
     for p in schema_paths() {
-        if classified.contains(p.as_str()) || covered_by(&p) {
+        if named.contains(p.as_str()) || shared_type.contains(&p.as_str()) {
             continue;
         }
         if let Some(field) = p.strip_prefix(SAME_AS_UPDATE_CONFIG)
-            && classified.contains(format!("services.*.deploy.update_config.{field}").as_str())
+            && named.contains(format!("services.*.deploy.update_config.{field}").as_str())
         {
             continue;
         }
-        problems.push(format!(
-            "{p}: neither applied (with a test), refused nor warned — classify it here"
-        ));
+        match table_support(&p) {
+            Some(s) if applied(s) => problems.push(format!(
+                "{p}: applied by the conformance table but no test here shows it reaching the \
+                 container or the scheduler"
+            )),
+            Some(_) => {}
+            None => problems.push(format!(
+                "{p}: a key of the model missing from the conformance table"
+            )),
+        }
     }
     // A warning for an applied key would be a false alarm.
     let everything = "services:\n  web:\n    image: busybox\n    command: [sleep, '1']\n    environment: {A: '1'}\n    deploy:\n      replicas: 2\n      resources: {limits: {cpus: '0.5', memory: 64M, pids: 64}, reservations: {cpus: '0.1', memory: 8M}}\n      rollback_config: {delay: 1s}\n      update_config: {parallelism: 2, order: start-first}\n    ports: ['127.0.0.1:8080:80']\n    healthcheck: {test: [CMD, 'true'], interval: 1s}\n    volumes: [data:/data]\nvolumes:\n  data: {}\n";
@@ -864,6 +755,9 @@ fn scheduling_keys_reach_the_service_spec() {
   db:
     image: busybox
     healthcheck: {test: [CMD, "true"]}
+  cache:
+    image: busybox
+    profiles: [debug]
 "#,
     )
     .unwrap();
@@ -873,7 +767,8 @@ fn scheduling_keys_reach_the_service_spec() {
     // `disable: true` turns the healthcheck off; the other one is on.
     assert!(!web.spec.healthcheck);
     assert!(db.spec.healthcheck);
-    // An optional dependency on a service the project lacks is dropped; a required one stays.
+    // An optional dependency on a service the active profiles disable is dropped; a required
+    // one stays.
     let deps: Vec<&str> = web
         .spec
         .depends_on

@@ -495,6 +495,25 @@ pub const ULIMIT: Object = Object {
     ],
 };
 
+/// A device in the long syntax, kept as the short `SOURCE[:TARGET[:PERMISSIONS]]`.
+pub const DEVICE: Object = Object {
+    path: "services.*.devices.[]",
+    keys: &[
+        applied(
+            "source",
+            "devices: [{source: /dev/null, target: /dev/mynull}]",
+        ),
+        applied(
+            "target",
+            "devices: [{source: /dev/null, target: /dev/mynull}]",
+        ),
+        applied(
+            "permissions",
+            "devices: [{source: /dev/null, target: /dev/mynull, permissions: r}]",
+        ),
+    ],
+};
+
 pub const PORT: Object = Object {
     path: "services.*.ports.[]",
     keys: &[
@@ -906,6 +925,7 @@ pub const OBJECTS: &[&Object] = &[
     &LOGGING,
     &SERVICE_NETWORK,
     &ULIMIT,
+    &DEVICE,
     &PORT,
     &SERVICE_VOLUME,
     &BIND,

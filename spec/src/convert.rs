@@ -362,6 +362,10 @@ impl Cv<'_> {
 
     /// Makes a host path absolute against the directory of the file it was written in.
     fn host_path(&self, s: &str, pos: Pos) -> String {
+        // An absolute Windows path is kept as written, as compose-go keeps it on any host.
+        if syntax::windows_path(s) {
+            return s.to_owned();
+        }
         if let Some(rest) = s.strip_prefix('~')
             && (rest.is_empty() || rest.starts_with('/'))
             && let Some(home) = self.env.get("HOME")
@@ -488,6 +492,8 @@ pub(crate) fn project(
     }
 
     let mut services = BTreeMap::new();
+    // (service, container_name, its position) in file order, checked once profiles are applied.
+    let mut container_names: Vec<(String, String, Pos)> = Vec::new();
     if let Some(n) = sections.get("services") {
         let sp = KeyPath::Text("services");
         for e in cv.entries(n, &sp) {
@@ -504,12 +510,31 @@ pub(crate) fn project(
             cv.refs.service_pos.insert(e.key.to_string(), e.key_pos);
             if let Some(mut s) = service(&mut cv, &e.key, &e.value, &p) {
                 implicit_depends_on(&mut cv, &e.key, &e.value, &p, &mut s);
+                if let Some(c) = &s.container_name {
+                    let pos = e.value.get("container_name").map_or(e.key_pos, |v| v.pos);
+                    container_names.push((e.key.to_string(), c.clone(), pos));
+                }
                 services.insert(e.key.to_string(), s);
             }
         }
     }
 
     apply_profiles(&mut cv, &mut services, opts);
+    // Two containers of one name cannot both exist on a node, and compose refuses it too.
+    let mut named: Vec<(&str, &str)> = Vec::new();
+    for (svc, c, pos) in &container_names {
+        if !services.contains_key(svc) {
+            continue;
+        }
+        match named.iter().find(|(n, _)| n == c) {
+            Some((_, first)) => cv.err(
+                *pos,
+                &format!("services.{svc}.container_name"),
+                format!("container name {c:?} is already in use by service {first}"),
+            ),
+            None => named.push((c, svc)),
+        }
+    }
     check_refs(
         &mut cv,
         &mut services,
@@ -590,6 +615,48 @@ pub(crate) fn project(
         configs,
         secrets,
     })
+}
+
+/// A device in the long syntax (`source`, `target`, `permissions`), as compose-go's
+/// DeviceMapping reads it, written as the short form the model keeps.
+fn device_long(cv: &mut Cv<'_>, n: &Node<'_>, p: &KeyPath<'_>) -> Option<String> {
+    let (mut source, mut target, mut permissions) = (None, None, None);
+    for (k, v, fp) in cv.fields(n, p, &cf::DEVICE) {
+        let value = cv.string(v, &fp);
+        match k {
+            "source" => source = value,
+            "target" => target = value,
+            _ => permissions = value,
+        }
+    }
+    let Some(source) = source else {
+        cv.err(n.pos, p, "a device needs a `source`");
+        return None;
+    };
+    let target = target.unwrap_or_else(|| source.clone());
+    Some(match permissions {
+        Some(perm) => format!("{source}:{target}:{perm}"),
+        None if target == source => source,
+        None => format!("{source}:{target}"),
+    })
+}
+
+/// One entry per key, as compose's unicity rule keeps lists after a merge: an entry whose key
+/// was seen replaces the earlier one in its place.
+fn unique_by<T>(list: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(list.len());
+    let mut keys: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        let k = key(&item);
+        match keys.iter().position(|x| *x == k) {
+            Some(i) => out[i] = item,
+            None => {
+                keys.push(k);
+                out.push(item);
+            }
+        }
+    }
+    out
 }
 
 /// The dependencies compose adds on its own: a service named by `links`, `volumes_from` or a
@@ -996,7 +1063,11 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
             "cpus" => s.cpus = cv.float(v, &p),
             "cpuset" => s.cpuset = cv.opt_string(v, &p),
             "cpu_shares" => s.cpu_shares = cv.int(v, &p),
-            "dns" => s.dns = cv.str_or_list(v, &p),
+            // An empty entry (`dns: ${UNSET}`) is no server, as compose-go omits it.
+            "dns" => {
+                s.dns = cv.str_or_list(v, &p);
+                s.dns.retain(|d| !d.is_empty());
+            }
             "dns_opt" => s.dns_opt = cv.str_list(v, &p),
             "dns_search" => s.dns_search = cv.str_or_list(v, &p),
             "extra_hosts" => s.extra_hosts = extra_hosts(cv, v, &p),
@@ -1037,7 +1108,24 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     }
                 }
             }
-            "environment" => explicit_env = cv.kv(v, &p),
+            "environment" => {
+                explicit_env = cv.kv(v, &p);
+                // compose-go refuses `- DEBUG = true` in the list form, where the space would
+                // otherwise become part of the name.
+                if let Kind::Seq(_) = &v.kind {
+                    for (key, _, pos) in &explicit_env {
+                        if key.ends_with(char::is_whitespace) {
+                            cv.err(
+                                *pos,
+                                &p,
+                                format!(
+                                    "environment variable {key} is declared with a trailing space"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
             "env_file" => env_files = env_file_list(cv, v, &p),
             "expose" => {
                 s.expose = Cv::unique(cv.str_list(v, &p));
@@ -1138,14 +1226,32 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 }
             }
             "devices" => {
-                s.devices = cv.str_list(v, &p);
-                if let Kind::Seq(items) = &v.kind {
-                    for (i, (d, item)) in s.devices.iter().zip(items).enumerate() {
-                        if let Err(why) = syntax::check_device(d) {
-                            cv.err(item.pos, &p.at(i), format!("invalid device {d:?}: {why}"));
-                        }
+                let items = match &v.kind {
+                    Kind::Seq(items) => items.as_slice(),
+                    Kind::Null => &[],
+                    _ => {
+                        cv.err(
+                            v.pos,
+                            &p,
+                            format!("must be a list, found {}", v.type_name()),
+                        );
+                        &[]
+                    }
+                };
+                let mut devices = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ip = p.at(i);
+                    let device = match &item.kind {
+                        Kind::Map(_) => device_long(cv, item, &ip),
+                        _ => cv.string(item, &ip),
+                    };
+                    let Some(d) = device else { continue };
+                    match syntax::check_device(&d) {
+                        Ok(()) => devices.push(d),
+                        Err(why) => cv.err(item.pos, &ip, format!("invalid device {d:?}: {why}")),
                     }
                 }
+                s.devices = unique_by(devices, |d| syntax::device_target(d).to_owned());
             }
             // A service is checked with the implicit depends_on it adds.
             "volumes_from" => {
@@ -1372,8 +1478,15 @@ fn mount_targets_unique(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>, s: &S
     let tp = path.key("tmpfs");
     let mut mounts: Vec<(&str, String)> = Vec::new();
     let mut unique = true;
+    let mut written: Vec<&str> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(t) = item.scalar() else { continue };
+        // The same entry again (an override file repeating it) is one mount, as compose's
+        // unicity keeps it once.
+        if written.contains(&t) {
+            continue;
+        }
+        written.push(t);
         let target = t.split_once(':').map_or(t, |(p, _)| p);
         let at = tp.at(i);
         if let Some((_, first)) = mounts.iter().find(|(m, _)| *m == target) {
@@ -1417,8 +1530,12 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
             ..Build::default()
         });
     }
+    // A missing context is compose's default `.` of the project, not of the file that
+    // declares the build (TestLoadExtendsMultipleFiles).
     let mut b = Build {
-        context: build_context(cv, ".", v.pos),
+        context: absolutize(cv.ctx.project_dir(v.pos), Path::new("."))
+            .display()
+            .to_string(),
         ..Build::default()
     };
     for (k, v, p) in cv.fields_keeping(v, p, &cf::BUILD, &mut b.extensions) {
@@ -1897,7 +2014,11 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, U
     for e in cv.entries(v, p) {
         let ep = p.key(&e.key);
         let u = match &e.value.kind {
-            Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit { soft: x, hard: x }),
+            Kind::Scalar { .. } => cv.int(&e.value, &ep).map(|x| Ulimit {
+                soft: x,
+                hard: x,
+                single: true,
+            }),
             Kind::Map(_) => {
                 let (mut soft, mut hard) = (None, None);
                 for (k, v, fp) in cv.fields(&e.value, &ep, &cf::ULIMIT) {
@@ -1908,7 +2029,11 @@ fn ulimits(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> BTreeMap<String, U
                     }
                 }
                 match (soft, hard) {
-                    (Some(soft), Some(hard)) if soft <= hard => Some(Ulimit { soft, hard }),
+                    (Some(soft), Some(hard)) if soft <= hard => Some(Ulimit {
+                        soft,
+                        hard,
+                        single: false,
+                    }),
                     (Some(soft), Some(hard)) => {
                         cv.err(
                             e.value.pos,
@@ -2107,7 +2232,9 @@ fn service_volumes(
                 continue;
             }
         };
-        if !vol.target.starts_with('/') {
+        let windows = syntax::windows_path(&vol.target)
+            || vol.source.as_deref().is_some_and(syntax::windows_path);
+        if !vol.target.starts_with('/') && !syntax::windows_path(&vol.target) {
             cv.err(
                 item.pos,
                 &ip,
@@ -2120,7 +2247,16 @@ fn service_volumes(
         }
         // Compose cleans the target (`/etc/pihole/` is `/etc/pihole`), which also makes two
         // spellings of one target the same mount.
+        if windows {
+            // compose-go reads these on any host; a Linux node has nothing to mount them on.
+            cv.warn(
+                item.pos,
+                &ip,
+                "a Windows path: dcpp runs Linux containers, where this mount cannot be made",
+            );
+        }
         if vol.target.len() > 1
+            && vol.target.starts_with('/')
             && (vol.target.ends_with('/') || vol.target.contains("/.") || vol.target.contains("//"))
         {
             vol.target = absolutize(Path::new("/"), Path::new(&vol.target))
@@ -2552,7 +2688,9 @@ fn check_refs(
         };
         if let Some(msg) = problem {
             let s = services.get_mut(svc).expect("checked above");
-            if required {
+            // compose-go's consistency check lets `required: false` skip a service its profiles
+            // disable, never one that is not defined at all.
+            if required || !defined(dep) {
                 cv.err(*pos, path, msg);
             } else {
                 s.depends_on.remove(dep);

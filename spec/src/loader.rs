@@ -58,6 +58,10 @@ pub(crate) struct FileInfo {
     pub display: String,
     /// Relative paths written in this file resolve against this directory.
     pub base_dir: PathBuf,
+    /// The directory of the project this file is loaded for (an include's project_directory
+    /// for an included file, the extending project's for an extended one): compose fills in
+    /// defaults such as a build's missing context after merging, against it.
+    pub project_dir: PathBuf,
 }
 
 pub(crate) struct Ctx {
@@ -105,17 +109,25 @@ impl Ctx {
     }
 
     /// Registers a file; the display name is relative to the working directory when inside it.
-    pub(crate) fn add_file(&mut self, path: &Path, base_dir: PathBuf) -> u32 {
+    pub(crate) fn add_file(&mut self, path: &Path, base_dir: PathBuf, project_dir: PathBuf) -> u32 {
         let display = path
             .strip_prefix(&self.working_dir)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| path.display().to_string());
-        self.files.push(FileInfo { display, base_dir });
+        self.files.push(FileInfo {
+            display,
+            base_dir,
+            project_dir,
+        });
         (self.files.len() - 1) as u32
     }
 
     pub(crate) fn base_dir(&self, pos: Pos) -> &Path {
         &self.files[pos.file as usize].base_dir
+    }
+
+    pub(crate) fn project_dir(&self, pos: Pos) -> &Path {
+        &self.files[pos.file as usize].project_dir
     }
 
     /// A position not tied to a file (the loader's pseudo file 0).
@@ -154,6 +166,7 @@ impl Ctx {
         &mut self,
         path: &Path,
         base_dir: PathBuf,
+        project_dir: PathBuf,
         from: Pos,
         what: &str,
         bytes: Result<&'t [u8], &std::io::Error>,
@@ -169,7 +182,7 @@ impl Ctx {
                 return None;
             }
         };
-        let id = self.add_file(path, base_dir);
+        let id = self.add_file(path, base_dir, project_dir);
         let Ok(text) = std::str::from_utf8(text) else {
             self.errors.push(
                 Pos {
@@ -294,7 +307,7 @@ impl Ctx {
             match crate::dotenv::parse(&text, &lookup) {
                 Ok(vars) => env.extend(vars),
                 Err(e) => {
-                    let id = self.add_file(&f, dir.to_path_buf());
+                    let id = self.add_file(&f, dir.to_path_buf(), dir.to_path_buf());
                     self.errors.push(
                         Pos {
                             file: id,
@@ -329,6 +342,7 @@ impl Ctx {
         let node = self
             .read_yaml(
                 path,
+                base_dir.to_path_buf(),
                 base_dir.to_path_buf(),
                 from,
                 "compose file",
@@ -666,10 +680,18 @@ impl Ctx {
             return cached.clone();
         }
         let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+        let project_dir = self.project_dir(from).to_path_buf();
         let env = self.current_env.clone();
         let bytes = std::fs::read(abs);
         let node = self
-            .read_yaml(abs, dir, from, "extended file", bytes.as_deref())
+            .read_yaml(
+                abs,
+                dir,
+                project_dir,
+                from,
+                "extended file",
+                bytes.as_deref(),
+            )
             .map(|n| {
                 let mut n = n.into_owned();
                 self.interpolate(&mut n, &env, &KeyPath::Root);
@@ -735,6 +757,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
     ctx.files.push(FileInfo {
         display: String::new(),
         base_dir: opts.working_dir.clone(),
+        project_dir: opts.working_dir.clone(),
     });
     let files: Vec<PathBuf> = if opts.files.is_empty() {
         match discover(&opts.working_dir) {
@@ -780,6 +803,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
     for (f, text) in files.iter().zip(&texts) {
         let n = ctx.read_yaml(
             f,
+            project_dir.clone(),
             project_dir.clone(),
             Ctx::nowhere(),
             "compose file",

@@ -766,8 +766,9 @@ pub struct ServiceNetwork {
     pub extensions: Extensions,
 }
 
-/// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value, and is how
-/// equal limits are printed (compose's short form).
+/// A ulimit; the short form `nproc: 65535` sets soft and hard to the same value. Each is
+/// printed in the form it was written in, as compose-go keeps `Single` apart from a
+/// `soft`/`hard` pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(from = "UlimitForm", into = "UlimitForm")]
 pub struct Ulimit {
@@ -775,6 +776,8 @@ pub struct Ulimit {
     pub soft: i64,
     /// Hard limit.
     pub hard: i64,
+    /// Written as one number.
+    pub single: bool,
 }
 
 /// The two spellings of a ulimit.
@@ -795,15 +798,23 @@ pub enum UlimitForm {
 impl From<UlimitForm> for Ulimit {
     fn from(f: UlimitForm) -> Ulimit {
         match f {
-            UlimitForm::Single(v) => Ulimit { soft: v, hard: v },
-            UlimitForm::Pair { soft, hard } => Ulimit { soft, hard },
+            UlimitForm::Single(v) => Ulimit {
+                soft: v,
+                hard: v,
+                single: true,
+            },
+            UlimitForm::Pair { soft, hard } => Ulimit {
+                soft,
+                hard,
+                single: false,
+            },
         }
     }
 }
 
 impl From<Ulimit> for UlimitForm {
     fn from(u: Ulimit) -> UlimitForm {
-        if u.soft == u.hard {
+        if u.single && u.soft == u.hard {
             UlimitForm::Single(u.soft)
         } else {
             UlimitForm::Pair {

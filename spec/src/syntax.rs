@@ -202,8 +202,40 @@ pub(crate) fn parse_port(spec: &str) -> Result<Vec<Port>, SyntaxError> {
 
 /// Short volume syntax: `[SOURCE:]TARGET[:MODE]`. A source starting with `.`, `/` or `~` is a
 /// bind mount (relative paths are made absolute by the caller); otherwise a named volume.
+/// A short volume's sections, split at its colons as compose-go's ParseVolume splits them: the
+/// colon of a Windows drive (`C:\`, or `d:` ending the entry) belongs to its path. compose-go
+/// also reads `a:/x` as a drive; dcpp runs Linux containers and reads it as volume `a` at `/x`.
+fn volume_parts(spec: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, c) in spec.char_indices() {
+        if c != ':' {
+            continue;
+        }
+        let section = &spec[start..i];
+        let mut chars = section.chars();
+        let letter = matches!((chars.next(), chars.next()), (Some(l), None) if l.is_alphabetic());
+        let rest = &spec[i + 1..];
+        let drive = letter && (rest.is_empty() || rest.starts_with('\\'));
+        if !drive {
+            parts.push(section);
+            start = i + 1;
+        }
+    }
+    parts.push(&spec[start..]);
+    parts
+}
+
+/// A Windows path as compose-go tells one apart: a drive (`C:`, `d:\x`, `c:/x`) or a named
+/// pipe (`\\.\pipe\x`).
+pub(crate) fn windows_path(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.starts_with(r"\\")
+        || matches!((chars.next(), chars.next()), (Some(l), Some(':')) if l.is_ascii_alphabetic())
+}
+
 pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, SyntaxError> {
-    let parts: Vec<&str> = spec.split(':').collect();
+    let parts = volume_parts(spec);
     let (source, target, mode) = match parts.as_slice() {
         [t] => (None, *t, None),
         [s, t] => (Some(*s), *t, None),
@@ -213,7 +245,8 @@ pub(crate) fn parse_volume(spec: &str) -> Result<ServiceVolume, SyntaxError> {
     if target.is_empty() || source.is_some_and(str::is_empty) {
         return Err(SyntaxError::VolumeEmpty(spec.to_owned()));
     }
-    let is_path = |s: &str| s.starts_with('.') || s.starts_with('/') || s.starts_with('~');
+    let is_path =
+        |s: &str| s.starts_with('.') || s.starts_with('/') || s.starts_with('~') || windows_path(s);
     let kind = match source {
         Some(s) if is_path(s) => VolumeType::Bind,
         _ => VolumeType::Volume,
@@ -332,6 +365,14 @@ pub fn check_device(entry: &str) -> Result<(), &'static str> {
         return Err("permissions are a combination of r, w and m");
     }
     Ok(())
+}
+
+/// The container path of a `devices:` entry, which compose merges and de-duplicates by: the
+/// host path when the entry names no other.
+pub fn device_target(entry: &str) -> &str {
+    let mut parts = entry.split(':');
+    let host = parts.next().unwrap_or_default();
+    parts.next().unwrap_or(host)
 }
 
 /// A `volumes_from:` entry: `SERVICE[:MODE]` or `container:NAME[:MODE]`, MODE `ro` or `rw`.
