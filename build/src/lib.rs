@@ -6,10 +6,12 @@
 //! Nothing here reads files or runs anything: the builder feeds it the Dockerfile's text and
 //! the base images' environments.
 
+pub mod config;
 mod parse;
 pub mod stages;
 pub mod words;
 
+pub use config::{Config, ImageConfig, cache_key};
 pub use parse::parse;
 pub use stages::{Plan, Scope, StageRef, plan};
 
