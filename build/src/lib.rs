@@ -7,6 +7,7 @@
 //! the base images' environments.
 
 pub mod config;
+pub mod ignore;
 mod parse;
 pub mod stages;
 pub mod words;
