@@ -91,6 +91,13 @@ pub(crate) fn remove_container_files(dir: &Path) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
         Err(e) => tracing::warn!(rootfs = %rootfs.display(), "unmounting the rootfs: {e}"),
     }
+    // The secrets tmpfs: unmounted first, or removing the directory would only empty it and
+    // leave the mount behind.
+    let files = super::spec::files_dir(dir);
+    match nix::mount::umount2(&files, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => tracing::warn!(files = %files.display(), "unmounting the files tmpfs: {e}"),
+    }
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
