@@ -9,7 +9,7 @@ mod slot;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rig::*;
 
@@ -455,12 +455,12 @@ configs:
         vec![cfg_user.clone()]
     );
 
-    // Re-applying the same file changes nothing; a changed file is version 3 that fails its
-    // healthcheck: the update rolls back to version 2.
+    // The compose file's source now holding the same data, re-applying it changes nothing; a
+    // changed file is version 3, which fails the healthcheck: the update rolls back to 2.
+    std::fs::write(&src, &v2).unwrap();
     let out = rig.apply_env(&file, &[]);
     assert!(out.contains("no changes"), "{out}");
     std::fs::write(&src, "bad").unwrap();
-    let on_v2 = rig.running_containers("sr_user");
     let out = {
         let mut c = rig.cmd();
         c.args(["apply", "-f", &file, "--timeout", "90s"]);
@@ -468,6 +468,10 @@ configs:
     };
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(text.contains("secret sr_pass: version 3"), "{text}");
+    assert!(
+        text.contains("rolled back") && text.contains("unhealthy"),
+        "{text}"
+    );
     rig.wait_until("the service rolled back", 120, || {
         let st = rig.json(&["service", "inspect", "sr_user"]);
         st["spec"]["files"][0]["version"] == 2
@@ -477,8 +481,6 @@ configs:
                 stdout(&out) == v2
             })
     });
-    let _ = on_v2;
     assert_eq!(rig.running_containers("sr_other"), vec![other]);
     assert_eq!(rig.running_containers("sr_cfg_user"), vec![cfg_user]);
-    let _ = Duration::ZERO;
 }

@@ -129,6 +129,10 @@ pub struct PutFile {
     /// Answer which version it would be, write nothing (`apply --dry-run`, `diff`).
     #[serde(default)]
     pub dry_run: bool,
+    /// Move the services that mount it to the new version in the same write (`secret
+    /// update`); `apply` sets the versions of its own services itself.
+    #[serde(default)]
+    pub roll: bool,
 }
 
 /// Answer of `POST /v1/files/{kind}/{name}`.
@@ -137,6 +141,9 @@ pub struct PutOutcome {
     pub version: u64,
     /// A new version was made (or would be, with `dry_run`).
     pub changed: bool,
+    /// With `roll`: the services moved to the new version (they roll per their update_config).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled: Vec<String>,
 }
 
 /// A name a secret or config may have (it is a store id and a path component nowhere).
@@ -243,6 +250,7 @@ pub async fn put(
                     return Ok(PutOutcome {
                         version: cur.version,
                         changed: false,
+                        rolled: Vec::new(),
                     });
                 }
             }
@@ -275,6 +283,7 @@ pub async fn put(
         return Ok(PutOutcome {
             version,
             changed: true,
+            rolled: Vec::new(),
         });
     }
     let mounted = mounted_versions(node, kind, name).await?;
@@ -288,14 +297,45 @@ pub async fn put(
     if !put.labels.is_empty() {
         doc.labels = put.labels;
     }
-    let txn = Txn::new()
+    let mut txn = Txn::new()
         .when(precondition)
         .op(Op::put(kind_of(kind), name.to_string(), &doc)?);
+    let mut rolled = Vec::new();
+    if put.roll {
+        // As `service update` writes each: the replaced document becomes the history's
+        // previous one (what a rollback restores), and a concurrent change of the service
+        // fails the write instead of being overwritten.
+        for o in node.list(Kind::Service, true).await?.objects {
+            let old: ServiceDoc = o.decode()?;
+            if !old
+                .spec
+                .files
+                .iter()
+                .any(|f| f.kind == kind && f.name == name)
+            {
+                continue;
+            }
+            let mut new = old.clone();
+            new.spec = new.spec.with_file_version(kind, name, version);
+            let mut h = crate::schema::history(node, &old.id()).await?;
+            h.previous = Some(old);
+            txn = txn
+                .when(Precondition::ModRevision {
+                    kind: Kind::Service,
+                    id: o.id.clone(),
+                    revision: o.mod_revision,
+                })
+                .op(Op::put(Kind::ServiceHistory, o.id.clone(), &h)?)
+                .op(Op::put(Kind::Service, o.id.clone(), &new)?);
+            rolled.push(o.id);
+        }
+    }
     node.txn(txn).await?;
-    tracing::info!(%kind, name, version, "stored a new version");
+    tracing::info!(%kind, name, version, rolled = rolled.len(), "stored a new version");
     Ok(PutOutcome {
         version,
         changed: true,
+        rolled,
     })
 }
 

@@ -163,6 +163,7 @@ impl ServiceSpec {
             volumes,
             external_volumes,
             files,
+            base_version: 0,
         })
     }
 }

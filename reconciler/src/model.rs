@@ -354,6 +354,14 @@ pub struct ServiceSpec {
     /// other change (and a rollback mounts the previous version again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileMount>,
+    /// [`ServiceSpec::version`] before the versions of `files` were folded in (0: not yet, or
+    /// no files), so that it can be folded again when one of them changes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Whether a [`FileMount`] is a secret or a config.
@@ -433,17 +441,22 @@ impl ServiceSpec {
             volumes: BTreeMap::new(),
             external_volumes: BTreeSet::new(),
             files: Vec::new(),
+            base_version: 0,
         }
     }
 
     /// Sets the stored version of each secret and config (by kind and object name) and folds
     /// them into [`ServiceSpec::version`]: a spec built by [`ServiceSpec::from_compose`] knows
-    /// what it mounts but not which version the store holds. Call it once per spec.
+    /// what it mounts but not which version the store holds. The same versions give the same
+    /// spec version however often it is called.
     pub fn with_file_versions(mut self, version_of: impl Fn(FileKind, &str) -> u64) -> Self {
         if self.files.is_empty() {
             return self;
         }
-        let mut h = self.version;
+        if self.base_version == 0 {
+            self.base_version = self.version;
+        }
+        let mut h = self.base_version;
         for f in &mut self.files {
             f.version = version_of(f.kind, &f.name);
             for b in format!("{}:{}:{};", f.kind, f.name, f.version).bytes() {
@@ -453,6 +466,24 @@ impl ServiceSpec {
         }
         self.version = h;
         self
+    }
+
+    /// [`ServiceSpec::with_file_versions`] changing only `kind`/`name` to `version`.
+    pub fn with_file_version(self, kind: FileKind, name: &str, version: u64) -> Self {
+        let current: Vec<(FileKind, String, u64)> = self
+            .files
+            .iter()
+            .map(|f| (f.kind, f.name.clone(), f.version))
+            .collect();
+        self.with_file_versions(|k, n| {
+            if k == kind && n == name {
+                return version;
+            }
+            current
+                .iter()
+                .find(|(ck, cn, _)| *ck == k && cn == n)
+                .map_or(0, |c| c.2)
+        })
     }
 }
 

@@ -156,6 +156,7 @@ async fn put_cli(c: &Client, kind: FileKind, a: CreateArgs, create: bool) -> any
         labels,
         create,
         update: !create,
+        roll: !create,
         ..PutFile::default()
     };
     let out: PutOutcome = c.post_route(&path(kind, &a.name), &put).await?;
@@ -163,6 +164,9 @@ async fn put_cli(c: &Client, kind: FileKind, a: CreateArgs, create: bool) -> any
         println!("{} version {}", a.name, out.version);
     } else {
         println!("{} version {} (unchanged)", a.name, out.version);
+    }
+    for s in &out.rolled {
+        println!("{s}: updating to {} version {}", a.name, out.version);
     }
     Ok(0)
 }
