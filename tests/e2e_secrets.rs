@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
+use rig::cluster::{Cluster, Join};
 use rig::*;
 
 impl Rig {
@@ -65,7 +66,7 @@ fn random_token(what: &str) -> String {
 
 /// Every regular file under `dir` on `dir`'s own file system (a tmpfs mounted inside is
 /// memory, not disk, and is not entered), with its content.
-fn files_on_disk(dir: &Path, dev: u64, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+fn files_on_disk(dir: &Path, dev: Option<u64>, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -74,7 +75,7 @@ fn files_on_disk(dir: &Path, dev: u64, out: &mut Vec<(std::path::PathBuf, Vec<u8
         let Ok(md) = std::fs::symlink_metadata(&p) else {
             continue;
         };
-        if md.dev() != dev {
+        if dev.is_some_and(|d| md.dev() != d) {
             continue;
         }
         if md.is_dir() {
@@ -93,9 +94,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Where on the data dir's disk (and in the daemon's log) `secret` appears, raw or hex-encoded.
 fn leaks(rig: &Rig, secret: &str) -> Vec<String> {
+    leaks_in(rig, secret, true)
+}
+
+/// [`leaks`]; with `!disk_only`, in the tmpfs mounts under the data dir too.
+fn leaks_in(rig: &Rig, secret: &str, disk_only: bool) -> Vec<String> {
     let dev = std::fs::metadata(&rig.data).unwrap().dev();
     let mut files = Vec::new();
-    files_on_disk(&rig.data, dev, &mut files);
+    files_on_disk(
+        &rig.data,
+        if disk_only { Some(dev) } else { None },
+        &mut files,
+    );
     assert!(
         files
             .iter()
@@ -483,4 +493,90 @@ configs:
     });
     assert_eq!(rig.running_containers("sr_other"), vec![other]);
     assert_eq!(rig.running_containers("sr_cfg_user"), vec![cfg_user]);
+}
+
+/// The running task containers of `service` (`<stack>_<name>`) in `n`'s own runtime.
+fn local_containers(n: &Rig, service: &str) -> Vec<String> {
+    let out = n.dcpp(&["container", "ls", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.iter()
+        .filter(|c| {
+            c["status"] == "running" && c["labels"]["org.dcpp.service"].as_str() == Some(service)
+        })
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn only_the_node_running_a_task_that_mounts_a_secret_receives_it() {
+    let cl = Cluster::form_in_netns("sn", &[Join::Worker, Join::Worker], &[]);
+    let token = random_token("only-b");
+    let src = cl.nodes[0].write("token.txt", &token);
+    let compose = |on: u64, plain_on: u64| {
+        format!(
+            r#"name: sn
+services:
+  user:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    secrets: [tok]
+    deploy:
+      placement:
+        constraints: ["node.id=={on}"]
+  plain:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    deploy:
+      placement:
+        constraints: ["node.id=={plain_on}"]
+secrets:
+  tok:
+    file: {src}
+"#
+        )
+    };
+    let (b, c) = (cl.nodes[1].id, cl.nodes[2].id);
+    let file = cl.nodes[0].write("compose.yml", &compose(b, c));
+    let out = cl.ok(0, &["apply", "-f", &file, "--timeout", "60s"]);
+    assert!(out.contains("converged"), "{out}");
+    // Worker b got it from a manager, for its own task.
+    let on_b = local_containers(&cl.nodes[1], "user");
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let out = cl.ok(
+        1,
+        &["container", "exec", &on_b[0], "cat", "/run/secrets/tok"],
+    );
+    assert_eq!(out, token);
+    // Worker c runs a task of the stack, none that mounts it: not a byte of it, anywhere
+    // under its data dir (tmpfs mounts included) or in its log. Nor on any disk.
+    assert_eq!(local_containers(&cl.nodes[2], "plain").len(), 1);
+    let found = leaks_in(&cl.nodes[2], &token, false);
+    assert!(found.is_empty(), "node c holds the secret: {found:?}");
+    for (i, n) in cl.nodes.iter().enumerate() {
+        let found = leaks(n, &token);
+        assert!(
+            found.is_empty(),
+            "node {i}'s disk holds the secret: {found:?}"
+        );
+    }
+
+    // The task moves to c: c receives it, b's copy goes with b's container.
+    let file = cl.nodes[0].write("compose.yml", &compose(c, b));
+    cl.ok(0, &["apply", "-f", &file, "--timeout", "60s"]);
+    cl.wait_until("the user task on c, gone from b", 60, || {
+        local_containers(&cl.nodes[2], "user").len() == 1
+            && local_containers(&cl.nodes[1], "user").is_empty()
+    });
+    let on_c = local_containers(&cl.nodes[2], "user");
+    let out = cl.ok(
+        2,
+        &["container", "exec", &on_c[0], "cat", "/run/secrets/tok"],
+    );
+    assert_eq!(out, token);
+    cl.wait_until("b's copy removed with its container", 30, || {
+        leaks_in(&cl.nodes[1], &token, false).is_empty()
+    });
 }

@@ -887,6 +887,10 @@ impl<S: Store> Agent<S> {
             }
             (Step::ReportExit, Some(c), ..) => {
                 self.leave_networks(c).await;
+                let id = c.id.clone();
+                if let Err(e) = self.blocking(move |m| m.release_files(&id)).await {
+                    tracing::warn!(container = %c.name, "dropping its secrets: {e}");
+                }
                 Self::report(t, rev, self.exit_report(c).await)
             }
             (Step::Shutdown { stop, remove }, Some(c), ..) => {

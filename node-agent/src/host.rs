@@ -117,6 +117,10 @@ pub trait Containers: Send + Sync + 'static {
     fn volumes(&self) -> Vec<String>;
     /// Removes a volume unless one of `users` (container names) still holds it.
     fn remove_volume(&self, name: &str, users: &[String]) -> Result<(), HostError>;
+    /// Drops the secrets and configs of a container that ended.
+    fn release_files(&self, _id: &str) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 /// A network the agent may have created.
@@ -297,6 +301,9 @@ impl Containers for LocalContainers {
     }
     fn volume_exists(&self, name: &str) -> bool {
         self.0.volumes().inspect(name).is_ok()
+    }
+    fn release_files(&self, id: &str) -> Result<(), HostError> {
+        self.0.release_files(id).map_err(HostError::of)
     }
     fn volumes(&self) -> Vec<String> {
         self.0
