@@ -1175,8 +1175,10 @@ impl<S: Store> Agent<S> {
                 &t,
                 &doc,
                 &img,
-                overlay.as_ref(),
-                files,
+                Fetched {
+                    overlay: overlay.as_ref(),
+                    files,
+                },
             )
         })
         .await
@@ -1449,6 +1451,13 @@ fn peer_container(ctr: &dyn Containers, stack: &str, service: &str) -> Option<St
         .map(|c| c.id)
 }
 
+/// What [`start_container`] got from the store beforehand: the task's overlay addresses (and
+/// MTU) and the data of its secrets and configs.
+struct Fetched<'a> {
+    overlay: Option<&'a (Addresses, u32)>,
+    files: Vec<dcpp_runtime::container::FileRequest>,
+}
+
 /// Blocking part of [`Agent::create_and_start`]: returns the container id and whether the
 /// container joined stack networks.
 fn start_container(
@@ -1458,9 +1467,9 @@ fn start_container(
     t: &Task,
     doc: &ServiceDoc,
     img: &Image,
-    overlay: Option<&(Addresses, u32)>,
-    files: Vec<dcpp_runtime::container::FileRequest>,
+    fetched: Fetched<'_>,
 ) -> Result<(String, bool), Error> {
+    let Fetched { overlay, files } = fetched;
     let t0 = Instant::now();
     let name = doc
         .service
