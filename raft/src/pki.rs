@@ -557,4 +557,14 @@ mod tests {
         assert!(k.open(std::str::from_utf8(&damaged).unwrap()).is_err());
         assert!(k.open("zz").is_err() && k.open("").is_err());
     }
+
+    #[test]
+    fn data_sealed_for_one_context_opens_for_no_other() {
+        let k = SealKey::generate().unwrap();
+        let s = k.seal_for(b"secret/db/1", b"pw").unwrap();
+        assert_eq!(k.open_for(b"secret/db/1", &s).unwrap(), b"pw");
+        assert!(k.open_for(b"secret/db/2", &s).is_err());
+        assert!(k.open_for(b"secret/other/1", &s).is_err());
+        assert!(k.open(&s).is_err(), "a secret is no cluster credential");
+    }
 }
