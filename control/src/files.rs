@@ -187,20 +187,33 @@ pub async fn users<S: Store>(s: &S, kind: FileKind, name: &str) -> Result<Vec<St
     Ok(out)
 }
 
-/// Versions of `kind`/`name` that a service's current or previous document mounts.
+/// Versions of `kind`/`name` that a service's current or previous document mounts, with the
+/// services and histories of `pending` as they will be written.
 async fn mounted_versions<S: Store>(
     s: &S,
     kind: FileKind,
     name: &str,
+    pending: &[(String, u64, ServiceDoc, ServiceHistory)],
 ) -> Result<BTreeSet<u64>, Error> {
+    let replaced = |id: &str| pending.iter().find(|p| p.0 == id);
     let mut docs: Vec<ServiceDoc> = Vec::new();
     for o in s.list(Kind::Service).await?.objects {
-        docs.push(o.decode()?);
+        match replaced(&o.id) {
+            Some(p) => docs.push(p.2.clone()),
+            None => docs.push(o.decode()?),
+        }
     }
     for o in s.list(Kind::ServiceHistory).await?.objects {
-        let h: ServiceHistory = o.decode()?;
+        let h: ServiceHistory = match replaced(&o.id) {
+            Some(p) => p.3.clone(),
+            None => o.decode()?,
+        };
         docs.extend(h.previous);
         docs.extend(h.rejected);
+    }
+    // A history written for the first time by this write.
+    for p in pending {
+        docs.extend(p.3.previous.iter().cloned());
     }
     Ok(docs
         .iter()
@@ -286,25 +299,12 @@ pub async fn put(
             rolled: Vec::new(),
         });
     }
-    let mounted = mounted_versions(node, kind, name).await?;
-    doc.versions.retain(|v| mounted.contains(&v.version));
-    doc.versions.push(FileVersion {
-        version,
-        created_ms: now_ms(),
-        size: put.data.0.len() as u64,
-        sealed: node.seal_data(&context(kind, name, version), &put.data.0)?,
-    });
-    if !put.labels.is_empty() {
-        doc.labels = put.labels;
-    }
-    let mut txn = Txn::new()
-        .when(precondition)
-        .op(Op::put(kind_of(kind), name.to_string(), &doc)?);
-    let mut rolled = Vec::new();
+    // With `roll`, the services that mount it move to the new version in this write, as
+    // `service update` writes each: the replaced document becomes the history's previous one
+    // (what a rollback restores), and a concurrent change of the service fails the write
+    // instead of being overwritten.
+    let mut writes: Vec<(String, u64, ServiceDoc, ServiceHistory)> = Vec::new();
     if put.roll {
-        // As `service update` writes each: the replaced document becomes the history's
-        // previous one (what a rollback restores), and a concurrent change of the service
-        // fails the write instead of being overwritten.
         for o in node.list(Kind::Service, true).await?.objects {
             let old: ServiceDoc = o.decode()?;
             if !old
@@ -319,16 +319,36 @@ pub async fn put(
             new.spec = new.spec.with_file_version(kind, name, version);
             let mut h = crate::schema::history(node, &old.id()).await?;
             h.previous = Some(old);
-            txn = txn
-                .when(Precondition::ModRevision {
-                    kind: Kind::Service,
-                    id: o.id.clone(),
-                    revision: o.mod_revision,
-                })
-                .op(Op::put(Kind::ServiceHistory, o.id.clone(), &h)?)
-                .op(Op::put(Kind::Service, o.id.clone(), &new)?);
-            rolled.push(o.id);
+            writes.push((o.id, o.mod_revision, new, h));
         }
+    }
+    // Kept: what a service (or its history) mounts once this write is done.
+    let mut mounted = mounted_versions(node, kind, name, &writes).await?;
+    mounted.insert(version);
+    doc.versions.retain(|v| mounted.contains(&v.version));
+    doc.versions.push(FileVersion {
+        version,
+        created_ms: now_ms(),
+        size: put.data.0.len() as u64,
+        sealed: node.seal_data(&context(kind, name, version), &put.data.0)?,
+    });
+    if !put.labels.is_empty() {
+        doc.labels = put.labels;
+    }
+    let mut txn = Txn::new()
+        .when(precondition)
+        .op(Op::put(kind_of(kind), name.to_string(), &doc)?);
+    let mut rolled = Vec::new();
+    for (id, rev, new, h) in writes {
+        txn = txn
+            .when(Precondition::ModRevision {
+                kind: Kind::Service,
+                id: id.clone(),
+                revision: rev,
+            })
+            .op(Op::put(Kind::ServiceHistory, id.clone(), &h)?)
+            .op(Op::put(Kind::Service, id.clone(), &new)?);
+        rolled.push(id);
     }
     node.txn(txn).await?;
     tracing::info!(%kind, name, version, rolled = rolled.len(), "stored a new version");
