@@ -62,6 +62,12 @@ pub enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(cmd::volume::VolumeCommand),
+    /// Manage secrets (compose `secrets:`), stored sealed and versioned.
+    #[command(subcommand, alias = "secrets")]
+    Secret(cmd::secret::FileCommand),
+    /// Manage configs (compose `configs:`); plural because `dcpp config` prints the model.
+    #[command(subcommand)]
+    Configs(cmd::secret::FileCommand),
     /// Store a stack from compose files and follow it until it runs.
     Apply(cmd::apply::ApplyArgs),
     /// Print how compose files differ from the stored stack (exit 0 same, 2 different).

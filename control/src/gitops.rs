@@ -182,6 +182,16 @@ pub async fn sync_dir<S: Store>(c: &S, dir: &Path, reported: &mut Reported) -> R
                 continue;
             }
         };
+        // Their data is stored (sealed, versioned) by `apply`; a stack written here would
+        // mount versions that do not exist.
+        if !project.secrets.is_empty() || !project.configs.is_empty() {
+            let msg = format!(
+                "watch: {}: secrets and configs are not applied by watch yet (use `dcpp apply`); stack {name} keeps its last good state",
+                file.display()
+            );
+            reported.once(Some(file), msg);
+            continue;
+        }
         let (mut stack, services) = match stack_docs(&project, &file.display().to_string()) {
             Ok(x) => x,
             Err(e) => {

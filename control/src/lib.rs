@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub mod api;
 pub mod converge;
+pub mod files;
 #[cfg(test)]
 mod fixtures;
 pub mod gitops;

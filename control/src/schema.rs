@@ -492,11 +492,24 @@ pub fn diff_services(
         match old.get(name) {
             None => out.push(ServiceChange::Added { name: name.clone() }),
             Some(o) => {
-                let fields = changed_fields(
+                let mut fields = changed_fields(
                     &serde_json::to_value(&o.service).unwrap_or_default(),
                     &serde_json::to_value(&n.service).unwrap_or_default(),
                     "",
                 );
+                // The same compose service mounting a new version of a secret or config.
+                for f in &n.spec.files {
+                    let was = o
+                        .spec
+                        .files
+                        .iter()
+                        .find(|x| x.kind == f.kind && x.name == f.name)
+                        .map(|x| x.version);
+                    let field = format!("{}s.{}", f.kind, f.source);
+                    if was.is_some_and(|v| v != f.version) && !fields.contains(&field) {
+                        fields.push(format!("{field} (version {})", f.version));
+                    }
+                }
                 if !fields.is_empty() {
                     out.push(ServiceChange::Changed {
                         name: name.clone(),

@@ -114,6 +114,8 @@ pub struct Agent<S: Store = Node> {
     contact: Mutex<Contact>,
     /// `true` while cut off: ends a round that hangs on the store at once.
     cut: tokio::sync::watch::Sender<bool>,
+    /// The data of the tasks' secrets and configs (none: a task that mounts one fails).
+    files: Option<Arc<dyn crate::host::FileSource>>,
 }
 
 /// How this node takes part in the overlay.
@@ -241,7 +243,66 @@ impl<S: Store> Agent<S> {
             mesh: Mutex::default(),
             contact: Mutex::new(Contact::new(started, Some(PARTITION_GRACE))),
             cut: tokio::sync::watch::Sender::new(false),
+            files: None,
         }
+    }
+
+    /// Gets the data of the tasks' secrets and configs from `source`.
+    pub fn with_files(mut self, source: Arc<dyn crate::host::FileSource>) -> Self {
+        self.files = Some(source);
+        self
+    }
+
+    /// The secrets and configs task `t` of `doc` mounts, with their data.
+    async fn task_files(
+        &self,
+        t: &Task,
+        doc: &ServiceDoc,
+    ) -> Result<Vec<dcpp_runtime::container::FileRequest>, Error> {
+        if doc.spec.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(src) = &self.files else {
+            return Err(Error::Invalid(
+                "this agent cannot fetch secrets and configs".into(),
+            ));
+        };
+        let req = dcpp_control::files::TaskFiles {
+            task: dcpp_control::schema::task_key(t.id),
+            files: doc
+                .spec
+                .files
+                .iter()
+                .map(|f| dcpp_control::files::FileWanted {
+                    kind: f.kind,
+                    name: f.name.clone(),
+                    version: f.version,
+                })
+                .collect(),
+        };
+        let data = src.fetch(req).await?;
+        doc.spec
+            .files
+            .iter()
+            .map(|f| {
+                let d = data
+                    .iter()
+                    .find(|d| d.kind == f.kind && d.name == f.name && d.version == f.version)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{} {} version {} was not delivered",
+                            f.kind, f.name, f.version
+                        ))
+                    })?;
+                Ok(dcpp_runtime::container::FileRequest {
+                    target: f.target.clone(),
+                    uid: f.uid,
+                    gid: f.gid,
+                    mode: f.mode,
+                    data: d.data.0.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Stops this node's tasks after `grace` without a heartbeat reaching the managers, until
@@ -826,6 +887,10 @@ impl<S: Store> Agent<S> {
             }
             (Step::ReportExit, Some(c), ..) => {
                 self.leave_networks(c).await;
+                let id = c.id.clone();
+                if let Err(e) = self.blocking(move |m| m.release_files(&id)).await {
+                    tracing::warn!(container = %c.name, "dropping its secrets: {e}");
+                }
                 Self::report(t, rev, self.exit_report(c).await)
             }
             (Step::Shutdown { stop, remove }, Some(c), ..) => {
@@ -1097,6 +1162,7 @@ impl<S: Store> Agent<S> {
         let ctr = self.ctr.clone();
         let net = self.net.clone();
         let images = self.images.clone();
+        let files = self.task_files(t, doc).await?;
         let (t, doc) = (t.clone(), doc.clone());
         let overlay = self
             .overlay
@@ -1109,7 +1175,10 @@ impl<S: Store> Agent<S> {
                 &t,
                 &doc,
                 &img,
-                overlay.as_ref(),
+                Fetched {
+                    overlay: overlay.as_ref(),
+                    files,
+                },
             )
         })
         .await
@@ -1382,6 +1451,13 @@ fn peer_container(ctr: &dyn Containers, stack: &str, service: &str) -> Option<St
         .map(|c| c.id)
 }
 
+/// What [`start_container`] got from the store beforehand: the task's overlay addresses (and
+/// MTU) and the data of its secrets and configs.
+struct Fetched<'a> {
+    overlay: Option<&'a (Addresses, u32)>,
+    files: Vec<dcpp_runtime::container::FileRequest>,
+}
+
 /// Blocking part of [`Agent::create_and_start`]: returns the container id and whether the
 /// container joined stack networks.
 fn start_container(
@@ -1391,8 +1467,9 @@ fn start_container(
     t: &Task,
     doc: &ServiceDoc,
     img: &Image,
-    overlay: Option<&(Addresses, u32)>,
+    fetched: Fetched<'_>,
 ) -> Result<(String, bool), Error> {
+    let Fetched { overlay, files } = fetched;
     let t0 = Instant::now();
     let name = doc
         .service
@@ -1402,6 +1479,7 @@ fn start_container(
     let stack = doc.spec.stack.as_str();
     let peer = |service: &str| peer_container(ctr, stack, service);
     let mut o = crate::options::container_options(t, doc, img, &name, &peer)?;
+    o.files = files;
     // Compose creates a missing bind source; an external volume must exist already.
     for p in crate::options::host_paths_to_create(&doc.service) {
         if !p.exists() {

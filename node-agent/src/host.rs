@@ -24,6 +24,29 @@ use dcpp_runtime::network::{
 use crate::Error;
 use crate::step::ContainerView;
 
+/// Where the agent gets the data of the secrets and configs its tasks mount: never from the
+/// replicated store (which holds them sealed), from a manager that opens them for a task
+/// placed on this node.
+pub trait FileSource: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        req: dcpp_control::files::TaskFiles,
+    ) -> BoxFuture<'static, Result<Vec<dcpp_control::files::FileData>, Error>>;
+}
+
+/// [`FileSource`] of a daemon: its own store on a manager, a manager on a worker.
+pub struct NodeFiles(pub dcpp_raft::Node);
+
+impl FileSource for NodeFiles {
+    fn fetch(
+        &self,
+        req: dcpp_control::files::TaskFiles,
+    ) -> BoxFuture<'static, Result<Vec<dcpp_control::files::FileData>, Error>> {
+        let node = self.0.clone();
+        Box::pin(async move { Ok(dcpp_control::files::fetch_task_files(&node, &req).await?) })
+    }
+}
+
 /// A host operation failed; the message is the runtime's own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -94,6 +117,10 @@ pub trait Containers: Send + Sync + 'static {
     fn volumes(&self) -> Vec<String>;
     /// Removes a volume unless one of `users` (container names) still holds it.
     fn remove_volume(&self, name: &str, users: &[String]) -> Result<(), HostError>;
+    /// Drops the secrets and configs of a container that ended.
+    fn release_files(&self, _id: &str) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 /// A network the agent may have created.
@@ -274,6 +301,9 @@ impl Containers for LocalContainers {
     }
     fn volume_exists(&self, name: &str) -> bool {
         self.0.volumes().inspect(name).is_ok()
+    }
+    fn release_files(&self, id: &str) -> Result<(), HostError> {
+        self.0.release_files(id).map_err(HostError::of)
     }
     fn volumes(&self) -> Vec<String> {
         self.0

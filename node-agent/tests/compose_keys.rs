@@ -37,6 +37,31 @@ const APPLIED: &[(&str, &str)] = &[
         "tests/e2e_fields.rs::devices_are_created_and_allowed_and_a_missing_one_fails_the_task",
     ),
     ("services.*.ipc", HERE_NAMESPACES),
+    ("secrets", HERE_SECRETS),
+    ("secrets.*.name", "tests/e2e_secrets.rs::secret_cli_creates_lists_and_refuses_to_remove_one_in_use"),
+    ("secrets.*.file", HERE_SECRETS),
+    ("secrets.*.environment", HERE_SECRETS),
+    ("secrets.*.external", "tests/e2e_secrets.rs::secret_cli_creates_lists_and_refuses_to_remove_one_in_use"),
+    ("secrets.*.labels", "spec/tests/corpus/235-secrets-configs-applied"),
+    ("configs", HERE_SECRETS),
+    ("configs.*.name", "spec/tests/corpus/235-secrets-configs-applied"),
+    ("configs.*.file", HERE_SECRETS),
+    ("configs.*.environment", HERE_SECRETS),
+    ("configs.*.content", HERE_SECRETS),
+    ("configs.*.external", "spec/tests/corpus/235-secrets-configs-applied"),
+    ("configs.*.labels", "spec/tests/corpus/235-secrets-configs-applied"),
+    ("services.*.secrets", HERE_SECRETS),
+    ("services.*.secrets.[].source", HERE_SECRETS),
+    ("services.*.secrets.[].target", HERE_SECRETS),
+    ("services.*.secrets.[].uid", HERE_SECRETS),
+    ("services.*.secrets.[].gid", HERE_SECRETS),
+    ("services.*.secrets.[].mode", HERE_SECRETS),
+    ("services.*.configs", HERE_SECRETS),
+    ("services.*.configs.[].source", HERE_SECRETS),
+    ("services.*.configs.[].target", HERE_SECRETS),
+    ("services.*.configs.[].uid", HERE_SECRETS),
+    ("services.*.configs.[].gid", HERE_SECRETS),
+    ("services.*.configs.[].mode", HERE_SECRETS),
     (
         "services.*.volumes_from",
         "tests/e2e_fields.rs::volumes_from_mounts_the_peers_volumes_read_only_with_ro",
@@ -396,6 +421,7 @@ const REFUSED: &[(&str, &str)] = &[
     ),
 ];
 
+const HERE_SECRETS: &str = "tests/e2e_secrets.rs::secrets_and_configs_reach_the_container_on_a_read_only_tmpfs_and_nowhere_else";
 const HERE_PROCESS: &str =
     "node-agent/tests/compose_keys.rs::process_keys_reach_the_container_options";
 const HERE_NAMESPACES: &str =

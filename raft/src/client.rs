@@ -125,6 +125,20 @@ impl Client {
         self.get_json(path).await
     }
 
+    /// `POST path` of a route an embedder added, with a JSON body, decoded as JSON.
+    pub async fn post_route<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.post(path, body).await
+    }
+
+    /// `DELETE path` of a route an embedder added, decoded as JSON.
+    pub async fn delete_route<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.call(self.req(reqwest::Method::DELETE, path)).await
+    }
+
     /// Commits a transaction (returns when applied); a failed precondition is
     /// [`Error::PreconditionFailed`].
     pub async fn txn(&self, txn: &Txn) -> Result<TxnResponse, Error> {

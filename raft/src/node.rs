@@ -568,6 +568,41 @@ impl Node {
         Ok((ca, sealed))
     }
 
+    /// Seals data only managers may read (the secrets of services), bound to `context` (the
+    /// object and version it is stored as). Only a manager holds the key.
+    pub fn seal_data(&self, context: &str, plain: &[u8]) -> Result<String, Error> {
+        let key = self.seal_key()?.ok_or_else(|| {
+            Error::Forbidden("this node is not a manager: it cannot seal secrets".into())
+        })?;
+        Ok(key.seal_for(context.as_bytes(), plain)?)
+    }
+
+    /// Opens what [`Node::seal_data`] sealed for `context` (on a manager only).
+    pub fn open_data(&self, context: &str, sealed: &str) -> Result<Vec<u8>, Error> {
+        let key = self.seal_key()?.ok_or_else(|| {
+            Error::Forbidden("this node is not a manager: it cannot open secrets".into())
+        })?;
+        Ok(key.open_for(context.as_bytes(), sealed)?)
+    }
+
+    /// On a worker, `POST path` (a route an embedder added) on one of the managers with this
+    /// node's certificate; `None` on a node that holds the store itself (it answers locally).
+    pub async fn post_to_managers<B, T>(&self, path: &str, body: &B) -> Option<Result<T, Error>>
+    where
+        B: serde::Serialize + Sync,
+        T: serde::de::DeserializeOwned,
+    {
+        let (r, http) = self.remote()?;
+        Some(
+            r.call(
+                &http,
+                true,
+                |c| async move { c.post_route(path, body).await },
+            )
+            .await,
+        )
+    }
+
     fn cluster_secrets(&self) -> Result<ClusterSecrets, Error> {
         self.inner
             .reader

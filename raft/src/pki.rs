@@ -428,12 +428,19 @@ impl SealKey {
 
     /// AES-256-GCM with a random nonce; hex of nonce ‖ ciphertext ‖ tag.
     pub fn seal(&self, plain: &[u8]) -> Result<String, PkiError> {
+        self.seal_for(b"dcpp-sealed-v1", plain)
+    }
+
+    /// [`SealKey::seal`] bound to `context` (authenticated, not encrypted): what was sealed
+    /// for one context does not open for another, so a sealed value cannot be moved to
+    /// another object in the store.
+    pub fn seal_for(&self, context: &[u8], plain: &[u8]) -> Result<String, PkiError> {
         let nonce = random::<NONCE_LEN>()?;
         let mut buf = plain.to_vec();
         self.key()?
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(b"dcpp-sealed-v1"),
+                Aad::from(context),
                 &mut buf,
             )
             .map_err(|_| PkiError::Unseal)?;
@@ -443,6 +450,11 @@ impl SealKey {
     }
 
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, PkiError> {
+        self.open_for(b"dcpp-sealed-v1", sealed)
+    }
+
+    /// Opens what [`SealKey::seal_for`] sealed for the same `context`.
+    pub fn open_for(&self, context: &[u8], sealed: &str) -> Result<Vec<u8>, PkiError> {
         let raw = hex::decode(sealed).map_err(|_| PkiError::Unseal)?;
         if raw.len() < NONCE_LEN {
             return Err(PkiError::Unseal);
@@ -452,7 +464,7 @@ impl SealKey {
         let mut buf = ct.to_vec();
         let plain = self
             .key()?
-            .open_in_place(nonce, Aad::from(b"dcpp-sealed-v1"), &mut buf)
+            .open_in_place(nonce, Aad::from(context), &mut buf)
             .map_err(|_| PkiError::Unseal)?;
         Ok(plain.to_vec())
     }
@@ -544,5 +556,15 @@ mod tests {
         damaged[last] = if damaged[last] == b'0' { b'1' } else { b'0' };
         assert!(k.open(std::str::from_utf8(&damaged).unwrap()).is_err());
         assert!(k.open("zz").is_err() && k.open("").is_err());
+    }
+
+    #[test]
+    fn data_sealed_for_one_context_opens_for_no_other() {
+        let k = SealKey::generate().unwrap();
+        let s = k.seal_for(b"secret/db/1", b"pw").unwrap();
+        assert_eq!(k.open_for(b"secret/db/1", &s).unwrap(), b"pw");
+        assert!(k.open_for(b"secret/db/2", &s).is_err());
+        assert!(k.open_for(b"secret/other/1", &s).is_err());
+        assert!(k.open(&s).is_err(), "a secret is no cluster credential");
     }
 }

@@ -6,8 +6,9 @@ use dcpp_spec::{DependsOnCondition, DeployMode, Duration, Project, Service, Volu
 
 use crate::error::Error;
 use crate::model::{
-    Constraint, Dependency, DependencyCondition, FailureAction, Millis, Mode, Placement, Resources,
-    RestartCondition, RestartPolicy, ServiceSpec, SpreadPreference, UpdateConfig, UpdateOrder,
+    Constraint, Dependency, DependencyCondition, FailureAction, FileKind, FileMount, Millis, Mode,
+    Placement, Resources, RestartCondition, RestartPolicy, ServiceSpec, SpreadPreference,
+    UpdateConfig, UpdateOrder,
 };
 
 fn millis(d: Option<Duration>) -> Option<Millis> {
@@ -144,6 +145,7 @@ impl ServiceSpec {
             .healthcheck
             .as_ref()
             .is_some_and(|h| !h.disable && h.test.first().is_some_and(|t| t != "NONE"));
+        let files = file_mounts(project, svc).map_err(invalid)?;
         Ok(ServiceSpec {
             stack: project.name.clone(),
             name: name.to_string(),
@@ -160,8 +162,59 @@ impl ServiceSpec {
             network_peer,
             volumes,
             external_volumes,
+            files,
+            base_version: 0,
         })
     }
+}
+
+/// The secrets and configs a service mounts, with compose's defaults: a secret at
+/// `/run/secrets/<target>` (a relative target is under `/run/secrets`), a config at `/<source>`
+/// (a relative target under `/`), owned by root, mode 0444.
+fn file_mounts(project: &Project, svc: &Service) -> Result<Vec<FileMount>, String> {
+    let mut out = Vec::new();
+    for (kind, refs, objects) in [
+        (FileKind::Secret, &svc.secrets, &project.secrets),
+        (FileKind::Config, &svc.configs, &project.configs),
+    ] {
+        for r in refs {
+            let obj = objects
+                .get(&r.source)
+                .ok_or_else(|| format!("{kind} `{}` is not defined", r.source))?;
+            let name = obj.name.clone().unwrap_or_else(|| {
+                if obj.external {
+                    r.source.clone()
+                } else {
+                    format!("{}_{}", project.name, r.source)
+                }
+            });
+            let target = match (kind, r.target.as_deref()) {
+                (_, Some(t)) if t.starts_with('/') => t.to_string(),
+                (FileKind::Secret, t) => format!("/run/secrets/{}", t.unwrap_or(&r.source)),
+                (FileKind::Config, t) => format!("/{}", t.unwrap_or(&r.source)),
+            };
+            if target.ends_with('/') || target.split('/').any(|c| c == "..") {
+                return Err(format!("{kind} `{}`: invalid target {target:?}", r.source));
+            }
+            let id = |what: &str, v: &Option<String>| -> Result<u32, String> {
+                v.as_deref().map_or(Ok(0), |s| {
+                    s.parse()
+                        .map_err(|_| format!("{kind} `{}`: {what} {s:?} is not a number", r.source))
+                })
+            };
+            out.push(FileMount {
+                kind,
+                source: r.source.clone(),
+                name,
+                version: 0,
+                target,
+                uid: id("uid", &r.uid)?,
+                gid: id("gid", &r.gid)?,
+                mode: r.mode.unwrap_or(0o444),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn convert_update(c: Option<&dcpp_spec::UpdateConfig>) -> Result<UpdateConfig, String> {

@@ -349,6 +349,62 @@ pub struct ServiceSpec {
     /// they must exist (compose refuses to start otherwise) and `down -v` leaves them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub external_volumes: BTreeSet<String>,
+    /// The secrets and configs mounted into the containers, each at one stored version: a new
+    /// version is a new container version, so changing a secret rolls the service like any
+    /// other change (and a rollback mounts the previous version again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// [`ServiceSpec::version`] before the versions of `files` were folded in (0: not yet, or
+    /// no files), so that it can be folded again when one of them changes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Whether a [`FileMount`] is a secret or a config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    Secret,
+    Config,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Secret => "secret",
+            FileKind::Config => "config",
+        }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One secret or config as a service's containers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMount {
+    pub kind: FileKind,
+    /// The key in the compose file's top-level section.
+    pub source: String,
+    /// The stored object's name (`<stack>_<key>`, the top-level `name:`, or the key of an
+    /// external one).
+    pub name: String,
+    /// The stored version mounted; 0 until the caller that stores the data sets it
+    /// ([`ServiceSpec::with_file_versions`]).
+    pub version: u64,
+    /// Absolute path in the container.
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 impl ServiceSpec {
@@ -384,7 +440,50 @@ impl ServiceSpec {
             network_peer: None,
             volumes: BTreeMap::new(),
             external_volumes: BTreeSet::new(),
+            files: Vec::new(),
+            base_version: 0,
         }
+    }
+
+    /// Sets the stored version of each secret and config (by kind and object name) and folds
+    /// them into [`ServiceSpec::version`]: a spec built by [`ServiceSpec::from_compose`] knows
+    /// what it mounts but not which version the store holds. The same versions give the same
+    /// spec version however often it is called.
+    pub fn with_file_versions(mut self, version_of: impl Fn(FileKind, &str) -> u64) -> Self {
+        if self.files.is_empty() {
+            return self;
+        }
+        if self.base_version == 0 {
+            self.base_version = self.version;
+        }
+        let mut h = self.base_version;
+        for f in &mut self.files {
+            f.version = version_of(f.kind, &f.name);
+            for b in format!("{}:{}:{};", f.kind, f.name, f.version).bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        self.version = h;
+        self
+    }
+
+    /// [`ServiceSpec::with_file_versions`] changing only `kind`/`name` to `version`.
+    pub fn with_file_version(self, kind: FileKind, name: &str, version: u64) -> Self {
+        let current: Vec<(FileKind, String, u64)> = self
+            .files
+            .iter()
+            .map(|f| (f.kind, f.name.clone(), f.version))
+            .collect();
+        self.with_file_versions(|k, n| {
+            if k == kind && n == name {
+                return version;
+            }
+            current
+                .iter()
+                .find(|(ck, cn, _)| *ck == k && cn == n)
+                .map_or(0, |c| c.2)
+        })
     }
 }
 

@@ -340,3 +340,84 @@ fn scale_sets_the_replicas_with_or_without_a_deploy_section() {
     assert_eq!(replicas("c"), Mode::Replicated { replicas: 1 });
     assert_eq!(replicas("d"), Mode::Replicated { replicas: 4 });
 }
+
+#[test]
+fn secrets_and_configs_mount_with_compose_defaults_and_their_versions_make_the_spec_version() {
+    let mut p = project(json!({
+        "a": {
+            "image": "x",
+            "secrets": [
+                { "source": "db", "target": "/run/secrets/db" },
+                { "source": "key", "target": "api", "uid": "1000", "gid": "1001", "mode": "0400" }
+            ],
+            "configs": [
+                { "source": "app" },
+                { "source": "motd", "target": "etc/motd", "mode": "0440" }
+            ]
+        }
+    }));
+    p.secrets = serde_json::from_value(json!({
+        "db": { "file": "/db" }, "key": { "external": true }
+    }))
+    .unwrap();
+    p.configs = serde_json::from_value(json!({
+        "app": { "name": "app-v1", "content": "x" }, "motd": { "content": "hi" }
+    }))
+    .unwrap();
+    let s = ServiceSpec::from_compose(&p, "a").unwrap();
+    let got: Vec<(FileKind, &str, &str, u32, u32, u32)> = s
+        .files
+        .iter()
+        .map(|f| {
+            (
+                f.kind,
+                f.name.as_str(),
+                f.target.as_str(),
+                f.uid,
+                f.gid,
+                f.mode,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (FileKind::Secret, "shop_db", "/run/secrets/db", 0, 0, 0o444),
+            (
+                FileKind::Secret,
+                "key",
+                "/run/secrets/api",
+                1000,
+                1001,
+                0o400
+            ),
+            (FileKind::Config, "app-v1", "/app", 0, 0, 0o444),
+            (FileKind::Config, "shop_motd", "/etc/motd", 0, 0, 0o440),
+        ]
+    );
+    assert!(s.files.iter().all(|f| f.version == 0));
+
+    // The same versions give the same spec version, however often they are set; another
+    // version of one file gives another.
+    let v1 = s.clone().with_file_versions(|_, _| 1);
+    assert_eq!(v1.clone().with_file_versions(|_, _| 1), v1);
+    assert_eq!(v1.clone().with_file_version(FileKind::Secret, "key", 1), v1);
+    let v2 = v1.clone().with_file_version(FileKind::Secret, "key", 2);
+    assert_ne!(v2.version, v1.version);
+    assert_eq!(v2.files[1].version, 2);
+    assert_eq!(v2.files[0].version, 1);
+    assert_eq!(v2.clone().with_file_version(FileKind::Secret, "key", 1), v1);
+
+    let mut bad = p.clone();
+    bad.services.get_mut("a").unwrap().secrets[0].uid = Some("root".into());
+    let e = ServiceSpec::from_compose(&bad, "a")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("uid \"root\" is not a number"), "{e}");
+    let mut bad = p;
+    bad.services.get_mut("a").unwrap().configs[0].target = Some("/etc/../x".into());
+    let e = ServiceSpec::from_compose(&bad, "a")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid target"), "{e}");
+}

@@ -188,9 +188,6 @@ pub(crate) const NETWORK_ATTACHABLE: Key = unapplied(
 pub(crate) const NETWORK_IPV6: Key =
     unapplied("enable_ipv6", "networks are IPv4 only", "enable_ipv6: true").when("true");
 
-const NO_SECRETS: &str = "secrets are not mounted into containers";
-const NO_CONFIGS: &str = "configs are not mounted into containers";
-
 /// The top level of a compose file.
 pub const TOP: Object = Object {
     path: "",
@@ -200,8 +197,8 @@ pub const TOP: Object = Object {
         applied("services", ""),
         applied("networks", ""),
         applied("volumes", ""),
-        unapplied("configs", NO_CONFIGS, "configs: {c: {file: ./c.txt}}"),
-        unapplied("secrets", NO_SECRETS, "secrets: {s: {file: ./s.txt}}"),
+        applied("configs", "configs: {c: {file: ./c.txt}}"),
+        applied("secrets", "secrets: {s: {file: ./s.txt}}"),
         applied("include", "include: [other.yml]"),
     ],
 };
@@ -232,7 +229,7 @@ pub const SERVICE: Object = Object {
         applied("cap_add", "cap_add: [NET_ADMIN]"),
         applied("cap_drop", "cap_drop: [ALL]"),
         applied("command", "command: [sleep, '1']"),
-        unapplied("configs", NO_CONFIGS, "configs: [c]"),
+        applied("configs", "configs: [c]"),
         applied("container_name", "container_name: web-1"),
         applied("cpu_shares", "cpu_shares: 512"),
         applied("cpus", "cpus: 0.5"),
@@ -287,7 +284,7 @@ pub const SERVICE: Object = Object {
         applied("read_only", "read_only: true"),
         applied("restart", "restart: always"),
         applied("scale", "scale: 2"),
-        unapplied("secrets", NO_SECRETS, "secrets: [s]"),
+        applied("secrets", "secrets: [s]"),
         applied("shm_size", "shm_size: 64m"),
         STDIN_OPEN,
         applied("stop_grace_period", "stop_grace_period: 5s"),
@@ -385,22 +382,22 @@ pub const ENV_FILE: Object = Object {
 pub const SERVICE_CONFIG: Object = Object {
     path: "services.*.configs.[]",
     keys: &[
-        with_parent("source", "configs: [{source: c}]"),
-        with_parent("target", "configs: [{source: c, target: /c}]"),
-        with_parent("uid", "configs: [{source: c, uid: '1'}]"),
-        with_parent("gid", "configs: [{source: c, gid: '1'}]"),
-        with_parent("mode", "configs: [{source: c, mode: 0440}]"),
+        applied("source", "configs: [{source: c}]"),
+        applied("target", "configs: [{source: c, target: /c}]"),
+        applied("uid", "configs: [{source: c, uid: '1'}]"),
+        applied("gid", "configs: [{source: c, gid: '1'}]"),
+        applied("mode", "configs: [{source: c, mode: 0440}]"),
     ],
 };
 
 pub const SERVICE_SECRET: Object = Object {
     path: "services.*.secrets.[]",
     keys: &[
-        with_parent("source", "secrets: [{source: s}]"),
-        with_parent("target", "secrets: [{source: s, target: /s}]"),
-        with_parent("uid", "secrets: [{source: s, uid: '1'}]"),
-        with_parent("gid", "secrets: [{source: s, gid: '1'}]"),
-        with_parent("mode", "secrets: [{source: s, mode: 0440}]"),
+        applied("source", "secrets: [{source: s}]"),
+        applied("target", "secrets: [{source: s, target: /s}]"),
+        applied("uid", "secrets: [{source: s, uid: '1'}]"),
+        applied("gid", "secrets: [{source: s, gid: '1'}]"),
+        applied("mode", "secrets: [{source: s, mode: 0440}]"),
     ],
 };
 
@@ -874,12 +871,12 @@ pub const VOLUME_EXTERNAL_NAME: Object = Object {
 pub const CONFIG: Object = Object {
     path: "configs.*",
     keys: &[
-        with_parent("name", "name: app-config"),
-        with_parent("file", "file: ./c.txt"),
-        with_parent("environment", "environment: HOME"),
-        with_parent("content", "content: hello"),
-        with_parent("external", "external: true"),
-        with_parent("labels", "file: ./c.txt\nlabels: {a: b}"),
+        applied("name", "name: app-config"),
+        applied("file", "file: ./c.txt"),
+        applied("environment", "environment: HOME"),
+        applied("content", "content: hello"),
+        applied("external", "external: true"),
+        applied("labels", "file: ./c.txt\nlabels: {a: b}"),
         ignored("driver", "file: ./c.txt\ndriver: x"),
         ignored("driver_opts", "file: ./c.txt\ndriver_opts: {a: b}"),
         ignored("template_driver", "file: ./c.txt\ntemplate_driver: golang"),
@@ -894,11 +891,11 @@ pub const CONFIG_EXTERNAL_NAME: Object = Object {
 pub const SECRET: Object = Object {
     path: "secrets.*",
     keys: &[
-        with_parent("name", "name: app-secret\nfile: ./s.txt"),
-        with_parent("file", "file: ./s.txt"),
-        with_parent("environment", "environment: HOME"),
-        with_parent("external", "external: true"),
-        with_parent("labels", "file: ./s.txt\nlabels: {a: b}"),
+        applied("name", "name: app-secret\nfile: ./s.txt"),
+        applied("file", "file: ./s.txt"),
+        applied("environment", "environment: HOME"),
+        applied("external", "external: true"),
+        applied("labels", "file: ./s.txt\nlabels: {a: b}"),
         ignored("driver", "file: ./s.txt\ndriver: x"),
         ignored("driver_opts", "file: ./s.txt\ndriver_opts: {a: b}"),
         ignored("template_driver", "file: ./s.txt\ntemplate_driver: golang"),

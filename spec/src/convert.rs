@@ -26,6 +26,15 @@ struct Refs {
     configs: Vec<(String, String, Pos, String)>,
     network_mode: Vec<(String, String, Pos, String)>,
     service_pos: BTreeMap<String, Pos>,
+    /// Per (section, key) of a secret or config: why its data cannot be read, at its position,
+    /// and the variable its `environment:` names.
+    sources: BTreeMap<(String, String), ObjectSource>,
+}
+
+#[derive(Default)]
+struct ObjectSource {
+    problem: Option<(Pos, String, String)>,
+    variable: Option<String>,
 }
 
 pub(crate) struct Cv<'a> {
@@ -535,6 +544,8 @@ pub(crate) fn project(
             None => named.push((c, svc)),
         }
     }
+    // `check_refs` consumes the references; the object sources are read after it.
+    let sources = std::mem::take(&mut cv.refs.sources);
     check_refs(
         &mut cv,
         &mut services,
@@ -607,6 +618,24 @@ pub(crate) fn project(
     volumes.retain(|k, _| used_volumes.contains(k));
     secrets.retain(|k, _| used_secrets.contains(k));
     configs.retain(|k, _| used_configs.contains(k));
+    for ((section, key), src) in sources {
+        let used = if section == "secrets" {
+            secrets.contains_key(&key)
+        } else {
+            configs.contains_key(&key)
+        };
+        if !used {
+            continue;
+        }
+        if let Some((pos, path, msg)) = src.problem {
+            cv.ctx.sources.push(pos, path, msg);
+        }
+        if let Some(var) = src.variable
+            && let Some(val) = cv.env.get(&var)
+        {
+            cv.ctx.source_env.insert(var, val.clone());
+        }
+    }
     Some(Project {
         name,
         services,
@@ -1024,17 +1053,48 @@ fn file_object(
     } else {
         (&cf::SECRET, &cf::SECRET_EXTERNAL_NAME)
     };
+    let (mut file_at, mut env_at) = (None, None);
     for (k, v, p) in cv.fields_keeping(n, path, object, &mut o.extensions) {
         match k {
             "name" => o.name = cv.opt_string(v, &p),
-            "file" => o.file = cv.string(v, &p).map(|f| cv.host_path(&f, v.pos)),
-            "environment" => o.environment = cv.string(v, &p),
+            "file" => {
+                file_at = Some((v.pos, p.to_string()));
+                o.file = cv.string(v, &p).map(|f| cv.host_path(&f, v.pos));
+            }
+            "environment" => {
+                env_at = Some((v.pos, p.to_string()));
+                o.environment = cv.string(v, &p);
+            }
             "content" => o.content = cv.string(v, &p),
             "labels" => o.labels = cv.labels(v, &p),
             _ => o.external = external(cv, v, &p, &mut o.name, external_object)?,
         }
     }
     legacy_external_name(cv, n, path);
+    if !o.external {
+        let mut src = ObjectSource::default();
+        if let (Some(f), Some((pos, p)), None, None) =
+            (&o.file, file_at, &o.content, &o.environment)
+        {
+            let why = match std::fs::metadata(f) {
+                Ok(m) if m.is_file() => None,
+                Ok(_) => Some(format!("{f} is not a file")),
+                Err(e) => Some(format!("reading {f}: {e}")),
+            };
+            src.problem = why.map(|w| (pos, p, w));
+        }
+        if let (Some(var), Some((pos, p)), None) = (&o.environment, env_at, &o.content) {
+            if !cv.env.contains_key(var) {
+                src.problem = Some((pos, p, format!("environment variable {var} is not set")));
+            }
+            src.variable = Some(var.clone());
+        }
+        let key = path.to_string();
+        let key = key
+            .split_once('.')
+            .map_or(key.clone(), |(_, k)| k.to_owned());
+        cv.refs.sources.insert((section.to_owned(), key), src);
+    }
     // compose checks only that a secret it must create has its data somewhere; `external`
     // wins over a `file` given beside it, and configs are not checked at all.
     if section == "secrets" && !o.external && o.file.is_none() && o.environment.is_none() {

@@ -21,7 +21,7 @@ mod yaml;
 
 pub use convert::normalize_project_name;
 pub use error::{SpecError, SpecErrors};
-pub use loader::{DEFAULT_FILES, LoadOptions, Loaded, load};
+pub use loader::{DEFAULT_FILES, LoadOptions, Loaded, SourceEnv, load};
 pub use model::*;
 
 /// Serialises a project as YAML in the shape `docker compose config` prints. A literal `$` is
@@ -201,6 +201,8 @@ mod tests {
             warnings: Vec::new(),
             files: Vec::new(),
             extensions: [("x-top".to_owned(), "$1".into())].into(),
+            sources: Vec::new(),
+            source_env: Default::default(),
         };
         let json = config_json(&loaded);
         let keys: Vec<&str> = json

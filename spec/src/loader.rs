@@ -52,6 +52,22 @@ pub struct Loaded {
     /// Top-level `x-*` keys, interpolated and merged across files; printed by `dcpp config`,
     /// applied by nothing.
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// Why the data of a used secret or config cannot be read (`file` missing, `environment`
+    /// variable unset), at the key's position. Not errors of the file itself (`dcpp config`
+    /// prints the project), but of creating the objects: `apply` refuses the project.
+    pub sources: Vec<SpecError>,
+    /// The values of the variables named by `environment:` of the used secrets and configs.
+    pub source_env: SourceEnv,
+}
+
+/// Variable values that may be secret: never printed by `{:?}`.
+#[derive(Clone, Default, PartialEq)]
+pub struct SourceEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SourceEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 pub(crate) struct FileInfo {
@@ -68,6 +84,11 @@ pub(crate) struct Ctx {
     pub files: Vec<FileInfo>,
     pub errors: Errors,
     pub warnings: Errors,
+    /// Problems of the data of the secrets and configs the project uses (a missing file, an
+    /// unset variable): errors only for who creates them (`apply`), see [`Loaded::sources`].
+    pub sources: Errors,
+    /// The values of the variables that the `environment:` of a used secret or config names.
+    pub source_env: BTreeMap<String, String>,
     pub working_dir: PathBuf,
     /// Parsed and interpolated files used as `extends: {file: …}` sources, by absolute path.
     extends_cache: HashMap<PathBuf, Option<Node<'static>>>,
@@ -102,6 +123,8 @@ impl Ctx {
             files: Vec::new(),
             errors: Errors::default(),
             warnings: Errors::default(),
+            sources: Errors::default(),
+            source_env: BTreeMap::new(),
             working_dir: opts.working_dir.clone(),
             extends_cache: HashMap::new(),
             current_env: BTreeMap::new(),
@@ -135,7 +158,7 @@ impl Ctx {
         Pos::default()
     }
 
-    fn finish(self) -> (Vec<SpecError>, Vec<SpecError>) {
+    fn finish(self) -> (Vec<SpecError>, Vec<SpecError>, Vec<SpecError>) {
         let conv = |items: Vec<(Pos, String, String)>, files: &[FileInfo]| {
             let mut items = items;
             items.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
@@ -157,6 +180,7 @@ impl Ctx {
         (
             conv(self.errors.items, &self.files),
             conv(self.warnings.items, &self.files),
+            conv(self.sources.items, &self.files),
         )
     }
 
@@ -772,7 +796,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
                         DEFAULT_FILES.join(", ")
                     ),
                 );
-                let (errors, warnings) = ctx.finish();
+                let (errors, warnings, _) = ctx.finish();
                 return Err(SpecErrors { errors, warnings });
             }
         }
@@ -840,13 +864,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, SpecErrors> {
         }
         _ => None,
     };
-    let (errors, warnings) = ctx.finish();
+    let source_env = SourceEnv(std::mem::take(&mut ctx.source_env));
+    let (errors, warnings, sources) = ctx.finish();
     match project {
         Some(project) if errors.is_empty() => Ok(Loaded {
             project,
             warnings,
             files,
             extensions,
+            sources,
+            source_env,
         }),
         _ => Err(SpecErrors { errors, warnings }),
     }

@@ -78,11 +78,22 @@ fn compose_file(object: &Object, key: &Key) -> String {
         "services" => service.push_str(&indent(key.example, 0)),
         "networks" => network = indent(key.example, 0),
         "volumes" => volume = indent(key.example, 0),
-        "configs" | "secrets" => {
+        // Used by `web`: an object no service mounts is left out of the model. Without an
+        // example, neither the object nor the reference.
+        "configs" | "secrets" if !key.example.is_empty() => {
             let name = if section == "configs" { "c" } else { "s" };
             top = format!("{section}:\n  {name}:\n{}", indent(key.example, 4));
+            service.push_str(&format!("{section}: [{name}]\n"));
         }
-        _ => top = indent(key.example, 0),
+        "configs" | "secrets" => {}
+        _ => {
+            top = indent(key.example, 0);
+            for (section, name) in [("configs", "c"), ("secrets", "s")] {
+                if key.example.starts_with(&format!("{section}:")) {
+                    service.push_str(&format!("{section}: [{name}]\n"));
+                }
+            }
+        }
     }
     // A service's reference to a config or secret needs the config or secret.
     if section == "services" {

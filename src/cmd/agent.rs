@@ -112,6 +112,7 @@ pub fn start_agent(
         }),
     )
     .with_registry(registry)
+    .with_files(Arc::new(dcpp_node_agent::host::NodeFiles(node.clone())))
     .with_heartbeat(a.heartbeat)
     .with_partition_grace(Some(a.partition_grace()));
     if overlay.is_some() {

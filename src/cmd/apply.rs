@@ -341,6 +341,25 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
+    Ok(load_full(files)?.map(|l| l.project))
+}
+
+/// [`load`], refusing a project whose secrets' or configs' data cannot be read (what `apply`
+/// and `diff` need, and `dcpp config` does not).
+pub fn load_for_apply(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Loaded>> {
+    let Some(l) = load_full(files)? else {
+        return Ok(None);
+    };
+    if !l.sources.is_empty() {
+        for e in &l.sources {
+            eprintln!("{e}");
+        }
+        return Ok(None);
+    }
+    Ok(Some(l))
+}
+
+fn load_full(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Loaded>> {
     let opts = dcpp_spec::LoadOptions {
         files: files.files.clone(),
         project_name: files.project_name.clone(),
@@ -355,7 +374,7 @@ pub fn load(files: &FileArgs) -> anyhow::Result<Option<dcpp_spec::Project>> {
             for w in &l.warnings {
                 eprintln!("warning: {w}");
             }
-            Ok(Some(l.project))
+            Ok(Some(l))
         }
         Err(errs) => {
             eprintln!("{errs}");
@@ -426,10 +445,10 @@ async fn connect_or_start(global: &Global) -> anyhow::Result<Client> {
 }
 
 pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
-    let Some(project) = load(&args.files)? else {
+    let Some(loaded) = load_for_apply(&args.files)? else {
         return Ok(1);
     };
-    let (mut stack, services) = stack_docs(&project, &source_of(&args.files))?;
+    let (mut stack, services) = stack_docs(&loaded.project, &source_of(&args.files))?;
     let global = global.clone();
     block_on(async move {
         let c = if args.dry_run {
@@ -437,9 +456,13 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
         } else {
             connect_or_start(&global).await?
         };
-        let old = match c.status().await {
-            Ok(_) => stack_services(&c, &stack.name).await?,
-            Err(_) if args.dry_run => BTreeMap::new(),
+        let (old, services) = match c.status().await {
+            Ok(_) => (
+                stack_services(&c, &stack.name).await?,
+                crate::cmd::secret::store_project_files(Some(&c), &loaded, services, args.dry_run)
+                    .await?,
+            ),
+            Err(_) if args.dry_run => (BTreeMap::new(), services),
             Err(e) => return Err(e.into()),
         };
         let new: BTreeMap<String, ServiceDoc> = services
@@ -493,12 +516,14 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
 }
 
 pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
-    let Some(project) = load(&args.files)? else {
+    let Some(loaded) = load_for_apply(&args.files)? else {
         return Ok(1);
     };
-    let (stack, services) = stack_docs(&project, "")?;
+    let (stack, services) = stack_docs(&loaded.project, "")?;
     let c = client(global)?;
     block_on(async move {
+        let services =
+            crate::cmd::secret::store_project_files(Some(&c), &loaded, services, true).await?;
         let new: BTreeMap<String, ServiceDoc> = services
             .into_iter()
             .map(|d| (d.spec.name.clone(), d))
@@ -903,15 +928,37 @@ fn respec(d: &ServiceDoc) -> anyhow::Result<ServiceSpec> {
             (key.clone(), v)
         })
         .collect();
+    // The secrets and configs by the names and versions they were stored under.
+    let objects = |kind: dcpp_reconciler::FileKind| {
+        d.spec
+            .files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| {
+                let o = dcpp_spec::FileObject {
+                    name: Some(f.name.clone()),
+                    ..Default::default()
+                };
+                (f.source.clone(), o)
+            })
+            .collect()
+    };
     let p = dcpp_spec::Project {
         name: d.spec.stack.clone(),
         services,
         networks: Default::default(),
         volumes,
-        configs: Default::default(),
-        secrets: Default::default(),
+        configs: objects(dcpp_reconciler::FileKind::Config),
+        secrets: objects(dcpp_reconciler::FileKind::Secret),
     };
-    Ok(ServiceSpec::from_compose(&p, &d.spec.name)?)
+    let spec = ServiceSpec::from_compose(&p, &d.spec.name)?;
+    Ok(spec.with_file_versions(|kind, name| {
+        d.spec
+            .files
+            .iter()
+            .find(|f| f.kind == kind && f.name == name)
+            .map_or(0, |f| f.version)
+    }))
 }
 
 /// What `service update` was asked to change.

@@ -11,6 +11,7 @@ pub mod image;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod secret;
 pub mod show;
 pub mod version;
 pub mod volume;
@@ -36,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Container(args) => container::run(&cli.global, *args),
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Volume(args) => volume::run(&cli.global, args),
+        Command::Secret(args) => secret::run(&cli.global, dcpp_reconciler::FileKind::Secret, args),
+        Command::Configs(args) => secret::run(&cli.global, dcpp_reconciler::FileKind::Config, args),
         Command::Apply(args) => apply::run_apply(&cli.global, args),
         Command::Diff(args) => apply::run_diff(&cli.global, args),
         Command::Down(args) => apply::run_down(&cli.global, args),

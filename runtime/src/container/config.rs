@@ -28,6 +28,32 @@ pub enum MountSource {
     Tmpfs(Option<u64>),
 }
 
+/// A file given to the container by its content (a secret, a config): never written to
+/// disk, only to the container's files tmpfs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileRequest {
+    /// Absolute path inside the container.
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+// By hand: the content of a secret must never reach a log line.
+impl std::fmt::Debug for FileRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRequest")
+            .field("target", &self.target)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .finish()
+    }
+}
+
 /// One mount into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRequest {
@@ -185,6 +211,9 @@ pub struct CreateOptions {
     pub mounts: Vec<MountRequest>,
     /// Host devices created in the container's /dev and allowed by its devices cgroup.
     pub devices: Vec<DeviceRequest>,
+    /// Files (secrets, configs) written to a tmpfs of the container's own and bind-mounted
+    /// read-only at their targets; removed with the container.
+    pub files: Vec<FileRequest>,
     /// Containers whose volumes and bind mounts are mounted here too, at the same targets;
     /// a target this container mounts itself keeps its own mount.
     pub volumes_from: Vec<VolumesFrom>,
@@ -242,6 +271,7 @@ impl CreateOptions {
             read_only: false,
             mounts: Vec::new(),
             devices: Vec::new(),
+            files: Vec::new(),
             volumes_from: Vec::new(),
             network: NetworkMode::Private,
             ipc: NamespaceMode::Private,

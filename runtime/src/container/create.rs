@@ -265,6 +265,7 @@ impl ContainerManager {
             log: opts.log,
             rootfs_overlay: None,
         };
+        Self::write_files(&dir, &opts.files)?;
         let overlay = self.prepare_rootfs(&dir, &opts.image.layer_dirs)?;
         if self.opts.runtime == RuntimeKind::Builtin {
             cfg.rootfs_overlay = Some(overlay);
@@ -317,6 +318,49 @@ impl ContainerManager {
                 Path::new(&format!("/proc/{}/ns/net", mon.init_pid)),
             )
             .map_err(Error::Network)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the container's secrets and configs into a tmpfs of its own (`files/`), each with
+    /// its owner and mode: their content never reaches the disk. The container sees them through
+    /// read-only bind mounts ([`spec::files_source`]).
+    fn write_files(dir: &Path, files: &[super::FileRequest]) -> Result<(), Error> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let fdir = spec::files_dir(dir);
+        std::fs::create_dir(&fdir).map_err(io_err(format!("creating {}", fdir.display())))?;
+        // Room for the data and a page per file; nothing else is ever written there.
+        let size: usize = files.iter().map(|f| f.data.len() + 4096).sum::<usize>() + 4096;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &fdir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(format!("mode=0700,size={size}").as_str()),
+        )
+        .map_err(|e| Error::Create(format!("mounting the files tmpfs: {e}")))?;
+        for (i, f) in files.iter().enumerate() {
+            let path = spec::files_source(dir, i);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err(format!("creating {}", path.display())))?;
+            out.write_all(&f.data)
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            std::os::unix::fs::fchown(&out, Some(f.uid), Some(f.gid))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+            out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                f.mode & 0o7777,
+            ))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
         }
         Ok(())
     }

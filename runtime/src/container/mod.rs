@@ -12,6 +12,7 @@
 //! | `monitor.json` | monitor | pids (+ start times) of monitor and container init, start time |
 //! | `exit.json` | monitor | exit code, OOM kill, finish time |
 //! | `container.log*` | monitor | JSON-lines log, rotated by size |
+//! | `files/` | manager | a tmpfs holding the container's secrets and configs (`files/<n>`, bind-mounted read-only at their targets); unmounted once the container ended (stopped or exited) and when it is removed |
 //!
 //! Each file has one writer, so a manager that dies at any point leaves a consistent picture: a
 //! new manager re-adopts by reading them ([`ContainerManager::open`]), and exit codes of
@@ -84,8 +85,8 @@ use lock::{creation_in_progress, exclusive_lock};
 
 pub use cgroup::{Hierarchy, Stats};
 pub use config::{
-    CreateOptions, DeviceRequest, ImageInput, LogOptions, MountRequest, MountSource, NamespaceMode,
-    NetworkMode, Ulimit, VolumesFrom,
+    CreateOptions, DeviceRequest, FileRequest, ImageInput, LogOptions, MountRequest, MountSource,
+    NamespaceMode, NetworkMode, Ulimit, VolumesFrom,
 };
 pub use error::Error;
 pub use kill::parse_signal;

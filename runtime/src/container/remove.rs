@@ -91,9 +91,26 @@ pub(crate) fn remove_container_files(dir: &Path) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
         Err(e) => tracing::warn!(rootfs = %rootfs.display(), "unmounting the rootfs: {e}"),
     }
+    // The secrets tmpfs: unmounted first, or removing the directory would only empty it and
+    // leave the mount behind.
+    drop_files(dir);
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(dir = %dir.display(), "removing container dir: {e}");
+    }
+}
+
+/// Unmounts a container's files tmpfs (its secrets and configs) and removes the mount point.
+pub(crate) fn drop_files(dir: &Path) {
+    let files = super::spec::files_dir(dir);
+    match nix::mount::umount2(&files, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => tracing::warn!(files = %files.display(), "unmounting the files tmpfs: {e}"),
+    }
+    match std::fs::remove_dir(&files) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(files = %files.display(), "removing the files tmpfs: {e}"),
     }
 }

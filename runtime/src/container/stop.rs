@@ -17,6 +17,24 @@ impl ContainerManager {
                 self.wait(&st.id, Some(Duration::from_secs(10)))?;
             }
         }
-        Ok(self.info_of(st))
+        let info = self.info_of(st);
+        self.release_files_of(&info);
+        Ok(info)
+    }
+
+    /// Drops the secrets and configs of a container that no longer runs (its files tmpfs): a
+    /// stopped container kept as history holds no secret. Such a container cannot be started
+    /// again with them; the orchestrator replaces it.
+    pub fn release_files(&self, reference: &str) -> Result<(), Error> {
+        let st = self.resolve(reference)?;
+        let info = self.info_of(st);
+        self.release_files_of(&info);
+        Ok(())
+    }
+
+    fn release_files_of(&self, info: &ContainerInfo) {
+        if !matches!(info.status, Status::Running | Status::Created) {
+            super::remove::drop_files(&self.dir(&info.state.id));
+        }
     }
 }
