@@ -320,3 +320,45 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_written_by_an_older_dcpp_keeps_its_24s_and_its_pool() {
+        // As dcpp wrote it before networks had own addressing and several pools.
+        let old = r#"{
+            "settings": {"bridge_prefix": "dcpp", "pool": "10.210.0.0/16", "subnet_len": 24,
+                         "nft_table": "dcpp", "masquerade": true},
+            "networks": {"s_default": {"name": "s_default", "id": "0123456789ab",
+                "bridge": "dcpp0", "subnet": "10.210.0.0/24", "gateway": "10.210.0.1",
+                "internal": false, "created": 1}},
+            "endpoints": [], "ports": []
+        }"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        let s = st.settings.unwrap();
+        assert_eq!(
+            super::super::ipam::pools_string(&s.pools()),
+            "10.210.0.0/16/24"
+        );
+        let n = &st.networks["s_default"];
+        assert_eq!(n.subnet.to_string(), "10.210.0.0/24");
+        let r = n.range();
+        assert_eq!(
+            r.pick("s_default", &BTreeSet::new()).unwrap(),
+            Ipv4Addr::new(10, 210, 0, 2)
+        );
+        // A state without settings opens with the default pools.
+        let none = Settings {
+            pools: vec![],
+            pool: None,
+            subnet_len: None,
+            ..s
+        };
+        assert_eq!(
+            super::super::ipam::pools_string(&none.pools()),
+            super::super::ipam::DEFAULT_POOLS
+        );
+    }
+}
