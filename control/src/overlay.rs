@@ -284,6 +284,35 @@ pub fn desired(inp: &Inputs) -> Desired {
     Desired { docs: out, errors }
 }
 
+/// The own subnets (compose `ipam`) of `services`' networks that overlap a network the
+/// cluster already has (`docs`, the stored documents): what `apply` refuses before it writes,
+/// naming both networks. A network that exists keeps its subnet and is not checked again.
+pub fn conflicts(docs: &BTreeMap<String, NetworkDoc>, services: &[ServiceDoc]) -> Vec<IpamError> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for d in services {
+        for (k, spec) in &d.ipam {
+            let name = format!("{}_{k}", d.spec.stack);
+            if docs.contains_key(&name) || !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some((other, o)) = docs
+                .iter()
+                .filter_map(|(n, doc)| Some((n, doc.net()?)))
+                .find(|(_, o)| o.overlaps(&spec.subnet))
+            {
+                out.push(IpamError::Overlap {
+                    network: name,
+                    subnet: spec.subnet,
+                    other: other.clone(),
+                    other_subnet: o,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Whether task `t` of `doc` takes connections: running, healthy when it has a healthcheck,
 /// and meant to keep running (a replica about to be stopped leaves its names and ports first).
 pub fn serving(t: &Task, doc: &ServiceDoc) -> bool {

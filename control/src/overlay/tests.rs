@@ -292,3 +292,32 @@ fn several_pools_are_used_in_order_and_old_24s_are_kept() {
     assert_eq!(subnet("n1_default"), "10.60.16.0/20");
     assert_eq!(subnet("n2_default"), "10.70.0.0/22");
 }
+
+#[test]
+fn apply_finds_an_own_subnet_that_overlaps_a_stored_network() {
+    let mut docs = BTreeMap::new();
+    docs.insert(
+        "a_default".to_string(),
+        NetworkDoc {
+            subnet: "10.50.0.0/20".into(),
+            vni: 4096,
+            ipam: None,
+            endpoints: BTreeMap::new(),
+        },
+    );
+    let b = with_ipam(doc("b", "web", &[]), "default", "10.50.8.0/24");
+    let c = with_ipam(doc("c", "web", &[]), "default", "10.51.0.0/24");
+    let msgs: Vec<String> = conflicts(&docs, &[b, c])
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            "subnet 10.50.8.0/24 of network b_default overlaps subnet 10.50.0.0/20 of network a_default"
+        ]
+    );
+    // The network itself, applied again, is no conflict.
+    let a = with_ipam(doc("a", "web", &[]), "default", "10.50.0.0/20");
+    assert!(conflicts(&docs, &[a]).is_empty());
+}
