@@ -48,7 +48,7 @@ fn network_ls_inspect_rm_prune() {
     let mut o = NetworkOptions::new(data.path());
     o.bridge_prefix = slot.prefix.clone();
     o.nft_table = slot.table.clone();
-    o.pool = slot.pool.parse().unwrap();
+    o.pools = dcpp_runtime::network::parse_pools(&[format!("{}/24", slot.pool)]).unwrap();
     o.masquerade = false;
     o.dns = None;
     let _cleanup = Destroy(o.clone());

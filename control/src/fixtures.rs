@@ -26,6 +26,7 @@ pub fn doc(stack: &str, name: &str, networks: &[(&str, &[&str])]) -> ServiceDoc 
     ServiceDoc {
         spec: ServiceSpec::new(stack, name, "busybox", 1),
         service,
+        ipam: BTreeMap::new(),
     }
 }
 

@@ -231,10 +231,10 @@ fn rollback_txn(
 /// exactly one orchestrator writes tasks at a time (a deposed leader's writes fail their
 /// preconditions or are forwarded and re-checked).
 /// With `overlay`, it also keeps the cluster-wide network documents ([`crate::overlay`]),
-/// cutting subnets from that pool, and the routing mesh ([`crate::mesh`]).
+/// cutting subnets from those pools, and the routing mesh ([`crate::mesh`]).
 pub async fn run(
     node: Node,
-    overlay: Option<crate::overlay::Pool>,
+    overlay: Option<Vec<dcpp_spec::ipam::AddressPool>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -271,12 +271,12 @@ pub async fn run(
         }
         // The network documents first: a task the planner starts below (a dependent whose
         // dependency just became healthy) reaches nodes that already list its peers.
-        if leader && let Some(pool) = overlay {
+        if leader && let Some(pools) = &overlay {
             // One read of services, tasks and nodes serves both documents.
             match crate::overlay::Snapshot::read(&node).await {
                 Ok(snap) => {
                     for (what, r) in [
-                        ("networks", crate::overlay::sync(&node, pool, &snap).await),
+                        ("networks", crate::overlay::sync(&node, pools, &snap).await),
                         ("routing mesh", crate::mesh::sync(&node, &snap).await),
                     ] {
                         match r {

@@ -80,6 +80,7 @@ mod tests {
         let doc = ServiceDoc {
             spec: ServiceSpec::new("st", "web", "busybox", 1),
             service: dcpp_spec::Service::default(),
+            ipam: Default::default(),
         };
         s.apply(
             Txn::new()

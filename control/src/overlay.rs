@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 
 use dcpp_raft::{Kind, Op, Precondition, Store, Txn};
 use dcpp_reconciler::{DesiredState, Health, Task, TaskId, TaskState};
+use dcpp_spec::ipam::{AddressPool, AddressRange, IpamError, IpamSpec, Ipv4Net, choose_subnet};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -29,9 +30,14 @@ pub const FIRST_VNI: u32 = 4096;
 /// One stack network, cluster-wide.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDoc {
-    /// Subnet, `a.b.c.d/len`; the first address is every node's gateway (and resolver).
+    /// Subnet, `a.b.c.d/len`; its first address is every node's gateway (and resolver) unless
+    /// `gateway` says otherwise.
     pub subnet: String,
     pub vni: u32,
+    /// The network's own addressing (compose `ipam`): gateway, range and reserved addresses;
+    /// `None` for a block of the pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IpamSpec>,
     /// Every task that holds an address on it, by task id.
     #[serde(default)]
     pub endpoints: BTreeMap<u64, EndpointDoc>,
@@ -57,48 +63,32 @@ pub struct EndpointDoc {
     pub serving: bool,
 }
 
-/// Where subnets come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pool {
-    pub base: Ipv4Addr,
-    pub len: u8,
-    /// Prefix length of each network's subnet.
-    pub subnet_len: u8,
-}
+impl NetworkDoc {
+    /// The subnet; `None` for a document that does not parse (never written by dcpp).
+    pub fn net(&self) -> Option<Ipv4Net> {
+        self.subnet.parse().ok()
+    }
 
-impl Pool {
-    /// `pool` as `a.b.c.d/len`, cut into subnets of `subnet_len`.
-    pub fn parse(pool: &str, subnet_len: u8) -> Result<Pool, Error> {
-        let (base, len) = parse_cidr(pool)
-            .ok_or_else(|| Error::Invalid(format!("invalid address pool {pool:?}")))?;
-        if subnet_len < len || subnet_len > 30 {
-            return Err(Error::Invalid(format!(
-                "subnet length /{subnet_len} does not fit pool {pool}"
-            )));
+    /// Every node's bridge address on the network.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        match &self.ipam {
+            Some(i) => Some(i.gateway()),
+            None => self.net().map(|n| n.gateway()),
         }
-        Ok(Pool {
-            base,
-            len,
-            subnet_len,
+    }
+
+    fn range(&self) -> Option<AddressRange<'_>> {
+        let subnet = self.net()?;
+        Some(match &self.ipam {
+            Some(i) => AddressRange {
+                subnet,
+                ip_range: i.ip_range,
+                gateway: i.gateway(),
+                reserved: &i.reserved,
+            },
+            None => AddressRange::whole(subnet),
         })
     }
-}
-
-/// `a.b.c.d/len` with the host bits cleared.
-pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, l) = s.split_once('/')?;
-    let ip: Ipv4Addr = a.parse().ok()?;
-    let len: u8 = l.parse().ok()?;
-    (len <= 32).then(|| (Ipv4Addr::from(u32::from(ip) & mask(len)), len))
-}
-
-fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len) }
-}
-
-fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
-    let l = a.1.min(b.1);
-    u32::from(a.0) & mask(l) == u32::from(b.0) & mask(l)
 }
 
 /// The underlay address in a node's `host:port` advertise address.
@@ -113,7 +103,16 @@ pub struct Inputs<'a> {
     pub tasks: &'a BTreeMap<TaskId, Task>,
     pub nodes: &'a [NodeInfo],
     pub existing: &'a BTreeMap<String, NetworkDoc>,
-    pub pool: Pool,
+    /// The leader's `--network-pool`s, in order.
+    pub pools: &'a [AddressPool],
+}
+
+/// The documents [`desired`] derives, and why a network (or a task's address on one) could not
+/// be given: those networks are left out, or keep what they had, until the cause goes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    pub docs: BTreeMap<String, NetworkDoc>,
+    pub errors: Vec<IpamError>,
 }
 
 /// The stack networks a service joins, by their key in the file, with its aliases there.
@@ -132,14 +131,23 @@ pub fn service_networks(doc: &ServiceDoc) -> Vec<(String, Vec<String>)> {
 }
 
 /// The documents every stack network should have: existing subnets, VXLAN ids and addresses
-/// are kept; new networks and tasks get the lowest free ones. A network stays while a service
-/// uses it or a task still holds an address on it. Errors name what ran out.
-pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
+/// are kept; new networks get their own subnet (compose `ipam`) or the lowest free block of
+/// the pools, new tasks the lowest free address of the network's range. A network stays while
+/// a service uses it or a task still holds an address on it. One network that cannot be given
+/// what it asks for (its subnet overlaps another, the pools are full) holds up no other: it is
+/// left out and named in [`Desired::errors`].
+pub fn desired(inp: &Inputs) -> Desired {
     let mut out: BTreeMap<String, NetworkDoc> = BTreeMap::new();
+    let mut errors = Vec::new();
     let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
+    let mut own: BTreeMap<String, IpamSpec> = BTreeMap::new();
     for doc in inp.services.values() {
         for (k, _) in service_networks(doc) {
-            wanted.insert(format!("{}_{k}", doc.spec.stack), ());
+            let name = format!("{}_{k}", doc.spec.stack);
+            if let Some(spec) = doc.ipam.get(&k) {
+                own.insert(name.clone(), spec.clone());
+            }
+            wanted.insert(name, ());
         }
     }
     let underlay: BTreeMap<u64, Option<Ipv4Addr>> = inp
@@ -189,35 +197,47 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
     names.extend(held.keys().cloned());
     names.extend(fresh.iter().map(|(n, ..)| n.clone()));
     // Networks that exist keep their subnet and id; new ones avoid them.
-    let mut subnets: Vec<(Ipv4Addr, u8)> = Vec::new();
+    let mut taken: Vec<(String, Ipv4Net)> = Vec::new();
     let mut vnis: BTreeSet<u32> = BTreeSet::new();
     for (name, d) in inp.existing {
         if names.contains(name)
-            && let Some(c) = parse_cidr(&d.subnet)
+            && let Some(c) = d.net()
         {
-            subnets.push(c);
+            if let Some(spec) = own.get(name)
+                && d.ipam.as_ref() != Some(spec)
+            {
+                // A network's addressing is fixed for its life, as in docker.
+                errors.push(IpamError::Invalid(format!(
+                    "network {name} has subnet {c}; the stack now asks for {}: remove the stack (`dcpp down`) to change a network's addressing",
+                    spec.subnet
+                )));
+            }
+            taken.push((name.clone(), c));
             vnis.insert(d.vni);
             out.insert(
                 name.clone(),
                 NetworkDoc {
-                    subnet: d.subnet.clone(),
-                    vni: d.vni,
                     endpoints: BTreeMap::new(),
+                    ..d.clone()
                 },
             );
         }
     }
-    for name in &names {
-        if out.contains_key(name) {
-            continue;
-        }
-        let subnet = free_subnet(inp.pool, &subnets).ok_or_else(|| {
-            Error::Invalid(format!(
-                "no free /{} left in the cluster's address pool {}/{} for network {name}",
-                inp.pool.subnet_len, inp.pool.base, inp.pool.len
-            ))
-        })?;
-        subnets.push(subnet);
+    // Own subnets first, so that no block of the pools is given where one is asked for.
+    let (mine, auto): (Vec<&String>, Vec<&String>) = names
+        .iter()
+        .filter(|n| !out.contains_key(*n))
+        .partition(|n| own.contains_key(*n));
+    for name in mine.into_iter().chain(auto) {
+        let spec = own.get(name);
+        let subnet = match choose_subnet(name, spec, inp.pools, &taken) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        taken.push((name.clone(), subnet));
         let vni = (FIRST_VNI..)
             .find(|v| !vnis.contains(v))
             .unwrap_or(FIRST_VNI);
@@ -225,8 +245,9 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
         out.insert(
             name.clone(),
             NetworkDoc {
-                subnet: format!("{}/{}", subnet.0, subnet.1),
+                subnet: subnet.to_string(),
                 vni,
+                ipam: spec.cloned(),
                 endpoints: BTreeMap::new(),
             },
         );
@@ -236,16 +257,60 @@ pub fn desired(inp: &Inputs) -> Result<BTreeMap<String, NetworkDoc>, Error> {
             d.endpoints = eps;
         }
     }
+    let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = out
+        .iter()
+        .map(|(n, d)| (n.clone(), d.endpoints.values().map(|e| e.ip).collect()))
+        .collect();
+    let mut full: BTreeSet<String> = BTreeSet::new();
     for (net, task, mut ep) in fresh {
         let Some(d) = out.get_mut(&net) else { continue };
-        let (base, len) = parse_cidr(&d.subnet).unwrap_or((Ipv4Addr::UNSPECIFIED, 32));
-        let used: BTreeSet<Ipv4Addr> = d.endpoints.values().map(|e| e.ip).collect();
-        ep.ip = free_address(base, len, &used).ok_or_else(|| {
-            Error::Invalid(format!("subnet {} of network {net} is full", d.subnet))
-        })?;
-        d.endpoints.insert(task, ep);
+        if full.contains(&net) {
+            continue;
+        }
+        let Some(range) = d.range() else { continue };
+        let used = used.entry(net.clone()).or_default();
+        match range.pick(&net, used) {
+            Ok(ip) => {
+                ep.ip = ip;
+                used.insert(ip);
+                d.endpoints.insert(task, ep);
+            }
+            Err(e) => {
+                full.insert(net);
+                errors.push(e);
+            }
+        }
     }
-    Ok(out)
+    Desired { docs: out, errors }
+}
+
+/// The own subnets (compose `ipam`) of `services`' networks that overlap a network the
+/// cluster already has (`docs`, the stored documents): what `apply` refuses before it writes,
+/// naming both networks. A network that exists keeps its subnet and is not checked again.
+pub fn conflicts(docs: &BTreeMap<String, NetworkDoc>, services: &[ServiceDoc]) -> Vec<IpamError> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for d in services {
+        for (k, spec) in &d.ipam {
+            let name = format!("{}_{k}", d.spec.stack);
+            if docs.contains_key(&name) || !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some((other, o)) = docs
+                .iter()
+                .filter_map(|(n, doc)| Some((n, doc.net()?)))
+                .find(|(_, o)| o.overlaps(&spec.subnet))
+            {
+                out.push(IpamError::Overlap {
+                    network: name,
+                    subnet: spec.subnet,
+                    other: other.clone(),
+                    other_subnet: o,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Whether task `t` of `doc` takes connections: running, healthy when it has a healthcheck,
@@ -258,27 +323,6 @@ pub fn serving(t: &Task, doc: &ServiceDoc) -> bool {
             Health::Unknown => doc.health_command().is_none(),
             Health::Starting | Health::Unhealthy => false,
         }
-}
-
-/// The lowest subnet of the pool that overlaps none of `taken`.
-fn free_subnet(pool: Pool, taken: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
-    let count = 1u64 << (pool.subnet_len - pool.len);
-    let step = 1u64 << (32 - pool.subnet_len);
-    (0..count)
-        .map(|i| {
-            let a = u64::from(u32::from(pool.base)) + i * step;
-            (Ipv4Addr::from(a as u32), pool.subnet_len)
-        })
-        .find(|s| !taken.iter().any(|t| overlaps(*s, *t)))
-}
-
-/// The lowest address of the subnet that is neither the network address, the gateway (the
-/// first host), the broadcast address nor in `used`.
-fn free_address(base: Ipv4Addr, len: u8, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    let size = 1u64 << (32 - len);
-    (2..size.saturating_sub(1))
-        .map(|i| Ipv4Addr::from((u64::from(u32::from(base)) + i) as u32))
-        .find(|ip| !used.contains(ip))
 }
 
 /// What the leader derives the network documents and the routing mesh from, read once per
@@ -308,8 +352,13 @@ impl Snapshot {
 }
 
 /// Brings the stored network documents to [`desired`] in one transaction conditioned on what
-/// was read. Returns whether anything was written.
-pub async fn sync<S: Store>(store: &S, pool: Pool, snap: &Snapshot) -> Result<bool, Error> {
+/// was read. Returns whether anything was written; a network that could not be given what it
+/// asks for is logged (its tasks wait for an address).
+pub async fn sync<S: Store>(
+    store: &S,
+    pools: &[AddressPool],
+    snap: &Snapshot,
+) -> Result<bool, Error> {
     let mut existing = BTreeMap::new();
     let mut revs = BTreeMap::new();
     for o in store.list(Kind::Network).await?.objects {
@@ -318,13 +367,16 @@ pub async fn sync<S: Store>(store: &S, pool: Pool, snap: &Snapshot) -> Result<bo
             existing.insert(o.id, d);
         }
     }
-    let want = desired(&Inputs {
+    let Desired { docs: want, errors } = desired(&Inputs {
         services: &snap.services,
         tasks: &snap.tasks,
         nodes: &snap.nodes,
         existing: &existing,
-        pool,
-    })?;
+        pools,
+    });
+    for e in &errors {
+        tracing::warn!("networks: {e}");
+    }
     let mut txn = Txn::new();
     for (name, d) in &want {
         if existing.get(name) == Some(d) {

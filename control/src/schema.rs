@@ -63,6 +63,11 @@ pub struct StackDoc {
 pub struct ServiceDoc {
     pub spec: ServiceSpec,
     pub service: dcpp_spec::Service,
+    /// The own addressing (compose `ipam`) of the stack networks the service joins, by their
+    /// key in the file: whoever creates the network (the node's agent, the leader for the
+    /// cluster) reads it here with the service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ipam: BTreeMap<String, dcpp_spec::ipam::IpamSpec>,
 }
 
 impl ServiceDoc {
@@ -409,6 +414,8 @@ pub fn rolled_back_doc(
         ..spec.clone()
     };
     back.service.deploy = current.service.deploy.clone();
+    // A network's addressing is fixed while it exists.
+    back.ipam = current.ipam.clone();
     back
 }
 
@@ -435,9 +442,26 @@ pub fn stack_docs(
     for name in project.services.keys() {
         let spec =
             ServiceSpec::from_compose(project, name).map_err(|e| Error::Invalid(e.to_string()))?;
+        let service = project.services[name].clone();
+        let mut ipam = BTreeMap::new();
+        let keys: Vec<String> = if service.networks.is_empty() {
+            vec!["default".into()]
+        } else {
+            service.networks.keys().cloned().collect()
+        };
+        for k in keys {
+            if let Some(n) = project.networks.get(&k)
+                && let Some(spec) = n
+                    .ipam_spec()
+                    .map_err(|e| Error::Invalid(format!("network {k}: {e}")))?
+            {
+                ipam.insert(k, spec);
+            }
+        }
         services.push(ServiceDoc {
             spec,
-            service: project.services[name].clone(),
+            service,
+            ipam,
         });
     }
     let canonical = serde_json::to_vec(project).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -668,6 +692,7 @@ mod tests {
         ServiceDoc {
             spec: ServiceSpec::new("s", "web", image, replicas),
             service,
+            ipam: Default::default(),
         }
     }
 

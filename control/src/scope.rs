@@ -86,6 +86,7 @@ mod tests {
         let net = serde_json::to_value(crate::overlay::NetworkDoc {
             subnet: "10.0.0.0/24".into(),
             vni: 4096,
+            ipam: None,
             endpoints: [(
                 7,
                 crate::overlay::EndpointDoc {

@@ -234,6 +234,7 @@ mod tests {
                 image: Some(image.into()),
                 ..Default::default()
             },
+            ipam: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ fn service() -> ServiceDoc {
             image: Some("busybox".into()),
             ..Default::default()
         },
+        ipam: Default::default(),
     }
 }
 

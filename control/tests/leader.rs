@@ -35,6 +35,7 @@ fn service(replicas: u32) -> ServiceDoc {
             image: Some("busybox".into()),
             ..Default::default()
         },
+        ipam: Default::default(),
     }
 }
 

@@ -127,8 +127,16 @@ pub struct OverlayConf {
     pub underlay_mtu: u32,
 }
 
-/// A task's addresses on its overlay networks: network name to (address, subnet).
-type Addresses = BTreeMap<String, (std::net::Ipv4Addr, String)>;
+/// A task's address on one overlay network, with the network's subnet and own addressing.
+#[derive(Debug, Clone, PartialEq)]
+struct OverlayAddr {
+    ip: std::net::Ipv4Addr,
+    subnet: String,
+    ipam: Option<dcpp_spec::ipam::IpamSpec>,
+}
+
+/// A task's addresses on its overlay networks, by network name.
+type Addresses = BTreeMap<String, OverlayAddr>;
 
 /// The addresses of task `t` of service `doc` in `nets`, or `None` while the leader has not
 /// given it one on each of its networks.
@@ -142,7 +150,14 @@ fn addresses_of(
         let name = format!("{}_{k}", doc.spec.stack);
         let n = nets.get(&name)?;
         let ep = n.endpoints.get(&t.id.0)?;
-        out.insert(name, (ep.ip, n.subnet.clone()));
+        out.insert(
+            name,
+            OverlayAddr {
+                ip: ep.ip,
+                subnet: n.subnet.clone(),
+                ipam: n.ipam.clone(),
+            },
+        );
     }
     Some(out)
 }
@@ -603,11 +618,11 @@ impl<S: Store> Agent<S> {
         nets: &BTreeMap<String, NetworkDoc>,
         conf: OverlayConf,
     ) {
-        let mut want: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut want: BTreeMap<String, (String, OverlayAddr)> = BTreeMap::new();
         for (_, _, c, svc, addrs) in rest {
             if let (None, Some(d), Some(a)) = (c, svc, addrs) {
-                for (name, (_, subnet)) in a {
-                    want.insert(name.clone(), (d.spec.stack.clone(), subnet.clone()));
+                for (name, addr) in a {
+                    want.insert(name.clone(), (d.spec.stack.clone(), addr.clone()));
                 }
             }
         }
@@ -616,8 +631,8 @@ impl<S: Store> Agent<S> {
         }
         let mtu = conf.underlay_mtu - VXLAN_OVERHEAD;
         self.net_blocking(move |net| {
-            for (name, (stack, subnet)) in want {
-                if let Err(e) = net.ensure_overlay(&name, &stack, &subnet, mtu) {
+            for (name, (stack, a)) in want {
+                if let Err(e) = net.ensure_overlay(&name, &stack, &a.subnet, a.ipam.as_ref(), mtu) {
                     tracing::warn!(network = %name, "{e}");
                 }
             }
@@ -839,7 +854,9 @@ impl<S: Store> Agent<S> {
                         tracing::warn!(task = %t.id, "starting {}: {e}", t.name());
                         TaskReport {
                             state: Some(match e {
-                                Error::ImageNotFound(_) | Error::Pull(_) => TaskState::Rejected,
+                                Error::ImageNotFound(_)
+                                | Error::Pull(_)
+                                | Error::NetworkRefused(_) => TaskState::Rejected,
                                 _ => TaskState::Failed,
                             }),
                             error: Some(e.to_string()),
@@ -1586,23 +1603,24 @@ fn plan_networks(
         let full = format!("{stack}_{k}");
         let addr = overlay.and_then(|(a, _)| a.get(&full));
         match (overlay, addr) {
-            (Some((_, mtu)), Some((_, subnet))) => net
-                .ensure_overlay(&full, stack, subnet, *mtu)
-                .map_err(|e| Error::Runtime(e.to_string()))?,
+            (Some((_, mtu)), Some(a)) => net
+                .ensure_overlay(&full, stack, &a.subnet, a.ipam.as_ref(), *mtu)
+                .map_err(Error::from)?,
             (Some(_), None) => {
                 return Err(Error::Runtime(format!(
                     "network {full} has no address for this task yet"
                 )));
             }
-            (None, _) if !existing.contains(&full) => net
-                .ensure(&full, stack)
-                .map_err(|e| Error::Runtime(e.to_string()))?,
+            // A network with own addressing is checked against it each time.
+            (None, _) if !existing.contains(&full) || doc.ipam.contains_key(&k) => net
+                .ensure(&full, stack, doc.ipam.get(&k))
+                .map_err(Error::from)?,
             (None, _) => {}
         }
         planned.push(PlannedNetwork {
             network: full.clone(),
             aliases,
-            ipv4_address: addr.map(|(ip, _)| *ip),
+            ipv4_address: addr.map(|a| a.ip),
         });
         names.push(full);
     }

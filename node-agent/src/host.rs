@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dcpp_spec::ipam::IpamSpec;
 use futures::future::BoxFuture;
 
 use dcpp_runtime::container::{
@@ -45,6 +46,18 @@ impl FileSource for NodeFiles {
         let node = self.0.clone();
         Box::pin(async move { Ok(dcpp_control::files::fetch_task_files(&node, &req).await?) })
     }
+}
+
+/// Why a network could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnsureError {
+    /// The network cannot have the addressing the stack asks for (its subnet overlaps another
+    /// network or lies outside the pools, or every pool is full): trying again changes nothing
+    /// until the stack or the daemon's pools do.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 /// A host operation failed; the message is the runtime's own.
@@ -136,19 +149,22 @@ pub struct Network {
 /// Local networking. Calls block.
 pub trait Networks: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<Network>, HostError>;
-    /// Creates a network for `stack` unless one of that name exists.
-    fn ensure(&self, name: &str, stack: &str) -> Result<(), HostError>;
-    /// Creates a network for `stack` on the cluster-wide `subnet` with interfaces of `mtu`,
-    /// unless it exists with that subnet; one left with another subnet and no containers is
-    /// made again.
+    /// Creates a network for `stack` unless one of that name exists, with its own addressing
+    /// (compose `ipam`) or a block of the pools. One that exists with other addressing than
+    /// `own` asks for is refused.
+    fn ensure(&self, name: &str, stack: &str, own: Option<&IpamSpec>) -> Result<(), EnsureError>;
+    /// Creates a network for `stack` on the cluster-wide `subnet` (with the gateway, range
+    /// and reserved addresses of `own`) with interfaces of `mtu`, unless it exists with that
+    /// subnet; one left with another subnet and no containers is made again.
     fn ensure_overlay(
         &self,
         name: &str,
         stack: &str,
         _subnet: &str,
+        own: Option<&IpamSpec>,
         _mtu: u32,
-    ) -> Result<(), HostError> {
-        self.ensure(name, stack)
+    ) -> Result<(), EnsureError> {
+        self.ensure(name, stack, own)
     }
     /// Makes network `name` reach exactly these containers on other nodes (see
     /// [`NetworkManager::set_remote`]); returns whether anything changed.
@@ -411,15 +427,32 @@ impl Networks for LocalNetworks {
         let l = self.manager.list().map_err(HostError::of)?;
         Ok(l.into_iter().map(network).collect())
     }
-    fn ensure(&self, name: &str, stack: &str) -> Result<(), HostError> {
-        let mut cfg = NetworkConfig::default();
+    fn ensure(&self, name: &str, stack: &str, own: Option<&IpamSpec>) -> Result<(), EnsureError> {
+        if let Ok(info) = self.manager.inspect(name) {
+            let n = &info.network;
+            return match own {
+                Some(o) if n.subnet != o.subnet || n.gateway != o.gateway() => {
+                    Err(EnsureError::Refused(format!(
+                        "network {name} has subnet {} (gateway {}) here; the stack asks for {} (gateway {}): remove the stack (`dcpp down`) to change a network's addressing",
+                        n.subnet,
+                        n.gateway,
+                        o.subnet,
+                        o.gateway()
+                    )))
+                }
+                _ => Ok(()),
+            };
+        }
+        let mut cfg = NetworkConfig {
+            own: own.cloned(),
+            ..Default::default()
+        };
         cfg.labels
             .insert(crate::agent::NETWORK_STACK_LABEL.into(), stack.to_string());
         match self.manager.create_network(name, cfg) {
             Ok(_) => Ok(()),
-            // Another round (or a daemon before a restart) created it meanwhile.
-            Err(e) if e.to_string().contains("exists") => Ok(()),
-            Err(e) => Err(HostError::of(e)),
+            Err(dcpp_runtime::network::Error::Ipam(e)) => Err(EnsureError::Refused(e.to_string())),
+            Err(e) => Err(HostError::of(e).into()),
         }
     }
     fn ensure_overlay(
@@ -427,25 +460,30 @@ impl Networks for LocalNetworks {
         name: &str,
         stack: &str,
         subnet: &str,
+        own: Option<&IpamSpec>,
         mtu: u32,
-    ) -> Result<(), HostError> {
+    ) -> Result<(), EnsureError> {
         let want: Ipv4Net = subnet
             .parse()
             .map_err(|e: dcpp_runtime::network::ParseNetError| HostError(e.0))?;
         if let Ok(info) = self.manager.inspect(name) {
-            if info.network.subnet == want {
+            if info.network.subnet == want
+                && own.is_none_or(|o| o.gateway() == info.network.gateway)
+            {
                 return Ok(());
             }
             if !info.endpoints.is_empty() {
                 return Err(HostError(format!(
                     "network {name} has subnet {} here, but {want} in the cluster, and still has containers",
                     info.network.subnet
-                )));
+                ))
+                .into());
             }
             self.manager.remove_network(name).map_err(HostError::of)?;
         }
         let mut cfg = NetworkConfig {
             subnet: Some(want),
+            own: own.cloned(),
             mtu: Some(mtu),
             ..Default::default()
         };
@@ -453,8 +491,7 @@ impl Networks for LocalNetworks {
             .insert(crate::agent::NETWORK_STACK_LABEL.into(), stack.to_string());
         match self.manager.create_network(name, cfg) {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("exists") => Ok(()),
-            Err(e) => Err(HostError::of(e)),
+            Err(e) => Err(HostError::of(e).into()),
         }
     }
     fn set_remote(&self, name: &str, overlay: Option<Overlay>) -> Result<bool, HostError> {

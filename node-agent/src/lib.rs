@@ -41,7 +41,20 @@ pub enum Error {
     /// The container runtime or the network layer failed.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A stack network cannot have the addressing it asks for (see
+    /// [`crate::host::EnsureError::Refused`]): the task is rejected, not retried.
+    #[error("network: {0}")]
+    NetworkRefused(String),
     /// A document or a service setting is not usable.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<host::EnsureError> for Error {
+    fn from(e: host::EnsureError) -> Self {
+        match e {
+            host::EnsureError::Refused(m) => Error::NetworkRefused(m),
+            host::EnsureError::Host(h) => Error::Runtime(h.to_string()),
+        }
+    }
 }

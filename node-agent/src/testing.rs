@@ -298,7 +298,12 @@ impl Networks for FakeNetworks {
         self.calls.push(Call::Networks);
         Ok(lock(&self.list).clone())
     }
-    fn ensure(&self, name: &str, stack: &str) -> Result<(), HostError> {
+    fn ensure(
+        &self,
+        name: &str,
+        stack: &str,
+        _own: Option<&dcpp_spec::ipam::IpamSpec>,
+    ) -> Result<(), crate::host::EnsureError> {
         self.calls.push(Call::Ensure {
             network: name.into(),
             stack: stack.into(),

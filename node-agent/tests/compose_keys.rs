@@ -246,6 +246,13 @@ const APPLIED: &[(&str, &str)] = &[
         "runtime/tests/network_e2e.rs::endpoints_talk_by_ip_and_name_ports_publish_and_host_is_clean_after",
     ),
     ("services.*.pids_limit", HERE_PROCESS),
+    ("networks.*.ipam", HERE_IPAM),
+    ("networks.*.ipam.driver", HERE_IPAM),
+    ("networks.*.ipam.config", HERE_IPAM),
+    ("networks.*.ipam.config.[].subnet", HERE_IPAM),
+    ("networks.*.ipam.config.[].ip_range", HERE_IPAM),
+    ("networks.*.ipam.config.[].gateway", HERE_IPAM),
+    ("networks.*.ipam.config.[].aux_addresses", HERE_IPAM),
     (
         "services.*.ports",
         "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
@@ -428,6 +435,7 @@ const HERE_NAMESPACES: &str =
     "tests/e2e_fields.rs::ipc_and_pid_host_share_the_hosts_namespaces_and_the_default_does_not";
 const HERE_CGROUP: &str = "tests/e2e_fields.rs::cgroup_and_process_keys_reach_the_container_and_impossible_values_fail_the_task";
 const HERE_NAMES: &str = "tests/e2e_fields.rs::extra_hosts_and_dns_settings_reach_the_container_and_stack_names_still_resolve";
+const HERE_IPAM: &str = "tests/e2e_ipam.rs::ipam_subnet_range_gateway_and_aux_addresses_reach_the_containers_and_conflicts_fail_the_apply";
 const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach_the_service_spec";
 
 /// The rollback config's fields mirror the update config's: the same conversion applies them.

@@ -185,6 +185,24 @@ pub(crate) const NETWORK_ATTACHABLE: Key = unapplied(
     "attachable: true",
 )
 .when("true");
+pub(crate) const IPAM_DRIVER: Key = refused(
+    "driver",
+    "dcpp allocates addresses itself; use `default` or leave the driver out",
+    "ipam: {driver: dhcp}",
+)
+.when("not `default`");
+pub(crate) const IPAM_CONFIGS: Key = refused(
+    "config",
+    "a network has one IPv4 subnet; give one config entry",
+    "ipam: {config: [{subnet: 10.9.0.0/24}, {subnet: 10.10.0.0/24}]}",
+)
+.when("more than one entry");
+pub(crate) const IPAM_IPV6: Key = refused(
+    "subnet",
+    "networks are IPv4 only",
+    "ipam: {config: [{subnet: 'fd00:9::/64'}]}",
+)
+.when("an IPv6 subnet");
 pub(crate) const NETWORK_IPV6: Key =
     unapplied("enable_ipv6", "networks are IPv4 only", "enable_ipv6: true").when("true");
 
@@ -789,11 +807,7 @@ pub const NETWORK: Object = Object {
             "bridges are created with dcpp's own settings",
             "driver_opts: {a: b}",
         ),
-        unapplied(
-            "ipam",
-            "subnets come from the daemon's --network-pool",
-            "ipam: {config: [{subnet: 10.9.0.0/24}]}",
-        ),
+        applied("ipam", "ipam: {config: [{subnet: 10.9.0.0/24}]}"),
         applied("external", "external: false"),
         NETWORK_EXTERNAL,
         applied("internal", "internal: false"),
@@ -814,8 +828,10 @@ pub const NETWORK: Object = Object {
 pub const IPAM: Object = Object {
     path: "networks.*.ipam",
     keys: &[
-        with_parent("driver", "ipam: {driver: default}"),
-        with_parent("config", "ipam: {config: [{subnet: 10.9.0.0/24}]}"),
+        applied("driver", "ipam: {driver: default}"),
+        IPAM_DRIVER,
+        applied("config", "ipam: {config: [{subnet: 10.9.0.0/24}]}"),
+        IPAM_CONFIGS,
         ignored("options", "ipam: {options: {a: b}}"),
     ],
 };
@@ -823,16 +839,17 @@ pub const IPAM: Object = Object {
 pub const IPAM_POOL: Object = Object {
     path: "networks.*.ipam.config.[]",
     keys: &[
-        with_parent("subnet", "ipam: {config: [{subnet: 10.9.0.0/24}]}"),
-        with_parent(
+        applied("subnet", "ipam: {config: [{subnet: 10.9.0.0/24}]}"),
+        IPAM_IPV6,
+        applied(
             "ip_range",
             "ipam: {config: [{subnet: 10.9.0.0/24, ip_range: 10.9.0.0/25}]}",
         ),
-        with_parent(
+        applied(
             "gateway",
             "ipam: {config: [{subnet: 10.9.0.0/24, gateway: 10.9.0.1}]}",
         ),
-        with_parent(
+        applied(
             "aux_addresses",
             "ipam: {config: [{subnet: 10.9.0.0/24, aux_addresses: {a: 10.9.0.2}}]}",
         ),

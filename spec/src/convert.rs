@@ -894,7 +894,13 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                 let mut ipam = Ipam::default();
                 for (k, v, p) in cv.fields_keeping(v, &p, &cf::IPAM, &mut ipam.extensions) {
                     match k {
-                        "driver" => ipam.driver = cv.opt_string(v, &p),
+                        "driver" => {
+                            ipam.driver = cv.opt_string(v, &p);
+                            if let Some(d) = ipam.driver.as_deref().filter(|d| *d != "default") {
+                                let detail = format!("ipam driver {d:?}");
+                                cv.note(v.pos, &p, &cf::IPAM_DRIVER, Some(&detail));
+                            }
+                        }
                         _ => {
                             let items = match &v.kind {
                                 Kind::Seq(items) => items.as_slice(),
@@ -919,6 +925,11 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                                                 && !syntax::valid_cidr(s)
                                             {
                                                 cv.err(v.pos, &p, format!("invalid subnet {s:?}"));
+                                            } else if let Some(s) = &pool.subnet
+                                                && s.contains(':')
+                                            {
+                                                let detail = format!("subnet {s:?}");
+                                                cv.note(v.pos, &p, &cf::IPAM_IPV6, Some(&detail));
                                             }
                                         }
                                         "ip_range" => pool.ip_range = cv.opt_string(v, &p),
@@ -926,7 +937,14 @@ fn network(cv: &mut Cv<'_>, n: &Node<'_>, path: &KeyPath<'_>) -> Option<Network>
                                         _ => pool.aux_addresses = cv.labels(v, &p),
                                     }
                                 }
+                                if let Err(e) = crate::ipam::spec_of(&pool) {
+                                    cv.err(item.pos, &ip, e.to_string());
+                                }
                                 ipam.config.push(pool);
+                            }
+                            if items.len() > 1 {
+                                let detail = format!("{} config entries", items.len());
+                                cv.note(v.pos, &p, &cf::IPAM_CONFIGS, Some(&detail));
                             }
                         }
                     }

@@ -12,6 +12,7 @@ mod dotenv;
 mod error;
 mod extensions;
 mod interp;
+pub mod ipam;
 mod loader;
 mod merge;
 pub mod model;

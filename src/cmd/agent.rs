@@ -48,11 +48,11 @@ pub fn start_agent(
     let mut opts = NetworkOptions::new(data_dir);
     opts.bridge_prefix = a.bridge_prefix.clone();
     opts.nft_table = a.nft_table.clone();
-    if let Some(p) = &a.network_pool {
-        opts.pool = p
-            .parse()
-            .with_context(|| format!("invalid --network-pool {p}"))?;
+    if !a.network_pools.is_empty() {
+        opts.pools =
+            dcpp_runtime::network::parse_pools(&a.network_pools).context("--network-pool")?;
     }
+    let pools = opts.pools.clone();
     opts.dns = Some(DnsOptions {
         port: a.dns_port,
         upstreams: None,
@@ -80,19 +80,7 @@ pub fn start_agent(
         insecure_registries: a.insecure_registries.clone(),
         ..Default::default()
     };
-    let overlay = a
-        .overlay
-        .enabled(node.advertise())
-        .then(|| {
-            dcpp_control::overlay::Pool::parse(
-                a.network_pool
-                    .as_deref()
-                    .unwrap_or(dcpp_runtime::network::DEFAULT_POOL),
-                24,
-            )
-        })
-        .transpose()
-        .context("--network-pool")?;
+    let overlay = a.overlay.enabled(node.advertise()).then_some(pools);
     if overlay.is_some() && dcpp_control::overlay::underlay_of(node.advertise()).is_none() {
         anyhow::bail!(
             "--overlay on needs an IPv4 advertise address (the VXLAN underlay), not {}",

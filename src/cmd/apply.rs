@@ -497,6 +497,19 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
             }
             return Ok(0);
         }
+        // In a cluster the stored network documents are every node's networks: an own subnet
+        // that overlaps one is refused before anything is written (on one node the agent
+        // checks against its own networks and pools, and rejects the task).
+        let conflicts = dcpp_control::overlay::conflicts(
+            &dcpp_control::overlay::list(&c).await?,
+            &new.values().cloned().collect::<Vec<_>>(),
+        );
+        if !conflicts.is_empty() {
+            for e in &conflicts {
+                eprintln!("error: {e}");
+            }
+            return Ok(1);
+        }
         store_stack(
             &c,
             &mut stack,

@@ -89,9 +89,14 @@ pub struct AgentArgs {
     /// nftables table (family ip) for published ports.
     #[arg(long, default_value = "dcpp")]
     pub nft_table: String,
-    /// Address pool stack networks are carved from.
-    #[arg(long)]
-    pub network_pool: Option<String>,
+    /// Address pools stack networks are carved from, as docker's `default-address-pools`:
+    /// `CIDR/SIZE` gives each network a /SIZE block of CIDR (`CIDR` alone: /20 blocks, or the
+    /// pool itself when smaller). Comma-separated or repeated; pools are used in order. A
+    /// compose network's own `ipam` subnet must lie inside one. Default `10.208.0.0/12/20`:
+    /// 256 networks of 4094 addresses each, room for a thousand replicas on one network (a /24
+    /// holds 253). In a cluster the leader's pools are the cluster's.
+    #[arg(long = "network-pool", value_name = "CIDR[/SIZE]")]
+    pub network_pools: Vec<String>,
     /// UDP port of the containers' DNS resolver on each gateway.
     #[arg(long, default_value_t = 53)]
     pub dns_port: u16,

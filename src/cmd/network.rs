@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use dcpp_runtime::network::{DEFAULT_POOL, NetworkInfo, NetworkManager, NetworkOptions};
+use dcpp_runtime::network::{DEFAULT_POOLS, NetworkInfo, NetworkManager, NetworkOptions};
 
 use crate::Global;
 
@@ -65,12 +65,10 @@ pub struct InstanceArgs {
         default_value = "dcpp"
     )]
     pub bridge_prefix: String,
-    /// Address pool networks take their subnets from.
-    #[arg(long, global = true, env = "DCPP_ADDRESS_POOL", default_value = DEFAULT_POOL)]
+    /// Address pools networks take their subnets from, as the daemon's --network-pool
+    /// (`CIDR/SIZE`, comma-separated).
+    #[arg(long, global = true, env = "DCPP_ADDRESS_POOL", default_value = DEFAULT_POOLS)]
     pub address_pool: String,
-    /// Prefix length of each network's subnet.
-    #[arg(long, global = true, env = "DCPP_SUBNET_LEN", default_value_t = 24)]
-    pub subnet_len: u8,
     /// nftables table (family ip) owned by this instance.
     #[arg(long, global = true, env = "DCPP_NFT_TABLE", default_value = "dcpp")]
     pub nft_table: String,
@@ -84,8 +82,8 @@ impl InstanceArgs {
     pub fn options(&self, global: &Global) -> anyhow::Result<NetworkOptions> {
         let mut o = NetworkOptions::new(&global.data_dir);
         o.bridge_prefix = self.bridge_prefix.clone();
-        o.pool = self.address_pool.parse().context("--address-pool")?;
-        o.subnet_len = self.subnet_len;
+        o.pools =
+            dcpp_runtime::network::parse_pools(&[&self.address_pool]).context("--address-pool")?;
         o.nft_table = self.nft_table.clone();
         o.masquerade = self.masquerade;
         Ok(o)

@@ -11,7 +11,7 @@
 //! ephemeral range that `free_port()` picks from, so no test's published port can take it.
 //!
 //! Pools are `10.(128+n).0.0/16`: outside the runtime crate's test pools (10.199, 10.231-235,
-//! 10.9), the daemon's default (10.210) and every other slot, so tests that compare host
+//! 10.9), the daemon's default (10.208.0.0/12) and every other slot, so tests that compare host
 //! state by /16 only ever see their own addresses.
 #![allow(dead_code)]
 

@@ -62,6 +62,11 @@ pub fn stderr(o: &Output) -> String {
 impl Rig {
     /// `tag`: 2 lowercase letters naming the test; names and pool come from a slot.
     pub fn new(tag: &str) -> Rig {
+        Rig::with_pools(tag, str::to_owned)
+    }
+
+    /// [`Rig::new`] with `--network-pool` made from the slot's own /16 pool.
+    pub fn with_pools(tag: &str, pools: impl FnOnce(&str) -> String) -> Rig {
         let slot = crate::slot::Slot::take(tag);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("dcpp-dp-{tag}-"))
@@ -75,7 +80,7 @@ impl Rig {
             cgroup: slot.cgroup.clone(),
             prefix: slot.prefix.clone(),
             table: slot.table.clone(),
-            pool: slot.pool.clone(),
+            pool: pools(&slot.pool),
             root,
             _tmp: tmp,
             daemon: None,

@@ -10,13 +10,21 @@ fn run(
         services.iter().map(|d| (d.id().0, d.clone())).collect();
     let tasks: BTreeMap<TaskId, Task> = tasks.iter().map(|t| (t.id, t.clone())).collect();
     let nodes = [node(1, "10.1.0.1:7377"), node(2, "10.1.0.2:7377")];
-    desired(&Inputs {
+    let d = desired(&Inputs {
         services: &services,
         tasks: &tasks,
         nodes: &nodes,
         existing,
-        pool: Pool::parse("10.50.0.0/16", 24).unwrap(),
-    })
+        pools: &pools("10.50.0.0/16/24"),
+    });
+    match d.errors.first() {
+        Some(e) => Err(Error::Invalid(e.to_string())),
+        None => Ok(d.docs),
+    }
+}
+
+fn pools(s: &str) -> Vec<AddressPool> {
+    dcpp_spec::ipam::parse_pools(&[s]).unwrap()
 }
 
 #[test]
@@ -130,6 +138,7 @@ fn a_removed_stack_loses_its_network_and_an_exhausted_pool_is_an_error() {
         NetworkDoc {
             subnet: "10.50.0.0/24".into(),
             vni: 4096,
+            ipam: None,
             endpoints: BTreeMap::new(),
         },
     );
@@ -148,17 +157,25 @@ fn a_removed_stack_loses_its_network_and_an_exhausted_pool_is_an_error() {
             (d.id().0, d)
         })
         .collect();
-    let err = desired(&Inputs {
+    let d = desired(&Inputs {
         services: &services,
         tasks: &BTreeMap::new(),
         nodes: &[],
         existing: &BTreeMap::new(),
-        pool: Pool::parse("10.50.0.0/23", 24).unwrap(),
-    })
-    .unwrap_err();
+        pools: &pools("10.50.0.0/23/24"),
+    });
+    // The two that fit are made; the third is named, with the pool.
     assert_eq!(
-        err.to_string(),
-        "no free /24 left in the cluster's address pool 10.50.0.0/23 for network s2_default"
+        d.docs.keys().collect::<Vec<_>>(),
+        ["s0_default", "s1_default"]
+    );
+    assert_eq!(d.errors.len(), 1);
+    assert!(
+        d.errors[0].to_string().starts_with(
+            "address pool 10.50.0.0/23/24 is exhausted: no free block left for network s2_default"
+        ),
+        "{}",
+        d.errors[0]
     );
 }
 
@@ -170,9 +187,137 @@ fn underlay_addresses_come_from_advertise_addresses() {
     );
     assert_eq!(underlay_of("10.1.0.1"), Some(Ipv4Addr::new(10, 1, 0, 1)));
     assert_eq!(underlay_of("node-a:7377"), None);
-    assert_eq!(
-        parse_cidr("10.1.2.3/16"),
-        Some((Ipv4Addr::new(10, 1, 0, 0), 16))
+}
+
+fn with_ipam(mut d: ServiceDoc, key: &str, yaml_subnet: &str) -> ServiceDoc {
+    d.ipam.insert(
+        key.into(),
+        IpamSpec {
+            subnet: yaml_subnet.parse().unwrap(),
+            ip_range: None,
+            gateway: None,
+            reserved: vec![],
+        },
     );
-    assert!(Pool::parse("10.0.0.0/24", 16).is_err());
+    d
+}
+
+#[test]
+fn own_subnets_are_honoured_with_range_gateway_and_reserved_addresses() {
+    let mut web = with_ipam(doc("s", "web", &[]), "default", "10.50.8.0/24");
+    let spec = web.ipam.get_mut("default").unwrap();
+    spec.ip_range = Some("10.50.8.128/25".parse().unwrap());
+    spec.gateway = Some("10.50.8.254".parse().unwrap());
+    spec.reserved = vec!["10.50.8.129".parse().unwrap()];
+    let other = doc("t", "web", &[]);
+    let tasks = [
+        task(1, "s_web", 1, TaskState::Running),
+        task(2, "s_web", 2, TaskState::Running),
+        task(3, "t_web", 1, TaskState::Running),
+    ];
+    let out = run(&[web.clone(), other.clone()], &tasks, &BTreeMap::new()).unwrap();
+    let s = &out["s_default"];
+    assert_eq!(s.subnet, "10.50.8.0/24");
+    assert_eq!(s.gateway(), Some(Ipv4Addr::new(10, 50, 8, 254)));
+    // From the range, past the reserved address.
+    assert_eq!(s.endpoints[&1].ip, Ipv4Addr::new(10, 50, 8, 128));
+    assert_eq!(s.endpoints[&2].ip, Ipv4Addr::new(10, 50, 8, 130));
+    // The pool's blocks go around it.
+    assert_eq!(out["t_default"].subnet, "10.50.0.0/24");
+    assert_eq!(run(&[web, other], &tasks, &out).unwrap(), out, "stable");
+}
+
+#[test]
+fn an_own_subnet_that_overlaps_or_lies_outside_the_pools_is_named_and_holds_up_no_other() {
+    let a = with_ipam(doc("a", "web", &[]), "default", "10.50.4.0/22");
+    let b = with_ipam(doc("b", "web", &[]), "default", "10.50.5.0/24");
+    let c = with_ipam(doc("c", "web", &[]), "default", "192.168.9.0/24");
+    let d = doc("d", "web", &[]);
+    let services: BTreeMap<String, ServiceDoc> =
+        [a, b, c, d].into_iter().map(|d| (d.id().0, d)).collect();
+    let out = desired(&Inputs {
+        services: &services,
+        tasks: &BTreeMap::new(),
+        nodes: &[],
+        existing: &BTreeMap::new(),
+        pools: &pools("10.50.0.0/16/24"),
+    });
+    assert_eq!(
+        out.docs.keys().collect::<Vec<_>>(),
+        ["a_default", "d_default"]
+    );
+    let msgs: Vec<String> = out.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        msgs[0],
+        "subnet 10.50.5.0/24 of network b_default overlaps subnet 10.50.4.0/22 of network a_default"
+    );
+    assert!(
+        msgs[1].starts_with("subnet 192.168.9.0/24 of network c_default lies outside"),
+        "{}",
+        msgs[1]
+    );
+    assert_eq!(out.errors.len(), 2);
+}
+
+#[test]
+fn several_pools_are_used_in_order_and_old_24s_are_kept() {
+    let mut prev = BTreeMap::new();
+    // A network an older leader cut as a /24.
+    prev.insert(
+        "old_default".to_string(),
+        NetworkDoc {
+            subnet: "10.60.0.0/24".into(),
+            vni: 4096,
+            ipam: None,
+            endpoints: BTreeMap::new(),
+        },
+    );
+    let services: BTreeMap<String, ServiceDoc> = ["old", "n1", "n2"]
+        .iter()
+        .map(|s| {
+            let d = doc(s, "web", &[]);
+            (d.id().0, d)
+        })
+        .collect();
+    let out = desired(&Inputs {
+        services: &services,
+        tasks: &BTreeMap::new(),
+        nodes: &[],
+        existing: &prev,
+        pools: &pools("10.60.0.0/19/20,10.70.0.0/16/22"),
+    });
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let subnet = |n: &str| out.docs[n].subnet.clone();
+    assert_eq!(subnet("old_default"), "10.60.0.0/24");
+    assert_eq!(subnet("n1_default"), "10.60.16.0/20");
+    assert_eq!(subnet("n2_default"), "10.70.0.0/22");
+}
+
+#[test]
+fn apply_finds_an_own_subnet_that_overlaps_a_stored_network() {
+    let mut docs = BTreeMap::new();
+    docs.insert(
+        "a_default".to_string(),
+        NetworkDoc {
+            subnet: "10.50.0.0/20".into(),
+            vni: 4096,
+            ipam: None,
+            endpoints: BTreeMap::new(),
+        },
+    );
+    let b = with_ipam(doc("b", "web", &[]), "default", "10.50.8.0/24");
+    let c = with_ipam(doc("c", "web", &[]), "default", "10.51.0.0/24");
+    let msgs: Vec<String> = conflicts(&docs, &[b, c])
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            "subnet 10.50.8.0/24 of network b_default overlaps subnet 10.50.0.0/20 of network a_default"
+        ]
+    );
+    // The network itself, applied again, is no conflict.
+    let a = with_ipam(doc("a", "web", &[]), "default", "10.50.0.0/20");
+    assert!(conflicts(&docs, &[a]).is_empty());
 }

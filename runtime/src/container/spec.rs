@@ -861,6 +861,25 @@ fn check_cpuset(set: &str, online: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The directory of a container's files tmpfs.
+pub(crate) fn files_dir(container_dir: &Path) -> std::path::PathBuf {
+    container_dir.join("files")
+}
+
+/// Where file `i` of [`CreateOptions::files`] is kept on the host (inside [`files_dir`]).
+pub(crate) fn files_source(container_dir: &Path, i: usize) -> std::path::PathBuf {
+    files_dir(container_dir).join(i.to_string())
+}
+
+fn check_file_target(t: &str) -> Result<(), Error> {
+    if !t.starts_with('/') || t.ends_with('/') || t.split('/').any(|c| c == "..") {
+        return Err(Error::InvalidConfig(format!(
+            "file target {t:?} must be an absolute file path without `..`"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::config::ImageInput;
@@ -1066,23 +1085,4 @@ mod tests {
         let e = check_cpuset("x", "0-3").unwrap_err().to_string();
         assert!(e.contains("invalid cpuset"), "{e}");
     }
-}
-
-/// The directory of a container's files tmpfs.
-pub(crate) fn files_dir(container_dir: &Path) -> std::path::PathBuf {
-    container_dir.join("files")
-}
-
-/// Where file `i` of [`CreateOptions::files`] is kept on the host (inside [`files_dir`]).
-pub(crate) fn files_source(container_dir: &Path, i: usize) -> std::path::PathBuf {
-    files_dir(container_dir).join(i.to_string())
-}
-
-fn check_file_target(t: &str) -> Result<(), Error> {
-    if !t.starts_with('/') || t.ends_with('/') || t.split('/').any(|c| c == "..") {
-        return Err(Error::InvalidConfig(format!(
-            "file target {t:?} must be an absolute file path without `..`"
-        )));
-    }
-    Ok(())
 }

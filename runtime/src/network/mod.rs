@@ -5,8 +5,9 @@
 //!
 //! - bridge `<prefix><n>` per network, host veth ends `<prefix>v<8 hex>`, temporary peer names
 //!   `<prefix>p<8 hex>` (the prefix is at most 6 characters so every name fits Linux's 15);
-//! - subnets carved from `pool` (default [`DEFAULT_POOL`], /24 each), skipping any prefix the
-//!   host already routes; addresses persisted under `<data_dir>/network/state.json`;
+//! - subnets carved from `pools` (default [`DEFAULT_POOLS`]: /20s of 10.208.0.0/12), skipping
+//!   any prefix the host already routes, or a compose network's own (`ipam`), which must lie in
+//!   a pool; addresses persisted under `<data_dir>/network/state.json`;
 //! - one nftables table (`ip <nft_table>`) holding published ports, masquerade and isolation.
 //!
 //! Published ports are pure kernel path (nftables DNAT, round robin over replicas with
@@ -42,13 +43,11 @@ use sha2::{Digest, Sha256};
 
 pub use dns::{DnsTable, parse_resolv_conf};
 pub use hook::{ContainerNetworks, ContainerPlan, PlannedNetwork};
-pub use ipam::{Ipv4Net, ParseNetError};
+pub use ipam::{
+    AddressPool, DEFAULT_POOLS, DEFAULT_SUBNET_LEN, IpamError, IpamSpec, Ipv4Net, ParseNetError,
+    default_pools, parse_pools, pools_string,
+};
 pub use state::{Endpoint, MeshForward, NetworkRecord, PortBinding, Protocol, RemoteEndpoint};
-
-/// The default address pool: `10.210.0.0/16`, cut into /24 networks. It lies outside docker's
-/// (172.17.0.0/12, 192.168.0.0/16) and podman's (10.88.0.0/16, 10.89.0.0/16) defaults, and the
-/// allocator skips any subnet the host already routes.
-pub const DEFAULT_POOL: &str = "10.210.0.0/16";
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +91,10 @@ pub enum Error {
     /// The address pool (or the subnet) is exhausted, or an address is taken.
     #[error("address allocation: {0}")]
     Exhausted(String),
+    /// A network cannot have the addressing asked for: its own subnet overlaps another or lies
+    /// outside the pools, every pool is full, or its range has no address left.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
     /// A host port is already taken.
     #[error("host port {port}/{protocol} is already in use: {by}")]
     PortInUse {
@@ -183,10 +186,8 @@ pub struct NetworkOptions {
     pub data_dir: PathBuf,
     /// Prefix of every interface name this instance creates (1–6 characters of `[a-z0-9]`).
     pub bridge_prefix: String,
-    /// Where network subnets come from.
-    pub pool: Ipv4Net,
-    /// Prefix length of each network's subnet.
-    pub subnet_len: u8,
+    /// Where network subnets come from, in order, each with the size of its blocks.
+    pub pools: Vec<AddressPool>,
     /// Name of the nftables table (family `ip`) this instance owns.
     pub nft_table: String,
     /// Masquerade traffic that leaves the machine from non-internal networks.
@@ -196,14 +197,13 @@ pub struct NetworkOptions {
 }
 
 impl NetworkOptions {
-    /// Daemon defaults under `data_dir`: prefix `dcpp`, pool [`DEFAULT_POOL`], table `dcpp`,
+    /// Daemon defaults under `data_dir`: prefix `dcpp`, pools [`DEFAULT_POOLS`], table `dcpp`,
     /// masquerade on, DNS on port 53.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         NetworkOptions {
             data_dir: data_dir.into(),
             bridge_prefix: "dcpp".into(),
-            pool: DEFAULT_POOL.parse().expect("valid default pool"),
-            subnet_len: 24,
+            pools: default_pools(),
             nft_table: "dcpp".into(),
             masquerade: true,
             dns: Some(DnsOptions::default()),
@@ -220,9 +220,8 @@ impl NetworkOptions {
         let st = state::Store::open(data_dir)?.load()?;
         Ok(st.settings.map(|s| NetworkOptions {
             data_dir: data_dir.to_owned(),
+            pools: s.pools(),
             bridge_prefix: s.bridge_prefix,
-            pool: s.pool,
-            subnet_len: s.subnet_len,
             nft_table: s.nft_table,
             masquerade: s.masquerade,
             dns: None,
@@ -232,8 +231,9 @@ impl NetworkOptions {
     fn settings(&self) -> state::Settings {
         state::Settings {
             bridge_prefix: self.bridge_prefix.clone(),
-            pool: self.pool,
-            subnet_len: self.subnet_len,
+            pools: self.pools.clone(),
+            pool: None,
+            subnet_len: None,
             nft_table: self.nft_table.clone(),
             masquerade: self.masquerade,
         }
@@ -262,10 +262,16 @@ impl NetworkOptions {
                 "nft table name {t:?} must be letters, digits, '_' or '-'"
             )));
         }
-        if self.subnet_len < self.pool.prefix_len() || self.subnet_len > 30 {
+        if self.pools.is_empty() {
+            return Err(Error::Invalid("no address pool".into()));
+        }
+        if let Some(p) = self
+            .pools
+            .iter()
+            .find(|p| p.size < p.base.prefix_len() || p.size > 30)
+        {
             return Err(Error::Invalid(format!(
-                "subnet length /{} does not fit pool {} (it must be between the pool's length and 30)",
-                self.subnet_len, self.pool
+                "address pool {p}: the block size must lie between the pool's length and 30"
             )));
         }
         Ok(())
@@ -275,8 +281,13 @@ impl NetworkOptions {
 /// How to create a network.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkConfig {
-    /// Explicit subnet (compose `ipam.config[].subnet`); otherwise taken from the pool.
+    /// A subnet decided elsewhere (the cluster's leader): only checked against the other
+    /// networks here, not against the pools.
     pub subnet: Option<Ipv4Net>,
+    /// The network's own addressing (compose `ipam`): without `subnet`, its subnet must lie
+    /// in a pool and overlap no other network; its range, gateway and reserved addresses are
+    /// kept either way.
+    pub own: Option<IpamSpec>,
     /// No route out and no forwarding to other networks.
     pub internal: bool,
     /// Labels.
@@ -745,22 +756,24 @@ impl NetworkManager {
             if let Some(n) = st.networks.get(name) {
                 return Ok(n.clone());
             }
-            let mut taken: Vec<Ipv4Net> = st.networks.values().map(|n| n.subnet).collect();
-            taken.extend(netlink::host_routes()?);
-            let subnet = match cfg.subnet {
-                Some(s) => {
+            let mut taken: Vec<(String, Ipv4Net)> =
+                st.networks.values().map(|n| (n.name.clone(), n.subnet)).collect();
+            // Each bridge's own route comes after its network, which names the overlap.
+            taken.extend(netlink::host_routes()?.into_iter().map(|r| (String::new(), r)));
+            let subnet = match (&cfg.own, cfg.subnet) {
+                (_, Some(s)) => {
                     if s.prefix_len() > 30 {
                         return Err(Error::Invalid(format!("subnet {s} is too small (at most /30)")));
                     }
-                    if let Some(t) = taken.iter().find(|t| t.overlaps(&s)) {
-                        return Err(Error::Exhausted(format!("subnet {s} overlaps {t}, already in use")));
+                    if let Some((n, t)) = taken.iter().find(|(_, t)| t.overlaps(&s)) {
+                        let by = if n.is_empty() { "a route of this host".to_owned() } else { format!("network {n}") };
+                        return Err(Error::Exhausted(format!("subnet {s} overlaps {t} of {by}, already in use")));
                     }
                     s
                 }
-                None => ipam::pick_subnet(self.opts.pool, self.opts.subnet_len, &taken).ok_or_else(|| {
-                    Error::Exhausted(format!("no free /{} left in pool {}", self.opts.subnet_len, self.opts.pool))
-                })?,
+                (own, _) => ipam::choose_subnet(name, own.as_ref(), &self.opts.pools, &taken)?,
             };
+            let gateway = cfg.own.as_ref().map_or(subnet.gateway(), IpamSpec::gateway);
             let used: BTreeSet<&str> = st.networks.values().map(|n| n.bridge.as_str()).collect();
             let bridge = (0..)
                 .map(|i| format!("{}{i}", self.opts.bridge_prefix))
@@ -771,7 +784,9 @@ impl NetworkManager {
                 id: short_hash(&[name, &bridge, &format!("{:?}", std::time::SystemTime::now())], 12),
                 bridge,
                 subnet,
-                gateway: subnet.gateway(),
+                gateway,
+                ip_range: cfg.own.as_ref().and_then(|o| o.ip_range),
+                reserved: cfg.own.map(|o| o.reserved).unwrap_or_default(),
                 internal: cfg.internal,
                 labels: cfg.labels,
                 created: now_secs(),
@@ -918,9 +933,10 @@ impl NetworkManager {
             }
             let used: BTreeSet<Ipv4Addr> =
                 st.endpoints.iter().filter(|e| e.network == req.network).map(|e| e.ip).collect();
+            let range = net.range();
             let ip = match req.ipv4_address {
                 Some(ip) => {
-                    if !ipam::usable(net.subnet, ip) {
+                    if !range.usable(ip) {
                         return Err(Error::Invalid(format!(
                             "ipv4_address {ip} is not a usable address of {} ({})",
                             net.subnet, net.name
@@ -931,8 +947,7 @@ impl NetworkManager {
                     }
                     ip
                 }
-                None => ipam::pick_address(net.subnet, &used)
-                    .ok_or_else(|| Error::Exhausted(format!("subnet {} of {} is full", net.subnet, net.name)))?,
+                None => range.pick(&net.name, &used)?,
             };
             let has_default = st.endpoints.iter().any(|e| e.container_id == req.container_id && e.gateway.is_some());
             let default_gw = (!net.internal && !has_default).then_some(net.gateway);
@@ -1569,7 +1584,9 @@ mod tests {
         o.nft_table = "a b".into();
         assert!(o.validate().is_err());
         o.nft_table = "t".into();
-        o.subnet_len = 8;
+        o.pools[0].size = 8;
+        assert!(o.validate().is_err());
+        o.pools.clear();
         assert!(o.validate().is_err());
     }
 

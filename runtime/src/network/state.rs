@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use super::ipam::Ipv4Net;
+use super::ipam::{AddressPool, AddressRange, Ipv4Net};
 
 /// A network (one Linux bridge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,12 @@ pub struct NetworkRecord {
     pub subnet: Ipv4Net,
     /// Bridge address, default route and DNS server of the containers.
     pub gateway: Ipv4Addr,
+    /// Where container addresses come from (compose `ip_range`); the whole subnet without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Ipv4Net>,
+    /// Addresses never given to a container (compose `aux_addresses`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Ipv4Addr>,
     /// No route out of the machine and no forwarding to other networks.
     pub internal: bool,
     /// Free-form labels (compose project, …).
@@ -41,6 +47,18 @@ pub struct NetworkRecord {
     /// nodes (a VXLAN frame carries 50 bytes of headers); the kernel's default otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+}
+
+impl NetworkRecord {
+    /// What container addresses are picked from.
+    pub fn range(&self) -> AddressRange<'_> {
+        AddressRange {
+            subnet: self.subnet,
+            ip_range: self.ip_range,
+            gateway: self.gateway,
+            reserved: &self.reserved,
+        }
+    }
 }
 
 /// The containers of a network that run on other nodes, reached through the network's VXLAN
@@ -157,14 +175,32 @@ pub struct PortBinding {
 pub struct Settings {
     /// Interface name prefix.
     pub bridge_prefix: String,
-    /// Address pool.
-    pub pool: Ipv4Net,
-    /// Subnet length per network.
-    pub subnet_len: u8,
+    /// Address pools, each with its block size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<AddressPool>,
+    /// The one pool of a state written by an older dcpp (cut into `subnet_len` blocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_len: Option<u8>,
     /// nftables table.
     pub nft_table: String,
     /// Outbound masquerade.
     pub masquerade: bool,
+}
+
+impl Settings {
+    /// The pools, also of a state an older dcpp wrote (one pool of /24s by default).
+    pub fn pools(&self) -> Vec<AddressPool> {
+        match (self.pools.is_empty(), self.pool) {
+            (false, _) => self.pools.clone(),
+            (true, None) => super::ipam::default_pools(),
+            (true, Some(base)) => vec![AddressPool {
+                base,
+                size: self.subnet_len.unwrap_or(24),
+            }],
+        }
+    }
 }
 
 /// The whole persisted state.
@@ -282,5 +318,47 @@ impl Store {
             what: format!("renaming to {}", path.display()),
             source: e,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_written_by_an_older_dcpp_keeps_its_24s_and_its_pool() {
+        // As dcpp wrote it before networks had own addressing and several pools.
+        let old = r#"{
+            "settings": {"bridge_prefix": "dcpp", "pool": "10.210.0.0/16", "subnet_len": 24,
+                         "nft_table": "dcpp", "masquerade": true},
+            "networks": {"s_default": {"name": "s_default", "id": "0123456789ab",
+                "bridge": "dcpp0", "subnet": "10.210.0.0/24", "gateway": "10.210.0.1",
+                "internal": false, "created": 1}},
+            "endpoints": [], "ports": []
+        }"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        let s = st.settings.unwrap();
+        assert_eq!(
+            super::super::ipam::pools_string(&s.pools()),
+            "10.210.0.0/16/24"
+        );
+        let n = &st.networks["s_default"];
+        assert_eq!(n.subnet.to_string(), "10.210.0.0/24");
+        let r = n.range();
+        assert_eq!(
+            r.pick("s_default", &BTreeSet::new()).unwrap(),
+            Ipv4Addr::new(10, 210, 0, 2)
+        );
+        // A state without settings opens with the default pools.
+        let none = Settings {
+            pools: vec![],
+            pool: None,
+            subnet_len: None,
+            ..s
+        };
+        assert_eq!(
+            super::super::ipam::pools_string(&none.pools()),
+            super::super::ipam::DEFAULT_POOLS
+        );
     }
 }

@@ -23,7 +23,8 @@ pub fn options(
     let mut o = NetworkOptions::new(data_dir);
     o.bridge_prefix = tag.to_owned();
     o.nft_table = format!("dcpp_test_{tag}");
-    o.pool = pool.parse().unwrap();
+    // /24 blocks, as these tests' addresses expect.
+    o.pools = dcpp_runtime::network::parse_pools(&[format!("{pool}/24")]).unwrap();
     o.masquerade = false;
     o.dns = dns.map(|u| DnsOptions {
         port: 53,
