@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod duration;
 pub mod image;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod show;
