@@ -348,3 +348,105 @@ services:
     );
     rig.ok(&["down", "-p", "mts"]);
 }
+
+fn stat_value(stat: &str, key: &str) -> u64 {
+    stat.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn stats_no_stream_json_matches_the_cgroup_files() {
+    let rig = Rig::new("sx");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: sxs
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "head -c 4000000 /dev/zero > /tmp/blob; exec sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 2
+      resources:
+        limits:
+          memory: 64M
+  other:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+"#
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    // An unknown name is an error, not an empty table.
+    let out = rig.dcpp(&["stats", "--no-stream", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+
+    let out = rig.ok(&["stats", "--no-stream", "--format", "json", "web"]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        assert_eq!(r["service"], "web", "{r}");
+        assert_eq!(r["node"], rig.id, "{r}");
+        let id = r["id"].as_str().unwrap();
+        let info = rig.json(&["container", "inspect", id]);
+        let cg = info[0]["cgroup_path"].as_str().unwrap().to_string();
+        let (usage, stat, limit) = if cgroup_v1() {
+            (
+                read_u64(&cgroup_file(&cg, "memory", "memory.usage_in_bytes")),
+                std::fs::read_to_string(cgroup_file(&cg, "memory", "memory.stat")).unwrap(),
+                read_u64(&cgroup_file(&cg, "memory", "memory.limit_in_bytes")),
+            )
+        } else {
+            (
+                read_u64(&cgroup_file(&cg, "", "memory.current")),
+                std::fs::read_to_string(cgroup_file(&cg, "", "memory.stat")).unwrap(),
+                read_u64(&cgroup_file(&cg, "", "memory.max")),
+            )
+        };
+        let inactive = stat_value(
+            &stat,
+            if cgroup_v1() {
+                "total_inactive_file"
+            } else {
+                "inactive_file"
+            },
+        );
+        let ws = usage.saturating_sub(inactive) as f64;
+        let shown = r["memory_working_set_bytes"].as_f64().unwrap();
+        assert!(
+            (shown - ws).abs() <= ws * 0.05 + 65536.0,
+            "{id}: working set {shown} vs the cgroup's {ws}"
+        );
+        let used = r["memory_usage_bytes"].as_f64().unwrap();
+        assert!(
+            (used - usage as f64).abs() <= usage as f64 * 0.05 + 65536.0,
+            "{id}: usage {used} vs {usage}"
+        );
+        // The 4 MB file in /tmp is page cache charged to the container.
+        assert!(used > 4e6, "{id}: {used}");
+        assert_eq!(r["memory_limit_bytes"].as_u64(), Some(limit));
+        assert_eq!(limit, 64 << 20);
+        let pct = r["memory_percent"].as_f64().unwrap();
+        assert!((pct - shown / limit as f64 * 100.0).abs() < 1e-6, "{r}");
+        assert!(r["pids"].as_u64().unwrap() >= 1, "{r}");
+        let cpu = r["cpu_percent"].as_f64().unwrap();
+        // A sleeping container: next to nothing of one CPU.
+        assert!((0.0..5.0).contains(&cpu), "{r}");
+    }
+    // The table, all containers.
+    let table = rig.ok(&["stats", "--no-stream"]);
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.contains("64MiB") || table.contains("64.00MiB"),
+        "{table}"
+    );
+    rig.ok(&["down", "-p", "sxs"]);
+}

@@ -267,7 +267,8 @@ async fn serve(
     let routes = || dcpp_raft::api::Embedding {
         routes: dcpp_control::api::routes()
             .merge(crate::cmd::logs::routes(data_dir.clone()))
-            .merge(crate::cmd::metrics::route(metrics.clone())),
+            .merge(crate::cmd::metrics::route(metrics.clone()))
+            .merge(crate::cmd::stats::routes(metrics.clone())),
         observer: Some(metrics.api.clone()),
     };
     let metrics_server = metrics_listener.map(|l| {

@@ -149,6 +149,11 @@ impl Metrics {
         let _ = self.containers.set(ctr);
     }
 
+    /// The agent's container manager, once the agent runs.
+    pub fn containers(&self) -> Option<&Arc<ContainerManager>> {
+        self.containers.get()
+    }
+
     /// Counts leader changes as this node sees them (until the runtime ends).
     pub fn spawn_leader_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
