@@ -450,3 +450,65 @@ services:
     );
     rig.ok(&["down", "-p", "sxs"]);
 }
+
+/// The cost of metrics at 100 containers: scrape latency and the daemon's RSS and CPU.
+/// `cargo test --test e2e_metrics metrics_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (100 containers), run by hand"]
+fn metrics_cost_at_100_containers() {
+    let port = free_port();
+    let mut rig = Rig::unstarted("mc");
+    rig.log_level = "info,dcpp::cmd::metrics=debug".into();
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: mcs
+services:
+  web:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 100
+"#
+        ),
+    );
+    let t0 = Instant::now();
+    rig.ok(&["apply", "-f", &file, "--timeout", "10m"]);
+    eprintln!("apply of 100 replicas: {:?}", t0.elapsed());
+    let rss = |sc: &Scrape| one(sc, "process_resident_memory_bytes", &[]) / 1048576.0;
+    let cpu = |sc: &Scrape| one(sc, "process_cpu_seconds_total", &[]);
+    let (first, _, _) = scrape(port);
+    let (rss0, cpu0) = (rss(&first), cpu(&first));
+    let mut took = Vec::new();
+    let mut server = Vec::new();
+    let mut last = first;
+    for _ in 0..50 {
+        let (sc, _, d) = scrape(port);
+        took.push(d);
+        last = sc;
+        server.push(one(&last, "dcpp_metrics_scrape_duration_seconds_sum", &[]));
+    }
+    assert_eq!(
+        find(&last, "container_cpu_usage_seconds_total", &[]).len(),
+        100
+    );
+    took.sort();
+    let server_mean = (server[49] - server[0]) / 49.0;
+    eprintln!(
+        "100 containers, 50 scrapes: client-side p50 {:?}, p90 {:?}, max {:?}; server-side mean {:.2} ms; \
+         RSS {rss0:.1} MiB -> {:.1} MiB; daemon CPU over the 50 scrapes {:.2} s",
+        took[25],
+        took[45],
+        took[49],
+        server_mean * 1000.0,
+        rss(&last),
+        cpu(&last) - cpu0
+    );
+    let log = rig.log();
+    let reads: Vec<&str> = log.lines().filter(|l| l.contains("metrics read")).collect();
+    eprintln!("{}", reads[reads.len().saturating_sub(3)..].join("\n"));
+    rig.ok(&["down", "-p", "mcs", "--timeout", "5m"]);
+}

@@ -200,6 +200,7 @@ impl Metrics {
             node: self.node.id().to_string(),
             ..Default::default()
         };
+        let t0 = Instant::now();
         match tasks_by_state(&self.node).await {
             Ok(t) => r.tasks = Some(t),
             Err(e) => tracing::debug!("metrics: reading tasks: {e}"),
@@ -215,6 +216,7 @@ impl Metrics {
             log_entries: last_log.saturating_sub(purged),
             is_leader: self.node.is_leader(),
         };
+        let store_took = t0.elapsed();
         let ctr = self.containers.get().cloned();
         let (containers, process) = tokio::task::spawn_blocking(move || {
             (
@@ -224,6 +226,12 @@ impl Metrics {
         })
         .await
         .unwrap_or_default();
+        tracing::debug!(
+            ?store_took,
+            containers_took = ?(t0.elapsed() - store_took),
+            containers = containers.len(),
+            "metrics read"
+        );
         r.containers = containers;
         r.process = process;
         r
