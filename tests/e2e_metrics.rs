@@ -110,6 +110,19 @@ fn metrics_count_starts_kills_and_failed_healthchecks_and_read_the_cgroups() {
     let mut rig = Rig::unstarted("mt");
     rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
     rig.start_daemon();
+    // The same metrics on the API's unix socket.
+    {
+        let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        u.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 200 "), "{head}");
+        let sc = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+        assert_eq!(one(&sc, "dcpp_raft_is_leader", &[]), 1.0);
+    }
     let (first, ctype, _) = scrape(port);
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     assert_eq!(sum(&first, "dcpp_agent_container_starts_total", &[]), 0.0);
@@ -449,6 +462,59 @@ services:
         "{table}"
     );
     rig.ok(&["down", "-p", "sxs"]);
+}
+
+#[test]
+fn an_oom_kill_is_counted_as_one() {
+    let port = free_port();
+    let mut rig = Rig::unstarted("mo");
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: mos
+services:
+  hog:
+    image: {IMAGE}
+    restart: "no"
+    # One 300 MiB buffer at once: killed at the limit within moments.
+    command: ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=300M count=1 && echo survived"]
+    deploy:
+      resources:
+        limits:
+          memory: 16M
+"#
+        ),
+    );
+    rig.ok(&["apply", "-d", "-f", &file]);
+    rig.wait_until("hog failed", 30, || {
+        rig.json(&["ps", "-a", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["service"] == "mos_hog" && t["state"] == "failed")
+    });
+    let (sc, _, _) = scrape(port);
+    assert_eq!(
+        sum(
+            &sc,
+            "dcpp_agent_container_exits_total",
+            &[("reason", "oom")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 1.0);
+    assert_eq!(
+        one(
+            &sc,
+            "dcpp_tasks",
+            &[("service", "hog"), ("state", "failed")]
+        ),
+        1.0
+    );
+    rig.ok(&["down", "-p", "mos"]);
 }
 
 /// The cost of metrics at 100 containers: scrape latency and the daemon's RSS and CPU.
