@@ -209,12 +209,14 @@ impl<S: Store> Agent<S> {
     ) -> Self {
         let wake = Arc::new(tokio::sync::Notify::new());
         let started = host.clock.now();
+        let metrics = Arc::<AgentMetrics>::default();
         let pulls = Pulls::new(
             node.clone(),
             dcpp_control::nodes::node_id(me.id),
             host.images.clone(),
             host.clock.clone(),
             wake.clone(),
+            metrics.clone(),
         );
         Agent {
             voter: Box::new(voter),
@@ -246,7 +248,7 @@ impl<S: Store> Agent<S> {
             mesh: Mutex::default(),
             contact: Mutex::new(Contact::new(started, Some(PARTITION_GRACE))),
             cut: tokio::sync::watch::Sender::new(false),
-            metrics: Arc::default(),
+            metrics,
             exits_counted: Mutex::default(),
         }
     }
@@ -254,7 +256,19 @@ impl<S: Store> Agent<S> {
     /// Records what the agent does in `metrics` (default: a private, unregistered set).
     pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> Self {
         self.metrics = metrics;
+        self.pulls = self.new_pulls();
         self
+    }
+
+    fn new_pulls(&self) -> Pulls<S> {
+        Pulls::new(
+            self.node.clone(),
+            self.me(),
+            self.images.clone(),
+            self.clock.clone(),
+            self.wake.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Stops this node's tasks after `grace` without a heartbeat reaching the managers, until
@@ -291,13 +305,7 @@ impl<S: Store> Agent<S> {
             return self;
         };
         self.images = Arc::new(LocalImages::new(dir, opts));
-        self.pulls = Pulls::new(
-            self.node.clone(),
-            self.me(),
-            self.images.clone(),
-            self.clock.clone(),
-            self.wake.clone(),
-        );
+        self.pulls = self.new_pulls();
         self
     }
 

@@ -67,7 +67,14 @@ pub struct AgentMetrics {
     pub unhealthy_stops: Counter,
     /// Time to create and start one task container (image present).
     pub create_start_seconds: Histogram,
+    /// Image pulls by result (`ok`, `failed`), bytes transferred, time per pull.
+    pub pulls: Family<ResultLabel, Counter>,
+    pub pull_bytes: Counter,
+    pub pull_seconds: Histogram,
 }
+
+/// Label set of a pull's result.
+pub type ResultLabel = [(&'static str, &'static str); 1];
 
 impl Default for AgentMetrics {
     fn default() -> Self {
@@ -81,6 +88,10 @@ impl Default for AgentMetrics {
             unhealthy_stops: Counter::default(),
             // 5 ms to about 40 s.
             create_start_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            pulls: Family::default(),
+            pull_bytes: Counter::default(),
+            // 50 ms to about 27 min.
+            pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
         }
     }
 }
@@ -124,10 +135,33 @@ impl AgentMetrics {
             self.unhealthy_stops.clone(),
         );
         reg.register(
+            "agent_image_pulls",
+            "Image pulls by result (ok, failed)",
+            self.pulls.clone(),
+        );
+        reg.register(
+            "agent_image_pull_bytes",
+            "Bytes transferred by image pulls (layers already present not counted)",
+            self.pull_bytes.clone(),
+        );
+        reg.register(
+            "agent_image_pull_duration_seconds",
+            "Time of an image pull",
+            self.pull_seconds.clone(),
+        );
+        reg.register(
             "agent_container_create_start_duration_seconds",
             "Time to create and start a task container",
             self.create_start_seconds.clone(),
         );
+    }
+
+    pub(crate) fn pulled(&self, ok: bool, bytes: u64, took: std::time::Duration) {
+        self.pulls
+            .get_or_create(&[("result", if ok { "ok" } else { "failed" })])
+            .inc();
+        self.pull_bytes.inc_by(bytes);
+        self.pull_seconds.observe(took.as_secs_f64());
     }
 
     pub(crate) fn exited(&self, reason: ExitReason) {
