@@ -82,6 +82,8 @@ pub enum Command {
     /// Services of applied stacks.
     #[command(subcommand)]
     Service(cmd::apply::ServiceCommand),
+    /// Live resource usage of running containers (a service's replicas on every node).
+    Stats(cmd::stats::StatsArgs),
     /// Stream stack, service, task and node changes.
     Events(cmd::apply::EventsArgs),
     /// Keep one stack per compose file of a directory applied (GitOps).

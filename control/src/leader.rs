@@ -11,6 +11,7 @@ use dcpp_reconciler::{Desired, Observed, ServiceId, TaskId};
 use futures::StreamExt;
 
 use crate::Error;
+use crate::metrics::LeaderMetrics;
 use crate::nodes;
 use crate::schema::{
     ServiceDoc, ServiceHistory, TASK_COUNTER_ID, TaskRevs, now_ms, rolled_back_doc, task_writes,
@@ -106,9 +107,23 @@ pub async fn reconcile_since<S: Store>(
     floor_ms: u64,
     alive: Option<u64>,
 ) -> Result<(Option<Duration>, bool), Error> {
+    reconcile_measured(store, floor_ms, alive, &LeaderMetrics::default()).await
+}
+
+/// [`reconcile_since`], recording the plan's time and the written actions in `metrics`.
+#[tracing::instrument(name = "reconcile", skip_all, fields(actions))]
+pub async fn reconcile_measured<S: Store>(
+    store: &S,
+    floor_ms: u64,
+    alive: Option<u64>,
+    metrics: &LeaderMetrics,
+) -> Result<(Option<Duration>, bool), Error> {
     let snap = snapshot_since(store, floor_ms, alive).await?;
     let now = now_ms();
+    let started = std::time::Instant::now();
     let plan = dcpp_reconciler::plan(&snap.desired, &snap.observed, now);
+    metrics.observe_plan(started.elapsed());
+    tracing::Span::current().record("actions", plan.actions.len());
     // A node going silent changes nothing in the store: look again when it would be down.
     let requeue = match (plan.requeue_after, snap.next_down_ms) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -136,7 +151,10 @@ pub async fn reconcile_since<S: Store>(
         "reconcile"
     );
     match store.txn(txn).await {
-        Ok(_) => Ok((requeue, true)),
+        Ok(_) => {
+            metrics.written(&plan.actions);
+            Ok((requeue, true))
+        }
         // An agent reported meanwhile: plan again from the new state.
         Err(dcpp_raft::Error::PreconditionFailed(_)) => Ok((Some(Duration::ZERO), false)),
         Err(e) => Err(e.into()),
@@ -236,6 +254,7 @@ pub async fn run(
     node: Node,
     overlay: Option<Vec<dcpp_spec::ipam::AddressPool>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    metrics: std::sync::Arc<LeaderMetrics>,
 ) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(watch_changes(node.clone(), wake.clone()));
@@ -296,13 +315,19 @@ pub async fn run(
             }
         }
         if leader {
-            match reconcile_since(
+            let started = std::time::Instant::now();
+            let r = reconcile_measured(
                 &node,
                 leader_since.map_or(0, |(_, since)| since),
                 Some(node.id()),
+                &metrics,
             )
-            .await
-            {
+            .await;
+            metrics.rounds.inc();
+            metrics
+                .round_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match r {
                 Ok((requeue, wrote)) => {
                     if wrote {
                         wait = Duration::ZERO;
@@ -311,6 +336,7 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
+                    metrics.round_errors.inc();
                     tracing::warn!("reconcile: {e}");
                     wait = Duration::from_millis(200);
                 }

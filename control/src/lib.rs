@@ -32,6 +32,7 @@ mod fixtures;
 pub mod gitops;
 pub mod leader;
 pub mod mesh;
+pub mod metrics;
 pub mod migrate;
 pub mod nodes;
 pub mod overlay;

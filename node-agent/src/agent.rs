@@ -31,6 +31,7 @@ use crate::host::{
     Clock, Container, Containers, Host, Image, Images, LocalContainers, LocalImages, LocalNetworks,
     Networks, SystemClock,
 };
+use crate::metrics::{AgentMetrics, ExitReason};
 use crate::pull::{Need, Pulls};
 use crate::step::{
     ContainerView, HealthState, HealthTiming, ImageView, Step, next_step, shutdown_report,
@@ -116,6 +117,10 @@ pub struct Agent<S: Store = Node> {
     cut: tokio::sync::watch::Sender<bool>,
     /// The data of the tasks' secrets and configs (none: a task that mounts one fails).
     files: Option<Arc<dyn crate::host::FileSource>>,
+    metrics: Arc<AgentMetrics>,
+    /// Containers whose exit is counted in `metrics` (a report that fails to be written is
+    /// made again next round; the exit happened once).
+    exits_counted: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How this node takes part in the overlay.
@@ -221,12 +226,14 @@ impl<S: Store> Agent<S> {
     ) -> Self {
         let wake = Arc::new(tokio::sync::Notify::new());
         let started = host.clock.now();
+        let metrics = Arc::<AgentMetrics>::default();
         let pulls = Pulls::new(
             node.clone(),
             dcpp_control::nodes::node_id(me.id),
             host.images.clone(),
             host.clock.clone(),
             wake.clone(),
+            metrics.clone(),
         );
         Agent {
             voter: Box::new(voter),
@@ -259,7 +266,27 @@ impl<S: Store> Agent<S> {
             contact: Mutex::new(Contact::new(started, Some(PARTITION_GRACE))),
             cut: tokio::sync::watch::Sender::new(false),
             files: None,
+            metrics,
+            exits_counted: Mutex::default(),
         }
+    }
+
+    /// Records what the agent does in `metrics` (default: a private, unregistered set).
+    pub fn with_metrics(mut self, metrics: Arc<AgentMetrics>) -> Self {
+        self.metrics = metrics;
+        self.pulls = self.new_pulls();
+        self
+    }
+
+    fn new_pulls(&self) -> Pulls<S> {
+        Pulls::new(
+            self.node.clone(),
+            self.me(),
+            self.images.clone(),
+            self.clock.clone(),
+            self.wake.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Gets the data of the tasks' secrets and configs from `source`.
@@ -354,13 +381,7 @@ impl<S: Store> Agent<S> {
             return self;
         };
         self.images = Arc::new(LocalImages::new(dir, opts));
-        self.pulls = Pulls::new(
-            self.node.clone(),
-            self.me(),
-            self.images.clone(),
-            self.clock.clone(),
-            self.wake.clone(),
-        );
+        self.pulls = self.new_pulls();
         self
     }
 
@@ -507,6 +528,7 @@ impl<S: Store> Agent<S> {
     }
 
     /// One round: compare, act, report. Returns whether anything was done.
+    #[tracing::instrument(name = "agent_round", level = "debug", skip_all)]
     pub async fn reconcile_once(&self) -> Result<bool, Error> {
         let me = self.me();
         let tasks: BTreeMap<TaskId, (Task, TaskRevs)> =
@@ -761,6 +783,7 @@ impl<S: Store> Agent<S> {
         (task != *t).then_some(Report { task, rev })
     }
 
+    #[tracing::instrument(name = "agent_step", level = "debug", skip_all, fields(task = %t.id))]
     async fn reconcile_task(
         &self,
         t: &Task,
@@ -844,7 +867,23 @@ impl<S: Store> Agent<S> {
                 Some(rep)
             }
             (Step::CreateAndStart, _, Some(s), Some(img)) => {
-                let r = match self.create_and_start(t, s, img, addrs).await {
+                let started = std::time::Instant::now();
+                let res = self.create_and_start(t, s, img, addrs).await;
+                match &res {
+                    Ok(_) => {
+                        self.metrics
+                            .create_start_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.metrics.starts.inc();
+                        if t.restart_count > 0 {
+                            self.metrics.restarts.inc();
+                        }
+                    }
+                    Err(_) => {
+                        self.metrics.start_failures.inc();
+                    }
+                }
+                let r = match res {
                     Ok(id) => TaskReport {
                         state: Some(TaskState::Running),
                         container_id: Some(id),
@@ -889,20 +928,38 @@ impl<S: Store> Agent<S> {
                 let id = c.id.clone();
                 let res = self.blocking(move |m| m.start(&id)).await;
                 let r = match res {
-                    Ok(_) => TaskReport {
-                        state: Some(TaskState::Running),
-                        container_id: Some(c.id.clone()),
-                        ..Default::default()
-                    },
-                    Err(e) => TaskReport {
-                        state: Some(TaskState::Failed),
-                        error: Some(e.to_string()),
-                        ..Default::default()
-                    },
+                    Ok(_) => {
+                        self.metrics.starts.inc();
+                        TaskReport {
+                            state: Some(TaskState::Running),
+                            container_id: Some(c.id.clone()),
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.start_failures.inc();
+                        TaskReport {
+                            state: Some(TaskState::Failed),
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        }
+                    }
                 };
                 Self::report(t, rev, r)
             }
             (Step::ReportExit, Some(c), ..) => {
+                if self
+                    .exits_counted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(c.id.clone())
+                {
+                    let e = c.exit.as_ref();
+                    self.metrics.exited(ExitReason::of(
+                        e.map(|e| e.code),
+                        e.is_some_and(|e| e.oom_killed),
+                    ));
+                }
                 self.leave_networks(c).await;
                 let id = c.id.clone();
                 if let Err(e) = self.blocking(move |m| m.release_files(&id)).await {
@@ -1016,6 +1073,10 @@ impl<S: Store> Agent<S> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.id);
         self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.id);
+        self.exits_counted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&c.id);
@@ -1242,6 +1303,12 @@ impl<S: Store> Agent<S> {
             .remove(&t.id)
             .map(|s| s.output)
             .unwrap_or_default();
+        self.metrics.unhealthy_stops.inc();
+        // Its end is this stop, not an exit of its own.
+        self.exits_counted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.id.clone());
         let id = c.id.clone();
         if let Err(e) = self.blocking(move |m| m.stop(&id)).await {
             tracing::warn!(task = %t.id, "stop unhealthy container: {e}");
@@ -1272,6 +1339,11 @@ impl<S: Store> Agent<S> {
         }
         let id = c.id.clone();
         let out = self.blocking(move |m| m.check(&id, args, timeout)).await;
+        self.metrics.healthchecks.inc();
+        if !out.ok {
+            self.metrics.healthcheck_failures.inc();
+            tracing::debug!(task = %t.id, output = %out.output, "healthcheck failed");
+        }
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let st = h.get_mut(&t.id)?;
         st.record(

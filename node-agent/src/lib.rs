@@ -11,6 +11,7 @@ pub mod agent;
 pub mod contact;
 pub mod exits;
 pub mod host;
+pub mod metrics;
 pub mod options;
 pub mod pull;
 pub mod step;

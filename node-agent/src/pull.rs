@@ -15,6 +15,7 @@ use dcpp_reconciler::{DesiredState, LayerProgress, NodeId, PullProgress, TaskSta
 use dcpp_runtime::image::registry::{Progress, ProgressFn};
 
 use crate::host::{Clock, HostError, Images};
+use crate::metrics::AgentMetrics;
 
 /// How often a running pull writes its progress to the waiting tasks.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -52,6 +53,7 @@ pub struct Pulls<S> {
     images: Arc<dyn Images>,
     clock: Arc<dyn Clock>,
     wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Bytes and layers moved so far by one pull.
@@ -60,6 +62,8 @@ struct Counter {
     sizes: HashMap<String, u64>,
     total: u64,
     done: u64,
+    /// Bytes transferred (`done` also counts layers that were already present).
+    moved: u64,
     layers_done: usize,
 }
 
@@ -77,7 +81,10 @@ impl Counter {
                 self.done += self.sizes.get(digest.as_str()).copied().unwrap_or(0);
                 self.layers_done += 1;
             }
-            Progress::Bytes { bytes, .. } => self.done += bytes,
+            Progress::Bytes { bytes, .. } => {
+                self.done += bytes;
+                self.moved += bytes;
+            }
             Progress::Done { .. } => self.layers_done += 1,
         }
     }
@@ -107,6 +114,7 @@ impl<S: Store> Pulls<S> {
         images: Arc<dyn Images>,
         clock: Arc<dyn Clock>,
         wake: Arc<tokio::sync::Notify>,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Pulls {
             state: Arc::default(),
@@ -115,6 +123,7 @@ impl<S: Store> Pulls<S> {
             images,
             clock,
             wake,
+            metrics,
         }
     }
 
@@ -158,6 +167,7 @@ impl<S: Store> Pulls<S> {
         counter: Arc<Mutex<Counter>>,
         mut pull: BoxFuture<'static, Result<String, HostError>>,
     ) {
+        let started = Instant::now();
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -174,6 +184,9 @@ impl<S: Store> Pulls<S> {
                 }
             }
         };
+        let moved = counter.lock().unwrap_or_else(|e| e.into_inner()).moved;
+        self.metrics
+            .pulled(result.is_ok(), moved, started.elapsed());
         {
             let mut m = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match &result {

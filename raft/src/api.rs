@@ -761,6 +761,68 @@ async fn authorize(State(node): State<Node>, mut req: Request, next: Next) -> Re
     next.run(req).await
 }
 
+/// Told of every answered request on a router of this module (for metrics): the method, the
+/// route's template (`/v1/objects/{kind}`, so the label set stays bounded; `unmatched` for a
+/// path no route has), the status and the time until the response head.
+pub trait RequestObserver: Send + Sync + 'static {
+    fn observe(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        status: StatusCode,
+        took: std::time::Duration,
+    );
+}
+
+/// The embedder's part of a router: its own routes and who observes requests.
+#[derive(Clone, Default)]
+pub struct Embedding {
+    /// Routes served beside the API's, behind the same authentication.
+    pub routes: Router<Node>,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl From<Router<Node>> for Embedding {
+    fn from(routes: Router<Node>) -> Self {
+        Embedding {
+            routes,
+            observer: None,
+        }
+    }
+}
+
+/// One span per request (`--log debug` shows each with its time), and the observer's call.
+async fn observe(
+    State(observer): State<Option<Arc<dyn RequestObserver>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use tracing::Instrument;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let method = req.method().clone();
+    let span = tracing::debug_span!(
+        "api",
+        %method,
+        route = route.as_deref().unwrap_or("unmatched"),
+    );
+    let started = std::time::Instant::now();
+    let res = next.run(req).instrument(span.clone()).await;
+    let took = started.elapsed();
+    span.in_scope(|| tracing::debug!(status = res.status().as_u16(), ?took, "answered"));
+    if let Some(o) = &observer {
+        o.observe(
+            &method,
+            route.as_deref().unwrap_or("unmatched"),
+            res.status(),
+            took,
+        );
+    }
+    res
+}
+
 /// Body limits. Raft bodies carry log entries and snapshot chunks as JSON (a byte is up to
 /// four characters); API bodies carry whole stacks; a join request is a token and an address.
 const RAFT_BODY_LIMIT: usize = 64 << 20;
@@ -789,19 +851,20 @@ fn api_routes() -> Router<Node> {
 
 /// The TCP router: Raft RPCs and the API behind [`authorize`], plus the join endpoint.
 /// Served by [`serve_tcp`], which provides the connection's address and admission.
-fn peer_router(node: Node, gate: Arc<Gate>, extra: Router<Node>) -> Router {
+fn peer_router(node: Node, gate: Arc<Gate>, extra: Embedding) -> Router {
     let raft = Router::new()
         .route("/raft/append", post(raft_append))
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     let protected = api_routes()
-        .merge(extra)
+        .merge(extra.routes)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .merge(raft)
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize));
     protected
         .route("/v1/cluster/join", post(join))
+        .layer(middleware::from_fn_with_state(extra.observer, observe))
         .layer(Extension(gate))
         .with_state(node)
 }
@@ -860,17 +923,19 @@ async fn admin_cert(
 
 /// The unix-socket router: the API plus local administration, no token (socket is mode 0600).
 pub fn local_router(node: Node) -> Router {
-    local_router_with(node, Router::new())
+    local_router_with(node, Embedding::default())
 }
 
 /// [`local_router`] plus the embedder's own routes (`extra`, served like the API's).
-pub fn local_router_with(node: Node, extra: Router<Node>) -> Router {
+pub fn local_router_with(node: Node, extra: impl Into<Embedding>) -> Router {
+    let extra = extra.into();
     api_routes()
-        .merge(extra)
+        .merge(extra.routes)
         .route("/v1/local/join", post(local_join))
         .route("/v1/local/leave", post(local_leave))
         .route("/v1/local/admin-cert", post(admin_cert))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(extra.observer, observe))
         .with_state(node)
 }
 
@@ -899,11 +964,11 @@ pub async fn serve_tcp_with(
     node: Node,
     listener: tokio::net::TcpListener,
     limits: ListenerLimits,
-    extra: Router<Node>,
+    extra: impl Into<Embedding>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let gate = Arc::new(Gate::new(limits));
-    let router = peer_router(node.clone(), gate.clone(), extra);
+    let router = peer_router(node.clone(), gate.clone(), extra.into());
     let summaries = tokio::spawn(gate.clone().log_summaries());
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -1058,7 +1123,7 @@ pub async fn serve_unix(
 pub async fn serve_unix_with(
     node: Node,
     listener: tokio::net::UnixListener,
-    extra: Router<Node>,
+    extra: impl Into<Embedding>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, local_router_with(node, extra))

@@ -44,6 +44,7 @@ pub fn start_agent(
     data_dir: &Path,
     a: &AgentArgs,
     stop: &tokio::sync::watch::Receiver<bool>,
+    metrics: &crate::cmd::metrics::Metrics,
 ) -> anyhow::Result<Running> {
     let mut opts = NetworkOptions::new(data_dir);
     opts.bridge_prefix = a.bridge_prefix.clone();
@@ -101,6 +102,7 @@ pub fn start_agent(
     )
     .with_registry(registry)
     .with_files(Arc::new(dcpp_node_agent::host::NodeFiles(node.clone())))
+    .with_metrics(metrics.agent.clone())
     .with_heartbeat(a.heartbeat)
     .with_partition_grace(Some(a.partition_grace()));
     if overlay.is_some() {
@@ -113,12 +115,14 @@ pub fn start_agent(
             underlay_mtu: a.underlay_mtu,
         });
     }
+    metrics.watch_containers(ctr.clone());
     let agent = Arc::new(agent);
     let tasks = vec![
         tokio::spawn(dcpp_control::leader::run(
             node.clone(),
             overlay,
             stop.clone(),
+            metrics.leader.clone(),
         )),
         tokio::spawn(agent.clone().run(stop.clone())),
     ];

@@ -211,10 +211,24 @@ pub struct EventsArgs {
     /// happened since; default: only what happens from now on.
     #[arg(long, value_name = "REV")]
     pub since: Option<u64>,
-    /// `type=stack|service|task|node` or `stack=NAME`; repeatable: the same key ORs, different
-    /// keys AND.
-    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    /// Stop after this store revision (a number), or after this long (`30s`, `5m`); exits 0.
+    #[arg(long, value_name = "REV|DURATION")]
+    pub until: Option<String>,
+    /// `type=stack|service|task|node`, `stack=NAME`, `service=NAME` (`web` or `stack_web`),
+    /// `node=ID` (tasks placed there, and the node's record); comma-separated or repeated: the
+    /// same key ORs, different keys AND.
+    #[arg(long = "filter", value_name = "KEY=VALUE[,KEY=VALUE…]")]
     pub filters: Vec<String>,
+    /// Print nothing; wait until the store shows the condition, then exit 0 (non-zero with a
+    /// message after --timeout). `service=NAME state=STATE count=N`: exactly N tasks of the
+    /// service in that state (`running`, `failed`, …); `stack=`, `node=` narrow it further;
+    /// `health=healthy|unhealthy` counts only tasks of that health; without `count`, at least
+    /// one. Checked at once and after every change. Exit 3 on timeout.
+    #[arg(long, value_name = "CONDITION")]
+    pub wait_for: Option<String>,
+    /// How long --wait-for waits.
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::duration::parse)]
+    pub timeout: Duration,
 }
 
 /// The events `dcpp events --filter` keeps.
@@ -222,12 +236,170 @@ pub struct EventsArgs {
 struct EventFilter {
     kinds: Vec<Kind>,
     stacks: Vec<String>,
+    services: Vec<String>,
+    nodes: Vec<String>,
+}
+
+/// Whether service id `id` (`stack_name`) is the one a user named (`name` or `stack_name`).
+fn names_service(id: &str, name: &str) -> bool {
+    id == name || id.split_once('_').is_some_and(|(_, n)| n == name)
+}
+
+/// A `--wait-for` condition on the tasks in the store.
+#[derive(Debug, Default, PartialEq)]
+struct WaitFor {
+    service: Option<String>,
+    stack: Option<String>,
+    node: Option<String>,
+    state: Option<String>,
+    health: Option<String>,
+    count: Option<usize>,
+}
+
+impl WaitFor {
+    fn parse(s: &str) -> anyhow::Result<WaitFor> {
+        let mut w = WaitFor::default();
+        for part in s.split([' ', ',']).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("invalid condition {part:?}: expected KEY=VALUE"))?;
+            let v = v.to_string();
+            match k {
+                "service" => w.service = Some(v),
+                "stack" => w.stack = Some(v),
+                "node" => w.node = Some(v),
+                "state" => w.state = Some(v),
+                "health" => w.health = Some(v),
+                "count" => {
+                    w.count = Some(
+                        v.parse()
+                            .with_context(|| format!("invalid count {v:?}: expected a number"))?,
+                    )
+                }
+                _ => bail!(
+                    "invalid condition {part:?}: the keys are service, stack, node, state, \
+                     health and count"
+                ),
+            }
+        }
+        if w.service.is_none() && w.stack.is_none() {
+            bail!("--wait-for needs service=NAME or stack=NAME");
+        }
+        Ok(w)
+    }
+
+    /// How many tasks match, and whether that meets the condition.
+    fn check(&self, tasks: &[dcpp_reconciler::Task]) -> (usize, bool) {
+        let n = tasks
+            .iter()
+            .filter(|t| {
+                self.service
+                    .as_ref()
+                    .is_none_or(|s| names_service(&t.service.0, s))
+                    && self
+                        .stack
+                        .as_ref()
+                        .is_none_or(|s| t.service.0.split_once('_').is_some_and(|(st, _)| st == s))
+                    && self
+                        .node
+                        .as_ref()
+                        .is_none_or(|n| t.node.as_ref().is_some_and(|x| x.0 == *n))
+                    && self.state.as_ref().is_none_or(|s| text(&t.state) == *s)
+                    && self.health.as_ref().is_none_or(|h| text(&t.health) == *h)
+            })
+            .count();
+        (n, self.count.map_or(n > 0, |c| n == c))
+    }
+}
+
+/// The serde name of a unit enum value (`running`, `healthy`).
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until `w` holds for the tasks in the store, checking after every change.
+async fn wait_for(c: &dcpp_raft::Client, w: &WaitFor, timeout: Duration) -> anyhow::Result<u8> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = 0;
+    let run = async {
+        loop {
+            let since = c.status().await?.revision;
+            let tasks: Vec<_> = dcpp_control::schema::tasks(c)
+                .await?
+                .into_values()
+                .map(|(t, _)| t)
+                .collect();
+            let (n, ok) = w.check(&tasks);
+            last = n;
+            if ok {
+                return Ok::<_, anyhow::Error>(());
+            }
+            // Any change may change the count: look again after the next one.
+            let mut s = Box::pin(c.watch(since, None));
+            match s.next().await {
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            eprintln!(
+                "timed out after {timeout:?} waiting for {}: {last} task(s) match{}",
+                w.describe(),
+                w.count.map(|c| format!(", {c} wanted")).unwrap_or_default()
+            );
+            Ok(3)
+        }
+    }
+}
+
+impl WaitFor {
+    fn describe(&self) -> String {
+        let mut p = Vec::new();
+        for (k, v) in [
+            ("service", &self.service),
+            ("stack", &self.stack),
+            ("node", &self.node),
+            ("state", &self.state),
+            ("health", &self.health),
+        ] {
+            if let Some(v) = v {
+                p.push(format!("{k}={v}"));
+            }
+        }
+        if let Some(c) = self.count {
+            p.push(format!("count={c}"));
+        }
+        p.join(" ")
+    }
+}
+
+/// When `--until` ends the stream.
+enum Until {
+    Revision(u64),
+    At(tokio::time::Instant),
+}
+
+fn parse_until(s: &str) -> anyhow::Result<Until> {
+    if let Ok(r) = s.parse::<u64>() {
+        return Ok(Until::Revision(r));
+    }
+    let d = crate::cmd::duration::parse(s)
+        .map_err(|e| anyhow::anyhow!("invalid --until {s:?}: a revision or a duration ({e})"))?;
+    Ok(Until::At(tokio::time::Instant::now() + d))
 }
 
 impl EventFilter {
     fn parse(filters: &[String]) -> anyhow::Result<EventFilter> {
         let mut f = EventFilter::default();
-        for s in filters {
+        for s in filters.iter().flat_map(|f| f.split(',')) {
             let (k, v) = s
                 .split_once('=')
                 .with_context(|| format!("invalid filter {s:?}: expected KEY=VALUE"))?;
@@ -241,7 +413,9 @@ impl EventFilter {
                     _ => bail!("invalid filter {s:?}: type is stack, service, task or node"),
                 },
                 "stack" => f.stacks.push(v.to_string()),
-                _ => bail!("invalid filter {s:?}: the keys are type and stack"),
+                "service" => f.services.push(v.to_string()),
+                "node" => f.nodes.push(v.to_string()),
+                _ => bail!("invalid filter {s:?}: the keys are type, stack, service and node"),
             }
         }
         Ok(f)
@@ -258,6 +432,26 @@ impl EventFilter {
         }
         if !self.kinds.is_empty() && !self.kinds.contains(&o.kind) {
             return false;
+        }
+        if !self.services.is_empty() {
+            let service_of = match o.kind {
+                Kind::Service => Some(o.id.clone()),
+                Kind::Task | Kind::TaskStatus => task.map(|t| t.service.0.clone()),
+                _ => None,
+            };
+            if !service_of.is_some_and(|id| self.services.iter().any(|n| names_service(&id, n))) {
+                return false;
+            }
+        }
+        if !self.nodes.is_empty() {
+            let node_of = match o.kind {
+                Kind::Node => Some(o.id.clone()),
+                Kind::Task | Kind::TaskStatus => task.and_then(|t| t.node.clone()).map(|n| n.0),
+                _ => None,
+            };
+            if !node_of.is_some_and(|n| self.nodes.contains(&n)) {
+                return false;
+            }
         }
         if self.stacks.is_empty() {
             return true;
@@ -279,16 +473,39 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
     let filter = EventFilter::parse(&args.filters)?;
     let json = args.json || args.format == crate::cmd::cluster::Format::Json;
     let c = client(global)?;
+    if let Some(w) = &args.wait_for {
+        let w = WaitFor::parse(w)?;
+        return block_on(async move { wait_for(&c, &w, args.timeout).await });
+    }
+    let until = args.until.as_deref().map(parse_until).transpose()?;
     block_on(async move {
         let since = match args.since {
             Some(r) => r,
             None => c.status().await?.revision,
         };
+        if let Some(Until::Revision(r)) = until
+            && r <= since
+        {
+            return Ok(0);
+        }
         // Task documents by id, so that a status event can be named and filtered by stack.
         let mut tasks: HashMap<String, TaskDoc> = HashMap::new();
         let mut s = Box::pin(c.watch(since, None));
-        while let Some(ev) = s.next().await {
+        loop {
+            let next = match &until {
+                Some(Until::At(t)) => match tokio::time::timeout_at(*t, s.next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+                _ => s.next().await,
+            };
+            let Some(ev) = next else { break };
             let ev = ev?;
+            if let Some(Until::Revision(r)) = until
+                && ev.revision > r
+            {
+                break;
+            }
             let o = &ev.object;
             if o.kind == Kind::Task
                 && ev.event_type == dcpp_raft::EventType::Put
@@ -327,14 +544,21 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
             if ev.event_type == dcpp_raft::EventType::Delete && o.kind == Kind::TaskStatus {
                 tasks.remove(&o.id);
             }
+            let last = matches!(until, Some(Until::Revision(r)) if ev.revision >= r);
             if !keep {
+                if last {
+                    break;
+                }
                 continue;
             }
             if json {
                 println!("{}", serde_json::to_string(&ev)?);
-                continue;
+            } else {
+                println!("{} {}/{} {what}", ev.revision, o.kind, o.id);
             }
-            println!("{} {}/{} {what}", ev.revision, o.kind, o.id);
+            if last {
+                break;
+            }
         }
         Ok(0)
     })
@@ -1368,6 +1592,24 @@ pub fn run_service(global: &Global, cmd: ServiceCommand) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_for_conditions_parse_and_refuse_unknown_keys() {
+        let w = WaitFor::parse("service=web state=running count=3").unwrap();
+        assert_eq!(w.service.as_deref(), Some("web"));
+        assert_eq!(w.state.as_deref(), Some("running"));
+        assert_eq!(w.count, Some(3));
+        assert_eq!(w.describe(), "service=web state=running count=3");
+        assert!(WaitFor::parse("service=web,health=healthy").is_ok());
+        let e = WaitFor::parse("service=web colour=red")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour=red"), "{e}");
+        assert!(WaitFor::parse("state=running").is_err());
+        assert!(WaitFor::parse("service=web count=three").is_err());
+        assert!(names_service("st_web", "web") && names_service("st_web", "st_web"));
+        assert!(!names_service("st_web", "st"));
+    }
 
     fn doc(yaml: &str) -> ServiceDoc {
         let dir = tempfile::tempdir().unwrap();

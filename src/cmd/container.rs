@@ -696,22 +696,26 @@ fn follow_logs(
 }
 
 /// A plain left-aligned table like docker's.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Table {
             rows: vec![header.iter().map(|s| s.to_string()).collect()],
         }
     }
 
-    fn add_row<const N: usize>(&mut self, row: [String; N]) {
+    pub(crate) fn add_row<const N: usize>(&mut self, row: [String; N]) {
         self.rows.push(row.to_vec());
     }
 
     fn print(&self) {
+        print!("{}", self.render());
+    }
+
+    pub(crate) fn render(&self) -> String {
         let cols = self.rows[0].len();
         let widths: Vec<usize> = (0..cols)
             .map(|c| {
@@ -722,14 +726,17 @@ impl Table {
                     .unwrap_or(0)
             })
             .collect();
+        let mut out = String::new();
         for r in &self.rows {
             let line: Vec<String> = r
                 .iter()
                 .zip(&widths)
                 .map(|(c, w)| format!("{c:<w$}"))
                 .collect();
-            println!("{}", line.join("   ").trim_end());
+            out.push_str(line.join("   ").trim_end());
+            out.push('\n');
         }
+        out
     }
 }
 

@@ -34,6 +34,11 @@ pub struct DaemonArgs {
     /// longer must rejoin).
     #[arg(long, default_value = "10m", value_parser = crate::cmd::duration::parse)]
     pub ca_rotation_grace: std::time::Duration,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (a loopback address: the listener
+    /// has no authentication). `GET /metrics` is always on the API too: the unix socket, and
+    /// --listen with a client certificate of the cluster.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub listener: ListenerArgs,
     #[command(flatten)]
@@ -212,9 +217,12 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
              a shorter one stops tasks before any replacement starts"
         );
     }
+    if let Some(addr) = args.metrics_addr {
+        crate::cmd::metrics::check_addr(addr, args.listen)?;
+    }
     rt.block_on(serve(
         global.data_dir.join("raft"),
-        args.listen,
+        (args.listen, args.metrics_addr),
         advertise,
         args.socket,
         limits,
@@ -226,7 +234,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
 
 async fn serve(
     raft_dir: PathBuf,
-    listen: SocketAddr,
+    (listen, metrics_addr): (SocketAddr, Option<SocketAddr>),
     advertise: String,
     socket: PathBuf,
     limits: dcpp_raft::api::ListenerLimits,
@@ -236,6 +244,14 @@ async fn serve(
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
+    let metrics_listener = match metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("--metrics-addr {a}"))?,
+        ),
+        None => None,
+    };
     let unix = bind_socket(&socket)?;
     let mut cfg = NodeConfig::new(&raft_dir, &advertise);
     // Each agent keeps its node's record; a member that leaves takes its record with it.
@@ -251,7 +267,22 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
     let data_dir = raft_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    let routes = || dcpp_control::api::routes().merge(crate::cmd::logs::routes(data_dir.clone()));
+    let metrics = crate::cmd::metrics::Metrics::new(node.clone());
+    let leader_watch = metrics.spawn_leader_watch();
+    let routes = || dcpp_raft::api::Embedding {
+        routes: dcpp_control::api::routes()
+            .merge(crate::cmd::logs::routes(data_dir.clone()))
+            .merge(crate::cmd::metrics::route(metrics.clone()))
+            .merge(crate::cmd::stats::routes(metrics.clone())),
+        observer: Some(metrics.api.clone()),
+    };
+    let metrics_server = metrics_listener.map(|l| {
+        tokio::spawn(crate::cmd::metrics::serve(
+            metrics.clone(),
+            l,
+            stop_rx.clone(),
+        ))
+    });
     let peer = tokio::spawn(dcpp_raft::api::serve_tcp_with(
         node.clone(),
         tcp,
@@ -275,7 +306,7 @@ async fn serve(
     let watch_dir = agent.as_ref().and_then(|(_, a)| a.watch.clone());
     let agent = match agent {
         Some((data_dir, a)) if !a.no_agent => Some(crate::cmd::agent::start_agent(
-            &node, &data_dir, &a, &stop_rx,
+            &node, &data_dir, &a, &stop_rx, &metrics,
         )?),
         _ => None,
     };
@@ -292,6 +323,9 @@ async fn serve(
         node.id(),
         socket.display()
     );
+    if let Some(a) = metrics_addr {
+        eprintln!("dcpp daemon: metrics at http://{a}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -300,6 +334,10 @@ async fn serve(
     }
     if let Some(a) = agent {
         a.stop().await;
+    }
+    leader_watch.abort();
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), m).await;
     }
     node.shutdown().await.ok();
     // Long-lived watch streams would hold graceful shutdown open; don't wait for them forever.

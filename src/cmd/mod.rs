@@ -9,10 +9,12 @@ pub mod daemon;
 pub mod duration;
 pub mod image;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod secret;
 pub mod show;
+pub mod stats;
 pub mod version;
 pub mod volume;
 pub mod watch;
@@ -46,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stack(args) => apply::run_stack(&cli.global, args),
         Command::Service(args) => apply::run_service(&cli.global, args),
         Command::Watch(args) => watch::run(&cli.global, args),
+        Command::Stats(args) => stats::run(&cli.global, args),
         Command::Events(args) => apply::run_events(&cli.global, args),
         Command::Version(args) => version::run(&cli.global, args),
     }

@@ -224,8 +224,13 @@ async fn a_new_task_is_pulled_then_created_and_started_and_reported_running() {
     assert_record(&w.stored().await.0, want.clone(), since);
 
     w.pulled().await;
+    let m = w.agent.metrics.clone();
+    assert_eq!(m.pulls.get_or_create(&[("result", "ok")]).get(), 1);
+    assert_eq!(m.pulls.get_or_create(&[("result", "failed")]).get(), 0);
+    assert_eq!(m.starts.get(), 0);
     let (did, calls) = w.round().await;
     assert!(did);
+    assert_eq!(m.starts.get(), 1);
     let net = vec!["st_default".to_string()];
     assert_eq!(
         calls,
@@ -461,6 +466,9 @@ async fn a_failed_pull_rejects_the_task_with_the_registrys_reason() {
     );
     assert_eq!(w.stored().await.0.state, TaskState::Preparing);
     w.pulled().await;
+    let m = w.agent.metrics.clone();
+    assert_eq!(m.pulls.get_or_create(&[("result", "failed")]).get(), 1);
+    assert_eq!(m.pulls.get_or_create(&[("result", "ok")]).get(), 0);
 
     // The failure is remembered (no second pull right away) and ends the task.
     let (did, calls) = w.round().await;

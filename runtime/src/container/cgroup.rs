@@ -13,9 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::{self, DeviceFilterError, DeviceRule};
 
-/// v1 controllers a container joins. blkio is not limited; cpuset needs each new level
-/// initialised from its parent before anything can join it (see [`init_cpuset_v1`]).
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "cpuset"];
+/// v1 controllers a container joins. blkio is not limited, only read for the block I/O
+/// figures of [`Stats`]; cpuset needs each new level initialised from its parent before
+/// anything can join it (see [`init_cpuset_v1`]).
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "pids", "devices", "cpuset", "blkio",
+];
 
 /// Errors from cgroup operations.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +178,7 @@ impl Hierarchy {
                 let wants_cpuset = resources
                     .and_then(|r| r.cpu().as_ref())
                     .is_some_and(|c| c.cpus().is_some());
-                let enable: Vec<String> = ["cpu", "memory", "pids", "cpuset"]
+                let enable: Vec<String> = ["cpu", "memory", "pids", "cpuset", "io"]
                     .iter()
                     .filter(|c| **c != "cpuset" || wants_cpuset)
                     .filter(|c| avail.split_whitespace().any(|a| a == **c))
@@ -319,15 +322,33 @@ impl Hierarchy {
             std::fs::read_to_string(self.controller_path(ctrl, rel)?.join(file)).ok()
         };
         let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+        // The working set as cAdvisor and `docker stats` count it: usage less the page cache
+        // the kernel can drop at once.
+        let working_set = |usage: u64, key: &str| {
+            let inactive = read("memory", "memory.stat")
+                .and_then(|s| stat_value(&s, key))
+                .unwrap_or(0);
+            usage.saturating_sub(inactive)
+        };
         match self {
-            Hierarchy::V1 { .. } => Stats {
-                cpu_usage_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
-                memory_usage_bytes: num(read("memory", "memory.usage_in_bytes")).unwrap_or(0),
-                memory_limit_bytes: num(read("memory", "memory.limit_in_bytes"))
-                    .filter(|l| *l < (1 << 62)),
-                pids_current: num(read("pids", "pids.current")).unwrap_or(0),
-                pids_limit: num(read("pids", "pids.max")),
-            },
+            Hierarchy::V1 { .. } => {
+                let usage = num(read("memory", "memory.usage_in_bytes")).unwrap_or(0);
+                let (blkio_read_bytes, blkio_write_bytes) =
+                    read("blkio", "blkio.throttle.io_service_bytes_recursive")
+                        .map(|s| blkio_v1(&s))
+                        .unwrap_or_default();
+                Stats {
+                    cpu_usage_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
+                    memory_usage_bytes: usage,
+                    memory_working_set_bytes: working_set(usage, "total_inactive_file"),
+                    memory_limit_bytes: num(read("memory", "memory.limit_in_bytes"))
+                        .filter(|l| *l < (1 << 62)),
+                    pids_current: num(read("pids", "pids.current")).unwrap_or(0),
+                    pids_limit: num(read("pids", "pids.max")),
+                    blkio_read_bytes,
+                    blkio_write_bytes,
+                }
+            }
             Hierarchy::V2 { .. } => Stats {
                 cpu_usage_ns: read("cpu", "cpu.stat")
                     .and_then(|s| {
@@ -339,9 +360,19 @@ impl Hierarchy {
                     .map(|us| us * 1000)
                     .unwrap_or(0),
                 memory_usage_bytes: num(read("memory", "memory.current")).unwrap_or(0),
+                memory_working_set_bytes: working_set(
+                    num(read("memory", "memory.current")).unwrap_or(0),
+                    "inactive_file",
+                ),
                 memory_limit_bytes: num(read("memory", "memory.max")),
                 pids_current: num(read("pids", "pids.current")).unwrap_or(0),
                 pids_limit: num(read("pids", "pids.max")),
+                blkio_read_bytes: read("io", "io.stat")
+                    .map(|s| io_stat_v2(&s, "rbytes"))
+                    .unwrap_or(0),
+                blkio_write_bytes: read("io", "io.stat")
+                    .map(|s| io_stat_v2(&s, "wbytes"))
+                    .unwrap_or(0),
             },
         }
     }
@@ -506,6 +537,43 @@ fn init_cpuset_v1(root: &Path, rel: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// `key value` of a `memory.stat` file.
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Bytes read and written, summed over devices, of a v1
+/// `blkio.throttle.io_service_bytes_recursive` (`MAJ:MIN Read N` lines).
+fn blkio_v1(s: &str) -> (u64, u64) {
+    let mut out = (0, 0);
+    for l in s.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(_dev), Some(op), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let n: u64 = n.parse().unwrap_or(0);
+        match op {
+            "Read" => out.0 += n,
+            "Write" => out.1 += n,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A `key=N` field summed over devices of a v2 `io.stat`.
+fn io_stat_v2(s: &str, key: &str) -> u64 {
+    s.lines()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
 /// Usage figures of one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -513,6 +581,14 @@ pub struct Stats {
     pub cpu_usage_ns: u64,
     /// Memory charged to the container, in bytes.
     pub memory_usage_bytes: u64,
+    /// The part of it the kernel cannot reclaim at once (usage less inactive page cache).
+    #[serde(default)]
+    pub memory_working_set_bytes: u64,
+    /// Bytes read from and written to block devices (v1: the blkio controller; v2: `io.stat`).
+    #[serde(default)]
+    pub blkio_read_bytes: u64,
+    #[serde(default)]
+    pub blkio_write_bytes: u64,
     /// Memory limit, if one is set.
     pub memory_limit_bytes: Option<u64>,
     /// Number of tasks.
@@ -578,6 +654,22 @@ mod tests {
 
     fn read(d: &tempfile::TempDir, f: &str) -> String {
         std::fs::read_to_string(d.path().join(f)).unwrap()
+    }
+
+    #[test]
+    fn block_io_and_the_working_set_are_summed_from_the_kernel_files() {
+        let v1 = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\n\
+                  8:16 Read 1\n8:16 Write 2\nTotal 12291\n";
+        assert_eq!(blkio_v1(v1), (4097, 8194));
+        let v2 = "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=5 wbytes=7\n";
+        assert_eq!(
+            (io_stat_v2(v2, "rbytes"), io_stat_v2(v2, "wbytes")),
+            (105, 207)
+        );
+        let stat = "cache 10\ninactive_file 300\ntotal_inactive_file 700\n";
+        assert_eq!(stat_value(stat, "total_inactive_file"), Some(700));
+        assert_eq!(stat_value(stat, "inactive_file"), Some(300));
+        assert_eq!(stat_value(stat, "active_file"), None);
     }
 
     #[test]

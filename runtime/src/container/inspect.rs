@@ -41,6 +41,24 @@ impl ContainerManager {
         Ok(self.hier.stats(&st.cgroup_path))
     }
 
+    /// Resource usage of every running container, with the network traffic of its netns
+    /// (`None` for a container that shares the host's network: the host's counters are not
+    /// its own).
+    pub fn stats_running(&self) -> Vec<(ContainerInfo, Stats, Option<NetIo>)> {
+        self.list()
+            .into_iter()
+            .filter(|i| i.status == super::Status::Running)
+            .map(|i| {
+                let stats = self.hier.stats(&i.state.cgroup_path);
+                let net = match (&i.state.network, i.pid) {
+                    (super::NetworkMode::Host, _) | (_, None) => None,
+                    (_, Some(pid)) => net_io(pid),
+                };
+                (i, stats, net)
+            })
+            .collect()
+    }
+
     /// Path of the container's current log file.
     pub fn log_path(&self, reference: &str) -> Result<PathBuf, Error> {
         let st = self.resolve(reference)?;
@@ -50,5 +68,63 @@ impl ContainerManager {
     /// All log entries of a container, oldest first.
     pub fn logs(&self, reference: &str) -> Result<Vec<logs::LogEntry>, Error> {
         logs::read_all(&self.log_path(reference)?).map_err(io_err("reading the log"))
+    }
+}
+
+/// Bytes through the interfaces of a network namespace, loopback excluded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetIo {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The traffic of the netns process `pid` is in, from its `/proc/PID/net/dev` (the kernel
+/// shows the namespace of the process, not the reader's).
+pub fn net_io(pid: i32) -> Option<NetIo> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+    Some(parse_net_dev(&s))
+}
+
+fn parse_net_dev(s: &str) -> NetIo {
+    let mut out = NetIo::default();
+    // Two header lines, then `iface: rx_bytes packets errs drop fifo frame compressed
+    // multicast tx_bytes ...`.
+    for l in s.lines().skip(2) {
+        let Some((iface, rest)) = l.split_once(':') else {
+            continue;
+        };
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() >= 9 {
+            out.rx_bytes += f[0];
+            out.tx_bytes += f[8];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_sums_every_interface_but_loopback() {
+        let s = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     500       5    0    0    0     0          0         0      500       5    0    0    0     0       0          0\n  \
+eth0:    1200      10    0    0    0     0          0         0      3400      20    0    0    0     0       0          0\n  \
+eth1:      30       1    0    0    0     0          0         0        40       1    0    0    0     0       0          0\n";
+        assert_eq!(
+            parse_net_dev(s),
+            NetIo {
+                rx_bytes: 1230,
+                tx_bytes: 3440
+            }
+        );
     }
 }

@@ -1,0 +1,580 @@
+//! `dcpp daemon --metrics-addr` through the real binary: a stack is applied, a container is
+//! killed and a healthcheck made to fail, and each scrape, parsed with a Prometheus
+//! text-format parser, must show exactly what happened; the containers' figures must match
+//! their cgroup files.
+
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{Sample, Scrape, Value};
+use rig::*;
+
+/// `GET /metrics` on `127.0.0.1:port`: the parsed body, the content type and the time taken.
+fn scrape(port: u16) -> (Scrape, String, Duration) {
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let took = t0.elapsed();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_string();
+    let parsed = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    (parsed, ctype, took)
+}
+
+fn number(s: &Sample) -> f64 {
+    match &s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        v => panic!("{}: not a number: {v:?}", s.metric),
+    }
+}
+
+/// Samples of `metric` whose labels include `labels`.
+fn find<'a>(sc: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    sc.samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+/// The sum of the matching samples (0 when none: a counter not yet incremented).
+fn sum(sc: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    find(sc, metric, labels).iter().map(|s| number(s)).sum()
+}
+
+fn one(sc: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let f = find(sc, metric, labels);
+    assert_eq!(f.len(), 1, "{metric} {labels:?}: {} samples", f.len());
+    number(f[0])
+}
+
+/// A cgroup file of the container (v1: under the controller's mount; v2: the unified tree).
+fn cgroup_file(rel: &str, controller: &str, file: &str) -> PathBuf {
+    let rel = rel.trim_start_matches('/');
+    let v1 = PathBuf::from("/sys/fs/cgroup").join(controller);
+    if v1.join("cgroup.procs").exists() {
+        v1.join(rel).join(file)
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(rel).join(file)
+    }
+}
+
+fn read_u64(p: &PathBuf) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn cgroup_v1() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+}
+
+#[test]
+fn metrics_count_starts_kills_and_failed_healthchecks_and_read_the_cgroups() {
+    // Plain HTTP metrics are for this machine only.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["daemon", "--metrics-addr", "0.0.0.0:9100", "--socket"])
+        .arg(tmp.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+
+    let port = free_port();
+    let mut rig = Rig::unstarted("mt");
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    // The same metrics on the API's unix socket.
+    {
+        let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        u.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 200 "), "{head}");
+        let sc = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+        assert_eq!(one(&sc, "dcpp_raft_is_leader", &[]), 1.0);
+    }
+    let (first, ctype, _) = scrape(port);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    assert_eq!(sum(&first, "dcpp_agent_container_starts_total", &[]), 0.0);
+    assert!(one(&first, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(one(&first, "process_open_fds", &[]) > 3.0);
+    assert_eq!(one(&first, "dcpp_raft_is_leader", &[]), 1.0);
+    assert!(one(&first, "dcpp_raft_term", &[]) >= 1.0);
+    assert!(one(&first, "dcpp_raft_last_applied_index", &[]) >= 1.0);
+
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: mts
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "head -c 3000000 /dev/zero > /tmp/blob; exec sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 2
+      resources:
+        limits:
+          memory: 64M
+  hc:
+    image: {IMAGE}
+    command: ["sh", "-c", "touch /tmp/ok; exec sleep 3600"]
+    stop_signal: SIGKILL
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ok"]
+      interval: 300ms
+      retries: 1
+"#
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    rig.wait_until("hc healthy", 30, || {
+        rig.tasks()
+            .iter()
+            .any(|t| t["service"] == "mts_hc" && t["health"] == "healthy")
+    });
+    let (sc, _, _) = scrape(port);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 3.0);
+    assert_eq!(sum(&sc, "dcpp_agent_task_restarts_total", &[]), 0.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 0.0);
+    assert_eq!(sum(&sc, "dcpp_agent_healthcheck_failures_total", &[]), 0.0);
+    assert!(sum(&sc, "dcpp_agent_healthchecks_total", &[]) >= 1.0);
+    let running = [("stack", "mts"), ("service", "web"), ("state", "running")];
+    assert_eq!(one(&sc, "dcpp_tasks", &running), 2.0);
+    assert_eq!(
+        one(
+            &sc,
+            "dcpp_tasks",
+            &[("service", "hc"), ("state", "running")]
+        ),
+        1.0
+    );
+    assert!(sum(&sc, "dcpp_reconcile_rounds_total", &[]) >= 1.0);
+    assert!(
+        sum(
+            &sc,
+            "dcpp_reconcile_actions_total",
+            &[("kind", "create_task")]
+        ) >= 3.0
+    );
+    assert!(
+        sum(
+            &sc,
+            "dcpp_reconcile_actions_total",
+            &[("kind", "assign_task")]
+        ) >= 3.0
+    );
+    assert!(
+        sum(
+            &sc,
+            "dcpp_api_requests_total",
+            &[("route", "/v1/txn"), ("status", "200")]
+        ) >= 1.0
+    );
+    assert!(sum(&sc, "dcpp_reconcile_plan_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(
+        sum(
+            &sc,
+            "dcpp_agent_container_create_start_duration_seconds_count",
+            &[]
+        ),
+        3.0
+    );
+
+    // A replica killed from outside: one exit by a signal, one start in its place.
+    let web = rig
+        .tasks()
+        .into_iter()
+        .find(|t| t["service"] == "mts_web" && t["state"] == "running")
+        .unwrap();
+    let wid = web["container_id"].as_str().unwrap().to_string();
+    rig.ok(&["container", "kill", &wid]);
+    rig.wait_until("replacement", 30, || {
+        rig.tasks()
+            .iter()
+            .filter(|t| {
+                t["service"] == "mts_web" && t["state"] == "running" && t["container_id"] != wid
+            })
+            .count()
+            == 2
+    });
+    let (sc, _, _) = scrape(port);
+    assert_eq!(
+        sum(
+            &sc,
+            "dcpp_agent_container_exits_total",
+            &[("reason", "killed")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 4.0);
+    assert_eq!(sum(&sc, "dcpp_agent_task_restarts_total", &[]), 1.0);
+    assert_eq!(one(&sc, "dcpp_tasks", &running), 2.0);
+    assert_eq!(
+        one(
+            &sc,
+            "dcpp_tasks",
+            &[("service", "web"), ("state", "failed")]
+        ),
+        1.0
+    );
+
+    // The healthcheck fails: the container is stopped as unhealthy (not an exit of its own)
+    // and replaced.
+    let hc = rig
+        .tasks()
+        .into_iter()
+        .find(|t| t["service"] == "mts_hc" && t["state"] == "running")
+        .unwrap();
+    let hid = hc["container_id"].as_str().unwrap().to_string();
+    rig.ok(&["container", "exec", &hid, "rm", "/tmp/ok"]);
+    rig.wait_until("hc replaced and healthy", 30, || {
+        rig.tasks().iter().any(|t| {
+            t["service"] == "mts_hc" && t["health"] == "healthy" && t["container_id"] != hid
+        })
+    });
+    let (sc, _, _) = scrape(port);
+    assert!(sum(&sc, "dcpp_agent_healthcheck_failures_total", &[]) >= 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_unhealthy_stops_total", &[]), 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 5.0);
+    assert_eq!(sum(&sc, "dcpp_agent_task_restarts_total", &[]), 2.0);
+
+    // Each running container's figures are its cgroup's.
+    let tasks: Vec<_> = rig
+        .tasks()
+        .into_iter()
+        .filter(|t| t["state"] == "running")
+        .collect();
+    assert_eq!(tasks.len(), 3);
+    let node = rig.id.to_string();
+    let mut took = Vec::new();
+    for t in &tasks {
+        let id = t["container_id"].as_str().unwrap();
+        let info = rig.json(&["container", "inspect", id]);
+        let info = &info[0];
+        let (name, cg) = (
+            info["name"].as_str().unwrap(),
+            info["cgroup_path"].as_str().unwrap(),
+        );
+        let task = match &t["id"] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        let labels = [
+            ("name", name),
+            ("task", task.as_str()),
+            ("node", node.as_str()),
+        ];
+        let (cpu_file, mem_file) = if cgroup_v1() {
+            (
+                cgroup_file(cg, "cpuacct", "cpuacct.usage"),
+                cgroup_file(cg, "memory", "memory.usage_in_bytes"),
+            )
+        } else {
+            (
+                cgroup_file(cg, "", "cpu.stat"),
+                cgroup_file(cg, "", "memory.current"),
+            )
+        };
+        let cpu_before = if cgroup_v1() {
+            read_u64(&cpu_file) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let mem_before = read_u64(&mem_file) as f64;
+        let (sc, _, d) = scrape(port);
+        took.push(d);
+        let mem_after = read_u64(&mem_file) as f64;
+        let cpu = one(&sc, "container_cpu_usage_seconds_total", &labels);
+        if cgroup_v1() {
+            let cpu_after = read_u64(&cpu_file) as f64 / 1e9;
+            assert!(
+                cpu_before <= cpu && cpu <= cpu_after,
+                "{name}: cpu {cpu} outside [{cpu_before}, {cpu_after}]"
+            );
+        }
+        assert!(cpu > 0.0, "{name}: no cpu time");
+        let mem = one(&sc, "container_memory_usage_bytes", &labels);
+        let (lo, hi) = (mem_before.min(mem_after), mem_before.max(mem_after));
+        assert!(
+            mem >= lo * 0.95 && mem <= hi * 1.05,
+            "{name}: memory {mem} vs the cgroup's {mem_before}..{mem_after}"
+        );
+        let ws = one(&sc, "container_memory_working_set_bytes", &labels);
+        assert!(ws > 0.0 && ws <= mem, "{name}: working set {ws} of {mem}");
+        assert!(one(&sc, "container_threads", &labels) >= 1.0);
+        // Each container has its own netns with a veth: counters exist (zero traffic is fine).
+        assert!(one(&sc, "container_network_receive_bytes_total", &labels) >= 0.0);
+        assert!(one(&sc, "container_fs_writes_bytes_total", &labels) >= 0.0);
+        let stack_service = (
+            info["labels"]["org.dcpp.stack"].as_str().unwrap(),
+            info["labels"]["org.dcpp.service"].as_str().unwrap(),
+        );
+        assert_eq!(stack_service.0, "mts");
+        if t["service"] == "mts_web" {
+            assert_eq!(
+                one(&sc, "container_spec_memory_limit_bytes", &labels),
+                (64u64 << 20) as f64
+            );
+            // The 3 MB file in its tmpfs-less /tmp is page cache charged to it.
+            assert!(mem > 3e6, "{name}: {mem}");
+        }
+    }
+    took.sort();
+    eprintln!(
+        "scrape latency with 3 containers: min {:?}, max {:?}; daemon RSS {} MiB",
+        took[0],
+        took[took.len() - 1],
+        one(&scrape(port).0, "process_resident_memory_bytes", &[]) / 1048576.0
+    );
+    rig.ok(&["down", "-p", "mts"]);
+}
+
+fn stat_value(stat: &str, key: &str) -> u64 {
+    stat.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn stats_no_stream_json_matches_the_cgroup_files() {
+    let rig = Rig::new("sx");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: sxs
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "head -c 4000000 /dev/zero > /tmp/blob; exec sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 2
+      resources:
+        limits:
+          memory: 64M
+  other:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+"#
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    // An unknown name is an error, not an empty table.
+    let out = rig.dcpp(&["stats", "--no-stream", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+
+    let out = rig.ok(&["stats", "--no-stream", "--format", "json", "web"]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        assert_eq!(r["service"], "web", "{r}");
+        assert_eq!(r["node"], rig.id, "{r}");
+        let id = r["id"].as_str().unwrap();
+        let info = rig.json(&["container", "inspect", id]);
+        let cg = info[0]["cgroup_path"].as_str().unwrap().to_string();
+        let (usage, stat, limit) = if cgroup_v1() {
+            (
+                read_u64(&cgroup_file(&cg, "memory", "memory.usage_in_bytes")),
+                std::fs::read_to_string(cgroup_file(&cg, "memory", "memory.stat")).unwrap(),
+                read_u64(&cgroup_file(&cg, "memory", "memory.limit_in_bytes")),
+            )
+        } else {
+            (
+                read_u64(&cgroup_file(&cg, "", "memory.current")),
+                std::fs::read_to_string(cgroup_file(&cg, "", "memory.stat")).unwrap(),
+                read_u64(&cgroup_file(&cg, "", "memory.max")),
+            )
+        };
+        let inactive = stat_value(
+            &stat,
+            if cgroup_v1() {
+                "total_inactive_file"
+            } else {
+                "inactive_file"
+            },
+        );
+        let ws = usage.saturating_sub(inactive) as f64;
+        let shown = r["memory_working_set_bytes"].as_f64().unwrap();
+        assert!(
+            (shown - ws).abs() <= ws * 0.05 + 65536.0,
+            "{id}: working set {shown} vs the cgroup's {ws}"
+        );
+        let used = r["memory_usage_bytes"].as_f64().unwrap();
+        assert!(
+            (used - usage as f64).abs() <= usage as f64 * 0.05 + 65536.0,
+            "{id}: usage {used} vs {usage}"
+        );
+        // The 4 MB file in /tmp is page cache charged to the container.
+        assert!(used > 4e6, "{id}: {used}");
+        assert_eq!(r["memory_limit_bytes"].as_u64(), Some(limit));
+        assert_eq!(limit, 64 << 20);
+        let pct = r["memory_percent"].as_f64().unwrap();
+        assert!((pct - shown / limit as f64 * 100.0).abs() < 1e-6, "{r}");
+        assert!(r["pids"].as_u64().unwrap() >= 1, "{r}");
+        let cpu = r["cpu_percent"].as_f64().unwrap();
+        // A sleeping container: next to nothing of one CPU.
+        assert!((0.0..5.0).contains(&cpu), "{r}");
+    }
+    // The table, all containers.
+    let table = rig.ok(&["stats", "--no-stream"]);
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.contains("64MiB") || table.contains("64.00MiB"),
+        "{table}"
+    );
+    rig.ok(&["down", "-p", "sxs"]);
+}
+
+#[test]
+fn an_oom_kill_is_counted_as_one() {
+    let port = free_port();
+    let mut rig = Rig::unstarted("mo");
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: mos
+services:
+  hog:
+    image: {IMAGE}
+    restart: "no"
+    # One 300 MiB buffer at once: killed at the limit within moments.
+    command: ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=300M count=1 && echo survived"]
+    deploy:
+      resources:
+        limits:
+          memory: 16M
+"#
+        ),
+    );
+    rig.ok(&["apply", "-d", "-f", &file]);
+    rig.wait_until("hog failed", 30, || {
+        rig.json(&["ps", "-a", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["service"] == "mos_hog" && t["state"] == "failed")
+    });
+    let (sc, _, _) = scrape(port);
+    assert_eq!(
+        sum(
+            &sc,
+            "dcpp_agent_container_exits_total",
+            &[("reason", "oom")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 1.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 1.0);
+    assert_eq!(
+        one(
+            &sc,
+            "dcpp_tasks",
+            &[("service", "hog"), ("state", "failed")]
+        ),
+        1.0
+    );
+    rig.ok(&["down", "-p", "mos"]);
+}
+
+/// The cost of metrics at 100 containers: scrape latency and the daemon's RSS and CPU.
+/// `cargo test --test e2e_metrics metrics_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (100 containers), run by hand"]
+fn metrics_cost_at_100_containers() {
+    let port = free_port();
+    let mut rig = Rig::unstarted("mc");
+    rig.log_level = "info,dcpp::cmd::metrics=debug".into();
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: mcs
+services:
+  web:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 100
+"#
+        ),
+    );
+    let t0 = Instant::now();
+    rig.ok(&["apply", "-f", &file, "--timeout", "10m"]);
+    eprintln!("apply of 100 replicas: {:?}", t0.elapsed());
+    let rss = |sc: &Scrape| one(sc, "process_resident_memory_bytes", &[]) / 1048576.0;
+    let cpu = |sc: &Scrape| one(sc, "process_cpu_seconds_total", &[]);
+    let (first, _, _) = scrape(port);
+    let (rss0, cpu0) = (rss(&first), cpu(&first));
+    let mut took = Vec::new();
+    let mut server = Vec::new();
+    let mut last = first;
+    for _ in 0..50 {
+        let (sc, _, d) = scrape(port);
+        took.push(d);
+        last = sc;
+        server.push(one(&last, "dcpp_metrics_scrape_duration_seconds_sum", &[]));
+    }
+    assert_eq!(
+        find(&last, "container_cpu_usage_seconds_total", &[]).len(),
+        100
+    );
+    took.sort();
+    let server_mean = (server[49] - server[0]) / 49.0;
+    eprintln!(
+        "100 containers, 50 scrapes: client-side p50 {:?}, p90 {:?}, max {:?}; server-side mean {:.2} ms; \
+         RSS {rss0:.1} MiB -> {:.1} MiB; daemon CPU over the 50 scrapes {:.2} s",
+        took[25],
+        took[45],
+        took[49],
+        server_mean * 1000.0,
+        rss(&last),
+        cpu(&last) - cpu0
+    );
+    let log = rig.log();
+    let reads: Vec<&str> = log.lines().filter(|l| l.contains("metrics read")).collect();
+    eprintln!("{}", reads[reads.len().saturating_sub(3)..].join("\n"));
+    rig.ok(&["down", "-p", "mcs", "--timeout", "5m"]);
+}
