@@ -165,6 +165,57 @@ pub fn schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Project)).unwrap_or_default()
 }
 
+/// Every key path of the model's JSON schema, `*` for a user-chosen key, `[]` for a list item:
+/// what the conformance table must cover.
+pub fn schema_paths() -> std::collections::BTreeSet<String> {
+    fn walk(
+        defs: &serde_json::Value,
+        node: &serde_json::Value,
+        path: &str,
+        seen: &[String],
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
+            let name = r.rsplit('/').next().unwrap_or_default().to_owned();
+            if !seen.contains(&name) {
+                let mut seen = seen.to_vec();
+                seen.push(name.clone());
+                walk(defs, &defs[&name], path, &seen, out);
+            }
+            return;
+        }
+        for k in ["anyOf", "oneOf", "allOf"] {
+            for alt in node.get(k).and_then(|a| a.as_array()).into_iter().flatten() {
+                walk(defs, alt, path, seen, out);
+            }
+        }
+        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+            for (k, v) in props {
+                let p = join(k);
+                out.insert(p.clone());
+                walk(defs, v, &p, seen, out);
+            }
+        }
+        if let Some(ap) = node.get("additionalProperties").filter(|a| a.is_object()) {
+            walk(defs, ap, &join("*"), seen, out);
+        }
+        if let Some(items) = node.get("items").filter(|a| a.is_object()) {
+            walk(defs, items, &join("[]"), seen, out);
+        }
+    }
+    let schema = schema();
+    let mut out = std::collections::BTreeSet::new();
+    walk(&schema["$defs"], &schema, "", &[], &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

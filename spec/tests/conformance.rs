@@ -307,56 +307,6 @@ fn concrete_paths_match_their_patterns() {
     assert!(at("version", &e("version")));
 }
 
-/// Every key path of the model's JSON schema, `*` for a user-chosen key, `[]` for a list item.
-fn schema_paths() -> std::collections::BTreeSet<String> {
-    fn walk(
-        defs: &serde_json::Value,
-        node: &serde_json::Value,
-        path: &str,
-        seen: &[String],
-        out: &mut std::collections::BTreeSet<String>,
-    ) {
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_owned()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
-            let name = r.rsplit('/').next().unwrap_or_default().to_owned();
-            if !seen.contains(&name) {
-                let mut seen = seen.to_vec();
-                seen.push(name.clone());
-                walk(defs, &defs[&name], path, &seen, out);
-            }
-            return;
-        }
-        for k in ["anyOf", "oneOf", "allOf"] {
-            for alt in node.get(k).and_then(|a| a.as_array()).into_iter().flatten() {
-                walk(defs, alt, path, seen, out);
-            }
-        }
-        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
-            for (k, v) in props {
-                let p = join(k);
-                out.insert(p.clone());
-                walk(defs, v, &p, seen, out);
-            }
-        }
-        if let Some(ap) = node.get("additionalProperties").filter(|a| a.is_object()) {
-            walk(defs, ap, &join("*"), seen, out);
-        }
-        if let Some(items) = node.get("items").filter(|a| a.is_object()) {
-            walk(defs, items, &join("[]"), seen, out);
-        }
-    }
-    let schema = dcpp_spec::schema();
-    let mut out = std::collections::BTreeSet::new();
-    walk(&schema["$defs"], &schema, "", &[], &mut out);
-    out
-}
-
 /// A key the model gains is classified in the table before it can be loaded.
 #[test]
 fn every_key_of_the_model_is_in_the_table() {
@@ -370,7 +320,7 @@ fn every_key_of_the_model_is_in_the_table() {
     // Configs and secrets share one type in the model; compose gives secrets no `content`,
     // and the loader refuses one as an unknown key.
     let shared_type = ["secrets.*.content"];
-    let missing: Vec<String> = schema_paths()
+    let missing: Vec<String> = dcpp_spec::schema_paths()
         .into_iter()
         .filter(|p| !known.contains(p) && !shared_type.contains(&p.as_str()))
         .collect();
