@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use dcpp_reconciler::{
-    DesiredState, Health, NodeId, Resources, ServiceId, ServiceSpec, Slot, Task, TaskId, TaskState,
-};
+use dcpp_reconciler::{NodeId, Resources, ServiceId, ServiceSpec, Slot, Task, TaskId, TaskState};
 
 use crate::nodes::NodeInfo;
 use crate::schema::ServiceDoc;
@@ -32,30 +30,17 @@ pub fn doc(stack: &str, name: &str, networks: &[(&str, &[&str])]) -> ServiceDoc 
 
 pub fn task(id: u64, service: &str, node: u64, state: TaskState) -> Task {
     Task {
-        id: TaskId(id),
-        service: ServiceId(service.into()),
-        slot: Slot::Replica(id as u32),
-        spec_version: 1,
-        image: "busybox".into(),
-        reservations: Resources::default(),
         node: Some(NodeId(node.to_string())),
-        desired: DesiredState::Running,
         state,
-        container_id: None,
-        health: Health::Unknown,
-        exit_code: None,
-        created_at: 1,
-        updated_at: 1,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        message: String::new(),
-        error: None,
-        restart_count: 0,
-        restarts: vec![],
-        fast_failures: 0,
-        healthy_at: None,
-        pull: None,
+        ..Task::new(
+            TaskId(id),
+            ServiceId(service.into()),
+            Slot::Replica(id as u32),
+            1,
+            "busybox".into(),
+            Resources::default(),
+            1,
+        )
     }
 }
 

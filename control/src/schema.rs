@@ -725,30 +725,17 @@ mod tests {
 
     fn task(id: u64) -> Task {
         Task {
-            id: TaskId(id),
-            service: ServiceId("s_web".into()),
-            slot: Slot::Replica(1),
-            spec_version: 1,
-            image: "busybox:1".into(),
-            reservations: Resources::default(),
             node: Some(NodeId("n1".into())),
-            desired: DesiredState::Running,
             state: TaskState::Assigned,
-            container_id: None,
-            health: Health::Unknown,
-            exit_code: None,
-            created_at: 1,
-            updated_at: 1,
-            started_at: None,
-            finished_at: None,
-            not_before: None,
-            message: String::new(),
-            error: None,
-            restart_count: 0,
-            restarts: vec![],
-            fast_failures: 0,
-            healthy_at: None,
-            pull: None,
+            ..Task::new(
+                TaskId(id),
+                ServiceId("s_web".into()),
+                Slot::Replica(1),
+                1,
+                "busybox:1".into(),
+                Resources::default(),
+                1,
+            )
         }
     }
 

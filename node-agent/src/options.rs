@@ -440,7 +440,7 @@ mod tests {
         assert!(check_platform("windows/amd64", "linux/amd64").is_err());
     }
     use dcpp_control::schema::stack_docs;
-    use dcpp_reconciler::{Health, ServiceId, Slot, TaskId, TaskState};
+    use dcpp_reconciler::{ServiceId, Slot, TaskId, TaskState};
 
     /// Loads `yaml` through the real compose loader and returns the documents of `service`.
     fn doc(yaml: &str, service: &str) -> ServiceDoc {
@@ -459,30 +459,16 @@ mod tests {
 
     fn task(doc: &ServiceDoc, slot: u32) -> Task {
         Task {
-            id: TaskId(7),
-            service: ServiceId::new(&doc.spec.stack, &doc.spec.name),
-            slot: Slot::Replica(slot),
-            spec_version: doc.spec.version,
-            image: doc.spec.image.clone(),
-            reservations: Default::default(),
-            node: None,
-            desired: dcpp_reconciler::DesiredState::Running,
             state: TaskState::Assigned,
-            container_id: None,
-            health: Health::Unknown,
-            exit_code: None,
-            created_at: 0,
-            updated_at: 0,
-            started_at: None,
-            finished_at: None,
-            not_before: None,
-            message: String::new(),
-            error: None,
-            restart_count: 0,
-            restarts: Vec::new(),
-            fast_failures: 0,
-            healthy_at: None,
-            pull: None,
+            ..Task::new(
+                TaskId(7),
+                ServiceId::new(&doc.spec.stack, &doc.spec.name),
+                Slot::Replica(slot),
+                doc.spec.version,
+                doc.spec.image.clone(),
+                Default::default(),
+                0,
+            )
         }
     }
 

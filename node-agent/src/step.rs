@@ -249,30 +249,18 @@ mod tests {
 
     fn task(desired: DesiredState, state: TaskState) -> Task {
         Task {
-            id: TaskId(7),
-            service: ServiceId::new("s", "web"),
-            slot: Slot::Replica(1),
-            spec_version: 1,
-            image: "alpine:3".into(),
-            reservations: Resources::default(),
             node: Some(NodeId("n1".into())),
             desired,
             state,
-            container_id: None,
-            health: Health::Unknown,
-            exit_code: None,
-            created_at: 0,
-            updated_at: 0,
-            started_at: None,
-            finished_at: None,
-            not_before: None,
-            message: String::new(),
-            error: None,
-            restart_count: 0,
-            restarts: vec![],
-            fast_failures: 0,
-            healthy_at: None,
-            pull: None,
+            ..Task::new(
+                TaskId(7),
+                ServiceId::new("s", "web"),
+                Slot::Replica(1),
+                1,
+                "alpine:3".into(),
+                Resources::default(),
+                0,
+            )
         }
     }
 

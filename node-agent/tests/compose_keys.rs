@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use dcpp_control::schema::stack_docs;
-use dcpp_reconciler::{Health, ServiceId, Slot, Task, TaskId, TaskState};
+use dcpp_reconciler::{ServiceId, Slot, Task, TaskId, TaskState};
 use dcpp_spec::conformance::{OBJECTS, Support};
 
 /// Keys that take effect, each with the test (`file::function`, or a corpus case directory)
@@ -441,56 +441,6 @@ const HERE_SPEC: &str = "node-agent/tests/compose_keys.rs::scheduling_keys_reach
 /// The rollback config's fields mirror the update config's: the same conversion applies them.
 const SAME_AS_UPDATE_CONFIG: &str = "services.*.deploy.rollback_config.";
 
-/// Every key path of the schema, with `*` for user-chosen keys and `[]` for list items.
-fn schema_paths() -> BTreeSet<String> {
-    fn walk(
-        defs: &serde_json::Value,
-        node: &serde_json::Value,
-        path: &str,
-        seen: &BTreeSet<String>,
-        out: &mut BTreeSet<String>,
-    ) {
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
-            let name = r.rsplit('/').next().unwrap_or_default().to_string();
-            if !seen.contains(&name) {
-                let mut seen = seen.clone();
-                seen.insert(name.clone());
-                walk(defs, &defs[&name], path, &seen, out);
-            }
-            return;
-        }
-        for k in ["anyOf", "oneOf", "allOf"] {
-            for alt in node.get(k).and_then(|a| a.as_array()).into_iter().flatten() {
-                walk(defs, alt, path, seen, out);
-            }
-        }
-        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
-            for (k, v) in props {
-                let p = join(k);
-                out.insert(p.clone());
-                walk(defs, v, &p, seen, out);
-            }
-        }
-        if let Some(ap) = node.get("additionalProperties").filter(|a| a.is_object()) {
-            walk(defs, ap, &join("*"), seen, out);
-        }
-        if let Some(items) = node.get("items").filter(|a| a.is_object()) {
-            walk(defs, items, &join("[]"), seen, out);
-        }
-    }
-    let schema = dcpp_spec::schema();
-    let mut out = BTreeSet::new();
-    walk(&schema["$defs"], &schema, "", &BTreeSet::new(), &mut out);
-    out
-}
-
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -623,7 +573,7 @@ fn every_applied_key_has_a_test_that_shows_it() {
     // Configs and secrets share one type in the model; secrets have no `content` in compose
     // and the loader refuses one (spec/tests/conformance.rs says the same).
     let shared_type = ["secrets.*.content"];
-    for p in schema_paths() {
+    for p in dcpp_spec::schema_paths() {
         if named.contains(p.as_str()) || shared_type.contains(&p.as_str()) {
             continue;
         }
@@ -658,30 +608,16 @@ fn every_applied_key_has_a_test_that_shows_it() {
 
 fn task(doc: &dcpp_control::schema::ServiceDoc) -> Task {
     Task {
-        id: TaskId(3),
-        service: ServiceId::new(&doc.spec.stack, &doc.spec.name),
-        slot: Slot::Replica(1),
-        spec_version: doc.spec.version,
-        image: doc.spec.image.clone(),
-        reservations: Default::default(),
-        node: None,
-        desired: dcpp_reconciler::DesiredState::Running,
         state: TaskState::Assigned,
-        container_id: None,
-        health: Health::Unknown,
-        exit_code: None,
-        created_at: 0,
-        updated_at: 0,
-        started_at: None,
-        healthy_at: None,
-        pull: None,
-        finished_at: None,
-        not_before: None,
-        message: String::new(),
-        error: None,
-        restart_count: 0,
-        restarts: Vec::new(),
-        fast_failures: 0,
+        ..Task::new(
+            TaskId(3),
+            ServiceId::new(&doc.spec.stack, &doc.spec.name),
+            Slot::Replica(1),
+            doc.spec.version,
+            doc.spec.image.clone(),
+            Default::default(),
+            0,
+        )
     }
 }
 

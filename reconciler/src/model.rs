@@ -633,6 +633,45 @@ impl fmt::Display for PullProgress {
 }
 
 impl Task {
+    /// A task just made for `slot` of a service at `spec_version`: not placed, nothing run or
+    /// reported yet.
+    pub fn new(
+        id: TaskId,
+        service: ServiceId,
+        slot: Slot,
+        spec_version: u64,
+        image: String,
+        reservations: Resources,
+        now: Time,
+    ) -> Task {
+        Task {
+            id,
+            service,
+            slot,
+            spec_version,
+            image,
+            reservations,
+            node: None,
+            desired: DesiredState::Running,
+            state: TaskState::New,
+            container_id: None,
+            health: Health::Unknown,
+            exit_code: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+            message: String::new(),
+            error: None,
+            restart_count: 0,
+            restarts: Vec::new(),
+            fast_failures: 0,
+            healthy_at: None,
+            pull: None,
+        }
+    }
+
     /// Swarm-style task name, e.g. `web_api.3`.
     pub fn name(&self) -> String {
         format!("{}.{}", self.service, self.slot)

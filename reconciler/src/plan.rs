@@ -456,32 +456,15 @@ fn slot_tasks<'a>(
 }
 
 fn new_task(work: &Observed, sid: &ServiceId, spec: &ServiceSpec, slot: Slot, now: Time) -> Task {
-    Task {
-        id: TaskId(work.next_task_id),
-        service: sid.clone(),
+    Task::new(
+        TaskId(work.next_task_id),
+        sid.clone(),
         slot,
-        spec_version: spec.version,
-        image: spec.image.clone(),
-        reservations: spec.reservations,
-        node: None,
-        desired: DesiredState::Running,
-        state: TaskState::New,
-        container_id: None,
-        health: Health::Unknown,
-        exit_code: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        message: String::new(),
-        error: None,
-        restart_count: 0,
-        restarts: Vec::new(),
-        fast_failures: 0,
-        healthy_at: None,
-        pull: None,
-    }
+        spec.version,
+        spec.image.clone(),
+        spec.reservations,
+        now,
+    )
 }
 
 /// The update config in force: the failed spec's rollback config while rolling back.

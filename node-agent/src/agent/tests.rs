@@ -87,30 +87,17 @@ fn service(yaml: &str, name: &str) -> ServiceDoc {
 /// Task 7, slot 1 of `doc`, assigned to `node`.
 fn task(doc: &ServiceDoc, node: &str, state: TaskState) -> Task {
     Task {
-        id: TaskId(7),
-        service: ServiceId::new(&doc.spec.stack, &doc.spec.name),
-        slot: Slot::Replica(1),
-        spec_version: doc.spec.version,
-        image: doc.spec.image.clone(),
-        reservations: Default::default(),
         node: Some(NodeId(node.into())),
-        desired: DesiredState::Running,
         state,
-        container_id: None,
-        health: Health::Unknown,
-        exit_code: None,
-        created_at: START_MS - 1000,
-        updated_at: START_MS - 1000,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        message: String::new(),
-        error: None,
-        restart_count: 0,
-        restarts: vec![],
-        fast_failures: 0,
-        healthy_at: None,
-        pull: None,
+        ..Task::new(
+            TaskId(7),
+            ServiceId::new(&doc.spec.stack, &doc.spec.name),
+            Slot::Replica(1),
+            doc.spec.version,
+            doc.spec.image.clone(),
+            Default::default(),
+            START_MS - 1000,
+        )
     }
 }
 
