@@ -3,16 +3,15 @@
 //! the files its service mounts, rolled into the services that mount them, and not removed
 //! while in use.
 
-use std::time::Duration;
+mod common;
 
+use common::{OneNode, converge};
 use dcpp_control::files::{
     FileData, FileDoc, FileWanted, Plain, PutFile, TaskFiles, put, remove, task_files,
 };
-use dcpp_control::leader::reconcile_once;
-use dcpp_control::nodes::{SelfInfo, heartbeat};
-use dcpp_control::schema::{ServiceDoc, ServiceHistory, now_ms, task_key};
+use dcpp_control::schema::{ServiceDoc, ServiceHistory, task_key};
 use dcpp_raft::api::Access;
-use dcpp_raft::{Kind, Node, NodeConfig, Op, Role, Txn};
+use dcpp_raft::{Kind, Op, Txn};
 use dcpp_reconciler::{FileKind, FileMount, ServiceSpec};
 
 fn service() -> ServiceDoc {
@@ -46,27 +45,8 @@ fn data(s: &str) -> PutFile {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_sealed_versioned_delivered_to_their_node_only_and_rolled() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let node = Node::open(NodeConfig::fast(dir.path(), &addr))
-        .await
-        .unwrap();
-    let n2 = node.clone();
-    tokio::spawn(async move {
-        dcpp_raft::api::serve_tcp(n2, listener, std::future::pending())
-            .await
-            .ok();
-    });
-    node.bootstrap().await.unwrap();
-    node.wait_leader(Duration::from_secs(10)).await.unwrap();
-    heartbeat(
-        &node,
-        &SelfInfo::local(node.id(), &addr, Role::Manager),
-        now_ms(),
-    )
-    .await
-    .unwrap();
+    let one = OneNode::start().await;
+    let node = one.node.clone();
 
     let v1 = put(&node, FileKind::Secret, "st_pw", data("first-password"))
         .await
@@ -85,11 +65,7 @@ async fn secrets_are_sealed_versioned_delivered_to_their_node_only_and_rolled() 
     node.txn(Txn::new().op(Op::put(Kind::Service, svc.id().0, &svc).unwrap()))
         .await
         .unwrap();
-    for _ in 0..10 {
-        if !reconcile_once(&node).await.unwrap().1 {
-            break;
-        }
-    }
+    converge(&node).await;
     let tasks = dcpp_control::schema::tasks(&node).await.unwrap();
     let (task, _) = tasks.values().next().expect("a task").clone();
     let wanted = |name: &str, version: u64| TaskFiles {
@@ -167,4 +143,5 @@ async fn secrets_are_sealed_versioned_delivered_to_their_node_only_and_rolled() 
     let e = remove(&node, FileKind::Secret, "st_pw").await.unwrap_err();
     assert!(e.to_string().contains("in use by service st_web"), "{e}");
     remove(&node, FileKind::Secret, "elsewhere").await.unwrap();
+    one.stop().await;
 }

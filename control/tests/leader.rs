@@ -2,12 +2,13 @@
 //! assigned tasks in the store, an unchanged state writes nothing, scaling down marks surplus
 //! tasks for removal and keeps the agent-reported running one.
 
-use std::time::Duration;
+mod common;
 
+use common::{OneNode, converge};
 use dcpp_control::leader::reconcile_once;
-use dcpp_control::nodes::{SelfInfo, heartbeat, node_id};
+use dcpp_control::nodes::node_id;
 use dcpp_control::schema::{ServiceDoc, ServiceHistory, TaskRevs, now_ms, task_status_write};
-use dcpp_raft::{Kind, Node, NodeConfig, Op, Role, Txn};
+use dcpp_raft::{Kind, Node, Op, Txn};
 use dcpp_reconciler::{DesiredState, ServiceSpec, Task, TaskState};
 
 async fn tasks(node: &Node) -> Vec<(Task, TaskRevs)> {
@@ -16,16 +17,6 @@ async fn tasks(node: &Node) -> Vec<(Task, TaskRevs)> {
         .unwrap()
         .into_values()
         .collect()
-}
-
-async fn converge(node: &Node) {
-    for _ in 0..20 {
-        let (_, wrote) = reconcile_once(node).await.unwrap();
-        if !wrote {
-            return;
-        }
-    }
-    panic!("the leader loop did not reach a fixpoint");
 }
 
 fn service(replicas: u32) -> ServiceDoc {
@@ -41,23 +32,8 @@ fn service(replicas: u32) -> ServiceDoc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let node = Node::open(NodeConfig::fast(dir.path(), &addr))
-        .await
-        .unwrap();
-    let n2 = node.clone();
-    let server = tokio::spawn(async move {
-        dcpp_raft::api::serve_tcp(n2, listener, std::future::pending())
-            .await
-            .ok();
-    });
-    node.bootstrap().await.unwrap();
-    node.wait_leader(Duration::from_secs(10)).await.unwrap();
-    // The node's record, as its agent writes it.
-    let me = SelfInfo::local(node.id(), &addr, Role::Manager);
-    heartbeat(&node, &me, now_ms()).await.unwrap();
+    let one = OneNode::start().await;
+    let node = one.node.clone();
 
     let put = |d: ServiceDoc| Txn::new().op(Op::put(Kind::Service, d.id().0, &d).unwrap());
     node.txn(put(service(3))).await.unwrap();
@@ -90,8 +66,7 @@ async fn services_become_assigned_tasks_and_scale_down_removes_surplus() {
         ts.iter()
             .any(|(x, _)| x.id == t.id && x.state == TaskState::Running)
     );
-    node.shutdown().await.ok();
-    server.abort();
+    one.stop().await;
 }
 
 /// Marks every live task that should run as running, as an agent would report.
@@ -115,23 +90,8 @@ async fn run_all(node: &Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let node = Node::open(NodeConfig::fast(dir.path(), &addr))
-        .await
-        .unwrap();
-    let n2 = node.clone();
-    let server = tokio::spawn(async move {
-        dcpp_raft::api::serve_tcp(n2, listener, std::future::pending())
-            .await
-            .ok();
-    });
-    node.bootstrap().await.unwrap();
-    node.wait_leader(Duration::from_secs(10)).await.unwrap();
-    // The node's record, as its agent writes it.
-    let me = SelfInfo::local(node.id(), &addr, Role::Manager);
-    heartbeat(&node, &me, now_ms()).await.unwrap();
+    let one = OneNode::start().await;
+    let node = one.node.clone();
 
     let mut good = service(1);
     good.spec.update_config.failure_action = dcpp_reconciler::FailureAction::Rollback;
@@ -196,6 +156,5 @@ async fn automatic_rollback_resets_the_stored_service_and_keeps_the_rejected_one
         .unwrap();
     assert_eq!((st.spec.version, st.rejected), (1, None));
     assert_eq!(st.update.unwrap().rolled_back_from, Some(2));
-    node.shutdown().await.ok();
-    server.abort();
+    one.stop().await;
 }
