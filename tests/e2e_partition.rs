@@ -294,6 +294,47 @@ fn client_turn(n: &Rig, client: &str) -> Vec<Request> {
     turn
 }
 
+/// Cuts node `i` off the underlay and waits for both sides of the partition grace: the
+/// managers reschedule its slots (`rescheduled` holds), and the node itself stops its task
+/// containers, not before the grace (10 s from the last heartbeat that got through, up to a
+/// second before the cut) and not long after it and the stop grace, then removes them.
+fn cut_off(cl: &Cluster, i: usize, tag: &str, rescheduled: impl FnMut() -> bool) {
+    let n = &cl.nodes[i];
+    let cut = Instant::now();
+    cl.underlay.as_ref().unwrap().set_link(i, false);
+    let moved = cl.wait_until("the cut-off node's slots rescheduled", 30, rescheduled);
+    let mut stopped = Duration::ZERO;
+    slot::wait_until(
+        "the cut-off node stopped its containers",
+        Duration::from_secs(30),
+        || {
+            stopped = cut.elapsed();
+            overlay::running(n, None).is_empty()
+        },
+        || n.log(),
+    );
+    eprintln!(
+        "timings ({tag}): rescheduled {moved:.1?} after the cut, cut-off node stopped its \
+         tasks after {stopped:.1?}"
+    );
+    assert!(
+        stopped > Duration::from_secs(8) && stopped < Duration::from_secs(16),
+        "stopped {stopped:?} after the cut"
+    );
+    // Removed too, right after the stop.
+    slot::wait_until(
+        "the stopped containers removed",
+        Duration::from_secs(10),
+        || task_containers(n) == 0,
+        || n.log(),
+    );
+    assert!(
+        n.log().contains("no heartbeat reached the managers"),
+        "{}",
+        n.log()
+    );
+}
+
 /// Polls `f` every 50 ms (finer than the rig's polls, for timings); returns how long until
 /// it held.
 fn time_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
@@ -421,43 +462,9 @@ fn a_partitioned_worker_stops_its_tasks_after_the_grace_and_the_healed_cluster_i
     assert_eq!(overlay::running(d, Some("web")).len(), 2);
 
     // d is cut off: the managers move its slots to e; d itself stops its own after the grace.
-    let cut = Instant::now();
-    u.set_link(D, false);
-    let moved = cl.wait_until("d's slots rescheduled", 30, || {
+    cut_off(&cl, D, "pp", || {
         placement(&cl, "pp_web") == vec![0, 0, 0, 0, WEB_REPLICAS]
     });
-    let mut stopped = Duration::ZERO;
-    slot::wait_until(
-        "the cut-off node stopped its containers",
-        Duration::from_secs(30),
-        || {
-            stopped = cut.elapsed();
-            overlay::running(d, None).is_empty()
-        },
-        || d.log(),
-    );
-    eprintln!(
-        "timings (pp): rescheduled {moved:.1?} after the cut, cut-off node stopped its tasks \
-         after {stopped:.1?}"
-    );
-    // Not before the grace (10 s from the last heartbeat that got through, up to a second
-    // before the cut), not long after it and the stop grace.
-    assert!(
-        stopped > Duration::from_secs(8) && stopped < Duration::from_secs(16),
-        "stopped {stopped:?} after the cut"
-    );
-    // Removed too, right after the stop.
-    slot::wait_until(
-        "the stopped containers removed",
-        Duration::from_secs(10),
-        || task_containers(d) == 0,
-        || d.log(),
-    );
-    assert!(
-        d.log().contains("no heartbeat reached the managers"),
-        "{}",
-        d.log()
-    );
     // The slots serve twice no longer: d's stopped, e serves them, the name says so.
     let web_on_e: BTreeSet<String> = overlay::running(&cl.nodes[E], Some("web"))
         .iter()
@@ -506,42 +513,10 @@ fn a_manager_cut_off_in_the_minority_stops_its_tasks_and_takes_none_back_when_he
 
     // c alone has no quorum; its reads still answer from its own copy of the store, where its
     // task runs on.
-    let cut = Instant::now();
-    u.set_link(C, false);
-    let moved = cl.wait_until("c's slot rescheduled", 30, || {
+    cut_off(&cl, C, "pm", || {
         let p = placement(&cl, "pm_web");
         p[C] == 0 && p[0] + p[1] == 3
     });
-    let mut stopped = Duration::ZERO;
-    slot::wait_until(
-        "the cut-off manager stopped its container",
-        Duration::from_secs(30),
-        || {
-            stopped = cut.elapsed();
-            overlay::running(c, None).is_empty()
-        },
-        || c.log(),
-    );
-    eprintln!(
-        "timings (pm): rescheduled {moved:.1?} after the cut, cut-off manager stopped its \
-         task after {stopped:.1?}"
-    );
-    assert!(
-        stopped > Duration::from_secs(8) && stopped < Duration::from_secs(16),
-        "stopped {stopped:?} after the cut"
-    );
-    // Removed too, right after the stop.
-    slot::wait_until(
-        "the stopped containers removed",
-        Duration::from_secs(10),
-        || task_containers(c) == 0,
-        || c.log(),
-    );
-    assert!(
-        c.log().contains("no heartbeat reached the managers"),
-        "{}",
-        c.log()
-    );
 
     // Healed: c's copy catches up before its agent acts on it, so its old slot stays where
     // the leader put it.
