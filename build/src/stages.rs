@@ -243,16 +243,21 @@ pub fn plan(
     })
 }
 
+/// Whether `--from=VALUE` (or a `FROM` image) names stage `s`, by index or by name (stage
+/// names are case-insensitive).
+fn names(s: &StageRef, from: &str) -> bool {
+    match from.parse::<usize>() {
+        Ok(n) => s.index == n,
+        Err(_) => s
+            .name
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case(from)),
+    }
+}
+
 /// An earlier stage by name or by index.
 fn stage_named(earlier: &[StageRef], from: &str) -> Option<usize> {
-    if let Ok(n) = from.parse::<usize>() {
-        return (n < earlier.len()).then_some(n);
-    }
-    let from = from.to_ascii_lowercase();
-    earlier
-        .iter()
-        .find(|s| s.name.as_deref() == Some(from.as_str()))
-        .map(|s| s.index)
+    earlier.iter().find(|s| names(s, from)).map(|s| s.index)
 }
 
 struct GlobalLookup<'a>(&'a BTreeMap<String, Option<String>>);
@@ -266,16 +271,7 @@ impl Lookup for GlobalLookup<'_> {
 impl Plan {
     /// The stage `--from=VALUE` names (expanded), if it is one of this build's.
     pub fn stage_for(&self, from: &str) -> Option<&StageRef> {
-        let all: Vec<StageRef> = self.stages.clone();
-        let idx = if let Ok(n) = from.parse::<usize>() {
-            Some(n)
-        } else {
-            let f = from.to_ascii_lowercase();
-            all.iter()
-                .find(|s| s.name.as_deref() == Some(f.as_str()))
-                .map(|s| s.index)
-        }?;
-        self.stages.iter().find(|s| s.index == idx)
+        self.stages.iter().find(|s| names(s, from))
     }
 
     /// The scope at the start of a stage whose base image sets `base_env` (`KEY=value`).
