@@ -1,6 +1,6 @@
 //! plan() cost for 1000 services × 10 replicas on 10 nodes: from scratch (10 000 tasks to
 //! create and place), at steady state (nothing to do: the periodic resync), and with one
-//! crashed task to replace. A second group measures `network_mode: service:NAME` sidecars:
+//! crashed task to replace; `plan_10000_tasks_on_1000_nodes` is the cluster size of issue 20. A second group measures `network_mode: service:NAME` sidecars:
 //! 500 services × 10 replicas, each with a 10-replica sidecar service.
 
 use std::hint::black_box;
@@ -130,5 +130,61 @@ fn sidecars(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, sidecars);
+/// Issue 20's cluster size: 1000 nodes, 100 services × 100 replicas (10 000 tasks). Pure
+/// planner cost only (no store): the steady-state round, one service scaled 100 → 1000, and
+/// 100 nodes lost at once.
+fn cluster_scale(c: &mut Criterion) {
+    let mut o = Observed::default();
+    for i in 0..1000 {
+        o.add_node(Node::new(&format!("node{i:04}")));
+    }
+    let mut d = Desired::default();
+    for i in 0..100 {
+        d.insert(ServiceSpec::new(
+            &format!("stack{}", i / 10),
+            &format!("svc{i}"),
+            "img:1",
+            100,
+        ));
+    }
+    let mut steady = o.clone();
+    converged(&d, &mut steady);
+    assert_eq!(steady.tasks.len(), 10_000);
+    let mut g = c.benchmark_group("plan_10000_tasks_on_1000_nodes");
+    g.sample_size(10);
+    g.bench_function("steady_state", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&d), black_box(&steady), 1);
+            assert!(p.is_empty());
+            black_box(p)
+        })
+    });
+    let mut scaled = d.clone();
+    let sid = ServiceId::new("stack0", "svc0");
+    scaled.services.get_mut(&sid).expect("svc0").mode = Mode::Replicated { replicas: 1000 };
+    g.bench_function("scale_100_to_1000", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&scaled), black_box(&steady), 1);
+            assert!(p.actions.len() >= 1800, "900 creates and 900 assigns");
+            black_box(p)
+        })
+    });
+    let mut lost = steady.clone();
+    for n in lost.nodes.values_mut().take(100) {
+        n.status = NodeStatus::Down;
+    }
+    g.bench_function("lose_100_nodes", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&d), black_box(&lost), 1);
+            assert!(
+                p.actions.len() >= 3000,
+                "orphan, restart and assign each lost task"
+            );
+            black_box(p)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, sidecars, cluster_scale);
 criterion_main!(benches);
