@@ -103,6 +103,15 @@ impl Metrics {
         );
         let leader_changes = Counter::default();
         let scrape_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 12));
+        // 250 µs to about 4 s: a commit is one fsync on a single node, a quorum round trip
+        // and fsyncs in a cluster.
+        let commit_seconds = Histogram::new(exponential_buckets(0.00025, 2.0, 15));
+        {
+            let h = commit_seconds.clone();
+            node.observe_commits(Arc::new(move |took: Duration| {
+                h.observe(took.as_secs_f64())
+            }));
+        }
         let read = Arc::new(Mutex::new(Reading::default()));
         {
             let dcpp = registry.sub_registry_with_prefix("dcpp");
@@ -122,6 +131,11 @@ impl Metrics {
                 "raft_leader_changes",
                 "Times this node saw the raft leader change (a new leader or none)",
                 leader_changes.clone(),
+            );
+            dcpp.register(
+                "raft_commit_duration_seconds",
+                "Time from proposing a transaction to its being applied, on the leader",
+                commit_seconds,
             );
             dcpp.register(
                 "metrics_scrape_duration_seconds",
