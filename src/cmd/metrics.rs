@@ -26,7 +26,7 @@ use dcpp_control::metrics::LeaderMetrics;
 use dcpp_control::schema::{LABEL_SERVICE, LABEL_STACK, LABEL_TASK};
 use dcpp_node_agent::metrics::AgentMetrics;
 use dcpp_raft::Node;
-use dcpp_runtime::container::ContainerManager;
+use dcpp_runtime::container::{ContainerManager, StatsCache};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
 use prometheus_client::metrics::MetricType;
@@ -91,6 +91,8 @@ pub struct Metrics {
     node: Node,
     /// The agent's container manager, once the agent runs (`--no-agent`: never).
     containers: OnceLock<Arc<ContainerManager>>,
+    /// The records of the running containers, read once rather than at every scrape.
+    container_cache: Arc<Mutex<StatsCache>>,
 }
 
 impl Metrics {
@@ -155,6 +157,7 @@ impl Metrics {
             scraping: tokio::sync::Mutex::new(()),
             node,
             containers: OnceLock::new(),
+            container_cache: Arc::default(),
         })
     }
 
@@ -232,9 +235,12 @@ impl Metrics {
         };
         let store_took = t0.elapsed();
         let ctr = self.containers.get().cloned();
+        let cache = self.container_cache.clone();
         let (containers, process) = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             (
-                ctr.map(|c| container_readings(&c)).unwrap_or_default(),
+                ctr.map(|c| container_readings(&c, &mut cache))
+                    .unwrap_or_default(),
                 ProcessReading::read(),
             )
         })
@@ -299,8 +305,8 @@ struct ContainerReading {
     net: Option<dcpp_runtime::container::NetIo>,
 }
 
-fn container_readings(ctr: &ContainerManager) -> Vec<ContainerReading> {
-    ctr.stats_running()
+fn container_readings(ctr: &ContainerManager, cache: &mut StatsCache) -> Vec<ContainerReading> {
+    ctr.stats_running_cached(cache)
         .into_iter()
         .filter_map(|(info, stats, net)| {
             let l = &info.state.labels;
