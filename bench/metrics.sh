@@ -14,7 +14,7 @@ DCPP=${DCPP:-$PWD/target/release/dcpp}
 CONTAINERS=${CONTAINERS:-100}
 SCRAPES=${SCRAPES:-200}
 WINDOW=${WINDOW:-10}
-METRICS=127.0.0.1:27479
+METRICS=127.0.0.1:27492
 WORK=$(mktemp -d /tmp/dcpp-bench-metrics.XXXXXX)
 export DCPP_DATA_DIR="$WORK/data" DCPP_HOST="unix://$WORK/dcpp.sock" DCPP_CGROUP_PARENT=dcpp-bench-metrics
 DAEMON_PID=
@@ -37,11 +37,12 @@ for a in $(/bin/busybox --list); do [[ "$a" == busybox ]] || ln -s busybox "$ROO
 echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
 "$DCPP" image import "$ROOTFS" dcpp.local/busybox:bench >/dev/null
 
-DCPP_LOG=warn,dcpp::cmd::metrics=debug "$DCPP" daemon --listen 127.0.0.1:27478 --socket "$WORK/dcpp.sock" --bridge-prefix dcbm \
+DCPP_LOG=warn,dcpp::cmd::metrics=debug "$DCPP" daemon --listen 127.0.0.1:27491 --socket "$WORK/dcpp.sock" --bridge-prefix dcbm \
   --nft-table dcpp_bench_metrics --network-pool 10.250.0.0/16 --metrics-addr "$METRICS" \
   2>"$WORK/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 100); do "$DCPP" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
+kill -0 "$DAEMON_PID" 2>/dev/null || { echo "the daemon did not start:" >&2; cat "$WORK/daemon.log" >&2; DAEMON_PID=; exit 1; }
 
 cat >"$WORK/compose.yml" <<YAML
 name: benchm
