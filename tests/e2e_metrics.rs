@@ -639,3 +639,41 @@ fn raft_metrics_time_every_commit_and_follow_the_log() {
     });
     rig.ok(&["down", "-p", "mrs"]);
 }
+
+#[test]
+fn metrics_over_the_api_refuse_a_client_without_a_certificate() {
+    use dcpp_raft::{pki, tls};
+    let mut rig = Rig::unstarted("ma");
+    rig.extra = vec!["--no-agent".into()];
+    rig.start_daemon();
+    rig.ok(&["cluster", "init"]);
+    let token: pki::JoinToken = rig
+        .ok(&["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .parse()
+        .expect("a join token");
+    // Trusts the cluster's root, presents no certificate of its own.
+    let anon = tls::pinned_client(&token.ca_digest).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let r = anon
+            .get(format!("https://{}/metrics", rig.listen))
+            .send()
+            .await
+            .expect("an HTTP answer");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("dcpp_raft_term"), "{body}");
+    // The same daemon serves them on its unix socket.
+    let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    u.read_to_string(&mut out).unwrap();
+    assert!(out.contains("dcpp_raft_term"), "{out}");
+}
