@@ -578,3 +578,102 @@ services:
     eprintln!("{}", reads[reads.len().saturating_sub(3)..].join("\n"));
     rig.ok(&["down", "-p", "mcs", "--timeout", "5m"]);
 }
+
+#[test]
+fn raft_metrics_time_every_commit_and_follow_the_log() {
+    let port = free_port();
+    let mut rig = Rig::unstarted("mr");
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    let revision = || {
+        rig.json(&["cluster", "status", "--format", "json"])["revision"]
+            .as_u64()
+            .expect("a revision")
+    };
+    let (s1, _, _) = scrape(port);
+    let rev_a = revision();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: mrs\nservices:\n  s:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_signal: SIGKILL\n    deploy:\n      replicas: 2\n"
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    let rev_b = revision();
+    let (s2, _, _) = scrape(port);
+    let committed = (rev_b - rev_a) as f64;
+    assert!(committed >= 4.0, "{rev_a} -> {rev_b}");
+    // Every revision in between is a transaction this leader proposed and timed (besides
+    // transactions that changed nothing, which are committed all the same).
+    let count = |sc: &Scrape| sum(sc, "dcpp_raft_commit_duration_seconds_count", &[]);
+    let n = count(&s2) - count(&s1);
+    assert!(
+        n >= committed,
+        "{n} commits timed for {committed} revisions"
+    );
+    let total = |sc: &Scrape| sum(sc, "dcpp_raft_commit_duration_seconds_sum", &[]);
+    let secs = total(&s2) - total(&s1);
+    // Each commit took some time (an fsync at least), and not seconds on one node.
+    assert!(secs > 0.0 && secs / n < 1.0, "{secs} s over {n} commits");
+    // The buckets are cumulative and the last holds every commit.
+    let buckets: Vec<(f64, f64)> = s2
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            Value::Histogram(h) if s.metric == "dcpp_raft_commit_duration_seconds" => {
+                Some(h.iter().map(|b| (b.less_than, b.count)).collect())
+            }
+            _ => None,
+        })
+        .expect("the commit histogram");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    assert_eq!(buckets.last().map(|b| b.1), Some(count(&s2)), "{buckets:?}");
+    // Each of those transactions is one more entry of the log (no snapshot purged it yet).
+    let entries = |sc: &Scrape| one(sc, "dcpp_raft_log_entries", &[]);
+    assert!(entries(&s2) - entries(&s1) >= committed);
+    let last = |sc: &Scrape| one(sc, "dcpp_raft_last_log_index", &[]);
+    assert!(last(&s2) - last(&s1) >= committed);
+    // The leader applies what it commits before it answers: nothing stays behind for long.
+    rig.wait_until("no apply lag", 10, || {
+        one(&scrape(port).0, "dcpp_raft_apply_lag_entries", &[]) == 0.0
+    });
+    rig.ok(&["down", "-p", "mrs"]);
+}
+
+#[test]
+fn metrics_over_the_api_refuse_a_client_without_a_certificate() {
+    use dcpp_raft::{pki, tls};
+    let mut rig = Rig::unstarted("ma");
+    rig.extra = vec!["--no-agent".into()];
+    rig.start_daemon();
+    rig.ok(&["cluster", "init"]);
+    let token: pki::JoinToken = rig
+        .ok(&["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .parse()
+        .expect("a join token");
+    // Trusts the cluster's root, presents no certificate of its own.
+    let anon = tls::pinned_client(&token.ca_digest).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let r = anon
+            .get(format!("https://{}/metrics", rig.listen))
+            .send()
+            .await
+            .expect("an HTTP answer");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("dcpp_raft_term"), "{body}");
+    // The same daemon serves them on its unix socket.
+    let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    u.read_to_string(&mut out).unwrap();
+    assert!(out.contains("dcpp_raft_term"), "{out}");
+}

@@ -136,6 +136,7 @@ impl MemStore {
                         revision: next,
                         event_type: EventType::Put,
                         object: obj,
+                        time: None,
                     });
                 }
                 Op::Delete { kind, id } => {
@@ -145,6 +146,7 @@ impl MemStore {
                             revision: next,
                             event_type: EventType::Delete,
                             object: obj,
+                            time: None,
                         });
                     }
                 }

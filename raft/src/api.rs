@@ -415,6 +415,34 @@ async fn watch(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+#[derive(Debug, Deserialize)]
+struct RevisionQuery {
+    /// RFC 3339.
+    before: String,
+}
+
+/// What `GET /v1/revision` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevisionAt {
+    pub revision: u64,
+}
+
+/// `GET /v1/revision?before=TIME`: the revision the store was at just before TIME.
+async fn revision_before(
+    State(node): State<Node>,
+    a: Option<Extension<Access>>,
+    Query(q): Query<RevisionQuery>,
+) -> ApiResult<RevisionAt> {
+    refuse_local_read(&node, &a)?;
+    let t = time::OffsetDateTime::parse(&q.before, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            Error::InvalidArgument(format!("before={:?}: not RFC 3339 ({e})", q.before))
+        })?;
+    Ok(Json(RevisionAt {
+        revision: node.revision_before(t).await?,
+    }))
+}
+
 /// One line of a watch stream.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -835,6 +863,7 @@ fn api_routes() -> Router<Node> {
         .route("/v1/objects/{kind}", get(list_objects))
         .route("/v1/objects/{kind}/{id}", get(get_object))
         .route("/v1/watch", get(watch))
+        .route("/v1/revision", get(revision_before))
         .route("/v1/cluster/status", get(status))
         .route("/v1/version", get(version))
         .route("/v1/cluster/add", post(add_member))

@@ -145,6 +145,18 @@ impl Client {
         self.post("/v1/txn", txn).await
     }
 
+    /// The revision the store was at just before `t`: watch from it for the changes at `t`
+    /// or later.
+    pub async fn revision_before(&self, t: time::OffsetDateTime) -> Result<u64, Error> {
+        let t = t
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let r: crate::api::RevisionAt = self
+            .get_json(&format!("/v1/revision?before={}", encode_path(&t)))
+            .await?;
+        Ok(r.revision)
+    }
+
     /// Linearizable read of one object.
     pub async fn get(&self, kind: Kind, id: &str) -> Result<Object, Error> {
         self.get_json(&format!("/v1/objects/{kind}/{}", encode_path(id)))

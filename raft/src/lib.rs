@@ -22,8 +22,8 @@ pub use access::{MemStore, Store};
 pub use client::{Client, Endpoint};
 pub use error::Error;
 pub use node::{
-    AddMember, AdminCert, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList, RemoveMember,
-    RenewGrant, RenewRequest, RevokeAdmin, RotateToken, SetRole,
+    AddMember, AdminCert, CommitObserver, JoinGrant, JoinRequest, Node, NodeConfig, ObjectList,
+    RemoveMember, RenewGrant, RenewRequest, RevokeAdmin, RotateToken, SetRole,
 };
 pub use pki::CertRole;
 pub use types::*;

@@ -227,7 +227,13 @@ struct Inner {
     /// the stopped raft still counts this node a voter (its agent must never see the empty
     /// store and take its containers for strays).
     wiping: std::sync::atomic::AtomicBool,
+    /// Told how long each transaction this node proposed as leader took to commit and apply.
+    commit_observer: std::sync::OnceLock<CommitObserver>,
 }
+
+/// Receives, on the leader, the time from proposing a transaction to its being applied
+/// there (for a commit-latency metric; the crate keeps no metrics of its own).
+pub type CommitObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Inside an [`Node::on_leader`] closure: the value of a raft write, or the early return
 /// `on_leader` expects (forward to the leader, or fail).
@@ -310,6 +316,7 @@ impl Node {
                 remote: RwLock::new(remote),
                 leaderless_since: std::sync::Mutex::new(None),
                 wiping: std::sync::atomic::AtomicBool::new(false),
+                commit_observer: std::sync::OnceLock::new(),
             }),
         };
         tokio::spawn(renew_loop(Arc::downgrade(&node.inner)));
@@ -1092,10 +1099,23 @@ impl Node {
                 forwarded,
                 || {
                     let raft = self.raft();
-                    let txn = txn.clone();
+                    let mut txn = txn.clone();
+                    // Stamped here, on the leader, as part of the entry: replicas never read
+                    // their own clocks for it.
+                    let now = time::OffsetDateTime::now_utc();
+                    // Milliseconds are what a reader can use; finer would only be noise.
+                    txn.proposed_at =
+                        Some(now.replace_millisecond(now.millisecond()).unwrap_or(now));
+                    let observer = self.inner.commit_observer.get().cloned();
                     async move {
+                        let started = Instant::now();
                         match raft.client_write(Request::Txn(txn)).await {
-                            Ok(r) => Ok(Ok(r.data.txn)),
+                            Ok(r) => {
+                                if let Some(o) = observer {
+                                    o(started.elapsed());
+                                }
+                                Ok(Ok(r.data.txn))
+                            }
                             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                                 Err(Some(f))
                             }
@@ -1112,6 +1132,23 @@ impl Node {
             Some(f) => Err(Error::PreconditionFailed(f)),
             None => Ok(resp),
         }
+    }
+
+    /// Sets who is told the commit latency of this node's transactions (once; later calls
+    /// are ignored).
+    pub fn observe_commits(&self, o: CommitObserver) {
+        let _ = self.inner.commit_observer.set(o);
+    }
+
+    /// The revision the store was at just before `t` (see [`StoreReader::revision_before`]);
+    /// a worker asks a manager.
+    pub async fn revision_before(&self, t: time::OffsetDateTime) -> Result<u64, Error> {
+        if let Some((r, http)) = self.remote() {
+            return r
+                .call(&http, true, |c| async move { c.revision_before(t).await })
+                .await;
+        }
+        self.inner.reader.revision_before(t)
     }
 
     /// Confirms leadership with a quorum (read index) and waits until this node applied up to it.

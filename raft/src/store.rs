@@ -57,6 +57,8 @@ const K_COMPACTED: &str = "compacted";
 const K_SECRETS: &str = "secrets";
 const K_WORKERS: &str = "workers";
 const K_CURRENT: &str = "current";
+/// The time of the latest revision that has one (see [`Event::time`]).
+const K_LAST_TIME: &str = "last_time";
 
 type SErr = StorageError<NodeId>;
 
@@ -354,6 +356,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// A time as the store keeps it (RFC 3339, as in [`Event::time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Stamp(#[serde(with = "time::serde::rfc3339")] time::OffsetDateTime);
+
 /// Serialized state machine carried in a snapshot.
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
@@ -362,6 +369,14 @@ struct SnapshotData {
     #[serde(default)]
     workers: Workers,
     objects: Vec<Object>,
+    /// Carried so that a member that installed the snapshot stamps the next revisions as the
+    /// others do (times never go back).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    last_time: Option<time::OffsetDateTime>,
 }
 
 /// A stored snapshot: its metadata and the serialized [`SnapshotData`].
@@ -394,6 +409,7 @@ fn apply_batch(
         let mut changes = w.open_table(CHANGES)?;
         let mut rev: u64 = get_meta(&meta, K_REVISION)?.unwrap_or(0);
         let mut compacted: u64 = get_meta(&meta, K_COMPACTED)?.unwrap_or(0);
+        let mut last_time: Option<Stamp> = get_meta(&meta, K_LAST_TIME)?;
         let mut last_applied = None;
         let mut membership = None;
         for entry in entries {
@@ -475,6 +491,10 @@ fn apply_batch(
                         };
                     } else {
                         let next = rev + 1;
+                        // Only what the entry carries and what was applied before it: every
+                        // replica computes the same time. A leader whose clock is behind its
+                        // predecessor's does not move time back.
+                        let time = txn.proposed_at.map(|t| last_time.map_or(t, |l| t.max(l.0)));
                         let mut events = Vec::new();
                         for op in txn.ops {
                             match op {
@@ -496,6 +516,7 @@ fn apply_batch(
                                         revision: next,
                                         event_type: EventType::Put,
                                         object: obj,
+                                        time,
                                     });
                                 }
                                 Op::Delete { kind, id } => {
@@ -510,6 +531,7 @@ fn apply_batch(
                                             revision: next,
                                             event_type: EventType::Delete,
                                             object: obj,
+                                            time,
                                         });
                                     }
                                 }
@@ -519,6 +541,9 @@ fn apply_batch(
                         // not consume a revision, so every revision has at least one event.
                         if !events.is_empty() {
                             rev = next;
+                            if let Some(t) = time {
+                                last_time = Some(Stamp(t));
+                            }
                             changes.insert(rev, enc(&events).as_slice())?;
                             if rev > compacted + shared.history_limit {
                                 let horizon = rev - shared.history_limit;
@@ -539,6 +564,9 @@ fn apply_batch(
         meta.insert(K_REVISION, enc(&rev).as_slice())?;
         meta.insert(K_COMPACTED, enc(&compacted).as_slice())?;
         meta.insert(K_APPLIED, enc(&last_applied).as_slice())?;
+        if let Some(t) = &last_time {
+            meta.insert(K_LAST_TIME, enc(t).as_slice())?;
+        }
         if let Some(m) = membership {
             meta.insert(K_MEMBERSHIP, enc(&m).as_slice())?;
         }
@@ -634,6 +662,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => m.remove(K_SECRETS).map(|_| ())?,
                 }
                 m.insert(K_WORKERS, enc(&data.workers).as_slice())?;
+                match data.last_time {
+                    Some(t) => m
+                        .insert(K_LAST_TIME, enc(&Stamp(t)).as_slice())
+                        .map(|_| ())?,
+                    None => m.remove(K_LAST_TIME).map(|_| ())?,
+                }
                 w.open_table(SNAPSHOT)?
                     .insert(K_CURRENT, enc(&stored).as_slice())?;
             }
@@ -681,6 +715,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 secrets: get_meta(&m, K_SECRETS)?,
                 workers: get_meta(&m, K_WORKERS)?.unwrap_or_default(),
                 objects,
+                last_time: get_meta::<Stamp>(&m, K_LAST_TIME)?.map(|s| s.0),
             };
             drop(r);
             let millis = std::time::SystemTime::now()
@@ -777,6 +812,53 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// The revision the store was at just before `t`: the last revision committed before
+    /// `t` (so a watch from it yields exactly the changes at `t` or later). Revisions stored
+    /// without a time (before the store kept times) count as earlier than any `t`. An error
+    /// when the retained history starts after `t` but older history was dropped: what
+    /// happened from `t` on is no longer complete.
+    pub fn revision_before(&self, t: time::OffsetDateTime) -> Result<u64, Error> {
+        let r = self.shared.db.begin_read()?;
+        let m = r.open_table(SM_META)?;
+        let compacted = get_meta(&m, K_COMPACTED)?.unwrap_or(0u64);
+        let current = get_meta(&m, K_REVISION)?.unwrap_or(0u64);
+        let changes = r.open_table(CHANGES)?;
+        let (Some(first), Some(last)) = (changes.first()?, changes.last()?) else {
+            return Ok(current);
+        };
+        let (first, last) = (first.0.value(), last.0.value());
+        let time_of = |rev: u64| -> Result<Option<time::OffsetDateTime>, Error> {
+            let Some(v) = changes.get(rev)? else {
+                return Err(Error::Storage(format!(
+                    "revision {rev} missing from history"
+                )));
+            };
+            Ok(dec::<Vec<Event>>(v.value())?.first().and_then(|e| e.time))
+        };
+        let before = |rev: u64| -> Result<bool, Error> { Ok(time_of(rev)?.is_none_or(|x| x < t)) };
+        // Times never go back along revisions (see `apply_batch`), and the retained history
+        // is contiguous: a binary search for the last revision before `t`.
+        if !before(first)? {
+            if compacted > 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "the history kept starts after revision {compacted}, already later than \
+                     {t}: what happened from then on is no longer complete"
+                )));
+            }
+            return Ok(first - 1);
+        }
+        let (mut lo, mut hi) = (first, last);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if before(mid)? {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
+    }
+
     pub fn secrets(&self) -> Result<Option<ClusterSecrets>, Error> {
         let r = self.shared.db.begin_read()?;
         get_meta(&r.open_table(SM_META)?, K_SECRETS)
@@ -786,5 +868,96 @@ impl StoreReader {
     pub fn workers(&self) -> Result<Workers, Error> {
         let r = self.shared.db.begin_read()?;
         Ok(get_meta(&r.open_table(SM_META)?, K_WORKERS)?.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::types::Txn;
+
+    fn entry(index: u64, proposed_at: Option<OffsetDateTime>, id: &str) -> Entry<TypeConfig> {
+        let mut txn = Txn::new().op(Op::Put {
+            kind: Kind::Stack,
+            id: id.into(),
+            value: json!({}),
+        });
+        txn.proposed_at = proposed_at;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Request::Txn(txn)),
+        }
+    }
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn times_come_from_the_entries_never_go_back_and_find_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(&dir.path().join("s.redb"), 100).unwrap();
+        let entries = vec![
+            // Written before the store kept times.
+            entry(1, None, "old"),
+            entry(2, Some(at(10)), "a"),
+            // A new leader whose clock is behind: the revision keeps its predecessor's time.
+            entry(3, Some(at(5)), "b"),
+            entry(4, Some(at(20)), "c"),
+        ];
+        let (_, rev) = apply_batch(&sm.shared, entries).unwrap();
+        assert_eq!(rev, 4);
+        let times: Vec<_> = reader
+            .changes_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.revision, e.time))
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                (1, None),
+                (2, Some(at(10))),
+                (3, Some(at(10))),
+                (4, Some(at(20)))
+            ]
+        );
+        for (t, want) in [(-100, 1), (10, 1), (11, 3), (20, 3), (21, 4)] {
+            assert_eq!(reader.revision_before(at(t)).unwrap(), want, "before {t}");
+        }
+    }
+
+    #[test]
+    fn a_change_record_without_time_still_reads() {
+        // What an older dcpp wrote in the `changes` table.
+        let old = json!([{
+            "revision": 7,
+            "type": "put",
+            "object": {"kind": "stack", "id": "s", "create_revision": 7, "mod_revision": 7, "value": {}}
+        }]);
+        let events: Vec<Event> = dec(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(events[0].time, None);
+        assert_eq!(events[0].revision, 7);
+        // And a log entry of an older leader.
+        let txn: Request = serde_json::from_value(json!({"Txn": {"ops": []}})).unwrap();
+        assert_eq!(txn, Request::Txn(Txn::new()));
+    }
+
+    #[test]
+    fn a_time_before_dropped_history_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(&dir.path().join("s.redb"), 2).unwrap();
+        let entries = (1..=4).map(|i| entry(i, Some(at(i as i64 * 10)), &format!("s{i}")));
+        apply_batch(&sm.shared, entries.collect()).unwrap();
+        // Revisions 3 and 4 are kept; what happened at 15 s is gone.
+        assert!(matches!(
+            reader.revision_before(at(15)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(reader.revision_before(at(35)).unwrap(), 3);
     }
 }

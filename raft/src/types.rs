@@ -168,6 +168,15 @@ pub struct Txn {
     pub preconditions: Vec<Precondition>,
     #[serde(default)]
     pub ops: Vec<Op>,
+    /// The leader's wall clock when it proposed the transaction: set by the leader (whatever
+    /// a client sent), so the time is part of the log entry and every replica stores the same
+    /// one. Absent in entries written before the store kept times.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub proposed_at: Option<time::OffsetDateTime>,
 }
 
 impl Txn {
@@ -220,6 +229,15 @@ pub struct Event {
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub object: Object,
+    /// When the revision was committed: the proposing leader's clock, never earlier than the
+    /// revision before (see [`Txn::proposed_at`]). Absent for changes stored before the
+    /// store kept times.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub time: Option<time::OffsetDateTime>,
 }
 
 /// Role of a cluster member.

@@ -196,6 +196,78 @@ async fn fresh_node_receives_snapshot() {
         Err(Error::Compacted { .. })
     ));
     assert!(n.reader().changes_after(h, 10).is_ok());
+    // The time of a revision comes with the entry: the member that installed the snapshot
+    // stores the same time as the leader.
+    c.client(0)
+        .put(Kind::Stack, "after", &json!({}))
+        .await
+        .expect("write");
+    eventually(T, "fresh node applied the write", || {
+        let n = n.clone();
+        async move { n.reader().revision() > h }
+    })
+    .await;
+    let at_leader = c.node(leader).reader().changes_after(h, 10).unwrap();
+    assert!(at_leader.iter().all(|e| e.time.is_some()), "{at_leader:?}");
+    assert_eq!(n.reader().changes_after(h, 10).unwrap(), at_leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_stores_the_leaders_time_of_each_revision() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader(T).await;
+    let f = (0..3).find(|i| *i != leader).unwrap();
+    let before = time::OffsetDateTime::now_utc();
+    for k in 0..10 {
+        // Through a follower: the leader stamps what is forwarded to it.
+        c.client(f)
+            .put(Kind::Stack, &format!("t{k}"), &json!({"k": k}))
+            .await
+            .expect("write");
+    }
+    let rev = c.node(leader).reader().revision();
+    for i in 0..3 {
+        let n = c.node(i);
+        eventually(T, "every node applied the writes", || {
+            let n = n.clone();
+            async move { n.reader().revision() >= rev }
+        })
+        .await;
+    }
+    let history = c.node(leader).reader().changes_after(0, 1000).unwrap();
+    for i in 0..3 {
+        assert_eq!(c.node(i).reader().changes_after(0, 1000).unwrap(), history);
+    }
+    let stacks: Vec<_> = history
+        .iter()
+        .filter(|e| e.object.kind == Kind::Stack)
+        .collect();
+    assert_eq!(stacks.len(), 10);
+    let after = time::OffsetDateTime::now_utc();
+    let mut last = None;
+    for e in &stacks {
+        let t = e.time.expect("a time");
+        assert!(
+            t >= before - std::time::Duration::from_millis(1) && t <= after,
+            "{e:?}"
+        );
+        assert!(last.is_none_or(|l| l <= t), "times go back: {history:?}");
+        last = Some(t);
+    }
+    // The revision just before a revision's time precedes it.
+    let first = stacks[0];
+    let r = c
+        .client(f)
+        .revision_before(first.time.unwrap())
+        .await
+        .unwrap();
+    assert!(r < first.revision, "{r} {first:?}");
+    let r = c
+        .client(f)
+        .revision_before(after + std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(r, rev);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,12 +207,15 @@ pub struct EventsArgs {
     pub json: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::cmd::cluster::Format,
-    /// Start after this store revision (the first number of each event line), replaying what
-    /// happened since; default: only what happens from now on.
-    #[arg(long, value_name = "REV")]
-    pub since: Option<u64>,
-    /// Stop after this store revision (a number), or after this long (`30s`, `5m`); exits 0.
-    #[arg(long, value_name = "REV|DURATION")]
+    /// Replay what happened after this store revision (the first number of each event line),
+    /// or from this time on: RFC 3339 (`2026-12-07T20:30:00Z`) or this long ago (`10m`);
+    /// default: only what happens from now on.
+    #[arg(long, value_name = "REV|TIME|DURATION")]
+    pub since: Option<String>,
+    /// Stop after this store revision (a number), after this time (RFC 3339: if it is past,
+    /// the replay ends with the last change committed at or before it), or after this long
+    /// (`30s`, `5m`); exits 0.
+    #[arg(long, value_name = "REV|TIME|DURATION")]
     pub until: Option<String>,
     /// `type=stack|service|task|node`, `stack=NAME`, `service=NAME` (`web` or `stack_web`),
     /// `node=ID` (tasks placed there, and the node's record); comma-separated or repeated: the
@@ -382,18 +385,74 @@ impl WaitFor {
 }
 
 /// When `--until` ends the stream.
+#[derive(Debug, Clone, Copy)]
 enum Until {
     Revision(u64),
     At(tokio::time::Instant),
+    /// A time still to come: the stream ends then, and before at a change committed later.
+    Time(time::OffsetDateTime, tokio::time::Instant),
 }
 
-fn parse_until(s: &str) -> anyhow::Result<Until> {
+/// `--since` or `--until` as the user wrote it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Point {
+    Revision(u64),
+    Time(time::OffsetDateTime),
+    Duration(Duration),
+}
+
+fn parse_point(flag: &str, s: &str) -> anyhow::Result<Point> {
     if let Ok(r) = s.parse::<u64>() {
-        return Ok(Until::Revision(r));
+        return Ok(Point::Revision(r));
     }
-    let d = crate::cmd::duration::parse(s)
-        .map_err(|e| anyhow::anyhow!("invalid --until {s:?}: a revision or a duration ({e})"))?;
-    Ok(Until::At(tokio::time::Instant::now() + d))
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(Point::Time(t));
+    }
+    let d = crate::cmd::duration::parse(s).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid {flag} {s:?}: a revision, an RFC 3339 time (2026-12-07T20:30:00Z) or a \
+             duration ({e})"
+        )
+    })?;
+    Ok(Point::Duration(d))
+}
+
+/// The revision `--since` names: events after it are replayed.
+async fn resolve_since(c: &Client, p: Option<Point>) -> anyhow::Result<u64> {
+    let t = match p {
+        None => return Ok(c.status().await?.revision),
+        Some(Point::Revision(r)) => return Ok(r),
+        Some(Point::Time(t)) => t,
+        Some(Point::Duration(d)) => time::OffsetDateTime::now_utc() - d,
+    };
+    c.revision_before(t)
+        .await
+        .with_context(|| format!("finding the revision at {}", fmt_time(t)))
+}
+
+/// `--until`: a duration counts from now (a live stream that ends); a past time is the
+/// revision it was at, and a future one a deadline.
+async fn resolve_until(c: &Client, p: Point) -> anyhow::Result<Until> {
+    let now = time::OffsetDateTime::now_utc();
+    Ok(match p {
+        Point::Revision(r) => Until::Revision(r),
+        Point::Duration(d) => Until::At(tokio::time::Instant::now() + d),
+        Point::Time(t) if t > now => Until::Time(
+            t,
+            tokio::time::Instant::now() + Duration::try_from(t - now).unwrap_or_default(),
+        ),
+        // Changes at `t` itself are kept.
+        Point::Time(t) => Until::Revision(
+            c.revision_before(t + Duration::from_nanos(1))
+                .await
+                .with_context(|| format!("finding the revision at {}", fmt_time(t)))?,
+        ),
+    })
+}
+
+fn fmt_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 impl EventFilter {
@@ -477,11 +536,21 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
         let w = WaitFor::parse(w)?;
         return block_on(async move { wait_for(&c, &w, args.timeout).await });
     }
-    let until = args.until.as_deref().map(parse_until).transpose()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_point("--since", s))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| parse_point("--until", s))
+        .transpose()?;
     block_on(async move {
-        let since = match args.since {
-            Some(r) => r,
-            None => c.status().await?.revision,
+        let since = resolve_since(&c, since).await?;
+        let until = match until {
+            Some(p) => Some(resolve_until(&c, p).await?),
+            None => None,
         };
         if let Some(Until::Revision(r)) = until
             && r <= since
@@ -493,18 +562,20 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
         let mut s = Box::pin(c.watch(since, None));
         loop {
             let next = match &until {
-                Some(Until::At(t)) => match tokio::time::timeout_at(*t, s.next()).await {
-                    Ok(n) => n,
-                    Err(_) => break,
-                },
+                Some(Until::At(t) | Until::Time(_, t)) => {
+                    match tokio::time::timeout_at(*t, s.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    }
+                }
                 _ => s.next().await,
             };
             let Some(ev) = next else { break };
             let ev = ev?;
-            if let Some(Until::Revision(r)) = until
-                && ev.revision > r
-            {
-                break;
+            match until {
+                Some(Until::Revision(r)) if ev.revision > r => break,
+                Some(Until::Time(t, _)) if ev.time.is_some_and(|e| e > t) => break,
+                _ => {}
             }
             let o = &ev.object;
             if o.kind == Kind::Task
@@ -554,7 +625,14 @@ pub fn run_events(global: &Global, args: EventsArgs) -> anyhow::Result<u8> {
             if json {
                 println!("{}", serde_json::to_string(&ev)?);
             } else {
-                println!("{} {}/{} {what}", ev.revision, o.kind, o.id);
+                let at = ev.time.map(fmt_time);
+                println!(
+                    "{} {} {}/{} {what}",
+                    ev.revision,
+                    at.as_deref().unwrap_or("-"),
+                    o.kind,
+                    o.id
+                );
             }
             if last {
                 break;

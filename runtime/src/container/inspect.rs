@@ -1,8 +1,32 @@
 //! The read-only verbs: finding a container by reference, `inspect`, `list`, `stats`, `logs`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::{ContainerInfo, ContainerManager, ContainerState, Error, Stats, io_err, logs};
+use super::cgroup::{StatsFiles, read_from_start};
+use super::{
+    ContainerInfo, ContainerManager, ContainerState, Error, Stats, Status, io_err, logs, util,
+};
+
+/// What [`ContainerManager::stats_running_cached`] keeps between calls. A running container's
+/// record (`state.json`: name, labels, cgroup, network) is written before it starts and not
+/// after, so it is read once; later calls read only the figures and whether it still runs.
+#[derive(Debug, Default)]
+pub struct StatsCache {
+    /// By container id; `None`: exited or dead (it never runs again).
+    known: HashMap<String, Option<Watched>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    info: ContainerInfo,
+    /// `/proc/PID/stat` of the monitor, held open: once the monitor is gone it cannot be
+    /// read again, even if its pid is reused.
+    monitor: std::fs::File,
+    cgroup: StatsFiles,
+    /// `/proc/PID/net/dev` of the container's init (absent: the host's network).
+    net: Option<std::fs::File>,
+}
 
 impl ContainerManager {
     /// Finds a container by full id, unique id prefix or name.
@@ -57,6 +81,96 @@ impl ContainerManager {
                 (i, stats, net)
             })
             .collect()
+    }
+
+    /// [`ContainerManager::stats_running`] for a caller that asks again and again (a metrics
+    /// scrape): only new containers' records are read; for the others, the figures and the
+    /// liveness of their monitor.
+    pub fn stats_running_cached(
+        &self,
+        cache: &mut StatsCache,
+    ) -> Vec<(ContainerInfo, Stats, Option<NetIo>)> {
+        let Ok(rd) = std::fs::read_dir(&self.containers_dir) else {
+            cache.known.clear();
+            return Vec::new();
+        };
+        let ids: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        cache.known.retain(|id, _| ids.contains(id));
+        for id in ids {
+            if cache.known.contains_key(&id) {
+                continue;
+            }
+            let Some(st) = std::fs::read(self.dir(&id).join("state.json"))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<ContainerState>(&d).ok())
+            else {
+                // Still being created: looked at again next time.
+                continue;
+            };
+            let info = self.info_of(st);
+            match (info.status, self.monitor_info(&id)) {
+                (Status::Running, Some(m)) => {
+                    let monitor = std::fs::File::open(format!("/proc/{}/stat", m.monitor_pid));
+                    // Opened after the check of its start time: if it was the monitor then,
+                    // the open file stays the monitor's.
+                    let Ok(monitor) = monitor.and_then(|f| {
+                        if util::process_alive(m.monitor_pid, m.monitor_start_time) {
+                            Ok(f)
+                        } else {
+                            Err(std::io::ErrorKind::NotFound.into())
+                        }
+                    }) else {
+                        cache.known.insert(id, None);
+                        continue;
+                    };
+                    let net = match (&info.state.network, info.pid) {
+                        (super::NetworkMode::Host, _) | (_, None) => None,
+                        (_, Some(pid)) => std::fs::File::open(format!("/proc/{pid}/net/dev")).ok(),
+                    };
+                    let cgroup = StatsFiles::new(&info.state.cgroup_path);
+                    cache.known.insert(
+                        id,
+                        Some(Watched {
+                            info,
+                            monitor,
+                            cgroup,
+                            net,
+                        }),
+                    );
+                }
+                (Status::Exited | Status::Dead, _) => {
+                    cache.known.insert(id, None);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (id, w) in cache.known.iter_mut() {
+            let Some(c) = w else { continue };
+            // What `info_of` checks, without reading the record again.
+            let running = read_from_start(&c.monitor).is_ok_and(|s| {
+                let state = s
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next());
+                state.is_some_and(|st| st != "Z" && st != "X")
+            }) && !self.dir(id).join("exit.json").exists();
+            if !running {
+                *w = None;
+                continue;
+            }
+            let stats = self.hier.stats_of(&c.cgroup);
+            let net = c
+                .net
+                .as_ref()
+                .and_then(|f| read_from_start(f).ok())
+                .map(|s| parse_net_dev(&s));
+            out.push((c.info.clone(), stats, net));
+        }
+        out.sort_by(|a, b| a.0.state.created_at.cmp(&b.0.state.created_at));
+        out
     }
 
     /// Path of the container's current log file.

@@ -89,7 +89,7 @@ pub use config::{
     NamespaceMode, NetworkMode, Ulimit, VolumesFrom,
 };
 pub use error::Error;
-pub use inspect::{NetIo, net_io};
+pub use inspect::{NetIo, StatsCache, net_io};
 pub use kill::parse_signal;
 pub use remove::IMAGE_ID_LABEL;
 pub(crate) use remove::{release_image_hold, remove_container_files};
