@@ -216,9 +216,14 @@ fn errors_are_clear_and_leave_nothing() {
         let left: Vec<_> = std::fs::read_dir(w.tmp.path().join("data/containers"))
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name() != ".lock")
+            .filter(|e| e.file_name() != ".lock" && e.file_name() != ".names")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        let names: Vec<_> = std::fs::read_dir(w.tmp.path().join("data/containers/.names"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(names.is_empty(), "name index entries left: {names:?}");
     };
     // Missing image.
     let mut o = w.opts(&["true"]);
