@@ -969,15 +969,20 @@ impl<S: Store> Agent<S> {
             }
             (Step::Shutdown { stop, remove }, Some(c), ..) => {
                 let mut r = shutdown_report();
+                let t0 = Instant::now();
+                let mut t1 = t0;
                 if stop {
                     // Out of DNS and the port map first: no new connection reaches it.
                     self.withdraw(c).await;
+                    t1 = Instant::now();
                     let id = c.id.clone();
                     if let Err(e) = self.blocking(move |m| m.stop(&id)).await {
                         tracing::warn!(task = %t.id, "stop: {e}");
                     }
                 }
+                let t2 = Instant::now();
                 self.leave_networks(c).await;
+                let t3 = Instant::now();
                 if let Ok(code) = self
                     .blocking({
                         let id = c.id.clone();
@@ -990,6 +995,16 @@ impl<S: Store> Agent<S> {
                 if remove {
                     self.remove_container(c).await;
                 }
+                // Log-only timings: the machine's clock, not the agent's.
+                let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+                tracing::debug!(
+                    container = %c.name,
+                    withdraw_ms = ms(t0, t1),
+                    stop_ms = ms(t1, t2),
+                    leave_ms = ms(t2, t3),
+                    remove_ms = ms(t3, Instant::now()),
+                    "shutdown timings"
+                );
                 self.forget_health(t);
                 Self::report(t, rev, r)
             }
@@ -1370,6 +1385,7 @@ impl<S: Store> Agent<S> {
         let beats = tokio::spawn(self.clone().beat());
         let ticks = tokio::spawn(self.clone().watch_contact());
         let mut cut = self.cut.subscribe();
+        let mut was_busy = false;
         loop {
             let turn = if *cut.borrow_and_update() {
                 self.turn().await
@@ -1390,7 +1406,13 @@ impl<S: Store> Agent<S> {
                 }
             };
             if busy {
+                was_busy = true;
                 continue;
+            }
+            if std::mem::take(&mut was_busy) {
+                // The busy rounds are over: what they allocated and freed (a thousand
+                // containers' worth) goes back to the kernel rather than staying in the heap.
+                let _ = tokio::task::spawn_blocking(dcpp_runtime::process::release_free_heap).await;
             }
             if self.contact().standing() == Standing::InTouch
                 && let Err(e) =

@@ -100,7 +100,11 @@ pub fn open(
     path: &Path,
     history_limit: u64,
 ) -> Result<(LogStore, StateMachine, StoreReader), Error> {
-    let db = Database::create(path)?;
+    // redb caches up to 1 GiB of pages by default, and keeps what it cached: the daemon's RSS
+    // grew with every large apply (each task written several times) and never came back. The
+    // OS page cache holds the file anyway; 32 MiB keeps the hot pages (the one-node store of a
+    // thousand tasks is a few MiB) without growing with the history.
+    let db = redb::Builder::new().set_cache_size(32 << 20).create(path)?;
     let txn = db.begin_write()?;
     {
         txn.open_table(LOG)?;

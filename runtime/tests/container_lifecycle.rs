@@ -216,9 +216,14 @@ fn errors_are_clear_and_leave_nothing() {
         let left: Vec<_> = std::fs::read_dir(w.tmp.path().join("data/containers"))
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name() != ".lock")
+            .filter(|e| e.file_name() != ".lock" && e.file_name() != ".names")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        let names: Vec<_> = std::fs::read_dir(w.tmp.path().join("data/containers/.names"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(names.is_empty(), "name index entries left: {names:?}");
     };
     // Missing image.
     let mut o = w.opts(&["true"]);
@@ -397,4 +402,35 @@ fn killed_monitor_is_reported_dead_and_rm_cleans_up() {
         stat.is_empty() || stat.contains(") Z"),
         "container process survived: {stat}"
     );
+}
+
+#[test]
+fn names_are_claimed_released_and_indexed_for_an_old_data_dir() {
+    let w = World::new(RuntimeKind::Builtin);
+    let names = w.tmp.path().join("data/containers/.names");
+    let mut o = w.opts(&["true"]);
+    o.name = Some("web".into());
+    let first = w.mgr.create(&o).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(names.join("web")).unwrap(),
+        first.state.id
+    );
+    assert_eq!(w.mgr.resolve("web").unwrap().id, first.state.id);
+    // Removing the container frees its name.
+    w.mgr.remove("web", true).unwrap();
+    assert!(!names.join("web").exists());
+    assert!(matches!(w.mgr.resolve("web"), Err(Error::NotFound(_))));
+    let second = w.mgr.create(&o).unwrap();
+    assert_ne!(second.state.id, first.state.id);
+    // An entry whose container is gone (its monitor removed it) does not hold the name.
+    std::fs::write(names.join("ghost"), "f".repeat(64)).unwrap();
+    o.name = Some("ghost".into());
+    w.mgr.create(&o).unwrap();
+    // A data dir from before the index: a manager opening it indexes what is there.
+    std::fs::remove_dir_all(&names).unwrap();
+    let again = World::manager(w.tmp.path(), &w.cgroup_parent, RuntimeKind::Builtin);
+    assert_eq!(again.resolve("web").unwrap().id, second.state.id);
+    o.name = Some("web".into());
+    assert!(matches!(again.create(&o), Err(Error::NameInUse(_))));
+    assert!(matches!(w.mgr.create(&o), Err(Error::NameInUse(_))));
 }

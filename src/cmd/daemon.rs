@@ -200,6 +200,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<u8> {
         }
     };
     let limits = args.listener.limits(nofile);
+    dcpp_runtime::process::limit_malloc_arenas(2);
     let rt = tokio::runtime::Runtime::new().context("start tokio runtime")?;
     if args.cert_ttl < std::time::Duration::from_secs(10) {
         anyhow::bail!("--cert-ttl must be at least 10s");

@@ -185,11 +185,14 @@ impl ContainerManager {
         // its rootfs and spawns its monitor (tens of ms each). The container's own lock keeps a
         // manager opening meanwhile from taking it for a half-created leftover.
         let _lock = self.lock()?;
-        if self.states().iter().any(|s| s.name == state.name) {
+        if self.by_name(&state.name).is_some() {
             return Err(Error::NameInUse(state.name));
         }
         std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let res = self.write_state(&state).and_then(|()| creating_guard(&dir));
+        let res = self
+            .write_state(&state)
+            .and_then(|()| self.claim_name(&state))
+            .and_then(|()| creating_guard(&dir));
         drop(_lock);
         let res = res
             .and_then(|_guard| self.create_in_dir(opts, &state, &spec, &hostname, joined.as_ref()));
@@ -288,6 +291,7 @@ impl ContainerManager {
             serde_json::to_string_pretty(spec).unwrap_or_default(),
         )?;
 
+        let t0 = std::time::Instant::now();
         let out = std::process::Command::new(&self.opts.shim.program)
             .args(&self.opts.shim.args)
             .arg("create")
@@ -305,6 +309,7 @@ impl ContainerManager {
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
             ));
         }
+        let t1 = std::time::Instant::now();
         let mut st = state.clone();
         st.phase = "created".into();
         self.write_state(&st)?;
@@ -319,6 +324,15 @@ impl ContainerManager {
             )
             .map_err(Error::Network)?;
         }
+        let ms = |a: std::time::Instant, b: std::time::Instant| {
+            b.duration_since(a).as_secs_f64() * 1000.0
+        };
+        tracing::debug!(
+            container = %state.name,
+            shim_ms = ms(t0, t1),
+            network_ms = ms(t1, std::time::Instant::now()),
+            "create timings"
+        );
         Ok(())
     }
 

@@ -31,6 +31,10 @@ struct Watched {
 impl ContainerManager {
     /// Finds a container by full id, unique id prefix or name.
     pub fn resolve(&self, reference: &str) -> Result<ContainerState, Error> {
+        // A full id or a name is one file away; only a prefix needs every state.json.
+        if let Some(st) = self.state_of(reference).or_else(|| self.by_name(reference)) {
+            return Ok(st);
+        }
         let all = self.states();
         if let Some(s) = all
             .iter()

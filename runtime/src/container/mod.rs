@@ -44,6 +44,8 @@
 //! - `exec.rs`: `exec` in a running container, through the shim or `<runtime> exec`.
 //! - `inspect.rs`: `resolve`, `inspect`, `list`, `stats`, `logs`.
 //! - `lock.rs`: the data-dir lock and the per-container creation lock.
+//! - `names.rs`: the name index (`containers/.names/<name>` → id) that `create` claims names
+//!   in and `resolve` looks names up in, checked against `state.json`.
 //! - `error.rs`: [`Error`].
 //!
 //! What the verbs use: `config.rs` ([`CreateOptions`]) is the request, `spec.rs` turns it into
@@ -61,6 +63,7 @@ mod inspect;
 mod kill;
 mod lock;
 pub mod logs;
+mod names;
 mod remove;
 pub mod rootpath;
 pub mod seccomp;
@@ -91,6 +94,7 @@ pub use config::{
 pub use error::Error;
 pub use inspect::{NetIo, StatsCache, net_io};
 pub use kill::parse_signal;
+pub(crate) use names::release_name_entry;
 pub use remove::IMAGE_ID_LABEL;
 pub(crate) use remove::{release_image_hold, remove_container_files};
 pub use shim::ExecRequest;
@@ -218,20 +222,37 @@ impl ContainerManager {
             containers_dir,
             volumes,
         };
-        for st in mgr.states() {
+        let half_created = |st: &ContainerState| {
             let dir = mgr.containers_dir.join(&st.id);
-            if st.phase == "creating"
+            st.phase == "creating"
                 && !dir.join("monitor.json").exists()
                 && !creation_in_progress(&dir)
-            {
-                tracing::info!(id = %st.id, "removing half-created container");
-                mgr.teardown(&st);
+        };
+        for st in mgr.states() {
+            let dir = mgr.containers_dir.join(&st.id);
+            if half_created(&st) {
+                // A create holds the data-dir lock from writing state.json until it has taken
+                // its creation lock: only under it is a missing creation lock a dead creator's
+                // (without it, a `dcpp ps` beside a busy daemon removed containers being made).
+                let Ok(_lock) = mgr.lock() else { continue };
+                if mgr.state_of(&st.id).is_some_and(|now| half_created(&now)) {
+                    tracing::info!(id = %st.id, "removing half-created container");
+                    mgr.teardown(&st);
+                }
             } else if st.auto_remove && dir.join("exit.json").exists() {
                 release_image_hold(&dir, &st);
                 mgr.teardown(&st);
             }
         }
         mgr.remove_dirs_without_state();
+        // Once, for a data dir from before the name index; afterwards creates and removes keep
+        // it, and an entry left stale is recognised as such where it is read.
+        if !mgr.has_names()
+            && let Ok(_lock) = mgr.lock()
+            && !mgr.has_names()
+        {
+            mgr.rebuild_names(&mgr.states());
+        }
         Ok(mgr)
     }
 

@@ -47,6 +47,7 @@ impl ContainerManager {
         }
         self.hier.remove(&st.cgroup_path);
         remove_container_files(&dir);
+        self.release_name(st);
     }
 }
 

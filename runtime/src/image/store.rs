@@ -28,6 +28,7 @@ use super::spec::{
     self, Compression, ContainerConfig, Descriptor, ImageConfig, Manifest, Platform, RootFs,
 };
 use super::unpack;
+use crate::commit::{Backing, GroupCommit};
 
 /// A layer of a stored image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +143,44 @@ struct DbSnapshot {
 /// Snapshots by `db.json` path: the node agent and tests open several stores in one process.
 static DB_CACHE: Mutex<BTreeMap<PathBuf, DbSnapshot>> = Mutex::new(BTreeMap::new());
 const CACHE_MAX_STORES: usize = 8;
+
+/// The group commit of each `db.json` this process writes (see [`crate::commit`]); one per
+/// store, which only tests have more than a few of.
+static DB_COMMITS: Mutex<BTreeMap<PathBuf, Arc<GroupCommit<Db, FileLock>>>> =
+    Mutex::new(BTreeMap::new());
+
+impl Backing<Db> for ImageStore {
+    type Lock = FileLock;
+    type Error = ImageError;
+    fn lock(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.root.join("db.lock"))
+    }
+    fn load(&self) -> Result<Db> {
+        Ok(Db::clone(&*self.read_db()?))
+    }
+    fn write(&self, db: &Db) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(db).expect("db serializes");
+        let tmp = self.tmp_path("db");
+        let res = (|| {
+            let mut file = File::create(&tmp).ctx("create", &tmp)?;
+            file.write_all(&bytes).ctx("write", &tmp)?;
+            file.sync_all().ctx("fsync", &tmp)?;
+            fs::rename(&tmp, self.db_path()).ctx("rename", &tmp)?;
+            Ok(file)
+        })();
+        match res {
+            // What we wrote is the current version: readers in this process skip parsing it.
+            Ok(file) => db_cache_put(self.db_path(), file, Arc::new(db.clone())),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+    fn batch_failed(&self, msg: &str) -> ImageError {
+        ImageError::io("write", self.db_path(), io::Error::other(msg.to_owned()))
+    }
+}
 
 type ConfigKey = (PathBuf, Digest);
 static CONFIG_CACHE: LazyLock<Mutex<HashMap<ConfigKey, Arc<ImageConfig>>>> =
@@ -453,31 +492,26 @@ impl ImageStore {
         Ok(db)
     }
 
-    /// Read-modify-write the metadata under the exclusive db lock, replacing it atomically.
+    /// Read-modify-write the metadata under the exclusive db lock, replacing it atomically. A
+    /// failing `f` changes nothing. Concurrent calls of this process (a container's holder
+    /// record each, when a thousand start) share one write of the db.
     fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
-        let _l = FileLock::exclusive(&self.root.join("db.lock"))?;
-        let mut db = Db::clone(&*self.read_db()?);
-        let out = f(&mut db)?;
-        let bytes = serde_json::to_vec_pretty(&db).expect("db serializes");
-        let tmp = self.tmp_path("db");
-        let res = (|| {
-            let mut file = File::create(&tmp).ctx("create", &tmp)?;
-            file.write_all(&bytes).ctx("write", &tmp)?;
-            file.sync_all().ctx("fsync", &tmp)?;
-            fs::rename(&tmp, self.db_path()).ctx("rename", &tmp)?;
-            Ok(file)
-        })();
-        match res {
-            Ok(file) => {
-                // What we wrote is the current version: readers in this process skip parsing it.
-                db_cache_put(self.db_path(), file, Arc::new(db))?;
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        let commit = {
+            let mut all = lock_cache(&DB_COMMITS);
+            all.entry(self.db_path())
+                .or_insert_with(|| Arc::new(GroupCommit::new()))
+                .clone()
+        };
+        commit
+            .update(self, |db: &mut Db| {
+                let before = db.clone();
+                let out = f(db);
+                if out.is_err() {
+                    *db = before;
+                }
+                out
+            })
+            .and_then(|out| out)
     }
 
     /// Record an image whose blobs and layers are all in the store, and point `tags` at it.

@@ -460,6 +460,8 @@ pub struct NetworkManager {
     store: state::Store,
     held: Mutex<HashMap<PortKey, Held>>,
     dns: Option<dns::DnsServer>,
+    /// The state sequence number (see [`state::Store::read`]) the resolver was last synced to.
+    dns_seq: Mutex<u64>,
 }
 
 enum LinkKind {
@@ -521,6 +523,7 @@ impl NetworkManager {
             store,
             held: Mutex::default(),
             dns,
+            dns_seq: Mutex::new(0),
         })
     }
 
@@ -556,19 +559,42 @@ impl NetworkManager {
         format!("{bridge}x")
     }
 
-    /// Runs `f` on the freshly loaded state under the inter-process lock and saves the result.
+    /// Runs `f` on the freshly loaded state under the inter-process lock and saves the result
+    /// (together with this process's concurrent updates); the resolver knows the result when
+    /// this returns.
     fn with_state<T>(
         &self,
         f: impl FnOnce(&mut state::State) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let _lock = self.store.lock()?;
-        let mut st = self.store.load()?;
-        let r = f(&mut st);
-        st.settings = Some(self.opts.settings());
-        // Whatever `f` did to the kernel before failing is already reflected in `st`.
-        self.store.save(&st)?;
-        self.refresh_dns(&st);
+        let r = self
+            .store
+            .update(|st| {
+                let r = f(st);
+                st.settings = Some(self.opts.settings());
+                // Whatever `f` did to the kernel before failing is already reflected in `st`.
+                r
+            })
+            .and_then(|r| r);
+        self.sync_dns();
         r
+    }
+
+    /// Brings the resolver up to the state this process last read or wrote, unless it is
+    /// there already: of a batch of updates returning together, one rebuilds its table.
+    fn sync_dns(&self) {
+        if self.dns.is_none() {
+            return;
+        }
+        let mut synced = self.dns_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let res = self.store.read(|st, seq| {
+            if seq != *synced {
+                self.refresh_dns(st);
+                *synced = seq;
+            }
+        });
+        if let Err(e) = res {
+            tracing::warn!("DNS: {e}");
+        }
     }
 
     /// Reads the state (no lock needed: writes are atomic renames).
@@ -900,12 +926,13 @@ impl NetworkManager {
 
     /// Every endpoint of a container.
     pub fn endpoints_of(&self, container_id: &str) -> Result<Vec<Endpoint>, Error> {
-        Ok(self
-            .snapshot()?
-            .endpoints
-            .into_iter()
-            .filter(|e| e.container_id == container_id)
-            .collect())
+        self.store.read(|st, _| {
+            st.endpoints
+                .iter()
+                .filter(|e| e.container_id == container_id)
+                .cloned()
+                .collect()
+        })
     }
 
     /// Gives the container whose network namespace is `netns` (a `/proc/<pid>/ns/net` path or a
@@ -923,16 +950,33 @@ impl NetworkManager {
             what: format!("opening network namespace {}", netns.display()),
             source: e,
         })?;
-        self.with_state(|st| {
-            let net = st.networks.get(&req.network).cloned().ok_or_else(|| Error::NotFound(req.network.clone()))?;
-            if st.endpoints.iter().any(|e| e.container_id == req.container_id && e.network == req.network) {
+        // The address is taken and the endpoint recorded first, the veth made after, outside
+        // the state's lock: creating it is most of an attach (tens of ms with a thousand
+        // containers on the machine), and done under the lock it made every create of the
+        // machine wait for every other. An endpoint whose veth is not there (yet, or because
+        // the attach died) is what `cleanup_stale` removes, as for a container that died.
+        let (ep, plan, prefix_len, gateway) = self.with_state(|st| {
+            let net = st
+                .networks
+                .get(&req.network)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(req.network.clone()))?;
+            if st
+                .endpoints
+                .iter()
+                .any(|e| e.container_id == req.container_id && e.network == req.network)
+            {
                 return Err(Error::Invalid(format!(
                     "container {} is already attached to network {:?}",
                     req.container_name, req.network
                 )));
             }
-            let used: BTreeSet<Ipv4Addr> =
-                st.endpoints.iter().filter(|e| e.network == req.network).map(|e| e.ip).collect();
+            let used: BTreeSet<Ipv4Addr> = st
+                .endpoints
+                .iter()
+                .filter(|e| e.network == req.network)
+                .map(|e| e.ip)
+                .collect();
             let range = net.range();
             let ip = match req.ipv4_address {
                 Some(ip) => {
@@ -943,13 +987,20 @@ impl NetworkManager {
                         )));
                     }
                     if used.contains(&ip) {
-                        return Err(Error::Exhausted(format!("address {ip} is already in use on {}", net.name)));
+                        return Err(Error::Exhausted(format!(
+                            "address {ip} is already in use on {}",
+                            net.name
+                        )));
                     }
                     ip
                 }
                 None => range.pick(&net.name, &used)?,
             };
-            let has_default = st.endpoints.iter().any(|e| e.container_id == req.container_id && e.gateway.is_some());
+            let mine = st
+                .endpoints
+                .iter()
+                .filter(|e| e.container_id == req.container_id);
+            let has_default = mine.clone().any(|e| e.gateway.is_some());
             let default_gw = (!net.internal && !has_default).then_some(net.gateway);
             let h = short_hash(&[&req.container_id, &req.network], 8);
             let plan = netlink::VethPlan {
@@ -960,8 +1011,6 @@ impl NetworkManager {
                 default_gw,
                 mtu: net.mtu,
             };
-            let ns = ns.try_clone().map_err(|e| Error::Io { what: "duplicating the netns fd".into(), source: e })?;
-            let res = netlink::attach_veth(ns, plan.clone())?;
             let ep = Endpoint {
                 container_id: req.container_id.clone(),
                 container_name: req.container_name.clone(),
@@ -969,25 +1018,59 @@ impl NetworkManager {
                 network: req.network.clone(),
                 aliases: req.aliases.clone(),
                 ip,
-                mac: fmt_mac(res.mac),
-                ifname: res.ifname.clone(),
-                host_ifname: plan.host_ifname,
+                mac: fmt_mac(netlink::mac_of(ip)),
+                // What `attach_veth` names it unless the namespace has other interfaces; fixed
+                // below if it differs.
+                ifname: format!("eth{}", mine.count()),
+                host_ifname: plan.host_ifname.clone(),
                 gateway: default_gw,
             };
             st.endpoints.push(ep.clone());
             if req.withdrawn {
                 st.withdrawn.insert(req.container_id.clone());
             }
-            tracing::debug!(container = %req.container_name, network = %req.network, %ip, "attached");
-            Ok(Attachment {
-                network: req.network.clone(),
-                ifname: res.ifname,
-                ip,
-                prefix_len: net.subnet.prefix_len(),
-                mac: ep.mac,
-                gateway: net.gateway,
-                default_route: default_gw.is_some(),
-            })
+            Ok((ep, plan, net.subnet.prefix_len(), net.gateway))
+        })?;
+        let is_ep = |e: &Endpoint| e.container_id == ep.container_id && e.network == ep.network;
+        let res = match netlink::attach_veth(ns, plan) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(e2) = self.with_state(|st| {
+                    st.endpoints.retain(|x| !is_ep(x));
+                    if !st
+                        .endpoints
+                        .iter()
+                        .any(|x| x.container_id == ep.container_id)
+                    {
+                        st.withdrawn.remove(&ep.container_id);
+                    }
+                    Ok(())
+                }) {
+                    tracing::warn!(container = %req.container_name, "releasing the address of a failed attach: {e2}");
+                }
+                return Err(e);
+            }
+        };
+        let mac = fmt_mac(res.mac);
+        if res.ifname != ep.ifname || mac != ep.mac {
+            self.with_state(|st| {
+                let mut fixed = ep.clone();
+                fixed.ifname = res.ifname.clone();
+                fixed.mac = mac.clone();
+                st.endpoints.retain(|x| !is_ep(x));
+                st.endpoints.push(fixed);
+                Ok(())
+            })?;
+        }
+        tracing::debug!(container = %req.container_name, network = %req.network, ip = %ep.ip, "attached");
+        Ok(Attachment {
+            network: req.network.clone(),
+            ifname: res.ifname,
+            ip: ep.ip,
+            prefix_len,
+            mac,
+            gateway,
+            default_route: ep.gateway.is_some(),
         })
     }
 
@@ -1216,12 +1299,12 @@ impl NetworkManager {
 
     /// Whether the container serves (`None`: not attached). Reads the state without the lock.
     pub fn is_serving(&self, container_id: &str) -> Result<Option<bool>, Error> {
-        let st = self.snapshot()?;
-        Ok(st
-            .endpoints
-            .iter()
-            .any(|e| e.container_id == container_id)
-            .then(|| !st.withdrawn.contains(container_id)))
+        self.store.read(|st, _| {
+            st.endpoints
+                .iter()
+                .any(|e| e.container_id == container_id)
+                .then(|| !st.withdrawn.contains(container_id))
+        })
     }
 
     /// Where the resolver forwards the queries of container `container_id` that are not for
@@ -1616,6 +1699,7 @@ mod tests {
             opts: o,
             held: Mutex::default(),
             dns: None,
+            dns_seq: Mutex::new(0),
         };
         assert!(matches!(m.link_kind("dt0"), Some(LinkKind::Bridge)));
         assert!(matches!(m.link_kind("dtv0123abcd"), Some(LinkKind::Veth)));

@@ -11,11 +11,14 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::sync::Mutex;
+
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
 use super::ipam::{AddressPool, AddressRange, Ipv4Net};
+use crate::commit::{Backing, GroupCommit};
 
 /// A network (one Linux bridge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,9 +256,28 @@ pub struct MeshForward {
 }
 
 /// The state directory of one instance.
-#[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Updates of this process's threads go out in batches (see [`GroupCommit`]).
+    commit: GroupCommit<State, Flock<File>>,
+    /// The state as last read or written by this process, with the file it came from (kept
+    /// open, so its inode cannot be reused while we compare against it): a reader finding
+    /// that file still in place skips parsing it.
+    cache: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    _file: File,
+    id: (u64, u64),
+    /// Bumped with every state the cache takes.
+    seq: u64,
+    state: State,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
 }
 
 impl Store {
@@ -266,7 +288,15 @@ impl Store {
             what: format!("creating {}", dir.display()),
             source: e,
         })?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            commit: GroupCommit::new(),
+            cache: Mutex::new(None),
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("state.json")
     }
 
     /// Takes the inter-process lock; released when the guard drops.
@@ -289,24 +319,59 @@ impl Store {
 
     /// Reads the state; a missing file is an empty state.
     pub fn load(&self) -> Result<State, Error> {
-        let path = self.dir.join("state.json");
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(Error::Io {
-                what: format!("reading {}", path.display()),
-                source: e,
-            }),
+        self.read(|st, _| st.clone())
+    }
+
+    /// Runs `f` on the current state (as [`load`](Self::load) reads it) without copying it,
+    /// with a number that changes whenever the state this process knows does. Readers of
+    /// this process wait for each other while `f` runs: keep it short.
+    pub fn read<T>(&self, f: impl FnOnce(&State, u64) -> T) -> Result<T, Error> {
+        let path = self.path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(f(&State::default(), 0));
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    what: format!("reading {}", path.display()),
+                    source: e,
+                });
+            }
+        };
+        let io = |e| Error::Io {
+            what: format!("reading {}", path.display()),
+            source: e,
+        };
+        let id = file_id(&file).map_err(io)?;
+        let mut cache = self.cached();
+        if let Some(c) = cache.as_ref().filter(|c| c.id == id) {
+            return Ok(f(&c.state, c.seq));
         }
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut b).map_err(io)?;
+        let state: State = serde_json::from_slice(&b)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        let seq = cache.as_ref().map_or(1, |c| c.seq + 1);
+        let c = cache.insert(Cached {
+            _file: file,
+            id,
+            seq,
+            state,
+        });
+        Ok(f(&c.state, c.seq))
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the state atomically (temp file, fsync, rename).
     pub fn save(&self, state: &State) -> Result<(), Error> {
         use std::io::Write;
-        let path = self.dir.join("state.json");
+        let path = self.path();
         let tmp = self.dir.join("state.json.tmp");
-        let data = serde_json::to_vec_pretty(state).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let data = serde_json::to_vec(state).map_err(|e| Error::Corrupt(e.to_string()))?;
         let io = |what: &str| {
             let what = format!("{what} {}", tmp.display());
             move |e| Error::Io { what, source: e }
@@ -314,10 +379,53 @@ impl Store {
         let mut f = File::create(&tmp).map_err(io("creating"))?;
         f.write_all(&data).map_err(io("writing"))?;
         f.sync_all().map_err(io("syncing"))?;
+        let id = file_id(&f).map_err(io("reading"))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
             what: format!("renaming to {}", path.display()),
             source: e,
-        })
+        })?;
+        let mut cache = self.cached();
+        let seq = cache.as_ref().map_or(1, |c| c.seq + 1);
+        *cache = Some(Cached {
+            _file: f,
+            id,
+            seq,
+            state: state.clone(),
+        });
+        Ok(())
+    }
+
+    /// Runs `f` on the current state under the inter-process lock and returns once what it
+    /// changed is on disk; concurrent updates of this process share one write (see
+    /// [`GroupCommit`]). The state is written whatever `f` returns.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, Error> {
+        self.commit.update(self, f)
+    }
+}
+
+fn file_id(f: &File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+impl Backing<State> for Store {
+    type Lock = Flock<File>;
+    type Error = Error;
+    fn lock(&self) -> Result<Flock<File>, Error> {
+        Store::lock(self)
+    }
+    fn load(&self) -> Result<State, Error> {
+        Store::load(self)
+    }
+    fn write(&self, state: &State) -> Result<(), Error> {
+        self.save(state)
+    }
+    fn batch_failed(&self, msg: &str) -> Error {
+        Error::Io {
+            what: format!("writing {} with other updates", self.path().display()),
+            source: std::io::Error::other(msg.to_owned()),
+        }
     }
 }
 

@@ -409,10 +409,14 @@ pub(crate) fn supervise(
     );
     cleanup_after_exit(dir, cfg);
     if cfg.auto_remove {
-        if let Ok(st) = read_json::<crate::container::ContainerState>(&dir.join("state.json")) {
-            crate::container::release_image_hold(dir, &st);
+        let st = read_json::<crate::container::ContainerState>(&dir.join("state.json"));
+        if let Ok(st) = &st {
+            crate::container::release_image_hold(dir, st);
         }
         crate::container::remove_container_files(dir);
+        if let Ok(st) = &st {
+            crate::container::release_name_entry(dir, st);
+        }
     }
     0
 }
