@@ -314,7 +314,7 @@ fn detached_rm_container_releases_its_image_when_it_exits() {
         std::fs::read_dir(c.data().join("containers"))
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name() != ".lock")
+            .filter(|e| e.file_name() != ".lock" && e.file_name() != ".names")
             .count()
     };
     while left() > 0 {

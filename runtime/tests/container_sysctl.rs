@@ -29,7 +29,7 @@ fn assert_nothing_left(w: &World) {
     let left: Vec<_> = std::fs::read_dir(w.tmp.path().join("data/containers"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name() != ".lock")
+        .filter(|e| e.file_name() != ".lock" && e.file_name() != ".names")
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(w.our_mounts().is_empty());
