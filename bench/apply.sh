@@ -27,12 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ROOTFS="$WORK/rootfs"
-mkdir -p "$ROOTFS"/{bin,etc,tmp}
-cp /bin/busybox "$ROOTFS/bin/busybox"
-for a in $(/bin/busybox --list); do [[ "$a" == busybox ]] || ln -s busybox "$ROOTFS/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
-"$DCPP" image import "$ROOTFS" dcpp.local/busybox:bench >/dev/null
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+import_busybox dcpp.local/busybox:bench
 
 "$DCPP" daemon --listen 127.0.0.1:27477 --socket "$WORK/dcpp.sock" --bridge-prefix dcbn \
   --nft-table dcpp_bench --network-pool 10.252.0.0/16 2>"$WORK/daemon.log" &

@@ -40,12 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ROOTFS="$WORK/rootfs"
-mkdir -p "$ROOTFS"/{bin,etc,tmp}
-cp /bin/busybox "$ROOTFS/bin/busybox"
-for a in $(/bin/busybox --list); do [[ "$a" == busybox ]] || ln -s busybox "$ROOTFS/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
-"$DCPP" image import "$ROOTFS" dcpp.local/busybox:scale >/dev/null
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+import_busybox dcpp.local/busybox:scale
 
 "$DCPP" daemon --listen 127.0.0.1:27478 --socket "$WORK/dcpp.sock" --bridge-prefix dcsc \
   --nft-table dcpp_bench_scale --network-pool 10.253.0.0/16/20 2>"$WORK/daemon.log" &
@@ -158,7 +155,7 @@ if [[ "$SWARM" == 1 ]]; then
     for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.3; done
   fi
   docker swarm init --advertise-addr 127.0.0.1 >/dev/null 2>&1 || true
-  docker image inspect busybox:latest >/dev/null 2>&1 || tar -C "$ROOTFS" -c . | docker import - busybox:latest >/dev/null
+  docker image inspect busybox:latest >/dev/null 2>&1 || tar -C "$WORK/rootfs" -c . | docker import - busybox:latest >/dev/null
   for n in $SWARM_SIZES; do
     t0=$(now)
     docker service create --detach --name scale_app --replicas "$n" --stop-signal SIGKILL \
