@@ -140,10 +140,18 @@ if [[ "$SWARM" == 1 ]]; then
   swarm_cleanup() {
     set +e
     docker service rm scale_app >/dev/null 2>&1
-    sleep 5
+    # Swarm removes a service's containers well after they stop running; stopping dockerd
+    # before they are gone leaves their shims, overlay mounts and netns behind.
+    for _ in $(seq 600); do
+      [[ -z "$(docker ps -aq --filter label=com.docker.swarm.service.name=scale_app)" ]] && break
+      sleep 0.5
+    done
     docker swarm leave --force >/dev/null 2>&1
     if [[ $DOCKER_WAS_UP == 0 ]]; then
-      systemctl stop docker docker.socket >/dev/null 2>&1 || pkill -x dockerd
+      systemctl stop docker docker.socket >/dev/null 2>&1 || {
+        pkill -x dockerd
+        for _ in $(seq 120); do pgrep -x dockerd >/dev/null || break; sleep 0.5; done
+      }
       for br in docker0 docker_gwbridge; do ip link del "$br" 2>/dev/null; done
     fi
     iptables -P FORWARD "$FORWARD"
