@@ -699,12 +699,13 @@ fn metrics_over_the_api_refuse_a_client_without_a_certificate() {
 /// `dcpp stats SERVICE` through one node of a cluster whose nodes each run in a network
 /// namespace of their own: a row for the service's replica on every node, with that node's
 /// id; a remote replica's figures are its cgroup's. With a node gone (daemon killed, link
-/// cut), the others still show, and the one that did not answer is named.
+/// cut), the others still show, and the one that did not answer is named. That node led the
+/// cluster: a survivor's metrics count the leader change.
 #[test]
 fn stats_of_a_service_shows_its_replicas_on_every_node_and_names_a_node_that_is_down() {
     use rig::cluster::{Cluster, Join};
     use std::collections::BTreeSet;
-    let mut cl = Cluster::form_in_netns("sc", &[Join::Manager, Join::Worker], &[]);
+    let mut cl = Cluster::form_in_netns("sc", &[Join::Manager, Join::Manager], &[]);
     let file = cl.nodes[0].write(
         "compose.yml",
         &format!(
@@ -728,19 +729,18 @@ services:
     );
     cl.ok(0, &["apply", "-f", &file]);
     // (container id, node id) of each running replica, as the store has them.
-    let replicas: BTreeSet<(String, u64)> = serde_json::from_str::<Vec<serde_json::Value>>(
-        &cl.ok(0, &["ps", "--format", "json"]),
-    )
-    .unwrap()
-    .into_iter()
-    .filter(|t| t["service"] == "scs_web" && t["state"] == "running")
-    .map(|t| {
-        (
-            t["container_id"].as_str().unwrap().to_string(),
-            t["node"].as_str().unwrap().parse().unwrap(),
-        )
-    })
-    .collect();
+    let replicas: BTreeSet<(String, u64)> =
+        serde_json::from_str::<Vec<serde_json::Value>>(&cl.ok(0, &["ps", "--format", "json"]))
+            .unwrap()
+            .into_iter()
+            .filter(|t| t["service"] == "scs_web" && t["state"] == "running")
+            .map(|t| {
+                (
+                    t["container_id"].as_str().unwrap().to_string(),
+                    t["node"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
     let ids: BTreeSet<u64> = cl.nodes.iter().map(|n| n.id).collect();
     assert_eq!(
         replicas.iter().map(|r| r.1).collect::<BTreeSet<_>>(),
@@ -775,7 +775,12 @@ services:
     let got = rows(&out);
     let shown: BTreeSet<(String, u64)> = got
         .iter()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["node"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["node"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(shown, replicas, "{out}");
     let mut remote = 0;
@@ -804,7 +809,10 @@ services:
             "{id} on node {}: usage {used} vs the cgroup's {usage}",
             r["node"]
         );
-        assert!(used > 4e6, "{id}: the 4 MB in /tmp is charged to it: {used}");
+        assert!(
+            used > 4e6,
+            "{id}: the 4 MB in /tmp is charged to it: {used}"
+        );
         // An idle container: nothing starts or ends in it.
         assert_eq!(r["pids"].as_u64(), Some(pids), "{r}");
         assert!(pids >= 1);
@@ -812,12 +820,15 @@ services:
     }
     assert_eq!(remote, 2);
 
-    // Node c is gone: its daemon killed and its link cut, so nothing answers at its address.
-    let gone = cl.nodes[2].id;
-    cl.underlay.as_ref().unwrap().set_link(2, false);
-    cl.nodes[2].kill9();
+    // Node a, the leader, is gone: its daemon killed and its link cut, so nothing answers at
+    // its address. Asked through b.
+    let (gone, via) = (cl.nodes[0].id, 1);
+    let before = scrape_socket(&cl.nodes[via]);
+    assert_eq!(one(&before, "dcpp_raft_is_leader", &[]), 0.0);
+    cl.underlay.as_ref().unwrap().set_link(0, false);
+    cl.nodes[0].kill9();
     let t0 = Instant::now();
-    let out = cl.nodes[0].dcpp(&["stats", "--no-stream", "--format", "json", "web"]);
+    let out = cl.nodes[via].dcpp(&["stats", "--no-stream", "--format", "json", "web"]);
     let took = t0.elapsed();
     assert!(out.status.success(), "{}", stderr(&out));
     // Two readings a second apart, each waiting at most the 3 s a member has to answer.
@@ -830,17 +841,22 @@ services:
     );
     let got = rows(&stdout(&out));
     assert!(got.iter().all(|r| r["node"] != gone), "{}", stdout(&out));
-    // The replicas of a and b are there (the leader may already have given c's slot to one
-    // of them: that new replica may show too).
+    // The replicas of b and c are there (the new leader may already have given a's slot to
+    // one of them: that new replica may show too).
     let shown: BTreeSet<(String, u64)> = got
         .iter()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["node"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["node"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for r in replicas.iter().filter(|r| r.1 != gone) {
         assert!(shown.contains(r), "{r:?} missing: {shown:?}");
     }
-    // The table says it too, below the rows it has.
-    let out = cl.nodes[0].dcpp(&["stats", "--no-stream", "web"]);
+    // The table says it too, after the rows it has.
+    let out = cl.nodes[via].dcpp(&["stats", "--no-stream", "web"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("node {gone} did not answer")),
@@ -848,4 +864,78 @@ services:
         stderr(&out)
     );
     assert!(stdout(&out).starts_with("CONTAINER ID"), "{}", stdout(&out));
+    // b and c elect a leader of a later term; b saw the leader change.
+    let changes = |sc: &Scrape| one(sc, "dcpp_raft_leader_changes_total", &[]);
+    let term = |sc: &Scrape| one(sc, "dcpp_raft_term", &[]);
+    cl.wait_until("a new leader", 30, || {
+        let now = scrape_socket(&cl.nodes[via]);
+        term(&now) > term(&before) && changes(&now) > changes(&before)
+    });
+}
+
+/// The daemon's log without terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut it = log.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            // CSI: up to and including the final letter.
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_debug_log_follows_a_request_its_reconcile_round_and_the_agent_step_with_timings() {
+    let mut rig = Rig::unstarted("mg");
+    rig.log_level =
+        "info,dcpp_raft::api=debug,dcpp_control::leader=debug,dcpp_node_agent=debug".into();
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: mgs\nservices:\n  s:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_signal: SIGKILL\n"
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    let log = plain(&rig.log());
+    let has = |what: &str, parts: &[&str]| {
+        assert!(
+            log.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+            "no {what} line with {parts:?} in:\n{log}"
+        );
+    };
+    // The apply's transaction: its route, status and time.
+    has(
+        "request",
+        &[
+            "api{method=POST route=\"/v1/txn\"}",
+            "answered",
+            "status=200",
+            "took=",
+        ],
+    );
+    // The round that planned the task, with the number of actions it wrote.
+    has(
+        "reconcile",
+        &["reconcile{actions=", "reconcile actions=", "ops="],
+    );
+    // The agent step that started the container, with the time of each part.
+    has(
+        "agent step",
+        &[
+            "agent_step{task=",
+            "container timings",
+            "create_ms=",
+            "start_ms=",
+        ],
+    );
+    rig.ok(&["down", "-p", "mgs"]);
 }
