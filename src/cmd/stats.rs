@@ -59,8 +59,11 @@ pub struct ContainerStats {
 pub struct ClusterStats {
     pub containers: Vec<ContainerStats>,
     /// Members that did not answer, with why.
-    pub unreachable: Vec<(u64, String)>,
+    pub unreachable: Unanswered,
 }
+
+/// Members that did not answer, each with why.
+pub type Unanswered = Vec<(u64, String)>;
 
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -326,7 +329,7 @@ fn print(rows: &[Row], format: Format, clear: bool) -> anyhow::Result<()> {
 pub fn run(global: &Global, args: StatsArgs) -> anyhow::Result<u8> {
     let c = crate::cmd::cluster::client(global)?;
     // The containers of one reading, and the members that did not answer it.
-    let read = || -> anyhow::Result<(Vec<ContainerStats>, Vec<(u64, String)>)> {
+    let read = || -> anyhow::Result<(Vec<ContainerStats>, Unanswered)> {
         let c = c.clone();
         let got: ClusterStats =
             crate::cmd::cluster::block_on(async move { Ok(c.get_route("/v1/stats").await?) })?;
@@ -338,7 +341,7 @@ pub fn run(global: &Global, args: StatsArgs) -> anyhow::Result<u8> {
         v.sort_by(|a, b| (&a.name, a.node).cmp(&(&b.name, b.node)));
         Ok((v, got.unreachable))
     };
-    let unanswered = |gone: &[(u64, String)]| {
+    let unanswered = |gone: &Unanswered| {
         for (node, e) in gone {
             eprintln!("node {node} did not answer: {e}");
         }
