@@ -15,16 +15,13 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Sample, Scrape, Value};
 use rig::*;
 
-/// `GET /metrics` on `127.0.0.1:port`: the parsed body, the content type and the time taken.
-fn scrape(port: u16) -> (Scrape, String, Duration) {
-    let t0 = Instant::now();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+/// `GET /metrics` over an open connection (TCP or the API's unix socket), which must answer
+/// 200: the parsed body and the content type.
+fn get_metrics(mut s: impl Read + Write) -> (Scrape, String) {
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let took = t0.elapsed();
     let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
@@ -36,7 +33,32 @@ fn scrape(port: u16) -> (Scrape, String, Duration) {
         .unwrap_or_default()
         .to_string();
     let parsed = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses");
-    (parsed, ctype, took)
+    (parsed, ctype)
+}
+
+/// `GET /metrics` on `127.0.0.1:port`: the parsed body, the content type and the time taken.
+fn scrape(port: u16) -> (Scrape, String, Duration) {
+    let t0 = Instant::now();
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (parsed, ctype) = get_metrics(s);
+    (parsed, ctype, t0.elapsed())
+}
+
+/// `GET /metrics` on the daemon's unix socket.
+fn scrape_socket(rig: &Rig) -> Scrape {
+    let u = std::os::unix::net::UnixStream::connect(&rig.socket).expect("the API socket");
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    get_metrics(u).0
+}
+
+/// A daemon with `--metrics-addr` on a free loopback port, and that port.
+fn with_metrics(tag: &str) -> (Rig, u16) {
+    let port = free_port();
+    let mut rig = Rig::unstarted(tag);
+    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    rig.start_daemon();
+    (rig, port)
 }
 
 fn number(s: &Sample) -> f64 {
@@ -106,23 +128,9 @@ fn metrics_count_starts_kills_and_failed_healthchecks_and_read_the_cgroups() {
         stderr(&out)
     );
 
-    let port = free_port();
-    let mut rig = Rig::unstarted("mt");
-    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
-    rig.start_daemon();
+    let (rig, port) = with_metrics("mt");
     // The same metrics on the API's unix socket.
-    {
-        let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
-        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        u.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(" 200 "), "{head}");
-        let sc = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
-        assert_eq!(one(&sc, "dcpp_raft_is_leader", &[]), 1.0);
-    }
+    assert_eq!(one(&scrape_socket(&rig), "dcpp_raft_is_leader", &[]), 1.0);
     let (first, ctype, _) = scrape(port);
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     assert_eq!(sum(&first, "dcpp_agent_container_starts_total", &[]), 0.0);
@@ -201,7 +209,14 @@ services:
             &[("route", "/v1/txn"), ("status", "200")]
         ) >= 1.0
     );
+    // Each answered request is timed once, in its route's histogram.
+    let txn = [("route", "/v1/txn")];
+    assert_eq!(
+        sum(&sc, "dcpp_api_request_duration_seconds_count", &txn),
+        sum(&sc, "dcpp_api_requests_total", &txn)
+    );
     assert!(sum(&sc, "dcpp_reconcile_plan_duration_seconds_count", &[]) >= 1.0);
+    assert!(sum(&sc, "dcpp_reconcile_round_duration_seconds_count", &[]) >= 1.0);
     assert_eq!(
         sum(
             &sc,
@@ -465,11 +480,8 @@ services:
 }
 
 #[test]
-fn an_oom_kill_is_counted_as_one() {
-    let port = free_port();
-    let mut rig = Rig::unstarted("mo");
-    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
-    rig.start_daemon();
+fn an_oom_kill_and_a_failing_exit_are_counted_each_by_its_reason() {
+    let (rig, port) = with_metrics("mo");
     let file = rig.write(
         "compose.yml",
         &format!(
@@ -484,16 +496,23 @@ services:
       resources:
         limits:
           memory: 16M
+  quit:
+    image: {IMAGE}
+    restart: "no"
+    command: ["sh", "-c", "exit 3"]
 "#
         ),
     );
     rig.ok(&["apply", "-d", "-f", &file]);
-    rig.wait_until("hog failed", 30, || {
-        rig.json(&["ps", "-a", "--format", "json"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["service"] == "mos_hog" && t["state"] == "failed")
+    rig.wait_until("hog and quit failed", 30, || {
+        let ps = rig.json(&["ps", "-a", "--format", "json"]);
+        let failed = |svc: &str| {
+            ps.as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["service"] == svc && t["state"] == "failed")
+        };
+        failed("mos_hog") && failed("mos_quit")
     });
     let (sc, _, _) = scrape(port);
     assert_eq!(
@@ -504,16 +523,24 @@ services:
         ),
         1.0
     );
-    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 1.0);
-    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 1.0);
     assert_eq!(
-        one(
+        sum(
             &sc,
-            "dcpp_tasks",
-            &[("service", "hog"), ("state", "failed")]
+            "dcpp_agent_container_exits_total",
+            &[("reason", "nonzero")]
         ),
         1.0
     );
+    assert_eq!(sum(&sc, "dcpp_agent_container_exits_total", &[]), 2.0);
+    assert_eq!(sum(&sc, "dcpp_agent_container_starts_total", &[]), 2.0);
+    assert_eq!(sum(&sc, "dcpp_agent_task_restarts_total", &[]), 0.0);
+    for svc in ["hog", "quit"] {
+        assert_eq!(
+            one(&sc, "dcpp_tasks", &[("service", svc), ("state", "failed")]),
+            1.0,
+            "{svc}"
+        );
+    }
     rig.ok(&["down", "-p", "mos"]);
 }
 
@@ -581,10 +608,7 @@ services:
 
 #[test]
 fn raft_metrics_time_every_commit_and_follow_the_log() {
-    let port = free_port();
-    let mut rig = Rig::unstarted("mr");
-    rig.extra = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
-    rig.start_daemon();
+    let (rig, port) = with_metrics("mr");
     let revision = || {
         rig.json(&["cluster", "status", "--format", "json"])["revision"]
             .as_u64()
@@ -669,11 +693,249 @@ fn metrics_over_the_api_refuse_a_client_without_a_certificate() {
     assert_eq!(status, 401, "{body}");
     assert!(!body.contains("dcpp_raft_term"), "{body}");
     // The same daemon serves them on its unix socket.
-    let mut u = std::os::unix::net::UnixStream::connect(&rig.socket).unwrap();
-    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    u.read_to_string(&mut out).unwrap();
-    assert!(out.contains("dcpp_raft_term"), "{out}");
+    assert!(one(&scrape_socket(&rig), "dcpp_raft_term", &[]) >= 1.0);
+}
+
+/// `dcpp stats SERVICE` through one node of a cluster whose nodes each run in a network
+/// namespace of their own: a row for the service's replica on every node, with that node's
+/// id; a remote replica's figures are its cgroup's. With a node gone (daemon killed, link
+/// cut), the others still show, and the one that did not answer is named. That node led the
+/// cluster: a survivor's metrics count the leader change.
+#[test]
+fn stats_of_a_service_shows_its_replicas_on_every_node_and_names_a_node_that_is_down() {
+    use rig::cluster::{Cluster, Join};
+    use std::collections::BTreeSet;
+    let mut cl = Cluster::form_in_netns("sc", &[Join::Manager, Join::Manager], &[]);
+    let file = cl.nodes[0].write(
+        "compose.yml",
+        &format!(
+            r#"name: scs
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "head -c 4000000 /dev/zero > /tmp/blob; exec sleep 3600"]
+    stop_signal: SIGKILL
+    deploy:
+      replicas: 3
+      resources:
+        limits:
+          memory: 64M
+  other:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    stop_signal: SIGKILL
+"#
+        ),
+    );
+    cl.ok(0, &["apply", "-f", &file]);
+    // (container id, node id) of each running replica, as the store has them.
+    let replicas: BTreeSet<(String, u64)> =
+        serde_json::from_str::<Vec<serde_json::Value>>(&cl.ok(0, &["ps", "--format", "json"]))
+            .unwrap()
+            .into_iter()
+            .filter(|t| t["service"] == "scs_web" && t["state"] == "running")
+            .map(|t| {
+                (
+                    t["container_id"].as_str().unwrap().to_string(),
+                    t["node"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+    let ids: BTreeSet<u64> = cl.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(
+        replicas.iter().map(|r| r.1).collect::<BTreeSet<_>>(),
+        ids,
+        "one replica on each node: {replicas:?}"
+    );
+
+    // The table through node a: one line per replica, each with its node.
+    let table = cl.ok(0, &["stats", "--no-stream", "web"]);
+    let mut lines = table.lines();
+    let head = lines.next().unwrap_or_default();
+    assert!(head.contains("NODE"), "{table}");
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), 3, "{table}");
+    for (id, node) in &replicas {
+        let line = body
+            .iter()
+            .find(|l| l.starts_with(&id[..12]))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{table}"));
+        assert!(
+            line.split_whitespace().any(|w| w == node.to_string()),
+            "{id} on node {node}: {line}"
+        );
+    }
+
+    let rows = |out: &str| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let out = cl.ok(0, &["stats", "--no-stream", "--format", "json", "web"]);
+    let got = rows(&out);
+    let shown: BTreeSet<(String, u64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["node"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, replicas, "{out}");
+    let mut remote = 0;
+    for r in got.iter().filter(|r| r["node"] != cl.nodes[0].id) {
+        remote += 1;
+        let id = r["id"].as_str().unwrap();
+        // The node that runs it knows its cgroup.
+        let n = cl.nodes.iter().find(|n| r["node"] == n.id).unwrap();
+        let info = n.json(&["container", "inspect", id]);
+        let cg = info[0]["cgroup_path"].as_str().unwrap().to_string();
+        let (usage, pids) = if cgroup_v1() {
+            (
+                cgroup_file(&cg, "memory", "memory.usage_in_bytes"),
+                cgroup_file(&cg, "pids", "pids.current"),
+            )
+        } else {
+            (
+                cgroup_file(&cg, "", "memory.current"),
+                cgroup_file(&cg, "", "pids.current"),
+            )
+        };
+        let (usage, pids) = (read_u64(&usage) as f64, read_u64(&pids));
+        let used = r["memory_usage_bytes"].as_f64().unwrap();
+        assert!(
+            (used - usage).abs() <= usage * 0.05 + 65536.0,
+            "{id} on node {}: usage {used} vs the cgroup's {usage}",
+            r["node"]
+        );
+        assert!(
+            used > 4e6,
+            "{id}: the 4 MB in /tmp is charged to it: {used}"
+        );
+        // An idle container: nothing starts or ends in it.
+        assert_eq!(r["pids"].as_u64(), Some(pids), "{r}");
+        assert!(pids >= 1);
+        assert_eq!(r["memory_limit_bytes"].as_u64(), Some(64 << 20), "{r}");
+    }
+    assert_eq!(remote, 2);
+
+    // Node a, the leader, is gone: its daemon killed and its link cut, so nothing answers at
+    // its address. Asked through b.
+    let (gone, via) = (cl.nodes[0].id, 1);
+    let before = scrape_socket(&cl.nodes[via]);
+    assert_eq!(one(&before, "dcpp_raft_is_leader", &[]), 0.0);
+    cl.underlay.as_ref().unwrap().set_link(0, false);
+    cl.nodes[0].kill9();
+    let t0 = Instant::now();
+    let out = cl.nodes[via].dcpp(&["stats", "--no-stream", "--format", "json", "web"]);
+    let took = t0.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Two readings a second apart, each waiting at most the 3 s a member has to answer.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches(&format!("node {gone} did not answer")).count(),
+        1,
+        "{err}"
+    );
+    let got = rows(&stdout(&out));
+    assert!(got.iter().all(|r| r["node"] != gone), "{}", stdout(&out));
+    // The replicas of b and c are there (the new leader may already have given a's slot to
+    // one of them: that new replica may show too).
+    let shown: BTreeSet<(String, u64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["node"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for r in replicas.iter().filter(|r| r.1 != gone) {
+        assert!(shown.contains(r), "{r:?} missing: {shown:?}");
+    }
+    // The table says it too, after the rows it has.
+    let out = cl.nodes[via].dcpp(&["stats", "--no-stream", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("node {gone} did not answer")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("CONTAINER ID"), "{}", stdout(&out));
+    // b and c elect a leader of a later term; b saw the leader change.
+    let changes = |sc: &Scrape| one(sc, "dcpp_raft_leader_changes_total", &[]);
+    let term = |sc: &Scrape| one(sc, "dcpp_raft_term", &[]);
+    cl.wait_until("a new leader", 30, || {
+        let now = scrape_socket(&cl.nodes[via]);
+        term(&now) > term(&before) && changes(&now) > changes(&before)
+    });
+}
+
+/// The daemon's log without terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut it = log.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            // CSI: up to and including the final letter.
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_debug_log_follows_a_request_its_reconcile_round_and_the_agent_step_with_timings() {
+    let mut rig = Rig::unstarted("mg");
+    rig.log_level =
+        "info,dcpp_raft::api=debug,dcpp_control::leader=debug,dcpp_node_agent=debug".into();
+    rig.start_daemon();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: mgs\nservices:\n  s:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    stop_signal: SIGKILL\n"
+        ),
+    );
+    rig.ok(&["apply", "-f", &file]);
+    let log = plain(&rig.log());
+    let has = |what: &str, parts: &[&str]| {
+        assert!(
+            log.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+            "no {what} line with {parts:?} in:\n{log}"
+        );
+    };
+    // The apply's transaction: its route, status and time.
+    has(
+        "request",
+        &[
+            "api{method=POST route=\"/v1/txn\"}",
+            "answered",
+            "status=200",
+            "took=",
+        ],
+    );
+    // The round that planned the task, with the number of actions it wrote.
+    has(
+        "reconcile",
+        &["reconcile{actions=", "reconcile actions=", "ops="],
+    );
+    // The agent step that started the container, with the time of each part.
+    has(
+        "agent step",
+        &[
+            "agent_step{task=",
+            "container timings",
+            "create_ms=",
+            "start_ms=",
+        ],
+    );
+    rig.ok(&["down", "-p", "mgs"]);
 }

@@ -100,6 +100,20 @@ impl Daemon {
         self.dcpp(&["apply", "-f", p.to_str().unwrap(), "--timeout", "60s"])
     }
 
+    /// `GET /metrics` on the daemon's socket, parsed.
+    fn scrape(&self) -> prometheus_parse::Scrape {
+        use std::io::{Read, Write};
+        let mut u = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        u.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        u.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.contains(" 200 "), "{head}");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
+    }
+
     fn running(&self, service: &str) -> usize {
         let out = self.dcpp(&["ps", "--format", "json"]);
         let tasks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -162,6 +176,19 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The sum of the samples of `metric` whose labels include `labels`.
+fn metric(sc: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    sc.samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            v => panic!("{metric}: not a number: {v:?}"),
+        })
+        .sum()
+}
+
 fn sleeper(stack: &str, image: &str, replicas: u32) -> String {
     format!(
         "name: {stack}\nservices:\n  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    \
@@ -205,6 +232,16 @@ fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
         .filter(|l| l.contains("\"GET ") && l.contains("/v2/e2e/busybox/manifests/v1"))
         .count();
     assert_eq!(manifest_gets, 1, "{}", reg.log());
+    // One pull, timed, with the bytes of its layers (a gzipped busybox: hundreds of kB).
+    let sc = d.scrape();
+    let ok = [("result", "ok")];
+    assert_eq!(metric(&sc, "dcpp_agent_image_pulls_total", &ok), 1.0);
+    assert_eq!(
+        metric(&sc, "dcpp_agent_image_pull_duration_seconds_count", &[]),
+        1.0
+    );
+    let pulled = metric(&sc, "dcpp_agent_image_pull_bytes_total", &[]);
+    assert!(pulled > 1e5, "{pulled} bytes");
     let images = d.dcpp(&["image", "ls"]);
     assert!(text(&images).contains("e2e/busybox"), "{}", text(&images));
 
@@ -230,6 +267,12 @@ fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
         all.contains(&format!("registry 127.0.0.1:{port} unreachable")),
         "{all}"
     );
+    let failed = metric(
+        &d.scrape(),
+        "dcpp_agent_image_pulls_total",
+        &[("result", "failed")],
+    );
+    assert!(failed >= 2.0, "{failed} failed pulls");
     // The pulled stack kept running throughout.
     assert_eq!(d.running("pull_app"), 3);
 
@@ -255,6 +298,13 @@ fn apply_pulls_a_missing_image_once_and_reports_pull_failures() {
         d.log()
     );
     assert_eq!(d.running("always_app"), 1);
+    // A second pull, which transferred none of the layers it already had.
+    let sc = d.scrape();
+    assert_eq!(metric(&sc, "dcpp_agent_image_pulls_total", &ok), 2.0);
+    assert_eq!(
+        metric(&sc, "dcpp_agent_image_pull_bytes_total", &[]),
+        pulled
+    );
     let manifest_gets = reg
         .log()
         .lines()

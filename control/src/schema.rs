@@ -609,6 +609,67 @@ pub async fn stack_services<S: Store>(
         .collect())
 }
 
+/// Each task's service and state, and the stack and name of every service: what a metrics
+/// scrape counts, read without decoding whole records (a task's record is mostly what it
+/// runs, a service's its whole compose service). Tasks pair with their status as in [`tasks`].
+pub async fn task_states<S: Store>(
+    s: &S,
+) -> Result<
+    (
+        Vec<(ServiceId, TaskState)>,
+        BTreeMap<ServiceId, (String, String)>,
+    ),
+    Error,
+> {
+    #[derive(Deserialize)]
+    struct Status {
+        state: TaskState,
+    }
+    #[derive(Deserialize)]
+    struct Of {
+        service: ServiceId,
+    }
+    #[derive(Deserialize)]
+    struct Svc {
+        spec: Named,
+    }
+    #[derive(Deserialize)]
+    struct Named {
+        stack: String,
+        name: String,
+    }
+    fn view<'a, T: Deserialize<'a>>(o: &'a dcpp_raft::Object) -> Result<T, dcpp_raft::Error> {
+        T::deserialize(&o.value).map_err(|e| dcpp_raft::Error::Decode {
+            kind: o.kind,
+            id: o.id.clone(),
+            reason: e.to_string(),
+        })
+    }
+    let mut services = BTreeMap::new();
+    for o in s.list(Kind::Service).await?.objects {
+        let d: Svc = view(&o)?;
+        let id = ServiceId::new(&d.spec.stack, &d.spec.name);
+        services.insert(id, (d.spec.stack, d.spec.name));
+    }
+    let mut statuses = std::collections::HashMap::new();
+    for o in s.list(Kind::TaskStatus).await?.objects {
+        statuses.insert(o.id.clone(), view::<Status>(&o)?.state);
+    }
+    let mut out = Vec::new();
+    for o in s.list(Kind::Task).await?.objects {
+        let of: Of = view(&o)?;
+        let state = match statuses.remove(&o.id) {
+            Some(st) => st,
+            None => match view::<Status>(&o) {
+                Ok(st) => st.state,
+                Err(_) => continue,
+            },
+        };
+        out.push((of.service, state));
+    }
+    Ok((out, services))
+}
+
 /// Every task, its two documents joined, with their revisions. The status list is read
 /// first: a task created between the two reads then has no status yet and reads as its
 /// legacy single document would (which fails to decode as a status, so it is skipped this

@@ -509,7 +509,10 @@ impl<S: Store> Agent<S> {
         f: impl FnOnce(&dyn Containers) -> T + Send + 'static,
     ) -> T {
         let ctr = self.ctr.clone();
-        match tokio::task::spawn_blocking(move || f(&*ctr)).await {
+        // The blocking pool does not inherit the caller's span: what the runtime logs belongs
+        // to the agent step that called it.
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&*ctr))).await {
             Ok(v) => v,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -521,7 +524,8 @@ impl<S: Store> Agent<S> {
         f: impl FnOnce(&dyn Networks) -> T + Send + 'static,
     ) -> Option<T> {
         let net = self.net.clone()?;
-        match tokio::task::spawn_blocking(move || f(&*net)).await {
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&*net))).await {
             Ok(v) => Some(v),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -1260,7 +1264,9 @@ impl<S: Store> Agent<S> {
         let overlay = self
             .overlay
             .map(|o| (addrs.unwrap_or_default(), o.underlay_mtu - VXLAN_OVERHEAD));
+        let span = tracing::Span::current();
         let (id, used_net) = tokio::task::spawn_blocking(move || {
+            let _step = span.enter();
             start_container(
                 &*ctr,
                 net.as_deref(),

@@ -28,7 +28,9 @@ use dcpp_node_agent::metrics::AgentMetrics;
 use dcpp_raft::Node;
 use dcpp_runtime::container::{ContainerManager, StatsCache};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -236,10 +238,11 @@ impl Metrics {
         let store_took = t0.elapsed();
         let ctr = self.containers.get().cloned();
         let cache = self.container_cache.clone();
+        let node = r.node.clone();
         let (containers, process) = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             (
-                ctr.map(|c| container_readings(&c, &mut cache))
+                ctr.map(|c| container_readings(&c, &mut cache, &node))
                     .unwrap_or_default(),
                 ProcessReading::read(),
             )
@@ -262,18 +265,22 @@ impl Metrics {
 type TaskCounts = BTreeMap<(String, String, String), i64>;
 
 async fn tasks_by_state(node: &Node) -> Result<TaskCounts, dcpp_control::Error> {
-    let docs = dcpp_control::schema::services(node).await?;
+    let (tasks, services) = dcpp_control::schema::task_states(node).await?;
+    let mut by = BTreeMap::<_, i64>::new();
+    for (service, state) in tasks {
+        *by.entry((service, state)).or_default() += 1;
+    }
     let mut out = TaskCounts::new();
-    for (t, _) in dcpp_control::schema::tasks(node).await?.into_values() {
-        let (stack, service) = match docs.get(&t.service) {
-            Some((d, _)) => (d.spec.stack.clone(), d.spec.name.clone()),
-            None => (String::new(), t.service.0.clone()),
+    for ((service, state), n) in by {
+        let (stack, name) = match services.get(&service) {
+            Some((stack, name)) => (stack.clone(), name.clone()),
+            None => (String::new(), service.0),
         };
-        let state = serde_json::to_value(t.state)
+        let state = serde_json::to_value(state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        *out.entry((stack, service, state)).or_default() += 1;
+        *out.entry((stack, name, state)).or_default() += n;
     }
     Ok(out)
 }
@@ -300,12 +307,17 @@ struct RaftReading {
 
 #[derive(Debug)]
 struct ContainerReading {
+    /// Name, stack, service, task and node: made once, borrowed by each family.
     labels: Vec<(&'static str, String)>,
     stats: dcpp_runtime::container::Stats,
     net: Option<dcpp_runtime::container::NetIo>,
 }
 
-fn container_readings(ctr: &ContainerManager, cache: &mut StatsCache) -> Vec<ContainerReading> {
+fn container_readings(
+    ctr: &ContainerManager,
+    cache: &mut StatsCache,
+    node: &str,
+) -> Vec<ContainerReading> {
     ctr.stats_running_cached(cache)
         .into_iter()
         .filter_map(|(info, stats, net)| {
@@ -317,6 +329,7 @@ fn container_readings(ctr: &ContainerManager, cache: &mut StatsCache) -> Vec<Con
                     ("stack", l.get(LABEL_STACK).cloned().unwrap_or_default()),
                     ("service", l.get(LABEL_SERVICE).cloned().unwrap_or_default()),
                     ("task", task),
+                    ("node", node.to_string()),
                 ],
                 stats,
                 net,
@@ -353,14 +366,7 @@ impl ProcessReading {
             p.cpu_seconds = (n(11) + n(12)) as f64 / TICKS_PER_SECOND;
             p.threads = n(17);
             p.virtual_bytes = n(20);
-            let boot = std::fs::read_to_string("/proc/stat")
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
-                })
-                .unwrap_or(0);
-            p.start_time_seconds = boot as f64 + n(19) as f64 / TICKS_PER_SECOND;
+            p.start_time_seconds = boot_time() as f64 + n(19) as f64 / TICKS_PER_SECOND;
         }
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
             p.resident_bytes = status
@@ -372,24 +378,52 @@ impl ProcessReading {
                 .unwrap_or(0)
                 * 1024;
         }
-        p.open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as u64)
-            .unwrap_or(0);
+        p.open_fds = open_fds();
         p.max_fds = dcpp_runtime::process::nofile_limit().unwrap_or(0);
         p
+    }
+}
+
+/// The boot time (seconds since the epoch), from /proc/stat: read once, since it does not
+/// change and /proc/stat prints every CPU's and interrupt's counters to give it.
+fn boot_time() -> u64 {
+    static BOOT: OnceLock<u64> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    })
+}
+
+/// Open descriptors of the daemon. Linux 6.2 and later give their number as the size of
+/// /proc/self/fd, one stat instead of listing them (the metrics hold a few files open per
+/// container: a thousand entries at 100 containers); earlier kernels report 0 there.
+fn open_fds() -> u64 {
+    match std::fs::metadata("/proc/self/fd").map(|m| m.len()) {
+        Ok(n) if n > 0 => n,
+        _ => std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0),
     }
 }
 
 #[derive(Debug)]
 struct ReadingCollector(Arc<Mutex<Reading>>);
 
+/// The label set of the daemon's own figures.
+const NO_LABELS: [(&str, &str); 0] = [];
+
 /// One family of constant samples.
-fn family<M: EncodeMetric>(
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     kind: MetricType,
-    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
+    samples: impl IntoIterator<Item = (L, M)>,
 ) -> Result<(), std::fmt::Error> {
     let mut samples = samples.into_iter().peekable();
     if samples.peek().is_none() {
@@ -466,11 +500,9 @@ impl Collector for ReadingCollector {
                 [(node(), gauge(v))],
             )?;
         }
-        let with_node = |c: &ContainerReading| {
-            let mut l = c.labels.clone();
-            l.push(("node", r.node.clone()));
-            l
-        };
+        fn with_node(c: &ContainerReading) -> &[(&'static str, String)] {
+            &c.labels
+        }
         let cs = &r.containers;
         family(
             &mut enc,
@@ -573,7 +605,7 @@ impl Collector for ReadingCollector {
             "process_cpu_seconds",
             "User and system CPU time of the daemon",
             MetricType::Counter,
-            [(vec![], ConstCounter::new(p.cpu_seconds))],
+            [(NO_LABELS, ConstCounter::new(p.cpu_seconds))],
         )?;
         for (name, help, v) in [
             (
@@ -599,7 +631,7 @@ impl Collector for ReadingCollector {
                 name,
                 help,
                 MetricType::Gauge,
-                [(vec![], gauge(v))],
+                [(NO_LABELS, gauge(v))],
             )?;
         }
         family(
@@ -607,7 +639,7 @@ impl Collector for ReadingCollector {
             "process_start_time_seconds",
             "Start time of the daemon since the Unix epoch",
             MetricType::Gauge,
-            [(vec![], ConstGauge::new(p.start_time_seconds))],
+            [(NO_LABELS, ConstGauge::new(p.start_time_seconds))],
         )?;
         Ok(())
     }

@@ -59,8 +59,11 @@ pub struct ContainerStats {
 pub struct ClusterStats {
     pub containers: Vec<ContainerStats>,
     /// Members that did not answer, with why.
-    pub unreachable: Vec<(u64, String)>,
+    pub unreachable: Unanswered,
 }
+
+/// Members that did not answer, each with why.
+pub type Unanswered = Vec<(u64, String)>;
 
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -325,23 +328,28 @@ fn print(rows: &[Row], format: Format, clear: bool) -> anyhow::Result<()> {
 
 pub fn run(global: &Global, args: StatsArgs) -> anyhow::Result<u8> {
     let c = crate::cmd::cluster::client(global)?;
-    let read = || -> anyhow::Result<Vec<ContainerStats>> {
+    // The containers of one reading, and the members that did not answer it.
+    let read = || -> anyhow::Result<(Vec<ContainerStats>, Unanswered)> {
         let c = c.clone();
         let got: ClusterStats =
             crate::cmd::cluster::block_on(async move { Ok(c.get_route("/v1/stats").await?) })?;
-        for (node, e) in &got.unreachable {
-            eprintln!("node {node} did not answer: {e}");
-        }
         let mut v: Vec<_> = got
             .containers
             .into_iter()
             .filter(|x| selected(x, &args.names))
             .collect();
         v.sort_by(|a, b| (&a.name, a.node).cmp(&(&b.name, b.node)));
-        Ok(v)
+        Ok((v, got.unreachable))
     };
-    let mut before = read()?;
+    let unanswered = |gone: &Unanswered| {
+        for (node, e) in gone {
+            eprintln!("node {node} did not answer: {e}");
+        }
+    };
+    let (mut before, gone) = read()?;
     if !args.names.is_empty() && before.is_empty() {
+        // What is missing may run on a node that did not answer.
+        unanswered(&gone);
         anyhow::bail!(
             "no running container or service replica named {}",
             args.names.join(", ")
@@ -349,8 +357,10 @@ pub fn run(global: &Global, args: StatsArgs) -> anyhow::Result<u8> {
     }
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let now = read()?;
+        let (now, gone) = read()?;
         print(&rows(&before, &now), args.format, !args.no_stream)?;
+        // After the rows: a refreshed table clears the screen first.
+        unanswered(&gone);
         if args.no_stream {
             return Ok(0);
         }

@@ -353,31 +353,28 @@ impl Hierarchy {
                     blkio_write_bytes,
                 }
             }
-            Hierarchy::V2 { .. } => Stats {
-                cpu_usage_ns: read("cpu", "cpu.stat")
-                    .and_then(|s| {
-                        s.lines().find_map(|l| {
-                            l.strip_prefix("usage_usec ")
-                                .and_then(|v| v.trim().parse::<u64>().ok())
+            Hierarchy::V2 { .. } => {
+                let usage = num(read("memory", "memory.current")).unwrap_or(0);
+                let io = read("io", "io.stat");
+                Stats {
+                    cpu_usage_ns: read("cpu", "cpu.stat")
+                        .and_then(|s| {
+                            s.lines().find_map(|l| {
+                                l.strip_prefix("usage_usec ")
+                                    .and_then(|v| v.trim().parse::<u64>().ok())
+                            })
                         })
-                    })
-                    .map(|us| us * 1000)
-                    .unwrap_or(0),
-                memory_usage_bytes: num(read("memory", "memory.current")).unwrap_or(0),
-                memory_working_set_bytes: working_set(
-                    num(read("memory", "memory.current")).unwrap_or(0),
-                    "inactive_file",
-                ),
-                memory_limit_bytes: num(read("memory", "memory.max")),
-                pids_current: num(read("pids", "pids.current")).unwrap_or(0),
-                pids_limit: num(read("pids", "pids.max")),
-                blkio_read_bytes: read("io", "io.stat")
-                    .map(|s| io_stat_v2(&s, "rbytes"))
-                    .unwrap_or(0),
-                blkio_write_bytes: read("io", "io.stat")
-                    .map(|s| io_stat_v2(&s, "wbytes"))
-                    .unwrap_or(0),
-            },
+                        .map(|us| us * 1000)
+                        .unwrap_or(0),
+                    memory_usage_bytes: usage,
+                    memory_working_set_bytes: working_set(usage, "inactive_file"),
+                    memory_limit_bytes: num(read("memory", "memory.max")),
+                    pids_current: num(read("pids", "pids.current")).unwrap_or(0),
+                    pids_limit: num(read("pids", "pids.max")),
+                    blkio_read_bytes: io.as_deref().map_or(0, |s| io_stat_v2(s, "rbytes")),
+                    blkio_write_bytes: io.as_deref().map_or(0, |s| io_stat_v2(s, "wbytes")),
+                }
+            }
         }
     }
 
@@ -782,11 +779,25 @@ mod tests {
 /// cgroup file read again from offset 0 shows the current figures; what this saves is the
 /// path walk, open and close of each read, most of the cost when a metrics scrape reads the
 /// figures of a hundred containers. A file that cannot be held open is read by its path.
+/// The limits are read once: they are written when the container is created and not after
+/// (a changed limit is a new task, so a new container).
 #[derive(Debug)]
 pub struct StatsFiles {
     rel: String,
-    open: std::sync::Mutex<BTreeMap<(&'static str, &'static str), Option<std::fs::File>>>,
+    open: std::sync::Mutex<BTreeMap<(&'static str, &'static str), Held>>,
 }
+
+#[derive(Debug)]
+enum Held {
+    Open(std::fs::File),
+    /// A limit, as it was read.
+    Fixed(String),
+    /// Could not be opened: read by its path each time.
+    Unopened,
+}
+
+/// The limit files among those [`Hierarchy::stats`] reads (v1 and v2).
+const LIMITS: [&str; 3] = ["memory.limit_in_bytes", "memory.max", "pids.max"];
 
 impl StatsFiles {
     pub fn new(rel: &str) -> StatsFiles {
@@ -797,16 +808,48 @@ impl StatsFiles {
     }
 
     fn read(&self, hier: &Hierarchy, ctrl: &'static str, file: &'static str) -> Option<String> {
-        let path = hier.controller_path(ctrl, &self.rel)?.join(file);
+        let path = || Some(hier.controller_path(ctrl, &self.rel)?.join(file));
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let f = open
-            .entry((ctrl, file))
-            .or_insert_with(|| std::fs::File::open(&path).ok());
-        match f {
-            Some(f) => read_from_start(f).ok(),
-            None => std::fs::read_to_string(&path).ok(),
+        let held = open.entry((ctrl, file)).or_insert_with(|| {
+            match path().and_then(|p| std::fs::File::open(p).ok()) {
+                Some(f) => Held::Open(f),
+                None => Held::Unopened,
+            }
+        });
+        match held {
+            Held::Fixed(s) => Some(s.clone()),
+            Held::Open(f) => {
+                let s = read_record(f).ok()?;
+                if LIMITS.contains(&file) {
+                    *held = Held::Fixed(s.clone());
+                }
+                Some(s)
+            }
+            Held::Unopened => std::fs::read_to_string(path()?).ok(),
         }
     }
+}
+
+/// The content of an open file the kernel prints as one record (a cgroup file, whose
+/// `seq_show` prints it whole; `/proc/PID/stat`), from offset 0. Such a file's content is
+/// made whole at the read from offset 0 and handed out from there, so a read that does not
+/// fill the buffer has all of it: one read instead of [`read_from_start`]'s two (the second
+/// to see the end), which at a scrape of every container's files is a third of its reads.
+/// Not for files of several records (`/proc/PID/net/dev`): those may stop short of the end.
+pub fn read_record(f: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    loop {
+        let k = f.read_at(&mut buf[n..], n as u64)?;
+        n += k;
+        if k == 0 || n < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The whole content of an open file, read from offset 0 (the file's own offset untouched).

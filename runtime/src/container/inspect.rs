@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::cgroup::{StatsFiles, read_from_start};
+use super::cgroup::{StatsFiles, read_from_start, read_record};
 use super::{
     ContainerInfo, ContainerManager, ContainerState, Error, Stats, Status, io_err, logs, util,
 };
@@ -26,6 +26,8 @@ struct Watched {
     cgroup: StatsFiles,
     /// `/proc/PID/net/dev` of the container's init (absent: the host's network).
     net: Option<std::fs::File>,
+    /// The figures of the latest call, lent to its caller.
+    read: (Stats, Option<NetIo>),
 }
 
 impl ContainerManager {
@@ -90,10 +92,12 @@ impl ContainerManager {
     /// [`ContainerManager::stats_running`] for a caller that asks again and again (a metrics
     /// scrape): only new containers' records are read; for the others, the figures and the
     /// liveness of their monitor.
-    pub fn stats_running_cached(
+    /// The records are lent from `cache` (a scrape takes its labels; cloning each
+    /// container's whole record at every scrape was much of the scrape's allocations).
+    pub fn stats_running_cached<'c>(
         &self,
-        cache: &mut StatsCache,
-    ) -> Vec<(ContainerInfo, Stats, Option<NetIo>)> {
+        cache: &'c mut StatsCache,
+    ) -> Vec<(&'c ContainerInfo, Stats, Option<NetIo>)> {
         let Ok(rd) = std::fs::read_dir(&self.containers_dir) else {
             cache.known.clear();
             return Vec::new();
@@ -142,6 +146,7 @@ impl ContainerManager {
                             monitor,
                             cgroup,
                             net,
+                            read: Default::default(),
                         }),
                     );
                 }
@@ -151,11 +156,10 @@ impl ContainerManager {
                 _ => {}
             }
         }
-        let mut out = Vec::new();
         for (id, w) in cache.known.iter_mut() {
             let Some(c) = w else { continue };
             // What `info_of` checks, without reading the record again.
-            let running = read_from_start(&c.monitor).is_ok_and(|s| {
+            let running = read_record(&c.monitor).is_ok_and(|s| {
                 let state = s
                     .rsplit_once(')')
                     .and_then(|(_, r)| r.split_whitespace().next());
@@ -171,8 +175,14 @@ impl ContainerManager {
                 .as_ref()
                 .and_then(|f| read_from_start(f).ok())
                 .map(|s| parse_net_dev(&s));
-            out.push((c.info.clone(), stats, net));
+            c.read = (stats, net);
         }
+        let mut out: Vec<_> = cache
+            .known
+            .values()
+            .flatten()
+            .map(|c| (&c.info, c.read.0.clone(), c.read.1))
+            .collect();
         out.sort_by(|a, b| a.0.state.created_at.cmp(&b.0.state.created_at));
         out
     }
