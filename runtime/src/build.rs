@@ -63,7 +63,8 @@ pub struct BuildReport {
     pub image: LocalImage,
     /// Steps that ran a container or copied files.
     pub executed: usize,
-    /// Steps whose result came from the build cache.
+    /// Steps that would have run a container or copied files whose result came from the
+    /// build cache.
     pub cached: usize,
 }
 
@@ -108,10 +109,15 @@ fn step_err(line: usize) -> impl Fn(String) -> BuildError {
     move |message| BuildError::Step { line, message }
 }
 
-/// One cached step: the layer it added, if any.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One cached step: the layer it added, if any. The entry of a whole image (keyed by its
+/// last step and its labels) holds the time it was first made instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CacheEntry {
     layer: Option<LayerRecord>,
+    /// When the image was first built: a rebuild from the cache makes a byte-identical config,
+    /// hence the same image id, as docker's rebuild does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
 }
 
 /// Where a stage stands.
@@ -232,7 +238,7 @@ impl Builder<'_> {
         for (k, v) in &opts.labels {
             st.config.image.labels.insert(k.clone(), v.clone());
         }
-        let image = self.commit(&st, &opts.tags)?;
+        let image = self.commit(&st, opts)?;
         (run.progress)(&format!("Successfully built {}", image.id.short()));
         for t in &opts.tags {
             (run.progress)(&format!("Successfully tagged {t}"));
@@ -244,10 +250,30 @@ impl Builder<'_> {
         })
     }
 
-    fn commit(&self, st: &State, tags: &[String]) -> Result<LocalImage, BuildError> {
+    fn commit(&self, st: &State, opts: &BuildOptions) -> Result<LocalImage, BuildError> {
+        let labels = serde_json::to_string(&st.config.image.labels).expect("labels serialize");
+        let key = dcpp_build::cache_key(&st.key, &format!("IMAGE {labels}"), &[], None);
+        let cached = (!opts.no_cache)
+            .then(|| self.cache_get(&key))
+            .flatten()
+            .and_then(|e| e.created);
+        let created = match cached {
+            Some(t) => t,
+            None => {
+                let t = now_secs();
+                self.cache_put(
+                    &key,
+                    &CacheEntry {
+                        layer: None,
+                        created: Some(t),
+                    },
+                )?;
+                t
+            }
+        };
         let platform = Platform::current();
         let cfg = ImageConfig {
-            created: Some(crate::image::rfc3339(now_secs())),
+            created: Some(crate::image::rfc3339(created)),
             architecture: platform.architecture,
             os: platform.os,
             variant: platform.variant,
@@ -258,7 +284,9 @@ impl Builder<'_> {
             },
             history: st.history.clone(),
         };
-        Ok(self.store.commit_image(&cfg, st.layers.clone(), tags)?)
+        Ok(self
+            .store
+            .commit_image(&cfg, st.layers.clone(), &opts.tags)?)
     }
 }
 
@@ -380,7 +408,13 @@ impl Run<'_, '_> {
                     Some(e) => e.layer,
                     None => {
                         let l = self.run_container(st, &argv, &env, net, line, &text)?;
-                        self.b.cache_put(&key, &CacheEntry { layer: l.clone() })?;
+                        self.b.cache_put(
+                            &key,
+                            &CacheEntry {
+                                layer: l.clone(),
+                                created: None,
+                            },
+                        )?;
                         l
                     }
                 };
@@ -439,7 +473,13 @@ impl Run<'_, '_> {
                     None => {
                         let l = Some(self.copy_layer(st, &req, &files)?);
                         self.executed += 1;
-                        self.b.cache_put(&key, &CacheEntry { layer: l.clone() })?;
+                        self.b.cache_put(
+                            &key,
+                            &CacheEntry {
+                                layer: l.clone(),
+                                created: None,
+                            },
+                        )?;
                         l
                     }
                 };
@@ -475,7 +515,13 @@ impl Run<'_, '_> {
                         None => {
                             let l = Some(self.dirs_layer(&dir)?);
                             self.executed += 1;
-                            self.b.cache_put(&key, &CacheEntry { layer: l.clone() })?;
+                            self.b.cache_put(
+                                &key,
+                                &CacheEntry {
+                                    layer: l.clone(),
+                                    created: None,
+                                },
+                            )?;
                             l
                         }
                     };
@@ -543,8 +589,15 @@ impl Run<'_, '_> {
             }
         }
         // A config-only step: no layer, but it moves the cache chain (what follows is built
-        // on a different config).
+        // on a different config). It executes nothing; its entry only lets a rebuild report
+        // it from the cache as docker's classic builder does (not counted in `cached`, which
+        // counts steps that would have run).
         st.key = dcpp_build::cache_key(&st.key, &text, &[], None);
+        if !self.opts.no_cache && self.b.cache_get(&st.key).is_some() {
+            (self.progress)(" ---> Using cache");
+        } else {
+            self.b.cache_put(&st.key, &CacheEntry::default())?;
+        }
         st.history.push(serde_json::json!({
             "created_by": text,
             "empty_layer": true,
