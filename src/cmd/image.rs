@@ -1,4 +1,4 @@
-//! `dcpp image …`: pull, push, ls, inspect, rm, import, load, prune, tag.
+//! `dcpp image …`: pull, push, ls, inspect, rm, import, load, prune, tag (build: `build.rs`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -65,6 +65,8 @@ pub enum ImageCommand {
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Build an image from a Dockerfile and a context directory.
+    Build(Box<crate::cmd::build::BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -215,6 +217,7 @@ pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Tag { source, target } => {
             store.tag(&source, &target)?;
         }
+        ImageCommand::Build(a) => return crate::cmd::build::run(global, *a),
     }
     Ok(0)
 }

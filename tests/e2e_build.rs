@@ -1,0 +1,309 @@
+//! Building images through the real binary on a real daemon: `dcpp image build` from the
+//! imported busybox image (no network), the result run by `dcpp apply`, a rebuild entirely
+//! from the cache, and the errors a user meets (a failing RUN, no Dockerfile, no context);
+//! compose's `build:` built by `dcpp apply`, rebuilt from the changed step and rolled out.
+
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rig::*;
+
+/// `GET path` on the published port.
+fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn app_context(rig: &Rig, name: &str) -> PathBuf {
+    let dir = rig.root.join(name);
+    write(
+        &dir,
+        "Dockerfile",
+        &format!(
+            r#"FROM {IMAGE}
+ARG GREETING=hello
+ENV GREETING=$GREETING
+WORKDIR /srv
+COPY page.html /www/page.html
+RUN echo "$GREETING built" > /www/built.txt && echo run-step-output
+EXPOSE 8080
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+"#
+        ),
+    );
+    write(&dir, "page.html", "page one\n");
+    write(&dir, "notes.key", "never copied\n");
+    write(&dir, ".dockerignore", "*.key\n");
+    dir
+}
+
+fn built_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Successfully built "))
+        .unwrap_or_else(|| panic!("no image id in: {out}"))
+        .to_string()
+}
+
+fn image_names(rig: &Rig) -> Vec<String> {
+    let v = rig.json(&["image", "ls", "--format", "json"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["references"].as_array().unwrap().clone())
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn image_build_runs_caches_and_reports_errors() {
+    let rig = Rig::new("ib");
+    let ctx = app_context(&rig, "app");
+    let ctx_s = ctx.to_str().unwrap();
+
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "-t",
+        "app:latest",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for want in [
+        &format!("Step 1/8 : FROM {IMAGE}") as &str,
+        "Step 5/8 : COPY page.html /www/page.html",
+        "Step 6/8 : RUN echo \"$GREETING built\" > /www/built.txt && echo run-step-output",
+        "run-step-output",
+        "Successfully tagged app:1",
+        "Successfully tagged app:latest",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "no line {want:?} in:\n{out}"
+        );
+    }
+    let id = built_id(&out);
+    let names = image_names(&rig);
+    assert!(names.iter().any(|n| n.ends_with("app:1")), "{names:?}");
+
+    // The built image runs as a service: the copied page, the RUN's file with the build arg.
+    let port = free_port();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: ib\nservices:\n  web:\n    image: app:1\n    stop_grace_period: 1s\n    ports: [\"127.0.0.1:{port}:8080\"]\n"
+        ),
+    );
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(out.contains("converged"), "{out}");
+    let page = get(port, "/page.html").unwrap_or_default();
+    assert!(page.contains("page one"), "{page}");
+    let built = get(port, "/built.txt").unwrap_or_default();
+    assert!(built.contains("hi built"), "{built}");
+
+    // Nothing changed: every step after FROM from the cache, the RUN not executed, same id.
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        7,
+        "{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l == "run-step-output"),
+        "the RUN ran again:\n{out}"
+    );
+    assert_eq!(built_id(&out), id);
+    // Another build arg is another RUN (ARG, ENV and what follows them).
+    let (code, out, _, _) = rig.run(&["image", "build", "-t", "app:2", ctx_s]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.lines().any(|l| l == "run-step-output"), "{out}");
+    assert_ne!(built_id(&out), id);
+
+    // A failing RUN: the line, its exit code, its last output; no image, no container left.
+    let containers = rig.containers();
+    let bad = rig.root.join("bad");
+    write(
+        &bad,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nRUN echo first-words && echo last-words && exit 3\n"),
+    );
+    let (code, out, err, _) = rig.run(&["image", "build", "-t", "bad:1", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("Dockerfile:2: RUN echo first-words && echo last-words && exit 3: returned a non-zero code: 3"),
+        "{err}"
+    );
+    assert!(err.contains("last-words"), "{err}");
+    assert!(!image_names(&rig).iter().any(|n| n.contains("bad")));
+    assert_eq!(rig.containers(), containers, "a build container was left");
+
+    // No Dockerfile in the context; no context at all.
+    let empty = rig.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, err, _) = rig.run(&["image", "build", "-t", "x:1", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("empty/Dockerfile") && err.contains("cannot read the Dockerfile"),
+        "{err}"
+    );
+    let (code, _, err, _) = rig.run(&["image", "build", "-t", "x:1", "/nonexistent/ctx"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unable to prepare context"), "{err}");
+    assert!(err.contains("/nonexistent/ctx"), "{err}");
+
+    rig.ok(&["down", "-p", "ib"]);
+}
+
+fn web_container(rig: &Rig, service: &str) -> Option<String> {
+    rig.tasks()
+        .into_iter()
+        .find(|t| t["service"] == service && t["state"] == "running")
+        .and_then(|t| t["container_id"].as_str().map(str::to_string))
+}
+
+/// The line that follows `step` in a build's output.
+fn after<'a>(out: &'a str, step: &str) -> &'a str {
+    let mut it = out.lines().skip_while(|l| !l.starts_with(step));
+    assert!(it.next().is_some(), "no {step:?} in:\n{out}");
+    it.next().unwrap_or("")
+}
+
+#[test]
+fn compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step() {
+    let rig = Rig::new("cb");
+    let port = free_port();
+    let site = rig.root.join("site");
+    write(
+        &site,
+        "Dockerfile",
+        &format!(
+            r#"FROM {IMAGE}
+ARG GREETING=hello
+COPY index.html /www/index.html
+RUN echo "$GREETING" > /www/greeting.txt && echo run-greeting
+COPY page.html /www/page.html
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+"#
+        ),
+    );
+    write(&site, "index.html", "index\n");
+    write(&site, "page.html", "page v1\n");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: cb
+services:
+  web:
+    build:
+      context: ./site
+      args: {{GREETING: hey}}
+      labels: {{org.example.built: "yes"}}
+      tags: ["cb-web:extra"]
+    pull_policy: build
+    stop_grace_period: 1s
+    ports: ["127.0.0.1:{port}:8080"]
+"#
+        ),
+    );
+
+    // A dry run says what it would build and builds nothing.
+    let out = rig.ok(&["apply", "--dry-run", "-f", &file]);
+    assert!(
+        out.contains("service web: would build cb-web from"),
+        "{out}"
+    );
+    assert!(!image_names(&rig).iter().any(|n| n.contains("cb-web")));
+
+    // Built as `<project>-<service>` (plus build.tags), with the labels, and run.
+    let out = rig.ok(&["apply", "-f", &file]);
+    for want in [
+        "service web: building cb-web",
+        "Step 1/6 : FROM dcpp.local/busybox:e2e",
+        "Successfully tagged cb-web",
+        "Successfully tagged cb-web:extra",
+        "+ service web",
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(want)),
+            "no {want:?} in:\n{out}"
+        );
+    }
+    assert!(out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("converged"), "{out}");
+    let inspect = rig.json(&["image", "inspect", "cb-web:extra"]);
+    assert_eq!(
+        inspect[0]["config"]["config"]["Labels"]["org.example.built"], "yes",
+        "{inspect}"
+    );
+    assert!(
+        get(port, "/page.html")
+            .unwrap_or_default()
+            .contains("page v1")
+    );
+    assert!(
+        get(port, "/greeting.txt")
+            .unwrap_or_default()
+            .contains("hey")
+    );
+    let first = web_container(&rig, "cb_web").expect("a running web task");
+
+    // Applied again unchanged: rebuilt from the cache only, the service left alone.
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        5,
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("no changes"), "{out}");
+    assert_eq!(web_container(&rig, "cb_web").as_deref(), Some(&*first));
+
+    // A copied file changes: the steps before its COPY come from the cache, the COPY runs,
+    // and the service rolls to the new image.
+    write(&site, "page.html", "page v2\n");
+    let out = rig.ok(&["apply", "-f", &file]);
+    for step in ["Step 2/6", "Step 3/6", "Step 4/6"] {
+        assert_eq!(after(&out, step), " ---> Using cache", "{step}:\n{out}");
+    }
+    assert_ne!(after(&out, "Step 5/6"), " ---> Using cache", "{out}");
+    assert!(!out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("~ service web: image"), "{out}");
+    rig.wait_until("the new page served", 30, || {
+        get(port, "/page.html").is_some_and(|b| b.contains("page v2"))
+    });
+    let second = web_container(&rig, "cb_web").expect("a running web task");
+    assert_ne!(second, first, "the service was not rolled");
+
+    rig.ok(&["down", "-p", "cb"]);
+}
