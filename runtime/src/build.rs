@@ -142,6 +142,59 @@ impl State {
     }
 }
 
+/// What [`prune_cache`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CachePruneReport {
+    /// Cache entries removed.
+    pub entries: usize,
+    /// Bytes of the entries themselves (their layers are the store's prune to free).
+    pub bytes_freed: u64,
+}
+
+/// Removes the build cache entries of `store` whose layer is no longer in it (an image
+/// prune freed it): they can never be hit again. Entries of steps without a layer stay
+/// (a few hundred bytes each, they keep a rebuild's image id stable) unless `all`, which
+/// empties the cache, as `docker builder prune -a` does. Holds the store's prune lock, so
+/// no build is running meanwhile.
+pub fn prune_cache(store: &ImageStore, all: bool) -> Result<CachePruneReport, BuildError> {
+    let _gc = store.gc_guard()?;
+    let dir = store.root().join("build-cache");
+    let mut rep = CachePruneReport::default();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(rep),
+        Err(e) => return Err(io_err("read", &dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io_err("read", &dir))?;
+        let path = e.path();
+        let entry: Option<CacheEntry> = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let dead = all
+            || match entry {
+                // Unreadable: written by no build of this version, never a hit.
+                None => true,
+                Some(CacheEntry { layer: Some(l), .. }) => {
+                    !store.has_blob(&l.digest) || !store.has_layer(&l.diff_id)
+                }
+                Some(CacheEntry { layer: None, .. }) => false,
+            };
+        if dead {
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    rep.entries += 1;
+                    rep.bytes_freed += size;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+    }
+    Ok(rep)
+}
+
 /// Runs builds on a store and a container manager of the same data dir.
 pub struct Builder<'a> {
     pub store: &'a ImageStore,

@@ -57,9 +57,11 @@ pub enum ImageCommand {
         #[arg(short, long)]
         input: PathBuf,
     },
-    /// Remove unused images and free unreferenced layers.
+    /// Remove unused images, free unreferenced layers and the build cache entries of freed
+    /// layers.
     Prune {
-        /// Remove all images no container uses, not only untagged ones.
+        /// Remove all images no container uses, not only untagged ones, and the whole build
+        /// cache.
         #[arg(short, long)]
         all: bool,
     },
@@ -212,6 +214,14 @@ pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<u8> {
                 rep.layers_deleted,
                 rep.blobs_deleted,
                 human(rep.bytes_freed)
+            );
+            // After the images: the entries whose layers that prune freed are dead now.
+            let cache = dcpp_runtime::build::prune_cache(&store, all)?;
+            println!(
+                "Build cache: removed {} entr{}, {}",
+                cache.entries,
+                if cache.entries == 1 { "y" } else { "ies" },
+                human(cache.bytes_freed)
             );
         }
         ImageCommand::Tag { source, target } => {

@@ -260,6 +260,13 @@ impl ImageStore {
         })
     }
 
+    /// Holds `gc.lock` exclusively, as a prune does: no build or pull writes meanwhile.
+    pub(crate) fn gc_guard(&self) -> Result<WriteGuard> {
+        Ok(WriteGuard {
+            _lock: FileLock::exclusive(&self.root.join("gc.lock"))?,
+        })
+    }
+
     /// Lock for fetching/unpacking the content named `d`; blocks while another puller has it.
     pub(crate) fn content_lock(&self, kind: &str, d: &Digest) -> Result<FileLock> {
         FileLock::exclusive(
