@@ -183,6 +183,47 @@ fn image_build_runs_caches_and_reports_errors() {
     assert!(err.contains("/nonexistent/ctx"), "{err}");
 
     rig.ok(&["down", "-p", "ib"]);
+
+    // Prune knows the build cache: app:2's own layers go with it, and so do their entries;
+    // app:1 still rebuilds entirely from the cache, app:2 runs its RUN again.
+    rig.ok(&["image", "rm", "app:2"]);
+    let out = rig.ok(&["image", "prune"]);
+    let removed: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Build cache: removed "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no build cache line in: {out}"));
+    assert!(removed >= 1, "{out}");
+    let again = rig.ok(&["image", "prune"]);
+    assert!(
+        again.contains("Build cache: removed 0 entries, 0B"),
+        "{again}"
+    );
+    let out = rig.ok(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        7,
+        "{out}"
+    );
+    let out = rig.ok(&["image", "build", "-t", "app:2", ctx_s]);
+    assert!(out.lines().any(|l| l == "run-step-output"), "{out}");
+    // --all empties the cache: nothing of it is left to hit.
+    rig.ok(&["image", "rm", "app:2"]);
+    let out = rig.ok(&["image", "prune", "--all"]);
+    assert!(out.contains("Build cache: removed "), "{out}");
+    let left = std::fs::read_dir(rig.data.join("images/build-cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "{out}");
 }
 
 fn web_container(rig: &Rig, service: &str) -> Option<String> {
@@ -306,4 +347,57 @@ services:
     assert_ne!(second, first, "the service was not rolled");
 
     rig.ok(&["down", "-p", "cb"]);
+}
+
+/// Copies `src` into `dst`, recursively.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// `examples/build` as shipped (its port moved to a free one): built by apply, served by
+/// healthy replicas, rebuilt and rolled when its page changes.
+#[test]
+fn the_build_example_builds_and_serves() {
+    let rig = Rig::new("bx");
+    rig.import_variant("dcpp.local/busybox:latest", |_| {});
+    let dir = rig.root.join("example");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/build"),
+        &dir,
+    );
+    let port = free_port();
+    let file = dir.join("compose.yml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("127.0.0.1:18081:8080"), "{text}");
+    std::fs::write(&file, text.replace("18081", &port.to_string())).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = rig.ok(&["apply", "-f", f]);
+    assert!(out.contains("service web: building build-web"), "{out}");
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(rig.running("build_web"), 2);
+    let body = get(port, "/").unwrap_or_default();
+    assert!(
+        body.contains("built by dcpp from examples/build/site"),
+        "{body}"
+    );
+    let body = get(port, "/greeting.txt").unwrap_or_default();
+    assert!(body.contains("hello from a dcpp build"), "{body}");
+
+    std::fs::write(dir.join("site/index.html"), "<p>changed</p>\n").unwrap();
+    let out = rig.ok(&["apply", "-f", f]);
+    assert!(out.contains("~ service web: image"), "{out}");
+    rig.wait_until("the changed page served", 60, || {
+        get(port, "/").is_some_and(|b| b.contains("changed"))
+    });
+    rig.ok(&["down", "-p", "build"]);
 }
