@@ -3,6 +3,9 @@
 //! from the cache, and the errors a user meets (a failing RUN, no Dockerfile, no context);
 //! compose's `build:` built by `dcpp apply`, rebuilt from the changed step and rolled out.
 
+#[path = "../runtime/tests/common/registry.rs"]
+#[allow(dead_code)]
+mod registry;
 mod rig;
 #[path = "rig/slot.rs"]
 mod slot;
@@ -400,4 +403,70 @@ fn the_build_example_builds_and_serves() {
         get(port, "/").is_some_and(|b| b.contains("changed"))
     });
     rig.ok(&["down", "-p", "build"]);
+}
+
+/// On a cluster the built image goes through the registry `image:` names: apply on node a
+/// builds and pushes it, node b's agent pulls it by the pinned digest. Without a registry in
+/// `image:` apply refuses before building anything.
+#[test]
+fn on_a_cluster_a_built_image_is_pushed_to_its_registry_and_pulled() {
+    use rig::cluster::{Cluster, Join};
+    let reg = registry::Registry::start();
+    let cl = Cluster::form("bk", &[Join::Worker]);
+    let a = &cl.nodes[0];
+    let site = a.root.join("site");
+    write(
+        &site,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nCOPY page.html /www/page.html\nCMD [\"sleep\", \"1000\"]\n"),
+    );
+    write(&site, "page.html", "clustered\n");
+
+    let bare = a.write(
+        "bare.yml",
+        "name: bk\nservices:\n  web:\n    build: ./site\n    deploy: {mode: global}\n",
+    );
+    let out = a.dcpp(&["apply", "-f", &bare]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the cluster has 2 nodes") && err.contains("name a registry in `image:`"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("Step 1/"), "built before refusing");
+
+    let image = format!("{}/bk/web:1", reg.addr);
+    let file = a.write(
+        "compose.yml",
+        &format!(
+            "name: bk\nservices:\n  web:\n    image: {image}\n    build: ./site\n    stop_grace_period: 1s\n    deploy: {{mode: global}}\n"
+        ),
+    );
+    let out = cl.ok(0, &["apply", "-f", &file]);
+    assert!(
+        out.contains(&format!("service web: pushing {image}")),
+        "{out}"
+    );
+    assert!(out.contains("converged"), "{out}");
+    cl.wait_until("a web task running on each node", 60, || {
+        let tasks = a.tasks();
+        cl.nodes.iter().all(|n| {
+            let id = n.id.to_string();
+            tasks.iter().any(|t| {
+                t["service"] == "bk_web" && t["state"] == "running" && t["node"] == id.as_str()
+            })
+        })
+    });
+    // Node b got it from the registry, the file COPYed in included.
+    let b = &cl.nodes[1];
+    let names = image_names(b);
+    assert!(names.iter().any(|n| n.contains("bk/web")), "{names:?}");
+    let cid = b
+        .containers()
+        .into_iter()
+        .next()
+        .expect("node b's container");
+    let out = b.ok(&["container", "exec", &cid, "cat", "/www/page.html"]);
+    assert_eq!(out, "clustered\n");
+    cl.ok(0, &["down", "-p", "bk"]);
 }

@@ -756,19 +756,20 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
         return Ok(1);
     };
     if loaded.project.services.values().any(|s| s.build.is_some()) {
-        use crate::cmd::build::{ComposeBuild, cluster_refusal, compose_builds};
-        if !args.dry_run {
-            // Without a daemon yet, apply starts one: a cluster of this node alone.
-            let nodes = block_on(async {
-                let c = client(global)?;
-                Ok(c.list(Kind::Node).await.map_or(1, |l| l.objects.len()))
-            })?;
-            let p = &loaded.project;
-            for (name, s) in p.services.iter().filter(|(_, s)| s.build.is_some()) {
-                let image = s.image_name(&p.name, name).unwrap_or_default();
-                if let Some(e) = cluster_refusal(name, &image, nodes) {
-                    anyhow::bail!(e);
-                }
+        use crate::cmd::build::{ComposeBuild, Delivery, compose_builds, delivery};
+        // Without a daemon yet, apply starts one: a cluster of this node alone.
+        let nodes = block_on(async {
+            let c = client(global)?;
+            Ok(c.list(Kind::Node).await.map_or(1, |l| l.objects.len()))
+        })?;
+        let p = &loaded.project;
+        let mut push = false;
+        for (name, s) in p.services.iter().filter(|(_, s)| s.build.is_some()) {
+            let image = s.image_name(&p.name, name).unwrap_or_default();
+            match delivery(name, &image, nodes) {
+                Delivery::Local => {}
+                Delivery::Push => push = true,
+                Delivery::Refused(e) => anyhow::bail!(e),
             }
         }
         let mode = if args.dry_run {
@@ -776,7 +777,7 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
         } else {
             ComposeBuild::Build
         };
-        compose_builds(global, &args.rt, &mut loaded.project, mode)?;
+        compose_builds(global, &args.rt, &mut loaded.project, mode, push)?;
     }
     let (mut stack, services) = stack_docs(&loaded.project, &source_of(&args.files))?;
     let global = global.clone();
@@ -867,6 +868,7 @@ pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
         &args.rt,
         &mut loaded.project,
         crate::cmd::build::ComposeBuild::Preview,
+        false,
     )?;
     let (stack, services) = stack_docs(&loaded.project, "")?;
     let c = client(global)?;

@@ -13,6 +13,7 @@ use anyhow::Context;
 use dcpp_runtime::build::{BuildNetwork, BuildOptions, BuildReport, Builder};
 use dcpp_runtime::container::{ContainerManager, ManagerOptions, RuntimeKind, ShimCommand};
 use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::image::registry::{RegistryClient, RegistryOptions};
 
 use crate::Global;
 use crate::cmd::container::RuntimeOpts;
@@ -148,25 +149,34 @@ pub fn names_registry(image: &str) -> bool {
     }
 }
 
-/// A built service on a cluster: its image must come from a registry the other nodes can pull
-/// from, which `apply` does not push to yet. `nodes` is the cluster's size.
-pub fn cluster_refusal(service: &str, image: &str, nodes: usize) -> Option<String> {
+/// How a built image reaches the nodes that run its service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One node: the image is where it was built.
+    Local,
+    /// Pushed to the registry `image:` names; every agent pulls it as any image.
+    Push,
+    /// It cannot reach the other nodes: why.
+    Refused(String),
+}
+
+/// The delivery of service `service`'s built `image` on a cluster of `nodes`. A registry
+/// rather than node-to-node transfer: agents already pull (with credentials, digests checked,
+/// a layer fetched once per node), and a node that joins later or replaces a task finds it
+/// there without the building node being up.
+pub fn delivery(service: &str, image: &str, nodes: usize) -> Delivery {
     if nodes <= 1 {
-        return None;
-    }
-    Some(if names_registry(image) {
-        format!(
-            "service {service}: the cluster has {nodes} nodes and a built image exists only on \
-             this one; build and push {image} (`dcpp image build -t {image}`, `dcpp image push \
-             {image}`) and remove `build:`, so that every node pulls it"
-        )
+        Delivery::Local
+    } else if names_registry(image) {
+        Delivery::Push
     } else {
-        format!(
+        Delivery::Refused(format!(
             "service {service}: the cluster has {nodes} nodes and a built image exists only on \
-             this one; name a registry in `image:` (e.g. 127.0.0.1:5000/{image}), push it there \
-             and remove `build:`, so that every node pulls it"
-        )
-    })
+             the node that builds it; name a registry in `image:` (e.g. \
+             image: 127.0.0.1:5000/{image}) for apply to push it there, so that every node \
+             pulls it"
+        ))
+    }
 }
 
 /// Builds (or, for `Preview`, reports) every service of `project` with a `build:` section
@@ -180,6 +190,7 @@ pub fn compose_builds(
     rt: &RuntimeOpts,
     project: &mut dcpp_spec::Project,
     mode: ComposeBuild,
+    push: bool,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = project
         .services
@@ -246,6 +257,18 @@ pub fn compose_builds(
                 Some(format!("{image}@{}", rep.image.manifest_digest))
             }
         };
+        let pinned = match pinned {
+            Some(_) if push && mode == ComposeBuild::Build => {
+                println!("service {name}: pushing {image}");
+                let client = RegistryClient::new(store.clone(), RegistryOptions::default());
+                let d = crate::cmd::cluster::block_on(async {
+                    Ok(client.push(&image, None, None).await?)
+                })
+                .with_context(|| format!("service {name}: pushing {image}"))?;
+                Some(format!("{image}@{d}"))
+            }
+            other => other,
+        };
         if let Some(p) = pinned
             && let Some(s) = project.services.get_mut(&name)
         {
@@ -274,14 +297,16 @@ mod tests {
     }
 
     #[test]
-    fn a_built_service_is_refused_on_a_cluster_only() {
-        assert_eq!(cluster_refusal("web", "shop-web", 1), None);
-        let e = cluster_refusal("web", "shop-web", 3).unwrap();
+    fn a_built_image_reaches_a_cluster_through_the_registry_it_names() {
+        assert_eq!(delivery("web", "shop-web", 1), Delivery::Local);
+        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 1), Delivery::Local);
+        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 2), Delivery::Push);
+        let Delivery::Refused(e) = delivery("web", "shop-web", 3) else {
+            panic!("a cluster without a registry in image: is refused");
+        };
         assert!(
             e.contains("3 nodes") && e.contains("name a registry in `image:`"),
             "{e}"
         );
-        let e = cluster_refusal("web", "127.0.0.1:5000/app:1", 2).unwrap();
-        assert!(e.contains("dcpp image push 127.0.0.1:5000/app:1"), "{e}");
     }
 }
