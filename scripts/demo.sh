@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: set up, build, prepare a local busybox image (no internet), start a daemon with its
-# own data dir, apply examples/web/compose.yml, show it working, tear everything down.
+# own data dir, apply examples/web/compose.yml, show it working, apply examples/build (built by
+# dcpp apply from its Dockerfile), tear everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -22,6 +23,7 @@ cleanup() {
   set +e
   if [[ -n "$DAEMON_PID" ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
     "$DCPP" down -p web --timeout 60s >/dev/null 2>&1
+    "$DCPP" down -p build --timeout 60s >/dev/null 2>&1
     kill "$DAEMON_PID"
     wait "$DAEMON_PID" 2>/dev/null
   fi
@@ -59,6 +61,11 @@ echo "== dcpp service scale web=3"
 "$DCPP" service scale web=3
 echo "== dcpp down"
 "$DCPP" down -p web
+echo "== dcpp apply -f examples/build/compose.yml (the image built from examples/build/site)"
+"$DCPP" apply -f examples/build/compose.yml
+echo "== curl http://127.0.0.1:18081/"
+curl -fsS http://127.0.0.1:18081/
+"$DCPP" down -p build
 kill "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=

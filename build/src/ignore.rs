@@ -94,6 +94,20 @@ fn matches(pat: &[String], path: &[&str]) -> bool {
 }
 
 /// One segment against one name: `*`, `?`, `[a-z]`, `[^…]`, `\x`. Errors on a malformed class.
+/// Whether `path` (`/`-separated, relative) matches `pattern` segment by segment, as docker
+/// matches a `COPY` source with wildcards (`*`, `?`, `[…]` never cross a `/`).
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    let n: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    p.len() == n.len() && p.iter().zip(&n).all(|(a, b)| glob(a, b).unwrap_or(false))
+}
+
 fn glob(pat: &str, name: &str) -> Result<bool, &'static str> {
     let p: Vec<char> = pat.chars().collect();
     let n: Vec<char> = name.chars().collect();

@@ -192,6 +192,17 @@ pub async fn sync_dir<S: Store>(c: &S, dir: &Path, reported: &mut Reported) -> R
             reported.once(Some(file), msg);
             continue;
         }
+        // `dcpp apply` builds on the node it runs on; watch runs in a daemon and builds
+        // nothing yet, so a `build:` it would leave unbuilt is refused, not run stale.
+        if let Some(svc) = project.services.iter().find(|(_, s)| s.build.is_some()) {
+            let msg = format!(
+                "watch: {}: service {} has `build:`, which watch does not build yet (use `dcpp apply`, or build and push the image and drop `build:`); stack {name} keeps its last good state",
+                file.display(),
+                svc.0
+            );
+            reported.once(Some(file), msg);
+            continue;
+        }
         let (mut stack, services) = match stack_docs(&project, &file.display().to_string()) {
             Ok(x) => x,
             Err(e) => {
@@ -278,5 +289,24 @@ mod tests {
         );
         assert_eq!(stack_name(Path::new("/d/.hidden.yml")), None);
         assert_eq!(stack_name(Path::new("/d/notes.txt")), None);
+    }
+
+    #[tokio::test]
+    async fn a_file_with_build_is_refused_not_run_unbuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.yml"),
+            "services:\n  web:\n    build: .\n",
+        )
+        .unwrap();
+        let c = dcpp_raft::MemStore::new();
+        let mut reported = Reported::default();
+        sync_dir(&c, dir.path(), &mut reported).await.unwrap();
+        assert!(c.list(Kind::Stack).await.unwrap().objects.is_empty());
+        let msg = &reported.errors[&Some(dir.path().join("app.yml"))];
+        assert!(
+            msg.contains("service web has `build:`, which watch does not build yet"),
+            "{msg}"
+        );
     }
 }

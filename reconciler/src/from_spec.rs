@@ -31,9 +31,8 @@ impl ServiceSpec {
             .get(name)
             .ok_or_else(|| invalid("no such service in the project".into()))?;
         let image = svc
-            .image
-            .clone()
-            .ok_or_else(|| invalid("no `image:` (dcpp does not build images)".into()))?;
+            .image_name(&project.name, name)
+            .ok_or_else(|| invalid("neither `image:` nor `build:`".into()))?;
         let deploy = svc.deploy.clone().unwrap_or_default();
         let mode = match deploy.mode {
             Some(DeployMode::Global) => Mode::Global,

@@ -110,17 +110,25 @@ fn compose_restart_and_defaults() {
 #[test]
 fn bad_fields_are_clear_errors() {
     let p = project(json!({
-        "nobuild": { "build": { "context": "." } },
+        "built": { "build": { "context": "." } },
+        "built_named": { "image": "app:2", "build": { "context": "." } },
+        "neither": {},
         "order": { "image": "x", "deploy": { "update_config": { "order": "sideways" } } },
         "place": { "image": "x", "deploy": { "placement": { "constraints": ["node.colour==red"] } } },
     }));
-    let e = ServiceSpec::from_compose(&p, "nobuild")
+    // A built service runs the image compose names it: `image:`, else `<project>-<service>`.
+    assert_eq!(
+        ServiceSpec::from_compose(&p, "built").unwrap().image,
+        "shop-built"
+    );
+    assert_eq!(
+        ServiceSpec::from_compose(&p, "built_named").unwrap().image,
+        "app:2"
+    );
+    let e = ServiceSpec::from_compose(&p, "neither")
         .unwrap_err()
         .to_string();
-    assert_eq!(
-        e,
-        "service `nobuild`: no `image:` (dcpp does not build images)"
-    );
+    assert_eq!(e, "service `neither`: neither `image:` nor `build:`");
     let e = ServiceSpec::from_compose(&p, "order")
         .unwrap_err()
         .to_string();

@@ -8,6 +8,7 @@
 //! built-in executor and `exec`, three programs of their own); [`image`] is the store and the
 //! registry client; [`network`] the bridges, IPAM, DNS and published ports.
 
+pub mod build;
 pub(crate) mod commit;
 pub mod container;
 pub mod datadir;

@@ -1221,9 +1221,13 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                 s.pull_policy = cv.opt_string(v, &p);
                 match s.pull_policy.as_deref() {
                     None | Some("always" | "never" | "missing" | "if_not_present") => {}
-                    Some("build") => {
-                        cv.note(v.pos, &p, &cf::PULL_BUILD, Some("pull_policy build"))
-                    }
+                    // Built by `dcpp apply` on every apply; a build section is required.
+                    Some("build") if n.get("build").is_none() => cv.err(
+                        v.pos,
+                        &p,
+                        "pull_policy build needs a `build:` section to build the image from",
+                    ),
+                    Some("build") => {}
                     Some(x) if x == "daily" || x == "weekly" || x.starts_with("every_") => {
                         let detail = format!("pull_policy {x:?}");
                         cv.note(v.pos, &p, &cf::PULL_PERIODIC, Some(&detail));
@@ -1231,7 +1235,7 @@ fn service(cv: &mut Cv<'_>, name: &str, n: &Node<'_>, path: &KeyPath<'_>) -> Opt
                     Some(x) => cv.err(
                         v.pos,
                         &p,
-                        format!("invalid pull_policy {x:?}: use always, never, missing or if_not_present"),
+                        format!("invalid pull_policy {x:?}: use always, never, missing, if_not_present or build"),
                     ),
                 }
             }
@@ -1625,6 +1629,9 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
             }
             "dockerfile" => b.dockerfile = cv.opt_string(v, &p),
             "target" => b.target = cv.opt_string(v, &p),
+            "tags" => b.tags = Cv::unique(cv.str_list(v, &p)),
+            "labels" => b.labels = cv.labels(v, &p),
+            "no_cache" => b.no_cache = cv.boolean(v, &p).unwrap_or(false),
             _ => {
                 // An argument without a value takes the project's variable; one that is unset
                 // there is dropped, as compose does (the Dockerfile's default then applies).

@@ -78,7 +78,8 @@ pub struct Service {
     /// Profiles that enable this service; empty means always enabled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
-    /// How to build the image; parsed and kept, dcpp itself does not build.
+    /// How to build the image: `dcpp apply` builds it on the node it runs on, named by
+    /// `image:` or `<project>-<service>` (see [`Service::image_name`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
     /// Capabilities added to the default set, in file order, without duplicates.
@@ -261,6 +262,14 @@ pub struct Service {
 }
 
 impl Service {
+    /// The image the service runs: `image:`, or for a service that is only built, compose's
+    /// `<project>-<service>`.
+    pub fn image_name(&self, project: &str, service: &str) -> Option<String> {
+        self.image
+            .clone()
+            .or_else(|| self.build.as_ref().map(|_| format!("{project}-{service}")))
+    }
+
     /// Desired number of tasks for a replicated service: `deploy.replicas`, else `scale`, else
     /// 1 (the loader refuses the two with different values). Global services return `None`.
     pub fn replicas(&self) -> Option<u64> {
@@ -336,7 +345,7 @@ impl Service {
     }
 }
 
-/// `build:` section. Kept so tools can see it; dcpp does not build images.
+/// `build:` section: what `dcpp apply` and `dcpp image build` build.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
 pub struct Build {
@@ -352,6 +361,15 @@ pub struct Build {
     /// Multi-stage build target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Further names of the built image, beside the service's image name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Labels added to the built image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Build every step, using no cached layer.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_cache: bool,
     /// `x-*` keys, printed after the others as compose prints them; never applied.
     #[serde(flatten, deserialize_with = "x_keys::deserialize")]
     #[schemars(skip)]

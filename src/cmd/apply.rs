@@ -50,6 +50,9 @@ pub struct ApplyArgs {
     /// Give up following after this long (e.g. 90s, 5m).
     #[arg(long, default_value = "5m", value_parser = crate::cmd::duration::parse)]
     pub timeout: Duration,
+    /// How the `RUN` steps of `build:` sections run.
+    #[command(flatten)]
+    pub rt: crate::cmd::container::RuntimeOpts,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +64,8 @@ pub struct DiffArgs {
     pub prune: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::cmd::cluster::Format,
+    #[command(flatten)]
+    pub rt: crate::cmd::container::RuntimeOpts,
 }
 
 #[derive(Debug, clap::Args)]
@@ -747,9 +752,33 @@ async fn connect_or_start(global: &Global) -> anyhow::Result<Client> {
 }
 
 pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
-    let Some(loaded) = load_for_apply(&args.files)? else {
+    let Some(mut loaded) = load_for_apply(&args.files)? else {
         return Ok(1);
     };
+    if loaded.project.services.values().any(|s| s.build.is_some()) {
+        use crate::cmd::build::{ComposeBuild, Delivery, compose_builds, delivery};
+        // Without a daemon yet, apply starts one: a cluster of this node alone.
+        let nodes = block_on(async {
+            let c = client(global)?;
+            Ok(c.list(Kind::Node).await.map_or(1, |l| l.objects.len()))
+        })?;
+        let p = &loaded.project;
+        let mut push = false;
+        for (name, s) in p.services.iter().filter(|(_, s)| s.build.is_some()) {
+            let image = s.image_name(&p.name, name).unwrap_or_default();
+            match delivery(name, &image, nodes) {
+                Delivery::Local => {}
+                Delivery::Push => push = true,
+                Delivery::Refused(e) => anyhow::bail!(e),
+            }
+        }
+        let mode = if args.dry_run {
+            ComposeBuild::Preview
+        } else {
+            ComposeBuild::Build
+        };
+        compose_builds(global, &args.rt, &mut loaded.project, mode, push)?;
+    }
     let (mut stack, services) = stack_docs(&loaded.project, &source_of(&args.files))?;
     let global = global.clone();
     block_on(async move {
@@ -831,9 +860,16 @@ pub fn run_apply(global: &Global, args: ApplyArgs) -> anyhow::Result<u8> {
 }
 
 pub fn run_diff(global: &Global, args: DiffArgs) -> anyhow::Result<u8> {
-    let Some(loaded) = load_for_apply(&args.files)? else {
+    let Some(mut loaded) = load_for_apply(&args.files)? else {
         return Ok(1);
     };
+    crate::cmd::build::compose_builds(
+        global,
+        &args.rt,
+        &mut loaded.project,
+        crate::cmd::build::ComposeBuild::Preview,
+        false,
+    )?;
     let (stack, services) = stack_docs(&loaded.project, "")?;
     let c = client(global)?;
     block_on(async move {

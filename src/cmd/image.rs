@@ -1,4 +1,4 @@
-//! `dcpp image …`: pull, push, ls, inspect, rm, import, load, prune, tag.
+//! `dcpp image …`: pull, push, ls, inspect, rm, import, load, prune, tag (build: `build.rs`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -57,14 +57,18 @@ pub enum ImageCommand {
         #[arg(short, long)]
         input: PathBuf,
     },
-    /// Remove unused images and free unreferenced layers.
+    /// Remove unused images, free unreferenced layers and the build cache entries of freed
+    /// layers.
     Prune {
-        /// Remove all images no container uses, not only untagged ones.
+        /// Remove all images no container uses, not only untagged ones, and the whole build
+        /// cache.
         #[arg(short, long)]
         all: bool,
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Build an image from a Dockerfile and a context directory.
+    Build(Box<crate::cmd::build::BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -211,10 +215,19 @@ pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<u8> {
                 rep.blobs_deleted,
                 human(rep.bytes_freed)
             );
+            // After the images: the entries whose layers that prune freed are dead now.
+            let cache = dcpp_runtime::build::prune_cache(&store, all)?;
+            println!(
+                "Build cache: removed {} entr{}, {}",
+                cache.entries,
+                if cache.entries == 1 { "y" } else { "ies" },
+                human(cache.bytes_freed)
+            );
         }
         ImageCommand::Tag { source, target } => {
             store.tag(&source, &target)?;
         }
+        ImageCommand::Build(a) => return crate::cmd::build::run(global, *a),
     }
     Ok(0)
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod build;
 pub mod cluster;
 pub mod config;
 pub mod container;

@@ -20,10 +20,12 @@ pub use reference::{ImageRef, is_loopback_host};
 pub use spec::{
     Compression, ContainerConfig, Descriptor, ImageConfig, Index, Manifest, Platform, RootFs,
 };
+pub(crate) use store::decoder;
 pub use store::{
     ImageRecord, ImageStore, LayerRecord, LocalImage, PruneReport, RemoveReport, rfc3339,
 };
 pub use unpack::get_xattr;
+pub(crate) use unpack::unpack as unpack_archive;
 
 /// Media type constants.
 pub mod media_types {

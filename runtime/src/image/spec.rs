@@ -257,6 +257,16 @@ pub struct ContainerConfig {
         skip_serializing_if = "String::is_empty"
     )]
     pub stop_signal: String,
+    /// Docker's `Healthcheck` object (`Test`, `Interval`, … in nanoseconds), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
+    /// `SHELL` of a built image (docker records it for the stages built on it).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub shell: Vec<String>,
 }
 
 /// `rootfs` of an image config.

@@ -260,6 +260,13 @@ impl ImageStore {
         })
     }
 
+    /// Holds `gc.lock` exclusively, as a prune does: no build or pull writes meanwhile.
+    pub(crate) fn gc_guard(&self) -> Result<WriteGuard> {
+        Ok(WriteGuard {
+            _lock: FileLock::exclusive(&self.root.join("gc.lock"))?,
+        })
+    }
+
     /// Lock for fetching/unpacking the content named `d`; blocks while another puller has it.
     pub(crate) fn content_lock(&self, kind: &str, d: &Digest) -> Result<FileLock> {
         FileLock::exclusive(
@@ -907,6 +914,103 @@ impl ImageStore {
                 added: now_secs(),
             },
             &[tag],
+            None,
+        )
+    }
+}
+
+impl ImageStore {
+    /// Store an uncompressed layer tar written by a builder at `tar` (moved into the store,
+    /// or deleted if the store has it already) and unpack it. Callers hold a
+    /// [`write_guard`](Self::write_guard) until the image using it is recorded.
+    pub(crate) fn put_layer_tar(&self, tar: &Path) -> Result<LayerRecord> {
+        let res = (|| {
+            let f = File::open(tar).ctx("open", tar)?;
+            let mut r = HashingReader::new(BufReader::with_capacity(1 << 20, f));
+            io::copy(&mut r, &mut io::sink()).ctx("read", tar)?;
+            let (digest, size, _) = r.finish().ctx("read", tar)?;
+            {
+                let _l = self.content_lock("blob", &digest)?;
+                if !self.has_blob(&digest) {
+                    File::open(tar)
+                        .and_then(|f| f.sync_all())
+                        .ctx("fsync", tar)?;
+                    fs::rename(tar, self.blob_path(&digest)).ctx("rename", tar)?;
+                }
+            }
+            let layer = LayerRecord {
+                digest: digest.clone(),
+                media_type: spec::OCI_LAYER_TAR.into(),
+                size,
+                diff_id: digest,
+            };
+            self.ensure_layer(&layer)?;
+            Ok(layer)
+        })();
+        let _ = fs::remove_file(tar);
+        res
+    }
+
+    /// A scratch path under the store's `tmp/` (same filesystem as the blobs, so a rename
+    /// commits it).
+    pub(crate) fn scratch_path(&self, what: &str) -> PathBuf {
+        self.tmp_path(what)
+    }
+
+    /// Record an image made of `layers` (already in the store) with `config` (whose rootfs
+    /// must list their diff ids), tagged `tags`. Config and manifest blobs are written first:
+    /// the image appears in `db.json` only once all of it is there.
+    pub(crate) fn commit_image(
+        &self,
+        config: &ImageConfig,
+        layers: Vec<LayerRecord>,
+        tags: &[String],
+    ) -> Result<LocalImage> {
+        let mut keys = Vec::new();
+        for t in tags {
+            let r = ImageRef::parse(t)?;
+            keys.push(r.tag_key().ok_or_else(|| ImageError::InvalidReference {
+                reference: t.clone(),
+                reason: "a build is tagged NAME[:TAG], not a digest".into(),
+            })?);
+        }
+        let cfg_bytes = serde_json::to_vec(config).expect("config serializes");
+        let id = self.put_blob(&cfg_bytes, None)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(spec::OCI_MANIFEST.into()),
+            config: Descriptor {
+                media_type: spec::OCI_CONFIG.into(),
+                digest: id.clone(),
+                size: cfg_bytes.len() as u64,
+                platform: None,
+                annotations: BTreeMap::new(),
+            },
+            layers: layers
+                .iter()
+                .map(|l| Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    platform: None,
+                    annotations: BTreeMap::new(),
+                })
+                .collect(),
+            annotations: BTreeMap::new(),
+        };
+        let man_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let manifest_digest = self.put_blob(&man_bytes, None)?;
+        self.record_image(
+            ImageRecord {
+                id,
+                manifest_digest,
+                manifest_media_type: spec::OCI_MANIFEST.into(),
+                config_media_type: spec::OCI_CONFIG.into(),
+                layers,
+                repo_digests: BTreeSet::new(),
+                added: now_secs(),
+            },
+            &keys,
             None,
         )
     }

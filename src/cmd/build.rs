@@ -1,0 +1,312 @@
+//! `dcpp image build` and the builds `dcpp apply` runs for compose's `build:`: a Dockerfile
+//! executed on this node's image store and container runtime (`dcpp_runtime::build`).
+//!
+//! The build runs in the calling process on the data dir, as every other image command does:
+//! the store is made for several processes (content-addressed blobs, a lock around `db.json`),
+//! so a running daemon sees the built image as it sees an imported or pulled one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dcpp_runtime::build::{BuildNetwork, BuildOptions, BuildReport, Builder};
+use dcpp_runtime::container::{ContainerManager, ManagerOptions, RuntimeKind, ShimCommand};
+use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::image::registry::{RegistryClient, RegistryOptions};
+
+use crate::Global;
+use crate::cmd::container::RuntimeOpts;
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Name (and tag) of the built image; repeat for several.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile); relative to the current directory.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// A build argument, KEY=VALUE (KEY alone takes the variable from the environment).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Execute every step, using no cached layer.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Network of the RUN steps: `default` (a namespace of its own, loopback only when built
+    /// outside a daemon's network driver) or `none`.
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    #[command(flatten)]
+    pub rt: RuntimeOpts,
+    /// The build context: a directory.
+    pub context: PathBuf,
+}
+
+/// Parses `--build-arg` values as docker does: `K=V`, or `K` alone for the environment's
+/// value (left out when the environment has none, so the Dockerfile's default applies).
+pub fn parse_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => anyhow::bail!("invalid --build-arg {a:?}: expected KEY=VALUE"),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn parse_network(s: &str) -> anyhow::Result<BuildNetwork> {
+    match s {
+        "default" => Ok(BuildNetwork::Default),
+        "none" => Ok(BuildNetwork::None),
+        other => anyhow::bail!("invalid --network {other:?}: dcpp builds with default or none"),
+    }
+}
+
+/// Runs one build on the data dir of `global`, each progress line handed to `progress`.
+pub fn build_here(
+    global: &Global,
+    rt: &RuntimeOpts,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<BuildReport> {
+    let store = ImageStore::open(&global.data_dir.join("images"))?;
+    let containers = ContainerManager::open(ManagerOptions {
+        data_dir: global.data_dir.clone(),
+        cgroup_parent: rt.cgroup_parent.clone(),
+        runtime: RuntimeKind::parse(&rt.runtime),
+        shim: ShimCommand::locate().context("locating the dcpp executable")?,
+        network_hook: None,
+    })?;
+    let b = Builder {
+        store: &store,
+        containers: &containers,
+    };
+    Ok(b.build(opts, progress)?)
+}
+
+pub fn run(global: &Global, a: BuildArgs) -> anyhow::Result<u8> {
+    if !a.context.is_dir() {
+        anyhow::bail!(
+            "unable to prepare context: path {:?} not found or not a directory",
+            a.context.display().to_string()
+        );
+    }
+    // docker reads `-f` relative to the current directory, not to the context.
+    let dockerfile = match a.file {
+        Some(f) if f.is_relative() => Some(std::env::current_dir()?.join(f)),
+        other => other,
+    };
+    let opts = BuildOptions {
+        context: a.context.clone(),
+        dockerfile,
+        tags: a.tags.clone(),
+        build_args: parse_build_args(&a.build_args)?,
+        target: a.target.clone(),
+        no_cache: a.no_cache,
+        network: parse_network(&a.network)?,
+        labels: BTreeMap::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    let rep = build_here(global, &a.rt, &opts, &mut |l| {
+        let _ = writeln!(out, "{l}");
+        let _ = out.flush();
+    })?;
+    tracing::debug!(
+        image = %rep.image.id,
+        executed = rep.executed,
+        cached = rep.cached,
+        "built"
+    );
+    Ok(0)
+}
+
+/// What `dcpp apply` does with the services that have a `build:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComposeBuild {
+    /// Build what needs building (`pull_policy: build`, or the image is missing).
+    Build,
+    /// `--dry-run` and `diff`: build nothing, say what would be built.
+    Preview,
+}
+
+/// Whether a reference names its registry host, as docker tells one (`host.tld/…`,
+/// `host:port/…`, `localhost/…`): only such an image can reach other nodes.
+pub fn names_registry(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains(['.', ':']) || first == "localhost",
+        None => false,
+    }
+}
+
+/// How a built image reaches the nodes that run its service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One node: the image is where it was built.
+    Local,
+    /// Pushed to the registry `image:` names; every agent pulls it as any image.
+    Push,
+    /// It cannot reach the other nodes: why.
+    Refused(String),
+}
+
+/// The delivery of service `service`'s built `image` on a cluster of `nodes`. A registry
+/// rather than node-to-node transfer: agents already pull (with credentials, digests checked,
+/// a layer fetched once per node), and a node that joins later or replaces a task finds it
+/// there without the building node being up.
+pub fn delivery(service: &str, image: &str, nodes: usize) -> Delivery {
+    if nodes <= 1 {
+        Delivery::Local
+    } else if names_registry(image) {
+        Delivery::Push
+    } else {
+        Delivery::Refused(format!(
+            "service {service}: the cluster has {nodes} nodes and a built image exists only on \
+             the node that builds it; name a registry in `image:` (e.g. \
+             image: 127.0.0.1:5000/{image}) for apply to push it there, so that every node \
+             pulls it"
+        ))
+    }
+}
+
+/// Builds (or, for `Preview`, reports) every service of `project` with a `build:` section
+/// on this node, as compose does: the image is named by `image:` or `<project>-<service>`,
+/// built when `pull_policy` is `build` or when it is missing here, and tagged with
+/// `build.tags` too. The service's image is then pinned to the built manifest
+/// (`name@sha256:…`, as `docker stack deploy` pins a tag), so a rebuild that changes the
+/// image rolls the service and one that changes nothing leaves it alone.
+pub fn compose_builds(
+    global: &Global,
+    rt: &RuntimeOpts,
+    project: &mut dcpp_spec::Project,
+    mode: ComposeBuild,
+    push: bool,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = project
+        .services
+        .iter()
+        .filter(|(_, s)| s.build.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let store = ImageStore::open(&global.data_dir.join("images"))?;
+    for name in names {
+        let svc = &project.services[&name];
+        let Some(build) = svc.build.clone() else {
+            continue;
+        };
+        let image = svc
+            .image_name(&project.name, &name)
+            .unwrap_or_else(|| format!("{}-{name}", project.name));
+        let always = svc.pull_policy.as_deref() == Some("build");
+        let present = store.resolve(&image).ok();
+        let pinned = match (mode, present) {
+            (ComposeBuild::Preview, present) => {
+                match &present {
+                    Some(_) if !always => {}
+                    _ => println!("service {name}: would build {image} from {}", build.context),
+                }
+                present.map(|i| format!("{image}@{}", i.manifest_digest))
+            }
+            (ComposeBuild::Build, Some(i)) if !always => {
+                Some(format!("{image}@{}", i.manifest_digest))
+            }
+            (ComposeBuild::Build, _) => {
+                if build.context.contains("://") || build.context.starts_with("git@") {
+                    anyhow::bail!(
+                        "service {name}: build context {}: dcpp builds from a local directory \
+                         only (it fetches nothing from the network)",
+                        build.context
+                    );
+                }
+                println!("service {name}: building {image}");
+                let mut tags = vec![image.clone()];
+                tags.extend(build.tags.iter().cloned());
+                let opts = BuildOptions {
+                    context: PathBuf::from(&build.context),
+                    dockerfile: build.dockerfile.as_ref().map(PathBuf::from),
+                    tags,
+                    build_args: build
+                        .args
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                        .collect(),
+                    target: build.target.clone(),
+                    no_cache: build.no_cache,
+                    network: BuildNetwork::Default,
+                    labels: build.labels.clone(),
+                };
+                let mut out = std::io::stdout().lock();
+                let rep = build_here(global, rt, &opts, &mut |l| {
+                    let _ = writeln!(out, "{l}");
+                    let _ = out.flush();
+                })
+                .with_context(|| format!("service {name}: building {image}"))?;
+                Some(format!("{image}@{}", rep.image.manifest_digest))
+            }
+        };
+        let pinned = match pinned {
+            Some(_) if push && mode == ComposeBuild::Build => {
+                println!("service {name}: pushing {image}");
+                let client = RegistryClient::new(store.clone(), RegistryOptions::default());
+                let d = crate::cmd::cluster::block_on(async {
+                    Ok(client.push(&image, None, None).await?)
+                })
+                .with_context(|| format!("service {name}: pushing {image}"))?;
+                Some(format!("{image}@{d}"))
+            }
+            other => other,
+        };
+        if let Some(p) = pinned
+            && let Some(s) = project.services.get_mut(&name)
+        {
+            s.image = Some(p);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_is_named_by_a_host_part() {
+        for yes in [
+            "127.0.0.1:5000/app:1",
+            "registry.local/app",
+            "localhost/app:2",
+        ] {
+            assert!(names_registry(yes), "{yes}");
+        }
+        for no in ["app", "app:1", "shop-web", "library/app:1"] {
+            assert!(!names_registry(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_built_image_reaches_a_cluster_through_the_registry_it_names() {
+        assert_eq!(delivery("web", "shop-web", 1), Delivery::Local);
+        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 1), Delivery::Local);
+        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 2), Delivery::Push);
+        let Delivery::Refused(e) = delivery("web", "shop-web", 3) else {
+            panic!("a cluster without a registry in image: is refused");
+        };
+        assert!(
+            e.contains("3 nodes") && e.contains("name a registry in `image:`"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! Building images through the real binary on a real daemon: `dcpp image build` from the
+//! imported busybox image (no network), the result run by `dcpp apply`, a rebuild entirely
+//! from the cache, and the errors a user meets (a failing RUN, no Dockerfile, no context);
+//! compose's `build:` built by `dcpp apply`, rebuilt from the changed step and rolled out.
+
+#[path = "../runtime/tests/common/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+mod rig;
+#[path = "rig/slot.rs"]
+mod slot;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rig::*;
+
+/// `GET path` on the published port.
+fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn app_context(rig: &Rig, name: &str) -> PathBuf {
+    let dir = rig.root.join(name);
+    write(
+        &dir,
+        "Dockerfile",
+        &format!(
+            r#"FROM {IMAGE}
+ARG GREETING=hello
+ENV GREETING=$GREETING
+WORKDIR /srv
+COPY page.html /www/page.html
+RUN echo "$GREETING built" > /www/built.txt && echo run-step-output
+EXPOSE 8080
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+"#
+        ),
+    );
+    write(&dir, "page.html", "page one\n");
+    write(&dir, "notes.key", "never copied\n");
+    write(&dir, ".dockerignore", "*.key\n");
+    dir
+}
+
+fn built_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Successfully built "))
+        .unwrap_or_else(|| panic!("no image id in: {out}"))
+        .to_string()
+}
+
+fn image_names(rig: &Rig) -> Vec<String> {
+    let v = rig.json(&["image", "ls", "--format", "json"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["references"].as_array().unwrap().clone())
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn image_build_runs_caches_and_reports_errors() {
+    let rig = Rig::new("ib");
+    let ctx = app_context(&rig, "app");
+    let ctx_s = ctx.to_str().unwrap();
+
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "-t",
+        "app:latest",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for want in [
+        &format!("Step 1/8 : FROM {IMAGE}") as &str,
+        "Step 5/8 : COPY page.html /www/page.html",
+        "Step 6/8 : RUN echo \"$GREETING built\" > /www/built.txt && echo run-step-output",
+        "run-step-output",
+        "Successfully tagged app:1",
+        "Successfully tagged app:latest",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "no line {want:?} in:\n{out}"
+        );
+    }
+    let id = built_id(&out);
+    let names = image_names(&rig);
+    assert!(names.iter().any(|n| n.ends_with("app:1")), "{names:?}");
+
+    // The built image runs as a service: the copied page, the RUN's file with the build arg.
+    let port = free_port();
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            "name: ib\nservices:\n  web:\n    image: app:1\n    stop_grace_period: 1s\n    ports: [\"127.0.0.1:{port}:8080\"]\n"
+        ),
+    );
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(out.contains("converged"), "{out}");
+    let page = get(port, "/page.html").unwrap_or_default();
+    assert!(page.contains("page one"), "{page}");
+    let built = get(port, "/built.txt").unwrap_or_default();
+    assert!(built.contains("hi built"), "{built}");
+
+    // Nothing changed: every step after FROM from the cache, the RUN not executed, same id.
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        7,
+        "{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l == "run-step-output"),
+        "the RUN ran again:\n{out}"
+    );
+    assert_eq!(built_id(&out), id);
+    // Another build arg is another RUN (ARG, ENV and what follows them).
+    let (code, out, _, _) = rig.run(&["image", "build", "-t", "app:2", ctx_s]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.lines().any(|l| l == "run-step-output"), "{out}");
+    assert_ne!(built_id(&out), id);
+
+    // A failing RUN: the line, its exit code, its last output; no image, no container left.
+    let containers = rig.containers();
+    let bad = rig.root.join("bad");
+    write(
+        &bad,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nRUN echo first-words && echo last-words && exit 3\n"),
+    );
+    let (code, out, err, _) = rig.run(&["image", "build", "-t", "bad:1", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("Dockerfile:2: RUN echo first-words && echo last-words && exit 3: returned a non-zero code: 3"),
+        "{err}"
+    );
+    assert!(err.contains("last-words"), "{err}");
+    assert!(!image_names(&rig).iter().any(|n| n.contains("bad")));
+    assert_eq!(rig.containers(), containers, "a build container was left");
+
+    // No Dockerfile in the context; no context at all.
+    let empty = rig.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, err, _) = rig.run(&["image", "build", "-t", "x:1", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("empty/Dockerfile") && err.contains("cannot read the Dockerfile"),
+        "{err}"
+    );
+    let (code, _, err, _) = rig.run(&["image", "build", "-t", "x:1", "/nonexistent/ctx"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unable to prepare context"), "{err}");
+    assert!(err.contains("/nonexistent/ctx"), "{err}");
+
+    rig.ok(&["down", "-p", "ib"]);
+
+    // Prune knows the build cache: app:2's own layers go with it, and so do their entries;
+    // app:1 still rebuilds entirely from the cache, app:2 runs its RUN again.
+    rig.ok(&["image", "rm", "app:2"]);
+    let out = rig.ok(&["image", "prune"]);
+    let removed: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Build cache: removed "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no build cache line in: {out}"));
+    assert!(removed >= 1, "{out}");
+    let again = rig.ok(&["image", "prune"]);
+    assert!(
+        again.contains("Build cache: removed 0 entries, 0B"),
+        "{again}"
+    );
+    let out = rig.ok(&[
+        "image",
+        "build",
+        "-t",
+        "app:1",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        7,
+        "{out}"
+    );
+    let out = rig.ok(&["image", "build", "-t", "app:2", ctx_s]);
+    assert!(out.lines().any(|l| l == "run-step-output"), "{out}");
+    // --all empties the cache: nothing of it is left to hit.
+    rig.ok(&["image", "rm", "app:2"]);
+    let out = rig.ok(&["image", "prune", "--all"]);
+    assert!(out.contains("Build cache: removed "), "{out}");
+    let left = std::fs::read_dir(rig.data.join("images/build-cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "{out}");
+}
+
+fn web_container(rig: &Rig, service: &str) -> Option<String> {
+    rig.tasks()
+        .into_iter()
+        .find(|t| t["service"] == service && t["state"] == "running")
+        .and_then(|t| t["container_id"].as_str().map(str::to_string))
+}
+
+/// The line that follows `step` in a build's output.
+fn after<'a>(out: &'a str, step: &str) -> &'a str {
+    let mut it = out.lines().skip_while(|l| !l.starts_with(step));
+    assert!(it.next().is_some(), "no {step:?} in:\n{out}");
+    it.next().unwrap_or("")
+}
+
+#[test]
+fn compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step() {
+    let rig = Rig::new("cb");
+    let port = free_port();
+    let site = rig.root.join("site");
+    write(
+        &site,
+        "Dockerfile",
+        &format!(
+            r#"FROM {IMAGE}
+ARG GREETING=hello
+COPY index.html /www/index.html
+RUN echo "$GREETING" > /www/greeting.txt && echo run-greeting
+COPY page.html /www/page.html
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+"#
+        ),
+    );
+    write(&site, "index.html", "index\n");
+    write(&site, "page.html", "page v1\n");
+    let file = rig.write(
+        "compose.yml",
+        &format!(
+            r#"name: cb
+services:
+  web:
+    build:
+      context: ./site
+      args: {{GREETING: hey}}
+      labels: {{org.example.built: "yes"}}
+      tags: ["cb-web:extra"]
+    pull_policy: build
+    stop_grace_period: 1s
+    ports: ["127.0.0.1:{port}:8080"]
+"#
+        ),
+    );
+
+    // A dry run says what it would build and builds nothing.
+    let out = rig.ok(&["apply", "--dry-run", "-f", &file]);
+    assert!(
+        out.contains("service web: would build cb-web from"),
+        "{out}"
+    );
+    assert!(!image_names(&rig).iter().any(|n| n.contains("cb-web")));
+
+    // Built as `<project>-<service>` (plus build.tags), with the labels, and run.
+    let out = rig.ok(&["apply", "-f", &file]);
+    for want in [
+        "service web: building cb-web",
+        "Step 1/6 : FROM dcpp.local/busybox:e2e",
+        "Successfully tagged cb-web",
+        "Successfully tagged cb-web:extra",
+        "+ service web",
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(want)),
+            "no {want:?} in:\n{out}"
+        );
+    }
+    assert!(out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("converged"), "{out}");
+    let inspect = rig.json(&["image", "inspect", "cb-web:extra"]);
+    assert_eq!(
+        inspect[0]["config"]["config"]["Labels"]["org.example.built"], "yes",
+        "{inspect}"
+    );
+    assert!(
+        get(port, "/page.html")
+            .unwrap_or_default()
+            .contains("page v1")
+    );
+    assert!(
+        get(port, "/greeting.txt")
+            .unwrap_or_default()
+            .contains("hey")
+    );
+    let first = web_container(&rig, "cb_web").expect("a running web task");
+
+    // Applied again unchanged: rebuilt from the cache only, the service left alone.
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert_eq!(
+        out.lines().filter(|l| *l == " ---> Using cache").count(),
+        5,
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("no changes"), "{out}");
+    assert_eq!(web_container(&rig, "cb_web").as_deref(), Some(&*first));
+
+    // A copied file changes: the steps before its COPY come from the cache, the COPY runs,
+    // and the service rolls to the new image.
+    write(&site, "page.html", "page v2\n");
+    let out = rig.ok(&["apply", "-f", &file]);
+    for step in ["Step 2/6", "Step 3/6", "Step 4/6"] {
+        assert_eq!(after(&out, step), " ---> Using cache", "{step}:\n{out}");
+    }
+    assert_ne!(after(&out, "Step 5/6"), " ---> Using cache", "{out}");
+    assert!(!out.lines().any(|l| l == "run-greeting"), "{out}");
+    assert!(out.contains("~ service web: image"), "{out}");
+    rig.wait_until("the new page served", 30, || {
+        get(port, "/page.html").is_some_and(|b| b.contains("page v2"))
+    });
+    let second = web_container(&rig, "cb_web").expect("a running web task");
+    assert_ne!(second, first, "the service was not rolled");
+
+    rig.ok(&["down", "-p", "cb"]);
+}
+
+/// Copies `src` into `dst`, recursively.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// `examples/build` as shipped (its port moved to a free one): built by apply, served by
+/// healthy replicas, rebuilt and rolled when its page changes.
+#[test]
+fn the_build_example_builds_and_serves() {
+    let rig = Rig::new("bx");
+    rig.import_variant("dcpp.local/busybox:latest", |_| {});
+    let dir = rig.root.join("example");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/build"),
+        &dir,
+    );
+    let port = free_port();
+    let file = dir.join("compose.yml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("127.0.0.1:18081:8080"), "{text}");
+    std::fs::write(&file, text.replace("18081", &port.to_string())).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = rig.ok(&["apply", "-f", f]);
+    assert!(out.contains("service web: building build-web"), "{out}");
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(rig.running("build_web"), 2);
+    let body = get(port, "/").unwrap_or_default();
+    assert!(
+        body.contains("built by dcpp from examples/build/site"),
+        "{body}"
+    );
+    let body = get(port, "/greeting.txt").unwrap_or_default();
+    assert!(body.contains("hello from a dcpp build"), "{body}");
+
+    std::fs::write(dir.join("site/index.html"), "<p>changed</p>\n").unwrap();
+    let out = rig.ok(&["apply", "-f", f]);
+    assert!(out.contains("~ service web: image"), "{out}");
+    rig.wait_until("the changed page served", 60, || {
+        get(port, "/").is_some_and(|b| b.contains("changed"))
+    });
+    rig.ok(&["down", "-p", "build"]);
+}
+
+/// On a cluster the built image goes through the registry `image:` names: apply on node a
+/// builds and pushes it, node b's agent pulls it by the pinned digest. Without a registry in
+/// `image:` apply refuses before building anything.
+#[test]
+fn on_a_cluster_a_built_image_is_pushed_to_its_registry_and_pulled() {
+    use rig::cluster::{Cluster, Join};
+    let reg = registry::Registry::start();
+    let cl = Cluster::form("bk", &[Join::Worker]);
+    let a = &cl.nodes[0];
+    let site = a.root.join("site");
+    write(
+        &site,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nCOPY page.html /www/page.html\nCMD [\"sleep\", \"1000\"]\n"),
+    );
+    write(&site, "page.html", "clustered\n");
+
+    let bare = a.write(
+        "bare.yml",
+        "name: bk\nservices:\n  web:\n    build: ./site\n    deploy: {mode: global}\n",
+    );
+    let out = a.dcpp(&["apply", "-f", &bare]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the cluster has 2 nodes") && err.contains("name a registry in `image:`"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("Step 1/"), "built before refusing");
+
+    let image = format!("{}/bk/web:1", reg.addr);
+    let file = a.write(
+        "compose.yml",
+        &format!(
+            "name: bk\nservices:\n  web:\n    image: {image}\n    build: ./site\n    stop_grace_period: 1s\n    deploy: {{mode: global}}\n"
+        ),
+    );
+    let out = cl.ok(0, &["apply", "-f", &file]);
+    assert!(
+        out.contains(&format!("service web: pushing {image}")),
+        "{out}"
+    );
+    assert!(out.contains("converged"), "{out}");
+    cl.wait_until("a web task running on each node", 60, || {
+        let tasks = a.tasks();
+        cl.nodes.iter().all(|n| {
+            let id = n.id.to_string();
+            tasks.iter().any(|t| {
+                t["service"] == "bk_web" && t["state"] == "running" && t["node"] == id.as_str()
+            })
+        })
+    });
+    // Node b got it from the registry, the file COPYed in included.
+    let b = &cl.nodes[1];
+    let names = image_names(b);
+    assert!(names.iter().any(|n| n.contains("bk/web")), "{names:?}");
+    let cid = b
+        .containers()
+        .into_iter()
+        .next()
+        .expect("node b's container");
+    let out = b.ok(&["container", "exec", &cid, "cat", "/www/page.html"]);
+    assert_eq!(out, "clustered\n");
+    cl.ok(0, &["down", "-p", "bk"]);
+}
