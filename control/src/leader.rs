@@ -354,8 +354,10 @@ pub async fn run(
     watcher.abort();
 }
 
-/// Wakes `wake` on every store change (re-watching from the current revision after compaction).
+/// Wakes `wake` on every store change that can change a plan (re-watching from the current
+/// revision after compaction): node records only when [`nodes::change_matters`].
 pub async fn watch_changes<S: Store>(node: S, wake: std::sync::Arc<tokio::sync::Notify>) {
+    let mut records: std::collections::HashMap<String, nodes::NodeInfo> = Default::default();
     loop {
         let since = match node.list(Kind::Stack).await {
             Ok(l) => l.revision,
@@ -366,8 +368,19 @@ pub async fn watch_changes<S: Store>(node: S, wake: std::sync::Arc<tokio::sync::
         };
         let mut s = node.watch(since, None);
         while let Some(ev) = s.next().await {
-            if ev.is_err() {
-                break;
+            let Ok(ev) = ev else { break };
+            if ev.object.kind == Kind::Node && ev.event_type == dcpp_raft::EventType::Put {
+                let Ok(after) = ev.object.decode::<nodes::NodeInfo>() else {
+                    wake.notify_one();
+                    continue;
+                };
+                let matters = nodes::change_matters(records.get(&ev.object.id), &after, now_ms());
+                records.insert(ev.object.id.clone(), after);
+                if !matters {
+                    continue;
+                }
+            } else if ev.object.kind == Kind::Node {
+                records.remove(&ev.object.id);
             }
             wake.notify_one();
         }

@@ -142,6 +142,23 @@ pub fn next_down_in_ms<'a>(
         .min()
 }
 
+/// Whether a change of a node record from `before` (absent: not seen yet) to `after` can
+/// change a plan: anything but a fresh heartbeat of a node that was up. At a thousand nodes
+/// the records change a thousand times a second, and re-planning on each kept the leader busy
+/// with rounds that could not differ; a node that goes silent is noticed on time all the same
+/// (the leader looks again when it would be down, [`next_down_in_ms`]).
+pub fn change_matters(before: Option<&NodeInfo>, after: &NodeInfo, now_ms: u64) -> bool {
+    let Some(b) = before else { return true };
+    if status(b, now_ms) == NodeStatus::Down {
+        return true;
+    }
+    let refreshed = NodeInfo {
+        last_heartbeat_ms: after.last_heartbeat_ms,
+        ..b.clone()
+    };
+    refreshed != *after
+}
+
 /// The node id the reconciler uses for a raft node.
 pub fn node_id(id: u64) -> NodeId {
     NodeId(id.to_string())
@@ -350,6 +367,43 @@ mod tests {
             "n is down already"
         );
         assert_eq!(next_down_in_ms([&n], 6_000), None);
+    }
+
+    #[test]
+    fn only_a_heartbeat_of_a_node_that_was_up_changes_no_plan() {
+        let n = NodeInfo {
+            id: 1,
+            hostname: "h".into(),
+            address: "a".into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            resources: Resources::default(),
+            last_heartbeat_ms: 1_000,
+            heartbeat_ms: 1_000,
+        };
+        let beat = NodeInfo {
+            last_heartbeat_ms: 2_000,
+            ..n.clone()
+        };
+        assert!(!change_matters(Some(&n), &beat, 2_000));
+        assert!(change_matters(None, &beat, 2_000), "a record not seen yet");
+        // Down at 5 000 (4 s timeout): its heartbeat brings it back.
+        assert!(change_matters(Some(&n), &beat, 5_000));
+        let mut drained = beat.clone();
+        drained.availability = Availability::Drain;
+        assert!(change_matters(Some(&n), &drained, 2_000));
+        let mut labelled = beat.clone();
+        labelled.labels.insert("zone".into(), "a".into());
+        assert!(change_matters(Some(&n), &labelled, 2_000));
+        let slower = NodeInfo {
+            heartbeat_ms: 5_000,
+            ..beat.clone()
+        };
+        assert!(
+            change_matters(Some(&n), &slower, 2_000),
+            "its timeout changed"
+        );
     }
 
     #[tokio::test]

@@ -1240,9 +1240,13 @@ impl Node {
                 if linearizable && let Err(e) = self.read_barrier().await? {
                     return Ok(Err(e));
                 }
-                Ok(reader
-                    .list(kind)
-                    .map(|(objects, revision)| ObjectList { revision, objects }))
+                // Off the async workers: a list of every task decodes tens of thousands of
+                // objects, and the raft core and the heartbeats run on the same workers.
+                let listed = match tokio::task::spawn_blocking(move || reader.list(kind)).await {
+                    Ok(r) => r,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                };
+                Ok(listed.map(|(objects, revision)| ObjectList { revision, objects }))
             }
         };
         if !linearizable {

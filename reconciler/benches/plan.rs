@@ -136,7 +136,9 @@ fn sidecars(c: &mut Criterion) {
 fn cluster_scale(c: &mut Criterion) {
     let mut o = Observed::default();
     for i in 0..1000 {
-        o.add_node(Node::new(&format!("node{i:04}")));
+        let mut n = Node::new(&format!("node{i:04}"));
+        n.labels.insert("zone".into(), format!("z{}", i % 10));
+        o.add_node(n);
     }
     let mut d = Desired::default();
     for i in 0..100 {
@@ -165,6 +167,24 @@ fn cluster_scale(c: &mut Criterion) {
     g.bench_function("scale_100_to_1000", |b| {
         b.iter(|| {
             let p = plan(black_box(&scaled), black_box(&steady), 1);
+            assert!(p.actions.len() >= 1800, "900 creates and 900 assigns");
+            black_box(p)
+        })
+    });
+    // The same scale with `preferences: - spread: node.labels.zone` (10 zones): each
+    // placement compares the zones' loads.
+    let mut spread = scaled.clone();
+    spread
+        .services
+        .get_mut(&sid)
+        .expect("svc0")
+        .placement
+        .preferences = vec![SpreadPreference {
+        label: "zone".into(),
+    }];
+    g.bench_function("scale_100_to_1000_spread", |b| {
+        b.iter(|| {
+            let p = plan(black_box(&spread), black_box(&steady), 1);
             assert!(p.actions.len() >= 1800, "900 creates and 900 assigns");
             black_box(p)
         })

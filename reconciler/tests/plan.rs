@@ -389,6 +389,53 @@ fn max_replicas_per_node_and_spread_preference() {
     assert_eq!(per_zone["b"], 2);
 }
 
+/// A spread group is every node with the label value, including nodes that take no new task
+/// (their tasks still count), and nodes without the label are one group of their own.
+#[test]
+fn spread_counts_the_tasks_of_nodes_that_take_none_and_groups_unlabelled_nodes() {
+    let spread = |replicas| {
+        let mut s = web(replicas);
+        s.placement.preferences = vec![SpreadPreference {
+            label: "zone".into(),
+        }];
+        s
+    };
+    let mut o = cluster(&["a1", "a2", "b1", "n0"]);
+    for (n, z) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        o.nodes
+            .get_mut(&NodeId(n.into()))
+            .unwrap()
+            .labels
+            .insert("zone".into(), z.into());
+    }
+    let set = |o: &mut Observed, n: &str, a: Availability| {
+        o.nodes.get_mut(&NodeId(n.into())).unwrap().availability = a;
+    };
+    for n in ["a2", "b1", "n0"] {
+        set(&mut o, n, Availability::Pause);
+    }
+    converge(&desired(vec![spread(2)]), &mut o, 0);
+    set(&mut o, "a1", Availability::Pause);
+    for n in ["a2", "b1", "n0"] {
+        set(&mut o, n, Availability::Active);
+    }
+    // Zone a holds 2 (both on the paused a1): a2 gets nothing; b and the unlabelled group
+    // take turns, ties going to the lower node id.
+    let p = plan(&desired(vec![spread(5)]), &o, 1);
+    assert_eq!(
+        kinds(&p),
+        [
+            "status",
+            "create t3 s_web.3",
+            "create t4 s_web.4",
+            "create t5 s_web.5",
+            "assign t3 b1",
+            "assign t4 n0",
+            "assign t5 b1",
+        ]
+    );
+}
+
 fn v2(mut s: ServiceSpec) -> ServiceSpec {
     s.version += 1;
     s.image = format!("busybox:v{}", s.version);
