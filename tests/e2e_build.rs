@@ -585,6 +585,30 @@ fn a_context_that_reaches_outside_is_refused_by_the_build_route() {
     let (code, body) = post_build(&rig, r#"{"tags":["x:1"],"network":"host"}"#, &path);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("default or none"), "{body}");
+    // A context over the limit is refused by its declared size, before it is read.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&rig.socket)
+        .args(["-H", "Content-Length: 2000000000", "--data-binary"])
+        .arg(format!("@{}", path.display()))
+        .arg("http://localhost/v1/image/build?options=%7B%7D")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.ends_with("\n413"), "{text}");
+    assert!(
+        text.contains("larger than the daemon accepts (1024 MiB)"),
+        "{text}"
+    );
     // The same tar with sane options builds.
     let (code, body) = post_build(&rig, r#"{"tags":["fine:1"],"network":"default"}"#, &path);
     assert_eq!(code, 200, "{body}");
