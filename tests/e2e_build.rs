@@ -470,3 +470,224 @@ fn on_a_cluster_a_built_image_is_pushed_to_its_registry_and_pulled() {
     assert_eq!(out, "clustered\n");
     cl.ok(0, &["down", "-p", "bk"]);
 }
+
+/// `POST` `body` (a file) to the daemon's build route; (HTTP status, body).
+fn post_build(rig: &Rig, options: &str, body: &Path) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&rig.socket)
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!(
+            "http://localhost/v1/image/build?options={}",
+            options
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_context_that_reaches_outside_is_refused_by_the_build_route() {
+    let rig = Rig::new("ih");
+    let outside = rig.root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let opts = r#"{"tags":["evil:1"],"network":"default"}"#;
+    let raw = |name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]| {
+        // Headers written by hand: the tar crate's own setters refuse these names.
+        let mut h = tar::Header::new_old();
+        {
+            let b = h.as_old_mut();
+            b.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                b.linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+        }
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        (h, data.to_vec())
+    };
+    let df = format!("FROM {IMAGE}\n");
+    let outside_s = outside.to_str().unwrap().to_string();
+    type Entry = (tar::Header, Vec<u8>);
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "..",
+            vec![raw(
+                "../../../../../../../../../tmp/dcpp-escape-dotdot",
+                tar::EntryType::Regular,
+                None,
+                b"x",
+            )],
+        ),
+        (
+            "absolute",
+            vec![raw(
+                &format!("{outside_s}/abs"),
+                tar::EntryType::Regular,
+                None,
+                b"x",
+            )],
+        ),
+        (
+            "symlink",
+            vec![
+                raw("link", tar::EntryType::Symlink, Some(&outside_s), b""),
+                raw("link/through", tar::EntryType::Regular, None, b"x"),
+            ],
+        ),
+    ];
+    for (what, entries) in cases {
+        let path = rig.root.join(format!("{what}.tar"));
+        {
+            let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+            let mut h = tar::Header::new_gnu();
+            h.set_path("Dockerfile").unwrap();
+            h.set_size(df.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, df.as_bytes()).unwrap();
+            for (h, data) in entries {
+                b.append(&h, data.as_slice()).unwrap();
+            }
+            b.finish().unwrap();
+        }
+        let (code, body) = post_build(&rig, opts, &path);
+        assert_eq!(code, 400, "{what}: {body}");
+        assert!(body.contains("refused archive entry"), "{what}: {body}");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{what}: written outside"
+        );
+        assert!(!Path::new("/tmp/dcpp-escape-dotdot").exists(), "{what}");
+        assert!(!image_names(&rig).iter().any(|n| n.contains("evil")));
+    }
+    // Options it cannot honour are refused, not ignored.
+    let path = rig.root.join("ok.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("Dockerfile").unwrap();
+        h.set_size(df.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, df.as_bytes()).unwrap();
+        b.finish().unwrap();
+    }
+    let (code, body) = post_build(&rig, r#"{"tags":["x:1"],"network":"host"}"#, &path);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("default or none"), "{body}");
+    // A context over the limit is refused by its declared size, before it is read.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&rig.socket)
+        .args(["-H", "Content-Length: 2000000000", "--data-binary"])
+        .arg(format!("@{}", path.display()))
+        .arg("http://localhost/v1/image/build?options=%7B%7D")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.ends_with("\n413"), "{text}");
+    assert!(
+        text.contains("larger than the daemon accepts (1024 MiB)"),
+        "{text}"
+    );
+    // The same tar with sane options builds.
+    let (code, body) = post_build(&rig, r#"{"tags":["fine:1"],"network":"default"}"#, &path);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.lines().last().unwrap_or_default().contains("\"done\""),
+        "{body}"
+    );
+    assert!(image_names(&rig).iter().any(|n| n.ends_with("fine:1")));
+}
+
+#[test]
+fn a_run_step_built_by_the_daemon_reaches_another_host_unless_its_network_is_none() {
+    let u = rig::netns::Underlay::new("inu", 2);
+    let mut rig = Rig::unstarted("in");
+    rig.wrapper = u.wrapper(0);
+    rig.listen = format!("{}:7377", u.addrs[0]);
+    // A host that runs containers routes for them (docker turns this on too); the
+    // namespace is this test's own.
+    let (ok, out) = u.run(0, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    assert!(ok, "{out}");
+    rig.start_daemon();
+    let www = rig.root.join("www");
+    write(&www, "hello.txt", "hello from the other host\n");
+    let server = KillOnDrop(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", u.hosts[1]))
+            .args(["/bin/busybox", "httpd", "-f", "-p"])
+            .arg(format!("{}:8099", u.addrs[1]))
+            .arg("-h")
+            .arg(&www)
+            .spawn()
+            .unwrap(),
+    );
+    let ctx = rig.root.join("net");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!(
+            "FROM {IMAGE}\nRUN timeout 5 wget -qO- http://{}:8099/hello.txt\n",
+            u.addrs[1]
+        ),
+    );
+    let ctx_s = ctx.to_str().unwrap();
+    slot::wait_until(
+        "the other host's server",
+        Duration::from_secs(10),
+        || {
+            u.run(
+                1,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("timeout 3 wget -qO- http://{}:8099/hello.txt", u.addrs[1]),
+                ],
+            )
+            .0
+        },
+        String::new,
+    );
+    let (code, out, err, _) = rig.run(&["image", "build", "--no-cache", "-t", "net:1", ctx_s]);
+    assert_eq!(code, Some(0), "{out}\n{err}\n{}", rig.log());
+    assert!(
+        out.lines().any(|l| l == "hello from the other host"),
+        "{out}"
+    );
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "--no-cache",
+        "--network",
+        "none",
+        "-t",
+        "net:2",
+        ctx_s,
+    ]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("returned a non-zero code"), "{err}");
+    // The build network is gone with the builds that used it.
+    let nets = rig.ok(&["network", "ls"]);
+    assert!(!nets.contains("dcpp-build"), "{nets}");
+    drop(server);
+}

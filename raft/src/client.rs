@@ -134,6 +134,34 @@ impl Client {
         self.post(path, body).await
     }
 
+    /// `POST path` of a route an embedder added, with a raw body of `len` bytes; a success
+    /// is handed back as it comes (an answer streamed line by line), a failure decoded into
+    /// its error.
+    pub async fn post_raw_route(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<reqwest::Response, Error> {
+        let resp = self
+            .req(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Transport(format!("{}: {e}", self.base)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        match decode_response::<serde_json::Value>(resp).await {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Transport(
+                "a failed request decoded as a success".into(),
+            )),
+        }
+    }
+
     /// `DELETE path` of a route an embedder added, decoded as JSON.
     pub async fn delete_route<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         self.call(self.req(reqwest::Method::DELETE, path)).await

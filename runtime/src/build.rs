@@ -92,6 +92,9 @@ pub enum BuildError {
     Image(#[from] ImageError),
     #[error("RUN container: {0}")]
     Container(#[from] crate::container::Error),
+    /// The network of a `RUN` step could not be set up.
+    #[error("RUN network: {0}")]
+    Network(String),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -199,6 +202,142 @@ pub fn prune_cache(store: &ImageStore, all: bool) -> Result<CachePruneReport, Bu
 pub struct Builder<'a> {
     pub store: &'a ImageStore,
     pub containers: &'a ContainerManager,
+    /// Who gives a `RUN` step with the default network its network (the daemon's driver);
+    /// without one such a step has loopback only.
+    pub run_network: Option<&'a dyn RunNetwork>,
+}
+
+/// Plans the network of a `RUN` container before the container manager creates it (its
+/// network hook then attaches the container as planned).
+pub trait RunNetwork: Sync {
+    /// Called before the container named `name` is created with the default network.
+    fn plan(&self, name: &str) -> Result<(), BuildError>;
+}
+
+/// Writes the build context `context` as an (uncompressed) tar to `out`, leaving out what its
+/// `.dockerignore` excludes, as docker's client does before it sends a context; the
+/// `.dockerignore` itself and `dockerfile` (relative to the context, if inside) always go.
+/// Symlinks go as symlinks.
+pub fn pack_context(
+    context: &Path,
+    dockerfile: Option<&str>,
+    out: &mut dyn io::Write,
+) -> Result<(), BuildError> {
+    let ignore = match fs::read_to_string(context.join(".dockerignore")) {
+        Ok(t) => Ignore::parse(&t)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::default(),
+        Err(e) => return Err(io_err("read", &context.join(".dockerignore"))(e)),
+    };
+    let keep = |rel: &str| rel == ".dockerignore" || Some(rel) == dockerfile;
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    let mut todo = vec![String::new()];
+    while let Some(dir) = todo.pop() {
+        let abs = if dir.is_empty() {
+            context.to_path_buf()
+        } else {
+            context.join(&dir)
+        };
+        let mut names: Vec<_> = fs::read_dir(&abs)
+            .map_err(io_err("read", &abs))?
+            .collect::<Result<_, _>>()
+            .map_err(io_err("read", &abs))?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let name = e.file_name();
+            let rel = if dir.is_empty() {
+                name.to_string_lossy().into_owned()
+            } else {
+                format!("{dir}/{}", name.to_string_lossy())
+            };
+            let ft = e.file_type().map_err(io_err("read", &e.path()))?;
+            let excluded = ignore.excludes(&rel) && !keep(&rel);
+            if ft.is_dir() {
+                if !excluded {
+                    b.append_dir(&rel, e.path())
+                        .map_err(io_err("archive", &e.path()))?;
+                }
+                // A `!` pattern may take back something below an excluded directory.
+                if !excluded || ignore.has_exclusions() {
+                    todo.push(rel);
+                }
+            } else if !excluded {
+                b.append_path_with_name(e.path(), &rel)
+                    .map_err(io_err("archive", &e.path()))?;
+            }
+        }
+    }
+    b.into_inner()
+        .map_err(io_err("archive", context))?
+        .flush()
+        .map_err(io_err("write", context))
+}
+
+/// Unpacks a build context sent as an (uncompressed) tar at `tar` into the empty directory
+/// `dir`. A context is plain files under one root, so the entries are checked first and any
+/// that could reach elsewhere is refused, naming it: an absolute or `..` path, a path through
+/// a symlink of the archive, a hard link to such a path, a device or a whiteout name. The
+/// store's hardened unpacker then extracts it (which would re-root such entries anyway).
+pub fn unpack_context(tar: &Path, dir: &Path) -> Result<(), BuildError> {
+    use std::path::Component;
+    let refuse = |name: &str, why: &str| BuildError::Context {
+        path: PathBuf::from(name),
+        message: format!("refused archive entry: {why}"),
+    };
+    let plain = |p: &Path| -> bool {
+        p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    };
+    let mut links: Vec<PathBuf> = Vec::new();
+    let f = File::open(tar).map_err(io_err("open", tar))?;
+    let mut a = tar::Archive::new(io::BufReader::new(f));
+    let entries = a.entries().map_err(io_err("read", tar))?;
+    for e in entries {
+        let e = e.map_err(io_err("read", tar))?;
+        let path = e.path().map_err(io_err("read", tar))?.into_owned();
+        let name = path.display().to_string();
+        if !plain(&path) {
+            return Err(refuse(
+                &name,
+                "the path leaves the context (absolute or ..)",
+            ));
+        }
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".wh."))
+        {
+            return Err(refuse(&name, "a whiteout name"));
+        }
+        if links.iter().any(|l| path.starts_with(l) && path != *l) {
+            return Err(refuse(
+                &name,
+                "the path goes through a symlink of the archive",
+            ));
+        }
+        match e.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::Continuous => {}
+            tar::EntryType::Symlink => links.push(path.clone()),
+            tar::EntryType::Link => {
+                let to = e
+                    .link_name()
+                    .map_err(io_err("read", tar))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                if !plain(&to) || links.iter().any(|l| to.starts_with(l)) {
+                    return Err(refuse(&name, "a hard link out of the context"));
+                }
+            }
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => {}
+            t => return Err(refuse(&name, &format!("unsupported entry type {t:?}"))),
+        }
+    }
+    let f = File::open(tar).map_err(io_err("open", tar))?;
+    crate::image::unpack_archive(io::BufReader::new(f), dir, "build context").map_err(|e| {
+        BuildError::Context {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
 }
 
 impl Builder<'_> {
@@ -702,6 +841,12 @@ impl Run<'_, '_> {
             BuildNetwork::Default => NetworkMode::Private,
             BuildNetwork::None => NetworkMode::None,
         };
+        if let (Some(rn), BuildNetwork::Default) = (self.b.run_network, net) {
+            // The plan is found by the container's name, so the name must be known here.
+            let name = run_container_name();
+            rn.plan(&name)?;
+            o.name = Some(name);
+        }
         o.labels
             .insert("org.dcpp.build.step".into(), format!("line {line}"));
         self.executed += 1;
@@ -1086,6 +1231,21 @@ impl Run<'_, '_> {
             .map_err(|e| step_err(line)(format!("ADD {}: {e}", src.display())))?;
         Ok(dir)
     }
+}
+
+/// A name no other container has: the process, a per-process count and the time.
+fn run_container_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "dcpp-build-{}-{}-{t:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A scratch directory removed when dropped.

@@ -52,6 +52,7 @@ impl Fixture {
         let b = Builder {
             store: &self.store,
             containers: &self.w.mgr,
+            run_network: None,
         };
         let r = b.build(&o, &mut |l: &str| lines.push(l.to_string()));
         (r, lines)

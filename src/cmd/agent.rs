@@ -17,10 +17,22 @@ pub struct Running {
     agent: Arc<Agent>,
     net: Arc<NetworkManager>,
     ctr: Arc<ContainerManager>,
+    hook: Arc<ContainerNetworks>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// What the daemon's builds run with: this agent's containers and networks.
+    pub fn build_env(&self, data_dir: &Path) -> crate::cmd::build_route::BuildEnv {
+        crate::cmd::build_route::BuildEnv {
+            data_dir: data_dir.to_path_buf(),
+            containers: self.ctr.clone(),
+            net: self.net.clone(),
+            hook: self.hook.clone(),
+            running: Default::default(),
+        }
+    }
+
     /// Waits for both loops to finish (after the daemon's stop signal). Networking is torn down
     /// only when no task container is left, so that running containers keep their network
     /// across a daemon restart.
@@ -97,7 +109,7 @@ pub fn start_agent(
         data_dir.join("images"),
         Some(Networking {
             manager: net.clone(),
-            hook,
+            hook: hook.clone(),
         }),
     )
     .with_registry(registry)
@@ -130,6 +142,7 @@ pub fn start_agent(
         agent,
         net,
         ctr,
+        hook,
         tasks,
     })
 }

@@ -1,16 +1,18 @@
 //! `dcpp image build` and the builds `dcpp apply` runs for compose's `build:`: a Dockerfile
 //! executed on this node's image store and container runtime (`dcpp_runtime::build`).
 //!
-//! The build runs in the calling process on the data dir, as every other image command does:
-//! the store is made for several processes (content-addressed blobs, a lock around `db.json`),
-//! so a running daemon sees the built image as it sees an imported or pulled one.
+//! When a daemon answers (on `-H`/DCPP_HOST or the default socket) the build runs there
+//! (`cmd::build_route`): on the store and the network driver of the node that owns them, so
+//! `RUN` gets the daemon's build network and `-H tcp://…` builds on that node. Without a
+//! daemon it runs in the calling process on the data dir (the store is made for several
+//! processes), with loopback-only `RUN` steps.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use dcpp_runtime::build::{BuildNetwork, BuildOptions, BuildReport, Builder};
+use dcpp_runtime::build::{BuildNetwork, BuildOptions, Builder};
 use dcpp_runtime::container::{ContainerManager, ManagerOptions, RuntimeKind, ShimCommand};
 use dcpp_runtime::image::ImageStore;
 use dcpp_runtime::image::registry::{RegistryClient, RegistryOptions};
@@ -35,8 +37,8 @@ pub struct BuildArgs {
     /// Execute every step, using no cached layer.
     #[arg(long)]
     pub no_cache: bool,
-    /// Network of the RUN steps: `default` (a namespace of its own, loopback only when built
-    /// outside a daemon's network driver) or `none`.
+    /// Network of the RUN steps: `default` (on a daemon, its `dcpp-build` network with
+    /// outbound NAT; built without a daemon, loopback only) or `none`.
     #[arg(long, default_value = "default")]
     pub network: String,
     #[command(flatten)]
@@ -79,7 +81,7 @@ pub fn build_here(
     rt: &RuntimeOpts,
     opts: &BuildOptions,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<BuildReport> {
+) -> anyhow::Result<Built> {
     let store = ImageStore::open(&global.data_dir.join("images"))?;
     let containers = ContainerManager::open(ManagerOptions {
         data_dir: global.data_dir.clone(),
@@ -91,8 +93,165 @@ pub fn build_here(
     let b = Builder {
         store: &store,
         containers: &containers,
+        run_network: None,
     };
-    Ok(b.build(opts, progress)?)
+    let r = b.build(opts, progress)?;
+    Ok(Built {
+        id: r.image.id.to_string(),
+        manifest_digest: r.image.manifest_digest.to_string(),
+    })
+}
+
+/// The image a build made.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub id: String,
+    pub manifest_digest: String,
+}
+
+/// Builds on the daemon when one answers (on `-H`/DCPP_HOST, or the default socket), so that
+/// the build uses the store and the networks of the node that owns them; without a daemon
+/// on the default socket, here. A daemon named by `-H`/DCPP_HOST that does not answer is an
+/// error, not a reason to build elsewhere.
+pub fn build_image(
+    global: &Global,
+    rt: &RuntimeOpts,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Built> {
+    let c = crate::cmd::cluster::client(global)?;
+    let answers = {
+        let c = c.clone();
+        crate::cmd::cluster::block_on(async move { Ok(c.status().await?) })
+    };
+    match answers {
+        Ok(_) => build_on_daemon(&c, opts, progress),
+        Err(_) if global.host.is_none() => build_here(global, rt, opts, progress),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends the context (after `.dockerignore`) and the options to the daemon's build route
+/// and relays its progress lines.
+fn build_on_daemon(
+    c: &dcpp_raft::Client,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Built> {
+    use crate::cmd::build_route::{BuildLine, BuildRequest};
+    use dcpp_runtime::build::BuildError;
+    // The errors a local build gives for a missing context or Dockerfile, before any upload.
+    let context = std::fs::canonicalize(&opts.context).map_err(|e| BuildError::Context {
+        path: opts.context.clone(),
+        message: format!("unable to prepare context: {e}"),
+    })?;
+    if !context.is_dir() {
+        return Err(BuildError::Context {
+            path: opts.context.clone(),
+            message: "not a directory".into(),
+        }
+        .into());
+    }
+    let df_path = match &opts.dockerfile {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => context.join(p),
+        None => context.join("Dockerfile"),
+    };
+    let text = std::fs::read_to_string(&df_path).map_err(|e| BuildError::Context {
+        path: df_path.clone(),
+        message: format!("cannot read the Dockerfile: {e}"),
+    })?;
+    let inside = df_path
+        .strip_prefix(&context)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let req = BuildRequest {
+        tags: opts.tags.clone(),
+        dockerfile: inside.clone(),
+        dockerfile_text: inside.is_none().then_some(text),
+        build_args: opts.build_args.clone(),
+        target: opts.target.clone(),
+        no_cache: opts.no_cache,
+        network: match opts.network {
+            BuildNetwork::Default => "default".into(),
+            BuildNetwork::None => "none".into(),
+        },
+        labels: opts.labels.clone(),
+    };
+    let tar = std::env::temp_dir().join(format!(
+        "dcpp-context-{}-{}.tar",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Remove(tar.clone());
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tar)
+            .with_context(|| format!("create {}", tar.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        dcpp_runtime::build::pack_context(&context, inside.as_deref(), &mut w)?;
+        w.flush()?;
+    }
+    let len = std::fs::metadata(&tar)?.len();
+    let path = format!(
+        "/v1/image/build?options={}",
+        dcpp_raft::api::encode_path(&serde_json::to_string(&req)?)
+    );
+    let c = c.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<BuildLine>();
+    let task = std::thread::spawn(move || {
+        crate::cmd::cluster::block_on(async move {
+            let f = tokio::fs::File::open(&tar).await?;
+            let mut resp = c.post_raw_route(&path, f.into(), len).await?;
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the build's progress: {e}"))?
+            {
+                buf.extend_from_slice(&chunk);
+                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let l: BuildLine = serde_json::from_slice(&line)
+                        .context("a malformed line from the daemon's build")?;
+                    if tx.send(l).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    });
+    let mut result = None;
+    for l in rx {
+        match l {
+            BuildLine::Progress(p) => progress(&p),
+            BuildLine::Done(d) => {
+                tracing::debug!(image = %d.id, executed = d.executed, cached = d.cached, "built");
+                result = Some(Ok(Built {
+                    id: d.id,
+                    manifest_digest: d.manifest_digest,
+                }))
+            }
+            BuildLine::Error(e) => result = Some(Err(anyhow::anyhow!(e))),
+        }
+    }
+    task.join()
+        .map_err(|_| anyhow::anyhow!("the build's connection thread failed"))??;
+    result.unwrap_or_else(|| anyhow::bail!("the daemon's build ended without a result"))
 }
 
 pub fn run(global: &Global, a: BuildArgs) -> anyhow::Result<u8> {
@@ -118,16 +277,11 @@ pub fn run(global: &Global, a: BuildArgs) -> anyhow::Result<u8> {
         labels: BTreeMap::new(),
     };
     let mut out = std::io::stdout().lock();
-    let rep = build_here(global, &a.rt, &opts, &mut |l| {
+    let rep = build_image(global, &a.rt, &opts, &mut |l| {
         let _ = writeln!(out, "{l}");
         let _ = out.flush();
     })?;
-    tracing::debug!(
-        image = %rep.image.id,
-        executed = rep.executed,
-        cached = rep.cached,
-        "built"
-    );
+    tracing::debug!(image = %rep.id, "built");
     Ok(0)
 }
 
@@ -249,12 +403,12 @@ pub fn compose_builds(
                     labels: build.labels.clone(),
                 };
                 let mut out = std::io::stdout().lock();
-                let rep = build_here(global, rt, &opts, &mut |l| {
+                let rep = build_image(global, rt, &opts, &mut |l| {
                     let _ = writeln!(out, "{l}");
                     let _ = out.flush();
                 })
                 .with_context(|| format!("service {name}: building {image}"))?;
-                Some(format!("{image}@{}", rep.image.manifest_digest))
+                Some(format!("{image}@{}", rep.manifest_digest))
             }
         };
         let pinned = match pinned {

@@ -270,11 +270,13 @@ async fn serve(
     let data_dir = raft_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let metrics = crate::cmd::metrics::Metrics::new(node.clone());
     let leader_watch = metrics.spawn_leader_watch();
+    let builds: crate::cmd::build_route::BuildSlot = Default::default();
     let routes = || dcpp_raft::api::Embedding {
         routes: dcpp_control::api::routes()
             .merge(crate::cmd::logs::routes(data_dir.clone()))
             .merge(crate::cmd::metrics::route(metrics.clone()))
-            .merge(crate::cmd::stats::routes(metrics.clone())),
+            .merge(crate::cmd::stats::routes(metrics.clone()))
+            .merge(crate::cmd::build_route::routes(builds.clone())),
         observer: Some(metrics.api.clone()),
     };
     let metrics_server = metrics_listener.map(|l| {
@@ -311,6 +313,9 @@ async fn serve(
         )?),
         _ => None,
     };
+    if let Some(a) = &agent {
+        let _ = builds.set(a.build_env(&data_dir));
+    }
     let watcher = watch_dir.map(|dir| {
         let node = node.clone();
         tokio::spawn(async move {

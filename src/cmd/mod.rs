@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod apply;
 pub mod build;
+pub mod build_route;
 pub mod cluster;
 pub mod config;
 pub mod container;

@@ -953,7 +953,7 @@ impl ImageStore {
 
     /// A scratch path under the store's `tmp/` (same filesystem as the blobs, so a rename
     /// commits it).
-    pub(crate) fn scratch_path(&self, what: &str) -> PathBuf {
+    pub fn scratch_path(&self, what: &str) -> PathBuf {
         self.tmp_path(what)
     }
 
