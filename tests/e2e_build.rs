@@ -352,6 +352,64 @@ services:
     rig.ok(&["down", "-p", "cb"]);
 }
 
+/// compose's `dockerfile`, `target` and `no_cache`: the named file's target stage is built
+/// (a later stage that fails is never reached) and nothing comes from the cache, although a
+/// build of the same steps has just filled it.
+#[test]
+fn compose_build_takes_its_dockerfile_target_and_no_cache() {
+    let rig = Rig::new("cx");
+    let ctx = rig.root.join("ctx");
+    write(
+        &ctx,
+        "app.Dockerfile",
+        &format!(
+            r#"FROM {IMAGE} AS final
+RUN echo target-stage-ran > /ran.txt && echo target-stage-ran
+CMD ["sleep", "3600"]
+FROM {IMAGE} AS broken
+RUN echo never-built && exit 7
+"#
+        ),
+    );
+    let ctx_s = ctx.to_str().unwrap();
+    let df = ctx.join("app.Dockerfile");
+    let out = rig.ok(&[
+        "image",
+        "build",
+        "-t",
+        "cx-warm",
+        "-f",
+        df.to_str().unwrap(),
+        "--target",
+        "final",
+        ctx_s,
+    ]);
+    assert!(out.lines().any(|l| l == "target-stage-ran"), "{out}");
+    let file = rig.write(
+        "compose.yml",
+        r#"name: cx
+services:
+  app:
+    build:
+      context: ./ctx
+      dockerfile: app.Dockerfile
+      target: final
+      no_cache: true
+    stop_signal: SIGKILL
+    stop_grace_period: 1s
+"#,
+    );
+    let out = rig.ok(&["apply", "-f", &file]);
+    assert!(out.contains("service app: building cx-app"), "{out}");
+    assert!(out.lines().any(|l| l == "target-stage-ran"), "{out}");
+    assert!(!out.contains("Using cache"), "no_cache ignored:\n{out}");
+    assert!(!out.contains("never-built"), "target ignored:\n{out}");
+    let c = web_container(&rig, "cx_app").expect("a running app task");
+    let ran = rig.ok(&["container", "exec", &c, "cat", "/ran.txt"]);
+    assert_eq!(ran.trim(), "target-stage-ran");
+    rig.ok(&["down", "-p", "cx"]);
+}
+
 /// Copies `src` into `dst`, recursively.
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();

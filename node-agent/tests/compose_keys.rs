@@ -22,6 +22,38 @@ const APPLIED: &[(&str, &str)] = &[
         "services",
         "tests/e2e_apply.rs::apply_runs_a_stack_and_reapply_scale_and_kill_behave",
     ),
+    (
+        "services.*.build",
+        "tests/e2e_build.rs::compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step",
+    ),
+    (
+        "services.*.build.args",
+        "tests/e2e_build.rs::compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step",
+    ),
+    (
+        "services.*.build.context",
+        "tests/e2e_build.rs::compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step",
+    ),
+    (
+        "services.*.build.dockerfile",
+        "tests/e2e_build.rs::compose_build_takes_its_dockerfile_target_and_no_cache",
+    ),
+    (
+        "services.*.build.labels",
+        "tests/e2e_build.rs::compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step",
+    ),
+    (
+        "services.*.build.no_cache",
+        "tests/e2e_build.rs::compose_build_takes_its_dockerfile_target_and_no_cache",
+    ),
+    (
+        "services.*.build.tags",
+        "tests/e2e_build.rs::compose_build_is_built_by_apply_and_rebuilt_from_the_changed_step",
+    ),
+    (
+        "services.*.build.target",
+        "tests/e2e_build.rs::compose_build_takes_its_dockerfile_target_and_no_cache",
+    ),
     ("services.*.cap_add", HERE_PROCESS),
     ("services.*.cap_drop", HERE_PROCESS),
     ("services.*.command", HERE_PROCESS),
