@@ -372,25 +372,11 @@ impl Builder<'_> {
         opts: &BuildOptions,
         progress: &mut dyn FnMut(&str),
     ) -> Result<BuildReport, BuildError> {
-        let context = fs::canonicalize(&opts.context).map_err(|e| BuildError::Context {
-            path: opts.context.clone(),
-            message: format!("unable to prepare context: {e}"),
-        })?;
-        if !context.is_dir() {
-            return Err(BuildError::Context {
-                path: opts.context.clone(),
-                message: "not a directory".into(),
-            });
-        }
-        let df_path = match &opts.dockerfile {
-            Some(p) if p.is_absolute() => p.clone(),
-            Some(p) => context.join(p),
-            None => context.join("Dockerfile"),
-        };
-        let text = fs::read_to_string(&df_path).map_err(|e| BuildError::Context {
-            path: df_path.clone(),
-            message: format!("cannot read the Dockerfile: {e}"),
-        })?;
+        let Source {
+            context,
+            dockerfile: _,
+            text,
+        } = read_source(opts)?;
         let ignore = match fs::read_to_string(context.join(".dockerignore")) {
             Ok(t) => Ignore::parse(&t)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::default(),
@@ -596,20 +582,8 @@ impl Run<'_, '_> {
                 };
                 let env = scope.run_env();
                 let key = dcpp_build::cache_key(&st.key, &text, &env, None);
-                let layer = match self.lookup(&key) {
-                    Some(e) => e.layer,
-                    None => {
-                        let l = self.run_container(st, &argv, &env, net, line, &text)?;
-                        self.b.cache_put(
-                            &key,
-                            &CacheEntry {
-                                layer: l.clone(),
-                                created: None,
-                            },
-                        )?;
-                        l
-                    }
-                };
+                let layer = self
+                    .cached_layer(&key, |b| b.run_container(st, &argv, &env, net, line, &text))?;
                 st.key = key;
                 push_layer(st, layer, &text);
                 return Ok(());
@@ -660,21 +634,10 @@ impl Run<'_, '_> {
                 };
                 let (files, digest) = self.collect(st, &req)?;
                 let key = dcpp_build::cache_key(&st.key, &text, &[], Some(&digest));
-                let layer = match self.lookup(&key) {
-                    Some(e) => e.layer,
-                    None => {
-                        let l = Some(self.copy_layer(st, &req, &files)?);
-                        self.executed += 1;
-                        self.b.cache_put(
-                            &key,
-                            &CacheEntry {
-                                layer: l.clone(),
-                                created: None,
-                            },
-                        )?;
-                        l
-                    }
-                };
+                let layer = self.cached_layer(&key, |b| {
+                    b.executed += 1;
+                    Ok(Some(b.copy_layer(st, &req, &files)?))
+                })?;
                 st.key = key;
                 push_layer(st, layer, &text);
                 return Ok(());
@@ -702,21 +665,10 @@ impl Run<'_, '_> {
                     .any(|l| l.join(dir.trim_start_matches('/')).is_dir());
                 if !exists {
                     let key = dcpp_build::cache_key(&st.key, &text, &[], None);
-                    let layer = match self.lookup(&key) {
-                        Some(e) => e.layer,
-                        None => {
-                            let l = Some(self.dirs_layer(&dir)?);
-                            self.executed += 1;
-                            self.b.cache_put(
-                                &key,
-                                &CacheEntry {
-                                    layer: l.clone(),
-                                    created: None,
-                                },
-                            )?;
-                            l
-                        }
-                    };
+                    let layer = self.cached_layer(&key, |b| {
+                        b.executed += 1;
+                        Ok(Some(b.dirs_layer(&dir)?))
+                    })?;
                     st.key = key;
                     push_layer(st, layer, &text);
                     return Ok(());
@@ -795,6 +747,26 @@ impl Run<'_, '_> {
             "empty_layer": true,
         }));
         Ok(())
+    }
+
+    /// The step's layer from the cache, else made by `make` and cached under `key`.
+    fn cached_layer(
+        &mut self,
+        key: &str,
+        make: impl FnOnce(&mut Self) -> Result<Option<LayerRecord>, BuildError>,
+    ) -> Result<Option<LayerRecord>, BuildError> {
+        if let Some(e) = self.lookup(key) {
+            return Ok(e.layer);
+        }
+        let layer = make(self)?;
+        self.b.cache_put(
+            key,
+            &CacheEntry {
+                layer: layer.clone(),
+                created: None,
+            },
+        )?;
+        Ok(layer)
     }
 
     fn lookup(&mut self, key: &str) -> Option<CacheEntry> {
@@ -915,6 +887,45 @@ impl Run<'_, '_> {
         let _ = fs::remove_file(&tar);
         res
     }
+}
+
+/// A build's context dir and Dockerfile, found and read.
+pub struct Source {
+    /// The context, canonical.
+    pub context: PathBuf,
+    /// The Dockerfile's path.
+    pub dockerfile: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// Finds and reads what `opts` names: the first errors a user can meet, the same whether the
+/// build runs here or the context is about to be sent to a daemon.
+pub fn read_source(opts: &BuildOptions) -> Result<Source, BuildError> {
+    let context = fs::canonicalize(&opts.context).map_err(|e| BuildError::Context {
+        path: opts.context.clone(),
+        message: format!("unable to prepare context: {e}"),
+    })?;
+    if !context.is_dir() {
+        return Err(BuildError::Context {
+            path: opts.context.clone(),
+            message: "not a directory".into(),
+        });
+    }
+    let dockerfile = match &opts.dockerfile {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => context.join(p),
+        None => context.join("Dockerfile"),
+    };
+    let text = fs::read_to_string(&dockerfile).map_err(|e| BuildError::Context {
+        path: dockerfile.clone(),
+        message: format!("cannot read the Dockerfile: {e}"),
+    })?;
+    Ok(Source {
+        context,
+        dockerfile,
+        text,
+    })
 }
 
 fn push_layer(st: &mut State, layer: Option<LayerRecord>, text: &str) {

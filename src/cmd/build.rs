@@ -139,28 +139,12 @@ fn build_on_daemon(
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Built> {
     use crate::cmd::build_route::{BuildLine, BuildRequest};
-    use dcpp_runtime::build::BuildError;
     // The errors a local build gives for a missing context or Dockerfile, before any upload.
-    let context = std::fs::canonicalize(&opts.context).map_err(|e| BuildError::Context {
-        path: opts.context.clone(),
-        message: format!("unable to prepare context: {e}"),
-    })?;
-    if !context.is_dir() {
-        return Err(BuildError::Context {
-            path: opts.context.clone(),
-            message: "not a directory".into(),
-        }
-        .into());
-    }
-    let df_path = match &opts.dockerfile {
-        Some(p) if p.is_absolute() => p.clone(),
-        Some(p) => context.join(p),
-        None => context.join("Dockerfile"),
-    };
-    let text = std::fs::read_to_string(&df_path).map_err(|e| BuildError::Context {
-        path: df_path.clone(),
-        message: format!("cannot read the Dockerfile: {e}"),
-    })?;
+    let dcpp_runtime::build::Source {
+        context,
+        dockerfile: df_path,
+        text,
+    } = dcpp_runtime::build::read_source(opts)?;
     let inside = df_path
         .strip_prefix(&context)
         .ok()
