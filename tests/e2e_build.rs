@@ -804,3 +804,45 @@ fn a_watched_build_stack_is_built_rebuilt_from_the_changed_step_and_kept_on_fail
         web_container(&rig, "site_web").is_none()
     });
 }
+
+#[test]
+fn a_run_step_gets_the_resolv_conf_of_a_stack_container() {
+    let rig = Rig::new("rv");
+    let ctx = rig.root.join("dns");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nRUN sed 's/^/resolv: /' /etc/resolv.conf\n"),
+    );
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "--no-cache",
+        "-t",
+        "dns:1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}\n{}", rig.log());
+    let resolv: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("resolv: "))
+        .collect();
+    // The daemon's resolver on the build network's gateway (it forwards to the host's
+    // upstreams from the host's namespace), with docker's ndots for single-label names.
+    let pool = rig.pool.trim_end_matches("0.0/16");
+    assert_eq!(resolv.len(), 2, "{out}");
+    let ns = resolv[0].strip_prefix("nameserver ").unwrap_or_default();
+    assert!(ns.starts_with(pool) && ns.ends_with(".1"), "{out}");
+    assert_eq!(resolv[1], "options ndots:0", "{out}");
+    // The file is not part of the layer the step made.
+    let (code, out, err, _) = rig.run(&[
+        "container",
+        "run",
+        "--rm",
+        "dns:1",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(!out.contains(ns), "{out}");
+}

@@ -357,6 +357,14 @@ impl RunNetwork for DaemonNetwork<'_> {
         );
         Ok(())
     }
+
+    fn resolv_conf(&self, name: &str) -> Result<PathBuf, BuildError> {
+        // Removed with the container by the network hook, as a stack container's.
+        self.0
+            .net
+            .write_resolv_conf(name, &[BUILD_NETWORK])
+            .map_err(|e| BuildError::Network(format!("resolv.conf of {name}: {e}")))
+    }
 }
 
 /// A directory removed when dropped.
