@@ -749,3 +749,158 @@ fn a_run_step_built_by_the_daemon_reaches_another_host_unless_its_network_is_non
     assert!(!nets.contains("dcpp-build"), "{nets}");
     drop(server);
 }
+
+/// The daemon's progress lines of its watch's builds of `image`, one entry a build.
+fn watch_builds(log: &str, image: &str) -> Vec<Vec<String>> {
+    let prefix = format!("watch: {image}: ");
+    let mut builds: Vec<Vec<String>> = Vec::new();
+    for l in log.lines() {
+        if l.starts_with("watch: service ") && l.ends_with(&format!(": building {image}")) {
+            builds.push(Vec::new());
+        } else if let (Some(rest), Some(b)) = (l.strip_prefix(&prefix), builds.last_mut()) {
+            b.push(rest.to_string());
+        }
+    }
+    builds
+}
+
+#[test]
+fn a_watched_build_stack_is_built_rebuilt_from_the_changed_step_and_kept_on_failure() {
+    let mut rig = Rig::unstarted("wb");
+    let port = free_port();
+    let dir = rig.root.join("stacks");
+    let dockerfile = |run: &str| {
+        format!(
+            "FROM {IMAGE}\nCOPY index.html /www/index.html\n{run}\nCOPY page.html /www/page.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+        )
+    };
+    write(
+        &dir,
+        "Dockerfile",
+        &dockerfile("RUN echo built > /www/b.txt && echo run-built"),
+    );
+    write(&dir, "index.html", "index\n");
+    write(&dir, "page.html", "page v1\n");
+    write(
+        &dir,
+        "site.yml",
+        &format!(
+            "services:\n  web:\n    build: .\n    pull_policy: build\n    stop_grace_period: 1s\n    ports: [\"127.0.0.1:{port}:8080\"]\n"
+        ),
+    );
+    rig.extra = vec!["--watch".into(), dir.display().to_string()];
+    rig.start_daemon();
+
+    // Built by the daemon on start as `<stack>-<service>`, the service running it.
+    rig.wait_until("the built page served", 120, || {
+        get(port, "/page.html").is_some_and(|b| b.contains("page v1"))
+    });
+    assert!(get(port, "/b.txt").unwrap_or_default().contains("built"));
+    let log = rig.log();
+    let builds = watch_builds(&log, "site-web");
+    assert!(!builds.is_empty(), "{log}");
+    assert!(builds[0].iter().any(|l| l == "run-built"), "{log}");
+    assert!(
+        builds[0]
+            .iter()
+            .any(|l| l == "Successfully tagged site-web"),
+        "{log}"
+    );
+    let ps = rig.ok(&["ps", "--format", "json"]);
+    assert!(ps.contains("\"site-web@sha256:"), "{ps}");
+    let first = web_container(&rig, "site_web").expect("a running web task");
+
+    // A copied file changes: rebuilt from its COPY on, the RUN before it from the cache, and
+    // the service rolled to the new image.
+    let seen = builds.len();
+    write(&dir, "page.html", "page v2\n");
+    rig.wait_until("the new page served", 120, || {
+        get(port, "/page.html").is_some_and(|b| b.contains("page v2"))
+    });
+    let log = rig.log();
+    let builds = watch_builds(&log, "site-web");
+    let rebuilt = builds
+        .get(seen)
+        .unwrap_or_else(|| panic!("no rebuild in:\n{log}"));
+    let text = rebuilt.join("\n");
+    for step in ["Step 2/5", "Step 3/5"] {
+        assert_eq!(after(&text, step), " ---> Using cache", "{step}:\n{text}");
+    }
+    assert_ne!(after(&text, "Step 4/5"), " ---> Using cache", "{text}");
+    assert!(!rebuilt.iter().any(|l| l == "run-built"), "{text}");
+    rig.wait_until("the old task replaced", 60, || {
+        web_container(&rig, "site_web").is_some_and(|c| c != first)
+    });
+    let second = web_container(&rig, "site_web").expect("a running web task");
+
+    // A failing RUN: reported with its Dockerfile line, the running version kept.
+    write(
+        &dir,
+        "Dockerfile",
+        &dockerfile("RUN echo about to fail && exit 7"),
+    );
+    rig.wait_until("the failure reported", 120, || {
+        rig.log().contains("keeps its last good state")
+    });
+    let log = rig.log();
+    let report = log
+        .lines()
+        .find(|l| l.contains("site.yml: service web: building site-web: Dockerfile:3: RUN"))
+        .unwrap_or_else(|| panic!("no build failure in:\n{log}"));
+    assert!(report.contains("returned a non-zero code: 7"), "{report}");
+    assert!(log.contains("about to fail"), "{log}");
+    assert_eq!(web_container(&rig, "site_web").as_deref(), Some(&*second));
+    assert!(
+        get(port, "/page.html")
+            .unwrap_or_default()
+            .contains("page v2")
+    );
+
+    // Its file removed: the stack goes.
+    std::fs::remove_file(dir.join("site.yml")).unwrap();
+    rig.wait_until("the stack removed", 60, || {
+        web_container(&rig, "site_web").is_none()
+    });
+}
+
+#[test]
+fn a_run_step_gets_the_resolv_conf_of_a_stack_container() {
+    let rig = Rig::new("rv");
+    let ctx = rig.root.join("dns");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nRUN sed 's/^/resolv: /' /etc/resolv.conf\n"),
+    );
+    let (code, out, err, _) = rig.run(&[
+        "image",
+        "build",
+        "--no-cache",
+        "-t",
+        "dns:1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}\n{}", rig.log());
+    let resolv: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("resolv: "))
+        .collect();
+    // The daemon's resolver on the build network's gateway (it forwards to the host's
+    // upstreams from the host's namespace), with docker's ndots for single-label names.
+    let pool = rig.pool.trim_end_matches("0.0/16");
+    assert_eq!(resolv.len(), 2, "{out}");
+    let ns = resolv[0].strip_prefix("nameserver ").unwrap_or_default();
+    assert!(ns.starts_with(pool) && ns.ends_with(".1"), "{out}");
+    assert_eq!(resolv[1], "options ndots:0", "{out}");
+    // The file is not part of the layer the step made.
+    let (code, out, err, _) = rig.run(&[
+        "container",
+        "run",
+        "--rm",
+        "dns:1",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(!out.contains(ns), "{out}");
+}

@@ -30,6 +30,7 @@ pub mod files;
 #[cfg(test)]
 mod fixtures;
 pub mod gitops;
+pub mod images;
 pub mod leader;
 pub mod mesh;
 pub mod metrics;

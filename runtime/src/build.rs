@@ -212,6 +212,9 @@ pub struct Builder<'a> {
 pub trait RunNetwork: Sync {
     /// Called before the container named `name` is created with the default network.
     fn plan(&self, name: &str) -> Result<(), BuildError>;
+    /// The file bound at `/etc/resolv.conf` of the container named `name` (planned first):
+    /// what a stack container without `dns:` gets on that network.
+    fn resolv_conf(&self, name: &str) -> Result<PathBuf, BuildError>;
 }
 
 /// Writes the build context `context` as an (uncompressed) tar to `out`, leaving out what its
@@ -817,6 +820,11 @@ impl Run<'_, '_> {
             // The plan is found by the container's name, so the name must be known here.
             let name = run_container_name();
             rn.plan(&name)?;
+            o.mounts.push(crate::container::MountRequest {
+                source: crate::container::MountSource::Bind(rn.resolv_conf(&name)?),
+                target: "/etc/resolv.conf".into(),
+                read_only: true,
+            });
             o.name = Some(name);
         }
         o.labels

@@ -278,42 +278,20 @@ pub enum ComposeBuild {
     Preview,
 }
 
-/// Whether a reference names its registry host, as docker tells one (`host.tld/…`,
-/// `host:port/…`, `localhost/…`): only such an image can reach other nodes.
-pub fn names_registry(image: &str) -> bool {
-    match image.split_once('/') {
-        Some((first, _)) => first.contains(['.', ':']) || first == "localhost",
-        None => false,
-    }
-}
+use dcpp_control::images::{BuildSpec, BuildStep, build_step};
+pub use dcpp_control::images::{Delivery, delivery};
 
-/// How a built image reaches the nodes that run its service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// One node: the image is where it was built.
-    Local,
-    /// Pushed to the registry `image:` names; every agent pulls it as any image.
-    Push,
-    /// It cannot reach the other nodes: why.
-    Refused(String),
-}
-
-/// The delivery of service `service`'s built `image` on a cluster of `nodes`. A registry
-/// rather than node-to-node transfer: agents already pull (with credentials, digests checked,
-/// a layer fetched once per node), and a node that joins later or replaces a task finds it
-/// there without the building node being up.
-pub fn delivery(service: &str, image: &str, nodes: usize) -> Delivery {
-    if nodes <= 1 {
-        Delivery::Local
-    } else if names_registry(image) {
-        Delivery::Push
-    } else {
-        Delivery::Refused(format!(
-            "service {service}: the cluster has {nodes} nodes and a built image exists only on \
-             the node that builds it; name a registry in `image:` (e.g. \
-             image: 127.0.0.1:5000/{image}) for apply to push it there, so that every node \
-             pulls it"
-        ))
+/// The runtime's options for a compose build (`RUN` on the default network, as compose's).
+pub fn build_options(spec: &BuildSpec) -> BuildOptions {
+    BuildOptions {
+        context: spec.context.clone(),
+        dockerfile: spec.dockerfile.clone(),
+        tags: spec.tags.clone(),
+        build_args: spec.build_args.clone(),
+        target: spec.target.clone(),
+        no_cache: spec.no_cache,
+        network: BuildNetwork::Default,
+        labels: spec.labels.clone(),
     }
 }
 
@@ -358,41 +336,23 @@ pub fn compose_builds(
                 }
                 present.map(|i| format!("{image}@{}", i.manifest_digest))
             }
-            (ComposeBuild::Build, Some(i)) if !always => {
-                Some(format!("{image}@{}", i.manifest_digest))
-            }
-            (ComposeBuild::Build, _) => {
-                if build.context.contains("://") || build.context.starts_with("git@") {
-                    anyhow::bail!(
-                        "service {name}: build context {}: dcpp builds from a local directory \
-                         only (it fetches nothing from the network)",
-                        build.context
-                    );
+            (ComposeBuild::Build, present) => {
+                let digest = present.map(|i| i.manifest_digest.to_string());
+                match build_step(project, &name, digest.as_deref())? {
+                    Some(BuildStep::Use { digest, .. }) => Some(format!("{image}@{digest}")),
+                    Some(BuildStep::Build(spec)) => {
+                        println!("service {name}: building {image}");
+                        let opts = build_options(&spec);
+                        let mut out = std::io::stdout().lock();
+                        let rep = build_image(global, rt, &opts, &mut |l| {
+                            let _ = writeln!(out, "{l}");
+                            let _ = out.flush();
+                        })
+                        .with_context(|| format!("service {name}: building {image}"))?;
+                        Some(format!("{image}@{}", rep.manifest_digest))
+                    }
+                    None => None,
                 }
-                println!("service {name}: building {image}");
-                let mut tags = vec![image.clone()];
-                tags.extend(build.tags.iter().cloned());
-                let opts = BuildOptions {
-                    context: PathBuf::from(&build.context),
-                    dockerfile: build.dockerfile.as_ref().map(PathBuf::from),
-                    tags,
-                    build_args: build
-                        .args
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
-                        .collect(),
-                    target: build.target.clone(),
-                    no_cache: build.no_cache,
-                    network: BuildNetwork::Default,
-                    labels: build.labels.clone(),
-                };
-                let mut out = std::io::stdout().lock();
-                let rep = build_image(global, rt, &opts, &mut |l| {
-                    let _ = writeln!(out, "{l}");
-                    let _ = out.flush();
-                })
-                .with_context(|| format!("service {name}: building {image}"))?;
-                Some(format!("{image}@{}", rep.manifest_digest))
             }
         };
         let pinned = match pinned {
@@ -414,37 +374,4 @@ pub fn compose_builds(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_registry_is_named_by_a_host_part() {
-        for yes in [
-            "127.0.0.1:5000/app:1",
-            "registry.local/app",
-            "localhost/app:2",
-        ] {
-            assert!(names_registry(yes), "{yes}");
-        }
-        for no in ["app", "app:1", "shop-web", "library/app:1"] {
-            assert!(!names_registry(no), "{no}");
-        }
-    }
-
-    #[test]
-    fn a_built_image_reaches_a_cluster_through_the_registry_it_names() {
-        assert_eq!(delivery("web", "shop-web", 1), Delivery::Local);
-        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 1), Delivery::Local);
-        assert_eq!(delivery("web", "127.0.0.1:5000/app:1", 2), Delivery::Push);
-        let Delivery::Refused(e) = delivery("web", "shop-web", 3) else {
-            panic!("a cluster without a registry in image: is refused");
-        };
-        assert!(
-            e.contains("3 nodes") && e.contains("name a registry in `image:`"),
-            "{e}"
-        );
-    }
 }

@@ -17,9 +17,13 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dcpp_runtime::build::{BuildError, BuildNetwork, BuildOptions, Builder, RunNetwork};
+use dcpp_control::images::{BuildSpec, BuilderError, ImageBuilder};
+use dcpp_runtime::build::{
+    BuildError, BuildNetwork, BuildOptions, BuildReport, Builder, RunNetwork,
+};
 use dcpp_runtime::container::ContainerManager;
 use dcpp_runtime::image::ImageStore;
+use dcpp_runtime::image::registry::{RegistryClient, RegistryOptions};
 use dcpp_runtime::network::{
     ContainerNetworks, ContainerPlan, NetworkConfig, NetworkManager, PlannedNetwork,
 };
@@ -205,16 +209,9 @@ async fn build(
                 network,
                 labels: req.labels,
             };
-            *env.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-            let planner = DaemonNetwork(env);
-            let b = Builder {
-                store: &store,
-                containers: &env.containers,
-                run_network: Some(&planner),
-            };
-            let r = b.build(&opts, &mut |l| send(BuildLine::Progress(l.to_string())));
-            release(env);
-            let r = r?;
+            let r = build_with(env, &store, &opts, &mut |l| {
+                send(BuildLine::Progress(l.to_string()))
+            })?;
             Ok(BuildDone {
                 id: r.image.id.to_string(),
                 manifest_digest: r.image.manifest_digest.to_string(),
@@ -238,6 +235,71 @@ async fn build(
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(lines))
         .unwrap_or_else(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// One build with the agent's containers, its `RUN` steps on the build network: the route's
+/// and GitOps watch's.
+pub fn build_with(
+    env: &BuildEnv,
+    store: &ImageStore,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
+    *env.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    let planner = DaemonNetwork(env);
+    let b = Builder {
+        store,
+        containers: &env.containers,
+        run_network: Some(&planner),
+    };
+    let r = b.build(opts, progress);
+    release(env);
+    r
+}
+
+/// The daemon's builder for GitOps watch: the store and the builds of its agent, the very
+/// ones `POST /v1/image/build` uses.
+pub struct DaemonBuilder(pub BuildSlot);
+
+impl DaemonBuilder {
+    fn env(&self) -> Result<(&BuildEnv, ImageStore), BuilderError> {
+        let env = self
+            .0
+            .get()
+            .ok_or("this daemon runs no agent (--no-agent), so it has no runtime to build with")?;
+        let store = ImageStore::open(&env.data_dir.join("images"))?;
+        Ok((env, store))
+    }
+}
+
+impl ImageBuilder for DaemonBuilder {
+    fn present(&self, image: &str) -> Result<Option<String>, BuilderError> {
+        let (_, store) = self.env()?;
+        // As `dcpp apply`: an image that does not resolve is one to build.
+        Ok(store
+            .resolve(image)
+            .ok()
+            .map(|i| i.manifest_digest.to_string()))
+    }
+
+    fn build(
+        &self,
+        spec: &BuildSpec,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<String, BuilderError> {
+        let (env, store) = self.env()?;
+        let opts = crate::cmd::build::build_options(spec);
+        let r = build_with(env, &store, &opts, progress)?;
+        Ok(r.image.manifest_digest.to_string())
+    }
+
+    fn push(&self, image: &str) -> Result<String, BuilderError> {
+        let (_, store) = self.env()?;
+        let client = RegistryClient::new(store, RegistryOptions::default());
+        // Called off the async threads (watch's blocking task), inside the daemon's runtime.
+        let d = tokio::runtime::Handle::current().block_on(client.push(image, None, None))?;
+        Ok(d.to_string())
+    }
 }
 
 /// Writes the upload to `path`, refusing it once it passes the limit.
@@ -294,6 +356,14 @@ impl RunNetwork for DaemonNetwork<'_> {
             },
         );
         Ok(())
+    }
+
+    fn resolv_conf(&self, name: &str) -> Result<PathBuf, BuildError> {
+        // Removed with the container by the network hook, as a stack container's.
+        self.0
+            .net
+            .write_resolv_conf(name, &[BUILD_NETWORK])
+            .map_err(|e| BuildError::Network(format!("resolv.conf of {name}: {e}")))
     }
 }
 

@@ -318,8 +318,10 @@ async fn serve(
     }
     let watcher = watch_dir.map(|dir| {
         let node = node.clone();
+        let builds = builds.clone();
         tokio::spawn(async move {
-            if let Err(e) = dcpp_control::gitops::watch_loop(node, dir).await {
+            let builder = std::sync::Arc::new(crate::cmd::build_route::DaemonBuilder(builds));
+            if let Err(e) = dcpp_control::gitops::watch_loop(node, dir, builder).await {
                 tracing::error!("watch: {e}");
             }
         })
