@@ -19,6 +19,10 @@ cleanup() {
   set +e
   for i in "${DOCKER_IMAGES[@]}"; do docker rmi -f "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
+  # The build containers are gone; their parent cgroup, made by the first of them, is not.
+  for d in /sys/fs/cgroup/*/"$DCPP_CGROUP_PARENT" /sys/fs/cgroup/"$DCPP_CGROUP_PARENT"; do
+    [[ -d "$d" ]] && rmdir "$d"
+  done
 }
 trap cleanup EXIT
 
