@@ -858,16 +858,10 @@ impl Run<'_, '_> {
                     },
                 });
             }
-            let tar = self.b.store.scratch_path("build-layer");
-            let res = (|| {
-                let f = File::create(&tar).map_err(io_err("create", &tar))?;
-                let mut w = io::BufWriter::with_capacity(1 << 20, f);
-                diff_tar(&c.bundle.join("upper"), &mut w).map_err(io_err("archive", &c.bundle))?;
-                w.flush().map_err(io_err("write", &tar))?;
-                Ok(self.b.store.put_layer_tar(&tar)?)
-            })();
-            let _ = fs::remove_file(&tar);
-            res.map(Some)
+            self.layer_from(|w, _| {
+                diff_tar(&c.bundle.join("upper"), w).map_err(io_err("archive", &c.bundle))
+            })
+            .map(Some)
         })();
         if let Err(e) = mgr.remove(&id, true) {
             tracing::warn!(%id, error = %e, "removing a build container");
@@ -877,19 +871,30 @@ impl Run<'_, '_> {
 
     /// A layer holding `dir` and its parents (what `WORKDIR` creates).
     fn dirs_layer(&self, dir: &str) -> Result<LayerRecord, BuildError> {
-        let tar = self.b.store.scratch_path("build-layer");
-        let res = (|| {
-            let f = File::create(&tar).map_err(io_err("create", &tar))?;
-            let mut b = tar::Builder::new(io::BufWriter::new(f));
+        self.layer_from(|w, tar| {
+            let mut b = tar::Builder::new(w);
             let mut path = String::new();
             for part in dir.split('/').filter(|p| !p.is_empty()) {
                 path.push_str(part);
                 path.push('/');
-                append_dir(&mut b, &path, 0, 0, 0o755).map_err(io_err("archive", &tar))?;
+                append_dir(&mut b, &path, 0, 0, 0o755).map_err(io_err("archive", tar))?;
             }
-            b.into_inner()
-                .and_then(|mut w| w.flush())
-                .map_err(io_err("write", &tar))?;
+            b.finish().map_err(io_err("write", tar))
+        })
+    }
+
+    /// A layer from the tar `write` puts in a scratch file of the store's (its path given
+    /// for messages); the scratch file goes whatever happens.
+    fn layer_from(
+        &self,
+        write: impl FnOnce(&mut io::BufWriter<File>, &Path) -> Result<(), BuildError>,
+    ) -> Result<LayerRecord, BuildError> {
+        let tar = self.b.store.scratch_path("build-layer");
+        let res = (|| {
+            let f = File::create(&tar).map_err(io_err("create", &tar))?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, f);
+            write(&mut w, &tar)?;
+            w.flush().map_err(io_err("write", &tar))?;
             Ok(self.b.store.put_layer_tar(&tar)?)
         })();
         let _ = fs::remove_file(&tar);
@@ -1181,10 +1186,8 @@ impl Run<'_, '_> {
             ),
         };
         let chown = req.chown.is_some();
-        let tar = self.b.store.scratch_path("build-layer");
-        let res = (|| {
-            let f = File::create(&tar).map_err(io_err("create", &tar))?;
-            let mut b = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, f));
+        self.layer_from(|w, tar| {
+            let mut b = tar::Builder::new(w);
             let mut made: BTreeSet<String> = BTreeSet::new();
             let lower = st.layer_dirs(self.b.store);
             for e in entries {
@@ -1195,10 +1198,10 @@ impl Run<'_, '_> {
                         .map_err(io_err("read", unpacked.path()))?;
                     below.sort();
                     parents(&mut b, &mut made, &lower, &format!("{}/x", e.dest))
-                        .map_err(io_err("archive", &tar))?;
+                        .map_err(io_err("archive", tar))?;
                     if !e.dest.is_empty() && made.insert(format!("{}/", e.dest)) {
                         append_dir(&mut b, &format!("{}/", e.dest), uid, gid, 0o755)
-                            .map_err(io_err("archive", &tar))?;
+                            .map_err(io_err("archive", tar))?;
                     }
                     for rel in below {
                         let src = unpacked.path().join(&rel);
@@ -1217,20 +1220,15 @@ impl Run<'_, '_> {
                     }
                     continue;
                 }
-                parents(&mut b, &mut made, &lower, &e.dest).map_err(io_err("archive", &tar))?;
+                parents(&mut b, &mut made, &lower, &e.dest).map_err(io_err("archive", tar))?;
                 append_entry(&mut b, &e.src, &e.dest, uid, gid, chmod)
                     .map_err(io_err("archive", &e.src))?;
                 if fs::symlink_metadata(&e.src).is_ok_and(|m| m.is_dir()) {
                     made.insert(format!("{}/", e.dest));
                 }
             }
-            b.into_inner()
-                .and_then(|mut w| w.flush())
-                .map_err(io_err("write", &tar))?;
-            Ok(self.b.store.put_layer_tar(&tar)?)
-        })();
-        let _ = fs::remove_file(&tar);
-        res
+            b.finish().map_err(io_err("write", tar))
+        })
     }
 
     /// Extracts a tar from the context with the store's hardened unpacker (no entry can land
