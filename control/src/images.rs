@@ -111,7 +111,7 @@ pub fn build_step(
             digest: d.to_string(),
         }));
     }
-    if build.context.contains("://") || build.context.starts_with("git@") {
+    if dcpp_spec::is_remote_context(&build.context) {
         return Err(Refused::RemoteContext {
             service: name.to_string(),
             context: build.context.clone(),
@@ -227,17 +227,20 @@ mod tests {
     #[test]
     fn pull_policy_build_builds_even_a_present_image_and_urls_are_refused() {
         let p = project(
-            "services:\n  web:\n    build: .\n    pull_policy: build\n  git:\n    build: https://example.com/r.git\n",
+            "services:\n  web:\n    build: .\n    pull_policy: build\n  git:\n    build: https://example.com/r.git\n  gh:\n    build: github.com/o/r\n",
         );
         assert!(matches!(
             build_step(&p, "web", Some("sha256:ab")).unwrap(),
             Some(BuildStep::Build(_))
         ));
-        let e = build_step(&p, "git", None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("dcpp builds from a local directory only"),
-            "{e}"
-        );
+        // `github.com/…` is as remote as a URL: the loader keeps it unresolved.
+        for svc in ["git", "gh"] {
+            let e = build_step(&p, svc, None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("dcpp builds from a local directory only"),
+                "{e}"
+            );
+        }
     }
 }

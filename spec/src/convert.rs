@@ -1654,7 +1654,7 @@ fn build(cv: &mut Cv<'_>, v: &Node<'_>, p: &KeyPath<'_>) -> Option<Build> {
 
 /// A URL or git context is kept as is; a path becomes absolute.
 fn build_context(cv: &Cv<'_>, c: &str, pos: Pos) -> String {
-    if c.contains("://") || c.starts_with("git@") || c.starts_with("github.com/") {
+    if crate::model::is_remote_context(c) {
         c.to_owned()
     } else {
         cv.host_path(c, pos)

@@ -376,6 +376,12 @@ pub struct Build {
     pub extensions: Extensions,
 }
 
+/// Whether a build context names a remote source (a URL, a git remote or a `github.com/…`
+/// path), which the loader keeps as written instead of resolving it against the file.
+pub fn is_remote_context(context: &str) -> bool {
+    context.contains("://") || context.starts_with("git@") || context.starts_with("github.com/")
+}
+
 /// One `depends_on` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("patternProperties" = {"^x-": {}}, "additionalProperties" = false))]
