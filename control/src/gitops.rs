@@ -202,33 +202,28 @@ pub async fn sync_dir<S: Store>(
         };
         // Their data is stored (sealed, versioned) by `apply`; a stack written here would
         // mount versions that do not exist.
-        if !project.secrets.is_empty() || !project.configs.is_empty() {
-            let msg = format!(
-                "watch: {}: secrets and configs are not applied by watch yet (use `dcpp apply`); stack {name} keeps its last good state",
+        let kept = |why: &dyn std::fmt::Display| {
+            format!(
+                "watch: {}: {why}; stack {name} keeps its last good state",
                 file.display()
-            );
-            reported.once(Some(file), msg);
+            )
+        };
+        if !project.secrets.is_empty() || !project.configs.is_empty() {
+            let why = "secrets and configs are not applied by watch yet (use `dcpp apply`)";
+            reported.once(Some(file), kept(&why));
             continue;
         }
         let project = match build_services(c, builder, project).await? {
             Ok(p) => p,
             Err(e) => {
-                let msg = format!(
-                    "watch: {}: {e}; stack {name} keeps its last good state",
-                    file.display()
-                );
-                reported.once(Some(file), msg);
+                reported.once(Some(file), kept(&e));
                 continue;
             }
         };
         let (mut stack, services) = match stack_docs(&project, &file.display().to_string()) {
             Ok(x) => x,
             Err(e) => {
-                let msg = format!(
-                    "watch: {}: {e}; stack {name} keeps its last good state",
-                    file.display()
-                );
-                reported.once(Some(file), msg);
+                reported.once(Some(file), kept(&e));
                 continue;
             }
         };

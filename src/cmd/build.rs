@@ -278,7 +278,7 @@ pub enum ComposeBuild {
     Preview,
 }
 
-use dcpp_control::images::{BuildSpec, BuildStep, build_step};
+use dcpp_control::images::{BuildSpec, BuildStep, build_step, image_name};
 pub use dcpp_control::images::{Delivery, delivery};
 
 /// The runtime's options for a compose build (`RUN` on the default network, as compose's).
@@ -323,9 +323,7 @@ pub fn compose_builds(
         let Some(build) = svc.build.clone() else {
             continue;
         };
-        let image = svc
-            .image_name(&project.name, &name)
-            .unwrap_or_else(|| format!("{}-{name}", project.name));
+        let image = image_name(project, &name, svc);
         let always = svc.pull_policy.as_deref() == Some("build");
         let present = store.resolve(&image).ok();
         let pinned = match (mode, present) {
